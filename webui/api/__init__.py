@@ -1,0 +1,1 @@
+"""api layer; see DESIGN.md for what it may import."""

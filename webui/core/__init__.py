@@ -1,0 +1,1 @@
+"""core layer; see DESIGN.md for what it may import."""

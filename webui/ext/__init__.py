@@ -1,0 +1,1 @@
+"""ext layer; see DESIGN.md for what it may import."""

@@ -1,0 +1,1 @@
+"""imaging layer; see DESIGN.md for what it may import."""

@@ -1,0 +1,1 @@
+"""model_manager layer; see DESIGN.md for what it may import."""

@@ -1,0 +1,1 @@
+"""ui layer; see DESIGN.md for what it may import."""
