@@ -1,0 +1,571 @@
+"""Command-line flags (A1111 names and meanings) and persisted user options (config.json).
+
+`parse_flags(argv)` turns the command line into a frozen `Flags`; `Options` holds the user
+options that A1111 keeps in `config.json`, validated through a small typed registry.
+
+This module must stay importable with the standard library alone: the launcher loads it
+(by file path, before any dependency is installed) to report bad flags early. It must
+never import torch, gradio or any other third-party package, and never touch a device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""The project folder: the parent of the `webui` package; default for --data-dir."""
+
+DEFAULT_PORT = 7860
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PRECISIONS = ("full", "half", "autocast")
+
+# A value meaning "derive from --data-dir / --models-dir" for the path fields of Flags.
+_DERIVED: Any = None
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def parse_credentials(text: str, source: str | None = None) -> list[tuple[str, str]]:
+    """Parse `user:password[,user2:password2]` (newlines count as commas).
+
+    Raises ValueError (prefixed with `source`, e.g. the flag, when given) when an entry
+    is not `user:password` or there is none.
+    """
+    prefix = f"{source}: " if source else ""
+    pairs: list[tuple[str, str]] = []
+    for entry in text.replace("\n", ",").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"{prefix}expected user:password[,user2:password2], got {entry!r}")
+        pairs.append((user, password))
+    if not pairs:
+        raise ValueError(f"{prefix}expected user:password[,user2:password2], got nothing")
+    return pairs
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Command-line flags, A1111 names with dashes as underscores.
+
+    The directory fields (`models_dir`, `ckpt_dir`, `vae_dir`, `lora_dir`,
+    `embeddings_dir`, `styles_file`) are always absolute paths once constructed: when
+    not given they are derived from `data_dir` (and `models_dir`) like A1111's layout.
+    """
+
+    # server
+    port: int = DEFAULT_PORT
+    listen: bool = False
+    server_name: str | None = None
+    share: bool = False
+    autolaunch: bool = False
+    subpath: str | None = None
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
+    cors_allow_origins: str | None = None
+    cors_allow_origins_regex: str | None = None
+    # api and auth
+    api: bool = False
+    nowebui: bool = False
+    api_auth: str | None = None
+    gradio_auth: str | None = None
+    gradio_auth_path: Path | None = None
+    # paths
+    data_dir: Path = PROJECT_DIR
+    models_dir: Path = _DERIVED
+    ckpt: Path | None = None
+    ckpt_dir: Path = _DERIVED
+    vae_dir: Path = _DERIVED
+    lora_dir: Path = _DERIVED
+    embeddings_dir: Path = _DERIVED
+    styles_file: Path = _DERIVED
+    # devices and memory
+    use_cpu: tuple[str, ...] = ()
+    no_half: bool = False
+    no_half_vae: bool = False
+    precision: str = "autocast"
+    skip_torch_cuda_test: bool = False
+    xformers: bool = False
+    opt_sdp_attention: bool = False
+    opt_sdp_no_mem_attention: bool = False
+    opt_split_attention: bool = False
+    medvram: bool = False
+    medvram_sdxl: bool = False
+    lowvram: bool = False
+    # behaviour
+    disable_safe_unpickle: bool = False
+    enable_insecure_extension_access: bool = False
+    no_hashing: bool = False
+    freeze_settings: bool = False
+    no_download_sd_model: bool = False
+    demo: bool = False
+    localization: str | None = None
+    log_level: str = "INFO"
+    # launcher (accepted by the app too, so that every flag is known)
+    exit: bool = False
+    skip_install: bool = False
+    skip_prepare_environment: bool = False
+    reinstall_torch: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        set_(self, "api", self.api or self.nowebui)
+        set_(self, "use_cpu", tuple(self.use_cpu))
+        models = self._path_or(self.models_dir, self.data_dir / "models")
+        set_(self, "models_dir", models)
+        set_(self, "ckpt_dir", self._path_or(self.ckpt_dir, models / "Stable-diffusion"))
+        set_(self, "vae_dir", self._path_or(self.vae_dir, models / "VAE"))
+        set_(self, "lora_dir", self._path_or(self.lora_dir, models / "Lora"))
+        set_(self, "embeddings_dir", self._path_or(self.embeddings_dir, models / "embeddings"))
+        set_(self, "styles_file", self._path_or(self.styles_file, self.data_dir / "styles.csv"))
+
+    @staticmethod
+    def _path_or(value: Path | str | None, default: Path) -> Path:
+        return default if value is None else Path(value).expanduser().resolve()
+
+    @property
+    def server_host(self) -> str:
+        """--server-name if given, else 0.0.0.0 with --listen, else 127.0.0.1."""
+        if self.server_name:
+            return self.server_name
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def esrgan_dir(self) -> Path:
+        return self.models_dir / "ESRGAN"
+
+    @property
+    def extensions_dir(self) -> Path:
+        return self.data_dir / "extensions"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.data_dir / "cache.json"
+
+    @property
+    def cpu_only(self) -> bool:
+        """True with `--use-cpu all` (other module names are accepted and ignored)."""
+        return "all" in self.use_cpu
+
+    @property
+    def webui_enabled(self) -> bool:
+        return not self.nowebui
+
+    @property
+    def disable_extension_access(self) -> bool:
+        """A1111 rule: installing extensions is refused when the server is reachable
+        from other machines, unless --enable-insecure-extension-access."""
+        exposed = self.share or self.listen or bool(self.server_name)
+        return exposed and not self.enable_insecure_extension_access
+
+    def gradio_credentials(self) -> list[tuple[str, str]]:
+        """Users of the web UI from --gradio-auth and the --gradio-auth-path file."""
+        pairs = parse_credentials(self.gradio_auth, "--gradio-auth") if self.gradio_auth else []
+        if self.gradio_auth_path is not None:
+            text = self.gradio_auth_path.read_text(encoding="utf-8")
+            pairs += parse_credentials(text, f"--gradio-auth-path {self.gradio_auth_path}")
+        return pairs
+
+    def api_credentials(self) -> list[tuple[str, str]]:
+        """Users of the REST API from --api-auth (empty: no authentication)."""
+        return parse_credentials(self.api_auth, "--api-auth") if self.api_auth else []
+
+    def as_cmd_flags(self) -> dict[str, Any]:
+        """JSON-friendly dict with A1111 names, as /sdapi/v1/cmd-flags returns it."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        for secret in ("api_auth", "gradio_auth"):
+            if out[secret]:
+                out[secret] = "***"
+        return out
+
+
+class FlagParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one clear line (with a suggestion) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; run '{self.prog} --help' to list flags\n")
+
+    def known_flags(self) -> list[str]:
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+
+    def unknown_flag(self, arg: str) -> NoReturn:
+        if not arg.startswith("-"):
+            self.error(f"unexpected argument {arg!r} (flags start with --)")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, self.known_flags(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        self.error(f"unknown flag {name}{hint}")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {value}")
+    return value
+
+
+def _credentials(text: str) -> str:
+    try:
+        parse_credentials(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+_SWITCH: dict[str, Any] = {"action": "store_true"}
+_PATH: dict[str, Any] = {"type": Path}
+_AUTH: dict[str, Any] = {"type": _credentials, "metavar": "USER:PASS[,USER2:PASS2]"}
+
+# group -> (flag, help, argparse keywords); the order is the order of --help.
+_FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "server": [
+        ("--port", "port to listen on (7860)", {"type": _port, "default": DEFAULT_PORT}),
+        ("--listen", "bind 0.0.0.0: reachable from other machines", _SWITCH),
+        ("--server-name", "host name or address to bind", {}),
+        ("--share", "public gradio link (not possible offline)", _SWITCH),
+        ("--autolaunch", "open a browser tab at start", _SWITCH),
+        ("--subpath", "serve under this URL path (behind a reverse proxy)", {}),
+        ("--tls-keyfile", "TLS private key file", _PATH),
+        ("--tls-certfile", "TLS certificate file", _PATH),
+        ("--cors-allow-origins", "comma-separated origins allowed by CORS", {}),
+        ("--cors-allow-origins-regex", "regular expression of allowed origins", {}),
+    ],
+    "API and authentication": [
+        ("--api", "enable the REST API at /sdapi/v1", _SWITCH),
+        ("--nowebui", "API only, no web UI (implies --api)", _SWITCH),
+        ("--api-auth", "users of the API", _AUTH),
+        ("--gradio-auth", "users of the web UI", _AUTH),
+        ("--gradio-auth-path", "file of web UI users, user:pass per line or comma", _PATH),
+    ],
+    "paths": [
+        ("--data-dir", "base folder of models/, outputs/, config.json", {"type": Path}),
+        ("--models-dir", "models folder (<data-dir>/models)", _PATH),
+        ("--ckpt", "checkpoint to load at start", _PATH),
+        ("--ckpt-dir", "checkpoints folder (<models-dir>/Stable-diffusion)", _PATH),
+        ("--vae-dir", "VAE folder (<models-dir>/VAE)", _PATH),
+        ("--lora-dir", "LoRA folder (<models-dir>/Lora)", _PATH),
+        ("--embeddings-dir", "textual inversion folder (<models-dir>/embeddings)", _PATH),
+        ("--styles-file", "styles CSV file (<data-dir>/styles.csv)", _PATH),
+    ],
+    "devices and memory": [
+        ("--use-cpu", "'all' runs everything on the CPU", {"nargs": "+", "metavar": "MODULE"}),
+        ("--no-half", "keep the model in float32", _SWITCH),
+        ("--no-half-vae", "keep the VAE in float32", _SWITCH),
+        ("--precision", "evaluation precision", {"choices": PRECISIONS, "default": "autocast"}),
+        ("--skip-torch-cuda-test", "do not check that torch can use the GPU", _SWITCH),
+        ("--xformers", "use xformers attention", _SWITCH),
+        ("--opt-sdp-attention", "use scaled dot product attention", _SWITCH),
+        (
+            "--opt-sdp-no-mem-attention",
+            "SDP attention without the memory-efficient kernel",
+            _SWITCH,
+        ),
+        ("--opt-split-attention", "split attention to save memory", _SWITCH),
+        ("--medvram", "offload model parts to the CPU to save VRAM", _SWITCH),
+        ("--medvram-sdxl", "--medvram for SDXL models only", _SWITCH),
+        ("--lowvram", "aggressive offloading for very small VRAM", _SWITCH),
+    ],
+    "behaviour": [
+        ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),
+        ("--enable-insecure-extension-access", "allow extension installs with --listen", _SWITCH),
+        ("--no-hashing", "do not compute model file hashes", _SWITCH),
+        ("--freeze-settings", "make settings read-only", _SWITCH),
+        ("--no-download-sd-model", "do not download a default checkpoint", _SWITCH),
+        ("--demo", "create a small random-weight model to try the UI", _SWITCH),
+        ("--localization", "UI localization name", {}),
+        ("--log-level", "one of " + ", ".join(LOG_LEVELS), {"type": _log_level, "default": "INFO"}),
+    ],
+    "launcher (launch.py)": [
+        ("--exit", "install the dependencies, then exit", _SWITCH),
+        ("--skip-install", "do not install anything", _SWITCH),
+        ("--skip-prepare-environment", "same as --skip-install", _SWITCH),
+        ("--reinstall-torch", "run the torch install again", _SWITCH),
+    ],
+}
+
+
+def build_parser(prog: str = "launch.py") -> FlagParser:
+    parser = FlagParser(
+        prog=prog,
+        usage="%(prog)s [flags]",
+        description="Stable Diffusion web UI (A1111-compatible flags).",
+        allow_abbrev=False,
+    )
+    for title, flags in _FLAG_TABLE.items():
+        group = parser.add_argument_group(title)
+        for flag, text, kwargs in flags:
+            group.add_argument(flag, help=text, **kwargs)
+    parser.set_defaults(data_dir=PROJECT_DIR, use_cpu=[])
+    return parser
+
+
+def _check(parser: FlagParser, ns: argparse.Namespace) -> None:
+    """Checks that involve more than one flag or the file system."""
+    if (ns.tls_keyfile is None) != (ns.tls_certfile is None):
+        parser.error("--tls-keyfile and --tls-certfile must be given together")
+    for flag in ("tls_keyfile", "tls_certfile", "gradio_auth_path"):
+        path = getattr(ns, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag.replace('_', '-')}: file not found: {path}")
+    if ns.gradio_auth_path is not None:
+        source = f"--gradio-auth-path {ns.gradio_auth_path}"
+        try:
+            parse_credentials(ns.gradio_auth_path.read_text(encoding="utf-8"), source)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc) if isinstance(exc, ValueError) else f"{source}: {exc}")
+    if ns.subpath is not None:
+        ns.subpath = "/" + ns.subpath.strip("/")
+
+
+def parse_flags(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Flags:
+    """Parse command-line flags (sys.argv[1:] when argv is None).
+
+    Unknown or malformed flags print one line naming the flag (with the closest known
+    flag when there is one) and exit with code 2, like argparse.
+    """
+    parser = build_parser(prog)
+    ns, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if extra:
+        parser.unknown_flag(extra[0])
+    _check(parser, ns)
+    return Flags(**vars(ns))
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def validate(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return validate
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def validate(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return validate
+
+
+@dataclass(frozen=True)
+class OptionDef:
+    """One user option: its key in config.json, default, validator, label and section."""
+
+    key: str
+    default: Any
+    validate: Callable[[Any], Any]
+    label: str
+    section: str
+
+
+_LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
+_OPTION_TABLE: dict[str, list[tuple[str, Any, Callable[[Any], Any], str]]] = {
+    "sd": [
+        ("sd_model_checkpoint", "", _string, "Stable Diffusion checkpoint"),
+        ("sd_checkpoints_limit", 1, _int_range(1), _LIMIT_LABEL),
+        ("sd_vae", "Automatic", _string, "SD VAE"),
+        ("CLIP_stop_at_last_layers", 1, _int_range(1, 12), "Clip skip"),
+    ],
+    "ui": [
+        ("show_progress_every_n_steps", 3, _int_range(0), "Live preview every N steps (0: off)"),
+    ],
+    "saving-images": [
+        ("samples_format", "png", _choice("png", "jpg", "jpeg", "webp"), "File format for images"),
+        ("samples_filename_pattern", "", _string, "Images filename pattern (empty: NNNNN-seed)"),
+    ],
+    "saving-paths": [
+        ("outdir_samples", "", _string, "Output folder for images (empty: the default folders)"),
+    ],
+}
+OPTION_DEFS: tuple[OptionDef, ...] = tuple(
+    OptionDef(key, default, validate, label, section)
+    for section, rows in _OPTION_TABLE.items()
+    for key, default, validate, label in rows
+)
+
+
+class Options:
+    """Persisted user options (config.json), validated against `OptionDef`s.
+
+    `get`/`set` raise KeyError for an unknown key and ValueError (naming the key) for an
+    invalid value. Keys in the file that are not defined here (an A1111 config.json,
+    say) are kept and written back unchanged. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        definitions: Sequence[OptionDef] = OPTION_DEFS,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.definitions: dict[str, OptionDef] = {d.key: d for d in definitions}
+        self._values: dict[str, Any] = {d.key: d.default for d in definitions}
+        self._extra: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def load(
+        cls, path: Path, definitions: Sequence[OptionDef] = OPTION_DEFS, read_only: bool = False
+    ) -> Options:
+        """Options from `path`; defaults when it is missing. A corrupted file is moved
+        to `<name>.bad-<timestamp>` with a warning, and the defaults are used."""
+        options = cls(Path(path), definitions, read_only)
+        data = options._read_file()
+        for key, value in data.items():
+            if key not in options.definitions:
+                options._extra[key] = value
+                continue
+            try:
+                options._values[key] = options._validated(key, value)
+            except ValueError as exc:
+                logger.warning("%s: %s; using the default %r", path, exc, options.get(key))
+        return options
+
+    def _read_file(self) -> dict[str, Any]:
+        assert self.path is not None
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            logger.warning("cannot read %s (%s); using default options", self.path, exc)
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            backup = self._backup_bad_file()
+            logger.warning(
+                "%s is corrupted (%s); moved it to %s and using default options",
+                self.path,
+                exc,
+                backup,
+            )
+            return {}
+        return data
+
+    def _backup_bad_file(self) -> Path:
+        assert self.path is not None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = self.path.with_name(f"{self.path.name}.bad-{stamp}")
+        n = 1
+        while backup.exists():
+            n += 1
+            backup = self.path.with_name(f"{self.path.name}.bad-{stamp}-{n}")
+        os.replace(self.path, backup)
+        return backup
+
+    def _validated(self, key: str, value: Any) -> Any:
+        definition = self.definitions.get(key)
+        if definition is None:
+            raise KeyError(f"unknown option {key!r}")
+        try:
+            return definition.validate(value)
+        except ValueError as exc:
+            raise ValueError(f"option {key!r}: {exc}") from None
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key not in self._values:
+                raise KeyError(f"unknown option {key!r}")
+            return self._values[key]
+
+    def set(self, key: str, value: Any) -> None:
+        """Validate and set one option (not saved until `save()`)."""
+        self.update({key: value})
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Validate all values first, then set them together (all or nothing)."""
+        if self.read_only:
+            raise PermissionError("settings are frozen (--freeze-settings)")
+        checked = {key: self._validated(key, value) for key, value in values.items()}
+        with self._lock:
+            self._values.update(checked)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A copy of the defined options and their current values."""
+        with self._lock:
+            return dict(self._values)
+
+    def save(self, path: Path | None = None) -> None:
+        """Write all options (and unknown keys kept from the file) atomically."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise ValueError("Options.save: no path given and none loaded")
+        with self._lock:
+            data = {**self._extra, **self._values}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=4, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.debug("saved options to %s", target)
