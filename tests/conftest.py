@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny models written in the real on-disk formats, built once per run.
+
+Everything runs offline: HF_HUB_OFFLINE=1 makes any hidden hub access fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory) -> dict[str, Path]:
+    """Single-file LDM checkpoints for every family, and an SD 1.x diffusers folder."""
+    from webui.model_manager.tiny import save_tiny_checkpoint, save_tiny_diffusers
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    files = {}
+    for family in ("sd1", "sd1-inpaint", "sd2", "sdxl"):
+        files[family] = save_tiny_checkpoint(root / f"tiny-{family}.safetensors", family, seed=0)
+    files["sd1-diffusers"] = save_tiny_diffusers(root / "tiny-sd1-diffusers", "sd1", seed=0)
+    return files
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_files) -> Path:
+    """A fresh --data-dir with the tiny SD 1.x checkpoint in models/Stable-diffusion."""
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    shutil.copy(tiny_files["sd1"], ckpt_dir / "tiny-sd1.safetensors")
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A uvicorn server for one app on 127.0.0.1, stopped by the test."""
+
+    def __init__(self, app, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

@@ -1,0 +1,247 @@
+"""Load a checkpoint into a diffusers pipeline, with no network at all.
+
+Single files (A1111/LDM layout `.safetensors`, or `.ckpt` through torch's tensors-only
+unpickler) are identified from their tensors (identify.py); the diffusers config folder
+that `from_single_file` needs is written from that spec into a temporary folder, and the
+CLIP tokenizers are built from the vocabulary shipped in configs/. Diffusers folders (a
+folder with model_index.json) load with `from_pretrained(local_files_only=True)`.
+
+This module must never download anything, and never import a UI library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .identify import ModelSpec, Shapes, UnsupportedModelError, identify
+from .tokenizers import clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+OPEN_CLIP_PAD = "!"
+
+BASE_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint could not be read or built; the message names the file."""
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline with what the rest of the program needs to know about it."""
+
+    pipe: object  # a diffusers StableDiffusion(XL)(Inpaint)Pipeline
+    spec: ModelSpec
+    path: Path
+    variants: dict = field(default_factory=dict)  # pipeline class name -> from_pipe view
+    # the checkpoint's own scheduler config (prediction type, betas), before any sampler
+    base_scheduler_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.base_scheduler_config:
+            self.base_scheduler_config = dict(self.pipe.scheduler.config)
+
+
+def read_shapes(path: Path) -> Shapes:
+    """Tensor names and shapes of a single-file checkpoint, without loading weights."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        state = _load_ckpt(path)
+        return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    except CheckpointLoadError:
+        raise
+    except Exception as exc:  # corrupt or truncated file: name it, keep the cause
+        raise CheckpointLoadError(f"{path.name}: cannot read the file ({exc})") from exc
+
+
+def _load_ckpt(path: Path) -> dict:
+    """A pickled checkpoint through torch's restricted unpickler: tensors and plain data only."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointLoadError(
+                f"{path.name}: refused, the pickle holds more than tensors (it could run code). "
+                "Convert it to .safetensors."
+            ) from exc
+        raise
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
+    """Build a pipeline from a single file or a diffusers folder."""
+    if path.is_dir():
+        return _load_diffusers_folder(path, device, dtype)
+    spec = identify_file(path)
+    import diffusers
+
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    with tempfile.TemporaryDirectory(prefix="webui-config-") as config_dir:
+        write_config_folder(spec, Path(config_dir))
+        try:
+            pipe = pipeline_class.from_single_file(
+                str(path),
+                config=config_dir,
+                local_files_only=True,
+                dtype=dtype,
+                safety_checker=None,
+                feature_extractor=None,
+                **_tokenizers(spec),
+            )
+        except Exception as exc:
+            raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
+    pipe.to(device)
+    if spec.prediction_type is None:
+        spec = _settle_prediction_type(spec, pipe)
+    pipe.scheduler = pipe.scheduler.from_config(
+        pipe.scheduler.config, prediction_type=spec.prediction_type
+    )
+    return LoadedModel(pipe=pipe, spec=spec, path=path)
+
+
+def identify_file(path: Path) -> ModelSpec:
+    try:
+        return identify(read_shapes(path))
+    except UnsupportedModelError as exc:
+        raise CheckpointLoadError(f"{path.name}: {exc}") from exc
+
+
+def write_config_folder(spec: ModelSpec, folder: Path) -> None:
+    """A diffusers-layout config folder for `from_single_file(config=...)`."""
+    te_classes = [te["architectures"][0] for te in spec.text_encoders]
+    index = {
+        "_class_name": spec.pipeline_class,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", BASE_SCHEDULER["_class_name"]],
+        "text_encoder": ["transformers", te_classes[0]],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+    }
+    if spec.family == "sdxl":
+        index["text_encoder_2"] = ["transformers", te_classes[1]]
+        index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
+        index["force_zeros_for_empty_prompt"] = True
+    else:
+        index["requires_safety_checker"] = False
+    scheduler = dict(BASE_SCHEDULER, prediction_type=spec.prediction_type or "epsilon")
+    files = {
+        "model_index.json": index,
+        "unet/config.json": dict(spec.unet, _class_name="UNet2DConditionModel"),
+        "vae/config.json": dict(spec.vae, _class_name="AutoencoderKL"),
+        "scheduler/scheduler_config.json": scheduler,
+        "text_encoder/config.json": spec.text_encoders[0],
+    }
+    if spec.family == "sdxl":
+        files["text_encoder_2/config.json"] = spec.text_encoders[1]
+    for name, content in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(content, indent=1))
+
+
+def _tokenizers(spec: ModelSpec) -> dict:
+    if spec.family == "sdxl":
+        return {"tokenizer": clip_tokenizer(), "tokenizer_2": clip_tokenizer(OPEN_CLIP_PAD)}
+    if spec.family == "sd2":
+        return {"tokenizer": clip_tokenizer(OPEN_CLIP_PAD)}
+    return {"tokenizer": clip_tokenizer()}
+
+
+def _settle_prediction_type(spec: ModelSpec, pipe) -> ModelSpec:
+    """SD 2.x files do not say whether they predict noise or v; ask the UNet (A1111's test).
+
+    At t=999 an epsilon model's output is close to its input, a v model's close to minus
+    it, so the mean of (output - input) separates them.
+    """
+    from dataclasses import replace
+
+    unet = pipe.unet
+    ctx_dim = spec.unet["cross_attention_dim"]
+    param = next(unet.parameters())
+    with torch.inference_mode():
+        x = torch.full(
+            (1, unet.config.in_channels, 8, 8), 0.5, dtype=param.dtype, device=param.device
+        )
+        cond = torch.full((1, 2, ctx_dim), 0.5, dtype=param.dtype, device=param.device)
+        out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=cond).sample
+        score = (out - x).float().mean().item()
+    prediction = "v_prediction" if score < -1 else "epsilon"
+    log.info("SD 2.x prediction type from the UNet test: %s (score %.3f)", prediction, score)
+    return replace(spec, prediction_type=prediction)
+
+
+def _load_diffusers_folder(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
+    import diffusers
+
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+        class_name = index["_class_name"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointLoadError(f"{path.name}: unreadable model_index.json ({exc})") from exc
+    supported = {
+        "StableDiffusionPipeline",
+        "StableDiffusionInpaintPipeline",
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    }
+    if class_name not in supported:
+        raise CheckpointLoadError(f"{path.name}: {class_name} folders are not supported")
+    extra = {} if "XL" in class_name else {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        pipe = getattr(diffusers, class_name).from_pretrained(
+            str(path), local_files_only=True, dtype=dtype, **extra
+        )
+    except Exception as exc:
+        raise CheckpointLoadError(f"{path.name}: cannot load the folder ({exc})") from exc
+    pipe.to(device)
+    return LoadedModel(pipe=pipe, spec=spec_of_pipeline(pipe), path=path)
+
+
+def spec_of_pipeline(pipe) -> ModelSpec:
+    """A spec for a pipeline that came from a diffusers folder."""
+    unet = dict(pipe.unet.config)
+    if unet.get("addition_embed_type") == "text_time":
+        family = "sdxl"
+    elif unet.get("use_linear_projection"):
+        family = "sd2"
+    else:
+        family = "sd1"
+    encoders = [pipe.text_encoder.config.to_dict()]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append(pipe.text_encoder_2.config.to_dict())
+    return ModelSpec(
+        family=family,
+        inpainting=unet["in_channels"] == 9,
+        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
+        unet=unet,
+        vae=dict(pipe.vae.config),
+        text_encoders=tuple(encoders),
+    )

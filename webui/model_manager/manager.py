@@ -1,0 +1,137 @@
+"""The loaded models: which checkpoints are in RAM, and which pipeline a job gets.
+
+Keeps the last N loaded checkpoints (option `sd_checkpoints_limit`) in an LRU. Only the
+job worker thread calls `acquire`; listing and refreshing are safe from any thread.
+Pipeline variants (img2img, inpaint) share the loaded components through `from_pipe`,
+never a second copy of the weights.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .loader import CheckpointLoadError, LoadedModel, load_checkpoint
+from .memory import MemoryPlan, apply_attention
+from .registry import CheckpointInfo, CheckpointRegistry
+
+log = logging.getLogger(__name__)
+
+
+class NoCheckpointError(LookupError):
+    """No checkpoint is available, or the requested one does not exist."""
+
+
+@dataclass
+class Lease:
+    """What a job gets: a loaded model and the checkpoint it came from."""
+
+    model: LoadedModel
+    info: CheckpointInfo
+
+    @property
+    def pipe(self):
+        return self.model.pipe
+
+    @property
+    def spec(self):
+        return self.model.spec
+
+    def variant(self, pipeline_class_name: str):
+        """The same components under another diffusers pipeline class (from_pipe)."""
+        import diffusers
+
+        if type(self.pipe).__name__ == pipeline_class_name:
+            return self.pipe
+        cache = self.model.variants
+        if pipeline_class_name not in cache:
+            cache[pipeline_class_name] = getattr(diffusers, pipeline_class_name).from_pipe(
+                self.pipe
+            )
+        return cache[pipeline_class_name]
+
+
+class ModelManager:
+    def __init__(self, registry: CheckpointRegistry, plan: MemoryPlan, *, hashing: bool = True):
+        self.registry = registry
+        self.plan = plan
+        self.hashing = hashing
+        self.limit = 1
+        self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.last_load_seconds: float | None = None
+
+    # --- listing (any thread) -------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return self.registry.list()
+
+    def refresh(self) -> list[CheckpointInfo]:
+        return self.registry.refresh()
+
+    def resolve(self, name: str | None) -> CheckpointInfo:
+        """The checkpoint a request names; empty means the first one, as A1111 does."""
+        if name:
+            info = self.registry.find(name)
+            if info is None:
+                raise NoCheckpointError(f"checkpoint not found: {name}")
+            return info
+        items = self.registry.list()
+        if not items:
+            raise NoCheckpointError(
+                "no checkpoint found: put a .safetensors file into "
+                f"{self.registry.folder} and press refresh, or start with --demo"
+            )
+        with self._lock:
+            for path in reversed(self._loaded):
+                found = next((i for i in items if i.path == path), None)
+                if found:
+                    return found
+        return items[0]
+
+    def loaded_paths(self) -> list[Path]:
+        with self._lock:
+            return list(self._loaded)
+
+    # --- loading (the worker thread) -------------------------------------------------
+    def acquire(self, info: CheckpointInfo) -> Lease:
+        """Load (or take from the RAM cache) the checkpoint and make it most recent."""
+        with self._lock:
+            model = self._loaded.get(info.path)
+            if model is not None:
+                self._loaded.move_to_end(info.path)
+                return Lease(model, info)
+        if not info.path.exists():
+            raise CheckpointLoadError(f"{info.rel}: file no longer exists")
+        if self.hashing:
+            self.registry.ensure_hash(info)
+        started = time.perf_counter()
+        self._evict(keep=max(0, self.limit - 1))
+        model = load_checkpoint(info.path, self.plan.device, self.plan.dtype)
+        apply_attention(model.pipe, self.plan)
+        model.pipe.set_progress_bar_config(disable=True)
+        self.last_load_seconds = time.perf_counter() - started
+        log.info("Loaded %s (%s) in %.1fs", info.title, model.spec.label, self.last_load_seconds)
+        with self._lock:
+            self._loaded[info.path] = model
+        return Lease(model, info)
+
+    def unload_all(self) -> None:
+        self._evict(keep=0)
+
+    def _evict(self, keep: int) -> None:
+        with self._lock:
+            while len(self._loaded) > keep:
+                path, _ = self._loaded.popitem(last=False)
+                log.info("Unloaded %s", path.name)
+        gc.collect()
+        if self.plan.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
