@@ -1,0 +1,121 @@
+"""Build the diffusers scheduler for a resolved A1111 sampler choice.
+
+The one place that imports diffusers for sampling: `make_scheduler()` takes a
+`SchedulerChoice` from `webui.core.samplers.resolve()` and the loaded model's scheduler
+config, keeps only what describes the model (noise schedule, prediction type, step
+offset, ...) and builds `choice.class_name` with the choice's kwargs. Settings that belong
+to whichever scheduler the checkpoint happened to ship with (Karras sigmas, solver order,
+timestep spacing, ...) never leak into the chosen sampler, and a kwarg the class would
+silently ignore is an error, never a quiet fallback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .samplers import SchedulerChoice, missing_requirements
+
+__all__ = [
+    "MODEL_CONFIG_KEYS",
+    "SchedulerUnavailableError",
+    "make_scheduler",
+    "set_noise_seed",
+    "step_accepts_generator",
+]
+
+log = logging.getLogger(__name__)
+
+# Keys of a scheduler config that describe the model rather than the sampler.
+MODEL_CONFIG_KEYS: frozenset[str] = frozenset(
+    {
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+        "clip_sample",
+        "clip_sample_range",
+        "set_alpha_to_one",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "sigma_min",
+        "sigma_max",
+        "timestep_type",
+        "original_inference_steps",
+        "timestep_scaling",
+    }
+)
+
+
+class SchedulerUnavailableError(RuntimeError):
+    """The chosen scheduler needs an optional package that is not installed."""
+
+
+def make_scheduler(
+    choice: SchedulerChoice,
+    base_config: Mapping[str, Any],
+    *,
+    noise_seed: int | Sequence[int] | None = None,
+) -> SchedulerMixin:
+    """A fresh diffusers scheduler for `choice`, on the model's noise schedule.
+
+    `base_config` is the loaded model's scheduler config (e.g. `pipe.scheduler.config`);
+    its prediction_type (epsilon / v_prediction), betas and steps_offset are kept.
+    `noise_seed` seeds the Brownian-tree noise of DPM++ SDE (one int, or one per image
+    of the batch); without it that sampler draws a random seed from torch's global RNG.
+    Other stochastic samplers take their noise from the `generator` passed to `step()`.
+    """
+    missing = missing_requirements(choice)
+    if missing:
+        raise SchedulerUnavailableError(
+            f"Sampler {choice.sampler!r} with schedule type {choice.schedule!r} needs the "
+            f"Python package(s) {', '.join(missing)}, which are not installed "
+            f"(pip install {' '.join(missing)})"
+        )
+    cls = getattr(diffusers, choice.class_name)
+    config = {k: v for k, v in dict(base_config).items() if k in MODEL_CONFIG_KEYS}
+    scheduler = cls.from_config(config, **choice.kwargs)
+    _check_applied(scheduler, choice)
+    if noise_seed is not None:
+        set_noise_seed(scheduler, noise_seed)
+    log.debug("scheduler %s for %s / %s", choice.class_name, choice.sampler, choice.schedule)
+    return scheduler
+
+
+def set_noise_seed(scheduler: SchedulerMixin, seed: int | Sequence[int]) -> None:
+    """Seed DPM++ SDE's Brownian-tree noise for the next run (one seed or one per image).
+
+    The tree is rebuilt from this seed after every `set_timesteps()`, so a scheduler
+    reused for several batches needs each batch's seeds set before that batch. Schedulers
+    without such noise are left alone (they use the generator passed to `step()`).
+    """
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = seed if isinstance(seed, int) else [int(s) for s in seed]
+
+
+def step_accepts_generator(scheduler: SchedulerMixin) -> bool:
+    """Whether `scheduler.step()` takes a `generator` (pass the job's generators to it)."""
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+def _check_applied(scheduler: SchedulerMixin, choice: SchedulerChoice) -> None:
+    """from_config drops kwargs a class does not know; refuse instead of running without."""
+    for key, value in choice.kwargs.items():
+        if scheduler.config.get(key, _MISSING) != value:
+            raise ValueError(
+                f"{choice.class_name} did not take {key}={value!r} for sampler "
+                f"{choice.sampler!r} / schedule type {choice.schedule!r}"
+            )
+
+
+_MISSING = object()
