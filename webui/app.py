@@ -1,0 +1,147 @@
+"""Composition root: flags -> AppContext -> FastAPI app with the Gradio UI and the API.
+
+`python -m webui.app [flags]` (what launch.py runs) parses the A1111-style flags, prepares
+the models folder (the --demo model, the first-run checkpoint offer), builds the app and
+serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import webbrowser
+from contextlib import asynccontextmanager
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from fastapi import FastAPI  # noqa: E402
+
+from .context import AppContext, build_context  # noqa: E402
+from .settings import Flags, parse_flags  # noqa: E402
+
+log = logging.getLogger("webui")
+
+
+def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
+    """The whole server: API routes (with --api/--nowebui) and the UI (unless --nowebui)."""
+    ctx = ctx or build_context(flags)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        ctx.close()  # stop the worker after the server stops taking requests
+
+    docs = "/docs" if (flags.api or flags.nowebui) else None
+    app = FastAPI(title="webui", docs_url=docs, redoc_url=None, lifespan=lifespan)
+    app.state.ctx = ctx
+
+    if flags.api or flags.nowebui:
+        from .api.routes import api_router
+
+        app.include_router(api_router())
+    if not flags.nowebui:
+        import gradio as gr
+
+        from .ui.blocks import CSS, build_ui
+
+        gr.mount_gradio_app(
+            app,
+            build_ui(ctx),
+            path=flags.subpath or "/",
+            auth=flags.gradio_credentials() or None,
+            ssr_mode=False,
+            footer_links=[],
+            css=CSS,
+            theme=gr.themes.Default(primary_hue="orange"),
+        )
+    return app
+
+
+def prepare_models(flags: Flags) -> None:
+    """First-run help: the --demo model, and the default checkpoint offer when none exists."""
+    from .model_manager.download import offer_default_checkpoint
+    from .model_manager.registry import SUFFIXES
+
+    flags.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if flags.demo:
+        from .model_manager.demo import ensure_demo_checkpoint
+
+        path = ensure_demo_checkpoint(flags.ckpt_dir)
+        log.info("Demo model (random weights, images are noise): %s", path.name)
+    has_any = any(
+        p.suffix in SUFFIXES or p.name == "model_index.json" for p in flags.ckpt_dir.rglob("*")
+    )
+    if not has_any and not flags.ckpt:
+        if flags.no_download_sd_model:
+            log.warning(
+                "No checkpoint found in %s. Put a .safetensors checkpoint there and press the "
+                "refresh button next to the checkpoint list, or restart with --demo.",
+                flags.ckpt_dir,
+            )
+        else:
+            offer_default_checkpoint(flags.ckpt_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    flags = parse_flags(argv)
+    logging.basicConfig(
+        level=getattr(logging, (flags.log_level or "INFO").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if flags.share:
+        log.warning(
+            "--share is not possible: it needs a tunnel service on the internet. Use --listen to share on your LAN."
+        )
+    prepare_models(flags)
+    ctx = build_context(flags)
+    for note in ctx.memory.notes:
+        log.warning(note)
+    log.info("Running on %s", ctx.memory.description)
+    if flags.ckpt or ctx.models.checkpoints():
+        ctx.jobs.submit("load", flags.ckpt or ctx.options.get("sd_model_checkpoint") or None)
+    app = create_app(flags, ctx)
+
+    import uvicorn
+
+    host = flags.server_host
+    scheme = "https" if flags.tls_certfile else "http"
+    shown = "127.0.0.1" if host == "0.0.0.0" else host
+    url = f"{scheme}://{shown}:{flags.port}{flags.subpath or ''}/"
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=flags.port,
+        log_level="warning",
+        ssl_keyfile=flags.tls_keyfile,
+        ssl_certfile=flags.tls_certfile,
+    )
+    server = uvicorn.Server(config)
+    _announce(flags, url)
+    if flags.autolaunch:
+        webbrowser.open(url)
+    server.run()
+    return 0
+
+
+def _announce(flags: Flags, url: str) -> None:
+    print(f"Running on local URL:  {url}", flush=True)
+    if flags.listen:
+        for address in _lan_addresses():
+            print(f"On your network:       {url.replace('127.0.0.1', address)}", flush=True)
+        if not (flags.gradio_auth or flags.gradio_auth_path):
+            log.warning("--listen without --gradio-auth: anyone on your network can use this UI.")
+
+
+def _lan_addresses() -> list[str]:
+    try:
+        _, _, addresses = socket.gethostbyname_ex(socket.gethostname())
+    except OSError:
+        return []
+    return sorted(a for a in set(addresses) if not a.startswith("127."))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

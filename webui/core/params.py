@@ -1,0 +1,118 @@
+"""The internal contract: what a generation job asks for, validated, immutable.
+
+UI handlers and API mapping build these; processing reads them. Validation raises
+`ParamError` naming the field, so the API can answer 422 and the UI can show a message.
+
+This module must never import torch, diffusers or a UI library.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, fields, replace
+
+from .samplers import UnknownSamplerError, missing_requirements, resolve
+
+MAX_SEED = 4294967294
+MAX_SIDE = 4096
+MAX_STEPS = 150
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+
+
+class ParamError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Txt2ImgParams:
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str | None = None  # A1111 label; None = default
+    scheduler: str | None = None  # schedule type label or API name; None = Automatic
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_count: int = 1  # A1111 "n_iter"
+    batch_size: int = 1
+    clip_skip: int = 1
+    checkpoint: str | None = None  # title, name or hash; None = the current/first one
+    save_images: bool = True  # the API saves nothing unless asked (A1111's save_images)
+
+    def validated(self) -> Txt2ImgParams:
+        """Check every field; raise ParamError naming the first bad one."""
+        _require_int(self, "steps", 1, MAX_STEPS)
+        _require_int(self, "batch_size", 1, MAX_BATCH_SIZE)
+        _require_int(self, "batch_count", 1, MAX_BATCH_COUNT)
+        _require_int(self, "clip_skip", 1, 12)
+        for side in ("width", "height"):
+            _require_int(self, side, 64, MAX_SIDE)
+            if getattr(self, side) % 8:
+                raise ParamError(side, f"must be a multiple of 8, got {getattr(self, side)}")
+        cfg = self.cfg_scale
+        if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not math.isfinite(cfg):
+            raise ParamError("cfg_scale", f"must be a finite number, got {cfg!r}")
+        if not 0 <= cfg <= 100:
+            raise ParamError("cfg_scale", f"must be between 0 and 100, got {cfg}")
+        _require_int(self, "seed", -1, MAX_SEED)
+        self._check_sampler()
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ParamError(name, "must be text")
+            if "\x00" in value:
+                raise ParamError(name, "must not contain NUL characters")
+        return self
+
+    def _check_sampler(self) -> None:
+        try:
+            resolve(self.sampler_name, None)
+        except UnknownSamplerError as exc:
+            raise ParamError("sampler_name", str(exc)) from None
+        try:
+            choice = resolve(self.sampler_name, self.scheduler)
+        except UnknownSamplerError as exc:
+            raise ParamError("scheduler", str(exc)) from None
+        missing = missing_requirements(choice)
+        if missing:
+            raise ParamError(
+                "sampler_name",
+                f"{choice.sampler} ({choice.schedule}) needs {', '.join(missing)}: "
+                f"pip install {' '.join(missing)}",
+            )
+        if self.steps < choice.min_steps:
+            raise ParamError(
+                "steps",
+                f"{choice.sampler} with {choice.schedule} needs at least {choice.min_steps} steps",
+            )
+        if choice.max_steps is not None and self.steps > choice.max_steps:
+            raise ParamError("steps", f"{choice.sampler} allows at most {choice.max_steps} steps")
+
+    def with_seed(self, rng: random.Random | None = None) -> Txt2ImgParams:
+        """A copy whose seed is fixed: -1 becomes a random seed in [0, 4294967294]."""
+        if self.seed != -1:
+            return self
+        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_SEED))
+
+    def image_seeds(self) -> list[int]:
+        """Seed of every image in order: image i gets seed + i (A1111)."""
+        total = self.batch_count * self.batch_size
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(total)]
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _require_int(params, name: str, low: int, high: int) -> None:
+    value = getattr(params, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(name, f"must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ParamError(name, f"must be between {low} and {high}, got {value}")
