@@ -1,0 +1,378 @@
+"""The one place that knows both A1111's API fields and the internal params.
+
+Request -> `Txt2ImgParams` (n_iter -> batch_count, sampler_name / legacy sampler_index,
+scheduler label or lowercase name, per-job override_settings), and job result -> A1111
+response (base64 PNGs with the infotext embedded, the `info` JSON string), and job
+progress -> A1111 progress. Bad input raises `FieldError` naming the A1111 field; a request
+for a feature that is not built yet raises `NotBuiltError`.
+
+This module must never import torch, diffusers or fastapi, and never change global
+options: override_settings apply to the one job they come with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .. import __version__
+from ..core.jobs import Job
+from ..core.params import MAX_SEED, ParamError, Txt2ImgParams
+from ..imaging.infotext import parse_infotext, pnginfo_for, read_infotext_from_image
+from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
+
+if TYPE_CHECKING:  # the worker module imports torch; only its result type is needed here
+    from ..core.worker import JobResult
+
+log = logging.getLogger(__name__)
+
+# internal Txt2ImgParams field -> where it comes from in an A1111 request
+_PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
+    "batch_count": ("n_iter",),
+    "clip_skip": ("override_settings", "CLIP_stop_at_last_layers"),
+    "checkpoint": ("override_settings", "sd_model_checkpoint"),
+}
+# (field, feature) requested by a truthy value, not built yet: refused, never faked
+_NOT_BUILT: tuple[tuple[str, str], ...] = (
+    ("enable_hr", "hires. fix"),
+    ("restore_faces", "face restoration"),
+    ("tiling", "tiling"),
+    ("styles", "prompt styles"),
+    ("refiner_checkpoint", "refiner"),
+    ("firstpass_image", "first pass image"),
+)
+# infotext field -> request field, for the `infotext` request field (A1111 1.10)
+_INFOTEXT_FIELDS: dict[str, str] = {
+    "Prompt": "prompt",
+    "Negative prompt": "negative_prompt",
+    "Steps": "steps",
+    "Sampler": "sampler_name",
+    "Schedule type": "scheduler",
+    "CFG scale": "cfg_scale",
+    "Seed": "seed",
+    "Size-1": "width",
+    "Size-2": "height",
+}
+_STANDARD_INFO_KEYS = frozenset(
+    {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
+     "Size-2", "Width", "Height", "Model hash", "Model", "VAE hash", "VAE", "Clip skip",
+     "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength"}
+)  # fmt: skip
+
+
+class FieldError(ValueError):
+    """A request field has a bad value; `loc` is its path in the JSON body."""
+
+    def __init__(self, loc: tuple[str, ...], message: str):
+        super().__init__(f"{'.'.join(loc)}: {message}")
+        self.loc = loc
+        self.message = message
+
+    def detail(self) -> list[dict[str, Any]]:
+        """FastAPI's own validation-error shape."""
+        return [{"loc": ["body", *self.loc], "msg": self.message, "type": "value_error"}]
+
+
+class NotBuiltError(Exception):
+    """The request asks for a feature this server does not have yet."""
+
+    def __init__(self, field: str, feature: str):
+        super().__init__(f"{feature} ({field}) is not implemented yet")
+        self.field = field
+        self.feature = feature
+
+
+# --- request -> params -------------------------------------------------------------------
+
+
+def txt2img_params(req: Txt2ImgRequest, *, models: Any, options: Any) -> Txt2ImgParams:
+    """Validated params for one txt2img job; raises FieldError or NotBuiltError.
+
+    `models` resolves checkpoint names (ModelManager.resolve), `options` validates
+    override_settings values (Options.definitions); neither is changed.
+    """
+    req = _with_infotext(req)
+    _refuse_not_built(req)
+    sampler_field, sampler = _sampler_of(req)
+    scheduler = _value(req, "scheduler") or None
+    overrides = _overrides(req.override_settings or {}, models=models, options=options)
+    params = Txt2ImgParams(
+        prompt=_value(req, "prompt"),
+        negative_prompt=_value(req, "negative_prompt"),
+        sampler_name=sampler,
+        scheduler=scheduler,
+        steps=_value(req, "steps"),
+        cfg_scale=_value(req, "cfg_scale"),
+        width=_value(req, "width"),
+        height=_value(req, "height"),
+        seed=_value(req, "seed"),
+        batch_count=_value(req, "n_iter"),
+        batch_size=_value(req, "batch_size"),
+        save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
+        **overrides,
+    )
+    try:
+        return params.validated().with_seed()
+    except ParamError as exc:
+        loc = _PARAM_TO_REQUEST.get(exc.field, (exc.field,))
+        if exc.field == "sampler_name":
+            loc = (sampler_field,)
+        raise FieldError(loc, exc.message) from None
+
+
+def _value(req: Txt2ImgRequest, name: str) -> Any:
+    """The request's value of a field; null means A1111's default."""
+    value = getattr(req, name)
+    if value is None:
+        field = Txt2ImgRequest.model_fields[name]
+        value = field.get_default(call_default_factory=True)
+    return value
+
+
+def _with_infotext(req: Txt2ImgRequest) -> Txt2ImgRequest:
+    """A1111 1.10: fields not sent explicitly are taken from the `infotext` field."""
+    if not req.infotext:
+        return req
+    parsed = parse_infotext(req.infotext)
+    updates = {
+        field: parsed[key]
+        for key, field in _INFOTEXT_FIELDS.items()
+        if key in parsed and field not in req.model_fields_set
+    }
+    if "Clip skip" in parsed and "CLIP_stop_at_last_layers" not in (req.override_settings or {}):
+        overrides = dict(req.override_settings or {})
+        overrides["CLIP_stop_at_last_layers"] = parsed["Clip skip"]
+        updates["override_settings"] = overrides
+    merged = {**req.model_dump(), **updates}
+    try:
+        return Txt2ImgRequest.model_validate(merged)
+    except ValueError as exc:
+        raise FieldError(("infotext",), f"could not use the infotext: {exc}") from None
+
+
+def _refuse_not_built(req: Txt2ImgRequest) -> None:
+    for field, feature in _NOT_BUILT:
+        if getattr(req, field, None):
+            raise NotBuiltError(field, feature)
+    if (req.subseed_strength or 0) > 0:
+        raise NotBuiltError("subseed_strength", "variation seeds")
+    if req.script_name:
+        raise FieldError(("script_name",), f"script not found: {req.script_name}")
+    if req.alwayson_scripts:
+        name = str(next(iter(req.alwayson_scripts)))
+        raise FieldError(("alwayson_scripts", name), f"always-on script not found: {name}")
+
+
+def _sampler_of(req: Txt2ImgRequest) -> tuple[str, str | None]:
+    """(field it came from, sampler): sampler_name if given, else the legacy sampler_index."""
+    if req.sampler_name:
+        return "sampler_name", req.sampler_name
+    return "sampler_index", _value(req, "sampler_index") or None
+
+
+def _overrides(settings: Mapping[str, Any], *, models: Any, options: Any) -> dict[str, Any]:
+    """override_settings -> Txt2ImgParams fields, for this job alone."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        loc = ("override_settings", key)
+        if key == "sd_model_checkpoint":
+            if value in (None, ""):
+                continue
+            if not isinstance(value, str):
+                raise FieldError(loc, f"expected a checkpoint name, got {value!r}")
+            try:
+                out["checkpoint"] = models.resolve(value).title
+            except LookupError as exc:
+                raise FieldError(loc, str(exc.args[0] if exc.args else exc)) from None
+        elif key == "CLIP_stop_at_last_layers":
+            definition = options.definitions.get(key)
+            try:
+                out["clip_skip"] = definition.validate(value) if definition else int(value)
+            except (TypeError, ValueError) as exc:
+                raise FieldError(loc, str(exc)) from None
+        else:
+            log.info("override_settings: %r does not apply to this job; ignored", key)
+    return out
+
+
+# --- result -> response -------------------------------------------------------------------
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    """Base64 PNG (no data: prefix) with the infotext in the "parameters" chunk."""
+    buffer = io.BytesIO()
+    pnginfo = pnginfo_for(infotext) if infotext else None
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def txt2img_response(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dict[str, Any]:
+    """A1111's txt2img response for a finished (or interrupted) job."""
+    images = result.images if result else []
+    send = req.send_images is not False
+    return {
+        "images": [encode_png(g.image, g.infotext) for g in images] if send else [],
+        "parameters": json_safe(req.model_dump()),
+        "info": json.dumps(txt2img_info(req, job, result), ensure_ascii=False),
+    }
+
+
+def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dict[str, Any]:
+    """The dict A1111 returns as the `info` JSON string (Processed.js())."""
+    params: Txt2ImgParams = result.params if result else job.params
+    images = result.images if result else []
+    infotexts = [g.infotext for g in images]
+    first = parse_infotext(infotexts[0]) if infotexts else {}
+    total = params.batch_count * params.batch_size
+    subseed = _value(req, "subseed")
+    if subseed == -1:
+        subseed = random.SystemRandom().randint(0, MAX_SEED)
+    sampler = first.get("Sampler") or params.sampler_name
+    extra = {k: v for k, v in first.items() if k not in _STANDARD_INFO_KEYS}
+    return {
+        "prompt": params.prompt,
+        "all_prompts": [params.prompt] * total,
+        "negative_prompt": params.negative_prompt,
+        "all_negative_prompts": [params.negative_prompt] * total,
+        "seed": params.seed,
+        "all_seeds": params.image_seeds(),
+        "subseed": subseed,
+        "all_subseeds": [(subseed + i) % (MAX_SEED + 1) for i in range(total)],
+        "subseed_strength": _value(req, "subseed_strength"),
+        "width": params.width,
+        "height": params.height,
+        "sampler_name": sampler,
+        "cfg_scale": params.cfg_scale,
+        "steps": params.steps,
+        "batch_size": params.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": first.get("Model") or _model_name(result),
+        "sd_model_hash": first.get("Model hash"),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": _value(req, "seed_resize_from_w"),
+        "seed_resize_from_h": _value(req, "seed_resize_from_h"),
+        "denoising_strength": None,  # only hires. fix uses it in txt2img
+        "extra_generation_params": json_safe(extra),
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(req.styles or []),
+        "job_timestamp": _timestamp(job.created_at),
+        "clip_skip": params.clip_skip,
+        "is_using_inpainting_conditioning": bool(result and "inpaint" in result.model_family),
+        "version": f"v{__version__}",
+    }
+
+
+def _model_name(result: JobResult | None) -> str | None:
+    if result is None:
+        return None
+    return result.checkpoint_title.rsplit(" [", 1)[0].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def _timestamp(when: float | None) -> str:
+    return datetime.fromtimestamp(when).strftime("%Y%m%d%H%M%S") if when else "0"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as None, so strict JSON encoding never fails."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def progress_response(job: Job | None, *, skip_current_image: bool = False) -> dict[str, Any]:
+    """A1111's /progress body for the running job (idle values when there is none)."""
+    if job is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None),
+                "current_image": None, "textinfo": None}  # fmt: skip
+    p = job.progress
+    preview = p.preview
+    current = None
+    if preview is not None and not skip_current_image:
+        current = encode_png(preview)
+    return {
+        "progress": round(p.fraction, 4),
+        "eta_relative": round(p.eta_seconds or 0.0, 2),
+        "state": _state(job),
+        "current_image": current,
+        "textinfo": p.text or None,
+    }
+
+
+def _state(job: Job | None) -> dict[str, Any]:
+    if job is None:
+        return {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
+                "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}  # fmt: skip
+    p = job.progress
+    text = f"Batch {p.batch + 1} out of {p.batches}" if p.batches > 1 else job.kind
+    return {
+        "skipped": False,
+        "interrupted": bool(job.interrupt_requested),
+        "job": text,
+        "job_count": p.batches,
+        "job_timestamp": _timestamp(job.created_at),
+        "job_no": p.batch,
+        "sampling_step": p.step,
+        "sampling_steps": p.steps,
+    }
+
+
+# --- png-info -----------------------------------------------------------------------------
+
+
+def decode_image(data: str, field: str = "image") -> Image.Image:
+    """An image from base64 (a data: URL prefix is allowed); FieldError naming `field`."""
+    text = (data or "").strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError((field,), "invalid base64") from None
+    if not raw:
+        raise FieldError((field,), "empty image")
+    try:
+        return Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise FieldError((field,), f"not an image: {exc}") from None
+
+
+def png_info(data: str) -> dict[str, Any]:
+    """A1111's /png-info body: the infotext, other image info items, parsed parameters."""
+    image = decode_image(data)
+    text = read_infotext_from_image(image) or ""
+    items = {
+        str(k): v
+        for k, v in (image.info or {}).items()
+        if k != "parameters" and isinstance(v, str | int | float | bool)
+    }
+    return {"info": text, "items": json_safe(items), "parameters": json_safe(parse_infotext(text))}
+
+
+def checkpoint_for_options(value: Any, models: Any) -> str:
+    """The title a sd_model_checkpoint option value names; FieldError when unknown."""
+    if not isinstance(value, str):
+        raise FieldError(("sd_model_checkpoint",), f"expected a checkpoint name, got {value!r}")
+    try:
+        return models.resolve(value).title
+    except LookupError as exc:
+        raise FieldError(("sd_model_checkpoint",), str(exc.args[0] if exc.args else exc)) from None

@@ -1,0 +1,341 @@
+"""The A1111-compatible REST API under /sdapi/v1 (enabled by --api or --nowebui).
+
+Every route gets the AppContext through a dependency (`request.app.state.ctx`); there is
+no module-level state. Generation is submitted to the shared job queue and waited for in
+a threadpool (plain `def` endpoints), so the event loop stays free for /progress. Bad
+input answers 422 in FastAPI's validation-error shape naming the field; endpoints and
+features not built yet answer 501 with a JSON message naming the feature.
+
+This module must never import torch or diffusers: it only talks to the AppContext.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from ..core import jobs as job_states
+from ..core import samplers
+from . import mapping
+from .schemas import (
+    PNGInfoRequest,
+    PNGInfoResponse,
+    ProgressResponse,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    TextToImageResponse,
+)
+from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
+
+if TYPE_CHECKING:
+    from ..context import AppContext
+else:  # the context module pulls in torch; routes only need its attributes
+    AppContext = Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/sdapi/v1"
+API_OWNER = "api"
+
+# path -> (HTTP method, feature named in the 501 answer)
+NOT_BUILT: dict[str, tuple[str, str]] = {
+    "/img2img": ("POST", "img2img"),
+    "/extra-single-image": ("POST", "extras (upscaling)"),
+    "/extra-batch-images": ("POST", "extras (upscaling)"),
+    "/skip": ("POST", "skipping the current image"),
+    "/upscalers": ("GET", "upscalers"),
+    "/latent-upscale-modes": ("GET", "latent upscale modes (hires. fix)"),
+    "/sd-vae": ("GET", "VAE selection"),
+    "/refresh-vae": ("POST", "VAE selection"),
+    "/loras": ("GET", "LoRA"),
+    "/refresh-loras": ("POST", "LoRA"),
+    "/embeddings": ("GET", "textual inversion embeddings"),
+    "/refresh-embeddings": ("POST", "textual inversion embeddings"),
+    "/prompt-styles": ("GET", "prompt styles"),
+    "/scripts": ("GET", "scripts"),
+    "/script-info": ("GET", "scripts"),
+    "/extensions": ("GET", "extensions"),
+}
+_SECRET_FLAGS = ("api_auth", "gradio_auth")
+
+
+class _ApiRoute(APIRoute):
+    """Answers request-validation errors with loc/msg/type only.
+
+    FastAPI's default answer echoes the input, which fails to encode (500) for NaN.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                detail = [
+                    {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                     "type": str(e.get("type", "value_error"))}
+                    for e in exc.errors()
+                ]  # fmt: skip
+                return JSONResponse(status_code=422, content={"detail": detail})
+
+        return route
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+_basic = HTTPBasic(auto_error=False)
+
+
+def api_user(
+    request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> str:
+    """The job owner: the HTTP Basic user with --api-auth, else "api"."""
+    users = request.app.state.ctx.flags.api_credentials()
+    if not users:
+        return API_OWNER
+    if credentials is not None:
+        for user, password in users:
+            user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
+            pass_ok = secrets.compare_digest(credentials.password.encode(), password.encode())
+            if user_ok and pass_ok:
+                return user
+    raise HTTPException(401, "Incorrect username or password", {"WWW-Authenticate": "Basic"})
+
+
+User = Annotated[str, Depends(api_user)]
+
+
+def _field_error(exc: mapping.FieldError) -> HTTPException:
+    return HTTPException(status_code=422, detail=exc.detail())
+
+
+def _not_built(feature: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=501,
+        content={"detail": f"{feature} is not implemented yet", "feature": feature},
+    )
+
+
+def api_router() -> APIRouter:
+    """All /sdapi/v1 routes; the composition root includes it in the app."""
+    router = APIRouter(
+        prefix=PREFIX, tags=["sdapi"], route_class=_ApiRoute, dependencies=[Depends(api_user)]
+    )
+    _generation_routes(router)
+    _model_routes(router)
+    _settings_routes(router)
+    for path, (method, feature) in NOT_BUILT.items():
+        router.add_api_route(
+            path, _not_built_endpoint(feature), methods=[method], status_code=501,
+            summary=f"not implemented yet: {feature}", responses={501: {"description": feature}},
+        )  # fmt: skip
+    return router
+
+
+def _not_built_endpoint(feature: str) -> Callable[[], JSONResponse]:
+    def endpoint() -> JSONResponse:
+        return _not_built(feature)
+
+    return endpoint
+
+
+# --- generation ---------------------------------------------------------------------------
+
+
+def _generation_routes(router: APIRouter) -> None:
+    @router.post("/txt2img", response_model=TextToImageResponse)
+    def txt2img(req: Txt2ImgRequest, ctx: Ctx, user: User) -> Any:
+        try:
+            params = mapping.txt2img_params(req, models=ctx.models, options=ctx.options)
+        except mapping.FieldError as exc:
+            raise _field_error(exc) from None
+        except mapping.NotBuiltError as exc:
+            return _not_built(f"{exc.feature} ({exc.field})")
+        if not ctx.models.checkpoints():
+            raise HTTPException(
+                503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
+            )
+        job = ctx.jobs.submit("txt2img", params, owner=user)
+        job.done.wait()
+        if job.state == job_states.FAILED:
+            return JSONResponse(
+                status_code=500,
+                content={"error": "GenerationError", "detail": job.error, "errors": job.error},
+            )
+        return mapping.txt2img_response(req, job, job.result)
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(ctx: Ctx, skip_current_image: Annotated[bool, Query()] = False) -> Any:
+        return mapping.progress_response(ctx.jobs.current(), skip_current_image=skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt(ctx: Ctx) -> Any:
+        job = ctx.jobs.current()
+        if job is not None:
+            ctx.jobs.interrupt(job.id)
+        return None
+
+    @router.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(req: PNGInfoRequest) -> Any:
+        try:
+            return mapping.png_info(req.image)
+        except mapping.FieldError as exc:
+            raise _field_error(exc) from None
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def _model_routes(router: APIRouter) -> None:
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def list_samplers() -> Any:
+        return [
+            {"name": name, "aliases": samplers.sampler_aliases(name), "options": {}}
+            for name in samplers.SAMPLERS
+        ]
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def list_schedulers() -> Any:
+        return [
+            {"name": name, "label": label, "aliases": None, "default_rho": -1,
+             "need_inner_model": False}
+            for label, name in samplers.SCHEDULE_NAMES.items()
+        ]  # fmt: skip
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models(ctx: Ctx) -> Any:
+        return [
+            {"title": i.title, "model_name": i.name, "hash": i.shorthash, "sha256": i.sha256,
+             "filename": str(i.path), "config": None}
+            for i in ctx.models.checkpoints()
+        ]  # fmt: skip
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints(ctx: Ctx) -> Any:
+        ctx.models.refresh()
+        return None
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint(ctx: Ctx, user: User) -> Any:
+        ctx.jobs.submit("unload", None, owner=user)  # only the worker touches the models
+        return None
+
+    @router.post("/reload-checkpoint")
+    def reload_checkpoint(ctx: Ctx, user: User) -> Any:
+        wanted = ctx.options.get("sd_model_checkpoint") or None
+        try:
+            title = ctx.models.resolve(wanted).title
+        except LookupError as exc:
+            raise HTTPException(404, str(exc.args[0] if exc.args else exc)) from None
+        job = ctx.jobs.submit("load", title, owner=user)
+        job.done.wait()
+        if job.state == job_states.FAILED:
+            raise HTTPException(500, f"could not load {title}: {job.error}")
+        return None
+
+    @router.get("/memory")
+    def memory(ctx: Ctx) -> Any:
+        return {"ram": _ram(), "cuda": _cuda(ctx)}
+
+
+def _ram() -> dict[str, Any]:
+    try:
+        import psutil
+    except ImportError:
+        return _ram_from_proc()
+    mem = psutil.virtual_memory()
+    process = psutil.Process(os.getpid()).memory_info()
+    return {"free": mem.available, "used": process.rss, "total": mem.total}
+
+
+def _ram_from_proc() -> dict[str, Any]:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError as exc:
+        return {"error": f"memory information not available: {exc}"}
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[key] = int(parts[0]) * 1024
+    total, free = values.get("MemTotal", 0), values.get("MemAvailable", 0)
+    return {"free": free, "used": total - free, "total": total}
+
+
+def _cuda(ctx: AppContext) -> dict[str, Any]:
+    if ctx.memory.device != "cuda":
+        return {"error": "no cuda"}
+    from ..model_manager import memory as memory_module
+
+    stats = getattr(memory_module, "cuda_memory_stats", None)
+    if stats is None:
+        return {"error": "cuda memory statistics are not implemented yet"}
+    try:
+        return stats()
+    except Exception as exc:  # a stats failure must not fail the endpoint
+        return {"error": str(exc)}
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def _settings_routes(router: APIRouter) -> None:
+    @router.get("/options")
+    def get_options(ctx: Ctx) -> Any:
+        return mapping.json_safe(ctx.options.as_dict())
+
+    @router.post("/options")
+    def set_options(body: dict[str, Any], ctx: Ctx, user: User) -> Any:
+        options = ctx.options
+        if options.read_only:
+            raise HTTPException(403, "settings are frozen (--freeze-settings)")
+        known: dict[str, Any] = {}
+        for key, value in body.items():
+            definition = options.definitions.get(key)
+            if definition is None:
+                log.info("POST /options: unknown option %r ignored", key)
+                continue
+            try:
+                known[key] = definition.validate(value)
+            except (TypeError, ValueError) as exc:
+                raise _field_error(mapping.FieldError((key,), str(exc))) from None
+        checkpoint = known.get("sd_model_checkpoint")
+        if checkpoint:
+            try:
+                known["sd_model_checkpoint"] = mapping.checkpoint_for_options(
+                    checkpoint, ctx.models
+                )
+            except mapping.FieldError as exc:
+                raise _field_error(exc) from None
+        try:
+            options.update(known)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        options.save()
+        if checkpoint:  # A1111 loads the checkpoint an options change names
+            ctx.jobs.submit("load", known["sd_model_checkpoint"], owner=user)
+        return None
+
+    @router.get("/cmd-flags")
+    def cmd_flags(ctx: Ctx) -> Any:
+        flags = ctx.flags.as_cmd_flags()
+        for key in _SECRET_FLAGS:  # never a password, whatever as_cmd_flags does
+            if flags.get(key):
+                flags[key] = "***"
+        return mapping.json_safe(flags)
