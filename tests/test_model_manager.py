@@ -185,3 +185,16 @@ def test_registry_scan_names_and_hash_cache(tmp_path, tiny_files, monkeypatch):
     assert reg2.find(f"a.safetensors [{digest[:10]}]").rel == "a.safetensors"
     assert reg2.find("b").rel == "sub/deeper/b.safetensors"
     assert reg2.find("missing") is None
+
+
+def test_pipeline_variants_share_the_loaded_weights(tiny_files):
+    from webui.model_manager.manager import Lease
+    from webui.model_manager.registry import CheckpointInfo
+
+    loaded = load_checkpoint(tiny_files["sd1"], "cpu", torch.float32)
+    lease = Lease(loaded, CheckpointInfo(tiny_files["sd1"], "tiny-sd1.safetensors", False))
+    img2img = lease.variant("StableDiffusionImg2ImgPipeline")
+    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert img2img.unet is loaded.pipe.unet and img2img.vae is loaded.pipe.vae
+    assert lease.variant("StableDiffusionImg2ImgPipeline") is img2img  # made once
+    assert lease.variant("StableDiffusionPipeline") is loaded.pipe
