@@ -95,6 +95,9 @@ def _load_ckpt(path: Path) -> dict:
 
 def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
     """Build a pipeline from a single file or a diffusers folder."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # we report loading in the job's progress
     if path.is_dir():
         return _load_diffusers_folder(path, device, dtype)
     spec = identify_file(path)
@@ -115,7 +118,7 @@ def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
             )
         except Exception as exc:
             raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
-    pipe.to(device)
+    _move(pipe, device)
     if spec.prediction_type is None:
         spec = _settle_prediction_type(spec, pipe)
     pipe.scheduler = pipe.scheduler.from_config(
@@ -221,8 +224,13 @@ def _load_diffusers_folder(path: Path, device: str, dtype: torch.dtype) -> Loade
         )
     except Exception as exc:
         raise CheckpointLoadError(f"{path.name}: cannot load the folder ({exc})") from exc
-    pipe.to(device)
+    _move(pipe, device)
     return LoadedModel(pipe=pipe, spec=spec_of_pipeline(pipe), path=path)
+
+
+def _move(pipe, device: str) -> None:
+    if device != "cpu":  # weights are loaded on the CPU already
+        pipe.to(device)
 
 
 def spec_of_pipeline(pipe) -> ModelSpec:
