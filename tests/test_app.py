@@ -113,5 +113,43 @@ def test_memory_plan_flags():
     assert fallback.attention == "sdpa" and "needs a CUDA device" in fallback.notes[0]
     missing = plan_memory(xformers=True, cuda_available=True, xformers_installed=False)
     assert missing.attention == "sdpa" and "not installed" in missing.notes[0]
-    assert plan_memory(xformers=True, cuda_available=True, xformers_installed=True).attention == "xformers"
+    assert (
+        plan_memory(xformers=True, cuda_available=True, xformers_installed=True).attention
+        == "xformers"
+    )
     assert plan_memory(split_attention=True, cuda_available=False).attention == "sliced"
+
+
+def test_ckpt_flag_lists_and_loads_a_file_outside_the_models_folder(tmp_path, tiny_files):
+    import json
+
+    elsewhere = tmp_path / "elsewhere" / "mine.safetensors"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(tiny_files["sd1"].read_bytes())
+    port = free_port()
+    argv = ["--port", str(port), "--data-dir", str(tmp_path / "data"), "--nowebui"]
+    argv += ["--ckpt", str(elsewhere), "--no-download-sd-model"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webui.app", *argv],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        models = json.loads(_wait_for_page(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", proc))
+        assert [m["model_name"] for m in models] == ["mine"]
+        assert models[0]["filename"] == str(elsewhere)
+        body = json.dumps({"prompt": "x", "steps": 2, "width": 64, "height": 64}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/sdapi/v1/txt2img",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            info = json.loads(json.loads(response.read())["info"])
+        assert info["sd_model_name"] == "mine"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

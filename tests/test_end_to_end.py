@@ -125,3 +125,24 @@ def test_unknown_checkpoint_fails_clearly(ctx):
     assert job.state == "failed"
     assert "nope" in job.error
     run(ctx)  # the queue goes on
+
+
+@pytest.mark.parametrize("family", ["sd1-inpaint", "sd2", "sdxl"])
+def test_every_family_generates_through_the_queue(family, tmp_path, tiny_files):
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    shutil.copy(tiny_files[family], ckpt_dir / f"{family}.safetensors")
+    context = build_context(parse_flags(["--data-dir", str(tmp_path), "--no-download-sd-model"]))
+    try:
+        job = run(context, sampler_name="DPM++ 2M", scheduler="Karras")
+        assert job.result.model_family.startswith(
+            {"sd2": "SD 2.x", "sdxl": "SDXL"}.get(family, "SD 1.x")
+        )
+        (image,) = job.result.images
+        with Image.open(image.path) as im:
+            assert im.size == (64, 64)
+            fields = parse_infotext(read_infotext_from_image(im))
+        assert fields["Model"] == family
+        assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Karras")
+    finally:
+        context.close()

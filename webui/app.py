@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     for note in ctx.memory.notes:
         log.warning(note)
     log.info("Running on %s", ctx.memory.description)
-    if flags.ckpt or ctx.models.checkpoints():
-        ctx.jobs.submit("load", flags.ckpt or ctx.options.get("sd_model_checkpoint") or None)
+    if flags.ckpt and not flags.ckpt.exists():
+        log.warning("--ckpt %s: no such file; it is not listed", flags.ckpt)
+    elif flags.ckpt or ctx.models.checkpoints():
+        # load in the background: the page is served at once, the first job waits for it
+        wanted = flags.ckpt.name if flags.ckpt else ctx.options.get("sd_model_checkpoint")
+        ctx.jobs.submit("load", wanted or None, owner="startup")
     app = create_app(flags, ctx)
 
     import uvicorn
