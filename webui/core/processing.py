@@ -63,28 +63,8 @@ def txt2img(
     seeds = params.image_seeds()
     family = lease.spec.family
     progress.batches = params.batch_count
-    fields = {
-        "Steps": params.steps,
-        "Sampler": choice.sampler,
-        "Schedule type": choice.schedule,
-        "CFG scale": params.cfg_scale,
-        "Size": f"{params.width}x{params.height}",
-        "Model hash": lease.info.shorthash,
-        "Model": lease.info.name,
-        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
-        "RNG": "CPU",
-        "Version": f"v{__version__}",
-    }
-
-    def on_step(pipe, i, t, tensors):
-        progress.steps = pipe.num_timesteps
-        progress.step = i + 1
-        if preview_every and (i + 1) % preview_every == 0 and i + 1 < pipe.num_timesteps:
-            progress.preview = latent_preview(tensors["latents"], family)
-            progress.preview_step = progress.batch * progress.steps + i + 1
-        if should_stop():
-            pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
-        return {}
+    fields = base_fields(lease, params, choice)
+    on_step = step_callback(progress, should_stop, preview_every, family)
 
     conditioning = encode_prompts(
         pipe, family, params.prompt, params.negative_prompt, params.clip_skip
@@ -105,7 +85,7 @@ def txt2img(
             width=params.width,
             height=params.height,
             num_images_per_prompt=params.batch_size,
-            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+            generator=generators(batch_seeds),
             callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents"],
             **_inpainting_model_inputs(lease.spec, params),
@@ -117,6 +97,45 @@ def txt2img(
             path = save(image, seed, infotext) if save else None
             results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
     return results
+
+
+def base_fields(lease, params, choice) -> dict:
+    """The A1111 infotext fields every mode shares, in A1111's order (Seed added per image)."""
+    return {
+        "Steps": params.steps,
+        "Sampler": choice.sampler,
+        "Schedule type": choice.schedule,
+        "CFG scale": params.cfg_scale,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": lease.info.shorthash,
+        "Model": lease.info.name,
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "RNG": "CPU",
+        "Version": f"v{__version__}",
+    }
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: a seed gives the same noise on every machine."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def step_callback(
+    progress: Progress, should_stop: Callable[[], bool], preview_every: int, family: str
+):
+    """A diffusers `callback_on_step_end`: progress, cheap previews, interrupt."""
+
+    def on_step(pipe, i, t, tensors):
+        progress.steps = pipe.num_timesteps
+        progress.step = i + 1
+        if preview_every and (i + 1) % preview_every == 0 and i + 1 < pipe.num_timesteps:
+            progress.preview = latent_preview(tensors["latents"], family)
+            progress.preview_step = progress.batch * progress.steps + i + 1
+        if should_stop():
+            pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
+        return {}
+
+    return on_step
 
 
 def _inpainting_model_inputs(spec, params: Txt2ImgParams) -> dict:
