@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -31,7 +32,16 @@ from pathlib import Path
 from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_TORCH_COMMAND = "pip install torch==2.13.0"
+# torch and a torchvision built for it (spandrel, the upscaler loader, imports torchvision).
+# On x86_64 PyPI's Linux wheels are CUDA builds that also run on the CPU; on aarch64 they
+# are CPU builds. TORCH_COMMAND overrides, as in A1111.
+TORCH_COMMANDS = {
+    "aarch64": "pip install torch==2.9.1 torchvision==0.24.1",
+    "arm64": "pip install torch==2.9.1 torchvision==0.24.1",
+}
+DEFAULT_TORCH_COMMAND = TORCH_COMMANDS.get(
+    platform.machine().lower(), "pip install torch==2.14.1 torchvision==0.29.1"
+)
 STAMP_NAME = ".install-stamp"
 IS_WINDOWS = os.name == "nt"
 

@@ -165,7 +165,7 @@ def test_install_steps_and_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     launcher.install(python, tmp_path, gpu=False, reinstall_torch=False)
     assert calls == [
-        ("Installing torch", ["pip", "install", "torch==2.13.0"]),
+        ("Installing torch", launcher.DEFAULT_TORCH_COMMAND.split()),
         ("Installing requirements", ["pip", "install", "-e", str(launcher.ROOT)]),
     ]
     assert (tmp_path / ".install-stamp").is_file()
@@ -201,9 +201,9 @@ def test_torch_command_explains_choice(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     launcher = load_launcher(monkeypatch)
-    assert launcher.torch_command(gpu=False) == "pip install torch==2.13.0"
+    assert launcher.torch_command(gpu=False) == launcher.DEFAULT_TORCH_COMMAND
     assert "no NVIDIA GPU" in capsys.readouterr().out
-    assert launcher.torch_command(gpu=True) == "pip install torch==2.13.0"
+    assert launcher.torch_command(gpu=True) == launcher.DEFAULT_TORCH_COMMAND
     assert "NVIDIA GPU found" in capsys.readouterr().out
     monkeypatch.setenv("TORCH_COMMAND", "pip install torch==2.13.0+cpu")
     assert launcher.torch_command(gpu=True) == "pip install torch==2.13.0+cpu"
@@ -228,7 +228,9 @@ IGNORED = shutil.ignore_patterns(
 
 
 @pytest.mark.slow
-def test_first_run_creates_venv_and_installs_everything(tmp_path: Path) -> None:
+def test_first_run_creates_venv_and_installs_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "webui-copy"
     shutil.copytree(ROOT, root, ignore=IGNORED)
     python = system_python()
@@ -254,7 +256,7 @@ def test_first_run_creates_venv_and_installs_everything(tmp_path: Path) -> None:
         [
             str(venv_python),
             "-c",
-            "import webui, torch, diffusers, gradio; print(torch.__version__)",
+            "import webui, torch, torchvision, diffusers, gradio; print(torch.__version__)",
         ],
         cwd=tmp_path,
         env=clean_env(),
@@ -263,7 +265,8 @@ def test_first_run_creates_venv_and_installs_everything(tmp_path: Path) -> None:
         timeout=300,
     )
     assert check.returncode == 0, check.stderr
-    assert check.stdout.startswith("2.13.0")
+    launcher = load_launcher(monkeypatch)
+    assert check.stdout.startswith(launcher.DEFAULT_TORCH_COMMAND.split("==")[1].split()[0])
 
     again = subprocess.run(
         [python, "launch.py", "--exit"], cwd=root, env=clean_env(), capture_output=True,
