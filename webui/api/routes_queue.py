@@ -1,0 +1,229 @@
+"""Our own API additions under /webui/v1: the shared job queue, job status, cancel & co.
+
+- `GET /webui/v1/queue`: every job (running, waiting in run order, recently finished)
+  with owner, mode, prompt start, position, state and progress; `mine` marks the caller's.
+- `GET /webui/v1/jobs/{id}`: one job's status; its owner may ask for the live preview
+  (`preview=true`) and, once finished, the images with their infotext (`images=true`).
+  Others see the status only: never another user's previews or images.
+- `POST /webui/v1/jobs/{id}/cancel` (a waiting job leaves the queue, a running one is
+  interrupted), `/interrupt`, `/skip`, `/move` (reorder among the owner's waiting jobs).
+- `POST /webui/v1/txt2img`: submit an A1111 txt2img payload without waiting; answers 202
+  with the job, to be polled by id. `force_task_id` chooses the id.
+
+Job ids come from the queue, or from A1111's `force_task_id` request field. The owner of a
+request is its --api-auth user, else "api". This module must never import torch or
+diffusers: it only talks to the AppContext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..core import jobs as job_states
+from ..core.jobs import Job, JobAccessError, QueueFullError, summary
+from ..imaging.upscaler_list import UpscalerCatalog
+from . import mapping
+from .auth import api_user
+from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
+
+if TYPE_CHECKING:
+    from ..context import AppContext
+else:  # the context module pulls in torch; routes only need its attributes
+    AppContext = Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/webui/v1"
+
+
+class JobInfo(BaseModel):
+    id: str
+    owner: str
+    kind: str = Field(description="txt2img, img2img, load, ...")
+    prompt: str = Field(description="the start of the prompt")
+    state: str = Field(description="queued, running, done, failed, interrupted, cancelled")
+    position: int | None = Field(description="0 running, 1.. waiting, null finished")
+    progress: float
+    step: int
+    steps: int
+    batch: int
+    batches: int
+    eta_seconds: float | None
+    text: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    interrupt_requested: bool
+    skipped: int
+    image_count: int
+    error: str | None
+    mine: bool = Field(description="submitted by the caller")
+
+
+class QueueInfo(BaseModel):
+    running: str | None = Field(description="id of the running job")
+    waiting: int
+    limit_per_user: int = Field(description="0: no limit")
+    jobs: list[JobInfo]
+
+
+class JobDetail(JobInfo):
+    current_image: str | None = Field(None, description="live preview (base64 PNG), owner only")
+    images: list[str] = Field(default_factory=list, description="base64 PNGs, owner only")
+    infotexts: list[str] = Field(default_factory=list)
+
+
+class MoveRequest(BaseModel):
+    offset: int = Field(description="places to move among your waiting jobs; negative: earlier")
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+User = Annotated[str, Depends(api_user)]
+
+
+def job_info(job: Job, position: int | None, user: str) -> dict[str, Any]:
+    return {**summary(job, position), "mine": job.owner == user}
+
+
+def queue_router() -> APIRouter:
+    """The /webui/v1 routes; the composition root includes it with --api."""
+    router = APIRouter(prefix=PREFIX, tags=["webui"], dependencies=[Depends(api_user)])
+
+    @router.get("/queue", response_model=QueueInfo)
+    def queue(ctx: Ctx, user: User) -> Any:
+        listing = ctx.jobs.listing()
+        running = next((j.id for j, pos in listing if pos == 0), None)
+        return {
+            "running": running,
+            "waiting": sum(1 for _, pos in listing if pos),
+            "limit_per_user": int(ctx.options.get("queue_limit_per_user")),
+            "jobs": [job_info(j, pos, user) for j, pos in listing],
+        }
+
+    @router.get("/jobs/{job_id}", response_model=JobDetail)
+    def job_status(
+        job_id: str,
+        ctx: Ctx,
+        user: User,
+        images: Annotated[bool, Query(description="include the result images")] = False,
+        preview: Annotated[bool, Query(description="include the live preview")] = False,
+    ) -> Any:
+        job = _job(ctx, job_id)
+        body = job_info(job, ctx.jobs.position(job), user)
+        if job.owner != user:  # status only: never another user's pictures
+            return body
+        if preview and job.state == job_states.RUNNING and job.progress.preview is not None:
+            body["current_image"] = mapping.encode_png(job.progress.preview)
+        if images:
+            body["images"] = [mapping.encode_png(g.image, g.infotext) for g in job.images]
+        body["infotexts"] = [g.infotext for g in job.images]
+        return body
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobInfo)
+    def cancel(job_id: str, ctx: Ctx, user: User) -> Any:
+        return _act(ctx, user, job_id, ctx.jobs.interrupt, "it has already finished")
+
+    @router.post("/jobs/{job_id}/interrupt", response_model=JobInfo)
+    def interrupt(job_id: str, ctx: Ctx, user: User) -> Any:
+        return _act(ctx, user, job_id, ctx.jobs.interrupt, "it has already finished")
+
+    @router.post("/jobs/{job_id}/skip", response_model=JobInfo)
+    def skip(job_id: str, ctx: Ctx, user: User) -> Any:
+        return _act(ctx, user, job_id, ctx.jobs.skip, "only a running job can skip")
+
+    @router.post("/jobs/{job_id}/move", response_model=JobInfo)
+    def move(job_id: str, body: MoveRequest, ctx: Ctx, user: User) -> Any:
+        def action(jid: str, owner: str) -> bool:
+            return ctx.jobs.move(jid, body.offset, owner)
+
+        return _act(ctx, user, job_id, action, "only a waiting job can move, within your jobs")
+
+    @router.post("/txt2img", response_model=JobInfo, status_code=202)
+    def submit_txt2img(req: Annotated[Txt2ImgRequest, Body()], ctx: Ctx, user: User) -> Any:
+        job = submit_txt2img_job(ctx, req, user)
+        if isinstance(job, JSONResponse):
+            return job
+        return job_info(job, ctx.jobs.position(job), user)
+
+    return router
+
+
+def submit_txt2img_job(ctx: AppContext, req: Txt2ImgRequest, user: str) -> Job | JSONResponse:
+    """Validate an A1111 txt2img request and queue it for `user` (422/501/503 otherwise).
+
+    `override_settings` go into the job's own options snapshot; QueueFullError (429)
+    is left to the app's exception handler.
+    """
+    try:
+        upscalers = UpscalerCatalog(ctx.flags.models_dir)  # hires. fix upscaler names
+        params = mapping.txt2img_params(
+            req,
+            models=ctx.models,
+            options=ctx.options,
+            upscalers=upscalers,
+            extensions=getattr(ctx, "extensions", None),
+        )
+        options = mapping.job_options(req.override_settings or {}, ctx.options)
+    except mapping.FieldError as exc:
+        raise HTTPException(status_code=422, detail=exc.detail()) from None
+    except mapping.NotBuiltError as exc:
+        feature = f"{exc.feature} ({exc.field})"
+        return JSONResponse(
+            status_code=501,
+            content={"detail": f"{feature} is not implemented yet", "feature": feature},
+        )
+    if not ctx.models.checkpoints():
+        raise HTTPException(
+            503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
+        )
+    try:
+        return ctx.jobs.submit(
+            "txt2img", params, owner=user, job_id=req.force_task_id or None, options=options
+        )
+    except ValueError as exc:  # a bad or taken force_task_id
+        detail = mapping.FieldError(("force_task_id",), str(exc)).detail()
+        raise HTTPException(status_code=422, detail=detail) from None
+
+
+async def wait_for_job(job: Job, poll_seconds: float = 0.05) -> None:
+    """Wait for a job to finish without holding a thread: many API clients may wait in
+    the queue at once while /progress and the queue listing stay responsive."""
+    while not job.done.is_set():
+        await asyncio.sleep(poll_seconds)
+
+
+def _job(ctx: AppContext, job_id: str) -> Job:
+    job = ctx.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no such job: {job_id} (finished jobs are kept for a while)")
+    return job
+
+
+def _act(ctx: AppContext, user: str, job_id: str, action, refusal: str) -> dict[str, Any]:
+    job = _job(ctx, job_id)
+    if not action(job_id, user):
+        raise HTTPException(409, f"cannot do that with job {job_id}: {refusal}")
+    return job_info(job, ctx.jobs.position(job), user)
+
+
+def add_queue_error_handlers(app: FastAPI) -> None:
+    """QueueFullError -> 429 and JobAccessError -> 403, for every route that submits."""
+
+    async def queue_full(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=429, content={"detail": str(exc), "error": "QueueFull"})
+
+    async def not_yours(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
+    app.add_exception_handler(QueueFullError, queue_full)
+    app.add_exception_handler(JobAccessError, not_yours)
