@@ -1,57 +1,375 @@
-"""Text conditioning: prompts to the embeddings the UNet is conditioned on.
+"""Text conditioning: prompts to the embeddings the UNet is conditioned on, the A1111 way.
 
-Encodes the prompt and negative prompt once per job (not once per batch) and applies
-A1111's clip skip: "Clip skip: N" takes the output of the N-th layer from the end of the
-text encoder, through its final layer norm (SD 1.x/2.x); SDXL uses the penultimate layer
-of both encoders by default and goes N-1 layers further back.
+A prompt line is read by `prompts.parse_attention` into (text, weight) pieces, tokenized
+without special tokens and laid out in chunks of 75 tokens (a `BREAK` starts a new chunk;
+when a chunk is full and a comma lies within the last 20 tokens, the words after it move
+to the next chunk). Each chunk is encoded on its own as BOS + 75 tokens + EOS (padding
+after the first EOS with the tokenizer's pad token, "!" for OpenCLIP), and the chunks are
+concatenated: a 100-token prompt gives a 154 x D conditioning. Textual-inversion vectors
+replace the placeholder tokens of an embedding's name inside the text encoder's token
+embedding layer, for that encode only. Weights multiply the encoder output per token,
+then the tensor is scaled back to its original mean (A1111 "Original" emphasis).
+
+Clip skip: SD 1.x/2.x take the output of the N-th layer from the end through the final
+layer norm; SDXL takes layer -(N+1) of both encoders (the penultimate for N=1), without
+the norm, and the pooled embedding of the second encoder's first chunk. An SDXL empty
+negative prompt is all zeros, as diffusers and A1111 do it.
+
+`prepare_conditioning` builds, for one job, the schedule of every AND sub-prompt and of
+the negative prompt; `composable.hooked` switches it during sampling. `encode_prompts` is
+the simple, static form (first step only) kept for callers that need no schedule.
 
 This module must never import a UI library.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
 import torch
+
+from .prompts import (
+    BREAK_WEIGHT,
+    extract_extra_networks,
+    parse_attention,
+    prompt_schedule,
+    split_and,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_LENGTH = 75
+COMMA_BACKTRACK = 20
+
+
+@dataclass
+class Encoded:
+    embeds: torch.Tensor  # [1, 77 * chunks, D]
+    pooled: torch.Tensor | None = None  # [1, P] (SDXL)
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)
+    multipliers: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, object]] = field(default_factory=list)  # (offset, embedding)
+
+
+@dataclass
+class _Slot:
+    """One tokenizer + text encoder pair and how its output is read."""
+
+    tokenizer: object
+    encoder: torch.nn.Module
+    key: str  # embedding vectors key: "" (SD1/SD2), "clip_l" or "clip_g" (SDXL)
+    layer: int  # hidden state index, from the end (1 = last)
+    final_norm: bool
+    pooled: bool
+
+
+class PromptEncoder:
+    """Encodes prompt texts for one pipeline, with caching; remembers used embeddings."""
+
+    def __init__(self, pipe, family: str, clip_skip: int, embeddings=None):
+        self.family = family
+        self.embeddings = embeddings
+        self.used_embeddings: dict[str, object] = {}
+        self._cache: dict[str, Encoded] = {}
+        self.slots = _slots(pipe, family, clip_skip)
+        if embeddings is not None:
+            embeddings.model_widths = {slot.key: _width(slot) for slot in self.slots}
+        tokenizer = self.slots[0].tokenizer
+        self._comma = tokenizer.convert_tokens_to_ids(",</w>")
+
+    # --- tokens -------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.slots[0].tokenizer(texts, truncation=False, add_special_tokens=False)[
+            "input_ids"
+        ]
+
+    def _candidates(self, line: str) -> dict[int, list[tuple[list[int], object]]]:
+        """Embeddings whose name may occur in `line`, by the first token id of the name."""
+        if self.embeddings is None:
+            return {}
+        found: dict[int, list[tuple[list[int], object]]] = {}
+        for emb in self.embeddings.candidates(line):
+            if not all(emb.vectors_for(slot.key, _width(slot)) is not None for slot in self.slots):
+                continue  # made for another model family
+            ids = self._tokenize([emb.name])[0]
+            if ids:
+                found.setdefault(ids[0], []).append((ids, emb))
+        for entries in found.values():
+            entries.sort(key=lambda e: -len(e[0]))
+        return found
+
+    def chunks(self, line: str) -> list[Chunk]:
+        """The 75-token chunks of one prompt line (A1111's tokenize_line)."""
+        parsed = parse_attention(line)
+        tokenized = self._tokenize([text for text, _ in parsed])
+        candidates = self._candidates(line)
+        chunks: list[Chunk] = []
+        chunk = Chunk()
+        last_comma = -1
+
+        def next_chunk() -> None:
+            nonlocal chunk, last_comma
+            missing = CHUNK_LENGTH - len(chunk.tokens)
+            chunk.tokens += [self.slots[0].tokenizer.eos_token_id] * missing
+            chunk.multipliers += [1.0] * missing
+            chunks.append(chunk)
+            chunk, last_comma = Chunk(), -1
+
+        for tokens, (text, weight) in zip(tokenized, parsed, strict=True):
+            if weight == BREAK_WEIGHT and text == "BREAK":
+                next_chunk()
+                continue
+            position = 0
+            while position < len(tokens):
+                token = tokens[position]
+                if token == self._comma:
+                    last_comma = len(chunk.tokens)
+                elif (
+                    len(chunk.tokens) == CHUNK_LENGTH
+                    and last_comma != -1
+                    and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
+                ):  # move the words after the last comma into the next chunk
+                    cut = last_comma + 1
+                    moved = chunk.tokens[cut:], chunk.multipliers[cut:]
+                    del chunk.tokens[cut:], chunk.multipliers[cut:]
+                    next_chunk()
+                    chunk.tokens, chunk.multipliers = list(moved[0]), list(moved[1])
+                if len(chunk.tokens) == CHUNK_LENGTH:
+                    next_chunk()
+                emb, used = _embedding_at(candidates, tokens, position)
+                if emb is None:
+                    chunk.tokens.append(token)
+                    chunk.multipliers.append(weight)
+                    position += 1
+                    continue
+                count = min(CHUNK_LENGTH, emb.vector_count)
+                if len(chunk.tokens) + count > CHUNK_LENGTH:
+                    next_chunk()
+                chunk.fixes.append((len(chunk.tokens), emb))
+                chunk.tokens += [0] * count
+                chunk.multipliers += [weight] * count
+                self.used_embeddings[emb.name] = emb
+                position += used
+        if chunk.tokens or not chunks:
+            next_chunk()
+        return chunks
+
+    # --- encoding ----------------------------------------------------------------------
+    def encode(self, text: str) -> Encoded:
+        if text not in self._cache:
+            self._cache[text] = self._encode(text)
+        return self._cache[text]
+
+    @torch.inference_mode()
+    def _encode(self, text: str) -> Encoded:
+        parts, pooled = [], None
+        chunks = self.chunks(text)
+        for slot in self.slots:
+            encoded = [self._encode_chunk(slot, chunk) for chunk in chunks]
+            parts.append(torch.cat([z for z, _ in encoded], dim=1))
+            if slot.pooled:
+                pooled = encoded[0][1]
+        return Encoded(torch.cat(parts, dim=-1), pooled)
+
+    def _encode_chunk(self, slot: _Slot, chunk: Chunk):
+        tokenizer, encoder = slot.tokenizer, slot.encoder
+        ids = [tokenizer.bos_token_id, *chunk.tokens, tokenizer.eos_token_id]
+        pad = tokenizer.pad_token_id
+        if pad is not None and pad != tokenizer.eos_token_id:
+            first_eos = ids.index(tokenizer.eos_token_id)
+            ids[first_eos + 1 :] = [pad] * (len(ids) - first_eos - 1)
+        input_ids = torch.tensor([ids], device=encoder.device)
+        fixes = [
+            (1 + offset, emb.vectors_for(slot.key, _width(slot))) for offset, emb in chunk.fixes
+        ]
+        with _token_embedding_fixes(encoder, fixes):
+            output = encoder(input_ids, output_hidden_states=slot.layer > 1 or not slot.final_norm)
+        if slot.layer == 1 and slot.final_norm:
+            z = output.last_hidden_state
+        else:
+            z = output.hidden_states[-slot.layer]
+            if slot.final_norm:
+                z = getattr(encoder, "text_model", encoder).final_layer_norm(z)
+        pooled = output.text_embeds if slot.pooled else None
+        multipliers = [1.0, *chunk.multipliers, 1.0]
+        if any(m != 1.0 for m in multipliers):
+            z = _emphasis(z, torch.tensor(multipliers, dtype=z.dtype, device=z.device))
+        return z, pooled
+
+    def zeros_like_empty(self) -> Encoded:
+        empty = self.encode("")
+        pooled = torch.zeros_like(empty.pooled) if empty.pooled is not None else None
+        return Encoded(torch.zeros_like(empty.embeds), pooled)
+
+
+def _emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """Scale each token's vector by its weight, then restore the original mean (A1111)."""
+    original_mean = z.mean()
+    z = z * multipliers.reshape(1, -1, 1)
+    new_mean = z.mean()
+    if new_mean != 0:
+        z = z * (original_mean / new_mean)
+    return z
+
+
+def _width(slot: _Slot) -> int:
+    return slot.encoder.get_input_embeddings().embedding_dim
+
+
+def _embedding_at(candidates, tokens: list[int], position: int):
+    for ids, emb in candidates.get(tokens[position], ()):
+        if tokens[position : position + len(ids)] == ids:
+            return emb, len(ids)
+    return None, 1
+
+
+@contextmanager
+def _token_embedding_fixes(encoder, fixes):
+    """Put textual-inversion vectors at their token positions, for one forward pass."""
+    if not fixes:
+        yield
+        return
+
+    def hook(module, args, output):
+        output = output.clone()
+        for start, vectors in fixes:
+            count = min(len(vectors), output.shape[1] - start)
+            output[0, start : start + count] = vectors[:count].to(output.device, output.dtype)
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _slots(pipe, family: str, clip_skip: int) -> list[_Slot]:
+    if family != "sdxl":
+        _check_clip_skip(pipe.text_encoder, clip_skip)
+        return [_Slot(pipe.tokenizer, pipe.text_encoder, "", clip_skip, True, False)]
+    slots = []
+    for tokenizer, encoder, key, pooled in (
+        (getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None), "clip_l", False),
+        (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g", True),
+    ):
+        if encoder is not None and tokenizer is not None:
+            _check_clip_skip(encoder, clip_skip)
+            slots.append(_Slot(tokenizer, encoder, key, clip_skip + 1, False, pooled))
+    return slots
+
+
+def _check_clip_skip(encoder, clip_skip: int) -> None:
+    layers = encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        raise ValueError(f"Clip skip {clip_skip} is more than the text encoder's {layers} layers")
+
+
+# --- schedules for a job ----------------------------------------------------------------------
+
+
+@dataclass
+class Scheduled:
+    """Encoded prompt per range of steps: `items[i]` is used up to step `ends[i]` (1-based)."""
+
+    ends: list[int]
+    items: list[Encoded]
+
+    def at(self, step: int) -> Encoded:
+        for end, item in zip(self.ends, self.items, strict=True):
+            if step + 1 <= end:
+                return item
+        return self.items[-1]
+
+
+@dataclass
+class Conditioning:
+    """Everything a job conditions on: the negative schedule and every AND sub-prompt."""
+
+    family: str
+    uncond: Scheduled
+    conds: list[Scheduled]
+    weights: list[float]
+    used_embeddings: dict[str, object]
+
+    @property
+    def static(self) -> bool:
+        """One sub-prompt of weight 1 and no switch: the pipeline needs no hook."""
+        return (
+            len(self.conds) == 1
+            and self.weights[0] == 1.0
+            and len(self.conds[0].items) == 1
+            and len(self.uncond.items) == 1
+        )
+
+    def pipeline_kwargs(self) -> dict:
+        """The first step's embeddings, as diffusers pipeline keyword arguments."""
+        cond, uncond = self.conds[0].at(0), self.uncond.at(0)
+        kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
+        if self.family == "sdxl":
+            kwargs["pooled_prompt_embeds"] = cond.pooled
+            kwargs["negative_pooled_prompt_embeds"] = uncond.pooled
+        return kwargs
+
+
+def prepare_conditioning(
+    pipe,
+    family: str,
+    prompt: str,
+    negative: str,
+    clip_skip: int,
+    *,
+    steps: int,
+    embeddings=None,
+) -> Conditioning:
+    """Encode a job's prompt (AND sub-prompts, schedules) and negative prompt.
+
+    `<lora:...>` tags are removed first. All encodings are padded with empty-prompt chunks
+    to one length, so that any step's tensors can be batched together.
+    """
+    encoder = PromptEncoder(pipe, family, clip_skip, embeddings)
+    prompt, _ = extract_extra_networks(prompt)
+    negative, _ = extract_extra_networks(negative)
+    subprompts = split_and(prompt)
+    conds = [_scheduled(encoder, text, steps, negative=False) for text, _ in subprompts]
+    uncond = _scheduled(encoder, negative, steps, negative=True)
+    _pad_all([uncond, *conds], encoder)
+    return Conditioning(family, uncond, conds, [w for _, w in subprompts], encoder.used_embeddings)
+
+
+def _scheduled(encoder: PromptEncoder, text: str, steps: int, *, negative: bool) -> Scheduled:
+    zero_empty = negative and encoder.family == "sdxl"
+    ends, items = [], []
+    for end, part in prompt_schedule(text, steps):
+        ends.append(end)
+        items.append(
+            encoder.zeros_like_empty() if zero_empty and part == "" else encoder.encode(part)
+        )
+    return Scheduled(ends, items)
+
+
+def _pad_all(schedules: list[Scheduled], encoder: PromptEncoder) -> None:
+    longest = max(item.embeds.shape[1] for s in schedules for item in s.items)
+    for schedule in schedules:
+        for i, item in enumerate(schedule.items):
+            missing = (longest - item.embeds.shape[1]) // 77
+            if missing:
+                filler = encoder.encode("").embeds
+                if not item.embeds.any():  # an SDXL zero negative stays zero
+                    filler = torch.zeros_like(filler)
+                embeds = torch.cat([item.embeds, filler.repeat(1, missing, 1)], dim=1)
+                schedule.items[i] = Encoded(embeds, item.pooled)
 
 
 def encode_prompts(pipe, family: str, prompt: str, negative: str, clip_skip: int) -> dict:
-    """Pipeline keyword arguments carrying the encoded prompt and negative prompt."""
-    if family == "sdxl":
-        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=prompt,
-            negative_prompt=negative or None,
-            device=pipe._execution_device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=True,
-            clip_skip=clip_skip - 1 or None,
-        )
-        return {
-            "prompt_embeds": embeds,
-            "negative_prompt_embeds": negative_embeds,
-            "pooled_prompt_embeds": pooled,
-            "negative_pooled_prompt_embeds": negative_pooled,
-        }
-    return {
-        "prompt_embeds": _encode_clip(pipe, prompt, clip_skip),
-        "negative_prompt_embeds": _encode_clip(pipe, negative, clip_skip),
-    }
-
-
-@torch.inference_mode()
-def _encode_clip(pipe, text: str, clip_skip: int) -> torch.Tensor:
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    ids = tokenizer(
-        text,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(encoder.device)
-    output = encoder(ids, output_hidden_states=clip_skip > 1)
-    if clip_skip == 1:
-        return output.last_hidden_state
-    layers = len(output.hidden_states) - 1
-    if clip_skip > layers:
-        raise ValueError(f"Clip skip {clip_skip} is more than the text encoder's {layers} layers")
-    # transformers 5 dropped the `text_model` wrapper of CLIPTextModel; older ones have it
-    transformer = getattr(encoder, "text_model", encoder)
-    return transformer.final_layer_norm(output.hidden_states[-clip_skip])
+    """Pipeline keyword arguments for the prompt and negative prompt, without schedules
+    or AND (the first step's text, the first sub-prompt): the static form."""
+    return prepare_conditioning(
+        pipe, family, prompt, negative, clip_skip, steps=1
+    ).pipeline_kwargs()
