@@ -1,0 +1,147 @@
+"""Hires. fix: txt2img at the first-pass size, upscale, then an img2img pass at the new size.
+
+Called by `webui.core.processing.txt2img` with the first pass's latents. A latent
+upscaler ("Latent", "Latent (bicubic antialiased)", ...) interpolates the latents; any
+other upscaler (Lanczos, Nearest, a model from models/ESRGAN etc.) works on the decoded
+images, which are then encoded again. With both "resize to" sides given, A1111 upscales
+to cover the size and trims the latents to it. The second pass runs `steps` (or the first
+pass's) at the hires denoising strength, with the hires sampler and prompt when given.
+
+This module must never import a UI library, and never change global options.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from ..imaging.upscaler_list import LATENT_MODES
+from .composable import hooked
+from .conditioning import prepare_conditioning
+from .decode import decode_latents
+from .jobs import Progress
+from .latents import (
+    DenoiseRequest,
+    denoise,
+    effective_steps,
+    pixels_tensor,
+    resize_latents,
+    vae_encode_pixels,
+)
+from .params import Txt2ImgParams
+from .samplers import SchedulerChoice, resolve
+
+log = logging.getLogger(__name__)
+
+
+def hires_fields(params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
+    """A1111's infotext fields of hires. fix, in A1111's order."""
+    hp = params.hires
+    fields: dict = {"Denoising strength": hp.denoising_strength}
+    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    if hr_choice.sampler != choice.sampler:
+        fields["Hires sampler"] = hr_choice.sampler
+    if hp.prompt and hp.prompt != params.prompt:
+        fields["Hires prompt"] = hp.prompt
+    if hp.negative_prompt and hp.negative_prompt != params.negative_prompt:
+        fields["Hires negative prompt"] = hp.negative_prompt
+    if hr_choice.schedule != choice.schedule:
+        fields["Hires schedule type"] = hr_choice.schedule
+    if hp.resize_x or hp.resize_y:
+        fields["Hires resize"] = f"{hp.resize_x}x{hp.resize_y}"
+    else:
+        fields["Hires upscale"] = hp.scale
+    if hp.steps:
+        fields["Hires steps"] = hp.steps
+    fields["Hires upscaler"] = hp.upscaler.name
+    return fields
+
+
+def hires_pass(
+    lease,
+    params: Txt2ImgParams,
+    latents: torch.Tensor,
+    seeds: list[int],
+    *,
+    conditioning,
+    choice: SchedulerChoice,
+    on_step: Callable,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    generators: Callable,
+    upscalers=None,
+    networks=None,
+) -> list:
+    """The second pass over one batch's first-pass latents; returns PIL images.
+
+    `conditioning` is the first pass's (`conditioning.Conditioning`); a hires prompt
+    gets its own."""
+    pipe, hp = lease.pipe, params.hires
+    if should_stop():  # interrupted during the first pass: keep its images
+        return decode_latents(pipe, latents)
+    progress.text = "Hires fix: upscaling"
+    factor = pipe.vae_scale_factor
+    size = hp.size(params.width, params.height)
+    latent_h, latent_w, top, bottom, left, right = size.latent_box(factor)
+    pixels = None
+    if hp.upscaler.is_latent:
+        mode, antialias = LATENT_MODES[hp.upscaler.name]
+        latents = resize_latents(latents, latent_h, latent_w, mode, antialias)
+    else:
+        cache = upscalers if upscalers is not None else _fresh_cache(lease)
+        images = [
+            cache.resize(
+                image, latent_w * factor, latent_h * factor, hp.upscaler, should_stop=should_stop
+            )
+            for image in decode_latents(pipe, latents)
+        ]
+        pixels = pixels_tensor(images)
+        latents = vae_encode_pixels(pipe, pixels)
+    latents = latents[:, :, top:bottom, left:right]
+    if pixels is not None:
+        pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]
+    elif lease.spec.inpainting:  # 9-channel models: the whole image is "masked"
+        pixels = torch.zeros(
+            latents.shape[0], 3, latents.shape[2] * factor, latents.shape[3] * factor
+        )
+    steps = hp.steps or params.steps
+    if effective_steps(steps, hp.denoising_strength) == 0:
+        progress.text = ""
+        return decode_latents(pipe, latents)
+    if (hp.prompt and hp.prompt != params.prompt) or (
+        hp.negative_prompt and hp.negative_prompt != params.negative_prompt
+    ):
+        conditioning = prepare_conditioning(
+            pipe,
+            lease.spec.family,
+            hp.prompt or params.prompt,
+            hp.negative_prompt or params.negative_prompt,
+            params.clip_skip,
+            steps=steps,
+            embeddings=networks.embeddings if networks is not None else None,
+        )
+    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    progress.text = "Hires fix"
+    progress.step = 0
+    with hooked(pipe.unet, conditioning, len(seeds)) as follow_steps:
+        request = DenoiseRequest(
+            latents=latents,
+            conditioning=conditioning.pipeline_kwargs(),
+            choice=hr_choice,
+            steps=steps,
+            strength=hp.denoising_strength,
+            cfg_scale=params.cfg_scale,
+            seeds=seeds,
+            pixels=pixels,
+        )
+        images = denoise(lease, request, follow_steps(on_step), generators)
+    progress.text = ""
+    return images
+
+
+def _fresh_cache(lease):
+    from ..imaging.upscalers import UpscalerCache
+
+    return UpscalerCache(device=str(lease.pipe.device))

@@ -1,0 +1,287 @@
+"""img2img and inpainting: init images (and a mask) plus a prompt to new images.
+
+A1111's steps, in order: outpainting canvas; mask inversion and blur; for "only masked"
+the crop around the mask (plus padding, grown to the processing aspect ratio) else the
+resize mode; the masked content (fill / original / latent noise / latent nothing); the
+denoise at the strength asked for (`webui.core.latents`); and finally the overlay that
+puts the original back outside the mask, softly at the blurred edge, pasting an "only
+masked" result back where it was cut out. Denoising strength 0 (or too few steps to run
+one) returns the prepared init image without touching the model.
+
+This module must never import a UI library, and never change global options.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ..imaging import masks as geometry
+from ..imaging.codec import prepare_mask, to_rgb
+from ..imaging.infotext import build_infotext
+from .composable import hooked
+from .conditioning import prepare_conditioning
+from .decode import memory_fields
+from .jobs import Progress
+from .latents import (
+    DenoiseRequest,
+    denoise,
+    effective_steps,
+    masked_content_latents,
+    pixels_tensor,
+    resize_latents,
+    vae_encode,
+    vae_encode_pixels,
+)
+from .params_img2img import Img2ImgParams
+from .processing import GeneratedImage, SaveFn, base_fields, generators, step_callback
+from .samplers import resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """One init image made ready for the model, and how to put the result back."""
+
+    image: Image.Image  # processing-size RGB, masked content applied
+    source: Image.Image  # processing-size RGB before the masked content (strength 0)
+    mask: Image.Image | None = None  # processing-size "L" mask
+    overlay: Image.Image | None = None  # the original, transparent where repainted
+    paste_to: tuple[int, int, int, int] | None = None  # "only masked": x, y, w, h
+    latent_resize: bool = False  # resize mode 3: encode at own size, resize the latents
+
+    def finish(self, result: Image.Image) -> Image.Image:
+        if self.overlay is None:
+            return result
+        return geometry.apply_overlay(result, self.overlay, self.paste_to)
+
+
+def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
+    """A1111's img2img/inpaint preprocessing of one init image."""
+    image = to_rgb(image)
+    width, height, mode = params.width, params.height, params.resize_mode
+    mask = None
+    if params.mask is not None:
+        mask = prepare_mask(params.mask, invert=params.inpainting_mask_invert)
+    if any(params.outpaint):
+        overlap = 2 * max(params.mask_blur_x, params.mask_blur_y)
+        image, mask = geometry.outpaint_canvas(image, mask, *params.outpaint, overlap=overlap)
+    if mask is None:
+        if mode == geometry.LATENT_RESIZE:
+            return Prepared(image, image, latent_resize=True)
+        resized = geometry.resize_image(mode, image, width, height)
+        return Prepared(resized, resized)
+    mode = geometry.JUST_RESIZE if mode == geometry.LATENT_RESIZE else mode
+    mask = geometry.blur_mask(mask, params.mask_blur_x, params.mask_blur_y)
+    paste_to = None
+    if params.inpaint_full_res:
+        box = geometry.crop_region(mask, params.inpaint_full_res_padding)
+        if box is None:  # cannot happen after prepare_mask; kept as a clear failure
+            raise ValueError("mask: the mask is empty")
+        box = geometry.expand_crop_region(box, width, height, mask.width, mask.height)
+        x1, y1, x2, y2 = box
+        overlay = geometry.make_overlay(image, mask)
+        mask_small = geometry.resize_image(geometry.RESIZE_AND_FILL, mask.crop(box), width, height)
+        image = geometry.resize_image(geometry.RESIZE_AND_FILL, image.crop(box), width, height)
+        paste_to = (x1, y1, x2 - x1, y2 - y1)
+    else:
+        mask_small = geometry.resize_image(mode, mask, width, height)
+        image = geometry.resize_image(mode, image, width, height)
+        overlay = geometry.make_overlay(image, mask_small.point(lambda v: min(255, v * 2)))
+    source = image
+    if params.inpainting_fill != 1:
+        image = geometry.fill_masked(image, mask_small)
+    return Prepared(image, source, mask_small, overlay, paste_to)
+
+
+def extra_fields(params: Img2ImgParams) -> dict:
+    """Infotext fields of img2img and inpainting, A1111's names (after the base fields)."""
+    fields: dict = {"Denoising strength": params.denoising_strength}
+    if params.mask is not None or any(params.outpaint):
+        if params.mask_blur_x == params.mask_blur_y:
+            fields["Mask blur"] = params.mask_blur_x or None
+        else:
+            fields["Mask blur X"], fields["Mask blur Y"] = params.mask_blur_x, params.mask_blur_y
+        if params.inpainting_mask_invert:
+            fields["Mask mode"] = "Inpaint not masked"
+        if params.inpainting_fill != 1:
+            fields["Masked content"] = geometry.MASKED_CONTENT[params.inpainting_fill]
+        if params.inpaint_full_res:
+            fields["Inpaint area"] = "Only masked"
+            fields["Masked area padding"] = params.inpaint_full_res_padding
+        for name, value in zip(("left", "right", "up", "down"), params.outpaint, strict=True):
+            fields[f"Outpaint {name}"] = value or None
+    return fields
+
+
+def img2img(
+    lease,
+    params: Img2ImgParams,
+    *,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    save: SaveFn | None = None,
+    preview_every: int = 0,
+    networks=None,
+    upscalers=None,
+) -> list[GeneratedImage]:
+    """`batch_count` batches of `batch_size` images; image i starts from init image i
+    (cycling through the init images) with seed + i. A batch folder or SD upscale in the
+    params hands over to those modes."""
+    if params.batch_input_dir:
+        from .img2img_batch import img2img_folder
+
+        return img2img_folder(
+            lease,
+            params,
+            progress=progress,
+            should_stop=should_stop,
+            save=save,
+            preview_every=preview_every,
+            networks=networks,
+        )
+    if params.sd_upscale is not None:
+        from .sd_upscale import sd_upscale
+
+        return sd_upscale(
+            lease,
+            params,
+            progress=progress,
+            should_stop=should_stop,
+            save=save,
+            preview_every=preview_every,
+            networks=networks,
+            upscalers=upscalers,
+        )
+    job = Img2ImgJob(lease, params, networks, progress, should_stop, preview_every)
+    prepared = [prepare(params, image) for image in params.init_images]
+    seeds = params.image_seeds()
+    progress.batches = params.batch_count
+    results: list[GeneratedImage] = []
+    for batch in range(params.batch_count):
+        if should_stop():
+            break
+        progress.batch, progress.step = batch, 0
+        start = batch * params.batch_size
+        batch_seeds = seeds[start : start + params.batch_size]
+        items = [prepared[(start + i) % len(prepared)] for i in range(len(batch_seeds))]
+        if batch == 0:
+            progress.started_at = time.monotonic()
+        for item, image, seed in zip(items, job.run(items, batch_seeds), batch_seeds, strict=True):
+            final = item.finish(image)
+            infotext = job.infotext(seed)
+            path = save(final, seed, infotext) if save else None
+            results.append(GeneratedImage(image=final, seed=seed, infotext=infotext, path=path))
+    return results
+
+
+class Img2ImgJob:
+    """The parts of an img2img job that every batch shares: sampler, prompts, fields."""
+
+    def __init__(
+        self,
+        lease,
+        params: Img2ImgParams,
+        networks,
+        progress,
+        should_stop,
+        preview_every: int,
+        fields: dict | None = None,
+    ):
+        self.lease, self.params = lease, params
+        self.choice = resolve(params.sampler_name, params.scheduler)
+        self.fields = {**base_fields(lease, params, self.choice, networks), **extra_fields(params)}
+        self.fields.update(fields or {})
+        self.steps_run = effective_steps(params.steps, params.denoising_strength)
+        self.conditioning = None
+        if self.steps_run > 0:
+            self.conditioning = prepare_conditioning(
+                lease.pipe,
+                lease.spec.family,
+                params.prompt,
+                params.negative_prompt,
+                params.clip_skip,
+                steps=params.steps,
+                embeddings=networks.embeddings if networks else None,
+            )
+            if networks is not None:
+                self.fields.update(networks.extra_fields(self.conditioning.used_embeddings))
+        self.on_step = step_callback(progress, should_stop, preview_every, lease.spec.family)
+
+    def run(self, items: list[Prepared], seeds: list[int]) -> list[Image.Image]:
+        """One batch: the model's images, or the prepared ones when no step would run."""
+        if self.steps_run == 0:
+            return [item.source for item in items]
+        with hooked(self.lease.pipe.unet, self.conditioning, len(seeds)) as follow_steps:
+            return run_batch(
+                self.lease,
+                self.params,
+                items,
+                seeds,
+                self.conditioning.pipeline_kwargs(),
+                self.choice,
+                follow_steps(self.on_step),
+            )
+
+    def infotext(self, seed: int) -> str:
+        p = self.params
+        fields = {**self.fields, **memory_fields(), "Seed": seed}
+        return build_infotext(p.prompt, p.negative_prompt, fields)
+
+
+def run_batch(
+    lease,
+    params: Img2ImgParams,
+    items: list[Prepared],
+    seeds: list[int],
+    conditioning: dict,
+    choice,
+    on_step,
+    output_type: str = "pil",
+) -> list:
+    """Encode the prepared images of one batch and denoise them together."""
+    pipe = lease.pipe
+    latent_h, latent_w = (
+        params.height // pipe.vae_scale_factor,
+        params.width // pipe.vae_scale_factor,
+    )
+    pixels = None
+    if items[0].latent_resize:
+        latents = torch.cat(
+            [_encode_own_size(pipe, item.image, latent_h, latent_w) for item in items]
+        )
+    else:
+        pixels = pixels_tensor([item.image for item in items])
+        latents = vae_encode_pixels(pipe, pixels)
+    mask = items[0].mask
+    if mask is not None:
+        latents = masked_content_latents(latents, mask, params.inpainting_fill, seeds)
+    if lease.spec.inpainting and pixels is None:
+        pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
+    request = DenoiseRequest(
+        latents=latents,
+        conditioning=conditioning,
+        choice=choice,
+        steps=params.steps,
+        strength=params.denoising_strength,
+        cfg_scale=params.cfg_scale,
+        seeds=seeds,
+        mask=mask,
+        pixels=pixels,
+        output_type=output_type,
+    )
+    return denoise(lease, request, on_step, generators)
+
+
+def _encode_own_size(pipe, image: Image.Image, latent_h: int, latent_w: int) -> torch.Tensor:
+    """Resize mode 3: encode at the image's own size (multiple of 8), resize the latents."""
+    width, height = max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return resize_latents(vae_encode(pipe, [image]), latent_h, latent_w)

@@ -1,0 +1,173 @@
+"""Latent-space stages shared by img2img, inpainting, SD upscale and hires. fix.
+
+- `vae_encode`: pixels to scaled latents, with the fp32 upcast SDXL's VAE needs in half
+  precision (decoding is `webui.core.decode.decode_latents`, shared with txt2img).
+- `pipeline_for`: which diffusers pipeline a job needs, as a `from_pipe` view of the
+  loaded checkpoint (never a second copy of the weights): img2img for plain models
+  without a mask, the inpaint pipeline with a mask (diffusers then puts the noised
+  original back outside the mask after every step) and always for 9-channel inpainting
+  checkpoints, which also get the masked image as conditioning.
+- `denoise`: one batch from given init latents, at a strength, with the sampler chosen.
+
+This module must never import a UI library or change global options.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .decode import decode_latents
+from .samplers import SchedulerChoice
+from .schedulers import make_scheduler, set_noise_seed
+
+log = logging.getLogger(__name__)
+
+
+def _vae_dtype_for(vae) -> tuple[torch.dtype, bool]:
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    return (torch.float32 if upcast else vae.dtype), upcast
+
+
+def pixels_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB images of one size as a (B, 3, H, W) float tensor in [-1, 1]."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.inference_mode()
+def vae_encode_pixels(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] to scaled latents (the distribution's mean)."""
+    vae = pipe.vae
+    dtype, upcast = _vae_dtype_for(vae)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        dist = vae.encode(pixels.to(vae.device, dtype)).latent_dist
+        latents = dist.mode() if hasattr(dist, "mode") else dist.mean
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
+
+
+def vae_encode(pipe, images: list[Image.Image]) -> torch.Tensor:
+    """Same-size RGB images (multiples of 8) to scaled latents (B, 4, H/f, W/f), f being
+    the VAE's scale factor (8 for real models)."""
+    return vae_encode_pixels(pipe, pixels_tensor(images))
+
+
+def resize_latents(
+    latents: torch.Tensor, height: int, width: int, mode: str = "bilinear", antialias: bool = False
+) -> torch.Tensor:
+    """Latents interpolated to height x width latent pixels."""
+    if tuple(latents.shape[-2:]) == (height, width):
+        return latents
+    kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(latents.float(), size=(height, width), mode=mode, **kwargs).to(
+        latents.dtype
+    )
+
+
+def latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
+    """A processing-size "L" mask at the latents' size, rounded to 0/1 (A1111's mask_round)."""
+    height, width = latents.shape[-2:]
+    small = np.asarray(mask.convert("L").resize((width, height)), dtype=np.float32) / 255
+    return torch.from_numpy(np.around(small))[None, None].to(latents.device, latents.dtype)
+
+
+def masked_content_latents(
+    latents: torch.Tensor, mask: Image.Image, fill: int, seeds: list[int]
+) -> torch.Tensor:
+    """A1111's "latent noise" (2) and "latent nothing" (3) for the masked area."""
+    if fill not in (2, 3):
+        return latents
+    keep = 1 - latent_mask(mask, latents)
+    if fill == 3:
+        return latents * keep
+    noise = torch.stack(
+        [
+            torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
+            for s in seeds
+        ]
+    ).to(latents.device, latents.dtype)
+    return latents * keep + noise * (1 - keep)
+
+
+def pipeline_for(lease, masked: bool):
+    """The pipeline view a denoise needs (see the module docstring)."""
+    if lease.spec.inpainting:
+        return lease.pipe
+    base = "StableDiffusionXL" if lease.spec.family == "sdxl" else "StableDiffusion"
+    pipe = lease.variant(base + ("InpaintPipeline" if masked else "Img2ImgPipeline"))
+    pipe.set_progress_bar_config(disable=True)  # a from_pipe view starts with the bars on
+    return pipe
+
+
+def effective_steps(steps: int, strength: float) -> int:
+    """How many steps diffusers runs for an img2img strength (A1111 without fix_steps)."""
+    return min(int(steps * strength), steps)
+
+
+@dataclass
+class DenoiseRequest:
+    """Everything one denoise of a batch needs besides the pipeline."""
+
+    latents: torch.Tensor  # init latents, one per image
+    conditioning: dict  # from encode_prompts
+    choice: SchedulerChoice
+    steps: int
+    strength: float
+    cfg_scale: float
+    seeds: list[int]
+    mask: Image.Image | None = None  # processing-size "L" mask; None: the whole image
+    pixels: torch.Tensor | None = None  # processing-size pixels, for 9-channel models
+    output_type: str = "pil"
+
+
+def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable) -> list:
+    """Run one batch; returns PIL images (or latents with output_type="latent")."""
+    inpaint_model = lease.spec.inpainting
+    pipe = pipeline_for(lease, req.mask is not None)
+    pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config)
+    set_noise_seed(pipe.scheduler, req.seeds)
+    latents = req.latents
+    factor = pipe.vae_scale_factor
+    height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
+    kwargs = dict(
+        **req.conditioning,
+        image=latents,
+        strength=req.strength,
+        num_inference_steps=req.steps,
+        guidance_scale=req.cfg_scale,
+        num_images_per_prompt=len(req.seeds),
+        generator=generators(req.seeds),
+        callback_on_step_end=on_step,
+        callback_on_step_end_tensor_inputs=["latents"],
+        output_type="latent",  # decoded by decode_latents: tiling, NaN check
+    )
+    if inpaint_model or req.mask is not None:
+        mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
+        if inpaint_model:
+            masked_latents = _masked_image_latents(pipe, req.pixels, mask)
+        else:  # a 4-channel model never reads them; the pipeline wants the right shape
+            masked_latents = latents
+        kwargs.update(
+            mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
+        )
+    latents = pipe(**kwargs).images
+    return latents if req.output_type == "latent" else decode_latents(pipe, latents)
+
+
+def _masked_image_latents(pipe, pixels: torch.Tensor | None, mask: Image.Image) -> torch.Tensor:
+    """The 9-channel conditioning: the image with the masked area grey, encoded."""
+    if pixels is None:
+        raise ValueError("a 9-channel inpainting model needs the init pixels")
+    keep = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) < 127.5)
+    return vae_encode_pixels(pipe, pixels * keep[None, None].to(pixels.dtype))
