@@ -1,0 +1,124 @@
+"""PNG Info: infotext read back from PNG, JPEG and WebP; parameters copied into the controls."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from PIL import Image, PngImagePlugin
+
+from webui.context import build_context
+from webui.imaging.infotext import build_infotext, parse_infotext
+from webui.imaging.store import OutputStore
+from webui.settings import parse_flags
+from webui.ui.blocks import build_ui
+from webui.ui.paste import _updates, checkpoint_title, fill, tab_controls
+from webui.ui.pnginfo_tab import describe, read_any_infotext
+
+FIELDS = {
+    "Steps": 7, "Sampler": "Euler a", "Schedule type": "Automatic", "CFG scale": 5.5,
+    "Seed": 1234, "Size": "128x192", "Model hash": "0123456789", "Model": "tiny-sd1",
+    "Clip skip": 2, "Version": "v1.10.1",
+}  # fmt: skip
+TEXT = build_infotext("a lighthouse, <dusk>: 1.2\nsecond line", "fog, rain", FIELDS)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_round_trip(tmp_path, fmt):
+    image = Image.new("RGB", (64, 48), (10, 120, 200))
+    path = OutputStore(tmp_path).save(image, kind="txt2img", seed=1234, infotext=TEXT, fmt=fmt)
+    shown, raw = describe(str(path))
+    assert raw == TEXT
+    assert "a lighthouse, &lt;dusk&gt;: 1.2" in shown and "64x48" in shown
+    fields = parse_infotext(raw)
+    assert fields["Prompt"] == "a lighthouse, <dusk>: 1.2\nsecond line"
+    assert (fields["Steps"], fields["Seed"], fields["CFG scale"], fields["Clip skip"]) == (
+        7,
+        1234,
+        5.5,
+        2,
+    )
+
+
+def test_other_tools_and_images_without_parameters(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", TEXT)  # another tool, A1111-style text under another key
+    info.add_text("Software", "some editor")
+    path = tmp_path / "other.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with Image.open(path) as im:
+        assert read_any_infotext(im) == TEXT
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    shown, raw = describe(str(plain))
+    assert raw == "" and "No generation parameters" in shown
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="Not an image"):
+        describe(str(tmp_path / "bad.png"))
+
+
+@pytest.fixture
+def ui(data_dir):
+    ctx = build_context(parse_flags(["--data-dir", str(data_dir), "--no-download-sd-model"]))
+    demo = build_ui(ctx)
+    tabs = {b.id: b for b in demo.blocks.values() if isinstance(b, gr.Tab)}
+    yield ctx, demo, tabs
+    ctx.close()
+
+
+def test_infotext_fills_every_txt2img_control(ui):
+    ctx, demo, tabs = ui
+    controls = tab_controls(tabs["txt2img"])
+    text = build_infotext("p", "n", {**FIELDS, "Sampler": "DPM++ 2M Karras", "Schedule type": None,
+                                     "Steps": 999, "Hires upscale": 1.5, "Hires steps": 3,
+                                     "Denoising strength": 0.4})  # fmt: skip
+    notes: list[str] = []
+    values = {c.label: v for c, v in fill(parse_infotext(text), controls, "txt2img", notes).items()}
+    assert values["Prompt"] == "p" and values["Negative prompt"] == "n"
+    assert values["Sampling method"] == "DPM++ 2M" and values["Schedule type"] == "Karras"
+    assert values["Sampling steps"] == 150  # clamped to the slider
+    assert (values["CFG Scale"], values["Seed"], values["Width"], values["Height"]) == (
+        5.5,
+        1234,
+        128,
+        192,
+    )
+    assert values["Clip skip"] == 2
+    assert values["Enable hires. fix"] is True
+    assert (values["Upscale by"], values["Hires steps"], values["Denoising strength"]) == (
+        1.5,
+        3,
+        0.4,
+    )
+    assert notes == []
+    fill(
+        parse_infotext(build_infotext("p", "", {**FIELDS, "Sampler": "Warp"})),
+        controls,
+        "txt2img",
+        notes,
+    )
+    assert notes == ["Sampling method: Warp is not available"]
+    img2img = tab_controls(tabs["img2img"])
+    values = fill(parse_infotext(text), img2img, "img2img", [])
+    assert {c.label for c in values} >= {"Prompt", "Sampling steps", "Seed", "Denoising strength"}
+    assert not {"Upscale by", "Upscaler", "Enable hires. fix"} & {c.label for c in values}
+
+
+def test_checkpoint_by_hash_or_name(ui):
+    ctx, demo, tabs = ui
+    (info,) = ctx.models.checkpoints()
+    assert info.sha256 is None  # not hashed yet: hashed on need to match the hash
+    sha = ctx.models.registry.hashes.sha256(info.path)
+    assert (
+        checkpoint_title(ctx, {"Model hash": sha[:10], "Model": "renamed"})
+        == f"tiny-sd1.safetensors [{sha[:10]}]"
+    )
+    assert checkpoint_title(ctx, {"Model": "tiny-sd1"}).startswith("tiny-sd1.safetensors")
+    assert checkpoint_title(ctx, {"Model hash": "ffffffffff", "Model": "gone"}) is None
+    controls = tab_controls(tabs["txt2img"])
+    checkpoint = next(
+        b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sd_checkpoint"
+    )
+    text = build_infotext("p", "", {**FIELDS, "Model hash": sha[:10]})
+    updates = _updates(ctx, "txt2img", controls, [controls["Seed"], checkpoint], text)
+    assert updates[0] == 1234
+    assert updates[1].value == f"tiny-sd1.safetensors [{sha[:10]}]"

@@ -1,0 +1,247 @@
+"""Built-in scripts on the tiny model: X/Y/Z plot, prompt matrix, prompts from file, wildcards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from webui.app import create_app
+from webui.context import build_context
+from webui.core.params import Txt2ImgParams
+from webui.ext.api import ArgError
+from webui.ext.scripts.common import expand_floats, expand_ints, split_values, with_fields
+from webui.ext.scripts.prompt_matrix import combinations
+from webui.ext.scripts.prompts_from_file import parse_line
+from webui.imaging.infotext import parse_infotext, read_infotext_from_image
+from webui.settings import parse_flags
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, tiny_files):
+    data = tmp_path_factory.mktemp("scripts")
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    (data / "models" / "Stable-diffusion" / "tiny-sd1.safetensors").write_bytes(
+        tiny_files["sd1"].read_bytes()
+    )
+    (data / "wildcards" / "animals").mkdir(parents=True)
+    (data / "wildcards" / "color.txt").write_text("# colours\nred\ngreen\n\nblue\n")
+    (data / "wildcards" / "animals" / "cats.txt").write_text("tabby cat\n__color__ cat\n")
+    context = build_context(
+        parse_flags(["--data-dir", str(data), "--no-download-sd-model", "--api"])
+    )
+    yield context
+    context.close()
+
+
+def submit(ctx, script=None, script_args=None, alwayson=None, **fields):
+    base = dict(prompt="a cube", steps=2, width=64, height=64, seed=10)
+    params = Txt2ImgParams(**{**base, **fields}).validated()
+    params = ctx.extensions.prepare(params, script=script, script_args=script_args,
+                                    alwayson=alwayson).with_seed()  # fmt: skip
+    job = ctx.jobs.submit("txt2img", params, owner="scripts")
+    assert job.done.wait(300) and job.state == "done", job.error
+    return job
+
+
+def files(root: Path, folder: str) -> list[Path]:
+    return sorted((root / "outputs" / folder).glob("*/*.png"))
+
+
+def ink(image: Image.Image, box) -> int:
+    """Dark pixels in a box: text drawn there."""
+    return int((np.asarray(image.convert("L").crop(box)) < 128).sum())
+
+
+def test_xyz_plot_two_by_two(ctx):
+    root = ctx.flags.data_dir
+    before_images, before_grids = (
+        len(files(root, "txt2img-images")),
+        len(files(root, "txt2img-grids")),
+    )
+    job = submit(ctx, "X/Y/Z plot", {"x_type": "Seed", "x_values": "1, 2",
+                                     "y_type": "Steps", "y_values": "1-2"})  # fmt: skip
+    images = files(root, "txt2img-images")[before_images:]
+    grids = files(root, "txt2img-grids")[before_grids:]
+    assert len(images) == 4 and len(grids) == 1
+    (shown,) = job.result.images  # the grid alone (no "Include Sub Images")
+    assert shown.path == str(grids[0])
+    with Image.open(grids[0]) as im:
+        grid = im.convert("RGB")
+        fields = parse_infotext(read_infotext_from_image(im))
+    assert (fields["Script"], fields["X Type"], fields["X Values"]) == (
+        "X/Y/Z plot",
+        "Seed",
+        "1, 2",
+    )
+    assert (fields["Y Type"], fields["Y Values"]) == ("Steps", "1-2")
+    left, top = grid.width - 128, grid.height - 128
+    assert left > 0 and top > 0  # room for the row and column labels
+    cells = {}
+    for path in images:
+        with Image.open(path) as im:
+            f = parse_infotext(read_infotext_from_image(im))
+            cells[(f["Seed"], f["Steps"])] = np.asarray(im.convert("RGB"))
+    assert set(cells) == {(1, 1), (2, 1), (1, 2), (2, 2)}
+    for (seed, steps), pixels in cells.items():
+        x, y = left + (seed - 1) * 64, top + (steps - 1) * 64
+        assert np.array_equal(np.asarray(grid.crop((x, y, x + 64, y + 64))), pixels)
+    for col in range(2):  # "Seed: 1", "Seed: 2" above the columns
+        assert ink(grid, (left + col * 64, 0, left + (col + 1) * 64, top)) > 20
+    for row in range(2):  # "Steps: 1", "Steps: 2" left of the rows
+        assert ink(grid, (0, top + row * 64, left, top + (row + 1) * 64)) > 20
+    assert ink(grid, (0, 0, left, top)) == 0  # the corner stays empty
+    assert not np.array_equal(cells[(1, 2)], cells[(2, 2)])  # the seed axis really varies
+
+
+def test_xyz_plot_through_the_api(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))  # no lifespan: it would close the context
+    if True:
+        body = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 5,
+                "script_name": "x/y/z plot",
+                "script_args": {"x_type": "Prompt S/R", "x_values": "red, blue",
+                                "include_lone_images": True}}  # fmt: skip
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        info = json.loads(response.json()["info"])
+        assert len(response.json()["images"]) == 3  # the grid and its two cells
+        prompts = [parse_infotext(t)["Prompt"] for t in info["infotexts"][1:]]
+        assert prompts == ["a red cube", "a blue cube"]
+        assert "x/y/z plot" in client.get("/sdapi/v1/scripts").json()["txt2img"]
+        for args, where in [({"x_type": "Prompt S/R", "x_values": "green"}, "x_values"),
+                            ({"x_type": "Sampler", "x_values": "No such sampler"}, "x_values"),
+                            ({"x_type": "Warp drive"}, "x_type"),
+                            ({"x_type": "Steps", "x_values": "1-500"}, "x_values")]:  # fmt: skip
+            bad = client.post("/sdapi/v1/txt2img", json={**body, "script_args": args})
+            assert bad.status_code == 422, bad.text
+            assert bad.json()["detail"][0]["loc"][-1] == where
+
+
+def test_value_lists_read_like_a1111():
+    assert split_values('1, "a, b", c') == ["1", "a, b", "c"]
+    assert expand_ints(["1-3", "10-14 (+2)", "0-100 [3]", "7"]) == [
+        1,
+        2,
+        3,
+        10,
+        12,
+        14,
+        0,
+        50,
+        100,
+        7,
+    ]
+    assert expand_floats(["0.5-1.5 (+0.5)", "1-2 [3]"]) == [0.5, 1.0, 1.5, 1.0, 1.5, 2.0]
+    with pytest.raises(ValueError, match="whole number"):
+        expand_ints(["abc"])
+    text = "p\nSteps: 2, Seed: 1, Version: v1"
+    assert (
+        with_fields(text, {"Script": "X", "X Values": "1, 2"})
+        == 'p\nSteps: 2, Seed: 1, Script: X, X Values: "1, 2", Version: v1'
+    )
+
+
+def test_prompt_matrix(ctx):
+    assert combinations(["a cube", " red", " shiny"], False, ", ") == [
+        "a cube", "a cube, red", "a cube, shiny", "a cube, red, shiny"]  # fmt: skip
+    assert combinations(["a", "b"], True, " ") == ["a", "b a"]
+    job = submit(ctx, "Prompt matrix", {}, prompt="a cube|red|shiny", steps=1)
+    grid, *cells = job.result.images
+    assert [parse_infotext(c.infotext)["Prompt"] for c in cells] == [
+        "a cube", "a cube, red", "a cube, shiny", "a cube, red, shiny"]  # fmt: skip
+    assert all(c.seed == 10 for c in cells)
+    assert grid.path and "grids" in grid.path
+    left, top = grid.image.width - 128, grid.image.height - 128
+    assert left > 0 and top > 0
+    # column 2 (red on) and row 2 (shiny on): the cell at (1, 1) is "a cube, red, shiny"
+    assert np.array_equal(np.asarray(grid.image.crop((left + 64, top + 64, left + 128, top + 128))),
+                          np.asarray(cells[3].image.convert("RGB")))  # fmt: skip
+    with pytest.raises(ArgError, match="too many"):
+        submit(ctx, "Prompt matrix", {}, prompt="|".join("abcdefghijk"))
+
+
+def test_prompts_from_file_lines_as_a1111_reads_them(ctx):
+    assert parse_line('--prompt "a cat" sitting --steps 3 --negative_prompt dog --cfg_scale 4.5') == {
+        "prompt": "a cat sitting", "steps": 3, "negative_prompt": "dog", "cfg_scale": 4.5}  # fmt: skip
+    assert parse_line("just a prompt") == {"prompt": "just a prompt"}
+    with pytest.raises(ValueError, match="unknown commandline option"):
+        parse_line("--prompt x --warp 9")
+    with pytest.raises(ValueError, match="variation seeds"):
+        parse_line("--prompt x --subseed 9")
+    text = (
+        "a house\n\n--prompt 'a boat' --steps 3 --seed 77 --width 128 --sampler_name \"Euler a\"\n"
+    )
+    job = submit(ctx, "prompts from file or textbox",
+                 {"prompt_txt": text, "prompt_position": "end"}, prompt="photo of")  # fmt: skip
+    first, second = (parse_infotext(g.infotext) for g in job.result.images)
+    assert (first["Prompt"], first["Steps"], first["Seed"]) == ("photo of a house", 2, 10)
+    assert (second["Prompt"], second["Steps"], second["Seed"]) == ("photo of a boat", 3, 77)
+    assert (second["Size"], second["Sampler"]) == ("128x64", "Euler a")
+    job = submit(ctx, "prompts from file or textbox",
+                 [True, False, "start", "one\ntwo"], prompt="")  # fmt: skip
+    assert [g.seed for g in job.result.images] == [10, 11]  # "Iterate seed every line"
+    with pytest.raises(ArgError) as exc:
+        submit(ctx, "prompts from file or textbox", {"prompt_txt": "ok\n--steps 999"})
+    assert "line 2" in str(exc.value) and exc.value.loc == ("script_args", "prompt_txt")
+
+
+def test_wildcards_follow_the_seed(ctx):
+    job = submit(ctx, prompt="a __color__ {cube|ball}, __animals/cats__", batch_size=2, seed=20)
+    prompts = [parse_infotext(g.infotext)["Prompt"] for g in job.result.images]
+    assert [g.seed for g in job.result.images] == [20, 21]
+    for prompt in prompts:
+        assert "__" not in prompt and "{" not in prompt
+        color = prompt.split(" ")[1]
+        assert color in ("red", "green", "blue") and ("cube" in prompt or "ball" in prompt)
+    again = submit(ctx, prompt="a __color__ {cube|ball}, __animals/cats__", seed=21, steps=2)
+    assert parse_infotext(again.result.images[0].infotext)["Prompt"] == prompts[1]
+    off = submit(ctx, prompt="a {cube|ball}", alwayson={"wildcards": {"args": {"enabled": False}}})
+    assert parse_infotext(off.result.images[0].infotext)["Prompt"] == "a {cube|ball}"
+    kept = submit(ctx, prompt="a {prompt} style")  # braces without | are left alone
+    assert parse_infotext(kept.result.images[0].infotext)["Prompt"] == "a {prompt} style"
+    with pytest.raises(ArgError, match="__nothing__ not found"):
+        submit(ctx, prompt="a __nothing__")
+
+
+def test_axes_check_their_values(ctx):
+    from webui.ext.scripts.xyz_axes import _set_lora_weight, axis_by_label, read_axis
+
+    check = ctx.extensions.arg_check(Txt2ImgParams(prompt="a <lora:detail:0.5> cat").validated())
+    checkpoint = axis_by_label("checkpoint name", Txt2ImgParams)
+    assert read_axis(checkpoint, "tiny-sd1", check) == ["tiny-sd1"]
+    with pytest.raises(ValueError, match="checkpoint not found: other"):
+        read_axis(checkpoint, "tiny-sd1, other", check)
+    with pytest.raises(ValueError, match="VAE not found"):
+        read_axis(axis_by_label("VAE", Txt2ImgParams), "missing.safetensors", check)
+    assert read_axis(axis_by_label("Sampler", Txt2ImgParams), "euler a", check) == ["Euler a"]
+    assert read_axis(axis_by_label("Schedule type", Txt2ImgParams), "karras", check) == ["Karras"]
+    with pytest.raises(ValueError, match="needs hires. fix"):
+        read_axis(axis_by_label("Denoising", Txt2ImgParams), "0.5", check)
+    weights = read_axis(axis_by_label("LoRA weight", Txt2ImgParams), "0-1 [3]", check)
+    assert weights == [0.0, 0.5, 1.0]
+    varied = _set_lora_weight(check.params, 0.25)
+    assert varied.prompt == "a <lora:detail:0.25> cat"
+    plain = ctx.extensions.arg_check(Txt2ImgParams(prompt="a cat").validated())
+    with pytest.raises(ValueError, match="needs a <lora"):
+        read_axis(axis_by_label("LoRA weight", Txt2ImgParams), "1", plain)
+
+
+def test_xyz_plot_on_img2img_varies_denoising(ctx):
+    from webui.core.params_img2img import Img2ImgParams
+
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    params = Img2ImgParams(prompt="a cube", steps=2, width=64, height=64, seed=4,
+                           init_images=(image,)).validated()  # fmt: skip
+    params = ctx.extensions.prepare(params, script="xyz_plot", script_args={
+        "x_type": "Denoising", "x_values": "0, 0.9", "include_lone_images": True})  # fmt: skip
+    job = ctx.jobs.submit("img2img", params, owner="scripts")
+    assert job.done.wait(300) and job.state == "done", job.error
+    grid, low, high = job.result.images
+    assert "img2img-grids" in grid.path
+    assert [parse_infotext(g.infotext)["Denoising strength"] for g in (low, high)] == [0, 0.9]
+    unchanged = np.abs(np.asarray(low.image.convert("RGB")).astype(int) - np.asarray(image))
+    assert unchanged.max() <= 3  # strength 0 keeps the init image

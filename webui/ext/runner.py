@@ -1,0 +1,275 @@
+"""Extension hooks around the job runner: before_job, on_step, scripts, after_job, saves.
+
+`wrap_runner(host, runner, store)` returns the runner the job queue calls. For a
+txt2img/img2img job it asks every active extension's `before_job` for new params (a hook
+may split the job into several), runs the job's script (X/Y/Z plot, ...) or the plain
+generation, and calls `after_job`. `on_step` follows the job's progress object;
+`on_image_saved` follows the output store (`HookedStore`). A hook that raises disables its
+extension; the job goes on without it. A script that raises is disabled too, and the job
+runs as a plain generation (or keeps the images made so far).
+
+This module must never import a UI library. It runs on the worker thread only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..core.jobs import Job, Progress
+from ..core.processing import GeneratedImage
+from ..core.worker import JobResult
+from .api import Extension, JobInfo, SavedImage, StepInfo
+from .host import FAILED, ExtensionHost
+
+log = logging.getLogger(__name__)
+
+GENERATION_KINDS = ("txt2img", "img2img")
+
+
+class _GenerationError(Exception):
+    """Raised by ScriptRun.process: the generation failed, not the script."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def wrap_runner(host: ExtensionHost, runner: Callable[[Job], Any], store=None):
+    """The queue's runner with the extension hooks around it."""
+
+    def run(job: Job) -> Any:
+        host.current_job = JobInfo(job.id, job.kind, job.owner, job.options)
+        try:
+            if job.kind not in GENERATION_KINDS or not host.active():
+                return runner(job)
+            return _Generation(host, runner, job, store).run()
+        finally:
+            host.current_job = None
+
+    return run
+
+
+class _HookedProgress(Progress):
+    """The job's progress, telling on_step hooks about every finished step."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "step" and value and getattr(self, "_hook", None) is not None:
+            self._hook(self)
+
+
+@dataclass
+class _Generation:
+    host: ExtensionHost
+    runner: Callable[[Job], Any]
+    job: Job
+    store: Any
+    results: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.info = JobInfo(self.job.id, self.job.kind, self.job.owner, self.job.options)
+        self.params = self.job.params
+
+    def run(self) -> Any:
+        self._hook_steps()
+        result = None
+        try:
+            script = self._script()
+            result = self._run_script(script) if script else self.process(self.params)
+        except _GenerationError as exc:
+            raise exc.cause from None
+        finally:
+            self.job.params = self.params
+            self._after_job(result)
+        return result
+
+    # --- hooks -------------------------------------------------------------------------
+    def _script(self) -> Extension | None:
+        name = getattr(self.params, "script", None)
+        if not name:
+            return None
+        record = self.host.find(name)
+        if record is None or not record.active or record.extension is None:
+            self.warnings.append(f"Script {name} is not available; ran a plain generation")
+            return None
+        return record.extension
+
+    def _hook_steps(self) -> None:
+        hooked = [e for e in self.host.active() if e.on_step is not None]
+        if not hooked:
+            return
+        progress = copy.copy(self.job.progress)  # same fields and values, new behaviour
+        progress.__class__ = _HookedProgress
+
+        def on_step(p: Progress) -> None:
+            step = StepInfo(self.info, p.step, p.steps, p.batch, p.batches, p.preview)
+            for ext in hooked:
+                if self.host.is_active(ext):
+                    args = self.host.args_for(ext, self.job.params)
+                    self.host.call(ext, "on_step", ext.on_step, step, args)
+
+        object.__setattr__(progress, "_hook", on_step)
+        self.job.progress = progress
+
+    def _before_job(self, params: Any) -> list[Any]:
+        todo = [params]
+        for ext in self.host.active():
+            if ext.before_job is None:
+                continue
+            done = []
+            for p in todo:
+                if not self.host.is_active(ext):  # failed on an earlier entry
+                    done.append(p)
+                    continue
+                out = self.host.call(ext, "before_job", ext.before_job, self.info, p,
+                                     self.host.args_for(ext, p))  # fmt: skip
+                done += self._checked(ext, p, out)
+            todo = done
+        return todo
+
+    def _checked(self, ext: Extension, params: Any, out: Any) -> list[Any]:
+        if out is FAILED or out is None:
+            return [params]
+        items = list(out) if isinstance(out, list | tuple) else [out]
+        try:
+            if not items:
+                raise TypeError("returned an empty list of params")
+            for item in items:
+                if type(item) is not type(params):
+                    raise TypeError(
+                        f"returned {type(item).__name__}, expected {type(params).__name__}"
+                    )
+                item.validated()
+        except (TypeError, ValueError) as exc:
+            self.host.fail(ext, "before_job", exc)
+            return [params]
+        return items
+
+    def _after_job(self, result: Any) -> None:
+        for ext in self.host.active():
+            if ext.after_job is not None:
+                args = self.host.args_for(ext, self.params)
+                self.host.call(ext, "after_job", ext.after_job, self.info, result, args)
+
+    # --- generation ------------------------------------------------------------------
+    def process(self, params: Any) -> Any:
+        """One generation through the before_job hooks (one run per params they give)."""
+        results = []
+        for p in self._before_job(params):
+            if results and self.job.interrupt_requested:
+                break
+            self.job.params = p
+            self.host.current_params = p
+            try:
+                results.append(self.runner(self.job))
+            except Exception as exc:
+                raise _GenerationError(exc) from exc
+        self.results += results
+        if len(results) == 1:
+            return self._with_warnings(results[0])
+        images = [g for r in results for g in r.images]
+        notes = [w for r in results for w in r.warnings]
+        return self._with_warnings(
+            replace(results[0], images=images, params=params, warnings=notes)
+        )
+
+    def _with_warnings(self, result: Any) -> Any:
+        if not self.warnings:
+            return result
+        return replace(result, warnings=[*self.warnings, *result.warnings])
+
+    def _run_script(self, script: Extension) -> Any:
+        run = ScriptRun(self, script)
+        args = self.host.args_for(script, self.params)
+        try:
+            shown = script.run(run, args)
+        except _GenerationError:
+            raise
+        except Exception as exc:
+            self.host.fail(script, "run", exc)
+            note = f"Script {script.display_title} failed ({exc}) and is disabled"
+            if not self.results:
+                self.warnings.append(f"{note}; ran a plain generation")
+                return self.process(self.params)
+            self.warnings.append(f"{note}; showing the images made so far")
+            shown = [g for r in self.results for g in r.images]
+        base = self.results[-1] if self.results else JobResult([], self.params, "", "")
+        notes = [w for r in self.results for w in r.warnings]
+        return replace(base, images=list(shown or []), params=self.params,
+                       warnings=[*self.warnings, *notes])  # fmt: skip
+
+
+class ScriptRun:
+    """What a script's `run(script_run, args)` works with.
+
+    `process(params)` generates (hooks included) and returns the images, each with
+    `.image`, `.seed`, `.infotext`, `.path`. `save_grid` writes a grid to the grids folder
+    (when the job saves images); `image()` wraps a picture for the result list."""
+
+    def __init__(self, generation: _Generation, script: Extension):
+        self._gen = generation
+        self.script = script
+        self.job = generation.info
+        self.params = generation.params
+        self.check = generation.host.arg_check(generation.params)  # resolve names like check_args
+
+    def process(self, params: Any) -> list[GeneratedImage]:
+        return list(self._gen.process(params).images)
+
+    def should_stop(self) -> bool:
+        return bool(self._gen.job.interrupt_requested)
+
+    def status(self, text: str) -> None:
+        self._gen.job.progress.text = text
+
+    def option(self, key: str) -> Any:
+        options = self._gen.job.options
+        return options.get(key) if key in options else None
+
+    def image(
+        self, image: Any, seed: int, infotext: str, path: str | None = None
+    ) -> GeneratedImage:
+        return GeneratedImage(image=image, seed=seed, infotext=infotext, path=path)
+
+    def save_grid(self, image: Any, infotext: str) -> str | None:
+        if not getattr(self.params, "save_images", True) or self._gen.store is None:
+            return None
+        fmt = self.option("samples_format") or "png"
+        return str(self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext, fmt=fmt))
+
+
+class HookedStore:
+    """The output store, telling on_image_saved hooks about every file it writes."""
+
+    def __init__(self, store: Any, host: ExtensionHost):
+        self._store = store
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def save(self, image: Any, **kwargs: Any) -> Any:
+        path = self._store.save(image, **kwargs)
+        self._notify(path, image, kwargs, grid=False)
+        return path
+
+    def save_grid(self, image: Any, **kwargs: Any) -> Any:
+        path = self._store.save_grid(image, **kwargs)
+        self._notify(path, image, kwargs, grid=True)
+        return path
+
+    def _notify(self, path: Any, image: Any, kwargs: dict, grid: bool) -> None:
+        hooked = [e for e in self._host.active() if e.on_image_saved is not None]
+        if not hooked:
+            return
+        saved = SavedImage(self._host.current_job, path, image, kwargs.get("infotext", ""),
+                           kwargs.get("seed"), kwargs.get("kind", ""), grid)  # fmt: skip
+        params = self._host.current_params
+        for ext in hooked:
+            args = self._host.args_for(ext, params)
+            self._host.call(ext, "on_image_saved", ext.on_image_saved, saved, args)

@@ -1,0 +1,127 @@
+"""Built-in "Wildcards": prompt templates `__name__` and `{a|b|c}`, chosen by the seed.
+
+`__colors__` is replaced by a random line of `wildcards/colors.txt` in the data folder
+(`__animals/cats__` reads `wildcards/animals/cats.txt`; empty lines and `#` comments are
+skipped; a chosen line may hold templates itself). `{red|green|blue}` picks one of the
+variants; braces without `|` (a style's `{prompt}`) are left alone. Every image draws
+from its own seed, so a seed always gives the same prompt, and a batch gets different
+prompts: the job is then split into one run per image (a `before_job` returning a list).
+
+This module must never import torch, diffusers or a UI library.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..api import ArgError, Control, Extension, ExtensionContext, Section
+
+log = logging.getLogger(__name__)
+
+TITLE = "Wildcards"
+MAX_DEPTH = 10
+_WILDCARD = re.compile(r"__([\w\-]+(?:/[\w\-]+)*)__")
+_VARIANTS = re.compile(r"\{([^{}]*\|[^{}]*)\}")  # innermost braces with at least one |
+
+
+class Templates:
+    """Expands templates with the wildcard files of one folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def lines(self, name: str) -> list[str] | None:
+        path = (self.folder / f"{name}.txt").resolve()
+        if self.folder.resolve() not in path.parents or not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return [
+            s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")
+        ]
+
+    def has_templates(self, text: str) -> bool:
+        return bool(_WILDCARD.search(text) or _VARIANTS.search(text))
+
+    def missing(self, text: str) -> list[str]:
+        return [m.group(1) for m in _WILDCARD.finditer(text) if not self.lines(m.group(1))]
+
+    def expand(self, text: str, rng: random.Random) -> str:
+        for _ in range(MAX_DEPTH):
+            if not self.has_templates(text):
+                break
+            text = _VARIANTS.sub(lambda m: rng.choice(m.group(1).split("|")), text)
+            text = _WILDCARD.sub(lambda m: self._pick(m, rng), text)
+        return text
+
+    def _pick(self, match: re.Match, rng: random.Random) -> str:
+        lines = self.lines(match.group(1))
+        return rng.choice(lines) if lines else match.group(0)  # unknown: left as typed
+
+
+def setup() -> Extension:
+    state: dict[str, Templates] = {}
+
+    def on_startup(ctx: ExtensionContext) -> None:
+        folder = Path(ctx.flags.data_dir) / "wildcards"
+        state["templates"] = Templates(folder)
+        ctx.log.info("wildcards folder: %s", folder)
+
+    def templates_for(data_dir: Path | None = None) -> Templates:
+        if "templates" not in state and data_dir is not None:
+            state["templates"] = Templates(Path(data_dir) / "wildcards")
+        return state["templates"]
+
+    def check_args(args: dict, check: Any) -> dict:
+        if not args["enabled"]:
+            return args
+        templates = templates_for(check.data_dir)
+        text = f"{check.params.prompt}\n{check.params.negative_prompt}"
+        missing = templates.missing(text)
+        if missing:
+            raise ArgError(("enabled",), f"wildcard __{missing[0]}__ not found: add "
+                           f"{templates.folder / (missing[0] + '.txt')}")  # fmt: skip
+        return args
+
+    def before_job(job: Any, params: Any, args: dict) -> Any:
+        templates = state.get("templates")
+        if not args["enabled"] or templates is None:
+            return None
+        if not templates.has_templates(params.prompt + params.negative_prompt):
+            return None
+        return expand_job(templates, params)
+
+    return Extension(
+        name="wildcards",
+        title=TITLE,
+        version="1",
+        description="__name__ picks a line of wildcards/name.txt, {a|b|c} picks a variant; "
+        "the seed decides.",
+        section=Section(
+            TITLE,
+            (Control("enabled", "Expand __wildcards__ and {a|b} variants", "checkbox", True),),
+        ),  # fmt: skip
+        on_startup=on_startup,
+        before_job=before_job,
+        check_args=check_args,
+    )
+
+
+def expand_job(templates: Templates, params: Any) -> Any:
+    """One params for the job when every image gets the same prompts, else one per image."""
+    seeds = params.image_seeds()
+    expanded = []
+    for seed in seeds:
+        rng = random.Random(seed)
+        expanded.append(
+            (templates.expand(params.prompt, rng), templates.expand(params.negative_prompt, rng))
+        )
+    if len(set(expanded)) == 1:
+        prompt, negative = expanded[0]
+        return replace(params, prompt=prompt, negative_prompt=negative)
+    return [replace(params, prompt=p, negative_prompt=n, seed=s, batch_count=1, batch_size=1)
+            for (p, n), s in zip(expanded, seeds, strict=True)]  # fmt: skip
