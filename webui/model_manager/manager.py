@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .loader import CheckpointLoadError, LoadedModel, load_checkpoint
-from .memory import MemoryPlan, apply_attention
+from .memory import MemoryPlan
+from .optimize import prepare_pipeline
 from .registry import CheckpointInfo, CheckpointRegistry
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,21 @@ class ModelManager:
         if self.hashing:
             self.registry.ensure_hash(info)
         started = time.perf_counter()
-        self._evict(keep=max(0, self.limit - 1))
-        model = load_checkpoint(info.path, self.plan.device, self.plan.dtype)
-        apply_attention(model.pipe, self.plan)
+        self._evict(keep=max(0, self.effective_limit - 1))
+        model = load_checkpoint(info.path, self.plan.load_device, self.plan.load_dtype)
+        applied = prepare_pipeline(model.pipe, self.plan, model.spec.family)
+        log.debug("%s: %s", info.title, ", ".join(applied))
         model.pipe.set_progress_bar_config(disable=True)
         self.last_load_seconds = time.perf_counter() - started
         log.info("Loaded %s (%s) in %.1fs", info.title, model.spec.label, self.last_load_seconds)
         with self._lock:
             self._loaded[info.path] = model
         return Lease(model, info)
+
+    @property
+    def effective_limit(self) -> int:
+        """The RAM cache size: the option, or 1 with --lowram."""
+        return 1 if self.plan.lowram else max(1, self.limit)
 
     def unload_all(self) -> None:
         self._evict(keep=0)

@@ -1,9 +1,21 @@
-"""Device, precision and attention backend: decided once from the flags, applied per pipeline.
+"""Device, precision, attention backend and offloading: decided once from the flags.
 
-PyTorch's scaled-dot-product attention (SDPA, memory-efficient kernels) is the default;
-`--xformers` uses xformers when it is installed and a CUDA device is present, and
-otherwise says why it fell back; `--opt-split-attention` slices attention for the lowest
-memory use.
+`plan_memory` turns the A1111 flags into a `MemoryPlan` and explains every fallback in its
+notes (CUDA-only features asked for on the CPU never fail: they say why they do nothing);
+`optimize.prepare_pipeline` applies the plan to a freshly loaded pipeline.
+
+- Attention: PyTorch SDPA (default, `--opt-sdp-attention`), `--opt-sdp-no-mem-attention`
+  (SDPA without the memory-efficient kernel: deterministic), `--xformers` (installed and
+  on CUDA), `--opt-split-attention` (sliced attention).
+- Offload: `--medvram` (model CPU offload), `--medvram-sdxl` (the same for SDXL only),
+  `--lowvram` (sequential offload); all need a CUDA device.
+- `--lowram`: at most one checkpoint in RAM; on the CPU also 16-bit weights in RAM that
+  each layer casts to float32 when it runs (about half the RAM).
+- Precision: fp16 on CUDA (`--no-half`/`--precision full`: fp32), its VAE in bf16 where
+  the GPU has it (bf16 has fp32's range, so the VAE does not overflow to NaN) unless
+  `--no-half-vae` (fp32); fp32 on the CPU. `--upcast-sampling` keeps the sampler's
+  latents and the text encoder in fp32 around an fp16 UNet.
+- Speed: `--opt-channelslast`, `--compile` (torch.compile of the UNet).
 
 This module must never import a UI library.
 """
@@ -12,78 +24,284 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 log = logging.getLogger(__name__)
+
+ATTENTION_LABELS = {
+    "sdpa": "PyTorch SDPA",
+    "sdpa-no-mem": "SDPA without the memory-efficient kernel",
+    "xformers": "xformers",
+    "sliced": "sliced (split attention)",
+}
+OFFLOADS = ("none", "model", "sequential")
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     device: str
     dtype: torch.dtype
-    attention: str  # "sdpa", "xformers" or "sliced"
+    attention: str  # a key of ATTENTION_LABELS
     notes: tuple[str, ...] = ()
+    vae_dtype: torch.dtype | None = None  # None: the same as dtype
+    offload: str = "none"  # one of OFFLOADS
+    offload_sdxl_only: bool = False  # --medvram-sdxl
+    lowram: bool = False
+    half_storage: bool = False  # CPU --lowram: fp16 weights in RAM, fp32 compute
+    upcast_sampling: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    flags: tuple[str, ...] = field(default=(), compare=False)  # the flags that made it
+
+    @property
+    def vae(self) -> torch.dtype:
+        return self.vae_dtype or self.dtype
 
     @property
     def description(self) -> str:
-        dtype = str(self.dtype).removeprefix("torch.")
-        return f"{self.device} · {dtype} · attention: {self.attention}"
+        parts = [self.device, dtype_name(self.dtype), f"attention: {self.attention}"]
+        if self.vae != self.dtype:
+            parts.append(f"VAE {dtype_name(self.vae)}")
+        if self.offload != "none":
+            parts.append(f"offload: {self.offload}" + (" (SDXL)" if self.offload_sdxl_only else ""))
+        if self.half_storage:
+            parts.append("weights fp16 in RAM")
+        if self.upcast_sampling:
+            parts.append("upcast sampling")
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.compile:
+            parts.append("compiled UNet")
+        return " · ".join(parts)
+
+    @property
+    def load_device(self) -> str:
+        """Where the loader puts the weights: offloading starts from the CPU."""
+        return "cpu" if self.offload != "none" else self.device
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        return torch.float16 if self.half_storage else self.dtype
+
+    def offload_for(self, family: str) -> str:
+        if self.offload_sdxl_only and family != "sdxl":
+            return "none"
+        return self.offload
+
+    def as_dict(self) -> dict:
+        """JSON-friendly: what /sdapi/v1/memory and the benchmark report."""
+        return {
+            "device": self.device,
+            "dtype": dtype_name(self.dtype),
+            "vae_dtype": dtype_name(self.vae),
+            "attention": self.attention,
+            "attention_label": ATTENTION_LABELS[self.attention],
+            "offload": self.offload,
+            "offload_sdxl_only": self.offload_sdxl_only,
+            "lowram": self.lowram,
+            "half_storage": self.half_storage,
+            "upcast_sampling": self.upcast_sampling,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "description": self.description,
+            "notes": list(self.notes),
+        }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def plan_memory(
     *,
     use_cpu_all: bool = False,
     no_half: bool = False,
+    no_half_vae: bool = False,
     precision: str = "autocast",
     xformers: bool = False,
     split_attention: bool = False,
+    sdp_attention: bool = False,
+    sdp_no_mem_attention: bool = False,
+    medvram: bool = False,
+    medvram_sdxl: bool = False,
+    lowvram: bool = False,
+    lowram: bool = False,
+    upcast_sampling: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
     cuda_available: bool | None = None,
     xformers_installed: bool | None = None,
+    bf16_supported: bool | None = None,
 ) -> MemoryPlan:
-    """Pick device, dtype and attention from the A1111 flags; explain every fallback."""
+    """Pick device, precision, attention and offloading from the A1111 flags.
+
+    Never raises for a combination of flags: what cannot work here is noted and skipped.
+    """
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     if xformers_installed is None:
         xformers_installed = importlib.util.find_spec("xformers") is not None
+    if bf16_supported is None:
+        bf16_supported = bool(
+            cuda_available and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        )
     notes: list[str] = []
+    if use_cpu_all and cuda_available:
+        notes.append("--use-cpu all: running on the CPU although a CUDA device is present")
     device = "cuda" if cuda_available and not use_cpu_all else "cpu"
-    if device == "cpu":
-        # half precision is slower than fp32 on most CPUs; A1111 also runs fp32 there
-        dtype = torch.float32
-    elif no_half or precision == "full":
-        dtype = torch.float32
-    else:
-        dtype = torch.float16
-
-    attention = "sdpa"
-    if xformers:
-        if device != "cuda":
-            notes.append("--xformers ignored: xformers needs a CUDA device; using PyTorch SDPA")
-        elif not xformers_installed:
-            notes.append(
-                "--xformers ignored: the xformers package is not installed "
-                "(pip install xformers); using PyTorch SDPA"
+    dtype, vae_dtype = _precision(device, no_half, no_half_vae, precision, bf16_supported, notes)
+    attention = _attention(
+        device, xformers, xformers_installed, split_attention, sdp_attention,
+        sdp_no_mem_attention, notes,
+    )  # fmt: skip
+    offload, sdxl_only = _offload(device, medvram, medvram_sdxl, lowvram, notes)
+    half_storage = lowram and device == "cpu"
+    if lowram:
+        notes.append(
+            "--lowram: one checkpoint in RAM at a time; "
+            + (
+                "weights stay float16 in RAM and each layer computes in float32 "
+                "(about half the RAM, slower)"
+                if half_storage
+                else "weights are memory-mapped from the file and moved to the GPU"
             )
-        else:
-            attention = "xformers"
-    if split_attention and attention == "sdpa":
-        attention = "sliced"
+        )
+    if upcast_sampling and dtype != torch.float16:
+        notes.append(
+            f"--upcast-sampling has no effect: the model already runs in {dtype_name(dtype)}"
+        )
+        upcast_sampling = False
     for note in notes:
         log.warning(note)
-    return MemoryPlan(device=device, dtype=dtype, attention=attention, notes=tuple(notes))
+    given = {
+        "--use-cpu all": use_cpu_all, "--no-half": no_half, "--no-half-vae": no_half_vae,
+        "--xformers": xformers, "--opt-split-attention": split_attention,
+        "--opt-sdp-attention": sdp_attention, "--opt-sdp-no-mem-attention": sdp_no_mem_attention,
+        "--medvram": medvram, "--medvram-sdxl": medvram_sdxl, "--lowvram": lowvram,
+        "--lowram": lowram, "--upcast-sampling": upcast_sampling,
+        "--opt-channelslast": channels_last, "--compile": compile,
+    }  # fmt: skip
+    return MemoryPlan(
+        device=device,
+        dtype=dtype,
+        attention=attention,
+        notes=tuple(notes),
+        vae_dtype=vae_dtype if vae_dtype != dtype else None,
+        offload=offload,
+        offload_sdxl_only=sdxl_only,
+        lowram=lowram,
+        half_storage=half_storage,
+        upcast_sampling=upcast_sampling,
+        channels_last=channels_last,
+        compile=compile,
+        flags=tuple(name for name, on in given.items() if on),
+    )
 
 
-def apply_attention(pipe, plan: MemoryPlan) -> None:
-    """Set the attention implementation of a freshly loaded pipeline."""
-    if plan.attention == "xformers":
-        pipe.enable_xformers_memory_efficient_attention()
-    elif plan.attention == "sliced":
-        pipe.enable_attention_slicing()
-    else:
-        # diffusers' default processor on torch 2 is SDPA; make it explicit
-        from diffusers.models.attention_processor import AttnProcessor2_0
+def plan_from_flags(flags, **overrides) -> MemoryPlan:
+    """`plan_memory` from a `settings.Flags` (overrides: e.g. cuda_available for tests)."""
+    return plan_memory(
+        use_cpu_all=flags.cpu_only,
+        no_half=flags.no_half,
+        no_half_vae=flags.no_half_vae,
+        precision=flags.precision,
+        xformers=flags.xformers,
+        split_attention=flags.opt_split_attention,
+        sdp_attention=flags.opt_sdp_attention,
+        sdp_no_mem_attention=flags.opt_sdp_no_mem_attention,
+        medvram=flags.medvram,
+        medvram_sdxl=flags.medvram_sdxl,
+        lowvram=flags.lowvram,
+        lowram=getattr(flags, "lowram", False),
+        upcast_sampling=getattr(flags, "upcast_sampling", False),
+        channels_last=getattr(flags, "opt_channelslast", False),
+        compile=getattr(flags, "compile", False),
+        **overrides,
+    )
 
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        pipe.vae.set_attn_processor(AttnProcessor2_0())
+
+def _precision(device, no_half, no_half_vae, precision, bf16_supported, notes):
+    if device == "cpu":
+        # half precision is much slower than fp32 on CPUs without AMX; A1111 also runs fp32
+        if precision == "half":
+            notes.append("--precision half ignored on the CPU: float32 is faster there")
+        return torch.float32, torch.float32
+    if no_half or precision == "full":
+        return torch.float32, torch.float32
+    if no_half_vae:
+        return torch.float16, torch.float32
+    # bf16 has the exponent range of fp32: an SD VAE does not overflow in it as in fp16
+    return torch.float16, (torch.bfloat16 if bf16_supported else torch.float16)
+
+
+def _attention(device, xformers, installed, split, sdp, sdp_no_mem, notes) -> str:
+    wanted = [
+        name
+        for name, on in (
+            ("xformers", xformers),
+            ("sdpa-no-mem", sdp_no_mem),
+            ("sliced", split),
+            ("sdpa", sdp),
+        )  # fmt: skip
+        if on
+    ]
+    attention = "sdpa"
+    for name in wanted:
+        if name == "xformers":
+            if device != "cuda":
+                notes.append("--xformers ignored: xformers needs a CUDA device; using PyTorch SDPA")
+                continue
+            if not installed:
+                notes.append(
+                    "--xformers ignored: the xformers package is not installed "
+                    "(pip install xformers); using PyTorch SDPA"
+                )
+                continue
+        if name == "sdpa-no-mem" and device != "cuda":
+            notes.append(
+                "--opt-sdp-no-mem-attention: the memory-efficient SDPA kernel exists only on "
+                "CUDA, so on the CPU this is plain SDPA (already deterministic)"
+            )
+        attention = name
+        break
+    others = [n for n in wanted if n != attention and n != "xformers"]
+    if attention != "sdpa" and others:
+        notes.append(f"several attention flags given; using {ATTENTION_LABELS[attention]}")
+    return attention
+
+
+def _offload(device, medvram, medvram_sdxl, lowvram, notes) -> tuple[str, bool]:
+    asked = [f for f, on in (("--lowvram", lowvram), ("--medvram", medvram),
+                             ("--medvram-sdxl", medvram_sdxl)) if on]  # fmt: skip
+    if not asked:
+        return "none", False
+    if device != "cuda":
+        notes.append(
+            f"{' '.join(asked)} ignored: offloading moves model parts between system RAM and "
+            "GPU memory; on the CPU the whole model is in RAM already"
+        )
+        return "none", False
+    if lowvram:
+        return "sequential", False
+    return "model", medvram_sdxl and not medvram
+
+
+def cuda_memory_stats() -> dict:
+    """CUDA memory in A1111's /sdapi/v1/memory shape (bytes)."""
+    free, total = torch.cuda.mem_get_info()
+    stats = torch.cuda.memory_stats()
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": {"current": stats.get("active_bytes.all.current", 0),
+                   "peak": stats.get("active_bytes.all.peak", 0)},
+        "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                      "peak": stats.get("allocated_bytes.all.peak", 0)},
+        "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                     "peak": stats.get("reserved_bytes.all.peak", 0)},
+        "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
+                     "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+        "events": {"retries": stats.get("num_alloc_retries", 0),
+                   "oom": stats.get("num_ooms", 0)},
+    }  # fmt: skip

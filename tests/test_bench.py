@@ -1,0 +1,53 @@
+"""The benchmark runs end to end (`--tiny`): server, bare diffusers, UNet, RSS processes.
+
+Only the shape of the output is checked: which rows and columns there are, and that the
+numbers are real measurements (positive). Speed targets are measured by the benchmark
+itself, never asserted by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from webui.bench.report import COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_benchmark_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "webui.bench", "--tiny", "--cache", str(tmp_path / "cache"),
+           "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| measure"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == list(COLUMNS)
+
+    data = json.loads(out.read_text())
+    assert data["columns"] == list(COLUMNS)
+    rows = {row["measure"]: row for row in data["rows"]}
+    assert all(set(COLUMNS) <= set(row) for row in rows.values())
+    names = " | ".join(rows)
+    for expected in ("txt2img via API + queue vs bare diffusers", "UNet step", "channels-last",
+                     "peak RSS 64x64", "lowram", "start to UI ready", "checkpoint load",
+                     "switch from the RAM cache"):  # fmt: skip
+        assert expected in names, expected
+    for row in rows.values():
+        assert row["measure"] in proc.stdout  # every row is in the printed table
+    assert all(row["ratio"] > 0 for row in rows.values() if row["ratio"] is not None)
+
+    raw = data["raw"]
+    assert raw["matmul_gflops"] > 0 and raw["unet"]["gflop_per_step"] > 0
+    assert len(raw["txt2img"]["ours"]["runs"]) == len(raw["txt2img"]["diffusers"]["runs"]) == 2
+    assert {r["variant"] for r in raw["rss"]} == {"diffusers", "ours", "ours-lowmem"}
+    assert all(r["peak_rss"] >= r["peak_rss_after_load"] > 0 for r in raw["rss"])
+    # same checkpoint, seed, size, steps and sampler: our image is diffusers' image
+    assert raw["max_pixel_difference"] <= 2
+    conditions = data["conditions"]
+    assert conditions["width"] == 64 and conditions["steps"] == 2
+    assert len(conditions["load_before"]) == 3 and len(conditions["load_after"]) == 3
