@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from fastapi import FastAPI  # noqa: E402
+from starlette.routing import Mount  # noqa: E402
 
 from .context import AppContext, build_context  # noqa: E402
 from .settings import Flags, parse_flags  # noqa: E402
@@ -34,30 +35,66 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         yield
         ctx.close()  # stop the worker after the server stops taking requests
 
-    docs = "/docs" if (flags.api or flags.nowebui) else None
-    app = FastAPI(title="webui", docs_url=docs, redoc_url=None, lifespan=lifespan)
+    api = flags.api or flags.nowebui
+    app = FastAPI(
+        title="webui",
+        docs_url="/docs" if api else None,
+        openapi_url="/openapi.json" if api else None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.ctx = ctx
+    _install_security(app, flags)
 
-    if flags.api or flags.nowebui:
+    if api:
         from .api.routes import api_router
+        from .api.routes_queue import queue_router
 
         app.include_router(api_router())
+        app.include_router(queue_router())
+    if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
+        from fastapi import Depends
+
+        from .api.auth import api_user
+
+        ctx.extensions.mount_routers(app, dependencies=[Depends(api_user)])
     if not flags.nowebui:
         import gradio as gr
 
         from .ui.blocks import CSS, build_ui
+        from .ui.i18n import head_html
 
         gr.mount_gradio_app(
             app,
             build_ui(ctx),
-            path=flags.subpath or "/",
+            path="/",  # --subpath is the root path (SubpathMiddleware)
             auth=flags.gradio_credentials() or None,
             ssr_mode=False,
             footer_links=[],
             css=CSS,
+            head=head_html(ctx),  # English / 简体中文 from webui/ui/localizations
             theme=gr.themes.Default(primary_hue="orange"),
         )
+        # the UI login guard (api.auth) checks Gradio's own login tokens
+        app.state.gradio_app = next(r.app for r in app.routes if isinstance(r, Mount))
     return app
+
+
+def _install_security(app: FastAPI, flags: Flags) -> None:
+    """API auth, cross-origin guard, browser identity, CORS, --subpath; 429 for a full queue."""
+    from .api.auth import SecurityMiddleware
+    from .api.cors import install_cors
+    from .api.routes_queue import add_queue_error_handlers
+    from .api.subpath import SubpathMiddleware
+
+    add_queue_error_handlers(app)
+    app.add_middleware(SecurityMiddleware, flags=flags)  # the last added runs first
+    install_cors(app, flags)
+    if flags.subpath and flags.subpath.strip("/"):
+        app.add_middleware(SubpathMiddleware, subpath=flags.subpath)
+    api = flags.api or flags.nowebui
+    if api and not flags.api_auth and (flags.gradio_auth or flags.gradio_auth_path):
+        log.warning("--gradio-auth protects the UI only: the API is open; add --api-auth.")
 
 
 def prepare_models(flags: Flags) -> None:
@@ -132,19 +169,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def _announce(flags: Flags, url: str) -> None:
     print(f"Running on local URL:  {url}", flush=True)
-    if flags.listen:
-        for address in _lan_addresses():
+    if flags.server_host in ("0.0.0.0", "::"):
+        addresses = _lan_addresses()
+        for address in addresses:
             print(f"On your network:       {url.replace('127.0.0.1', address)}", flush=True)
-        if not (flags.gradio_auth or flags.gradio_auth_path):
+        if not addresses:
+            log.warning("No LAN address found; use this machine's IP address with port %s.", flags.port)
+    if flags.listen or flags.server_name:
+        if not (flags.gradio_auth or flags.gradio_auth_path) and not flags.nowebui:
             log.warning("--listen without --gradio-auth: anyone on your network can use this UI.")
+        if flags.api and not flags.api_auth:
+            log.warning("--listen with --api but no --api-auth: anyone on your network can use the API.")
 
 
 def _lan_addresses() -> list[str]:
+    """IPv4 addresses of this machine's network interfaces (no traffic is sent)."""
+    addresses: set[str] = set()
     try:
-        _, _, addresses = socket.gethostbyname_ex(socket.gethostname())
+        import psutil
+
+        for entries in psutil.net_if_addrs().values():
+            addresses.update(e.address for e in entries if e.family == socket.AF_INET)
+    except Exception:  # psutil missing or failing: fall back to name resolution
+        pass
+    try:
+        addresses.update(socket.gethostbyname_ex(socket.gethostname())[2])
     except OSError:
-        return []
-    return sorted(a for a in set(addresses) if not a.startswith("127."))
+        pass
+    return sorted(a for a in addresses if not a.startswith(("127.", "169.254.")))
 
 
 if __name__ == "__main__":

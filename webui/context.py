@@ -10,12 +10,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.extra_networks import Networks
 from .core.jobs import JobQueue
+from .core.styles import StyleDatabase
 from .core.worker import make_runner
+from .ext.host import ExtensionHost
+from .ext.runner import HookedStore, wrap_runner
 from .imaging.store import OutputStore
+from .model_manager.embeddings import EmbeddingRegistry
+from .model_manager.lora import LoraManager
 from .model_manager.manager import ModelManager
-from .model_manager.memory import MemoryPlan, plan_memory
+from .model_manager.memory import MemoryPlan, plan_from_flags
+from .model_manager.network_files import AddnetHashCache
 from .model_manager.registry import CheckpointRegistry, HashCache
+from .model_manager.vae import VaeRegistry
 from .settings import Flags, Options
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,8 @@ class AppContext:
     models: ModelManager
     jobs: JobQueue
     store: OutputStore
+    networks: Networks | None = None  # LoRA, embeddings, VAE, styles
+    extensions: ExtensionHost | None = None  # loaded extensions and their hooks
 
     def close(self) -> None:
         self.jobs.stop()
@@ -37,19 +47,38 @@ class AppContext:
 
 def build_context(flags: Flags) -> AppContext:
     options = Options.load(flags.config_path)
-    memory = plan_memory(
-        use_cpu_all=flags.cpu_only,
-        no_half=flags.no_half,
-        precision=flags.precision,
-        xformers=flags.xformers,
-        split_attention=flags.opt_split_attention,
-    )
+    memory = plan_from_flags(flags)  # every memory/precision/attention flag, with notes
     flags.ckpt_dir.mkdir(parents=True, exist_ok=True)  # shows users where checkpoints go
     extra = [Path(flags.ckpt)] if flags.ckpt else []
-    registry = CheckpointRegistry(flags.ckpt_dir, HashCache(flags.cache_path), extra)
+    hashes = HashCache(flags.cache_path)
+    registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
     models = ModelManager(registry, memory, hashing=not flags.no_hashing)
     models.limit = int(options.get("sd_checkpoints_limit"))
     store = OutputStore(flags.outputs_dir)
-    jobs = JobQueue(make_runner(models, store, options))
+    networks = build_networks(flags, hashes)
+    extensions = ExtensionHost(flags, options, models=models, networks=networks)
+    saving = HookedStore(store, extensions)  # on_image_saved hooks see every file written
+    jobs = JobQueue(
+        wrap_runner(extensions, make_runner(models, saving, options, networks), saving),
+        options_snapshot=options.as_dict,  # each job runs with the options it was sent under
+        limit_per_owner=lambda: options.get("queue_limit_per_user"),
+    )
     jobs.start()
-    return AppContext(flags, options, memory, models, jobs, store)
+    extensions.startup()
+    return AppContext(
+        flags, options, memory, models, jobs, store, networks=networks, extensions=extensions
+    )
+
+
+def build_networks(flags: Flags, hashes: HashCache) -> Networks:
+    """LoRA, embedding and VAE folders (scanned now, hashed on use) and styles.csv."""
+    unsafe, hashing = flags.disable_safe_unpickle, not flags.no_hashing
+    for folder in (flags.lora_dir, flags.embeddings_dir, flags.vae_dir):
+        folder.mkdir(parents=True, exist_ok=True)  # shows users where the files go
+    addnet = AddnetHashCache(flags.data_dir / "cache-lora.json")
+    return Networks(
+        loras=LoraManager(flags.lora_dir, hashes, addnet, allow_unsafe_pickle=unsafe, hashing=hashing),
+        embeddings=EmbeddingRegistry(flags.embeddings_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
+        vaes=VaeRegistry(flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
+        styles=StyleDatabase(flags.styles_file),
+    )

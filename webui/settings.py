@@ -16,6 +16,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -110,6 +111,10 @@ class Flags:
     medvram: bool = False
     medvram_sdxl: bool = False
     lowvram: bool = False
+    lowram: bool = False
+    upcast_sampling: bool = False
+    opt_channelslast: bool = False
+    compile: bool = False
     # behaviour
     disable_safe_unpickle: bool = False
     enable_insecure_extension_access: bool = False
@@ -308,6 +313,10 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--medvram", "offload model parts to the CPU to save VRAM", _SWITCH),
         ("--medvram-sdxl", "--medvram for SDXL models only", _SWITCH),
         ("--lowvram", "aggressive offloading for very small VRAM", _SWITCH),
+        ("--lowram", "one checkpoint in RAM; on the CPU fp16 weights in RAM", _SWITCH),
+        ("--upcast-sampling", "fp16 UNet with fp32 sampling (GPU)", _SWITCH),
+        ("--opt-channelslast", "channels-last memory format for the UNet", _SWITCH),
+        ("--compile", "torch.compile the UNet (slow first image)", _SWITCH),
     ],
     "behaviour": [
         ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),
@@ -359,6 +368,11 @@ def _check(parser: FlagParser, ns: argparse.Namespace) -> None:
             parser.error(str(exc) if isinstance(exc, ValueError) else f"{source}: {exc}")
     if ns.subpath is not None:
         ns.subpath = "/" + ns.subpath.strip("/")
+    if ns.cors_allow_origins_regex is not None:
+        try:
+            re.compile(ns.cors_allow_origins_regex)
+        except re.error as exc:
+            parser.error(f"--cors-allow-origins-regex: not a regular expression: {exc}")
 
 
 def parse_flags(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Flags:
@@ -398,6 +412,23 @@ def _string(value: Any) -> str:
     return value
 
 
+def _ratio(value: Any) -> float:
+    """A number in [0, 0.9] (the settings form sends text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not 0 <= number <= 0.9:
+        raise ValueError(f"must be between 0 and 0.9, got {value!r}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def validate(value: Any) -> str:
         if value not in choices:
@@ -426,8 +457,22 @@ _OPTION_TABLE: dict[str, list[tuple[str, Any, Callable[[Any], Any], str]]] = {
         ("sd_vae", "Automatic", _string, "SD VAE"),
         ("CLIP_stop_at_last_layers", 1, _int_range(1, 12), "Clip skip"),
     ],
+    "optimizations": [
+        ("vae_tiling_threshold", 1536, _int_range(0, 16384),
+         "Decode with VAE tiling from width x height of this size squared (0: never)"),
+        ("vae_slicing_threshold", 1024, _int_range(0, 16384),
+         "Decode a batch image by image from this size squared in total (0: never)"),
+        ("oom_retry_lower_memory", True, _bool,
+         "Retry with lower memory after running out of memory (once)"),
+        ("token_merging_ratio", 0.0, _ratio,
+         "Token merging ratio (tomesd; 0: off): faster, slightly different images"),
+    ],
     "ui": [
         ("show_progress_every_n_steps", 3, _int_range(0), "Live preview every N steps (0: off)"),
+        ("localization", "Auto", _string, "UI language: Auto (the browser's), en or zh_CN; applies after a restart"),
+    ],
+    "queue": [
+        ("queue_limit_per_user", 10, _int_range(0), "Most jobs one user may have waiting or running (0: no limit)"),
     ],
     "saving-images": [
         ("samples_format", "png", _choice("png", "jpg", "jpeg", "webp"), "File format for images"),

@@ -44,10 +44,8 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
-    ("enable_hr", "hires. fix"),
     ("restore_faces", "face restoration"),
     ("tiling", "tiling"),
-    ("styles", "prompt styles"),
     ("refiner_checkpoint", "refiner"),
     ("firstpass_image", "first pass image"),
 )
@@ -95,12 +93,18 @@ class NotBuiltError(Exception):
 # --- request -> params -------------------------------------------------------------------
 
 
-def txt2img_params(req: Txt2ImgRequest, *, models: Any, options: Any) -> Txt2ImgParams:
+def txt2img_params(
+    req: Txt2ImgRequest, *, models: Any, options: Any, upscalers: Any = None,
+    extensions: Any = None,
+) -> Txt2ImgParams:
     """Validated params for one txt2img job; raises FieldError or NotBuiltError.
 
     `models` resolves checkpoint names (ModelManager.resolve), `options` validates
-    override_settings values (Options.definitions); neither is changed.
+    override_settings values (Options.definitions); neither is changed. `upscalers`
+    (an UpscalerCatalog) resolves the hires. fix upscaler; without it only the latent
+    and built-in ones are known.
     """
+    from .mapping_images import hires_params  # it builds on this module
     req = _with_infotext(req)
     _refuse_not_built(req)
     sampler_field, sampler = _sampler_of(req)
@@ -119,15 +123,31 @@ def txt2img_params(req: Txt2ImgRequest, *, models: Any, options: Any) -> Txt2Img
         batch_count=_value(req, "n_iter"),
         batch_size=_value(req, "batch_size"),
         save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
+        hires=hires_params(req, upscalers),
+        styles=_styles_of(req),
         **overrides,
     )
     try:
-        return params.validated().with_seed()
+        checked = params.validated()
     except ParamError as exc:
         loc = _PARAM_TO_REQUEST.get(exc.field, (exc.field,))
         if exc.field == "sampler_name":
             loc = (sampler_field,)
         raise FieldError(loc, exc.message) from None
+    from .mapping_ext import ScriptFieldError, extension_params  # scripts and extensions
+
+    try:  # before the seed is fixed: a script may treat -1 as "random per run"
+        return extension_params(req, checked, extensions).with_seed()
+    except ScriptFieldError as exc:
+        raise FieldError(exc.loc, exc.message) from None
+
+
+def _styles_of(req: Txt2ImgRequest) -> tuple[str, ...]:
+    """The styles.csv names to apply (unknown ones are skipped with a warning, as A1111)."""
+    styles = req.styles or []
+    if isinstance(styles, str) or not all(isinstance(s, str) for s in styles):
+        raise FieldError(("styles",), "expected a list of style names")
+    return tuple(styles)
 
 
 def _value(req: Txt2ImgRequest, name: str) -> Any:
@@ -166,11 +186,6 @@ def _refuse_not_built(req: Txt2ImgRequest) -> None:
             raise NotBuiltError(field, feature)
     if (req.subseed_strength or 0) > 0:
         raise NotBuiltError("subseed_strength", "variation seeds")
-    if req.script_name:
-        raise FieldError(("script_name",), f"script not found: {req.script_name}")
-    if req.alwayson_scripts:
-        name = str(next(iter(req.alwayson_scripts)))
-        raise FieldError(("alwayson_scripts", name), f"always-on script not found: {name}")
 
 
 def _sampler_of(req: Txt2ImgRequest) -> tuple[str, str | None]:
@@ -200,8 +215,27 @@ def _overrides(settings: Mapping[str, Any], *, models: Any, options: Any) -> dic
                 out["clip_skip"] = definition.validate(value) if definition else int(value)
             except (TypeError, ValueError) as exc:
                 raise FieldError(loc, str(exc)) from None
-        else:
-            log.info("override_settings: %r does not apply to this job; ignored", key)
+    return out  # other known options go into the job's own options (job_options)
+
+
+def job_options(settings: Mapping[str, Any], options: Any) -> dict[str, Any]:
+    """override_settings naming a known option, validated: the job's own option values.
+
+    They go into that job's options snapshot only (never the server's options); unknown
+    keys are ignored like A1111 does. The checkpoint is a params field instead.
+    """
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        definition = options.definitions.get(key)
+        if definition is None:
+            log.info("override_settings: unknown option %r ignored", key)
+            continue
+        if key == "sd_model_checkpoint" or value is None:
+            continue
+        try:
+            out[key] = definition.validate(value)
+        except (TypeError, ValueError) as exc:
+            raise FieldError(("override_settings", key), str(exc)) from None
     return out
 
 
@@ -259,11 +293,12 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         "face_restoration_model": None,
         "sd_model_name": first.get("Model") or _model_name(result),
         "sd_model_hash": first.get("Model hash"),
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": first.get("VAE"),
+        "sd_vae_hash": first.get("VAE hash"),
         "seed_resize_from_w": _value(req, "seed_resize_from_w"),
         "seed_resize_from_h": _value(req, "seed_resize_from_h"),
-        "denoising_strength": None,  # only hires. fix uses it in txt2img
+        # only hires. fix uses it in txt2img
+        "denoising_strength": params.hires.denoising_strength if params.hires else None,
         "extra_generation_params": json_safe(extra),
         "index_of_first_image": 0,
         "infotexts": infotexts,
@@ -325,7 +360,7 @@ def _state(job: Job | None) -> dict[str, Any]:
     p = job.progress
     text = f"Batch {p.batch + 1} out of {p.batches}" if p.batches > 1 else job.kind
     return {
-        "skipped": False,
+        "skipped": bool(job.skip_requested),
         "interrupted": bool(job.interrupt_requested),
         "job": text,
         "job_count": p.batches,

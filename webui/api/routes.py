@@ -1,8 +1,9 @@
 """The A1111-compatible REST API under /sdapi/v1 (enabled by --api or --nowebui).
 
 Every route gets the AppContext through a dependency (`request.app.state.ctx`); there is
-no module-level state. Generation is submitted to the shared job queue and waited for in
-a threadpool (plain `def` endpoints), so the event loop stays free for /progress. Bad
+no module-level state. Generation is submitted to the shared job queue (owned by the
+caller: its --api-auth user, else "api") and waited for without holding a thread
+(`routes_queue.wait_for_job`), so /progress stays free however many clients wait. Bad
 input answers 422 in FastAPI's validation-error shape naming the field; endpoints and
 features not built yet answer 501 with a JSON message naming the feature.
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,11 +22,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.concurrency import run_in_threadpool
 
 from ..core import jobs as job_states
 from ..core import samplers
 from . import mapping
+from .auth import API_OWNER, api_user
+from .routes_queue import submit_txt2img_job, wait_for_job
 from .schemas import (
     PNGInfoRequest,
     PNGInfoResponse,
@@ -46,27 +48,10 @@ else:  # the context module pulls in torch; routes only need its attributes
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
-API_OWNER = "api"
+__all__ = ["API_OWNER", "Ctx", "User", "api_router", "api_user", "get_ctx"]
 
 # path -> (HTTP method, feature named in the 501 answer)
-NOT_BUILT: dict[str, tuple[str, str]] = {
-    "/img2img": ("POST", "img2img"),
-    "/extra-single-image": ("POST", "extras (upscaling)"),
-    "/extra-batch-images": ("POST", "extras (upscaling)"),
-    "/skip": ("POST", "skipping the current image"),
-    "/upscalers": ("GET", "upscalers"),
-    "/latent-upscale-modes": ("GET", "latent upscale modes (hires. fix)"),
-    "/sd-vae": ("GET", "VAE selection"),
-    "/refresh-vae": ("POST", "VAE selection"),
-    "/loras": ("GET", "LoRA"),
-    "/refresh-loras": ("POST", "LoRA"),
-    "/embeddings": ("GET", "textual inversion embeddings"),
-    "/refresh-embeddings": ("POST", "textual inversion embeddings"),
-    "/prompt-styles": ("GET", "prompt styles"),
-    "/scripts": ("GET", "scripts"),
-    "/script-info": ("GET", "scripts"),
-    "/extensions": ("GET", "extensions"),
-}
+NOT_BUILT: dict[str, tuple[str, str]] = {}
 _SECRET_FLAGS = ("api_auth", "gradio_auth")
 
 
@@ -98,26 +83,7 @@ def get_ctx(request: Request) -> AppContext:
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
-_basic = HTTPBasic(auto_error=False)
-
-
-def api_user(
-    request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
-) -> str:
-    """The job owner: the HTTP Basic user with --api-auth, else "api"."""
-    users = request.app.state.ctx.flags.api_credentials()
-    if not users:
-        return API_OWNER
-    if credentials is not None:
-        for user, password in users:
-            user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
-            pass_ok = secrets.compare_digest(credentials.password.encode(), password.encode())
-            if user_ok and pass_ok:
-                return user
-    raise HTTPException(401, "Incorrect username or password", {"WWW-Authenticate": "Basic"})
-
-
-User = Annotated[str, Depends(api_user)]
+User = Annotated[str, Depends(api_user)]  # the HTTP Basic user with --api-auth, else "api"
 
 
 def _field_error(exc: mapping.FieldError) -> HTTPException:
@@ -139,6 +105,15 @@ def api_router() -> APIRouter:
     _generation_routes(router)
     _model_routes(router)
     _settings_routes(router)
+    from .routes_images import images_router  # img2img, extras, upscalers (it uses _ApiRoute)
+
+    router.include_router(images_router())
+    from .routes_networks import networks_router  # loras, embeddings, sd-vae, prompt-styles
+
+    router.include_router(networks_router())
+    from .routes_ext import extensions_router  # scripts, script-info, extensions
+
+    router.include_router(extensions_router())
     for path, (method, feature) in NOT_BUILT.items():
         router.add_api_route(
             path, _not_built_endpoint(feature), methods=[method], status_code=501,
@@ -159,35 +134,45 @@ def _not_built_endpoint(feature: str) -> Callable[[], JSONResponse]:
 
 def _generation_routes(router: APIRouter) -> None:
     @router.post("/txt2img", response_model=TextToImageResponse)
-    def txt2img(req: Txt2ImgRequest, ctx: Ctx, user: User) -> Any:
-        try:
-            params = mapping.txt2img_params(req, models=ctx.models, options=ctx.options)
-        except mapping.FieldError as exc:
-            raise _field_error(exc) from None
-        except mapping.NotBuiltError as exc:
-            return _not_built(f"{exc.feature} ({exc.field})")
-        if not ctx.models.checkpoints():
-            raise HTTPException(
-                503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
-            )
-        job = ctx.jobs.submit("txt2img", params, owner=user)
-        job.done.wait()
+    async def txt2img(req: Txt2ImgRequest, ctx: Ctx, user: User) -> Any:
+        # 422/501/503 here; 429 over the queue limit
+        job = await run_in_threadpool(submit_txt2img_job, ctx, req, user)
+        if isinstance(job, JSONResponse):
+            return job
+        await wait_for_job(job)  # waiting in the queue holds no thread of the pool
         if job.state == job_states.FAILED:
             return JSONResponse(
                 status_code=500,
                 content={"error": "GenerationError", "detail": job.error, "errors": job.error},
             )
-        return mapping.txt2img_response(req, job, job.result)
+        return await run_in_threadpool(mapping.txt2img_response, req, job, job.result)
 
     @router.get("/progress", response_model=ProgressResponse)
-    def progress(ctx: Ctx, skip_current_image: Annotated[bool, Query()] = False) -> Any:
-        return mapping.progress_response(ctx.jobs.current(), skip_current_image=skip_current_image)
+    def progress(
+        ctx: Ctx, user: User, skip_current_image: Annotated[bool, Query()] = False
+    ) -> Any:
+        """The caller's own job (running, else their next waiting one); never another
+        user's preview. Idle values when the caller has no unfinished job."""
+        job = ctx.jobs.active(user)
+        body = mapping.progress_response(job, skip_current_image=skip_current_image)
+        if job is not None and job.state == job_states.QUEUED:
+            body["textinfo"] = f"Waiting in queue: position {ctx.jobs.position(job)}"
+        return body
 
     @router.post("/interrupt")
-    def interrupt(ctx: Ctx) -> Any:
-        job = ctx.jobs.current()
+    def interrupt(ctx: Ctx, user: User) -> Any:
+        """Stop the caller's running job (or cancel their next waiting one)."""
+        job = ctx.jobs.active(user)
         if job is not None:
-            ctx.jobs.interrupt(job.id)
+            ctx.jobs.interrupt(job.id, user)
+        return None
+
+    @router.post("/skip")
+    def skip(ctx: Ctx, user: User) -> Any:
+        """End the image the caller's running job is sampling; its next batch goes on."""
+        job = ctx.jobs.active(user)
+        if job is not None and job.state == job_states.RUNNING:
+            ctx.jobs.skip(job.id, user)
         return None
 
     @router.post("/png-info", response_model=PNGInfoResponse)
@@ -250,7 +235,8 @@ def _model_routes(router: APIRouter) -> None:
 
     @router.get("/memory")
     def memory(ctx: Ctx) -> Any:
-        return {"ram": _ram(), "cuda": _cuda(ctx)}
+        # "memory_plan": device, precision, attention backend, offload, and why (notes)
+        return {"ram": _ram(), "cuda": _cuda(ctx), "memory_plan": ctx.memory.as_dict()}
 
 
 def _ram() -> dict[str, Any]:

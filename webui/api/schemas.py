@@ -70,7 +70,7 @@ class StableDiffusionTxt2ImgProcessingAPI(BaseModel):
     force_task_id: str | None = None
     sampler_index: str | None = "Euler"
     script_name: str | None = None
-    script_args: list[Any] | None = Field(default_factory=list)
+    script_args: list[Any] | dict[str, Any] | None = Field(default_factory=list)  # dict: by name
     send_images: bool | None = True
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from .samplers import UnknownSamplerError, missing_requirements, resolve
+
+if TYPE_CHECKING:
+    from .params_img2img import HiresParams
 
 MAX_SEED = 4294967294
 MAX_SIDE = 4096
@@ -44,6 +49,11 @@ class Txt2ImgParams:
     clip_skip: int = 1
     checkpoint: str | None = None  # title, name or hash; None = the current/first one
     save_images: bool = True  # the API saves nothing unless asked (A1111's save_images)
+    hires: HiresParams | None = None  # hires. fix (txt2img only); None = off
+    vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the option
+    styles: tuple[str, ...] = ()  # names from styles.csv, applied in order
+    script: str | None = None  # extension that runs this job (X/Y/Z plot, ...); None = plain
+    extension_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -62,6 +72,12 @@ class Txt2ImgParams:
             raise ParamError("cfg_scale", f"must be between 0 and 100, got {cfg}")
         _require_int(self, "seed", -1, MAX_SEED)
         self._check_sampler()
+        if self.hires is not None:
+            self.hires.check(self)
+        if self.vae is not None and not isinstance(self.vae, str):
+            raise ParamError("vae", f"must be a VAE name, got {self.vae!r}")
+        if isinstance(self.styles, str) or not all(isinstance(s, str) for s in self.styles):
+            raise ParamError("styles", "must be a list of style names")
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)
             if not isinstance(value, str):

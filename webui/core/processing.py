@@ -21,7 +21,10 @@ from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
-from .conditioning import encode_prompts
+from .composable import hooked
+from .conditioning import prepare_conditioning
+from .decode import decode_latents, memory_fields
+from .hires import hires_fields, hires_pass
 from .jobs import Progress
 from .params import Txt2ImgParams
 from .samplers import resolve
@@ -55,20 +58,31 @@ def txt2img(
     should_stop: Callable[[], bool],
     save: SaveFn | None = None,
     preview_every: int = 0,
+    networks=None,
+    upscalers=None,
 ) -> list[GeneratedImage]:
-    """Generate `batch_count` batches of `batch_size` images; stop early when asked."""
+    """Generate `batch_count` batches of `batch_size` images; stop early when asked.
+
+    `networks` (extra_networks.ActiveNetworks) brings the job's embeddings and the
+    infotext fields of its LoRAs and VAE. With `params.hires`, every batch gets the
+    hires. fix second pass (`webui.core.hires`; `upscalers` runs model upscalers)."""
     choice = resolve(params.sampler_name, params.scheduler)
     pipe = lease.pipe
     pipe.scheduler = make_scheduler(choice, lease.model.base_scheduler_config)
     seeds = params.image_seeds()
     family = lease.spec.family
     progress.batches = params.batch_count
-    fields = base_fields(lease, params, choice)
+    fields = base_fields(lease, params, choice, networks)
     on_step = step_callback(progress, should_stop, preview_every, family)
 
-    conditioning = encode_prompts(
-        pipe, family, params.prompt, params.negative_prompt, params.clip_skip
-    )
+    conditioning = prepare_conditioning(
+        pipe, family, params.prompt, params.negative_prompt, params.clip_skip,
+        steps=params.steps, embeddings=networks.embeddings if networks else None,
+    )  # fmt: skip
+    if networks is not None:
+        fields.update(networks.extra_fields(conditioning.used_embeddings))
+    if params.hires is not None:
+        fields.update(hires_fields(params, choice))
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if should_stop():
@@ -78,29 +92,39 @@ def txt2img(
         set_noise_seed(pipe.scheduler, batch_seeds)  # DPM++ SDE's noise follows the seeds too
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
-        images = pipe(
-            **conditioning,
-            num_inference_steps=params.steps,
-            guidance_scale=params.cfg_scale,
-            width=params.width,
-            height=params.height,
-            num_images_per_prompt=params.batch_size,
-            generator=generators(batch_seeds),
-            callback_on_step_end=on_step,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **_inpainting_model_inputs(lease.spec, params),
-        ).images
+        with hooked(pipe.unet, conditioning, params.batch_size) as follow_steps:
+            latents = pipe(
+                **conditioning.pipeline_kwargs(),
+                num_inference_steps=params.steps,
+                guidance_scale=params.cfg_scale,
+                width=params.width,
+                height=params.height,
+                num_images_per_prompt=params.batch_size,
+                generator=generators(batch_seeds),
+                callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="latent",  # decoded below: tiling, NaN check (decode.py)
+                **_inpainting_model_inputs(lease.spec, params),
+            ).images
+        if params.hires is None:
+            images = decode_latents(pipe, latents)
+        else:
+            images = hires_pass(lease, params, latents, batch_seeds, conditioning=conditioning,
+                                choice=choice, on_step=on_step, progress=progress,
+                                should_stop=should_stop, generators=generators,
+                                upscalers=upscalers, networks=networks)  # fmt: skip
         for image, seed in zip(images, batch_seeds, strict=True):
             infotext = build_infotext(
-                params.prompt, params.negative_prompt, {**fields, "Seed": seed}
+                params.prompt, params.negative_prompt, {**fields, **memory_fields(), "Seed": seed}
             )
             path = save(image, seed, infotext) if save else None
             results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
     return results
 
 
-def base_fields(lease, params, choice) -> dict:
+def base_fields(lease, params, choice, networks=None) -> dict:
     """The A1111 infotext fields every mode shares, in A1111's order (Seed added per image)."""
+    vae_fields = networks.vae_fields if networks is not None else {}
     return {
         "Steps": params.steps,
         "Sampler": choice.sampler,
@@ -109,6 +133,7 @@ def base_fields(lease, params, choice) -> dict:
         "Size": f"{params.width}x{params.height}",
         "Model hash": lease.info.shorthash,
         "Model": lease.info.name,
+        **vae_fields,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "RNG": "CPU",
         "Version": f"v{__version__}",

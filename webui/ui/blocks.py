@@ -14,6 +14,15 @@ import gradio as gr
 
 from .. import __version__
 from .common import checkpoint_picker
+from .ext_ui import build_extension_tabs
+from .extensions_tab import build_extensions_tab
+from .extras_tab import build_extras_tab
+from .img2img_tab import build_img2img_tab
+from .inpaint_tab import build_inpaint_tab
+from .paste import connect_parameter_copy
+from .pnginfo_tab import build_pnginfo_tab
+from .queue_panel import build_queue_panel
+from .send_to import connect_send_buttons
 from .settings_tab import build_settings_tab
 from .txt2img import build_txt2img_tab
 
@@ -28,17 +37,46 @@ CSS = """
 .job-progress-text { position: relative; padding-left: .5em; font-size: .9em; }
 .infotext { white-space: pre-wrap; word-break: break-word; font-size: .85em; margin: 0; }
 #refresh_checkpoints, #txt2img_random_seed, #txt2img_reuse_seed { align-self: end; }
+#img2img_random_seed, #inpaint_random_seed, #extras_refresh, #txt2img_hr_refresh { align-self: end; }
+.queue-table { width: 100%; border-collapse: collapse; font-size: .9em; }
+.queue-table th, .queue-table td { padding: .25em .5em; text-align: left;
+  border-bottom: 1px solid var(--border-color-primary); }
+.queue-table tr.mine { background: var(--background-fill-secondary); }
+.queue-table tr.running { font-weight: 600; }
+.queue-table .job-progress { min-width: 8em; }
+.queue-prompt { max-width: 28em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.ext-table { width: 100%; border-collapse: collapse; font-size: .9em; }
+.ext-table th, .ext-table td { padding: .25em .5em; text-align: left; vertical-align: top;
+  border-bottom: 1px solid var(--border-color-primary); }
+.ext-failed { color: var(--error-text-color, #c00); }
+#txt2img_paste { min-width: 40px; }
+.queue-action { margin-right: .3em; padding: .1em .5em; border-radius: 4px;
+  border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill); }
 """
 
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion web UI", analytics_enabled=False) as demo:
         checkpoint, notice, refresh_checkpoints = checkpoint_picker(ctx)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                build_txt2img_tab(ctx, checkpoint)
+                txt2img_send = build_txt2img_tab(ctx, checkpoint)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = build_img2img_tab(ctx, checkpoint)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inpaint = build_inpaint_tab(ctx, checkpoint)
+            with gr.Tab("Upscale", id="extras", elem_id="tab_extras"):
+                extras = build_extras_tab(ctx)
+            with gr.Tab("PNG Info", id="pnginfo"):
+                build_pnginfo_tab(ctx)
+            build_extension_tabs(ctx)  # each extension's own tab
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(ctx)
+        connect_send_buttons(tabs, txt2img_send, img2img, inpaint, extras)
+        connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
+        build_queue_panel(ctx, demo)
         gr.Markdown(footer_text(ctx), elem_id="footer")
         demo.load(refresh_checkpoints, outputs=[checkpoint, notice], show_progress="hidden")
     return demo

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from ..api.auth import owner_from_cookies
 from ..core import jobs as job_states
 
 if TYPE_CHECKING:
@@ -17,10 +18,14 @@ if TYPE_CHECKING:
 
 
 def owner_of(request: gr.Request | None) -> str:
-    """Who submits a job: the logged-in user, else this browser session."""
+    """Who submits a job: the logged-in user, else this browser (its identity cookie,
+    so a reload keeps its jobs), else this page session."""
     if request is None:
         return "local"
-    return getattr(request, "username", None) or f"session-{request.session_hash}"
+    user = getattr(request, "username", None)
+    if user:
+        return user
+    return owner_from_cookies(getattr(request, "cookies", None)) or f"session-{request.session_hash}"
 
 
 def checkpoint_choices(ctx: AppContext) -> tuple[list[str], str | None]:

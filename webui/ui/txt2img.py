@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from ..core import jobs as job_states
+from ..core.jobs import QueueFullError
 from ..core.params import MAX_SEED, ParamError, Txt2ImgParams
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from .common import infotext_html, owner_of, progress_html
+from .ext_ui import extension_inputs
+from .extra_networks import build_prompt_tools, job_warnings
+from .hires_controls import build_hires_controls
+from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -25,7 +30,7 @@ POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M" if "DPM++ 2M" in SAMPLERS else SAMPLERS[0]
 
 
-def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
+def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
     with gr.Row():
         with gr.Column(scale=6):
             prompt = gr.Textbox(
@@ -37,9 +42,11 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
                 placeholder="Negative prompt",
                 elem_id="txt2img_neg_prompt",
             )
+            tools = build_prompt_tools(ctx, prompt, negative, checkpoint, "txt2img")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt")
+            gr.Button("↙️", size="sm", elem_id="txt2img_paste")  # read parameters: webui.ui.paste
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
@@ -66,6 +73,8 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
                 random_seed = gr.Button("🎲", min_width=40, scale=0, elem_id="txt2img_random_seed")
                 reuse_seed = gr.Button("♻️", min_width=40, scale=0, elem_id="txt2img_reuse_seed")
             clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1)
+            hires = build_hires_controls(ctx)
+            ext = extension_inputs(ctx, "txt2img")  # extension sections and the Script list
         with gr.Column(scale=1):
             progress = gr.HTML("", elem_id="txt2img_progress")
             gallery = gr.Gallery(
@@ -75,15 +84,18 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
                 object_fit="contain",
                 elem_id="txt2img_gallery",
             )
+            send = send_buttons("txt2img", gallery, None)  # wired by blocks.build_ui
             info = gr.HTML("", elem_id="txt2img_infotext")
     last_seed = gr.State(None)
+    latest: dict[str, str] = {}  # page session -> id of the newest job it submitted
     infotexts = gr.State([])
+    send.infotexts = infotexts
 
     controls = [checkpoint, prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
-                batch_count, batch_size, clip_skip]  # fmt: skip
+                batch_count, batch_size, clip_skip, *tools.inputs, *hires.inputs, *ext.inputs]  # fmt: skip
 
     def run(title, prompt_, negative_, sampler_, schedule_, steps_, cfg_, width_, height_, seed_,
-            count_, size_, clip_skip_, request: gr.Request):  # fmt: skip
+            count_, size_, clip_skip_, styles_, vae_, request: gr.Request, *hires_values):  # fmt: skip
         try:
             params = (
                 Txt2ImgParams(
@@ -100,23 +112,36 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
                     batch_size=_int(size_),
                     clip_skip=_int(clip_skip_),
                     checkpoint=title or None,
+                    hires=hires.params(hires_values[: len(hires.inputs)]),
+                    **tools.params(styles_, vae_),  # styles.csv names, SD VAE
                 )
                 .validated()
-                .with_seed()
             )
-        except (ParamError, TypeError, ValueError) as exc:
+            params = ext.prepare(params, hires_values[len(hires.inputs) :]).with_seed()
+        except (ParamError, TypeError, ValueError) as exc:  # ArgError is a ValueError
             raise gr.Error(str(exc)) from exc
         if not ctx.models.checkpoints():
             raise gr.Error("No checkpoint: add one to the models folder and press 🔄.")
-        job = ctx.jobs.submit("txt2img", params, owner=owner_of(request))
+        try:
+            job = ctx.jobs.submit("txt2img", params, owner=owner_of(request))
+        except QueueFullError as exc:
+            raise gr.Error(str(exc)) from exc
+        page = request.session_hash
+        latest[page] = job.id  # each click queues a job; this page shows its newest one
         shown_preview = -1
         while not job.done.wait(POLL_SECONDS):
+            if latest.get(page) != job.id:
+                continue  # an older job of this page: its result goes to "My results"
             preview = job.progress.preview
             if preview is not None and job.progress.preview_step != shown_preview:
                 shown_preview = job.progress.preview_step
                 yield progress_html(ctx, job), [preview], gr.skip(), gr.skip(), gr.skip()
             else:
                 yield progress_html(ctx, job), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if latest.get(page) != job.id:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        latest.pop(page, None)
         yield _finished(job)
 
     def _finished(job):
@@ -126,6 +151,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
         texts = [g.infotext for g in images]
         status = "Interrupted" if job.state == job_states.INTERRUPTED else "Done"
         done = f'<div class="job-status">{status}: {len(images)} image(s)</div>'
+        done += job_warnings(job.result)  # skipped LoRA tags, unknown styles (also as toasts)
         gallery_value = [(g.image, f"seed {g.seed}") for g in images]
         first = texts[0] if texts else ""
         return (
@@ -149,15 +175,17 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> None:
         outputs=[progress, gallery, info, last_seed, infotexts],
         concurrency_limit=None,  # our job queue orders the work, not Gradio's
         show_progress="hidden",
+        trigger_mode="multiple",  # every click queues another job
     )
     prompt.submit(
         run, inputs=controls, outputs=[progress, gallery, info, last_seed, infotexts],
-        concurrency_limit=None, show_progress="hidden",
+        concurrency_limit=None, show_progress="hidden", trigger_mode="multiple",
     )  # fmt: skip
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     random_seed.click(lambda: -1, outputs=seed, show_progress="hidden")
     reuse_seed.click(lambda s, cur: cur if s is None else s, inputs=[last_seed, seed], outputs=seed)
     gallery.select(show_selected, inputs=infotexts, outputs=info)
+    return send
 
 
 def _int(value) -> int:
