@@ -15,10 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class StableDiffusionTxt2ImgProcessingAPI(BaseModel):
-    """POST /sdapi/v1/txt2img request (A1111 v1.10 field names and defaults)."""
+class ProcessingAPIBase(BaseModel):
+    """The fields txt2img and img2img requests share (A1111's StableDiffusionProcessing)."""
 
-    model_config = ConfigDict(extra="allow", title="StableDiffusionProcessingTxt2Img")
+    model_config = ConfigDict(extra="allow")
 
     prompt: str | None = ""
     negative_prompt: str | None = ""
@@ -54,6 +54,21 @@ class StableDiffusionTxt2ImgProcessingAPI(BaseModel):
     disable_extra_networks: bool | None = False
     firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    sampler_index: str | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] | dict[str, Any] | None = Field(default_factory=list)  # dict: by name
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
+    infotext: str | None = None
+
+
+class StableDiffusionTxt2ImgProcessingAPI(ProcessingAPIBase):
+    """POST /sdapi/v1/txt2img request (A1111 v1.10 field names and defaults)."""
+
+    model_config = ConfigDict(extra="allow", title="StableDiffusionProcessingTxt2Img")
+
     enable_hr: bool | None = False
     firstphase_width: int | None = 0
     firstphase_height: int | None = 0
@@ -67,14 +82,6 @@ class StableDiffusionTxt2ImgProcessingAPI(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
-    force_task_id: str | None = None
-    sampler_index: str | None = "Euler"
-    script_name: str | None = None
-    script_args: list[Any] | dict[str, Any] | None = Field(default_factory=list)  # dict: by name
-    send_images: bool | None = True
-    save_images: bool | None = False
-    alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
-    infotext: str | None = None
 
 
 class TextToImageResponse(BaseModel):

@@ -8,50 +8,17 @@ This module must never import torch, diffusers or the core: it only describes JS
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from .schemas import ProcessingAPIBase, TextToImageResponse
 
-class StableDiffusionImg2ImgProcessingAPI(BaseModel):
+
+class StableDiffusionImg2ImgProcessingAPI(ProcessingAPIBase):
     """POST /sdapi/v1/img2img request (A1111 v1.10 field names and defaults)."""
 
     model_config = ConfigDict(extra="allow", title="StableDiffusionProcessingImg2Img")
 
-    prompt: str | None = ""
-    negative_prompt: str | None = ""
-    styles: list[str] | None = None
-    seed: int | None = -1
-    subseed: int | None = -1
-    subseed_strength: float | None = 0
-    seed_resize_from_h: int | None = -1
-    seed_resize_from_w: int | None = -1
-    sampler_name: str | None = None
-    scheduler: str | None = None
-    batch_size: int | None = 1
-    n_iter: int | None = 1
-    steps: int | None = 50
-    cfg_scale: float | None = 7.0
-    width: int | None = 512
-    height: int | None = 512
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool | None = False
-    do_not_save_grid: bool | None = False
-    eta: float | None = None
     denoising_strength: float | None = 0.75
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool | None = False
-    firstpass_image: str | None = None
-    comments: dict[str, Any] | None = None
     init_images: list[str] | None = None
     resize_mode: int | None = 0
     image_cfg_scale: float | None = None
@@ -66,21 +33,11 @@ class StableDiffusionImg2ImgProcessingAPI(BaseModel):
     inpainting_mask_invert: int | None = 0
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
-    force_task_id: str | None = None
-    sampler_index: str | None = "Euler"
     include_init_images: bool | None = False
-    script_name: str | None = None
-    script_args: list[Any] | None = Field(default_factory=list)
-    send_images: bool | None = True
-    save_images: bool | None = False
-    alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
-    infotext: str | None = None
 
 
-class ImageToImageResponse(BaseModel):
-    images: list[str] | None = Field(default=None, description="base64 PNG images, no data: prefix")
-    parameters: dict[str, Any]
-    info: str = Field(description="JSON string with the generation info")
+class ImageToImageResponse(TextToImageResponse):
+    """POST /sdapi/v1/img2img response: the same shape as txt2img's."""
 
 
 class ExtrasBaseRequest(BaseModel):
