@@ -8,7 +8,7 @@ and reads the JSON line each prints. A child loads the checkpoint and makes one 
 - `ours-lowmem`: the same with our memory features: `--lowram` (on the CPU: fp16 weights
   in RAM, computed in fp32) and VAE tiling from the VAE's native tile size.
 
-The peak is the kernel's `ru_maxrss` of the child (load and generation together).
+The peak is the child's VmHWM (load and generation together).
 
 This module must never import a UI library.
 """
@@ -32,6 +32,15 @@ VARIANTS = ("diffusers", "ours", "ours-lowmem")
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries the parent's peak over
+    fork + exec into a child's ru_maxrss, which would make every child look as big as the
+    benchmark process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 

@@ -63,6 +63,7 @@ def make_runner(
 
     def run(job: Job) -> JobResult | None:
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
+            models.limit = int(job_option(job, options, "sd_checkpoints_limit"))  # RAM cache
             models.acquire(models.resolve(job.params))
             return None
         if job.kind == "unload":  # free the RAM/VRAM of every loaded checkpoint

@@ -111,13 +111,18 @@ def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
                 str(path),
                 config=config_dir,
                 local_files_only=True,
-                dtype=dtype,
+                # fp32 is diffusers' default: weights are converted while loading, whereas an
+                # explicit dtype loads the file's dtype and casts again (slower, and a warning)
+                **({} if dtype == torch.float32 else {"dtype": dtype}),
                 safety_checker=None,
                 feature_extractor=None,
                 **_tokenizers(spec),
             )
         except Exception as exc:
             raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component.dtype != dtype:
+            component.to(dtype)
     _move(pipe, device)
     if spec.prediction_type is None:
         spec = _settle_prediction_type(spec, pipe)
