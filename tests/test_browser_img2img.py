@@ -53,20 +53,34 @@ def set_number(panel, label: str, value) -> None:
 
 
 def upload_to_editor(page, path: Path) -> None:
-    """Upload into the inpaint editor and wait until it shows the image: it zooms in on a
-    small image (> 100 %). An upload right after the tab opens is sometimes dropped by the
-    editor, so it is repeated until the image is there."""
-    zoomed_in = """() => [...document.querySelectorAll('#inpaint_editor *')].some(e =>
+    """Open the Inpaint tab, upload into the editor and wait until it shows the image: it
+    zooms in on a small image (> 100 %). Gradio's editor throws away an upload made before
+    its canvas is set up (a page error, and the editor stays empty for good), so the upload
+    waits for the zoom read-out that the set-up draws, and the page is reloaded if the
+    editor still did not take the image."""
+    zoom = """(more) => [...document.querySelectorAll('#inpaint_editor *')].some(e =>
         e.children.length === 0 && /^\\d+%$/.test(e.textContent.trim())
-        && parseInt(e.textContent) > 100)"""
-    for _ in range(3):
+        && parseInt(e.textContent) > more)"""
+    for attempt in range(3):
+        if attempt:
+            page.reload(wait_until="load")
+        wait_for_checkpoint(page)
+        open_tab(page, "Inpaint")
+        page.wait_for_function(zoom, arg=0, timeout=30_000)
         page.locator("#inpaint_editor input[type=file]").set_input_files(str(path))
         try:
-            page.wait_for_function(zoomed_in, timeout=10_000)
+            page.wait_for_function(zoom, arg=100, timeout=15_000)
             return
         except PlaywrightTimeout:
             continue
     raise AssertionError("the inpaint editor did not take the uploaded image")
+
+
+def wait_for_checkpoint(page) -> None:
+    page.wait_for_function(
+        "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
+        timeout=30_000,
+    )
 
 
 def open_tab(page, name: str) -> None:
@@ -78,11 +92,6 @@ def test_inpaint_with_a_drawn_mask(browser, server, tmp_path):  # noqa: F811
     original = noise_file(tmp_path / "in.png", 64, 64, seed=1)
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(srv.url, wait_until="load")
-    page.wait_for_function(
-        "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
-        timeout=30_000,
-    )
-    open_tab(page, "Inpaint")
     upload_to_editor(page, tmp_path / "in.png")
     canvas = page.locator("#inpaint_editor canvas").first
     page.locator("#inpaint_editor button[aria-label='Brush']").click()
