@@ -7,6 +7,7 @@ so the model loads once. Requests are what A1111 clients send: every field, ever
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import os
@@ -195,6 +196,19 @@ def test_override_settings_apply_to_the_job_only(srv: Server) -> None:
     assert json.loads(response.json()["info"])["clip_skip"] == 2
     after = srv.client.get(srv.api("/options")).json()["CLIP_stop_at_last_layers"]
     assert before == after == 1
+
+
+def test_outdir_samples_puts_images_in_that_folder(srv: Server, tmp_path) -> None:
+    target = tmp_path / "elsewhere"
+    response = _post_txt2img(
+        srv, save_images=True, override_settings={"outdir_samples": str(target)}
+    )
+    assert response.status_code == 200, response.text
+    (saved,) = target.glob("*/*.png")  # <outdir_samples>/<day>/NNNNN-....png
+    assert saved.parent.name == dt.date.today().isoformat()
+    assert _decode(response.json()["images"][0]).tobytes() == _decode(
+        base64.b64encode(saved.read_bytes()).decode()
+    ).tobytes()
 
 
 def test_scheduler_by_lowercase_name(srv: Server) -> None:

@@ -81,13 +81,19 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
 
 
 def _install_security(app: FastAPI, flags: Flags) -> None:
-    """API auth, cross-origin guard, browser identity, CORS, --subpath; 429 for a full queue."""
+    """API auth, cross-origin guard, browser identity, CORS, --subpath; 429 for a full queue;
+    body-size limit, no URL fetching, nosniff, Pillow's decompression-bomb limit."""
     from .api.auth import SecurityMiddleware
     from .api.cors import install_cors
+    from .api.hardening import HardeningMiddleware
     from .api.routes_queue import add_queue_error_handlers
     from .api.subpath import SubpathMiddleware
+    from .imaging.codec import limit_decoding
 
+    limit_decoding()
     add_queue_error_handlers(app)
+    # size limit, no URL fetching, nosniff: after authentication (401 comes first)
+    app.add_middleware(HardeningMiddleware, max_body_bytes=flags.max_request_mb * 2**20)
     app.add_middleware(SecurityMiddleware, flags=flags)  # the last added runs first
     install_cors(app, flags)
     if flags.subpath and flags.subpath.strip("/"):

@@ -46,7 +46,7 @@ class AppContext:
 
 
 def build_context(flags: Flags) -> AppContext:
-    options = Options.load(flags.config_path)
+    options = Options.from_flags(flags)  # --freeze-settings; path options locked on a LAN
     memory = plan_from_flags(flags)  # every memory/precision/attention flag, with notes
     flags.ckpt_dir.mkdir(parents=True, exist_ok=True)  # shows users where checkpoints go
     extra = [Path(flags.ckpt)] if flags.ckpt else []
@@ -73,6 +73,12 @@ def build_context(flags: Flags) -> AppContext:
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:
     """LoRA, embedding and VAE folders (scanned now, hashed on use) and styles.csv."""
     unsafe, hashing = flags.disable_safe_unpickle, not flags.no_hashing
+    if unsafe:
+        log.warning(
+            "--disable-safe-unpickle: .pt/.ckpt/.bin LoRA, embedding and VAE files are "
+            "unpickled without restriction and can run any code they hold; use only files "
+            "you trust. Checkpoints still load through the restricted unpickler."
+        )
     for folder in (flags.lora_dir, flags.embeddings_dir, flags.vae_dir):
         folder.mkdir(parents=True, exist_ok=True)  # shows users where the files go
     addnet = AddnetHashCache(flags.data_dir / "cache-lora.json")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 """The project folder: the parent of the `webui` package; default for --data-dir."""
 
 DEFAULT_PORT = 7860
+DEFAULT_MAX_REQUEST_MB = 64  # base64 images of up to 48 MB; a bigger body answers 413
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRECISIONS = ("full", "half", "autocast")
 
@@ -50,13 +52,13 @@ def parse_credentials(text: str, source: str | None = None) -> list[tuple[str, s
     """
     prefix = f"{source}: " if source else ""
     pairs: list[tuple[str, str]] = []
-    for entry in text.replace("\n", ",").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
+    entries = [e.strip() for e in text.replace("\n", ",").split(",")]
+    for number, entry in enumerate((e for e in entries if e), 1):
         user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"{prefix}expected user:password[,user2:password2], got {entry!r}")
+        if not sep or not user or not password:  # the entry is not shown: it may be a password
+            raise ValueError(
+                f"{prefix}expected user:password[,user2:password2]; entry {number} is not"
+            )
         pairs.append((user, password))
     if not pairs:
         raise ValueError(f"{prefix}expected user:password[,user2:password2], got nothing")
@@ -83,11 +85,12 @@ class Flags:
     tls_certfile: Path | None = None
     cors_allow_origins: str | None = None
     cors_allow_origins_regex: str | None = None
+    max_request_mb: int = DEFAULT_MAX_REQUEST_MB
     # api and auth
     api: bool = False
     nowebui: bool = False
-    api_auth: str | None = None
-    gradio_auth: str | None = None
+    api_auth: str | None = dataclasses.field(default=None, repr=False)  # passwords: no repr
+    gradio_auth: str | None = dataclasses.field(default=None, repr=False)
     gradio_auth_path: Path | None = None
     # paths
     data_dir: Path = PROJECT_DIR
@@ -118,6 +121,7 @@ class Flags:
     # behaviour
     disable_safe_unpickle: bool = False
     enable_insecure_extension_access: bool = False
+    hide_ui_dir_config: bool = False
     no_hashing: bool = False
     freeze_settings: bool = False
     no_download_sd_model: bool = False
@@ -184,11 +188,33 @@ class Flags:
         return not self.nowebui
 
     @property
+    def network_exposed(self) -> bool:
+        """Reachable from other machines: --listen, --share or a non-loopback --server-name."""
+        if self.listen or self.share:
+            return True
+        name = (self.server_name or "").strip("[]").lower()
+        if not name or name == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(name).is_loopback
+        except ValueError:  # a host name: it may resolve to any address
+            return True
+
+    @property
     def disable_extension_access(self) -> bool:
         """A1111 rule: installing extensions is refused when the server is reachable
         from other machines, unless --enable-insecure-extension-access."""
         exposed = self.share or self.listen or bool(self.server_name)
         return exposed and not self.enable_insecure_extension_access
+
+    @property
+    def server_folders_allowed(self) -> bool:
+        """Batch jobs that read and write folders on the server (img2img Batch, Upscale
+        "Batch from Directory"): off with --hide-ui-dir-config, and off while the server
+        is reachable from other machines unless --enable-insecure-extension-access."""
+        if self.hide_ui_dir_config:
+            return False
+        return not self.network_exposed or self.enable_insecure_extension_access
 
     def gradio_credentials(self) -> list[tuple[str, str]]:
         """Users of the web UI from --gradio-auth and the --gradio-auth-path file."""
@@ -254,6 +280,16 @@ def _credentials(text: str) -> str:
     return text
 
 
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of MB, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {value}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in LOG_LEVELS:
@@ -278,6 +314,11 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--tls-certfile", "TLS certificate file", _PATH),
         ("--cors-allow-origins", "comma-separated origins allowed by CORS", {}),
         ("--cors-allow-origins-regex", "regular expression of allowed origins", {}),
+        (
+            "--max-request-mb",
+            f"largest request body in MB, else 413 ({DEFAULT_MAX_REQUEST_MB}; 0: no limit)",
+            {"type": _megabytes, "default": DEFAULT_MAX_REQUEST_MB},
+        ),
     ],
     "API and authentication": [
         ("--api", "enable the REST API at /sdapi/v1", _SWITCH),
@@ -320,7 +361,8 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     ],
     "behaviour": [
         ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),
-        ("--enable-insecure-extension-access", "allow extension installs with --listen", _SWITCH),
+        ("--enable-insecure-extension-access", "allow extension installs and folder batches with --listen", _SWITCH),
+        ("--hide-ui-dir-config", "no batch jobs on server folders", _SWITCH),
         ("--no-hashing", "do not compute model file hashes", _SWITCH),
         ("--freeze-settings", "make settings read-only", _SWITCH),
         ("--no-download-sd-model", "do not download a default checkpoint", _SWITCH),
@@ -440,13 +482,18 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 @dataclass(frozen=True)
 class OptionDef:
-    """One user option: its key in config.json, default, validator, label and section."""
+    """One user option: its key in config.json, default, validator, label and section.
+
+    `path`: the value names a file or folder; it cannot be changed while the server is
+    reachable from other machines (see `Options.from_flags`).
+    """
 
     key: str
     default: Any
     validate: Callable[[Any], Any]
     label: str
     section: str
+    path: bool = False
 
 
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
@@ -482,8 +529,9 @@ _OPTION_TABLE: dict[str, list[tuple[str, Any, Callable[[Any], Any], str]]] = {
         ("outdir_samples", "", _string, "Output folder for images (empty: the default folders)"),
     ],
 }
+PATH_OPTIONS = frozenset({"outdir_samples"})  # options whose value is a file system path
 OPTION_DEFS: tuple[OptionDef, ...] = tuple(
-    OptionDef(key, default, validate, label, section)
+    OptionDef(key, default, validate, label, section, path=key in PATH_OPTIONS)
     for section, rows in _OPTION_TABLE.items()
     for key, default, validate, label in rows
 )
@@ -494,7 +542,8 @@ class Options:
 
     `get`/`set` raise KeyError for an unknown key and ValueError (naming the key) for an
     invalid value. Keys in the file that are not defined here (an A1111 config.json,
-    say) are kept and written back unchanged. Thread-safe.
+    say) are kept and written back unchanged. Thread-safe. `read_only` refuses every
+    change and `locked` keys refuse a new value (PermissionError).
     """
 
     def __init__(
@@ -502,9 +551,11 @@ class Options:
         path: Path | None = None,
         definitions: Sequence[OptionDef] = OPTION_DEFS,
         read_only: bool = False,
+        locked: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.read_only = read_only
+        self.locked = frozenset(locked)
         self.definitions: dict[str, OptionDef] = {d.key: d for d in definitions}
         self._values: dict[str, Any] = {d.key: d.default for d in definitions}
         self._extra: dict[str, Any] = {}
@@ -512,11 +563,15 @@ class Options:
 
     @classmethod
     def load(
-        cls, path: Path, definitions: Sequence[OptionDef] = OPTION_DEFS, read_only: bool = False
+        cls,
+        path: Path,
+        definitions: Sequence[OptionDef] = OPTION_DEFS,
+        read_only: bool = False,
+        locked: Sequence[str] = (),
     ) -> Options:
         """Options from `path`; defaults when it is missing. A corrupted file is moved
         to `<name>.bad-<timestamp>` with a warning, and the defaults are used."""
-        options = cls(Path(path), definitions, read_only)
+        options = cls(Path(path), definitions, read_only, locked)
         data = options._read_file()
         for key, value in data.items():
             if key not in options.definitions:
@@ -527,6 +582,13 @@ class Options:
             except ValueError as exc:
                 logger.warning("%s: %s; using the default %r", path, exc, options.get(key))
         return options
+
+    @classmethod
+    def from_flags(cls, flags: Flags, definitions: Sequence[OptionDef] = OPTION_DEFS) -> Options:
+        """The server's options: all frozen with --freeze-settings; path options locked
+        while the server is reachable from other machines (`Flags.network_exposed`)."""
+        locked = [d.key for d in definitions if d.path] if flags.network_exposed else []
+        return cls.load(flags.config_path, definitions, flags.freeze_settings, locked)
 
     def _read_file(self) -> dict[str, Any]:
         assert self.path is not None
@@ -588,6 +650,13 @@ class Options:
             raise PermissionError("settings are frozen (--freeze-settings)")
         checked = {key: self._validated(key, value) for key, value in values.items()}
         with self._lock:
+            current = self._values
+            refused = sorted(k for k in checked if k in self.locked and checked[k] != current[k])
+            if refused:
+                raise PermissionError(
+                    f"{', '.join(refused)}: a file system path cannot be changed while the "
+                    "server is reachable from other machines (--listen / --server-name)"
+                )
             self._values.update(checked)
 
     def as_dict(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ options: override_settings apply to the one job they come with.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
@@ -23,11 +22,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .. import __version__
 from ..core.jobs import Job
 from ..core.params import MAX_SEED, ParamError, Txt2ImgParams
+from ..imaging.codec import MAX_DECODE_PIXELS, ImageInputError, decode_base64_image
 from ..imaging.infotext import parse_infotext, pnginfo_for, read_infotext_from_image
 from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
 
@@ -236,6 +236,9 @@ def job_options(settings: Mapping[str, Any], options: Any) -> dict[str, Any]:
             out[key] = definition.validate(value)
         except (TypeError, ValueError) as exc:
             raise FieldError(("override_settings", key), str(exc)) from None
+        if key in getattr(options, "locked", ()) and out[key] != options.get(key):
+            raise FieldError(("override_settings", key), "a file system path cannot be changed "
+                             "while the server is reachable from other machines")  # fmt: skip
     return out
 
 
@@ -307,6 +310,8 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         "clip_skip": params.clip_skip,
         "is_using_inpainting_conditioning": bool(result and "inpaint" in result.model_family),
         "version": f"v{__version__}",
+        # not in A1111: what the job skipped and why (unusable LoRA files, unknown styles)
+        "warnings": list(result.warnings) if result else [],
     }
 
 
@@ -375,20 +380,12 @@ def _state(job: Job | None) -> dict[str, Any]:
 
 
 def decode_image(data: str, field: str = "image") -> Image.Image:
-    """An image from base64 (a data: URL prefix is allowed); FieldError naming `field`."""
-    text = (data or "").strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
+    """An image from base64 (a data: URL prefix is allowed), its header read and its size
+    checked but its pixels not decoded; FieldError naming `field`."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise FieldError((field,), "invalid base64") from None
-    if not raw:
-        raise FieldError((field,), "empty image")
-    try:
-        return Image.open(io.BytesIO(raw))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise FieldError((field,), f"not an image: {exc}") from None
+        return decode_base64_image(data or "", field, MAX_DECODE_PIXELS, load=False)
+    except ImageInputError as exc:
+        raise FieldError((field,), exc.message) from None
 
 
 def png_info(data: str) -> dict[str, Any]:

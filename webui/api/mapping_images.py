@@ -231,7 +231,7 @@ def extras_params(
         if (getattr(req, field, None) or 0) > 0:
             raise NotBuiltError(field, "face restoration")
     decoded = []
-    field = "image" if len(images) == 1 else "imageList"
+    field = "imageList" if "imageList" in type(req).model_fields else "image"
     for i, (data, name) in enumerate(images):
         try:
             decoded.append((decode_base64_image(data, field), name or f"image-{i}"))

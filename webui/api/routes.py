@@ -309,8 +309,14 @@ def _settings_routes(router: APIRouter) -> None:
                 )
             except mapping.FieldError as exc:
                 raise _field_error(exc) from None
+            # an empty, truncated or foreign file never becomes the default (header only)
+            problem = ctx.models.unreadable(ctx.models.resolve(known["sd_model_checkpoint"]))
+            if problem is not None:
+                raise _field_error(mapping.FieldError(("sd_model_checkpoint",), problem))
         try:
             options.update(known)
+        except PermissionError as exc:  # --freeze-settings, or a path option on a LAN
+            raise HTTPException(403, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         options.save()

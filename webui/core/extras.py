@@ -54,6 +54,7 @@ def run_extras_job(job, store, opt, upscalers) -> ExtrasResult:
                 fmt=fmt,
                 filename_pattern="",
                 pattern_values={},
+                outdir=opt("outdir_samples"),
             )
         )
 

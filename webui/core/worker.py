@@ -101,6 +101,7 @@ def make_runner(
                 fmt=fmt,
                 filename_pattern=pattern,
                 pattern_values=pattern_values,
+                outdir=opt("outdir_samples"),
             )
             return str(path)
 

@@ -3,6 +3,7 @@
 Every decoder names the field it reads in its error (`ImageInputError.field`), checks the
 pixel count from the header before decoding the pixels (a small file can hold a huge
 image), and loads the image fully so that a truncated file fails here, not in a job.
+A URL sent instead of base64 is refused, never fetched; SVG and HTML are refused by name.
 Masks are single-channel "L" images, white = repaint; `mask_from_upload` and
 `mask_from_layers` turn an uploaded mask or the strokes of the browser's mask editor into
 one and check it against the image: same size, not empty.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +24,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 4096 * 4096  # one input image; matches params.MAX_SIDE squared
+# any image this program decodes (PNG Info reads big upscaled outputs too); Pillow's own
+# decompression-bomb limit is set to it by `limit_decoding`
+MAX_DECODE_PIXELS = 8192 * 8192
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # http://, https://, file://, ...
 
 
 class ImageInputError(ValueError):
@@ -34,17 +40,35 @@ class ImageInputError(ValueError):
         self.message = message
 
 
-def decode_base64_image(data: str, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A loaded image from base64 text; a `data:image/...;base64,` prefix is allowed."""
+def limit_decoding() -> None:
+    """Pillow refuses images over 2 x MAX_DECODE_PIXELS (its default allows ~179 million),
+    for every decoder in the process, Gradio's uploads included."""
+    Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
+
+
+def decode_base64_image(
+    data: str, field: str, max_pixels: int = MAX_PIXELS, *, load: bool = True
+) -> Image.Image:
+    """A loaded image from base64 text; a `data:image/...;base64,` prefix is allowed.
+
+    URLs are refused, never fetched. With `load=False` only the header is read (the size
+    is checked all the same): for reading metadata without decoding the pixels.
+    """
     if not isinstance(data, str):
         raise ImageInputError(field, "expected a base64-encoded image")
     text = data.strip()
+    if _URL.match(text):
+        raise ImageInputError(
+            field, "URLs are not fetched by this server: send the image itself, base64-encoded"
+        )
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ImageInputError(field, "invalid base64") from None
+    if not load:
+        return _open_header(raw, field, max_pixels)
     return decode_bytes(raw, field, max_pixels)
 
 
@@ -52,6 +76,20 @@ def decode_bytes(raw: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.
     if not raw:
         raise ImageInputError(field, "empty image")
     return _open(io.BytesIO(raw), field, max_pixels)
+
+
+def _open_header(raw: bytes, field: str, max_pixels: int) -> Image.Image:
+    if not raw:
+        raise ImageInputError(field, "empty image")
+    handle = io.BytesIO(raw)
+    try:
+        image = Image.open(handle)
+    except Image.DecompressionBombError:
+        raise ImageInputError(field, "image is too large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageInputError(field, _not_an_image(handle, exc)) from None
+    check_pixels(image, field, max_pixels)
+    return image
 
 
 def load_image_file(path: str | Path, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -77,13 +115,22 @@ def _open(handle, field: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageInputError(field, "image is too large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageInputError(field, f"not an image ({_reason(exc)})") from None
+        raise ImageInputError(field, _not_an_image(handle, exc)) from None
 
 
-def _reason(exc: Exception) -> str:
+def _not_an_image(handle, exc: Exception) -> str:
+    """Why the bytes are not an image; SVG and HTML (markup a browser would run) by name."""
+    try:
+        handle.seek(0)
+        head = handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    except (OSError, ValueError):
+        head = b""
+    if head.startswith(b"<"):
+        kind = "SVG" if b"<svg" in head else "HTML/XML"
+        return f"{kind} is not accepted as an image: send a PNG, JPEG or WebP image"
     if isinstance(exc, UnidentifiedImageError):
-        return "unknown format"
-    return str(exc) or type(exc).__name__
+        return "not an image (unknown format)"
+    return f"not an image ({str(exc) or type(exc).__name__})"
 
 
 def check_pixels(image: Image.Image, field: str, max_pixels: int = MAX_PIXELS) -> None:

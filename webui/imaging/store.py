@@ -100,9 +100,15 @@ class OutputStore:
         self._lock = threading.Lock()
         self._use_hardlinks = True
 
-    def images_dir(self, kind: str, when: datetime | None = None) -> Path:
-        """Folder for ``kind`` images saved on the date of ``when`` (default: now)."""
-        return self.root / f"{_check_kind(kind)}-images" / _day(when)
+    def images_dir(
+        self, kind: str, when: datetime | None = None, outdir: str | Path | None = None
+    ) -> Path:
+        """Folder for ``kind`` images saved on the date of ``when`` (default: now); with
+        ``outdir`` (the outdir_samples setting) every kind goes to that folder's day."""
+        _check_kind(kind)
+        if outdir:
+            return Path(outdir).expanduser() / _day(when)
+        return self.root / f"{kind}-images" / _day(when)
 
     def grids_dir(self, kind: str, when: datetime | None = None) -> Path:
         """Folder for ``kind`` grids saved on the date of ``when`` (default: now)."""
@@ -119,6 +125,7 @@ class OutputStore:
         when: datetime | None = None,
         filename_pattern: str | None = None,
         pattern_values: Mapping[str, object] | None = None,
+        outdir: str | Path | None = None,
     ) -> Path:
         """Save one image as ``NNNNN-<pattern>.<ext>`` and return its path.
 
@@ -132,7 +139,7 @@ class OutputStore:
         pattern = self.filename_pattern if filename_pattern is None else filename_pattern
         decoration = sanitize_filename_part(apply_filename_pattern(pattern, values, when))
         suffix = f"-{decoration}" if decoration else ""
-        folder = self.images_dir(kind, when)
+        folder = self.images_dir(kind, when, outdir)
         return self._write(image, folder, "", 5, suffix, infotext, fmt)
 
     def save_grid(

@@ -1,7 +1,8 @@
 """Load a checkpoint into a diffusers pipeline, with no network at all.
 
 Single files (A1111/LDM layout `.safetensors`, or `.ckpt` through torch's tensors-only
-unpickler) are identified from their tensors (identify.py); the diffusers config folder
+unpickler, refused up front by `check_pickle` when the pickle's instructions import
+anything else: such a pickle could run code) are identified from their tensors (identify.py); the diffusers config folder
 that `from_single_file` needs is written from that spec into a temporary folder, and the
 CLIP tokenizers are built from the vocabulary shipped in configs/. Diffusers folders (a
 folder with model_index.json) load with `from_pretrained(local_files_only=True)`.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,10 @@ BASE_SCHEDULER = {
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint could not be read or built; the message names the file."""
+
+
+class UnsafePickleError(CheckpointLoadError):
+    """A pickled checkpoint refused: its pickle would import more than tensors."""
 
 
 @dataclass
@@ -77,20 +84,67 @@ def read_shapes(path: Path) -> Shapes:
 
 def _load_ckpt(path: Path) -> dict:
     """A pickled checkpoint through torch's restricted unpickler: tensors and plain data only."""
+    check_pickle(path)  # names what the pickle would import, before unpickling anything
+    zipped = zipfile.is_zipfile(path)  # the legacy (pre-1.6) format cannot be memory-mapped
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointLoadError(
-                f"{path.name}: refused, the pickle holds more than tensors (it could run code). "
-                "Convert it to .safetensors."
-            ) from exc
-        raise
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as exc:  # what the restricted unpickler raises
+        if "global" in str(exc).lower() or "blocked" in str(exc):
+            raise _refused(path, "") from exc
+        raise CheckpointLoadError(f"{path.name}: cannot read the file (damaged pickle)") from exc
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
+
+
+def check_pickle(path: Path) -> None:
+    """Refuse a pickled checkpoint (CheckpointLoadError) whose pickle would import anything
+    beyond tensors and plain containers, by reading its instructions: nothing is unpickled.
+
+    Safetensors files and folders pass. This is the quick check requests get (a model
+    switch answers at once); loading still goes through the restricted unpickler.
+    """
+    if path.is_dir() or path.suffix.lower() == ".safetensors":
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if not zipfile.is_zipfile(path) and (len(head) < 2 or head[0] != 0x80):
+            raise CheckpointLoadError(
+                f"{path.name}: cannot read the file (not a torch checkpoint: neither a zip "
+                "archive nor a pickle)"
+            )
+        unsafe = _unsafe_globals(path)
+    except CheckpointLoadError:
+        raise
+    except pickle.UnpicklingError as exc:  # instructions the restricted unpickler refuses
+        raise _refused(path, f" ({exc})") from exc
+    except (OSError, ValueError, EOFError, RuntimeError, KeyError) as exc:  # the load says why
+        log.debug("%s: pickle not checked (%s)", path.name, exc)
+        return
+    if unsafe:
+        raise _refused(path, f" (it imports {', '.join(sorted(unsafe)[:5])})")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    if zipfile.is_zipfile(path):
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    # legacy format: magic number, protocol, system info, then the object, each a pickle
+    from torch import _weights_only_unpickler as restricted
+
+    allowed = set(restricted._get_allowed_globals())
+    found: set[str] = set()
+    with open(path, "rb") as handle:
+        for _ in range(4):
+            found |= restricted.get_globals_in_pkl(handle)
+    return sorted(found - allowed)
+
+
+def _refused(path: Path, detail: str) -> UnsafePickleError:
+    return UnsafePickleError(
+        f"{path.name}: refused, the pickle holds more than tensors and could run code{detail}. "
+        "Convert it to .safetensors."
+    )
 
 
 def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:

@@ -18,7 +18,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loader import CheckpointLoadError, LoadedModel, load_checkpoint
+from .loader import (
+    CheckpointLoadError,
+    LoadedModel,
+    UnsafePickleError,
+    check_pickle,
+    identify_file,
+    load_checkpoint,
+)
 from .memory import MemoryPlan
 from .optimize import prepare_pipeline
 from .registry import CheckpointInfo, CheckpointRegistry
@@ -28,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class NoCheckpointError(LookupError):
     """No checkpoint is available, or the requested one does not exist."""
+
+
+class RefusedCheckpointError(NoCheckpointError):
+    """The requested checkpoint exists but is not loaded: its pickle could run code."""
 
 
 @dataclass
@@ -68,6 +79,7 @@ class ModelManager:
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.last_load_seconds: float | None = None
+        self._pickle_checked: dict[Path, tuple[int, int]] = {}  # .ckpt files found safe
 
     # --- listing (any thread) -------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -82,6 +94,7 @@ class ModelManager:
             info = self.registry.find(name)
             if info is None:
                 raise NoCheckpointError(f"checkpoint not found: {name}")
+            self._check_pickle(info)  # a request naming an unsafe .ckpt is refused at once
             return info
         items = self.registry.list()
         if not items:
@@ -96,11 +109,40 @@ class ModelManager:
                     return found
         return items[0]
 
+    def _check_pickle(self, info: CheckpointInfo) -> None:
+        if info.is_folder or info.path.suffix.lower() == ".safetensors":
+            return
+        try:
+            stat = info.path.stat()
+        except OSError:
+            return  # gone: acquire says so
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._pickle_checked.get(info.path) == stamp:
+            return
+        try:
+            check_pickle(info.path)
+        except UnsafePickleError as exc:
+            raise RefusedCheckpointError(str(exc)) from None
+        except CheckpointLoadError:
+            return  # unreadable for another reason: loading reports it
+        self._pickle_checked[info.path] = stamp
+
     def loaded_paths(self) -> list[Path]:
         with self._lock:
             return list(self._loaded)
 
     # --- loading (the worker thread) -------------------------------------------------
+    def unreadable(self, info: CheckpointInfo) -> str | None:
+        """Why a single file cannot load (empty, truncated, not a checkpoint), read from its
+        header alone without the weights; None when it looks loadable."""
+        if info.is_folder or not info.path.exists():
+            return None
+        try:
+            identify_file(info.path)
+        except CheckpointLoadError as exc:
+            return str(exc)
+        return None
+
     def acquire(self, info: CheckpointInfo) -> Lease:
         """Load (or take from the RAM cache) the checkpoint and make it most recent."""
         with self._lock:
@@ -110,6 +152,9 @@ class ModelManager:
                 return Lease(model, info)
         if not info.path.exists():
             raise CheckpointLoadError(f"{info.rel}: file no longer exists")
+        problem = self.unreadable(info)  # before a loaded model is evicted for it
+        if problem is not None:
+            raise CheckpointLoadError(problem)
         if self.hashing:
             self.registry.ensure_hash(info)
         started = time.perf_counter()

@@ -38,7 +38,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     catalog = UpscalerCatalog(ctx.flags.models_dir)
     with gr.Row():
         with gr.Column(scale=1):
-            _sources(named)
+            _sources(named, ctx.flags.server_folders_allowed)
             scale_tab = named.add("scale_tab", gr.State(0))
             with gr.Tabs():
                 with gr.Tab("Scale by", id="extras_scale_by") as by_tab:
@@ -105,7 +105,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     latest: dict[str, str] = {}
 
     def run(request: gr.Request, *values):
-        params = _params(named.values(values), catalog)
+        params = _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
         yield from stream_job(ctx, request, latest, "extras", params)
 
     def interrupt_mine(request: gr.Request):
@@ -128,7 +128,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     return ExtrasTab(named["image"], output)
 
 
-def _sources(named: Named) -> None:
+def _sources(named: Named, server_folders: bool) -> None:
     source = named.add("source_tab", gr.State(0))
     with gr.Tabs():
         with gr.Tab("Single Image", id="extras_single") as single:
@@ -147,7 +147,7 @@ def _sources(named: Named) -> None:
                 "files",
                 gr.File(label="Batch Process", file_count="multiple", elem_id="extras_files"),
             )
-        with gr.Tab("Batch from Directory", id="extras_dir") as folder:
+        with gr.Tab("Batch from Directory", id="extras_dir", visible=server_folders) as folder:
             named.add("input_dir", gr.Textbox(label="Input directory"))
             named.add(
                 "output_dir",
@@ -157,7 +157,7 @@ def _sources(named: Named) -> None:
         tab.select(lambda i=index: i, outputs=source, show_progress="hidden")
 
 
-def _images(v: dict) -> list[tuple[Any, str]]:
+def _images(v: dict, server_folders: bool) -> list[tuple[Any, str]]:
     if v["source_tab"] == 0:
         image = checked_image(v["image"], "Source")
         if image is None:
@@ -168,15 +168,20 @@ def _images(v: dict) -> list[tuple[Any, str]]:
         if not paths:
             raise gr.Error("Batch Process: add one or more image files")
         return [(load_image_file(p, "Batch Process"), Path(p).name) for p in paths]
+    if not server_folders:
+        raise gr.Error(
+            "Batch from server folders is off while the UI is reachable from the "
+            "network (--listen); --enable-insecure-extension-access allows it."
+        )
     if not (v["input_dir"] or "").strip():
         raise gr.Error("Batch from Directory: enter the input directory")
     files = image_files(v["input_dir"], "Input directory")
     return [(load_image_file(p, "Input directory"), p.name) for p in files]
 
 
-def _params(v: dict, catalog: UpscalerCatalog) -> ExtrasParams:
+def _params(v: dict, catalog: UpscalerCatalog, server_folders: bool) -> ExtrasParams:
     try:
-        images = _images(v)
+        images = _images(v, server_folders)
         params = ExtrasParams(
             images=tuple(images),
             resize_mode=int(v["scale_tab"]),

@@ -63,7 +63,9 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
                             elem_id="img2img_image",
                         ),
                     )
-                with gr.Tab("Batch", id="img2img_batch") as batch_tab:
+                with gr.Tab(
+                    "Batch", id="img2img_batch", visible=ctx.flags.server_folders_allowed
+                ) as batch_tab:
                     gr.Markdown(
                         "Every image of the input directory (on the server), with these "
                         "settings; results keep the input file names."
@@ -136,6 +138,11 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
 def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams:
     try:
         if v["source_tab"] == 1:
+            if not ctx.flags.server_folders_allowed:
+                raise gr.Error(
+                    "Batch from server folders is off while the UI is reachable from the "
+                    "network (--listen); --enable-insecure-extension-access allows it."
+                )
             params = Img2ImgParams(
                 **settings_kwargs(v, None),
                 batch_input_dir=v["input_dir"] or "",
