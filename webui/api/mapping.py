@@ -17,9 +17,11 @@ import io
 import json
 import logging
 import math
+import os
 import random
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -239,7 +241,24 @@ def job_options(settings: Mapping[str, Any], options: Any) -> dict[str, Any]:
         if key in getattr(options, "locked", ()) and out[key] != options.get(key):
             raise FieldError(("override_settings", key), "a file system path cannot be changed "
                              "while the server is reachable from other machines")  # fmt: skip
+        if definition.path:
+            check_output_folder(("override_settings", key), out[key])
     return out
+
+
+def check_output_folder(loc: tuple[str, ...], value: Any) -> None:
+    """An output folder option must name a folder that exists or can be made, and that can
+    be written: FieldError (422) now, rather than a job that fails when it saves (500)."""
+    if not value:
+        return
+    try:
+        folder = Path(str(value)).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a NUL in the path
+        raise FieldError(loc, f"cannot save images into {value!r}: {exc}") from None
+    if not writable:
+        raise FieldError(loc, f"cannot save images into {value!r}: not a writable folder")
 
 
 # --- result -> response -------------------------------------------------------------------

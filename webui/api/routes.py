@@ -299,8 +299,11 @@ def _settings_routes(router: APIRouter) -> None:
                 continue
             try:
                 known[key] = definition.validate(value)
-            except (TypeError, ValueError) as exc:
-                raise _field_error(mapping.FieldError((key,), str(exc))) from None
+                if definition.path and key not in options.locked:  # locked: 403 below
+                    mapping.check_output_folder((key,), known[key])
+            except (TypeError, ValueError) as exc:  # FieldError is a ValueError
+                error = exc if isinstance(exc, mapping.FieldError) else None
+                raise _field_error(error or mapping.FieldError((key,), str(exc))) from None
         checkpoint = known.get("sd_model_checkpoint")
         if checkpoint:
             try:
