@@ -45,7 +45,8 @@ from webui.app import create_app
 from webui.core.samplers import SAMPLERS, SCHEDULE_NAMES
 from webui.imaging.infotext import read_infotext_from_image
 from webui.imaging.upscaler_list import LATENT_MODES
-from webui.settings import OPTION_DEFS, PATH_OPTIONS, parse_flags
+from webui.options import OPTION_DEFS, PATH_OPTIONS
+from webui.settings import parse_flags
 
 # --- schemathesis -------------------------------------------------------------------------
 

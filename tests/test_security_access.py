@@ -39,7 +39,8 @@ from tests.test_auth_lan import GRADIO_ROUTES, PUBLIC, PUBLIC_PREFIXES, _concret
 from tests.test_extensions import _bare_repo
 from webui.app import create_app
 from webui.imaging.store import sanitize_filename_part
-from webui.settings import OPTION_DEFS, Flags, parse_flags
+from webui.options import OPTION_DEFS
+from webui.settings import Flags, parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PW, UI_PW, FILE_PW = "Api-Pass-5521", "Ui-Pass-8832", "File-Pass-4417"

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from webui.settings import (
-    OPTION_DEFS,
-    PROJECT_DIR,
-    Flags,
-    Options,
-    parse_credentials,
-    parse_flags,
-)
+from webui.options import OPTION_DEFS, Options
+from webui.settings import PROJECT_DIR, Flags, parse_credentials, parse_flags
 
 
 def parse_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -24,7 +24,8 @@ from .model_manager.memory import MemoryPlan, plan_from_flags
 from .model_manager.network_files import AddnetHashCache
 from .model_manager.registry import CheckpointRegistry, HashCache
 from .model_manager.vae import VaeRegistry
-from .settings import Flags, Options
+from .options import Options
+from .settings import Flags
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import gradio as gr
 
 if TYPE_CHECKING:
     from ..context import AppContext
-    from ..settings import OptionDef, Options
+    from ..options import OptionDef, Options
 
 LOCKED_NOTE = "locked: the server is reachable from other machines"
 
