@@ -21,7 +21,15 @@ from ..core.params_img2img import ExtrasParams
 from ..imaging.codec import ImageInputError, image_files, load_image_file
 from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
 from .common import owner_of
-from .image_common import Named, OutputPanel, checked_image, output_panel, stream_job, whole
+from .image_common import (
+    Named,
+    OutputPanel,
+    checked_image,
+    output_panel,
+    require_server_folders,
+    stream_job,
+    whole,
+)
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -168,11 +176,7 @@ def _images(v: dict, server_folders: bool) -> list[tuple[Any, str]]:
         if not paths:
             raise gr.Error("Batch Process: add one or more image files")
         return [(load_image_file(p, "Batch Process"), Path(p).name) for p in paths]
-    if not server_folders:
-        raise gr.Error(
-            "Batch from server folders is off while the UI is reachable from the "
-            "network (--listen); --enable-insecure-extension-access allows it."
-        )
+    require_server_folders(server_folders)
     if not (v["input_dir"] or "").strip():
         raise gr.Error("Batch from Directory: enter the input directory")
     files = image_files(v["input_dir"], "Input directory")

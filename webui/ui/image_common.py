@@ -147,6 +147,16 @@ def generation_settings(named: Named, prefix: str, *, denoising: float = 0.75) -
     named.add("clip_skip", gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1))
 
 
+def require_server_folders(allowed: bool) -> None:
+    """Batch jobs on server folders (img2img Batch, Upscale "Batch from Directory") are
+    refused when `Flags.server_folders_allowed` is off, also for events sent directly."""
+    if not allowed:
+        raise gr.Error(
+            "Batch from server folders is off while the UI is reachable from the "
+            "network (--listen); --enable-insecure-extension-access allows it."
+        )
+
+
 def whole(value, name: str) -> int:
     try:
         number = float(value)

@@ -26,6 +26,7 @@ from .image_common import (
     generation_settings,
     output_panel,
     prompt_row,
+    require_server_folders,
     settings_kwargs,
     stream_job,
     whole,
@@ -138,11 +139,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
 def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams:
     try:
         if v["source_tab"] == 1:
-            if not ctx.flags.server_folders_allowed:
-                raise gr.Error(
-                    "Batch from server folders is off while the UI is reachable from the "
-                    "network (--listen); --enable-insecure-extension-access allows it."
-                )
+            require_server_folders(ctx.flags.server_folders_allowed)
             params = Img2ImgParams(
                 **settings_kwargs(v, None),
                 batch_input_dir=v["input_dir"] or "",
