@@ -25,7 +25,7 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageStat  # noqa: E402
 
 from webui.app import create_app  # noqa: E402
 from webui.imaging.infotext import parse_infotext  # noqa: E402
@@ -206,9 +206,10 @@ def test_outdir_samples_puts_images_in_that_folder(srv: Server, tmp_path) -> Non
     assert response.status_code == 200, response.text
     (saved,) = target.glob("*/*.png")  # <outdir_samples>/<day>/NNNNN-....png
     assert saved.parent.name == dt.date.today().isoformat()
-    assert _decode(response.json()["images"][0]).tobytes() == _decode(
-        base64.b64encode(saved.read_bytes()).decode()
-    ).tobytes()
+    assert (
+        _decode(response.json()["images"][0]).tobytes()
+        == _decode(base64.b64encode(saved.read_bytes()).decode()).tobytes()
+    )
 
 
 def test_scheduler_by_lowercase_name(srv: Server) -> None:
@@ -216,6 +217,32 @@ def test_scheduler_by_lowercase_name(srv: Server) -> None:
     assert response.status_code == 200, response.text
     params = parse_infotext(_decode(response.json()["images"][0]).info["parameters"])
     assert params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "SGM Uniform"
+
+
+def test_one_step_with_the_api_default_sampler(srv: Server) -> None:
+    """Turbo models run at 1 step; the default sampler_index "Euler" (Uniform) takes it."""
+    payload = golden_payload(steps=1, seed=5)
+    assert payload["sampler_name"] is None and payload["sampler_index"] == "Euler"
+    response = srv.client.post(srv.api("/txt2img"), json=payload)
+    assert response.status_code == 200, response.text
+    image = _decode(response.json()["images"][0])
+    params = parse_infotext(image.info["parameters"])
+    assert (params["Steps"], params["Sampler"], params["Schedule type"]) == (1, "Euler", "Uniform")
+    assert max(ImageStat.Stat(image).stddev) > 1.0
+    # A1111's one Uniform step is its one Simple step: from timestep 999 straight to 0.
+    simple = _post_txt2img(srv, steps=1, seed=5, scheduler="simple")
+    assert simple.status_code == 200, simple.text
+    assert _decode(simple.json()["images"][0]).tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ SDE", "LCM"])
+def test_one_step_with_turbo_samplers(srv: Server, sampler: str) -> None:
+    response = _post_txt2img(srv, steps=1, sampler_name=sampler, cfg_scale=1.0)
+    assert response.status_code == 200, response.text  # NaN latents would fail the job
+    image = _decode(response.json()["images"][0])
+    params = parse_infotext(image.info["parameters"])
+    assert (params["Steps"], params["Sampler"]) == (1, sampler)
+    assert max(ImageStat.Stat(image).stddev) > 1.0
 
 
 def test_infotext_fills_fields_not_sent(srv: Server) -> None:

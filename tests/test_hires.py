@@ -50,6 +50,13 @@ def test_bad_hires_params_name_the_field(hires, field):
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DDIM", "DPM++ SDE", "LCM"])
+def test_one_hires_step_is_accepted(sampler):
+    hires = HiresParams(steps=1, denoising_strength=1.0, sampler_name=sampler)
+    params = Txt2ImgParams(width=64, height=64, steps=1, sampler_name=sampler, hires=hires)
+    assert params.validated().hires.steps == 1
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
     data = tmp_path_factory.mktemp("hires")

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from webui.core import samplers
+from webui.core.decode import decode_latents
+from webui.core.params import Txt2ImgParams
 from webui.core.samplers import SchedulerChoice, UnknownSamplerError, resolve
 from webui.core.schedulers import (
     SchedulerUnavailableError,
@@ -22,6 +24,7 @@ from webui.core.schedulers import (
     set_noise_seed,
     step_accepts_generator,
 )
+from webui.model_manager.tiny import build_tiny_pipeline
 
 # torchsde warns about float32 rounding at the ends of DPM++ SDE's Brownian interval.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have ta>=t0")
@@ -58,11 +61,11 @@ A1111_SCHEDULES = {
 COMBOS = [(name, sch) for name in samplers.SAMPLERS for sch in samplers.supported_schedules(name)]
 
 
-def _build(choice: SchedulerChoice, config: dict | None = None, **kwargs):
+def _build(choice: SchedulerChoice, config: dict | None = None, *, steps: int = 20, **kwargs):
     missing = samplers.missing_requirements(choice)
     if missing:
         pytest.skip(f"{choice.sampler} / {choice.schedule} needs {', '.join(missing)}")
-    return make_scheduler(choice, config or SD15, **kwargs)
+    return make_scheduler(choice, config or SD15, steps=steps, **kwargs)
 
 
 def _sample(scheduler, steps: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +86,7 @@ def _sample(scheduler, steps: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize(("sampler", "schedule"), COMBOS)
 def test_every_supported_combination_builds_and_samples(sampler, schedule):
     choice = resolve(sampler, schedule)
-    scheduler = _build(choice, noise_seed=[1, 2])
+    scheduler = _build(choice, steps=2, noise_seed=[1, 2])
     assert type(scheduler).__name__ == choice.class_name
     for key, value in choice.kwargs.items():
         assert scheduler.config[key] == value
@@ -98,9 +101,6 @@ def test_every_supported_combination_builds_and_samples(sampler, schedule):
         x = _sample(scheduler, 2)
         assert x.shape == (2, 4, 8, 8)
         assert torch.isfinite(x).all()
-    # At min_steps the schedule still starts high in the noise schedule.
-    scheduler.set_timesteps(choice.min_steps)
-    assert float(scheduler.timesteps[0]) >= 500
 
 
 @pytest.mark.parametrize("sampler", samplers.SAMPLERS)
@@ -119,7 +119,7 @@ def test_dpmpp_sde_noise_follows_the_seed_set_per_batch():
     set_noise_seed(scheduler, [7, 8])
     assert torch.equal(_sample(scheduler, 3), first)
     assert not torch.equal(first, second)
-    set_noise_seed(make_scheduler(resolve("Euler a", None), SD15), 1)  # no such noise: no-op
+    set_noise_seed(make_scheduler(resolve("Euler a", None), SD15, steps=3), 1)  # no such noise
 
 
 def test_lcm_has_a_step_limit():
@@ -149,10 +149,10 @@ def test_sampler_settings_of_the_shipped_scheduler_do_not_leak():
         "use_karras_sigmas": True,
         "timestep_spacing": "trailing",
     }
-    euler = make_scheduler(resolve("Euler", None), shipped)
+    euler = make_scheduler(resolve("Euler", None), shipped, steps=20)
     assert not euler.config.use_karras_sigmas
     assert euler.config.timestep_spacing == "linspace"
-    dpm = make_scheduler(resolve("DPM++ 2M", "Simple"), shipped)
+    dpm = make_scheduler(resolve("DPM++ 2M", "Simple"), shipped, steps=20)
     assert dpm.config.algorithm_type == "dpmsolver++"
     assert dpm.config.solver_order == 2
     assert not dpm.config.use_karras_sigmas
@@ -166,7 +166,7 @@ def test_a_kwarg_the_class_ignores_is_an_error():
         kwargs={"use_karras_sigmas": True},
     )
     with pytest.raises(ValueError, match="use_karras_sigmas"):
-        make_scheduler(choice, SD15)
+        make_scheduler(choice, SD15, steps=20)
 
 
 def test_a_missing_optional_package_is_named():
@@ -175,7 +175,7 @@ def test_a_missing_optional_package_is_named():
     )
     assert samplers.missing_requirements(choice) == ["no_such_pkg_x"]
     with pytest.raises(SchedulerUnavailableError, match="pip install no_such_pkg_x"):
-        make_scheduler(choice, SD15)
+        make_scheduler(choice, SD15, steps=20)
 
 
 def test_optional_requirements_are_declared():
@@ -200,6 +200,13 @@ def _exponential(n: int) -> np.ndarray:
     return np.exp(np.linspace(math.log(_SIGMAS[-1]), math.log(_SIGMAS[0]), n))
 
 
+def _ddim(n: int) -> np.ndarray:
+    """A1111's DDIM schedule type, 1 + range(0, 1000, 1000 // n); for n = 1 that is [1], a
+    step from the bottom of the schedule, so one step deliberately starts at 999 here."""
+    return _SIGMAS[np.arange(1, 1000, 1000 // n)[::-1]] if n > 1 else _SIGMAS[[999]]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20])
 @pytest.mark.parametrize(
     ("sampler", "schedule", "reference"),
     [
@@ -211,15 +218,15 @@ def _exponential(n: int) -> np.ndarray:
         ("Euler", "Uniform", lambda n: np.interp(np.linspace(999, 0, n), np.arange(1000), _SIGMAS)),
         ("Euler a", "Simple", lambda n: _SIGMAS[[999 - int(x * 1000 / n) for x in range(n)]]),
         ("DPM++ 2M", "Simple", lambda n: _SIGMAS[[999 - int(x * 1000 / n) for x in range(n)]]),
-        ("Heun", "DDIM", lambda n: _SIGMAS[np.arange(1, 1000, 1000 // n)[::-1]]),
+        ("Heun", "DDIM", _ddim),
     ],
 )
-def test_sigmas_match_a1111(sampler, schedule, reference):
-    scheduler = _build(resolve(sampler, schedule))
-    scheduler.set_timesteps(20)
+def test_sigmas_match_a1111(sampler, schedule, reference, steps):
+    scheduler = _build(resolve(sampler, schedule), steps=steps)
+    scheduler.set_timesteps(steps)
     sigmas = scheduler.sigmas.double().numpy()
     sigmas = np.array([s for i, s in enumerate(sigmas) if i == 0 or s != sigmas[i - 1]])
-    np.testing.assert_allclose(sigmas[:-1], reference(20), rtol=1e-4)
+    np.testing.assert_allclose(sigmas[:-1], reference(steps), rtol=1e-4)
     assert sigmas[-1] == 0
 
 
@@ -228,6 +235,66 @@ def test_ddim_and_plms_use_a1111_timesteps(sampler):
     scheduler = _build(resolve(sampler, None))
     scheduler.set_timesteps(20)
     assert sorted(set(scheduler.timesteps.tolist()), reverse=True) == list(range(951, 0, -50))
+
+
+# --- one step (turbo and LCM models) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), COMBOS)
+def test_one_step_is_accepted_and_starts_at_the_top_of_the_schedule(sampler, schedule):
+    """A1111 at 1 step goes from sigma_max (timestep 999) straight to 0, for every schedule."""
+    choice = resolve(sampler, schedule)
+    scheduler = _build(choice, steps=1, noise_seed=[1, 2])
+    params = Txt2ImgParams(prompt="a fox", sampler_name=sampler, scheduler=schedule, steps=1)
+    assert params.validated().steps == 1
+    scheduler.set_timesteps(1)
+    assert len(scheduler.timesteps) == 1
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None:  # DDIM, PLMS, LCM step on integer timesteps
+        assert int(scheduler.timesteps[0]) == 999
+    else:  # Exponential and Beta map sigma_max back to a timestep of 998.x
+        assert float(sigmas[0]) == pytest.approx(_SIGMAS[-1], rel=1e-4)
+        assert float(scheduler.timesteps[0]) >= 998
+        assert float(sigmas[1]) < 0.03  # into 0 (UniPC: sigma_min)
+    x = _sample(scheduler, 1)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), COMBOS)
+def test_two_steps_and_more_keep_their_schedule(sampler, schedule):
+    choice = resolve(sampler, schedule)
+    for steps in (2, 3, 20, 150):
+        assert choice.kwargs_for(steps) is choice.kwargs
+
+
+def test_one_step_changes_only_the_spacing_that_starts_at_the_bottom():
+    euler = resolve("Euler", "Karras")
+    assert euler.kwargs_for(1) == {**euler.kwargs, "timestep_spacing": "trailing"}
+    assert resolve("DDIM", None).kwargs_for(1)["timestep_spacing"] == "trailing"
+    for already_at_the_top in (("Euler", "Simple"), ("DPM++ 2M", None), ("LCM", None)):
+        choice = resolve(*already_at_the_top)
+        assert choice.kwargs_for(1) is choice.kwargs
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ SDE", "LCM"])
+def test_one_step_generation_gives_a_finite_non_constant_image(sampler):
+    choice = resolve(sampler, None)
+    pipe = build_tiny_pipeline("sd1")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = _build(choice, pipe.scheduler.config, steps=1, noise_seed=[5])
+    latents = pipe(
+        "a red fox",
+        num_inference_steps=1,
+        width=64,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(5),
+        output_type="latent",
+    ).images
+    assert float(pipe.scheduler.timesteps[0]) == pytest.approx(999)
+    assert torch.isfinite(latents).all()
+    assert float(latents.std()) > 0.1
+    pixels = np.asarray(decode_latents(pipe, latents)[0], dtype=np.float64)
+    assert pixels.std() > 1.0
 
 
 # --- names ------------------------------------------------------------------------------

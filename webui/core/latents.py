@@ -135,7 +135,7 @@ def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable)
     """Run one batch; returns PIL images (or latents with output_type="latent")."""
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(lease, req.mask is not None)
-    pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config)
+    pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config, steps=req.steps)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor

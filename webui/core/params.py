@@ -102,11 +102,6 @@ class Txt2ImgParams:
                 f"{choice.sampler} ({choice.schedule}) needs {', '.join(missing)}: "
                 f"pip install {' '.join(missing)}",
             )
-        if self.steps < choice.min_steps:
-            raise ParamError(
-                "steps",
-                f"{choice.sampler} with {choice.schedule} needs at least {choice.min_steps} steps",
-            )
         if choice.max_steps is not None and self.steps > choice.max_steps:
             raise ParamError("steps", f"{choice.sampler} allows at most {choice.max_steps} steps")
 

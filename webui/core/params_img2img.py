@@ -147,16 +147,9 @@ class HiresParams:
         ):
             raise ParamError("hr_upscaler", f"unknown upscaler {self.upscaler!r}")
         try:
-            choice = resolve(
-                self.sampler_name or base.sampler_name, self.scheduler or base.scheduler
-            )
+            resolve(self.sampler_name or base.sampler_name, self.scheduler or base.scheduler)
         except UnknownSamplerError as exc:
             raise ParamError("hr_sampler_name", str(exc)) from None
-        steps = self.steps or base.steps
-        if steps < choice.min_steps:
-            raise ParamError(
-                "hr_second_pass_steps", f"{choice.sampler} needs at least {choice.min_steps} steps"
-            )
 
 
 _HR_FIELDS = {

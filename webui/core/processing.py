@@ -68,7 +68,7 @@ def txt2img(
     hires. fix second pass (`webui.core.hires`; `upscalers` runs model upscalers)."""
     choice = resolve(params.sampler_name, params.scheduler)
     pipe = lease.pipe
-    pipe.scheduler = make_scheduler(choice, lease.model.base_scheduler_config)
+    pipe.scheduler = make_scheduler(choice, lease.model.base_scheduler_config, steps=params.steps)
     seeds = params.image_seeds()
     family = lease.spec.family
     progress.batches = params.batch_count

@@ -13,6 +13,18 @@ It never substitutes a different sampler or schedule for one it cannot do; it re
 Schedule kwargs were checked against A1111's own schedule functions (sigmas for 2-50 steps
 on the SD 1.x noise schedule) for each diffusers class: spacing keywords mean different
 things in different classes, so each sampler family has its own table.
+
+One step (turbo / LCM models): A1111 goes from the top of the noise schedule (sigma_max,
+timestep 999) straight to 0 for every schedule type, since linspace(999, 0, 1) = [999] and
+the Karras / Exponential / Beta ramps start at sigma_max. diffusers' "linspace" spacing in
+the k-diffusion-style classes is linspace(0, 999, n), which for n = 1 is timestep 0 (noise
+in, noise out), and "leading" starts at timestep 1; so at exactly one step those schedules
+use "trailing" spacing instead, whose single timestep is 999 in every class
+(`SchedulerChoice.kwargs_for`). Two steps and more keep the kwargs above unchanged.
+The DDIM schedule type is the one deliberate difference from A1111: A1111's
+1 + range(0, 1000, 1000 // n) is [1] for n = 1, a step from the bottom of the schedule that
+returns the initial noise; here one step starts at timestep 999 like every other schedule
+and gives a usable image. Every supported sampler and schedule type can take one step.
 """
 
 from __future__ import annotations
@@ -58,8 +70,17 @@ class SchedulerChoice:
     class_name: str
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     requires: tuple[str, ...] = ()  # importable modules the scheduler needs (optional deps)
-    min_steps: int = 1  # fewer steps start at the end of the noise schedule (pure noise out)
     max_steps: int | None = None  # the scheduler refuses more steps than this
+    # The kwargs for exactly one step where `kwargs` would start that step at the bottom of
+    # the noise schedule; None: `kwargs` already start at the top.
+    one_step_kwargs: dict[str, Any] | None = field(default=None, hash=False)
+
+    def kwargs_for(self, steps: int) -> dict[str, Any]:
+        """Constructor kwargs for a run of `steps` steps: `kwargs`, except that one step
+        always starts at the top of the noise schedule (timestep 999, sigma_max)."""
+        if steps == 1 and self.one_step_kwargs is not None:
+            return self.one_step_kwargs
+        return self.kwargs
 
 
 # --- schedule types --------------------------------------------------------------------
@@ -136,7 +157,8 @@ class _Sampler:
     aliases: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     max_steps: int | None = None
-    # Its "linspace" spacing is linspace(0, 999, n): for n = 1 that is timestep 0 alone.
+    # Its "linspace" spacing is linspace(0, 999, n): for n = 1 that is timestep 0 alone
+    # (False: the class's "linspace" has n + 1 points and starts at 999 for n = 1).
     linspace_from_zero: bool = True
 
 
@@ -176,7 +198,8 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
     _Sampler("DPM2", "KDPM2DiscreteScheduler", {}, _K_SCHEDULES, "Karras", ("k_dpm_2",)),
     _Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, _K_SCHEDULES, "Karras",
              ("k_dpm_2_a",)),
-    # A1111's DDIM/PLMS always use timesteps 1, 1+1000//n, ...: the "DDIM" schedule type.
+    # A1111's DDIM/PLMS always use timesteps 1, 1+1000//n, ...: the "DDIM" schedule type
+    # (one step starts at 999 instead: see the module docstring).
     _Sampler("DDIM", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
              _TIMESTEP_SCHEDULES, "DDIM", ("ddim",)),
     # PNDM without its Runge-Kutta warm-up is the CompVis PLMS sampler A1111 ships.
@@ -287,20 +310,30 @@ def resolve(sampler_name: str | None, schedule: str | None) -> SchedulerChoice:
             f"choose one of: {', '.join(supported_schedules(sampler))}"
         )
     kwargs = {**s.kwargs, **extra}
-    spacing = kwargs.get("timestep_spacing")
-    one_step_broken = spacing == "leading" or (spacing == "linspace" and s.linspace_from_zero)
     return SchedulerChoice(
         sampler=sampler,
         schedule=label,
         class_name=s.class_name,
         kwargs=kwargs,
         requires=tuple(dict.fromkeys(s.requires + _SCHEDULE_REQUIRES.get(label, ()))),
-        min_steps=2 if one_step_broken else 1,
         max_steps=s.max_steps,
+        one_step_kwargs=_one_step_kwargs(s, kwargs),
     )
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _one_step_kwargs(s: _Sampler, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """`kwargs` with "trailing" spacing where their one step would not start at timestep
+    999: "leading" starts at 1 (the DDIM schedule type), and "linspace" at 0 in the classes
+    whose linspace runs from 0. With "trailing" the Karras / Exponential / Beta ramps of
+    one step are [sigma_max] too, as A1111's are. None where `kwargs` already start at 999.
+    """
+    spacing = kwargs.get("timestep_spacing")
+    if spacing == "leading" or (spacing == "linspace" and s.linspace_from_zero):
+        return {**kwargs, "timestep_spacing": "trailing"}
+    return None
 
 
 def _sampler(name: str) -> _Sampler:

@@ -1,12 +1,14 @@
 """Build the diffusers scheduler for a resolved A1111 sampler choice.
 
 The one place that imports diffusers for sampling: `make_scheduler()` takes a
-`SchedulerChoice` from `webui.core.samplers.resolve()` and the loaded model's scheduler
-config, keeps only what describes the model (noise schedule, prediction type, step
-offset, ...) and builds `choice.class_name` with the choice's kwargs. Settings that belong
-to whichever scheduler the checkpoint happened to ship with (Karras sigmas, solver order,
-timestep spacing, ...) never leak into the chosen sampler, and a kwarg the class would
-silently ignore is an error, never a quiet fallback.
+`SchedulerChoice` from `webui.core.samplers.resolve()`, the loaded model's scheduler
+config and the number of steps, keeps only what describes the model (noise schedule,
+prediction type, step offset, ...) and builds `choice.class_name` with the choice's kwargs
+for that many steps (one step starts at the top of the noise schedule, as A1111's does;
+see `webui.core.samplers`). Settings that belong to whichever scheduler the checkpoint
+happened to ship with (Karras sigmas, solver order, timestep spacing, ...) never leak into
+the chosen sampler, and a kwarg the class would silently ignore is an error, never a quiet
+fallback.
 """
 
 from __future__ import annotations
@@ -65,12 +67,15 @@ def make_scheduler(
     choice: SchedulerChoice,
     base_config: Mapping[str, Any],
     *,
+    steps: int,
     noise_seed: int | Sequence[int] | None = None,
 ) -> SchedulerMixin:
-    """A fresh diffusers scheduler for `choice`, on the model's noise schedule.
+    """A fresh diffusers scheduler for `choice` at `steps` steps, on the model's noise schedule.
 
     `base_config` is the loaded model's scheduler config (e.g. `pipe.scheduler.config`);
     its prediction_type (epsilon / v_prediction), betas and steps_offset are kept.
+    `steps` is the `num_inference_steps` the pipeline will run (`set_timesteps(steps)`):
+    for one step the kwargs can differ (`SchedulerChoice.kwargs_for`).
     `noise_seed` seeds the Brownian-tree noise of DPM++ SDE (one int, or one per image
     of the batch); without it that sampler draws a random seed from torch's global RNG.
     Other stochastic samplers take their noise from the `generator` passed to `step()`.
@@ -84,11 +89,18 @@ def make_scheduler(
         )
     cls = getattr(diffusers, choice.class_name)
     config = {k: v for k, v in dict(base_config).items() if k in MODEL_CONFIG_KEYS}
-    scheduler = cls.from_config(config, **choice.kwargs)
-    _check_applied(scheduler, choice)
+    kwargs = choice.kwargs_for(steps)
+    scheduler = cls.from_config(config, **kwargs)
+    _check_applied(scheduler, choice, kwargs)
     if noise_seed is not None:
         set_noise_seed(scheduler, noise_seed)
-    log.debug("scheduler %s for %s / %s", choice.class_name, choice.sampler, choice.schedule)
+    log.debug(
+        "scheduler %s for %s / %s, %d steps",
+        choice.class_name,
+        choice.sampler,
+        choice.schedule,
+        steps,
+    )
     return scheduler
 
 
@@ -108,9 +120,11 @@ def step_accepts_generator(scheduler: SchedulerMixin) -> bool:
     return "generator" in inspect.signature(scheduler.step).parameters
 
 
-def _check_applied(scheduler: SchedulerMixin, choice: SchedulerChoice) -> None:
+def _check_applied(
+    scheduler: SchedulerMixin, choice: SchedulerChoice, kwargs: Mapping[str, Any]
+) -> None:
     """from_config drops kwargs a class does not know; refuse instead of running without."""
-    for key, value in choice.kwargs.items():
+    for key, value in kwargs.items():
         if scheduler.config.get(key, _MISSING) != value:
             raise ValueError(
                 f"{choice.class_name} did not take {key}={value!r} for sampler "
