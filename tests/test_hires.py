@@ -40,6 +40,7 @@ def test_size_by_scale_and_by_resize():
         (HiresParams(resize_x=8192), "hr_resize_x"),
         (HiresParams(denoising_strength=-0.1), "denoising_strength"),
         (HiresParams(steps=500), "hr_second_pass_steps"),
+        (HiresParams(steps=51, sampler_name="LCM"), "hr_second_pass_steps"),
         (HiresParams(sampler_name="Nope"), "hr_sampler_name"),
         (HiresParams(upscaler=UpscalerRef("4x-missing")), "hr_upscaler"),
     ],

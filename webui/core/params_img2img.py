@@ -147,9 +147,17 @@ class HiresParams:
         ):
             raise ParamError("hr_upscaler", f"unknown upscaler {self.upscaler!r}")
         try:
-            resolve(self.sampler_name or base.sampler_name, self.scheduler or base.scheduler)
+            choice = resolve(
+                self.sampler_name or base.sampler_name, self.scheduler or base.scheduler
+            )
         except UnknownSamplerError as exc:
             raise ParamError("hr_sampler_name", str(exc)) from None
+        steps = self.steps or base.steps
+        if choice.max_steps is not None and steps > choice.max_steps:
+            raise ParamError(
+                "hr_second_pass_steps",
+                f"{choice.sampler} allows at most {choice.max_steps} steps",
+            )
 
 
 _HR_FIELDS = {
