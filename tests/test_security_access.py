@@ -41,6 +41,7 @@ from webui.app import create_app
 from webui.imaging.store import sanitize_filename_part
 from webui.options import OPTION_DEFS
 from webui.settings import Flags, parse_flags
+from webui.ui.settings_tab import shown_values
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PW, UI_PW, FILE_PW = "Api-Pass-5521", "Ui-Pass-8832", "File-Pass-4417"
@@ -325,8 +326,15 @@ def _control(app, key: str):
 
 
 def _ui_values(app, changes: dict) -> list:
-    options = app.state.ctx.options
-    return [changes.get(d.key, options.get(d.key)) for d in options.definitions.values()]
+    """What a loaded Settings tab sends on Apply: what it showed, and every control."""
+    ctx = app.state.ctx
+    shown = shown_values(ctx)
+    return [shown, *(changes.get(d.key, shown[d.key]) for d in ctx.options.definitions.values())]
+
+
+def _apply(app, changes: dict) -> str:
+    """The Apply button's message (its other outputs fill the controls)."""
+    return _handler(app, "apply_settings")(*_ui_values(app, changes))[0]
 
 
 def _config(data: Path) -> str | None:
@@ -350,7 +358,7 @@ def test_path_options_are_locked_on_the_network(apps, key, tmp_path) -> None:
     )
     assert override.status_code == 422 and key in override.text
     with pytest.raises(gr.Error, match=key):
-        _handler(app, "apply_settings")(*_ui_values(app, {key: elsewhere}))
+        _apply(app, {key: elsewhere})
     assert _control(app, key).interactive is False
     assert options.get(key) != elsewhere and _config(data) == before
     # A1111 clients post every option back: unchanged paths with other changes are fine
@@ -362,9 +370,7 @@ def test_path_options_are_locked_on_the_network(apps, key, tmp_path) -> None:
     assert _control(app, key).interactive is not False
     assert TestClient(app).post("/sdapi/v1/options", json={key: elsewhere}).status_code == 200
     assert json.loads(_config(data))[key] == elsewhere
-    assert "1 settings changed" in _handler(app, "apply_settings")(
-        *_ui_values(app, {key: elsewhere + "2"})
-    )
+    assert "1 settings changed" in _apply(app, {key: elsewhere + "2"})
     assert app.state.ctx.options.get(key) == elsewhere + "2"
 
 
@@ -377,11 +383,11 @@ def test_freeze_settings_freezes_every_option(apps) -> None:
         response = api.post("/sdapi/v1/options", json={key: value})
         assert response.status_code == 403 and "freeze-settings" in response.text
         with pytest.raises(gr.Error, match="frozen"):
-            _handler(app, "apply_settings")(*_ui_values(app, {key: value}))
+            _apply(app, {key: value})
         assert _control(app, key).interactive is False
     assert options.get("CLIP_stop_at_last_layers") == 1 and options.get("samples_format") == "png"
     assert _config(data) == before
-    assert _handler(app, "apply_settings")(*_ui_values(app, {})) == "No change."
+    assert _apply(app, {}) == "No change."
 
 
 # --- 8. extension install ------------------------------------------------------------------

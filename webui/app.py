@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import webbrowser
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 
 from .context import AppContext, build_context  # noqa: E402
+from .core import jobs as job_states  # noqa: E402
+from .core.jobs import Job  # noqa: E402
 from .settings import Flags, parse_flags  # noqa: E402
 
 log = logging.getLogger("webui")
@@ -128,6 +131,58 @@ def prepare_models(flags: Flags) -> None:
             offer_default_checkpoint(flags.ckpt_dir)
 
 
+def load_startup_checkpoint(ctx: AppContext) -> None:
+    """Load the default checkpoint in the background (the page is served at once, the
+    first job waits for it): --ckpt, else the sd_model_checkpoint option, else the first
+    one. As in A1111, the option then names it in config.json (unless settings are frozen),
+    so the Settings tab and every job use that checkpoint, not whichever was loaded last."""
+    flags, options, models = ctx.flags, ctx.options, ctx.models
+    if flags.ckpt and not flags.ckpt.exists():
+        log.warning("--ckpt %s: no such file; it is not listed", flags.ckpt)
+        return
+    if not models.checkpoints():
+        return
+    stored = options.get("sd_model_checkpoint")
+    wanted = flags.ckpt.name if flags.ckpt else stored
+    try:
+        info = models.resolve(wanted or None)
+    except LookupError as exc:  # not found, or a .ckpt whose pickle is refused
+        info = models.resolve(None)
+        log.warning("%s; using %s", exc.args[0] if exc.args else exc, info.title)
+    record = not _names(models, stored, info) and not options.read_only
+    if record:
+        options.set("sd_model_checkpoint", info.title)
+        options.save()
+        log.info("Default checkpoint: %s (saved in %s)", info.title, options.path)
+    job = ctx.jobs.submit("load", info.title, owner="startup")
+    if record and info.shorthash is None:  # the hash is known once it is loaded
+        args = (ctx, job, info.title)
+        threading.Thread(target=_record_hashed_title, args=args, daemon=True).start()
+
+
+def _names(models, value: str, info) -> bool:
+    """Whether an option value names this checkpoint."""
+    try:
+        return bool(value) and models.resolve(value).path == info.path
+    except LookupError:
+        return False
+
+
+def _record_hashed_title(ctx: AppContext, job: Job, recorded: str) -> None:
+    """After the start-up load, the title with its hash ("name.safetensors [0123456789]"),
+    as A1111 stores it, unless someone chose another checkpoint meanwhile."""
+    job.done.wait()
+    if job.state != job_states.DONE or ctx.options.get("sd_model_checkpoint") != recorded:
+        return
+    try:
+        title = ctx.models.resolve(recorded).title
+    except LookupError:
+        return
+    if title != recorded:
+        ctx.options.set("sd_model_checkpoint", title)
+        ctx.options.save()
+
+
 def main(argv: list[str] | None = None) -> int:
     flags = parse_flags(argv)
     logging.basicConfig(
@@ -143,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in ctx.memory.notes:
         log.warning(note)
     log.info("Running on %s", ctx.memory.description)
-    if flags.ckpt and not flags.ckpt.exists():
-        log.warning("--ckpt %s: no such file; it is not listed", flags.ckpt)
-    elif flags.ckpt or ctx.models.checkpoints():
-        # load in the background: the page is served at once, the first job waits for it
-        wanted = flags.ckpt.name if flags.ckpt else ctx.options.get("sd_model_checkpoint")
-        ctx.jobs.submit("load", wanted or None, owner="startup")
+    load_startup_checkpoint(ctx)
     app = create_app(flags, ctx)
 
     import uvicorn

@@ -1,11 +1,14 @@
 """Persisted user options (A1111's config.json), validated through a small typed registry.
 
-`OPTION_DEFS` lists every option with its default, validator, section and label;
-`Options` holds the values, saves them atomically and keeps keys it does not know (an
-A1111 config.json works as is). `Options.from_flags` applies --freeze-settings and locks
-path options while the server is reachable from other machines.
+`OPTION_DEFS` lists every option with its default, validator, section (`SECTIONS`: A1111's
+titles) and label, and what the Settings tab needs to pick its widget: choices (fixed, or
+a callable listing checkpoints, VAEs, languages), bounds and a slider step. `Options` holds
+the values, saves them atomically and keeps keys it does not know (an A1111 config.json
+works as is). `Options.from_flags` applies --freeze-settings and locks path options while
+the server is reachable from other machines.
 
-Like settings.py, this module must stay importable with the standard library alone.
+Like settings.py, this module must stay importable with the standard library alone
+(launch.py's flag check imports it): the choice callables import what they need on use.
 """
 
 from __future__ import annotations
@@ -73,12 +76,28 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return validate
 
 
+Choices = Sequence[str] | Callable[[Any], Sequence[str]]
+
+SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings tab shows them
+    "sd": "Stable Diffusion",
+    "optimizations": "Optimizations",
+    "ui": "User interface",
+    "queue": "Queue",
+    "saving-images": "Saving images/grids",
+    "saving-paths": "Paths for saving",
+}
+
+
 @dataclass(frozen=True)
 class OptionDef:
-    """One user option: its key in config.json, default, validator, label and section.
+    """One user option: its key in config.json, default, validator, label and section,
+    and what the Settings tab needs to pick its widget (see `widget`).
 
-    `path`: the value names a file or folder; it cannot be changed while the server is
-    reachable from other machines (see `Options.from_flags`).
+    `choices`: the values to pick from, or a callable that is given the AppContext and
+    returns them (checkpoints, VAEs, languages: asked on every page load).
+    `minimum`/`maximum`/`step`: bounds of a number (the validator's); with all three the
+    number is a slider. `path`: the value names a file or folder; it cannot be changed
+    while the server is reachable from other machines (see `Options.from_flags`).
     """
 
     key: str
@@ -87,73 +106,100 @@ class OptionDef:
     label: str
     section: str
     path: bool = False
+    choices: Choices | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+
+    @property
+    def widget(self) -> str:
+        """checkbox, dropdown, slider, number or textbox."""
+        if isinstance(self.default, bool):
+            return "checkbox"
+        if self.choices is not None:
+            return "dropdown"
+        if isinstance(self.default, int | float):
+            bounded = None not in (self.minimum, self.maximum, self.step)
+            return "slider" if bounded else "number"
+        return "textbox"
+
+    def choices_for(self, ctx: Any) -> list[str]:
+        """The current choices (empty for an option without choices)."""
+        if self.choices is None:
+            return []
+        found = self.choices(ctx) if callable(self.choices) else self.choices
+        return [str(c) for c in found]
+
+    def normalized(self, value: Any) -> Any:
+        """A control's value in the option's type (a Number sends 3.0 for 3, a text box
+        "0.5"); left as it is when it does not convert, for the validator to refuse."""
+        if isinstance(self.default, bool):
+            return value if value is None else bool(value)
+        if isinstance(self.default, int | float) and isinstance(value, str | int | float):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            if isinstance(self.default, int) and number.is_integer():
+                return int(number)
+            return number
+        if isinstance(self.default, str):
+            return "" if value is None else value
+        return value
+
+
+def _checkpoint_titles(ctx: Any) -> list[str]:
+    return [info.title for info in ctx.models.checkpoints()]
+
+
+def _vae_names(ctx: Any) -> list[str]:
+    networks = getattr(ctx, "networks", None)
+    return networks.vaes.choices() if networks is not None else ["Automatic", "None"]
+
+
+def _languages(ctx: Any) -> list[str]:
+    # the language files belong to the UI, which is the only caller: imported on use
+    from .ui.i18n import extension_localization_dirs, languages
+
+    return ["Auto", *sorted(languages(extension_localization_dirs(ctx)))]
+
+
+def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str, Any]:
+    return {"validate": _int_range(low, high), "minimum": low, "maximum": high, "step": step}
 
 
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
-_OPTION_TABLE: dict[str, list[tuple[str, Any, Callable[[Any], Any], str]]] = {
-    "sd": [
-        ("sd_model_checkpoint", "", _string, "Stable Diffusion checkpoint"),
-        ("sd_checkpoints_limit", 1, _int_range(1), _LIMIT_LABEL),
-        ("sd_vae", "Automatic", _string, "SD VAE"),
-        ("CLIP_stop_at_last_layers", 1, _int_range(1, 12), "Clip skip"),
-    ],
-    "optimizations": [
-        (
-            "vae_tiling_threshold",
-            1536,
-            _int_range(0, 16384),
-            "Decode with VAE tiling from width x height of this size squared (0: never)",
-        ),
-        (
-            "vae_slicing_threshold",
-            1024,
-            _int_range(0, 16384),
-            "Decode a batch image by image from this size squared in total (0: never)",
-        ),
-        (
-            "oom_retry_lower_memory",
-            True,
-            _bool,
-            "Retry with lower memory after running out of memory (once)",
-        ),
-        (
-            "token_merging_ratio",
-            0.0,
-            _ratio,
-            "Token merging ratio (tomesd; 0: off): faster, slightly different images",
-        ),
-    ],
-    "ui": [
-        ("show_progress_every_n_steps", 3, _int_range(0), "Live preview every N steps (0: off)"),
-        (
-            "localization",
-            "Auto",
-            _string,
-            "UI language: Auto (the browser's), en or zh_CN; applies after a restart",
-        ),
-    ],
-    "queue": [
-        (
-            "queue_limit_per_user",
-            10,
-            _int_range(0),
-            "Most jobs one user may have waiting or running (0: no limit)",
-        ),
-    ],
-    "saving-images": [
-        ("samples_format", "png", _choice("png", "jpg", "jpeg", "webp"), "File format for images"),
-        ("samples_filename_pattern", "", _string, "Images filename pattern (empty: NNNNN-seed)"),
-    ],
-    "saving-paths": [
-        ("outdir_samples", "", _string, "Output folder for images (empty: the default folders)"),
-    ],
-}
-PATH_OPTIONS = frozenset({"outdir_samples"})  # options whose value is a file system path
-OPTION_DEFS: tuple[OptionDef, ...] = tuple(
-    OptionDef(key, default, validate, label, section, path=key in PATH_OPTIONS)
-    for section, rows in _OPTION_TABLE.items()
-    for key, default, validate, label in rows
-)
+_FORMATS = ("png", "jpg", "jpeg", "webp")
+OPTION_DEFS: tuple[OptionDef, ...] = (
+    OptionDef("sd_model_checkpoint", "", _string, "Stable Diffusion checkpoint", "sd",
+              choices=_checkpoint_titles),
+    OptionDef("sd_checkpoints_limit", 1, label=_LIMIT_LABEL, section="sd", **_int(1)),
+    OptionDef("sd_vae", "Automatic", _string, "SD VAE", "sd", choices=_vae_names),
+    OptionDef("CLIP_stop_at_last_layers", 1, label="Clip skip", section="sd", **_int(1, 12, 1)),
+    OptionDef("vae_tiling_threshold", 1536, section="optimizations", **_int(0, 16384),
+              label="Decode with VAE tiling from width x height of this size squared (0: never)"),
+    OptionDef("vae_slicing_threshold", 1024, section="optimizations", **_int(0, 16384),
+              label="Decode a batch image by image from this size squared in total (0: never)"),
+    OptionDef("oom_retry_lower_memory", True, _bool,
+              "Retry with lower memory after running out of memory (once)", "optimizations"),
+    OptionDef("token_merging_ratio", 0.0, _ratio,
+              "Token merging ratio (tomesd; 0: off): faster, slightly different images",
+              "optimizations", minimum=0.0, maximum=0.9, step=0.1),
+    OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
+              section="ui", **_int(0)),
+    OptionDef("localization", "Auto", _string,
+              "UI language: Auto (the browser's), en or zh_CN; applies after a restart", "ui",
+              choices=_languages),
+    OptionDef("queue_limit_per_user", 10, section="queue", **_int(0),
+              label="Most jobs one user may have waiting or running (0: no limit)"),
+    OptionDef("samples_format", "png", _choice(*_FORMATS), "File format for images",
+              "saving-images", choices=_FORMATS),
+    OptionDef("samples_filename_pattern", "", _string,
+              "Images filename pattern (empty: NNNNN-seed)", "saving-images"),
+    OptionDef("outdir_samples", "", _string,
+              "Output folder for images (empty: the default folders)", "saving-paths", path=True),
+)  # fmt: skip
+PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 
 
 class Options:

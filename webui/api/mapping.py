@@ -420,10 +420,36 @@ def png_info(data: str) -> dict[str, Any]:
 
 
 def checkpoint_for_options(value: Any, models: Any) -> str:
-    """The title a sd_model_checkpoint option value names; FieldError when unknown."""
+    """The title a sd_model_checkpoint option value names; FieldError when unknown, or
+    when the file is empty, truncated or no checkpoint (read from its header alone)."""
+    loc = ("sd_model_checkpoint",)
     if not isinstance(value, str):
-        raise FieldError(("sd_model_checkpoint",), f"expected a checkpoint name, got {value!r}")
+        raise FieldError(loc, f"expected a checkpoint name, got {value!r}")
     try:
-        return models.resolve(value).title
+        info = models.resolve(value)
     except LookupError as exc:
-        raise FieldError(("sd_model_checkpoint",), str(exc.args[0] if exc.args else exc)) from None
+        raise FieldError(loc, str(exc.args[0] if exc.args else exc)) from None
+    problem = models.unreadable(info)  # never the default: a file that cannot load
+    if problem is not None:
+        raise FieldError(loc, problem)
+    return info.title
+
+
+def checked_options(changes: Mapping[str, Any], options: Any, models: Any) -> dict[str, Any]:
+    """New values for known options (POST /options, the Settings tab), validated: a
+    checkpoint becomes its title, an output folder must be one that images can be saved
+    into (unless locked: that is refused later). FieldError names the first bad one."""
+    checked: dict[str, Any] = {}
+    for key, value in changes.items():
+        definition = options.definitions[key]
+        try:
+            checked[key] = definition.validate(value)
+        except (TypeError, ValueError) as exc:
+            raise FieldError((key,), str(exc)) from None
+        if definition.path and key not in options.locked:
+            check_output_folder((key,), checked[key])
+    if checked.get("sd_model_checkpoint"):
+        checked["sd_model_checkpoint"] = checkpoint_for_options(
+            checked["sd_model_checkpoint"], models
+        )
+    return checked

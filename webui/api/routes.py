@@ -291,31 +291,15 @@ def _settings_routes(router: APIRouter) -> None:
         options = ctx.options
         if options.read_only:
             raise HTTPException(403, "settings are frozen (--freeze-settings)")
-        known: dict[str, Any] = {}
-        for key, value in body.items():
-            definition = options.definitions.get(key)
-            if definition is None:
-                log.info("POST /options: unknown option %r ignored", key)
-                continue
-            try:
-                known[key] = definition.validate(value)
-                if definition.path and key not in options.locked:  # locked: 403 below
-                    mapping.check_output_folder((key,), known[key])
-            except (TypeError, ValueError) as exc:  # FieldError is a ValueError
-                error = exc if isinstance(exc, mapping.FieldError) else None
-                raise _field_error(error or mapping.FieldError((key,), str(exc))) from None
+        unknown = sorted(key for key in body if key not in options.definitions)
+        if unknown:
+            log.info("POST /options: unknown options ignored: %s", ", ".join(unknown))
+        changes = {k: v for k, v in body.items() if k in options.definitions}
+        try:
+            known = mapping.checked_options(changes, options, ctx.models)
+        except mapping.FieldError as exc:
+            raise _field_error(exc) from None
         checkpoint = known.get("sd_model_checkpoint")
-        if checkpoint:
-            try:
-                known["sd_model_checkpoint"] = mapping.checkpoint_for_options(
-                    checkpoint, ctx.models
-                )
-            except mapping.FieldError as exc:
-                raise _field_error(exc) from None
-            # an empty, truncated or foreign file never becomes the default (header only)
-            problem = ctx.models.unreadable(ctx.models.resolve(known["sd_model_checkpoint"]))
-            if problem is not None:
-                raise _field_error(mapping.FieldError(("sd_model_checkpoint",), problem))
         try:
             options.update(known)
         except PermissionError as exc:  # --freeze-settings, or a path option on a LAN

@@ -50,6 +50,8 @@ CSS = """
   border-bottom: 1px solid var(--border-color-primary); }
 .ext-failed { color: var(--error-text-color, #c00); }
 #txt2img_paste { min-width: 40px; }
+.settings-section-title h3 { margin: .4em .6em; }
+#settings_search { min-width: 16em; }
 .queue-action { margin-right: .3em; padding: .1em .5em; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill); }
 """
@@ -71,7 +73,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 build_pnginfo_tab(ctx)
             build_extension_tabs(ctx)  # each extension's own tab
             with gr.Tab("Settings", id="settings"):
-                build_settings_tab(ctx)
+                build_settings_tab(ctx, demo, checkpoint)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
         connect_send_buttons(tabs, txt2img_send, img2img, inpaint, extras)

@@ -1,4 +1,12 @@
-"""The Settings tab: every persisted option, validated on Apply, saved to config.json.
+"""The Settings tab: every persisted option in A1111's sections, with a search box.
+
+The controls are filled from the stored options on every page load, never at build
+time, and the page remembers what it showed (`shown_values`). Apply writes only the
+options whose control the user changed from what the page showed (`changed_options`,
+compared in the option's type), so a page left open never writes its stale values back
+over a change made in another browser; afterwards every control shows what is stored.
+Choices are picked from dropdowns (checkpoints, VAEs and languages are listed anew on
+every load); the checkpoint shows the one the server uses when the option is empty.
 
 With --freeze-settings nothing can be changed; while the server is reachable from other
 machines, options that are file system paths cannot be changed (`Options.locked`). The
@@ -9,72 +17,182 @@ This module must never import torch or diffusers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ..api.mapping import FieldError, checked_options
+from ..options import SECTIONS
+from .common import checkpoint_choices
+
 if TYPE_CHECKING:
     from ..context import AppContext
-    from ..options import OptionDef, Options
+    from ..options import OptionDef
 
 LOCKED_NOTE = "locked: the server is reachable from other machines"
+CHECKPOINT = "sd_model_checkpoint"
+
+# hides the settings whose label (as shown, so translated) and key do not hold the query,
+# and the sections left without any; A1111 has the same box on top of its Settings tab
+SEARCH_JS = """
+(query) => {
+  const words = String(query || "").toLowerCase().split(/\\s+/).filter(Boolean);
+  for (const section of document.querySelectorAll(".settings-section")) {
+    let shown = 0;
+    for (const option of section.querySelectorAll(".settings-option")) {
+      const text = (option.innerText + " " + option.id).toLowerCase();
+      const match = words.every((word) => text.includes(word));
+      option.style.display = match ? "" : "none";
+      shown += match ? 1 : 0;
+    }
+    section.style.display = shown ? "" : "none";
+  }
+  return [];
+}
+"""
 
 
-def apply_settings(
-    options: Options, definitions: Sequence[OptionDef], values: Sequence[Any]
-) -> str:
-    """The Apply button: set and save the changed options; gr.Error for invalid ones.
+def shown_values(ctx: AppContext) -> dict[str, Any]:
+    """What the tab shows for every option: the stored value in its type; for the
+    checkpoint the title of the one jobs use (the first one when the option is empty)."""
+    values = {}
+    for key, definition in ctx.options.definitions.items():
+        values[key] = definition.normalized(ctx.options.get(key))
+    if CHECKPOINT in values:
+        values[CHECKPOINT] = checkpoint_choices(ctx)[1] or ""
+    return values
 
-    Frozen settings, or a changed path option while locked, refuse the whole form:
-    nothing is changed then."""
-    pending = {}
+
+def changed_options(
+    definitions: Sequence[OptionDef], shown: Mapping[str, Any], values: Sequence[Any]
+) -> dict[str, Any]:
+    """The options whose control value differs from what the page showed, in their type."""
+    changed = {}
     for definition, value in zip(definitions, values, strict=True):
-        if isinstance(definition.default, int) and not isinstance(definition.default, bool):
-            value = int(value) if value is not None else definition.default
-        if value != options.get(definition.key):
-            pending[definition.key] = value
+        value = definition.normalized(value)
+        if value != definition.normalized(shown.get(definition.key)):
+            changed[definition.key] = value
+    return changed
+
+
+def apply_settings(ctx: AppContext, shown: Mapping[str, Any], values: Sequence[Any]) -> str:
+    """The Apply button: validate, set and save what the user changed; gr.Error otherwise.
+
+    All or nothing: frozen settings, a changed path option while locked, or any invalid
+    value refuse the whole form, and nothing is changed then."""
+    options = ctx.options
+    if not shown:  # the page has not loaded its values: it cannot tell what changed
+        raise gr.Error("Not saved: reload the page and try again")
+    pending = changed_options(list(options.definitions.values()), shown, values)
     if pending and options.read_only:
         raise gr.Error("Not saved: settings are frozen (--freeze-settings)")
     locked = sorted(set(pending) & options.locked)
     if locked:
         raise gr.Error(f"Not saved: {', '.join(locked)} is a file system path ({LOCKED_NOTE})")
-    changed, errors = [], []
-    for key, value in pending.items():
-        try:
-            options.set(key, value)
-            changed.append(key)
-        except ValueError as exc:
-            errors.append(str(exc))
-    if changed:
-        options.save()
-    if errors:
-        raise gr.Error("; ".join(errors))
-    return f"{len(changed)} settings changed: {', '.join(changed)}." if changed else "No change."
+    if CHECKPOINT in pending and not pending[CHECKPOINT]:
+        raise gr.Error("Not saved: choose a checkpoint")
+    try:
+        checked = checked_options(pending, options, ctx.models)
+    except FieldError as exc:
+        raise gr.Error(f"Invalid value, nothing saved: {exc}") from None
+    changes = {k: v for k, v in checked.items() if v != options.get(k)}
+    if not changes:
+        return "No change."
+    try:
+        options.update(changes)
+    except (PermissionError, ValueError) as exc:
+        raise gr.Error(f"Invalid value, nothing saved: {exc}") from None
+    options.save()
+    if CHECKPOINT in changes:  # as A1111 does: the new default checkpoint is loaded now
+        ctx.jobs.submit("load", changes[CHECKPOINT], owner="settings")
+    return f"{len(changes)} settings changed: {', '.join(changes)}."
 
 
-def build_settings_tab(ctx: AppContext) -> None:
+def control_updates(ctx: AppContext, shown: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A gr.update per control: its value, and for dropdowns the current choices (a stored
+    value that is not among them is added, so the tab shows what is stored)."""
+    updates = []
+    for key, definition in ctx.options.definitions.items():
+        value = shown[key]
+        if definition.widget != "dropdown":
+            updates.append(gr.update(value=value))
+            continue
+        choices = definition.choices_for(ctx)
+        if value and value not in choices:
+            choices.append(value)
+        updates.append(gr.update(choices=choices, value=value or None))
+    return updates
+
+
+def _control(ctx: AppContext, definition: OptionDef) -> gr.components.Component:
+    """The widget `definition.widget` names; its value and choices come on page load."""
+    options = ctx.options
+    label = f"{definition.label} ({definition.key})"
+    if definition.key in options.locked:
+        label += f" ({LOCKED_NOTE})"
+    common: dict[str, Any] = {
+        "label": label,
+        "interactive": not options.read_only and definition.key not in options.locked,
+        "elem_id": f"setting_{definition.key}",
+        "elem_classes": ["settings-option"],
+    }
+    bounds = {"minimum": definition.minimum, "maximum": definition.maximum}
+    widget = definition.widget
+    if widget == "checkbox":
+        return gr.Checkbox(**common)
+    if widget == "dropdown":
+        return gr.Dropdown(choices=[], value=None, allow_custom_value=False, **common)
+    if widget == "slider":
+        return gr.Slider(step=definition.step, **bounds, **common)
+    if widget == "number":
+        precision = 0 if isinstance(definition.default, int) else None
+        return gr.Number(precision=precision, **bounds, **common)
+    return gr.Textbox(**common)
+
+
+def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) -> None:
+    """The tab; `picker` is the checkpoint dropdown on top of the page, which follows a
+    new default checkpoint applied here (jobs of this page run with what it shows)."""
     options = ctx.options
     definitions = list(options.definitions.values())
     frozen = options.read_only
-    controls = []
-    for definition in definitions:
-        value = options.get(definition.key)
-        label = f"{definition.label} ({definition.key})"
-        editable = not frozen and definition.key not in options.locked
-        if definition.key in options.locked:
-            label += f" ({LOCKED_NOTE})"
-        if isinstance(definition.default, bool):
-            control = gr.Checkbox(label=label, value=value, interactive=editable)
-        elif isinstance(definition.default, int):
-            control = gr.Number(label=label, value=value, precision=0, interactive=editable)
-        else:
-            control = gr.Textbox(label=label, value=value, interactive=editable)
-        controls.append(control)
-    apply = gr.Button("Apply settings", variant="primary", interactive=not frozen)
-    result = gr.Markdown("Settings are frozen (--freeze-settings)." if frozen else "")
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", interactive=not frozen, scale=0,
+                          min_width=160, elem_id="settings_submit")  # fmt: skip
+        search = gr.Textbox(placeholder="Search…", show_label=False, container=False,
+                            elem_id="settings_search", scale=4)  # fmt: skip
+    result = gr.Markdown(
+        "Settings are frozen (--freeze-settings)." if frozen else "", elem_id="settings_result"
+    )
+    controls: dict[str, gr.components.Component] = {}
+    for section, title in SECTIONS.items():
+        members = [d for d in definitions if d.section == section]
+        if not members:
+            continue
+        with gr.Group(elem_classes=["settings-section"], elem_id=f"settings_{section}"):
+            gr.Markdown(f"### {title}", elem_classes=["settings-section-title"])
+            for definition in members:
+                controls[definition.key] = _control(ctx, definition)
+    for definition in definitions:  # an option of a section not in SECTIONS: shown last
+        if definition.key not in controls:
+            controls[definition.key] = _control(ctx, definition)
+    ordered = [controls[d.key] for d in definitions]
+    shown = gr.State({})  # what this page showed: Apply writes only what differs from it
 
-    def save(*values):
-        return apply_settings(options, definitions, values)
+    def load():
+        values = shown_values(ctx)
+        return [values, *control_updates(ctx, values)]
 
-    apply.click(save, inputs=controls, outputs=result, api_name="apply_settings")
+    def save(shown_before: dict[str, Any], *values: Any):
+        message = apply_settings(ctx, shown_before, values)
+        now = load()
+        changed = now[0].get(CHECKPOINT) != shown_before.get(CHECKPOINT)
+        titles, title = checkpoint_choices(ctx)
+        top = gr.update(choices=titles, value=title) if changed else gr.update()
+        return [message, top, *now]
+
+    demo.load(load, outputs=[shown, *ordered], show_progress="hidden")
+    apply.click(save, inputs=[shown, *ordered], outputs=[result, picker, shown, *ordered],
+                api_name="apply_settings")  # fmt: skip
+    search.change(None, inputs=search, js=SEARCH_JS)
