@@ -21,6 +21,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = [
     "DEFAULT_SAMPLER",
     "SAMPLERS",
@@ -39,7 +41,7 @@ __all__ = [
 AUTOMATIC = "Automatic"
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(ValueError, UserError):
     """A sampler or schedule type that is unknown, not available with diffusers, or that
     makes no sense together with the chosen sampler. The message names the bad value."""
 
