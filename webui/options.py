@@ -139,6 +139,12 @@ _OPTION_TABLE: dict[str, list[tuple[str, Any, Callable[[Any], Any], str]]] = {
             _int_range(0),
             "Most jobs one user may have waiting or running (0: no limit)",
         ),
+        (
+            "queue_show_others_prompts",
+            False,
+            _bool,
+            "Show other users' prompts in the queue (off: only their mode and progress)",
+        ),
     ],
     "saving-images": [
         ("samples_format", "png", _choice("png", "jpg", "jpeg", "webp"), "File format for images"),

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from .common import InputError
+
 if TYPE_CHECKING:
     from ..context import AppContext
     from ..options import OptionDef, Options
@@ -35,10 +37,10 @@ def apply_settings(
         if value != options.get(definition.key):
             pending[definition.key] = value
     if pending and options.read_only:
-        raise gr.Error("Not saved: settings are frozen (--freeze-settings)")
+        raise InputError("Not saved: settings are frozen (--freeze-settings)")
     locked = sorted(set(pending) & options.locked)
     if locked:
-        raise gr.Error(f"Not saved: {', '.join(locked)} is a file system path ({LOCKED_NOTE})")
+        raise InputError(f"Not saved: {', '.join(locked)} is a file system path ({LOCKED_NOTE})")
     changed, errors = [], []
     for key, value in pending.items():
         try:
@@ -49,7 +51,7 @@ def apply_settings(
     if changed:
         options.save()
     if errors:
-        raise gr.Error("; ".join(errors))
+        raise InputError("; ".join(errors))
     return f"{len(changed)} settings changed: {', '.join(changed)}." if changed else "No change."
 
 
