@@ -252,7 +252,16 @@ def test_queue_listing_cancel_reorder_and_results(srv: Server) -> None:
                      (second["id"], 2, True), (third["id"], 3, True)]  # fmt: skip
     assert listing["running"] == first["id"] and listing["waiting"] == 3
     row = next(j for j in listing["jobs"] if j["id"] == theirs["id"])
-    assert row["owner"] == "bob" and row["prompt"] == "bob first" and row["kind"] == "txt2img"
+    # another user's prompt is not shown on a shared server (option queue_show_others_prompts)
+    assert row["owner"] == "bob" and row["prompt"] == "" and row["kind"] == "txt2img"
+    assert job(alice, theirs["id"])["prompt"] == ""
+    assert next(j for j in listing["jobs"] if j["id"] == second["id"])["prompt"] == "alice second"
+    assert alice.post("/sdapi/v1/options", json={"queue_show_others_prompts": True}).is_success
+    try:
+        shown = alice.get("/webui/v1/queue").json()["jobs"]
+        assert next(j for j in shown if j["id"] == theirs["id"])["prompt"] == "bob first"
+    finally:
+        alice.post("/sdapi/v1/options", json={"queue_show_others_prompts": False})
     assert bob.post(f"/webui/v1/jobs/{second['id']}/cancel").status_code == 403
     moved = alice.post(f"/webui/v1/jobs/{third['id']}/move", json={"offset": -1})
     assert moved.status_code == 200 and moved.json()["position"] == 2

@@ -90,12 +90,20 @@ def test_two_users_see_their_own_jobs_and_previews(browser, server) -> None:
         b.get_by_role("button", name="Generate", exact=True).click()
         row(b, "bob second").wait_for(timeout=WAIT)
 
-        # everyone sees every job; only their own rows are marked and have buttons
-        row(a, "bob windmill").wait_for(timeout=WAIT)
+        # everyone sees every job, other users' without their prompt; only their own rows
+        # are marked and have buttons
+        a.wait_for_function(
+            "() => document.querySelectorAll('#queue_table tr.queue-row.queued:not(.mine)')"
+            ".length === 2",
+            timeout=WAIT,
+        )
+        assert "bob" not in a.locator("#queue_table").inner_text()
+        assert "alice" not in b.locator("#queue_table").inner_text()
         assert "(you)" in row(a, "alice lighthouse").inner_text()
-        assert "(you)" not in row(a, "bob windmill").inner_text()
-        assert row(a, "bob windmill").get_by_role("button").count() == 0
-        assert row(b, "alice lighthouse").get_by_role("button").count() == 0
+        for page in (a, b):
+            others = page.locator("#queue_table tr.queue-row:not(.mine)")
+            assert "(you)" not in " ".join(others.all_inner_texts())
+            assert others.get_by_role("button").count() == 0
         assert "(you)" in row(b, "bob windmill").inner_text()
         assert button(b, "bob windmill", "Cancel").count() == 1
 

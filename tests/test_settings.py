@@ -280,6 +280,7 @@ def test_option_defaults() -> None:
         "show_progress_every_n_steps": 3,
         "localization": "Auto",
         "queue_limit_per_user": 10,
+        "queue_show_others_prompts": False,
         "vae_tiling_threshold": 1536,
         "vae_slicing_threshold": 1024,
         "oom_retry_lower_memory": True,

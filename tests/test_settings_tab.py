@@ -219,7 +219,7 @@ def test_widgets_and_sections() -> None:
         "CLIP_stop_at_last_layers": "slider", "vae_tiling_threshold": "number",
         "vae_slicing_threshold": "number", "oom_retry_lower_memory": "checkbox",
         "token_merging_ratio": "slider", "show_progress_every_n_steps": "number",
-        "localization": "dropdown", "queue_limit_per_user": "number",
+        "localization": "dropdown", "queue_limit_per_user": "number", "queue_show_others_prompts": "checkbox",
         "samples_format": "dropdown", "samples_filename_pattern": "textbox",
         "outdir_samples": "textbox",
     }  # fmt: skip

@@ -64,8 +64,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
     if not flags.nowebui:
         import gradio as gr
 
-        from .ui.blocks import CSS, build_ui
-        from .ui.i18n import head_html
+        from .ui.blocks import CSS, build_ui, page_head
 
         gr.mount_gradio_app(
             app,
@@ -75,7 +74,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
             ssr_mode=False,
             footer_links=[],
             css=CSS,
-            head=head_html(ctx),  # English / 简体中文 from webui/ui/localizations
+            head=page_head(ctx),  # English / 简体中文 (webui/ui/localizations), icon labels
             theme=gr.themes.Default(primary_hue="orange"),
         )
         # the UI login guard (api.auth) checks Gradio's own login tokens

@@ -2,6 +2,7 @@
 
 - `GET /webui/v1/queue`: every job (running, waiting in run order, recently finished)
   with owner, mode, prompt start, position, state and progress; `mine` marks the caller's.
+  Other users' prompts are left out unless the option queue_show_others_prompts is on.
 - `GET /webui/v1/jobs/{id}`: one job's status; its owner may ask for the live preview
   (`preview=true`) and, once finished, the images with their infotext (`images=true`).
   Others see the status only: never another user's previews or images.
@@ -46,7 +47,10 @@ class JobInfo(BaseModel):
     id: str
     owner: str
     kind: str = Field(description="txt2img, img2img, load, ...")
-    prompt: str = Field(description="the start of the prompt")
+    prompt: str = Field(
+        description="the start of the prompt (empty for other users' jobs "
+        "unless the option queue_show_others_prompts is on)"
+    )
     state: str = Field(description="queued, running, done, failed, interrupted, cancelled")
     position: int | None = Field(description="0 running, 1.. waiting, null finished")
     progress: float
@@ -91,8 +95,12 @@ Ctx = Annotated[AppContext, Depends(get_ctx)]
 User = Annotated[str, Depends(api_user)]
 
 
-def job_info(job: Job, position: int | None, user: str) -> dict[str, Any]:
-    return {**summary(job, position), "mine": job.owner == user}
+def job_info(ctx: AppContext, job: Job, position: int | None, user: str) -> dict[str, Any]:
+    """A job as the caller may see it: another user's prompt only with the option
+    queue_show_others_prompts."""
+    mine = job.owner == user
+    shown = mine or bool(ctx.options.get("queue_show_others_prompts"))
+    return {**summary(job, position, show_prompt=shown), "mine": mine}
 
 
 def queue_router() -> APIRouter:
@@ -107,7 +115,7 @@ def queue_router() -> APIRouter:
             "running": running,
             "waiting": sum(1 for _, pos in listing if pos),
             "limit_per_user": int(ctx.options.get("queue_limit_per_user")),
-            "jobs": [job_info(j, pos, user) for j, pos in listing],
+            "jobs": [job_info(ctx, j, pos, user) for j, pos in listing],
         }
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)
@@ -119,7 +127,7 @@ def queue_router() -> APIRouter:
         preview: Annotated[bool, Query(description="include the live preview")] = False,
     ) -> Any:
         job = _job(ctx, job_id)
-        body = job_info(job, ctx.jobs.position(job), user)
+        body = job_info(ctx, job, ctx.jobs.position(job), user)
         if job.owner != user:  # status only: never another user's pictures
             return body
         if preview and job.state == job_states.RUNNING and job.progress.preview is not None:
@@ -153,7 +161,7 @@ def queue_router() -> APIRouter:
         job = submit_txt2img_job(ctx, req, user)
         if isinstance(job, JSONResponse):
             return job
-        return job_info(job, ctx.jobs.position(job), user)
+        return job_info(ctx, job, ctx.jobs.position(job), user)
 
     return router
 
@@ -213,7 +221,7 @@ def _act(ctx: AppContext, user: str, job_id: str, action, refusal: str) -> dict[
     job = _job(ctx, job_id)
     if not action(job_id, user):
         raise HTTPException(409, f"cannot do that with job {job_id}: {refusal}")
-    return job_info(job, ctx.jobs.position(job), user)
+    return job_info(ctx, job, ctx.jobs.position(job), user)
 
 
 def add_queue_error_handlers(app: FastAPI) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from ..model_manager.optimize import upcast_vae
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ DEFAULT_TILE_FROM = 1536  # px per side (of width x height): 2048Â² tiles, 1024Â
 DEFAULT_SLICE_FROM = 1024
 
 
-class NanOutputError(RuntimeError):
+class NanOutputError(RuntimeError, UserError):
     """The model produced NaN; the message says which part and what to try."""
 
 

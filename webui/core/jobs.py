@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
@@ -72,16 +74,33 @@ def guest_owner(token: str) -> str:
 
 @dataclass
 class Progress:
-    """A snapshot readers may copy at any time; the runner updates it in place."""
+    """A snapshot readers may copy at any time; the runner updates it in place.
+
+    The ETA comes from measured steps only: until one step has finished there is none
+    ("estimating…"); then it is the remaining steps times the mean step time, counting
+    down while a step runs and never growing before the next step ends."""
 
     step: int = 0  # steps done in the current image batch
     steps: int = 0  # steps of the current batch
     batch: int = 0  # index of the current batch (batch count)
     batches: int = 1
-    started_at: float | None = None
+    started_at: float | None = None  # when sampling began (monotonic), not the queue wait
     preview: Any = None  # a PIL image, refreshed every few steps
     preview_step: int = -1
     text: str = ""
+    _measured: tuple[int, float] = (0, 0.0)  # steps timed, seconds they took
+    _last_step_at: float | None = None
+
+    def advance(self, step: int, steps: int) -> None:
+        """A sampling step ended: `step` of `steps` done in the current batch."""
+        now = time.monotonic()
+        since = self._last_step_at if self._last_step_at is not None else self.started_at
+        if since is not None and step > 0:
+            count, seconds = self._measured
+            self._measured = (count + 1, seconds + max(0.0, now - since))
+        self._last_step_at = now
+        self.steps = steps
+        self.step = step
 
     @property
     def fraction(self) -> float:
@@ -91,11 +110,23 @@ class Progress:
         return min(1.0, done / (self.batches * self.steps))
 
     @property
+    def seconds_per_step(self) -> float | None:
+        count, seconds = self._measured
+        return seconds / count if count else None
+
+    @property
     def eta_seconds(self) -> float | None:
-        if self.started_at is None or self.fraction <= 0:
+        """Seconds left, or None while no step has been measured yet."""
+        per_step = self.seconds_per_step
+        if per_step is None or not self.steps:
             return None
-        elapsed = time.monotonic() - self.started_at
-        return elapsed * (1 - self.fraction) / self.fraction
+        remaining = self.batches * self.steps - (
+            self.batch * self.steps + min(self.step, self.steps)
+        )
+        if remaining <= 0:
+            return 0.0
+        running_for = time.monotonic() - (self._last_step_at or time.monotonic())
+        return max((remaining - 1) * per_step, remaining * per_step - running_for)
 
 
 @dataclass
@@ -153,10 +184,13 @@ class Job:
         return False
 
 
-def summary(job: Job, position: int | None = None, prompt_chars: int = 80) -> dict[str, Any]:
-    """A JSON-friendly description of a job for queue listings (no images, no options)."""
+def summary(
+    job: Job, position: int | None = None, prompt_chars: int = 80, *, show_prompt: bool = True
+) -> dict[str, Any]:
+    """A JSON-friendly description of a job for queue listings (no images, no options).
+    `show_prompt=False` leaves the prompt out (another user's job on a shared server)."""
     p = job.progress
-    prompt = " ".join(job.prompt.split())
+    prompt = " ".join(job.prompt.split()) if show_prompt else ""
     if len(prompt) > prompt_chars:
         prompt = prompt[: prompt_chars - 1] + "…"
     eta = p.eta_seconds if job.state == RUNNING else None
@@ -434,7 +468,10 @@ class JobQueue:
             job.result = self._runner(job)
             state = INTERRUPTED if job.interrupt_requested else DONE
         except Exception as exc:  # a failing job must never stop the worker
-            log.exception("job %s failed", job.id)
+            if isinstance(exc, UserError):  # bad input or an unusable file: one line
+                log.warning("job %s failed: %s", job.id, exc)
+            else:  # a bug: the traceback is what finds it
+                log.exception("job %s failed", job.id)
             job.error = str(exc) or type(exc).__name__
             state = FAILED
         with self._cond:

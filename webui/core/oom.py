@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import torch
 
+from ..errors import UserError
 from ..model_manager.optimize import lower_memory, token_merging
 from .decode import MemoryRun, memory_run
 
@@ -31,7 +32,7 @@ _MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory",
             "failed to allocate", "not enough memory")  # fmt: skip
 
 
-class OutOfMemoryError(RuntimeError):
+class OutOfMemoryError(RuntimeError, UserError):
     """A job ran out of memory; the message is meant for the user."""
 
 

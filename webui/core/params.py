@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
 from .samplers import UnknownSamplerError, missing_requirements, resolve
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 
 
-class ParamError(ValueError):
+class ParamError(ValueError, UserError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field

@@ -151,8 +151,7 @@ def step_callback(
     """A diffusers `callback_on_step_end`: progress, cheap previews, interrupt."""
 
     def on_step(pipe, i, t, tensors):
-        progress.steps = pipe.num_timesteps
-        progress.step = i + 1
+        progress.advance(i + 1, pipe.num_timesteps)
         if preview_every and (i + 1) % preview_every == 0 and i + 1 < pipe.num_timesteps:
             progress.preview = latent_preview(tensors["latents"], family)
             progress.preview_step = progress.batch * progress.steps + i + 1

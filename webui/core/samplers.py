@@ -33,6 +33,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = [
     "DEFAULT_SAMPLER",
     "SAMPLERS",
@@ -51,7 +53,7 @@ __all__ = [
 AUTOMATIC = "Automatic"
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(ValueError, UserError):
     """A sampler or schedule type that is unknown, not available with diffusers, or that
     makes no sense together with the chosen sampler. The message names the bad value."""
 

@@ -21,6 +21,7 @@ from typing import Any
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..errors import UserError
 from .samplers import SchedulerChoice, missing_requirements
 
 __all__ = [
@@ -59,7 +60,7 @@ MODEL_CONFIG_KEYS: frozenset[str] = frozenset(
 )
 
 
-class SchedulerUnavailableError(RuntimeError):
+class SchedulerUnavailableError(RuntimeError, UserError):
     """The chosen scheduler needs an optional package that is not installed."""
 
 

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 FIELDS = ("name", "prompt", "negative_prompt")
@@ -38,7 +40,7 @@ def merge_prompts(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
-class StyleError(ValueError):
+class StyleError(ValueError, UserError):
     """A style name is missing, unknown or invalid."""
 
 

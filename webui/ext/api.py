@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import UserError
+
 API_VERSION = 1
 MIN_API_VERSION = 1
 
@@ -30,7 +32,7 @@ ControlKind = Literal["checkbox", "slider", "number", "textbox", "dropdown", "ra
 KINDS = ("checkbox", "slider", "number", "textbox", "dropdown", "radio")
 
 
-class ArgError(ValueError):
+class ArgError(ValueError, UserError):
     """An extension argument is missing, unknown or has a bad value.
 
     `loc` is where it sits (extension name, then the control name), for 422 answers."""

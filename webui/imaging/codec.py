@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import UserError
+
 MAX_PIXELS = 4096 * 4096  # one input image; matches params.MAX_SIDE squared
 # any image this program decodes (PNG Info reads big upscaled outputs too); Pillow's own
 # decompression-bomb limit is set to it by `limit_decoding`
@@ -31,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # http://, https://, file://, ...
 
 
-class ImageInputError(ValueError):
+class ImageInputError(ValueError, UserError):
     """An input image or mask is unusable; `field` names where it came from."""
 
     def __init__(self, field: str, message: str):

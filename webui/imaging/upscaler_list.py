@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 NONE, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
@@ -36,7 +38,7 @@ MODEL_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 _SCALE_RE = re.compile(r"(?:^|[^0-9])([1-8])x|x([1-8])(?:[^0-9]|$)", re.IGNORECASE)
 
 
-class UnknownUpscalerError(LookupError):
+class UnknownUpscalerError(LookupError, UserError):
     """A request names an upscaler that does not exist."""
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 SD1_TE = "cond_stage_model.transformer.text_model."
@@ -26,7 +28,7 @@ FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 Shapes = dict[str, tuple[int, ...]]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ValueError, UserError):
     """The file is not a Stable Diffusion checkpoint this program can load."""
 
 

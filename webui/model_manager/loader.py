@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..errors import UserError
 from .identify import ModelSpec, Shapes, UnsupportedModelError, identify
 from .tokenizers import clip_tokenizer
 
@@ -44,7 +45,7 @@ BASE_SCHEDULER = {
 }
 
 
-class CheckpointLoadError(RuntimeError):
+class CheckpointLoadError(RuntimeError, UserError):
     """A checkpoint could not be read or built; the message names the file."""
 
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -33,7 +34,7 @@ from .registry import CheckpointInfo, CheckpointRegistry
 log = logging.getLogger(__name__)
 
 
-class NoCheckpointError(LookupError):
+class NoCheckpointError(LookupError, UserError):
     """No checkpoint is available, or the requested one does not exist."""
 
 

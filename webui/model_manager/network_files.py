@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .registry import HashCache, _stamp
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
-class NetworkFileError(RuntimeError):
+class NetworkFileError(RuntimeError, UserError):
     """A LoRA, embedding or VAE file cannot be used; the message names the file."""
 
 

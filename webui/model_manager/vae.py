@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .network_files import FileIndex, NetworkFile, NetworkFileError, load_tensors
 from .registry import HashCache
 
@@ -32,7 +33,7 @@ VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 NEAR_CHECKPOINT_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 
 
-class UnknownVaeError(LookupError):
+class UnknownVaeError(LookupError, UserError):
     """The requested VAE is not in the VAE folder."""
 
 

@@ -8,6 +8,7 @@ This module must never import torch or diffusers.
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -17,6 +18,8 @@ from .common import checkpoint_picker
 from .ext_ui import build_extension_tabs
 from .extensions_tab import build_extensions_tab
 from .extras_tab import build_extras_tab
+from .i18n import head_html
+from .icons import ICONS_CSS, LABELS_JS
 from .img2img_tab import build_img2img_tab
 from .inpaint_tab import build_inpaint_tab
 from .paste import connect_parameter_copy
@@ -55,6 +58,18 @@ CSS = """
 .queue-action { margin-right: .3em; padding: .1em .5em; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill); }
 """
+CSS += ICONS_CSS
+# Result galleries show every image whole: a cell is never taller than the window (Gradio's
+# square cells at a fixed gallery height cut off the bottom of a square result).
+CSS += """
+.result-gallery { height: auto !important; }
+.result-gallery .grid-wrap { height: auto !important; max-height: none; overflow-y: visible; }
+.result-gallery .thumbnail-item { aspect-ratio: auto; height: auto; max-height: var(--cell-max, 70vh);
+  display: flex; align-items: center; justify-content: center; }
+.result-gallery .thumbnail-item > img { width: 100%; height: auto; max-height: var(--cell-max, 70vh);
+  object-fit: contain; }
+#my_job_gallery { --cell-max: 45vh; }
+"""
 
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
@@ -76,14 +91,24 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 build_settings_tab(ctx, demo, checkpoint)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
-        connect_send_buttons(tabs, txt2img_send, img2img, inpaint, extras)
+        connect_send_buttons(ctx, demo, tabs, txt2img_send, img2img, inpaint, extras)
         connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
         build_queue_panel(ctx, demo)
-        gr.Markdown(footer_text(ctx), elem_id="footer")
+        gr.HTML(footer_text(ctx), elem_id="footer")
         demo.load(refresh_checkpoints, outputs=[checkpoint, notice], show_progress="hidden")
     return demo
 
 
+def page_head(ctx: AppContext) -> str:
+    """What goes into the page's <head>: the translation script, then the icon labels."""
+    return f"{head_html(ctx)}\n<script>{LABELS_JS}</script>"
+
+
 def footer_text(ctx: AppContext) -> str:
-    api = " · API: [/docs](/docs)" if ctx.flags.api else ""
-    return f"version v{__version__} · {ctx.memory.description}{api}"
+    """Version, device and memory plan, and the API docs link; each part its own element,
+    so that the page's translation finds it."""
+    parts = [f"version v{__version__}", *ctx.memory.description.split(" · ")]
+    text = " · ".join(f"<span>{html.escape(part)}</span>" for part in parts)
+    if ctx.flags.api:
+        text += ' · <span>API:</span> <a href="docs">/docs</a>'
+    return text

@@ -6,15 +6,30 @@ This module must never import torch or diffusers: it talks to the AppContext onl
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ..api.auth import owner_from_cookies
 from ..core import jobs as job_states
+from .icons import icon_button
 
 if TYPE_CHECKING:
     from ..context import AppContext
+
+log = logging.getLogger(__name__)
+
+
+class InputError(gr.Error):
+    """A message to the user about what they entered: shown in the page, logged as one
+    line. Tracebacks in the log are for bugs, not for a missing image or a bad value."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+        log.info("refused: %s", message)
 
 
 def owner_of(request: gr.Request | None) -> str:
@@ -25,7 +40,9 @@ def owner_of(request: gr.Request | None) -> str:
     user = getattr(request, "username", None)
     if user:
         return user
-    return owner_from_cookies(getattr(request, "cookies", None)) or f"session-{request.session_hash}"
+    return (
+        owner_from_cookies(getattr(request, "cookies", None)) or f"session-{request.session_hash}"
+    )
 
 
 def checkpoint_choices(ctx: AppContext) -> tuple[list[str], str | None]:
@@ -44,7 +61,7 @@ def checkpoint_choices(ctx: AppContext) -> tuple[list[str], str | None]:
 def no_checkpoint_message(ctx: AppContext) -> str:
     return (
         "**No checkpoint found.** Put a Stable Diffusion checkpoint (`.safetensors`, or a "
-        f"diffusers folder) into `{ctx.flags.ckpt_dir}` and press 🔄 next to the checkpoint "
+        f"diffusers folder) into `{ctx.flags.ckpt_dir}` and press the refresh button next to the checkpoint "
         "list, or restart with `--demo` to try the UI with a small random-weight model."
     )
 
@@ -63,7 +80,7 @@ def checkpoint_picker(ctx: AppContext):
             scale=4,
             elem_id="sd_checkpoint",
         )
-        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="refresh_checkpoints")
+        refresh = icon_button("refresh", elem_id="refresh_checkpoints")
     notice = gr.Markdown(no_checkpoint_message(ctx), visible=False, elem_id="no_checkpoint")
 
     def refresh_list():
@@ -80,12 +97,14 @@ def checkpoint_picker(ctx: AppContext):
     return dropdown, notice, refresh_list
 
 
-def progress_html(ctx: AppContext, job: job_states.Job) -> str:
-    """A progress bar with step count, ETA and queue position."""
+def progress_html(ctx: AppContext, job: job_states.Job, waiting_after: int = 0) -> str:
+    """A progress bar with step count, ETA and queue position; `waiting_after` counts the
+    page's other jobs that wait behind this one. Each part is its own element, so the
+    page's translation finds it."""
     p = job.progress
     if job.state == job_states.QUEUED:
         position = ctx.jobs.position(job)
-        text = f"Waiting in queue (position {position})" if position else "Waiting in queue"
+        parts = [f"Waiting in queue (position {position})" if position else "Waiting in queue"]
         percent = 0.0
     else:
         percent = p.fraction * 100
@@ -94,15 +113,17 @@ def progress_html(ctx: AppContext, job: job_states.Job) -> str:
             parts.append(f"Step {min(p.step, p.steps)}/{p.steps}")
             if p.batches > 1:
                 parts.append(f"batch {p.batch + 1}/{p.batches}")
-        eta = p.eta_seconds
-        if eta is not None and p.step:
-            parts.append(f"ETA {eta:.1f}s")
-        text = " · ".join(parts) or "Starting"
+            eta = p.eta_seconds
+            parts.append("ETA: estimating…" if eta is None else f"ETA {eta:.1f}s")
+        parts = parts or ["Starting"]
+    if waiting_after:
+        parts.append(f"{waiting_after} more job(s) from this tab waiting")
+    text = " · ".join(f"<span>{html.escape(part)}</span>" for part in parts)
     return (
         f'<div class="job-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
         f'aria-valuenow="{percent:.0f}" aria-label="Progress">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'
-        f'<span class="job-progress-text">{html.escape(text)}</span></div>'
+        f'<span class="job-progress-text">{text}</span></div>'
     )
 
 
@@ -110,3 +131,42 @@ def infotext_html(text: str | None) -> str:
     if not text:
         return ""
     return f'<pre class="infotext" aria-label="Generation parameters">{html.escape(text)}</pre>'
+
+
+def result_gallery(label: str, elem_id: str, *, columns: int = 2):
+    """A gallery that shows results: whole images fitted into their cells (never cropped;
+    see the `.result-gallery` rules in blocks.CSS), no upload area, PNG for pictures that
+    have no file (previews, unsaved results)."""
+    return gr.Gallery(
+        label=label,
+        columns=columns,
+        object_fit="contain",
+        format="png",
+        interactive=False,
+        show_label=True,
+        elem_id=elem_id,
+        elem_classes=["result-gallery"],
+    )
+
+
+def gallery_items(images: Iterable[Any]) -> list[tuple[Any, str | None]]:
+    """Gallery values for generated images (objects with .image, .seed, .infotext, .path).
+
+    An image saved to disk is shown from its file, so the gallery's download gives that
+    file as it was saved (PNG, JPEG or WebP, with its parameters). An image without a file
+    (the API's unsaved results, a grid that was not saved) becomes a PNG carrying its
+    infotext in the "parameters" chunk, as A1111 writes it."""
+    items: list[tuple[Any, str | None]] = []
+    for generated in images:
+        seed = getattr(generated, "seed", None)
+        caption = f"seed {seed}" if seed else None
+        path = getattr(generated, "path", None)
+        if path and Path(path).is_file():
+            items.append((str(path), caption))
+            continue
+        picture = generated.image.copy()
+        infotext = getattr(generated, "infotext", "") or ""
+        if infotext:
+            picture.info["parameters"] = infotext
+        items.append((picture, caption))
+    return items

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ..ext.api import Control, Extension, ExtensionContext
+from .common import InputError
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -93,7 +94,7 @@ class ExtensionInputs:
         try:
             return self.prepare(params, [values[f"extension_{i}"] for i in range(count)])
         except ValueError as exc:  # ArgError
-            raise gr.Error(str(exc)) from exc
+            raise InputError(str(exc)) from exc
 
 
 def extension_inputs(ctx: AppContext, tab: str, prefix: str | None = None,

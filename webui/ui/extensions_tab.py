@@ -19,6 +19,7 @@ import gradio as gr
 
 from ..ext.git import GitError
 from ..ext.host import ExtensionAccessError
+from .common import InputError
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -106,7 +107,7 @@ def build_extensions_tab(ctx: AppContext) -> None:
         try:
             host.check_access()
         except ExtensionAccessError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise InputError(str(exc)) from exc
         done = []
         for key, state in list(updates.items()):
             if state.endswith("new commit(s)"):
@@ -125,13 +126,13 @@ def build_extensions_tab(ctx: AppContext) -> None:
 
     def install_from(url_: str, branch_: str):
         if not (url_ or "").strip():
-            raise gr.Error("Enter the URL of a git repository")
+            raise InputError("Enter the URL of a git repository")
         try:
             record = host.install(url_, (branch_ or "").strip() or None)
         except ExtensionAccessError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise InputError(str(exc)) from exc
         except (GitError, ValueError, OSError) as exc:
-            raise gr.Error(f"Install failed: {exc}") from exc
+            raise InputError(f"Install failed: {exc}") from exc
         choices = [(r.title, r.key) for r in host.records]
         value = [r.key for r in host.records if r.enabled]
         if record.error:

@@ -2,7 +2,7 @@
 
 The cards panel shows LoRAs, textual-inversion embeddings and checkpoints with their name
 and the preview image lying beside the file. It stays responsive with thousands of
-files: the folders are indexed once (at start-up, and by 🔄), a search filters the index
+files: the folders are indexed once (at start-up, and by the refresh button), a search filters the index
 in memory, and only one page of cards is rendered at a time ("Show more" adds the next;
 thumbnails are made for the cards shown and cached). Clicking a LoRA or embedding card
 adds its tag to the prompt, or removes it when it is there already (A1111's toggle);
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 from PIL import Image
 
+from .icons import icon_button
 from .styles_ui import build_style_editor
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def render_cards(cards: list[Card], limit: int, thumbs: Thumbnails) -> str:
         )
     if not cards:
         parts.append(
-            '<div class="extra-network-count">Nothing here: put files into the folder and press 🔄.</div>'
+            '<div class="extra-network-count">Nothing here: put files into the folder and press the refresh button.</div>'
         )
     else:
         parts.append(f'<div class="extra-network-count">Showing {len(shown)} of {len(cards)}</div>')
@@ -208,7 +209,7 @@ def build_prompt_tools(ctx: AppContext, prompt, negative, checkpoint, tab: str) 
                              scale=3, elem_id=f"{tab}_styles")  # fmt: skip
         vae = gr.Dropdown(label="SD VAE", choices=vae_choices, scale=2, elem_id=f"{tab}_vae",
                           value=wanted_vae if wanted_vae in vae_choices else "Automatic")  # fmt: skip
-        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id=f"{tab}_refresh_networks")
+        refresh = icon_button("refresh", elem_id=f"{tab}_refresh_networks")
     build_style_editor(ctx, prompt, negative, styles, tab)
     thumbs = Thumbnails()
     with gr.Accordion("Extra networks", open=False, elem_id=f"{tab}_extra_networks") as panel:

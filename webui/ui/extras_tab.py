@@ -20,7 +20,8 @@ from ..core.params import ParamError
 from ..core.params_img2img import ExtrasParams
 from ..imaging.codec import ImageInputError, image_files, load_image_file
 from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
-from .common import owner_of
+from .common import InputError, owner_of
+from .icons import icon_button
 from .image_common import (
     Named,
     OutputPanel,
@@ -30,6 +31,7 @@ from .image_common import (
     stream_job,
     whole,
 )
+from .job_stream import TabJobs
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -85,7 +87,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                         label="Upscaler 2", choices=names, value="None", elem_id="extras_upscaler_2"
                     ),
                 )
-                refresh = gr.Button("🔄", min_width=40, scale=0, elem_id="extras_refresh")
+                refresh = icon_button("refresh", elem_id="extras_refresh")
             named.add(
                 "visibility",
                 gr.Slider(label="Upscaler 2 visibility", minimum=0, maximum=1, step=0.001, value=0),
@@ -110,11 +112,11 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="extras_interrupt")
         with gr.Column(scale=1):
             output = output_panel("extras", send_targets=("img2img", "inpaint"))
-    latest: dict[str, str] = {}
+    tab_jobs = TabJobs()
 
     def run(request: gr.Request, *values):
         params = _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
-        yield from stream_job(ctx, request, latest, "extras", params)
+        yield from stream_job(ctx, request, tab_jobs, "extras", params)
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -169,16 +171,16 @@ def _images(v: dict, server_folders: bool) -> list[tuple[Any, str]]:
     if v["source_tab"] == 0:
         image = checked_image(v["image"], "Source")
         if image is None:
-            raise gr.Error("Upload an image to upscale (or paste or drop one)")
+            raise InputError("Upload an image to upscale (or paste or drop one)")
         return [(image, "")]
     if v["source_tab"] == 1:
         paths = [p if isinstance(p, str) else getattr(p, "name", str(p)) for p in v["files"] or []]
         if not paths:
-            raise gr.Error("Batch Process: add one or more image files")
+            raise InputError("Batch Process: add one or more image files")
         return [(load_image_file(p, "Batch Process"), Path(p).name) for p in paths]
     require_server_folders(server_folders)
     if not (v["input_dir"] or "").strip():
-        raise gr.Error("Batch from Directory: enter the input directory")
+        raise InputError("Batch from Directory: enter the input directory")
     files = image_files(v["input_dir"], "Input directory")
     return [(load_image_file(p, "Input directory"), p.name) for p in files]
 
@@ -202,4 +204,4 @@ def _params(v: dict, catalog: UpscalerCatalog, server_folders: bool) -> ExtrasPa
         )
         return params.validated()
     except (ParamError, ImageInputError, UnknownUpscalerError, TypeError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise InputError(str(exc)) from exc

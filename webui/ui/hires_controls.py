@@ -17,6 +17,7 @@ import gradio as gr
 from ..core.params_img2img import HiresParams
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from .icons import icon_button
 from .image_common import Named, whole
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
                     elem_id="txt2img_hr_upscaler",
                 ),
             )
-            refresh = gr.Button("🔄", min_width=40, scale=0, elem_id="txt2img_hr_refresh")
+            refresh = icon_button("refresh", elem_id="txt2img_hr_refresh")
         with gr.Row():
             named.add(
                 "steps",

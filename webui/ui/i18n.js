@@ -3,6 +3,8 @@
 // this script. choice "auto" follows the browser's languages. Text nodes, placeholders,
 // titles and aria-labels are translated; a MutationObserver translates what Gradio adds
 // later. Keys with "{}" are patterns ("Step {}/{}"); "Label (key)" keeps the "(key)".
+// A dropdown shows its chosen value in an <input>: that shown text is translated too
+// (the value sent to the server stays the English choice, so nothing else changes).
 // Nothing inside pre, code, textarea, [translate=no] or .infotext is touched.
 (() => {
   const config = window.webuiLocalization || {};
@@ -80,9 +82,23 @@
       }
     }
   };
+  const native = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value");
+  const exact = (v) => (typeof v === "string" && Object.prototype.hasOwnProperty.call(mapping, v) ? mapping[v] : v);
+  const dropdown = (input) => {
+    if (input.dataset.i18nValue) return;
+    input.dataset.i18nValue = "1";
+    Object.defineProperty(input, "value", {
+      configurable: true,
+      get() { return native.get.call(this); },
+      set(v) { native.set.call(this, exact(v)); },
+    });
+    native.set.call(input, exact(native.get.call(input)));
+  };
   const walk = (root) => {
     if (root.nodeType === Node.TEXT_NODE) return textNode(root);
     if (root.nodeType !== Node.ELEMENT_NODE) return;
+    root.querySelectorAll('input[role="combobox"]').forEach(dropdown);
+    if (root.matches('input[role="combobox"]')) dropdown(root);
     element(root);
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT | NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {

@@ -9,7 +9,7 @@ is --localization, else the `localization` option, else the browser's language (
 
 `ui_strings(blocks)` collects every string the built UI shows (labels, info, placeholders,
 button text, tab titles, radio choices, Markdown/HTML text we write) and
-`message_strings()` the gr.Error/gr.Info/gr.Warning texts of `webui/ui/*.py`:
+`message_strings()` the gr.Info/gr.Warning/InputError texts of `webui/ui/*.py`:
 `python -m webui.localize` lists what a language file lacks (`--update` adds new English
 keys to en.json for translators).
 
@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from .icons import icon_labels
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +173,13 @@ def ui_strings(blocks: Any) -> set[str]:
             for choice in props.get("choices") or []:
                 shown = choice[0] if isinstance(choice, list | tuple) else choice
                 found.add(str(shown))
+    found.update(icon_labels())  # set in the page by icons.LABELS_JS
     return {s.strip() for s in found if needs_translation(s)}
 
 
 def message_strings(folder: Path = UI_DIR) -> set[str]:
-    """gr.Error/gr.Info/gr.Warning texts in the UI modules; f-string parts become {}."""
+    """gr.Error/gr.Info/gr.Warning and InputError texts in the UI modules; f-string parts
+    become {}."""
     found: set[str] = set()
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -183,8 +187,9 @@ def message_strings(folder: Path = UI_DIR) -> set[str]:
             if not (isinstance(node, ast.Call) and node.args):
                 continue
             func = node.func
-            if not (isinstance(func, ast.Attribute) and func.attr in _MESSAGE_CALLS
-                    and isinstance(func.value, ast.Name) and func.value.id == "gr"):  # fmt: skip
+            gradio_call = (isinstance(func, ast.Attribute) and func.attr in _MESSAGE_CALLS
+                           and isinstance(func.value, ast.Name) and func.value.id == "gr")  # fmt: skip
+            if not gradio_call and not (isinstance(func, ast.Name) and func.id == "InputError"):
                 continue
             text = _literal(node.args[0])
             if text and needs_translation(text):

@@ -17,20 +17,25 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..core import jobs as job_states
-from ..core.jobs import QueueFullError
 from ..core.params import MAX_SEED, ParamError
 from ..core.params_img2img import size_for_scale
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.codec import ImageInputError, check_pixels
 from ..imaging.masks import RESIZE_MODES
-from .common import infotext_html, owner_of, progress_html
+from .common import (
+    InputError,
+    gallery_items,
+    infotext_html,
+    result_gallery,
+)
+from .extra_networks import job_warnings
+from .icons import icon_button
+from .job_stream import TabJobs, finished_status, follow_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
-POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M" if "DPM++ 2M" in SAMPLERS else SAMPLERS[0]
 
 
@@ -142,7 +147,7 @@ def generation_settings(named: Named, prefix: str, *, denoising: float = 0.75) -
             "seed",
             gr.Number(label="Seed", value=-1, precision=0, minimum=-1, maximum=MAX_SEED, scale=4),
         )
-        random_seed = gr.Button("🎲", min_width=40, scale=0, elem_id=f"{prefix}_random_seed")
+        random_seed = icon_button("random", elem_id=f"{prefix}_random_seed")
     random_seed.click(lambda: -1, outputs=seed, show_progress="hidden")
     named.add("clip_skip", gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1))
 
@@ -151,7 +156,7 @@ def require_server_folders(allowed: bool) -> None:
     """Batch jobs on server folders (img2img Batch, Upscale "Batch from Directory") are
     refused when `Flags.server_folders_allowed` is off, also for events sent directly."""
     if not allowed:
-        raise gr.Error(
+        raise InputError(
             "Batch from server folders is off while the UI is reachable from the "
             "network (--listen); --enable-insecure-extension-access allows it."
         )
@@ -161,9 +166,9 @@ def whole(value, name: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name}: expected a number, got {value!r}") from None
+        raise InputError(f"{name}: expected a number, got {value!r}") from None
     if not number.is_integer():
-        raise gr.Error(f"{name}: expected a whole number, got {value}")
+        raise InputError(f"{name}: expected a whole number, got {value}")
     return int(number)
 
 
@@ -171,13 +176,13 @@ def settings_kwargs(v: dict, image_size: tuple[int, int] | None) -> dict:
     """Img2ImgParams fields from the generation settings' values."""
     if v["size_tab"] == 1:
         if image_size is None:
-            raise gr.Error(
+            raise InputError(
                 "Resize by: upload an image first (the size is the image's times the scale)"
             )
         try:
             width, height = size_for_scale(image_size, float(v["scale_by"]))
         except ParamError as exc:
-            raise gr.Error(str(exc)) from None
+            raise InputError(str(exc)) from None
     else:
         width, height = whole(v["width"], "Width"), whole(v["height"], "Height")
     return dict(
@@ -206,7 +211,7 @@ def checked_image(image, field: str):
     try:
         check_pixels(image, field)
     except ImageInputError as exc:
-        raise gr.Error(str(exc)) from None
+        raise InputError(str(exc)) from None
     return image
 
 
@@ -225,9 +230,7 @@ class OutputPanel:
 
 def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) -> OutputPanel:
     progress = gr.HTML("", elem_id=f"{prefix}_progress")
-    gallery = gr.Gallery(
-        label="Output", columns=2, height=512, object_fit="contain", elem_id=f"{prefix}_gallery"
-    )
+    gallery = result_gallery("Output", f"{prefix}_gallery")
     infotexts = gr.State([])
     send = send_buttons(prefix, gallery, infotexts, send_targets)
     info = gr.HTML("", elem_id=f"{prefix}_infotext")
@@ -240,42 +243,17 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
     return OutputPanel(progress, gallery, info, infotexts, send)
 
 
-def stream_job(ctx: AppContext, request: gr.Request, latest: dict, kind: str, params):
+def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params):
     """Submit a job for this browser; yield (progress, gallery, info, infotexts) updates."""
-    try:
-        job = ctx.jobs.submit(kind, params, owner=owner_of(request))
-    except QueueFullError as exc:
-        raise gr.Error(str(exc)) from exc
-    page = request.session_hash
-    latest[page] = job.id  # every click queues a job; the page shows its newest one
-    shown_preview = -1
-    while not job.done.wait(POLL_SECONDS):
-        if latest.get(page) != job.id:
+    for update in follow_job(ctx, request, tab_jobs, kind, params):
+        job = update.finished
+        if job is None:
+            yield update.progress, update.gallery, gr.skip(), gr.skip()
             continue
-        preview = job.progress.preview
-        if preview is not None and job.progress.preview_step != shown_preview:
-            shown_preview = job.progress.preview_step
-            yield progress_html(ctx, job), [preview], gr.skip(), gr.skip()
-        else:
-            yield progress_html(ctx, job), gr.skip(), gr.skip(), gr.skip()
-    if latest.get(page) != job.id:
-        yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return
-    latest.pop(page, None)
-    if job.state == job_states.FAILED:
-        raise gr.Error(f"Generation failed: {job.error}")
-    images = job.images
-    texts = [g.infotext for g in images]
-    status = "Interrupted" if job.state == job_states.INTERRUPTED else "Done"
-    done = f'<div class="job-status">{status}: {len(images)} image(s)</div>'
-    yield (
-        done,
-        [(g.image, _caption(g)) for g in images],
-        infotext_html(texts[0] if texts else ""),
-        texts,
-    )
-
-
-def _caption(generated) -> str | None:
-    seed = getattr(generated, "seed", None)
-    return f"seed {seed}" if seed else None
+        texts = [g.infotext for g in job.images]
+        yield (
+            finished_status(job, update.waiting) + job_warnings(job.result),
+            gallery_items(job.images),
+            infotext_html(texts[0] if texts else ""),
+            texts,
+        )

@@ -17,8 +17,9 @@ import gradio as gr
 from ..core.params import ParamError
 from ..core.params_img2img import Img2ImgParams, SDUpscaleParams
 from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
-from .common import owner_of
+from .common import InputError, owner_of
 from .ext_ui import extension_inputs
+from .icons import icon_button
 from .image_common import (
     Named,
     OutputPanel,
@@ -31,6 +32,7 @@ from .image_common import (
     stream_job,
     whole,
 )
+from .job_stream import TabJobs
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -97,7 +99,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
                             label="Upscaler", choices=catalog.names(), value="Lanczos", scale=4
                         ),
                     )
-                    refresh = gr.Button("🔄", min_width=40, scale=0)
+                    refresh = icon_button("refresh", elem_id="img2img_sd_upscale_refresh")
                 named.add(
                     "sd_scale",
                     gr.Slider(label="Scale Factor", minimum=1.0, maximum=4.0, step=0.05, value=2.0),
@@ -110,14 +112,16 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             ext = extension_inputs(ctx, "img2img", named=named)  # extension sections, Script
         with gr.Column(scale=1):
             output = output_panel("img2img")
-    latest: dict[str, str] = {}
+    tab_jobs = TabJobs()
 
     def run(request: gr.Request, *values):
         v = named.values(values)
         params = ext.apply(_params(ctx, v, catalog), v)  # + script and extension args
         if not ctx.models.checkpoints():
-            raise gr.Error("No checkpoint: add one to the models folder and press 🔄.")
-        yield from stream_job(ctx, request, latest, "img2img", params)
+            raise InputError(
+                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
+            )
+        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -147,11 +151,11 @@ def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams
                 batch_mask_dir=v["mask_dir"] or "",
             )
             if not params.batch_input_dir.strip():
-                raise gr.Error("Batch: enter the input directory")
+                raise InputError("Batch: enter the input directory")
         else:
             image = checked_image(v["image"], "Image for img2img")
             if image is None:
-                raise gr.Error("Upload an image for img2img first (or paste or drop one)")
+                raise InputError("Upload an image for img2img first (or paste or drop one)")
             sd = None
             if v["sd_enable"]:
                 sd = SDUpscaleParams(
@@ -164,4 +168,4 @@ def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams
             )
         return params.validated().with_seed()
     except (ParamError, UnknownUpscalerError, TypeError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise InputError(str(exc)) from exc

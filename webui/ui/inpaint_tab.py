@@ -20,7 +20,7 @@ from ..core.params import ParamError
 from ..core.params_img2img import Img2ImgParams, round_to_8
 from ..imaging.codec import ImageInputError, mask_from_layers, mask_from_upload, to_rgb
 from ..imaging.masks import MASKED_CONTENT
-from .common import owner_of
+from .common import InputError, owner_of
 from .ext_ui import extension_inputs
 from .image_common import (
     Named,
@@ -33,6 +33,7 @@ from .image_common import (
     stream_job,
     whole,
 )
+from .job_stream import TabJobs
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -119,14 +120,16 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
             ext = extension_inputs(ctx, "img2img", prefix="inpaint", named=named)
         with gr.Column(scale=1):
             output = output_panel("inpaint")
-    latest: dict[str, str] = {}
+    tab_jobs = TabJobs()
 
     def run(request: gr.Request, *values):
         v = named.values(values)
         params = ext.apply(_params(v), v)  # + script and extension args
         if not ctx.models.checkpoints():
-            raise gr.Error("No checkpoint: add one to the models folder and press 🔄.")
-        yield from stream_job(ctx, request, latest, "img2img", params)
+            raise InputError(
+                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
+            )
+        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -193,14 +196,14 @@ def _image_and_mask(v: dict):
     if v["mask_source"] == 1:
         image = checked_image(v["upload_image"], "Image")
         if image is None:
-            raise gr.Error("Upload the image to inpaint")
+            raise InputError("Upload the image to inpaint")
         if v["upload_mask"] is None:
-            raise gr.Error("Upload a mask (white = the area to inpaint)")
+            raise InputError("Upload a mask (white = the area to inpaint)")
         return image, mask_from_upload(v["upload_mask"], image.size)
     editor = v["editor"] or {}
     background = editor.get("background")
     if background is None:
-        raise gr.Error("Upload an image to inpaint (or paste or drop one)")
+        raise InputError("Upload an image to inpaint (or paste or drop one)")
     checked_image(background, "Image for inpainting")
     return to_rgb(background), mask_from_layers(editor.get("layers") or [], background.size)
 
@@ -210,7 +213,7 @@ def _params(v: dict) -> Img2ImgParams:
         image, mask = _image_and_mask(v)
         outpaint = tuple(whole(v[f"out_{side}"], f"Outpaint {side}") for side in SIDES)
         if mask is None and not any(outpaint):
-            raise gr.Error("The mask is empty: paint over the area to change, or upload a mask")
+            raise InputError("The mask is empty: paint over the area to change, or upload a mask")
         canvas = (image.width + outpaint[0] + outpaint[1], image.height + outpaint[2] + outpaint[3])
         kwargs = settings_kwargs(v, canvas)
         only_masked = v["area"] == 1
@@ -231,4 +234,4 @@ def _params(v: dict) -> Img2ImgParams:
         )
         return params.validated().with_seed()
     except (ParamError, ImageInputError, TypeError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise InputError(str(exc)) from exc

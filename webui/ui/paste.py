@@ -25,7 +25,7 @@ import gradio as gr
 
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
-from .common import owner_of
+from .common import InputError, owner_of
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -212,7 +212,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
         controls = tab_controls(tab)
         button, prompt = by_id.get(f"{tab_id}_paste"), controls.get("Prompt")
         if button is not None and prompt is not None:
-            outputs = _outputs(controls, checkpoint)
+            outputs = parameter_outputs(controls, checkpoint)
             button.click(_reader(ctx, tab_id, controls, outputs), inputs=prompt, outputs=outputs,
                          show_progress="hidden")  # fmt: skip
     for elem_id, button in by_id.items():
@@ -225,7 +225,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
             log.warning("%s has no %s_infotext_source; not wired", elem_id, prefix)
             continue
         controls = tab_controls(targets[tab_id])
-        outputs = _outputs(controls, checkpoint)
+        outputs = parameter_outputs(controls, checkpoint)
         inputs = [source]
         image_in, image_out = (
             by_id.get(f"{prefix}_image_source"),
@@ -241,18 +241,22 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
                      show_progress="hidden")  # fmt: skip
 
 
-def _outputs(controls: dict[str, Any], checkpoint) -> list[Any]:
+def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
+    """The components of a tab that an infotext can fill (and the checkpoint picker)."""
     labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE}
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 
 
-def _updates(ctx, tab_id, controls, outputs, text: str) -> list[Any]:
+def parameter_updates(ctx, tab_id, controls, outputs, text: str) -> list[Any]:
+    """One update per component of `outputs`: the infotext's value, or gr.skip()."""
     fields = parse_infotext(text)
     notes: list[str] = []
     values = fill(fields, controls, tab_id, notes)
-    title = checkpoint_title(ctx, fields) if ("Model" in fields or "Model hash" in fields) else None
-    if title is None and ("Model" in fields or "Model hash" in fields):
+    picker = any(getattr(c, "elem_id", None) == "sd_checkpoint" for c in outputs)
+    named = picker and ("Model" in fields or "Model hash" in fields)
+    title = checkpoint_title(ctx, fields) if named else None
+    if named and title is None:
         notes.append(
             f"Checkpoint not found: {fields.get('Model', '')} [{fields.get('Model hash', '')}]"
         )
@@ -275,8 +279,8 @@ def _reader(ctx, tab_id, controls, outputs):
         if not (text or "").strip():
             text = _last_infotext(ctx, owner_of(request))
             if not text:
-                raise gr.Error("Paste an infotext into the prompt box first")
-        return _updates(ctx, tab_id, controls, outputs, text)
+                raise InputError("Paste an infotext into the prompt box first")
+        return parameter_updates(ctx, tab_id, controls, outputs, text)
 
     return read_parameters
 
@@ -290,8 +294,8 @@ def _last_infotext(ctx, owner: str) -> str:
 
 def _send(ctx, tab_id, controls, outputs, image_out, tabs, text, image=None):
     if not (text or "").strip():
-        raise gr.Error("No parameters to send: drop an image with generation parameters first")
-    updates = _updates(
+        raise InputError("No parameters to send: drop an image with generation parameters first")
+    updates = parameter_updates(
         ctx, tab_id, controls, [o for o in outputs if o is not image_out and o is not tabs], text
     )
     if image_out is not None and image is not None:

@@ -19,6 +19,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from ..imaging.infotext import find_params, read_infotext_from_image
+from .common import InputError
 from .paste import TARGETS, send_to_buttons
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def describe(path: str | None) -> tuple[str, str]:
             items = _other_items(image)
             size, mode, fmt = image.size, image.mode, image.format
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise gr.Error(f"Not an image: {exc}") from exc
+        raise InputError(f"Not an image: {exc}") from exc
     parts = [f'<p class="pnginfo-size">{fmt} · {size[0]}x{size[1]} · {mode}</p>']
     if text:
         parts.append("<h4>parameters</h4>")

@@ -1,6 +1,7 @@
 """The queue panel and "My results": everyone's jobs, and this browser's own results.
 
-The queue table lists every job (owner, mode, prompt start, position, state, progress),
+The queue table lists every job (owner, mode, prompt start, position, state, progress;
+other users' prompts only with the option queue_show_others_prompts),
 refreshed every second. Rows of the viewer's own jobs carry buttons: move up/down and
 cancel while waiting, skip and interrupt while running, show when finished. Owners are
 logged-in users, else browsers (see `common.owner_of`), so a reloaded page still owns
@@ -24,7 +25,7 @@ import gradio as gr
 
 from ..core import jobs as job_states
 from ..core.jobs import Job, JobAccessError
-from .common import infotext_html, owner_of, progress_html
+from .common import gallery_items, infotext_html, owner_of, progress_html, result_gallery
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -67,10 +68,7 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> None:
     with gr.Accordion("My results", open=True, elem_id="my_results"):
         picker = gr.Dropdown(label="My jobs", choices=[], value=None, elem_id="my_jobs")
         status = gr.HTML("", elem_id="my_job_status")
-        gallery = gr.Gallery(
-            label="Job images", columns=4, height=256, object_fit="contain",
-            elem_id="my_job_gallery",
-        )  # fmt: skip
+        gallery = result_gallery("Job images", "my_job_gallery", columns=4)
         info = gr.HTML("", elem_id="my_job_infotext")
     url_job = gr.HTML("", visible="hidden", js_on_load=URL_JS, elem_id="my_job_url")
     view = gr.State({})  # pinned job id (chosen by the user), what is shown now
@@ -182,7 +180,7 @@ def _pictures(job: Job | None) -> tuple[Any, str]:
         preview = job.progress.preview
         return ([(preview, "Preview")] if preview is not None else []), ""
     images = job.images
-    gallery = [(g.image, f"seed {g.seed}") for g in images if getattr(g, "image", None)]
+    gallery = gallery_items(g for g in images if getattr(g, "image", None))
     return gallery, infotext_html(images[0].infotext if images else "")
 
 
@@ -208,7 +206,11 @@ def table_html(ctx: AppContext, owner: str) -> str:
     listing = ctx.jobs.listing(finished_limit=FINISHED_SHOWN)
     if not listing:
         return '<p class="queue-empty">The queue is empty.</p>'
-    rows = "".join(_row(job, position, job.owner == owner) for job, position in listing)
+    others = bool(ctx.options.get("queue_show_others_prompts"))
+    rows = "".join(
+        _row(job, position, job.owner == owner, others or job.owner == owner)
+        for job, position in listing
+    )
     return (
         '<table class="queue-table" aria-label="Job queue"><thead><tr>'
         "<th>#</th><th>Owner</th><th>Mode</th><th>Prompt</th><th>State</th>"
@@ -217,11 +219,11 @@ def table_html(ctx: AppContext, owner: str) -> str:
     )
 
 
-def _row(job: Job, position: int | None, mine: bool) -> str:
+def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
     e = html.escape
     where = "▶" if position == 0 else (str(position) if position else "")
     owner = e(job.owner) + (" (you)" if mine else "")
-    prompt = " ".join(job.prompt.split())
+    prompt = " ".join(job.prompt.split()) if show_prompt else ""
     prompt = prompt[:60] + ("…" if len(prompt) > 60 else "")
     percent = job.progress.fraction * 100 if job.state == job_states.RUNNING else 0.0
     if job.state == job_states.DONE:
@@ -242,7 +244,7 @@ def _row(job: Job, position: int | None, mine: bool) -> str:
     return (
         f'<tr class="{classes}" data-job="{e(job.id) if mine else ""}" data-owner="{e(job.owner)}">'
         f"<td>{where}</td><td>{owner}</td><td>{e(job.kind)}</td>"
-        f'<td class="queue-prompt">{e(prompt)}</td><td>{e(job.state)}</td>'
+        f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{e(job.state)}</td>'
         f'<td><div class="job-progress" role="progressbar" aria-valuemin="0" '
         f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'

@@ -24,7 +24,7 @@ import gradio as gr
 
 from ..api.mapping import FieldError, checked_options
 from ..options import SECTIONS
-from .common import checkpoint_choices
+from .common import InputError, checkpoint_choices
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -83,26 +83,26 @@ def apply_settings(ctx: AppContext, shown: Mapping[str, Any], values: Sequence[A
     value refuse the whole form, and nothing is changed then."""
     options = ctx.options
     if not shown:  # the page has not loaded its values: it cannot tell what changed
-        raise gr.Error("Not saved: reload the page and try again")
+        raise InputError("Not saved: reload the page and try again")
     pending = changed_options(list(options.definitions.values()), shown, values)
     if pending and options.read_only:
-        raise gr.Error("Not saved: settings are frozen (--freeze-settings)")
+        raise InputError("Not saved: settings are frozen (--freeze-settings)")
     locked = sorted(set(pending) & options.locked)
     if locked:
-        raise gr.Error(f"Not saved: {', '.join(locked)} is a file system path ({LOCKED_NOTE})")
+        raise InputError(f"Not saved: {', '.join(locked)} is a file system path ({LOCKED_NOTE})")
     if CHECKPOINT in pending and not pending[CHECKPOINT]:
-        raise gr.Error("Not saved: choose a checkpoint")
+        raise InputError("Not saved: choose a checkpoint")
     try:
         checked = checked_options(pending, options, ctx.models)
     except FieldError as exc:
-        raise gr.Error(f"Invalid value, nothing saved: {exc}") from None
+        raise InputError(f"Invalid value, nothing saved: {exc}") from None
     changes = {k: v for k, v in checked.items() if v != options.get(k)}
     if not changes:
         return "No change."
     try:
         options.update(changes)
     except (PermissionError, ValueError) as exc:
-        raise gr.Error(f"Invalid value, nothing saved: {exc}") from None
+        raise InputError(f"Invalid value, nothing saved: {exc}") from None
     options.save()
     if CHECKPOINT in changes:  # as A1111 does: the new default checkpoint is loaded now
         ctx.jobs.submit("load", changes[CHECKPOINT], owner="settings")

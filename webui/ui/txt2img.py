@@ -13,20 +13,25 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from ..core import jobs as job_states
-from ..core.jobs import QueueFullError
 from ..core.params import MAX_SEED, ParamError, Txt2ImgParams
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
-from .common import infotext_html, owner_of, progress_html
+from .common import (
+    InputError,
+    gallery_items,
+    infotext_html,
+    owner_of,
+    result_gallery,
+)
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .hires_controls import build_hires_controls
+from .icons import icon_button
+from .job_stream import TabJobs, finished_status, follow_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
-POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M" if "DPM++ 2M" in SAMPLERS else SAMPLERS[0]
 
 
@@ -46,7 +51,9 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt")
-            gr.Button("↙️", size="sm", elem_id="txt2img_paste")  # read parameters: webui.ui.paste
+            icon_button(
+                "paste", elem_id="txt2img_paste", scale=None
+            )  # read parameters: webui.ui.paste
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
@@ -70,24 +77,18 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
                 seed = gr.Number(
                     label="Seed", value=-1, precision=0, minimum=-1, maximum=MAX_SEED, scale=4
                 )
-                random_seed = gr.Button("🎲", min_width=40, scale=0, elem_id="txt2img_random_seed")
-                reuse_seed = gr.Button("♻️", min_width=40, scale=0, elem_id="txt2img_reuse_seed")
+                random_seed = icon_button("random", elem_id="txt2img_random_seed")
+                reuse_seed = icon_button("reuse", elem_id="txt2img_reuse_seed")
             clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1)
             hires = build_hires_controls(ctx)
             ext = extension_inputs(ctx, "txt2img")  # extension sections and the Script list
         with gr.Column(scale=1):
             progress = gr.HTML("", elem_id="txt2img_progress")
-            gallery = gr.Gallery(
-                label="Output",
-                columns=2,
-                height=512,
-                object_fit="contain",
-                elem_id="txt2img_gallery",
-            )
+            gallery = result_gallery("Output", "txt2img_gallery")
             send = send_buttons("txt2img", gallery, None)  # wired by blocks.build_ui
             info = gr.HTML("", elem_id="txt2img_infotext")
     last_seed = gr.State(None)
-    latest: dict[str, str] = {}  # page session -> id of the newest job it submitted
+    tab_jobs = TabJobs()  # this tab's unfinished jobs, per page
     infotexts = gr.State([])
     send.infotexts = infotexts
 
@@ -97,70 +98,44 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
     def run(title, prompt_, negative_, sampler_, schedule_, steps_, cfg_, width_, height_, seed_,
             count_, size_, clip_skip_, styles_, vae_, request: gr.Request, *hires_values):  # fmt: skip
         try:
-            params = (
-                Txt2ImgParams(
-                    prompt=prompt_ or "",
-                    negative_prompt=negative_ or "",
-                    sampler_name=sampler_,
-                    scheduler=schedule_,
-                    steps=_int(steps_),
-                    cfg_scale=float(cfg_),
-                    width=_int(width_),
-                    height=_int(height_),
-                    seed=_int(-1 if seed_ is None else seed_),
-                    batch_count=_int(count_),
-                    batch_size=_int(size_),
-                    clip_skip=_int(clip_skip_),
-                    checkpoint=title or None,
-                    hires=hires.params(hires_values[: len(hires.inputs)]),
-                    **tools.params(styles_, vae_),  # styles.csv names, SD VAE
-                )
-                .validated()
-            )
+            params = Txt2ImgParams(
+                prompt=prompt_ or "",
+                negative_prompt=negative_ or "",
+                sampler_name=sampler_,
+                scheduler=schedule_,
+                steps=_int(steps_),
+                cfg_scale=float(cfg_),
+                width=_int(width_),
+                height=_int(height_),
+                seed=_int(-1 if seed_ is None else seed_),
+                batch_count=_int(count_),
+                batch_size=_int(size_),
+                clip_skip=_int(clip_skip_),
+                checkpoint=title or None,
+                hires=hires.params(hires_values[: len(hires.inputs)]),
+                **tools.params(styles_, vae_),  # styles.csv names, SD VAE
+            ).validated()
             params = ext.prepare(params, hires_values[len(hires.inputs) :]).with_seed()
         except (ParamError, TypeError, ValueError) as exc:  # ArgError is a ValueError
-            raise gr.Error(str(exc)) from exc
+            raise InputError(str(exc)) from exc
         if not ctx.models.checkpoints():
-            raise gr.Error("No checkpoint: add one to the models folder and press 🔄.")
-        try:
-            job = ctx.jobs.submit("txt2img", params, owner=owner_of(request))
-        except QueueFullError as exc:
-            raise gr.Error(str(exc)) from exc
-        page = request.session_hash
-        latest[page] = job.id  # each click queues a job; this page shows its newest one
-        shown_preview = -1
-        while not job.done.wait(POLL_SECONDS):
-            if latest.get(page) != job.id:
-                continue  # an older job of this page: its result goes to "My results"
-            preview = job.progress.preview
-            if preview is not None and job.progress.preview_step != shown_preview:
-                shown_preview = job.progress.preview_step
-                yield progress_html(ctx, job), [preview], gr.skip(), gr.skip(), gr.skip()
-            else:
-                yield progress_html(ctx, job), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        if latest.get(page) != job.id:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
-        latest.pop(page, None)
-        yield _finished(job)
-
-    def _finished(job):
-        if job.state == job_states.FAILED:
-            raise gr.Error(f"Generation failed: {job.error}")
-        images = job.result.images if job.result else []
-        texts = [g.infotext for g in images]
-        status = "Interrupted" if job.state == job_states.INTERRUPTED else "Done"
-        done = f'<div class="job-status">{status}: {len(images)} image(s)</div>'
-        done += job_warnings(job.result)  # skipped LoRA tags, unknown styles (also as toasts)
-        gallery_value = [(g.image, f"seed {g.seed}") for g in images]
-        first = texts[0] if texts else ""
-        return (
-            done,
-            gallery_value,
-            infotext_html(first),
-            job.result.params.seed if job.result else None,
-            texts,
-        )
+            raise InputError(
+                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
+            )
+        for update in follow_job(ctx, request, tab_jobs, "txt2img", params):
+            job = update.finished
+            if job is None:
+                yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()
+                continue
+            images = job.images
+            texts = [g.infotext for g in images]
+            yield (
+                finished_status(job, update.waiting) + job_warnings(job.result),
+                gallery_items(images),
+                infotext_html(texts[0] if texts else ""),
+                job.result.params.seed if job.result else None,
+                texts,
+            )
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
