@@ -90,6 +90,9 @@ class Progress:
     text: str = ""
     _measured: tuple[int, float] = (0, 0.0)  # steps timed, seconds they took
     _last_step_at: float | None = None
+    # called (in the worker) after every advance() and set_preview(): event publishing,
+    # extensions' on_step hooks
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list, repr=False)
 
     def advance(self, step: int, steps: int) -> None:
         """A sampling step ended: `step` of `steps` done in the current batch."""
@@ -101,6 +104,16 @@ class Progress:
         self._last_step_at = now
         self.steps = steps
         self.step = step
+        self._notify()
+
+    def set_preview(self, image: Any, step: int) -> None:
+        """A new live preview, made after `step` steps of the whole job."""
+        self.preview, self.preview_step = image, step
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener(self)
 
     @property
     def fraction(self) -> float:

@@ -153,8 +153,8 @@ def step_callback(
     def on_step(pipe, i, t, tensors):
         progress.advance(i + 1, pipe.num_timesteps)
         if preview_every and (i + 1) % preview_every == 0 and i + 1 < pipe.num_timesteps:
-            progress.preview = latent_preview(tensors["latents"], family)
-            progress.preview_step = progress.batch * progress.steps + i + 1
+            step = progress.batch * progress.steps + i + 1
+            progress.set_preview(latent_preview(tensors["latents"], family), step)
         if should_stop():
             pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
         return {}

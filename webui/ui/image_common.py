@@ -30,7 +30,7 @@ from .common import (
 )
 from .extra_networks import job_warnings
 from .icons import icon_button
-from .job_stream import TabJobs, finished_status, follow_job
+from .job_stream import TabJobs, finished_status, follow_job, submit_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
@@ -245,7 +245,8 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
 
 def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params):
     """Submit a job for this browser; yield (progress, gallery, info, infotexts) updates."""
-    for update in follow_job(ctx, request, tab_jobs, kind, params):
+    job = submit_job(ctx, request, kind, params)
+    for update in follow_job(ctx, request, tab_jobs, job):
         job = update.finished
         if job is None:
             yield update.progress, update.gallery, gr.skip(), gr.skip()

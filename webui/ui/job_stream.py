@@ -1,4 +1,4 @@
-"""Following a tab's jobs: submit a job for this browser, stream its progress and result.
+"""Following a tab's jobs: stream the progress and result of the jobs a page submitted.
 
 Every click on Generate queues one more job. A tab shows the progress (and the live
 preview) of its page's *lead* job, the one of its unfinished jobs that runs now or will
@@ -71,18 +71,18 @@ class JobUpdate:
     waiting: int = 0  # the page's other unfinished jobs of this tab, when `finished` is set
 
 
-def follow_job(
-    ctx: AppContext,
-    request: gr.Request,
-    tab_jobs: TabJobs,
-    kind: str,
-    params: Any,
-) -> Iterator[JobUpdate]:
-    """Submit a job for this browser and yield updates until it ends (see module doc)."""
+def submit_job(ctx: AppContext, request: gr.Request, kind: str, params: Any) -> Job:
+    """Queue a job for this browser; a full queue is a message to the user."""
     try:
-        job = ctx.jobs.submit(kind, params, owner=owner_of(request))
+        return ctx.jobs.submit(kind, params, owner=owner_of(request))
     except QueueFullError as exc:
         raise InputError(str(exc)) from exc
+
+
+def follow_job(
+    ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, job: Job
+) -> Iterator[JobUpdate]:
+    """Yield updates of a submitted job of this page until it ends (see module doc)."""
     page = request.session_hash or "local"
     tab_jobs.add(page, job)
     shown_preview = -1

@@ -26,7 +26,7 @@ from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .hires_controls import build_hires_controls
 from .icons import icon_button
-from .job_stream import TabJobs, finished_status, follow_job
+from .job_stream import TabJobs, finished_status, follow_job, submit_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
@@ -122,7 +122,8 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
             raise InputError(
                 "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
             )
-        for update in follow_job(ctx, request, tab_jobs, "txt2img", params):
+        job = submit_job(ctx, request, "txt2img", params)
+        for update in follow_job(ctx, request, tab_jobs, job):
             job = update.finished
             if job is None:
                 yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()
