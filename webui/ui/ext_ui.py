@@ -4,8 +4,9 @@
 extension with controls, and A1111's "Script" dropdown with one panel per script (shown
 when chosen). `ExtensionInputs.request_fields(values)` turns the values (in `inputs`
 order) into the script and extension args of a `GenerationRequest`, by name, which the
-generation service checks exactly as it checks the API's. `build_extension_tabs(ctx)` adds each extension's own tab; an extension whose
-tab fails to build is disabled and the UI goes on.
+generation service checks exactly as it checks the API's. `build_extension_tabs(ctx)`
+adds each extension's own tab; an extension whose tab fails to build is disabled and the
+UI goes on.
 
 This module must never import torch or diffusers.
 """
