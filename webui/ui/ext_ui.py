@@ -88,7 +88,7 @@ class ExtensionInputs:
         chosen = script if script and script != NO_SCRIPT else None
         return {"script": chosen, "script_args": script_args, "alwayson": alwayson}
 
-    def fields(self, values: dict[str, Any]) -> dict[str, Any]:
+    def request_args(self, values: dict[str, Any]) -> dict[str, Any]:
         """`request_fields` from the values of a `named` dict (see `extension_inputs`)."""
         return self.request_fields([values[f"extension_{i}"] for i in range(len(self.inputs))])
 
@@ -99,7 +99,7 @@ def extension_inputs(ctx: AppContext, tab: str, prefix: str | None = None,
 
     `tab` chooses the extensions (txt2img or img2img; the Inpaint tab shows img2img's),
     `prefix` the elem_ids. With `named` (an image_common.Named), the components are added
-    to it too, and `fields(values_by_name)` reads them back."""
+    to it too, and `request_args(values_by_name)` reads them back."""
     found = ExtensionInputs(ctx, tab, prefix or tab)
     host = getattr(ctx, "extensions", None)
     if host is None:

@@ -245,7 +245,7 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
 
 def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params,
                **scripts):  # fmt: skip
-    """Submit a job for this browser (`scripts`: `ExtensionInputs.fields`); yield
+    """Submit a job for this browser (`scripts`: `ExtensionInputs.request_args`); yield
     (progress, gallery, info, infotexts) updates."""
     job = submit_job(ctx, request, kind, params, **scripts)
     for update in follow_job(ctx, request, tab_jobs, job):

@@ -125,7 +125,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
     def run(request: gr.Request, *values):
         v = named.values(values)
         params = _params(v)
-        yield from stream_job(ctx, request, tab_jobs, "img2img", params, **ext.fields(v))
+        yield from stream_job(ctx, request, tab_jobs, "img2img", params, **ext.request_args(v))
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
