@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from webui.core import jobs as J
-from webui.core.jobs import JobAccessError, JobQueue, QueueFullError, guest_owner
+from webui.core.jobs import JobAccessError, JobQueue, QueueFullError
+from webui.owners import guest_owner
 
 
 class Runner:

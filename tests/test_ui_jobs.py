@@ -16,8 +16,8 @@ from webui.core import jobs as J
 from webui.core.jobs import JobQueue, Progress
 from webui.core.params import ParamError
 from webui.options import Options
-from webui.ui.common import InputError, gallery_items, progress_html
-from webui.ui.job_stream import TabJobs, follow_job, submit_job
+from webui.ui.common import InputError, gallery_items, owner_of, progress_html
+from webui.ui.job_stream import TabJobs, follow_job
 from webui.ui.queue_panel import table_html
 
 WAIT = 60
@@ -81,7 +81,8 @@ class GatedRunner:
 
 
 def _follow(ctx, request, tab_jobs, prompt, out: list):
-    job = submit_job(ctx, request, "txt2img", SimpleNamespace(prompt=prompt))
+    # submitted as the generation service does (tests/test_services_generation.py covers it)
+    job = ctx.jobs.submit("txt2img", SimpleNamespace(prompt=prompt), owner=owner_of(request))
     for update in follow_job(ctx, request, tab_jobs, job):
         out.append(update)
 

@@ -83,17 +83,17 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
 
 
 def _install_security(app: FastAPI, flags: Flags) -> None:
-    """API auth, cross-origin guard, browser identity, CORS, --subpath; 429 for a full queue;
+    """API auth, cross-origin guard, browser identity, CORS, --subpath; error answers;
     body-size limit, no URL fetching, nosniff, Pillow's decompression-bomb limit."""
     from .api.auth import SecurityMiddleware
     from .api.cors import install_cors
+    from .api.errors import add_error_handlers
     from .api.hardening import HardeningMiddleware
-    from .api.routes_queue import add_queue_error_handlers
     from .api.subpath import SubpathMiddleware
     from .imaging.codec import limit_decoding
 
     limit_decoding()
-    add_queue_error_handlers(app)
+    add_error_handlers(app)  # 422, 501, 503, 429, 403 from any route
     # size limit, no URL fetching, nosniff: after authentication (401 comes first)
     app.add_middleware(HardeningMiddleware, max_body_bytes=flags.max_request_mb * 2**20)
     app.add_middleware(SecurityMiddleware, flags=flags)  # the last added runs first

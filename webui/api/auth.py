@@ -9,7 +9,7 @@
   on every UI route but the login page and static assets until the browser is logged in.
 - Without UI login, each browser is its own owner: `SecurityMiddleware` gives it a random
   identity cookie (HttpOnly, SameSite=Lax) on its first page load; the owner name is a
-  hash of it (`core.jobs.guest_owner`), so listings never reveal the token.
+  hash of it (`webui.owners.guest_owner`), so listings never reveal the token.
 - Requests that change state (POST, PUT, PATCH, DELETE) from a page of another origin are
   refused with 403 unless the origin is allowed by --cors-allow-origins(-regex): a web
   page elsewhere on the LAN cannot interrupt jobs or change options through a visitor's
@@ -38,13 +38,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core.jobs import guest_owner
+from ..owners import API_OWNER, OWNER_COOKIE
 from .subpath import route_path
 
 log = logging.getLogger(__name__)
 
-API_OWNER = "api"  # the owner of API jobs when --api-auth is not set
-OWNER_COOKIE = "webui_owner"
 COOKIE_MAX_AGE = 365 * 24 * 3600
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _API_PATHS = ("/sdapi/", "/webui/v1", "/ext/", "/docs", "/openapi.json")
@@ -184,12 +182,6 @@ class SecurityMiddleware:
             await send(message)
 
         return send_with_cookie
-
-
-def owner_from_cookies(cookies: Any) -> str | None:
-    """The guest owner name of a browser's identity cookie, None without one."""
-    token = cookies.get(OWNER_COOKIE) if cookies is not None else None
-    return guest_owner(token) if isinstance(token, str) and token else None
 
 
 def _ui_public(path: str) -> bool:

@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ..context import AppContext
 from ..core import jobs as job_states
 from ..core.jobs import Job, JobAccessError, QueueFullError, summary
-from ..imaging.upscaler_list import UpscalerCatalog
 from . import mapping
 from .auth import api_user
+from .deps import Ctx, User
 from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
-
-if TYPE_CHECKING:
-    from ..context import AppContext
-else:  # the context module pulls in torch; routes only need its attributes
-    AppContext = Any
+from .submit import submit_generation
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +82,6 @@ class JobDetail(JobInfo):
 
 class MoveRequest(BaseModel):
     offset: int = Field(description="places to move among your waiting jobs; negative: earlier")
-
-
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx
-
-
-Ctx = Annotated[AppContext, Depends(get_ctx)]
-User = Annotated[str, Depends(api_user)]
 
 
 def job_info(ctx: AppContext, job: Job, position: int | None, user: str) -> dict[str, Any]:
@@ -158,49 +147,11 @@ def queue_router() -> APIRouter:
 
     @router.post("/txt2img", response_model=JobInfo, status_code=202)
     def submit_txt2img(req: Annotated[Txt2ImgRequest, Body()], ctx: Ctx, user: User) -> Any:
-        job = submit_txt2img_job(ctx, req, user)
-        if isinstance(job, JSONResponse):
-            return job
+        request = mapping.txt2img_request(req, user, ctx.upscalers)  # 422/501
+        job = submit_generation(ctx, req, request)  # 422/503/429
         return job_info(ctx, job, ctx.jobs.position(job), user)
 
     return router
-
-
-def submit_txt2img_job(ctx: AppContext, req: Txt2ImgRequest, user: str) -> Job | JSONResponse:
-    """Validate an A1111 txt2img request and queue it for `user` (422/501/503 otherwise).
-
-    `override_settings` go into the job's own options snapshot; QueueFullError (429)
-    is left to the app's exception handler.
-    """
-    try:
-        upscalers = UpscalerCatalog(ctx.flags.models_dir)  # hires. fix upscaler names
-        params = mapping.txt2img_params(
-            req,
-            models=ctx.models,
-            options=ctx.options,
-            upscalers=upscalers,
-            extensions=getattr(ctx, "extensions", None),
-        )
-        options = mapping.job_options(req.override_settings or {}, ctx.options)
-    except mapping.FieldError as exc:
-        raise HTTPException(status_code=422, detail=exc.detail()) from None
-    except mapping.NotBuiltError as exc:
-        feature = f"{exc.feature} ({exc.field})"
-        return JSONResponse(
-            status_code=501,
-            content={"detail": f"{feature} is not implemented yet", "feature": feature},
-        )
-    if not ctx.models.checkpoints():
-        raise HTTPException(
-            503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
-        )
-    try:
-        return ctx.jobs.submit(
-            "txt2img", params, owner=user, job_id=req.force_task_id or None, options=options
-        )
-    except ValueError as exc:  # a bad or taken force_task_id
-        detail = mapping.FieldError(("force_task_id",), str(exc)).detail()
-        raise HTTPException(status_code=422, detail=detail) from None
 
 
 async def wait_for_job(job: Job, poll_seconds: float = 0.05) -> None:

@@ -16,7 +16,6 @@ This module must never import torch, diffusers or a UI library: the work itself 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -62,14 +61,6 @@ class QueueFullError(RuntimeError):
 
 class JobAccessError(PermissionError):
     """Someone tried to act on another owner's job."""
-
-
-def guest_owner(token: str) -> str:
-    """The owner name of a browser without login, from its secret identity token.
-
-    The name is shown to other users; it is a hash, so it never reveals the token.
-    """
-    return "guest-" + hashlib.sha256(token.encode()).hexdigest()[:10]
 
 
 @dataclass

@@ -19,7 +19,7 @@ import gradio as gr
 from ..core.params import ParamError
 from ..core.params_img2img import ExtrasParams
 from ..imaging.codec import ImageInputError, image_files, load_image_file
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.upscalers import UnknownUpscalerError, Upscalers
 from .common import InputError, owner_of
 from .icons import icon_button
 from .image_common import (
@@ -45,7 +45,7 @@ class ExtrasTab:
 
 def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     named = Named()
-    catalog = UpscalerCatalog(ctx.flags.models_dir)
+    catalog = ctx.upscalers
     with gr.Row():
         with gr.Column(scale=1):
             _sources(named, ctx.flags.server_folders_allowed)
@@ -185,7 +185,7 @@ def _images(v: dict, server_folders: bool) -> list[tuple[Any, str]]:
     return [(load_image_file(p, "Input directory"), p.name) for p in files]
 
 
-def _params(v: dict, catalog: UpscalerCatalog, server_folders: bool) -> ExtrasParams:
+def _params(v: dict, catalog: Upscalers, server_folders: bool) -> ExtrasParams:
     try:
         images = _images(v, server_folders)
         params = ExtrasParams(

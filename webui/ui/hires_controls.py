@@ -16,7 +16,7 @@ import gradio as gr
 
 from ..core.params_img2img import HiresParams
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.upscalers import UnknownUpscalerError, Upscalers
 from .icons import icon_button
 from .image_common import Named, whole
 
@@ -29,7 +29,7 @@ SAME_SAMPLER, SAME_SCHEDULE = "Use same sampler", "Use same scheduler"
 @dataclass
 class HiresControls:
     named: Named
-    catalog: UpscalerCatalog
+    catalog: Upscalers
 
     @property
     def inputs(self) -> list:
@@ -61,7 +61,7 @@ class HiresControls:
 
 def build_hires_controls(ctx: AppContext) -> HiresControls:
     named = Named()
-    catalog = UpscalerCatalog(ctx.flags.models_dir)
+    catalog = ctx.upscalers
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
         named.add(
             "enable",

@@ -16,7 +16,7 @@ import gradio as gr
 
 from ..core.params import ParamError
 from ..core.params_img2img import Img2ImgParams, SDUpscaleParams
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.upscalers import UnknownUpscalerError, Upscalers
 from .common import InputError, owner_of
 from .ext_ui import extension_inputs
 from .icons import icon_button
@@ -50,7 +50,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
     named = Named()
     named.add("checkpoint", checkpoint)
     generate, interrupt = prompt_row(named, "img2img")
-    catalog = UpscalerCatalog(ctx.flags.models_dir)
+    catalog = ctx.upscalers
     with gr.Row():
         with gr.Column(scale=1):
             source_tab = named.add("source_tab", gr.State(0))
@@ -116,12 +116,8 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
 
     def run(request: gr.Request, *values):
         v = named.values(values)
-        params = ext.apply(_params(ctx, v, catalog), v)  # + script and extension args
-        if not ctx.models.checkpoints():
-            raise InputError(
-                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
-            )
-        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
+        params = _params(ctx, v, catalog)
+        yield from stream_job(ctx, request, tab_jobs, "img2img", params, **ext.request_args(v))
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -140,7 +136,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
     return Img2ImgTab(named["image"], named["prompt"], named["negative"], output)
 
 
-def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams:
+def _params(ctx: AppContext, v: dict, catalog: Upscalers) -> Img2ImgParams:
     try:
         if v["source_tab"] == 1:
             require_server_folders(ctx.flags.server_folders_allowed)
@@ -166,6 +162,6 @@ def _params(ctx: AppContext, v: dict, catalog: UpscalerCatalog) -> Img2ImgParams
             params = Img2ImgParams(
                 **settings_kwargs(v, image.size), init_images=(image,), sd_upscale=sd
             )
-        return params.validated().with_seed()
+        return params.validated()
     except (ParamError, UnknownUpscalerError, TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

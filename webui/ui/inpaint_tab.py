@@ -124,12 +124,8 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
 
     def run(request: gr.Request, *values):
         v = named.values(values)
-        params = ext.apply(_params(v), v)  # + script and extension args
-        if not ctx.models.checkpoints():
-            raise InputError(
-                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
-            )
-        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
+        params = _params(v)
+        yield from stream_job(ctx, request, tab_jobs, "img2img", params, **ext.request_args(v))
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -232,6 +228,6 @@ def _params(v: dict) -> Img2ImgParams:
             inpainting_mask_invert=v["mask_mode"] == 1,
             outpaint=outpaint,
         )
-        return params.validated().with_seed()
+        return params.validated()
     except (ParamError, ImageInputError, TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

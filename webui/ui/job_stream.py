@@ -12,7 +12,7 @@ This module must never import torch or diffusers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import gradio as gr
 
 from ..core import jobs as job_states
 from ..core.jobs import Job, QueueFullError
+from ..services.generation import GenerationRequest, NoCheckpointError, RequestError
 from .common import InputError, owner_of, progress_html
 
 if TYPE_CHECKING:
@@ -71,11 +72,31 @@ class JobUpdate:
     waiting: int = 0  # the page's other unfinished jobs of this tab, when `finished` is set
 
 
-def submit_job(ctx: AppContext, request: gr.Request, kind: str, params: Any) -> Job:
-    """Queue a job for this browser; a full queue is a message to the user."""
+def submit_job(
+    ctx: AppContext,
+    request: gr.Request,
+    kind: str,
+    params: Any,
+    *,
+    script: str | None = None,
+    script_args: Any = None,
+    alwayson: Mapping[str, Any] | None = None,
+    override_settings: Mapping[str, Any] | None = None,
+) -> Job:
+    """Submit a generation for this browser through the generation service (the same call
+    the API makes): `params` as the tab read them, the Script list's choice and its args,
+    the extension sections' args (`ExtensionInputs.request_fields`). Whatever the service
+    refuses (a bad value, no checkpoint, a full queue) is a message to the user."""
+    generation = GenerationRequest(kind, params, owner_of(request), script=script,
+                                   script_args=script_args, alwayson=alwayson or {},
+                                   override_settings=override_settings or {})  # fmt: skip
     try:
-        return ctx.jobs.submit(kind, params, owner=owner_of(request))
-    except QueueFullError as exc:
+        return ctx.generation.submit(generation)
+    except NoCheckpointError:
+        raise InputError(
+            "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
+        ) from None
+    except (RequestError, QueueFullError) as exc:
         raise InputError(str(exc)) from exc
 
 

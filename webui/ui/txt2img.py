@@ -114,15 +114,11 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
                 checkpoint=title or None,
                 hires=hires.params(hires_values[: len(hires.inputs)]),
                 **tools.params(styles_, vae_),  # styles.csv names, SD VAE
-            ).validated()
-            params = ext.prepare(params, hires_values[len(hires.inputs) :]).with_seed()
-        except (ParamError, TypeError, ValueError) as exc:  # ArgError is a ValueError
-            raise InputError(str(exc)) from exc
-        if not ctx.models.checkpoints():
-            raise InputError(
-                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
             )
-        job = submit_job(ctx, request, "txt2img", params)
+            scripts = ext.request_fields(hires_values[len(hires.inputs) :])
+        except (ParamError, TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from exc
+        job = submit_job(ctx, request, "txt2img", params, **scripts)  # validated there
         for update in follow_job(ctx, request, tab_jobs, job):
             job = update.finished
             if job is None:
