@@ -17,7 +17,7 @@ from webui.core.jobs import JobQueue, Progress
 from webui.core.params import ParamError
 from webui.options import Options
 from webui.ui.common import InputError, gallery_items, progress_html
-from webui.ui.job_stream import TabJobs, follow_job, submit_job
+from webui.ui.job_stream import TabJobs, follow_job
 from webui.ui.queue_panel import table_html
 
 WAIT = 60
@@ -81,7 +81,7 @@ class GatedRunner:
 
 
 def _follow(ctx, request, tab_jobs, prompt, out: list):
-    job = submit_job(ctx, request, "txt2img", SimpleNamespace(prompt=prompt))
+    job = ctx.jobs.submit("txt2img", SimpleNamespace(prompt=prompt), owner=request.username)
     for update in follow_job(ctx, request, tab_jobs, job):
         out.append(update)
 

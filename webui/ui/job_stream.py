@@ -12,7 +12,7 @@ This module must never import torch or diffusers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,11 +71,28 @@ class JobUpdate:
     waiting: int = 0  # the page's other unfinished jobs of this tab, when `finished` is set
 
 
-def submit_job(ctx: AppContext, request: gr.Request, kind: str, params: Any) -> Job:
-    """Queue a job for this browser; a full queue is a message to the user."""
+def submit_job(
+    ctx: AppContext,
+    request: gr.Request,
+    kind: str,
+    params: Any,
+    *,
+    script: str | None = None,
+    script_args: Any = None,
+    alwayson: Mapping[str, Any] | None = None,
+) -> Job:
+    """Queue a job for this browser with its script and extension args (by name); a bad
+    value or a full queue is a message to the user."""
     try:
-        return ctx.jobs.submit(kind, params, owner=owner_of(request))
-    except QueueFullError as exc:
+        checked = params.validated()
+        host = getattr(ctx, "extensions", None)
+        if kind != "extras":  # generation: scripts and extensions, then the seed is fixed
+            if host is not None:
+                checked = host.prepare(checked, script=script, script_args=script_args,
+                                       alwayson=alwayson or {})  # fmt: skip
+            checked = checked.with_seed()
+        return ctx.jobs.submit(kind, checked, owner=owner_of(request))
+    except (QueueFullError, ValueError) as exc:  # ParamError and ArgError are ValueErrors
         raise InputError(str(exc)) from exc
 
 
