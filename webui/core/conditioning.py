@@ -32,6 +32,7 @@ from functools import partial
 import torch
 
 from .chunks import CHUNK_LENGTH, Chunk, layout_chunks
+from .prompt_limits import check_prompts
 from .prompts import (
     extract_extra_networks,
     parse_attention,
@@ -285,13 +286,23 @@ def prepare_conditioning(
     *,
     steps: int,
     embeddings=None,
+    fields: tuple[str, str] = ("prompt", "negative_prompt"),
 ) -> Conditioning:
     """Encode a job's prompt (AND sub-prompts, schedules) and negative prompt.
 
-    `<lora:...>` tags are removed first. All encodings are padded with empty-prompt chunks
-    to one length, so that any step's tensors can be batched together.
+    The prompt limits are checked first with the model's own tokenizer and embeddings
+    (PromptLimitError naming `fields`): scripts and styles make prompts inside the worker.
+    `<lora:...>` tags are removed. All encodings are padded with empty-prompt chunks to
+    one length, so that any step's tensors can be batched together.
     """
     encoder = PromptEncoder(pipe, family, clip_skip, embeddings)
+    check_prompts(
+        prompt,
+        negative,
+        steps=steps,
+        count_chunks=lambda text: len(encoder.chunks(text)),
+        fields=fields,
+    )
     prompt, _ = extract_extra_networks(prompt)
     negative, _ = extract_extra_networks(negative)
     subprompts = split_and(prompt)
