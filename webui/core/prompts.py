@@ -227,7 +227,7 @@ class _Group:
         return _Edit(self.start, end, list(parts)) if ":" not in seps else False
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)
 def _read_edits(prompt: str) -> tuple[_Part, tuple[_Edit, ...]] | None:
     """The prompt with its edits, and every edit; None if the prompt is read literally."""
     stack = [_Group("", -1)]
@@ -281,11 +281,12 @@ def _break(stack: list[_Group]) -> None:
 
 
 def _when(token: str, steps: int) -> int:
-    """The step a `[a:b:when]` switches after: `0.5` is a fraction, `10` a step number."""
+    """The step a `[a:b:when]` switches after: `0.5` is a fraction, `10` a step number.
+    Beyond the steps (or before the first, or too big for a float: `1e999`) is the same."""
     value = float(token)
     if "." in token or "e" in token.lower():
         value *= steps
-    return min(steps, int(value))
+    return int(max(-1.0, min(float(steps), value)))
 
 
 def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
