@@ -26,9 +26,9 @@ It gives the grammar's result, except where Earley picks an all-literal reading 
 ambiguous ones (an edit directly followed by stray closers or colons, `[a:1]:]`): here the
 edit is always an edit.
 
-Every function here runs in time linear (or, for `parse_attention`, linear times the
-bracket depth) in the prompt's length, and none recurses: `webui.core.prompt_limits`
-bounds length and depth before anything else reads a prompt.
+Every function here runs in time linear in the prompt's length times its bracket depth,
+and none recurses: `webui.core.prompt_limits` bounds length and depth (one linear scan)
+before anything else reads a prompt.
 
 This module must never import torch or a UI library: the UI uses it too.
 """
