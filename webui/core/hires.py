@@ -121,6 +121,10 @@ def hires_pass(
             params.clip_skip,
             steps=steps,
             embeddings=networks.embeddings if networks is not None else None,
+            fields=(
+                "hr_prompt" if hp.prompt else "prompt",
+                "hr_negative_prompt" if hp.negative_prompt else "negative_prompt",
+            ),
         )
     hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
     progress.text = "Hires fix"

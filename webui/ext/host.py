@@ -155,10 +155,20 @@ class ExtensionHost:
         log.error("extension %s: %s; it is disabled\n%s", record.key, record.error,
                   "".join(traceback.format_exception(exc)))  # fmt: skip
 
-    def call(self, ext: Extension, where: str, fn: Callable, *args: Any) -> Any:
-        """Call one hook; on an exception, disable the extension and return FAILED."""
+    def call(
+        self,
+        ext: Extension,
+        where: str,
+        fn: Callable,
+        *args: Any,
+        passes: tuple[type[Exception], ...] = (),
+    ) -> Any:
+        """Call one hook; on an exception, disable the extension and return FAILED.
+        Exceptions of the `passes` types are the job's fault: they fail it instead."""
         try:
             return fn(*args)
+        except passes:
+            raise
         except Exception as exc:  # an extension must never break the app or the job
             self.fail(ext, where, exc)
             return FAILED
