@@ -4,6 +4,7 @@ private, and one log line (no traceback) for input errors."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -82,8 +83,12 @@ class GatedRunner:
 
 def _follow(ctx, request, tab_jobs, prompt, out: list):
     job = submit_job(ctx, request, "txt2img", SimpleNamespace(prompt=prompt))
-    for update in follow_job(ctx, request, tab_jobs, job):
-        out.append(update)
+
+    async def follow():
+        async for update in follow_job(ctx, request, tab_jobs, job):
+            out.append(update)
+
+    asyncio.run(follow())
 
 
 def _wait(predicate, what: str):

@@ -31,7 +31,7 @@ from .image_common import (
     stream_job,
     whole,
 )
-from .job_stream import TabJobs
+from .job_stream import TabJobs, in_thread
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -114,9 +114,13 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
             output = output_panel("extras", send_targets=("img2img", "inpaint"))
     tab_jobs = TabJobs()
 
-    def run(request: gr.Request, *values):
-        params = _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
-        yield from stream_job(ctx, request, tab_jobs, "extras", params)
+    def prepare(values: tuple) -> Any:
+        return _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
+
+    async def run(request: gr.Request, *values):
+        params = await in_thread(prepare, values)
+        async for outputs in stream_job(ctx, request, tab_jobs, "extras", params):
+            yield outputs
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))

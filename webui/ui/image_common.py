@@ -243,10 +243,10 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
     return OutputPanel(progress, gallery, info, infotexts, send)
 
 
-def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params):
+async def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params):
     """Submit a job for this browser; yield (progress, gallery, info, infotexts) updates."""
     job = submit_job(ctx, request, kind, params)
-    for update in follow_job(ctx, request, tab_jobs, job):
+    async for update in follow_job(ctx, request, tab_jobs, job):
         job = update.finished
         if job is None:
             yield update.progress, update.gallery, gr.skip(), gr.skip()

@@ -32,7 +32,7 @@ from .image_common import (
     stream_job,
     whole,
 )
-from .job_stream import TabJobs
+from .job_stream import TabJobs, in_thread
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -114,14 +114,19 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             output = output_panel("img2img")
     tab_jobs = TabJobs()
 
-    def run(request: gr.Request, *values):
+    def prepare(values: tuple) -> Any:
         v = named.values(values)
         params = ext.apply(_params(ctx, v, catalog), v)  # + script and extension args
         if not ctx.models.checkpoints():
             raise InputError(
                 "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
             )
-        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
+        return params
+
+    async def run(request: gr.Request, *values):
+        params = await in_thread(prepare, values)
+        async for outputs in stream_job(ctx, request, tab_jobs, "img2img", params):
+            yield outputs
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))

@@ -26,7 +26,7 @@ from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .hires_controls import build_hires_controls
 from .icons import icon_button
-from .job_stream import TabJobs, finished_status, follow_job, submit_job
+from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
@@ -95,8 +95,8 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
     controls = [checkpoint, prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
                 batch_count, batch_size, clip_skip, *tools.inputs, *hires.inputs, *ext.inputs]  # fmt: skip
 
-    def run(title, prompt_, negative_, sampler_, schedule_, steps_, cfg_, width_, height_, seed_,
-            count_, size_, clip_skip_, styles_, vae_, request: gr.Request, *hires_values):  # fmt: skip
+    def prepare(title, prompt_, negative_, sampler_, schedule_, steps_, cfg_, width_, height_,
+                seed_, count_, size_, clip_skip_, styles_, vae_, *hires_values):  # fmt: skip
         try:
             params = Txt2ImgParams(
                 prompt=prompt_ or "",
@@ -122,8 +122,12 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> SendSource:
             raise InputError(
                 "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
             )
+        return params
+
+    async def run(request: gr.Request, *values):
+        params = await in_thread(prepare, *values)  # validation holds no event-loop time
         job = submit_job(ctx, request, "txt2img", params)
-        for update in follow_job(ctx, request, tab_jobs, job):
+        async for update in follow_job(ctx, request, tab_jobs, job):
             job = update.finished
             if job is None:
                 yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()
