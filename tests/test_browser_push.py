@@ -20,6 +20,7 @@ from tests.conftest import ServerThread
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
 from webui.app import create_app
 from webui.settings import parse_flags
+from webui.ui import queue_panel
 
 pytestmark = pytest.mark.browser
 WAIT = 120_000  # ms, for Playwright
@@ -188,3 +189,20 @@ def test_a_closed_page_ends_its_streams(browser, server) -> None:
     )
     ctx.jobs.interrupt(job.id)
     _idle(ctx)
+
+
+def test_an_idle_closed_page_ends_its_stream_through_unload(browser, server, monkeypatch) -> None:
+    """With the keepalive out of the way, only Gradio's unload event can end the stream of
+    an idle page that was closed (the server runs in this process, so the patch holds)."""
+    srv, ctx = server
+    _idle(ctx)
+    monkeypatch.setattr(queue_panel, "KEEPALIVE_SECONDS", 3600.0)
+    hub = ctx.jobs.events
+    _wait_until(lambda: hub.subscriber_count() == 0, "the earlier pages' streams to end")
+    context, page = open_page(browser, f"{srv.url}/")
+    _wait_until(lambda: hub.subscriber_count() == 1, "the page's stream to subscribe")
+    page.wait_for_timeout(1000)
+    closed = time.monotonic()
+    context.close()
+    _wait_until(lambda: hub.subscriber_count() == 0, "the closed page's stream to end")
+    print(f"\nan idle page's stream ended {time.monotonic() - closed:.2f} s after it closed")

@@ -124,7 +124,10 @@ def test_a_closed_page_ends_its_panel_stream(setup):
         await asyncio.sleep(0.1)
         assert not pending.done()
         assert threading.active_count() == threads  # the waiting page holds no thread
-        await asyncio.to_thread(pages.close, "page-a")  # Gradio's unload, from a thread
+        pages.close(("page-a", "bob"))  # another user naming alice's page session: nothing
+        await asyncio.sleep(0.1)
+        assert not pending.done() and len(pages) == 1
+        await asyncio.to_thread(pages.close, ("page-a", "alice"))  # Gradio's unload, from a thread
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(pending, WAIT)
 
@@ -199,7 +202,7 @@ def test_the_page_follows_the_job_chosen_in_my_jobs(setup):
         stream = panel_stream(ctx, pages, _request("alice", "page-a", job=older.id))
         first = await _next(stream)
         assert first[URL] == older.id and "Done" in first[STATUS]  # pinned by the URL
-        pages.get("page-a").show(None)  # "My jobs": back to the newest
+        pages.get(("page-a", "alice")).show(None)  # "My jobs": back to the newest
         update = await _until(stream, lambda u: u[URL] != SKIP, "the newest job")
         assert update[-1][URL] == newer.id
         await stream.aclose()
@@ -238,3 +241,67 @@ def test_a_tab_follower_awaits_events_and_unsubscribes_when_dropped(setup, monke
 
     asyncio.run(main())
     assert ctx.jobs.events.subscriber_count() == 0
+
+
+# --- many open pages ---------------------------------------------------------------------------
+
+
+def test_many_open_pages_do_not_block_the_ui(tmp_path):
+    """Every open page holds one Gradio event (its stream) for as long as it is open; more
+    pages than Gradio's default 40 running events must still leave room for a click."""
+    import json as _json
+    import uuid
+
+    import httpx
+
+    from tests.conftest import ServerThread
+    from webui.app import create_app
+    from webui.settings import parse_flags
+
+    pages = 60
+    app = create_app(parse_flags(["--data-dir", str(tmp_path), "--no-download-sd-model"]))
+    blocks = app.state.gradio_app.get_blocks()
+    stream = next(i for i, f in blocks.fns.items() if f.name == "stream")
+    refresh = next(i for i, f in blocks.fns.items() if f.name == "refresh_list")
+
+    async def join(client: httpx.AsyncClient, fn_index: int, session: str) -> None:
+        body = {"data": [], "fn_index": fn_index, "session_hash": session, "event_data": None}
+        answer = await client.post("/gradio_api/queue/join", json=body)
+        assert answer.status_code == 200, answer.text
+
+    async def first_message(client, session: str, wanted: str, opened: asyncio.Event | None):
+        """Read the session's event stream until a `wanted` message; keep it open after."""
+        params = {"session_hash": session}
+        async with client.stream("GET", "/gradio_api/queue/data", params=params) as sse:
+            async for line in sse.aiter_lines():
+                if line.startswith("data:") and _json.loads(line[5:])["msg"] == wanted:
+                    if opened is None:
+                        return
+                    opened.set()
+                    await asyncio.sleep(3600)  # the page stays open
+
+    async def main(url: str) -> None:
+        limits = httpx.Limits(max_connections=pages + 10)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=WAIT) as client:
+            opened = [asyncio.Event() for _ in range(pages)]
+            readers = []
+            for event in opened:
+                session = uuid.uuid4().hex[:11]
+                await join(client, stream, session)
+                readers.append(
+                    asyncio.create_task(first_message(client, session, "process_generating", event))
+                )
+            try:
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), WAIT)
+                session = uuid.uuid4().hex[:11]
+                await join(client, refresh, session)  # a click on a page among them all
+                await asyncio.wait_for(
+                    first_message(client, session, "process_completed", None), WAIT
+                )
+            finally:
+                for reader in readers:
+                    reader.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+
+    with ServerThread(app) as srv:
+        asyncio.run(main(srv.url))

@@ -48,6 +48,10 @@ BUSY_GAP_SECONDS = 1.0  # others' progress while the viewer has jobs in the queu
 IDLE_GAP_SECONDS = 5.0  # others' progress while the viewer has none
 TICK_SECONDS = 1.0  # the viewer's running job (ETA)
 KEEPALIVE_SECONDS = 30.0
+# Gradio runs at most this many events at once (40 unless launch(max_threads=...); this app
+# is mounted, not launched). Every open page holds one for its stream and each of its waiting
+# Generate clicks one more; they hold no thread (sync handlers still share 40 threads).
+OPEN_EVENTS = 2048
 FINISHED_SHOWN = 5  # finished jobs listed under the running and waiting ones
 
 ACTIONS_JS = """
@@ -97,7 +101,7 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
             yield update
 
     async def choose(job_id: str | None, request: gr.Request) -> None:
-        view = pages.get(_session(request))
+        view = pages.get(_page(request))
         if view is not None:
             view.show(job_id or None)
 
@@ -105,20 +109,29 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
         data = getattr(evt, "_data", None) or {}
         action, job_id = str(data.get("action", "")), str(data.get("job", ""))
         text = _perform(ctx, owner_of(request), action, job_id)
-        view = pages.get(_session(request))
+        view = pages.get(_page(request))
         if view is not None and action == "show" and not text:
             view.show(job_id)
         return text  # the queue's own event redraws the table
 
     def close(request: gr.Request) -> None:
-        pages.close(_session(request))
+        pages.close(_page(request))
 
     hidden = {"show_progress": "hidden", "concurrency_limit": None}
+    _room_for_streams(demo)
     demo.load(stream, outputs=outputs, **hidden)
     demo.unload(close)
     picker.input(choose, inputs=picker, **hidden)
     table.click(act, outputs=message, **hidden)
     return pages
+
+
+def _room_for_streams(demo: gr.Blocks) -> None:
+    """Let Gradio run `OPEN_EVENTS` events at once (see there); what launch(max_threads)
+    does to the queue, without raising the number of threads."""
+    queue = getattr(demo, "_queue", None)
+    if queue is not None and queue.max_thread_count < OPEN_EVENTS:
+        queue.max_thread_count = OPEN_EVENTS
 
 
 class PageView:
@@ -146,33 +159,37 @@ class PageView:
         self.wake()
 
 
+Page = tuple[str, str]  # (Gradio session, owner): a request of another owner that names
+# the session (it is sent by the browser) never reaches that page's view
+
+
 class PageViews:
-    """The open pages of one UI, by Gradio session; a page's stream registers itself."""
+    """The open pages of one UI; a page's stream registers itself."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._views: dict[str, PageView] = {}
+        self._views: dict[Page, PageView] = {}
 
-    def open(self, session: str, owner: str) -> PageView:
-        view = PageView(owner)
+    def open(self, page: Page) -> PageView:
+        view = PageView(page[1])
         with self._lock:
-            old = self._views.get(session)
-            self._views[session] = view
+            old = self._views.get(page)
+            self._views[page] = view
         if old is not None:  # the same page started its stream again: one is enough
             old.close()
         return view
 
-    def get(self, session: str) -> PageView | None:
+    def get(self, page: Page) -> PageView | None:
         with self._lock:
-            return self._views.get(session)
+            return self._views.get(page)
 
-    def close(self, session: str, view: PageView | None = None) -> None:
+    def close(self, page: Page, view: PageView | None = None) -> None:
         """The page went away (or `view`'s stream ended): end its stream."""
         with self._lock:
-            current = self._views.get(session)
+            current = self._views.get(page)
             if current is None or (view is not None and current is not view):
                 return
-            del self._views[session]
+            del self._views[page]
         current.close()
 
     def __len__(self) -> int:
@@ -180,8 +197,8 @@ class PageViews:
             return len(self._views)
 
 
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "local"
+def _page(request: gr.Request | None) -> Page:
+    return getattr(request, "session_hash", None) or "local", owner_of(request)
 
 
 async def panel_stream(
@@ -190,8 +207,8 @@ async def panel_stream(
     """The page's outputs (table, picker, status, gallery, info, url job, message): first
     all of them, then what changed whenever the queue's events say so, until the page
     closes."""
-    session = _session(request)
-    view = pages.open(session, owner_of(request))
+    page = _page(request)
+    view = pages.open(page)
     try:
         with ctx.jobs.events.subscribe_async() as events:
             view.wake = events.wake
@@ -207,7 +224,7 @@ async def panel_stream(
                     view.last_sent = time.monotonic()
                     yield (*update, gr.skip())
     finally:
-        pages.close(session, view)
+        pages.close(page, view)
 
 
 def _pin_from_url(ctx: AppContext, view: PageView, request: gr.Request) -> str:
