@@ -29,10 +29,11 @@ import logging
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .jobs import Job, Progress
@@ -74,7 +75,7 @@ class JobEvent:
 Accept = Callable[[JobEvent], bool]
 
 
-class _Subscription:
+class _Subscription(ABC):
     """What the hub needs of a subscription: a filter, and a way to hand an event over."""
 
     def __init__(
@@ -93,12 +94,13 @@ class _Subscription:
             return False
         return self._accept is None or self._accept(event)
 
-    def deliver(self, event: JobEvent) -> bool:  # pragma: no cover - abstract
+    @abstractmethod
+    def deliver(self, event: JobEvent) -> bool:
         """Hand over one event (any thread, under the hub's lock); False: gone for good."""
-        raise NotImplementedError
 
-    def notify_closed(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def notify_closed(self) -> None:
+        """The subscription ended: wake its consumer (any thread)."""
 
     def close(self) -> None:
         """Stop receiving events (idempotent); a waiting consumer wakes up."""
@@ -111,10 +113,15 @@ class _Subscription:
         pending.append(event)
 
 
+SubscriptionT = TypeVar("SubscriptionT", bound=_Subscription)
+
+
 class Subscription(_Subscription):
     """Events for a thread: `get(timeout)` blocks until one arrives."""
 
-    def __init__(self, hub, job_id, kinds, accept):
+    def __init__(
+        self, hub: EventHub, job_id: str | None, kinds: Iterable[str] | None, accept: Accept | None
+    ):
         super().__init__(hub, job_id, kinds, accept)
         self._cond = threading.Condition()
         self._pending: deque[JobEvent] = deque()
@@ -146,7 +153,14 @@ class Subscription(_Subscription):
 class AsyncSubscription(_Subscription):
     """Events for asyncio code, delivered into its loop; await `wait()` or iterate."""
 
-    def __init__(self, hub, job_id, kinds, accept, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        hub: EventHub,
+        job_id: str | None,
+        kinds: Iterable[str] | None,
+        accept: Accept | None,
+        loop: asyncio.AbstractEventLoop,
+    ):
         super().__init__(hub, job_id, kinds, accept)
         self._loop = loop
         self._pending: deque[JobEvent] = deque()  # touched in the loop's thread only
@@ -263,7 +277,7 @@ class EventHub:
         loop = asyncio.get_running_loop()
         return self._add(AsyncSubscription(self, job_id, kinds, accept, loop))
 
-    def _add(self, sub):
+    def _add(self, sub: SubscriptionT) -> SubscriptionT:
         with self._lock:
             if self.closed:
                 sub.notify_closed()
