@@ -18,7 +18,6 @@ diffusers: it only talks to the AppContext.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from ..context import AppContext
 from ..core import jobs as job_states
+from ..core.events import wait_finished
 from ..core.jobs import Job, JobAccessError, QueueFullError, summary
 from . import mapping
 from .auth import api_user
@@ -154,11 +154,14 @@ def queue_router() -> APIRouter:
     return router
 
 
-async def wait_for_job(job: Job, poll_seconds: float = 0.05) -> None:
-    """Wait for a job to finish without holding a thread: many API clients may wait in
-    the queue at once while /progress and the queue listing stay responsive."""
-    while not job.done.is_set():
-        await asyncio.sleep(poll_seconds)
+async def wait_for_job(job: Job) -> None:
+    """Wait for a job to finish without holding a thread or polling: await its end event
+    on the queue's hub, so many API clients may wait in the queue at once while /progress
+    and the queue listing stay responsive. 503 if the server stops first."""
+    if job.events is None:
+        raise ValueError(f"job {job.id} was never submitted to a queue")
+    if not await wait_finished(job.events, job):
+        raise HTTPException(503, "the server is shutting down; the job did not finish")
 
 
 def _job(ctx: AppContext, job_id: str) -> Job:

@@ -10,6 +10,11 @@ interrupt or skip their own jobs. A per-owner limit refuses new jobs with
 
 Interrupting or skipping only sets a flag; the runner asks `Job.should_stop()` every step.
 
+Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
+step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
+finished, failed, moved and stopping. Pages and API routes await those events; nothing
+needs to poll a job.
+
 This module must never import torch, diffusers or a UI library: the work itself is the
 `runner` callable handed in by the composition root.
 """
@@ -28,6 +33,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UserError
+from . import events as ev
+from .events import EventHub, StepPublisher
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +159,9 @@ class Job:
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)  # snapshot
     seq: int = field(default_factory=lambda: next(_seq))
     done: threading.Event = field(default_factory=threading.Event, repr=False)
+    saved: list[str] = field(default_factory=list, repr=False)  # files written so far
+    # the hub of the queue the job was submitted to (None for a job never submitted)
+    events: EventHub | None = field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -169,6 +179,12 @@ class Job:
     def images(self) -> list[Any]:
         """The result's images (objects with .image, .seed, .infotext), any job kind."""
         return list(getattr(self.result, "images", None) or [])
+
+    def image_saved(self, path: str) -> None:
+        """The worker's save wrote one of this job's images to `path`: record and publish it."""
+        self.saved.append(path)
+        if self.events is not None:
+            self.events.publish(ev.SAVED, self, path=path)
 
     def should_stop(self) -> bool:
         """Asked by the runner every sampling step (and between batches).
@@ -226,7 +242,8 @@ class JobQueue:
     """Round-robin between owners, FIFO per owner, one worker thread.
 
     `options_snapshot()` gives the options a new job starts from; `limit_per_owner()`
-    the most unfinished jobs one owner may have (0: no limit).
+    the most unfinished jobs one owner may have (0: no limit). `events` is where every
+    change of a job is published (a new hub unless one is given).
     """
 
     def __init__(
@@ -237,7 +254,9 @@ class JobQueue:
         keep_per_owner: int = 20,
         options_snapshot: Callable[[], Mapping[str, Any]] | None = None,
         limit_per_owner: Callable[[], int] | int = 0,
+        events: EventHub | None = None,
     ):
+        self.events = events if events is not None else EventHub()
         self._runner = runner
         self._jobs: dict[str, Job] = {}
         self._waiting: dict[str, list[Job]] = {}  # owner -> their waiting jobs, in order
@@ -263,6 +282,7 @@ class JobQueue:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.events.close()  # every page's and client's stream ends
 
     # --- submitting --------------------------------------------------------------------
     def submit(
@@ -280,6 +300,8 @@ class JobQueue:
         snapshot = dict(self._snapshot() if self._snapshot else {})
         snapshot.update(options or {})
         job = Job(kind=kind, params=params, owner=owner, options=MappingProxyType(snapshot))
+        job.events = self.events
+        job.progress.listeners.append(StepPublisher(self.events, job))
         if job_id is not None:
             if not JOB_ID.fullmatch(job_id):
                 raise ValueError("job id: 1-64 characters of A-Z a-z 0-9 _ - . : ( )")
@@ -304,6 +326,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._waiting.setdefault(owner, []).append(job)
             self._cond.notify_all()
+            self.events.publish(ev.QUEUED, job)
         return job
 
     def _current_limit(self) -> int:
@@ -412,6 +435,7 @@ class JobQueue:
             if job.state == QUEUED:
                 return self.cancel(job_id, owner)
             job.interrupt_requested = True
+            self.events.publish(ev.STOPPING, job)
             return True
 
     def skip(self, job_id: str, owner: str | None = None) -> bool:
@@ -421,6 +445,7 @@ class JobQueue:
             if job is None or job.state != RUNNING:
                 return False
             job.skip_requested = True
+            self.events.publish(ev.STOPPING, job)
             return True
 
     def move(self, job_id: str, offset: int, owner: str | None = None) -> bool:
@@ -437,6 +462,7 @@ class JobQueue:
                 return False
             mine.insert(target, mine.pop(index))
             self._cond.notify_all()
+            self.events.publish(ev.MOVED, job)
             return True
 
     def interrupt_owner(self, owner: str) -> int:
@@ -465,6 +491,7 @@ class JobQueue:
                 job.state = RUNNING
                 job.started_at = time.time()
                 job.progress.started_at = time.monotonic()
+                self.events.publish(ev.STARTED, job)
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -494,6 +521,8 @@ class JobQueue:
         job.finished_at = time.time()
         job.done.set()
         self._prune()
+        kind = ev.FAILED if state == FAILED else ev.FINISHED
+        self.events.publish(kind, job, error=job.error if state == FAILED else None)
 
     def _prune(self) -> None:
         """Forget the oldest finished jobs beyond the per-owner and overall limits."""

@@ -103,6 +103,7 @@ def make_runner(
                 pattern_values=pattern_values,
                 outdir=opt("outdir_samples"),
             )
+            job.image_saved(str(path))  # publishes the job's "saved" event
             return str(path)
 
         # LoRAs and VAE are on the model for this job only, taken off however it ends

@@ -31,7 +31,7 @@ from .image_common import (
     stream_job,
     whole,
 )
-from .job_stream import TabJobs
+from .job_stream import TabJobs, in_thread, submit_job
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -114,9 +114,14 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
             output = output_panel("extras", send_targets=("img2img", "inpaint"))
     tab_jobs = TabJobs()
 
-    def run(request: gr.Request, *values):
+    def submit(request: gr.Request, values: tuple) -> Any:  # reads image files: in a thread
         params = _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
-        yield from stream_job(ctx, request, tab_jobs, "extras", params)
+        return submit_job(ctx, request, "extras", params)
+
+    async def run(request: gr.Request, *values):
+        job = await in_thread(submit, request, values)
+        async for outputs in stream_job(ctx, request, tab_jobs, job):
+            yield outputs
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ..core.jobs import Job
 from ..core.params import MAX_SEED, ParamError
 from ..core.params_img2img import size_for_scale
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
@@ -32,7 +33,7 @@ from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .icons import icon_button
 from .image_common import Named, OutputPanel, output_panel, whole
-from .job_stream import TabJobs, finished_status, follow_job, submit_job
+from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -82,14 +83,19 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
     last_seed = gr.State(None)
     tab_jobs = TabJobs()  # this tab's unfinished jobs, per page
 
-    def run(request: gr.Request, *values):
+    def submit(request: gr.Request, values: tuple) -> Job:  # in a worker thread (see run)
         v = named.values(values)
         try:
             params = spec.params(ctx, v)
         except (ParamError, TypeError, ValueError) as exc:
             raise InputError(str(exc)) from exc
-        job = submit_job(ctx, request, spec.kind, params, **ext.request_args(v))
-        for update in follow_job(ctx, request, tab_jobs, job):
+        return submit_job(ctx, request, spec.kind, params, **ext.request_args(v))
+
+    async def run(request: gr.Request, *values):
+        # reading the images and validating take a thread, never the event loop that
+        # streams every page's progress
+        job = await in_thread(submit, request, values)
+        async for update in follow_job(ctx, request, tab_jobs, job):
             finished = update.finished
             if finished is None:
                 yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()

@@ -3,7 +3,7 @@
 `Named` holds a tab's components by name (handlers read values by name, never by
 position); `whole`, `checked_image` and `require_server_folders` turn bad input into a
 message; `output_panel` is the right-hand column (progress, gallery, send-to buttons,
-infotext) and `stream_job` queues a job for this browser and streams it into that column
+infotext) and `stream_job` streams a submitted job of this browser into that column
 (the Upscale tab; the generation tabs use `generation_tab`).
 
 This module must never import torch or diffusers.
@@ -24,7 +24,7 @@ from .common import (
     result_gallery,
 )
 from .extra_networks import job_warnings
-from .job_stream import TabJobs, finished_status, follow_job, submit_job
+from .job_stream import TabJobs, finished_status, follow_job
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
@@ -111,10 +111,9 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
     return OutputPanel(progress, gallery, info, infotexts, send)
 
 
-def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, kind: str, params):
-    """Submit a job for this browser; yield (progress, gallery, info, infotexts) updates."""
-    job = submit_job(ctx, request, kind, params)
-    for update in follow_job(ctx, request, tab_jobs, job):
+async def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, job):
+    """Yield (progress, gallery, info, infotexts) updates of a submitted job of this page."""
+    async for update in follow_job(ctx, request, tab_jobs, job):
         job = update.finished
         if job is None:
             yield update.progress, update.gallery, gr.skip(), gr.skip()
