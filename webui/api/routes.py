@@ -28,7 +28,7 @@ from ..core import jobs as job_states
 from ..core import samplers
 from . import mapping
 from .auth import API_OWNER, api_user
-from .routes_queue import submit_txt2img_job, wait_for_job
+from .routes_queue import ended_badly, submit_txt2img_job, wait_for_job
 from .schemas import (
     PNGInfoRequest,
     PNGInfoResponse,
@@ -140,11 +140,8 @@ def _generation_routes(router: APIRouter) -> None:
         if isinstance(job, JSONResponse):
             return job
         await wait_for_job(job)  # waiting in the queue holds no thread of the pool
-        if job.state == job_states.FAILED:
-            return JSONResponse(
-                status_code=500,
-                content={"error": "GenerationError", "detail": job.error, "errors": job.error},
-            )
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
         return await run_in_threadpool(mapping.txt2img_response, req, job, job.result)
 
     @router.get("/progress", response_model=ProgressResponse)

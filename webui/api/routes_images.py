@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from ..core import jobs as job_states
 from ..imaging.upscaler_list import LATENT_MODES, UpscalerCatalog
 from . import mapping, mapping_images
 from .auth import api_user
 from .routes import _ApiRoute
+from .routes_queue import ended_badly
 from .schemas_images import (
     ExtrasBatchImagesRequest,
     ExtrasBatchImagesResponse,
@@ -74,8 +74,8 @@ def images_router() -> APIRouter:
             )
         job = _submit(ctx, "img2img", params, user, req.force_task_id, options)
         job.done.wait()
-        if job.state == job_states.FAILED:
-            return _failed(job)
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
         return mapping_images.img2img_response(req, job, job.result)
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
@@ -142,19 +142,10 @@ def _run_extras(ctx: AppContext, req, images: list[tuple[str, str]], user: str):
         return _not_built(f"{exc.feature} ({exc.field})")
     job = _submit(ctx, "extras", params, user)
     job.done.wait()
-    if job.state == job_states.FAILED:
-        return _failed(job)
-    return job
+    return ended_badly(job) or job
 
 
 def _not_built(feature: str) -> JSONResponse:
     return JSONResponse(
         status_code=501, content={"detail": f"{feature} is not implemented yet", "feature": feature}
-    )
-
-
-def _failed(job) -> JSONResponse:
-    return JSONResponse(
-        status_code=500,
-        content={"error": "GenerationError", "detail": job.error, "errors": job.error},
     )
