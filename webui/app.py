@@ -2,21 +2,26 @@
 
 `python -m webui.app [flags]` (what launch.py runs) parses the A1111-style flags, prepares
 the models folder (the --demo model, the first-run checkpoint offer), builds the app and
-serves it with uvicorn.
+serves it with uvicorn. Ctrl+C or SIGTERM stops the job queue first (the running job is
+aborted at its next step, waiting ones are cancelled), so open requests and event streams
+end and the process exits within seconds; a second Ctrl+C (as in uvicorn) stops waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import sys
+import time
 import webbrowser
 from contextlib import asynccontextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 
@@ -24,6 +29,33 @@ from .context import AppContext, build_context  # noqa: E402
 from .settings import Flags, parse_flags  # noqa: E402
 
 log = logging.getLogger("webui")
+WORKER_STOP_SECONDS = 15  # a job stops at its next step; loading a checkpoint cannot stop
+GRACEFUL_SHUTDOWN_SECONDS = 5  # then uvicorn cuts the connections still open
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, except that on the first Ctrl+C / SIGTERM the app stops its work
+    before uvicorn waits for open connections: API requests waiting for a job and the UI's
+    event streams would otherwise keep the process alive until the running job ends."""
+
+    async def shutdown(self, sockets=None) -> None:
+        log.info("Shutting down: stopping the running job (press Ctrl+C again to quit at once)")
+        for server in getattr(self, "servers", []):
+            server.close()  # no new connections
+        begin_shutdown(self.config.app)
+        # the jobs end first, so that the requests waiting for them get their answer (503)
+        jobs = self.config.app.state.ctx.jobs
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        while not jobs.stopped() and not self.force_exit and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """Abort the running job, cancel the waiting ones, end open event streams; at once.
+    The lifespan's ctx.close() then waits for the worker."""
+    app.state.ctx.jobs.shutdown()
+    app.state.stopping.set()
 
 
 def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
@@ -44,6 +76,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.stopping = asyncio.Event()  # set when the server shuts down (StoppingServer)
     _install_security(app, flags)
 
     if api:
@@ -87,11 +120,13 @@ def _install_security(app: FastAPI, flags: Flags) -> None:
     from .api.cors import install_cors
     from .api.hardening import HardeningMiddleware
     from .api.routes_queue import add_queue_error_handlers
+    from .api.shutdown import DisconnectOnShutdown
     from .api.subpath import SubpathMiddleware
     from .imaging.codec import limit_decoding
 
     limit_decoding()
     add_queue_error_handlers(app)
+    app.add_middleware(DisconnectOnShutdown, stopping=app.state.stopping)  # ends open streams
     # size limit, no URL fetching, nosniff: after authentication (401 comes first)
     app.add_middleware(HardeningMiddleware, max_body_bytes=flags.max_request_mb * 2**20)
     app.add_middleware(SecurityMiddleware, flags=flags)  # the last added runs first
@@ -151,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         ctx.jobs.submit("load", wanted or None, owner="startup")
     app = create_app(flags, ctx)
 
-    import uvicorn
-
     host = flags.server_host
     scheme = "https" if flags.tls_certfile else "http"
     shown = "127.0.0.1" if host == "0.0.0.0" else host
@@ -164,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         log_level="warning",
         ssl_keyfile=flags.tls_keyfile,
         ssl_certfile=flags.tls_certfile,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(config)
+    server = StoppingServer(config)
     _announce(flags, url)
     if flags.autolaunch:
         webbrowser.open(url)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl+C again once it has shut down
+        return 130
     return 0
 
 

@@ -256,6 +256,10 @@ class JobQueue:
                     job.interrupt_requested = job.abort_requested = True
             self._cond.notify_all()
 
+    def stopped(self) -> bool:
+        """True once the worker has ended (after shutdown())."""
+        return not self._thread.is_alive()
+
     def stop(self, timeout: float = 10) -> None:
         """`shutdown()`, then wait up to `timeout` seconds for the worker to end."""
         self.shutdown()
