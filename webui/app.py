@@ -70,7 +70,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
     api = flags.api or flags.nowebui
     app = FastAPI(
         title="webui",
-        docs_url="/docs" if api else None,
+        docs_url=None,  # /docs and /redoc with their scripts from this server (api.docs)
         openapi_url="/openapi.json" if api else None,
         redoc_url=None,
         lifespan=lifespan,
@@ -80,11 +80,13 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
     _install_security(app, flags)
 
     if api:
+        from .api.docs import install_docs
         from .api.routes import api_router
         from .api.routes_queue import queue_router
 
         app.include_router(api_router())
         app.include_router(queue_router())
+        install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends
 
@@ -93,6 +95,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         ctx.extensions.mount_routers(app, dependencies=[Depends(api_user)])
     if not flags.nowebui:
         import gradio as gr
+        from gradio.routes import App as GradioApp
 
         from .ui.blocks import CSS, build_ui
         from .ui.i18n import head_html
@@ -109,7 +112,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
             theme=gr.themes.Default(primary_hue="orange"),
         )
         # the UI login guard (api.auth) checks Gradio's own login tokens
-        app.state.gradio_app = next(r.app for r in app.routes if isinstance(r, Mount))
+        app.state.gradio_app = next(
+            r.app for r in app.routes if isinstance(r, Mount) and isinstance(r.app, GradioApp)
+        )
     return app
 
 

@@ -83,5 +83,5 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
 
 def footer_text(ctx: AppContext) -> str:
-    api = " · API: [/docs](/docs)" if ctx.flags.api else ""
+    api = " · API: [/docs](docs)" if ctx.flags.api else ""  # relative: below --subpath too
     return f"version v{__version__} · {ctx.memory.description}{api}"
