@@ -1,8 +1,9 @@
 """Who is asking: HTTP Basic for the API, browser identity for the UI, cross-origin guard.
 
-- `--api-auth user:pass[,...]`: every API route (/sdapi, /webui/v1, /ext, /docs, the
-  OpenAPI schema) answers 401 without valid HTTP Basic credentials. Passwords are compared
-  in constant time and never appear in a response or a log line.
+- `--api-auth user:pass[,...]`: every API route (/sdapi, /webui/v1, /ext, /docs and
+  /redoc with their assets, the OpenAPI schema) answers 401 without valid HTTP Basic
+  credentials. Passwords are compared in constant time and never appear in a response or
+  a log line.
 - `--gradio-auth` / `--gradio-auth-path`: Gradio's own login protects the UI; the
   logged-in user name is the owner of the jobs a browser submits. Gradio leaves a few of
   its routes open (heartbeat, cancel, run history, ...): `SecurityMiddleware` answers 401
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 COOKIE_MAX_AGE = 365 * 24 * 3600
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_API_PATHS = ("/sdapi/", "/webui/v1", "/ext/", "/docs", "/openapi.json")
+_API_PATHS = ("/sdapi/", "/webui/v1", "/ext/", "/docs", "/redoc", "/openapi.json")
 # what a browser needs before it has logged in to the UI: the login page and static assets
 _UI_PUBLIC = frozenset({"/", "/login", "/login/", "/logout", "/theme.css", "/favicon.ico",
                         "/robots.txt", "/manifest.json", "/gradio_api/theme.css"})  # fmt: skip

@@ -34,7 +34,7 @@ from . import mapping
 from .auth import API_OWNER, api_user
 from .deps import Ctx, User, get_ctx
 from .errors import not_built_response
-from .routes_queue import wait_for_job
+from .routes_queue import ended_badly, wait_for_job
 from .schemas import (
     PNGInfoRequest,
     PNGInfoResponse,
@@ -122,11 +122,8 @@ def _generation_routes(router: APIRouter) -> None:
         request = await run_in_threadpool(mapping.txt2img_request, req, user, ctx.upscalers)
         job = await run_in_threadpool(submit_generation, ctx, req, request)
         await wait_for_job(job)  # waiting in the queue holds no thread of the pool
-        if job.state == job_states.FAILED:
-            return JSONResponse(
-                status_code=500,
-                content={"error": "GenerationError", "detail": job.error, "errors": job.error},
-            )
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
         return await run_in_threadpool(mapping.txt2img_response, req, job, job.result)
 
     @router.get("/progress", response_model=ProgressResponse)

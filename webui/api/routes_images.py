@@ -5,8 +5,9 @@ Basic auth (--api-auth) and validation-error shape. Work goes through the shared
 queue through the generation service like txt2img (the worker thread owns the models):
 img2img takes `script_name`/`script_args` for every img2img script (X/Y/Z plot, Prompt
 matrix, Prompts from file, SD upscale) and `alwayson_scripts`, as the img2img tab runs
-them. Endpoints are plain `def`, so the wait happens in the threadpool. Bad input answers
-422 naming the field and saves nothing; a feature not built answers 501.
+them. Decoding and checking the images run in the threadpool; the wait for the job awaits
+its end event and holds no thread. Bad input answers 422 naming the field and saves
+nothing; a feature not built answers 501.
 
 This module must never import torch or diffusers: it only talks to the AppContext.
 """
@@ -18,14 +19,15 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..context import AppContext
-from ..core import jobs as job_states
 from ..services.generation import GenerationRequest
 from ..services.upscalers import LATENT_MODES
 from . import mapping, mapping_images
 from .deps import Ctx, User
 from .routes import _ApiRoute
+from .routes_queue import ended_badly, wait_for_job
 from .schemas_images import (
     ExtrasBatchImagesRequest,
     ExtrasBatchImagesResponse,
@@ -46,19 +48,19 @@ def images_router() -> APIRouter:
     router = APIRouter(route_class=_ApiRoute)
 
     @router.post("/img2img", response_model=ImageToImageResponse)
-    def img2img(req: Img2ImgRequest, ctx: Ctx, user: User) -> Any:
-        request = mapping_images.img2img_request(req, user)  # 422/501
-        job = submit_generation(ctx, req, request)  # 422/503/429
-        job.done.wait()
-        if job.state == job_states.FAILED:
-            return _failed(job)
-        return mapping_images.img2img_response(req, job, job.result)
+    async def img2img(req: Img2ImgRequest, ctx: Ctx, user: User) -> Any:
+        request = await run_in_threadpool(mapping_images.img2img_request, req, user)  # 422/501
+        job = await run_in_threadpool(submit_generation, ctx, req, request)  # 422/503/429
+        await wait_for_job(job)  # waiting in the queue holds no thread of the pool
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
+        return await run_in_threadpool(mapping_images.img2img_response, req, job, job.result)
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    def extra_single_image(req: ExtrasSingleImageRequest, ctx: Ctx, user: User) -> Any:
+    async def extra_single_image(req: ExtrasSingleImageRequest, ctx: Ctx, user: User) -> Any:
         if not req.image:
             raise mapping.FieldError(("image",), "no image sent")
-        job = _run_extras(ctx, req, [(req.image, "")], user)
+        job = await _run_extras(ctx, req, [(req.image, "")], user)
         if isinstance(job, JSONResponse):
             return job
         images = job.result.images if job.result else []
@@ -68,10 +70,10 @@ def images_router() -> APIRouter:
         }
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    def extra_batch_images(req: ExtrasBatchImagesRequest, ctx: Ctx, user: User) -> Any:
+    async def extra_batch_images(req: ExtrasBatchImagesRequest, ctx: Ctx, user: User) -> Any:
         if not req.imageList:
             raise mapping.FieldError(("imageList",), "no images sent")
-        job = _run_extras(ctx, req, [(f.data, f.name) for f in req.imageList], user)
+        job = await _run_extras(ctx, req, [(f.data, f.name) for f in req.imageList], user)
         if isinstance(job, JSONResponse):
             return job
         images = job.result.images if job.result else []
@@ -101,17 +103,13 @@ def images_router() -> APIRouter:
     return router
 
 
-def _run_extras(ctx: AppContext, req, images: list[tuple[str, str]], user: str):
-    params = mapping_images.extras_params(req, images, ctx.upscalers)  # 422/501
-    job = submit_generation(ctx, req, GenerationRequest("extras", params, user))
-    job.done.wait()
-    if job.state == job_states.FAILED:
-        return _failed(job)
-    return job
+async def _run_extras(ctx: AppContext, req, images: list[tuple[str, str]], user: str):
+    """Decode and check the images, queue the extras job and await its end (no thread)."""
 
+    def submit():
+        params = mapping_images.extras_params(req, images, ctx.upscalers)  # 422/501
+        return submit_generation(ctx, req, GenerationRequest("extras", params, user))
 
-def _failed(job) -> JSONResponse:
-    return JSONResponse(
-        status_code=500,
-        content={"error": "GenerationError", "detail": job.error, "errors": job.error},
-    )
+    job = await run_in_threadpool(submit)
+    await wait_for_job(job)
+    return ended_badly(job) or job

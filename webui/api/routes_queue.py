@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from ..context import AppContext
 from ..core import jobs as job_states
 from ..core.events import wait_finished
-from ..core.jobs import Job, JobAccessError, QueueFullError, summary
+from ..core.jobs import Job, JobAccessError, QueueFullError, ShuttingDownError, summary
 from . import mapping
 from .auth import api_user
 from .deps import Ctx, User
@@ -164,6 +164,20 @@ async def wait_for_job(job: Job) -> None:
         raise HTTPException(503, "the server is shutting down; the job did not finish")
 
 
+def ended_badly(job: Job) -> JSONResponse | None:
+    """The answer for a finished job that failed (500) or that the server's shutdown
+    stopped (503); None when it has a result to send."""
+    if job.abort_requested:
+        status, error = 503, "ShuttingDown"
+    elif job.state == job_states.FAILED:
+        status, error = 500, "GenerationError"
+    else:
+        return None
+    return JSONResponse(
+        status_code=status, content={"error": error, "detail": job.error, "errors": job.error}
+    )
+
+
 def _job(ctx: AppContext, job_id: str) -> Job:
     job = ctx.jobs.get(job_id)
     if job is None:
@@ -179,13 +193,18 @@ def _act(ctx: AppContext, user: str, job_id: str, action, refusal: str) -> dict[
 
 
 def add_queue_error_handlers(app: FastAPI) -> None:
-    """QueueFullError -> 429 and JobAccessError -> 403, for every route that submits."""
+    """QueueFullError -> 429, JobAccessError -> 403 and ShuttingDownError -> 503, for every
+    route that submits."""
 
     async def queue_full(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=429, content={"detail": str(exc), "error": "QueueFull"})
+
+    async def shutting_down(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc), "error": "ShuttingDown"})
 
     async def not_yours(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=403, content={"detail": str(exc)})
 
     app.add_exception_handler(QueueFullError, queue_full)
     app.add_exception_handler(JobAccessError, not_yours)
+    app.add_exception_handler(ShuttingDownError, shutting_down)

@@ -43,6 +43,7 @@ def run_extras_job(job, store, opt, upscalers) -> ExtrasResult:
     def save(image: Image.Image, name: str, infotext: str) -> str | None:
         if not params.save_images:
             return None
+        job.raise_if_aborted()  # the server shuts down: write nothing more
         if params.output_dir.strip():
             return str(save_named(image, Path(params.output_dir).expanduser(), name, infotext))
         return str(

@@ -9,6 +9,9 @@ interrupt or skip their own jobs. A per-owner limit refuses new jobs with
 `QueueFullError`. Finished jobs stay retrievable (the last few per owner).
 
 Interrupting or skipping only sets a flag; the runner asks `Job.should_stop()` every step.
+Stopping the queue (the server shuts down) cancels the waiting jobs at once and aborts the
+running one: its next `should_stop()` raises `JobAborted`, so nothing more is sampled,
+decoded or saved, and the job ends as interrupted.
 
 Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
 step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
@@ -64,6 +67,20 @@ class QueueFullError(RuntimeError):
         )
         self.owner = owner
         self.limit = limit
+
+
+SHUTDOWN_MESSAGE = "Stopped: the server is shutting down"
+
+
+class JobAborted(Exception):
+    """Raised in the runner when the server shuts down: the job's unfinished work is dropped."""
+
+
+class ShuttingDownError(RuntimeError):
+    """A job was submitted after the queue was stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; no new jobs are taken.")
 
 
 class JobAccessError(PermissionError):
@@ -154,6 +171,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     interrupt_requested: bool = False
+    abort_requested: bool = False  # ended by the server's shutdown: nothing more is saved
     skip_requested: bool = False
     skipped: int = 0  # images whose sampling was cut short by "skip"
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)  # snapshot
@@ -192,7 +210,9 @@ class Job:
         True after an interrupt. A skip ends the image being sampled now: it is consumed
         at the next sampling step (marking that batch's steps as done) and the job goes on
         with its next batch; asked while nothing is being sampled, it waits for the next.
+        Raises JobAborted once the queue is stopping.
         """
+        self.raise_if_aborted()
         if self.interrupt_requested:
             return True
         p = self.progress
@@ -202,6 +222,11 @@ class Job:
             p.step = p.steps
             return True
         return False
+
+    def raise_if_aborted(self) -> None:
+        """Raise JobAborted when the server is shutting down (asked before saving too)."""
+        if self.abort_requested:
+            raise JobAborted(SHUTDOWN_MESSAGE)
 
 
 def summary(
@@ -273,15 +298,32 @@ class JobQueue:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10) -> None:
+    def shutdown(self) -> None:
+        """Refuse new jobs, cancel the waiting ones and abort the running one; returns at
+        once (the running job stops at its next step, see Job.should_stop)."""
         with self._cond:
             self._stopping = True
+            for job in [j for js in self._waiting.values() for j in js]:
+                job.interrupt_requested = job.abort_requested = True
+                job.error = SHUTDOWN_MESSAGE
+                self._finish(job, CANCELLED)
+            self._waiting.clear()
             for job in self._jobs.values():
                 if job.state == RUNNING:
-                    job.interrupt_requested = True
+                    job.interrupt_requested = job.abort_requested = True
             self._cond.notify_all()
+
+    def stopped(self) -> bool:
+        """True once the worker has ended (after shutdown())."""
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = 10) -> None:
+        """`shutdown()`, then wait up to `timeout` seconds for the worker to end."""
+        self.shutdown()
         if self._thread.is_alive():
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the running job did not stop within %.0f s", timeout)
         self.events.close()  # every page's and client's stream ends
 
     # --- submitting --------------------------------------------------------------------
@@ -308,7 +350,7 @@ class JobQueue:
             job.id = job_id
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise ShuttingDownError()
             old = self._jobs.get(job.id)
             if old is not None:
                 if old.owner != owner or not old.finished:
@@ -479,10 +521,7 @@ class JobQueue:
             with self._cond:
                 while not any(self._waiting.values()) and not self._stopping:
                     self._cond.wait()
-                if self._stopping:
-                    for job in [j for js in self._waiting.values() for j in js]:
-                        self._finish(job, CANCELLED)
-                    self._waiting.clear()
+                if self._stopping:  # shutdown() has cancelled the waiting jobs
                     return
                 job = self._schedule()[0]
                 self._unqueue(job)
@@ -498,6 +537,9 @@ class JobQueue:
         try:
             job.result = self._runner(job)
             state = INTERRUPTED if job.interrupt_requested else DONE
+        except JobAborted as exc:  # the server shuts down: nothing of the job is kept
+            job.result, job.error = None, str(exc)
+            state = INTERRUPTED
         except Exception as exc:  # a failing job must never stop the worker
             if isinstance(exc, UserError):  # bad input or an unusable file: one line
                 log.warning("job %s failed: %s", job.id, exc)

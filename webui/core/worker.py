@@ -93,6 +93,7 @@ def make_runner(
         }
 
         def save(image, seed, infotext):
+            job.raise_if_aborted()  # the server shuts down: write nothing more
             path = store.save(
                 image,
                 kind=job.kind,
