@@ -11,6 +11,7 @@ milliseconds and never recurses.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import time
@@ -285,7 +286,7 @@ def test_the_ui_shows_the_same_message(tmp_path):
         request = SimpleNamespace(username="ui-user", session_hash="page", cookies={})
         jobs = app.state.ctx.jobs.jobs()
         with pytest.raises(gr.Error) as caught:
-            next(dep.fn(request, *values))
+            asyncio.run(anext(dep.fn(request, *values)))
         assert caught.value.message == "prompt: brackets nested 1,000 deep; at most 32 are allowed"
         assert app.state.ctx.jobs.jobs() == jobs
     finally:
