@@ -4,8 +4,8 @@ Out of memory in a job, NaN from the VAE or UNet, interrupt by one of two users,
 checkpoint and LoRA files, and a full disk while saving: each is injected into a running
 app (torch hooks on the loaded model, a failing file in the output store), and each test
 checks what the user is told, what is left on disk, and that the next job works.
-Hostile prompts (point 18) are in tests/test_faults_prompts.py; 50 concurrent saves
-(point 15) are tests/test_store.py::test_fifty_threads_one_store and
+Hostile prompts (point 18) are in tests/core/test_faults_prompts.py; 50 concurrent saves
+(point 15) are tests/imaging/test_store.py::test_fifty_threads_one_store and
 ::test_fifty_threads_separate_stores.
 """
 
@@ -32,8 +32,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.api.test_api import _decode, golden_payload
 from tests.conftest import ServerThread
-from tests.test_api import _decode, golden_payload
 from tests.tiny_networks import write_kohya_lora
 from webui.app import create_app
 from webui.context import build_context

@@ -10,7 +10,7 @@
 8. Installing an extension through the UI handler is refused under --listen; nothing is
    cloned.
 
-tests/test_auth_lan.py proves the rest: 401 on every route with --api-auth plus
+tests/api/test_auth_lan.py proves the rest: 401 on every route with --api-auth plus
 --gradio-auth, CORS with --cors-allow-origins-regex, the same-origin rule. Servers bind
 127.0.0.1 on a free port.
 """
@@ -34,9 +34,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
+from tests.api.test_auth_lan import GRADIO_ROUTES, PUBLIC, PUBLIC_PREFIXES, _concrete, _walk
 from tests.conftest import ServerThread, free_port
-from tests.test_auth_lan import GRADIO_ROUTES, PUBLIC, PUBLIC_PREFIXES, _concrete, _walk
-from tests.test_extensions import _bare_repo
+from tests.ext.test_extensions import _bare_repo
 from webui.app import create_app
 from webui.imaging.store import sanitize_filename_part
 from webui.options import OPTION_DEFS
@@ -53,7 +53,7 @@ TINY_JOB = {"prompt": "cross origin", "steps": 2, "width": 64, "height": 64, "sa
 
 
 def _public(path: str) -> bool:
-    """The login page and static assets (the allow-list of tests/test_auth_lan.py)."""
+    """The login page and static assets (the allow-list of tests/api/test_auth_lan.py)."""
     return path in PUBLIC or path.startswith(PUBLIC_PREFIXES) or "{size}" in path
 
 

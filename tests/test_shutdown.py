@@ -264,7 +264,7 @@ def _generate_in_a_page(url: str, job: dict):
     """A browser page starts the long job from the txt2img tab; returns the browser."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+    from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
 
     playwright = sync_playwright().start()
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)

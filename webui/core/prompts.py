@@ -16,7 +16,7 @@ Order of reading, as A1111 does it:
    still weights the rest of the prompt, a stray closing bracket is plain text, a weight
    that is not a number (`(x:1.2.3)`) is plain text.
 
-A1111 reads step 3 with a lark Earley grammar (kept in tests/test_prompts.py as the
+A1111 reads step 3 with a lark Earley grammar (kept in tests/core/test_prompts_reference.py as the
 reference). Earley is far from linear on these prompts: a 1,000-character prompt with a
 few edits takes seconds, a 2,000-character one with nested brackets minutes. This module
 reads the same language in one left-to-right pass with an explicit stack: a bracket group

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.test_api import golden_payload
+from tests.api.test_api import golden_payload
 from webui.app import create_app
 from webui.core.prompt_limits import clip_chunk_count
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image

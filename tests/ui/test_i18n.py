@@ -14,7 +14,7 @@ from webui.settings import parse_flags
 from webui.ui import i18n
 from webui.ui.blocks import build_ui
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CJK = re.compile(r"[\u4e00-\u9fff]")
 SAME_IN_CHINESE = {"LoRA"}  # names that stay as they are
 

@@ -23,7 +23,7 @@ from webui.api.auth import OWNER_COOKIE, basic_credentials, matching_user
 from webui.app import create_app
 from webui.settings import Flags, parse_flags
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 API_PW, UI_PW = "Api-Secret-951", "Ui-Secret-357"
 SECRETS = (API_PW, UI_PW)
 # Gradio routes that must not answer without a UI login (besides any found by walking)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerThread
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
-from tests.test_browser_pnginfo_i18n import number, visible, wait_value
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser_pnginfo_i18n import number, visible, wait_value
 from webui.app import create_app
 from webui.imaging.infotext import read_infotext_from_image
 from webui.settings import parse_flags

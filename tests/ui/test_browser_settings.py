@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.test_browser_pnginfo_i18n import playwright_browser, serve  # noqa: F401 (fixture)
+from tests.ui.test_browser_pnginfo_i18n import playwright_browser, serve  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 

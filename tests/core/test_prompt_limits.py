@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.test_api import golden_payload
+from tests.api.test_api import golden_payload
 from tests.test_security_files import b64, png_bytes
 from tests.test_security_limits import peak_growth
 from webui.app import create_app
@@ -69,7 +69,7 @@ OVER = {
 def test_the_limits_are_what_the_readme_says():
     assert (MAX_PROMPT_CHARS, MAX_NESTING, MAX_AND_PARTS, MAX_CHUNKS) == (10_000, 32, 16, 20)
     assert MAX_CONDITIONING_CHUNKS == 500
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for words in ("10,000 characters", "32 deep", "16 sub-prompts", "20 chunks", "500 chunks"):
         assert words in readme
 

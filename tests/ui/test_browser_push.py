@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerThread
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
 from webui.app import create_app
 from webui.settings import parse_flags
 from webui.ui import queue_panel

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerThread
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 from webui.app import create_app
 from webui.imaging.infotext import build_infotext, pnginfo_for
 from webui.model_manager.registry import HashCache

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_api import _decode, golden_payload
 from tests.conftest import ServerThread
-from tests.test_api import _decode, golden_payload
 from webui.app import create_app
 from webui.imaging.infotext import parse_infotext
 from webui.settings import parse_flags

@@ -3,7 +3,7 @@
 A page shows the stored options when it loads and remembers them; Apply writes only the
 options the user changed from what that page showed, compared in the option's type, so
 a stale page never writes old values back. The default checkpoint is shown and recorded.
-The browser side is in tests/test_browser_settings.py.
+The browser side is in tests/ui/test_browser_settings.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from webui.options import OPTION_DEFS, SECTIONS, Options
 from webui.settings import parse_flags
 from webui.ui.settings_tab import apply_settings, changed_options, control_updates, shown_values
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PREVIEW, CLIP = "show_progress_every_n_steps", "CLIP_stop_at_last_layers"
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerThread
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 from webui.app import create_app
 from webui.settings import parse_flags
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_browser import browser  # noqa: F401 (the fixture)
-from tests.test_browser_img2img import (
+from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
+from tests.ui.test_browser_img2img import (
     noise_file,
     open_tab,
     server,  # noqa: F401 (the fixture)

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.core.test_img2img import b64
 from webui.app import create_app
 from webui.context import build_context
 from webui.core.jobs import JobQueue, QueueFullError
@@ -30,8 +31,6 @@ from webui.services.generation import (
 from webui.settings import parse_flags
 from webui.ui.common import InputError
 from webui.ui.job_stream import submit_job
-
-from .test_img2img import b64
 
 TXT2IMG_ONLY = """
 from webui.ext import Control, Extension, Section

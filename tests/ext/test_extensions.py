@@ -22,7 +22,7 @@ from webui.settings import parse_flags
 from webui.ui.blocks import build_ui
 from webui.ui.extensions_tab import extensions_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 EVERY_HOOK = '''
 """A test extension that uses every hook and records what it saw."""

@@ -82,7 +82,7 @@ class GatedRunner:
 
 
 def _follow(ctx, request, tab_jobs, prompt, out: list):
-    # submitted as the generation service does (tests/test_services_generation.py covers it)
+    # submitted as the generation service does (tests/services/test_services_generation.py covers it)
     job = ctx.jobs.submit("txt2img", SimpleNamespace(prompt=prompt), owner=owner_of(request))
 
     async def follow():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerThread
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
 from webui.app import create_app
 from webui.settings import parse_flags
 

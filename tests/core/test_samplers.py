@@ -29,7 +29,7 @@ from webui.model_manager.tiny import build_tiny_pipeline
 # torchsde warns about float32 rounding at the ends of DPM++ SDE's Brownian interval.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have ta>=t0")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # An SD 1.5 scheduler config as the checkpoints ship it.
 SD15 = {

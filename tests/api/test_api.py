@@ -296,7 +296,7 @@ def test_features_not_built_are_501(srv: Server) -> None:
     assert response.status_code == 501
     assert "restore_faces" in response.json()["detail"]
     response = srv.client.post(srv.api("/img2img"), json={"init_images": []})
-    assert response.status_code == 422  # built (tests/test_img2img.py): names the field
+    assert response.status_code == 422  # built (tests/core/test_img2img.py): names the field
     assert "init_images" in _loc_names(response)
 
 

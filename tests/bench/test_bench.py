@@ -15,7 +15,7 @@ from pathlib import Path
 
 from webui.bench.report import COLUMNS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_benchmark_prints_the_table_and_writes_json(tmp_path):

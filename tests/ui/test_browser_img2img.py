@@ -17,8 +17,8 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import ServerThread
-from tests.test_browser import browser  # noqa: F401 (the fixture)
 from tests.tiny_upscaler import write_tiny_esrgan
+from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from webui.app import create_app
 from webui.settings import parse_flags
 
