@@ -15,7 +15,7 @@ from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .core.worker import make_runner
 from .ext.host import ExtensionHost
-from .ext.runner import HookedStore, wrap_runner
+from .ext.runner import wrap_runner
 from .imaging.store import OutputStore
 from .model_manager.embeddings import EmbeddingRegistry
 from .model_manager.lora import LoraManager
@@ -58,9 +58,9 @@ def build_context(flags: Flags) -> AppContext:
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
-    saving = HookedStore(store, extensions)  # on_image_saved hooks see every file written
+    # the worker runs jobs; the extension runner calls the hooks around and inside them
     jobs = JobQueue(
-        wrap_runner(extensions, make_runner(models, saving, options, networks), saving),
+        wrap_runner(extensions, make_runner(models, store, options, networks), store),
         options_snapshot=options.as_dict,  # each job runs with the options it was sent under
         limit_per_owner=lambda: options.get("queue_limit_per_user"),
     )

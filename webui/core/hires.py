@@ -16,12 +16,12 @@ import logging
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from ..imaging.upscaler_list import LATENT_MODES
 from .composable import hooked
-from .conditioning import prepare_conditioning
+from .conditioning import Conditioning, prepare_conditioning
 from .decode import decode_latents
-from .jobs import Progress
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -31,6 +31,7 @@ from .latents import (
     vae_encode_pixels,
 )
 from .params import Txt2ImgParams
+from .run import RunContext
 from .samplers import SchedulerChoice, resolve
 
 log = logging.getLogger(__name__)
@@ -60,67 +61,38 @@ def hires_fields(params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
 
 
 def hires_pass(
-    lease,
+    run: RunContext,
     params: Txt2ImgParams,
     latents: torch.Tensor,
     seeds: list[int],
     *,
-    conditioning,
+    conditioning: Conditioning,
     choice: SchedulerChoice,
     on_step: Callable,
-    progress: Progress,
-    should_stop: Callable[[], bool],
-    generators: Callable,
-    upscalers=None,
-    networks=None,
-) -> list:
+) -> list[Image.Image]:
     """The second pass over one batch's first-pass latents; returns PIL images.
 
-    `conditioning` is the first pass's (`conditioning.Conditioning`); a hires prompt
-    gets its own."""
-    pipe, hp = lease.pipe, params.hires
-    if should_stop():  # interrupted during the first pass: keep its images
-        return decode_latents(pipe, latents)
+    `conditioning` is the first pass's; a hires prompt gets its own."""
+    pipe, hp, progress = run.pipe, params.hires, run.progress
+    if run.should_stop():  # interrupted during the first pass: keep its images
+        return decode_latents(pipe, latents, run.memory)
     progress.text = "Hires fix: upscaling"
-    factor = pipe.vae_scale_factor
-    size = hp.size(params.width, params.height)
-    latent_h, latent_w, top, bottom, left, right = size.latent_box(factor)
-    pixels = None
-    if hp.upscaler.is_latent:
-        mode, antialias = LATENT_MODES[hp.upscaler.name]
-        latents = resize_latents(latents, latent_h, latent_w, mode, antialias)
-    else:
-        cache = upscalers if upscalers is not None else _fresh_cache(lease)
-        images = [
-            cache.resize(
-                image, latent_w * factor, latent_h * factor, hp.upscaler, should_stop=should_stop
-            )
-            for image in decode_latents(pipe, latents)
-        ]
-        pixels = pixels_tensor(images)
-        latents = vae_encode_pixels(pipe, pixels)
-    latents = latents[:, :, top:bottom, left:right]
-    if pixels is not None:
-        pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]
-    elif lease.spec.inpainting:  # 9-channel models: the whole image is "masked"
-        pixels = torch.zeros(
-            latents.shape[0], 3, latents.shape[2] * factor, latents.shape[3] * factor
-        )
+    latents, pixels = _upscaled(run, params, latents)
     steps = hp.steps or params.steps
     if effective_steps(steps, hp.denoising_strength) == 0:
         progress.text = ""
-        return decode_latents(pipe, latents)
+        return decode_latents(pipe, latents, run.memory)
     if (hp.prompt and hp.prompt != params.prompt) or (
         hp.negative_prompt and hp.negative_prompt != params.negative_prompt
     ):
         conditioning = prepare_conditioning(
             pipe,
-            lease.spec.family,
+            run.lease.spec.family,
             hp.prompt or params.prompt,
             hp.negative_prompt or params.negative_prompt,
             params.clip_skip,
             steps=steps,
-            embeddings=networks.embeddings if networks is not None else None,
+            embeddings=run.networks.embeddings,
         )
     hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
     progress.text = "Hires fix"
@@ -136,12 +108,36 @@ def hires_pass(
             seeds=seeds,
             pixels=pixels,
         )
-        images = denoise(lease, request, follow_steps(on_step), generators)
+        images = denoise(run, request, follow_steps(on_step))
     progress.text = ""
     return images
 
 
-def _fresh_cache(lease):
-    from ..imaging.upscalers import UpscalerCache
-
-    return UpscalerCache(device=str(lease.pipe.device))
+def _upscaled(
+    run: RunContext, params: Txt2ImgParams, latents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(latents at the hires size, and their pixels when an image upscaler made them)."""
+    pipe, hp = run.pipe, params.hires
+    factor = pipe.vae_scale_factor
+    size = hp.size(params.width, params.height)
+    latent_h, latent_w, top, bottom, left, right = size.latent_box(factor)
+    pixels = None
+    if hp.upscaler.is_latent:
+        mode, antialias = LATENT_MODES[hp.upscaler.name]
+        latents = resize_latents(latents, latent_h, latent_w, mode, antialias)
+    else:
+        images = [
+            run.upscalers.resize(image, latent_w * factor, latent_h * factor, hp.upscaler,
+                                 should_stop=run.should_stop)
+            for image in decode_latents(pipe, latents, run.memory)
+        ]  # fmt: skip
+        pixels = pixels_tensor(images)
+        latents = vae_encode_pixels(pipe, pixels)
+    latents = latents[:, :, top:bottom, left:right]
+    if pixels is not None:
+        pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]
+    elif run.lease.spec.inpainting:  # 9-channel models: the whole image is "masked"
+        pixels = torch.zeros(
+            latents.shape[0], 3, latents.shape[2] * factor, latents.shape[3] * factor
+        )
+    return latents, pixels

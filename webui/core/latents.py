@@ -7,7 +7,8 @@
   without a mask, the inpaint pipeline with a mask (diffusers then puts the noised
   original back outside the mask after every step) and always for 9-channel inpainting
   checkpoints, which also get the masked image as conditioning.
-- `denoise`: one batch from given init latents, at a strength, with the sampler chosen.
+- `denoise`: one batch from given init latents, at a strength, with the sampler chosen,
+  one CPU generator per image (`generators`: seed + i gives the same noise anywhere).
 
 This module must never import a UI library or change global options.
 """
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..model_manager.manager import Lease
 from .decode import decode_latents
+from .run import RunContext
 from .samplers import SchedulerChoice
 from .schedulers import make_scheduler, set_noise_seed
 
@@ -100,7 +103,12 @@ def masked_content_latents(
     return latents * keep + noise * (1 - keep)
 
 
-def pipeline_for(lease, masked: bool):
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: a seed gives the same noise on every machine."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def pipeline_for(lease: Lease, masked: bool):
     """The pipeline view a denoise needs (see the module docstring)."""
     if lease.spec.inpainting:
         return lease.pipe
@@ -131,8 +139,9 @@ class DenoiseRequest:
     output_type: str = "pil"
 
 
-def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable) -> list:
+def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     """Run one batch; returns PIL images (or latents with output_type="latent")."""
+    lease = run.lease
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(lease, req.mask is not None)
     pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config, steps=req.steps)
@@ -162,7 +171,7 @@ def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable)
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     latents = pipe(**kwargs).images
-    return latents if req.output_type == "latent" else decode_latents(pipe, latents)
+    return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 
 
 def _masked_image_latents(pipe, pixels: torch.Tensor | None, mask: Image.Image) -> torch.Tensor:

@@ -161,7 +161,7 @@ class ModelManager:
         started = time.perf_counter()
         self._evict(keep=max(0, self.effective_limit - 1))
         model = load_checkpoint(info.path, self.plan.load_device, self.plan.load_dtype)
-        applied = prepare_pipeline(model.pipe, self.plan, model.spec.family)
+        applied = prepare_pipeline(model.pipe, self.plan, model.spec.family == "sdxl")
         log.debug("%s: %s", info.title, ", ".join(applied))
         model.pipe.set_progress_bar_config(disable=True)
         self.last_load_seconds = time.perf_counter() - started

@@ -21,8 +21,10 @@ from .memory import ATTENTION_LABELS, MemoryPlan, dtype_name
 log = logging.getLogger(__name__)
 
 
-def prepare_pipeline(pipe, plan: MemoryPlan, family: str) -> list[str]:
-    """Apply the plan to a pipeline just loaded on `plan.load_device`; returns what it did."""
+def prepare_pipeline(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> list[str]:
+    """Apply the plan to a pipeline just loaded on `plan.load_device`; returns what it did.
+
+    `medvram_sdxl`: the model's family is one that --medvram-sdxl offloads."""
     done = [f"attention: {apply_attention(pipe, plan)}"]
     if plan.half_storage:
         store_weights_half(pipe)
@@ -37,7 +39,7 @@ def prepare_pipeline(pipe, plan: MemoryPlan, family: str) -> list[str]:
     if plan.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         done.append("channels-last")
-    offload = plan.offload_for(family)
+    offload = plan.offload_for(medvram_sdxl)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=plan.device)
     elif offload == "sequential":
@@ -220,14 +222,14 @@ def upcast_vae(pipe) -> None:
 
 
 @contextmanager
-def lower_memory(pipe, plan: MemoryPlan, family: str) -> Iterator[list[str]]:
+def lower_memory(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> Iterator[list[str]]:
     """Temporarily save memory beyond the plan (an out-of-memory retry); yields what it did.
 
     On CUDA without offloading, the whole model moves to model CPU offload for the run.
-    (VAE tiling and slicing are the decoder's part: `decode.MemoryRun.low_memory`.)
+    (VAE tiling and slicing are the decoder's part: `core.run.MemoryRun.low_memory`.)
     """
     measures: list[str] = []
-    offloaded = plan.device == "cuda" and plan.offload_for(family) == "none"
+    offloaded = plan.device == "cuda" and plan.offload_for(medvram_sdxl) == "none"
     if offloaded:
         pipe.enable_model_cpu_offload(device=plan.device)
         measures.append("model offload")
