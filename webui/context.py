@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.extra_networks import Networks
+from .core.families import default_families
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .core.worker import make_runner
@@ -53,14 +54,17 @@ def build_context(flags: Flags) -> AppContext:
     extra = [Path(flags.ckpt)] if flags.ckpt else []
     hashes = HashCache(flags.cache_path)
     registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
-    models = ModelManager(registry, memory, hashing=not flags.no_hashing)
+    families = default_families()  # what checkpoints can be: recognition, loading, generation
+    models = ModelManager(registry, memory, families=families, hashing=not flags.no_hashing)
     models.limit = int(options.get("sd_checkpoints_limit"))
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
     # the worker runs jobs; the extension runner calls the hooks around and inside them
     jobs = JobQueue(
-        wrap_runner(extensions, make_runner(models, store, options, networks), store),
+        wrap_runner(
+            extensions, make_runner(models, store, options, networks, families=families), store
+        ),
         options_snapshot=options.as_dict,  # each job runs with the options it was sent under
         limit_per_owner=lambda: options.get("queue_limit_per_user"),
     )

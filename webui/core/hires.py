@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from ..imaging.upscaler_list import LATENT_MODES
-from .composable import hooked
-from .conditioning import Conditioning, prepare_conditioning
+from .conditioning import Conditioning
 from .decode import decode_latents
 from .latents import (
     DenoiseRequest,
@@ -32,16 +32,25 @@ from .latents import (
 )
 from .params import Txt2ImgParams
 from .run import RunContext
-from .samplers import SchedulerChoice, resolve
+from .samplers import SchedulerChoice
+
+if TYPE_CHECKING:
+    from .families.base import Family
 
 log = logging.getLogger(__name__)
 
 
-def hires_fields(params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
+def hires_choice(family: Family, params: Txt2ImgParams) -> SchedulerChoice:
+    """The second pass's sampler and schedule (the first pass's unless chosen)."""
+    hp = params.hires
+    return family.sampler(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+
+
+def hires_fields(family: Family, params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
     """A1111's infotext fields of hires. fix, in A1111's order."""
     hp = params.hires
     fields: dict = {"Denoising strength": hp.denoising_strength}
-    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    hr_choice = hires_choice(family, params)
     if hr_choice.sampler != choice.sampler:
         fields["Hires sampler"] = hr_choice.sampler
     if hp.prompt and hp.prompt != params.prompt:
@@ -85,19 +94,18 @@ def hires_pass(
     if (hp.prompt and hp.prompt != params.prompt) or (
         hp.negative_prompt and hp.negative_prompt != params.negative_prompt
     ):
-        conditioning = prepare_conditioning(
+        conditioning = run.family.conditioning(
             pipe,
-            run.lease.spec.family,
             hp.prompt or params.prompt,
             hp.negative_prompt or params.negative_prompt,
             params.clip_skip,
             steps=steps,
             embeddings=run.networks.embeddings,
         )
-    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    hr_choice = hires_choice(run.family, params)
     progress.text = "Hires fix"
     progress.step = 0
-    with hooked(pipe.unet, conditioning, len(seeds)) as follow_steps:
+    with run.family.follow_steps(pipe, conditioning, len(seeds)) as follow_steps:
         request = DenoiseRequest(
             latents=latents,
             conditioning=conditioning.pipeline_kwargs(),

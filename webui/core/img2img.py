@@ -23,8 +23,7 @@ from PIL import Image
 
 from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
-from .composable import hooked
-from .conditioning import Conditioning, prepare_conditioning
+from .conditioning import Conditioning
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -38,7 +37,7 @@ from .latents import (
 from .params_img2img import Img2ImgParams
 from .processing import GeneratedImage, base_fields, finish_image, step_callback
 from .run import RunContext
-from .samplers import SchedulerChoice, resolve
+from .samplers import SchedulerChoice
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +154,14 @@ class Img2ImgJob:
 
     def __init__(self, run: RunContext, params: Img2ImgParams, fields: dict | None = None):
         self.run_context, self.params = run, params
-        self.choice = resolve(params.sampler_name, params.scheduler)
+        self.choice = run.family.sampler(params.sampler_name, params.scheduler)
         self.fields = {**base_fields(run, params, self.choice), **extra_fields(params)}
         self.fields.update(fields or {})
         self.steps_run = effective_steps(params.steps, params.denoising_strength)
         self.conditioning: Conditioning | None = None
         if self.steps_run > 0:
-            self.conditioning = prepare_conditioning(
+            self.conditioning = run.family.conditioning(
                 run.pipe,
-                run.lease.spec.family,
                 params.prompt,
                 params.negative_prompt,
                 params.clip_skip,
@@ -178,7 +176,7 @@ class Img2ImgJob:
         if self.conditioning is None:
             return [item.source for item in items]
         run = self.run_context
-        with hooked(run.pipe.unet, self.conditioning, len(seeds)) as follow_steps:
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds)) as follow_steps:
             return run_batch(
                 run,
                 self.params,

@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..model_manager.manager import Lease
 from .decode import decode_latents
 from .run import RunContext
 from .samplers import SchedulerChoice
-from .schedulers import make_scheduler, set_noise_seed
+from .schedulers import set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,12 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def pipeline_for(lease: Lease, masked: bool):
-    """The pipeline view a denoise needs (see the module docstring)."""
+def pipeline_for(run: RunContext, masked: bool):
+    """The pipeline view a denoise needs (see the module docstring): the family names it."""
+    lease = run.lease
     if lease.spec.inpainting:
         return lease.pipe
-    base = "StableDiffusionXL" if lease.spec.family == "sdxl" else "StableDiffusion"
-    pipe = lease.variant(base + ("InpaintPipeline" if masked else "Img2ImgPipeline"))
+    pipe = lease.variant(run.family.pipeline_class("inpaint" if masked else "img2img", False))
     pipe.set_progress_bar_config(disable=True)  # a from_pipe view starts with the bars on
     return pipe
 
@@ -143,8 +142,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     """Run one batch; returns PIL images (or latents with output_type="latent")."""
     lease = run.lease
     inpaint_model = lease.spec.inpainting
-    pipe = pipeline_for(lease, req.mask is not None)
-    pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config, steps=req.steps)
+    pipe = pipeline_for(run, req.mask is not None)
+    pipe.scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor

@@ -5,7 +5,9 @@ resolve the sampler, make one CPU generator per image (seed + i), run the pipeli
 by batch, report progress and cheap previews through the step callback, and build the
 A1111 infotext of every image. Everything a job runs with comes in its `RunContext`
 (`webui.core.run`): the lease, progress, cancel token, networks, memory settings and
-`save` (None: nothing is saved).
+`save` (None: nothing is saved). What depends on the model family (sampler and
+scheduler, prompt conditioning, its infotext fields, preview colours) is asked of
+`run.family` (`webui.core.families`); this module never tests a family's name.
 
 This module must never import a UI library, and never change global options: everything
 comes in through its arguments.
@@ -23,23 +25,15 @@ from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
-from .composable import hooked
-from .conditioning import prepare_conditioning
 from .decode import decode_latents
 from .hires import hires_fields, hires_pass
 from .latents import generators
 from .params import Txt2ImgParams
 from .run import RunContext
-from .samplers import SchedulerChoice, resolve
-from .schedulers import make_scheduler, set_noise_seed
+from .samplers import SchedulerChoice
+from .schedulers import set_noise_seed
 
 log = logging.getLogger(__name__)
-
-# Linear maps from the 4 latent channels to RGB: a preview without running the VAE.
-LATENT_RGB = {
-    "sd": ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
-    "sdxl": ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163), (-0.3730, -0.2499, -0.2088)),
-}  # fmt: skip
 
 
 @dataclass
@@ -56,20 +50,20 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     `run.networks` brings the job's embeddings and the infotext fields of its LoRAs and
     VAE. With `params.hires`, every batch gets the hires. fix second pass
     (`webui.core.hires`; `run.upscalers` runs model upscalers)."""
-    lease, pipe, progress = run.lease, run.pipe, run.progress
-    choice = resolve(params.sampler_name, params.scheduler)
-    pipe.scheduler = make_scheduler(choice, lease.model.base_scheduler_config, steps=params.steps)
+    lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
+    choice = family.sampler(params.sampler_name, params.scheduler)
+    pipe.scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
     seeds = params.image_seeds()
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)
     on_step = step_callback(run)
-    conditioning = prepare_conditioning(
-        pipe, lease.spec.family, params.prompt, params.negative_prompt, params.clip_skip,
+    conditioning = family.conditioning(
+        pipe, params.prompt, params.negative_prompt, params.clip_skip,
         steps=params.steps, embeddings=run.networks.embeddings,
     )  # fmt: skip
     fields.update(run.networks.extra_fields(conditioning.used_embeddings))
     if params.hires is not None:
-        fields.update(hires_fields(params, choice))
+        fields.update(hires_fields(family, params, choice))
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if run.should_stop():
@@ -79,7 +73,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         set_noise_seed(pipe.scheduler, batch_seeds)  # DPM++ SDE's noise follows the seeds too
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
-        with hooked(pipe.unet, conditioning, params.batch_size) as follow_steps:
+        with family.follow_steps(pipe, conditioning, params.batch_size) as follow_steps:
             latents = pipe(
                 **conditioning.pipeline_kwargs(),
                 num_inference_steps=params.steps,
@@ -126,7 +120,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         "Model hash": lease.info.shorthash,
         "Model": lease.info.name,
         **run.networks.vae_fields,
-        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        **run.family.infotext_fields(params),  # "Clip skip"
         "RNG": "CPU",
         "Version": f"v{__version__}",
     }
@@ -134,13 +128,13 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
 
 def step_callback(run: RunContext) -> Callable:
     """A diffusers `callback_on_step_end`: progress, cheap previews, interrupt."""
-    progress, every, family = run.progress, run.preview_every, run.lease.spec.family
+    progress, every, coefficients = run.progress, run.preview_every, run.family.latent_rgb
 
     def on_step(pipe, i, t, tensors):
         progress.advance(i + 1, pipe.num_timesteps)
         if every and (i + 1) % every == 0 and i + 1 < pipe.num_timesteps:
             step = progress.batch * progress.steps + i + 1
-            progress.set_preview(latent_preview(tensors["latents"], family), step)
+            progress.set_preview(latent_preview(tensors["latents"], coefficients), step)
         if run.should_stop():
             pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
         return {}
@@ -161,9 +155,12 @@ def _inpainting_model_inputs(spec, params: Txt2ImgParams) -> dict:
 
 
 @torch.inference_mode()
-def latent_preview(latents: torch.Tensor, family: str) -> Image.Image:
-    """A cheap RGB approximation of the first latent of a batch, at 8x the latent size."""
-    coefs = torch.tensor(LATENT_RGB["sdxl" if family == "sdxl" else "sd"], dtype=torch.float32)
+def latent_preview(
+    latents: torch.Tensor, coefficients: tuple[tuple[float, float, float], ...]
+) -> Image.Image:
+    """A cheap RGB approximation of the first latent of a batch, at 8x the latent size
+    (`coefficients`: the family's map from latent channels to RGB)."""
+    coefs = torch.tensor(coefficients, dtype=torch.float32)
     rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), coefs)
     pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(pixels, "RGB")

@@ -8,7 +8,8 @@ what a function may use is in its arguments.
 - `JobContext`: what every job kind has: who it is (`JobInfo`, also what extension hooks
   are told), its `Progress` (whose listeners publish job events and call extensions'
   `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
-- `RunContext`: a generation with a leased checkpoint: the lease, the job's networks (embeddings, LoRA and VAE infotext), its memory settings and notes
+- `RunContext`: a generation with a leased checkpoint: the lease and its model family
+  (`webui.core.families`: what core asks instead of testing names), the job's networks (embeddings, LoRA and VAE infotext), its memory settings and notes
   (`MemoryRun`), the live-preview interval and `save` (None when the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ..imaging.upscalers import UpscalerCache
     from ..model_manager.manager import Lease
     from .extra_networks import ActiveNetworks
+    from .families.base import Family
 
 DEFAULT_TILE_FROM = 1536  # px per side (of width x height): 2048² tiles, 1024² does not
 DEFAULT_SLICE_FROM = 1024
@@ -136,6 +138,7 @@ class RunContext(JobContext):
     """One generation (txt2img, img2img and their modes) with a leased checkpoint."""
 
     lease: Lease
+    family: Family  # the leased checkpoint's model family
     networks: ActiveNetworks
     memory: MemoryRun = field(default_factory=MemoryRun)
     save: SaveFn | None = None  # None: the job saves nothing

@@ -3,7 +3,8 @@
 `make_runner` is given the model manager, the output store and the options by the
 composition root, and returns the `Worker` that `JobQueue` runs on its worker thread
 (through the extension runner, which passes each job's `RunHooks`). For a generation the
-worker resolves the checkpoint, leases it, applies the job's networks and builds the one
+worker resolves the checkpoint, leases it, finds its model family (`webui.core.families`,
+the ones the composition root passes in), applies the job's networks and builds the one
 `RunContext` (`webui.core.run`) that the generation functions receive; every image it
 saves goes through the store and then to the hooks' `on_saved` listeners.
 
@@ -24,6 +25,7 @@ from PIL import Image
 from ..imaging.upscalers import UpscalerCache
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
+from .families import Families
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
@@ -69,8 +71,11 @@ def resolve_checkpoint(models, requested: str | None, default: str | None):
 class Worker:
     """Runs one job of any kind; only the job queue's worker thread calls it."""
 
-    def __init__(self, models, store, options, networks: Networks | None = None):
+    def __init__(
+        self, models, store, options, networks: Networks | None = None, *, families: Families
+    ):
         self.models, self.store, self.options, self.networks = models, store, options, networks
+        self.families = families
         # upscaler models stay loaded between jobs (the last one); only this worker runs them
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
@@ -99,13 +104,14 @@ class Worker:
         models.limit = int(opt("sd_checkpoints_limit"))
         job.progress.text = f"Loading {info.name}" if info.path not in models.loaded_paths() else ""
         lease = models.acquire(info)
+        family = self.families.of(lease.spec)
         job.progress.text = ""
         save = self._saver(job, params, info.name, opt, hooks) if params.save_images else None
         # LoRAs and VAE are on the model for this job only, taken off however it ends
-        with applied_networks(lease, params, self.networks, opt("sd_vae")) as active:
+        with applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active:
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
-                lease=lease, networks=active, save=save,
+                lease=lease, family=family, networks=active, save=save,
                 memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
                 preview_every=int(opt("show_progress_every_n_steps")),
             )  # fmt: skip
@@ -113,7 +119,7 @@ class Worker:
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
                 lambda memory: generate(replace(run, memory=memory), params),
                 memory=run.memory, pipe=lease.pipe, plan=models.plan,
-                medvram_sdxl=lease.spec.family == "sdxl",
+                medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
         warnings += active.warnings + run.memory.messages()
@@ -163,5 +169,7 @@ class Worker:
         return save
 
 
-def make_runner(models, store, options, networks: Networks | None = None) -> Worker:
-    return Worker(models, store, options, networks)
+def make_runner(
+    models, store, options, networks: Networks | None = None, *, families: Families
+) -> Worker:
+    return Worker(models, store, options, networks, families=families)

@@ -94,14 +94,22 @@ def SdpaNoMemProcessor():  # noqa: N802 - reads as a class at the call sites
     return _sdpa_no_mem_processor_class()()
 
 
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    """Every text encoder of a pipeline (`text_encoder`, `text_encoder_2`, ...)."""
+    return [
+        module
+        for name, module in pipe.components.items()
+        if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)
+    ]
+
+
 def store_weights_half(pipe) -> None:
     """UNet and VAE weights stay float16 in RAM; each layer casts them to float32 to run.
 
-    The text encoder (small) stays float32, so the pipeline's tensors stay float32.
+    The text encoders (small) stay float32, so the pipeline's tensors stay float32.
     """
-    pipe.text_encoder.to(torch.float32)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.to(torch.float32)
+    for encoder in text_encoders(pipe):
+        encoder.to(torch.float32)
     for model in (pipe.unet, pipe.vae):
         store_model_half(model)
 
@@ -184,10 +192,9 @@ def _param_dtype(module) -> torch.dtype:
 
 
 def upcast_sampling(pipe) -> None:
-    """A1111's --upcast-sampling: fp16 UNet, fp32 text encoder, latents and sampler math."""
-    pipe.text_encoder.to(torch.float32)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.to(torch.float32)
+    """A1111's --upcast-sampling: fp16 UNet, fp32 text encoders, latents and sampler math."""
+    for encoder in text_encoders(pipe):
+        encoder.to(torch.float32)
     unet = pipe.unet
 
     def cast(value, dtype):
