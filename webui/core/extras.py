@@ -23,6 +23,7 @@ from PIL import Image
 from ..imaging.codec import to_rgb
 from ..imaging.infotext import find_params, format_value, quote, read_infotext_from_image
 from ..imaging.upscaler_list import NONE
+from ..imaging.upscalers import UpscalerCache
 from .params_img2img import ExtrasParams
 from .processing import GeneratedImage
 from .run import JobContext
@@ -63,7 +64,12 @@ def upscale_images(
     return results
 
 
-def upscale_one(params: ExtrasParams, source: Image.Image, upscalers, should_stop=None):
+def upscale_one(
+    params: ExtrasParams,
+    source: Image.Image,
+    upscalers: UpscalerCache,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Image.Image, dict]:
     """(upscaled image, its "Postprocess ..." infotext fields)."""
     image = to_rgb(source)
     fields: dict = {}

@@ -17,11 +17,12 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import UserError
+from ..model_manager.memory import MemoryPlan
 from ..model_manager.optimize import lower_memory, token_merging
 from .run import MemoryRun
 
@@ -59,8 +60,8 @@ def run_guarded(
     generate: Callable[[MemoryRun], T],
     *,
     memory: MemoryRun,
-    pipe,
-    plan,
+    pipe: Any,
+    plan: MemoryPlan,
     medvram_sdxl: bool,
     retry: bool,
     what: str,
@@ -107,7 +108,7 @@ def _short(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def _message(what: str, cause: str, plan, *, retried: bool) -> str:
+def _message(what: str, cause: str, plan: MemoryPlan, *, retried: bool) -> str:
     where = "GPU memory" if plan.device == "cuda" else "system RAM"
     tried = (
         " A retry with lower memory (VAE tiling and slicing"

@@ -18,11 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
+from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
+from ..model_manager.manager import ModelManager
+from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
@@ -39,6 +42,12 @@ log = logging.getLogger(__name__)
 Option = Callable[[str], Any]
 
 
+class OptionSource(Protocol):
+    """The persisted options (`webui.options.Options`): the current value of a key."""
+
+    def get(self, key: str) -> Any: ...
+
+
 @dataclass
 class JobResult:
     images: list[GeneratedImage]
@@ -48,14 +57,16 @@ class JobResult:
     warnings: list[str] = field(default_factory=list)  # skipped LoRA tags, unknown styles...
 
 
-def job_option(job: Job, options, key: str):
+def job_option(job: Job, options: OptionSource, key: str) -> Any:
     """The job's own value of an option (its snapshot with overrides), else the current one."""
     if key in job.options:
         return job.options[key]
     return options.get(key)
 
 
-def resolve_checkpoint(models, requested: str | None, default: str | None):
+def resolve_checkpoint(
+    models: ModelManager, requested: str | None, default: str | None
+) -> CheckpointInfo:
     """The checkpoint a job runs with: its own choice, else the server default it was
     submitted under (never whatever another user loaded last), else the first one."""
     if requested:
@@ -72,7 +83,13 @@ class Worker:
     """Runs one job of any kind; only the job queue's worker thread calls it."""
 
     def __init__(
-        self, models, store, options, networks: Networks | None = None, *, families: Families
+        self,
+        models: ModelManager,
+        store: OutputStore,
+        options: OptionSource,
+        networks: Networks | None = None,
+        *,
+        families: Families,
     ):
         self.models, self.store, self.options, self.networks = models, store, options, networks
         self.families = families
@@ -170,6 +187,11 @@ class Worker:
 
 
 def make_runner(
-    models, store, options, networks: Networks | None = None, *, families: Families
+    models: ModelManager,
+    store: OutputStore,
+    options: OptionSource,
+    networks: Networks | None = None,
+    *,
+    families: Families,
 ) -> Worker:
     return Worker(models, store, options, networks, families=families)

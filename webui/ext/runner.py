@@ -51,15 +51,15 @@ def wrap_runner(host: ExtensionHost, runner: Runner, store: Any = None) -> Calla
 
     def run(job: Job) -> Any:
         if job.kind not in GENERATION_KINDS or not host.active():
-            return runner(job, saved_hooks(host, JobInfo.of(job), job.params))
+            return runner(job, saved_hooks(host, job.params))
         return _Generation(host, runner, job, store).run()
 
     return run
 
 
-def saved_hooks(host: ExtensionHost, info: JobInfo, params: Any) -> RunHooks:
+def saved_hooks(host: ExtensionHost, params: Any) -> RunHooks:
     """RunHooks that call every active extension's on_image_saved (with its args in
-    `params`) for each image the worker writes."""
+    `params`) for each image the worker writes; the worker gives the job of the run."""
 
     def on_saved(saved: SavedImage) -> None:
         notify_saved(host, saved, params)
@@ -77,7 +77,7 @@ def notify_saved(host: ExtensionHost, saved: SavedImage, params: Any) -> None:
 @dataclass
 class _Generation:
     host: ExtensionHost
-    runner: Callable[[Job], Any]
+    runner: Runner
     job: Job
     store: Any
     results: list[Any] = field(default_factory=list)
@@ -184,7 +184,7 @@ class _Generation:
                 break
             self.job.params = p
             try:
-                results.append(self.runner(self.job, saved_hooks(self.host, self.info, p)))
+                results.append(self.runner(self.job, saved_hooks(self.host, p)))
             except Exception as exc:
                 raise _GenerationError(exc) from exc
         self.results += results
