@@ -9,8 +9,9 @@ what a function may use is in its arguments.
   are told), its `Progress` (whose listeners publish job events and call extensions'
   `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
 - `RunContext`: a generation with a leased checkpoint: the lease and its model family
-  (`webui.core.families`: what core asks instead of testing names), the job's networks (embeddings, LoRA and VAE infotext), its memory settings and notes
-  (`MemoryRun`), the live-preview interval and `save` (None when the job saves nothing).
+  (`webui.core.families`: what core asks instead of testing names), the job's networks
+  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), the
+  live-preview interval and `save` (None when the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
 
