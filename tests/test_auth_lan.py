@@ -316,7 +316,7 @@ def test_https_with_tls_flags(tmp_path) -> None:
 def test_job_owners_are_users_else_browsers() -> None:
     import gradio as gr
 
-    from webui.core.jobs import guest_owner
+    from webui.owners import guest_owner
     from webui.ui.common import owner_of
 
     assert owner_of(gr.Request(username="alice", session_hash="s1")) == "alice"

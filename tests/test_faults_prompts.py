@@ -20,6 +20,7 @@ from PIL import Image
 
 from tests.test_api import golden_payload
 from webui.app import create_app
+from webui.core.prompt_limits import clip_chunk_count
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
@@ -36,9 +37,11 @@ PROMPTS = {
     "NUL": "NUL",
     "AUX": "aux.txt",
     "COM1": "COM1",
-    "long": "a red fox in the snow, " * 434 + "the very last word",  # 10,000 characters
-    "long-emoji": "🦊 " * 4999 + "🦊!",
-}
+    # 10,000 characters, the most a prompt may have, in at most 20 chunks of 75 tokens
+    "long": ("breathtaking cinematography, magnificent snowflakes, spectacular illumination, "
+             * 130)[:9982] + "the very last word",
+    "long-emoji": ("🦊 " * 100 + "magnificent snowflakes " * 426)[:9998] + "🦊!",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,7 @@ def _txt2img(client: TestClient, prompt: str, **changes):
 
 def test_the_long_prompts_are_long():
     assert len(PROMPTS["long"]) == 10_000 and len(PROMPTS["long-emoji"]) == 10_000
+    assert clip_chunk_count(PROMPTS["long"]) <= 20 and clip_chunk_count(PROMPTS["long-emoji"]) <= 20
 
 
 @pytest.mark.parametrize("name", list(PROMPTS))

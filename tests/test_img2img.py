@@ -385,7 +385,8 @@ def test_api_sd_upscale_script(server):
         ({"init_images": [b64(Image.new("RGB", (4097, 4097)))]}, "init_images"),
         ({"denoising_strength": 2}, "denoising_strength"),
         ({"script_name": "SD upscale", "script_args": ["", 8, "nope", 2]}, "script_args"),
-        ({"script_name": "X/Y/Z plot"}, "script_name"),
+        ({"script_name": "no such script"}, "script_name"),
+        ({"script_name": "X/Y/Z plot"}, "x_values"),  # found, and its empty X values refused
     ],
 )
 def test_api_bad_input_is_422_and_saves_nothing(server, data, body, loc):

@@ -11,7 +11,7 @@ from webui.imaging.infotext import build_infotext, parse_infotext
 from webui.imaging.store import OutputStore
 from webui.settings import parse_flags
 from webui.ui.blocks import build_ui
-from webui.ui.paste import _updates, checkpoint_title, fill, tab_controls
+from webui.ui.paste import checkpoint_title, fill, parameter_updates, tab_controls
 from webui.ui.pnginfo_tab import describe, read_any_infotext
 
 FIELDS = {
@@ -119,6 +119,6 @@ def test_checkpoint_by_hash_or_name(ui):
         b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sd_checkpoint"
     )
     text = build_infotext("p", "", {**FIELDS, "Model hash": sha[:10]})
-    updates = _updates(ctx, "txt2img", controls, [controls["Seed"], checkpoint], text)
+    updates = parameter_updates(ctx, "txt2img", controls, [controls["Seed"], checkpoint], text)
     assert updates[0] == 1234
     assert updates[1].value == f"tiny-sd1.safetensors [{sha[:10]}]"

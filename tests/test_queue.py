@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from webui.core import jobs as J
-from webui.core.jobs import JobAccessError, JobQueue, QueueFullError, guest_owner
+from webui.core.jobs import JobAccessError, JobQueue, QueueFullError
+from webui.owners import guest_owner
 
 
 class Runner:
@@ -186,6 +187,26 @@ def test_interrupt_stops_all_batches(make_queue):
     assert queue.interrupt_owner("alice") == 1
     assert job.done.wait(10)
     assert job.state == J.INTERRUPTED and len(job.result.images) == 1
+
+
+def test_shutdown_aborts_the_running_job_and_cancels_the_waiting_ones(make_queue):
+    queue = make_queue(Runner(steps=10_000, delay=0.01))
+    running = queue.submit("txt2img", params("long", batches=3), owner="alice")
+    waiting = [
+        queue.submit("txt2img", params(p), owner=o) for p, o in (("a", "alice"), ("b", "bob"))
+    ]
+    deadline = time.monotonic() + 10
+    while running.progress.step < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    queue.shutdown()  # returns at once: the waiting jobs are already cancelled
+    assert [(j.state, j.error) for j in waiting] == [(J.CANCELLED, J.SHUTDOWN_MESSAGE)] * 2
+    assert all(j.done.is_set() and j.abort_requested for j in waiting)
+    assert running.done.wait(5)  # at its next step, not after 3 x 10,000 steps
+    # aborted, not just interrupted: the images of the batch in progress are not kept
+    assert running.state == J.INTERRUPTED and running.result is None
+    assert running.error == J.SHUTDOWN_MESSAGE and running.progress.batch == 0
+    with pytest.raises(J.ShuttingDownError):
+        queue.submit("txt2img", params("late"), owner="carol")
 
 
 def test_jobs_carry_an_options_snapshot(make_queue):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -245,3 +247,123 @@ def test_xyz_plot_on_img2img_varies_denoising(ctx):
     assert [parse_infotext(g.infotext)["Denoising strength"] for g in (low, high)] == [0, 0.9]
     unchanged = np.abs(np.asarray(low.image.convert("RGB")).astype(int) - np.asarray(image))
     assert unchanged.max() <= 3  # strength 0 keeps the init image
+
+
+# --- img2img through the API: the scripts and always-on extensions the img2img tab runs ----
+
+
+def img2img_body(**fields) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    return {"prompt": "a cube", "steps": 2, "width": 64, "height": 64, "seed": 4,
+            "denoising_strength": 0.5, "init_images": [init], **fields}  # fmt: skip
+
+
+def infotexts(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return [parse_infotext(t) for t in json.loads(response.json()["info"])["infotexts"]]
+
+
+def test_api_img2img_lists_and_runs_every_img2img_script(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))  # no lifespan: it would close the context
+    listed = client.get("/sdapi/v1/scripts").json()["img2img"]
+    assert {"x/y/z plot", "prompt matrix", "prompts from file or textbox", "sd upscale"} <= set(
+        listed
+    )
+    for title in listed:  # each one listed is accepted: at worst its args are refused
+        response = client.post("/sdapi/v1/img2img", json=img2img_body(script_name=title))
+        assert response.status_code in (200, 422), response.text
+        if response.status_code == 422:
+            assert response.json()["detail"][0]["loc"][1] == "script_args", (title, response.text)
+    info = {i["name"]: i for i in client.get("/sdapi/v1/script-info").json() if i["is_img2img"]}
+    assert [a["name"] for a in info["sd upscale"]["args"]] == [
+        "info",
+        "overlap",
+        "upscaler",
+        "scale",
+    ]
+    assert "x_values" in [a["name"] for a in info["x/y/z plot"]["args"]]
+
+
+def test_api_img2img_xyz_plot(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))
+    args = {"x_type": "Denoising", "x_values": "0, 0.9", "include_lone_images": True}
+    response = client.post(
+        "/sdapi/v1/img2img", json=img2img_body(script_name="X/Y/Z plot", script_args=args)
+    )
+    grid, low, high = infotexts(response)
+    assert (grid["Script"], grid["X Type"], grid["X Values"]) == (
+        "X/Y/Z plot",
+        "Denoising",
+        "0, 0.9",
+    )
+    assert (low["Denoising strength"], high["Denoising strength"]) == (0, 0.9)
+    images = response.json()["images"]
+    assert len(images) == 3
+    first = Image.open(io.BytesIO(base64.b64decode(images[1]))).convert("RGB")
+    assert np.abs(np.asarray(first).astype(int) - (200, 40, 40)).max() <= 3  # strength 0
+    bad = client.post("/sdapi/v1/img2img", json=img2img_body(
+        script_name="X/Y/Z plot", script_args={"x_type": "Denoising", "x_values": "2"}))  # fmt: skip
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "script_args", "x_values"]
+
+
+def test_api_img2img_prompt_matrix_and_prompts_from_file(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))
+    matrix = client.post("/sdapi/v1/img2img", json=img2img_body(
+        prompt="a cube|red", script_name="Prompt matrix", script_args=[]))  # fmt: skip
+    grid, *cells = infotexts(matrix)
+    assert grid["Script"] == "Prompt matrix"
+    assert [c["Prompt"] for c in cells] == ["a cube", "a cube, red"]
+    assert all(c["Denoising strength"] == 0.5 for c in cells)  # img2img cells
+    lines = "a house\n--prompt 'a boat' --steps 3 --seed 77"
+    from_file = client.post("/sdapi/v1/img2img", json=img2img_body(
+        prompt="photo of", script_name="prompts from file or textbox",
+        script_args=[False, False, "end", lines]))  # A1111's positional args  # fmt: skip
+    first, second = infotexts(from_file)
+    assert (first["Prompt"], first["Seed"]) == ("photo of a house", 4)
+    assert (second["Prompt"], second["Steps"], second["Seed"]) == ("photo of a boat", 3, 77)
+    assert second["Denoising strength"] == 0.5
+    bad = client.post("/sdapi/v1/img2img", json=img2img_body(
+        script_name="prompts from file or textbox", script_args={"prompt_txt": "--steps 999"}))  # fmt: skip
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["detail"][0]["loc"] == ["body", "script_args", "prompt_txt"]
+
+
+def test_api_img2img_alwayson_scripts(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))
+    body = img2img_body(prompt="a {cube|ball}", seed=20)
+    (expanded,) = infotexts(client.post("/sdapi/v1/img2img", json=body))
+    assert expanded["Prompt"] in ("a cube", "a ball")  # wildcards is on by default
+    for off in ({"args": {"enabled": False}}, {"args": [False]}):
+        response = client.post(
+            "/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"Wildcards": off}}
+        )
+        assert infotexts(response)[0]["Prompt"] == "a {cube|ball}"
+    bad = client.post("/sdapi/v1/img2img", json={
+        **body, "alwayson_scripts": {"wildcards": {"args": {"enabled": "maybe"}}}})  # fmt: skip
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == [
+        "body",
+        "alwayson_scripts",
+        "wildcards",
+        "args",
+        "enabled",
+    ]
+    unknown = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"nope": {}}})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "alwayson_scripts", "nope"]
+
+
+def test_api_img2img_reads_the_infotext_field(ctx):
+    client = TestClient(create_app(ctx.flags, ctx))
+    body = img2img_body(infotext="a sphere\nSteps: 1, Sampler: Euler, CFG scale: 5, Seed: 123")
+    del body["prompt"], body["seed"], body["steps"]  # not sent: taken from the infotext
+    (info,) = infotexts(client.post("/sdapi/v1/img2img", json=body))
+    assert (info["Prompt"], info["Steps"], info["Seed"], info["Sampler"]) == (
+        "a sphere",
+        1,
+        123,
+        "Euler",
+    )

@@ -414,7 +414,6 @@ def test_extension_install_from_the_ui_is_refused_on_the_network(apps, tmp_path)
 def test_server_folder_batches_are_off_on_the_network(apps, tmp_path) -> None:
     """img2img "Batch" and Upscale "Batch from Directory" read and write any folder the
     server can reach: hidden and refused when the UI is reachable from the network."""
-    from webui.imaging.upscaler_list import UpscalerCatalog
     from webui.ui import extras_tab, img2img_tab
 
     (tmp_path / "in").mkdir()
@@ -428,7 +427,7 @@ def test_server_folder_batches_are_off_on_the_network(apps, tmp_path) -> None:
     ctx = apps["listen"][0].state.ctx  # an event posted straight to the handler: refused
     folder = {"source_tab": 1, "input_dir": str(tmp_path / "in"), "output_dir": "", "mask_dir": ""}
     with pytest.raises(gr.Error, match="--listen"):
-        img2img_tab._params(ctx, folder, UpscalerCatalog(ctx.flags.models_dir))
+        img2img_tab._params(ctx, folder)
     with pytest.raises(gr.Error, match="--listen"):
         extras_tab._images({**folder, "source_tab": 2}, ctx.flags.server_folders_allowed)
     insecure = parse_flags(["--listen", "--enable-insecure-extension-access"])

@@ -4,6 +4,7 @@ private, and one log line (no traceback) for input errors."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,8 +17,8 @@ from webui.core import jobs as J
 from webui.core.jobs import JobQueue, Progress
 from webui.core.params import ParamError
 from webui.options import Options
-from webui.ui.common import InputError, gallery_items, progress_html
-from webui.ui.job_stream import TabJobs, follow_job, submit_job
+from webui.ui.common import InputError, gallery_items, owner_of, progress_html
+from webui.ui.job_stream import TabJobs, follow_job
 from webui.ui.queue_panel import table_html
 
 WAIT = 60
@@ -81,9 +82,14 @@ class GatedRunner:
 
 
 def _follow(ctx, request, tab_jobs, prompt, out: list):
-    job = submit_job(ctx, request, "txt2img", SimpleNamespace(prompt=prompt))
-    for update in follow_job(ctx, request, tab_jobs, job):
-        out.append(update)
+    # submitted as the generation service does (tests/test_services_generation.py covers it)
+    job = ctx.jobs.submit("txt2img", SimpleNamespace(prompt=prompt), owner=owner_of(request))
+
+    async def follow():
+        async for update in follow_job(ctx, request, tab_jobs, job):
+            out.append(update)
+
+    asyncio.run(follow())
 
 
 def _wait(predicate, what: str):
@@ -111,10 +117,16 @@ def test_a_tab_follows_its_running_job_and_counts_the_ones_behind_it():
             threads.append(thread)
             _wait(lambda n=name: any(j.params.prompt == n for j in queue.jobs()), f"job {name}")
 
-        # the first job runs: its progress is shown, with the two waiting behind it
-        _wait(lambda: any("Step 1/4" in str(u.progress) for u in updates["first"]), "progress")
-        shown = [u.progress for u in updates["first"] if u.finished is None]
-        assert "2 more job(s) from this tab waiting" in shown[-1]
+        # the first job runs: its progress is shown, with the two waiting behind it (its
+        # first line may come before the others are queued: updates are pushed at once)
+        _wait(
+            lambda: any(
+                "Step 1/4" in str(u.progress)
+                and "2 more job(s) from this tab waiting" in str(u.progress)
+                for u in updates["first"]
+            ),
+            "progress with the two jobs behind it",
+        )
         assert updates["second"] == [] and updates["third"] == []  # no stale "waiting" line
 
         runner.gate("first").set()

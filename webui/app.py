@@ -2,22 +2,27 @@
 
 `python -m webui.app [flags]` (what launch.py runs) parses the A1111-style flags, prepares
 the models folder (the --demo model, the first-run checkpoint offer), builds the app and
-serves it with uvicorn.
+serves it with uvicorn. Ctrl+C or SIGTERM stops the job queue first (the running job is
+aborted at its next step, waiting ones are cancelled), so open requests and event streams
+end and the process exits within seconds; a second Ctrl+C (as in uvicorn) stops waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 import webbrowser
 from contextlib import asynccontextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 
@@ -27,6 +32,33 @@ from .core.jobs import Job  # noqa: E402
 from .settings import Flags, parse_flags  # noqa: E402
 
 log = logging.getLogger("webui")
+WORKER_STOP_SECONDS = 15  # a job stops at its next step; loading a checkpoint cannot stop
+GRACEFUL_SHUTDOWN_SECONDS = 5  # then uvicorn cuts the connections still open
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, except that on the first Ctrl+C / SIGTERM the app stops its work
+    before uvicorn waits for open connections: API requests waiting for a job and the UI's
+    event streams would otherwise keep the process alive until the running job ends."""
+
+    async def shutdown(self, sockets=None) -> None:
+        log.info("Shutting down: stopping the running job (press Ctrl+C again to quit at once)")
+        for server in getattr(self, "servers", []):
+            server.close()  # no new connections
+        begin_shutdown(self.config.app)
+        # the jobs end first, so that the requests waiting for them get their answer (503)
+        jobs = self.config.app.state.ctx.jobs
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        while not jobs.stopped() and not self.force_exit and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """Abort the running job, cancel the waiting ones, end open event streams; at once.
+    The lifespan's ctx.close() then waits for the worker."""
+    app.state.ctx.jobs.shutdown()
+    app.state.stopping.set()
 
 
 def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
@@ -41,20 +73,23 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
     api = flags.api or flags.nowebui
     app = FastAPI(
         title="webui",
-        docs_url="/docs" if api else None,
+        docs_url=None,  # /docs and /redoc with their scripts from this server (api.docs)
         openapi_url="/openapi.json" if api else None,
         redoc_url=None,
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.stopping = asyncio.Event()  # set when the server shuts down (StoppingServer)
     _install_security(app, flags)
 
     if api:
+        from .api.docs import install_docs
         from .api.routes import api_router
         from .api.routes_queue import queue_router
 
         app.include_router(api_router())
         app.include_router(queue_router())
+        install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends
 
@@ -63,6 +98,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         ctx.extensions.mount_routers(app, dependencies=[Depends(api_user)])
     if not flags.nowebui:
         import gradio as gr
+        from gradio.routes import App as GradioApp
 
         from .ui.blocks import CSS, build_ui, page_head
 
@@ -78,22 +114,26 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
             theme=gr.themes.Default(primary_hue="orange"),
         )
         # the UI login guard (api.auth) checks Gradio's own login tokens
-        app.state.gradio_app = next(r.app for r in app.routes if isinstance(r, Mount))
+        app.state.gradio_app = next(
+            r.app for r in app.routes if isinstance(r, Mount) and isinstance(r.app, GradioApp)
+        )
     return app
 
 
 def _install_security(app: FastAPI, flags: Flags) -> None:
-    """API auth, cross-origin guard, browser identity, CORS, --subpath; 429 for a full queue;
+    """API auth, cross-origin guard, browser identity, CORS, --subpath; error answers;
     body-size limit, no URL fetching, nosniff, Pillow's decompression-bomb limit."""
     from .api.auth import SecurityMiddleware
     from .api.cors import install_cors
+    from .api.errors import add_error_handlers
     from .api.hardening import HardeningMiddleware
-    from .api.routes_queue import add_queue_error_handlers
+    from .api.shutdown import DisconnectOnShutdown
     from .api.subpath import SubpathMiddleware
     from .imaging.codec import limit_decoding
 
     limit_decoding()
-    add_queue_error_handlers(app)
+    add_error_handlers(app)  # 422, 501, 503, 429, 403 from any route
+    app.add_middleware(DisconnectOnShutdown, stopping=app.state.stopping)  # ends open streams
     # size limit, no URL fetching, nosniff: after authentication (401 comes first)
     app.add_middleware(HardeningMiddleware, max_body_bytes=flags.max_request_mb * 2**20)
     app.add_middleware(SecurityMiddleware, flags=flags)  # the last added runs first
@@ -200,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     load_startup_checkpoint(ctx)
     app = create_app(flags, ctx)
 
-    import uvicorn
-
     host = flags.server_host
     scheme = "https" if flags.tls_certfile else "http"
     shown = "127.0.0.1" if host == "0.0.0.0" else host
@@ -213,12 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         log_level="warning",
         ssl_keyfile=flags.tls_keyfile,
         ssl_certfile=flags.tls_certfile,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(config)
+    server = StoppingServer(config)
     _announce(flags, url)
     if flags.autolaunch:
         webbrowser.open(url)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl+C again once it has shut down
+        return 130
     return 0
 
 

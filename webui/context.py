@@ -1,7 +1,13 @@
 """AppContext: the one object that holds the running program's parts.
 
-Built once by `webui.app.create_app`; API routes get it through a dependency and UI
+Built once by `build_context` (the composition root, `webui.app.create_app`, stores it on
+`app.state`); API routes get it through the `webui.api.deps.get_ctx` dependency and UI
 builders take it as an argument. There are no module-level singletons.
+
+Importing this module never imports torch: the fields whose classes do (the model
+manager, the memory plan) are typed with the Protocols of `webui.services.protocols`, and
+`build_context` imports the worker's parts when it is called. So the UI and the API can
+name `AppContext` at run time.
 """
 
 from __future__ import annotations
@@ -11,21 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.extra_networks import Networks
-from .core.families import default_families
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
-from .core.worker import make_runner
 from .ext.host import ExtensionHost
-from .ext.runner import wrap_runner
 from .imaging.store import OutputStore
 from .model_manager.embeddings import EmbeddingRegistry
 from .model_manager.lora import LoraManager
-from .model_manager.manager import ModelManager
-from .model_manager.memory import MemoryPlan, plan_from_flags
 from .model_manager.network_files import AddnetHashCache
 from .model_manager.registry import CheckpointRegistry, HashCache
 from .model_manager.vae import VaeRegistry
 from .options import Options
+from .services.generation import GenerationService
+from .services.protocols import MemoryInfo, Models
+from .services.upscalers import Upscalers
 from .settings import Flags
 
 log = logging.getLogger(__name__)
@@ -35,10 +39,12 @@ log = logging.getLogger(__name__)
 class AppContext:
     flags: Flags
     options: Options
-    memory: MemoryPlan
-    models: ModelManager
+    memory: MemoryInfo  # a model_manager.memory.MemoryPlan
+    models: Models  # a model_manager.manager.ModelManager
     jobs: JobQueue
     store: OutputStore
+    generation: GenerationService  # every tab and API route submits through it
+    upscalers: Upscalers  # the one upscaler catalog
     networks: Networks | None = None  # LoRA, embeddings, VAE, styles
     extensions: ExtensionHost | None = None  # loaded extensions and their hooks
 
@@ -48,6 +54,12 @@ class AppContext:
 
 
 def build_context(flags: Flags) -> AppContext:
+    from .core.families import default_families  # the worker's parts import torch
+    from .core.worker import make_runner
+    from .ext.runner import wrap_runner
+    from .model_manager.manager import ModelManager
+    from .model_manager.memory import plan_from_flags
+
     options = Options.from_flags(flags)  # --freeze-settings; path options locked on a LAN
     memory = plan_from_flags(flags)  # every memory/precision/attention flag, with notes
     flags.ckpt_dir.mkdir(parents=True, exist_ok=True)  # shows users where checkpoints go
@@ -70,9 +82,12 @@ def build_context(flags: Flags) -> AppContext:
     )
     jobs.start()
     extensions.startup()
-    return AppContext(
-        flags, options, memory, models, jobs, store, networks=networks, extensions=extensions
-    )
+    upscalers = Upscalers(flags.models_dir)
+    generation = GenerationService(models=models, options=options, jobs=jobs,
+                                   extensions=extensions, upscalers=upscalers,
+                                   checkpoint_dir=flags.ckpt_dir)  # fmt: skip
+    return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
+                      networks=networks, extensions=extensions)  # fmt: skip
 
 
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:

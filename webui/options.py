@@ -158,10 +158,14 @@ def _vae_names(ctx: Any) -> list[str]:
 
 
 def _languages(ctx: Any) -> list[str]:
-    # the language files belong to the UI, which is the only caller: imported on use
-    from .ui.i18n import extension_localization_dirs, languages
-
-    return ["Auto", *sorted(languages(extension_localization_dirs(ctx)))]
+    """"Auto" and the names of the language files: the UI's (webui/ui/localizations, read
+    by `webui.ui.i18n`) and those of active extensions (their localizations folders)."""
+    folders = [Path(__file__).parent / "ui" / "localizations"]
+    for record in getattr(getattr(ctx, "extensions", None), "records", []):
+        if record.active and record.path is not None:
+            folders.append(record.path / "localizations")
+    names = {path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.json")}
+    return ["Auto", *sorted(names)]
 
 
 def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """Who is asking: HTTP Basic for the API, browser identity for the UI, cross-origin guard.
 
-- `--api-auth user:pass[,...]`: every API route (/sdapi, /webui/v1, /ext, /docs, the
-  OpenAPI schema) answers 401 without valid HTTP Basic credentials. Passwords are compared
-  in constant time and never appear in a response or a log line.
+- `--api-auth user:pass[,...]`: every API route (/sdapi, /webui/v1, /ext, /docs and
+  /redoc with their assets, the OpenAPI schema) answers 401 without valid HTTP Basic
+  credentials. Passwords are compared in constant time and never appear in a response or
+  a log line.
 - `--gradio-auth` / `--gradio-auth-path`: Gradio's own login protects the UI; the
   logged-in user name is the owner of the jobs a browser submits. Gradio leaves a few of
   its routes open (heartbeat, cancel, run history, ...): `SecurityMiddleware` answers 401
   on every UI route but the login page and static assets until the browser is logged in.
 - Without UI login, each browser is its own owner: `SecurityMiddleware` gives it a random
   identity cookie (HttpOnly, SameSite=Lax) on its first page load; the owner name is a
-  hash of it (`core.jobs.guest_owner`), so listings never reveal the token.
+  hash of it (`webui.owners.guest_owner`), so listings never reveal the token.
 - Requests that change state (POST, PUT, PATCH, DELETE) from a page of another origin are
   refused with 403 unless the origin is allowed by --cors-allow-origins(-regex): a web
   page elsewhere on the LAN cannot interrupt jobs or change options through a visitor's
@@ -38,16 +39,14 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core.jobs import guest_owner
+from ..owners import API_OWNER, OWNER_COOKIE
 from .subpath import route_path
 
 log = logging.getLogger(__name__)
 
-API_OWNER = "api"  # the owner of API jobs when --api-auth is not set
-OWNER_COOKIE = "webui_owner"
 COOKIE_MAX_AGE = 365 * 24 * 3600
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_API_PATHS = ("/sdapi/", "/webui/v1", "/ext/", "/docs", "/openapi.json")
+_API_PATHS = ("/sdapi/", "/webui/v1", "/ext/", "/docs", "/redoc", "/openapi.json")
 # what a browser needs before it has logged in to the UI: the login page and static assets
 _UI_PUBLIC = frozenset({"/", "/login", "/login/", "/logout", "/theme.css", "/favicon.ico",
                         "/robots.txt", "/manifest.json", "/gradio_api/theme.css"})  # fmt: skip
@@ -184,12 +183,6 @@ class SecurityMiddleware:
             await send(message)
 
         return send_with_cookie
-
-
-def owner_from_cookies(cookies: Any) -> str | None:
-    """The guest owner name of a browser's identity cookie, None without one."""
-    token = cookies.get(OWNER_COOKIE) if cookies is not None else None
-    return guest_owner(token) if isinstance(token, str) and token else None
 
 
 def _ui_public(path: str) -> bool:

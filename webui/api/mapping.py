@@ -1,13 +1,16 @@
-"""The one place that knows both A1111's API fields and the internal params.
+"""The one place that knows both A1111's API fields and the internal names.
 
-Request -> `Txt2ImgParams` (n_iter -> batch_count, sampler_name / legacy sampler_index,
-scheduler label or lowercase name, per-job override_settings), and job result -> A1111
+Request -> `GenerationRequest` for the generation service (n_iter -> batch_count,
+sampler_name / legacy sampler_index, scheduler label or lowercase name, the `infotext`
+field, script_name/script_args/alwayson_scripts/override_settings passed on as they are),
+the service's error locations -> A1111 request fields (`a1111_loc`), job result -> A1111
 response (base64 PNGs with the infotext embedded, the `info` JSON string), and job
-progress -> A1111 progress. Bad input raises `FieldError` naming the A1111 field; a request
-for a feature that is not built yet raises `NotBuiltError`.
+progress -> A1111 progress. Bad input raises `FieldError` naming the A1111 field; a
+request for a feature that is not built yet raises `NotBuiltError`.
 
-This module must never import torch, diffusers or fastapi, and never change global
-options: override_settings apply to the one job they come with.
+Validation, scripts, extension args and override_settings are the generation service's
+(`webui.services.generation`): this module only maps fields. It must never import torch,
+diffusers or fastapi, and never change global options.
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ import io
 import json
 import logging
 import math
-import os
 import random
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .. import __version__
 from ..core.jobs import Job
-from ..core.params import MAX_SEED, ParamError, Txt2ImgParams
+from ..core.params import MAX_SEED, Txt2ImgParams
 from ..imaging.codec import MAX_DECODE_PIXELS, ImageInputError, decode_base64_image
 from ..imaging.infotext import parse_infotext, pnginfo_for, read_infotext_from_image
+from ..services.errors import RequestError
+from ..services.generation import GenerationRequest
+from ..services.options import CHECKPOINT, CLIP_SKIP, OVERRIDES
+from ..services.upscalers import Upscalers
 from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
 
 if TYPE_CHECKING:  # the worker module imports torch; only its result type is needed here
@@ -38,11 +43,12 @@ if TYPE_CHECKING:  # the worker module imports torch; only its result type is ne
 
 log = logging.getLogger(__name__)
 
-# internal Txt2ImgParams field -> where it comes from in an A1111 request
+# the generation service's name -> where it comes from in an A1111 request
 _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
     "batch_count": ("n_iter",),
-    "clip_skip": ("override_settings", "CLIP_stop_at_last_layers"),
-    "checkpoint": ("override_settings", "sd_model_checkpoint"),
+    "clip_skip": (OVERRIDES, CLIP_SKIP),
+    "checkpoint": (OVERRIDES, CHECKPOINT),
+    "job_id": ("force_task_id",),
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
@@ -70,17 +76,8 @@ _STANDARD_INFO_KEYS = frozenset(
 )  # fmt: skip
 
 
-class FieldError(ValueError):
-    """A request field has a bad value; `loc` is its path in the JSON body."""
-
-    def __init__(self, loc: tuple[str, ...], message: str):
-        super().__init__(f"{'.'.join(loc)}: {message}")
-        self.loc = loc
-        self.message = message
-
-    def detail(self) -> list[dict[str, Any]]:
-        """FastAPI's own validation-error shape."""
-        return [{"loc": ["body", *self.loc], "msg": self.message, "type": "value_error"}]
+class FieldError(RequestError):
+    """A request field has a bad value; `loc` is its path in the A1111 JSON body."""
 
 
 class NotBuiltError(Exception):
@@ -95,28 +92,18 @@ class NotBuiltError(Exception):
 # --- request -> params -------------------------------------------------------------------
 
 
-def txt2img_params(
-    req: Txt2ImgRequest, *, models: Any, options: Any, upscalers: Any = None,
-    extensions: Any = None,
-) -> Txt2ImgParams:
-    """Validated params for one txt2img job; raises FieldError or NotBuiltError.
-
-    `models` resolves checkpoint names (ModelManager.resolve), `options` validates
-    override_settings values (Options.definitions); neither is changed. `upscalers`
-    (an UpscalerCatalog) resolves the hires. fix upscaler; without it only the latent
-    and built-in ones are known.
-    """
+def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> GenerationRequest:
+    """The generation request an A1111 txt2img body asks for; raises FieldError (a field
+    that cannot be read) or NotBuiltError. `upscalers` resolves the hires. fix upscaler."""
     from .mapping_images import hires_params  # it builds on this module
+
     req = _with_infotext(req)
     _refuse_not_built(req)
-    sampler_field, sampler = _sampler_of(req)
-    scheduler = _value(req, "scheduler") or None
-    overrides = _overrides(req.override_settings or {}, models=models, options=options)
     params = Txt2ImgParams(
         prompt=_value(req, "prompt"),
         negative_prompt=_value(req, "negative_prompt"),
-        sampler_name=sampler,
-        scheduler=scheduler,
+        sampler_name=_sampler_of(req)[1],
+        scheduler=_value(req, "scheduler") or None,
         steps=_value(req, "steps"),
         cfg_scale=_value(req, "cfg_scale"),
         width=_value(req, "width"),
@@ -127,21 +114,31 @@ def txt2img_params(
         save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
         hires=hires_params(req, upscalers),
         styles=_styles_of(req),
-        **overrides,
     )
-    try:
-        checked = params.validated()
-    except ParamError as exc:
-        loc = _PARAM_TO_REQUEST.get(exc.field, (exc.field,))
-        if exc.field == "sampler_name":
-            loc = (sampler_field,)
-        raise FieldError(loc, exc.message) from None
-    from .mapping_ext import ScriptFieldError, extension_params  # scripts and extensions
+    return generation_request("txt2img", req, params, owner)
 
-    try:  # before the seed is fixed: a script may treat -1 as "random per run"
-        return extension_params(req, checked, extensions).with_seed()
-    except ScriptFieldError as exc:
-        raise FieldError(exc.loc, exc.message) from None
+
+def generation_request(kind: str, req: Any, params: Any, owner: str) -> GenerationRequest:
+    """The request's params with its script, extension args, overrides and task id."""
+    return GenerationRequest(
+        kind=kind,
+        params=params,
+        owner=owner,
+        script=req.script_name or None,
+        script_args=req.script_args,
+        alwayson=req.alwayson_scripts or {},
+        override_settings=req.override_settings or {},
+        job_id=req.force_task_id or None,
+    )
+
+
+def a1111_loc(loc: tuple[str, ...], req: Any) -> tuple[str, ...]:
+    """Where a value the generation service refused sits in the A1111 body `req`."""
+    if not loc:
+        return loc
+    if loc[0] == "sampler_name":
+        return (_sampler_of(_with_infotext(req))[0], *loc[1:])
+    return (*_PARAM_TO_REQUEST.get(loc[0], loc[:1]), *loc[1:])
 
 
 def _styles_of(req: Txt2ImgRequest) -> tuple[str, ...]:
@@ -177,7 +174,7 @@ def _with_infotext(req: Txt2ImgRequest) -> Txt2ImgRequest:
         updates["override_settings"] = overrides
     merged = {**req.model_dump(), **updates}
     try:
-        return Txt2ImgRequest.model_validate(merged)
+        return type(req).model_validate(merged)
     except ValueError as exc:
         raise FieldError(("infotext",), f"could not use the infotext: {exc}") from None
 
@@ -195,70 +192,6 @@ def _sampler_of(req: Txt2ImgRequest) -> tuple[str, str | None]:
     if req.sampler_name:
         return "sampler_name", req.sampler_name
     return "sampler_index", _value(req, "sampler_index") or None
-
-
-def _overrides(settings: Mapping[str, Any], *, models: Any, options: Any) -> dict[str, Any]:
-    """override_settings -> Txt2ImgParams fields, for this job alone."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        loc = ("override_settings", key)
-        if key == "sd_model_checkpoint":
-            if value in (None, ""):
-                continue
-            if not isinstance(value, str):
-                raise FieldError(loc, f"expected a checkpoint name, got {value!r}")
-            try:
-                out["checkpoint"] = models.resolve(value).title
-            except LookupError as exc:
-                raise FieldError(loc, str(exc.args[0] if exc.args else exc)) from None
-        elif key == "CLIP_stop_at_last_layers":
-            definition = options.definitions.get(key)
-            try:
-                out["clip_skip"] = definition.validate(value) if definition else int(value)
-            except (TypeError, ValueError) as exc:
-                raise FieldError(loc, str(exc)) from None
-    return out  # other known options go into the job's own options (job_options)
-
-
-def job_options(settings: Mapping[str, Any], options: Any) -> dict[str, Any]:
-    """override_settings naming a known option, validated: the job's own option values.
-
-    They go into that job's options snapshot only (never the server's options); unknown
-    keys are ignored like A1111 does. The checkpoint is a params field instead.
-    """
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        definition = options.definitions.get(key)
-        if definition is None:
-            log.info("override_settings: unknown option %r ignored", key)
-            continue
-        if key == "sd_model_checkpoint" or value is None:
-            continue
-        try:
-            out[key] = definition.validate(value)
-        except (TypeError, ValueError) as exc:
-            raise FieldError(("override_settings", key), str(exc)) from None
-        if key in getattr(options, "locked", ()) and out[key] != options.get(key):
-            raise FieldError(("override_settings", key), "a file system path cannot be changed "
-                             "while the server is reachable from other machines")  # fmt: skip
-        if definition.path:
-            check_output_folder(("override_settings", key), out[key])
-    return out
-
-
-def check_output_folder(loc: tuple[str, ...], value: Any) -> None:
-    """An output folder option must name a folder that exists or can be made, and that can
-    be written: FieldError (422) now, rather than a job that fails when it saves (500)."""
-    if not value:
-        return
-    try:
-        folder = Path(str(value)).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        writable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
-    except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a NUL in the path
-        raise FieldError(loc, f"cannot save images into {value!r}: {exc}") from None
-    if not writable:
-        raise FieldError(loc, f"cannot save images into {value!r}: not a writable folder")
 
 
 # --- result -> response -------------------------------------------------------------------
@@ -417,39 +350,3 @@ def png_info(data: str) -> dict[str, Any]:
         if k != "parameters" and isinstance(v, str | int | float | bool)
     }
     return {"info": text, "items": json_safe(items), "parameters": json_safe(parse_infotext(text))}
-
-
-def checkpoint_for_options(value: Any, models: Any) -> str:
-    """The title a sd_model_checkpoint option value names; FieldError when unknown, or
-    when the file is empty, truncated or no checkpoint (read from its header alone)."""
-    loc = ("sd_model_checkpoint",)
-    if not isinstance(value, str):
-        raise FieldError(loc, f"expected a checkpoint name, got {value!r}")
-    try:
-        info = models.resolve(value)
-    except LookupError as exc:
-        raise FieldError(loc, str(exc.args[0] if exc.args else exc)) from None
-    problem = models.unreadable(info)  # never the default: a file that cannot load
-    if problem is not None:
-        raise FieldError(loc, problem)
-    return info.title
-
-
-def checked_options(changes: Mapping[str, Any], options: Any, models: Any) -> dict[str, Any]:
-    """New values for known options (POST /options, the Settings tab), validated: a
-    checkpoint becomes its title, an output folder must be one that images can be saved
-    into (unless locked: that is refused later). FieldError names the first bad one."""
-    checked: dict[str, Any] = {}
-    for key, value in changes.items():
-        definition = options.definitions[key]
-        try:
-            checked[key] = definition.validate(value)
-        except (TypeError, ValueError) as exc:
-            raise FieldError((key,), str(exc)) from None
-        if definition.path and key not in options.locked:
-            check_output_folder((key,), checked[key])
-    if checked.get("sd_model_checkpoint"):
-        checked["sd_model_checkpoint"] = checkpoint_for_options(
-            checked["sd_model_checkpoint"], models
-        )
-    return checked

@@ -1,9 +1,10 @@
-"""A1111's script fields <-> extensions: script_name, script_args, alwayson_scripts, lists.
+"""A1111's script and extension listings: the bodies of GET /scripts, /script-info and
+/extensions.
 
-`extension_params` gives a request's params their `script` and `extension_args` through
-the extension host (args by name; a positional list is mapped onto the names the
-extension declares). `scripts_listing`, `script_info` and `extensions_listing` are the
-bodies of GET /scripts, /script-info and /extensions.
+The scripts a request may name come from the generation service (extension scripts per
+tab, and img2img's built-in "SD upscale"), so the listing and what POST /txt2img and
+/img2img accept are the same list. Script args themselves travel to the service as they
+were sent (`webui.api.mapping.generation_request`).
 
 This module must never import torch or diffusers.
 """
@@ -12,46 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ext.api import ArgError, Extension
+from ..ext.api import Extension
 from ..ext.host import ExtensionHost
+from ..services.generation import SD_UPSCALE, GenerationService
 
 GENERATION_TABS = ("txt2img", "img2img")
 
 
-class ScriptFieldError(ValueError):
-    """A bad script field; `loc` is its path in the request body."""
-
-    def __init__(self, loc: tuple[str, ...], message: str):
-        super().__init__(f"{'.'.join(loc)}: {message}")
-        self.loc = loc
-        self.message = message
-
-
-def extension_params(req: Any, params: Any, extensions: ExtensionHost | None) -> Any:
-    """`params` with the script and extension args the request names (by name)."""
-    if extensions is None:
-        if req.script_name:
-            raise ScriptFieldError(("script_name",), f"script not found: {req.script_name}")
-        if req.alwayson_scripts:
-            name = str(next(iter(req.alwayson_scripts)))
-            raise ScriptFieldError(
-                ("alwayson_scripts", name), f"always-on script not found: {name}"
-            )
-        return params
-    try:
-        return extensions.prepare(params, script=req.script_name, script_args=req.script_args,
-                                  alwayson=req.alwayson_scripts or {})  # fmt: skip
-    except ArgError as exc:
-        raise ScriptFieldError(exc.loc, exc.message) from None
-
-
-def scripts_listing(extensions: ExtensionHost | None) -> dict[str, list[str]]:
+def scripts_listing(generation: GenerationService) -> dict[str, list[str]]:
     """A1111's GET /scripts: selectable script titles per tab (lowercase, as A1111)."""
-    if extensions is None:
-        return {tab: [] for tab in GENERATION_TABS}
-    return {
-        tab: [e.display_title.lower() for e in extensions.scripts(tab)] for tab in GENERATION_TABS
-    }
+    return {tab: [title.lower() for title in generation.scripts(tab)] for tab in GENERATION_TABS}
 
 
 def _arg_info(control) -> dict[str, Any]:
@@ -66,10 +37,14 @@ def _arg_info(control) -> dict[str, Any]:
     }
 
 
-def script_info(extensions: ExtensionHost | None) -> list[dict[str, Any]]:
-    """A1111's GET /script-info, one entry per tab an extension appears in."""
+def script_info(generation: GenerationService) -> list[dict[str, Any]]:
+    """A1111's GET /script-info, one entry per tab an extension appears in, and SD upscale."""
+    sd_upscale = {"name": SD_UPSCALE.lower(), "extension": None, "is_alwayson": False,
+                  "is_img2img": True,
+                  "args": [_arg_info(c) for c in generation.sd_upscale_controls()]}  # fmt: skip
+    extensions = generation.extensions
     if extensions is None:
-        return []
+        return [sd_upscale]
     out = []
     for ext in extensions.active():
         if not ext.controls and not ext.is_script:
@@ -82,7 +57,7 @@ def script_info(extensions: ExtensionHost | None) -> list[dict[str, Any]]:
                 "is_img2img": tab == "img2img",
                 "args": [_arg_info(c) for c in ext.controls],
             })  # fmt: skip
-    return out
+    return [*out, sd_upscale]
 
 
 def _tabs(ext: Extension) -> tuple[str, ...]:

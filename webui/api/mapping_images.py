@@ -1,8 +1,9 @@
 """A1111 request fields <-> internal params for img2img, hires. fix and extras.
 
 The image half of `webui.api.mapping` (kept apart to keep both readable): img2img
-requests to `Img2ImgParams` (base64 init images and mask decoded and checked, SD upscale
-from `script_name`/`script_args`), the hires. fix fields of a txt2img request to
+requests to a `GenerationRequest` of `Img2ImgParams` (base64 init images and mask decoded
+and checked; `script_name`/`script_args`, SD upscale included, and `alwayson_scripts` go
+to the generation service as they are), the hires. fix fields of a txt2img request to
 `HiresParams`, extras requests to `ExtrasParams`, and the responses. Bad input raises
 `mapping.FieldError` naming the A1111 field; features not built raise `NotBuiltError`.
 
@@ -17,27 +18,16 @@ import json
 from typing import Any
 
 from ..core.jobs import Job
-from ..core.params import ParamError
-from ..core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams, SDUpscaleParams
+from ..core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams
 from ..imaging.codec import ImageInputError, decode_base64_image, mask_from_upload
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.generation import GenerationRequest
+from ..services.upscalers import UnknownUpscalerError, UpscalerRef, Upscalers
 from . import mapping
 from .mapping import FieldError, NotBuiltError
 from .schemas_images import ExtrasBaseRequest
 from .schemas_images import StableDiffusionImg2ImgProcessingAPI as Img2ImgRequest
 
-SD_UPSCALE = "sd upscale"
 _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
-# internal field -> request field, where they differ
-_IMG2IMG_FIELDS = {
-    "batch_count": ("n_iter",),
-    "clip_skip": ("override_settings", "CLIP_stop_at_last_layers"),
-    "checkpoint": ("override_settings", "sd_model_checkpoint"),
-    "sd_upscale_upscaler": ("script_args", "2"),
-    "sd_upscale_scale": ("script_args", "3"),
-    "overlap": ("script_args", "1"),
-    "script_name": ("script_name",),
-}
 # (field, feature) requested by a truthy value, not built: refused, never faked
 _NOT_BUILT = (
     ("restore_faces", "face restoration"),
@@ -55,16 +45,10 @@ def _v(req, name: str) -> Any:
     return value
 
 
-def _upscaler(catalog: UpscalerCatalog, name: Any, field: str, *, latent: bool = False):
-    if name is not None and not isinstance(name, str | int):
-        raise FieldError((field,), f"expected an upscaler name, got {name!r}")
-    if isinstance(name, int) and not isinstance(name, bool):  # A1111 scripts pass an index
-        names = catalog.names()
-        if not 0 <= name < len(names):
-            raise FieldError((field,), f"upscaler index {name} is out of range 0..{len(names) - 1}")
-        name = names[name]
+def _upscaler(upscalers: Upscalers, name: Any, field: str, *, latent: bool = False) -> UpscalerRef:
+    """The upscaler a request field names (or gives the index of, as A1111 scripts do)."""
     try:
-        return catalog.resolve(name, latent=latent, field=field)
+        return upscalers.resolve(name, latent=latent, field=field)
     except UnknownUpscalerError as exc:
         raise FieldError((field,), str(exc).removeprefix(f"{field}: ")) from None
 
@@ -72,7 +56,7 @@ def _upscaler(catalog: UpscalerCatalog, name: Any, field: str, *, latent: bool =
 # --- hires. fix (txt2img) ------------------------------------------------------------------
 
 
-def hires_params(req, catalog: UpscalerCatalog | None) -> HiresParams | None:
+def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
     """The hires. fix of a txt2img request; None unless `enable_hr`."""
     if not _v(req, "enable_hr"):
         return None
@@ -80,7 +64,6 @@ def hires_params(req, catalog: UpscalerCatalog | None) -> HiresParams | None:
     if checkpoint and str(checkpoint).strip().lower() not in _SAME:
         raise NotBuiltError("hr_checkpoint_name", "a separate hires. fix checkpoint")
     name = _v(req, "hr_upscaler") or "Latent"
-    catalog = catalog or UpscalerCatalog(None)  # None: latent and built-in upscalers only
     sampler = _v(req, "hr_sampler_name")
     scheduler = _v(req, "hr_scheduler")
     strength = req.denoising_strength if req.denoising_strength is not None else 0.7
@@ -88,7 +71,7 @@ def hires_params(req, catalog: UpscalerCatalog | None) -> HiresParams | None:
         scale=_v(req, "hr_scale"),
         resize_x=_v(req, "hr_resize_x"),
         resize_y=_v(req, "hr_resize_y"),
-        upscaler=_upscaler(catalog, name, "hr_upscaler", latent=True),
+        upscaler=_upscaler(upscalers, name, "hr_upscaler", latent=True),
         steps=_v(req, "hr_second_pass_steps"),
         denoising_strength=strength,
         sampler_name=None if str(sampler or "").lower() in _SAME else sampler,
@@ -101,10 +84,11 @@ def hires_params(req, catalog: UpscalerCatalog | None) -> HiresParams | None:
 # --- img2img -------------------------------------------------------------------------------
 
 
-def img2img_params(
-    req: Img2ImgRequest, *, models: Any, options: Any, upscalers: UpscalerCatalog
-) -> Img2ImgParams:
-    """Validated params for one img2img job; raises FieldError or NotBuiltError."""
+def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
+    """The generation request an A1111 img2img body asks for; raises FieldError (an image
+    that cannot be read) or NotBuiltError. Fields not sent come from `infotext`, as for
+    txt2img."""
+    req = mapping._with_infotext(req)
     _refuse_not_built(req)
     images = _init_images(req)
     mask = None
@@ -115,15 +99,11 @@ def img2img_params(
         except ImageInputError as exc:
             raise FieldError((exc.field,), exc.message) from None
     blur = req.mask_blur
-    blur_x = blur if blur is not None else _v(req, "mask_blur_x")
-    blur_y = blur if blur is not None else _v(req, "mask_blur_y")
-    sampler_field, sampler = mapping._sampler_of(req)
-    overrides = mapping._overrides(req.override_settings or {}, models=models, options=options)
     params = Img2ImgParams(
         prompt=_v(req, "prompt"),
         negative_prompt=_v(req, "negative_prompt"),
         styles=tuple(req.styles or ()),
-        sampler_name=sampler,
+        sampler_name=mapping._sampler_of(req)[1],
         scheduler=_v(req, "scheduler") or None,
         steps=_v(req, "steps"),
         cfg_scale=_v(req, "cfg_scale"),
@@ -137,22 +117,14 @@ def img2img_params(
         resize_mode=_v(req, "resize_mode"),
         denoising_strength=_v(req, "denoising_strength"),
         mask=mask,
-        mask_blur_x=blur_x,
-        mask_blur_y=blur_y,
+        mask_blur_x=blur if blur is not None else _v(req, "mask_blur_x"),
+        mask_blur_y=blur if blur is not None else _v(req, "mask_blur_y"),
         inpainting_fill=_v(req, "inpainting_fill"),
         inpaint_full_res=bool(_v(req, "inpaint_full_res")),
         inpaint_full_res_padding=_v(req, "inpaint_full_res_padding"),
         inpainting_mask_invert=bool(_v(req, "inpainting_mask_invert")),
-        sd_upscale=_sd_upscale(req, upscalers),
-        **overrides,
     )
-    try:
-        return params.validated().with_seed()
-    except ParamError as exc:
-        loc = _IMG2IMG_FIELDS.get(exc.field, (exc.field,))
-        if exc.field == "sampler_name":
-            loc = (sampler_field,)
-        raise FieldError(loc, exc.message) from None
+    return mapping.generation_request("img2img", req, params, owner)
 
 
 def _refuse_not_built(req: Img2ImgRequest) -> None:
@@ -164,11 +136,6 @@ def _refuse_not_built(req: Img2ImgRequest) -> None:
     multiplier = req.initial_noise_multiplier
     if multiplier is not None and multiplier != 1:
         raise NotBuiltError("initial_noise_multiplier", "an initial noise multiplier")
-    if req.script_name and req.script_name.strip().lower() != SD_UPSCALE:
-        raise FieldError(("script_name",), f"script not found: {req.script_name}")
-    if req.alwayson_scripts:
-        name = str(next(iter(req.alwayson_scripts)))
-        raise FieldError(("alwayson_scripts", name), f"always-on script not found: {name}")
 
 
 def _init_images(req: Img2ImgRequest) -> list:
@@ -181,23 +148,6 @@ def _init_images(req: Img2ImgRequest) -> list:
         except ImageInputError as exc:
             raise FieldError(("init_images", str(i)), exc.message) from None
     return images
-
-
-def _sd_upscale(req: Img2ImgRequest, catalog: UpscalerCatalog) -> SDUpscaleParams | None:
-    """A1111's "SD upscale" script: script_args [info, overlap, upscaler, scale]."""
-    if not req.script_name or req.script_name.strip().lower() != SD_UPSCALE:
-        return None
-    args = list(req.script_args or [])
-    args += [None] * (4 - len(args))
-    overlap = 64 if args[1] is None else args[1]
-    scale = 2.0 if args[3] is None else args[3]
-    for index, value, kind in ((1, overlap, int), (3, scale, float)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FieldError(("script_args", str(index)), f"expected a number, got {value!r}")
-        if kind is int and value != int(value):
-            raise FieldError(("script_args", str(index)), f"expected a whole number, got {value}")
-    upscaler = _upscaler(catalog, args[2] if args[2] is not None else "Lanczos", "script_args")
-    return SDUpscaleParams(upscaler=upscaler, scale=float(scale), overlap=int(overlap))
 
 
 def img2img_response(req: Img2ImgRequest, job: Job, result) -> dict[str, Any]:
@@ -223,7 +173,7 @@ def img2img_response(req: Img2ImgRequest, job: Job, result) -> dict[str, Any]:
 
 
 def extras_params(
-    req: ExtrasBaseRequest, images: list[tuple[str, str]], catalog: UpscalerCatalog
+    req: ExtrasBaseRequest, images: list[tuple[str, str]], upscalers: Upscalers
 ) -> ExtrasParams:
     """Params of an extras request; `images` are (base64 data, name) pairs. The API saves
     nothing, as in A1111."""
@@ -245,15 +195,12 @@ def extras_params(
         upscaling_resize_w=_v(req, "upscaling_resize_w"),
         upscaling_resize_h=_v(req, "upscaling_resize_h"),
         upscaling_crop=bool(_v(req, "upscaling_crop")),
-        upscaler_1=_upscaler(catalog, _v(req, "upscaler_1"), "upscaler_1"),
-        upscaler_2=_upscaler(catalog, _v(req, "upscaler_2"), "upscaler_2"),
+        upscaler_1=_upscaler(upscalers, _v(req, "upscaler_1"), "upscaler_1"),
+        upscaler_2=_upscaler(upscalers, _v(req, "upscaler_2"), "upscaler_2"),
         extras_upscaler_2_visibility=_v(req, "extras_upscaler_2_visibility"),
         save_images=False,
     )
-    try:
-        return params.validated()
-    except ParamError as exc:
-        raise FieldError((exc.field,), exc.message) from None
+    return params  # validated by the generation service
 
 
 def extras_html_info(result) -> str:

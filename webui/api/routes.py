@@ -1,11 +1,13 @@
 """The A1111-compatible REST API under /sdapi/v1 (enabled by --api or --nowebui).
 
-Every route gets the AppContext through a dependency (`request.app.state.ctx`); there is
-no module-level state. Generation is submitted to the shared job queue (owned by the
-caller: its --api-auth user, else "api") and waited for without holding a thread
+Every route gets the AppContext through a dependency (`webui.api.deps`); there is no
+module-level state. A generation request is mapped to a `GenerationRequest`
+(`webui.api.mapping`) and submitted through the generation service (owned by the caller:
+its --api-auth user, else "api"), then waited for without holding a thread
 (`routes_queue.wait_for_job`), so /progress stays free however many clients wait. Bad
 input answers 422 in FastAPI's validation-error shape naming the field; endpoints and
-features not built yet answer 501 with a JSON message naming the feature.
+features not built yet answer 501 with a JSON message naming the feature
+(`webui.api.errors`).
 
 This module must never import torch or diffusers: it only talks to the AppContext.
 """
@@ -16,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,11 +26,15 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
+from ..context import AppContext
 from ..core import jobs as job_states
 from ..core import samplers
+from ..services.options import checked_options
 from . import mapping
 from .auth import API_OWNER, api_user
-from .routes_queue import submit_txt2img_job, wait_for_job
+from .deps import Ctx, User, get_ctx
+from .errors import not_built_response
+from .routes_queue import ended_badly, wait_for_job
 from .schemas import (
     PNGInfoRequest,
     PNGInfoResponse,
@@ -39,11 +45,7 @@ from .schemas import (
     TextToImageResponse,
 )
 from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
-
-if TYPE_CHECKING:
-    from ..context import AppContext
-else:  # the context module pulls in torch; routes only need its attributes
-    AppContext = Any
+from .submit import submit_generation
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +80,6 @@ class _ApiRoute(APIRoute):
         return route
 
 
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx
-
-
-Ctx = Annotated[AppContext, Depends(get_ctx)]
-User = Annotated[str, Depends(api_user)]  # the HTTP Basic user with --api-auth, else "api"
-
-
-def _field_error(exc: mapping.FieldError) -> HTTPException:
-    return HTTPException(status_code=422, detail=exc.detail())
-
-
-def _not_built(feature: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=501,
-        content={"detail": f"{feature} is not implemented yet", "feature": feature},
-    )
-
-
 def api_router() -> APIRouter:
     """All /sdapi/v1 routes; the composition root includes it in the app."""
     router = APIRouter(
@@ -124,7 +107,7 @@ def api_router() -> APIRouter:
 
 def _not_built_endpoint(feature: str) -> Callable[[], JSONResponse]:
     def endpoint() -> JSONResponse:
-        return _not_built(feature)
+        return not_built_response("", feature)
 
     return endpoint
 
@@ -135,16 +118,12 @@ def _not_built_endpoint(feature: str) -> Callable[[], JSONResponse]:
 def _generation_routes(router: APIRouter) -> None:
     @router.post("/txt2img", response_model=TextToImageResponse)
     async def txt2img(req: Txt2ImgRequest, ctx: Ctx, user: User) -> Any:
-        # 422/501/503 here; 429 over the queue limit
-        job = await run_in_threadpool(submit_txt2img_job, ctx, req, user)
-        if isinstance(job, JSONResponse):
-            return job
+        # 422/501 (mapping, service), 503 (no checkpoint), 429 (queue limit): webui.api.errors
+        request = await run_in_threadpool(mapping.txt2img_request, req, user, ctx.upscalers)
+        job = await run_in_threadpool(submit_generation, ctx, req, request)
         await wait_for_job(job)  # waiting in the queue holds no thread of the pool
-        if job.state == job_states.FAILED:
-            return JSONResponse(
-                status_code=500,
-                content={"error": "GenerationError", "detail": job.error, "errors": job.error},
-            )
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
         return await run_in_threadpool(mapping.txt2img_response, req, job, job.result)
 
     @router.get("/progress", response_model=ProgressResponse)
@@ -177,10 +156,7 @@ def _generation_routes(router: APIRouter) -> None:
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest) -> Any:
-        try:
-            return mapping.png_info(req.image)
-        except mapping.FieldError as exc:
-            raise _field_error(exc) from None
+        return mapping.png_info(req.image)  # FieldError: 422
 
 
 # --- models -------------------------------------------------------------------------------
@@ -295,10 +271,7 @@ def _settings_routes(router: APIRouter) -> None:
         if unknown:
             log.info("POST /options: unknown options ignored: %s", ", ".join(unknown))
         changes = {k: v for k, v in body.items() if k in options.definitions}
-        try:
-            known = mapping.checked_options(changes, options, ctx.models)
-        except mapping.FieldError as exc:
-            raise _field_error(exc) from None
+        known = checked_options(changes, options, ctx.models)  # RequestError: 422
         checkpoint = known.get("sd_model_checkpoint")
         try:
             options.update(known)

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from .deps import Ctx
 from .mapping_ext import extensions_listing, script_info, scripts_listing
-
-
-def _host(request: Request) -> Any:
-    return getattr(request.app.state.ctx, "extensions", None)
 
 
 def extensions_router() -> APIRouter:
@@ -27,18 +24,18 @@ def extensions_router() -> APIRouter:
     router = APIRouter(route_class=_ApiRoute)
 
     @router.get("/scripts")
-    def scripts(request: Request) -> dict[str, list[str]]:
+    def scripts(ctx: Ctx) -> dict[str, list[str]]:
         """Selectable scripts per tab, by A1111 title (lowercase): send one as script_name."""
-        return scripts_listing(_host(request))
+        return scripts_listing(ctx.generation)
 
     @router.get("/script-info")
-    def scripts_info(request: Request) -> list[dict[str, Any]]:
+    def scripts_info(ctx: Ctx) -> list[dict[str, Any]]:
         """Every script and always-on extension with its named arguments."""
-        return script_info(_host(request))
+        return script_info(ctx.generation)
 
     @router.get("/extensions")
-    def extensions(request: Request) -> list[dict[str, Any]]:
+    def extensions(ctx: Ctx) -> list[dict[str, Any]]:
         """Installed extensions: source, git remote/branch/commit, version, enabled, error."""
-        return extensions_listing(_host(request))
+        return extensions_listing(ctx.extensions)
 
     return router

@@ -2,8 +2,11 @@
 
 An APIRouter that `webui.api.routes.api_router` includes, so it shares its prefix, HTTP
 Basic auth (--api-auth) and validation-error shape. Work goes through the shared job
-queue like txt2img (the worker thread owns the models); endpoints are plain `def`, so the
-wait happens in the threadpool. Bad input answers 422 naming the field and saves
+queue through the generation service like txt2img (the worker thread owns the models):
+img2img takes `script_name`/`script_args` for every img2img script (X/Y/Z plot, Prompt
+matrix, Prompts from file, SD upscale) and `alwayson_scripts`, as the img2img tab runs
+them. Decoding and checking the images run in the threadpool; the wait for the job awaits
+its end event and holds no thread. Bad input answers 422 naming the field and saves
 nothing; a feature not built answers 501.
 
 This module must never import torch or diffusers: it only talks to the AppContext.
@@ -12,16 +15,19 @@ This module must never import torch or diffusers: it only talks to the AppContex
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from ..core import jobs as job_states
-from ..imaging.upscaler_list import LATENT_MODES, UpscalerCatalog
+from ..context import AppContext
+from ..services.generation import GenerationRequest
+from ..services.upscalers import LATENT_MODES
 from . import mapping, mapping_images
-from .auth import api_user
+from .deps import Ctx, User
 from .routes import _ApiRoute
+from .routes_queue import ended_badly, wait_for_job
 from .schemas_images import (
     ExtrasBatchImagesRequest,
     ExtrasBatchImagesResponse,
@@ -32,25 +38,9 @@ from .schemas_images import (
     UpscalerItem,
 )
 from .schemas_images import StableDiffusionImg2ImgProcessingAPI as Img2ImgRequest
-
-if TYPE_CHECKING:
-    from ..context import AppContext
-else:  # the context module pulls in torch; routes only need its attributes
-    AppContext = Any
+from .submit import submit_generation
 
 log = logging.getLogger(__name__)
-
-
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx
-
-
-Ctx = Annotated[AppContext, Depends(get_ctx)]
-User = Annotated[str, Depends(api_user)]
-
-
-def catalog(ctx: AppContext) -> UpscalerCatalog:
-    return UpscalerCatalog(ctx.flags.models_dir)
 
 
 def images_router() -> APIRouter:
@@ -58,31 +48,19 @@ def images_router() -> APIRouter:
     router = APIRouter(route_class=_ApiRoute)
 
     @router.post("/img2img", response_model=ImageToImageResponse)
-    def img2img(req: Img2ImgRequest, ctx: Ctx, user: User) -> Any:
-        try:
-            params = mapping_images.img2img_params(
-                req, models=ctx.models, options=ctx.options, upscalers=catalog(ctx)
-            )
-            options = mapping.job_options(req.override_settings or {}, ctx.options)
-        except mapping.FieldError as exc:
-            raise HTTPException(status_code=422, detail=exc.detail()) from None
-        except mapping.NotBuiltError as exc:
-            return _not_built(f"{exc.feature} ({exc.field})")
-        if not ctx.models.checkpoints():
-            raise HTTPException(
-                503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
-            )
-        job = _submit(ctx, "img2img", params, user, req.force_task_id, options)
-        job.done.wait()
-        if job.state == job_states.FAILED:
-            return _failed(job)
-        return mapping_images.img2img_response(req, job, job.result)
+    async def img2img(req: Img2ImgRequest, ctx: Ctx, user: User) -> Any:
+        request = await run_in_threadpool(mapping_images.img2img_request, req, user)  # 422/501
+        job = await run_in_threadpool(submit_generation, ctx, req, request)  # 422/503/429
+        await wait_for_job(job)  # waiting in the queue holds no thread of the pool
+        if (error := ended_badly(job)) is not None:  # 500 failed, 503 stopped by shutdown
+            return error
+        return await run_in_threadpool(mapping_images.img2img_response, req, job, job.result)
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    def extra_single_image(req: ExtrasSingleImageRequest, ctx: Ctx, user: User) -> Any:
+    async def extra_single_image(req: ExtrasSingleImageRequest, ctx: Ctx, user: User) -> Any:
         if not req.image:
-            raise HTTPException(422, mapping.FieldError(("image",), "no image sent").detail())
-        job = _run_extras(ctx, req, [(req.image, "")], user)
+            raise mapping.FieldError(("image",), "no image sent")
+        job = await _run_extras(ctx, req, [(req.image, "")], user)
         if isinstance(job, JSONResponse):
             return job
         images = job.result.images if job.result else []
@@ -92,10 +70,10 @@ def images_router() -> APIRouter:
         }
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    def extra_batch_images(req: ExtrasBatchImagesRequest, ctx: Ctx, user: User) -> Any:
+    async def extra_batch_images(req: ExtrasBatchImagesRequest, ctx: Ctx, user: User) -> Any:
         if not req.imageList:
-            raise HTTPException(422, mapping.FieldError(("imageList",), "no images sent").detail())
-        job = _run_extras(ctx, req, [(f.data, f.name) for f in req.imageList], user)
+            raise mapping.FieldError(("imageList",), "no images sent")
+        job = await _run_extras(ctx, req, [(f.data, f.name) for f in req.imageList], user)
         if isinstance(job, JSONResponse):
             return job
         images = job.result.images if job.result else []
@@ -107,7 +85,7 @@ def images_router() -> APIRouter:
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers(ctx: Ctx) -> Any:
         items = [{"name": name} for name in ("None", "Lanczos", "Nearest")]
-        for item in catalog(ctx).model_files():
+        for item in ctx.upscalers.model_files():
             items.append(
                 {
                     "name": item.name,
@@ -125,36 +103,13 @@ def images_router() -> APIRouter:
     return router
 
 
-def _submit(ctx: AppContext, kind: str, params, user: str, task_id=None, options=None):
-    try:
-        return ctx.jobs.submit(kind, params, owner=user, job_id=task_id or None, options=options)
-    except ValueError as exc:  # a bad or taken force_task_id
-        detail = mapping.FieldError(("force_task_id",), str(exc)).detail()
-        raise HTTPException(status_code=422, detail=detail) from None
+async def _run_extras(ctx: AppContext, req, images: list[tuple[str, str]], user: str):
+    """Decode and check the images, queue the extras job and await its end (no thread)."""
 
+    def submit():
+        params = mapping_images.extras_params(req, images, ctx.upscalers)  # 422/501
+        return submit_generation(ctx, req, GenerationRequest("extras", params, user))
 
-def _run_extras(ctx: AppContext, req, images: list[tuple[str, str]], user: str):
-    try:
-        params = mapping_images.extras_params(req, images, catalog(ctx))
-    except mapping.FieldError as exc:
-        raise HTTPException(status_code=422, detail=exc.detail()) from None
-    except mapping.NotBuiltError as exc:
-        return _not_built(f"{exc.feature} ({exc.field})")
-    job = _submit(ctx, "extras", params, user)
-    job.done.wait()
-    if job.state == job_states.FAILED:
-        return _failed(job)
-    return job
-
-
-def _not_built(feature: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=501, content={"detail": f"{feature} is not implemented yet", "feature": feature}
-    )
-
-
-def _failed(job) -> JSONResponse:
-    return JSONResponse(
-        status_code=500,
-        content={"error": "GenerationError", "detail": job.error, "errors": job.error},
-    )
+    job = await run_in_threadpool(submit)
+    await wait_for_job(job)
+    return ended_badly(job) or job

@@ -10,28 +10,24 @@ This module must never import torch or diffusers: it only talks to the AppContex
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 
+from ..core.extra_networks import Networks as NetworkIndexes
 from .auth import api_user
-
-if TYPE_CHECKING:
-    from ..context import AppContext
-else:
-    AppContext = Any
+from .deps import Ctx
 
 log = logging.getLogger(__name__)
 
 
-def _networks(request: Request):
-    networks = getattr(request.app.state.ctx, "networks", None)
-    if networks is None:
+def _networks(ctx: Ctx) -> NetworkIndexes:
+    if ctx.networks is None:
         raise HTTPException(503, "extra networks are not set up on this server")
-    return networks
+    return ctx.networks
 
 
-Networks = Annotated[Any, Depends(_networks)]
+Networks = Annotated[NetworkIndexes, Depends(_networks)]
 
 
 def networks_router() -> APIRouter:

@@ -18,25 +18,22 @@ diffusers: it only talks to the AppContext.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ..context import AppContext
 from ..core import jobs as job_states
-from ..core.jobs import Job, JobAccessError, QueueFullError, summary
-from ..imaging.upscaler_list import UpscalerCatalog
+from ..core.events import wait_finished
+from ..core.jobs import Job, JobAccessError, QueueFullError, ShuttingDownError, summary
 from . import mapping
 from .auth import api_user
+from .deps import Ctx, User
 from .schemas import StableDiffusionTxt2ImgProcessingAPI as Txt2ImgRequest
-
-if TYPE_CHECKING:
-    from ..context import AppContext
-else:  # the context module pulls in torch; routes only need its attributes
-    AppContext = Any
+from .submit import submit_generation
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +82,6 @@ class JobDetail(JobInfo):
 
 class MoveRequest(BaseModel):
     offset: int = Field(description="places to move among your waiting jobs; negative: earlier")
-
-
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx
-
-
-Ctx = Annotated[AppContext, Depends(get_ctx)]
-User = Annotated[str, Depends(api_user)]
 
 
 def job_info(ctx: AppContext, job: Job, position: int | None, user: str) -> dict[str, Any]:
@@ -158,56 +147,35 @@ def queue_router() -> APIRouter:
 
     @router.post("/txt2img", response_model=JobInfo, status_code=202)
     def submit_txt2img(req: Annotated[Txt2ImgRequest, Body()], ctx: Ctx, user: User) -> Any:
-        job = submit_txt2img_job(ctx, req, user)
-        if isinstance(job, JSONResponse):
-            return job
+        request = mapping.txt2img_request(req, user, ctx.upscalers)  # 422/501
+        job = submit_generation(ctx, req, request)  # 422/503/429
         return job_info(ctx, job, ctx.jobs.position(job), user)
 
     return router
 
 
-def submit_txt2img_job(ctx: AppContext, req: Txt2ImgRequest, user: str) -> Job | JSONResponse:
-    """Validate an A1111 txt2img request and queue it for `user` (422/501/503 otherwise).
-
-    `override_settings` go into the job's own options snapshot; QueueFullError (429)
-    is left to the app's exception handler.
-    """
-    try:
-        upscalers = UpscalerCatalog(ctx.flags.models_dir)  # hires. fix upscaler names
-        params = mapping.txt2img_params(
-            req,
-            models=ctx.models,
-            options=ctx.options,
-            upscalers=upscalers,
-            extensions=getattr(ctx, "extensions", None),
-        )
-        options = mapping.job_options(req.override_settings or {}, ctx.options)
-    except mapping.FieldError as exc:
-        raise HTTPException(status_code=422, detail=exc.detail()) from None
-    except mapping.NotBuiltError as exc:
-        feature = f"{exc.feature} ({exc.field})"
-        return JSONResponse(
-            status_code=501,
-            content={"detail": f"{feature} is not implemented yet", "feature": feature},
-        )
-    if not ctx.models.checkpoints():
-        raise HTTPException(
-            503, f"no checkpoint: put a .safetensors file into {ctx.flags.ckpt_dir}"
-        )
-    try:
-        return ctx.jobs.submit(
-            "txt2img", params, owner=user, job_id=req.force_task_id or None, options=options
-        )
-    except ValueError as exc:  # a bad or taken force_task_id
-        detail = mapping.FieldError(("force_task_id",), str(exc)).detail()
-        raise HTTPException(status_code=422, detail=detail) from None
+async def wait_for_job(job: Job) -> None:
+    """Wait for a job to finish without holding a thread or polling: await its end event
+    on the queue's hub, so many API clients may wait in the queue at once while /progress
+    and the queue listing stay responsive. 503 if the server stops first."""
+    if job.events is None:
+        raise ValueError(f"job {job.id} was never submitted to a queue")
+    if not await wait_finished(job.events, job):
+        raise HTTPException(503, "the server is shutting down; the job did not finish")
 
 
-async def wait_for_job(job: Job, poll_seconds: float = 0.05) -> None:
-    """Wait for a job to finish without holding a thread: many API clients may wait in
-    the queue at once while /progress and the queue listing stay responsive."""
-    while not job.done.is_set():
-        await asyncio.sleep(poll_seconds)
+def ended_badly(job: Job) -> JSONResponse | None:
+    """The answer for a finished job that failed (500) or that the server's shutdown
+    stopped (503); None when it has a result to send."""
+    if job.abort_requested:
+        status, error = 503, "ShuttingDown"
+    elif job.state == job_states.FAILED:
+        status, error = 500, "GenerationError"
+    else:
+        return None
+    return JSONResponse(
+        status_code=status, content={"error": error, "detail": job.error, "errors": job.error}
+    )
 
 
 def _job(ctx: AppContext, job_id: str) -> Job:
@@ -225,13 +193,18 @@ def _act(ctx: AppContext, user: str, job_id: str, action, refusal: str) -> dict[
 
 
 def add_queue_error_handlers(app: FastAPI) -> None:
-    """QueueFullError -> 429 and JobAccessError -> 403, for every route that submits."""
+    """QueueFullError -> 429, JobAccessError -> 403 and ShuttingDownError -> 503, for every
+    route that submits."""
 
     async def queue_full(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=429, content={"detail": str(exc), "error": "QueueFull"})
+
+    async def shutting_down(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc), "error": "ShuttingDown"})
 
     async def not_yours(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=403, content={"detail": str(exc)})
 
     app.add_exception_handler(QueueFullError, queue_full)
     app.add_exception_handler(JobAccessError, not_yours)
+    app.add_exception_handler(ShuttingDownError, shutting_down)

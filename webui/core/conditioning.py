@@ -1,9 +1,9 @@
 """Text conditioning: prompts to the embeddings the UNet is conditioned on, the A1111 way.
 
 A prompt line is read by `prompts.parse_attention` into (text, weight) pieces, tokenized
-without special tokens and laid out in chunks of 75 tokens (a `BREAK` starts a new chunk;
-when a chunk is full and a comma lies within the last 20 tokens, the words after it move
-to the next chunk). Each chunk is encoded on its own as BOS + 75 tokens + EOS (padding
+without special tokens and laid out by `chunks.layout_chunks` in chunks of 75 tokens (a
+`BREAK` starts a new chunk; when a chunk is full and a comma lies within the last 20
+tokens, the words after it move to the next chunk). Each chunk is encoded on its own as BOS + 75 tokens + EOS (padding
 after the first EOS with the tokenizer's pad token, "!" for OpenCLIP), and the chunks are
 concatenated: a 100-token prompt gives a 154 x D conditioning. Textual-inversion vectors
 replace the placeholder tokens of an embedding's name inside the text encoder's token
@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import torch
 
+from .chunks import CHUNK_LENGTH, Chunk, layout_chunks
+from .prompt_limits import check_prompts
 from .prompts import (
-    BREAK_WEIGHT,
     extract_extra_networks,
     parse_attention,
     prompt_schedule,
@@ -43,21 +45,11 @@ from .prompts import (
 
 log = logging.getLogger(__name__)
 
-CHUNK_LENGTH = 75
-COMMA_BACKTRACK = 20
-
 
 @dataclass
 class Encoded:
     embeds: torch.Tensor  # [1, 77 * chunks, D]
     pooled: torch.Tensor | None = None  # [1, P] (SDXL)
-
-
-@dataclass
-class Chunk:
-    tokens: list[int] = field(default_factory=list)
-    multipliers: list[float] = field(default_factory=list)
-    fixes: list[tuple[int, object]] = field(default_factory=list)  # (offset, embedding)
 
 
 @dataclass
@@ -89,6 +81,8 @@ class PromptEncoder:
         self.embeddings = embeddings
         self.used_embeddings: dict[str, object] = {}
         self._cache: dict[str, Encoded] = {}
+        self._chunks: dict[str, list[Chunk]] = {}
+        self._zeros: Encoded | None = None  # an SDXL empty negative
         self.slots = family.text_encoders(pipe, clip_skip)
         if embeddings is not None:
             embeddings.model_widths = {slot.key: _width(slot) for slot in self.slots}
@@ -117,60 +111,23 @@ class PromptEncoder:
         return found
 
     def chunks(self, line: str) -> list[Chunk]:
-        """The 75-token chunks of one prompt line (A1111's tokenize_line)."""
-        parsed = parse_attention(line)
-        tokenized = self._tokenize([text for text, _ in parsed])
-        candidates = self._candidates(line)
-        chunks: list[Chunk] = []
-        chunk = Chunk()
-        last_comma = -1
-
-        def next_chunk() -> None:
-            nonlocal chunk, last_comma
-            missing = CHUNK_LENGTH - len(chunk.tokens)
-            chunk.tokens += [self.slots[0].tokenizer.eos_token_id] * missing
-            chunk.multipliers += [1.0] * missing
-            chunks.append(chunk)
-            chunk, last_comma = Chunk(), -1
-
-        for tokens, (text, weight) in zip(tokenized, parsed, strict=True):
-            if weight == BREAK_WEIGHT and text == "BREAK":
-                next_chunk()
-                continue
-            position = 0
-            while position < len(tokens):
-                token = tokens[position]
-                if token == self._comma:
-                    last_comma = len(chunk.tokens)
-                elif (
-                    len(chunk.tokens) == CHUNK_LENGTH
-                    and last_comma != -1
-                    and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
-                ):  # move the words after the last comma into the next chunk
-                    cut = last_comma + 1
-                    moved = chunk.tokens[cut:], chunk.multipliers[cut:]
-                    del chunk.tokens[cut:], chunk.multipliers[cut:]
-                    next_chunk()
-                    chunk.tokens, chunk.multipliers = list(moved[0]), list(moved[1])
-                if len(chunk.tokens) == CHUNK_LENGTH:
-                    next_chunk()
-                emb, used = _embedding_at(candidates, tokens, position)
-                if emb is None:
-                    chunk.tokens.append(token)
-                    chunk.multipliers.append(weight)
-                    position += 1
-                    continue
-                count = min(CHUNK_LENGTH, emb.vector_count)
-                if len(chunk.tokens) + count > CHUNK_LENGTH:
-                    next_chunk()
-                chunk.fixes.append((len(chunk.tokens), emb))
-                chunk.tokens += [0] * count
-                chunk.multipliers += [weight] * count
-                self.used_embeddings[emb.name] = emb
-                position += used
-        if chunk.tokens or not chunks:
-            next_chunk()
-        return chunks
+        """The 75-token chunks of one prompt line (A1111's tokenize_line), cached."""
+        if line not in self._chunks:
+            parsed = parse_attention(line)
+            tokenized = self._tokenize([text for text, _ in parsed])
+            candidates = self._candidates(line)
+            chunks = layout_chunks(
+                parsed,
+                tokenized,
+                comma=self._comma,
+                pad=self.slots[0].tokenizer.eos_token_id,
+                embedding_at=partial(_embedding_at, candidates),
+            )
+            for chunk in chunks:
+                for _, emb in chunk.fixes:
+                    self.used_embeddings[emb.name] = emb
+            self._chunks[line] = chunks
+        return self._chunks[line]
 
     # --- encoding ----------------------------------------------------------------------
     def encode(self, text: str) -> Encoded:
@@ -215,9 +172,11 @@ class PromptEncoder:
         return z, pooled
 
     def zeros_like_empty(self) -> Encoded:
-        empty = self.encode("")
-        pooled = torch.zeros_like(empty.pooled) if empty.pooled is not None else None
-        return Encoded(torch.zeros_like(empty.embeds), pooled)
+        if self._zeros is None:
+            empty = self.encode("")
+            pooled = torch.zeros_like(empty.pooled) if empty.pooled is not None else None
+            self._zeros = Encoded(torch.zeros_like(empty.embeds), pooled)
+        return self._zeros
 
 
 def _emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
@@ -324,13 +283,23 @@ def prepare_conditioning(
     *,
     steps: int,
     embeddings=None,
+    fields: tuple[str, str] = ("prompt", "negative_prompt"),
 ) -> Conditioning:
     """Encode a job's prompt (AND sub-prompts, schedules) and negative prompt.
 
-    `<lora:...>` tags are removed first. All encodings are padded with empty-prompt chunks
-    to one length, so that any step's tensors can be batched together.
+    The prompt limits are checked first with the model's own tokenizer and embeddings
+    (PromptLimitError naming `fields`): scripts and styles make prompts inside the worker.
+    `<lora:...>` tags are removed. All encodings are padded with empty-prompt chunks to
+    one length, so that any step's tensors can be batched together.
     """
     encoder = PromptEncoder(pipe, family, clip_skip, embeddings)
+    check_prompts(
+        prompt,
+        negative,
+        steps=steps,
+        count_chunks=lambda text: len(encoder.chunks(text)),
+        fields=fields,
+    )
     prompt, _ = extract_extra_networks(prompt)
     negative, _ = extract_extra_networks(negative)
     subprompts = split_and(prompt)
@@ -352,16 +321,21 @@ def _scheduled(encoder: PromptEncoder, text: str, steps: int, *, negative: bool)
 
 
 def _pad_all(schedules: list[Scheduled], encoder: PromptEncoder) -> None:
+    """Pad every encoding to the longest; a text used at many steps is padded once."""
     longest = max(item.embeds.shape[1] for s in schedules for item in s.items)
+    padded: dict[int, Encoded] = {}  # id of an encoding -> its padded copy
     for schedule in schedules:
         for i, item in enumerate(schedule.items):
-            missing = (longest - item.embeds.shape[1]) // 77
-            if missing:
+            missing = (longest - item.embeds.shape[1]) // (CHUNK_LENGTH + 2)
+            if not missing:
+                continue
+            if id(item) not in padded:
                 filler = encoder.encode("").embeds
                 if not item.embeds.any():  # an SDXL zero negative stays zero
                     filler = torch.zeros_like(filler)
                 embeds = torch.cat([item.embeds, filler.repeat(1, missing, 1)], dim=1)
-                schedule.items[i] = Encoded(embeds, item.pooled)
+                padded[id(item)] = Encoded(embeds, item.pooled)
+            schedule.items[i] = padded[id(item)]
 
 
 def encode_prompts(pipe, family: TextEncoding, prompt: str, negative: str, clip_skip: int) -> dict:

@@ -101,6 +101,10 @@ def hires_pass(
             params.clip_skip,
             steps=steps,
             embeddings=run.networks.embeddings,
+            fields=(
+                "hr_prompt" if hp.prompt else "prompt",
+                "hr_negative_prompt" if hp.negative_prompt else "negative_prompt",
+            ),
         )
     hr_choice = hires_choice(run.family, params)
     progress.text = "Hires fix"

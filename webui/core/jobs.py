@@ -9,6 +9,14 @@ interrupt or skip their own jobs. A per-owner limit refuses new jobs with
 `QueueFullError`. Finished jobs stay retrievable (the last few per owner).
 
 Interrupting or skipping only sets a flag; the runner asks `Job.should_stop()` every step.
+Stopping the queue (the server shuts down) cancels the waiting jobs at once and aborts the
+running one: its next `should_stop()` raises `JobAborted`, so nothing more is sampled,
+decoded or saved, and the job ends as interrupted.
+
+Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
+step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
+finished, failed, moved and stopping. Pages and API routes await those events; nothing
+needs to poll a job.
 
 This module must never import torch, diffusers or a UI library: the work itself is the
 `runner` callable handed in by the composition root.
@@ -16,7 +24,6 @@ This module must never import torch, diffusers or a UI library: the work itself 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -29,6 +36,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UserError
+from . import events as ev
+from .events import EventHub, StepPublisher
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +69,22 @@ class QueueFullError(RuntimeError):
         self.limit = limit
 
 
+SHUTDOWN_MESSAGE = "Stopped: the server is shutting down"
+
+
+class JobAborted(Exception):
+    """Raised in the runner when the server shuts down: the job's unfinished work is dropped."""
+
+
+class ShuttingDownError(RuntimeError):
+    """A job was submitted after the queue was stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; no new jobs are taken.")
+
+
 class JobAccessError(PermissionError):
     """Someone tried to act on another owner's job."""
-
-
-def guest_owner(token: str) -> str:
-    """The owner name of a browser without login, from its secret identity token.
-
-    The name is shown to other users; it is a hash, so it never reveals the token.
-    """
-    return "guest-" + hashlib.sha256(token.encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -156,11 +171,15 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     interrupt_requested: bool = False
+    abort_requested: bool = False  # ended by the server's shutdown: nothing more is saved
     skip_requested: bool = False
     skipped: int = 0  # images whose sampling was cut short by "skip"
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)  # snapshot
     seq: int = field(default_factory=lambda: next(_seq))
     done: threading.Event = field(default_factory=threading.Event, repr=False)
+    saved: list[str] = field(default_factory=list, repr=False)  # files written so far
+    # the hub of the queue the job was submitted to (None for a job never submitted)
+    events: EventHub | None = field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -179,13 +198,21 @@ class Job:
         """The result's images (objects with .image, .seed, .infotext), any job kind."""
         return list(getattr(self.result, "images", None) or [])
 
+    def image_saved(self, path: str) -> None:
+        """The worker's save wrote one of this job's images to `path`: record and publish it."""
+        self.saved.append(path)
+        if self.events is not None:
+            self.events.publish(ev.SAVED, self, path=path)
+
     def should_stop(self) -> bool:
         """Asked by the runner every sampling step (and between batches).
 
         True after an interrupt. A skip ends the image being sampled now: it is consumed
         at the next sampling step (marking that batch's steps as done) and the job goes on
         with its next batch; asked while nothing is being sampled, it waits for the next.
+        Raises JobAborted once the queue is stopping.
         """
+        self.raise_if_aborted()
         if self.interrupt_requested:
             return True
         p = self.progress
@@ -195,6 +222,11 @@ class Job:
             p.step = p.steps
             return True
         return False
+
+    def raise_if_aborted(self) -> None:
+        """Raise JobAborted when the server is shutting down (asked before saving too)."""
+        if self.abort_requested:
+            raise JobAborted(SHUTDOWN_MESSAGE)
 
 
 def summary(
@@ -235,7 +267,8 @@ class JobQueue:
     """Round-robin between owners, FIFO per owner, one worker thread.
 
     `options_snapshot()` gives the options a new job starts from; `limit_per_owner()`
-    the most unfinished jobs one owner may have (0: no limit).
+    the most unfinished jobs one owner may have (0: no limit). `events` is where every
+    change of a job is published (a new hub unless one is given).
     """
 
     def __init__(
@@ -246,7 +279,9 @@ class JobQueue:
         keep_per_owner: int = 20,
         options_snapshot: Callable[[], Mapping[str, Any]] | None = None,
         limit_per_owner: Callable[[], int] | int = 0,
+        events: EventHub | None = None,
     ):
+        self.events = events if events is not None else EventHub()
         self._runner = runner
         self._jobs: dict[str, Job] = {}
         self._waiting: dict[str, list[Job]] = {}  # owner -> their waiting jobs, in order
@@ -263,15 +298,33 @@ class JobQueue:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10) -> None:
+    def shutdown(self) -> None:
+        """Refuse new jobs, cancel the waiting ones and abort the running one; returns at
+        once (the running job stops at its next step, see Job.should_stop)."""
         with self._cond:
             self._stopping = True
+            for job in [j for js in self._waiting.values() for j in js]:
+                job.interrupt_requested = job.abort_requested = True
+                job.error = SHUTDOWN_MESSAGE
+                self._finish(job, CANCELLED)
+            self._waiting.clear()
             for job in self._jobs.values():
                 if job.state == RUNNING:
-                    job.interrupt_requested = True
+                    job.interrupt_requested = job.abort_requested = True
             self._cond.notify_all()
+
+    def stopped(self) -> bool:
+        """True once the worker has ended (after shutdown())."""
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = 10) -> None:
+        """`shutdown()`, then wait up to `timeout` seconds for the worker to end."""
+        self.shutdown()
         if self._thread.is_alive():
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the running job did not stop within %.0f s", timeout)
+        self.events.close()  # every page's and client's stream ends
 
     # --- submitting --------------------------------------------------------------------
     def submit(
@@ -289,13 +342,15 @@ class JobQueue:
         snapshot = dict(self._snapshot() if self._snapshot else {})
         snapshot.update(options or {})
         job = Job(kind=kind, params=params, owner=owner, options=MappingProxyType(snapshot))
+        job.events = self.events
+        job.progress.listeners.append(StepPublisher(self.events, job))
         if job_id is not None:
             if not JOB_ID.fullmatch(job_id):
                 raise ValueError("job id: 1-64 characters of A-Z a-z 0-9 _ - . : ( )")
             job.id = job_id
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise ShuttingDownError()
             old = self._jobs.get(job.id)
             if old is not None:
                 if old.owner != owner or not old.finished:
@@ -313,6 +368,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._waiting.setdefault(owner, []).append(job)
             self._cond.notify_all()
+            self.events.publish(ev.QUEUED, job)
         return job
 
     def _current_limit(self) -> int:
@@ -421,6 +477,7 @@ class JobQueue:
             if job.state == QUEUED:
                 return self.cancel(job_id, owner)
             job.interrupt_requested = True
+            self.events.publish(ev.STOPPING, job)
             return True
 
     def skip(self, job_id: str, owner: str | None = None) -> bool:
@@ -430,6 +487,7 @@ class JobQueue:
             if job is None or job.state != RUNNING:
                 return False
             job.skip_requested = True
+            self.events.publish(ev.STOPPING, job)
             return True
 
     def move(self, job_id: str, offset: int, owner: str | None = None) -> bool:
@@ -446,6 +504,7 @@ class JobQueue:
                 return False
             mine.insert(target, mine.pop(index))
             self._cond.notify_all()
+            self.events.publish(ev.MOVED, job)
             return True
 
     def interrupt_owner(self, owner: str) -> int:
@@ -462,10 +521,7 @@ class JobQueue:
             with self._cond:
                 while not any(self._waiting.values()) and not self._stopping:
                     self._cond.wait()
-                if self._stopping:
-                    for job in [j for js in self._waiting.values() for j in js]:
-                        self._finish(job, CANCELLED)
-                    self._waiting.clear()
+                if self._stopping:  # shutdown() has cancelled the waiting jobs
                     return
                 job = self._schedule()[0]
                 self._unqueue(job)
@@ -474,12 +530,16 @@ class JobQueue:
                 job.state = RUNNING
                 job.started_at = time.time()
                 job.progress.started_at = time.monotonic()
+                self.events.publish(ev.STARTED, job)
             self._run(job)
 
     def _run(self, job: Job) -> None:
         try:
             job.result = self._runner(job)
             state = INTERRUPTED if job.interrupt_requested else DONE
+        except JobAborted as exc:  # the server shuts down: nothing of the job is kept
+            job.result, job.error = None, str(exc)
+            state = INTERRUPTED
         except Exception as exc:  # a failing job must never stop the worker
             if isinstance(exc, UserError):  # bad input or an unusable file: one line
                 log.warning("job %s failed: %s", job.id, exc)
@@ -503,6 +563,8 @@ class JobQueue:
         job.finished_at = time.time()
         job.done.set()
         self._prune()
+        kind = ev.FAILED if state == FAILED else ev.FINISHED
+        self.events.publish(kind, job, error=job.error if state == FAILED else None)
 
     def _prune(self) -> None:
         """Forget the oldest finished jobs beyond the per-owner and overall limits."""

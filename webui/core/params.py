@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from .errors import ParamError
+from .prompt_limits import check_prompts
 from .samplers import UnknownSamplerError, missing_requirements, resolve
 
 if TYPE_CHECKING:
@@ -25,13 +26,6 @@ MAX_SIDE = 4096
 MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
-
-
-class ParamError(ValueError, UserError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,23 @@ class Txt2ImgParams:
                 raise ParamError(name, "must be text")
             if "\x00" in value:
                 raise ParamError(name, "must not contain NUL characters")
+        self._check_prompt_limits()
         return self
+
+    def _check_prompt_limits(self) -> None:
+        """Length, nesting, AND parts, chunks: see prompt_limits (PromptLimitError)."""
+        check_prompts(self.prompt, self.negative_prompt, steps=self.steps)
+        hires = self.hires
+        if hires is not None and (hires.prompt or hires.negative_prompt):
+            check_prompts(  # the second pass's own prompts, as hires.py encodes them
+                hires.prompt or self.prompt,
+                hires.negative_prompt or self.negative_prompt,
+                steps=hires.steps or self.steps,
+                fields=(
+                    "hr_prompt" if hires.prompt else "prompt",
+                    "hr_negative_prompt" if hires.negative_prompt else "negative_prompt",
+                ),
+            )
 
     def _check_sampler(self) -> None:
         try:

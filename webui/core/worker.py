@@ -154,10 +154,12 @@ class Worker:
         info = JobInfo.of(job)
 
         def save(image: Image.Image, seed: int, infotext: str) -> str:
+            job.raise_if_aborted()  # the server shuts down: write nothing more
             path = self.store.save(
                 image, kind=job.kind, seed=seed, infotext=infotext, fmt=fmt,
                 filename_pattern=pattern, pattern_values=values, outdir=outdir,
             )  # fmt: skip
+            job.image_saved(str(path))  # publishes the job's "saved" event
             hooks.saved(SavedImage(info, path, image, infotext, seed, job.kind))
             return str(path)
 
@@ -175,6 +177,7 @@ class Worker:
         params, opt = job.params, partial(job_option, job, self.options)
 
         def save(image: Image.Image, name: str, infotext: str) -> str:
+            job.raise_if_aborted()  # the server shuts down: write nothing more
             if params.output_dir.strip():
                 return str(save_named(image, Path(params.output_dir).expanduser(), name, infotext))
             path = self.store.save(image, kind="extras", seed=None, infotext=infotext,

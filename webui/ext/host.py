@@ -154,10 +154,20 @@ class ExtensionHost:
         log.error("extension %s: %s; it is disabled\n%s", record.key, record.error,
                   "".join(traceback.format_exception(exc)))  # fmt: skip
 
-    def call(self, ext: Extension, where: str, fn: Callable, *args: Any) -> Any:
-        """Call one hook; on an exception, disable the extension and return FAILED."""
+    def call(
+        self,
+        ext: Extension,
+        where: str,
+        fn: Callable,
+        *args: Any,
+        passes: tuple[type[Exception], ...] = (),
+    ) -> Any:
+        """Call one hook; on an exception, disable the extension and return FAILED.
+        Exceptions of the `passes` types are the job's fault: they fail it instead."""
         try:
             return fn(*args)
+        except passes:
+            raise
         except Exception as exc:  # an extension must never break the app or the job
             self.fail(ext, where, exc)
             return FAILED
@@ -223,9 +233,11 @@ class ExtensionHost:
         return ArgCheck(params, resolve_checkpoint, vae_names, self.data_dir)
 
     def prepare(self, params: Any, *, script: str | None = None, script_args: Any = None,
-                alwayson: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
+                alwayson: Mapping[str, Any] | None = None, tab: str | None = None) -> Any:  # fmt: skip
         """`params` with the job's `script` and validated `extension_args` (every active
-        extension's args, defaults filled). Raises ArgError with an A1111 field path."""
+        extension's args, defaults filled). With `tab` (txt2img, img2img), the script and
+        the always-on extensions named must be offered in that tab. Raises ArgError with
+        an A1111 field path."""
         chosen: Extension | None = None
         args: dict[str, dict[str, Any]] = {}
         if script and script.strip().lower() not in ("", "none"):
@@ -234,6 +246,8 @@ class ExtensionHost:
                 why = "is disabled" if record is not None and not record.active else "not found"
                 raise ArgError(("script_name",), f"script {why}: {script}")
             chosen = record.extension
+            if tab is not None and not _in_tab(chosen, tab):
+                raise ArgError(("script_name",), f"{chosen.display_title} is not a {tab} script")
             args[chosen.name] = chosen.args_from(script_args, ("script_args",))
         for name, value in (alwayson or {}).items():
             record = self.find(str(name))
@@ -244,6 +258,8 @@ class ExtensionHost:
             ext = record.extension
             if ext.is_script:
                 raise ArgError(loc, f"{ext.display_title} is a script: name it in script_name")
+            if tab is not None and not _in_tab(ext, tab):
+                raise ArgError(loc, f"{ext.display_title} is not offered in {tab}")
             given = value.get("args") if isinstance(value, Mapping) else value
             args[ext.name] = ext.args_from(given, (*loc, "args"))
         for ext in self.active():

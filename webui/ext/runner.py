@@ -8,7 +8,9 @@ run context: `on_step` is a listener of the job's `Progress`; `on_image_saved` i
 `RunHooks.on_saved` listener the worker calls for every image it writes, with the job
 info of that run (grids that scripts save are reported here). A hook that raises disables
 its extension; the job goes on without it. A script that raises is disabled too, and the
-job runs as a plain generation (or keeps the images made so far).
+job runs as a plain generation (or keeps the images made so far). A prompt over a limit
+of `core.prompt_limits`, made by a hook (wildcards) or a script, fails the job with its
+message and disables nothing.
 
 This module must never import a UI library. It runs on the worker thread only.
 """
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 
 from ..core.jobs import Job, Progress
 from ..core.processing import GeneratedImage
+from ..core.prompt_limits import PromptLimitError
 from ..core.run import RunHooks
 from ..core.worker import JobResult
 from .api import Extension, JobInfo, SavedImage, StepInfo
@@ -145,8 +148,9 @@ class _Generation:
                 if not self.host.is_active(ext):  # failed on an earlier entry
                     done.append(p)
                     continue
-                out = self.host.call(ext, "before_job", ext.before_job, self.info, p,
-                                     self.host.args_for(ext, p))  # fmt: skip
+                args = self.host.args_for(ext, p)
+                out = self.host.call(ext, "before_job", ext.before_job, self.info, p, args,
+                                     passes=(PromptLimitError,))  # fmt: skip
                 done += self._checked(ext, p, out)
             todo = done
         return todo
@@ -164,6 +168,8 @@ class _Generation:
                         f"returned {type(item).__name__}, expected {type(params).__name__}"
                     )
                 item.validated()
+        except PromptLimitError:
+            raise  # a prompt over a limit (wildcards made it too long): the job fails
         except (TypeError, ValueError) as exc:
             self.host.fail(ext, "before_job", exc)
             return [params]
@@ -179,7 +185,11 @@ class _Generation:
     def process(self, params: Any) -> Any:
         """One generation through the before_job hooks (one run per params they give)."""
         results = []
-        for p in self._before_job(params):
+        try:
+            todo = self._before_job(params)
+        except PromptLimitError as exc:
+            raise _GenerationError(exc) from exc
+        for p in todo:
             if results and self.job.interrupt_requested:
                 break
             self.job.params = p

@@ -1,55 +1,18 @@
-"""Offline CLIP tokenizers, built from the BPE file shipped in ``configs/clip``.
-
-The OpenAI CLIP vocabulary (also used by OpenCLIP's SD2/SDXL text encoders) is derived
-from ``bpe_simple_vocab_16e6.txt.gz`` the same way the original CLIP code does it, so no
-hub download is ever needed.
+"""Offline CLIP tokenizers (transformers' ``CLIPTokenizer``), built from the BPE file
+shipped in ``configs/clip`` (see ``clip_vocab``), so no hub download is ever needed.
 """
 
 from __future__ import annotations
 
-import gzip
-from functools import lru_cache
-from pathlib import Path
+from .clip_vocab import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    MAX_LENGTH,
+    OPEN_CLIP_PAD_TOKEN,
+    clip_vocab_and_merges,
+)
 
-BPE_PATH = Path(__file__).parent / "configs" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-OPEN_CLIP_PAD_TOKEN = "!"
-MAX_LENGTH = 77
-VOCAB_SIZE = 49408
-_NUM_MERGES = VOCAB_SIZE - 256 * 2 - 2  # 48894
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2 mapping of every byte to a printable unicode character."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-@lru_cache(maxsize=1)
-def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The 49408-entry CLIP vocabulary and its BPE merges."""
-    lines = gzip.decompress(BPE_PATH.read_bytes()).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
-    tokens = list(bytes_to_unicode().values())
-    tokens += [t + "</w>" for t in tokens]
-    tokens += ["".join(pair) for pair in merges]
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != VOCAB_SIZE:
-        raise RuntimeError(f"derived CLIP vocabulary has {len(vocab)} entries, not {VOCAB_SIZE}")
-    return vocab, merges
+__all__ = ["EOS_TOKEN", "OPEN_CLIP_PAD_TOKEN", "clip_tokenizer"]
 
 
 def clip_tokenizer(pad_token: str = EOS_TOKEN):

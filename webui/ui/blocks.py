@@ -39,8 +39,6 @@ CSS = """
   opacity: .45; transition: width .2s; }
 .job-progress-text { position: relative; padding-left: .5em; font-size: .9em; }
 .infotext { white-space: pre-wrap; word-break: break-word; font-size: .85em; margin: 0; }
-#refresh_checkpoints, #txt2img_random_seed, #txt2img_reuse_seed { align-self: end; }
-#img2img_random_seed, #inpaint_random_seed, #extras_refresh, #txt2img_hr_refresh { align-self: end; }
 .queue-table { width: 100%; border-collapse: collapse; font-size: .9em; }
 .queue-table th, .queue-table td { padding: .25em .5em; text-align: left;
   border-bottom: 1px solid var(--border-color-primary); }
@@ -77,7 +75,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         checkpoint, notice, refresh_checkpoints = checkpoint_picker(ctx)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                txt2img_send = build_txt2img_tab(ctx, checkpoint)
+                txt2img = build_txt2img_tab(ctx, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(ctx, checkpoint)
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
@@ -91,7 +89,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 build_settings_tab(ctx, demo, checkpoint)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
-        connect_send_buttons(ctx, demo, tabs, txt2img_send, img2img, inpaint, extras)
+        connect_send_buttons(ctx, demo, tabs, txt2img, img2img, inpaint, extras)
         connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
         build_queue_panel(ctx, demo)
         gr.HTML(footer_text(ctx), elem_id="footer")

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..api.auth import owner_from_cookies
 from ..core import jobs as job_states
+from ..owners import owner_from_cookies
 from .icons import icon_button
 
 if TYPE_CHECKING:

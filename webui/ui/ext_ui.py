@@ -2,10 +2,11 @@
 
 `extension_inputs(ctx, tab)` renders, inside a generation tab, an accordion per always-on
 extension with controls, and A1111's "Script" dropdown with one panel per script (shown
-when chosen). `ExtensionInputs.prepare(params, values)` turns the values (in `inputs`
-order) into the job's script and extension args by name, through the same host call the
-API uses. `build_extension_tabs(ctx)` adds each extension's own tab; an extension whose
-tab fails to build is disabled and the UI goes on.
+when chosen). `ExtensionInputs.request_fields(values)` turns the values (in `inputs`
+order) into the script and extension args of a `GenerationRequest`, by name, which the
+generation service checks exactly as it checks the API's. `build_extension_tabs(ctx)`
+adds each extension's own tab; an extension whose tab fails to build is disabled and the
+UI goes on.
 
 This module must never import torch or diffusers.
 """
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ..ext.api import Control, Extension, ExtensionContext
-from .common import InputError
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -67,18 +67,18 @@ class ExtensionInputs:
             out += components
         return out
 
-    def prepare(self, params: Any, values) -> Any:
-        """`params` with the script and extension args; raises ArgError (a ValueError)."""
+    def request_fields(self, values) -> dict[str, Any]:
+        """`script`, `script_args` and `alwayson` of a GenerationRequest, from the values
+        of `inputs` (in order): the chosen script's args and every section's, by name."""
         host = getattr(self.ctx, "extensions", None)
-        if host is None:
-            return params
         values = list(values)
         script = values.pop(0) if self.script_choice is not None else None
-        alwayson, script_args = {}, None
+        alwayson: dict[str, Any] = {}
+        script_args = None
         for ext, components in self.sections:
             args = dict(zip([c.name for c in ext.controls], values[: len(components)], strict=True))
             values = values[len(components) :]
-            if host.is_active(ext):  # one that failed since the page was built is left out
+            if host is not None and host.is_active(ext):  # one that failed since is left out
                 alwayson[ext.name] = {"args": args}
         for ext, components in self.scripts:
             args = dict(zip([c.name for c in ext.controls], values[: len(components)], strict=True))
@@ -86,15 +86,11 @@ class ExtensionInputs:
             if script == ext.display_title:
                 script_args = args
         chosen = script if script and script != NO_SCRIPT else None
-        return host.prepare(params, script=chosen, script_args=script_args, alwayson=alwayson)
+        return {"script": chosen, "script_args": script_args, "alwayson": alwayson}
 
-    def apply(self, params: Any, values: dict[str, Any]) -> Any:
-        """`prepare` with the values of a `named` dict; a bad argument is a gr.Error."""
-        count = len(self.inputs)
-        try:
-            return self.prepare(params, [values[f"extension_{i}"] for i in range(count)])
-        except ValueError as exc:  # ArgError
-            raise InputError(str(exc)) from exc
+    def request_args(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`request_fields` from the values of a `named` dict (see `extension_inputs`)."""
+        return self.request_fields([values[f"extension_{i}"] for i in range(len(self.inputs))])
 
 
 def extension_inputs(ctx: AppContext, tab: str, prefix: str | None = None,
@@ -103,7 +99,7 @@ def extension_inputs(ctx: AppContext, tab: str, prefix: str | None = None,
 
     `tab` chooses the extensions (txt2img or img2img; the Inpaint tab shows img2img's),
     `prefix` the elem_ids. With `named` (an image_common.Named), the components are added
-    to it too, and `apply(params, values_by_name)` reads them back."""
+    to it too, and `request_args(values_by_name)` reads them back."""
     found = ExtensionInputs(ctx, tab, prefix or tab)
     host = getattr(ctx, "extensions", None)
     if host is None:

@@ -19,7 +19,7 @@ import gradio as gr
 from ..core.params import ParamError
 from ..core.params_img2img import ExtrasParams
 from ..imaging.codec import ImageInputError, image_files, load_image_file
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.upscalers import UnknownUpscalerError, Upscalers
 from .common import InputError, owner_of
 from .icons import icon_button
 from .image_common import (
@@ -31,7 +31,7 @@ from .image_common import (
     stream_job,
     whole,
 )
-from .job_stream import TabJobs
+from .job_stream import TabJobs, in_thread, submit_job
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -45,7 +45,7 @@ class ExtrasTab:
 
 def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     named = Named()
-    catalog = UpscalerCatalog(ctx.flags.models_dir)
+    catalog = ctx.upscalers
     with gr.Row():
         with gr.Column(scale=1):
             _sources(named, ctx.flags.server_folders_allowed)
@@ -114,9 +114,14 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
             output = output_panel("extras", send_targets=("img2img", "inpaint"))
     tab_jobs = TabJobs()
 
-    def run(request: gr.Request, *values):
+    def submit(request: gr.Request, values: tuple) -> Any:  # reads image files: in a thread
         params = _params(named.values(values), catalog, ctx.flags.server_folders_allowed)
-        yield from stream_job(ctx, request, tab_jobs, "extras", params)
+        return submit_job(ctx, request, "extras", params)
+
+    async def run(request: gr.Request, *values):
+        job = await in_thread(submit, request, values)
+        async for outputs in stream_job(ctx, request, tab_jobs, job):
+            yield outputs
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
@@ -185,7 +190,7 @@ def _images(v: dict, server_folders: bool) -> list[tuple[Any, str]]:
     return [(load_image_file(p, "Input directory"), p.name) for p in files]
 
 
-def _params(v: dict, catalog: UpscalerCatalog, server_folders: bool) -> ExtrasParams:
+def _params(v: dict, catalog: Upscalers, server_folders: bool) -> ExtrasParams:
     try:
         images = _images(v, server_folders)
         params = ExtrasParams(

@@ -1,22 +1,22 @@
 """The "Hires. fix" section of the txt2img tab, with A1111's labels.
 
-`build_hires_controls` adds the accordion (enable, upscaler, hires steps, denoising
-strength, upscale by / resize width and height to, hires sampler, schedule and prompts);
-`HiresControls.params(values)` turns its values into `HiresParams` (None when off).
+`add_hires_controls` adds the accordion (enable, upscaler, hires steps, denoising
+strength, upscale by / resize width and height to, hires sampler, schedule and prompts) to
+a tab's named controls as hr_<name>; `hires_params(ctx, values)` turns the tab's values
+into `HiresParams` (None when off).
 
 This module must never import torch or diffusers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from ..core.params_img2img import HiresParams
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
-from ..imaging.upscaler_list import UnknownUpscalerError, UpscalerCatalog
+from ..services.upscalers import UnknownUpscalerError
 from .icons import icon_button
 from .image_common import Named, whole
 
@@ -26,50 +26,41 @@ if TYPE_CHECKING:
 SAME_SAMPLER, SAME_SCHEDULE = "Use same sampler", "Use same scheduler"
 
 
-@dataclass
-class HiresControls:
-    named: Named
-    catalog: UpscalerCatalog
-
-    @property
-    def inputs(self) -> list:
-        return self.named.inputs
-
-    def params(self, values) -> HiresParams | None:
-        """HiresParams from the section's values (in `inputs` order); ValueError if bad."""
-        v = self.named.values(values)
-        if not v["enable"]:
-            return None
-        try:
-            upscaler = self.catalog.resolve(v["upscaler"], latent=True, field="Upscaler")
-        except UnknownUpscalerError as exc:
-            raise ValueError(str(exc)) from None
-        sampler, schedule = v["sampler"], v["schedule"]
-        return HiresParams(
-            scale=float(v["scale"]),
-            resize_x=whole(v["resize_x"], "Resize width to"),
-            resize_y=whole(v["resize_y"], "Resize height to"),
-            upscaler=upscaler,
-            steps=whole(v["steps"], "Hires steps"),
-            denoising_strength=float(v["denoising"]),
-            sampler_name=None if sampler in (None, SAME_SAMPLER) else sampler,
-            scheduler=None if schedule in (None, SAME_SCHEDULE) else schedule,
-            prompt=v["prompt"] or "",
-            negative_prompt=v["negative"] or "",
-        )
+def hires_params(ctx: AppContext, v: dict) -> HiresParams | None:
+    """HiresParams from a tab's values by name (the hr_* controls); None when off;
+    ValueError for a bad value."""
+    if not v["hr_enable"]:
+        return None
+    try:
+        upscaler = ctx.upscalers.resolve(v["hr_upscaler"], latent=True, field="Upscaler")
+    except UnknownUpscalerError as exc:
+        raise ValueError(str(exc)) from None
+    sampler, schedule = v["hr_sampler"], v["hr_schedule"]
+    return HiresParams(
+        scale=float(v["hr_scale"]),
+        resize_x=whole(v["hr_resize_x"], "Resize width to"),
+        resize_y=whole(v["hr_resize_y"], "Resize height to"),
+        upscaler=upscaler,
+        steps=whole(v["hr_steps"], "Hires steps"),
+        denoising_strength=float(v["hr_denoising"]),
+        sampler_name=None if sampler in (None, SAME_SAMPLER) else sampler,
+        scheduler=None if schedule in (None, SAME_SCHEDULE) else schedule,
+        prompt=v["hr_prompt"] or "",
+        negative_prompt=v["hr_negative"] or "",
+    )
 
 
-def build_hires_controls(ctx: AppContext) -> HiresControls:
-    named = Named()
-    catalog = UpscalerCatalog(ctx.flags.models_dir)
+def add_hires_controls(ctx: AppContext, named: Named) -> None:
+    """The Hires. fix accordion; its controls go into the tab's `named` as hr_<name>."""
+    catalog = ctx.upscalers
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
         named.add(
-            "enable",
+            "hr_enable",
             gr.Checkbox(label="Enable hires. fix", value=False, elem_id="txt2img_enable_hr"),
         )
         with gr.Row():
             upscaler = named.add(
-                "upscaler",
+                "hr_upscaler",
                 gr.Dropdown(
                     label="Upscaler",
                     choices=catalog.names(latent=True),
@@ -81,11 +72,11 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
             refresh = icon_button("refresh", elem_id="txt2img_hr_refresh")
         with gr.Row():
             named.add(
-                "steps",
+                "hr_steps",
                 gr.Slider(label="Hires steps", minimum=0, maximum=150, step=1, value=0, scale=3),
             )
             named.add(
-                "denoising",
+                "hr_denoising",
                 gr.Slider(
                     label="Denoising strength",
                     minimum=0,
@@ -98,7 +89,7 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
             )
         with gr.Row():
             named.add(
-                "scale",
+                "hr_scale",
                 gr.Slider(
                     label="Upscale by",
                     minimum=1,
@@ -109,16 +100,16 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
                 ),
             )
             named.add(
-                "resize_x",
+                "hr_resize_x",
                 gr.Slider(label="Resize width to", minimum=0, maximum=2048, step=8, value=0),
             )
             named.add(
-                "resize_y",
+                "hr_resize_y",
                 gr.Slider(label="Resize height to", minimum=0, maximum=2048, step=8, value=0),
             )
         with gr.Row():
             named.add(
-                "sampler",
+                "hr_sampler",
                 gr.Dropdown(
                     label="Hires sampling method",
                     value=SAME_SAMPLER,
@@ -126,7 +117,7 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
                 ),
             )
             named.add(
-                "schedule",
+                "hr_schedule",
                 gr.Dropdown(
                     label="Hires schedule type",
                     value=SAME_SCHEDULE,
@@ -135,11 +126,11 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
             )
         with gr.Row():
             named.add(
-                "prompt",
+                "hr_prompt",
                 gr.Textbox(label="Hires prompt", lines=2, placeholder="empty: the prompt above"),
             )
             named.add(
-                "negative",
+                "hr_negative",
                 gr.Textbox(
                     label="Hires negative prompt",
                     lines=2,
@@ -147,4 +138,3 @@ def build_hires_controls(ctx: AppContext) -> HiresControls:
                 ),
             )
     refresh.click(lambda: gr.Dropdown(choices=catalog.names(latent=True)), outputs=upscaler)
-    return HiresControls(named, catalog)

@@ -61,7 +61,7 @@ def _svg_url(path: str) -> str:
 
 
 ICONS_CSS = (
-    ".icon-button { min-height: 2.4em; }\n"
+    ".icon-button { min-height: 2.4em; align-self: end; }\n"
     ".icon-button::before { content: ''; display: inline-block; flex: none; width: 1.3em;"
     " height: 1.3em;"
     " background-color: currentColor; -webkit-mask: var(--icon) center / contain no-repeat;"

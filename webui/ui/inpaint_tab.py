@@ -4,36 +4,24 @@ clear, zoom and pan come with Gradio's image editor) or upload one, and redraw o
 Mask mode (invert), mask blur, masked content, inpaint area (whole picture / only masked
 with padding) and outpainting (grow the canvas by N pixels per side and fill the new
 area) as in A1111. Whether the checkpoint is a 9-channel inpainting model is read from
-the loaded model, not asked. Jobs are "img2img" jobs with a mask.
+the loaded model, not asked. Jobs are "img2img" jobs with a mask. The prompts, sampler,
+size, seed, scripts, output and job wiring come from `generation_tab`.
 
 This module must never import torch or diffusers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..core.params import ParamError
 from ..core.params_img2img import Img2ImgParams, round_to_8
 from ..imaging.codec import ImageInputError, mask_from_layers, mask_from_upload, to_rgb
 from ..imaging.masks import MASKED_CONTENT
-from .common import InputError, owner_of
-from .ext_ui import extension_inputs
-from .image_common import (
-    Named,
-    OutputPanel,
-    checked_image,
-    generation_settings,
-    output_panel,
-    prompt_row,
-    settings_kwargs,
-    stream_job,
-    whole,
-)
-from .job_stream import TabJobs
+from .common import InputError
+from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common_fields
+from .image_common import Named, checked_image, whole
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -41,110 +29,31 @@ if TYPE_CHECKING:
 SIDES = ("left", "right", "up", "down")
 
 
-@dataclass
-class InpaintTab:
-    editor: Any
-    prompt: Any
-    negative: Any
-    output: OutputPanel
-
-
-def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
-    named = Named()
-    named.add("checkpoint", checkpoint)
-    generate, interrupt = prompt_row(named, "inpaint")
+def _inputs(ctx: AppContext, named: Named) -> None:
+    """The image and its mask, and how the masked area is redrawn."""
+    _mask_inputs(named)
     with gr.Row():
-        with gr.Column(scale=1):
-            _mask_inputs(named)
-            with gr.Row():
-                named.add(
-                    "mask_mode",
-                    gr.Radio(
-                        label="Mask mode",
-                        type="index",
-                        value="Inpaint masked",
-                        choices=["Inpaint masked", "Inpaint not masked"],
-                    ),
-                )
-                named.add(
-                    "mask_blur",
-                    gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4),
-                )
-            named.add(
-                "fill",
-                gr.Radio(
-                    label="Masked content",
-                    choices=list(MASKED_CONTENT),
-                    value="original",
-                    type="index",
-                ),
-            )
-            with gr.Row():
-                named.add(
-                    "area",
-                    gr.Radio(
-                        label="Inpaint area",
-                        type="index",
-                        value="Whole picture",
-                        choices=["Whole picture", "Only masked"],
-                    ),
-                )
-                named.add(
-                    "padding",
-                    gr.Slider(
-                        label="Only masked padding, pixels",
-                        minimum=0,
-                        maximum=256,
-                        step=4,
-                        value=32,
-                    ),
-                )
-            with gr.Accordion("Outpainting", open=False, elem_id="inpaint_outpaint"):
-                gr.Markdown(
-                    "Grow the canvas and fill the new area. With *Whole picture* the "
-                    "output takes the new canvas size (rounded to multiples of 8)."
-                )
-                with gr.Row():
-                    for side in SIDES:
-                        named.add(
-                            f"out_{side}",
-                            gr.Slider(
-                                label=f"Outpaint {side}, pixels",
-                                minimum=0,
-                                maximum=512,
-                                step=8,
-                                value=0,
-                            ),
-                        )
-            generation_settings(named, "inpaint")
-            ext = extension_inputs(ctx, "img2img", prefix="inpaint", named=named)
-        with gr.Column(scale=1):
-            output = output_panel("inpaint")
-    tab_jobs = TabJobs()
-
-    def run(request: gr.Request, *values):
-        v = named.values(values)
-        params = ext.apply(_params(v), v)  # + script and extension args
-        if not ctx.models.checkpoints():
-            raise InputError(
-                "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
-            )
-        yield from stream_job(ctx, request, tab_jobs, "img2img", params)
-
-    def interrupt_mine(request: gr.Request):
-        ctx.jobs.interrupt_owner(owner_of(request))
-
-    for trigger in (generate.click, named["prompt"].submit):
-        trigger(
-            run,
-            inputs=named.inputs,
-            outputs=output.outputs,
-            concurrency_limit=None,
-            show_progress="hidden",
-            trigger_mode="multiple",
+        named.add("mask_mode", gr.Radio(
+            label="Mask mode", type="index", value="Inpaint masked",
+            choices=["Inpaint masked", "Inpaint not masked"]))  # fmt: skip
+        named.add("mask_blur", gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4))
+    named.add("fill", gr.Radio(
+        label="Masked content", choices=list(MASKED_CONTENT), value="original", type="index"))  # fmt: skip
+    with gr.Row():
+        named.add("area", gr.Radio(
+            label="Inpaint area", type="index", value="Whole picture",
+            choices=["Whole picture", "Only masked"]))  # fmt: skip
+        named.add("padding", gr.Slider(
+            label="Only masked padding, pixels", minimum=0, maximum=256, step=4, value=32))  # fmt: skip
+    with gr.Accordion("Outpainting", open=False, elem_id="inpaint_outpaint"):
+        gr.Markdown(
+            "Grow the canvas and fill the new area. With *Whole picture* the "
+            "output takes the new canvas size (rounded to multiples of 8)."
         )
-    interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
-    return InpaintTab(named["editor"], named["prompt"], named["negative"], output)
+        with gr.Row():
+            for side in SIDES:
+                named.add(f"out_{side}", gr.Slider(
+                    label=f"Outpaint {side}, pixels", minimum=0, maximum=512, step=8, value=0))  # fmt: skip
 
 
 def _mask_inputs(named: Named) -> None:
@@ -208,30 +117,37 @@ def _image_and_mask(v: dict):
     return to_rgb(background), mask_from_layers(editor.get("layers") or [], background.size)
 
 
-def _params(v: dict) -> Img2ImgParams:
+def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
     try:
         image, mask = _image_and_mask(v)
-        outpaint = tuple(whole(v[f"out_{side}"], f"Outpaint {side}") for side in SIDES)
-        if mask is None and not any(outpaint):
-            raise InputError("The mask is empty: paint over the area to change, or upload a mask")
-        canvas = (image.width + outpaint[0] + outpaint[1], image.height + outpaint[2] + outpaint[3])
-        kwargs = settings_kwargs(v, canvas)
-        only_masked = v["area"] == 1
-        if any(outpaint) and not only_masked and v["size_tab"] == 0:
-            kwargs["width"], kwargs["height"] = round_to_8(canvas[0]), round_to_8(canvas[1])
-        blur = whole(v["mask_blur"], "Mask blur")
-        params = Img2ImgParams(
-            **kwargs,
-            init_images=(image,),
-            mask=mask,
-            mask_blur_x=blur,
-            mask_blur_y=blur,
-            inpainting_fill=int(v["fill"]),
-            inpaint_full_res=only_masked,
-            inpaint_full_res_padding=whole(v["padding"], "Only masked padding"),
-            inpainting_mask_invert=v["mask_mode"] == 1,
-            outpaint=outpaint,
-        )
-        return params.validated().with_seed()
-    except (ParamError, ImageInputError, TypeError, ValueError) as exc:
+    except ImageInputError as exc:
         raise InputError(str(exc)) from exc
+    outpaint = tuple(whole(v[f"out_{side}"], f"Outpaint {side}") for side in SIDES)
+    if mask is None and not any(outpaint):
+        raise InputError("The mask is empty: paint over the area to change, or upload a mask")
+    canvas = (image.width + outpaint[0] + outpaint[1], image.height + outpaint[2] + outpaint[3])
+    fields = common_fields(v, canvas)
+    only_masked = v["area"] == 1
+    if any(outpaint) and not only_masked and v["size_tab"] == 0:
+        fields["width"], fields["height"] = round_to_8(canvas[0]), round_to_8(canvas[1])
+    blur = whole(v["mask_blur"], "Mask blur")
+    return Img2ImgParams(
+        **fields,
+        init_images=(image,),
+        mask=mask,
+        mask_blur_x=blur,
+        mask_blur_y=blur,
+        inpainting_fill=int(v["fill"]),
+        inpaint_full_res=only_masked,
+        inpaint_full_res_padding=whole(v["padding"], "Only masked padding"),
+        inpainting_mask_invert=v["mask_mode"] == 1,
+        outpaint=outpaint,
+    )
+
+
+INPAINT = TabSpec(prefix="inpaint", kind="img2img", scripts_of="img2img", params=_params,
+                  inputs=_inputs, resize=True)  # fmt: skip
+
+
+def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> GenerationTab:
+    return build_generation_tab(ctx, checkpoint, INPAINT)

@@ -6,26 +6,42 @@ run first, and says how many more wait behind it; each job shows its images when
 finishes. So three clicks show the first job's steps while it runs, then the second's,
 and never a stale "waiting" line for the newest one while an older one runs.
 
+`follow_job` is an async generator: it awaits the job events of the queue's hub (its own
+job's, and the queue changes that move it up) instead of polling, so a waiting click holds
+no thread. It redraws at most every `MIN_GAP_SECONDS`, at least every `TICK_SECONDS` while
+the job runs (the ETA counts down), and sends a no-op every `KEEPALIVE_SECONDS` while it
+waits, so that Gradio notices a closed page and ends the stream.
+
 This module must never import torch or diffusers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import gradio as gr
 
+from ..core import events as ev
 from ..core import jobs as job_states
+from ..core.events import AsyncSubscription
 from ..core.jobs import Job, QueueFullError
+from ..services.generation import GenerationRequest, NoCheckpointError, RequestError
 from .common import InputError, owner_of, progress_html
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
-POLL_SECONDS = 0.25
+T = TypeVar("T")
+MIN_GAP_SECONDS = 0.2  # at most five redraws a second, however fast the steps are
+TICK_SECONDS = 1.0  # a running job's line is redrawn at least this often
+KEEPALIVE_SECONDS = 30.0  # a no-op this often while nothing changes
 
 
 class TabJobs:
@@ -71,38 +87,87 @@ class JobUpdate:
     waiting: int = 0  # the page's other unfinished jobs of this tab, when `finished` is set
 
 
-def submit_job(ctx: AppContext, request: gr.Request, kind: str, params: Any) -> Job:
-    """Queue a job for this browser; a full queue is a message to the user."""
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking preparation (validation, image checks, folder scans) in a worker thread,
+    so that the event loop that streams every page's progress never waits for it."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def submit_job(
+    ctx: AppContext,
+    request: gr.Request,
+    kind: str,
+    params: Any,
+    *,
+    script: str | None = None,
+    script_args: Any = None,
+    alwayson: Mapping[str, Any] | None = None,
+    override_settings: Mapping[str, Any] | None = None,
+) -> Job:
+    """Submit a generation for this browser through the generation service (the same call
+    the API makes): `params` as the tab read them, the Script list's choice and its args,
+    the extension sections' args (`ExtensionInputs.request_fields`). Whatever the service
+    refuses (a bad value, no checkpoint, a full queue) is a message to the user."""
+    generation = GenerationRequest(kind, params, owner_of(request), script=script,
+                                   script_args=script_args, alwayson=alwayson or {},
+                                   override_settings=override_settings or {})  # fmt: skip
     try:
-        return ctx.jobs.submit(kind, params, owner=owner_of(request))
-    except QueueFullError as exc:
+        return ctx.generation.submit(generation)
+    except NoCheckpointError:
+        raise InputError(
+            "No checkpoint: add one to the models folder and press the refresh button next to the checkpoint list."
+        ) from None
+    except (RequestError, QueueFullError) as exc:
         raise InputError(str(exc)) from exc
 
 
-def follow_job(
+async def follow_job(
     ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, job: Job
-) -> Iterator[JobUpdate]:
+) -> AsyncIterator[JobUpdate]:
     """Yield updates of a submitted job of this page until it ends (see module doc)."""
     page = request.session_hash or "local"
     tab_jobs.add(page, job)
-    shown_preview = -1
+    shown_html, shown_preview = None, -1
+    sent = time.monotonic()
+
+    def concerns(event: ev.JobEvent) -> bool:  # its own events; queue changes that move it
+        return event.job_id == job.id or event.kind in ev.LISTING
+
     try:
-        while not job.done.wait(POLL_SECONDS):
-            lead, behind = tab_jobs.lead(ctx, page)
-            if lead is not job:  # another of this page's jobs is shown
-                continue
-            preview = job.progress.preview
-            gallery = gr.skip()
-            if preview is not None and job.progress.preview_step != shown_preview:
-                shown_preview = job.progress.preview_step
-                gallery = [preview]
-            yield JobUpdate(progress_html(ctx, job, behind), gallery)
+        with ctx.jobs.events.subscribe_async(accept=concerns) as events:
+            while not job.finished and not events.closed:
+                update = None
+                lead, behind = tab_jobs.lead(ctx, page)
+                if lead is job:  # else another of this page's jobs is shown
+                    html = progress_html(ctx, job, behind)
+                    preview, gallery = job.progress.preview, gr.skip()
+                    if preview is not None and job.progress.preview_step != shown_preview:
+                        shown_preview, gallery = job.progress.preview_step, [preview]
+                    if html != shown_html or isinstance(gallery, list):
+                        shown_html, update = html, JobUpdate(html, gallery)
+                if update is None and time.monotonic() - sent >= KEEPALIVE_SECONDS:
+                    update = JobUpdate(gr.skip(), gr.skip())  # a closed page ends here
+                if update is not None:
+                    sent = time.monotonic()
+                    yield update
+                await _next_change(events, job, sent)
     finally:
         tab_jobs.remove(page, job)
+    if not job.finished:  # the server is stopping
+        return
     if job.state == job_states.FAILED:
         raise InputError(f"Generation failed: {job.error}")
     lead, behind = tab_jobs.lead(ctx, page)
     yield JobUpdate(finished=job, waiting=0 if lead is None else behind + 1)
+
+
+async def _next_change(events: AsyncSubscription, job: Job, sent: float) -> None:
+    """Wait for something that may change the job's line, then keep the minimum gap."""
+    running = job.state == job_states.RUNNING
+    await events.wait(TICK_SECONDS if running else KEEPALIVE_SECONDS)
+    gap = MIN_GAP_SECONDS - (time.monotonic() - sent)
+    if gap > 0 and not job.finished:
+        await asyncio.sleep(gap)
 
 
 def finished_status(job: Job, waiting: int = 0) -> str:

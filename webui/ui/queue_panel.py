@@ -1,16 +1,24 @@
 """The queue panel and "My results": everyone's jobs, and this browser's own results.
 
 The queue table lists every job (owner, mode, prompt start, position, state, progress;
-other users' prompts only with the option queue_show_others_prompts),
-refreshed every second. Rows of the viewer's own jobs carry buttons: move up/down and
-cancel while waiting, skip and interrupt while running, show when finished. Owners are
-logged-in users, else browsers (see `common.owner_of`), so a reloaded page still owns
-its jobs.
+other users' prompts only with the option queue_show_others_prompts). Rows of the viewer's
+own jobs carry buttons: move up/down and cancel while waiting, skip and interrupt while
+running, show when finished. Owners are logged-in users, else browsers (see
+`common.owner_of`), so a reloaded page still owns its jobs.
 
 "My results" shows one of the viewer's own jobs: its live preview while it runs, its
 images and infotext once done. It follows the newest job unless another one is chosen;
 the chosen job's id is kept in the page URL (`?job=<id>`), so a reload shows it again.
 Nobody sees another user's previews or images here.
+
+Both are pushed, never polled: each page runs one long-lived stream (`panel_stream`, an
+async generator started at page load) that awaits the queue's job events and redraws only
+what changed. Changes to the queue and to the viewer's own jobs show within
+`MIN_GAP_SECONDS`; other users' progress bars are redrawn every `BUSY_GAP_SECONDS` while
+the viewer has unfinished jobs, else every `IDLE_GAP_SECONDS`; a running job of the
+viewer's is redrawn every `TICK_SECONDS` (its ETA counts down). An idle page receives a
+no-op every `KEEPALIVE_SECONDS` on its open stream and makes no request. The stream ends
+when the page closes (Gradio's unload event, or the next message finding the page gone).
 
 This module must never import torch or diffusers.
 """
@@ -18,19 +26,32 @@ This module must never import torch or diffusers.
 from __future__ import annotations
 
 import html
+import math
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ..core import events as ev
 from ..core import jobs as job_states
+from ..core.events import AsyncSubscription, JobEvent
 from ..core.jobs import Job, JobAccessError
 from .common import gallery_items, infotext_html, owner_of, progress_html, result_gallery
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
-REFRESH_SECONDS = 1.0
+MIN_GAP_SECONDS = 0.25  # queue changes and the viewer's own jobs
+BUSY_GAP_SECONDS = 1.0  # others' progress while the viewer has jobs in the queue
+IDLE_GAP_SECONDS = 5.0  # others' progress while the viewer has none
+TICK_SECONDS = 1.0  # the viewer's running job (ETA)
+KEEPALIVE_SECONDS = 30.0
+# Gradio runs at most this many events at once (40 unless launch(max_threads=...); this app
+# is mounted, not launched). Every open page holds one for its stream and each of its waiting
+# Generate clicks one more; they hold no thread (sync handlers still share 40 threads).
+OPEN_EVENTS = 2048
 FINISHED_SHOWN = 5  # finished jobs listed under the running and waiting ones
 
 ACTIONS_JS = """
@@ -60,8 +81,9 @@ _BUTTONS = {
 _SHOW = (("show", "Show", "Show result"),)
 
 
-def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> None:
-    """The queue table, the "My results" box and their timer; call inside `demo`."""
+def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
+    """The queue table and the "My results" box, fed by one stream per page; call inside
+    `demo`. Returns the open pages (their views), for tests and diagnostics."""
     with gr.Accordion("Queue", open=True, elem_id="queue_panel"):
         table = gr.HTML("", js_on_load=ACTIONS_JS, elem_id="queue_table")
         message = gr.Markdown("", elem_id="queue_message")
@@ -71,46 +93,181 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> None:
         gallery = result_gallery("Job images", "my_job_gallery", columns=4)
         info = gr.HTML("", elem_id="my_job_infotext")
     url_job = gr.HTML("", visible="hidden", js_on_load=URL_JS, elem_id="my_job_url")
-    view = gr.State({})  # pinned job id (chosen by the user), what is shown now
-    timer = gr.Timer(REFRESH_SECONDS)
-    outputs = [table, picker, status, gallery, info, url_job, view]
+    outputs = [table, picker, status, gallery, info, url_job, message]
+    pages = PageViews()
 
-    def refresh(state: dict, request: gr.Request):
-        return _render(ctx, owner_of(request), dict(state or {}))
+    async def stream(request: gr.Request):
+        async for update in panel_stream(ctx, pages, request):
+            yield update
 
-    def on_load(state: dict, request: gr.Request):
-        state = dict(state or {})
-        wanted = _query_job(request)
-        note = ""
-        if wanted:
-            job = ctx.jobs.get(wanted)
-            if job is not None and job.owner == owner_of(request):
-                state["pinned"] = job.id
-            else:
-                shown = html.escape(wanted[:64].replace("`", ""))
-                note = f"Job `{shown}` is not one of yours, or it is no longer kept."
-        return (*_render(ctx, owner_of(request), state), note)
+    async def choose(job_id: str | None, request: gr.Request) -> None:
+        view = pages.get(_page(request))
+        if view is not None:
+            view.show(job_id or None)
 
-    def choose(job_id: str | None, state: dict, request: gr.Request):
-        state = dict(state or {})
-        state["pinned"] = job_id or None
-        state["shown"] = None  # redraw
-        return _render(ctx, owner_of(request), state)
-
-    def act(state: dict, evt: gr.EventData, request: gr.Request):
+    async def act(evt: gr.EventData, request: gr.Request) -> str:
         data = getattr(evt, "_data", None) or {}
-        owner = owner_of(request)
-        state = dict(state or {})
-        text = _perform(ctx, owner, str(data.get("action", "")), str(data.get("job", "")))
-        if data.get("action") == "show":
-            state["pinned"], state["shown"] = str(data.get("job")), None
-        return (*_render(ctx, owner, state), text)
+        action, job_id = str(data.get("action", "")), str(data.get("job", ""))
+        text = _perform(ctx, owner_of(request), action, job_id)
+        view = pages.get(_page(request))
+        if view is not None and action == "show" and not text:
+            view.show(job_id)
+        return text  # the queue's own event redraws the table
+
+    def close(request: gr.Request) -> None:
+        pages.close(_page(request))
 
     hidden = {"show_progress": "hidden", "concurrency_limit": None}
-    timer.tick(refresh, inputs=view, outputs=outputs, **hidden)
-    demo.load(on_load, inputs=view, outputs=[*outputs, message], **hidden)
-    picker.input(choose, inputs=[picker, view], outputs=outputs, **hidden)
-    table.click(act, inputs=view, outputs=[*outputs, message], **hidden)
+    _room_for_streams(demo)
+    demo.load(stream, outputs=outputs, **hidden)
+    demo.unload(close)
+    picker.input(choose, inputs=picker, **hidden)
+    table.click(act, outputs=message, **hidden)
+    return pages
+
+
+def _room_for_streams(demo: gr.Blocks) -> None:
+    """Let Gradio run `OPEN_EVENTS` events at once (see there); what launch(max_threads)
+    does to the queue, without raising the number of threads."""
+    queue = getattr(demo, "_queue", None)
+    if queue is not None and queue.max_thread_count < OPEN_EVENTS:
+        queue.max_thread_count = OPEN_EVENTS
+
+
+class PageView:
+    """What one page shows and what it was last sent; touched in the event loop only
+    (`close` may come from a thread: it only sets a flag and wakes the stream)."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self.pinned: str | None = None  # the job chosen in "My jobs" (else the newest)
+        self.sent: dict[str, Any] = {}  # output name -> what the page shows now
+        self.busy = False  # the viewer has unfinished jobs
+        self.running = False  # the shown job runs (its line is redrawn every tick)
+        self.last_sent = 0.0  # monotonic time of the last message
+        self.closed = False
+        self.wake: Callable[[], None] = lambda: None  # set by the stream
+
+    def show(self, job_id: str | None) -> None:
+        """The user chose a job to show (None: follow the newest)."""
+        self.pinned = job_id
+        self.sent.pop("shown", None)  # redraw the pictures
+        self.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake()
+
+
+Page = tuple[str, str]  # (Gradio session, owner): a request of another owner that names
+# the session (it is sent by the browser) never reaches that page's view
+
+
+class PageViews:
+    """The open pages of one UI; a page's stream registers itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._views: dict[Page, PageView] = {}
+
+    def open(self, page: Page) -> PageView:
+        view = PageView(page[1])
+        with self._lock:
+            old = self._views.get(page)
+            self._views[page] = view
+        if old is not None:  # the same page started its stream again: one is enough
+            old.close()
+        return view
+
+    def get(self, page: Page) -> PageView | None:
+        with self._lock:
+            return self._views.get(page)
+
+    def close(self, page: Page, view: PageView | None = None) -> None:
+        """The page went away (or `view`'s stream ended): end its stream."""
+        with self._lock:
+            current = self._views.get(page)
+            if current is None or (view is not None and current is not view):
+                return
+            del self._views[page]
+        current.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._views)
+
+
+def _page(request: gr.Request | None) -> Page:
+    return getattr(request, "session_hash", None) or "local", owner_of(request)
+
+
+async def panel_stream(
+    ctx: AppContext, pages: PageViews, request: gr.Request
+) -> AsyncIterator[tuple]:
+    """The page's outputs (table, picker, status, gallery, info, url job, message): first
+    all of them, then what changed whenever the queue's events say so, until the page
+    closes."""
+    page = _page(request)
+    view = pages.open(page)
+    try:
+        with ctx.jobs.events.subscribe_async() as events:
+            view.wake = events.wake
+            note = _pin_from_url(ctx, view, request)
+            view.last_sent = time.monotonic()
+            yield (*_render(ctx, view), note)
+            while True:
+                keepalive = await _next_change(view, events)
+                if view.closed or events.closed:
+                    return
+                update = _render(ctx, view)
+                if keepalive or any(not _is_skip(value) for value in update):
+                    view.last_sent = time.monotonic()
+                    yield (*update, gr.skip())
+    finally:
+        pages.close(page, view)
+
+
+def _pin_from_url(ctx: AppContext, view: PageView, request: gr.Request) -> str:
+    """Show the job named in the page URL (?job=<id>) if it is the viewer's; the message."""
+    wanted = _query_job(request)
+    if not wanted:
+        return ""
+    job = ctx.jobs.get(wanted)
+    if job is not None and job.owner == view.owner:
+        view.pinned = job.id
+        return ""
+    shown = html.escape(wanted[:64].replace("`", ""))
+    return f"Job `{shown}` is not one of yours, or it is no longer kept."
+
+
+async def _next_change(view: PageView, events: AsyncSubscription) -> bool:
+    """Wait until the page should be redrawn; True when nothing changed for so long that a
+    no-op is due (it lets Gradio notice a page that has gone)."""
+    due = math.inf  # when to redraw: the soonest any received event allows
+    quiet = TICK_SECONDS if view.running else KEEPALIVE_SECONDS
+    idle_until = view.last_sent + quiet  # the next tick or keepalive
+    while True:
+        now = time.monotonic()
+        if due <= now:
+            return False
+        if idle_until <= now:
+            return not view.running
+        received = await events.wait(min(due, idle_until) - now)
+        if view.closed or events.closed or events.woken:
+            return False
+        for event in received:
+            due = min(due, view.last_sent + _gap(view, event))
+
+
+def _gap(view: PageView, event: JobEvent) -> float:
+    """How long after the last message an event may be shown (see the module doc)."""
+    if event.owner == view.owner or event.kind in ev.LISTING:
+        return MIN_GAP_SECONDS
+    return BUSY_GAP_SECONDS if view.busy else IDLE_GAP_SECONDS
+
+
+def _is_skip(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
 
 
 def _query_job(request: gr.Request | None) -> str | None:
@@ -141,29 +298,43 @@ def _perform(ctx: AppContext, owner: str, action: str, job_id: str) -> str:
     return "" if done else f"Could not {action} job `{job_id}`: its state has changed."
 
 
-def _render(ctx: AppContext, owner: str, state: dict) -> tuple:
-    """Outputs (table, picker, status, gallery, info, url job, state) for one viewer."""
-    mine = ctx.jobs.owner_jobs(owner)
-    newest = mine[0].id if mine else None
-    pinned = state.get("pinned")
-    if pinned and not any(j.id == pinned for j in mine):
-        pinned = None
-    selected_id = pinned or newest
+def _render(ctx: AppContext, view: PageView) -> tuple:
+    """(table, picker, status, gallery, info, url job) for one page; gr.skip() for what
+    the page already shows."""
+    mine = ctx.jobs.owner_jobs(view.owner)
+    view.busy = any(not j.finished for j in mine)
+    if view.pinned and not any(j.id == view.pinned for j in mine):
+        view.pinned = None
+    selected_id = view.pinned or (mine[0].id if mine else None)
     selected = next((j for j in mine if j.id == selected_id), None)
+    view.running = selected is not None and selected.state == job_states.RUNNING
     choices = [(_label(j), j.id) for j in mine]
-    choices_key = [c[1] + c[0] for c in choices] + [selected_id]
-    picker = gr.skip()
-    if choices_key != state.get("choices"):
+    picker = gallery = info = gr.skip()
+    if _fresh(view, "choices", [choices, selected_id]):
         picker = gr.Dropdown(choices=choices, value=selected_id)
-    shown_key = _shown_key(selected)
-    status, gallery, info = gr.skip(), gr.skip(), gr.skip()
+    if _fresh(view, "shown", _shown_key(selected)):
+        gallery, info = _pictures(selected)
+    status = ""
     if selected is not None:
         status = progress_html(ctx, selected) if not selected.finished else _finished(selected)
-    if shown_key != state.get("shown"):
-        gallery, info = _pictures(selected)
-    new_state = {"pinned": pinned, "shown": shown_key, "choices": choices_key}
-    table = table_html(ctx, owner)
-    return table, picker, status, gallery, info, selected_id or "", new_state
+    table = table_html(ctx, view.owner)
+    url = selected_id or ""
+    return (
+        table if _fresh(view, "table", table) else gr.skip(),
+        picker,
+        status if _fresh(view, "status", status) else gr.skip(),
+        gallery,
+        info,
+        url if _fresh(view, "url", url) else gr.skip(),
+    )
+
+
+def _fresh(view: PageView, name: str, value: Any) -> bool:
+    """Whether the page does not show `value` yet (it is remembered as shown)."""
+    if name in view.sent and view.sent[name] == value:
+        return False
+    view.sent[name] = value
+    return True
 
 
 def _shown_key(job: Job | None) -> list | None:

@@ -105,17 +105,15 @@ def _image_of(item) -> Image.Image:
         return image.copy()
 
 
-def connect_send_buttons(
-    ctx: AppContext, demo, tabs, txt2img_source: SendSource, img2img, inpaint, extras
-) -> None:
+def connect_send_buttons(ctx: AppContext, demo, tabs, txt2img, img2img, inpaint, extras) -> None:
     """Wire every tab's send buttons to the img2img, Inpaint and Upscale tabs."""
     by_id = {b.id: b for b in demo.blocks.values() if isinstance(b, gr.Tab)}
     targets = {
-        "img2img": SendTarget("img2img", img2img.image, controls=tab_controls(by_id["img2img"])),
+        "img2img": SendTarget("img2img", img2img["image"], controls=tab_controls(by_id["img2img"])),
         "inpaint": SendTarget(
-            "inpaint", inpaint.editor, editor=True, controls=tab_controls(by_id["inpaint"])
+            "inpaint", inpaint["editor"], editor=True, controls=tab_controls(by_id["inpaint"])
         ),
         "extras": SendTarget("extras", extras.image),
     }
-    sources = [txt2img_source, img2img.output.send, inpaint.output.send, extras.output.send]
+    sources = [tab.output.send for tab in (txt2img, img2img, inpaint, extras)]
     wire_send_to(ctx, tabs, sources, targets)

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..api.mapping import FieldError, checked_options
 from ..options import SECTIONS
+from ..services.errors import RequestError
+from ..services.options import checked_options
 from .common import InputError, checkpoint_choices
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def apply_settings(ctx: AppContext, shown: Mapping[str, Any], values: Sequence[A
         raise InputError("Not saved: choose a checkpoint")
     try:
         checked = checked_options(pending, options, ctx.models)
-    except FieldError as exc:
+    except RequestError as exc:
         raise InputError(f"Invalid value, nothing saved: {exc}") from None
     changes = {k: v for k, v in checked.items() if v != options.get(k)}
     if not changes:

@@ -86,12 +86,13 @@ class Family(ABC):
 
     def conditioning(
         self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
-        embeddings: Any = None,
+        embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
     ) -> Conditioning:  # fmt: skip
         """A job's prompt and negative prompt as conditioning for every step (A1111's
-        weights, chunks, prompt editing and AND)."""
+        weights, chunks, prompt editing and AND), after the prompt limits (an error
+        names `fields`)."""
         return prepare_conditioning(pipe, self, prompt, negative, clip_skip, steps=steps,
-                                    embeddings=embeddings)  # fmt: skip
+                                    embeddings=embeddings, fields=fields)  # fmt: skip
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ...core.params import ParamError
 from ..api import ArgError, Control, Extension, Section
 from .common import with_fields
 from .grid import Label, annotated_grid, image_grid
@@ -51,6 +52,15 @@ def check_args(args: dict, check: Any) -> dict:
         raise ArgError(
             (), f"{len(parts) - 1} optional parts give too many images; at most {MAX_PARTS}"
         )
+    field = "prompt" if args["prompt_type"] == "positive" else "negative_prompt"
+    delimiter = ", " if args["variations_delimiter"] == "comma" else " "
+    for n, prompt in enumerate(combinations(parts, args["put_at_start"], delimiter)):
+        try:  # a combination may nest deeper or run longer than the prompt it comes from
+            replace(check.params, **{field: prompt}).validated()
+        except ParamError as exc:
+            raise ArgError(
+                (), f"combination {n + 1} ({prompt[:60]!r}) is not valid: {exc}"
+            ) from None
     return args
 
 

@@ -6,6 +6,8 @@ skipped; a chosen line may hold templates itself). `{red|green|blue}` picks one 
 variants; braces without `|` (a style's `{prompt}`) are left alone. Every image draws
 from its own seed, so a seed always gives the same prompt, and a batch gets different
 prompts: the job is then split into one run per image (a `before_job` returning a list).
+Wildcards that make a prompt longer than `prompt_limits` allows fail the job with that
+message (expansion stops there, however the wildcard files nest).
 
 This module must never import torch, diffusers or a UI library.
 """
@@ -19,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ...core.prompt_limits import MAX_PROMPT_CHARS, PromptLimitError
 from ..api import ArgError, Control, Extension, ExtensionContext, Section
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,31 @@ class Templates:
     def missing(self, text: str) -> list[str]:
         return [m.group(1) for m in _WILDCARD.finditer(text) if not self.lines(m.group(1))]
 
-    def expand(self, text: str, rng: random.Random) -> str:
+    def expand(self, text: str, rng: random.Random, field: str = "prompt") -> str:
+        """The text with its templates filled in; PromptLimitError (naming `field`) as soon
+        as wildcards make it longer than a prompt may be."""
         for _ in range(MAX_DEPTH):
             if not self.has_templates(text):
                 break
             text = _VARIANTS.sub(lambda m: rng.choice(m.group(1).split("|")), text)
-            text = _WILDCARD.sub(lambda m: self._pick(m, rng), text)
+            text = self._fill_wildcards(text, rng, field)
         return text
+
+    def _fill_wildcards(self, text: str, rng: random.Random, field: str) -> str:
+        pieces: list[str] = []
+        size = position = 0
+        for match in _WILDCARD.finditer(text):
+            line = self._pick(match, rng)
+            pieces += [text[position : match.start()], line]
+            size += match.start() - position + len(line)
+            position = match.end()
+            if size + len(text) - position > MAX_PROMPT_CHARS:
+                raise PromptLimitError(
+                    field, f"wildcards make it more than {MAX_PROMPT_CHARS:,} characters; "
+                    f"at most {MAX_PROMPT_CHARS:,} are allowed"
+                )  # fmt: skip
+        pieces.append(text[position:])
+        return "".join(pieces)
 
     def _pick(self, match: re.Match, rng: random.Random) -> str:
         lines = self.lines(match.group(1))
@@ -118,7 +139,10 @@ def expand_job(templates: Templates, params: Any) -> Any:
     for seed in seeds:
         rng = random.Random(seed)
         expanded.append(
-            (templates.expand(params.prompt, rng), templates.expand(params.negative_prompt, rng))
+            (
+                templates.expand(params.prompt, rng, "prompt"),
+                templates.expand(params.negative_prompt, rng, "negative_prompt"),
+            )
         )
     if len(set(expanded)) == 1:
         prompt, negative = expanded[0]

@@ -1,0 +1,55 @@
+"""The parts of the running program that the front ends and services use, as Protocols.
+
+`webui.context.AppContext` types its fields with these where the real class imports torch
+(the model manager, the memory plan): the UI, the API routes and the services can then
+name the context's types at run time (FastAPI resolves route annotations) without loading
+torch. The real classes satisfy them structurally; nothing here subclasses anything.
+
+This module must never import torch, diffusers, gradio or fastapi.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..model_manager.registry import CheckpointInfo
+
+
+class Models(Protocol):
+    """What is asked of `webui.model_manager.manager.ModelManager` outside the worker.
+
+    Only the worker loads or switches models (through jobs); these calls read the
+    checkpoint folder and the registry."""
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Every checkpoint found, in listing order."""
+        ...
+
+    def refresh(self) -> list[CheckpointInfo]:
+        """Scan the checkpoint folder again."""
+        ...
+
+    def resolve(self, name: str | None) -> CheckpointInfo:
+        """A checkpoint by title, name, file name or hash (None: the default one);
+        LookupError when there is none."""
+        ...
+
+    def unreadable(self, info: CheckpointInfo) -> str | None:
+        """Why a checkpoint file cannot load (read from its header), else None."""
+        ...
+
+    def unload_all(self) -> None:
+        """Free every loaded model (at shutdown)."""
+        ...
+
+
+class MemoryInfo(Protocol):
+    """What is shown of `webui.model_manager.memory.MemoryPlan`: device and choices made."""
+
+    device: str
+    notes: tuple[str, ...]
+
+    @property
+    def description(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
