@@ -54,8 +54,9 @@ class AppContext:
 
 
 def build_context(flags: Flags) -> AppContext:
-    from .core.worker import make_runner  # the worker's parts import torch
-    from .ext.runner import HookedStore, wrap_runner
+    from .core.families import default_families  # the worker's parts import torch
+    from .core.worker import make_runner
+    from .ext.runner import wrap_runner
     from .model_manager.manager import ModelManager
     from .model_manager.memory import plan_from_flags
 
@@ -65,14 +66,17 @@ def build_context(flags: Flags) -> AppContext:
     extra = [Path(flags.ckpt)] if flags.ckpt else []
     hashes = HashCache(flags.cache_path)
     registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
-    models = ModelManager(registry, memory, hashing=not flags.no_hashing)
+    families = default_families()  # what checkpoints can be: recognition, loading, generation
+    models = ModelManager(registry, memory, families=families, hashing=not flags.no_hashing)
     models.limit = int(options.get("sd_checkpoints_limit"))
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
-    saving = HookedStore(store, extensions)  # on_image_saved hooks see every file written
+    # the worker runs jobs; the extension runner calls the hooks around and inside them
     jobs = JobQueue(
-        wrap_runner(extensions, make_runner(models, saving, options, networks), saving),
+        wrap_runner(
+            extensions, make_runner(models, store, options, networks, families=families), store
+        ),
         options_snapshot=options.as_dict,  # each job runs with the options it was sent under
         limit_per_owner=lambda: options.get("queue_limit_per_user"),
     )

@@ -12,7 +12,10 @@ from webui.core.conditioning import (
     encode_prompts,
     prepare_conditioning,
 )
+from webui.core.families import SD1, SD2, SDXL
 from webui.model_manager.tiny import build_tiny_pipeline
+
+FAMILY = {"sd1": SD1, "sd2": SD2}
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +47,21 @@ def _reference(pipe, text: str, clip_skip: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("clip_skip", [1, 2])
 def test_plain_prompt_is_exactly_the_plain_encoding(family, clip_skip):
     pipe = build_tiny_pipeline(family)
-    kwargs = encode_prompts(pipe, family, "a red cube, shiny", "blurry", clip_skip)
+    kwargs = encode_prompts(pipe, FAMILY[family], "a red cube, shiny", "blurry", clip_skip)
     assert torch.equal(kwargs["prompt_embeds"], _reference(pipe, "a red cube, shiny", clip_skip))
     assert torch.equal(kwargs["negative_prompt_embeds"], _reference(pipe, "blurry", clip_skip))
 
 
 def test_clip_skip_changes_the_conditioning_and_is_bounded(sd1):
-    one = encode_prompts(sd1, "sd1", "a cat", "", 1)["prompt_embeds"]
-    two = encode_prompts(sd1, "sd1", "a cat", "", 2)["prompt_embeds"]
+    one = encode_prompts(sd1, SD1, "a cat", "", 1)["prompt_embeds"]
+    two = encode_prompts(sd1, SD1, "a cat", "", 2)["prompt_embeds"]
     assert not torch.equal(one, two)
     with pytest.raises(ValueError, match="Clip skip 3"):
-        encode_prompts(sd1, "sd1", "a cat", "", 3)  # the tiny encoder has 2 layers
+        encode_prompts(sd1, SD1, "a cat", "", 3)  # the tiny encoder has 2 layers
 
 
 def test_sdxl_matches_diffusers_and_zeroes_an_empty_negative(sdxl):
-    kwargs = encode_prompts(sdxl, "sdxl", "a red cube", "", 1)
+    kwargs = encode_prompts(sdxl, SDXL, "a red cube", "", 1)
     ref = sdxl.encode_prompt("a red cube", device="cpu", num_images_per_prompt=1,
                              do_classifier_free_guidance=True)  # fmt: skip
     assert torch.equal(kwargs["prompt_embeds"], ref[0])
@@ -66,29 +69,29 @@ def test_sdxl_matches_diffusers_and_zeroes_an_empty_negative(sdxl):
     assert kwargs["prompt_embeds"].shape == (1, 77, 32 + 64)  # both encoders side by side
     assert not kwargs["negative_prompt_embeds"].any()
     assert not kwargs["negative_pooled_prompt_embeds"].any()
-    skip2 = encode_prompts(sdxl, "sdxl", "a red cube", "", 2)
+    skip2 = encode_prompts(sdxl, SDXL, "a red cube", "", 2)
     assert not torch.equal(skip2["prompt_embeds"], kwargs["prompt_embeds"])
 
 
 def test_emphasis_scales_tokens_and_restores_the_mean(sd1):
     plain = _reference(sd1, "a cat")
-    weighted = encode_prompts(sd1, "sd1", "a (cat:1.5)", "", 1)["prompt_embeds"]
+    weighted = encode_prompts(sd1, SD1, "a (cat:1.5)", "", 1)["prompt_embeds"]
     multipliers = torch.ones(77)
     multipliers[2] = 1.5  # BOS, "a", "cat"
     expected = plain * multipliers.reshape(1, -1, 1)
     expected = expected * (plain.mean() / expected.mean())
     assert torch.allclose(weighted, expected, atol=1e-6)
     assert torch.isclose(weighted.mean(), plain.mean(), atol=1e-6)
-    softer = encode_prompts(sd1, "sd1", "a [cat]", "", 1)["prompt_embeds"]
+    softer = encode_prompts(sd1, SD1, "a [cat]", "", 1)["prompt_embeds"]
     assert not torch.equal(softer, plain) and not torch.equal(softer, weighted)
 
 
 def test_long_prompts_are_encoded_in_chunks_of_75(sd1):
-    encoder = PromptEncoder(sd1, "sd1", 1)
+    encoder = PromptEncoder(sd1, SD1, 1)
     words = " ".join(["cat"] * 100)
     chunks = encoder.chunks(words)
     assert [len(c.tokens) for c in chunks] == [CHUNK_LENGTH, CHUNK_LENGTH]
-    cond = encode_prompts(sd1, "sd1", words, "", 1)
+    cond = encode_prompts(sd1, SD1, words, "", 1)
     assert cond["prompt_embeds"].shape == (1, 154, 32)
     # the negative prompt is padded to the same length so both batch together
     assert cond["negative_prompt_embeds"].shape == (1, 154, 32)
@@ -98,7 +101,7 @@ def test_long_prompts_are_encoded_in_chunks_of_75(sd1):
 
 
 def test_break_starts_a_new_chunk(sd1):
-    encoder = PromptEncoder(sd1, "sd1", 1)
+    encoder = PromptEncoder(sd1, SD1, 1)
     chunks = encoder.chunks("a cat BREAK a dog")
     assert len(chunks) == 2
     dog = encoder._tokenize(["a dog"])[0]
@@ -107,7 +110,7 @@ def test_break_starts_a_new_chunk(sd1):
 
 
 def test_words_after_a_late_comma_move_to_the_next_chunk(sd1):
-    encoder = PromptEncoder(sd1, "sd1", 1)
+    encoder = PromptEncoder(sd1, SD1, 1)
     prompt = " ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10)
     chunks = encoder.chunks(prompt)
     comma = encoder._comma
@@ -118,12 +121,10 @@ def test_words_after_a_late_comma_move_to_the_next_chunk(sd1):
 
 
 def test_schedule_switches_at_the_right_step(sd1):
-    cond = prepare_conditioning(sd1, "sd1", "a [cat:dog:2] photo", "", 1, steps=4)
+    cond = prepare_conditioning(sd1, SD1, "a [cat:dog:2] photo", "", 1, steps=4)
     (schedule,) = cond.conds
     assert schedule.ends == [2, 4]
-    cat, dog = (
-        PromptEncoder(sd1, "sd1", 1).encode(t).embeds for t in ("a cat photo", "a dog photo")
-    )
+    cat, dog = (PromptEncoder(sd1, SD1, 1).encode(t).embeds for t in ("a cat photo", "a dog photo"))
     assert [torch.equal(schedule.at(s).embeds, cat) for s in range(4)] == [True, True, False, False]
     assert torch.equal(schedule.at(3).embeds, dog)
     assert not cond.static
@@ -135,7 +136,7 @@ def _record_unet_calls(pipe, prompt: str, negative: str = "", steps: int = 4, cf
     def record(module, args, kwargs):
         calls.append(kwargs["encoder_hidden_states"].clone())
 
-    cond = prepare_conditioning(pipe, "sd1", prompt, negative, 1, steps=steps)
+    cond = prepare_conditioning(pipe, SD1, prompt, negative, 1, steps=steps)
     with hooked(pipe.unet, cond, 1) as follow:
         handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
         try:
@@ -149,7 +150,7 @@ def _record_unet_calls(pipe, prompt: str, negative: str = "", steps: int = 4, cf
 
 def test_sampling_uses_the_scheduled_prompt_of_each_step(sd1):
     calls, _ = _record_unet_calls(sd1, "[cat:dog:2]", "[ugly::3]")
-    encoder = PromptEncoder(sd1, "sd1", 1)
+    encoder = PromptEncoder(sd1, SD1, 1)
     cat, dog = encoder.encode("cat").embeds, encoder.encode("dog").embeds
     ugly, empty = encoder.encode("ugly").embeds, encoder.encode("").embeds
     assert len(calls) == 4
@@ -161,7 +162,7 @@ def test_sampling_uses_the_scheduled_prompt_of_each_step(sd1):
 
 def test_alternation_changes_every_step(sd1):
     calls, _ = _record_unet_calls(sd1, "[cat|dog]", steps=3)
-    encoder = PromptEncoder(sd1, "sd1", 1)
+    encoder = PromptEncoder(sd1, SD1, 1)
     cat, dog = encoder.encode("cat").embeds, encoder.encode("dog").embeds
     assert [torch.equal(c[1:2], cat) for c in calls] == [True, False, True]
     assert torch.equal(calls[1][1:2], dog)
@@ -184,7 +185,7 @@ def test_and_without_guidance_still_combines(sd1):
 
 
 def test_sdxl_schedule_and_and_through_the_pipeline(sdxl):
-    cond = prepare_conditioning(sdxl, "sdxl", "[cat:dog:1] AND bird", "ugly", 1, steps=2)
+    cond = prepare_conditioning(sdxl, SDXL, "[cat:dog:1] AND bird", "ugly", 1, steps=2)
     seen = []
 
     def record(module, args, kwargs):
@@ -198,7 +199,7 @@ def test_sdxl_schedule_and_and_through_the_pipeline(sdxl):
                  callback_on_step_end=follow(None))  # fmt: skip
         finally:
             handle.remove()
-    encoder = PromptEncoder(sdxl, "sdxl", 1)
+    encoder = PromptEncoder(sdxl, SDXL, 1)
     assert [s.shape[0] for s in seen] == [3, 3]
     assert torch.equal(seen[0][1:2], encoder.encode("cat").pooled)
     assert torch.equal(seen[1][1:2], encoder.encode("dog").pooled)  # pooled switches too
@@ -214,7 +215,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize("prompt", MALFORMED)
 def test_malformed_prompts_never_crash(sd1, prompt):
-    cond = prepare_conditioning(sd1, "sd1", prompt, prompt, 1, steps=3)
+    cond = prepare_conditioning(sd1, SD1, prompt, prompt, 1, steps=3)
     kwargs = cond.pipeline_kwargs()
     assert kwargs["prompt_embeds"].shape[1] % 77 == 0
     assert kwargs["prompt_embeds"].shape == kwargs["negative_prompt_embeds"].shape

@@ -27,6 +27,7 @@ from tests.test_security_files import b64, png_bytes
 from tests.test_security_limits import peak_growth
 from webui.app import create_app
 from webui.core.conditioning import PromptEncoder, prepare_conditioning
+from webui.core.families import SD1
 from webui.core.params import ParamError, Txt2ImgParams
 from webui.core.params_img2img import HiresParams
 from webui.core.prompt_limits import (
@@ -166,7 +167,7 @@ def test_the_check_tokenizes_as_the_models_tokenizer():
      "word " * 74 + ", " + "next " * 30, "", just_under_every_limit().split(" AND ")[0]],
 )  # fmt: skip
 def test_chunks_are_counted_as_the_encoder_lays_them_out(sd1, text):
-    assert clip_chunk_count(text) == len(PromptEncoder(sd1, "sd1", 1).chunks(text))
+    assert clip_chunk_count(text) == len(PromptEncoder(sd1, SD1, 1).chunks(text))
 
 
 # --- in the worker ----------------------------------------------------------------------------
@@ -185,20 +186,20 @@ def test_the_worker_checks_again(sd1, name):
     prompt, words = {**ISSUE, **OVER}[name]
     start = time.perf_counter()
     with pytest.raises(PromptLimitError, match=f"^prompt: {words}"):
-        prepare_conditioning(sd1, "sd1", prompt, "", 1, steps=20)
+        prepare_conditioning(sd1, SD1, prompt, "", 1, steps=20)
     assert time.perf_counter() - start < SECONDS
     if name == "AND":
         return  # AND in a negative prompt is text
     with pytest.raises(PromptLimitError, match="^hr_negative_prompt: "):
-        prepare_conditioning(sd1, "sd1", "a", prompt, 1, steps=20,
+        prepare_conditioning(sd1, SD1, "a", prompt, 1, steps=20,
                              fields=("hr_prompt", "hr_negative_prompt"))  # fmt: skip
 
 
 def test_memory_of_a_job_does_not_depend_on_nesting(sd1):
     """A text used at many steps is encoded and padded once, nested or not."""
     longer = "y " * 200  # the negative prompt is the longest: every other text is padded
-    flat = prepare_conditioning(sd1, "sd1", "[a|b] x", longer, 1, steps=150)
-    nested = prepare_conditioning(sd1, "sd1", "(" * 31 + "[a|b] x" + ")" * 31, longer, 1,
+    flat = prepare_conditioning(sd1, SD1, "[a|b] x", longer, 1, steps=150)
+    nested = prepare_conditioning(sd1, SD1, "(" * 31 + "[a|b] x" + ")" * 31, longer, 1,
                                   steps=150)  # fmt: skip
     for cond in (flat, nested):
         items = cond.conds[0].items

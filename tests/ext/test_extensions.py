@@ -7,17 +7,21 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from webui.app import create_app
 from webui.context import build_context
 from webui.core.params import Txt2ImgParams
+from webui.core.params_img2img import ExtrasParams
 from webui.ext.api import API_VERSION, ArgError, Control, Extension
 from webui.ext.host import ExtensionAccessError, ExtensionHost
 from webui.imaging.infotext import parse_infotext
+from webui.imaging.upscaler_list import UpscalerRef
 from webui.settings import parse_flags
 from webui.ui.blocks import build_ui
 from webui.ui.extensions_tab import extensions_table
@@ -146,6 +150,57 @@ def test_every_hook_through_the_api(data_dir):
         after = [e for e in events if e[0] == "after_job"]
         assert after[0] == ("after_job", "api", 1, "a cube, from api")
         assert kinds.index("before_job") < kinds.index("step") < kinds.index("after_job")
+    finally:
+        ctx.close()
+
+
+WATCHER = """
+from webui.ext import Extension
+EVENTS = []
+def setup():
+    def on_step(step, args):
+        EVENTS.append(("step", step.job.id, step.batch, step.step))
+    def on_image_saved(saved, args):
+        EVENTS.append(("saved", saved.job.id, saved.kind, saved.grid, saved.path.suffix))
+    return Extension(name="watcher", on_step=on_step, on_image_saved=on_image_saved)
+"""
+
+
+def test_hooks_inside_the_worker_follow_the_job_itself(data_dir):
+    """on_step follows the job's own Progress (a reader holding it from the start sees
+    every step; previews are not steps); on_image_saved gets the job of every image and
+    grid it writes, the Upscale tab's too."""
+    write_extension(data_dir, "watcher", WATCHER)
+    ctx = build_context(flags_for(data_dir))
+    try:
+        events = events_of("watcher")
+        params = Txt2ImgParams(prompt="a cube", steps=3, width=64, height=64, seed=1,
+                               batch_count=2).validated()  # fmt: skip
+        job = ctx.jobs.submit("txt2img", params, options={"show_progress_every_n_steps": 1})
+        progress = job.progress  # what the UI and the event hub hold from the start
+        assert job.done.wait(120) and job.state == "done", job.error
+        assert job.progress is progress and (progress.batch, progress.step) == (1, 3)
+        assert progress.preview is not None
+        steps = [e for e in events if e[0] == "step"]
+        assert steps == [("step", job.id, b, s) for b in (0, 1) for s in (1, 2, 3)]
+        assert [e for e in events if e[0] == "saved"] == [
+            ("saved", job.id, "txt2img", False, ".png")
+        ] * 2
+        events.clear()
+        xyz = ctx.extensions.prepare(replace(params, batch_count=1), script="xyz_plot",
+                                     script_args={"x_type": "Seed", "x_values": "1, 2"})  # fmt: skip
+        plot = ctx.jobs.submit("txt2img", xyz)
+        assert plot.done.wait(120) and plot.state == "done", plot.error
+        saved = [e for e in events if e[0] == "saved"]
+        assert saved == [("saved", plot.id, "txt2img", False, ".png")] * 2 + [
+            ("saved", plot.id, "txt2img", True, ".png")
+        ]
+        events.clear()
+        upscale = ExtrasParams(images=((Image.new("RGB", (16, 16)), "a.png"),),
+                               upscaler_1=UpscalerRef("Lanczos")).validated()  # fmt: skip
+        extras = ctx.jobs.submit("extras", upscale)
+        assert extras.done.wait(120) and extras.state == "done", extras.error
+        assert events == [("saved", extras.id, "extras", False, ".png")]
     finally:
         ctx.close()
 

@@ -17,6 +17,7 @@ from tests.tiny_networks import (
 )
 from webui.context import build_context
 from webui.core.conditioning import PromptEncoder, _token_embedding_fixes, encode_prompts
+from webui.core.families import SD1, SDXL
 from webui.core.params import Txt2ImgParams
 from webui.imaging.infotext import parse_infotext
 from webui.model_manager.embeddings import EmbeddingRegistry
@@ -45,8 +46,8 @@ def embeddings(tmp_path):
 
 
 def test_embedding_changes_the_conditioning_only_when_named(sd1, embeddings):
-    plain = encode_prompts(sd1, "sd1", "a photo of myemb", "", 1)["prompt_embeds"]
-    encoder = PromptEncoder(sd1, "sd1", 1, embeddings)
+    plain = encode_prompts(sd1, SD1, "a photo of myemb", "", 1)["prompt_embeds"]
+    encoder = PromptEncoder(sd1, SD1, 1, embeddings)
     with_emb = encoder.encode("a photo of myemb").embeds
     assert not torch.equal(with_emb, plain)
     assert list(encoder.used_embeddings) == ["myemb"]
@@ -54,12 +55,12 @@ def test_embedding_changes_the_conditioning_only_when_named(sd1, embeddings):
     assert [offset for offset, _ in chunk.fixes] == [3]  # after "a photo of"
     assert chunk.tokens[3:5] == [0, 0] and chunk.multipliers[3:5] == [1.2, 1.2]
     # a prompt without the name: exactly the plain encoding, no embedding used
-    other = PromptEncoder(sd1, "sd1", 1, embeddings)
+    other = PromptEncoder(sd1, SD1, 1, embeddings)
     assert torch.equal(other.encode("a photo of a cat").embeds,
-                       encode_prompts(sd1, "sd1", "a photo of a cat", "", 1)["prompt_embeds"])  # fmt: skip
+                       encode_prompts(sd1, SD1, "a photo of a cat", "", 1)["prompt_embeds"])  # fmt: skip
     assert other.used_embeddings == {}
     # the word must be the whole name: "myembx" is other tokens
-    assert PromptEncoder(sd1, "sd1", 1, embeddings).chunks("myembx")[0].fixes == []
+    assert PromptEncoder(sd1, SD1, 1, embeddings).chunks("myembx")[0].fixes == []
 
 
 def test_embedding_vectors_reach_the_text_encoder(sd1, embeddings):
@@ -79,13 +80,13 @@ def test_embedding_vectors_reach_the_text_encoder(sd1, embeddings):
 
 def test_sdxl_embedding_on_sdxl_only(sd1, embeddings):
     sdxl = build_tiny_pipeline("sdxl")
-    encoder = PromptEncoder(sdxl, "sdxl", 1, embeddings)
+    encoder = PromptEncoder(sdxl, SDXL, 1, embeddings)
     encoder.encode("xlemb style")
     assert list(encoder.used_embeddings) == ["xlemb"]
     # on SD 1.x the SDXL file is not used: the word stays plain text
-    sd_encoder = PromptEncoder(sd1, "sd1", 1, embeddings)
+    sd_encoder = PromptEncoder(sd1, SD1, 1, embeddings)
     assert torch.equal(sd_encoder.encode("xlemb style").embeds,
-                       encode_prompts(sd1, "sd1", "xlemb style", "", 1)["prompt_embeds"])  # fmt: skip
+                       encode_prompts(sd1, SD1, "xlemb style", "", 1)["prompt_embeds"])  # fmt: skip
     assert sd_encoder.used_embeddings == {}
 
 

@@ -8,6 +8,7 @@ import torch
 
 from tests.tiny_networks import write_kohya_lora, write_loha, write_peft_lora
 from webui.context import build_context
+from webui.core.families import SD1, SDXL
 from webui.core.params import Txt2ImgParams
 from webui.core.prompts import LoraRequest
 from webui.imaging.infotext import parse_infotext
@@ -116,13 +117,13 @@ def test_lora_is_removed_when_the_job_fails(tmp_path, sd1_pipe):
 
     before = generate()
     with pytest.raises(RuntimeError, match="sampling failed"):
-        with loras.applied(sd1_pipe, [LoraRequest("k", 1.0, 1.0)]):
+        with loras.applied(sd1_pipe, [LoraRequest("k", 1.0, 1.0)], load=SD1.load_lora):
             assert not np.array_equal(generate(), before)
             raise RuntimeError("sampling failed")
     assert np.array_equal(generate(), before)
     # the file's tensors are cached and the adapter stays resident for the next job
     assert len(loras._tensors) == 1
-    with loras.applied(sd1_pipe, [LoraRequest("k", 1.0, 1.0)]) as applied:
+    with loras.applied(sd1_pipe, [LoraRequest("k", 1.0, 1.0)], load=SD1.load_lora) as applied:
         assert applied.hashes["k"] == addnet_hash(folder / "k.safetensors")[:12]
     assert len(loras._tensors) == 1
     assert len(sd1_pipe.get_list_adapters()["unet"]) == 1
@@ -137,7 +138,7 @@ def test_resident_adapters_are_limited(tmp_path, sd1_pipe):
                         resident=2)  # fmt: skip
     pipe = build_tiny_pipeline("sd1")
     for i in range(3):
-        with loras.applied(pipe, [LoraRequest(f"k{i}", 1.0, 1.0)]):
+        with loras.applied(pipe, [LoraRequest(f"k{i}", 1.0, 1.0)], load=SD1.load_lora):
             pass
     assert len(pipe.get_list_adapters()["unet"]) == 2
 
@@ -157,7 +158,7 @@ def test_sdxl_kohya_file_in_sgm_naming(tmp_path):
                     generator=torch.Generator().manual_seed(0)).images  # fmt: skip
 
     before = generate()
-    with loras.applied(pipe, [LoraRequest("xl", 1.0, 1.0)]) as applied:
+    with loras.applied(pipe, [LoraRequest("xl", 1.0, 1.0)], load=SDXL.load_lora) as applied:
         assert not applied.warnings
         changed = generate()
     assert not np.array_equal(changed, before)
@@ -173,7 +174,8 @@ def test_a_lora_for_another_model_is_refused_by_name(tmp_path, sd1_pipe):
     loras = LoraManager(
         folder, HashCache(tmp_path / "c.json"), AddnetHashCache(tmp_path / "a.json")
     )
-    with loras.applied(sd1_pipe, [LoraRequest("xl", 1.0, 1.0, "<lora:xl:1>")]) as applied:
+    request = LoraRequest("xl", 1.0, 1.0, "<lora:xl:1>")
+    with loras.applied(sd1_pipe, [request], load=SD1.load_lora) as applied:
         assert applied.skipped == ["<lora:xl:1>"]
         assert "xl.safetensors" in applied.warnings[0]
     loaded = {a for names in sd1_pipe.get_list_adapters().values() for a in names}

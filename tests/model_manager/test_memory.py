@@ -79,9 +79,10 @@ def test_every_flag_combination_with_cuda():
             if flags["lowvram"]:
                 assert plan.offload == "sequential" and plan.load_device == "cpu"
             elif flags["medvram"]:
-                assert plan.offload == "model" and plan.offload_for("sd1") == "model"
+                assert plan.offload == "model" and plan.offload_for(medvram_sdxl=False) == "model"
             elif flags["medvram_sdxl"]:
-                assert plan.offload_for("sdxl") == "model" and plan.offload_for("sd1") == "none"
+                assert plan.offload_for(medvram_sdxl=True) == "model"
+                assert plan.offload_for(medvram_sdxl=False) == "none"
             else:
                 assert plan.offload == "none" and plan.load_device == "cuda"
 
@@ -145,8 +146,8 @@ def test_sliced_and_no_mem_attention_give_the_sdpa_image(data_dir):
 def test_vae_tiling_on_and_off_within_tolerance():
     pipe = build_tiny_pipeline("sd1", seed=3)
     latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1))
-    whole = np.asarray(decode_latents(pipe, latents, run=MemoryRun(tile_from=0))[0], np.int16)
-    tiled = np.asarray(decode_latents(pipe, latents, run=MemoryRun(tile_from=64))[0], np.int16)
+    whole = np.asarray(decode_latents(pipe, latents, memory=MemoryRun(tile_from=0))[0], np.int16)
+    tiled = np.asarray(decode_latents(pipe, latents, memory=MemoryRun(tile_from=64))[0], np.int16)
     difference = np.abs(whole - tiled)
     assert difference.max() > 0  # tiles really were decoded on their own
     assert difference.mean() < 8 and np.percentile(difference, 99) < 48

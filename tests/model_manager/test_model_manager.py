@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from webui.core.families import default_families
 from webui.model_manager import registry as registry_module
 from webui.model_manager.identify import UnsupportedModelError, identify
 from webui.model_manager.loader import (
@@ -20,6 +21,7 @@ from webui.model_manager.loader import (
 from webui.model_manager.registry import CheckpointRegistry, HashCache
 from webui.model_manager.tiny import build_tiny_pipeline
 
+FAMILIES = default_families()
 EXPECTED = {
     "sd1": ("sd1", False, "StableDiffusionPipeline"),
     "sd1-inpaint": ("sd1", True, "StableDiffusionInpaintPipeline"),
@@ -38,7 +40,7 @@ def test_identify_from_tensors_not_name(family, tiny_files, tmp_path):
     # a misleading file name must not matter
     path = tmp_path / "sdxl-inpainting-v2-768.safetensors"
     shutil.copy(tiny_files[family], path)
-    spec = identify_file(path)
+    spec = identify_file(path, FAMILIES)
     expected_family, inpainting, pipeline_class = EXPECTED[family]
     assert (spec.family, spec.inpainting, spec.pipeline_class) == (
         expected_family,
@@ -73,7 +75,7 @@ def test_identify_from_tensors_not_name(family, tiny_files, tmp_path):
 @pytest.mark.parametrize("family", list(EXPECTED))
 def test_loaded_model_generates_like_the_original(family, tiny_files):
     """Our offline loader (derived configs, vendored tokenizer) reproduces the original model."""
-    loaded = load_checkpoint(tiny_files[family], "cpu", torch.float32)
+    loaded = load_checkpoint(tiny_files[family], "cpu", torch.float32, FAMILIES)
     original = build_tiny_pipeline(family, seed=0)
     assert type(loaded.pipe).__name__ == EXPECTED[family][2]
     kwargs = dict(
@@ -90,7 +92,7 @@ def test_loaded_model_generates_like_the_original(family, tiny_files):
 
 
 def test_diffusers_folder_loads(tiny_files):
-    loaded = load_checkpoint(tiny_files["sd1-diffusers"], "cpu", torch.float32)
+    loaded = load_checkpoint(tiny_files["sd1-diffusers"], "cpu", torch.float32, FAMILIES)
     assert loaded.spec.family == "sd1"
     assert type(loaded.pipe).__name__ == "StableDiffusionPipeline"
 
@@ -99,9 +101,9 @@ def test_sd2_prediction_type_is_left_to_the_unet_test(tiny_files):
     # SD 2.x files do not say whether they predict noise or v: identify leaves it open and
     # the loader settles it with A1111's UNet test; an explicit v_pred key decides at once
     shapes = read_shapes(tiny_files["sd2"])
-    assert identify(shapes).prediction_type is None
-    assert identify({**shapes, "v_pred": ()}).prediction_type == "v_prediction"
-    loaded = load_checkpoint(tiny_files["sd2"], "cpu", torch.float32)
+    assert identify(shapes, FAMILIES).prediction_type is None
+    assert identify({**shapes, "v_pred": ()}, FAMILIES).prediction_type == "v_prediction"
+    loaded = load_checkpoint(tiny_files["sd2"], "cpu", torch.float32, FAMILIES)
     assert loaded.spec.prediction_type in ("epsilon", "v_prediction")
     assert loaded.pipe.scheduler.config.prediction_type == loaded.spec.prediction_type
 
@@ -110,9 +112,9 @@ def test_not_a_checkpoint_is_refused_with_the_file_name(tmp_path):
     path = tmp_path / "lora-like.safetensors"
     save_file({"lora_unet_down.weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(CheckpointLoadError, match="lora-like.safetensors"):
-        identify_file(path)
+        identify_file(path, FAMILIES)
     with pytest.raises(UnsupportedModelError):
-        identify({"x": (1,)})
+        identify({"x": (1,)}, FAMILIES)
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 100, b"garbage" * 1000])
@@ -120,7 +122,7 @@ def test_broken_files_give_a_clear_error(tmp_path, content):
     path = tmp_path / "broken.safetensors"
     path.write_bytes(content)
     with pytest.raises(CheckpointLoadError, match="broken.safetensors"):
-        identify_file(path)
+        identify_file(path, FAMILIES)
 
 
 def test_truncated_checkpoint(tmp_path, tiny_files):
@@ -128,7 +130,7 @@ def test_truncated_checkpoint(tmp_path, tiny_files):
     path = tmp_path / "half.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointLoadError, match="half.safetensors"):
-        load_checkpoint(path, "cpu", torch.float32)
+        load_checkpoint(path, "cpu", torch.float32, FAMILIES)
 
 
 class _Evil:
@@ -144,15 +146,15 @@ def test_ckpt_with_code_is_refused_and_tensor_only_ckpt_loads(tmp_path, tiny_fil
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "x": _Evil(str(marker))}, evil)
     with pytest.raises(CheckpointLoadError, match="evil.ckpt"):
-        identify_file(evil)
+        identify_file(evil, FAMILIES)
     assert not marker.exists()
 
     from safetensors.torch import load_file
 
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": load_file(str(tiny_files["sd1"]))}, plain)
-    assert identify_file(plain).family == "sd1"
-    loaded = load_checkpoint(plain, "cpu", torch.float32)
+    assert identify_file(plain, FAMILIES).family == "sd1"
+    loaded = load_checkpoint(plain, "cpu", torch.float32, FAMILIES)
     assert type(loaded.pipe).__name__ == "StableDiffusionPipeline"
 
 
@@ -191,7 +193,7 @@ def test_pipeline_variants_share_the_loaded_weights(tiny_files):
     from webui.model_manager.manager import Lease
     from webui.model_manager.registry import CheckpointInfo
 
-    loaded = load_checkpoint(tiny_files["sd1"], "cpu", torch.float32)
+    loaded = load_checkpoint(tiny_files["sd1"], "cpu", torch.float32, FAMILIES)
     lease = Lease(loaded, CheckpointInfo(tiny_files["sd1"], "tiny-sd1.safetensors", False))
     img2img = lease.variant("StableDiffusionImg2ImgPipeline")
     assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"

@@ -118,15 +118,18 @@ def load_bare_pipeline(path: Path, device: str = "cpu", half: bool = False):
 
     diffusers_logging.disable_progress_bar()
 
-    from ..model_manager.loader import _tokenizers, identify_file, write_config_folder
+    from ..core.families import default_families
+    from ..model_manager.loader import identify_file, write_config_folder
 
-    spec = identify_file(path)
+    families = default_families()
+    spec = identify_file(path, families)
+    family = families.of(spec)
     extra = {"dtype": torch.float16} if half else {}
     with tempfile.TemporaryDirectory(prefix="bench-config-") as folder:
-        write_config_folder(spec, Path(folder))
+        write_config_folder(family.config_files(spec), Path(folder))
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=folder, local_files_only=True, safety_checker=None,
-            feature_extractor=None, **_tokenizers(spec), **extra,
+            feature_extractor=None, **family.tokenizers(spec), **extra,
         )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device != "cpu" else pipe

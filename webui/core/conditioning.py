@@ -10,10 +10,12 @@ replace the placeholder tokens of an embedding's name inside the text encoder's 
 embedding layer, for that encode only. Weights multiply the encoder output per token,
 then the tensor is scaled back to its original mean (A1111 "Original" emphasis).
 
-Clip skip: SD 1.x/2.x take the output of the N-th layer from the end through the final
-layer norm; SDXL takes layer -(N+1) of both encoders (the penultimate for N=1), without
-the norm, and the pooled embedding of the second encoder's first chunk. An SDXL empty
-negative prompt is all zeros, as diffusers and A1111 do it.
+Which text encoders a model has and how each is read is the model family's declaration
+(`TextEncoding`, `webui.core.families`): clip skip for SD 1.x/2.x takes the output of the
+N-th layer from the end through the final layer norm; SDXL takes layer -(N+1) of both
+encoders (the penultimate for N=1), without the norm, and the pooled embedding of the
+second encoder's first chunk; an SDXL empty negative prompt is all zeros, as diffusers
+and A1111 do it. This module is the machinery those CLIP families share.
 
 `prepare_conditioning` builds, for one job, the schedule of every AND sub-prompt and of
 the negative prompt; `composable.hooked` switches it during sampling. `encode_prompts` is
@@ -28,6 +30,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Protocol
 
 import torch
 
@@ -50,8 +53,9 @@ class Encoded:
 
 
 @dataclass
-class _Slot:
-    """One tokenizer + text encoder pair and how its output is read."""
+class TextEncoderSlot:
+    """One tokenizer + text encoder pair and how its output is read (a family declares
+    its slots: `TextEncoding.text_encoders`)."""
 
     tokenizer: object
     encoder: torch.nn.Module
@@ -61,17 +65,25 @@ class _Slot:
     pooled: bool
 
 
+class TextEncoding(Protocol):
+    """What a model family declares about its text encoders (`webui.core.families`)."""
+
+    zero_empty_negative: bool  # an empty negative prompt is all zeros (SDXL)
+
+    def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]: ...
+
+
 class PromptEncoder:
     """Encodes prompt texts for one pipeline, with caching; remembers used embeddings."""
 
-    def __init__(self, pipe, family: str, clip_skip: int, embeddings=None):
+    def __init__(self, pipe, family: TextEncoding, clip_skip: int, embeddings=None):
         self.family = family
         self.embeddings = embeddings
         self.used_embeddings: dict[str, object] = {}
         self._cache: dict[str, Encoded] = {}
         self._chunks: dict[str, list[Chunk]] = {}
         self._zeros: Encoded | None = None  # an SDXL empty negative
-        self.slots = _slots(pipe, family, clip_skip)
+        self.slots = family.text_encoders(pipe, clip_skip)
         if embeddings is not None:
             embeddings.model_widths = {slot.key: _width(slot) for slot in self.slots}
         tokenizer = self.slots[0].tokenizer
@@ -134,7 +146,7 @@ class PromptEncoder:
                 pooled = encoded[0][1]
         return Encoded(torch.cat(parts, dim=-1), pooled)
 
-    def _encode_chunk(self, slot: _Slot, chunk: Chunk):
+    def _encode_chunk(self, slot: TextEncoderSlot, chunk: Chunk):
         tokenizer, encoder = slot.tokenizer, slot.encoder
         ids = [tokenizer.bos_token_id, *chunk.tokens, tokenizer.eos_token_id]
         pad = tokenizer.pad_token_id
@@ -177,7 +189,7 @@ def _emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def _width(slot: _Slot) -> int:
+def _width(slot: TextEncoderSlot) -> int:
     return slot.encoder.get_input_embeddings().embedding_dim
 
 
@@ -209,22 +221,8 @@ def _token_embedding_fixes(encoder, fixes):
         handle.remove()
 
 
-def _slots(pipe, family: str, clip_skip: int) -> list[_Slot]:
-    if family != "sdxl":
-        _check_clip_skip(pipe.text_encoder, clip_skip)
-        return [_Slot(pipe.tokenizer, pipe.text_encoder, "", clip_skip, True, False)]
-    slots = []
-    for tokenizer, encoder, key, pooled in (
-        (getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None), "clip_l", False),
-        (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g", True),
-    ):
-        if encoder is not None and tokenizer is not None:
-            _check_clip_skip(encoder, clip_skip)
-            slots.append(_Slot(tokenizer, encoder, key, clip_skip + 1, False, pooled))
-    return slots
-
-
-def _check_clip_skip(encoder, clip_skip: int) -> None:
+def check_clip_skip(encoder, clip_skip: int) -> None:
+    """Refuse a clip skip deeper than the text encoder (ValueError)."""
     layers = encoder.config.num_hidden_layers
     if clip_skip > layers:
         raise ValueError(f"Clip skip {clip_skip} is more than the text encoder's {layers} layers")
@@ -251,7 +249,6 @@ class Scheduled:
 class Conditioning:
     """Everything a job conditions on: the negative schedule and every AND sub-prompt."""
 
-    family: str
     uncond: Scheduled
     conds: list[Scheduled]
     weights: list[float]
@@ -271,7 +268,7 @@ class Conditioning:
         """The first step's embeddings, as diffusers pipeline keyword arguments."""
         cond, uncond = self.conds[0].at(0), self.uncond.at(0)
         kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
-        if self.family == "sdxl":
+        if cond.pooled is not None:  # a family with a pooled text embedding (SDXL)
             kwargs["pooled_prompt_embeds"] = cond.pooled
             kwargs["negative_pooled_prompt_embeds"] = uncond.pooled
         return kwargs
@@ -279,7 +276,7 @@ class Conditioning:
 
 def prepare_conditioning(
     pipe,
-    family: str,
+    family: TextEncoding,
     prompt: str,
     negative: str,
     clip_skip: int,
@@ -309,11 +306,11 @@ def prepare_conditioning(
     conds = [_scheduled(encoder, text, steps, negative=False) for text, _ in subprompts]
     uncond = _scheduled(encoder, negative, steps, negative=True)
     _pad_all([uncond, *conds], encoder)
-    return Conditioning(family, uncond, conds, [w for _, w in subprompts], encoder.used_embeddings)
+    return Conditioning(uncond, conds, [w for _, w in subprompts], encoder.used_embeddings)
 
 
 def _scheduled(encoder: PromptEncoder, text: str, steps: int, *, negative: bool) -> Scheduled:
-    zero_empty = negative and encoder.family == "sdxl"
+    zero_empty = negative and encoder.family.zero_empty_negative
     ends, items = [], []
     for end, part in prompt_schedule(text, steps):
         ends.append(end)
@@ -341,7 +338,7 @@ def _pad_all(schedules: list[Scheduled], encoder: PromptEncoder) -> None:
             schedule.items[i] = padded[id(item)]
 
 
-def encode_prompts(pipe, family: str, prompt: str, negative: str, clip_skip: int) -> dict:
+def encode_prompts(pipe, family: TextEncoding, prompt: str, negative: str, clip_skip: int) -> dict:
     """Pipeline keyword arguments for the prompt and negative prompt, without schedules
     or AND (the first step's text, the first sub-prompt): the static form."""
     return prepare_conditioning(

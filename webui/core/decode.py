@@ -7,9 +7,9 @@ slices always). A half-precision VAE that produces NaN is moved to float32 for g
 the decode repeated; the job's infotext says so. NaN latents (from the UNet) or NaN from a
 float32 VAE fail the job with a clear message instead of saving a black image.
 
-A `MemoryRun` is the per-job memory context: what the job may do (thresholds, low-memory
-retry) and the notes it collects for the infotext. The worker opens it around a job
-(`memory_run`); without one the option defaults apply.
+The job's `MemoryRun` (`webui.core.run`, carried by the run context) says what it may do
+(thresholds, low-memory retry) and collects the notes for the infotext; without one the
+option defaults apply.
 
 This module must never import a UI library.
 """
@@ -19,76 +19,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from ..errors import UserError
 from ..model_manager.optimize import upcast_vae
+from .run import MemoryRun
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TILE_FROM = 1536  # px per side (of width x height): 2048² tiles, 1024² does not
-DEFAULT_SLICE_FROM = 1024
 
 
 class NanOutputError(RuntimeError, UserError):
     """The model produced NaN; the message says which part and what to try."""
 
 
-@dataclass
-class MemoryRun:
-    """One job's memory settings, and the notes (infotext fields) its decoding added."""
-
-    tile_from: int = DEFAULT_TILE_FROM  # 0: never tile
-    slice_from: int = DEFAULT_SLICE_FROM  # 0: never slice
-    low_memory: bool = False  # the "retry with lower memory" run
-    token_merging_ratio: float = 0.0  # tomesd, 0: off
-    notes: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_options(cls, get) -> MemoryRun:
-        """From an option getter (`options.get` or a job's snapshot)."""
-        return cls(
-            tile_from=int(get("vae_tiling_threshold")),
-            slice_from=int(get("vae_slicing_threshold")),
-            token_merging_ratio=float(get("token_merging_ratio")),
-        )
-
-    def messages(self) -> list[str]:
-        return [f"{key}: {value}" for key, value in self.notes.items()]
-
-
-_RUN: ContextVar[MemoryRun | None] = ContextVar("webui_memory_run", default=None)
-
-
-@contextmanager
-def memory_run(run: MemoryRun) -> Iterator[MemoryRun]:
-    """Make `run` the current job's memory context (per thread / context)."""
-    token = _RUN.set(run)
-    try:
-        yield run
-    finally:
-        _RUN.reset(token)
-
-
-def current_run() -> MemoryRun:
-    run = _RUN.get()
-    return run if run is not None else MemoryRun()
-
-
-def memory_fields() -> dict[str, str]:
-    """Infotext fields the current job's memory handling added (e.g. a VAE upcast)."""
-    return dict(current_run().notes)
-
-
 def decode_latents(
-    pipe, latents: torch.Tensor, *, run: MemoryRun | None = None
+    pipe, latents: torch.Tensor, memory: MemoryRun | None = None
 ) -> list[Image.Image]:
-    """Scaled latents (B, C, h, w) from a pipeline to RGB images, as diffusers would."""
-    run = run or current_run()
+    """Scaled latents (B, C, h, w) from a pipeline to RGB images, as diffusers would.
+
+    `memory` is the job's (`RunContext.memory`); without one the option defaults apply."""
+    run = memory if memory is not None else MemoryRun()
     if not bool(torch.isfinite(latents).all()):
         raise NanOutputError(
             "The UNet produced NaN latents: the image would be black. Try another sampler or "

@@ -15,8 +15,12 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .prompts import extract_extra_networks, lora_requests
+
+if TYPE_CHECKING:
+    from .families.base import Family
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,11 @@ def styled(params, networks: Networks | None):
 
 
 @contextmanager
-def applied_networks(lease, params, networks: Networks | None, default_vae: str | None = None):
-    """Apply the job's LoRAs and VAE to the leased pipeline for the duration of the block."""
+def applied_networks(
+    lease, family: Family, params, networks: Networks | None, default_vae: str | None = None
+):
+    """Apply the job's LoRAs and VAE to the leased pipeline for the duration of the block
+    (LoRA files the family's way: `Family.load_lora`)."""
     active = ActiveNetworks()
     if networks is None:
         yield active
@@ -78,7 +85,9 @@ def applied_networks(lease, params, networks: Networks | None, default_vae: str 
     active.warnings += [message for _, message in problems]
     with ExitStack() as stack:
         if requests and networks.loras is not None:
-            loras = stack.enter_context(networks.loras.applied(lease.pipe, requests))
+            loras = stack.enter_context(
+                networks.loras.applied(lease.pipe, requests, load=family.load_lora)
+            )
             active.lora_fields = loras.infotext_fields()
             active.warnings += loras.warnings
         elif requests:

@@ -3,8 +3,9 @@
 Scale by a factor, or to a width x height (the image is scaled to cover it and, with
 "crop to fit", cut to it in the middle). A second upscaler runs on the original too and
 is blended in at its visibility. The infotext keeps the source image's own parameters
-and adds A1111's "Postprocess ..." fields; images go to outputs/extras-images, or under
-their own names into the output folder of a batch from a folder.
+and adds A1111's "Postprocess ..." fields; the worker's `save` puts them in
+outputs/extras-images, or under their own names into the output folder of a batch from a
+folder.
 
 This module must never import a UI library. It uses no checkpoint.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,10 @@ from PIL import Image
 from ..imaging.codec import to_rgb
 from ..imaging.infotext import find_params, format_value, quote, read_infotext_from_image
 from ..imaging.upscaler_list import NONE
-from .img2img_batch import save_named
-from .jobs import Progress
+from ..imaging.upscalers import UpscalerCache
 from .params_img2img import ExtrasParams
 from .processing import GeneratedImage
+from .run import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -35,48 +37,24 @@ class ExtrasResult:
     params: ExtrasParams
 
 
-def run_extras_job(job, store, opt, upscalers) -> ExtrasResult:
-    """The worker's entry for job kind "extras"; `opt(key)` reads the job's options."""
-    params: ExtrasParams = job.params
-    fmt = opt("samples_format")
-
-    def save(image: Image.Image, name: str, infotext: str) -> str | None:
-        if not params.save_images:
-            return None
-        job.raise_if_aborted()  # the server shuts down: write nothing more
-        if params.output_dir.strip():
-            return str(save_named(image, Path(params.output_dir).expanduser(), name, infotext))
-        return str(
-            store.save(
-                image,
-                kind="extras",
-                seed=None,
-                infotext=infotext,
-                fmt=fmt,
-                filename_pattern="",
-                pattern_values={},
-                outdir=opt("outdir_samples"),
-            )
-        )
-
-    images = upscale_images(
-        params, progress=job.progress, should_stop=job.should_stop, save=save, upscalers=upscalers
-    )
-    return ExtrasResult(images, params)
+NamedSaveFn = Callable[[Image.Image, str, str], "str | None"]  # (image, stem, infotext) -> path
 
 
 def upscale_images(
-    params: ExtrasParams, *, progress: Progress, should_stop, save, upscalers
+    ctx: JobContext, params: ExtrasParams, save: NamedSaveFn | None
 ) -> list[GeneratedImage]:
+    """Every image of the job through the upscalers; `save` (None: not saved) gets each
+    with its source's file stem."""
+    progress = ctx.progress
     progress.batches, progress.steps = len(params.images), 1
     progress.started_at = time.monotonic()
     results: list[GeneratedImage] = []
     for index, (source, name) in enumerate(params.images):
-        if should_stop():
+        if ctx.should_stop():
             break
         progress.batch, progress.step = index, 0
         progress.text = f"Upscaling {name or 'image'}" if len(params.images) > 1 else "Upscaling"
-        image, fields = upscale_one(params, source, upscalers, should_stop)
+        image, fields = upscale_one(params, source, ctx.upscalers, ctx.should_stop)
         infotext = postprocess_infotext(read_infotext_from_image(source), fields)
         stem = Path(name).stem if name else "image"
         path = save(image, stem, infotext) if save else None
@@ -86,7 +64,12 @@ def upscale_images(
     return results
 
 
-def upscale_one(params: ExtrasParams, source: Image.Image, upscalers, should_stop=None):
+def upscale_one(
+    params: ExtrasParams,
+    source: Image.Image,
+    upscalers: UpscalerCache,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Image.Image, dict]:
     """(upscaled image, its "Postprocess ..." infotext fields)."""
     image = to_rgb(source)
     fields: dict = {}

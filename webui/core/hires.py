@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from ..imaging.upscaler_list import LATENT_MODES
-from .composable import hooked
-from .conditioning import prepare_conditioning
+from .conditioning import Conditioning
 from .decode import decode_latents
-from .jobs import Progress
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -31,16 +31,26 @@ from .latents import (
     vae_encode_pixels,
 )
 from .params import Txt2ImgParams
-from .samplers import SchedulerChoice, resolve
+from .run import RunContext
+from .samplers import SchedulerChoice
+
+if TYPE_CHECKING:
+    from .families.base import Family
 
 log = logging.getLogger(__name__)
 
 
-def hires_fields(params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
+def hires_choice(family: Family, params: Txt2ImgParams) -> SchedulerChoice:
+    """The second pass's sampler and schedule (the first pass's unless chosen)."""
+    hp = params.hires
+    return family.sampler(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+
+
+def hires_fields(family: Family, params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
     """A1111's infotext fields of hires. fix, in A1111's order."""
     hp = params.hires
     fields: dict = {"Denoising strength": hp.denoising_strength}
-    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    hr_choice = hires_choice(family, params)
     if hr_choice.sampler != choice.sampler:
         fields["Hires sampler"] = hr_choice.sampler
     if hp.prompt and hp.prompt != params.prompt:
@@ -60,76 +70,46 @@ def hires_fields(params: Txt2ImgParams, choice: SchedulerChoice) -> dict:
 
 
 def hires_pass(
-    lease,
+    run: RunContext,
     params: Txt2ImgParams,
     latents: torch.Tensor,
     seeds: list[int],
     *,
-    conditioning,
+    conditioning: Conditioning,
     choice: SchedulerChoice,
     on_step: Callable,
-    progress: Progress,
-    should_stop: Callable[[], bool],
-    generators: Callable,
-    upscalers=None,
-    networks=None,
-) -> list:
+) -> list[Image.Image]:
     """The second pass over one batch's first-pass latents; returns PIL images.
 
-    `conditioning` is the first pass's (`conditioning.Conditioning`); a hires prompt
-    gets its own."""
-    pipe, hp = lease.pipe, params.hires
-    if should_stop():  # interrupted during the first pass: keep its images
-        return decode_latents(pipe, latents)
+    `conditioning` is the first pass's; a hires prompt gets its own."""
+    pipe, hp, progress = run.pipe, params.hires, run.progress
+    if run.should_stop():  # interrupted during the first pass: keep its images
+        return decode_latents(pipe, latents, run.memory)
     progress.text = "Hires fix: upscaling"
-    factor = pipe.vae_scale_factor
-    size = hp.size(params.width, params.height)
-    latent_h, latent_w, top, bottom, left, right = size.latent_box(factor)
-    pixels = None
-    if hp.upscaler.is_latent:
-        mode, antialias = LATENT_MODES[hp.upscaler.name]
-        latents = resize_latents(latents, latent_h, latent_w, mode, antialias)
-    else:
-        cache = upscalers if upscalers is not None else _fresh_cache(lease)
-        images = [
-            cache.resize(
-                image, latent_w * factor, latent_h * factor, hp.upscaler, should_stop=should_stop
-            )
-            for image in decode_latents(pipe, latents)
-        ]
-        pixels = pixels_tensor(images)
-        latents = vae_encode_pixels(pipe, pixels)
-    latents = latents[:, :, top:bottom, left:right]
-    if pixels is not None:
-        pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]
-    elif lease.spec.inpainting:  # 9-channel models: the whole image is "masked"
-        pixels = torch.zeros(
-            latents.shape[0], 3, latents.shape[2] * factor, latents.shape[3] * factor
-        )
+    latents, pixels = _upscaled(run, params, latents)
     steps = hp.steps or params.steps
     if effective_steps(steps, hp.denoising_strength) == 0:
         progress.text = ""
-        return decode_latents(pipe, latents)
+        return decode_latents(pipe, latents, run.memory)
     if (hp.prompt and hp.prompt != params.prompt) or (
         hp.negative_prompt and hp.negative_prompt != params.negative_prompt
     ):
-        conditioning = prepare_conditioning(
+        conditioning = run.family.conditioning(
             pipe,
-            lease.spec.family,
             hp.prompt or params.prompt,
             hp.negative_prompt or params.negative_prompt,
             params.clip_skip,
             steps=steps,
-            embeddings=networks.embeddings if networks is not None else None,
+            embeddings=run.networks.embeddings,
             fields=(
                 "hr_prompt" if hp.prompt else "prompt",
                 "hr_negative_prompt" if hp.negative_prompt else "negative_prompt",
             ),
         )
-    hr_choice = resolve(hp.sampler_name or params.sampler_name, hp.scheduler or params.scheduler)
+    hr_choice = hires_choice(run.family, params)
     progress.text = "Hires fix"
     progress.step = 0
-    with hooked(pipe.unet, conditioning, len(seeds)) as follow_steps:
+    with run.family.follow_steps(pipe, conditioning, len(seeds)) as follow_steps:
         request = DenoiseRequest(
             latents=latents,
             conditioning=conditioning.pipeline_kwargs(),
@@ -140,12 +120,36 @@ def hires_pass(
             seeds=seeds,
             pixels=pixels,
         )
-        images = denoise(lease, request, follow_steps(on_step), generators)
+        images = denoise(run, request, follow_steps(on_step))
     progress.text = ""
     return images
 
 
-def _fresh_cache(lease):
-    from ..imaging.upscalers import UpscalerCache
-
-    return UpscalerCache(device=str(lease.pipe.device))
+def _upscaled(
+    run: RunContext, params: Txt2ImgParams, latents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(latents at the hires size, and their pixels when an image upscaler made them)."""
+    pipe, hp = run.pipe, params.hires
+    factor = pipe.vae_scale_factor
+    size = hp.size(params.width, params.height)
+    latent_h, latent_w, top, bottom, left, right = size.latent_box(factor)
+    pixels = None
+    if hp.upscaler.is_latent:
+        mode, antialias = LATENT_MODES[hp.upscaler.name]
+        latents = resize_latents(latents, latent_h, latent_w, mode, antialias)
+    else:
+        images = [
+            run.upscalers.resize(image, latent_w * factor, latent_h * factor, hp.upscaler,
+                                 should_stop=run.should_stop)
+            for image in decode_latents(pipe, latents, run.memory)
+        ]  # fmt: skip
+        pixels = pixels_tensor(images)
+        latents = vae_encode_pixels(pipe, pixels)
+    latents = latents[:, :, top:bottom, left:right]
+    if pixels is not None:
+        pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]
+    elif run.lease.spec.inpainting:  # 9-channel models: the whole image is "masked"
+        pixels = torch.zeros(
+            latents.shape[0], 3, latents.shape[2] * factor, latents.shape[3] * factor
+        )
+    return latents, pixels

@@ -23,11 +23,7 @@ from PIL import Image
 
 from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
-from ..imaging.infotext import build_infotext
-from .composable import hooked
-from .conditioning import prepare_conditioning
-from .decode import memory_fields
-from .jobs import Progress
+from .conditioning import Conditioning
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -39,8 +35,9 @@ from .latents import (
     vae_encode_pixels,
 )
 from .params_img2img import Img2ImgParams
-from .processing import GeneratedImage, SaveFn, base_fields, generators, step_callback
-from .samplers import resolve
+from .processing import GeneratedImage, base_fields, finish_image, step_callback
+from .run import RunContext
+from .samplers import SchedulerChoice
 
 log = logging.getLogger(__name__)
 
@@ -120,52 +117,26 @@ def extra_fields(params: Img2ImgParams) -> dict:
     return fields
 
 
-def img2img(
-    lease,
-    params: Img2ImgParams,
-    *,
-    progress: Progress,
-    should_stop: Callable[[], bool],
-    save: SaveFn | None = None,
-    preview_every: int = 0,
-    networks=None,
-    upscalers=None,
-) -> list[GeneratedImage]:
+def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
     """`batch_count` batches of `batch_size` images; image i starts from init image i
     (cycling through the init images) with seed + i. A batch folder or SD upscale in the
     params hands over to those modes."""
     if params.batch_input_dir:
         from .img2img_batch import img2img_folder
 
-        return img2img_folder(
-            lease,
-            params,
-            progress=progress,
-            should_stop=should_stop,
-            save=save,
-            preview_every=preview_every,
-            networks=networks,
-        )
+        return img2img_folder(run, params)
     if params.sd_upscale is not None:
         from .sd_upscale import sd_upscale
 
-        return sd_upscale(
-            lease,
-            params,
-            progress=progress,
-            should_stop=should_stop,
-            save=save,
-            preview_every=preview_every,
-            networks=networks,
-            upscalers=upscalers,
-        )
-    job = Img2ImgJob(lease, params, networks, progress, should_stop, preview_every)
+        return sd_upscale(run, params)
+    job = Img2ImgJob(run, params)
     prepared = [prepare(params, image) for image in params.init_images]
     seeds = params.image_seeds()
+    progress = run.progress
     progress.batches = params.batch_count
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
-        if should_stop():
+        if run.should_stop():
             break
         progress.batch, progress.step = batch, 0
         start = batch * params.batch_size
@@ -174,53 +145,40 @@ def img2img(
         if batch == 0:
             progress.started_at = time.monotonic()
         for item, image, seed in zip(items, job.run(items, batch_seeds), batch_seeds, strict=True):
-            final = item.finish(image)
-            infotext = job.infotext(seed)
-            path = save(final, seed, infotext) if save else None
-            results.append(GeneratedImage(image=final, seed=seed, infotext=infotext, path=path))
+            results.append(finish_image(run, params, item.finish(image), seed, job.fields))
     return results
 
 
 class Img2ImgJob:
     """The parts of an img2img job that every batch shares: sampler, prompts, fields."""
 
-    def __init__(
-        self,
-        lease,
-        params: Img2ImgParams,
-        networks,
-        progress,
-        should_stop,
-        preview_every: int,
-        fields: dict | None = None,
-    ):
-        self.lease, self.params = lease, params
-        self.choice = resolve(params.sampler_name, params.scheduler)
-        self.fields = {**base_fields(lease, params, self.choice, networks), **extra_fields(params)}
+    def __init__(self, run: RunContext, params: Img2ImgParams, fields: dict | None = None):
+        self.run_context, self.params = run, params
+        self.choice = run.family.sampler(params.sampler_name, params.scheduler)
+        self.fields = {**base_fields(run, params, self.choice), **extra_fields(params)}
         self.fields.update(fields or {})
         self.steps_run = effective_steps(params.steps, params.denoising_strength)
-        self.conditioning = None
+        self.conditioning: Conditioning | None = None
         if self.steps_run > 0:
-            self.conditioning = prepare_conditioning(
-                lease.pipe,
-                lease.spec.family,
+            self.conditioning = run.family.conditioning(
+                run.pipe,
                 params.prompt,
                 params.negative_prompt,
                 params.clip_skip,
                 steps=params.steps,
-                embeddings=networks.embeddings if networks else None,
+                embeddings=run.networks.embeddings,
             )
-            if networks is not None:
-                self.fields.update(networks.extra_fields(self.conditioning.used_embeddings))
-        self.on_step = step_callback(progress, should_stop, preview_every, lease.spec.family)
+            self.fields.update(run.networks.extra_fields(self.conditioning.used_embeddings))
+        self.on_step = step_callback(run)
 
     def run(self, items: list[Prepared], seeds: list[int]) -> list[Image.Image]:
         """One batch: the model's images, or the prepared ones when no step would run."""
-        if self.steps_run == 0:
+        if self.conditioning is None:
             return [item.source for item in items]
-        with hooked(self.lease.pipe.unet, self.conditioning, len(seeds)) as follow_steps:
+        run = self.run_context
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds)) as follow_steps:
             return run_batch(
-                self.lease,
+                run,
                 self.params,
                 items,
                 seeds,
@@ -229,24 +187,19 @@ class Img2ImgJob:
                 follow_steps(self.on_step),
             )
 
-    def infotext(self, seed: int) -> str:
-        p = self.params
-        fields = {**self.fields, **memory_fields(), "Seed": seed}
-        return build_infotext(p.prompt, p.negative_prompt, fields)
-
 
 def run_batch(
-    lease,
+    run: RunContext,
     params: Img2ImgParams,
     items: list[Prepared],
     seeds: list[int],
     conditioning: dict,
-    choice,
-    on_step,
+    choice: SchedulerChoice,
+    on_step: Callable,
     output_type: str = "pil",
 ) -> list:
     """Encode the prepared images of one batch and denoise them together."""
-    pipe = lease.pipe
+    pipe = run.pipe
     latent_h, latent_w = (
         params.height // pipe.vae_scale_factor,
         params.width // pipe.vae_scale_factor,
@@ -262,7 +215,7 @@ def run_batch(
     mask = items[0].mask
     if mask is not None:
         latents = masked_content_latents(latents, mask, params.inpainting_fill, seeds)
-    if lease.spec.inpainting and pixels is None:
+    if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
     request = DenoiseRequest(
         latents=latents,
@@ -276,7 +229,7 @@ def run_batch(
         pixels=pixels,
         output_type=output_type,
     )
-    return denoise(lease, request, on_step, generators)
+    return denoise(run, request, on_step)
 
 
 def _encode_own_size(pipe, image: Image.Image, latent_h: int, latent_w: int) -> torch.Tensor:

@@ -26,20 +26,12 @@ from ..imaging.infotext import pnginfo_for
 from .params import ParamError
 from .params_img2img import Img2ImgParams
 from .processing import GeneratedImage
+from .run import RunContext, SaveFn
 
 log = logging.getLogger(__name__)
 
 
-def img2img_folder(
-    lease,
-    params: Img2ImgParams,
-    *,
-    progress,
-    should_stop,
-    save=None,
-    preview_every: int = 0,
-    networks=None,
-) -> list[GeneratedImage]:
+def img2img_folder(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
     from .img2img import img2img
 
     files = image_files(params.batch_input_dir, "batch_input_dir")
@@ -49,25 +41,19 @@ def img2img_folder(
     )
     results: list[GeneratedImage] = []
     for index, path in enumerate(files):
-        if should_stop():
+        if run.should_stop():
             break
-        progress.text = f"Batch: image {index + 1} of {len(files)} ({path.name})"
+        run.progress.text = f"Batch: image {index + 1} of {len(files)} ({path.name})"
         try:
             one = _params_for(params, path, masks)
         except (ImageInputError, ParamError) as exc:
             log.warning("img2img batch: %s skipped: %s", path.name, exc)
             continue
-        saver = save if out_dir is None else _folder_saver(out_dir, path.stem)
-        results += img2img(
-            lease,
-            one,
-            progress=progress,
-            should_stop=should_stop,
-            save=saver,
-            preview_every=preview_every,
-            networks=networks,
-        )
-    progress.text = ""
+        if out_dir is None:
+            results += img2img(run, one)
+        else:  # under the input file's name, in the output folder
+            results += img2img(replace(run, save=_folder_saver(out_dir, path.stem)), one)
+    run.progress.text = ""
     return results
 
 
@@ -105,7 +91,7 @@ def _params_for(params: Img2ImgParams, path: Path, masks) -> Img2ImgParams:
     ).validated()
 
 
-def _folder_saver(folder: Path, stem: str):
+def _folder_saver(folder: Path, stem: str) -> SaveFn:
     def save(image: Image.Image, seed: int, infotext: str) -> str:
         return str(save_named(image, folder, stem, infotext))
 

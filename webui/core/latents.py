@@ -7,7 +7,8 @@
   without a mask, the inpaint pipeline with a mask (diffusers then puts the noised
   original back outside the mask after every step) and always for 9-channel inpainting
   checkpoints, which also get the masked image as conditioning.
-- `denoise`: one batch from given init latents, at a strength, with the sampler chosen.
+- `denoise`: one batch from given init latents, at a strength, with the sampler chosen,
+  one CPU generator per image (`generators`: seed + i gives the same noise anywhere).
 
 This module must never import a UI library or change global options.
 """
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .decode import decode_latents
+from .run import RunContext
 from .samplers import SchedulerChoice
-from .schedulers import make_scheduler, set_noise_seed
+from .schedulers import set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +102,17 @@ def masked_content_latents(
     return latents * keep + noise * (1 - keep)
 
 
-def pipeline_for(lease, masked: bool):
-    """The pipeline view a denoise needs (see the module docstring)."""
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: a seed gives the same noise on every machine."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def pipeline_for(run: RunContext, masked: bool):
+    """The pipeline view a denoise needs (see the module docstring): the family names it."""
+    lease = run.lease
     if lease.spec.inpainting:
         return lease.pipe
-    base = "StableDiffusionXL" if lease.spec.family == "sdxl" else "StableDiffusion"
-    pipe = lease.variant(base + ("InpaintPipeline" if masked else "Img2ImgPipeline"))
+    pipe = lease.variant(run.family.pipeline_class("inpaint" if masked else "img2img", False))
     pipe.set_progress_bar_config(disable=True)  # a from_pipe view starts with the bars on
     return pipe
 
@@ -131,11 +138,12 @@ class DenoiseRequest:
     output_type: str = "pil"
 
 
-def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable) -> list:
+def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     """Run one batch; returns PIL images (or latents with output_type="latent")."""
+    lease = run.lease
     inpaint_model = lease.spec.inpainting
-    pipe = pipeline_for(lease, req.mask is not None)
-    pipe.scheduler = make_scheduler(req.choice, lease.model.base_scheduler_config, steps=req.steps)
+    pipe = pipeline_for(run, req.mask is not None)
+    pipe.scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor
@@ -162,7 +170,7 @@ def denoise(lease, req: DenoiseRequest, on_step: Callable, generators: Callable)
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     latents = pipe(**kwargs).images
-    return latents if req.output_type == "latent" else decode_latents(pipe, latents)
+    return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 
 
 def _masked_image_latents(pipe, pixels: torch.Tensor | None, mask: Image.Image) -> torch.Tensor:

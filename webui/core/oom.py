@@ -17,13 +17,14 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import UserError
+from ..model_manager.memory import MemoryPlan
 from ..model_manager.optimize import lower_memory, token_merging
-from .decode import MemoryRun, memory_run
+from .run import MemoryRun
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,23 @@ def release_memory(device: str) -> None:
 
 
 def run_guarded(
-    generate: Callable[[], T],
+    generate: Callable[[MemoryRun], T],
     *,
-    pipe,
-    plan,
-    family: str,
-    run: MemoryRun,
+    memory: MemoryRun,
+    pipe: Any,
+    plan: MemoryPlan,
+    medvram_sdxl: bool,
     retry: bool,
     what: str,
 ) -> T:
-    """`generate()` inside `run`'s memory context (VAE thresholds, token merging, notes);
-    on out-of-memory release the memory, then fail clearly or retry once with less."""
-    if run.token_merging_ratio > 0:
-        run.notes["Token merging ratio"] = f"{run.token_merging_ratio:g}"
+    """`generate(memory)` with token merging on; on out-of-memory release the memory, then
+    fail clearly or call `generate` once more with a lower-memory `MemoryRun` (whose notes
+    end up in `memory`). `medvram_sdxl`: the model is one --medvram-sdxl offloads."""
+    if memory.token_merging_ratio > 0:
+        memory.notes["Token merging ratio"] = f"{memory.token_merging_ratio:g}"
     try:
-        with memory_run(run), token_merging(pipe, run.token_merging_ratio):
-            return generate()
+        with token_merging(pipe, memory.token_merging_ratio):
+            return generate(memory)
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_out_of_memory(exc):
             raise
@@ -81,22 +83,21 @@ def run_guarded(
     log.warning("Out of memory while generating %s: %s", what, first)
     if not retry:
         raise OutOfMemoryError(_message(what, first, plan, retried=False))
-    low = MemoryRun(run.tile_from, run.slice_from, True, run.token_merging_ratio, dict(run.notes))
+    low = memory.lower()
     try:
         with (
-            lower_memory(pipe, plan, family) as measures,
-            memory_run(low),
-            token_merging(pipe, run.token_merging_ratio),
+            lower_memory(pipe, plan, medvram_sdxl) as measures,
+            token_merging(pipe, memory.token_merging_ratio),
         ):
             measures.insert(0, "VAE tiling and slicing")
             low.notes["Low-memory retry"] = " + ".join(measures)
-            result = generate()
+            result = generate(low)
     except Exception as exc:  # noqa: BLE001
         if not is_out_of_memory(exc):
             raise
         second = _short(exc)
     else:
-        run.notes.update(low.notes)
+        memory.notes.update(low.notes)
         return result
     release_memory(plan.device)
     raise OutOfMemoryError(_message(what, second, plan, retried=True))
@@ -107,7 +108,7 @@ def _short(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def _message(what: str, cause: str, plan, *, retried: bool) -> str:
+def _message(what: str, cause: str, plan: MemoryPlan, *, retried: bool) -> str:
     where = "GPU memory" if plan.device == "cuda" else "system RAM"
     tried = (
         " A retry with lower memory (VAE tiling and slicing"

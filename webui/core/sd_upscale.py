@@ -21,34 +21,21 @@ from ..imaging.codec import to_rgb
 from .img2img import Img2ImgJob, Prepared
 from .params import MAX_SEED
 from .params_img2img import Img2ImgParams
-from .processing import GeneratedImage
+from .processing import GeneratedImage, finish_image
+from .run import RunContext
 
 log = logging.getLogger(__name__)
 
 
-def sd_upscale(
-    lease,
-    params: Img2ImgParams,
-    *,
-    progress,
-    should_stop,
-    save=None,
-    preview_every: int = 0,
-    networks=None,
-    upscalers=None,
-) -> list[GeneratedImage]:
-    sd = params.sd_upscale
-    if upscalers is None:
-        from ..imaging.upscalers import UpscalerCache
-
-        upscalers = UpscalerCache(device=str(lease.pipe.device))
+def sd_upscale(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
+    sd, progress = params.sd_upscale, run.progress
     progress.text = "SD upscale: upscaling"
     source = to_rgb(params.init_images[0])
-    upscaled = upscalers.upscale(source, sd.scale, sd.upscaler, should_stop=should_stop)
+    upscaled = run.upscalers.upscale(source, sd.scale, sd.upscaler, should_stop=run.should_stop)
     grid = geometry.split_grid(upscaled, params.width, params.height, sd.overlap)
     tiles = grid.tiles()
     fields = {"SD upscale overlap": sd.overlap, "SD upscale upscaler": sd.upscaler.name}
-    job = Img2ImgJob(lease, params, networks, progress, should_stop, preview_every, fields)
+    job = Img2ImgJob(run, params, fields)
     chunks = math.ceil(len(tiles) / params.batch_size)
     progress.batches = chunks * params.batch_count
     progress.text = f"SD upscale: {len(tiles)} tiles"
@@ -57,7 +44,7 @@ def sd_upscale(
         seed = (params.seed + n) % (MAX_SEED + 1)
         redrawn = []
         for chunk in range(chunks):
-            if should_stop():
+            if run.should_stop():
                 break
             progress.batch, progress.step = n * chunks + chunk, 0
             if not results and chunk == 0:
@@ -69,10 +56,8 @@ def sd_upscale(
             redrawn += tiles[len(redrawn) :]
         grid.replace_tiles(redrawn)
         combined = geometry.combine_grid(grid)
-        infotext = job.infotext(seed)
-        path = save(combined, seed, infotext) if save else None
-        results.append(GeneratedImage(image=combined, seed=seed, infotext=infotext, path=path))
-        if should_stop():
+        results.append(finish_image(run, params, combined, seed, job.fields))
+        if run.should_stop():
             break
     progress.text = ""
     return results

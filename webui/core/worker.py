@@ -1,7 +1,12 @@
 """What the job worker does with a job: lease the model it names, generate, save.
 
 `make_runner` is given the model manager, the output store and the options by the
-composition root, and returns the callable that `JobQueue` runs on its worker thread.
+composition root, and returns the `Worker` that `JobQueue` runs on its worker thread
+(through the extension runner, which passes each job's `RunHooks`). For a generation the
+worker resolves the checkpoint, leases it, finds its model family (`webui.core.families`,
+the ones the composition root passes in), applies the job's networks and builds the one
+`RunContext` (`webui.core.run`) that the generation functions receive; every image it
+saves goes through the store and then to the hooks' `on_saved` listeners.
 
 This module must never import a UI library.
 """
@@ -10,20 +15,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
 
+from PIL import Image
+
+from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
-from .decode import MemoryRun
+from ..model_manager.manager import ModelManager
+from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
-from .extras import run_extras_job
+from .extras import ExtrasResult, NamedSaveFn, upscale_images
+from .families import Families
 from .img2img import img2img
+from .img2img_batch import save_named
 from .jobs import Job
 from .oom import run_guarded
 from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
+from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
 
 log = logging.getLogger(__name__)
+
+Option = Callable[[str], Any]
+
+
+class OptionSource(Protocol):
+    """The persisted options (`webui.options.Options`): the current value of a key."""
+
+    def get(self, key: str) -> Any: ...
 
 
 @dataclass
@@ -35,14 +57,16 @@ class JobResult:
     warnings: list[str] = field(default_factory=list)  # skipped LoRA tags, unknown styles...
 
 
-def job_option(job: Job, options, key: str):
+def job_option(job: Job, options: OptionSource, key: str) -> Any:
     """The job's own value of an option (its snapshot with overrides), else the current one."""
     if key in job.options:
         return job.options[key]
     return options.get(key)
 
 
-def resolve_checkpoint(models, requested: str | None, default: str | None):
+def resolve_checkpoint(
+    models: ModelManager, requested: str | None, default: str | None
+) -> CheckpointInfo:
     """The checkpoint a job runs with: its own choice, else the server default it was
     submitted under (never whatever another user loaded last), else the first one."""
     if requested:
@@ -55,77 +79,122 @@ def resolve_checkpoint(models, requested: str | None, default: str | None):
     return models.resolve(None)
 
 
-def make_runner(
-    models, store, options, networks: Networks | None = None
-) -> Callable[[Job], JobResult | None]:
-    # upscaler models stay loaded between jobs (the last one); only this worker runs them
-    upscalers = UpscalerCache(models.plan.device, half=str(models.plan.dtype) == "torch.float16")
+class Worker:
+    """Runs one job of any kind; only the job queue's worker thread calls it."""
 
-    def run(job: Job) -> JobResult | None:
+    def __init__(
+        self,
+        models: ModelManager,
+        store: OutputStore,
+        options: OptionSource,
+        networks: Networks | None = None,
+        *,
+        families: Families,
+    ):
+        self.models, self.store, self.options, self.networks = models, store, options, networks
+        self.families = families
+        # upscaler models stay loaded between jobs (the last one); only this worker runs them
+        half = str(models.plan.dtype) == "torch.float16"
+        self.upscalers = UpscalerCache(models.plan.device, half=half)
+
+    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | None:
+        models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
-            models.limit = int(job_option(job, options, "sd_checkpoints_limit"))  # RAM cache
+            models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
             models.acquire(models.resolve(job.params))
             return None
         if job.kind == "unload":  # free the RAM/VRAM of every loaded checkpoint
             models.unload_all()
-            upscalers.clear()
+            self.upscalers.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
-            return run_extras_job(job, store, partial(job_option, job, options), upscalers)
+            return self._extras(job, hooks)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
-        params: Txt2ImgParams = job.params
-        params, warnings = styled(params, networks)  # styles.csv texts into the prompts
-        opt = partial(job_option, job, options)
+        return self._generate(job, hooks)
+
+    def _generate(self, job: Job, hooks: RunHooks) -> JobResult:
+        params, warnings = styled(job.params, self.networks)  # styles.csv into the prompts
+        opt: Option = partial(job_option, job, self.options)
+        models = self.models
         info = resolve_checkpoint(models, params.checkpoint, opt("sd_model_checkpoint"))
         models.limit = int(opt("sd_checkpoints_limit"))
         job.progress.text = f"Loading {info.name}" if info.path not in models.loaded_paths() else ""
         lease = models.acquire(info)
+        family = self.families.of(lease.spec)
         job.progress.text = ""
-        fmt = opt("samples_format")
-
-        pattern = opt("samples_filename_pattern") or None
-        pattern_values = {
-            "prompt": params.prompt,
-            "model_name": info.name,
-            "steps": params.steps,
-            "sampler": params.sampler_name or "",
-        }
-
-        def save(image, seed, infotext):
-            job.raise_if_aborted()  # the server shuts down: write nothing more
-            path = store.save(
-                image,
-                kind=job.kind,
-                seed=seed,
-                infotext=infotext,
-                fmt=fmt,
-                filename_pattern=pattern,
-                pattern_values=pattern_values,
-                outdir=opt("outdir_samples"),
-            )
-            job.image_saved(str(path))  # publishes the job's "saved" event
-            return str(path)
-
+        save = self._saver(job, params, info.name, opt, hooks) if params.save_images else None
         # LoRAs and VAE are on the model for this job only, taken off however it ends
-        with applied_networks(lease, params, networks, opt("sd_vae")) as active:
+        with applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active:
+            run = RunContext(
+                job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
+                lease=lease, family=family, networks=active, save=save,
+                memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
+                preview_every=int(opt("show_progress_every_n_steps")),
+            )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
-            memory = MemoryRun.from_options(opt)  # VAE tiling/slicing; notes for the infotext
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
-                lambda: generate(
-                    lease,
-                    params,
-                    progress=job.progress,
-                    should_stop=job.should_stop,  # interrupt, or skip the current image
-                    save=save if params.save_images else None,
-                    preview_every=int(opt("show_progress_every_n_steps")),
-                    networks=active,
-                    upscalers=upscalers,
-                ),
-                pipe=lease.pipe, plan=models.plan, family=lease.spec.family, run=memory,
+                lambda memory: generate(replace(run, memory=memory), params),
+                memory=run.memory, pipe=lease.pipe, plan=models.plan,
+                medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
-        warnings += active.warnings + memory.messages()
+        warnings += active.warnings + run.memory.messages()
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
-    return run
+    def _saver(
+        self, job: Job, params: Txt2ImgParams, model_name: str, opt: Option, hooks: RunHooks
+    ) -> SaveFn:
+        """Save into the outputs (the job's format, file name pattern and folder), then
+        tell the hooks."""
+        fmt, outdir = opt("samples_format"), opt("outdir_samples")
+        pattern = opt("samples_filename_pattern") or None
+        values = {"prompt": params.prompt, "model_name": model_name, "steps": params.steps,
+                  "sampler": params.sampler_name or ""}  # fmt: skip
+        info = JobInfo.of(job)
+
+        def save(image: Image.Image, seed: int, infotext: str) -> str:
+            job.raise_if_aborted()  # the server shuts down: write nothing more
+            path = self.store.save(
+                image, kind=job.kind, seed=seed, infotext=infotext, fmt=fmt,
+                filename_pattern=pattern, pattern_values=values, outdir=outdir,
+            )  # fmt: skip
+            job.image_saved(str(path))  # publishes the job's "saved" event
+            hooks.saved(SavedImage(info, path, image, infotext, seed, job.kind))
+            return str(path)
+
+        return save
+
+    def _extras(self, job: Job, hooks: RunHooks) -> ExtrasResult:
+        params = job.params
+        context = JobContext(job=JobInfo.of(job), progress=job.progress, cancel=job,
+                             upscalers=self.upscalers)  # fmt: skip
+        save = self._extras_saver(job, context.job, hooks) if params.save_images else None
+        return ExtrasResult(upscale_images(context, params, save), params)
+
+    def _extras_saver(self, job: Job, info: JobInfo, hooks: RunHooks) -> NamedSaveFn:
+        """Under the source's name into the job's output folder, else into the outputs."""
+        params, opt = job.params, partial(job_option, job, self.options)
+
+        def save(image: Image.Image, name: str, infotext: str) -> str:
+            job.raise_if_aborted()  # the server shuts down: write nothing more
+            if params.output_dir.strip():
+                return str(save_named(image, Path(params.output_dir).expanduser(), name, infotext))
+            path = self.store.save(image, kind="extras", seed=None, infotext=infotext,
+                                   fmt=opt("samples_format"), filename_pattern="",
+                                   pattern_values={}, outdir=opt("outdir_samples"))  # fmt: skip
+            hooks.saved(SavedImage(info, path, image, infotext, None, "extras"))
+            return str(path)
+
+        return save
+
+
+def make_runner(
+    models: ModelManager,
+    store: OutputStore,
+    options: OptionSource,
+    networks: Networks | None = None,
+    *,
+    families: Families,
+) -> Worker:
+    return Worker(models, store, options, networks, families=families)

@@ -18,10 +18,11 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.run import JobInfo, SavedImage  # the worker's run context makes these
 from ..errors import UserError
 
 API_VERSION = 1
@@ -126,16 +127,6 @@ class Section:
 
 
 @dataclass(frozen=True)
-class JobInfo:
-    """What a hook learns about the job it runs in."""
-
-    id: str
-    kind: str  # txt2img, img2img, extras
-    owner: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class StepInfo:
     """One finished sampling step: `step` of `steps` in batch `batch` of `batches`."""
 
@@ -145,19 +136,6 @@ class StepInfo:
     batch: int
     batches: int
     preview: Any = None  # the latest live preview (a PIL image), if one was made yet
-
-
-@dataclass(frozen=True)
-class SavedImage:
-    """An image the output store has written (generation images and grids)."""
-
-    job: JobInfo | None
-    path: Path
-    image: Any  # PIL image
-    infotext: str
-    seed: int | None
-    kind: str
-    grid: bool = False
 
 
 @dataclass

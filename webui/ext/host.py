@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import git
-from .api import ArgError, Extension, ExtensionContext, JobInfo
+from .api import ArgError, Extension, ExtensionContext
 from .loader import BUILTIN_MODULES, FOLDER, ExtensionRecord, discover, load
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class ExtensionHost:
         self.data_dir = Path(flags.data_dir)
         self.state_path = self.data_dir / "extensions.json"
         self._lock = threading.RLock()
-        self._local = threading.local()
         disabled = self._read_disabled()
         self.records = discover(self.dir, builtins=builtins, entry_points=entry_points)
         self._names: dict[str, ExtensionRecord] = {}
@@ -288,24 +287,6 @@ class ExtensionHost:
         """The args one extension gets in a job: the job's own, else the defaults."""
         given = (getattr(params, "extension_args", None) or {}).get(ext.name)
         return dict(given) if given is not None else ext.default_args()
-
-    # --- the job being run (the worker thread) --------------------------------------
-    @property
-    def current_job(self) -> JobInfo | None:
-        return getattr(self._local, "job", None)
-
-    @current_job.setter
-    def current_job(self, job: JobInfo | None) -> None:
-        self._local.job = job
-        self._local.params = None
-
-    @property
-    def current_params(self) -> Any:
-        return getattr(self._local, "params", None)
-
-    @current_params.setter
-    def current_params(self, params: Any) -> None:
-        self._local.params = params
 
     # --- installing and updating -----------------------------------------------------
     def check_access(self) -> None:

@@ -3,11 +3,13 @@
 `wrap_runner(host, runner, store)` returns the runner the job queue calls. For a
 txt2img/img2img job it asks every active extension's `before_job` for new params (a hook
 may split the job into several), runs the job's script (X/Y/Z plot, ...) or the plain
-generation, and calls `after_job`. `on_step` follows the job's progress object;
-`on_image_saved` follows the output store (`HookedStore`). A hook that raises disables its
-extension; the job goes on without it. A script that raises is disabled too, and the job
-runs as a plain generation (or keeps the images made so far). A prompt over a limit of
-`core.prompt_limits`, made by a hook (wildcards) or a script, fails the job with its
+generation, and calls `after_job`. Hooks inside the generation go through the worker's
+run context: `on_step` is a listener of the job's `Progress`; `on_image_saved` is a
+`RunHooks.on_saved` listener the worker calls for every image it writes, with the job
+info of that run (grids that scripts save are reported here). A hook that raises disables
+its extension; the job goes on without it. A script that raises is disabled too, and the
+job runs as a plain generation (or keeps the images made so far). A prompt over a limit
+of `core.prompt_limits`, made by a hook (wildcards) or a script, fails the job with its
 message and disables nothing.
 
 This module must never import a UI library. It runs on the worker thread only.
@@ -15,15 +17,15 @@ This module must never import a UI library. It runs on the worker thread only.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.jobs import Job, Progress
 from ..core.processing import GeneratedImage
 from ..core.prompt_limits import PromptLimitError
+from ..core.run import RunHooks
 from ..core.worker import JobResult
 from .api import Extension, JobInfo, SavedImage, StepInfo
 from .host import FAILED, ExtensionHost
@@ -41,45 +43,57 @@ class _GenerationError(Exception):
         self.cause = cause
 
 
-def wrap_runner(host: ExtensionHost, runner: Callable[[Job], Any], store=None):
-    """The queue's runner with the extension hooks around it."""
+class Runner(Protocol):
+    """The worker (`webui.core.worker.Worker`): runs one job with the hooks given."""
+
+    def __call__(self, job: Job, hooks: RunHooks = ...) -> Any: ...
+
+
+def wrap_runner(host: ExtensionHost, runner: Runner, store: Any = None) -> Callable[[Job], Any]:
+    """The queue's runner with the extension hooks around it (`store` saves scripts' grids)."""
 
     def run(job: Job) -> Any:
-        host.current_job = JobInfo(job.id, job.kind, job.owner, job.options)
-        try:
-            if job.kind not in GENERATION_KINDS or not host.active():
-                return runner(job)
-            return _Generation(host, runner, job, store).run()
-        finally:
-            host.current_job = None
+        if job.kind not in GENERATION_KINDS or not host.active():
+            return runner(job, saved_hooks(host, job.params))
+        return _Generation(host, runner, job, store).run()
 
     return run
 
 
-class _HookedProgress(Progress):
-    """The job's progress, telling on_step hooks about every finished step."""
+def saved_hooks(host: ExtensionHost, params: Any) -> RunHooks:
+    """RunHooks that call every active extension's on_image_saved (with its args in
+    `params`) for each image the worker writes; the worker gives the job of the run."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name == "step" and value and getattr(self, "_hook", None) is not None:
-            self._hook(self)
+    def on_saved(saved: SavedImage) -> None:
+        notify_saved(host, saved, params)
+
+    return RunHooks(on_saved=(on_saved,))
+
+
+def notify_saved(host: ExtensionHost, saved: SavedImage, params: Any) -> None:
+    for ext in host.active():
+        if ext.on_image_saved is not None:
+            args = host.args_for(ext, params)
+            host.call(ext, "on_image_saved", ext.on_image_saved, saved, args)
 
 
 @dataclass
 class _Generation:
     host: ExtensionHost
-    runner: Callable[[Job], Any]
+    runner: Runner
     job: Job
     store: Any
     results: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.info = JobInfo(self.job.id, self.job.kind, self.job.owner, self.job.options)
+        self.info = JobInfo.of(self.job)
         self.params = self.job.params
 
     def run(self) -> Any:
-        self._hook_steps()
+        on_step = self._step_listener()
+        if on_step is not None:
+            self.job.progress.listeners.append(on_step)
         result = None
         try:
             script = self._script()
@@ -87,6 +101,8 @@ class _Generation:
         except _GenerationError as exc:
             raise exc.cause from None
         finally:
+            if on_step is not None:
+                self.job.progress.listeners.remove(on_step)
             self.job.params = self.params
             self._after_job(result)
         return result
@@ -102,22 +118,25 @@ class _Generation:
             return None
         return record.extension
 
-    def _hook_steps(self) -> None:
+    def _step_listener(self) -> Callable[[Progress], None] | None:
+        """A progress listener calling on_step hooks once per finished sampling step
+        (the progress also reports new previews: those are not steps)."""
         hooked = [e for e in self.host.active() if e.on_step is not None]
         if not hooked:
-            return
-        progress = copy.copy(self.job.progress)  # same fields and values, new behaviour
-        progress.__class__ = _HookedProgress
+            return None
+        last: list[tuple[int, int]] = []
 
         def on_step(p: Progress) -> None:
+            if not p.step or last == [(p.batch, p.step)]:
+                return
+            last[:] = [(p.batch, p.step)]
             step = StepInfo(self.info, p.step, p.steps, p.batch, p.batches, p.preview)
             for ext in hooked:
                 if self.host.is_active(ext):
                     args = self.host.args_for(ext, self.job.params)
                     self.host.call(ext, "on_step", ext.on_step, step, args)
 
-        object.__setattr__(progress, "_hook", on_step)
-        self.job.progress = progress
+        return on_step
 
     def _before_job(self, params: Any) -> list[Any]:
         todo = [params]
@@ -174,9 +193,8 @@ class _Generation:
             if results and self.job.interrupt_requested:
                 break
             self.job.params = p
-            self.host.current_params = p
             try:
-                results.append(self.runner(self.job))
+                results.append(self.runner(self.job, saved_hooks(self.host, p)))
             except Exception as exc:
                 raise _GenerationError(exc) from exc
         self.results += results
@@ -250,36 +268,7 @@ class ScriptRun:
         if not getattr(self.params, "save_images", True) or self._gen.store is None:
             return None
         fmt = self.option("samples_format") or "png"
-        return str(self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext, fmt=fmt))
-
-
-class HookedStore:
-    """The output store, telling on_image_saved hooks about every file it writes."""
-
-    def __init__(self, store: Any, host: ExtensionHost):
-        self._store = store
-        self._host = host
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def save(self, image: Any, **kwargs: Any) -> Any:
-        path = self._store.save(image, **kwargs)
-        self._notify(path, image, kwargs, grid=False)
-        return path
-
-    def save_grid(self, image: Any, **kwargs: Any) -> Any:
-        path = self._store.save_grid(image, **kwargs)
-        self._notify(path, image, kwargs, grid=True)
-        return path
-
-    def _notify(self, path: Any, image: Any, kwargs: dict, grid: bool) -> None:
-        hooked = [e for e in self._host.active() if e.on_image_saved is not None]
-        if not hooked:
-            return
-        saved = SavedImage(self._host.current_job, path, image, kwargs.get("infotext", ""),
-                           kwargs.get("seed"), kwargs.get("kind", ""), grid)  # fmt: skip
-        params = self._host.current_params
-        for ext in hooked:
-            args = self._host.args_for(ext, params)
-            self._host.call(ext, "on_image_saved", ext.on_image_saved, saved, args)
+        path = self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext, fmt=fmt)
+        saved = SavedImage(self.job, path, image, infotext, None, self.job.kind, grid=True)
+        notify_saved(self._gen.host, saved, self.params)
+        return str(path)

@@ -2,10 +2,12 @@
 
 Single files (A1111/LDM layout `.safetensors`, or `.ckpt` through torch's tensors-only
 unpickler, refused up front by `check_pickle` when the pickle's instructions import
-anything else: such a pickle could run code) are identified from their tensors (identify.py); the diffusers config folder
-that `from_single_file` needs is written from that spec into a temporary folder, and the
-CLIP tokenizers are built from the vocabulary shipped in configs/. Diffusers folders (a
-folder with model_index.json) load with `from_pretrained(local_files_only=True)`.
+anything else: such a pickle could run code) are identified from their tensors
+(identify.py, asking the model families passed in); the diffusers config folder that
+`from_single_file` needs is written from the family's `config_files(spec)` into a
+temporary folder, and the family builds its tokenizers offline (the CLIP vocabulary
+shipped in configs/). Diffusers folders (a folder with model_index.json) load with
+`from_pretrained(local_files_only=True)` when a family claims their pipeline class.
 
 This module must never download anything, and never import a UI library.
 """
@@ -17,6 +19,7 @@ import logging
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,25 +27,11 @@ import torch
 from safetensors import safe_open
 
 from ..errors import UserError
-from .identify import ModelSpec, Shapes, UnsupportedModelError, identify
-from .tokenizers import clip_tokenizer
+from .identify import ModelFamily, ModelSpec, Shapes, UnsupportedModelError, family_named, identify
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-OPEN_CLIP_PAD = "!"
-
-BASE_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-}
 
 
 class CheckpointLoadError(RuntimeError, UserError):
@@ -60,6 +49,7 @@ class LoadedModel:
     pipe: object  # a diffusers StableDiffusion(XL)(Inpaint)Pipeline
     spec: ModelSpec
     path: Path
+    family: ModelFamily
     variants: dict = field(default_factory=dict)  # pipeline class name -> from_pipe view
     # the checkpoint's own scheduler config (prediction type, betas), before any sampler
     base_scheduler_config: dict = field(default_factory=dict)
@@ -148,19 +138,22 @@ def _refused(path: Path, detail: str) -> UnsafePickleError:
     )
 
 
-def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
-    """Build a pipeline from a single file or a diffusers folder."""
+def load_checkpoint(
+    path: Path, device: str, dtype: torch.dtype, families: Sequence[ModelFamily]
+) -> LoadedModel:
+    """Build a pipeline from a single file or a diffusers folder of one of `families`."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # we report loading in the job's progress
     if path.is_dir():
-        return _load_diffusers_folder(path, device, dtype)
-    spec = identify_file(path)
+        return _load_diffusers_folder(path, device, dtype, families)
+    spec = identify_file(path, families)
+    family = family_named(families, spec.family)
     import diffusers
 
     pipeline_class = getattr(diffusers, spec.pipeline_class)
     with tempfile.TemporaryDirectory(prefix="webui-config-") as config_dir:
-        write_config_folder(spec, Path(config_dir))
+        write_config_folder(family.config_files(spec), Path(config_dir))
         try:
             pipe = pipeline_class.from_single_file(
                 str(path),
@@ -171,7 +164,7 @@ def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
                 **({} if dtype == torch.float32 else {"dtype": dtype}),
                 safety_checker=None,
                 feature_extractor=None,
-                **_tokenizers(spec),
+                **family.tokenizers(spec),
             )
         except Exception as exc:
             raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
@@ -184,62 +177,28 @@ def load_checkpoint(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
     pipe.scheduler = pipe.scheduler.from_config(
         pipe.scheduler.config, prediction_type=spec.prediction_type
     )
-    return LoadedModel(pipe=pipe, spec=spec, path=path)
+    return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
 
 
-def identify_file(path: Path) -> ModelSpec:
+def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
     try:
-        return identify(read_shapes(path))
+        return identify(read_shapes(path), families)
     except UnsupportedModelError as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from exc
 
 
-def write_config_folder(spec: ModelSpec, folder: Path) -> None:
-    """A diffusers-layout config folder for `from_single_file(config=...)`."""
-    te_classes = [te["architectures"][0] for te in spec.text_encoders]
-    index = {
-        "_class_name": spec.pipeline_class,
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", BASE_SCHEDULER["_class_name"]],
-        "text_encoder": ["transformers", te_classes[0]],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-    }
-    if spec.family == "sdxl":
-        index["text_encoder_2"] = ["transformers", te_classes[1]]
-        index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
-        index["force_zeros_for_empty_prompt"] = True
-    else:
-        index["requires_safety_checker"] = False
-    scheduler = dict(BASE_SCHEDULER, prediction_type=spec.prediction_type or "epsilon")
-    files = {
-        "model_index.json": index,
-        "unet/config.json": dict(spec.unet, _class_name="UNet2DConditionModel"),
-        "vae/config.json": dict(spec.vae, _class_name="AutoencoderKL"),
-        "scheduler/scheduler_config.json": scheduler,
-        "text_encoder/config.json": spec.text_encoders[0],
-    }
-    if spec.family == "sdxl":
-        files["text_encoder_2/config.json"] = spec.text_encoders[1]
+def write_config_folder(files: dict[str, dict], folder: Path) -> None:
+    """A diffusers-layout config folder (a family's `config_files`) for
+    `from_single_file(config=...)`."""
     for name, content in files.items():
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(content, indent=1))
 
 
-def _tokenizers(spec: ModelSpec) -> dict:
-    if spec.family == "sdxl":
-        return {"tokenizer": clip_tokenizer(), "tokenizer_2": clip_tokenizer(OPEN_CLIP_PAD)}
-    if spec.family == "sd2":
-        return {"tokenizer": clip_tokenizer(OPEN_CLIP_PAD)}
-    return {"tokenizer": clip_tokenizer()}
-
-
 def _settle_prediction_type(spec: ModelSpec, pipe) -> ModelSpec:
-    """SD 2.x files do not say whether they predict noise or v; ask the UNet (A1111's test).
+    """Files that do not say whether they predict noise or v (SD 2.x): ask the UNet
+    (A1111's test).
 
     At t=999 an epsilon model's output is close to its input, a v model's close to minus
     it, so the mean of (output - input) separates them.
@@ -257,11 +216,13 @@ def _settle_prediction_type(spec: ModelSpec, pipe) -> ModelSpec:
         out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=cond).sample
         score = (out - x).float().mean().item()
     prediction = "v_prediction" if score < -1 else "epsilon"
-    log.info("SD 2.x prediction type from the UNet test: %s (score %.3f)", prediction, score)
+    log.info("prediction type from the UNet test: %s (score %.3f)", prediction, score)
     return replace(spec, prediction_type=prediction)
 
 
-def _load_diffusers_folder(path: Path, device: str, dtype: torch.dtype) -> LoadedModel:
+def _load_diffusers_folder(
+    path: Path, device: str, dtype: torch.dtype, families: Sequence[ModelFamily]
+) -> LoadedModel:
     import diffusers
 
     try:
@@ -269,47 +230,23 @@ def _load_diffusers_folder(path: Path, device: str, dtype: torch.dtype) -> Loade
         class_name = index["_class_name"]
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointLoadError(f"{path.name}: unreadable model_index.json ({exc})") from exc
-    supported = {
-        "StableDiffusionPipeline",
-        "StableDiffusionInpaintPipeline",
-        "StableDiffusionXLPipeline",
-        "StableDiffusionXLInpaintPipeline",
-    }
-    if class_name not in supported:
+    owner = next((f for f in families if class_name in f.folder_classes), None)
+    if owner is None:
         raise CheckpointLoadError(f"{path.name}: {class_name} folders are not supported")
-    extra = {} if "XL" in class_name else {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = getattr(diffusers, class_name).from_pretrained(
-            str(path), local_files_only=True, dtype=dtype, **extra
+            str(path), local_files_only=True, dtype=dtype, **owner.folder_kwargs
         )
     except Exception as exc:
         raise CheckpointLoadError(f"{path.name}: cannot load the folder ({exc})") from exc
     _move(pipe, device)
-    return LoadedModel(pipe=pipe, spec=spec_of_pipeline(pipe), path=path)
+    for family in families:
+        spec = family.spec_from_pipeline(pipe)
+        if spec is not None:
+            return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
+    raise CheckpointLoadError(f"{path.name}: no model family knows this {class_name}")
 
 
 def _move(pipe, device: str) -> None:
     if device != "cpu":  # weights are loaded on the CPU already
         pipe.to(device)
-
-
-def spec_of_pipeline(pipe) -> ModelSpec:
-    """A spec for a pipeline that came from a diffusers folder."""
-    unet = dict(pipe.unet.config)
-    if unet.get("addition_embed_type") == "text_time":
-        family = "sdxl"
-    elif unet.get("use_linear_projection"):
-        family = "sd2"
-    else:
-        family = "sd1"
-    encoders = [pipe.text_encoder.config.to_dict()]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        encoders.append(pipe.text_encoder_2.config.to_dict())
-    return ModelSpec(
-        family=family,
-        inpainting=unet["in_channels"] == 9,
-        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
-        unet=unet,
-        vae=dict(pipe.vae.config),
-        text_encoders=tuple(encoders),
-    )

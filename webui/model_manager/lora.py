@@ -25,9 +25,11 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .network_files import (
     AddnetHashCache,
@@ -42,6 +44,7 @@ from .registry import HashCache
 log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+LoadLora = Callable[[Any, dict, str], None]  # (pipe, tensors, adapter name)
 # key fragment -> LyCORIS variant diffusers cannot load for Stable Diffusion
 UNSUPPORTED_KEYS = {
     ".hada_w1": "LoHa",
@@ -138,8 +141,11 @@ class LoraManager:
 
     # --- per job (worker thread) ---------------------------------------------------------
     @contextmanager
-    def applied(self, pipe, requests):
-        """Apply `requests` (prompts.LoraRequest) to `pipe` for the duration of the block."""
+    def applied(self, pipe, requests, *, load: LoadLora):
+        """Apply `requests` (prompts.LoraRequest) to `pipe` for the duration of the block.
+
+        `load(pipe, tensors, adapter_name)` is the model family's way of putting a LoRA
+        file on its pipeline (`webui.core.families`)."""
         result = AppliedLoras()
         weights: OrderedDict[str, list] = OrderedDict()  # adapter -> [te, unet]
         for request in requests:
@@ -149,7 +155,7 @@ class LoraManager:
                 result.warnings.append(f"LoRA not found: {request.name}")
                 continue
             try:
-                adapter = self._ensure_adapter(pipe, file)
+                adapter = self._ensure_adapter(pipe, file, load)
             except (NetworkFileError, ValueError, RuntimeError, KeyError) as exc:
                 log.warning("LoRA %s: %s", file.rel, exc)
                 result.skipped.append(request.tag or request.name)
@@ -173,7 +179,7 @@ class LoraManager:
             pipe.disable_lora()
             self._evict(pipe, keep=list(weights))
 
-    def _ensure_adapter(self, pipe, file: NetworkFile) -> str:
+    def _ensure_adapter(self, pipe, file: NetworkFile, load: LoadLora) -> str:
         name = adapter_name(file)
         if name in _adapters(pipe):
             _touch(pipe, name)
@@ -182,7 +188,7 @@ class LoraManager:
         try:
             with warnings.catch_warnings():  # peft warns that a model holds several adapters
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                pipe.load_lora_weights(dict(state), adapter_name=name)
+                load(pipe, dict(state), name)
         except Exception as exc:
             if name in _adapters(pipe):
                 pipe.delete_adapters([name])

@@ -1,7 +1,8 @@
 """The loaded models: which checkpoints are in RAM, and which pipeline a job gets.
 
 Keeps the last N loaded checkpoints (option `sd_checkpoints_limit`) in an LRU. Only the
-job worker thread calls `acquire`; listing and refreshing are safe from any thread.
+job worker thread calls `acquire`; listing and refreshing are safe from any thread. The
+model families it can load are given by the composition root (`webui.core.families`).
 Pipeline variants (img2img, inpaint) share the loaded components through `from_pipe`,
 never a second copy of the weights.
 
@@ -15,10 +16,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .identify import ModelFamily
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -72,9 +75,17 @@ class Lease:
 
 
 class ModelManager:
-    def __init__(self, registry: CheckpointRegistry, plan: MemoryPlan, *, hashing: bool = True):
+    def __init__(
+        self,
+        registry: CheckpointRegistry,
+        plan: MemoryPlan,
+        *,
+        families: Sequence[ModelFamily],
+        hashing: bool = True,
+    ):
         self.registry = registry
         self.plan = plan
+        self.families = tuple(families)  # what checkpoints can be (webui.core.families)
         self.hashing = hashing
         self.limit = 1
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
@@ -139,7 +150,7 @@ class ModelManager:
         if info.is_folder or not info.path.exists():
             return None
         try:
-            identify_file(info.path)
+            identify_file(info.path, self.families)
         except CheckpointLoadError as exc:
             return str(exc)
         return None
@@ -160,8 +171,10 @@ class ModelManager:
             self.registry.ensure_hash(info)
         started = time.perf_counter()
         self._evict(keep=max(0, self.effective_limit - 1))
-        model = load_checkpoint(info.path, self.plan.load_device, self.plan.load_dtype)
-        applied = prepare_pipeline(model.pipe, self.plan, model.spec.family)
+        model = load_checkpoint(
+            info.path, self.plan.load_device, self.plan.load_dtype, self.families
+        )
+        applied = prepare_pipeline(model.pipe, self.plan, model.family.medvram_sdxl)
         log.debug("%s: %s", info.title, ", ".join(applied))
         model.pipe.set_progress_bar_config(disable=True)
         self.last_load_seconds = time.perf_counter() - started

@@ -85,8 +85,10 @@ class MemoryPlan:
     def load_dtype(self) -> torch.dtype:
         return torch.float16 if self.half_storage else self.dtype
 
-    def offload_for(self, family: str) -> str:
-        if self.offload_sdxl_only and family != "sdxl":
+    def offload_for(self, medvram_sdxl: bool) -> str:
+        """The offload mode for a model; `medvram_sdxl`: its family is one that
+        --medvram-sdxl offloads (the family module says so)."""
+        if self.offload_sdxl_only and not medvram_sdxl:
             return "none"
         return self.offload
 

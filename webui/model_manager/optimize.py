@@ -21,8 +21,10 @@ from .memory import ATTENTION_LABELS, MemoryPlan, dtype_name
 log = logging.getLogger(__name__)
 
 
-def prepare_pipeline(pipe, plan: MemoryPlan, family: str) -> list[str]:
-    """Apply the plan to a pipeline just loaded on `plan.load_device`; returns what it did."""
+def prepare_pipeline(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> list[str]:
+    """Apply the plan to a pipeline just loaded on `plan.load_device`; returns what it did.
+
+    `medvram_sdxl`: the model's family is one that --medvram-sdxl offloads."""
     done = [f"attention: {apply_attention(pipe, plan)}"]
     if plan.half_storage:
         store_weights_half(pipe)
@@ -37,7 +39,7 @@ def prepare_pipeline(pipe, plan: MemoryPlan, family: str) -> list[str]:
     if plan.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         done.append("channels-last")
-    offload = plan.offload_for(family)
+    offload = plan.offload_for(medvram_sdxl)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=plan.device)
     elif offload == "sequential":
@@ -92,14 +94,22 @@ def SdpaNoMemProcessor():  # noqa: N802 - reads as a class at the call sites
     return _sdpa_no_mem_processor_class()()
 
 
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    """Every text encoder of a pipeline (`text_encoder`, `text_encoder_2`, ...)."""
+    return [
+        module
+        for name, module in pipe.components.items()
+        if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)
+    ]
+
+
 def store_weights_half(pipe) -> None:
     """UNet and VAE weights stay float16 in RAM; each layer casts them to float32 to run.
 
-    The text encoder (small) stays float32, so the pipeline's tensors stay float32.
+    The text encoders (small) stay float32, so the pipeline's tensors stay float32.
     """
-    pipe.text_encoder.to(torch.float32)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.to(torch.float32)
+    for encoder in text_encoders(pipe):
+        encoder.to(torch.float32)
     for model in (pipe.unet, pipe.vae):
         store_model_half(model)
 
@@ -182,10 +192,9 @@ def _param_dtype(module) -> torch.dtype:
 
 
 def upcast_sampling(pipe) -> None:
-    """A1111's --upcast-sampling: fp16 UNet, fp32 text encoder, latents and sampler math."""
-    pipe.text_encoder.to(torch.float32)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.to(torch.float32)
+    """A1111's --upcast-sampling: fp16 UNet, fp32 text encoders, latents and sampler math."""
+    for encoder in text_encoders(pipe):
+        encoder.to(torch.float32)
     unet = pipe.unet
 
     def cast(value, dtype):
@@ -220,14 +229,14 @@ def upcast_vae(pipe) -> None:
 
 
 @contextmanager
-def lower_memory(pipe, plan: MemoryPlan, family: str) -> Iterator[list[str]]:
+def lower_memory(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> Iterator[list[str]]:
     """Temporarily save memory beyond the plan (an out-of-memory retry); yields what it did.
 
     On CUDA without offloading, the whole model moves to model CPU offload for the run.
-    (VAE tiling and slicing are the decoder's part: `decode.MemoryRun.low_memory`.)
+    (VAE tiling and slicing are the decoder's part: `core.run.MemoryRun.low_memory`.)
     """
     measures: list[str] = []
-    offloaded = plan.device == "cuda" and plan.offload_for(family) == "none"
+    offloaded = plan.device == "cuda" and plan.offload_for(medvram_sdxl) == "none"
     if offloaded:
         pipe.enable_model_cpu_offload(device=plan.device)
         measures.append("model offload")

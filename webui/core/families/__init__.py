@@ -1,0 +1,19 @@
+"""Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`); see `base.py`.
+
+`default_families()` is what the composition root passes to the model manager and the
+worker: recognition asks them in this order (SDXL's second encoder first, then OpenCLIP
+for SD 2.x, then CLIP for SD 1.x). A new family is a new module with a `Family` subclass,
+added here.
+"""
+
+from __future__ import annotations
+
+from .base import Families, Family
+from .sd import SD1, SD2
+from .sdxl import SDXL
+
+__all__ = ["SD1", "SD2", "SDXL", "Families", "Family", "default_families"]
+
+
+def default_families() -> Families:
+    return Families((SDXL, SD2, SD1))

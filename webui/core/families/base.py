@@ -1,0 +1,153 @@
+"""`Family`: everything the program knows about one kind of checkpoint, in one object.
+
+A model family declares, in its own module (`sd.py`, `sdxl.py`, ...):
+
+- recognition: how its single files are recognised from their tensor shapes, and which
+  diffusers folders are its own (`spec_from_shapes`, `spec_from_pipeline`,
+  `folder_classes`);
+- loading offline: the diffusers pipeline classes and the config folder written for
+  `from_single_file` (`pipeline_class`, `config_files`, `tokenizers`, `base_scheduler`);
+- text: its text encoders and how they are read (`text_encoders`, clip skip,
+  `zero_empty_negative`), and how a prompt becomes conditioning with A1111's weights,
+  75-token chunks, prompt editing and AND (`conditioning`, `follow_steps`);
+- sampling: which samplers and schedules it runs and how they are built (`sampler`,
+  `scheduler`), its defaults (`default_size`);
+- networks: how a LoRA file is put on its pipeline (`load_lora`); which embedding vectors
+  each text encoder reads (the `key` of its `TextEncoderSlot`s);
+- infotext fields of its own (`infotext_fields`), the img2img/inpaint pipeline variants
+  (`pipeline_class(mode, inpainting)`), and the latent preview coefficients
+  (`latent_rgb`).
+
+Core code asks the job's family (`RunContext.family`) instead of testing family names.
+The model manager sees families through `webui.model_manager.identify.ModelFamily` and
+gets them from the composition root (`Families`), never by importing this package.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import MappingProxyType
+from typing import Any, overload
+
+from ...model_manager.identify import ModelSpec, Shapes
+from ..composable import hooked
+from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
+from ..samplers import SchedulerChoice, resolve
+from ..schedulers import make_scheduler
+
+Mode = str  # "txt2img" | "img2img" | "inpaint"
+
+
+class Family(ABC):
+    """One model family. Instances are immutable; one per family is enough."""
+
+    name: str  # "sd1": ModelSpec.family
+    label: str  # "SD 1.x": what users read (logs, result info)
+    default_size: int  # the side its base models were trained at, in pixels
+    medvram_sdxl: bool = False  # --medvram-sdxl offloads this family
+    zero_empty_negative: bool = False  # an empty negative prompt is all zeros
+    latent_rgb: tuple[tuple[float, float, float], ...]  # latent channel -> RGB (preview)
+    folder_classes: frozenset[str] = frozenset()  # diffusers folders it loads
+    folder_kwargs: Mapping[str, Any] = MappingProxyType({})  # from_pretrained kwargs for them
+    base_scheduler: Mapping[str, Any]  # the scheduler config its files load with
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+    # --- recognition and loading ----------------------------------------------------
+    @abstractmethod
+    def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
+        """The spec of a single file of this family (LDM layout), else None."""
+
+    @abstractmethod
+    def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
+        """The spec of a pipeline loaded from a diffusers folder, else None."""
+
+    @abstractmethod
+    def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
+        """The diffusers pipeline class for a mode, for the plain or inpainting variant."""
+
+    @abstractmethod
+    def config_files(self, spec: ModelSpec) -> dict[str, dict]:
+        """The diffusers config folder (relative path -> JSON) for `from_single_file`."""
+
+    @abstractmethod
+    def tokenizers(self, spec: ModelSpec) -> dict[str, Any]:
+        """Its tokenizers, built offline, as pipeline keyword arguments."""
+
+    # --- text -------------------------------------------------------------------------
+    @abstractmethod
+    def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
+        """The pipeline's text encoders and how each is read at this clip skip."""
+
+    def conditioning(
+        self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
+        embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
+    ) -> Conditioning:  # fmt: skip
+        """A job's prompt and negative prompt as conditioning for every step (A1111's
+        weights, chunks, prompt editing and AND), after the prompt limits (an error
+        names `fields`)."""
+        return prepare_conditioning(pipe, self, prompt, negative, clip_skip, steps=steps,
+                                    embeddings=embeddings, fields=fields)  # fmt: skip
+
+    def follow_steps(
+        self, pipe: Any, conditioning: Conditioning, batch_size: int
+    ) -> AbstractContextManager[Any]:
+        """Around one pipeline call: conditions every denoiser call on the current step's
+        prompts (schedules, AND); yields a wrapper for the step callback."""
+        return hooked(pipe.unet, conditioning, batch_size)
+
+    # --- sampling ---------------------------------------------------------------------
+    def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
+        """An A1111 sampler and schedule type (None: the defaults) for this family."""
+        return resolve(name, schedule)
+
+    def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
+        """The diffusers scheduler for `choice` on a loaded model's noise schedule."""
+        return make_scheduler(choice, base_config, steps=steps)
+
+    # --- networks and infotext --------------------------------------------------------
+    def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
+        """Put a LoRA file's tensors on the pipeline as a (disabled) adapter."""
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
+
+    def infotext_fields(self, params: Any) -> dict[str, Any]:
+        """The family's own A1111 infotext fields, between "VAE" and "RNG"."""
+        return {}
+
+
+class Families(Sequence[Family]):
+    """The families a program knows, in recognition order (the composition root's)."""
+
+    def __init__(self, families: Iterable[Family]):
+        self._items = tuple(families)
+        names = [f.name for f in self._items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"family names must be unique: {names}")
+
+    @overload
+    def __getitem__(self, index: int) -> Family: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Family]: ...
+    def __getitem__(self, index: int | slice) -> Family | Sequence[Family]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str) -> Family:
+        for family in self._items:
+            if family.name == name:
+                return family
+        raise LookupError(f"no model family {name!r} (known: {', '.join(self.names())})")
+
+    def of(self, spec: ModelSpec) -> Family:
+        """The family of a loaded model."""
+        return self.get(spec.family)
+
+    def names(self) -> list[str]:
+        return [f.name for f in self._items]

@@ -1,0 +1,154 @@
+"""The run context: everything one job runs with, handed explicitly through core.
+
+The worker (`webui.core.worker`) builds one context per job and passes it down: every
+generation function takes `(run: RunContext, params)`, the Upscale tab's job a
+`JobContext`. There is no module-level, context-variable or thread-local per-job state:
+what a function may use is in its arguments.
+
+- `JobContext`: what every job kind has: who it is (`JobInfo`, also what extension hooks
+  are told), its `Progress` (whose listeners publish job events and call extensions'
+  `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
+- `RunContext`: a generation with a leased checkpoint: the lease and its model family
+  (`webui.core.families`: what core asks instead of testing names), the job's networks
+  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), the
+  live-preview interval and `save` (None when the job saves nothing).
+- `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
+  listeners called, in the worker, for every image the job writes (`SavedImage`).
+
+This module must never import torch, diffusers or a UI library: the extension API
+(`webui.ext.api`) re-exports `JobInfo` and `SavedImage` from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .jobs import Job, Progress
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..imaging.upscalers import UpscalerCache
+    from ..model_manager.manager import Lease
+    from .extra_networks import ActiveNetworks
+    from .families.base import Family
+
+DEFAULT_TILE_FROM = 1536  # px per side (of width x height): 2048² tiles, 1024² does not
+DEFAULT_SLICE_FROM = 1024
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a hook learns about the job it runs in."""
+
+    id: str
+    kind: str  # txt2img, img2img, extras
+    owner: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: Job) -> JobInfo:
+        return cls(job.id, job.kind, job.owner, job.options)
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """An image the output store has written (generation images and grids)."""
+
+    job: JobInfo | None
+    path: Path
+    image: Any  # PIL image
+    infotext: str
+    seed: int | None
+    kind: str
+    grid: bool = False
+
+
+SavedListener = Callable[[SavedImage], None]
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Listeners the layer above the worker attaches to one job (run in the worker)."""
+
+    on_saved: tuple[SavedListener, ...] = ()
+
+    def saved(self, image: SavedImage) -> None:
+        for listener in self.on_saved:
+            listener(image)
+
+
+NO_HOOKS = RunHooks()
+
+
+class CancelToken(Protocol):
+    """Asked every sampling step and between batches: interrupt, or skip this image."""
+
+    def should_stop(self) -> bool: ...
+
+
+SaveFn = Callable[["Image.Image", int, str], "str | None"]  # (image, seed, infotext) -> path
+
+
+@dataclass
+class MemoryRun:
+    """One job's memory settings, and the notes (infotext fields) its decoding added."""
+
+    tile_from: int = DEFAULT_TILE_FROM  # 0: never tile
+    slice_from: int = DEFAULT_SLICE_FROM  # 0: never slice
+    low_memory: bool = False  # the "retry with lower memory" run
+    token_merging_ratio: float = 0.0  # tomesd, 0: off
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, get: Callable[[str], Any]) -> MemoryRun:
+        """From an option getter (`options.get` or a job's snapshot)."""
+        return cls(
+            tile_from=int(get("vae_tiling_threshold")),
+            slice_from=int(get("vae_slicing_threshold")),
+            token_merging_ratio=float(get("token_merging_ratio")),
+        )
+
+    def lower(self) -> MemoryRun:
+        """The same settings for a low-memory retry (tiling and slicing always)."""
+        return MemoryRun(self.tile_from, self.slice_from, True, self.token_merging_ratio,
+                         dict(self.notes))  # fmt: skip
+
+    def messages(self) -> list[str]:
+        return [f"{key}: {value}" for key, value in self.notes.items()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobContext:
+    """What every job kind runs with."""
+
+    job: JobInfo
+    progress: Progress
+    cancel: CancelToken
+    upscalers: UpscalerCache
+
+    def should_stop(self) -> bool:
+        return self.cancel.should_stop()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunContext(JobContext):
+    """One generation (txt2img, img2img and their modes) with a leased checkpoint."""
+
+    lease: Lease
+    family: Family  # the leased checkpoint's model family
+    networks: ActiveNetworks
+    memory: MemoryRun = field(default_factory=MemoryRun)
+    save: SaveFn | None = None  # None: the job saves nothing
+    preview_every: int = 0  # a live preview every N steps; 0: none
+
+    @property
+    def pipe(self) -> Any:
+        return self.lease.pipe
+
+    def infotext_notes(self) -> dict[str, str]:
+        """Infotext fields the job's memory handling added (a VAE upcast, a retry)."""
+        return dict(self.memory.notes)
