@@ -30,7 +30,7 @@ from webui.model_manager.memory import plan_memory
 from webui.model_manager.registry import CheckpointRegistry, HashCache
 from webui.options import Options
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def manager(folder: Path, families: Families) -> ModelManager:
