@@ -170,3 +170,16 @@ def test_hires_extra_noise_is_written(ctx):
                 {"img2img_extra_noise": 0.4})  # fmt: skip
     assert parse_infotext(extra[0].infotext)["Extra noise"] == 0.4
     assert not np.array_equal(pixels(extra[0].image), pixels(plain[0].image))
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])  # add_noise, and the pure-noise start
+def test_img2img_and_inpaint_take_the_variation_noise(ctx, strength):
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    for extra in ({}, {"mask": mask, "mask_blur_x": 0, "mask_blur_y": 0}):
+        params = dict(**COMMON, init_images=(init_image(),), denoising_strength=strength, **extra)
+        varied = run(ctx, "img2img", Img2ImgParams(**params, seed=1, subseed=2,
+                                                   subseed_strength=1.0))  # fmt: skip
+        plain = run(ctx, "img2img", Img2ImgParams(**params, seed=2))
+        assert np.array_equal(pixels(varied[0].image), pixels(plain[0].image))
+        assert parse_infotext(varied[0].infotext)["Variation seed"] == 2
