@@ -50,15 +50,22 @@ def _string(value: Any) -> str:
     return value
 
 
-def _ratio(value: Any) -> float:
-    """A number in [0, 0.9] (the settings form sends text)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not 0 <= number <= 0.9:
-        raise ValueError(f"must be between 0 and 0.9, got {value!r}")
-    return number
+def _float_range(low: float, high: float) -> Callable[[Any], float]:
+    """A number in [low, high] (the settings form sends text)."""
+
+    def validate(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+        return number
+
+    return validate
+
+
+_ratio = _float_range(0.0, 0.9)
 
 
 def _bool(value: Any) -> bool:
@@ -81,6 +88,7 @@ Choices = Sequence[str] | Callable[[Any], Sequence[str]]
 SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings tab shows them
     "sd": "Stable Diffusion",
     "optimizations": "Optimizations",
+    "img2img": "img2img",
     "ui": "User interface",
     "queue": "Queue",
     "saving-images": "Saving images/grids",
@@ -189,6 +197,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("token_merging_ratio", 0.0, _ratio,
               "Token merging ratio (tomesd; 0: off): faster, slightly different images",
               "optimizations", minimum=0.0, maximum=0.9, step=0.1),
+    OptionDef("initial_noise_multiplier", 1.0, _float_range(0.0, 1.5),
+              "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5, step=0.001),
+    OptionDef("img2img_extra_noise", 0.0, _float_range(0.0, 1.0),
+              "Extra noise multiplier for img2img and hires fix (0: off; keep it below the "
+              "denoising strength)", "img2img", minimum=0.0, maximum=1.0, step=0.01),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
     OptionDef("localization", "Auto", _string,

@@ -22,6 +22,7 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import httpx  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
@@ -252,6 +253,54 @@ def test_infotext_fills_fields_not_sent(srv: Server) -> None:
     info = json.loads(response.json()["info"])
     assert (info["prompt"], info["steps"], info["cfg_scale"]) == ("a fox", 2, 5)
     assert (info["width"], info["height"], info["seed"], info["clip_skip"]) == (64, 72, 98, 2)
+
+
+def test_variation_seed_and_resize_seed_from(srv: Server) -> None:
+    response = _post_txt2img(srv, seed=10, subseed=500, subseed_strength=0.25, batch_size=2,
+                             seed_resize_from_w=48, seed_resize_from_h=80)  # fmt: skip
+    assert response.status_code == 200, response.text
+    images = [_decode(b) for b in response.json()["images"]]
+    fields = [parse_infotext(image.info["parameters"]) for image in images]
+    assert [f["Seed"] for f in fields] == [10, 10]  # A1111: the seed is shared
+    assert [f["Variation seed"] for f in fields] == [500, 501]  # the variation seed counts
+    assert fields[0]["Variation seed strength"] == 0.25
+    assert fields[0]["Seed resize from"] == "48x80"
+    info = json.loads(response.json()["info"])
+    assert (info["seed"], info["all_seeds"]) == (10, [10, 10])
+    assert (info["subseed"], info["all_subseeds"]) == (500, [500, 501])
+    assert info["subseed_strength"] == 0.25
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (48, 80)
+    plain = _decode(_post_txt2img(srv, seed=10).json()["images"][0])
+    assert plain.tobytes() != images[0].tobytes()
+    # the infotext request field brings all of it back: the second image again, alone
+    again = srv.client.post(srv.api("/txt2img"), json={"infotext": images[1].info["parameters"]})
+    assert again.status_code == 200, again.text
+    info = json.loads(again.json()["info"])
+    assert (info["seed"], info["subseed"], info["subseed_strength"]) == (10, 501, 0.25)
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (48, 80)
+    alone = np.asarray(_decode(again.json()["images"][0]).convert("RGB"), dtype=np.int16)
+    in_batch = np.asarray(images[1].convert("RGB"), dtype=np.int16)
+    assert np.abs(alone - in_batch).max() <= 2  # batch of 1 vs 2: float rounding at most
+
+
+def test_random_variation_seed_is_reported(srv: Server) -> None:
+    response = _post_txt2img(srv, subseed=-1, subseed_strength=0.5)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    fields = parse_infotext(_decode(response.json()["images"][0]).info["parameters"])
+    assert 0 <= info["subseed"] <= 4294967294
+    assert fields["Variation seed"] == info["subseed"] == info["all_subseeds"][0]
+
+
+def test_hires_extra_noise_from_override_settings(srv: Server) -> None:
+    response = _post_txt2img(srv, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1,
+                             override_settings={"img2img_extra_noise": 0.2})  # fmt: skip
+    assert response.status_code == 200, response.text
+    fields = parse_infotext(_decode(response.json()["images"][0]).info["parameters"])
+    assert fields["Extra noise"] == 0.2
+    bad = _post_txt2img(srv, override_settings={"img2img_extra_noise": 3})
+    assert bad.status_code == 422
+    assert "img2img_extra_noise" in _loc_names(bad)
 
 
 def test_send_images_false(srv: Server) -> None:

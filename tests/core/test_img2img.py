@@ -400,10 +400,40 @@ def test_api_bad_input_is_422_and_saves_nothing(server, data, body, loc):
     assert httpx.get(f"{srv.url}/sdapi/v1/latent-upscale-modes").status_code == 200
 
 
-def test_api_not_built_is_501(server):
-    response = post(server, initial_noise_multiplier=0.5)
-    assert response.status_code == 501
-    assert "initial_noise_multiplier" in response.json()["detail"]
+def _fields(response) -> dict:
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    return parse_infotext(read_infotext_from_image(image))
+
+
+def test_api_noise_multiplier_and_extra_noise_in_the_infotext(server):
+    settings = {"sd_model_checkpoint": "tiny-sd1", "img2img_extra_noise": 0.25}
+    response = post(server, initial_noise_multiplier=0.5, override_settings=settings)
+    fields = _fields(response)
+    assert fields["Noise multiplier"] == 0.5 and fields["Extra noise"] == 0.25
+    info = __import__("json").loads(response.json()["info"])
+    assert info["extra_generation_params"]["Noise multiplier"] == 0.5
+    plain = _fields(post(server, initial_noise_multiplier=1.0))
+    assert "Noise multiplier" not in plain and "Extra noise" not in plain  # A1111: only if used
+    # the infotext request field brings both back (A1111 1.10 maps them to the options)
+    text = "moss\nSteps: 2, Seed: 3, Noise multiplier: 0.5, Extra noise: 0.25, Size: 64x64"
+    again = _fields(post(server, infotext=text))
+    assert again["Noise multiplier"] == 0.5 and again["Extra noise"] == 0.25
+
+
+def test_api_variation_seed_in_img2img(server):
+    response = post(server, seed=3, subseed=40, subseed_strength=0.3, batch_size=2)
+    fields = _fields(response)
+    assert (fields["Seed"], fields["Variation seed"]) == (3, 40)
+    assert fields["Variation seed strength"] == 0.3
+    info = __import__("json").loads(response.json()["info"])
+    assert info["all_seeds"] == [3, 3] and info["all_subseeds"] == [40, 41]
+
+
+def test_api_bad_noise_multiplier_is_422(server):
+    response = post(server, initial_noise_multiplier=7)
+    assert response.status_code == 422, response.text
+    assert "initial_noise_multiplier" in response.text
 
 
 # --- pixel geometry (no model) --------------------------------------------------------------

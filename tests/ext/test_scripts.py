@@ -172,8 +172,12 @@ def test_prompts_from_file_lines_as_a1111_reads_them(ctx):
     assert parse_line("just a prompt") == {"prompt": "just a prompt"}
     with pytest.raises(ValueError, match="unknown commandline option"):
         parse_line("--prompt x --warp 9")
-    with pytest.raises(ValueError, match="variation seeds"):
-        parse_line("--prompt x --subseed 9")
+    assert parse_line("--prompt x --subseed 9 --subseed_strength 0.5 --seed_resize_from_w 32 "
+                      "--seed_resize_from_h 48") == {
+        "prompt": "x", "subseed": 9, "subseed_strength": 0.5, "seed_resize_from_w": 32,
+        "seed_resize_from_h": 48}  # fmt: skip
+    with pytest.raises(ValueError, match="per-line output folders"):
+        parse_line("--prompt x --outpath_samples /tmp")
     text = (
         "a house\n\n--prompt 'a boat' --steps 3 --seed 77 --width 128 --sampler_name \"Euler a\"\n"
     )
@@ -189,6 +193,28 @@ def test_prompts_from_file_lines_as_a1111_reads_them(ctx):
     with pytest.raises(ArgError) as exc:
         submit(ctx, "prompts from file or textbox", {"prompt_txt": "ok\n--steps 999"})
     assert "line 2" in str(exc.value) and exc.value.loc == ("script_args", "prompt_txt")
+
+
+def test_scripts_carry_variation_seeds(ctx):
+    text = "--prompt a --subseed 30 --subseed_strength 0.5 --seed_resize_from_w 32 "
+    text += "--seed_resize_from_h 48"
+    job = submit(ctx, "prompts from file or textbox", {"prompt_txt": text}, seed=10)
+    fields = parse_infotext(job.result.images[0].infotext)
+    assert (fields["Seed"], fields["Variation seed"]) == (10, 30)
+    assert (fields["Variation seed strength"], fields["Seed resize from"]) == (0.5, "32x48")
+    # with a variation strength the images share the seed (so wildcards pick one prompt for
+    # both) and the variation seeds count up
+    job = submit(ctx, prompt="a {cube|ball|cone|disc}", batch_size=2, seed=20, subseed=40,
+                 subseed_strength=0.3)  # fmt: skip
+    fields = [parse_infotext(g.infotext) for g in job.result.images]
+    assert [(f["Seed"], f["Variation seed"]) for f in fields] == [(20, 40), (20, 41)]
+    # X/Y/Z plot's Var. seed and Var. strength axes
+    job = submit(ctx, "X/Y/Z plot", {"x_type": "Var. seed", "x_values": "7, 8",
+                                     "y_type": "Var. strength", "y_values": "0.1, 0.2",
+                                     "include_lone_images": True})  # fmt: skip
+    cells = {(f["Variation seed"], f["Variation seed strength"])
+             for f in (parse_infotext(g.infotext) for g in job.result.images[1:])}  # fmt: skip
+    assert cells == {(7, 0.1), (8, 0.1), (7, 0.2), (8, 0.2)}
 
 
 def test_wildcards_follow_the_seed(ctx):

@@ -122,3 +122,31 @@ def test_checkpoint_by_hash_or_name(ui):
     updates = parameter_updates(ctx, "txt2img", controls, [controls["Seed"], checkpoint], text)
     assert updates[0] == 1234
     assert updates[1].value == f"tiny-sd1.safetensors [{sha[:10]}]"
+
+
+def test_variation_seed_fields_fill_the_seed_extras(ui):
+    ctx, demo, tabs = ui
+    text = build_infotext("p", "", {**FIELDS, "Variation seed": 4242,
+                                    "Variation seed strength": 0.35,
+                                    "Seed resize from": "320x448"})  # fmt: skip
+    for tab in ("txt2img", "img2img", "inpaint"):
+        controls = tab_controls(tabs[tab])
+        values = {c.label: v for c, v in fill(parse_infotext(text), controls, tab, []).items()}
+        assert values["Extra"] is True  # the rows are shown, and used
+        assert (values["Variation seed"], values["Variation strength"]) == (4242, 0.35)
+        assert (values["Resize seed from width"], values["Resize seed from height"]) == (320, 448)
+    plain = fill(parse_infotext(TEXT), tab_controls(tabs["txt2img"]), "txt2img", [])
+    assert {c.label: v for c, v in plain.items()}["Extra"] is False
+
+
+def test_seed_extras_count_only_when_ticked():
+    from webui.ui.seed_controls import seed_fields
+
+    values = {"seed": 5, "subseed": 9.0, "seed_extra": True, "subseed_strength": 0.4,
+              "seed_resize_from_w": 256, "seed_resize_from_h": 320}  # fmt: skip
+    assert seed_fields(values) == {"seed": 5, "subseed": 9, "subseed_strength": 0.4,
+                                   "seed_resize_from_w": 256, "seed_resize_from_h": 320}  # fmt: skip
+    assert seed_fields({**values, "seed_extra": False}) == {"seed": 5, "subseed": 9}
+    assert seed_fields({**values, "subseed": None})["subseed"] == -1
+    with pytest.raises(gr.Error, match="Variation seed"):
+        seed_fields({**values, "subseed": 1.5})

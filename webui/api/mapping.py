@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import math
-import random
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from PIL import Image
 
 from .. import __version__
 from ..core.jobs import Job
-from ..core.params import MAX_SEED, Txt2ImgParams
+from ..core.params import Txt2ImgParams
 from ..imaging.codec import MAX_DECODE_PIXELS, ImageInputError, decode_base64_image
 from ..imaging.infotext import parse_infotext, pnginfo_for, read_infotext_from_image
 from ..services.errors import RequestError
@@ -68,11 +67,22 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Seed": "seed",
     "Size-1": "width",
     "Size-2": "height",
+    "Variation seed": "subseed",
+    "Variation seed strength": "subseed_strength",
+    "Seed resize from-1": "seed_resize_from_w",
+    "Seed resize from-2": "seed_resize_from_h",
+}
+# infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
+_INFOTEXT_OPTIONS: dict[str, str] = {
+    "Clip skip": CLIP_SKIP,
+    "Noise multiplier": "initial_noise_multiplier",
+    "Extra noise": "img2img_extra_noise",
 }
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
      "Size-2", "Width", "Height", "Model hash", "Model", "VAE hash", "VAE", "Clip skip",
-     "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength"}
+     "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength",
+     "Seed resize from", "Seed resize from-1", "Seed resize from-2"}
 )  # fmt: skip
 
 
@@ -109,6 +119,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         width=_value(req, "width"),
         height=_value(req, "height"),
         seed=_value(req, "seed"),
+        **seed_fields(req),
         batch_count=_value(req, "n_iter"),
         batch_size=_value(req, "batch_size"),
         save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
@@ -116,6 +127,18 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         styles=_styles_of(req),
     )
     return generation_request("txt2img", req, params, owner)
+
+
+def seed_fields(req: Any) -> dict[str, Any]:
+    """Variation seed, its strength and "resize seed from" (A1111: -1 or 0 is off)."""
+    fields = {
+        "subseed": _value(req, "subseed"),
+        "subseed_strength": _value(req, "subseed_strength"),
+    }
+    for side in ("seed_resize_from_w", "seed_resize_from_h"):
+        value = _value(req, side)
+        fields[side] = 0 if isinstance(value, int | float) and value <= 0 else value
+    return fields
 
 
 def generation_request(kind: str, req: Any, params: Any, owner: str) -> GenerationRequest:
@@ -168,10 +191,11 @@ def _with_infotext(req: Txt2ImgRequest) -> Txt2ImgRequest:
         for key, field in _INFOTEXT_FIELDS.items()
         if key in parsed and field not in req.model_fields_set
     }
-    if "Clip skip" in parsed and "CLIP_stop_at_last_layers" not in (req.override_settings or {}):
-        overrides = dict(req.override_settings or {})
-        overrides["CLIP_stop_at_last_layers"] = parsed["Clip skip"]
-        updates["override_settings"] = overrides
+    overrides = dict(req.override_settings or {})
+    for key, option in _INFOTEXT_OPTIONS.items():
+        if key in parsed and option not in overrides:
+            overrides[option] = parsed[key]
+            updates["override_settings"] = overrides
     merged = {**req.model_dump(), **updates}
     try:
         return type(req).model_validate(merged)
@@ -183,8 +207,6 @@ def _refuse_not_built(req: Txt2ImgRequest) -> None:
     for field, feature in _NOT_BUILT:
         if getattr(req, field, None):
             raise NotBuiltError(field, feature)
-    if (req.subseed_strength or 0) > 0:
-        raise NotBuiltError("subseed_strength", "variation seeds")
 
 
 def _sampler_of(req: Txt2ImgRequest) -> tuple[str, str | None]:
@@ -223,9 +245,6 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
     infotexts = [g.infotext for g in images]
     first = parse_infotext(infotexts[0]) if infotexts else {}
     total = params.batch_count * params.batch_size
-    subseed = _value(req, "subseed")
-    if subseed == -1:
-        subseed = random.SystemRandom().randint(0, MAX_SEED)
     sampler = first.get("Sampler") or params.sampler_name
     extra = {k: v for k, v in first.items() if k not in _STANDARD_INFO_KEYS}
     return {
@@ -235,9 +254,9 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         "all_negative_prompts": [params.negative_prompt] * total,
         "seed": params.seed,
         "all_seeds": params.image_seeds(),
-        "subseed": subseed,
-        "all_subseeds": [(subseed + i) % (MAX_SEED + 1) for i in range(total)],
-        "subseed_strength": _value(req, "subseed_strength"),
+        "subseed": params.subseed,
+        "all_subseeds": params.image_subseeds(),
+        "subseed_strength": params.subseed_strength,
         "width": params.width,
         "height": params.height,
         "sampler_name": sampler,
@@ -250,8 +269,8 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         "sd_model_hash": first.get("Model hash"),
         "sd_vae_name": first.get("VAE"),
         "sd_vae_hash": first.get("VAE hash"),
-        "seed_resize_from_w": _value(req, "seed_resize_from_w"),
-        "seed_resize_from_h": _value(req, "seed_resize_from_h"),
+        "seed_resize_from_w": params.seed_resize_from_w or _value(req, "seed_resize_from_w"),
+        "seed_resize_from_h": params.seed_resize_from_h or _value(req, "seed_resize_from_h"),
         # only hires. fix uses it in txt2img
         "denoising_strength": params.hires.denoising_strength if params.hires else None,
         "extra_generation_params": json_safe(extra),

@@ -110,6 +110,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         width=_v(req, "width"),
         height=_v(req, "height"),
         seed=_v(req, "seed"),
+        **mapping.seed_fields(req),
         batch_count=_v(req, "n_iter"),
         batch_size=_v(req, "batch_size"),
         save_images=bool(_v(req, "save_images")) and not _v(req, "do_not_save_samples"),
@@ -123,6 +124,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         inpaint_full_res=bool(_v(req, "inpaint_full_res")),
         inpaint_full_res_padding=_v(req, "inpaint_full_res_padding"),
         inpainting_mask_invert=bool(_v(req, "inpainting_mask_invert")),
+        initial_noise_multiplier=req.initial_noise_multiplier,  # None: the option's
     )
     return mapping.generation_request("img2img", req, params, owner)
 
@@ -131,11 +133,6 @@ def _refuse_not_built(req: Img2ImgRequest) -> None:
     for field, feature in _NOT_BUILT:
         if getattr(req, field, None):
             raise NotBuiltError(field, feature)
-    if (req.subseed_strength or 0) > 0:
-        raise NotBuiltError("subseed_strength", "variation seeds")
-    multiplier = req.initial_noise_multiplier
-    if multiplier is not None and multiplier != 1:
-        raise NotBuiltError("initial_noise_multiplier", "an initial noise multiplier")
 
 
 def _init_images(req: Img2ImgRequest) -> list:

@@ -5,7 +5,9 @@ upscaler ("Latent", "Latent (bicubic antialiased)", ...) interpolates the latent
 other upscaler (Lanczos, Nearest, a model from models/ESRGAN etc.) works on the decoded
 images, which are then encoded again. With both "resize to" sides given, A1111 upscales
 to cover the size and trims the latents to it. The second pass runs `steps` (or the first
-pass's) at the hires denoising strength, with the hires sampler and prompt when given.
+pass's) at the hires denoising strength, with the hires sampler and prompt when given,
+from the first pass's seeds (variation seeds included) at the new size, plus A1111's extra
+noise when the job's `img2img_extra_noise` option asks for it.
 
 This module must never import a UI library, and never change global options.
 """
@@ -30,6 +32,7 @@ from .latents import (
     resize_latents,
     vae_encode_pixels,
 )
+from .noise import NoiseSpec
 from .params import Txt2ImgParams
 from .run import RunContext
 from .samplers import SchedulerChoice
@@ -73,7 +76,7 @@ def hires_pass(
     run: RunContext,
     params: Txt2ImgParams,
     latents: torch.Tensor,
-    seeds: list[int],
+    noise: NoiseSpec,
     *,
     conditioning: Conditioning,
     choice: SchedulerChoice,
@@ -81,7 +84,8 @@ def hires_pass(
 ) -> list[Image.Image]:
     """The second pass over one batch's first-pass latents; returns PIL images.
 
-    `conditioning` is the first pass's; a hires prompt gets its own."""
+    `conditioning` is the first pass's; a hires prompt gets its own. `noise` is the first
+    pass's batch noise spec (seeds, variation, extra noise)."""
     pipe, hp, progress = run.pipe, params.hires, run.progress
     if run.should_stop():  # interrupted during the first pass: keep its images
         return decode_latents(pipe, latents, run.memory)
@@ -109,6 +113,7 @@ def hires_pass(
     hr_choice = hires_choice(run.family, params)
     progress.text = "Hires fix"
     progress.step = 0
+    seeds = list(noise.seeds)
     with run.family.follow_steps(pipe, conditioning, len(seeds)) as follow_steps:
         request = DenoiseRequest(
             latents=latents,
@@ -119,6 +124,7 @@ def hires_pass(
             cfg_scale=params.cfg_scale,
             seeds=seeds,
             pixels=pixels,
+            noise=noise,
         )
         images = denoise(run, request, follow_steps(on_step))
     progress.text = ""

@@ -3,7 +3,9 @@
 A1111's steps, in order: outpainting canvas; mask inversion and blur; for "only masked"
 the crop around the mask (plus padding, grown to the processing aspect ratio) else the
 resize mode; the masked content (fill / original / latent noise / latent nothing); the
-denoise at the strength asked for (`webui.core.latents`); and finally the overlay that
+denoise at the strength asked for (`webui.core.latents`), from the batch's noise
+(`webui.core.noise`: seeds, variation seeds, resize seed from, times the initial noise
+multiplier, plus the job's extra noise); and finally the overlay that
 puts the original back outside the mask, softly at the blurred edge, pasting an "only
 masked" result back where it was cut out. Denoising strength 0 (or too few steps to run
 one) returns the prepared init image without touching the model.
@@ -34,6 +36,7 @@ from .latents import (
     vae_encode,
     vae_encode_pixels,
 )
+from .noise import NoiseSpec
 from .params_img2img import Img2ImgParams
 from .processing import GeneratedImage, base_fields, finish_image, step_callback
 from .run import RunContext
@@ -119,8 +122,9 @@ def extra_fields(params: Img2ImgParams) -> dict:
 
 def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
     """`batch_count` batches of `batch_size` images; image i starts from init image i
-    (cycling through the init images) with seed + i. A batch folder or SD upscale in the
-    params hands over to those modes."""
+    (cycling through the init images) with seed + i (the seed and variation seed + i with
+    a variation strength). A batch folder or SD upscale in the params hands over to those
+    modes."""
     if params.batch_input_dir:
         from .img2img_batch import img2img_folder
 
@@ -131,7 +135,7 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         return sd_upscale(run, params)
     job = Img2ImgJob(run, params)
     prepared = [prepare(params, image) for image in params.init_images]
-    seeds = params.image_seeds()
+    seeds, subseeds = params.image_seeds(), params.image_subseeds()
     progress = run.progress
     progress.batches = params.batch_count
     results: list[GeneratedImage] = []
@@ -141,11 +145,15 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         progress.batch, progress.step = batch, 0
         start = batch * params.batch_size
         batch_seeds = seeds[start : start + params.batch_size]
+        batch_subseeds = subseeds[start : start + params.batch_size]
         items = [prepared[(start + i) % len(prepared)] for i in range(len(batch_seeds))]
         if batch == 0:
             progress.started_at = time.monotonic()
-        for item, image, seed in zip(items, job.run(items, batch_seeds), batch_seeds, strict=True):
-            results.append(finish_image(run, params, item.finish(image), seed, job.fields))
+        images = job.run(items, batch_seeds, batch_subseeds)
+        for item, image, seed, subseed in zip(
+            items, images, batch_seeds, batch_subseeds, strict=True
+        ):
+            results.append(finish_image(run, params, item.finish(image), seed, job.fields, subseed))
     return results
 
 
@@ -169,13 +177,20 @@ class Img2ImgJob:
                 embeddings=run.networks.embeddings,
             )
             self.fields.update(run.networks.extra_fields(self.conditioning.used_embeddings))
+            self.fields.update(sampling_noise_fields(run, params))
         self.on_step = step_callback(run)
 
-    def run(self, items: list[Prepared], seeds: list[int]) -> list[Image.Image]:
-        """One batch: the model's images, or the prepared ones when no step would run."""
+    def run(
+        self, items: list[Prepared], seeds: list[int], subseeds: list[int] | None = None
+    ) -> list[Image.Image]:
+        """One batch: the model's images, or the prepared ones when no step would run.
+        `subseeds`: the images' variation seeds (default: the params' one for all)."""
         if self.conditioning is None:
             return [item.source for item in items]
         run = self.run_context
+        params = self.params
+        noise = NoiseSpec.of(params, seeds, subseeds, extra=run.extra_noise,
+                             multiplier=noise_multiplier(params))  # fmt: skip
         with run.family.follow_steps(run.pipe, self.conditioning, len(seeds)) as follow_steps:
             return run_batch(
                 run,
@@ -185,7 +200,24 @@ class Img2ImgJob:
                 self.conditioning.pipeline_kwargs(),
                 self.choice,
                 follow_steps(self.on_step),
+                noise=noise,
             )
+
+
+def noise_multiplier(params: Img2ImgParams) -> float:
+    """The initial noise multiplier (the worker fills in the option when the job has none)."""
+    value = params.initial_noise_multiplier
+    return 1.0 if value is None else float(value)
+
+
+def sampling_noise_fields(run: RunContext, params: Img2ImgParams) -> dict:
+    """A1111's "Noise multiplier" (when not 1) and "Extra noise" (when on) of a denoise."""
+    fields: dict = {}
+    if noise_multiplier(params) != 1.0:
+        fields["Noise multiplier"] = noise_multiplier(params)
+    if run.extra_noise > 0:
+        fields["Extra noise"] = run.extra_noise
+    return fields
 
 
 def run_batch(
@@ -197,8 +229,10 @@ def run_batch(
     choice: SchedulerChoice,
     on_step: Callable,
     output_type: str = "pil",
+    noise: NoiseSpec | None = None,
 ) -> list:
-    """Encode the prepared images of one batch and denoise them together."""
+    """Encode the prepared images of one batch and denoise them together (from `noise`;
+    None: each seed's own noise)."""
     pipe = run.pipe
     latent_h, latent_w = (
         params.height // pipe.vae_scale_factor,
@@ -228,6 +262,7 @@ def run_batch(
         mask=mask,
         pixels=pixels,
         output_type=output_type,
+        noise=noise,
     )
     return denoise(run, request, on_step)
 

@@ -8,7 +8,9 @@
   original back outside the mask after every step) and always for 9-channel inpainting
   checkpoints, which also get the masked image as conditioning.
 - `denoise`: one batch from given init latents, at a strength, with the sampler chosen,
-  one CPU generator per image (`generators`: seed + i gives the same noise anywhere).
+  noised with the batch's own noise (`webui.core.noise`: seeds, variation seeds, resize
+  seed from, noise multiplier, extra noise; one CPU generator per image, so a seed gives
+  the same noise anywhere).
 
 This module must never import a UI library or change global options.
 """
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .decode import decode_latents
+from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
 from .run import RunContext
 from .samplers import SchedulerChoice
 from .schedulers import set_noise_seed
@@ -136,6 +139,7 @@ class DenoiseRequest:
     mask: Image.Image | None = None  # processing-size "L" mask; None: the whole image
     pixels: torch.Tensor | None = None  # processing-size pixels, for 9-channel models
     output_type: str = "pil"
+    noise: NoiseSpec | None = None  # None: each seed's own noise, nothing more
 
 
 def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
@@ -148,6 +152,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     latents = req.latents
     factor = pipe.vae_scale_factor
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
+    inpaint_pipe = inpaint_model or req.mask is not None
     kwargs = dict(
         **req.conditioning,
         image=latents,
@@ -155,12 +160,12 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         num_inference_steps=req.steps,
         guidance_scale=req.cfg_scale,
         num_images_per_prompt=len(req.seeds),
-        generator=generators(req.seeds),
+        **_noise_inputs(pipe, req, inpaint_pipe),
         callback_on_step_end=on_step,
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
     )
-    if inpaint_model or req.mask is not None:
+    if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
         if inpaint_model:
             masked_latents = _masked_image_latents(pipe, req.pixels, mask)
@@ -171,6 +176,24 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         )
     latents = pipe(**kwargs).images
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
+
+
+def _noise_inputs(pipe, req: DenoiseRequest, inpaint_pipe: bool) -> dict:
+    """The pipeline's `generator` (and `latents`) so that it starts from the batch's noise.
+
+    The img2img and inpaint pipelines draw one noise from the generators and noise the
+    init latents with `scheduler.add_noise`, which `NoisyScheduler` points at our noise.
+    At strength 1 the inpaint pipeline starts from pure noise without `add_noise`: it is
+    given the noise as `latents` and the generators after their first draw."""
+    spec = req.noise or NoiseSpec(tuple(req.seeds))
+    if spec.plain and spec.extra <= 0:
+        return {"generator": generators(req.seeds)}  # the pipeline's own draw is the noise
+    start = initial_noise(spec, req.latents.shape[1:], pipe.vae_scale_factor)
+    if inpaint_pipe and req.strength >= 1.0:
+        latents = pure_noise_latents(start.noise, pipe.scheduler, spec.extra)
+        return {"generator": start.generators, "latents": latents.to(req.latents.dtype)}
+    NoisyScheduler(pipe.scheduler, start.noise, spec.extra).install(pipe.scheduler)
+    return {"generator": generators(req.seeds)}  # the pipeline's draw from them is replaced
 
 
 def _masked_image_latents(pipe, pixels: torch.Tensor | None, mask: Image.Image) -> torch.Tensor:

@@ -39,6 +39,10 @@ class Txt2ImgParams:
     width: int = 512
     height: int = 512
     seed: int = -1
+    subseed: int = -1  # A1111's variation seed; -1 = random
+    subseed_strength: float = 0.0  # variation strength; 0 = no variation
+    seed_resize_from_w: int = 0  # "Resize seed from" width x height; 0 = off
+    seed_resize_from_h: int = 0
     batch_count: int = 1  # A1111 "n_iter"
     batch_size: int = 1
     clip_skip: int = 1
@@ -66,6 +70,7 @@ class Txt2ImgParams:
         if not 0 <= cfg <= 100:
             raise ParamError("cfg_scale", f"must be between 0 and 100, got {cfg}")
         _require_int(self, "seed", -1, MAX_SEED)
+        self._check_variation()
         self._check_sampler()
         if self.hires is not None:
             self.hires.check(self)
@@ -97,6 +102,22 @@ class Txt2ImgParams:
                 ),
             )
 
+    def _check_variation(self) -> None:
+        """Variation seed, its strength and "resize seed from" (both sides or neither)."""
+        _require_int(self, "subseed", -1, MAX_SEED)
+        strength = self.subseed_strength
+        if isinstance(strength, bool) or not isinstance(strength, int | float):
+            raise ParamError("subseed_strength", f"must be a number, got {strength!r}")
+        if not 0 <= strength <= 1:  # also refuses NaN
+            raise ParamError("subseed_strength", f"must be between 0 and 1, got {strength}")
+        for side in ("seed_resize_from_w", "seed_resize_from_h"):
+            _require_int(self, side, 0, MAX_SIDE)
+            if 0 < getattr(self, side) < 8:
+                raise ParamError(side, f"must be 0 (off) or at least 8, got {getattr(self, side)}")
+        if (self.seed_resize_from_w == 0) != (self.seed_resize_from_h == 0):
+            side = "seed_resize_from_h" if self.seed_resize_from_h == 0 else "seed_resize_from_w"
+            raise ParamError(side, "set both resize-seed-from sides, or neither (0: off)")
+
     def _check_sampler(self) -> None:
         try:
             resolve(self.sampler_name, None)
@@ -117,15 +138,26 @@ class Txt2ImgParams:
             raise ParamError("steps", f"{choice.sampler} allows at most {choice.max_steps} steps")
 
     def with_seed(self, rng: random.Random | None = None) -> Txt2ImgParams:
-        """A copy whose seed is fixed: -1 becomes a random seed in [0, 4294967294]."""
-        if self.seed != -1:
+        """A copy whose seed and variation seed are fixed: -1 becomes a random seed in
+        [0, 4294967294]."""
+        if self.seed != -1 and self.subseed != -1:
             return self
-        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_SEED))
+        rng = rng or random.SystemRandom()
+        seed = rng.randint(0, MAX_SEED) if self.seed == -1 else self.seed
+        subseed = rng.randint(0, MAX_SEED) if self.subseed == -1 else self.subseed
+        return replace(self, seed=seed, subseed=subseed)
 
     def image_seeds(self) -> list[int]:
-        """Seed of every image in order: image i gets seed + i (A1111)."""
+        """Seed of every image in order: image i gets seed + i, or the seed itself when
+        a variation strength is set (then the variation seed counts up; A1111)."""
         total = self.batch_count * self.batch_size
-        return [(self.seed + i) % (MAX_SEED + 1) for i in range(total)]
+        step = 0 if self.subseed_strength > 0 else 1
+        return [(self.seed + i * step) % (MAX_SEED + 1) for i in range(total)]
+
+    def image_subseeds(self) -> list[int]:
+        """Variation seed of every image in order: image i gets subseed + i (A1111)."""
+        total = self.batch_count * self.batch_size
+        return [(self.subseed + i) % (MAX_SEED + 1) for i in range(total)]
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -27,6 +27,7 @@ MAX_MASK_BLUR = 64
 MAX_PADDING = 256
 MAX_OUTPAINT = 1024
 MAX_UPSCALE = 8.0
+MAX_NOISE_MULTIPLIER = 1.5  # A1111's slider
 
 
 def _require_float(obj, name: str, low: float, high: float) -> None:
@@ -192,6 +193,7 @@ class Img2ImgParams(Txt2ImgParams):
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    initial_noise_multiplier: float | None = None  # None: the job's option (A1111's)
     outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # pixels left, right, up, down
     sd_upscale: SDUpscaleParams | None = None
     # A1111's Batch tab: every image of a folder instead of init_images
@@ -217,6 +219,7 @@ class Img2ImgParams(Txt2ImgParams):
         _require_int(self, "mask_blur_y", 0, MAX_MASK_BLUR)
         _require_int(self, "inpainting_fill", 0, 3)
         _require_int(self, "inpaint_full_res_padding", 0, MAX_PADDING)
+        self._check_noise_multiplier()
         self._check_outpaint()
         if self.mask is not None:
             self._check_mask()
@@ -237,6 +240,7 @@ class Img2ImgParams(Txt2ImgParams):
         _require_int(self, "mask_blur_x", 0, MAX_MASK_BLUR)
         _require_int(self, "mask_blur_y", 0, MAX_MASK_BLUR)
         _require_int(self, "inpaint_full_res_padding", 0, MAX_PADDING)
+        self._check_noise_multiplier()
         try:
             image_files(self.batch_input_dir, "batch_input_dir")
             if self.batch_mask_dir.strip():
@@ -246,6 +250,10 @@ class Img2ImgParams(Txt2ImgParams):
         if self.batch_output_dir.strip() and Path(self.batch_output_dir).expanduser().is_file():
             raise ParamError("batch_output_dir", f"{self.batch_output_dir} is a file, not a folder")
         return self
+
+    def _check_noise_multiplier(self) -> None:
+        if self.initial_noise_multiplier is not None:
+            _require_float(self, "initial_noise_multiplier", 0.0, MAX_NOISE_MULTIPLIER)
 
     def _checked(self, check, image, field):
         try:

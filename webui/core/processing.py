@@ -1,8 +1,9 @@
 """Generation: turn validated params and a leased pipeline into images with infotext.
 
 One readable, linear function per mode, in the style of a diffusers pipeline call:
-resolve the sampler, make one CPU generator per image (seed + i), run the pipeline batch
-by batch, report progress and cheap previews through the step callback, and build the
+resolve the sampler, make each image's initial noise (`webui.core.noise`: its seed, the
+variation seed and "resize seed from", with one CPU generator per image), run the pipeline
+batch by batch, report progress and cheap previews through the step callback, and build the
 A1111 infotext of every image. Everything a job runs with comes in its `RunContext`
 (`webui.core.run`): the lease, progress, cancel token, networks, memory settings and
 `save` (None: nothing is saved). What depends on the model family (sampler and
@@ -27,7 +28,7 @@ from .. import __version__
 from ..imaging.infotext import build_infotext
 from .decode import decode_latents
 from .hires import hires_fields, hires_pass
-from .latents import generators
+from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
 from .run import RunContext
 from .samplers import SchedulerChoice
@@ -53,7 +54,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
     choice = family.sampler(params.sampler_name, params.scheduler)
     pipe.scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
-    seeds = params.image_seeds()
+    seeds, subseeds = params.image_seeds(), params.image_subseeds()
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)
     on_step = step_callback(run)
@@ -64,12 +65,17 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     fields.update(run.networks.extra_fields(conditioning.used_embeddings))
     if params.hires is not None:
         fields.update(hires_fields(family, params, choice))
+        if run.extra_noise > 0:
+            fields["Extra noise"] = run.extra_noise
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if run.should_stop():
             break
         progress.batch, progress.step = batch, 0
-        batch_seeds = seeds[batch * params.batch_size : (batch + 1) * params.batch_size]
+        batch_slice = slice(batch * params.batch_size, (batch + 1) * params.batch_size)
+        batch_seeds, batch_subseeds = seeds[batch_slice], subseeds[batch_slice]
+        noise = NoiseSpec.of(params, batch_seeds, batch_subseeds, extra=run.extra_noise)
+        start = initial_noise(noise, _latent_shape(pipe, params), pipe.vae_scale_factor)
         set_noise_seed(pipe.scheduler, batch_seeds)  # DPM++ SDE's noise follows the seeds too
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
@@ -81,7 +87,8 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
                 width=params.width,
                 height=params.height,
                 num_images_per_prompt=params.batch_size,
-                generator=generators(batch_seeds),
+                latents=start.noise.to(pipe.device, pipe.unet.dtype),
+                generator=start.generators,  # after the first draw: step noise goes on
                 callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
                 callback_on_step_end_tensor_inputs=["latents"],
                 output_type="latent",  # decoded below: tiling, NaN check (decode.py)
@@ -90,19 +97,34 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         if params.hires is None:
             images = decode_latents(pipe, latents, run.memory)
         else:
-            images = hires_pass(run, params, latents, batch_seeds, conditioning=conditioning,
+            images = hires_pass(run, params, latents, noise, conditioning=conditioning,
                                 choice=choice, on_step=on_step)  # fmt: skip
-        for image, seed in zip(images, batch_seeds, strict=True):
-            results.append(finish_image(run, params, image, seed, fields))
+        for image, seed, subseed in zip(images, batch_seeds, batch_subseeds, strict=True):
+            results.append(finish_image(run, params, image, seed, fields, subseed))
     return results
 
 
+def _latent_shape(pipe, params: Txt2ImgParams) -> tuple[int, int, int]:
+    """(channels, height, width) of one image's latents in the first pass."""
+    factor = pipe.vae_scale_factor
+    return pipe.vae.config.latent_channels, params.height // factor, params.width // factor
+
+
 def finish_image(
-    run: RunContext, params: Txt2ImgParams, image: Image.Image, seed: int, fields: dict
+    run: RunContext,
+    params: Txt2ImgParams,
+    image: Image.Image,
+    seed: int,
+    fields: dict,
+    subseed: int | None = None,
 ) -> GeneratedImage:
-    """The image's infotext (with the run's memory notes), saved when the job saves."""
+    """The image's infotext (with the run's memory notes and its own seed and variation
+    seed), saved when the job saves."""
+    own: dict = {"Seed": seed}
+    if params.subseed_strength > 0:
+        own["Variation seed"] = params.subseed if subseed is None else subseed
     infotext = build_infotext(
-        params.prompt, params.negative_prompt, {**fields, **run.infotext_notes(), "Seed": seed}
+        params.prompt, params.negative_prompt, {**fields, **run.infotext_notes(), **own}
     )
     path = run.save(image, seed, infotext) if run.save else None
     return GeneratedImage(image=image, seed=seed, infotext=infotext, path=path)
@@ -120,10 +142,22 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         "Model hash": lease.info.shorthash,
         "Model": lease.info.name,
         **run.networks.vae_fields,
+        **noise_fields(params),
         **run.family.infotext_fields(params),  # "Clip skip"
         "RNG": "CPU",
         "Version": f"v{__version__}",
     }
+
+
+def noise_fields(params: Txt2ImgParams) -> dict:
+    """A1111's "Variation seed strength" and "Seed resize from" (the variation seed itself
+    is per image: `finish_image`)."""
+    fields: dict = {}
+    if params.subseed_strength > 0:
+        fields["Variation seed strength"] = params.subseed_strength
+    if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0:
+        fields["Seed resize from"] = f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+    return fields
 
 
 def step_callback(run: RunContext) -> Callable:

@@ -50,8 +50,10 @@ def sd_upscale(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
             if not results and chunk == 0:
                 progress.started_at = time.monotonic()
             part = tiles[chunk * params.batch_size : (chunk + 1) * params.batch_size]
-            seeds = [(seed + chunk + i) % (MAX_SEED + 1) for i in range(len(part))]
-            redrawn += job.run([Prepared(tile, tile) for tile in part], seeds)
+            step = 0 if params.subseed_strength > 0 else 1  # variation: the subseed counts
+            seeds = [(seed + (chunk + i) * step) % (MAX_SEED + 1) for i in range(len(part))]
+            subseeds = [(params.subseed + chunk + i) % (MAX_SEED + 1) for i in range(len(part))]
+            redrawn += job.run([Prepared(tile, tile) for tile in part], seeds, subseeds)
         if len(redrawn) < len(tiles):  # interrupted: keep the upscale where not redrawn
             redrawn += tiles[len(redrawn) :]
         grid.replace_tiles(redrawn)

@@ -116,6 +116,8 @@ class Worker:
     def _generate(self, job: Job, hooks: RunHooks) -> JobResult:
         params, warnings = styled(job.params, self.networks)  # styles.csv into the prompts
         opt: Option = partial(job_option, job, self.options)
+        if getattr(params, "initial_noise_multiplier", 0) is None:  # img2img: the option's
+            params = replace(params, initial_noise_multiplier=opt("initial_noise_multiplier"))
         models = self.models
         info = resolve_checkpoint(models, params.checkpoint, opt("sd_model_checkpoint"))
         models.limit = int(opt("sd_checkpoints_limit"))
@@ -131,6 +133,7 @@ class Worker:
                 lease=lease, family=family, networks=active, save=save,
                 memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
                 preview_every=int(opt("show_progress_every_n_steps")),
+                extra_noise=float(opt("img2img_extra_noise")),
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry

@@ -2,8 +2,8 @@
 
 Every generation tab has the same frame, built here once: the prompt row (prompt,
 negative prompt, Generate, Interrupt, read parameters), the prompt tools (styles, SD VAE,
-extra networks), the sampler, size, batch, CFG, seed (random, reuse) and clip skip
-controls, the extension sections and the Script list, the output column, and the wiring
+extra networks), the sampler, size, batch, CFG, seed (random, reuse, and the "Extra"
+variation seed rows of `webui.ui.seed_controls`) and clip skip controls, the extension sections and the Script list, the output column, and the wiring
 that turns a click into a job and follows it. A tab brings only what is its own
 (`TabSpec`): inputs above the settings (the init image, the mask), controls after them
 (hires. fix, SD upscale), whether sizes are "Resize to / Resize by" with a denoising
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ..core.jobs import Job
-from ..core.params import MAX_SEED, ParamError
+from ..core.params import ParamError
 from ..core.params_img2img import size_for_scale
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.masks import RESIZE_MODES
@@ -34,6 +34,7 @@ from .extra_networks import build_prompt_tools, job_warnings
 from .icons import icon_button
 from .image_common import Named, OutputPanel, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
+from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -80,7 +81,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
             ext = extension_inputs(ctx, spec.scripts_of, prefix=spec.prefix, named=named)
         with gr.Column(scale=1):
             output = output_panel(spec.prefix, send_targets=spec.send_targets)
-    last_seed = gr.State(None)
+    last_seed, last_subseed = gr.State(None), gr.State(None)
     tab_jobs = TabJobs()  # this tab's unfinished jobs, per page
 
     def submit(request: gr.Request, values: tuple) -> Job:  # in a worker thread (see run)
@@ -98,7 +99,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         async for update in follow_job(ctx, request, tab_jobs, job):
             finished = update.finished
             if finished is None:
-                yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()
+                yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 continue
             texts = [g.infotext for g in finished.images]
             result = finished.result
@@ -108,22 +109,18 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
                 infotext_html(texts[0] if texts else ""),
                 texts,
                 result.params.seed if result is not None else gr.skip(),
+                result.params.subseed if result is not None else gr.skip(),
             )
 
     def interrupt_mine(request: gr.Request):
         ctx.jobs.interrupt_owner(owner_of(request))
 
-    outputs = [*output.outputs, last_seed]
+    outputs = [*output.outputs, last_seed, last_subseed]
     for trigger in (generate.click, named["prompt"].submit):
         trigger(run, inputs=named.inputs, outputs=outputs, concurrency_limit=None,
                 show_progress="hidden", trigger_mode="multiple")  # fmt: skip
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
-    seed = named["seed"]
-    named["random_seed"].click(lambda: -1, outputs=seed, show_progress="hidden")
-    named["reuse_seed"].click(
-        lambda last, current: current if last is None else last,
-        inputs=[last_seed, seed], outputs=seed, show_progress="hidden",
-    )  # fmt: skip
+    wire_seed_buttons(named, last_seed, last_subseed)
     return GenerationTab(named, output)
 
 
@@ -179,11 +176,7 @@ def _settings(named: Named, spec: TabSpec) -> None:
         named.add("denoising", gr.Slider(
             label="Denoising strength", minimum=0, maximum=1, step=0.01, value=spec.denoising,
             elem_id=f"{prefix}_denoising"))  # fmt: skip
-    with gr.Row():
-        named.add("seed", gr.Number(
-            label="Seed", value=-1, precision=0, minimum=-1, maximum=MAX_SEED, scale=4))  # fmt: skip
-        named.add("random_seed", icon_button("random", elem_id=f"{prefix}_random_seed"))
-        named.add("reuse_seed", icon_button("reuse", elem_id=f"{prefix}_reuse_seed"))
+    build_seed_controls(named, prefix)
     named.add("clip_skip", _slider("Clip skip", 1, 12, 1, 1))
 
 
@@ -222,7 +215,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         cfg_scale=float(v["cfg"]),
         width=width,
         height=height,
-        seed=whole(-1 if v["seed"] is None else v["seed"], "Seed"),
+        **seed_fields(v),
         batch_count=whole(v["batch_count"], "Batch count"),
         batch_size=whole(v["batch_size"], "Batch size"),
         clip_skip=whole(v["clip_skip"], "Clip skip"),

@@ -46,6 +46,10 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Schedule type", "Schedule type", TARGETS),
     ("CFG scale", "CFG Scale", TARGETS),
     ("Seed", "Seed", TARGETS),
+    ("Variation seed", "Variation seed", TARGETS),
+    ("Variation seed strength", "Variation strength", TARGETS),
+    ("Seed resize from-1", "Resize seed from width", TARGETS),
+    ("Seed resize from-2", "Resize seed from height", TARGETS),
     ("Size-1", "Width", TARGETS),
     ("Size-2", "Height", TARGETS),
     ("Batch size", "Batch size", TARGETS),
@@ -66,6 +70,8 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
+SEED_EXTRA = "Extra"  # A1111's checkbox that shows the variation seed rows
+_SEED_EXTRA_KEYS = ("Variation seed", "Variation seed strength", "Seed resize from-1")
 _SKIP = object()  # a value the control cannot take
 
 
@@ -198,6 +204,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     enable = controls.get(HIRES_ENABLE)
     if tab == "txt2img" and enable is not None:
         out[enable] = any(k in fields for k in _HIRES_KEYS)
+    extra = controls.get(SEED_EXTRA)
+    if extra is not None:  # A1111: ticked when the infotext has a variation or resize seed
+        out[extra] = any(k in fields for k in _SEED_EXTRA_KEYS)
     return out
 
 
@@ -243,7 +252,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
-    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE}
+    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA}
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 

@@ -2,7 +2,8 @@
 
 A line is a prompt, or A1111's command-line form with per-line overrides:
 `--prompt "a cat" --negative_prompt "blurry" --steps 10 --cfg_scale 5 --seed 3
---sampler_name "Euler a" --width 512 --height 512 --n_iter 2 --batch_size 1`.
+--sampler_name "Euler a" --width 512 --height 512 --n_iter 2 --batch_size 1 --subseed 5
+--subseed_strength 0.2 --seed_resize_from_w 512 --seed_resize_from_h 512`.
 Lines are read as A1111 reads them (shlex; a prompt may run over several words until the
 next `--option`) and are all checked when the job is submitted: an unknown option or a
 bad value names the line. The line's prompt is joined to the prompt of the tab, at the
@@ -25,15 +26,15 @@ from ..api import ArgError, Control, Extension, Section
 TITLE = "Prompts from file or textbox"
 MAX_LINES = 1000
 _STRING = ("prompt", "negative_prompt", "sampler_name", "styles", "sd_model", "prompt_for_display")
-_INT = ("seed", "sampler_index", "batch_size", "n_iter", "steps", "width", "height")
-_FLOAT = ("cfg_scale",)
+_INT = ("seed", "sampler_index", "batch_size", "n_iter", "steps", "width", "height",
+        "subseed", "seed_resize_from_h", "seed_resize_from_w")  # fmt: skip
+_FLOAT = ("cfg_scale", "subseed_strength")
+_AS_IS = ("seed", "steps", "width", "height", "batch_size", "cfg_scale", "sampler_name",
+          "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w")  # fmt: skip
 _BOOL = ("do_not_save_samples", "do_not_save_grid", "restore_faces", "tiling")
 # options A1111 knows that this web UI cannot do: refused with a reason, never ignored
-_REFUSED = {
-    "subseed": "variation seeds", "subseed_strength": "variation seeds",
-    "seed_resize_from_h": "seed resize", "seed_resize_from_w": "seed resize",
-    "outpath_samples": "per-line output folders", "outpath_grids": "per-line output folders",
-}  # fmt: skip
+_REFUSED = {"outpath_samples": "per-line output folders",
+            "outpath_grids": "per-line output folders"}  # fmt: skip
 
 
 def setup() -> Extension:
@@ -114,7 +115,7 @@ def line_params(base: Any, line: dict[str, Any], position: str, check: Any) -> A
             ui = getattr(base, tag)
             joined = f"{value} {ui}" if position == "start" else f"{ui} {value}"
             changes[tag] = joined if ui and value else (value or ui)
-        elif tag in ("seed", "steps", "width", "height", "batch_size", "cfg_scale", "sampler_name"):
+        elif tag in _AS_IS:
             changes[tag] = value
         elif tag == "n_iter":
             changes["batch_count"] = value

@@ -147,5 +147,7 @@ def expand_job(templates: Templates, params: Any) -> Any:
     if len(set(expanded)) == 1:
         prompt, negative = expanded[0]
         return replace(params, prompt=prompt, negative_prompt=negative)
-    return [replace(params, prompt=p, negative_prompt=n, seed=s, batch_count=1, batch_size=1)
-            for (p, n), s in zip(expanded, seeds, strict=True)]  # fmt: skip
+    subseeds = params.image_subseeds()  # each image keeps its variation seed too
+    return [replace(params, prompt=p, negative_prompt=n, seed=s, subseed=sub, batch_count=1,
+                    batch_size=1)
+            for (p, n), s, sub in zip(expanded, seeds, subseeds, strict=True)]  # fmt: skip

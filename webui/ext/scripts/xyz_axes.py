@@ -154,6 +154,8 @@ def build_axes(params_type: type) -> list[Axis]:
     axes = [
         Axis(NOTHING, lambda texts, check: [None], lambda p, v: p, show_label=False),
         Axis("Seed", _seeds, lambda p, v: replace(p, seed=v)),
+        Axis("Var. seed", _seeds, lambda p, v: replace(p, subseed=v)),
+        Axis("Var. strength", _floats(0, 1), lambda p, v: replace(p, subseed_strength=v)),
         Axis("Steps", _ints(1, 150), lambda p, v: replace(p, steps=v)),
         Axis("CFG Scale", _floats(0, 100), lambda p, v: replace(p, cfg_scale=v)),
         Axis("Prompt S/R", _prompt_sr, lambda p, v: p, show_label=False),

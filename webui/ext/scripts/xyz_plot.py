@@ -77,14 +77,19 @@ def _axes(args: dict, check: Any) -> list[tuple[Axis, list[Any]]]:
     return out
 
 
+_SEED_AXES = ("Seed", "Var. seed")
+
+
 def _fix_seeds(
     axes: list[tuple[Axis, list[Any]]], keep_random: bool
 ) -> list[tuple[Axis, list[Any]]]:
-    """A1111: -1 in a Seed axis is one random seed for the whole plot, unless kept."""
+    """A1111: -1 in a Seed (or Var. seed) axis is one random seed for the whole plot, unless
+    kept."""
     if keep_random:
         return axes
     rng = random.SystemRandom()
-    return [(a, [rng.randint(0, MAX_SEED) if a.label == "Seed" and v == -1 else v for v in vals])
+    return [(a, [rng.randint(0, MAX_SEED) if a.label in _SEED_AXES and v == -1 else v
+                for v in vals])
             for a, vals in axes]  # fmt: skip
 
 
@@ -92,7 +97,7 @@ def _cell_params(base: Any, axes, index: tuple[int, int, int]) -> Any:
     params = base
     for (axis, values), i in zip(axes, index, strict=True):
         params = apply_value(axis, params, values[i], values)
-    if params.seed == -1:
+    if params.seed == -1 or params.subseed == -1:
         params = params.with_seed()
     return params
 
