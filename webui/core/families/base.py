@@ -54,6 +54,7 @@ class Family(ABC):
     folder_classes: frozenset[str] = frozenset()  # diffusers folders it loads
     folder_kwargs: Mapping[str, Any] = MappingProxyType({})  # from_pretrained kwargs for them
     base_scheduler: Mapping[str, Any]  # the scheduler config its files load with
+    align_your_steps: str = "sd1"  # its Align Your Steps sigma list (core.sigmas.AYS_SIGMAS)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -108,7 +109,7 @@ class Family(ABC):
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
         """The diffusers scheduler for `choice` on a loaded model's noise schedule."""
-        return make_scheduler(choice, base_config, steps=steps)
+        return make_scheduler(choice, base_config, steps=steps, ays_model=self.align_your_steps)
 
     # --- networks and infotext --------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:

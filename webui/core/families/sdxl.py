@@ -36,6 +36,7 @@ TEXT_ENCODER_2 = "conditioner.embedders.1.model."
 class SDXLFamily(UNetClipFamily):
     name = "sdxl"
     label = "SDXL"
+    align_your_steps = "sdxl"
     default_size = 1024
     medvram_sdxl = True
     zero_empty_negative = True

@@ -1,0 +1,129 @@
+"""diffusers schedulers that run on sigmas from `webui.core.sigmas`, and DPM++ 3M SDE.
+
+A1111 computes some schedules itself (KL Optimal, Align Your Steps; Karras / Exponential
+of one step more with the next-to-last sigma dropped, for DPM++ 3M SDE). The classes here
+are the diffusers classes whose update uses only the sigma list, so that a list of any
+spacing is sampled exactly:
+
+- `EulerSigmaScheduler` (Euler): diffusers' own `set_timesteps(sigmas=...)`.
+- `DPMSolverSigmaScheduler` (DPM++ 2M, 2M SDE, 2M SDE Heun): the multistep state is reset
+  by diffusers' `set_timesteps`, then the sigma list and its (fractional, as A1111's
+  unquantized k-diffusion wrapper passes them) model timesteps replace diffusers' own.
+- `DPMSolver3MSDEScheduler` (DPM++ 3M SDE): the same, with k-diffusion's
+  sample_dpmpp_3m_sde third-order update. diffusers' sde-dpmsolver++ order-3 update has
+  the opposite sign on the 1/2 in the second-difference coefficient; its first- and
+  second-order ("heun") updates are k-diffusion's already.
+
+`set_timesteps(n)` computes the list for n steps (the pipelines call it with
+`num_inference_steps`, img2img too), so a pipeline needs no `sigmas=` argument.
+`configure()` must be called once after construction. Nothing here imports a UI library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from .sigmas import sigma_schedule
+
+__all__ = [
+    "DPMSolver3MSDEScheduler",
+    "DPMSolverSigmaScheduler",
+    "EulerSigmaScheduler",
+]
+
+
+class _SigmaScheduleMixin:
+    """`set_timesteps(n)` runs on `sigma_schedule(...)` of n steps."""
+
+    _schedule: str | None = None
+    _ays_model: str = "sd1"
+    _discard_penultimate: bool = False
+
+    def configure(self, schedule: str, *, ays_model: str, discard_penultimate: bool) -> None:
+        """Which A1111 schedule type to compute (see `webui.core.sigmas.sigma_schedule`)."""
+        self._schedule = schedule
+        self._ays_model = ays_model
+        self._discard_penultimate = discard_penultimate
+
+    def schedule_sigmas(self, steps: int) -> np.ndarray:
+        """The sigmas (float64, steps + 1 of them) this scheduler runs `steps` steps on."""
+        if self._schedule is None:
+            raise RuntimeError(f"{type(self).__name__}.configure() was not called")
+        return sigma_schedule(
+            self._schedule,
+            steps,
+            self.alphas_cumprod.numpy(),  # type: ignore[attr-defined]
+            ays_model=self._ays_model,
+            discard_penultimate=self._discard_penultimate,
+        )
+
+    def _sigma_timesteps(self, sigmas: np.ndarray) -> np.ndarray:
+        """The model timestep of each sigma but the last, interpolated in log sigma."""
+        a = self.alphas_cumprod.numpy().astype(np.float64)  # type: ignore[attr-defined]
+        log_sigmas = np.log(np.sqrt((1 - a) / a))
+        return np.array([self._sigma_to_t(s, log_sigmas) for s in sigmas[:-1]])  # type: ignore[attr-defined]
+
+
+class EulerSigmaScheduler(_SigmaScheduleMixin, EulerDiscreteScheduler):
+    """Euler on an A1111 sigma list (diffusers' own custom-sigmas path)."""
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kw):
+        if num_inference_steps is None or kw.get("sigmas") is not None or kw.get("timesteps"):
+            return super().set_timesteps(num_inference_steps, device, **kw)
+        sigmas = self.schedule_sigmas(num_inference_steps)
+        return super().set_timesteps(device=device, sigmas=sigmas.tolist())
+
+
+class DPMSolverSigmaScheduler(_SigmaScheduleMixin, DPMSolverMultistepScheduler):
+    """DPM-Solver++ multistep on an A1111 sigma list."""
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kw):
+        if num_inference_steps is None or kw.get("timesteps") is not None:
+            return super().set_timesteps(num_inference_steps, device, **kw)
+        super().set_timesteps(num_inference_steps, device, **kw)  # resets the multistep state
+        sigmas = self.schedule_sigmas(num_inference_steps)
+        timesteps = self._sigma_timesteps(sigmas)
+        self.sigmas = torch.from_numpy(sigmas.astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device)
+        self.num_inference_steps = len(timesteps)
+        return None
+
+
+class DPMSolver3MSDEScheduler(DPMSolverSigmaScheduler):
+    """k-diffusion's DPM++ 3M SDE (eta 1): algorithm_type "sde-dpmsolver++", solver_type
+    "heun", solver_order 3, with k-diffusion's third-order update."""
+
+    def multistep_dpm_solver_third_order_update(
+        self,
+        model_output_list: list[torch.Tensor],
+        *args: Any,
+        sample: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if self.config.algorithm_type != "sde-dpmsolver++" or sample is None or noise is None:
+            raise ValueError("DPMSolver3MSDEScheduler needs sde-dpmsolver++, a sample and noise")
+        i = self.step_index
+        lambdas = [self._lambda(self.sigmas[j]) for j in (i + 1, i, i - 1, i - 2)]
+        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[i + 1])
+        _, sigma_s0 = self._sigma_to_alpha_sigma_t(self.sigmas[i])
+        m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
+        h, h_1, h_2 = (lambdas[0] - lambdas[1], lambdas[1] - lambdas[2], lambdas[2] - lambdas[3])
+        r0, r1 = h_1 / h, h_2 / h
+        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        h_eta = 2.0 * h  # eta = 1
+        phi_2 = torch.expm1(-h_eta) / h_eta + 1
+        phi_3 = phi_2 / h_eta - 0.5
+        x = (sigma_t / sigma_s0 * torch.exp(-h)) * sample - alpha_t * torch.expm1(-h_eta) * m0
+        x = x + alpha_t * (phi_2 * d1 - phi_3 * d2)
+        return x + sigma_t * torch.sqrt(-torch.expm1(-2.0 * h)) * noise
+
+    def _lambda(self, sigma: torch.Tensor) -> torch.Tensor:
+        alpha, sigma_t = self._sigma_to_alpha_sigma_t(sigma)
+        return torch.log(alpha) - torch.log(sigma_t)
