@@ -122,3 +122,15 @@ def test_checkpoint_by_hash_or_name(ui):
     updates = parameter_updates(ctx, "txt2img", controls, [controls["Seed"], checkpoint], text)
     assert updates[0] == 1234
     assert updates[1].value == f"tiny-sd1.safetensors [{sha[:10]}]"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [("DPM++ 3M SDE", "Exponential"), ("Euler", "KL Optimal"), ("DPM++ 2M", "Align Your Steps")],
+)
+def test_infotext_fills_the_new_samplers_and_schedules(ui, sampler, schedule):
+    _, _, tabs = ui
+    controls = tab_controls(tabs["txt2img"])
+    text = build_infotext("p", "n", {**FIELDS, "Sampler": sampler, "Schedule type": schedule})
+    values = {c.label: v for c, v in fill(parse_infotext(text), controls, "txt2img", []).items()}
+    assert (values["Sampling method"], values["Schedule type"]) == (sampler, schedule)
