@@ -171,7 +171,7 @@ def _k_dpmpp_3m_sde(x, sigmas, noises):
 
 def _k_dpmpp_2m(x, sigmas, noises):
     """k-diffusion's sample_dpmpp_2m."""
-    old = None
+    old, h_last = None, 0.0
     for i in range(len(sigmas) - 1):
         denoised = _denoiser(x, sigmas[i])
         t, t_next = -math.log(sigmas[i]), -math.log(sigmas[i + 1]) if sigmas[i + 1] else math.inf
