@@ -86,7 +86,7 @@ def test_align_your_steps_sigmas(sampler, steps):
         _sigmas_of(sampler, "Align Your Steps", steps), _ays(steps, AYS_SD15), rtol=1e-4
     )
     np.testing.assert_allclose(
-        _sigmas_of(sampler, "Align Your Steps", steps, ays_model="sdxl"),
+        _sigmas_of(sampler, "Align Your Steps", steps, ays_sigmas=AYS_SDXL),
         _ays(steps, AYS_SDXL),
         rtol=1e-4,
     )
@@ -99,7 +99,7 @@ def test_align_your_steps_published_lists():
     np.testing.assert_allclose(
         _sigmas_of("Euler", "Align Your Steps", 11), [*AYS_SD15, 0.0], rtol=1e-6
     )
-    sdxl = _sigmas_of("Euler", "Align Your Steps", 11, ays_model="sdxl")
+    sdxl = _sigmas_of("Euler", "Align Your Steps", 11, ays_sigmas=AYS_SDXL)
     np.testing.assert_allclose(sdxl, [*AYS_SDXL, 0.0], rtol=1e-6)
     np.testing.assert_allclose(
         _sigmas_of("DPM++ 3M SDE", "Align Your Steps", 10),

@@ -32,6 +32,7 @@ from .sigma_schedulers import (
     DPMSolverSigmaScheduler,
     EulerSigmaScheduler,
 )
+from .sigmas import AYS_SD15
 
 __all__ = [
     "MODEL_CONFIG_KEYS",
@@ -91,7 +92,7 @@ def make_scheduler(
     *,
     steps: int,
     noise_seed: int | Sequence[int] | None = None,
-    ays_model: str = "sd1",
+    ays_sigmas: Sequence[float] = AYS_SD15,
 ) -> SchedulerMixin:
     """A fresh diffusers scheduler for `choice` at `steps` steps, on the model's noise schedule.
 
@@ -102,7 +103,7 @@ def make_scheduler(
     `noise_seed` seeds the Brownian-tree noise of DPM++ SDE (one int, or one per image
     of the batch); without it that sampler draws a random seed from torch's global RNG.
     Other stochastic samplers take their noise from the `generator` passed to `step()`.
-    `ays_model` picks the Align Your Steps list: "sd1" or "sdxl" (the model family's).
+    `ays_sigmas` is the model family's published Align Your Steps list (SD 1.5's by default).
     """
     missing = missing_requirements(choice)
     if missing:
@@ -119,7 +120,7 @@ def make_scheduler(
     if choice.sigma_schedule is not None:
         scheduler.configure(
             choice.sigma_schedule,
-            ays_model=ays_model,
+            ays_sigmas=ays_sigmas,
             discard_penultimate=choice.discard_penultimate_sigma,
         )
     if noise_seed is not None:

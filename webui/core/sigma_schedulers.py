@@ -21,13 +21,14 @@ spacing is sampled exactly:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from .sigmas import sigma_schedule
+from .sigmas import AYS_SD15, sigma_schedule
 
 __all__ = [
     "DPMSolver3MSDEScheduler",
@@ -40,13 +41,15 @@ class _SigmaScheduleMixin:
     """`set_timesteps(n)` runs on `sigma_schedule(...)` of n steps."""
 
     _schedule: str | None = None
-    _ays_model: str = "sd1"
+    _ays_sigmas: tuple[float, ...] = AYS_SD15
     _discard_penultimate: bool = False
 
-    def configure(self, schedule: str, *, ays_model: str, discard_penultimate: bool) -> None:
+    def configure(
+        self, schedule: str, *, ays_sigmas: Sequence[float], discard_penultimate: bool
+    ) -> None:
         """Which A1111 schedule type to compute (see `webui.core.sigmas.sigma_schedule`)."""
         self._schedule = schedule
-        self._ays_model = ays_model
+        self._ays_sigmas = tuple(ays_sigmas)
         self._discard_penultimate = discard_penultimate
 
     def schedule_sigmas(self, steps: int) -> np.ndarray:
@@ -57,7 +60,7 @@ class _SigmaScheduleMixin:
             self._schedule,
             steps,
             self.alphas_cumprod.numpy(),  # type: ignore[attr-defined]
-            ays_model=self._ays_model,
+            ays_sigmas=self._ays_sigmas,
             discard_penultimate=self._discard_penultimate,
         )
 

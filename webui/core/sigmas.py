@@ -17,11 +17,13 @@ This module is numbers only: it never imports diffusers or a UI library.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
-    "AYS_SIGMAS",
+    "AYS_SD15",
+    "AYS_SDXL",
     "SIGMA_SCHEDULES",
     "align_your_steps",
     "discard_next_to_last",
@@ -32,11 +34,10 @@ __all__ = [
     "sigma_schedule",
 ]
 
-# NVIDIA's published 10-step Align Your Steps sigmas (A1111's lists, ending at sigma_min).
-AYS_SIGMAS: dict[str, tuple[float, ...]] = {
-    "sd1": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
-    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
-}
+# NVIDIA's published 10-step Align Your Steps sigmas (A1111's lists, ending at sigma_min);
+# a model family names its list (`Family.align_your_steps`).
+AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 
 
 def model_sigma_range(alphas_cumprod: np.ndarray) -> tuple[float, float]:
@@ -67,12 +68,12 @@ def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
     return np.tan(frac * math.atan(sigma_min) + (1 - frac) * math.atan(sigma_max))
 
 
-def align_your_steps(n: int, model: str) -> np.ndarray:
-    """A1111's get_align_your_steps_sigmas for "sd1" or "sdxl": the published list with 0
+def align_your_steps(n: int, published_list: Sequence[float]) -> np.ndarray:
+    """A1111's get_align_your_steps_sigmas for a published list: the list with 0
     appended when n is its length (11), else the list log-linearly interpolated to n
     points (in A1111's loglinear_interp), then 0. So 10 steps are an interpolation and 11
     steps the published list, exactly as A1111 does."""
-    published = np.array(AYS_SIGMAS[model], dtype=np.float64)
+    published = np.array(published_list, dtype=np.float64)
     if n == 1:
         return np.array([published[0], 0.0])
     if n == len(published):
@@ -96,7 +97,7 @@ def sigma_schedule(
     steps: int,
     alphas_cumprod: np.ndarray,
     *,
-    ays_model: str = "sd1",
+    ays_sigmas: Sequence[float] = AYS_SD15,
     discard_penultimate: bool = False,
 ) -> np.ndarray:
     """The sigmas of `steps` steps of an A1111 schedule type, ending in 0 (KL Optimal: in
@@ -112,7 +113,7 @@ def sigma_schedule(
     elif schedule == "KL Optimal":
         sigmas = kl_optimal(n, sigma_min, sigma_max)
     elif schedule == "Align Your Steps":
-        sigmas = align_your_steps(n, ays_model)
+        sigmas = align_your_steps(n, ays_sigmas)
     else:
         raise ValueError(f"no sigma formula for schedule type {schedule!r}")
     return discard_next_to_last(sigmas) if discard_penultimate else sigmas
