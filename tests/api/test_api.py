@@ -451,15 +451,20 @@ def test_api_auth(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("sampler", "schedule"),
-    [("DPM++ 3M SDE", "Automatic"), ("Euler", "kl_optimal"), ("DPM++ 2M", "Align Your Steps")],
+    [
+        ("DPM++ 3M SDE", "Automatic"),
+        ("DPM++ 2S a", "Automatic"),
+        ("Euler", "kl_optimal"),
+        ("DPM++ 2M", "Align Your Steps"),
+    ],
 )
 def test_new_samplers_and_schedules_round_trip_their_infotext(
     srv: Server, sampler: str, schedule: str
 ) -> None:
     expected = {
-        "Automatic": "Exponential", "kl_optimal": "KL Optimal",
-        "Align Your Steps": "Align Your Steps",
-    }[schedule]  # fmt: skip
+        ("DPM++ 3M SDE", "Automatic"): "Exponential", ("DPM++ 2S a", "Automatic"): "Karras",
+        ("Euler", "kl_optimal"): "KL Optimal", ("DPM++ 2M", "Align Your Steps"): "Align Your Steps",
+    }[sampler, schedule]  # fmt: skip
     assert sampler in [s["name"] for s in srv.client.get(srv.api("/samplers")).json()]
     listed = {s["label"]: s["name"] for s in srv.client.get(srv.api("/schedulers")).json()}
     assert listed["KL Optimal"] == "kl_optimal"

@@ -349,6 +349,9 @@ def test_default_is_dpmpp_2m_karras(empty):
         ("UniPC", ("UniPC", "SGM Uniform")),
         ("LCM", ("LCM", "Automatic")),
         ("DPM++ 3M SDE", ("DPM++ 3M SDE", "Exponential")),
+        ("DPM++ 2S a", ("DPM++ 2S a", "Karras")),
+        ("DPM++ 2S a Karras", ("DPM++ 2S a", "Karras")),
+        ("k_dpmpp_2s_a", ("DPM++ 2S a", "Karras")),
         ("DPM++ 3M SDE Karras", ("DPM++ 3M SDE", "Karras")),
         ("k_dpmpp_3m_sde", ("DPM++ 3M SDE", "Exponential")),
         ("Euler KL Optimal", ("Euler", "KL Optimal")),
@@ -388,8 +391,8 @@ def test_unknown_sampler_is_refused_by_name(bad):
 @pytest.mark.parametrize(
     "name",
     [
-        "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "DPM++ 2S a",
-        "DPM++ 2S a Karras", "dpm fast", "k_dpm_ad",
+        "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "DPM fast Karras", "dpm fast",
+        "k_dpm_ad",
     ],
 )  # fmt: skip
 def test_a1111_samplers_without_diffusers_equivalent_are_refused(name):

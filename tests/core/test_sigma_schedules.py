@@ -251,3 +251,49 @@ def test_the_third_order_update_is_k_diffusions_not_diffusers():
     theirs.set_timesteps(8)
     theirs.sigmas, theirs.timesteps = ours.sigmas.clone(), ours.timesteps.clone()
     assert not torch.allclose(_run_diffusers(theirs, x_ve.clone(), 8, noises), expected, atol=1e-3)
+
+
+def _k_dpmpp_2s_ancestral(x, sigmas, generator):
+    """k-diffusion's sample_dpmpp_2s_ancestral, eta = s_noise = 1, Gaussian noise drawn from
+    `generator` at each noise addition (as diffusers draws it)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = _denoiser(x, sigma)
+        sigma_up = min(sigma_next, math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+        sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+        if sigma_down == 0:
+            x = x + (x - denoised) / sigma * (sigma_down - sigma)
+        else:
+            t, t_next = -math.log(sigma), -math.log(sigma_down)
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (math.exp(-s) / math.exp(-t)) * x - math.expm1(-0.5 * h) * denoised
+            denoised_2 = _denoiser(x_2, math.exp(-s))
+            x = (math.exp(-t_next) / math.exp(-t)) * x - math.expm1(-h) * denoised_2
+        if sigma_next > 0:
+            x = x + torch.randn(x.shape, generator=generator).double() * sigma_up
+    return x
+
+
+@pytest.mark.parametrize("schedule", ["Automatic", "Uniform", "Exponential"])
+@pytest.mark.parametrize("steps", [1, 2, 6])
+def test_dpmpp_2s_ancestral_matches_k_diffusion(schedule, steps):
+    scheduler = make_scheduler(resolve("DPM++ 2S a", schedule), SD15, steps=steps)
+    scheduler.set_timesteps(steps)
+    interleaved = scheduler.sigmas.double().tolist()  # s0, s1, s1, ..., s_n, s_n, s_n
+    sigmas = [interleaved[0], *interleaved[1::2]][: steps + 1]
+    assert len(sigmas) == steps + 1 and sigmas[-1] == 0
+    assert len(scheduler.timesteps) == 2 * steps - 1  # two model calls, one on the last step
+    x_ve = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    x_ve *= sigmas[0]
+    expected = _k_dpmpp_2s_ancestral(x_ve.clone(), sigmas, torch.Generator().manual_seed(9))
+    x, g = x_ve.float(), torch.Generator().manual_seed(9)
+    for t in scheduler.timesteps:
+        if scheduler.step_index is None or scheduler.state_in_first_order:
+            sigma = float(scheduler.sigmas[scheduler.step_index or 0])
+        else:
+            sigma = float(scheduler.sigmas_interpol[scheduler.step_index - 1])
+        scheduler.scale_model_input(x, t)
+        eps = (x.double() - _denoiser(x.double(), sigma)) / sigma
+        x = scheduler.step(eps.float(), t, x, generator=g).prev_sample
+    torch.testing.assert_close(x.double(), expected, rtol=2e-4, atol=2e-4)

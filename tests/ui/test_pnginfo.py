@@ -126,7 +126,12 @@ def test_checkpoint_by_hash_or_name(ui):
 
 @pytest.mark.parametrize(
     ("sampler", "schedule"),
-    [("DPM++ 3M SDE", "Exponential"), ("Euler", "KL Optimal"), ("DPM++ 2M", "Align Your Steps")],
+    [
+        ("DPM++ 3M SDE", "Exponential"),
+        ("DPM++ 2S a", "Karras"),
+        ("Euler", "KL Optimal"),
+        ("DPM++ 2M", "Align Your Steps"),
+    ],
 )
 def test_infotext_fills_the_new_samplers_and_schedules(ui, sampler, schedule):
     _, _, tabs = ui

@@ -214,6 +214,10 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
     _Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
              {**_DPMPP_2M, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
              _DPM_SCHEDULES, "Exponential", ("k_dpmpp_2m_sde_heun",), linspace_from_zero=False),
+    # k-diffusion's sample_dpmpp_2s_ancestral on DPM2 a's model calls (same sigmas,
+    # midpoints and first stage; webui.core.sigma_schedulers); A1111's default: Karras.
+    _Sampler("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, _K_SCHEDULES, "Karras",
+             ("k_dpmpp_2s_a",)),
     # k-diffusion's sample_dpmpp_3m_sde: diffusers' SDE DPM-Solver++ with k-diffusion's
     # third-order update (webui.core.sigma_schedulers), on A1111's sigmas of one step more
     # with the next-to-last dropped. Its noise is Gaussian from the job's generator, like
@@ -253,8 +257,6 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
 # fmt: on
 
 UNSUPPORTED_SAMPLERS: dict[str, str] = {
-    "DPM++ 2S a": "diffusers has no ancestral single-step DPM-Solver++(2S) scheduler, and "
-    "this program has no tested sampler of its own for it yet",
     "DPM fast": "diffusers has no DPM-Solver-fast scheduler (k-diffusion's fixed budget "
     "of model calls split into first- to third-order steps), and this program has none",
     "DPM adaptive": "diffusers has no adaptive-step DPM-Solver (its number of steps "
@@ -265,7 +267,6 @@ UNSUPPORTED_SAMPLERS: dict[str, str] = {
     "diffusers' pipelines do not pass to a scheduler",
 }
 _UNSUPPORTED_ALIASES: dict[str, str] = {
-    "k_dpmpp_2s_a": "DPM++ 2S a",
     "k_dpm_fast": "DPM fast",
     "k_dpm_ad": "DPM adaptive",
     "restart": "Restart",

@@ -29,6 +29,7 @@ from ..errors import UserError
 from .samplers import SchedulerChoice, missing_requirements
 from .sigma_schedulers import (
     DPMSolver3MSDEScheduler,
+    DPMSolverPP2SAncestralScheduler,
     DPMSolverSigmaScheduler,
     EulerSigmaScheduler,
 )
@@ -77,6 +78,7 @@ class SchedulerUnavailableError(RuntimeError, UserError):
 # Our own classes, by the class name `webui.core.samplers` gives them.
 _OWN_CLASSES: dict[str, type[SchedulerMixin]] = {
     "DPMSolver3MSDEScheduler": DPMSolver3MSDEScheduler,
+    "DPMSolverPP2SAncestralScheduler": DPMSolverPP2SAncestralScheduler,
 }
 # The class that runs a diffusers class on a computed sigma list.
 _SIGMA_CLASSES: dict[str, type[SchedulerMixin]] = {

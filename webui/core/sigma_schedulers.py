@@ -1,4 +1,5 @@
-"""diffusers schedulers that run on sigmas from `webui.core.sigmas`, and DPM++ 3M SDE.
+"""Schedulers of our own: diffusers classes that run on sigmas from `webui.core.sigmas`,
+DPM++ 3M SDE and DPM++ 2S a.
 
 A1111 computes some schedules itself (KL Optimal, Align Your Steps; Karras / Exponential
 of one step more with the next-to-last sigma dropped, for DPM++ 3M SDE). The classes here
@@ -14,6 +15,12 @@ spacing is sampled exactly:
   the opposite sign on the 1/2 in the second-difference coefficient; its first- and
   second-order ("heun") updates are k-diffusion's already.
 
+- `DPMSolverPP2SAncestralScheduler` (DPM++ 2S a): k-diffusion's sample_dpmpp_2s_ancestral
+  (eta 1). Its model calls are DPM2 a's (sigma_i, then sqrt(sigma_i * sigma_down), the
+  midpoint in log sigma; one call on the last step, which goes to 0), and its first stage
+  is DPM2 a's Euler step to that midpoint, so diffusers' KDPM2AncestralDiscreteScheduler
+  runs it with the second stage replaced by DPM-Solver++(2S)'s update.
+
 `set_timesteps(n)` computes the list for n steps (the pipelines call it with
 `num_inference_steps`, img2img too), so a pipeline needs no `sigmas=` argument.
 `configure()` must be called once after construction. Nothing here imports a UI library.
@@ -26,12 +33,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
+    KDPM2AncestralDiscreteSchedulerOutput,
+)
+from diffusers.utils.torch_utils import randn_tensor
 
 from .sigmas import AYS_SD15, sigma_schedule
 
 __all__ = [
     "DPMSolver3MSDEScheduler",
+    "DPMSolverPP2SAncestralScheduler",
     "DPMSolverSigmaScheduler",
     "EulerSigmaScheduler",
 ]
@@ -130,3 +146,48 @@ class DPMSolver3MSDEScheduler(DPMSolverSigmaScheduler):
     def _lambda(self, sigma: torch.Tensor) -> torch.Tensor:
         alpha, sigma_t = self._sigma_to_alpha_sigma_t(sigma)
         return torch.log(alpha) - torch.log(sigma_t)
+
+
+class DPMSolverPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):
+    """k-diffusion's DPM++ 2S a (eta 1) on DPM2 a's sigmas and model calls."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> KDPM2AncestralDiscreteSchedulerOutput | tuple:
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        if self.state_in_first_order:  # Euler to the midpoint (or to 0 on the last step)
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        i = self.step_index - 1  # the step whose first stage stored its input
+        sigma, sigma_mid = self.sigmas[i], self.sigmas_interpol[i]
+        sigma_up, sigma_down = self.sigmas_up[i], self.sigmas_down[i]
+        denoised = self._denoised(model_output, sample, sigma_mid)
+        x, self.sample = self.sample, None
+        ratio = sigma_down / sigma  # exp(-h), h = log(sigma / sigma_down)
+        prev_sample = ratio * x + (1 - ratio) * denoised
+        noise = randn_tensor(
+            model_output.shape,
+            dtype=model_output.dtype,
+            device=model_output.device,
+            generator=generator,
+        )
+        prev_sample = prev_sample + noise * sigma_up
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample, denoised)
+        return KDPM2AncestralDiscreteSchedulerOutput(
+            prev_sample=prev_sample, pred_original_sample=denoised
+        )
+
+    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor):
+        """The model's denoised image at `sigma` (k-diffusion's x0), as diffusers' step does."""
+        if self.config.prediction_type == "epsilon":
+            return sample - sigma * model_output
+        if self.config.prediction_type == "v_prediction":
+            return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+        raise ValueError(f"prediction_type {self.config.prediction_type!r} is not supported")
