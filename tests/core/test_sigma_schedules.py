@@ -297,3 +297,26 @@ def test_dpmpp_2s_ancestral_matches_k_diffusion(schedule, steps):
         eps = (x.double() - _denoiser(x.double(), sigma)) / sigma
         x = scheduler.step(eps.float(), t, x, generator=g).prev_sample
     torch.testing.assert_close(x.double(), expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [("Euler", "KL Optimal"), ("DPM++ 2M", "Align Your Steps"), ("DPM++ 3M SDE", "Automatic"),
+     ("DPM++ 2S a", "Automatic")],
+)  # fmt: skip
+def test_img2img_starts_at_the_schedules_sigma(sampler, schedule):
+    """img2img and hires: the pipeline skips the first steps (set_begin_index) and noises the
+    image to the sigma of the first step it runs."""
+    scheduler = make_scheduler(resolve(sampler, schedule), SD15, steps=10)
+    scheduler.set_timesteps(10)
+    start = 5 * scheduler.order
+    scheduler.set_begin_index(start)
+    sigma = float(scheduler.sigmas[start])
+    x0, noise = torch.ones(1, 4, 8, 8), torch.full((1, 4, 8, 8), 0.5)
+    noisy = scheduler.add_noise(x0, noise, scheduler.timesteps[start : start + 1])
+    if scheduler.init_noise_sigma == 1:  # DPM-Solver's latents: (x0 + sigma * noise) scaled
+        expected = (1 + 0.5 * sigma) / math.sqrt(1 + sigma**2)
+    else:
+        expected = 1 + 0.5 * sigma
+    torch.testing.assert_close(noisy, torch.full_like(noisy, expected), rtol=1e-5, atol=1e-5)
+    assert math.isclose(sigma, float(_sigmas_of(sampler, schedule, 10)[start]), rel_tol=1e-6)
