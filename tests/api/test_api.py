@@ -496,3 +496,34 @@ def test_api_auth(tmp_path: Path) -> None:
             assert ok.status_code == 200 and SECRET not in ok.text
     finally:
         _stop(server, thread)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [
+        ("DPM++ 3M SDE", "Automatic"),
+        ("DPM++ 2S a", "Automatic"),
+        ("Euler", "kl_optimal"),
+        ("DPM++ 2M", "Align Your Steps"),
+    ],
+)
+def test_new_samplers_and_schedules_round_trip_their_infotext(
+    srv: Server, sampler: str, schedule: str
+) -> None:
+    expected = {
+        ("DPM++ 3M SDE", "Automatic"): "Exponential", ("DPM++ 2S a", "Automatic"): "Karras",
+        ("Euler", "kl_optimal"): "KL Optimal", ("DPM++ 2M", "Align Your Steps"): "Align Your Steps",
+    }[sampler, schedule]  # fmt: skip
+    assert sampler in [s["name"] for s in srv.client.get(srv.api("/samplers")).json()]
+    listed = {s["label"]: s["name"] for s in srv.client.get(srv.api("/schedulers")).json()}
+    assert listed["KL Optimal"] == "kl_optimal"
+    assert listed["Align Your Steps"] == "align_your_steps"
+    response = _post_txt2img(srv, steps=3, sampler_name=sampler, scheduler=schedule)
+    assert response.status_code == 200, response.text
+    image = _decode(response.json()["images"][0])
+    text = image.info["parameters"]
+    params = parse_infotext(text)
+    assert (params["Sampler"], params["Schedule type"]) == (sampler, expected)
+    again = srv.client.post(srv.api("/txt2img"), json={"infotext": text})
+    assert again.status_code == 200, again.text
+    assert _decode(again.json()["images"][0]).tobytes() == image.tobytes()

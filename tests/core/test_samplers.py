@@ -87,7 +87,8 @@ def _sample(scheduler, steps: int, seed: int = 0) -> torch.Tensor:
 def test_every_supported_combination_builds_and_samples(sampler, schedule):
     choice = resolve(sampler, schedule)
     scheduler = _build(choice, steps=2, noise_seed=[1, 2])
-    assert type(scheduler).__name__ == choice.class_name
+    # the class itself, or its subclass that runs on computed sigmas (KL Optimal, AYS)
+    assert choice.class_name in [c.__name__ for c in type(scheduler).__mro__]
     for key, value in choice.kwargs.items():
         assert scheduler.config[key] == value
     for steps in (2, 20):
@@ -347,6 +348,14 @@ def test_default_is_dpmpp_2m_karras(empty):
         ("PLMS", ("PLMS", "DDIM")),
         ("UniPC", ("UniPC", "SGM Uniform")),
         ("LCM", ("LCM", "Automatic")),
+        ("DPM++ 3M SDE", ("DPM++ 3M SDE", "Exponential")),
+        ("DPM++ 2S a", ("DPM++ 2S a", "Karras")),
+        ("DPM++ 2S a Karras", ("DPM++ 2S a", "Karras")),
+        ("k_dpmpp_2s_a", ("DPM++ 2S a", "Karras")),
+        ("DPM++ 3M SDE Karras", ("DPM++ 3M SDE", "Karras")),
+        ("k_dpmpp_3m_sde", ("DPM++ 3M SDE", "Exponential")),
+        ("Euler KL Optimal", ("Euler", "KL Optimal")),
+        ("DPM++ 2M Align Your Steps", ("DPM++ 2M", "Align Your Steps")),
     ],
 )
 def test_names_resolve(name, expected):
@@ -382,8 +391,8 @@ def test_unknown_sampler_is_refused_by_name(bad):
 @pytest.mark.parametrize(
     "name",
     [
-        "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "DPM++ 2S a", "DPM++ 3M SDE",
-        "DPM++ 2S a Karras", "DPM++ 3M SDE Exponential", "dpm fast", "k_dpm_ad",
+        "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "DPM fast Karras", "dpm fast",
+        "k_dpm_ad",
     ],
 )  # fmt: skip
 def test_a1111_samplers_without_diffusers_equivalent_are_refused(name):
@@ -392,15 +401,15 @@ def test_a1111_samplers_without_diffusers_equivalent_are_refused(name):
     assert repr(name) in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "schedule", ["KL Optimal", "kl_optimal", "Align Your Steps", "align_your_steps"]
-)
-def test_a1111_schedules_without_diffusers_equivalent_are_refused(schedule):
-    with pytest.raises(UnknownSamplerError, match="not supported with diffusers") as info:
-        resolve("Euler", schedule)
-    assert repr(schedule) in str(info.value)
-    with pytest.raises(UnknownSamplerError, match="not supported with diffusers"):
-        resolve(f"Euler {schedule}", None)
+def test_every_a1111_schedule_type_is_supported():
+    assert samplers.UNSUPPORTED_SCHEDULE_TYPES == {}
+    assert samplers.SCHEDULE_TYPES == list(A1111_SCHEDULES)
+
+
+def test_every_refused_sampler_is_in_the_readme_with_its_reason():
+    readme = (ROOT / "README.md").read_text()
+    for name, reason in samplers.UNSUPPORTED_SAMPLERS.items():
+        assert f"`{name}`: {reason}" in " ".join(readme.split()), name
 
 
 def test_unknown_schedule_is_refused_by_name():
@@ -419,6 +428,11 @@ def test_unknown_schedule_is_refused_by_name():
         ("UniPC", "Karras"),
         ("LCM", "Karras"),
         ("Euler a Karras", None),
+        ("Euler a", "KL Optimal"),
+        ("Heun", "Align Your Steps"),
+        ("UniPC", "align_your_steps"),
+        ("DPM++ 3M SDE", "Uniform"),
+        ("DPM++ 3M SDE", "Simple"),
     ],
 )
 def test_schedule_the_sampler_cannot_do_is_refused(sampler, schedule):

@@ -150,3 +150,20 @@ def test_seed_extras_count_only_when_ticked():
     assert seed_fields({**values, "subseed": None})["subseed"] == -1
     with pytest.raises(gr.Error, match="Variation seed"):
         seed_fields({**values, "subseed": 1.5})
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [
+        ("DPM++ 3M SDE", "Exponential"),
+        ("DPM++ 2S a", "Karras"),
+        ("Euler", "KL Optimal"),
+        ("DPM++ 2M", "Align Your Steps"),
+    ],
+)
+def test_infotext_fills_the_new_samplers_and_schedules(ui, sampler, schedule):
+    _, _, tabs = ui
+    controls = tab_controls(tabs["txt2img"])
+    text = build_infotext("p", "n", {**FIELDS, "Sampler": sampler, "Schedule type": schedule})
+    values = {c.label: v for c, v in fill(parse_infotext(text), controls, "txt2img", []).items()}
+    assert (values["Sampling method"], values["Schedule type"]) == (sampler, schedule)

@@ -76,6 +76,11 @@ class SchedulerChoice:
     # The kwargs for exactly one step where `kwargs` would start that step at the bottom of
     # the noise schedule; None: `kwargs` already start at the top.
     one_step_kwargs: dict[str, Any] | None = field(default=None, hash=False)
+    # A schedule type whose sigmas `webui.core.sigmas` computes (KL Optimal, Align Your
+    # Steps; every schedule of a sampler that discards the next-to-last sigma); None: the
+    # diffusers class spaces its own steps from `kwargs`.
+    sigma_schedule: str | None = None
+    discard_penultimate_sigma: bool = False  # A1111's discard_next_to_last_sigma
 
     def kwargs_for(self, steps: int) -> dict[str, Any]:
         """Constructor kwargs for a run of `steps` steps: `kwargs`, except that one step
@@ -104,11 +109,11 @@ _ALL_SCHEDULE_TYPES: dict[str, str] = {
 }
 _SCHEDULE_ALIASES: dict[str, str] = {"sgmuniform": "SGM Uniform"}
 
-UNSUPPORTED_SCHEDULE_TYPES: dict[str, str] = {
-    "KL Optimal": "diffusers schedulers have no option for the KL-optimal sigma schedule",
-    "Align Your Steps": "diffusers schedulers have no option for Align Your Steps sigmas "
-    "at an arbitrary step count",
-}
+UNSUPPORTED_SCHEDULE_TYPES: dict[str, str] = {}
+
+# Schedule types whose sigmas `webui.core.sigmas` computes; the samplers that can run on a
+# given sigma list (`webui.core.sigma_schedulers`) offer them.
+_COMPUTED_SCHEDULES = frozenset({"KL Optimal", "Align Your Steps"})
 
 # Polyexponential is k-diffusion's get_sigmas_polyexponential with A1111's default rho=1.0,
 # which is exactly the exponential schedule.
@@ -127,6 +132,12 @@ _K_SCHEDULES: dict[str, dict[str, Any]] = {
     "DDIM": {"timestep_spacing": "leading", "steps_offset": 1},
     "Beta": {**_SCALE, "use_beta_sigmas": True},
 }
+# Euler runs on any sigma list: A1111's KL Optimal and Align Your Steps sigmas.
+_EULER_SCHEDULES: dict[str, dict[str, Any]] = {
+    **_K_SCHEDULES,
+    "KL Optimal": {},
+    "Align Your Steps": {},
+}
 # EulerAncestralDiscreteScheduler has no sigma-conversion options: spacing only.
 _SPACING_ONLY = ("Uniform", "SGM Uniform", "Simple", "Normal", "DDIM")
 _EULER_A_SCHEDULES = {label: _K_SCHEDULES[label] for label in _SPACING_ONLY}
@@ -141,6 +152,18 @@ _DPM_SCHEDULES: dict[str, dict[str, Any]] = {
     "SGM Uniform": {"timestep_spacing": "linspace"},
     "Simple": {"timestep_spacing": "trailing"},
     "Beta": {**_SCALE, "use_beta_sigmas": True},
+    # KL Optimal ends at sigma_min: like k-diffusion, the last step keeps the full order
+    # (diffusers drops to first order into a final sigma of 0 only).
+    "KL Optimal": {"final_sigmas_type": "sigma_min"},
+    "Align Your Steps": {},
+}
+# DPM++ 3M SDE discards the next-to-last sigma (A1111), so all its sigmas are computed.
+_DPM_3M_SCHEDULES: dict[str, dict[str, Any]] = {
+    "Karras": {},
+    "Exponential": {},
+    "Polyexponential": {},
+    "KL Optimal": {"final_sigmas_type": "sigma_min"},
+    "Align Your Steps": {},
 }
 _UNIPC_SCHEDULES = {label: _DPM_SCHEDULES[label] for label in ("SGM Uniform", "Simple")}
 _SCHEDULE_REQUIRES: dict[str, tuple[str, ...]] = {"Beta": ("scipy",)}
@@ -162,6 +185,7 @@ class _Sampler:
     # Its "linspace" spacing is linspace(0, 999, n): for n = 1 that is timestep 0 alone
     # (False: the class's "linspace" has n + 1 points and starts at 999 for n = 1).
     linspace_from_zero: bool = True
+    discard_penultimate_sigma: bool = False  # A1111's discard_next_to_last_sigma
 
 
 # A1111's k-diffusion DPM++ 2M does second order up to the last step and first order into
@@ -190,9 +214,22 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
     _Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
              {**_DPMPP_2M, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
              _DPM_SCHEDULES, "Exponential", ("k_dpmpp_2m_sde_heun",), linspace_from_zero=False),
+    # k-diffusion's sample_dpmpp_2s_ancestral on DPM2 a's model calls (same sigmas,
+    # midpoints and first stage; webui.core.sigma_schedulers); A1111's default: Karras.
+    _Sampler("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, _K_SCHEDULES, "Karras",
+             ("k_dpmpp_2s_a",)),
+    # k-diffusion's sample_dpmpp_3m_sde: diffusers' SDE DPM-Solver++ with k-diffusion's
+    # third-order update (webui.core.sigma_schedulers), on A1111's sigmas of one step more
+    # with the next-to-last dropped. Its noise is Gaussian from the job's generator, like
+    # DPM++ 2M SDE's, not A1111's Brownian tree.
+    _Sampler("DPM++ 3M SDE", "DPMSolver3MSDEScheduler",
+             {**_DPMPP_2M, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun",
+              "solver_order": 3},
+             _DPM_3M_SCHEDULES, "Exponential", ("k_dpmpp_3m_sde",), linspace_from_zero=False,
+             discard_penultimate_sigma=True),
     _Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, _EULER_A_SCHEDULES, "Uniform",
              ("k_euler_a", "k_euler_ancestral")),
-    _Sampler("Euler", "EulerDiscreteScheduler", {}, _K_SCHEDULES, "Uniform", ("k_euler",)),
+    _Sampler("Euler", "EulerDiscreteScheduler", {}, _EULER_SCHEDULES, "Uniform", ("k_euler",)),
     # diffusers computes the LMS coefficients with scipy.integrate.
     _Sampler("LMS", "LMSDiscreteScheduler", {}, _K_SCHEDULES, "Uniform", ("k_lms",),
              requires=("scipy",)),
@@ -220,18 +257,16 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
 # fmt: on
 
 UNSUPPORTED_SAMPLERS: dict[str, str] = {
-    "DPM++ 2S a": "diffusers has no ancestral single-step DPM-Solver++(2S) scheduler",
-    "DPM++ 3M SDE": "diffusers' third-order SDE DPM-Solver++ update does not match "
-    "k-diffusion's (its second-difference term has a different coefficient)",
-    "DPM fast": "diffusers has no fixed-step DPM-Solver-fast scheduler",
-    "DPM adaptive": "diffusers has no adaptive-step DPM-Solver scheduler",
-    "Restart": "diffusers has no Restart sampler",
+    "DPM fast": "diffusers has no DPM-Solver-fast scheduler (k-diffusion's fixed budget "
+    "of model calls split into first- to third-order steps), and this program has none",
+    "DPM adaptive": "diffusers has no adaptive-step DPM-Solver (its number of steps "
+    "follows an error estimate, not Sampling steps), and this program has none",
+    "Restart": "diffusers has no Restart sampler (Heun steps that add noise back and "
+    "repeat part of the schedule), and this program has none",
     "DDIM CFG++": "CFG++ needs the unconditional prediction inside the sampler step, which "
-    "diffusers' DDIMScheduler does not have",
+    "diffusers' pipelines do not pass to a scheduler",
 }
 _UNSUPPORTED_ALIASES: dict[str, str] = {
-    "k_dpmpp_2s_a": "DPM++ 2S a",
-    "k_dpmpp_3m_sde": "DPM++ 3M SDE",
     "k_dpm_fast": "DPM fast",
     "k_dpm_ad": "DPM adaptive",
     "restart": "Restart",
@@ -312,6 +347,7 @@ def resolve(sampler_name: str | None, schedule: str | None) -> SchedulerChoice:
             f"choose one of: {', '.join(supported_schedules(sampler))}"
         )
     kwargs = {**s.kwargs, **extra}
+    computed = label in _COMPUTED_SCHEDULES or s.discard_penultimate_sigma
     return SchedulerChoice(
         sampler=sampler,
         schedule=label,
@@ -319,7 +355,9 @@ def resolve(sampler_name: str | None, schedule: str | None) -> SchedulerChoice:
         kwargs=kwargs,
         requires=tuple(dict.fromkeys(s.requires + _SCHEDULE_REQUIRES.get(label, ()))),
         max_steps=s.max_steps,
-        one_step_kwargs=_one_step_kwargs(s, kwargs),
+        one_step_kwargs=None if computed else _one_step_kwargs(s, kwargs),
+        sigma_schedule=label if computed else None,
+        discard_penultimate_sigma=s.discard_penultimate_sigma,
     )
 
 

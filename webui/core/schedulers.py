@@ -9,6 +9,10 @@ see `webui.core.samplers`). Settings that belong to whichever scheduler the chec
 happened to ship with (Karras sigmas, solver order, timestep spacing, ...) never leak into
 the chosen sampler, and a kwarg the class would silently ignore is an error, never a quiet
 fallback.
+
+Schedule types whose sigmas A1111 computes itself (KL Optimal, Align Your Steps, and all
+schedules of DPM++ 3M SDE) run on the classes of `webui.core.sigma_schedulers`, which take
+their sigma list from `webui.core.sigmas` at every `set_timesteps()`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..errors import UserError
 from .samplers import SchedulerChoice, missing_requirements
+from .sigma_schedulers import (
+    DPMSolver3MSDEScheduler,
+    DPMSolverPP2SAncestralScheduler,
+    DPMSolverSigmaScheduler,
+    EulerSigmaScheduler,
+)
+from .sigmas import AYS_SD15
 
 __all__ = [
     "MODEL_CONFIG_KEYS",
@@ -64,12 +75,26 @@ class SchedulerUnavailableError(RuntimeError, UserError):
     """The chosen scheduler needs an optional package that is not installed."""
 
 
+# Our own classes, by the class name `webui.core.samplers` gives them.
+_OWN_CLASSES: dict[str, type[SchedulerMixin]] = {
+    "DPMSolver3MSDEScheduler": DPMSolver3MSDEScheduler,
+    "DPMSolverPP2SAncestralScheduler": DPMSolverPP2SAncestralScheduler,
+}
+# The class that runs a diffusers class on a computed sigma list.
+_SIGMA_CLASSES: dict[str, type[SchedulerMixin]] = {
+    "EulerDiscreteScheduler": EulerSigmaScheduler,
+    "DPMSolverMultistepScheduler": DPMSolverSigmaScheduler,
+    "DPMSolver3MSDEScheduler": DPMSolver3MSDEScheduler,
+}
+
+
 def make_scheduler(
     choice: SchedulerChoice,
     base_config: Mapping[str, Any],
     *,
     steps: int,
     noise_seed: int | Sequence[int] | None = None,
+    ays_sigmas: Sequence[float] = AYS_SD15,
 ) -> SchedulerMixin:
     """A fresh diffusers scheduler for `choice` at `steps` steps, on the model's noise schedule.
 
@@ -80,6 +105,7 @@ def make_scheduler(
     `noise_seed` seeds the Brownian-tree noise of DPM++ SDE (one int, or one per image
     of the batch); without it that sampler draws a random seed from torch's global RNG.
     Other stochastic samplers take their noise from the `generator` passed to `step()`.
+    `ays_sigmas` is the model family's published Align Your Steps list (SD 1.5's by default).
     """
     missing = missing_requirements(choice)
     if missing:
@@ -88,11 +114,17 @@ def make_scheduler(
             f"Python package(s) {', '.join(missing)}, which are not installed "
             f"(pip install {' '.join(missing)})"
         )
-    cls = getattr(diffusers, choice.class_name)
+    cls = _scheduler_class(choice)
     config = {k: v for k, v in dict(base_config).items() if k in MODEL_CONFIG_KEYS}
     kwargs = choice.kwargs_for(steps)
     scheduler = cls.from_config(config, **kwargs)
     _check_applied(scheduler, choice, kwargs)
+    if choice.sigma_schedule is not None:
+        scheduler.configure(
+            choice.sigma_schedule,
+            ays_sigmas=ays_sigmas,
+            discard_penultimate=choice.discard_penultimate_sigma,
+        )
     if noise_seed is not None:
         set_noise_seed(scheduler, noise_seed)
     log.debug(
@@ -119,6 +151,18 @@ def set_noise_seed(scheduler: SchedulerMixin, seed: int | Sequence[int]) -> None
 def step_accepts_generator(scheduler: SchedulerMixin) -> bool:
     """Whether `scheduler.step()` takes a `generator` (pass the job's generators to it)."""
     return "generator" in inspect.signature(scheduler.step).parameters
+
+
+def _scheduler_class(choice: SchedulerChoice) -> type[SchedulerMixin]:
+    """The class to build: diffusers' own, ours, or the one that runs on computed sigmas."""
+    if choice.sigma_schedule is None:
+        return _OWN_CLASSES.get(choice.class_name) or getattr(diffusers, choice.class_name)
+    if choice.class_name not in _SIGMA_CLASSES:
+        raise ValueError(
+            f"{choice.class_name} cannot run on computed sigmas (schedule type "
+            f"{choice.schedule!r} for sampler {choice.sampler!r})"
+        )
+    return _SIGMA_CLASSES[choice.class_name]
 
 
 def _check_applied(

@@ -38,6 +38,7 @@ from ..composable import hooked
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
 from ..samplers import SchedulerChoice, resolve
 from ..schedulers import make_scheduler
+from ..sigmas import AYS_SD15
 
 Mode = str  # "txt2img" | "img2img" | "inpaint"
 
@@ -54,6 +55,7 @@ class Family(ABC):
     folder_classes: frozenset[str] = frozenset()  # diffusers folders it loads
     folder_kwargs: Mapping[str, Any] = MappingProxyType({})  # from_pretrained kwargs for them
     base_scheduler: Mapping[str, Any]  # the scheduler config its files load with
+    align_your_steps: tuple[float, ...] = AYS_SD15  # its published Align Your Steps sigmas
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -108,7 +110,7 @@ class Family(ABC):
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
         """The diffusers scheduler for `choice` on a loaded model's noise schedule."""
-        return make_scheduler(choice, base_config, steps=steps)
+        return make_scheduler(choice, base_config, steps=steps, ays_sigmas=self.align_your_steps)
 
     # --- networks and infotext --------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:

@@ -27,6 +27,7 @@ from ...model_manager import identify as ldm
 from ...model_manager.identify import ModelSpec, Shapes, UnsupportedModelError
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer
 from ..conditioning import TextEncoderSlot, check_clip_skip
+from ..sigmas import AYS_SDXL
 from .sd import UNetClipFamily
 
 TEXT_ENCODER_1 = "conditioner.embedders.0.transformer.text_model."
@@ -36,6 +37,7 @@ TEXT_ENCODER_2 = "conditioner.embedders.1.model."
 class SDXLFamily(UNetClipFamily):
     name = "sdxl"
     label = "SDXL"
+    align_your_steps = AYS_SDXL
     default_size = 1024
     medvram_sdxl = True
     zero_empty_negative = True
