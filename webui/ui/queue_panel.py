@@ -385,7 +385,7 @@ def table_html(ctx: AppContext, owner: str) -> str:
     return (
         '<table class="queue-table" aria-label="Job queue"><thead><tr>'
         "<th>#</th><th>Owner</th><th>Mode</th><th>Prompt</th><th>State</th>"
-        "<th>Progress</th><th>Actions</th></tr></thead>"
+        "<th>Worker</th><th>Progress</th><th>Actions</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 
@@ -416,6 +416,7 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
         f'<tr class="{classes}" data-job="{e(job.id) if mine else ""}" data-owner="{e(job.owner)}">'
         f"<td>{where}</td><td>{owner}</td><td>{e(job.kind)}</td>"
         f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{e(job.state)}</td>'
+        f'<td class="queue-worker" translate="no">{e(job.worker or "")}</td>'
         f'<td><div class="job-progress" role="progressbar" aria-valuemin="0" '
         f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'
