@@ -89,6 +89,27 @@ def test_progress_and_previews_reach_the_head(cluster):
     assert seen and seen[-1][1] == 12 and max(s for s, _ in seen) >= 6
 
 
+def _wait_until(predicate, what: str) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_skip_and_interrupt_reach_the_job_on_its_worker(cluster):
+    params = Txt2ImgParams(prompt="two foxes", steps=60, width=64, height=64, seed=5,
+                           batch_count=3)  # fmt: skip
+    job = cluster.generation.submit(GenerationRequest("txt2img", params, "dave"))
+    _wait_until(lambda: job.state == "running" and job.progress.step >= 2, "the first steps")
+    assert cluster.jobs.skip(job.id, "dave")
+    _wait_until(lambda: job.progress.batch >= 1 and job.progress.step >= 2, "the second image")
+    assert cluster.jobs.interrupt(job.id, "dave")
+    assert job.done.wait(JOB_TIMEOUT)
+    assert job.state == "interrupted" and job.skipped == 1
+    assert job.progress.batch == 1  # the third image never started
+    assert len(job.saved) <= 2
+
+
 def _worker_of(ctx: AppContext, job: Job) -> RayExecutor:
     return next(w for w in ctx.cluster.workers() if w.name == job.worker)
 
