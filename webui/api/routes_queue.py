@@ -72,7 +72,10 @@ class JobInfo(BaseModel):
 
 
 class QueueInfo(BaseModel):
-    running: str | None = Field(description="id of the running job")
+    running: str | None = Field(description="id of the running job (the first, with --ray)")
+    running_jobs: list[str] = Field(
+        default_factory=list, description="ids of every running job (one per busy worker)"
+    )
     waiting: int
     limit_per_user: int = Field(description="0: no limit")
     jobs: list[JobInfo]
@@ -112,9 +115,10 @@ def queue_router() -> APIRouter:
     @router.get("/queue", response_model=QueueInfo)
     def queue(ctx: Ctx, user: User) -> Any:
         listing = ctx.jobs.listing()
-        running = next((j.id for j, pos in listing if pos == 0), None)
+        running = [j.id for j, pos in listing if pos == 0]
         return {
-            "running": running,
+            "running": running[0] if running else None,
+            "running_jobs": running,
             "waiting": sum(1 for _, pos in listing if pos),
             "limit_per_user": int(ctx.options.get("queue_limit_per_user")),
             "jobs": [job_info(ctx, j, pos, user) for j, pos in listing],

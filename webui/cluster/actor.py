@@ -21,6 +21,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Outcome:
     error: str | None = None
     error_kind: str = ""  # "user" (UserError), "aborted" (JobAborted), "bug"
     skipped: int = 0
+    seconds: float = 0.0  # spent running the job, less the waits for the head's saves
     held: list[str] = field(default_factory=list)
     visible: list[str] = field(default_factory=list)
 
@@ -81,6 +83,7 @@ class HandBackStore:
         self._cond = threading.Condition()
         self._outbox: list[SaveRequest] = []
         self._answers: dict[str, str] = {}
+        self.waited = 0.0  # seconds saves waited for the head (the benchmark's overhead)
 
     def save(self, image: Any, **args: Any) -> Path:
         return self._hand_back(image, args, grid=False)
@@ -90,9 +93,12 @@ class HandBackStore:
 
     def _hand_back(self, image: Any, args: dict[str, Any], *, grid: bool) -> Path:
         token = uuid.uuid4().hex
+        started = time.perf_counter()
         with self._cond:
             self._outbox.append(SaveRequest(token, grid, image, args))
-            if not self._cond.wait_for(lambda: token in self._answers, SAVE_TIMEOUT):
+            answered = self._cond.wait_for(lambda: token in self._answers, SAVE_TIMEOUT)
+            self.waited += time.perf_counter() - started
+            if not answered:
                 raise RuntimeError("the web UI server did not save the image in time")
             return Path(self._answers.pop(token))
 
@@ -155,6 +161,7 @@ class WorkerActor:
                   options=MappingProxyType(dict(spec.options)))  # fmt: skip
         self.job, self._sent_preview = job, -1
         outcome = Outcome()
+        started, self.store.waited = time.perf_counter(), 0.0
         try:
             outcome.result = self.runner(job)
         except JobAborted as exc:
@@ -164,6 +171,7 @@ class WorkerActor:
         except Exception as exc:  # the head logs it as the job's failure
             log.exception("job %s failed on worker %s", job.id, self.name)
             outcome.error, outcome.error_kind = f"{type(exc).__name__}: {exc}", "bug"
+        outcome.seconds = time.perf_counter() - started - self.store.waited
         outcome.skipped = job.skipped
         outcome.held = self._held()
         outcome.visible = [i.rel for i in self.registry.list()]

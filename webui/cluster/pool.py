@@ -78,6 +78,7 @@ class RayExecutor:
             self.pool.forget(self)
             raise WorkerLost(f"worker {self.name} died: {type(exc).__name__}") from exc
         self._held, self._visible = outcome.held, set(outcome.visible)
+        self.pool.record(job, outcome.seconds)
         job.skipped = outcome.skipped
         if outcome.error_kind == "aborted":
             raise JobAborted(outcome.error)
@@ -123,6 +124,7 @@ class RayPool:
         self._names = itertools.count(1)
         self._saved: dict[tuple[Any, ...], str] = {}  # retry: images already written
         self._counts: dict[tuple[str, int], int] = {}  # (job id, attempt) -> images so far
+        self.run_seconds: dict[str, float] = {}  # job id -> seconds its worker worked on it
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="ray-watcher", daemon=True)
@@ -261,6 +263,13 @@ class RayPool:
             while len(memo) > 1000:
                 memo.pop(next(iter(memo)))  # type: ignore[attr-defined]
         return path
+
+    def record(self, job: Job, seconds: float) -> None:
+        """How long the worker itself worked on a job (the benchmark's head overhead is
+        the rest of the job's running time)."""
+        self.run_seconds[job.id] = seconds
+        while len(self.run_seconds) > 1000:
+            self.run_seconds.pop(next(iter(self.run_seconds)))
 
     def close(self) -> None:
         self._stop.set()
