@@ -161,3 +161,18 @@ def test_a_queue_needs_something_to_run_jobs():
     with pytest.raises(ValueError):
         JobQueue()
     assert LocalExecutor(lambda job: None).sees("anything")
+
+
+def test_an_idle_worker_that_died_is_removed_before_it_gets_a_job():
+    dead, alive = FakeExecutor("dead"), FakeExecutor("alive")
+    q = _queue([dead])
+    try:
+        q.remove_executor(dead)
+        job = q.submit("txt2img", SimpleNamespace(prompt="p"))
+        assert not q.wait(job, 0.2)  # no worker: the job waits, it does not fail
+        q.add_executor(alive)
+        assert q.wait(job, 10)
+        assert job.state == DONE and job.worker == "alive" and job.attempts == 1
+        assert dead.ran == [] and {w["name"]: w["state"] for w in q.workers()}["dead"] == "lost"
+    finally:
+        q.stop()

@@ -125,6 +125,7 @@ class RayPool:
         self._saved: dict[tuple[Any, ...], str] = {}  # retry: images already written
         self._counts: dict[tuple[str, int], int] = {}  # (job id, attempt) -> images so far
         self.run_seconds: dict[str, float] = {}  # job id -> seconds its worker worked on it
+        self._save_lock = threading.Lock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="ray-watcher", daemon=True)
@@ -230,15 +231,24 @@ class RayPool:
                 log.exception("watching the Ray cluster failed")
 
     def _refresh(self) -> None:
-        """What each worker holds and sees (a checkpoint put in the shared folder)."""
+        """What each worker holds and sees (a checkpoint put in the shared folder); a
+        worker that died while idle leaves the queue before a job is sent to it."""
         with self._lock:
             executors = list(self._executors)
         refs = {e: e.actor.info.remote() for e in executors}
+        if not refs:
+            return
+        ready = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)[0]
         for executor, ref in refs.items():
+            if ref not in ready:
+                continue  # busy or slow: asked again next time
             try:
-                executor.refresh(self.ray.get(ref, timeout=CALL_TIMEOUT))
+                executor.refresh(self.ray.get(ref))
             except self.lost_errors:
-                continue  # a running job's poll reports it
+                log.warning("Ray worker %s died while idle; replacing it", executor.name)
+                executor.gone = True
+                self.forget(executor)
+                self.jobs.remove_executor(executor)
 
     def workers(self) -> list[RayExecutor]:
         with self._lock:
@@ -250,18 +260,19 @@ class RayPool:
         worker) is not written twice."""
         if request.grid:
             return str(self.store.save_grid(request.image, **request.args))
-        attempt = (job.id, job.attempts)
-        index = self._counts[attempt] = self._counts.get(attempt, 0) + 1
-        key = (job.id, index, request.args.get("seed"), request.args.get("infotext", ""))
-        if key in self._saved:
-            return self._saved[key]
-        path = str(self.store.save(request.image, **request.args))
+        with self._save_lock:
+            attempt = (job.id, job.attempts)
+            index = self._counts[attempt] = self._counts.get(attempt, 0) + 1
+            key = (job.id, index, request.args.get("seed"), request.args.get("infotext", ""))
+            if key in self._saved:
+                return self._saved[key]
+            path = str(self.store.save(request.image, **request.args))
+            self._saved[key] = path
+            for memo in (self._saved, self._counts):
+                while len(memo) > 1000:
+                    memo.pop(next(iter(memo)))  # type: ignore[attr-defined]
         if request.args.get("kind") != "extras":  # as the worker does in one process
             job.image_saved(path)  # publishes the job's "saved" event
-        self._saved[key] = path
-        for memo in (self._saved, self._counts):
-            while len(memo) > 1000:
-                memo.pop(next(iter(memo)))  # type: ignore[attr-defined]
         return path
 
     def record(self, job: Job, seconds: float) -> None:
@@ -291,10 +302,8 @@ def checkpoint_of(models: Any, job: Job) -> str | None:
         return None
     if not name or not isinstance(name, str):
         return None
-    try:
-        return models.resolve(name).rel
-    except LookupError:
-        return name
+    info = models.registry.find(name)  # a name lookup only: this runs under the queue's lock
+    return info.rel if info is not None else name
 
 
 def wait_for_workers(pool: RayPool, count: int, timeout: float) -> bool:

@@ -340,6 +340,15 @@ class JobQueue:
         if started:
             thread.start()
 
+    def remove_executor(self, executor: Executor) -> None:
+        """An idle executor whose process died: it takes no more jobs (a busy one is
+        dropped when its job reports `WorkerLost`)."""
+        with self._cond:
+            for slot in self._slots:
+                if slot.executor is executor and slot.job is None:
+                    slot.lost = True
+            self._cond.notify_all()
+
     def workers(self) -> list[dict[str, Any]]:
         """Every executor: name, device, checkpoints held, jobs done, state, its job."""
         with self._cond:

@@ -1,10 +1,11 @@
 """The queue panel and "My results": everyone's jobs, and this browser's own results.
 
-The queue table lists every job (owner, mode, prompt start, position, state, progress;
-other users' prompts only with the option queue_show_others_prompts). Rows of the viewer's
-own jobs carry buttons: move up/down and cancel while waiting, skip and interrupt while
-running, show when finished. Owners are logged-in users, else browsers (see
-`common.owner_of`), so a reloaded page still owns its jobs.
+The queue table lists every job (owner, mode, prompt start, position, state, the worker
+that runs it, progress; other users' prompts only with the option
+queue_show_others_prompts). Rows of the viewer's own jobs carry buttons: move up/down and
+cancel while waiting, skip and interrupt while running, show when finished. Owners are
+logged-in users, else browsers (see `common.owner_of`), so a reloaded page still owns its
+jobs.
 
 "My results" shows one of the viewer's own jobs: its live preview while it runs, its
 images and infotext once done. It follows the newest job unless another one is chosen;
