@@ -115,8 +115,8 @@ def _worker_of(ctx: AppContext, job: Job) -> RayExecutor:
 
 
 def test_a_killed_worker_job_runs_again_elsewhere_and_the_worker_is_replaced(cluster):
-    long_job = _submit(cluster, "alice", "a fox that outlives its worker", steps=30, seed=7)
-    others = [_submit(cluster, f"user{i % 3}", f"bystander {i}", seed=100 + i) for i in range(4)]
+    long_job = _submit(cluster, "alice", "a fox that outlives its worker", steps=20, seed=7)
+    others = [_submit(cluster, f"user{i % 3}", f"bystander {i}", seed=100 + i) for i in range(3)]
     deadline = time.monotonic() + JOB_TIMEOUT
     while not (long_job.state == "running" and long_job.progress.step >= 2):
         assert time.monotonic() < deadline, "the long job did not start"
