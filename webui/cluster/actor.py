@@ -82,7 +82,7 @@ class HandBackStore:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._outbox: list[SaveRequest] = []
-        self._answers: dict[str, str] = {}
+        self._answers: dict[str, tuple[str, str | None]] = {}  # token -> (path, error)
         self.waited = 0.0  # seconds saves waited for the head (the benchmark's overhead)
 
     def save(self, image: Any, **args: Any) -> Path:
@@ -100,16 +100,19 @@ class HandBackStore:
             self.waited += time.perf_counter() - started
             if not answered:
                 raise RuntimeError("the web UI server did not save the image in time")
-            return Path(self._answers.pop(token))
+            path, error = self._answers.pop(token)
+        if error is not None:  # the head could not write it (disk full, ...): the job fails
+            raise OSError(error)
+        return Path(path)
 
     def take(self) -> list[SaveRequest]:
         with self._cond:
             out, self._outbox = self._outbox, []
             return out
 
-    def answer(self, token: str, path: str) -> None:
+    def answer(self, token: str, path: str, error: str | None = None) -> None:
         with self._cond:
-            self._answers[token] = path
+            self._answers[token] = (path, error)
             self._cond.notify_all()
 
 
@@ -199,8 +202,8 @@ class WorkerActor:
             "skipped": job.skipped, "saves": self.store.take(),
         }  # fmt: skip
 
-    def saved(self, token: str, path: str) -> None:
-        self.store.answer(token, path)
+    def saved(self, token: str, path: str, error: str | None = None) -> None:
+        self.store.answer(token, path, error)
 
 
 def cpu_flags(flags: Flags) -> Flags:

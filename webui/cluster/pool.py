@@ -95,7 +95,12 @@ class RayExecutor:
         if skip:
             job.skip_requested = False  # handed over: the worker's job consumes it
         for request in state["saves"]:
-            self.actor.saved.remote(request.token, self.pool.save(job, request))
+            try:
+                path, error = self.pool.save(job, request), None
+            except Exception as exc:  # the worker's job fails with it, as in one process
+                log.warning("saving an image of job %s failed: %s", job.id, exc)
+                path, error = "", f"saving the image failed: {exc}"
+            self.actor.saved.remote(request.token, path, error)
         if "step" not in state:
             return
         p = job.progress
