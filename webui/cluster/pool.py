@@ -288,7 +288,11 @@ class RayPool:
             self.run_seconds.pop(next(iter(self.run_seconds)))
 
     def close(self) -> None:
+        """Stop the watcher, then Ray (a local runtime ends; a joined cluster's workers
+        of this server end with it)."""
         self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join(WATCH_SECONDS + 10)
         try:
             self.ray.shutdown()
         except Exception:
