@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from .core.executors import LocalExecutor
 from .core.extra_networks import Networks
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
@@ -96,7 +97,9 @@ def build_context(flags: Flags) -> AppContext:
         cluster = RayPool.start(flags, jobs, store)
     else:  # the worker runs jobs; the extension runner calls the hooks around and inside them
         worker = make_runner(models, store, options, networks, families=families)
-        jobs = JobQueue(wrap_runner(extensions, worker, store), **queue_args)
+        local = LocalExecutor(wrap_runner(extensions, worker, store), device=str(memory.device),
+                              held=partial(held_checkpoints, models))  # fmt: skip
+        jobs = JobQueue(executors=[local], **queue_args)
         jobs.start()
     extensions.startup()
     upscalers = Upscalers(flags.models_dir)
@@ -105,6 +108,12 @@ def build_context(flags: Flags) -> AppContext:
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster)  # fmt: skip
+
+
+def held_checkpoints(models: Any) -> list[str]:
+    """The checkpoints (relative names) the model manager holds in memory now."""
+    loaded = set(models.loaded_paths())
+    return [i.rel for i in models.checkpoints() if i.path in loaded]
 
 
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:

@@ -156,8 +156,9 @@ class WorkerActor:
         return os.getpid()
 
     def _held(self) -> list[str]:
-        loaded = set(self.models.loaded_paths())
-        return [i.rel for i in self.registry.list() if i.path in loaded]
+        from ..context import held_checkpoints
+
+        return held_checkpoints(self.models)
 
     def run(self, spec: JobSpec) -> Outcome:
         job = Job(kind=spec.kind, params=spec.params, owner=spec.owner, id=spec.id,
