@@ -128,3 +128,16 @@ def test_the_hand_back_store_waits_for_the_head_path_or_error():
         store.answer(pending[0].token, *answer)
         thread.join(10)
     assert str(results[0]) == "/out/00001.png" and "disk full" in str(results[1])
+
+
+def test_workers_are_built_without_the_servers_passwords(tmp_path):
+    from webui.cluster.actor import worker_flags
+    from webui.settings import parse_flags
+
+    flags = parse_flags(["--data-dir", str(tmp_path), "--api-auth", "a:secret-1",
+                         "--gradio-auth", "b:secret-2", "--ray-workers", "2"])  # fmt: skip
+    cpu = worker_flags(flags, "cpu")
+    assert cpu.api_auth is None and cpu.gradio_auth is None and cpu.cpu_only
+    assert cpu.ckpt_dir == flags.ckpt_dir
+    gpu = worker_flags(flags, "gpu")
+    assert gpu.api_auth is None and gpu.use_cpu == ()

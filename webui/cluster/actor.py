@@ -207,6 +207,8 @@ class WorkerActor:
         self.store.answer(token, path, error)
 
 
-def cpu_flags(flags: Flags) -> Flags:
-    """The flags of a CPU worker (`--ray-workers`): everything on the CPU."""
-    return dataclasses.replace(flags, use_cpu=("all",))
+def worker_flags(flags: Flags, kind: str) -> Flags:
+    """The flags a worker is built from: the server's, without its passwords (a worker
+    serves nothing), and for a CPU worker (`--ray-workers`) everything on the CPU."""
+    flags = dataclasses.replace(flags, api_auth=None, gradio_auth=None, gradio_auth_path=None)
+    return dataclasses.replace(flags, use_cpu=("all",)) if kind == "cpu" else flags

@@ -36,7 +36,7 @@ from ..core.jobs import Job, JobAborted, JobQueue
 from ..errors import UserError
 from ..imaging.store import OutputStore
 from ..settings import Flags
-from .actor import JobSpec, Outcome, SaveRequest, WorkerActor, cpu_flags
+from .actor import JobSpec, Outcome, SaveRequest, WorkerActor, worker_flags
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class RayPool:
                 for _ in range(count - have.get(node_id, 0)):
                     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
                     name = f"worker-{next(self._names)}"
-                    flags = cpu_flags(self.flags) if kind == "cpu" else self.flags
+                    flags = worker_flags(self.flags, kind)
                     actor = self._actor_class.options(
                         num_cpus=1 if kind == "cpu" else 0, num_gpus=1 if kind == "gpu" else 0,
                         scheduling_strategy=strategy,
