@@ -10,7 +10,8 @@ Runs with any Python 3.10+ and the standard library only. Steps:
    a stamp file skips both while pyproject.toml and TORCH_COMMAND are unchanged;
 4. check that torch sees the NVIDIA GPU when there is one (--skip-torch-cuda-test);
 5. re-execute `<venv python> -m webui.app <all arguments>` (--exit stops before);
-   `--test [pytest args]` instead installs the test tools (and Debian's Chromium for the
+   `--ray`, `--ray-workers` or `--ray-address` install the optional extra `ray` first;
+   `--test [pytest args]` instead installs the test tools (and ray) (and Debian's Chromium for the
    browser tests, when missing) and runs pytest.
 
 Env COMMANDLINE_ARGS (A1111 habit) adds flags after those of the command line.
@@ -229,6 +230,18 @@ def run_tests(python: Path, pytest_args: list[str]) -> None:
     os.execv(command[0], command)
 
 
+RAY_FLAGS = ("--ray", "--ray-workers", "--ray-address")
+
+
+def install_extras(argv: list[str], *, testing: bool) -> str:
+    """The optional extras to install: `test` (and `ray`, which the tests use) for --test,
+    `ray` when a Ray flag is given; the default install has none."""
+    if testing:
+        return "test,ray"
+    wants_ray = any(a == f or a.startswith(f + "=") for a in argv for f in RAY_FLAGS)
+    return "ray" if wants_ray else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     if sys.version_info < (3, 10):  # noqa: UP036 - launch.py may run on any python
         fail(f"Python 3.10 or newer is needed, this is {sys.version.split()[0]}")
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_install:
         say("Skipping the installation (--skip-install).")
     else:
-        extras = "test" if pytest_args is not None else ""
+        extras = install_extras(argv, testing=pytest_args is not None)
         install(python, stamp_dir, gpu, args.reinstall_torch, extras)
     if args.skip_torch_cuda_test or "all" in args.use_cpu:
         say("Skipping the torch CUDA test.")

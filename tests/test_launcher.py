@@ -184,6 +184,24 @@ def test_install_steps_and_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert [what for what, _ in calls] == ["Installing torch", "Installing requirements"]
 
 
+def test_ray_flags_and_tests_install_the_ray_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher = load_launcher(monkeypatch)
+    assert launcher.install_extras([], testing=False) == ""  # the default install: no ray
+    assert launcher.install_extras(["--listen"], testing=False) == ""
+    for argv in (["--ray"], ["--ray-workers", "2"], ["--ray-address=10.0.0.1:6379"]):
+        assert launcher.install_extras(argv, testing=False) == "ray"
+    assert launcher.install_extras([], testing=True) == "test,ray"  # CI runs the Ray tests
+    calls: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(launcher, "run", lambda py, cmd, what: calls.append((what, cmd)))
+    launcher.install(Path(sys.executable), tmp_path, gpu=False, reinstall_torch=False, extras="ray")
+    assert calls[-1] == (
+        "Installing requirements",
+        ["pip", "install", "-e", f"{launcher.ROOT}[ray]"],
+    )
+
+
 def test_failed_install_leaves_no_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     launcher = load_launcher(monkeypatch)
 

@@ -426,3 +426,18 @@ def test_two_corruptions_in_the_same_second_keep_both_backups(tmp_path: Path) ->
 def test_save_without_path_is_an_error() -> None:
     with pytest.raises(ValueError, match="no path"):
         Options().save()
+
+
+def test_ray_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert not parse_flags([]).ray  # the default: one process, no Ray
+    assert parse_flags(["--ray"]).ray
+    flags = parse_flags(["--ray-workers", "2"])
+    assert flags.ray and flags.ray_workers == 2  # implies --ray
+    flags = parse_flags(["--ray-address", "10.0.0.5:6379"])
+    assert flags.ray and flags.ray_address == "10.0.0.5:6379"
+    for bad, needle in ((["--ray-workers", "0"], "1 or more"),
+                        (["--ray-address", "nohost"], "HOST:PORT"),
+                        (["--ray-address", "h:99999"], "port")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_flags(bad)
+        assert needle in capsys.readouterr().err

@@ -171,7 +171,7 @@ def test_open_event_streams_end_when_the_server_stops() -> None:
     assert not thread.is_alive(), "the open stream held the shutdown"
     reader.join(10)
     assert lines[-1] == "end", lines[-3:]  # the response ended properly, not cut off
-    assert app.state.stopping.is_set() and not jobs._thread.is_alive()
+    assert app.state.stopping.is_set() and jobs.stopped()
 
 
 def test_a_client_that_goes_away_is_still_noticed() -> None:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
+from .core.executors import LocalExecutor
 from .core.extra_networks import Networks
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
@@ -35,6 +38,12 @@ from .settings import Flags
 log = logging.getLogger(__name__)
 
 
+class Cluster(Protocol):
+    """The Ray workers (`webui.cluster.pool.RayPool`), with --ray."""
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class AppContext:
     flags: Flags
@@ -47,9 +56,12 @@ class AppContext:
     upscalers: Upscalers  # the one upscaler catalog
     networks: Networks | None = None  # LoRA, embeddings, VAE, styles
     extensions: ExtensionHost | None = None  # loaded extensions and their hooks
+    cluster: Cluster | None = None  # the Ray workers that run the jobs (--ray)
 
     def close(self) -> None:
         self.jobs.stop()
+        if self.cluster is not None:
+            self.cluster.close()
         self.models.unload_all()
 
 
@@ -72,22 +84,36 @@ def build_context(flags: Flags) -> AppContext:
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
-    # the worker runs jobs; the extension runner calls the hooks around and inside them
-    jobs = JobQueue(
-        wrap_runner(
-            extensions, make_runner(models, store, options, networks, families=families), store
-        ),
-        options_snapshot=options.as_dict,  # each job runs with the options it was sent under
-        limit_per_owner=lambda: options.get("queue_limit_per_user"),
-    )
-    jobs.start()
+    queue_args: dict[str, Any] = {
+        "options_snapshot": options.as_dict,  # each job runs with the options it was sent under
+        "limit_per_owner": lambda: options.get("queue_limit_per_user"),
+    }
+    cluster = None
+    if flags.ray:  # Ray workers run the jobs, each with its own model cache
+        from .cluster.pool import RayPool, checkpoint_of
+
+        jobs = JobQueue(executors=[], checkpoint_of=partial(checkpoint_of, models), **queue_args)
+        jobs.start()
+        cluster = RayPool.start(flags, jobs, store)
+    else:  # the worker runs jobs; the extension runner calls the hooks around and inside them
+        worker = make_runner(models, store, options, networks, families=families)
+        local = LocalExecutor(wrap_runner(extensions, worker, store), device=str(memory.device),
+                              held=partial(held_checkpoints, models))  # fmt: skip
+        jobs = JobQueue(executors=[local], **queue_args)
+        jobs.start()
     extensions.startup()
     upscalers = Upscalers(flags.models_dir)
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
-                      networks=networks, extensions=extensions)  # fmt: skip
+                      networks=networks, extensions=extensions, cluster=cluster)  # fmt: skip
+
+
+def held_checkpoints(models: Any) -> list[str]:
+    """The checkpoints (relative names) the model manager holds in memory now."""
+    loaded = set(models.loaded_paths())
+    return [i.rel for i in models.checkpoints() if i.path in loaded]
 
 
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:
@@ -103,8 +129,14 @@ def build_networks(flags: Flags, hashes: HashCache) -> Networks:
         folder.mkdir(parents=True, exist_ok=True)  # shows users where the files go
     addnet = AddnetHashCache(flags.data_dir / "cache-lora.json")
     return Networks(
-        loras=LoraManager(flags.lora_dir, hashes, addnet, allow_unsafe_pickle=unsafe, hashing=hashing),
-        embeddings=EmbeddingRegistry(flags.embeddings_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
-        vaes=VaeRegistry(flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
+        loras=LoraManager(
+            flags.lora_dir, hashes, addnet, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
+        embeddings=EmbeddingRegistry(
+            flags.embeddings_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
+        vaes=VaeRegistry(
+            flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
         styles=StyleDatabase(flags.styles_file),
     )

@@ -128,11 +128,16 @@ class Flags:
     skip_install: bool = False
     skip_prepare_environment: bool = False
     reinstall_torch: bool = False
+    # cluster (Ray, an optional extra the launcher installs when one of these is given)
+    ray: bool = False
+    ray_workers: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         set_(self, "api", self.api or self.nowebui)
+        set_(self, "ray", self.ray or self.ray_workers is not None or self.ray_address is not None)
         set_(self, "use_cpu", tuple(self.use_cpu))
         models = self._path_or(self.models_dir, self.data_dir / "models")
         set_(self, "models_dir", models)
@@ -292,6 +297,24 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    _port(port)
+    return text
+
+
 _SWITCH: dict[str, Any] = {"action": "store_true"}
 _PATH: dict[str, Any] = {"type": Path}
 _AUTH: dict[str, Any] = {"type": _credentials, "metavar": "USER:PASS[,USER2:PASS2]"}
@@ -365,6 +388,19 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--localization", "UI localization name", {}),
         ("--log-level", "one of " + ", ".join(LOG_LEVELS), {"type": _log_level, "default": "INFO"}),
     ],
+    "cluster (Ray)": [
+        ("--ray", "run jobs on a local Ray runtime, one worker per GPU", _SWITCH),
+        (
+            "--ray-workers",
+            "N CPU workers per machine instead (implies --ray)",
+            {"type": _positive, "metavar": "N"},
+        ),
+        (
+            "--ray-address",
+            "join the Ray cluster at HOST:PORT (implies --ray)",
+            {"type": _host_port, "metavar": "HOST:PORT"},
+        ),
+    ],
     "launcher (launch.py)": [
         ("--exit", "install the dependencies, then exit", _SWITCH),
         ("--skip-install", "do not install anything", _SWITCH),
@@ -424,5 +460,3 @@ def parse_flags(argv: Sequence[str] | None = None, prog: str = "launch.py") -> F
         parser.unknown_flag(extra[0])
     _check(parser, ns)
     return Flags(**vars(ns))
-
-

@@ -380,3 +380,19 @@ def test_many_waiting_clients_do_not_block_the_server(srv: Server) -> None:
     for thread, out in waiting:
         thread.join(60)
         assert out["response"].status_code == 200 and out["response"].json()["images"] == []
+
+
+def test_workers_lists_the_local_worker_with_its_device_and_model(srv: Server) -> None:
+    alice = srv["alice"]
+    done = submit(alice, steps=2, seed=80, prompt="for the workers list")
+    wait_for(lambda: job(alice, done["id"])["state"] == "done", what="the job")
+    status = job(alice, done["id"])
+    assert status["worker"] == "local" and status["attempts"] == 1
+    workers = alice.get("/webui/v1/workers").json()
+    assert len(workers) == 1
+    local = workers[0]
+    assert local["name"] == "local" and local["device"] == "cpu" and local["state"] == "idle"
+    assert local["jobs_done"] >= 1 and local["job"] is None
+    assert local["models"] and local["models"][0].startswith("tiny-")
+    listing = alice.get("/webui/v1/queue").json()
+    assert listing["running_jobs"] == [] and listing["running"] is None

@@ -51,3 +51,24 @@ def test_tiny_benchmark_prints_the_table_and_writes_json(tmp_path):
     conditions = data["conditions"]
     assert conditions["width"] == 64 and conditions["steps"] == 2
     assert len(conditions["load_before"]) == 3 and len(conditions["load_after"]) == 3
+
+
+def test_cluster_rows_compare_ray_workers_with_one_process(monkeypatch):
+    from webui.bench import cluster
+
+    measured = {0: 6.0, 1: 5.0, 2: 9.0}  # jobs per minute per worker count
+
+    def case(checkpoint, config, workers, jobs):
+        result = {"workers": workers, "jobs": jobs, "jobs_per_minute": measured[workers]}
+        if workers:
+            result["head_overhead_ms"] = {"median": 40.0, "max": 90.0, "all": [40.0, 90.0]}
+        return result
+
+    monkeypatch.setattr(cluster, "_case", case)
+    raw: dict = {}
+    rows = cluster.cluster_rows(Path("x"), {"width": 64, "height": 64, "steps": 2}, raw, jobs=8)
+    by_name = {row.measure.split(" (")[0]: row for row in rows}
+    assert by_name["jobs/min, one process"].ours == "6.0"
+    assert by_name["jobs/min, 2 Ray CPU workers"].ratio == 9.0 / 6.0
+    assert by_name["jobs/min, 1 Ray CPU worker"].reference == "one process 6.0"
+    assert rows[-1].ours.startswith("40 ms") and set(raw["cluster"]) == {"local", "ray-1", "ray-2"}

@@ -217,3 +217,23 @@ def test_an_input_error_in_the_ui_is_one_log_line_without_a_traceback(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "refused: Upload an image for img2img first"
     ]
+
+
+def test_the_queue_table_shows_which_worker_runs_each_job():
+    gate = threading.Event()
+    queue = JobQueue(lambda job: gate.wait(WAIT))
+    queue.start()
+    ctx = SimpleNamespace(jobs=queue, options=Options())
+    try:
+        running = queue.submit("txt2img", SimpleNamespace(prompt="p"), owner="alice")
+        deadline = time.monotonic() + WAIT
+        while running.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        table = table_html(ctx, "alice")
+        assert (
+            "<th>Worker</th>" in table
+            and '<td class="queue-worker" translate="no">local</td>' in table
+        )
+    finally:
+        gate.set()
+        queue.stop()

@@ -8,6 +8,8 @@
   Others see the status only: never another user's previews or images.
 - `POST /webui/v1/jobs/{id}/cancel` (a waiting job leaves the queue, a running one is
   interrupted), `/interrupt`, `/skip`, `/move` (reorder among the owner's waiting jobs).
+- `GET /webui/v1/workers`: the executors that run jobs (one "local" worker, or the Ray
+  workers with --ray): device, checkpoints held, jobs done, state, the job it runs.
 - `POST /webui/v1/txt2img`: submit an A1111 txt2img payload without waiting; answers 202
   with the job, to be polled by id. `force_task_id` chooses the id.
 
@@ -64,11 +66,16 @@ class JobInfo(BaseModel):
     skipped: int
     image_count: int
     error: str | None
+    worker: str | None = Field(None, description="the worker running it (or that ran it)")
+    attempts: int = Field(0, description="times started (a lost worker's job runs once more)")
     mine: bool = Field(description="submitted by the caller")
 
 
 class QueueInfo(BaseModel):
-    running: str | None = Field(description="id of the running job")
+    running: str | None = Field(description="id of the running job (the first, with --ray)")
+    running_jobs: list[str] = Field(
+        default_factory=list, description="ids of every running job (one per busy worker)"
+    )
     waiting: int
     limit_per_user: int = Field(description="0: no limit")
     jobs: list[JobInfo]
@@ -78,6 +85,15 @@ class JobDetail(JobInfo):
     current_image: str | None = Field(None, description="live preview (base64 PNG), owner only")
     images: list[str] = Field(default_factory=list, description="base64 PNGs, owner only")
     infotexts: list[str] = Field(default_factory=list)
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    device: str
+    models: list[str] = Field(description="checkpoints it holds in memory")
+    jobs_done: int
+    state: str = Field(description="idle, running or lost (its process died)")
+    job: str | None = Field(description="id of the job it runs")
 
 
 class MoveRequest(BaseModel):
@@ -99,13 +115,18 @@ def queue_router() -> APIRouter:
     @router.get("/queue", response_model=QueueInfo)
     def queue(ctx: Ctx, user: User) -> Any:
         listing = ctx.jobs.listing()
-        running = next((j.id for j, pos in listing if pos == 0), None)
+        running = [j.id for j, pos in listing if pos == 0]
         return {
-            "running": running,
+            "running": running[0] if running else None,
+            "running_jobs": running,
             "waiting": sum(1 for _, pos in listing if pos),
             "limit_per_user": int(ctx.options.get("queue_limit_per_user")),
             "jobs": [job_info(ctx, j, pos, user) for j, pos in listing],
         }
+
+    @router.get("/workers", response_model=list[WorkerInfo])
+    def workers(ctx: Ctx) -> Any:
+        return ctx.jobs.workers()
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)
     def job_status(

@@ -8,7 +8,9 @@ Measures, with the same checkpoint, seed, size and steps:
 (c) peak RSS, one fresh process per case: ours with default settings, ours with the
     memory features (--lowram, VAE tiling), diffusers' defaults; at 512² by default, and
     at 1024² with --rss-1024 or --full (each 1024² process takes minutes on 2 cores);
-(d) start to UI ready, checkpoint load time, switch time from the RAM cache.
+(d) start to UI ready, checkpoint load time, switch time from the RAM cache;
+(e) with --ray (needs the `ray` extra): jobs per minute with 1 and 2 Ray CPU workers
+    against one process, and the head's overhead per job (`bench/cluster.py`).
 Prints a table and writes JSON. `--tiny` runs the same on a tiny model, with the RSS
 processes overlapping the rest: a quick end-to-end check (the tests use it) whose times
 mean nothing; `--full` uses 512² and 20 steps; `--cuda` runs on the GPU.
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="512², 20 steps, 5 rounds")
     p.add_argument("--cuda", action="store_true", help="run on the CUDA GPU (fp16)")
     p.add_argument("--compile", action="store_true", help="also measure a torch.compile'd UNet")
+    p.add_argument("--ray", action="store_true", help="also jobs/min with 1 and 2 Ray workers")
+    p.add_argument("--ray-jobs", type=int, default=8, help="jobs per Ray case (8)")
     p.add_argument("--width", type=int), p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int), p.add_argument("--rounds", type=int)
     p.add_argument("--rss-sizes", help="comma-separated sides for peak RSS (512,1024)")
@@ -170,6 +174,10 @@ def run(args, cache: Path):
         data = Path(tmp) / "data"  # beside the checkpoint: hard links work
         prepare_data_dir(data, checkpoint)
         rows += _server_part(args, config, data, device, raw)
+    if args.ray:
+        from .cluster import cluster_rows
+
+        rows += cluster_rows(checkpoint, config, raw, jobs=args.ray_jobs)
     if rss is not None:
         rows += rss.result()
     elif config["rss_sizes"]:  # alone on the machine: measured after the server stopped

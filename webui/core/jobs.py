@@ -1,4 +1,4 @@
-"""The job queue: one worker thread owns the accelerator and runs jobs one at a time.
+"""The job queue: executors (one per device) run jobs; by default one, in this process.
 
 UI and API submit `Job`s and read their progress snapshots; nothing else touches the
 model. A job carries everything it needs: its params and a snapshot of the options taken
@@ -12,6 +12,13 @@ Interrupting or skipping only sets a flag; the runner asks `Job.should_stop()` e
 Stopping the queue (the server shuts down) cancels the waiting jobs at once and aborts the
 running one: its next `should_stop()` raises `JobAborted`, so nothing more is sampled,
 decoded or saved, and the job ends as interrupted.
+
+The queue runs one thread per executor (`executors.py`): the default is a single
+`LocalExecutor` (one job at a time, the accelerator owned by that thread); with `--ray`
+there is one per Ray worker and several jobs may run at once. A job waiting while an
+executor is idle goes to one that can see its checkpoint and already holds it, else to the
+least recently used; `Job.worker` names it. A job whose worker died (`WorkerLost`) runs
+once more on another one (`Job.attempts` counts the starts), then fails.
 
 Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
 step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
@@ -38,6 +45,7 @@ from typing import Any
 from ..errors import UserError
 from . import events as ev
 from .events import EventHub, StepPublisher
+from .executors import MAX_ATTEMPTS, Executor, LocalExecutor, Slot, WorkerLost, choose_executor
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +188,8 @@ class Job:
     saved: list[str] = field(default_factory=list, repr=False)  # files written so far
     # the hub of the queue the job was submitted to (None for a job never submitted)
     events: EventHub | None = field(default=None, repr=False, compare=False)
+    worker: str | None = None  # the executor running it (or that ran it last)
+    attempts: int = 0  # times started (a lost worker's job starts once more)
 
     @property
     def finished(self) -> bool:
@@ -260,12 +270,17 @@ def summary(
         "skipped": job.skipped,
         "image_count": len(job.images),
         "error": job.error,
+        "worker": job.worker,
+        "attempts": job.attempts,
     }
 
 
 class JobQueue:
-    """Round-robin between owners, FIFO per owner, one worker thread.
+    """Round-robin between owners, FIFO per owner, one thread per executor.
 
+    `runner` runs jobs in this process (one `LocalExecutor`); `executors` replaces it (the
+    Ray workers; more can join with `add_executor`). `checkpoint_of(job)` names the
+    checkpoint a job needs (None: any executor will do) for the choice of executor.
     `options_snapshot()` gives the options a new job starts from; `limit_per_owner()`
     the most unfinished jobs one owner may have (0: no limit). `events` is where every
     change of a job is published (a new hub unless one is given).
@@ -273,8 +288,10 @@ class JobQueue:
 
     def __init__(
         self,
-        runner: Callable[[Job], Any],
+        runner: Callable[[Job], Any] | None = None,
         *,
+        executors: list[Executor] | None = None,
+        checkpoint_of: Callable[[Job], str | None] | None = None,
         keep_finished: int = 200,
         keep_per_owner: int = 20,
         options_snapshot: Callable[[], Mapping[str, Any]] | None = None,
@@ -282,7 +299,11 @@ class JobQueue:
         events: EventHub | None = None,
     ):
         self.events = events if events is not None else EventHub()
-        self._runner = runner
+        if executors is None:
+            if runner is None:
+                raise ValueError("JobQueue needs a runner or executors")
+            executors = [LocalExecutor(runner)]
+        self._checkpoint_of = checkpoint_of
         self._jobs: dict[str, Job] = {}
         self._waiting: dict[str, list[Job]] = {}  # owner -> their waiting jobs, in order
         self._served: dict[str, int] = {}  # owner -> tick of their last started job
@@ -293,10 +314,56 @@ class JobQueue:
         self._snapshot = options_snapshot
         self._limit = limit_per_owner
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
+        self._started = False
+        self._slots: list[Slot] = []
+        self._threads: list[threading.Thread] = []
+        for executor in executors:
+            self.add_executor(executor)
 
     def start(self) -> None:
-        self._thread.start()
+        with self._cond:
+            self._started = True
+            threads = list(self._threads)
+        for thread in threads:
+            thread.start()
+
+    def add_executor(self, executor: Executor) -> None:
+        """One more executor (a Ray worker that joined); it takes work at once."""
+        slot = Slot(executor)
+        name = "job-worker" if not self._slots else f"job-worker-{executor.name}"
+        thread = threading.Thread(target=self._work, args=(slot,), name=name, daemon=True)
+        with self._cond:
+            self._slots.append(slot)
+            self._threads.append(thread)
+            started = self._started
+            self._cond.notify_all()
+        if started:
+            thread.start()
+
+    def remove_executor(self, executor: Executor) -> None:
+        """An idle executor whose process died: it takes no more jobs (a busy one is
+        dropped when its job reports `WorkerLost`)."""
+        with self._cond:
+            for slot in self._slots:
+                if slot.executor is executor and slot.job is None:
+                    slot.lost = True
+            self._cond.notify_all()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every executor: name, device, checkpoints held, jobs done, state, its job."""
+        with self._cond:
+            slots = list(self._slots)
+        return [
+            {
+                "name": s.executor.name,
+                "device": s.executor.device,
+                "models": [] if s.lost else list(s.executor.held()),
+                "jobs_done": s.done,
+                "state": s.state(),
+                "job": s.job.id if s.job is not None else None,
+            }
+            for s in slots
+        ]
 
     def shutdown(self) -> None:
         """Refuse new jobs, cancel the waiting ones and abort the running one; returns at
@@ -314,16 +381,21 @@ class JobQueue:
             self._cond.notify_all()
 
     def stopped(self) -> bool:
-        """True once the worker has ended (after shutdown())."""
-        return not self._thread.is_alive()
+        """True once every executor's thread has ended (after shutdown())."""
+        with self._cond:
+            threads = list(self._threads)
+        return not any(t.is_alive() for t in threads)
 
     def stop(self, timeout: float = 10) -> None:
-        """`shutdown()`, then wait up to `timeout` seconds for the worker to end."""
+        """`shutdown()`, then wait up to `timeout` seconds for the executors to end."""
         self.shutdown()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("the running job did not stop within %.0f s", timeout)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            threads = [t for t in self._threads if t.ident is not None]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            log.warning("the running job did not stop within %.0f s", timeout)
         self.events.close()  # every page's and client's stream ends
 
     # --- submitting --------------------------------------------------------------------
@@ -426,7 +498,7 @@ class JobQueue:
         return sorted(mine, key=lambda j: j.seq, reverse=True)
 
     def position(self, job: Job) -> int | None:
-        """0 for the running job, 1.. for waiting ones, None when finished."""
+        """0 for a running job, 1.. for waiting ones, None when finished."""
         with self._cond:
             if job.state == RUNNING:
                 return 0
@@ -515,28 +587,60 @@ class JobQueue:
     def wait(self, job: Job, timeout: float | None = None) -> bool:
         return job.done.wait(timeout)
 
-    # --- the worker -------------------------------------------------------------------
-    def _work(self) -> None:
+    # --- the executors ----------------------------------------------------------------
+    def _work(self, slot: Slot) -> None:
+        """One executor's thread: run what `_dispatch` gives this slot, until stopped."""
         while True:
             with self._cond:
-                while not any(self._waiting.values()) and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:  # shutdown() has cancelled the waiting jobs
+                while slot.job is None and not self._stopping and not slot.lost:
+                    self._dispatch()
+                    if slot.job is None:
+                        self._cond.wait()
+                job = slot.job
+                if job is None:  # stopping (shutdown() has cancelled the waiting jobs)
                     return
-                job = self._schedule()[0]
-                self._unqueue(job)
-                self._tick += 1
-                self._served[job.owner] = self._tick
-                job.state = RUNNING
-                job.started_at = time.time()
-                job.progress.started_at = time.monotonic()
-                self.events.publish(ev.STARTED, job)
-            self._run(job)
+            self._run(slot, job)
 
-    def _run(self, job: Job) -> None:
+    def _dispatch(self) -> None:
+        """Give waiting jobs to idle executors (holding the lock): jobs round-robin between
+        owners, each to an idle executor that can see its checkpoint (`choose_executor`).
+        A job no live executor can see fails with a message naming the checkpoint."""
+        idle = [s for s in self._slots if s.idle]
+        for job in self._schedule() if idle else []:
+            checkpoint = self._checkpoint_of(job) if self._checkpoint_of else None
+            slot = choose_executor(checkpoint, idle)
+            if slot is None:
+                live = [s for s in self._slots if not s.lost]
+                if live and not any(s.executor.sees(checkpoint or "") for s in live):
+                    self._unqueue(job)
+                    job.error = (f"Checkpoint {checkpoint} is not in the models folder of any "
+                                 "worker: put it in the shared models folder")  # fmt: skip
+                    self._finish(job, FAILED)
+                continue
+            idle.remove(slot)
+            self._start(slot, job)
+            if not idle:
+                break
+        self._cond.notify_all()
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        self._unqueue(job)
+        self._tick += 1
+        self._served[job.owner] = self._tick
+        slot.job, slot.used = job, self._tick
+        job.state, job.worker = RUNNING, slot.executor.name
+        job.attempts += 1
+        job.started_at = time.time()
+        job.progress.started_at = time.monotonic()
+        self.events.publish(ev.STARTED, job)
+
+    def _run(self, slot: Slot, job: Job) -> None:
         try:
-            job.result = self._runner(job)
+            job.result = slot.executor.run(job)
             state = INTERRUPTED if job.interrupt_requested else DONE
+        except WorkerLost as exc:
+            self._lost(slot, job, exc)
+            return
         except JobAborted as exc:  # the server shuts down: nothing of the job is kept
             job.result, job.error = None, str(exc)
             state = INTERRUPTED
@@ -549,7 +653,31 @@ class JobQueue:
             state = FAILED
         with self._cond:
             job.skip_requested = False
+            slot.job = None
+            slot.done += 1
             self._finish(job, state)
+            self._cond.notify_all()
+
+    def _lost(self, slot: Slot, job: Job, exc: WorkerLost) -> None:
+        """The executor died under the job: run it once more elsewhere, else fail it."""
+        log.warning("worker %s lost while running job %s: %s", slot.executor.name, job.id, exc)
+        with self._cond:
+            slot.job = None
+            slot.lost = slot.lost or slot.executor.gone
+            job.skip_requested = False
+            if job.abort_requested or job.interrupt_requested:
+                job.error = job.error or str(exc)
+                self._finish(job, INTERRUPTED)
+            elif job.attempts < MAX_ATTEMPTS and not self._stopping:
+                job.state, job.worker = QUEUED, None
+                job.progress = Progress(listeners=job.progress.listeners)
+                self._waiting.setdefault(job.owner, []).insert(0, job)  # first of its owner's
+                self.events.publish(ev.QUEUED, job)
+            else:
+                job.error = (f"The worker running this job stopped ({exc}), "
+                             f"{job.attempts} times; the job was given up")  # fmt: skip
+                self._finish(job, FAILED)
+            self._cond.notify_all()
 
     def _unqueue(self, job: Job) -> None:
         mine = self._waiting.get(job.owner)

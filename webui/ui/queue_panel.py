@@ -1,10 +1,11 @@
 """The queue panel and "My results": everyone's jobs, and this browser's own results.
 
-The queue table lists every job (owner, mode, prompt start, position, state, progress;
-other users' prompts only with the option queue_show_others_prompts). Rows of the viewer's
-own jobs carry buttons: move up/down and cancel while waiting, skip and interrupt while
-running, show when finished. Owners are logged-in users, else browsers (see
-`common.owner_of`), so a reloaded page still owns its jobs.
+The queue table lists every job (owner, mode, prompt start, position, state, the worker
+that runs it, progress; other users' prompts only with the option
+queue_show_others_prompts). Rows of the viewer's own jobs carry buttons: move up/down and
+cancel while waiting, skip and interrupt while running, show when finished. Owners are
+logged-in users, else browsers (see `common.owner_of`), so a reloaded page still owns its
+jobs.
 
 "My results" shows one of the viewer's own jobs: its live preview while it runs, its
 images and infotext once done. It follows the newest job unless another one is chosen;
@@ -385,7 +386,7 @@ def table_html(ctx: AppContext, owner: str) -> str:
     return (
         '<table class="queue-table" aria-label="Job queue"><thead><tr>'
         "<th>#</th><th>Owner</th><th>Mode</th><th>Prompt</th><th>State</th>"
-        "<th>Progress</th><th>Actions</th></tr></thead>"
+        "<th>Worker</th><th>Progress</th><th>Actions</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 
@@ -416,6 +417,7 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
         f'<tr class="{classes}" data-job="{e(job.id) if mine else ""}" data-owner="{e(job.owner)}">'
         f"<td>{where}</td><td>{owner}</td><td>{e(job.kind)}</td>"
         f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{e(job.state)}</td>'
+        f'<td class="queue-worker" translate="no">{e(job.worker or "")}</td>'
         f'<td><div class="job-progress" role="progressbar" aria-valuemin="0" '
         f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'
