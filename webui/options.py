@@ -61,6 +61,19 @@ def _ratio(value: Any) -> float:
     return number
 
 
+def _float_range(low: float, high: float) -> Callable[[Any], float]:
+    def validate(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+        return number
+
+    return validate
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -81,6 +94,7 @@ Choices = Sequence[str] | Callable[[Any], Sequence[str]]
 SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings tab shows them
     "sd": "Stable Diffusion",
     "optimizations": "Optimizations",
+    "sampler-params": "Sampler parameters",
     "ui": "User interface",
     "queue": "Queue",
     "saving-images": "Saving images/grids",
@@ -172,6 +186,10 @@ def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str
     return {"validate": _int_range(low, high), "minimum": low, "maximum": high, "step": step}
 
 
+def _float(low: float, high: float, step: float) -> dict[str, Any]:
+    return {"validate": _float_range(low, high), "minimum": low, "maximum": high, "step": step}
+
+
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
 _FORMATS = ("png", "jpg", "jpeg", "webp")
 OPTION_DEFS: tuple[OptionDef, ...] = (
@@ -189,6 +207,24 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("token_merging_ratio", 0.0, _ratio,
               "Token merging ratio (tomesd; 0: off): faster, slightly different images",
               "optimizations", minimum=0.0, maximum=0.9, step=0.1),
+    OptionDef("s_min_uncond", 0.0, label="Negative Guidance minimum sigma: skip the negative "
+              "prompt for some steps when the image is almost ready (0: off)",
+              section="optimizations", **_float(0.0, 15.0, 0.01)),
+    OptionDef("s_min_uncond_all", False, _bool, "Negative Guidance minimum sigma all steps "
+              "(off: every other step)", "optimizations"),
+    # A1111's Sampler parameters (`webui.core.sampler_params`: which sampler honours which)
+    OptionDef("eta_ddim", 0.0, label="Eta for DDIM", section="sampler-params",
+              **_float(0.0, 1.0, 0.01)),
+    OptionDef("eta_ancestral", 1.0, label="Eta for k-diffusion samplers (ancestral and SDE)",
+              section="sampler-params", **_float(0.0, 1.0, 0.01)),
+    OptionDef("s_churn", 0.0, label="sigma churn", section="sampler-params",
+              **_float(0.0, 100.0, 0.01)),
+    OptionDef("s_tmin", 0.0, label="sigma tmin", section="sampler-params",
+              **_float(0.0, 10.0, 0.01)),
+    OptionDef("s_tmax", 0.0, label="sigma tmax (0: infinity)", section="sampler-params",
+              **_float(0.0, 999.0, 0.01)),
+    OptionDef("s_noise", 1.0, label="sigma noise", section="sampler-params",
+              **_float(0.0, 1.1, 0.001)),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
     OptionDef("localization", "Auto", _string,

@@ -109,7 +109,8 @@ def hires_pass(
     hr_choice = hires_choice(run.family, params)
     progress.text = "Hires fix"
     progress.step = 0
-    with run.family.follow_steps(pipe, conditioning, len(seeds)) as follow_steps:
+    ngms = run.ngms(params)
+    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms) as follow_steps:
         request = DenoiseRequest(
             latents=latents,
             conditioning=conditioning.pipeline_kwargs(),
@@ -119,6 +120,7 @@ def hires_pass(
             cfg_scale=params.cfg_scale,
             seeds=seeds,
             pixels=pixels,
+            sampling=run.sampling(hr_choice.sampler, params),
         )
         images = denoise(run, request, follow_steps(on_step))
     progress.text = ""

@@ -169,6 +169,8 @@ class Img2ImgJob:
                 embeddings=run.networks.embeddings,
             )
             self.fields.update(run.networks.extra_fields(self.conditioning.used_embeddings))
+            self.fields.update(run.sampling(self.choice.sampler, params).fields)
+            self.fields.update(run.ngms(params).fields())
         self.on_step = step_callback(run)
 
     def run(self, items: list[Prepared], seeds: list[int]) -> list[Image.Image]:
@@ -176,7 +178,8 @@ class Img2ImgJob:
         if self.conditioning is None:
             return [item.source for item in items]
         run = self.run_context
-        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds)) as follow_steps:
+        ngms = run.ngms(self.params)
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms) as follow_steps:
             return run_batch(
                 run,
                 self.params,
@@ -228,6 +231,7 @@ def run_batch(
         mask=mask,
         pixels=pixels,
         output_type=output_type,
+        sampling=run.sampling(choice.sampler, params),
     )
     return denoise(run, request, on_step)
 

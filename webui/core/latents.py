@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from PIL import Image
 
 from .decode import decode_latents
 from .run import RunContext
+from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
 from .schedulers import set_noise_seed
 
@@ -136,6 +137,7 @@ class DenoiseRequest:
     mask: Image.Image | None = None  # processing-size "L" mask; None: the whole image
     pixels: torch.Tensor | None = None  # processing-size pixels, for 9-channel models
     output_type: str = "pil"
+    sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
 
 
 def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
@@ -143,7 +145,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     lease = run.lease
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(run, req.mask is not None)
-    pipe.scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
+    scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
+    pipe.scheduler = req.sampling.bind(scheduler)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor
@@ -159,6 +162,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         callback_on_step_end=on_step,
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
+        **req.sampling.pipeline_kwargs,  # DDIM's eta
     )
     if inpaint_model or req.mask is not None:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)

@@ -10,7 +10,8 @@ what a function may use is in its arguments.
   `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
 - `RunContext`: a generation with a leased checkpoint: the lease and its model family
   (`webui.core.families`: what core asks instead of testing names), the job's networks
-  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), the
+  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
+  sampler-parameter options (`SamplerDefaults`: eta, sigma churn, NGMS...), the
   live-preview interval and `save` (None when the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .jobs import Job, Progress
+from .sampler_params import Ngms, SamplerDefaults, SamplerRun, ngms, sampler_run
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -144,6 +146,15 @@ class RunContext(JobContext):
     memory: MemoryRun = field(default_factory=MemoryRun)
     save: SaveFn | None = None  # None: the job saves nothing
     preview_every: int = 0  # a live preview every N steps; 0: none
+    sampler_defaults: SamplerDefaults = field(default_factory=SamplerDefaults)  # job's options
+
+    def sampling(self, sampler: str, params: Any) -> SamplerRun:
+        """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`)."""
+        return sampler_run(sampler, params, self.sampler_defaults)
+
+    def ngms(self, params: Any) -> Ngms:
+        """The job's negative guidance minimum sigma."""
+        return ngms(params, self.sampler_defaults)
 
     @property
     def pipe(self) -> Any:

@@ -29,6 +29,7 @@ from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
+from .hires import hires_choice
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
@@ -36,6 +37,8 @@ from .oom import run_guarded
 from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
+from .sampler_params import SamplerDefaults
+from .tiling import seamless
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +127,17 @@ class Worker:
         family = self.families.of(lease.spec)
         job.progress.text = ""
         save = self._saver(job, params, info.name, opt, hooks) if params.save_images else None
-        # LoRAs and VAE are on the model for this job only, taken off however it ends
-        with applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active:
+        # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends
+        with (
+            applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active,
+            seamless(lease.pipe, params.tiling),  # every pipeline view shares these modules
+        ):
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
                 lease=lease, family=family, networks=active, save=save,
                 memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
                 preview_every=int(opt("show_progress_every_n_steps")),
+                sampler_defaults=SamplerDefaults.from_options(opt),
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
@@ -139,7 +146,7 @@ class Worker:
                 medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
-        warnings += active.warnings + run.memory.messages()
+        warnings += active.warnings + run.memory.messages() + _sampler_warnings(run, params)
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
     def _saver(
@@ -187,6 +194,17 @@ class Worker:
             return str(path)
 
         return save
+
+
+def _sampler_warnings(run: RunContext, params: Txt2ImgParams) -> list[str]:
+    """eta / sigma values that do not apply to the job's sampler(s)."""
+    samplers = [run.family.sampler(params.sampler_name, params.scheduler).sampler]
+    if params.hires is not None:
+        samplers.append(hires_choice(run.family, params).sampler)
+    notes = [
+        note for name in dict.fromkeys(samplers) for note in run.sampling(name, params).warnings
+    ]
+    return list(dict.fromkeys(notes))
 
 
 def make_runner(
