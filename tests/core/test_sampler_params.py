@@ -10,12 +10,16 @@ import shutil
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import ServerThread
 from webui.app import create_app
+from webui.core.families.sd import SD_SCHEDULER
 from webui.core.params import ParamError, Txt2ImgParams
 from webui.core.params_img2img import HiresParams, Img2ImgParams
 from webui.core.sampler_params import SamplerDefaults, sampler_run
+from webui.core.samplers import resolve
+from webui.core.schedulers import ancestral_step, make_scheduler
 from webui.imaging.infotext import parse_infotext
 from webui.settings import parse_flags
 
@@ -25,7 +29,7 @@ from webui.settings import parse_flags
 @pytest.mark.parametrize(
     ("sampler", "changes", "field"),
     [
-        ("Euler a", {"eta": 0.5}, "eta"),  # diffusers' Euler a has no eta
+        ("DPM2 a", {"eta": 0.5}, "eta"),  # diffusers' DPM2 a has no eta
         ("DPM++ 2M SDE", {"eta": 0.0}, "eta"),
         ("DPM2 a", {"s_noise": 0.5}, "s_noise"),
         ("Heun", {"s_churn": 1.0}, "s_churn"),
@@ -53,7 +57,8 @@ def test_the_hires_sampler_is_checked_too():
 @pytest.mark.parametrize(
     ("sampler", "changes"),
     [
-        ("Euler a", {"eta": 1.0}),  # what diffusers does anyway
+        ("DPM2 a", {"eta": 1.0}),  # what diffusers does anyway
+        ("Euler a", {"eta": 0.3}),
         ("DDIM", {"eta": 0.3}),
         ("Euler", {"s_churn": 2.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
         ("DPM++ SDE", {"s_noise": 0.8}),
@@ -71,8 +76,9 @@ def test_values_that_do_not_apply_are_reported_not_silent():
     assert not run.step_kwargs and not run.fields
     assert [w.split(" does")[0] for w in run.warnings] == ["eta 0", "sigma churn 0.5"]
     settings = SamplerDefaults(eta_ancestral=0.5)  # A1111 would use it; diffusers cannot
-    assert "(from Settings)" in sampler_run("Euler a", Txt2ImgParams(), settings).warnings[0]
-    assert sampler_run("Euler a", Txt2ImgParams(), SamplerDefaults()).warnings == ()
+    assert "(from Settings)" in sampler_run("DPM++ SDE", Txt2ImgParams(), settings).warnings[0]
+    assert sampler_run("DPM++ SDE", Txt2ImgParams(), SamplerDefaults()).warnings == ()
+    assert sampler_run("Euler a", Txt2ImgParams(), settings).step_kwargs == {"eta": 0.5}
 
 
 def test_options_fill_what_the_request_leaves_out():
@@ -124,6 +130,7 @@ def _fields(result) -> dict:
     ("sampler", "changes", "field", "value"),
     [
         ("DDIM", {"eta": 0.8}, "Eta DDIM", 0.8),
+        ("Euler a", {"eta": 0.5}, "Eta", 0.5),
         ("Euler", {"s_churn": 5.0}, "Sigma churn", 5),
         ("DPM++ SDE", {"s_noise": 0.5}, "Sigma noise", 0.5),
     ],
@@ -244,7 +251,7 @@ def test_api_fields_are_honoured_and_read_back(server):
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
+        ({"sampler_name": "DPM++ SDE", "eta": 0.5}, "eta"),
         ({"sampler_name": "Heun", "s_churn": 1.0}, "s_churn"),
         ({"sampler_name": "DPM2 a", "s_noise": 0.7}, "s_noise"),
         ({"s_min_uncond": -1}, "s_min_uncond"),
@@ -269,3 +276,38 @@ def _tiny_png() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+# --- Euler a's eta ------------------------------------------------------------------------------
+
+
+def _euler_a_run(step, eta_seed: int, steps: int = 6):
+    scheduler = make_scheduler(resolve("Euler a", None), SD_SCHEDULER, steps=steps)
+    scheduler.set_timesteps(steps)
+    x = (
+        torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        * scheduler.init_noise_sigma
+    )
+    generator = torch.Generator().manual_seed(eta_seed)
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        eps = 0.3 * model_input + 0.1  # a stand-in denoiser: smooth, deterministic
+        x = step(scheduler, eps, t, x, generator)
+    return x
+
+
+def test_ancestral_step_with_eta_1_is_diffusers_step_and_eta_0_adds_no_noise():
+    def diffusers_step(s, eps, t, x, g):
+        return s.step(eps, t, x, generator=g).prev_sample
+
+    def ours(eta):
+        return lambda s, eps, t, x, g: (
+            ancestral_step(s, eps, t, x, g, ancestral_eta=eta).prev_sample
+        )
+
+    reference = _euler_a_run(diffusers_step, 1)
+    assert torch.allclose(_euler_a_run(ours(1.0), 1), reference, atol=1e-5)
+    no_noise = [_euler_a_run(ours(0.0), seed) for seed in (1, 2)]
+    assert torch.equal(no_noise[0], no_noise[1])  # deterministic: the noise is not used
+    half = [_euler_a_run(ours(0.5), seed) for seed in (1, 2)]
+    assert not torch.equal(half[0], half[1]) and not torch.allclose(half[0], reference)

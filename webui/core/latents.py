@@ -28,7 +28,7 @@ from .decode import decode_latents
 from .run import RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
-from .schedulers import set_noise_seed
+from .schedulers import bind_sampler_params, set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(run, req.mask is not None)
     scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
-    pipe.scheduler = req.sampling.bind(scheduler)
+    pipe.scheduler = bind_sampler_params(scheduler, req.sampling)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor

@@ -31,7 +31,7 @@ from .latents import generators
 from .params import Txt2ImgParams
 from .run import RunContext
 from .samplers import SchedulerChoice
-from .schedulers import set_noise_seed
+from .schedulers import bind_sampler_params, set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     choice = family.sampler(params.sampler_name, params.scheduler)
     sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
     scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
-    pipe.scheduler = sampling.bind(scheduler)  # eta, sigma churn... where the sampler has them
+    pipe.scheduler = bind_sampler_params(scheduler, sampling)  # eta, sigma churn...
     seeds = params.image_seeds()
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)

@@ -10,9 +10,11 @@ k-diffusion functions that take `eta`). Each one is
 
 - honoured where the diffusers scheduler has it: DDIM's eta (the pipeline's `eta=`),
   Euler's churn/tmin/tmax/noise (`EulerDiscreteScheduler.step`), DPM++ SDE's noise
-  (`DPMSolverSDEScheduler.step`): `SamplerRun.bind` puts them on the job's scheduler;
+  (`DPMSolverSDEScheduler.step`), and Euler a's eta (k-diffusion's ancestral step,
+  `webui.core.schedulers.ancestral_step`): `schedulers.bind_sampler_params` puts them on
+  the job's scheduler;
 - refused with a `ParamError` naming the field when A1111 would use a value but the
-  diffusers scheduler cannot (eta other than 1 for Euler a, DPM2 a and the SDE samplers;
+  diffusers scheduler cannot (eta other than 1 for DPM2 a and the SDE samplers;
   churn above 0 for Heun and DPM2; noise other than 1 for DPM2 a and DPM++ 2M SDE (Heun));
   a value with no effect (eta 1 on Euler a, tmin/tmax/noise on Heun without churn) passes;
 - reported as a warning in the job's result when it does not apply to the sampler at all
@@ -29,7 +31,6 @@ it), and never change global options.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ _USES: Mapping[str, _Use] = {
     "Euler": _Use(_CHURN_SET, _CHURN_SET),
     "Heun": _Use(_CHURN_SET, frozenset()),
     "DPM2": _Use(_CHURN_SET, frozenset()),
-    "Euler a": _Use(frozenset({ETA}), frozenset()),
+    "Euler a": _Use(frozenset({ETA}), frozenset({ETA})),  # schedulers.ancestral_step
     "DPM2 a": _Use(frozenset({ETA, NOISE}), frozenset()),
     "DPM++ SDE": _Use(frozenset({ETA, NOISE}), frozenset({NOISE})),
     "DPM++ 2M SDE": _Use(frozenset({ETA, NOISE}), frozenset()),
@@ -158,13 +159,6 @@ class SamplerRun:
     fields: Mapping[str, Any] = field(default_factory=dict)  # infotext
     warnings: tuple[str, ...] = ()  # values that do not apply to this sampler
 
-    def bind(self, scheduler: Any) -> Any:
-        """The scheduler with this pass's parameters bound to its `step` (a fresh scheduler
-        of one job: it is built per pass and never shared)."""
-        if self.step_kwargs:
-            scheduler.step = functools.partial(type(scheduler).step, scheduler, **self.step_kwargs)
-        return scheduler
-
 
 def sampler_run(sampler: str, params: Any, defaults: SamplerDefaults) -> SamplerRun:
     """The parameters of a pass with `sampler`: the request's values, else the options."""
@@ -177,7 +171,7 @@ def sampler_run(sampler: str, params: Any, defaults: SamplerDefaults) -> Sampler
         asked = getattr(params, name)
         value = _tmax(name, asked if asked is not None else _option(sampler, name, defaults))
         if name in use.here:
-            (pipeline if name == ETA else step)[name] = value
+            (pipeline if name == ETA and sampler in _DDIM_ETA else step)[name] = value
             if value != neutral(sampler, name):
                 fields[_field(sampler, name)] = value
         elif value != neutral(sampler, name) and (asked is not None or name in use.a1111):
