@@ -14,13 +14,17 @@ import torch
 
 from tests.conftest import ServerThread
 from webui.app import create_app
-from webui.core.families.sd import SD_SCHEDULER
+from webui.core.composable import hooked, sigma_of_timestep
+from webui.core.conditioning import prepare_conditioning
+from webui.core.families.sd import SD1, SD_SCHEDULER
+from webui.core.families.sdxl import SDXL
 from webui.core.params import ParamError, Txt2ImgParams
 from webui.core.params_img2img import HiresParams, Img2ImgParams
-from webui.core.sampler_params import SamplerDefaults, sampler_run
+from webui.core.sampler_params import Ngms, SamplerDefaults, sampler_run
 from webui.core.samplers import resolve
 from webui.core.schedulers import ancestral_step, make_scheduler
 from webui.imaging.infotext import parse_infotext
+from webui.model_manager.tiny import build_tiny_pipeline
 from webui.settings import parse_flags
 
 # --- validation -------------------------------------------------------------------------------
@@ -311,3 +315,36 @@ def test_ancestral_step_with_eta_1_is_diffusers_step_and_eta_0_adds_no_noise():
     assert torch.equal(no_noise[0], no_noise[1])  # deterministic: the noise is not used
     half = [_euler_a_run(ours(0.5), seed) for seed in (1, 2)]
     assert not torch.equal(half[0], half[1]) and not torch.allclose(half[0], reference)
+
+
+# --- NGMS at the UNet hooks, SD 1.x and SDXL ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_ngms_on_every_step_is_the_conditional_prediction_alone(family):
+    """Skipping the negative pass everywhere gives exactly what no guidance gives."""
+    pipe = build_tiny_pipeline(family)
+    pipe.set_progress_bar_config(disable=True)
+    fam = SD1 if family == "sd1" else SDXL
+    cond = prepare_conditioning(pipe, fam, "a bird", "ugly", 1, steps=3)
+
+    def sample(cfg: float, ngms: Ngms):
+        rows: list[int] = []
+        sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
+        with hooked(pipe.unet, cond, 1, ngms, sigma_of) as follow:
+            handle = pipe.unet.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+            try:
+                image = pipe(**cond.pipeline_kwargs(), num_inference_steps=3, width=64,
+                             height=64, guidance_scale=cfg, output_type="np",
+                             generator=torch.Generator().manual_seed(2),
+                             callback_on_step_end=follow(None)).images  # fmt: skip
+            finally:
+                handle.remove()
+        return rows, image
+
+    rows, skipped = sample(7.0, Ngms(100.0, all_steps=True))
+    assert rows == [1, 1, 1]
+    _, unguided = sample(1.0, Ngms())
+    assert np.array_equal(skipped, unguided)
+    rows, guided = sample(7.0, Ngms(100.0))
+    assert rows == [2, 1, 2] and not np.array_equal(guided, unguided)

@@ -75,7 +75,8 @@ _INFOTEXT_FIELDS: dict[str, str] = {
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
      "Size-2", "Width", "Height", "Model hash", "Model", "VAE hash", "VAE", "Clip skip",
-     "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength"}
+     "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength",
+     "Tiling"}
 )  # fmt: skip
 
 

@@ -147,10 +147,14 @@ class RunContext(JobContext):
     save: SaveFn | None = None  # None: the job saves nothing
     preview_every: int = 0  # a live preview every N steps; 0: none
     sampler_defaults: SamplerDefaults = field(default_factory=SamplerDefaults)  # job's options
+    warnings: list[str] = field(default_factory=list)  # for the job's result (not infotext)
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
-        """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`)."""
-        return sampler_run(sampler, params, self.sampler_defaults)
+        """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);
+        values that do not apply to it become warnings of the job."""
+        run = sampler_run(sampler, params, self.sampler_defaults)
+        self.warnings.extend(w for w in run.warnings if w not in self.warnings)
+        return run
 
     def ngms(self, params: Any) -> Ngms:
         """The job's negative guidance minimum sigma."""

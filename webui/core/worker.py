@@ -29,7 +29,6 @@ from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
-from .hires import hires_choice
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
@@ -146,7 +145,7 @@ class Worker:
                 medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
-        warnings += active.warnings + run.memory.messages() + _sampler_warnings(run, params)
+        warnings += active.warnings + run.memory.messages() + run.warnings
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
     def _saver(
@@ -194,17 +193,6 @@ class Worker:
             return str(path)
 
         return save
-
-
-def _sampler_warnings(run: RunContext, params: Txt2ImgParams) -> list[str]:
-    """eta / sigma values that do not apply to the job's sampler(s)."""
-    samplers = [run.family.sampler(params.sampler_name, params.scheduler).sampler]
-    if params.hires is not None:
-        samplers.append(hires_choice(run.family, params).sampler)
-    notes = [
-        note for name in dict.fromkeys(samplers) for note in run.sampling(name, params).warnings
-    ]
-    return list(dict.fromkeys(notes))
 
 
 def make_runner(
