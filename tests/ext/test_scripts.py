@@ -18,7 +18,7 @@ from webui.core.params import Txt2ImgParams
 from webui.ext.api import ArgError
 from webui.ext.scripts.common import expand_floats, expand_ints, split_values, with_fields
 from webui.ext.scripts.prompt_matrix import combinations
-from webui.ext.scripts.prompts_from_file import parse_line
+from webui.ext.scripts.prompts_from_file import line_params, parse_line
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
@@ -189,6 +189,14 @@ def test_prompts_from_file_lines_as_a1111_reads_them(ctx):
     with pytest.raises(ArgError) as exc:
         submit(ctx, "prompts from file or textbox", {"prompt_txt": "ok\n--steps 999"})
     assert "line 2" in str(exc.value) and exc.value.loc == ("script_args", "prompt_txt")
+
+
+def test_prompts_from_file_tiling_per_line():
+    base = Txt2ImgParams(prompt="wall", tiling=True)
+    assert line_params(base, parse_line("--prompt x --tiling false"), "start", None).tiling is False
+    assert line_params(Txt2ImgParams(), parse_line("--tiling true"), "start", None).tiling is True
+    with pytest.raises(ValueError, match="face restoration"):
+        line_params(base, parse_line("--restore_faces true"), "start", None)
 
 
 def test_wildcards_follow_the_seed(ctx):
