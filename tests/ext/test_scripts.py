@@ -240,6 +240,17 @@ def test_axes_check_their_values(ctx):
         read_axis(axis_by_label("LoRA weight", Txt2ImgParams), "1", plain)
 
 
+def test_xyz_plot_sampler_parameter_axes(ctx):
+    job = submit(ctx, "X/Y/Z plot", {"x_type": "Sigma Churn", "x_values": "0, 5",
+                                     "include_lone_images": True}, sampler_name="Euler")  # fmt: skip
+    cells = job.result.images[1:]  # the grid first, then the lone images
+    churns = [parse_infotext(g.infotext).get("Sigma churn") for g in cells]
+    assert churns == [None, 5]  # 0 is the default: not written
+    assert not np.array_equal(np.asarray(cells[0].image), np.asarray(cells[1].image))
+    with pytest.raises(ArgError, match="eta"):  # a cell the sampler cannot honour: refused
+        submit(ctx, "X/Y/Z plot", {"x_type": "Eta", "x_values": "0.5, 1"}, sampler_name="DPM2 a")
+
+
 def test_xyz_plot_on_img2img_varies_denoising(ctx):
     from webui.core.params_img2img import Img2ImgParams
 
