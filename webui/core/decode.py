@@ -103,7 +103,8 @@ def _decode(pipe, latents: torch.Tensor, run: MemoryRun) -> torch.Tensor:
     vae = pipe.vae
     tile, slice_ = plan_decode(getattr(pipe, "vae_scale_factor", 8), latents, run)
     z = unscale(vae, latents.to(vae.dtype))
-    wrap = min(WRAP_MARGIN, *z.shape[-2:]) if tile and is_circular(vae.decoder) else 0
+    seamless = tile and is_circular(getattr(vae, "decoder", vae))
+    wrap = min(WRAP_MARGIN, *z.shape[-2:]) if seamless else 0
     with torch.inference_mode(), _tiling(vae, tile), _wrapped(vae, wrap):
         if wrap:
             z = F.pad(z, (wrap, wrap, wrap, wrap), mode="circular")
