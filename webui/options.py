@@ -89,6 +89,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "sd": "Stable Diffusion",
     "optimizations": "Optimizations",
     "img2img": "img2img",
+    "sampler-params": "Sampler parameters",
     "ui": "User interface",
     "queue": "Queue",
     "saving-images": "Saving images/grids",
@@ -180,6 +181,10 @@ def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str
     return {"validate": _int_range(low, high), "minimum": low, "maximum": high, "step": step}
 
 
+def _float(low: float, high: float, step: float) -> dict[str, Any]:
+    return {"validate": _float_range(low, high), "minimum": low, "maximum": high, "step": step}
+
+
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
 _FORMATS = ("png", "jpg", "jpeg", "webp")
 OPTION_DEFS: tuple[OptionDef, ...] = (
@@ -202,6 +207,24 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("img2img_extra_noise", 0.0, _float_range(0.0, 1.0),
               "Extra noise multiplier for img2img and hires fix (0: off; keep it below the "
               "denoising strength)", "img2img", minimum=0.0, maximum=1.0, step=0.01),
+    OptionDef("s_min_uncond", 0.0, label="Negative Guidance minimum sigma: skip the negative "
+              "prompt for some steps when the image is almost ready (0: off)",
+              section="optimizations", **_float(0.0, 15.0, 0.01)),
+    OptionDef("s_min_uncond_all", False, _bool, "Negative Guidance minimum sigma all steps "
+              "(off: every other step)", "optimizations"),
+    # A1111's Sampler parameters (`webui.core.sampler_params`: which sampler honours which)
+    OptionDef("eta_ddim", 0.0, label="Eta for DDIM", section="sampler-params",
+              **_float(0.0, 1.0, 0.01)),
+    OptionDef("eta_ancestral", 1.0, label="Eta for k-diffusion samplers (ancestral and SDE)",
+              section="sampler-params", **_float(0.0, 1.0, 0.01)),
+    OptionDef("s_churn", 0.0, label="sigma churn", section="sampler-params",
+              **_float(0.0, 100.0, 0.01)),
+    OptionDef("s_tmin", 0.0, label="sigma tmin", section="sampler-params",
+              **_float(0.0, 10.0, 0.01)),
+    OptionDef("s_tmax", 0.0, label="sigma tmax (0: infinity)", section="sampler-params",
+              **_float(0.0, 999.0, 0.01)),
+    OptionDef("s_noise", 1.0, label="sigma noise", section="sampler-params",
+              **_float(0.0, 1.1, 0.001)),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
     OptionDef("localization", "Auto", _string,

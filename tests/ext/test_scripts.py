@@ -18,7 +18,7 @@ from webui.core.params import Txt2ImgParams
 from webui.ext.api import ArgError
 from webui.ext.scripts.common import expand_floats, expand_ints, split_values, with_fields
 from webui.ext.scripts.prompt_matrix import combinations
-from webui.ext.scripts.prompts_from_file import parse_line
+from webui.ext.scripts.prompts_from_file import line_params, parse_line
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
@@ -217,6 +217,14 @@ def test_scripts_carry_variation_seeds(ctx):
     assert cells == {(7, 0.1), (8, 0.1), (7, 0.2), (8, 0.2)}
 
 
+def test_prompts_from_file_tiling_per_line():
+    base = Txt2ImgParams(prompt="wall", tiling=True)
+    assert line_params(base, parse_line("--prompt x --tiling false"), "start", None).tiling is False
+    assert line_params(Txt2ImgParams(), parse_line("--tiling true"), "start", None).tiling is True
+    with pytest.raises(ValueError, match="face restoration"):
+        line_params(base, parse_line("--restore_faces true"), "start", None)
+
+
 def test_wildcards_follow_the_seed(ctx):
     job = submit(ctx, prompt="a __color__ {cube|ball}, __animals/cats__", batch_size=2, seed=20)
     prompts = [parse_infotext(g.infotext)["Prompt"] for g in job.result.images]
@@ -256,6 +264,17 @@ def test_axes_check_their_values(ctx):
     plain = ctx.extensions.arg_check(Txt2ImgParams(prompt="a cat").validated())
     with pytest.raises(ValueError, match="needs a <lora"):
         read_axis(axis_by_label("LoRA weight", Txt2ImgParams), "1", plain)
+
+
+def test_xyz_plot_sampler_parameter_axes(ctx):
+    job = submit(ctx, "X/Y/Z plot", {"x_type": "Sigma Churn", "x_values": "0, 5",
+                                     "include_lone_images": True}, sampler_name="Euler")  # fmt: skip
+    cells = job.result.images[1:]  # the grid first, then the lone images
+    churns = [parse_infotext(g.infotext).get("Sigma churn") for g in cells]
+    assert churns == [None, 5]  # 0 is the default: not written
+    assert not np.array_equal(np.asarray(cells[0].image), np.asarray(cells[1].image))
+    with pytest.raises(ArgError, match="eta"):  # a cell the sampler cannot honour: refused
+        submit(ctx, "X/Y/Z plot", {"x_type": "Eta", "x_values": "0.5, 1"}, sampler_name="DPM2 a")
 
 
 def test_xyz_plot_on_img2img_varies_denoising(ctx):

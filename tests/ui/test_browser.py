@@ -53,6 +53,9 @@ def test_generate_in_the_browser(browser, server, tmp_path, data_dir):
     _set_number(page, "Height", 64)
     _set_number(page, "Sampling steps", 2)
     page.get_by_label("Seed", exact=True).fill("7")
+    page.locator("#txt2img_tiling input").check()  # Tiling and NGMS reach the job
+    page.locator("#txt2img_sampler_params").get_by_text("Sampler parameters").click()
+    page.locator("#txt2img_s_min_uncond input").fill("3")
     # the checkpoint list is filled when the page loads
     page.wait_for_function(
         "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
@@ -65,6 +68,7 @@ def test_generate_in_the_browser(browser, server, tmp_path, data_dir):
     infotext = page.locator("#txt2img_infotext pre").inner_text()
     assert infotext.startswith("a lighthouse at dusk\nNegative prompt: fog\nSteps: 2,")
     assert "Seed: 7," in infotext and "Size: 64x64" in infotext
+    assert "Tiling: True" in infotext and "NGMS: 3" in infotext
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
     saved = list((data_dir / "outputs" / "txt2img-images").glob("*/*.png"))
     assert [p.name for p in saved] == ["00000-7.png"]

@@ -61,7 +61,8 @@ def test_send_to_txt2img_fills_every_control(playwright_browser, data_dir, tmp_p
     text = build_infotext("a castle on a hill", "fog", {
         "Steps": 9, "Sampler": "Euler a", "Schedule type": "Automatic", "CFG scale": 4.5,
         "Seed": 4242, "Size": "128x96", "Model hash": short, "Model": "renamed-model",
-        "Clip skip": 3, "Version": "v1.10.1"})  # fmt: skip
+        "Clip skip": 3, "Tiling": True, "Sigma churn": 2.5, "NGMS": 3,
+        "Version": "v1.10.1"})  # fmt: skip
     source = tmp_path / "from-a1111.png"
     Image.new("RGB", (128, 96), (200, 30, 30)).save(source, pnginfo=pnginfo_for(text))
     with serve(data_dir) as srv:
@@ -82,6 +83,10 @@ def test_send_to_txt2img_fills_every_control(playwright_browser, data_dir, tmp_p
         assert (number(page, "CFG Scale"), number(page, "Clip skip")) == ("4.5", "3")
         assert visible(page, "Sampling method", exact=True).input_value() == "Euler a"
         assert visible(page, "Schedule type", exact=True).input_value() == "Automatic"
+        assert page.locator("#txt2img_tiling input").is_checked()
+        page.locator("#txt2img_sampler_params").get_by_text("Sampler parameters").click()
+        assert page.locator("#txt2img_s_churn input").input_value() == "2.5"
+        assert page.locator("#txt2img_s_min_uncond input").input_value() == "3"
         # the checkpoint is found by its hash although the name in the image differs
         assert (
             page.locator("#sd_checkpoint input").input_value() == f"tiny-sd1.safetensors [{short}]"
@@ -96,6 +101,9 @@ def test_send_to_txt2img_fills_every_control(playwright_browser, data_dir, tmp_p
         assert visible(page, "Prompt", exact=True).input_value() == "a boat"
         assert visible(page, "Seed", exact=True).input_value() == "99"
         assert visible(page, "Negative prompt", exact=True).input_value() == ""
+        # made without tiling and with the Settings' sampler parameters: back to those
+        assert not page.locator("#txt2img_tiling input").is_checked()
+        assert page.locator("#txt2img_s_churn input").input_value() == ""
 
         # send to img2img: the image goes along, and the img2img tab opens filled
         page.get_by_role("tab", name="PNG Info").click()

@@ -219,13 +219,16 @@ def test_widgets_and_sections() -> None:
         "CLIP_stop_at_last_layers": "slider", "vae_tiling_threshold": "number",
         "vae_slicing_threshold": "number", "oom_retry_lower_memory": "checkbox",
         "token_merging_ratio": "slider", "initial_noise_multiplier": "slider",
-        "img2img_extra_noise": "slider", "show_progress_every_n_steps": "number",
+        "img2img_extra_noise": "slider", "s_min_uncond": "slider", "s_min_uncond_all": "checkbox",
+        "eta_ddim": "slider", "eta_ancestral": "slider", "s_churn": "slider", "s_tmin": "slider",
+        "s_tmax": "slider", "s_noise": "slider", "show_progress_every_n_steps": "number",
         "localization": "dropdown", "queue_limit_per_user": "number", "queue_show_others_prompts": "checkbox",
         "samples_format": "dropdown", "samples_filename_pattern": "textbox",
         "outdir_samples": "textbox",
     }  # fmt: skip
-    assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img", "User interface",
-                                       "Queue", "Saving images/grids", "Paths for saving"]  # fmt: skip
+    assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
+                                       "Sampler parameters", "User interface", "Queue",
+                                       "Saving images/grids", "Paths for saving"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

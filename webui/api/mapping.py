@@ -29,6 +29,8 @@ from PIL import Image
 from .. import __version__
 from ..core.jobs import Job
 from ..core.params import Txt2ImgParams
+from ..core.sampler_params import INFOTEXT_FIELDS as SAMPLER_INFOTEXT_FIELDS
+from ..core.sampler_params import MIN_UNCOND, STEP_PARAMS
 from ..imaging.codec import MAX_DECODE_PIXELS, ImageInputError, decode_base64_image
 from ..imaging.infotext import parse_infotext, pnginfo_for, read_infotext_from_image
 from ..services.errors import RequestError
@@ -52,7 +54,6 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
     ("restore_faces", "face restoration"),
-    ("tiling", "tiling"),
     ("refiner_checkpoint", "refiner"),
     ("firstpass_image", "first pass image"),
 )
@@ -71,6 +72,8 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Variation seed strength": "subseed_strength",
     "Seed resize from-1": "seed_resize_from_w",
     "Seed resize from-2": "seed_resize_from_h",
+    "Tiling": "tiling",
+    **SAMPLER_INFOTEXT_FIELDS,  # Eta, Sigma churn, NGMS...
 }
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
@@ -82,7 +85,7 @@ _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
      "Size-2", "Width", "Height", "Model hash", "Model", "VAE hash", "VAE", "Clip skip",
      "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength",
-     "Seed resize from", "Seed resize from-1", "Seed resize from-2"}
+     "Seed resize from", "Seed resize from-1", "Seed resize from-2", "Tiling"}
 )  # fmt: skip
 
 
@@ -125,6 +128,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
         hires=hires_params(req, upscalers),
         styles=_styles_of(req),
+        **sampling_fields(req),
     )
     return generation_request("txt2img", req, params, owner)
 
@@ -139,6 +143,15 @@ def seed_fields(req: Any) -> dict[str, Any]:
         value = _value(req, side)
         fields[side] = 0 if isinstance(value, int | float) and value <= 0 else value
     return fields
+
+
+def sampling_fields(req: Any) -> dict[str, Any]:
+    """Tiling and the sampler parameters (eta, s_churn, ..., s_min_uncond; None: the
+    job's option), for txt2img and img2img alike."""
+    return {
+        "tiling": bool(req.tiling),
+        **{name: getattr(req, name) for name in (*STEP_PARAMS, MIN_UNCOND)},
+    }
 
 
 def generation_request(kind: str, req: Any, params: Any, owner: str) -> GenerationRequest:

@@ -31,7 +31,6 @@ _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 # (field, feature) requested by a truthy value, not built: refused, never faked
 _NOT_BUILT = (
     ("restore_faces", "face restoration"),
-    ("tiling", "tiling"),
     ("refiner_checkpoint", "refiner"),
     ("latent_mask", "a separate latent mask"),
 )
@@ -125,6 +124,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         inpaint_full_res_padding=_v(req, "inpaint_full_res_padding"),
         inpainting_mask_invert=bool(_v(req, "inpainting_mask_invert")),
         initial_noise_multiplier=req.initial_noise_multiplier,  # None: the option's
+        **mapping.sampling_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
 

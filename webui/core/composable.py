@@ -10,8 +10,14 @@ own guidance then gives A1111's composable diffusion,
 `uncond + g * sum_i w_i * (cond_i - uncond)`. A step callback moves the hook to the next
 step, so second-order samplers (two UNet calls per step) stay on the same step.
 
+Negative guidance minimum sigma (A1111's NGMS, `s_min_uncond`): when the sigma of a UNet
+call is below it, that call skips the unconditional rows (every other call, as A1111; every
+call with "all steps") and uses the first sub-prompt's prediction in their place, so the
+pipeline's guidance gives the conditional prediction alone. The sigma of a call is read
+from its timestep on the model's noise schedule (`sigma_of`).
+
 The hooks live only for one pipeline call (`hooked`), and only when the conditioning is
-not static; a plain prompt runs the pipeline untouched.
+not static or NGMS is on; a plain prompt runs the pipeline untouched.
 
 This module must never import a UI library.
 """
@@ -19,21 +25,41 @@ This module must never import a UI library.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 
 from .conditioning import Conditioning
+from .sampler_params import NGMS_OFF, Ngms
+
+SigmaOf = Callable[[float], float]  # timestep -> sigma on the model's noise schedule
 
 log = logging.getLogger(__name__)
 
 
 class _StepConditioner:
-    def __init__(self, conditioning: Conditioning, batch_size: int):
+    def __init__(
+        self, conditioning: Conditioning, batch_size: int, ngms: Ngms, sigma_of: SigmaOf | None
+    ):
         self.cond = conditioning
         self.batch = batch_size
         self.step = 0
-        self._layout: tuple[bool, bool, bool] | None = None  # guided, with uncond, combine
+        self.ngms, self.sigma_of = ngms, sigma_of
+        self.calls = 0  # UNet calls so far (A1111's denoiser step counter)
+        self.skipped = 0  # calls that skipped the unconditional pass
+        self._layout: tuple[bool, bool, bool, bool] | None = None  # guided, uncond, combine, skip
+
+    def _skip_uncond(self, args, kwargs) -> bool:
+        """NGMS: whether this call leaves out the unconditional rows."""
+        ngms = self.ngms
+        if ngms.min_sigma <= 0 or self.sigma_of is None:
+            return False
+        if not (ngms.all_steps or self.calls % 2):
+            return False
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        return self.sigma_of(t) < ngms.min_sigma
 
     def before(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
@@ -45,7 +71,8 @@ class _StepConditioner:
         combine = n > 1 or self.cond.weights[0] != 1.0
         uncond = self.cond.uncond.at(self.step)
         conds = [c.at(self.step) for c in self.cond.conds]
-        with_uncond = guided or combine
+        skip = guided and self._skip_uncond(args, kwargs)
+        with_uncond = (guided or combine) and not skip
 
         def rebuild(tensor):
             """[uncond rows, cond rows] -> [uncond rows, cond rows x n]."""
@@ -77,15 +104,19 @@ class _StepConditioner:
             kwargs["sample"] = rebuild(kwargs["sample"])
         if "timestep" in kwargs:
             kwargs["timestep"] = rebuild(kwargs["timestep"])
-        self._layout = (guided, with_uncond, combine)
+        self._layout = (guided, with_uncond, combine, skip)
         return args, kwargs
 
     def after(self, module, args, kwargs, output):
-        guided, with_uncond, combine = self._layout
+        guided, with_uncond, combine, skip = self._layout
+        self.calls += 1
+        self.skipped += skip
         b = self.batch
         sample = output[0] if isinstance(output, tuple) else output.sample
         uncond = sample[:b] if with_uncond else None
         preds = sample[b:] if with_uncond else sample
+        if skip:  # A1111: the first sub-prompt's prediction stands in for the uncond one
+            uncond = preds[:b]
         if combine:
             merged = uncond.clone()
             for i, weight in enumerate(self.cond.weights):
@@ -102,16 +133,24 @@ class _StepConditioner:
 
 
 @contextmanager
-def hooked(unet: torch.nn.Module, conditioning: Conditioning, batch_size: int):
-    """Condition every UNet call of one pipeline call on the current step's prompts.
+def hooked(
+    unet: torch.nn.Module,
+    conditioning: Conditioning,
+    batch_size: int,
+    ngms: Ngms = NGMS_OFF,
+    sigma_of: SigmaOf | None = None,
+):
+    """Condition every UNet call of one pipeline call on the current step's prompts, and
+    skip the unconditional pass below NGMS's sigma (`sigma_of` reads a call's sigma).
 
     Yields a function that wraps the pipeline's `callback_on_step_end`, so that the
-    conditioning moves on after every step. A static conditioning installs nothing.
+    conditioning moves on after every step. A static conditioning without NGMS installs
+    nothing.
     """
-    if conditioning.static:
+    if conditioning.static and ngms.min_sigma <= 0:
         yield lambda callback: callback
         return
-    state = _StepConditioner(conditioning, batch_size)
+    state = _StepConditioner(conditioning, batch_size, ngms, sigma_of)
     handles = [
         unet.register_forward_pre_hook(state.before, with_kwargs=True),
         unet.register_forward_hook(state.after, with_kwargs=True),
@@ -129,3 +168,20 @@ def hooked(unet: torch.nn.Module, conditioning: Conditioning, batch_size: int):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def sigma_of_timestep(alphas_cumprod: torch.Tensor) -> SigmaOf:
+    """The sigma of a (fractional) timestep on a model's noise schedule: log-sigma
+    interpolated between the integer timesteps, as diffusers maps sigmas to timesteps."""
+    alphas = alphas_cumprod.double().cpu()
+    log_sigmas = (((1 - alphas) / alphas) ** 0.5).log()
+    last = len(log_sigmas) - 1
+
+    def sigma_of(t: float) -> float:
+        t = min(max(t, 0.0), float(last))
+        low = int(t)
+        high = min(low + 1, last)
+        w = t - low
+        return float(((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp())
+
+    return sigma_of

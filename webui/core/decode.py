@@ -11,6 +11,11 @@ The job's `MemoryRun` (`webui.core.run`, carried by the run context) says what i
 (thresholds, low-memory retry) and collects the notes for the infotext; without one the
 option defaults apply.
 
+A tiling (seamless) job's VAE pads circularly (`webui.core.tiling`). diffusers' tiled
+decode would wrap each tile around itself, so with VAE tiling the latents are extended
+circularly by `WRAP_MARGIN` on every side, decoded in tiles with ordinary padding, and the
+margin cut off again: the edges are decoded with their neighbours from the other side.
+
 This module must never import a UI library.
 """
 
@@ -21,11 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserError
 from ..model_manager.optimize import upcast_vae
 from .run import MemoryRun
+from .tiling import is_circular, padding_mode
+
+WRAP_MARGIN = 8  # latent pixels taken from the other side for a seamless tiled decode
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +103,30 @@ def _decode(pipe, latents: torch.Tensor, run: MemoryRun) -> torch.Tensor:
     vae = pipe.vae
     tile, slice_ = plan_decode(getattr(pipe, "vae_scale_factor", 8), latents, run)
     z = unscale(vae, latents.to(vae.dtype))
-    with torch.inference_mode(), _tiling(vae, tile):
+    seamless = tile and is_circular(getattr(vae, "decoder", vae))
+    wrap = min(WRAP_MARGIN, *z.shape[-2:]) if seamless else 0
+    with torch.inference_mode(), _tiling(vae, tile), _wrapped(vae, wrap):
+        if wrap:
+            z = F.pad(z, (wrap, wrap, wrap, wrap), mode="circular")
         parts = z.split(1) if slice_ else (z,)
         decoded = [vae.decode(part, return_dict=False)[0] for part in parts]
     if tile or slice_:
-        log.debug("VAE decode: tiling %s, slicing %s", tile, slice_)
-    return decoded[0] if len(decoded) == 1 else torch.cat(decoded)
+        log.debug("VAE decode: tiling %s, slicing %s, seamless margin %d", tile, slice_, wrap)
+    pixels = decoded[0] if len(decoded) == 1 else torch.cat(decoded)
+    if wrap:
+        cut = wrap * (pixels.shape[-1] // z.shape[-1])
+        pixels = pixels[..., cut:-cut, cut:-cut]
+    return pixels
+
+
+@contextmanager
+def _wrapped(vae, wrap: int) -> Iterator[None]:
+    """Ordinary (zero) padding while latents extended by `wrap` are decoded in tiles."""
+    if not wrap:
+        yield
+        return
+    with padding_mode((vae,), "zeros"):
+        yield
 
 
 @contextmanager

@@ -114,7 +114,8 @@ def hires_pass(
     progress.text = "Hires fix"
     progress.step = 0
     seeds = list(noise.seeds)
-    with run.family.follow_steps(pipe, conditioning, len(seeds)) as follow_steps:
+    ngms = run.ngms(params)
+    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms) as follow_steps:
         request = DenoiseRequest(
             latents=latents,
             conditioning=conditioning.pipeline_kwargs(),
@@ -125,6 +126,7 @@ def hires_pass(
             seeds=seeds,
             pixels=pixels,
             noise=noise,
+            sampling=run.sampling(hr_choice.sampler, params),
         )
         images = denoise(run, request, follow_steps(on_step))
     progress.text = ""

@@ -178,6 +178,8 @@ class Img2ImgJob:
             )
             self.fields.update(run.networks.extra_fields(self.conditioning.used_embeddings))
             self.fields.update(sampling_noise_fields(run, params))
+            self.fields.update(run.sampling(self.choice.sampler, params).fields)
+            self.fields.update(run.ngms(params).fields())
         self.on_step = step_callback(run)
 
     def run(
@@ -191,7 +193,8 @@ class Img2ImgJob:
         params = self.params
         noise = NoiseSpec.of(params, seeds, subseeds, extra=run.extra_noise,
                              multiplier=noise_multiplier(params))  # fmt: skip
-        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds)) as follow_steps:
+        ngms = run.ngms(params)
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms) as follow_steps:
             return run_batch(
                 run,
                 self.params,
@@ -263,6 +266,7 @@ def run_batch(
         pixels=pixels,
         output_type=output_type,
         noise=noise,
+        sampling=run.sampling(choice.sampler, params),
     )
     return denoise(run, request, on_step)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ from PIL import Image
 from .decode import decode_latents
 from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
 from .run import RunContext
+from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
-from .schedulers import set_noise_seed
+from .schedulers import bind_sampler_params, set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class DenoiseRequest:
     pixels: torch.Tensor | None = None  # processing-size pixels, for 9-channel models
     output_type: str = "pil"
     noise: NoiseSpec | None = None  # None: each seed's own noise, nothing more
+    sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
 
 
 def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
@@ -147,7 +149,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     lease = run.lease
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(run, req.mask is not None)
-    pipe.scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
+    scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
+    pipe.scheduler = bind_sampler_params(scheduler, req.sampling)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor
@@ -164,6 +167,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         callback_on_step_end=on_step,
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
+        **req.sampling.pipeline_kwargs,  # DDIM's eta
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ParamError
 from .prompt_limits import check_prompts
+from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, missing_requirements, resolve
 
 if TYPE_CHECKING:
@@ -53,6 +54,14 @@ class Txt2ImgParams:
     styles: tuple[str, ...] = ()  # names from styles.csv, applied in order
     script: str | None = None  # extension that runs this job (X/Y/Z plot, ...); None = plain
     extension_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
+    tiling: bool = False  # seamless: circular padding in the UNet and VAE (core/tiling.py)
+    # sampler parameters (core/sampler_params.py); None: the job's option
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None  # 0: infinity
+    s_noise: float | None = None
+    s_min_uncond: float | None = None  # NGMS: skip the uncond pass below this sigma
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -72,6 +81,8 @@ class Txt2ImgParams:
         _require_int(self, "seed", -1, MAX_SEED)
         self._check_variation()
         self._check_sampler()
+        if not isinstance(self.tiling, bool):
+            raise ParamError("tiling", f"must be true or false, got {self.tiling!r}")
         if self.hires is not None:
             self.hires.check(self)
         if self.vae is not None and not isinstance(self.vae, str):
@@ -136,6 +147,7 @@ class Txt2ImgParams:
             )
         if choice.max_steps is not None and self.steps > choice.max_steps:
             raise ParamError("steps", f"{choice.sampler} allows at most {choice.max_steps} steps")
+        check_for_sampler(choice.sampler, self)  # eta, s_churn, ...: honoured or refused
 
     def with_seed(self, rng: random.Random | None = None) -> Txt2ImgParams:
         """A copy whose seed and variation seed are fixed: -1 becomes a random seed in

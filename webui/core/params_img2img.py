@@ -21,6 +21,7 @@ from PIL import Image
 from ..imaging.codec import MAX_PIXELS, ImageInputError, check_pixels, image_files, prepare_mask
 from ..imaging.upscaler_list import LATENT_MODES, NONE, UpscalerRef
 from .params import MAX_SIDE, MAX_STEPS, ParamError, Txt2ImgParams, _require_int
+from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, resolve
 
 MAX_MASK_BLUR = 64
@@ -159,6 +160,7 @@ class HiresParams:
                 "hr_second_pass_steps",
                 f"{choice.sampler} allows at most {choice.max_steps} steps",
             )
+        check_for_sampler(choice.sampler, base)  # the second pass uses eta, s_churn, ... too
 
 
 _HR_FIELDS = {

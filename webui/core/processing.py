@@ -27,12 +27,12 @@ from PIL import Image
 from .. import __version__
 from ..imaging.infotext import build_infotext
 from .decode import decode_latents
-from .hires import hires_fields, hires_pass
+from .hires import hires_choice, hires_fields, hires_pass
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
 from .run import RunContext
 from .samplers import SchedulerChoice
-from .schedulers import set_noise_seed
+from .schedulers import bind_sampler_params, set_noise_seed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     (`webui.core.hires`; `run.upscalers` runs model upscalers)."""
     lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
     choice = family.sampler(params.sampler_name, params.scheduler)
-    pipe.scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
+    sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
+    scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
+    pipe.scheduler = bind_sampler_params(scheduler, sampling)  # eta, sigma churn...
     seeds, subseeds = params.image_seeds(), params.image_subseeds()
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)
@@ -67,6 +69,10 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         fields.update(hires_fields(family, params, choice))
         if run.extra_noise > 0:
             fields["Extra noise"] = run.extra_noise
+    fields.update(sampling.fields)
+    if params.hires is not None:  # the second pass's sampler writes its own values (A1111)
+        fields.update(run.sampling(hires_choice(family, params).sampler, params).fields)
+    fields.update(ngms.fields())
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if run.should_stop():
@@ -79,7 +85,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         set_noise_seed(pipe.scheduler, batch_seeds)  # DPM++ SDE's noise follows the seeds too
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
-        with family.follow_steps(pipe, conditioning, params.batch_size) as follow_steps:
+        with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
             latents = pipe(
                 **conditioning.pipeline_kwargs(),
                 num_inference_steps=params.steps,
@@ -92,6 +98,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
                 callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
                 callback_on_step_end_tensor_inputs=["latents"],
                 output_type="latent",  # decoded below: tiling, NaN check (decode.py)
+                **sampling.pipeline_kwargs,  # DDIM's eta
                 **_inpainting_model_inputs(lease.spec, params),
             ).images
         if params.hires is None:
@@ -145,6 +152,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         **noise_fields(params),
         **run.family.infotext_fields(params),  # "Clip skip"
         "RNG": "CPU",
+        "Tiling": True if params.tiling else None,
         "Version": f"v{__version__}",
     }
 

@@ -10,7 +10,8 @@ what a function may use is in its arguments.
   `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
 - `RunContext`: a generation with a leased checkpoint: the lease and its model family
   (`webui.core.families`: what core asks instead of testing names), the job's networks
-  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), the
+  (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
+  sampler-parameter options (`SamplerDefaults`: eta, sigma churn, NGMS...), the
   live-preview interval, the extra noise of img2img and hires. fix, and `save` (None when
   the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .jobs import Job, Progress
+from .sampler_params import Ngms, SamplerDefaults, SamplerRun, ngms, sampler_run
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -146,6 +148,19 @@ class RunContext(JobContext):
     save: SaveFn | None = None  # None: the job saves nothing
     preview_every: int = 0  # a live preview every N steps; 0: none
     extra_noise: float = 0.0  # A1111's img2img_extra_noise (img2img and hires. fix); 0: off
+    sampler_defaults: SamplerDefaults = field(default_factory=SamplerDefaults)  # job's options
+    warnings: list[str] = field(default_factory=list)  # for the job's result (not infotext)
+
+    def sampling(self, sampler: str, params: Any) -> SamplerRun:
+        """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);
+        values that do not apply to it become warnings of the job."""
+        run = sampler_run(sampler, params, self.sampler_defaults)
+        self.warnings.extend(w for w in run.warnings if w not in self.warnings)
+        return run
+
+    def ngms(self, params: Any) -> Ngms:
+        """The job's negative guidance minimum sigma."""
+        return ngms(params, self.sampler_defaults)
 
     @property
     def pipe(self) -> Any:

@@ -13,19 +13,30 @@ fallback.
 Schedule types whose sigmas A1111 computes itself (KL Optimal, Align Your Steps, and all
 schedules of DPM++ 3M SDE) run on the classes of `webui.core.sigma_schedulers`, which take
 their sigma list from `webui.core.sigmas` at every `set_timesteps()`.
+
+`bind_sampler_params()` puts a pass's eta / sigma parameters (`webui.core.sampler_params`)
+on the scheduler's `step`; `ancestral_step` is Euler a's step with k-diffusion's eta, which
+diffusers' `EulerAncestralDiscreteScheduler` does not have.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import diffusers
+import torch
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+    EulerAncestralDiscreteSchedulerOutput,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import UserError
+from .sampler_params import ETA, SamplerRun
 from .samplers import SchedulerChoice, missing_requirements
 from .sigma_schedulers import (
     DPMSolver3MSDEScheduler,
@@ -38,6 +49,8 @@ from .sigmas import AYS_SD15
 __all__ = [
     "MODEL_CONFIG_KEYS",
     "SchedulerUnavailableError",
+    "ancestral_step",
+    "bind_sampler_params",
     "make_scheduler",
     "set_noise_seed",
     "step_accepts_generator",
@@ -146,6 +159,57 @@ def set_noise_seed(scheduler: SchedulerMixin, seed: int | Sequence[int]) -> None
     """
     if hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = seed if isinstance(seed, int) else [int(s) for s in seed]
+
+
+def bind_sampler_params(scheduler: SchedulerMixin, sampling: SamplerRun) -> SchedulerMixin:
+    """The scheduler with a pass's eta / sigma parameters bound to its `step` (a fresh
+    scheduler of one job, built per pass and never shared). The pipeline still passes the
+    generator: the bound step keeps that parameter."""
+    kwargs = dict(sampling.step_kwargs)
+    eta = kwargs.pop(ETA, None)  # the ancestral eta; DDIM's goes to the pipeline call
+    if eta is not None and eta != 1.0:  # 1: diffusers' own ancestral step, unchanged
+        scheduler.step = functools.partial(ancestral_step, scheduler, ancestral_eta=eta)
+    elif kwargs:
+        scheduler.step = functools.partial(type(scheduler).step, scheduler, **kwargs)
+    return scheduler
+
+
+def ancestral_step(
+    scheduler: Any,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    generator: torch.Generator | None = None,
+    return_dict: bool = True,
+    *,
+    ancestral_eta: float,
+) -> Any:
+    """`EulerAncestralDiscreteScheduler.step` with k-diffusion's eta (A1111's "Eta" for
+    Euler a): sigma_up = min(sigma_to, eta * sigma_to * sqrt(1 - sigma_to² / sigma_from²)).
+    Eta 1 is diffusers' step; eta 0 adds no noise (plain Euler to the next sigma). The
+    noise is drawn as diffusers draws it, so the seeds give the same noise either way."""
+    if scheduler.step_index is None:
+        scheduler._init_step_index(timestep)
+    sigma = scheduler.sigmas[scheduler.step_index]
+    sigma_to = scheduler.sigmas[scheduler.step_index + 1]
+    x = sample.to(torch.float32)
+    if scheduler.config.prediction_type == "epsilon":
+        denoised = x - sigma * model_output
+    elif scheduler.config.prediction_type == "v_prediction":
+        denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+    else:
+        raise ValueError(f"prediction type {scheduler.config.prediction_type!r} not supported")
+    full_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
+    sigma_up = torch.minimum(sigma_to, ancestral_eta * full_up)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    prev = x + (x - denoised) / sigma * (sigma_down - sigma)
+    noise = randn_tensor(model_output.shape, dtype=model_output.dtype,
+                         device=model_output.device, generator=generator)  # fmt: skip
+    prev = (prev + noise * sigma_up).to(model_output.dtype)
+    scheduler._step_index += 1
+    if not return_dict:
+        return prev, denoised
+    return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
 def step_accepts_generator(scheduler: SchedulerMixin) -> bool:

@@ -36,6 +36,8 @@ from .oom import run_guarded
 from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
+from .sampler_params import SamplerDefaults
+from .tiling import seamless
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +128,18 @@ class Worker:
         family = self.families.of(lease.spec)
         job.progress.text = ""
         save = self._saver(job, params, info.name, opt, hooks) if params.save_images else None
-        # LoRAs and VAE are on the model for this job only, taken off however it ends
-        with applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active:
+        # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends
+        with (
+            applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active,
+            seamless(lease.pipe, params.tiling),  # every pipeline view shares these modules
+        ):
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
                 lease=lease, family=family, networks=active, save=save,
                 memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
                 preview_every=int(opt("show_progress_every_n_steps")),
                 extra_noise=float(opt("img2img_extra_noise")),
+                sampler_defaults=SamplerDefaults.from_options(opt),
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
@@ -142,7 +148,7 @@ class Worker:
                 medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
-        warnings += active.warnings + run.memory.messages()
+        warnings += active.warnings + run.memory.messages() + run.warnings
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
     def _saver(

@@ -2,9 +2,11 @@
 
 Every generation tab has the same frame, built here once: the prompt row (prompt,
 negative prompt, Generate, Interrupt, read parameters), the prompt tools (styles, SD VAE,
-extra networks), the sampler, size, batch, CFG, seed (random, reuse, and the "Extra"
-variation seed rows of `webui.ui.seed_controls`) and clip skip controls, the extension sections and the Script list, the output column, and the wiring
-that turns a click into a job and follows it. A tab brings only what is its own
+extra networks), the sampler, size, batch, tiling, CFG, seed (random, reuse, and the
+"Extra" variation seed rows of `webui.ui.seed_controls`), clip skip and sampler-parameter
+controls (`sampler_controls`), the extension sections and the Script list, the output
+column, and the wiring that turns a click into a job and follows it. A tab brings only
+what is its own
 (`TabSpec`): inputs above the settings (the init image, the mask), controls after them
 (hires. fix, SD upscale), whether sizes are "Resize to / Resize by" with a denoising
 strength, and how its values become params.
@@ -34,6 +36,7 @@ from .extra_networks import build_prompt_tools, job_warnings
 from .icons import icon_button
 from .image_common import Named, OutputPanel, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
+from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
 
 if TYPE_CHECKING:
@@ -171,6 +174,7 @@ def _settings(named: Named, spec: TabSpec) -> None:
     with gr.Row():
         named.add("batch_count", _slider("Batch count", 1, 100, 1, 1))
         named.add("batch_size", _slider("Batch size", 1, 8, 1, 1))
+        add_tiling(named, prefix)
     named.add("cfg", _slider("CFG Scale", 1, 30, 0.5, 7))
     if spec.resize:
         named.add("denoising", gr.Slider(
@@ -178,6 +182,7 @@ def _settings(named: Named, spec: TabSpec) -> None:
             elem_id=f"{prefix}_denoising"))  # fmt: skip
     build_seed_controls(named, prefix)
     named.add("clip_skip", _slider("Clip skip", 1, 12, 1, 1))
+    add_sampler_parameters(named, prefix)  # eta, sigma churn..., NGMS (empty: Settings)
 
 
 def _slider(label: str, low: float, high: float, step: float, value: float) -> gr.Slider:
@@ -221,6 +226,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         clip_skip=whole(v["clip_skip"], "Clip skip"),
         styles=tuple(v["styles"] or ()),
         vae=v["vae"] or None,
+        **sampling_fields(v),  # tiling, eta, s_churn, ..., s_min_uncond
     )
     if resize:
         fields.update(

@@ -26,6 +26,7 @@ import gradio as gr
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
 from .common import InputError, owner_of
+from .sampler_controls import PASTE_FIELDS, TILING
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -67,6 +68,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Hires schedule type", "Hires schedule type", ("txt2img",)),
     ("Hires prompt", "Hires prompt", ("txt2img",)),
     ("Hires negative prompt", "Hires negative prompt", ("txt2img",)),
+    *((key, label, TARGETS) for key, label in PASTE_FIELDS.items()),  # Eta, Sigma..., NGMS
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -207,6 +209,13 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     extra = controls.get(SEED_EXTRA)
     if extra is not None:  # A1111: ticked when the infotext has a variation or resize seed
         out[extra] = any(k in fields for k in _SEED_EXTRA_KEYS)
+    tiling = controls.get(TILING)
+    if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
+        out[tiling] = str(fields.get(TILING, "")).lower() == "true"
+    given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
+    for label in set(PASTE_FIELDS.values()) - given:
+        if label in controls:  # not in the infotext: the option's value made the image
+            out[controls[label]] = None
     return out
 
 
@@ -252,7 +261,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
-    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA}
+    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING}
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 

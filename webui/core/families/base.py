@@ -34,8 +34,9 @@ from types import MappingProxyType
 from typing import Any, overload
 
 from ...model_manager.identify import ModelSpec, Shapes
-from ..composable import hooked
+from ..composable import hooked, sigma_of_timestep
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
+from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice, resolve
 from ..schedulers import make_scheduler
 from ..sigmas import AYS_SD15
@@ -97,11 +98,15 @@ class Family(ABC):
                                     embeddings=embeddings, fields=fields)  # fmt: skip
 
     def follow_steps(
-        self, pipe: Any, conditioning: Conditioning, batch_size: int
+        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF
     ) -> AbstractContextManager[Any]:
         """Around one pipeline call: conditions every denoiser call on the current step's
-        prompts (schedules, AND); yields a wrapper for the step callback."""
-        return hooked(pipe.unet, conditioning, batch_size)
+        prompts (schedules, AND) and skips the unconditional pass below `ngms`'s sigma;
+        yields a wrapper for the step callback."""
+        sigma_of = None
+        if ngms.min_sigma > 0:
+            sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
+        return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of)
 
     # --- sampling ---------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:

@@ -129,8 +129,10 @@ def line_params(base: Any, line: dict[str, Any], position: str, check: Any) -> A
             changes["checkpoint"] = check.resolve_checkpoint(value)
         elif tag == "do_not_save_samples":
             changes["save_images"] = base.save_images and not value
-        elif tag in ("restore_faces", "tiling") and value:
-            raise ValueError(f"--{tag} true: {tag.replace('_', ' ')} is not supported")
+        elif tag == "tiling":
+            changes["tiling"] = value
+        elif tag == "restore_faces" and value:
+            raise ValueError("--restore_faces true: face restoration is not supported")
     return replace(base, **changes)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ...core.params import MAX_SEED
+from ...core.sampler_params import BOUNDS
 from ...core.samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError, resolve
 from .common import expand_floats, expand_ints, split_values
 
@@ -171,7 +172,18 @@ def build_axes(params_type: type) -> list[Axis]:
         axes.append(Axis("VAE", _vaes, lambda p, v: replace(p, vae=v), show_label=False,
                          costly=True))  # fmt: skip
     axes.append(Axis("LoRA weight", _lora_weights, _set_lora_weight))
+    for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
+        axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
     return axes
+
+
+# A1111's axis label -> params field
+_SAMPLER_AXES = {"Eta": "eta", "Sigma Churn": "s_churn", "Sigma min": "s_tmin",
+                 "Sigma max": "s_tmax", "Sigma noise": "s_noise"}  # fmt: skip
+
+
+def _setter(name: str) -> Callable[[Any, Any], Any]:
+    return lambda params, value: replace(params, **{name: value})
 
 
 def axis_by_label(label: Any, params_type: type) -> Axis:
