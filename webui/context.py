@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.extra_networks import Networks
+from .core.job_store import FILE_NAME as JOB_STORE_FILE
+from .core.job_store import JobStore
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
@@ -47,10 +49,13 @@ class AppContext:
     upscalers: Upscalers  # the one upscaler catalog
     networks: Networks | None = None  # LoRA, embeddings, VAE, styles
     extensions: ExtensionHost | None = None  # loaded extensions and their hooks
+    job_store: JobStore | None = None  # every job in SQLite (data folder); None: memory only
 
     def close(self) -> None:
         self.jobs.stop()
         self.models.unload_all()
+        if self.job_store is not None:
+            self.job_store.close()
 
 
 def build_context(flags: Flags) -> AppContext:
@@ -72,6 +77,8 @@ def build_context(flags: Flags) -> AppContext:
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
+    # every job is recorded; what a crash left unfinished is queued again (the queue does)
+    job_store = JobStore(flags.data_dir / JOB_STORE_FILE)
     # the worker runs jobs; the extension runner calls the hooks around and inside them
     jobs = JobQueue(
         wrap_runner(
@@ -79,6 +86,7 @@ def build_context(flags: Flags) -> AppContext:
         ),
         options_snapshot=options.as_dict,  # each job runs with the options it was sent under
         limit_per_owner=lambda: options.get("queue_limit_per_user"),
+        store=job_store,
     )
     jobs.start()
     extensions.startup()
@@ -87,7 +95,7 @@ def build_context(flags: Flags) -> AppContext:
                                    extensions=extensions, upscalers=upscalers,
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
-                      networks=networks, extensions=extensions)  # fmt: skip
+                      networks=networks, extensions=extensions, job_store=job_store)  # fmt: skip
 
 
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:
@@ -103,8 +111,14 @@ def build_networks(flags: Flags, hashes: HashCache) -> Networks:
         folder.mkdir(parents=True, exist_ok=True)  # shows users where the files go
     addnet = AddnetHashCache(flags.data_dir / "cache-lora.json")
     return Networks(
-        loras=LoraManager(flags.lora_dir, hashes, addnet, allow_unsafe_pickle=unsafe, hashing=hashing),
-        embeddings=EmbeddingRegistry(flags.embeddings_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
-        vaes=VaeRegistry(flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing),
+        loras=LoraManager(
+            flags.lora_dir, hashes, addnet, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
+        embeddings=EmbeddingRegistry(
+            flags.embeddings_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
+        vaes=VaeRegistry(
+            flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing
+        ),
         styles=StyleDatabase(flags.styles_file),
     )
