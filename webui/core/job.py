@@ -208,6 +208,12 @@ class Job:
             raise JobAborted(SHUTDOWN_MESSAGE)
 
 
+def file_deleted(image: Any) -> bool:
+    """A result image that was saved to a file that is gone now (shown as deleted)."""
+    path = getattr(image, "path", None)
+    return bool(path) and not Path(path).is_file()
+
+
 def rerun_note(job: Job) -> str:
     """ "" unless the job runs again after an attempt that did not end (a restart)."""
     if not job.rerun_reason:

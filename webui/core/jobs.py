@@ -58,6 +58,7 @@ from .job import (
     ShuttingDownError,
     StoredImage,
     StoredResult,
+    file_deleted,
     rerun_note,
     summary,
 )
@@ -68,7 +69,7 @@ __all__ = [
     "CANCELLED", "DONE", "FAILED", "FINISHED", "INTERRUPTED", "QUEUED", "RUNNING",
     "SHUTDOWN_MESSAGE", "UNLIMITED_KINDS", "Job", "JobAborted", "JobAccessError", "JobQueue",
     "Progress", "QueueFullError", "ShuttingDownError", "StoredImage", "StoredResult",
-    "rerun_note", "summary",
+    "file_deleted", "rerun_note", "summary",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,13 @@ class JobQueue:
             return self._store.count(owner, finished=True)
         with self._cond:
             return sum(1 for j in self._jobs.values() if j.finished and owner in (None, j.owner))
+
+    def job_count(self, owner: str) -> int:
+        """How many jobs one owner has (all states) to page through with owner_jobs."""
+        if self._store is not None:
+            return self._store.count(owner)
+        with self._cond:
+            return sum(1 for j in self._jobs.values() if j.owner == owner)
 
     def owner_jobs(self, owner: str, limit: int | None = None, offset: int = 0) -> list[Job]:
         """One owner's jobs, newest first (a page of them with `limit`); from the store,
