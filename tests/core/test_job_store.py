@@ -9,7 +9,7 @@ as deleted; a rerun reuses the files its first attempt saved."""
 from __future__ import annotations
 
 import threading
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -96,8 +96,16 @@ def test_what_cannot_be_stored_or_restored_is_refused_clearly() -> None:
     renamed = text.replace('"negative_prompt"', '"old_negative"', 1)
     with pytest.raises(CodecError, match="no field 'old_negative'"):
         decode_params("txt2img", renamed, blobs)
-    with pytest.raises(CodecError, match="unknown stored type"):
-        decode('{"__dc__": "os.system", "fields": {}}', [])
+    with pytest.raises(CodecError, match="cannot store a Foreign"):
+        encode(Foreign())  # only the program's own dataclasses are written and read back
+    for name in ("os:system", "subprocess:Popen", "webui.core.params:Nope", "webui.core.params"):
+        with pytest.raises(CodecError, match="unknown stored type"):
+            decode(f'{{"__dc__": "{name}", "fields": {{}}}}', [])
+
+
+@dataclass(frozen=True)
+class Foreign:
+    x: int = 1
 
 
 # --- the queue with a store -------------------------------------------------------------

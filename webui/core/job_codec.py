@@ -3,11 +3,12 @@
 Every params kind the generation service and the maintenance routes submit round-trips:
 txt2img, img2img (PIL init images and masks, SD upscale, hires. fix), extras (images with
 their names), the script and extension args (JSON values by name), "load" (a checkpoint
-title or None) and "unload" (None). Dataclasses are written as {"__dc__": name, "fields":
-{...}} and only the classes listed in `DATACLASSES` are ever built back: stored text never
-names code to import. Images are PNG blobs beside the text ({"__image__": n}); tuples,
-paths and dicts with other keys than strings are tagged so that they come back as they
-were.
+title or None) and "unload" (None). Dataclasses are written as {"__dc__": "module:Class",
+"fields": {...}}; only dataclasses of this program's own modules (`webui.*`) are written
+and built back, so stored text never names other code to import, and a new params
+dataclass (a control's settings) needs no registration. Images are PNG blobs beside the
+text ({"__image__": n}); tuples, paths and dicts with other keys than strings are tagged so
+that they come back as they were.
 
 `encode` raises `CodecError` for a value it cannot write (the job is then recorded without
 params, and a restart ends it as failed with that reason); `decode` raises `CodecError`
@@ -18,6 +19,7 @@ This module must never import torch, diffusers or a UI library.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 from dataclasses import fields, is_dataclass
@@ -26,15 +28,10 @@ from typing import Any
 
 from PIL import Image
 
-from ..imaging.upscaler_list import UpscalerRef
 from .params import Txt2ImgParams
-from .params_img2img import ExtrasParams, HiresParams, Img2ImgParams, SDUpscaleParams
+from .params_img2img import ExtrasParams, Img2ImgParams
 
-DATACLASSES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (Txt2ImgParams, Img2ImgParams, HiresParams, SDUpscaleParams, ExtrasParams,
-                UpscalerRef)
-}  # fmt: skip
+OWN_MODULES = "webui."  # dataclasses of these modules only are written and read back
 # what each kind's params must be once decoded (None: no params)
 KINDS: dict[str, tuple[type, ...]] = {
     "txt2img": (Txt2ImgParams,),
@@ -90,9 +87,10 @@ def _encode(value: Any, blobs: list[bytes]) -> Any:
         blobs.append(_png(value))
         return {"__image__": len(blobs) - 1}
     if is_dataclass(value) and not isinstance(value, type):
-        name = type(value).__name__
-        if DATACLASSES.get(name) is not type(value):
-            raise CodecError(f"cannot store a {name}")
+        cls = type(value)
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        if not cls.__module__.startswith(OWN_MODULES) or _dataclass(name) is not cls:
+            raise CodecError(f"cannot store a {cls.__qualname__} ({cls.__module__})")
         return {"__dc__": name,
                 "fields": {f.name: _encode(getattr(value, f.name), blobs) for f in fields(value)}}  # fmt: skip
     if isinstance(value, tuple):
@@ -118,7 +116,7 @@ def _decode(value: Any, blobs: list[bytes]) -> Any:
         with Image.open(io.BytesIO(blobs[value["__image__"]])) as image:
             return image.copy()  # a plain in-memory image, as the request decoded it
     if "__dc__" in value:
-        cls = DATACLASSES.get(value["__dc__"])
+        cls = _dataclass(value["__dc__"])
         if cls is None:
             raise CodecError(f"unknown stored type {value['__dc__']!r}")
         known = {f.name for f in fields(cls)}
@@ -134,6 +132,20 @@ def _decode(value: Any, blobs: list[bytes]) -> Any:
     if "__dict__" in value:
         return {_hashable(_decode(k, blobs)): _decode(v, blobs) for k, v in value["__dict__"]}
     return {k: _decode(v, blobs) for k, v in value.items()}
+
+
+def _dataclass(name: str) -> type | None:
+    """The dataclass "module:Qual.Name" of this program's modules, else None."""
+    module_name, _, qualname = str(name).partition(":")
+    if not module_name.startswith(OWN_MODULES) or not qualname:
+        return None
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) and is_dataclass(found) else None
 
 
 def _hashable(key: Any) -> Any:
