@@ -78,7 +78,7 @@ def build_context(flags: Flags) -> AppContext:
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
     # every job is recorded; what a crash left unfinished is queued again (the queue does)
-    job_store = JobStore(flags.data_dir / JOB_STORE_FILE)
+    job_store = JobStore.open(flags.data_dir / JOB_STORE_FILE)
     # the worker runs jobs; the extension runner calls the hooks around and inside them
     jobs = JobQueue(
         wrap_runner(

@@ -260,3 +260,14 @@ def test_the_store_is_sqlite_in_wal_mode(tmp_path) -> None:
     store.image_saved(job.id, 0, "/nowhere.png", None, "")  # a record without its job
     assert store.get(job.id) is None
     store.close()
+
+
+def test_an_unreadable_store_is_moved_aside_and_a_new_one_started(tmp_path, caplog) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    store = JobStore.open(path)
+    assert store.count() == 0 and store._read("PRAGMA journal_mode")[0][0] == "wal"
+    aside = [p.name for p in tmp_path.iterdir() if ".unreadable-" in p.name]
+    assert len(aside) == 1 and (tmp_path / aside[0]).read_bytes().startswith(b"this is not")
+    assert "cannot be read" in caplog.text
+    store.close()

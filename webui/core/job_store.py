@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,23 @@ class JobStore:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._reader = self._connect()
+
+    @classmethod
+    def open(cls, path: Path) -> JobStore:
+        """The store at `path`; a file that is not a readable job store (corrupt, or not
+        SQLite) is moved aside with an error in the log, and a new store is started, so
+        the server still starts."""
+        try:
+            return cls(path)
+        except sqlite3.DatabaseError as exc:
+            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                part = path.with_name(path.name + suffix)
+                if part.exists():
+                    part.replace(aside.with_name(aside.name + suffix))
+            log.error("the job store %s cannot be read (%s): moved to %s; starting a new one",
+                      path, exc, aside)  # fmt: skip
+            return cls(path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
