@@ -271,3 +271,22 @@ def test_an_unreadable_store_is_moved_aside_and_a_new_one_started(tmp_path, capl
     assert len(aside) == 1 and (tmp_path / aside[0]).read_bytes().startswith(b"this is not")
     assert "cannot be read" in caplog.text
     store.close()
+
+
+def test_a_job_id_of_another_users_stored_job_is_refused(tmp_path, folder) -> None:
+    """force_task_id may reuse one's own finished job id, never replace another user's
+    record (even one that left memory long ago)."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queue = JobQueue(Runner(folder), store=store, keep_per_owner=1)
+    queue.start()
+    old = queue.submit("txt2img", _params("ann's"), owner="ann", job_id="mine")
+    newer = queue.submit("txt2img", _params("ann's newer"), owner="ann")
+    assert old.done.wait(10) and newer.done.wait(10)
+    assert queue.get("mine").prompt == "ann's"  # from the store: memory kept only one
+    with pytest.raises(ValueError, match="already in use"):
+        queue.submit("txt2img", _params("bob's"), owner="bob", job_id="mine")
+    assert queue.get("mine").owner == "ann"
+    again = queue.submit("txt2img", _params("ann's again"), owner="ann", job_id="mine")
+    assert again.done.wait(10) and queue.get("mine").prompt == "ann's again"
+    queue.stop()
+    store.close()

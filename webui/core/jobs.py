@@ -192,6 +192,9 @@ class JobQueue:
             if not JOB_ID.fullmatch(job_id):
                 raise ValueError("job id: 1-64 characters of A-Z a-z 0-9 _ - . : ( )")
             job.id = job_id
+            stored = self._store.get(job_id) if self._store is not None else None
+            if stored is not None and stored.owner != owner:  # never another user's record
+                raise ValueError(f"job id {job_id!r} is already in use")
         encoded = encode_job(job) if self._store is not None else None  # no lock held
         with self._cond:
             if self._stopping:
