@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from .core.executors import LocalExecutor
 from .core.extra_networks import Networks
+from .core.job_store import FILE_NAME as JOB_STORE_FILE
+from .core.job_store import JobStore
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
@@ -57,12 +59,15 @@ class AppContext:
     networks: Networks | None = None  # LoRA, embeddings, VAE, styles
     extensions: ExtensionHost | None = None  # loaded extensions and their hooks
     cluster: Cluster | None = None  # the Ray workers that run the jobs (--ray)
+    job_store: JobStore | None = None  # every job in SQLite (data folder); None: memory only
 
     def close(self) -> None:
         self.jobs.stop()
         if self.cluster is not None:
             self.cluster.close()
         self.models.unload_all()
+        if self.job_store is not None:
+            self.job_store.close()
 
 
 def build_context(flags: Flags) -> AppContext:
@@ -84,9 +89,12 @@ def build_context(flags: Flags) -> AppContext:
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)
     extensions = ExtensionHost(flags, options, models=models, networks=networks)
+    # every job is recorded; what a crash left unfinished is queued again (the queue does)
+    job_store = JobStore.open(flags.data_dir / JOB_STORE_FILE)
     queue_args: dict[str, Any] = {
         "options_snapshot": options.as_dict,  # each job runs with the options it was sent under
         "limit_per_owner": lambda: options.get("queue_limit_per_user"),
+        "store": job_store,
     }
     cluster = None
     if flags.ray:  # Ray workers run the jobs, each with its own model cache
@@ -107,7 +115,8 @@ def build_context(flags: Flags) -> AppContext:
                                    extensions=extensions, upscalers=upscalers,
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
-                      networks=networks, extensions=extensions, cluster=cluster)  # fmt: skip
+                      networks=networks, extensions=extensions, cluster=cluster,
+                      job_store=job_store)  # fmt: skip
 
 
 def held_checkpoints(models: Any) -> list[str]:

@@ -59,6 +59,24 @@ def ink(image: Image.Image, box) -> int:
     return int((np.asarray(image.convert("L").crop(box)) < 128).sum())
 
 
+def test_a_rerun_after_a_restart_writes_no_second_file(ctx):
+    """The job store's rerun (issue 14): a job run again with the files its first attempt
+    recorded (Job.earlier) reuses them, the cells' images and the grid alike."""
+    from webui.core.jobs import Job
+
+    root = ctx.flags.data_dir
+    first = submit(ctx, "X/Y/Z plot", {"x_type": "Seed", "x_values": "3, 4"}, steps=1)
+    before = files(root, "txt2img-images") + files(root, "txt2img-grids")
+    recorded = ctx.job_store.get(first.id).images
+    assert [i.seed for i in recorded] == [3, 4, None]  # two cells, then the grid
+    assert [i.path for i in recorded] == first.saved
+    rerun = Job("txt2img", first.params, owner="scripts", options=first.options,
+                earlier=dict(enumerate(recorded)))  # fmt: skip
+    result = ctx.jobs._runner(rerun)  # what the worker does with a restored job
+    assert files(root, "txt2img-images") + files(root, "txt2img-grids") == before
+    assert rerun.saved == first.saved and result.images[0].path == first.saved[-1]
+
+
 def test_xyz_plot_two_by_two(ctx):
     root = ctx.flags.data_dir
     before_images, before_grids = (

@@ -184,6 +184,28 @@ def test_extras_scale_to_with_crop_and_output_folder(ctx, tmp_path):
     assert not (tmp_path / "outputs" / "extras-images").exists()
 
 
+@pytest.mark.parametrize("folder", [False, True], ids=["outputs", "output-folder"])
+def test_an_extras_rerun_after_a_restart_writes_no_second_file(ctx, tmp_path, folder):
+    """The job store's rerun (issue 14): the files the first attempt recorded are kept."""
+    from webui.core.jobs import Job
+
+    out = tmp_path / "upscaled" if folder else tmp_path / "outputs"
+    params = ExtrasParams(
+        images=((noise_image(8, 8), "a.png"), (noise_image(8, 8, seed=1), "b.png")),
+        upscaler_1=UpscalerRef("Lanczos"),
+        output_dir=str(out) if folder else "",
+    ).validated()
+    first = ctx.jobs.submit("extras", params, owner="test")
+    assert first.done.wait(60) and first.state == "done", first.error
+    before = sorted(out.rglob("*.png"))
+    recorded = ctx.job_store.get(first.id).images
+    assert [i.path for i in recorded] == first.saved and len(before) == 2
+    rerun = Job("extras", params, owner="test", options=first.options,
+                earlier=dict(enumerate(recorded)))  # fmt: skip
+    ctx.jobs._runner(rerun)  # what the worker does with a restored job
+    assert sorted(out.rglob("*.png")) == before and rerun.saved == first.saved
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, models_dir):
     import shutil

@@ -1,11 +1,15 @@
 """Our own API additions under /webui/v1: the shared job queue, job status, cancel & co.
 
-- `GET /webui/v1/queue`: every job (running, waiting in run order, recently finished)
-  with owner, mode, prompt start, position, state and progress; `mine` marks the caller's.
-  Other users' prompts are left out unless the option queue_show_others_prompts is on.
-- `GET /webui/v1/jobs/{id}`: one job's status; its owner may ask for the live preview
-  (`preview=true`) and, once finished, the images with their infotext (`images=true`).
-  Others see the status only: never another user's previews or images.
+- `GET /webui/v1/queue`: every job (running, waiting in run order, then a page of the
+  finished ones, newest first: `offset`, `limit`; they come from the job store, so they
+  outlive restarts) with owner, mode, prompt start, position, state, progress and `rerun`
+  (why a job runs again); `mine` marks the caller's. Other users' prompts are left out
+  unless the option queue_show_others_prompts is on.
+- `GET /webui/v1/jobs/{id}`: one job's status, also long finished; its owner may ask for
+  the live preview (`preview=true`) and, once finished, the images with their infotext
+  (`images=true`; read from the saved files: a deleted file is counted in
+  `deleted_images`, not sent). Others see the status only: never another user's previews
+  or images.
 - `POST /webui/v1/jobs/{id}/cancel` (a waiting job leaves the queue, a running one is
   interrupted), `/interrupt`, `/skip`, `/move` (reorder among the owner's waiting jobs).
 - `GET /webui/v1/workers`: the executors that run jobs (one "local" worker, or the Ray
@@ -30,7 +34,14 @@ from pydantic import BaseModel, Field
 from ..context import AppContext
 from ..core import jobs as job_states
 from ..core.events import wait_finished
-from ..core.jobs import Job, JobAccessError, QueueFullError, ShuttingDownError, summary
+from ..core.jobs import (
+    Job,
+    JobAccessError,
+    QueueFullError,
+    ShuttingDownError,
+    file_deleted,
+    summary,
+)
 from . import mapping
 from .auth import api_user
 from .deps import Ctx, User
@@ -40,6 +51,7 @@ from .submit import submit_generation
 log = logging.getLogger(__name__)
 
 PREFIX = "/webui/v1"
+MAX_PAGE = 200  # finished jobs per /queue page
 
 
 class JobInfo(BaseModel):
@@ -67,7 +79,10 @@ class JobInfo(BaseModel):
     image_count: int
     error: str | None
     worker: str | None = Field(None, description="the worker running it (or that ran it)")
-    attempts: int = Field(0, description="times started (a lost worker's job runs once more)")
+    attempts: int = Field(0, description="times started (more than 1: run again)")
+    rerun: str = Field(
+        "", description="why the job runs again (a restart, a lost worker), else empty"
+    )
     mine: bool = Field(description="submitted by the caller")
 
 
@@ -78,6 +93,7 @@ class QueueInfo(BaseModel):
     )
     waiting: int
     limit_per_user: int = Field(description="0: no limit")
+    finished_total: int = Field(0, description="finished jobs to page through")
     jobs: list[JobInfo]
 
 
@@ -85,6 +101,7 @@ class JobDetail(JobInfo):
     current_image: str | None = Field(None, description="live preview (base64 PNG), owner only")
     images: list[str] = Field(default_factory=list, description="base64 PNGs, owner only")
     infotexts: list[str] = Field(default_factory=list)
+    deleted_images: int = Field(0, description="result images whose files were deleted")
 
 
 class WorkerInfo(BaseModel):
@@ -113,14 +130,20 @@ def queue_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["webui"], dependencies=[Depends(api_user)])
 
     @router.get("/queue", response_model=QueueInfo)
-    def queue(ctx: Ctx, user: User) -> Any:
-        listing = ctx.jobs.listing()
+    def queue(
+        ctx: Ctx,
+        user: User,
+        offset: Annotated[int, Query(ge=0, description="finished jobs to leave out")] = 0,
+        limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="finished jobs")] = 20,
+    ) -> Any:
+        listing = ctx.jobs.listing(finished_limit=limit, finished_offset=offset)
         running = [j.id for j, pos in listing if pos == 0]
         return {
             "running": running[0] if running else None,
             "running_jobs": running,
             "waiting": sum(1 for _, pos in listing if pos),
             "limit_per_user": int(ctx.options.get("queue_limit_per_user")),
+            "finished_total": ctx.jobs.finished_count(),
             "jobs": [job_info(ctx, j, pos, user) for j, pos in listing],
         }
 
@@ -142,9 +165,11 @@ def queue_router() -> APIRouter:
             return body
         if preview and job.state == job_states.RUNNING and job.progress.preview is not None:
             body["current_image"] = mapping.encode_png(job.progress.preview)
+        kept = [g for g in job.images if not file_deleted(g) and g.image is not None]
         if images:
-            body["images"] = [mapping.encode_png(g.image, g.infotext) for g in job.images]
-        body["infotexts"] = [g.infotext for g in job.images]
+            body["images"] = [mapping.encode_png(g.image, g.infotext) for g in kept]
+        body["infotexts"] = [g.infotext for g in kept]
+        body["deleted_images"] = len(job.images) - len(kept)
         return body
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobInfo)
@@ -202,7 +227,7 @@ def ended_badly(job: Job) -> JSONResponse | None:
 def _job(ctx: AppContext, job_id: str) -> Job:
     job = ctx.jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no such job: {job_id} (finished jobs are kept for a while)")
+        raise HTTPException(404, f"no such job: {job_id}")
     return job
 
 

@@ -127,8 +127,6 @@ class RayPool:
         self._executors: list[RayExecutor] = []
         self._pending: list[tuple[str, Any, Any]] = []  # (node id, actor, info ref)
         self._names = itertools.count(1)
-        self._saved: dict[tuple[Any, ...], str] = {}  # retry: images already written
-        self._counts: dict[tuple[str, int], int] = {}  # (job id, attempt) -> images so far
         self.run_seconds: dict[str, float] = {}  # job id -> seconds its worker worked on it
         self._save_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -261,23 +259,16 @@ class RayPool:
 
     # --- the head saves --------------------------------------------------------------------
     def save(self, job: Job, request: SaveRequest) -> str:
-        """Write one image a worker made; the same image again (a retry after a lost
-        worker) is not written twice."""
-        if request.grid:
-            return str(self.store.save_grid(request.image, **request.args))
+        """Write one image a worker made, recorded and published as the worker does in one
+        process; the same image again (a rerun after a lost worker or a restart) is not
+        written twice (`Job.saved_earlier`)."""
+        seed = None if request.grid else request.args.get("seed")
         with self._save_lock:
-            attempt = (job.id, job.attempts)
-            index = self._counts[attempt] = self._counts.get(attempt, 0) + 1
-            key = (job.id, index, request.args.get("seed"), request.args.get("infotext", ""))
-            if key in self._saved:
-                return self._saved[key]
-            path = str(self.store.save(request.image, **request.args))
-            self._saved[key] = path
-            for memo in (self._saved, self._counts):
-                while len(memo) > 1000:
-                    memo.pop(next(iter(memo)))  # type: ignore[attr-defined]
-        if request.args.get("kind") != "extras":  # as the worker does in one process
-            job.image_saved(path)  # publishes the job's "saved" event
+            path = job.saved_earlier(seed)
+            if path is None:
+                write = self.store.save_grid if request.grid else self.store.save
+                path = str(write(request.image, **request.args))
+            job.image_saved(path, seed=seed, infotext=request.args.get("infotext", ""))
         return path
 
     def record(self, job: Job, seconds: float) -> None:

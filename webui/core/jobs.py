@@ -1,12 +1,18 @@
 """The job queue: executors (one per device) run jobs; by default one, in this process.
 
-UI and API submit `Job`s and read their progress snapshots; nothing else touches the
-model. A job carries everything it needs: its params and a snapshot of the options taken
-when it was submitted (plus its own overrides), so running it changes nobody else's
-settings. Waiting jobs are taken round-robin between owners (the user who has been served
-least recently goes first), FIFO within one owner; an owner may reorder, cancel,
-interrupt or skip their own jobs. A per-owner limit refuses new jobs with
-`QueueFullError`. Finished jobs stay retrievable (the last few per owner).
+UI and API submit `Job`s (`job.py`) and read their progress snapshots (`progress.py`);
+nothing else touches the model. A job carries everything it needs: its params and a
+snapshot of the options taken when it was submitted (plus its own overrides), so running it
+changes nobody else's settings. Waiting jobs are taken round-robin between owners (the user
+who has been served least recently goes first), FIFO within one owner; an owner may
+reorder, cancel, interrupt or skip their own jobs. A per-owner limit refuses new jobs with
+`QueueFullError`. The last few finished jobs per owner stay in memory.
+
+With a `JobStore` (`job_store.py`; the composition root opens one in the data folder)
+every transition is recorded, the jobs a crash left unfinished are queued again when the
+queue is made (the running one first, marked), and finished jobs are listed from the store,
+paged, however old. Without one (tests that build a queue directly) nothing outlives the
+process.
 
 Interrupting or skipping only sets a flag; the runner asks `Job.should_stop()` every step.
 Stopping the queue (the server shuts down) cancels the waiting jobs at once and aborts the
@@ -31,14 +37,10 @@ This module must never import torch, diffusers or a UI library: the work itself 
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -46,233 +48,39 @@ from ..errors import UserError
 from . import events as ev
 from .events import EventHub, StepPublisher
 from .executors import MAX_ATTEMPTS, Executor, LocalExecutor, Slot, WorkerLost, choose_executor
+from .job import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    JOB_ID,
+    QUEUED,
+    RUNNING,
+    SHUTDOWN_MESSAGE,
+    UNLIMITED_KINDS,
+    Job,
+    JobAborted,
+    JobAccessError,
+    QueueFullError,
+    ShuttingDownError,
+    StoredImage,
+    StoredResult,
+    file_deleted,
+    rerun_note,
+    summary,
+)
+from .job_store import JobStore, encode_job, restore
+from .progress import Progress
+
+__all__ = [
+    "CANCELLED", "DONE", "FAILED", "FINISHED", "INTERRUPTED", "QUEUED", "RUNNING",
+    "SHUTDOWN_MESSAGE", "UNLIMITED_KINDS", "Job", "JobAborted", "JobAccessError", "JobQueue",
+    "Progress", "QueueFullError", "ShuttingDownError", "StoredImage", "StoredResult",
+    "file_deleted", "rerun_note", "summary",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
-    "queued",
-    "running",
-    "done",
-    "failed",
-    "interrupted",
-    "cancelled",
-)
-FINISHED = {DONE, FAILED, INTERRUPTED, CANCELLED}
-# maintenance jobs (preload/unload a checkpoint) never count against the per-owner limit
-UNLIMITED_KINDS = frozenset({"load", "unload"})
-JOB_ID = re.compile(r"[A-Za-z0-9_\-.:()]{1,64}")
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-_seq = itertools.count()
-
-
-class QueueFullError(RuntimeError):
-    """The owner already has as many unfinished jobs as the per-user limit allows."""
-
-    def __init__(self, owner: str, limit: int):
-        super().__init__(
-            f"Queue limit reached: you already have {limit} job(s) waiting or running "
-            f"(the limit per user is {limit}). Wait for one to finish or cancel one."
-        )
-        self.owner = owner
-        self.limit = limit
-
-
-SHUTDOWN_MESSAGE = "Stopped: the server is shutting down"
-
-
-class JobAborted(Exception):
-    """Raised in the runner when the server shuts down: the job's unfinished work is dropped."""
-
-
-class ShuttingDownError(RuntimeError):
-    """A job was submitted after the queue was stopped."""
-
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down; no new jobs are taken.")
-
-
-class JobAccessError(PermissionError):
-    """Someone tried to act on another owner's job."""
-
-
-@dataclass
-class Progress:
-    """A snapshot readers may copy at any time; the runner updates it in place.
-
-    The ETA comes from measured steps only: until one step has finished there is none
-    ("estimating…"); then it is the remaining steps times the mean step time, counting
-    down while a step runs and never growing before the next step ends."""
-
-    step: int = 0  # steps done in the current image batch
-    steps: int = 0  # steps of the current batch
-    batch: int = 0  # index of the current batch (batch count)
-    batches: int = 1
-    started_at: float | None = None  # when sampling began (monotonic), not the queue wait
-    preview: Any = None  # a PIL image, refreshed every few steps
-    preview_step: int = -1
-    text: str = ""
-    _measured: tuple[int, float] = (0, 0.0)  # steps timed, seconds they took
-    _last_step_at: float | None = None
-    # called (in the worker) after every advance() and set_preview(): event publishing,
-    # extensions' on_step hooks
-    listeners: list[Callable[[Progress], None]] = field(default_factory=list, repr=False)
-
-    def advance(self, step: int, steps: int) -> None:
-        """A sampling step ended: `step` of `steps` done in the current batch."""
-        now = time.monotonic()
-        since = self._last_step_at if self._last_step_at is not None else self.started_at
-        if since is not None and step > 0:
-            count, seconds = self._measured
-            self._measured = (count + 1, seconds + max(0.0, now - since))
-        self._last_step_at = now
-        self.steps = steps
-        self.step = step
-        self._notify()
-
-    def set_preview(self, image: Any, step: int) -> None:
-        """A new live preview, made after `step` steps of the whole job."""
-        self.preview, self.preview_step = image, step
-        self._notify()
-
-    def _notify(self) -> None:
-        for listener in list(self.listeners):
-            listener(self)
-
-    @property
-    def fraction(self) -> float:
-        if not self.steps:
-            return 0.0
-        done = self.batch * self.steps + min(self.step, self.steps)
-        return min(1.0, done / (self.batches * self.steps))
-
-    @property
-    def seconds_per_step(self) -> float | None:
-        count, seconds = self._measured
-        return seconds / count if count else None
-
-    @property
-    def eta_seconds(self) -> float | None:
-        """Seconds left, or None while no step has been measured yet."""
-        per_step = self.seconds_per_step
-        if per_step is None or not self.steps:
-            return None
-        remaining = self.batches * self.steps - (
-            self.batch * self.steps + min(self.step, self.steps)
-        )
-        if remaining <= 0:
-            return 0.0
-        running_for = time.monotonic() - (self._last_step_at or time.monotonic())
-        return max((remaining - 1) * per_step, remaining * per_step - running_for)
-
-
-@dataclass
-class Job:
-    kind: str  # "txt2img", "img2img", "load", ... any kind the runner knows
-    params: Any
-    owner: str = "local"
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    state: str = QUEUED
-    progress: Progress = field(default_factory=Progress)
-    result: Any = None
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    interrupt_requested: bool = False
-    abort_requested: bool = False  # ended by the server's shutdown: nothing more is saved
-    skip_requested: bool = False
-    skipped: int = 0  # images whose sampling was cut short by "skip"
-    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)  # snapshot
-    seq: int = field(default_factory=lambda: next(_seq))
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-    saved: list[str] = field(default_factory=list, repr=False)  # files written so far
-    # the hub of the queue the job was submitted to (None for a job never submitted)
-    events: EventHub | None = field(default=None, repr=False, compare=False)
-    worker: str | None = None  # the executor running it (or that ran it last)
-    attempts: int = 0  # times started (a lost worker's job starts once more)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    @property
-    def prompt(self) -> str:
-        """What the job is about, for listings: the prompt, or the checkpoint it loads."""
-        text = getattr(self.params, "prompt", None)
-        if text is None and isinstance(self.params, str):
-            text = self.params
-        return text if isinstance(text, str) else ""
-
-    @property
-    def images(self) -> list[Any]:
-        """The result's images (objects with .image, .seed, .infotext), any job kind."""
-        return list(getattr(self.result, "images", None) or [])
-
-    def image_saved(self, path: str) -> None:
-        """The worker's save wrote one of this job's images to `path`: record and publish it."""
-        self.saved.append(path)
-        if self.events is not None:
-            self.events.publish(ev.SAVED, self, path=path)
-
-    def should_stop(self) -> bool:
-        """Asked by the runner every sampling step (and between batches).
-
-        True after an interrupt. A skip ends the image being sampled now: it is consumed
-        at the next sampling step (marking that batch's steps as done) and the job goes on
-        with its next batch; asked while nothing is being sampled, it waits for the next.
-        Raises JobAborted once the queue is stopping.
-        """
-        self.raise_if_aborted()
-        if self.interrupt_requested:
-            return True
-        p = self.progress
-        if self.skip_requested and p.step < p.steps:
-            self.skip_requested = False
-            self.skipped += 1
-            p.step = p.steps
-            return True
-        return False
-
-    def raise_if_aborted(self) -> None:
-        """Raise JobAborted when the server is shutting down (asked before saving too)."""
-        if self.abort_requested:
-            raise JobAborted(SHUTDOWN_MESSAGE)
-
-
-def summary(
-    job: Job, position: int | None = None, prompt_chars: int = 80, *, show_prompt: bool = True
-) -> dict[str, Any]:
-    """A JSON-friendly description of a job for queue listings (no images, no options).
-    `show_prompt=False` leaves the prompt out (another user's job on a shared server)."""
-    p = job.progress
-    prompt = " ".join(job.prompt.split()) if show_prompt else ""
-    if len(prompt) > prompt_chars:
-        prompt = prompt[: prompt_chars - 1] + "…"
-    eta = p.eta_seconds if job.state == RUNNING else None
-    return {
-        "id": job.id,
-        "owner": job.owner,
-        "kind": job.kind,
-        "prompt": prompt,
-        "state": job.state,
-        "position": position,
-        "progress": round(p.fraction if job.state == RUNNING else float(job.state == DONE), 4),
-        "step": p.step,
-        "steps": p.steps,
-        "batch": p.batch,
-        "batches": p.batches,
-        "eta_seconds": round(eta, 1) if eta is not None else None,
-        "text": p.text,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "interrupt_requested": job.interrupt_requested,
-        "skipped": job.skipped,
-        "image_count": len(job.images),
-        "error": job.error,
-        "worker": job.worker,
-        "attempts": job.attempts,
-    }
 
 
 class JobQueue:
@@ -283,7 +91,8 @@ class JobQueue:
     checkpoint a job needs (None: any executor will do) for the choice of executor.
     `options_snapshot()` gives the options a new job starts from; `limit_per_owner()`
     the most unfinished jobs one owner may have (0: no limit). `events` is where every
-    change of a job is published (a new hub unless one is given).
+    change of a job is published (a new hub unless one is given). `store` records every
+    job (None: memory only); the jobs it holds as unfinished are queued again at once.
     """
 
     def __init__(
@@ -297,6 +106,7 @@ class JobQueue:
         options_snapshot: Callable[[], Mapping[str, Any]] | None = None,
         limit_per_owner: Callable[[], int] | int = 0,
         events: EventHub | None = None,
+        store: JobStore | None = None,
     ):
         self.events = events if events is not None else EventHub()
         if executors is None:
@@ -319,6 +129,37 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
         for executor in executors:
             self.add_executor(executor)
+        self._store = store
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store: JobStore) -> None:
+        """Queue again what a crash left unfinished (see job_store.restore); owners keep
+        their round-robin turn (least recently served first), the interrupted job runs
+        first."""
+        reruns = []
+        for job in restore(store):
+            self._attach(job, store)
+            self._jobs[job.id] = job
+            if job.state == FAILED:
+                self._finish(job, FAILED)
+                continue
+            if job.rerun_reason and job.attempts:
+                reruns.append(job.owner)
+            self._waiting.setdefault(job.owner, []).append(job)
+            store.update(job)
+            self.events.publish(ev.QUEUED, job)
+        for tick, owner in enumerate(store.owners_by_last_start(), start=1):
+            self._served[owner] = self._tick = tick
+        for owner in reruns:
+            self._served[owner] = -2  # before anyone never served (-1)
+        if self._jobs:
+            log.info("restored %d unfinished job(s) from %s", len(self._jobs), store.path)
+
+    def _attach(self, job: Job, store: JobStore | None) -> None:
+        job.events = self.events
+        job.recorder = store
+        job.progress.listeners.append(StepPublisher(self.events, job))
 
     def start(self) -> None:
         with self._cond:
@@ -414,12 +255,15 @@ class JobQueue:
         snapshot = dict(self._snapshot() if self._snapshot else {})
         snapshot.update(options or {})
         job = Job(kind=kind, params=params, owner=owner, options=MappingProxyType(snapshot))
-        job.events = self.events
-        job.progress.listeners.append(StepPublisher(self.events, job))
+        self._attach(job, self._store)
         if job_id is not None:
             if not JOB_ID.fullmatch(job_id):
                 raise ValueError("job id: 1-64 characters of A-Z a-z 0-9 _ - . : ( )")
             job.id = job_id
+            stored = self._store.get(job_id) if self._store is not None else None
+            if stored is not None and stored.owner != owner:  # never another user's record
+                raise ValueError(f"job id {job_id!r} is already in use")
+        encoded = encode_job(job) if self._store is not None else None  # no lock held
         with self._cond:
             if self._stopping:
                 raise ShuttingDownError()
@@ -438,7 +282,10 @@ class JobQueue:
                 if mine >= limit:
                     raise QueueFullError(owner, limit)
             self._jobs[job.id] = job
-            self._waiting.setdefault(owner, []).append(job)
+            mine = self._waiting.setdefault(owner, [])
+            mine.append(job)
+            if self._store is not None and encoded is not None:
+                self._store.add(job, encoded, order=[j.id for j in mine])
             self._cond.notify_all()
             self.events.publish(ev.QUEUED, job)
         return job
@@ -452,8 +299,13 @@ class JobQueue:
 
     # --- reading ------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
+        """The job in memory, else (finished long ago) as the store recorded it."""
         with self._cond:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None and self._store is not None:
+            stored = self._store.get(job_id)
+            return stored.to_job() if stored is not None else None
+        return job
 
     def jobs(self) -> list[Job]:
         with self._cond:
@@ -478,24 +330,51 @@ class JobQueue:
                 del queues[owner]
         return order
 
-    def listing(self, finished_limit: int = 20) -> list[tuple[Job, int | None]]:
-        """(job, position) for the running job, the waiting ones in run order, then the
-        most recently finished ones (newest first)."""
+    def listing(
+        self, finished_limit: int = 20, finished_offset: int = 0
+    ) -> list[tuple[Job, int | None]]:
+        """(job, position) for the running job, the waiting ones in run order, then a page
+        of the finished ones (newest first; from the store when there is one)."""
         with self._cond:
             running = [(j, 0) for j in self._jobs.values() if j.state == RUNNING]
             waiting = [(j, i + 1) for i, j in enumerate(self._schedule())]
+            kept = dict(self._jobs)
+        if self._store is not None:
+            rows = self._store.page(finished=True, offset=finished_offset, limit=finished_limit)
+            finished = [_kept_or_stored(kept, row) for row in rows]
+        else:
             finished = sorted(
-                (j for j in self._jobs.values() if j.finished),
+                (j for j in kept.values() if j.finished),
                 key=lambda j: j.finished_at or 0,
                 reverse=True,
-            )[:finished_limit]
+            )[finished_offset : finished_offset + finished_limit]
         return running + waiting + [(j, None) for j in finished]
 
-    def owner_jobs(self, owner: str) -> list[Job]:
-        """Every kept job of one owner, newest first."""
+    def finished_count(self, owner: str | None = None) -> int:
+        """How many finished jobs there are to page through (of one owner, or all)."""
+        if self._store is not None:
+            return self._store.count(owner, finished=True)
         with self._cond:
-            mine = [j for j in self._jobs.values() if j.owner == owner]
-        return sorted(mine, key=lambda j: j.seq, reverse=True)
+            return sum(1 for j in self._jobs.values() if j.finished and owner in (None, j.owner))
+
+    def job_count(self, owner: str) -> int:
+        """How many jobs one owner has (all states) to page through with owner_jobs."""
+        if self._store is not None:
+            return self._store.count(owner)
+        with self._cond:
+            return sum(1 for j in self._jobs.values() if j.owner == owner)
+
+    def owner_jobs(self, owner: str, limit: int | None = None, offset: int = 0) -> list[Job]:
+        """One owner's jobs, newest first (a page of them with `limit`); from the store,
+        however old, when there is one, else the ones kept in memory."""
+        with self._cond:
+            kept = dict(self._jobs)
+        if self._store is not None:
+            rows = self._store.page(owner, offset=offset, limit=limit)
+            return [_kept_or_stored(kept, row) for row in rows]
+        mine = sorted((j for j in kept.values() if j.owner == owner), key=lambda j: j.seq,
+                      reverse=True)  # fmt: skip
+        return mine[offset : offset + limit if limit else None]
 
     def position(self, job: Job) -> int | None:
         """0 for a running job, 1.. for waiting ones, None when finished."""
@@ -575,6 +454,8 @@ class JobQueue:
             if target == index:
                 return False
             mine.insert(target, mine.pop(index))
+            if self._store is not None:
+                self._store.reorder(j.id for j in mine)
             self._cond.notify_all()
             self.events.publish(ev.MOVED, job)
             return True
@@ -632,6 +513,8 @@ class JobQueue:
         job.attempts += 1
         job.started_at = time.time()
         job.progress.started_at = time.monotonic()
+        if self._store is not None:
+            self._store.update(job)  # recorded before any file is written
         self.events.publish(ev.STARTED, job)
 
     def _run(self, slot: Slot, job: Job) -> None:
@@ -670,8 +553,13 @@ class JobQueue:
                 self._finish(job, INTERRUPTED)
             elif job.attempts < MAX_ATTEMPTS and not self._stopping:
                 job.state, job.worker = QUEUED, None
+                job.prepare_rerun("its worker stopped while it ran")
                 job.progress = Progress(listeners=job.progress.listeners)
-                self._waiting.setdefault(job.owner, []).insert(0, job)  # first of its owner's
+                mine = self._waiting.setdefault(job.owner, [])
+                mine.insert(0, job)  # first of its owner's
+                if self._store is not None:
+                    self._store.update(job)
+                    self._store.reorder(j.id for j in mine)
                 self.events.publish(ev.QUEUED, job)
             else:
                 job.error = (f"The worker running this job stopped ({exc}), "
@@ -690,6 +578,8 @@ class JobQueue:
         job.state = state
         job.finished_at = time.time()
         job.done.set()
+        if self._store is not None:
+            self._store.update(job)
         self._prune()
         kind = ev.FAILED if state == FAILED else ev.FINISHED
         self.events.publish(kind, job, error=job.error if state == FAILED else None)
@@ -708,3 +598,9 @@ class JobQueue:
         owners = {j.owner for j in self._jobs.values()}
         for owner in [o for o in self._served if o not in owners]:
             del self._served[owner]
+
+
+def _kept_or_stored(kept: Mapping[str, Job], row: Any) -> Job:
+    """The job still in memory (its pictures even when unsaved), else the stored one."""
+    job = kept.get(row.id)
+    return job if job is not None else row.to_job()

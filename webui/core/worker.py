@@ -164,12 +164,14 @@ class Worker:
 
         def save(image: Image.Image, seed: int, infotext: str) -> str:
             job.raise_if_aborted()  # the server shuts down: write nothing more
-            path = self.store.save(
+            # a rerun after a restart: the first attempt's file of this image (same seed,
+            # same picture) is kept instead of writing a second one
+            path = job.saved_earlier(seed) or self.store.save(
                 image, kind=job.kind, seed=seed, infotext=infotext, fmt=fmt,
                 filename_pattern=pattern, pattern_values=values, outdir=outdir,
             )  # fmt: skip
-            job.image_saved(str(path))  # publishes the job's "saved" event
-            hooks.saved(SavedImage(info, path, image, infotext, seed, job.kind))
+            job.image_saved(str(path), seed=seed, infotext=infotext)  # recorded, published
+            hooks.saved(SavedImage(info, Path(path), image, infotext, seed, job.kind))
             return str(path)
 
         return save
@@ -187,12 +189,18 @@ class Worker:
 
         def save(image: Image.Image, name: str, infotext: str) -> str:
             job.raise_if_aborted()  # the server shuts down: write nothing more
+            earlier = job.saved_earlier(None)  # a rerun after a restart: written already
             if params.output_dir.strip():
-                return str(save_named(image, Path(params.output_dir).expanduser(), name, infotext))
-            path = self.store.save(image, kind="extras", seed=None, infotext=infotext,
-                                   fmt=opt("samples_format"), filename_pattern="",
-                                   pattern_values={}, outdir=opt("outdir_samples"))  # fmt: skip
-            hooks.saved(SavedImage(info, path, image, infotext, None, "extras"))
+                folder = Path(params.output_dir).expanduser()
+                path = earlier or str(save_named(image, folder, name, infotext))
+                job.image_saved(path, infotext=infotext)
+                return path
+            path = earlier or self.store.save(
+                image, kind="extras", seed=None, infotext=infotext, fmt=opt("samples_format"),
+                filename_pattern="", pattern_values={}, outdir=opt("outdir_samples"),
+            )  # fmt: skip
+            job.image_saved(str(path), infotext=infotext)
+            hooks.saved(SavedImage(info, Path(path), image, infotext, None, "extras"))
             return str(path)
 
         return save

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.jobs import Job, Progress
@@ -268,7 +269,12 @@ class ScriptRun:
         if not getattr(self.params, "save_images", True) or self._gen.store is None:
             return None
         fmt = self.option("samples_format") or "png"
-        path = self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext, fmt=fmt)
-        saved = SavedImage(self.job, path, image, infotext, None, self.job.kind, grid=True)
+        job = self._gen.job
+        # a rerun after a restart keeps the grid its first attempt wrote (the same cells)
+        path = job.saved_earlier(None) or self._gen.store.save_grid(
+            image, kind=self.job.kind, infotext=infotext, fmt=fmt
+        )
+        job.image_saved(str(path), infotext=infotext)  # recorded like the job's images
+        saved = SavedImage(self.job, Path(path), image, infotext, None, self.job.kind, grid=True)
         notify_saved(self._gen.host, saved, self.params)
         return str(path)

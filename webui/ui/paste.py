@@ -304,7 +304,7 @@ def _reader(ctx, tab_id, controls, outputs):
 
 
 def _last_infotext(ctx, owner: str) -> str:
-    for job in ctx.jobs.owner_jobs(owner):
+    for job in ctx.jobs.owner_jobs(owner, limit=20):
         if job.images:
             return job.images[0].infotext
     return ""

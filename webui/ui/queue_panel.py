@@ -10,6 +10,9 @@ jobs.
 "My results" shows one of the viewer's own jobs: its live preview while it runs, its
 images and infotext once done. It follows the newest job unless another one is chosen;
 the chosen job's id is kept in the page URL (`?job=<id>`), so a reload shows it again.
+Finished jobs come from the job store (however old, also after a restart), `MY_JOBS_PAGE`
+at a time ("Older jobs", "Newer jobs"); their pictures are the saved files, and a file
+that was deleted is said to be deleted. A job that runs again after a restart says so.
 Nobody sees another user's previews or images here.
 
 Both are pushed, never polled: each page runs one long-lived stream (`panel_stream`, an
@@ -38,7 +41,7 @@ import gradio as gr
 from ..core import events as ev
 from ..core import jobs as job_states
 from ..core.events import AsyncSubscription, JobEvent
-from ..core.jobs import Job, JobAccessError
+from ..core.jobs import Job, JobAccessError, file_deleted, rerun_note
 from .common import gallery_items, infotext_html, owner_of, progress_html, result_gallery
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ KEEPALIVE_SECONDS = 30.0
 # Generate clicks one more; they hold no thread (sync handlers still share 40 threads).
 OPEN_EVENTS = 2048
 FINISHED_SHOWN = 5  # finished jobs listed under the running and waiting ones
+MY_JOBS_PAGE = 50  # jobs in the "My jobs" list at a time
 
 ACTIONS_JS = """
 element.addEventListener('click', (event) => {
@@ -90,6 +94,9 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
         message = gr.Markdown("", elem_id="queue_message")
     with gr.Accordion("My results", open=True, elem_id="my_results"):
         picker = gr.Dropdown(label="My jobs", choices=[], value=None, elem_id="my_jobs")
+        with gr.Row():
+            newer = gr.Button("Newer jobs", size="sm", elem_id="my_jobs_newer")
+            older = gr.Button("Older jobs", size="sm", elem_id="my_jobs_older")
         status = gr.HTML("", elem_id="my_job_status")
         gallery = result_gallery("Job images", "my_job_gallery", columns=4)
         info = gr.HTML("", elem_id="my_job_infotext")
@@ -115,6 +122,14 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
             view.show(job_id)
         return text  # the queue's own event redraws the table
 
+    def page(step: int) -> Callable[[gr.Request], None]:
+        def turn(request: gr.Request) -> None:
+            view = pages.get(_page(request))
+            if view is not None:
+                view.turn(step)
+
+        return turn
+
     def close(request: gr.Request) -> None:
         pages.close(_page(request))
 
@@ -123,6 +138,8 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
     demo.load(stream, outputs=outputs, **hidden)
     demo.unload(close)
     picker.input(choose, inputs=picker, **hidden)
+    newer.click(page(-MY_JOBS_PAGE), **hidden)
+    older.click(page(+MY_JOBS_PAGE), **hidden)
     table.click(act, outputs=message, **hidden)
     return pages
 
@@ -142,6 +159,7 @@ class PageView:
     def __init__(self, owner: str):
         self.owner = owner
         self.pinned: str | None = None  # the job chosen in "My jobs" (else the newest)
+        self.offset = 0  # the page of "My jobs": how many newer jobs are left out
         self.sent: dict[str, Any] = {}  # output name -> what the page shows now
         self.busy = False  # the viewer has unfinished jobs
         self.running = False  # the shown job runs (its line is redrawn every tick)
@@ -153,6 +171,12 @@ class PageView:
         """The user chose a job to show (None: follow the newest)."""
         self.pinned = job_id
         self.sent.pop("shown", None)  # redraw the pictures
+        self.wake()
+
+    def turn(self, step: int) -> None:
+        """Show older (step > 0) or newer jobs in "My jobs"."""
+        self.offset = max(0, self.offset + step)
+        self.sent.pop("choices", None)
         self.wake()
 
     def close(self) -> None:
@@ -299,13 +323,27 @@ def _perform(ctx: AppContext, owner: str, action: str, job_id: str) -> str:
     return "" if done else f"Could not {action} job `{job_id}`: its state has changed."
 
 
+def _my_jobs(ctx: AppContext, view: PageView) -> list[Job]:
+    """The page of the viewer's jobs "My jobs" lists, with the chosen job even when it is
+    on another page (it is unpinned when it is no longer there)."""
+    total = ctx.jobs.job_count(view.owner)
+    if view.offset >= total:
+        view.offset = max(0, (total - 1) // MY_JOBS_PAGE * MY_JOBS_PAGE)
+    mine = ctx.jobs.owner_jobs(view.owner, limit=MY_JOBS_PAGE, offset=view.offset)
+    if view.pinned and not any(j.id == view.pinned for j in mine):
+        pinned = ctx.jobs.get(view.pinned)
+        if pinned is not None and pinned.owner == view.owner:
+            mine.insert(0, pinned)
+        else:
+            view.pinned = None
+    return mine
+
+
 def _render(ctx: AppContext, view: PageView) -> tuple:
     """(table, picker, status, gallery, info, url job) for one page; gr.skip() for what
     the page already shows."""
-    mine = ctx.jobs.owner_jobs(view.owner)
-    view.busy = any(not j.finished for j in mine)
-    if view.pinned and not any(j.id == view.pinned for j in mine):
-        view.pinned = None
+    mine = _my_jobs(ctx, view)
+    view.busy = ctx.jobs.active(view.owner) is not None
     selected_id = view.pinned or (mine[0].id if mine else None)
     selected = next((j for j in mine if j.id == selected_id), None)
     view.running = selected is not None and selected.state == job_states.RUNNING
@@ -341,7 +379,8 @@ def _fresh(view: PageView, name: str, value: Any) -> bool:
 def _shown_key(job: Job | None) -> list | None:
     if job is None:
         return None
-    return [job.id, job.state, job.progress.preview_step, len(job.images)]
+    deleted = sum(file_deleted(g) for g in job.images)
+    return [job.id, job.state, job.progress.preview_step, len(job.images), deleted]
 
 
 def _pictures(job: Job | None) -> tuple[Any, str]:
@@ -351,8 +390,10 @@ def _pictures(job: Job | None) -> tuple[Any, str]:
     if job.state in (job_states.RUNNING, job_states.QUEUED):
         preview = job.progress.preview
         return ([(preview, "Preview")] if preview is not None else []), ""
-    images = job.images
-    gallery = gallery_items(g for g in images if getattr(g, "image", None))
+    images = [g for g in job.images if not file_deleted(g)]  # the files are the truth
+    gallery = gallery_items(
+        g for g in images if getattr(g, "path", None) or getattr(g, "image", None)
+    )
     return gallery, infotext_html(images[0].infotext if images else "")
 
 
@@ -363,7 +404,14 @@ def _finished(job: Job) -> str:
         job_states.CANCELLED: "Cancelled",
         job_states.FAILED: f"Failed: {job.error or 'unknown error'}",
     }.get(job.state, job.state)
-    return f'<div class="job-status">{html.escape(text)}</div>'
+    notes = [text]
+    deleted = sum(file_deleted(g) for g in job.images)
+    if deleted:  # the files are the truth: say so instead of showing a broken picture
+        notes.append(f"{deleted} image file(s) deleted")
+    if job.rerun_reason:
+        notes.append(rerun_note(job))
+    spans = "".join(f"<span>{html.escape(n)}</span>" for n in notes)  # one text per span
+    return f'<div class="job-status">{spans}</div>'
 
 
 def _label(job: Job) -> str:
@@ -413,10 +461,13 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
             for a, text, label in spec
         )
     classes = f"queue-row {job.state}" + (" mine" if mine else "")
+    state = e(job.state)
+    if job.rerun_reason:  # it runs again after a restart
+        state += f'<br><small class="queue-rerun">{e(rerun_note(job))}</small>'
     return (
         f'<tr class="{classes}" data-job="{e(job.id) if mine else ""}" data-owner="{e(job.owner)}">'
         f"<td>{where}</td><td>{owner}</td><td>{e(job.kind)}</td>"
-        f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{e(job.state)}</td>'
+        f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{state}</td>'
         f'<td class="queue-worker" translate="no">{e(job.worker or "")}</td>'
         f'<td><div class="job-progress" role="progressbar" aria-valuemin="0" '
         f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress">'
