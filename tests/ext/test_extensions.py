@@ -183,9 +183,9 @@ def test_hooks_inside_the_worker_follow_the_job_itself(data_dir):
         assert progress.preview is not None
         steps = [e for e in events if e[0] == "step"]
         assert steps == [("step", job.id, b, s) for b in (0, 1) for s in (1, 2, 3)]
-        assert [e for e in events if e[0] == "saved"] == [
+        assert [e for e in events if e[0] == "saved"] == [  # two images, then their grid
             ("saved", job.id, "txt2img", False, ".png")
-        ] * 2
+        ] * 2 + [("saved", job.id, "txt2img", True, ".png")]
         events.clear()
         xyz = ctx.extensions.prepare(replace(params, batch_count=1), script="xyz_plot",
                                      script_args={"x_type": "Seed", "x_values": "1, 2"})  # fmt: skip

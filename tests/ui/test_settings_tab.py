@@ -221,7 +221,11 @@ def test_widgets_and_sections() -> None:
         "token_merging_ratio": "slider", "show_progress_every_n_steps": "number",
         "localization": "dropdown", "queue_limit_per_user": "number", "queue_show_others_prompts": "checkbox",
         "samples_format": "dropdown", "samples_filename_pattern": "textbox",
-        "outdir_samples": "textbox",
+        "outdir_samples": "textbox", "show_progress_type": "dropdown", "return_grid": "checkbox",
+        "save_images_add_number": "checkbox", "grid_save": "checkbox", "grid_format": "dropdown",
+        "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
+        "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
+        "directories_filename_pattern": "textbox", "outdir_save": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "User interface",
                                        "Queue", "Saving images/grids", "Paths for saving"]  # fmt: skip

@@ -11,7 +11,7 @@ what a function may use is in its arguments.
 - `RunContext`: a generation with a leased checkpoint: the lease and its model family
   (`webui.core.families`: what core asks instead of testing names), the job's networks
   (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), the
-  live-preview interval and `save` (None when the job saves nothing).
+  live-preview interval and method, and `save` (None when the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
 
@@ -144,6 +144,7 @@ class RunContext(JobContext):
     memory: MemoryRun = field(default_factory=MemoryRun)
     save: SaveFn | None = None  # None: the job saves nothing
     preview_every: int = 0  # a live preview every N steps; 0: none
+    preview_full: bool = False  # previews decoded by the VAE (A1111's "Full"), else cheap
 
     @property
     def pipe(self) -> Any:

@@ -26,13 +26,16 @@ from ..core.jobs import Job, Progress
 from ..core.processing import GeneratedImage
 from ..core.prompt_limits import PromptLimitError
 from ..core.run import RunHooks
+from ..core.saving import SaveSettings
 from ..core.worker import JobResult
+from ..options import OPTION_DEFS
 from .api import Extension, JobInfo, SavedImage, StepInfo
 from .host import FAILED, ExtensionHost
 
 log = logging.getLogger(__name__)
 
 GENERATION_KINDS = ("txt2img", "img2img")
+_DEFAULTS = {d.key: d.default for d in OPTION_DEFS}
 
 
 class _GenerationError(Exception):
@@ -247,7 +250,9 @@ class ScriptRun:
         self.check = generation.host.arg_check(generation.params)  # resolve names like check_args
 
     def process(self, params: Any) -> list[GeneratedImage]:
-        return list(self._gen.process(params).images)
+        """The images of one generation; scripts make their own grids, so none of the
+        batch grids a plain job shows (A1111's scripts set do_not_save_grid)."""
+        return list(self._gen.process(replace(params, grid=False)).images)
 
     def should_stop(self) -> bool:
         return bool(self._gen.job.interrupt_requested)
@@ -259,6 +264,10 @@ class ScriptRun:
         options = self._gen.job.options
         return options.get(key) if key in options else None
 
+    def _option_or_default(self, key: str) -> Any:
+        value = self.option(key)
+        return _DEFAULTS[key] if value is None else value
+
     def image(
         self, image: Any, seed: int, infotext: str, path: str | None = None
     ) -> GeneratedImage:
@@ -267,8 +276,9 @@ class ScriptRun:
     def save_grid(self, image: Any, infotext: str) -> str | None:
         if not getattr(self.params, "save_images", True) or self._gen.store is None:
             return None
-        fmt = self.option("samples_format") or "png"
-        path = self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext, fmt=fmt)
+        settings = SaveSettings.from_options(self._option_or_default)
+        path = self._gen.store.save_grid(image, kind=self.job.kind, infotext=infotext,
+                                         **settings.grid_args())  # fmt: skip
         saved = SavedImage(self.job, path, image, infotext, None, self.job.kind, grid=True)
         notify_saved(self._gen.host, saved, self.params)
         return str(path)
