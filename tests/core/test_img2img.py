@@ -361,6 +361,21 @@ def test_api_img2img_inpaint(server, data):
     assert len(saved) == 1
 
 
+def test_api_img2img_batch_returns_and_saves_its_grid(server, data):
+    response = post(server, seed=30, batch_size=2, save_images=True, denoising_strength=0.5)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = __import__("json").loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    grid = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert grid.size == (128, 64)
+    fields = parse_infotext(read_infotext_from_image(grid))
+    assert (fields["Seed"], fields["Denoising strength"]) == (30, 0.5)
+    (saved,) = (data / "outputs" / "img2img-grids").glob("*/grid-*.png")
+    with Image.open(saved) as on_disk:
+        assert read_infotext_from_image(on_disk) == read_infotext_from_image(grid)
+
+
 def test_api_sd_upscale_script(server):
     response = post(
         server,

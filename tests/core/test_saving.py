@@ -102,8 +102,9 @@ def ctx(tmp_path_factory, tiny_files):
 
 
 def _job(ctx, options: dict | None = None, **params):
-    p = Txt2ImgParams(prompt="a red cube", steps=2, width=64, height=64, seed=5,
-                      **({"batch_size": 2} | params)).validated()  # fmt: skip
+    base = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 5,
+            "batch_size": 2}  # fmt: skip
+    p = Txt2ImgParams(**(base | params)).validated()
     job = ctx.jobs.submit("txt2img", p, owner="test", options=options or {})
     assert job.done.wait(WAIT) and job.state == "done", job.error
     return job
@@ -152,3 +153,12 @@ def test_images_follow_the_saving_options_of_the_job(ctx) -> None:
     assert path.name == "5-2-DPM++ 2M.webp" and path.parent.name == "txt2img-images"
     with Image.open(path) as saved:
         assert saved.convert("RGB").tobytes() == job.result.images[0].image.tobytes()
+
+
+@pytest.mark.parametrize(("method", "side"), [("Full", 64), ("Approx cheap", 256)])
+def test_the_preview_method_of_the_job(ctx, method: str, side: int) -> None:
+    # a 64 px image is 32 latents with the tiny VAE: decoded 64 px, cheap 8 x 32 = 256 px
+    job = _job(ctx, {"show_progress_type": method, "show_progress_every_n_steps": 1,
+                     "grid_save": False}, batch_size=1, steps=3)  # fmt: skip
+    assert job.progress.preview is not None and job.progress.preview.size == (side, side)
+    assert "preview" not in job.result.images[0].infotext.lower()

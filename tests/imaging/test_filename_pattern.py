@@ -52,6 +52,7 @@ EXPECTED = {
     "model_hash": "abcdef1234",
     "prompt": "a red fox, (jumping) over the lazy dog and more words here, style",
     "prompt_no_styles": "a red fox",
+    "prompt_spaces": "a red fox, (jumping) over the lazy dog and more words here, style",
     "negative_prompt": "blurry",
     "prompt_words": "a red fox jumping over the lazy dog",
     "styles": "style one, two",

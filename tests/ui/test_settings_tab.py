@@ -249,3 +249,15 @@ def test_options_module_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_bad_file_name_pattern_is_a_clear_message(ctx) -> None:
+    shown = shown_values(ctx)
+    form = _form(shown, samples_filename_pattern="[seed]-[sead]")
+    with pytest.raises(gr.Error, match=r"unknown token \[sead\].*known tokens: \[seed\]"):
+        apply_settings(ctx, shown, form)
+    assert ctx.options.get("samples_filename_pattern") == ""
+    form = _form(shown, directories_filename_pattern="[date]/[model_name]", jpeg_quality=95.0)
+    assert apply_settings(ctx, shown, form) == (
+        "2 settings changed: jpeg_quality, directories_filename_pattern."
+    )

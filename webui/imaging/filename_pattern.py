@@ -6,7 +6,7 @@ Settings tab and ``/sdapi/v1/options`` show its message); `sanitize_filename_par
 any text safe as part of one file name on Linux, macOS and Windows.
 
 Tokens (case-insensitive), as in A1111: [seed], [steps], [cfg], [sampler], [scheduler],
-[width], [height], [model_name], [model_hash], [prompt], [prompt_no_styles],
+[width], [height], [model_name], [model_hash], [prompt], [prompt_no_styles], [prompt_spaces],
 [negative_prompt], [prompt_words], [styles], [clip_skip], [denoising], [prompt_hash],
 [negative_prompt_hash], [full_prompt_hash], [user], [date], [datetime],
 [datetime<strftime format>], [datetime<format><time zone>], [job_timestamp], [none].
@@ -51,7 +51,7 @@ _PLAIN_VALUES = ("seed", "steps", "cfg", "sampler", "scheduler", "width", "heigh
                  "model_name", "model_hash", "prompt", "negative_prompt", "clip_skip",
                  "denoising", "user")  # fmt: skip
 TOKENS: tuple[str, ...] = (
-    *_PLAIN_VALUES, "prompt_no_styles", "prompt_words", "styles", "prompt_hash",
+    *_PLAIN_VALUES, "prompt_no_styles", "prompt_spaces", "prompt_words", "styles", "prompt_hash",
     "negative_prompt_hash", "full_prompt_hash", "date", "datetime", "job_timestamp", "none",
 )  # fmt: skip
 
@@ -121,6 +121,7 @@ def _expand_token(
     job_time = values.get("job_timestamp")
     derived: dict[str, Callable[[], str]] = {
         "prompt_no_styles": lambda: str(values.get("prompt_no_styles", prompt) or ""),
+        "prompt_spaces": lambda: prompt,  # A1111 keeps the spaces; [prompt] does here too
         "prompt_words": lambda: _prompt_words(prompt),
         "styles": lambda: ", ".join(str(s) for s in values.get("styles") or ()),  # type: ignore[attr-defined]
         "prompt_hash": lambda: _hash(prompt),
