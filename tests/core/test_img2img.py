@@ -123,8 +123,10 @@ def test_latent_resize_mode_and_batch(ctx):
     job = run(
         ctx, init_images=(noise(32, 48),), resize_mode=3, width=64, height=96, batch_size=2, seed=20
     )
-    assert [g.image.size for g in job.result.images] == [(64, 96), (64, 96)]
-    assert [g.seed for g in job.result.images] == [20, 21]
+    grid, *images = job.result.images
+    assert grid.grid and grid.image.size == (128, 96)
+    assert [g.image.size for g in images] == [(64, 96), (64, 96)]
+    assert [g.seed for g in images] == [20, 21]
 
 
 def test_inpaint_keeps_pixels_outside_the_mask(ctx):
