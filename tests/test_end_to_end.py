@@ -73,11 +73,13 @@ def test_same_seed_same_pixels_other_seed_differs(ctx):
 
 def test_batch_seeds_count_up(ctx):
     job = run(ctx, seed=100, batch_size=2, batch_count=2)
-    assert [g.seed for g in job.result.images] == [100, 101, 102, 103]
+    grid, *images = job.result.images  # A1111's grid of the four comes first
+    assert grid.grid and grid.seed == 100 and grid.image.size == (128, 128)
+    assert [g.seed for g in images] == [100, 101, 102, 103]
     # image i of a batch is the single image generated with seed + i (batched matmuls may
     # round differently in the last bit, so allow a step of rounding)
     single = run(ctx, seed=101).result.images[0]
-    difference = np.abs(pixels(job.result.images[1].path).astype(int) - pixels(single.path))
+    difference = np.abs(pixels(images[1].path).astype(int) - pixels(single.path))
     assert difference.max() <= 2
 
 

@@ -265,6 +265,11 @@ PATH_WORDS = ("dir", "path", "folder", "file")
 NOT_PATHS = {  # mention a file, but are no path
     "samples_filename_pattern": "a file name part: separators and dots are replaced",
     "samples_format": "png, jpg, jpeg or webp",
+    "grid_format": "png, jpg, jpeg or webp",
+    "save_images_add_number": "a number in the file name",
+    "save_to_dirs": "on/off: sub-folders by the folder pattern",
+    "grid_save_to_dirs": "on/off: sub-folders by the folder pattern",
+    "directories_filename_pattern": "folder name parts: each is sanitised, never '..' or '/x'",
 }
 
 

@@ -278,6 +278,8 @@ def test_option_defaults() -> None:
         "sd_vae": "Automatic",
         "CLIP_stop_at_last_layers": 1,
         "show_progress_every_n_steps": 3,
+        "show_progress_type": "Approx cheap",
+        "return_grid": True,
         "localization": "Auto",
         "queue_limit_per_user": 10,
         "queue_show_others_prompts": False,
@@ -287,7 +289,18 @@ def test_option_defaults() -> None:
         "token_merging_ratio": 0.0,
         "samples_format": "png",
         "samples_filename_pattern": "",
+        "save_images_add_number": True,
+        "grid_save": True,
+        "grid_format": "png",
+        "grid_only_if_multiple": True,
+        "n_rows": -1,
+        "jpeg_quality": 80,
+        "webp_lossless": False,
+        "save_to_dirs": True,
+        "grid_save_to_dirs": True,
+        "directories_filename_pattern": "[date]",
         "outdir_samples": "",
+        "outdir_save": "",
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

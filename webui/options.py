@@ -68,6 +68,13 @@ def _float_range(low: float, high: float) -> Callable[[Any], float]:
 _ratio = _float_range(0.0, 0.9)
 
 
+def _pattern(value: Any) -> str:
+    """A file or folder name pattern whose tokens are all known ([seed], [date], ...)."""
+    from .imaging.filename_pattern import check_filename_pattern  # standard library only
+
+    return check_filename_pattern(_string(value))
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -187,6 +194,7 @@ def _float(low: float, high: float, step: float) -> dict[str, Any]:
 
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
 _FORMATS = ("png", "jpg", "jpeg", "webp")
+_PREVIEW_METHODS = ("Full", "Approx cheap")  # A1111's Approx NN and TAESD: not yet
 OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("sd_model_checkpoint", "", _string, "Stable Diffusion checkpoint", "sd",
               choices=_checkpoint_titles),
@@ -235,12 +243,37 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("queue_show_others_prompts", False, _bool,
               "Show other users' prompts in the queue (off: only their mode and progress)",
               "queue"),
+    OptionDef("show_progress_type", "Approx cheap", _choice(*_PREVIEW_METHODS),
+              "Live preview method (Full: decoded with the VAE, slower)", "ui",
+              choices=_PREVIEW_METHODS),
+    OptionDef("return_grid", True, _bool, "Show grid in gallery", "ui"),
     OptionDef("samples_format", "png", _choice(*_FORMATS), "File format for images",
               "saving-images", choices=_FORMATS),
-    OptionDef("samples_filename_pattern", "", _string,
+    OptionDef("samples_filename_pattern", "", _pattern,
               "Images filename pattern (empty: NNNNN-seed)", "saving-images"),
+    OptionDef("save_images_add_number", True, _bool, "Add number to filename when saving",
+              "saving-images"),
+    OptionDef("grid_save", True, _bool, "Always save all generated image grids",
+              "saving-images"),
+    OptionDef("grid_format", "png", _choice(*_FORMATS), "File format for grids",
+              "saving-images", choices=_FORMATS),
+    OptionDef("grid_only_if_multiple", True, _bool,
+              "Do not save grids consisting of one picture", "saving-images"),
+    OptionDef("n_rows", -1, section="saving-images", **_int(-1, 16, 1),
+              label="Grid row count; use -1 for autodetect and 0 for it to be same as batch size"),
+    OptionDef("jpeg_quality", 80, label="Quality for saved jpeg and webp images",
+              section="saving-images", **_int(1, 100, 1)),
+    OptionDef("webp_lossless", False, _bool, "Use lossless compression for webp images",
+              "saving-images"),
+    OptionDef("save_to_dirs", True, _bool, "Save images to a subdirectory", "saving-paths"),
+    OptionDef("grid_save_to_dirs", True, _bool, "Save grids to a subdirectory", "saving-paths"),
+    OptionDef("directories_filename_pattern", "[date]", _pattern,
+              "Directory name pattern (/ makes nested folders)", "saving-paths"),
     OptionDef("outdir_samples", "", _string,
               "Output folder for images (empty: the default folders)", "saving-paths", path=True),
+    OptionDef("outdir_save", "", _string,
+              "Directory for saving images using the Save button (empty: outputs/saved)",
+              "saving-paths", path=True),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

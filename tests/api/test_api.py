@@ -213,6 +213,64 @@ def test_outdir_samples_puts_images_in_that_folder(srv: Server, tmp_path) -> Non
     )
 
 
+def _grid_files(srv: Server) -> set[Path]:
+    return set((srv.data_dir / "outputs" / "txt2img-grids").glob("*/grid-*.png"))
+
+
+def test_a_saved_batch_returns_its_grid_first(srv: Server) -> None:
+    before = _grid_files(srv)
+    response = _post_txt2img(srv, seed=20, batch_size=2, save_images=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    grid, first, second = (_decode(b) for b in body["images"])
+    assert grid.size == (128, 64) and first.size == second.size == (64, 64)
+    fields = parse_infotext(grid.info["parameters"])
+    assert (fields["Seed"], fields["Size"], fields["Steps"]) == (20, "64x64", 2)
+    assert grid.info["parameters"] == first.info["parameters"] == info["infotexts"][0]
+    assert info["infotexts"][1:] == [first.info["parameters"], second.info["parameters"]]
+    assert info["all_seeds"] == [20, 21]
+    (saved,) = _grid_files(srv) - before  # outputs/txt2img-grids/<day>/grid-NNNN.png
+    assert saved.parent.name == dt.date.today().isoformat()
+    with Image.open(saved) as on_disk:
+        assert on_disk.info["parameters"] == grid.info["parameters"]
+        assert on_disk.convert("RGB").tobytes() == grid.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("changes", [{"save_images": True, "do_not_save_grid": True},
+                                     {"save_images": False}])  # fmt: skip
+def test_no_grid_with_do_not_save_grid_or_unsaved(srv: Server, changes: dict) -> None:
+    before = _grid_files(srv)
+    response = _post_txt2img(srv, seed=30, batch_size=2, **changes)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert len(response.json()["images"]) == 2 and info["index_of_first_image"] == 0
+    assert _grid_files(srv) == before
+
+
+def test_saving_options_through_the_api(srv: Server) -> None:
+    options = srv.client.get(srv.api("/options")).json()
+    assert (options["jpeg_quality"], options["grid_save"], options["save_to_dirs"]) == (
+        80, True, True)  # fmt: skip
+    assert options["directories_filename_pattern"] == "[date]"
+    assert options["show_progress_type"] == "Approx cheap"
+    for key, bad in [
+        ("samples_filename_pattern", "[seed]-[nope]"),
+        ("jpeg_quality", 0),
+        ("directories_filename_pattern", "[date"),
+        ("show_progress_type", "TAESD"),
+    ]:
+        response = srv.client.post(srv.api("/options"), json={key: bad})
+        assert response.status_code == 422, (key, response.text)
+        assert key in _loc_names(response)
+    assert "unknown token [nope]" in srv.client.post(
+        srv.api("/options"), json={"samples_filename_pattern": "[nope]"}).text  # fmt: skip
+    response = _post_txt2img(srv, save_images=True, override_settings={
+        "samples_filename_pattern": "[seed]-[nope]"})  # fmt: skip
+    assert response.status_code == 422 and "samples_filename_pattern" in response.text
+
+
 def test_scheduler_by_lowercase_name(srv: Server) -> None:
     response = _post_txt2img(srv, sampler_name="DPM++ 2M", scheduler="sgm_uniform")
     assert response.status_code == 200, response.text

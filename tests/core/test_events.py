@@ -340,5 +340,7 @@ def test_the_worker_publishes_steps_previews_and_each_saved_file(data_dir):
     assert [(e.step, e.steps) for e in got if e.kind == "step" and not e.preview][-1] == (2, 2)
     assert any(e.preview for e in got if e.kind == "step")
     saved = [e.path for e in got if e.kind == "saved"]
-    assert saved == [g.path for g in job.result.images] == job.saved and len(saved) == 2
+    grid, *images = job.result.images  # two images: the batch grid first, saved last
+    assert grid.grid and "txt2img-grids" in grid.path
+    assert saved == [g.path for g in images] + [grid.path] == job.saved and len(saved) == 3
     assert all(Path(path).exists() for path in saved)

@@ -123,8 +123,10 @@ def test_latent_resize_mode_and_batch(ctx):
     job = run(
         ctx, init_images=(noise(32, 48),), resize_mode=3, width=64, height=96, batch_size=2, seed=20
     )
-    assert [g.image.size for g in job.result.images] == [(64, 96), (64, 96)]
-    assert [g.seed for g in job.result.images] == [20, 21]
+    grid, *images = job.result.images
+    assert grid.grid and grid.image.size == (128, 96)
+    assert [g.image.size for g in images] == [(64, 96), (64, 96)]
+    assert [g.seed for g in images] == [20, 21]
 
 
 def test_inpaint_keeps_pixels_outside_the_mask(ctx):
@@ -359,6 +361,21 @@ def test_api_img2img_inpaint(server, data):
     assert diff[36:, 36:].max() <= 1
     saved = list((data / "outputs" / "img2img-images").glob("*/*-3.png"))
     assert len(saved) == 1
+
+
+def test_api_img2img_batch_returns_and_saves_its_grid(server, data):
+    response = post(server, seed=30, batch_size=2, save_images=True, denoising_strength=0.5)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = __import__("json").loads(body["info"])
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    grid = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert grid.size == (128, 64)
+    fields = parse_infotext(read_infotext_from_image(grid))
+    assert (fields["Seed"], fields["Denoising strength"]) == (30, 0.5)
+    (saved,) = (data / "outputs" / "img2img-grids").glob("*/grid-*.png")
+    with Image.open(saved) as on_disk:
+        assert read_infotext_from_image(on_disk) == read_infotext_from_image(grid)
 
 
 def test_api_sd_upscale_script(server):

@@ -72,7 +72,7 @@ def ours(ctx, kind: str, params) -> list[np.ndarray]:
     job = ctx.jobs.submit(kind, params.validated(), owner="pixels")
     assert job.done.wait(300), "the job did not finish"
     assert job.state == "done", job.error
-    return [pixels(g.image) for g in job.result.images]
+    return [pixels(g.image) for g in job.result.images if not g.grid]  # not the batch grid
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -183,16 +183,18 @@ def test_hooks_inside_the_worker_follow_the_job_itself(data_dir):
         assert progress.preview is not None
         steps = [e for e in events if e[0] == "step"]
         assert steps == [("step", job.id, b, s) for b in (0, 1) for s in (1, 2, 3)]
-        assert [e for e in events if e[0] == "saved"] == [
+        assert [e for e in events if e[0] == "saved"] == [  # two images, then their grid
             ("saved", job.id, "txt2img", False, ".png")
-        ] * 2
+        ] * 2 + [("saved", job.id, "txt2img", True, ".png")]
         events.clear()
-        xyz = ctx.extensions.prepare(replace(params, batch_count=1), script="xyz_plot",
+        # a plot's cells of two images each make no batch grids: only the plot's own grid
+        xyz = ctx.extensions.prepare(replace(params, batch_count=1, batch_size=2),
+                                     script="xyz_plot",
                                      script_args={"x_type": "Seed", "x_values": "1, 2"})  # fmt: skip
         plot = ctx.jobs.submit("txt2img", xyz)
         assert plot.done.wait(120) and plot.state == "done", plot.error
         saved = [e for e in events if e[0] == "saved"]
-        assert saved == [("saved", plot.id, "txt2img", False, ".png")] * 2 + [
+        assert saved == [("saved", plot.id, "txt2img", False, ".png")] * 4 + [
             ("saved", plot.id, "txt2img", True, ".png")
         ]
         events.clear()

@@ -245,8 +245,10 @@ def test_prompts_from_file_tiling_per_line():
 
 def test_wildcards_follow_the_seed(ctx):
     job = submit(ctx, prompt="a __color__ {cube|ball}, __animals/cats__", batch_size=2, seed=20)
-    prompts = [parse_infotext(g.infotext)["Prompt"] for g in job.result.images]
-    assert [g.seed for g in job.result.images] == [20, 21]
+    grid, *images = job.result.images
+    assert grid.grid and grid.infotext == images[0].infotext
+    prompts = [parse_infotext(g.infotext)["Prompt"] for g in images]
+    assert [g.seed for g in images] == [20, 21]
     for prompt in prompts:
         assert "__" not in prompt and "{" not in prompt
         color = prompt.split(" ")[1]

@@ -224,7 +224,11 @@ def test_widgets_and_sections() -> None:
         "s_tmax": "slider", "s_noise": "slider", "show_progress_every_n_steps": "number",
         "localization": "dropdown", "queue_limit_per_user": "number", "queue_show_others_prompts": "checkbox",
         "samples_format": "dropdown", "samples_filename_pattern": "textbox",
-        "outdir_samples": "textbox",
+        "outdir_samples": "textbox", "show_progress_type": "dropdown", "return_grid": "checkbox",
+        "save_images_add_number": "checkbox", "grid_save": "checkbox", "grid_format": "dropdown",
+        "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
+        "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
+        "directories_filename_pattern": "textbox", "outdir_save": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
@@ -249,3 +253,15 @@ def test_options_module_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_bad_file_name_pattern_is_a_clear_message(ctx) -> None:
+    shown = shown_values(ctx)
+    form = _form(shown, samples_filename_pattern="[seed]-[sead]")
+    with pytest.raises(gr.Error, match=r"unknown token \[sead\].*known tokens: \[seed\]"):
+        apply_settings(ctx, shown, form)
+    assert ctx.options.get("samples_filename_pattern") == ""
+    form = _form(shown, directories_filename_pattern="[date]/[model_name]", jpeg_quality=95.0)
+    assert apply_settings(ctx, shown, form) == (
+        "2 settings changed: jpeg_quality, directories_filename_pattern."
+    )

@@ -126,6 +126,8 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         batch_count=_value(req, "n_iter"),
         batch_size=_value(req, "batch_size"),
         save_images=bool(_value(req, "save_images")) and not _value(req, "do_not_save_samples"),
+        # A1111's API makes a batch grid only when it saves (do_not_save_grid = not save_images)
+        grid=bool(_value(req, "save_images")) and not _value(req, "do_not_save_grid"),
         hires=hires_params(req, upscalers),
         styles=_styles_of(req),
         **sampling_fields(req),
@@ -287,7 +289,7 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         # only hires. fix uses it in txt2img
         "denoising_strength": params.hires.denoising_strength if params.hires else None,
         "extra_generation_params": json_safe(extra),
-        "index_of_first_image": 0,
+        "index_of_first_image": sum(1 for g in images if getattr(g, "grid", False)),
         "infotexts": infotexts,
         "styles": list(req.styles or []),
         "job_timestamp": _timestamp(job.created_at),

@@ -113,6 +113,8 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         batch_count=_v(req, "n_iter"),
         batch_size=_v(req, "batch_size"),
         save_images=bool(_v(req, "save_images")) and not _v(req, "do_not_save_samples"),
+        # A1111's API makes a batch grid only when it saves (do_not_save_grid = not save_images)
+        grid=bool(_v(req, "save_images")) and not _v(req, "do_not_save_grid"),
         init_images=tuple(images),
         resize_mode=_v(req, "resize_mode"),
         denoising_strength=_v(req, "denoising_strength"),

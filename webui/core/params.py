@@ -49,6 +49,7 @@ class Txt2ImgParams:
     clip_skip: int = 1
     checkpoint: str | None = None  # title, name or hash; None = the current/first one
     save_images: bool = True  # the API saves nothing unless asked (A1111's save_images)
+    grid: bool = True  # a grid of the images when there are several (not do_not_save_grid)
     hires: HiresParams | None = None  # hires. fix (txt2img only); None = off
     vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the option
     styles: tuple[str, ...] = ()  # names from styles.csv, applied in order

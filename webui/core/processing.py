@@ -3,7 +3,8 @@
 One readable, linear function per mode, in the style of a diffusers pipeline call:
 resolve the sampler, make each image's initial noise (`webui.core.noise`: its seed, the
 variation seed and "resize seed from", with one CPU generator per image), run the pipeline
-batch by batch, report progress and cheap previews through the step callback, and build the
+batch by batch, report progress and live previews (cheap or decoded) through the step
+callback, and build the
 A1111 infotext of every image. Everything a job runs with comes in its `RunContext`
 (`webui.core.run`): the lease, progress, cancel token, networks, memory settings and
 `save` (None: nothing is saved). What depends on the model family (sampler and
@@ -19,14 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
-from .decode import decode_latents
+from .decode import NanOutputError, decode_latents
 from .hires import hires_choice, hires_fields, hires_pass
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
@@ -43,6 +44,7 @@ class GeneratedImage:
     seed: int
     infotext: str
     path: str | None = None
+    grid: bool = False  # the batch grid (webui.core.saving), shown before the images
 
 
 def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
@@ -169,19 +171,33 @@ def noise_fields(params: Txt2ImgParams) -> dict:
 
 
 def step_callback(run: RunContext) -> Callable:
-    """A diffusers `callback_on_step_end`: progress, cheap previews, interrupt."""
-    progress, every, coefficients = run.progress, run.preview_every, run.family.latent_rgb
+    """A diffusers `callback_on_step_end`: progress, live previews, interrupt."""
+    progress, every = run.progress, run.preview_every
 
     def on_step(pipe, i, t, tensors):
         progress.advance(i + 1, pipe.num_timesteps)
         if every and (i + 1) % every == 0 and i + 1 < pipe.num_timesteps:
             step = progress.batch * progress.steps + i + 1
-            progress.set_preview(latent_preview(tensors["latents"], coefficients), step)
+            progress.set_preview(preview_image(run, pipe, tensors["latents"]), step)
         if run.should_stop():
             pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
         return {}
 
     return on_step
+
+
+def preview_image(run: RunContext, pipe, latents: torch.Tensor) -> Image.Image:
+    """The live preview of the first latent of a batch: decoded by the VAE with the
+    "Full" method (`run.preview_full`, A1111's show_progress_type), else the family's cheap
+    colour approximation (also when the full decode fails: a preview never ends a job).
+    Nothing of it reaches the infotext."""
+    if run.preview_full:
+        try:
+            with torch.inference_mode():
+                return decode_latents(pipe, latents[:1], replace(run.memory, notes={}))[0]
+        except (NanOutputError, RuntimeError) as exc:
+            log.warning("full live preview failed (%s); showing the cheap one", exc)
+    return latent_preview(latents, run.family.latent_rgb)
 
 
 def _inpainting_model_inputs(spec, params: Txt2ImgParams) -> dict:

@@ -12,8 +12,8 @@ what a function may use is in its arguments.
   (`webui.core.families`: what core asks instead of testing names), the job's networks
   (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
   sampler-parameter options (`SamplerDefaults`: eta, sigma churn, NGMS...), the
-  live-preview interval, the extra noise of img2img and hires. fix, and `save` (None when
-  the job saves nothing).
+  live-preview interval and method, the extra noise of img2img and hires. fix, and `save`
+  (None when the job saves nothing).
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
 
@@ -150,6 +150,7 @@ class RunContext(JobContext):
     extra_noise: float = 0.0  # A1111's img2img_extra_noise (img2img and hires. fix); 0: off
     sampler_defaults: SamplerDefaults = field(default_factory=SamplerDefaults)  # job's options
     warnings: list[str] = field(default_factory=list)  # for the job's result (not infotext)
+    preview_full: bool = False  # previews decoded by the VAE (A1111's "Full"), else cheap
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

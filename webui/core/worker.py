@@ -37,6 +37,7 @@ from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
 from .sampler_params import SamplerDefaults
+from .saving import SaveSettings, batch_grid, pattern_values
 from .tiling import seamless
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ class Worker:
         lease = models.acquire(info)
         family = self.families.of(lease.spec)
         job.progress.text = ""
-        save = self._saver(job, params, info.name, opt, hooks) if params.save_images else None
+        settings = SaveSettings.from_options(opt)
+        save = self._saver(job, params, info.name, settings, hooks) if params.save_images else None
         # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends
         with (
             applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active,
@@ -140,6 +142,7 @@ class Worker:
                 preview_every=int(opt("show_progress_every_n_steps")),
                 extra_noise=float(opt("img2img_extra_noise")),
                 sampler_defaults=SamplerDefaults.from_options(opt),
+                preview_full=opt("show_progress_type") == "Full",
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
@@ -149,32 +152,52 @@ class Worker:
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
         warnings += active.warnings + run.memory.messages() + run.warnings
+        images = self._with_grid(job, params, images, info.name, settings, hooks)
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
     def _saver(
-        self, job: Job, params: Txt2ImgParams, model_name: str, opt: Option, hooks: RunHooks
+        self,
+        job: Job,
+        params: Txt2ImgParams,
+        model_name: str,
+        settings: SaveSettings,
+        hooks: RunHooks,
     ) -> SaveFn:
-        """Save into the outputs (the job's format, file name pattern and folder), then
+        """Save into the outputs (the job's formats, name patterns and folders), then
         tell the hooks."""
-        fmt, outdir = opt("samples_format"), opt("outdir_samples")
-        pattern = opt("samples_filename_pattern") or None
-        values = {"prompt": params.prompt, "model_name": model_name, "steps": params.steps,
-                  "sampler": params.sampler_name or ""}  # fmt: skip
         info = JobInfo.of(job)
 
         def save(image: Image.Image, seed: int, infotext: str) -> str:
             job.raise_if_aborted()  # the server shuts down: write nothing more
-            # a rerun after a restart: the first attempt's file of this image (same seed,
-            # same picture) is kept instead of writing a second one
+            # a rerun (after a restart or a lost worker): the first attempt's file of this
+            # image (same seed, same picture) is kept instead of writing a second one
+            values = pattern_values(job, params, model_name, infotext)
             path = job.saved_earlier(seed) or self.store.save(
-                image, kind=job.kind, seed=seed, infotext=infotext, fmt=fmt,
-                filename_pattern=pattern, pattern_values=values, outdir=outdir,
+                image, kind=job.kind, seed=seed, infotext=infotext, pattern_values=values,
+                **settings.image_args(),
             )  # fmt: skip
             job.image_saved(str(path), seed=seed, infotext=infotext)  # recorded, published
             hooks.saved(SavedImage(info, Path(path), image, infotext, seed, job.kind))
             return str(path)
 
         return save
+
+    def _with_grid(
+        self,
+        job: Job,
+        params: Txt2ImgParams,
+        images: list[GeneratedImage],
+        model_name: str,
+        settings: SaveSettings,
+        hooks: RunHooks,
+    ) -> list[GeneratedImage]:
+        """The images, after the batch grid when the job shows one (A1111's return_grid)."""
+        values = pattern_values(job, params, model_name, images[0].infotext if images else "")
+        grid = batch_grid(job, params, images, settings, store=self.store, hooks=hooks,
+                          values=values)  # fmt: skip
+        if grid is None or not settings.return_grid:
+            return images
+        return [grid, *images]
 
     def _extras(self, job: Job, hooks: RunHooks) -> ExtrasResult:
         params = job.params
@@ -186,6 +209,7 @@ class Worker:
     def _extras_saver(self, job: Job, info: JobInfo, hooks: RunHooks) -> NamedSaveFn:
         """Under the source's name into the job's output folder, else into the outputs."""
         params, opt = job.params, partial(job_option, job, self.options)
+        settings = replace(SaveSettings.from_options(opt), filename_pattern="")
 
         def save(image: Image.Image, name: str, infotext: str) -> str:
             job.raise_if_aborted()  # the server shuts down: write nothing more
@@ -196,8 +220,8 @@ class Worker:
                 job.image_saved(path, infotext=infotext)
                 return path
             path = earlier or self.store.save(
-                image, kind="extras", seed=None, infotext=infotext, fmt=opt("samples_format"),
-                filename_pattern="", pattern_values={}, outdir=opt("outdir_samples"),
+                image, kind="extras", seed=None, infotext=infotext, pattern_values={},
+                **settings.image_args(),
             )  # fmt: skip
             job.image_saved(str(path), infotext=infotext)
             hooks.saved(SavedImage(info, Path(path), image, infotext, None, "extras"))

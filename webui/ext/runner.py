@@ -6,7 +6,8 @@ may split the job into several), runs the job's script (X/Y/Z plot, ...) or the 
 generation, and calls `after_job`. Hooks inside the generation go through the worker's
 run context: `on_step` is a listener of the job's `Progress`; `on_image_saved` is a
 `RunHooks.on_saved` listener the worker calls for every image it writes, with the job
-info of that run (grids that scripts save are reported here). A hook that raises disables
+info of that run (grids that scripts save are reported here). A job a hook splits gets
+one batch grid of all its images (`core.saving.batch_grid`), as if it ran unsplit. A hook that raises disables
 its extension; the job goes on without it. A script that raises is disabled too, and the
 job runs as a plain generation (or keeps the images made so far). A prompt over a limit
 of `core.prompt_limits`, made by a hook (wildcards) or a script, fails the job with its
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,13 +29,16 @@ from ..core.jobs import Job, Progress
 from ..core.processing import GeneratedImage
 from ..core.prompt_limits import PromptLimitError
 from ..core.run import RunHooks
+from ..core.saving import SaveSettings, batch_grid, pattern_values
 from ..core.worker import JobResult
+from ..options import OPTION_DEFS
 from .api import Extension, JobInfo, SavedImage, StepInfo
 from .host import FAILED, ExtensionHost
 
 log = logging.getLogger(__name__)
 
 GENERATION_KINDS = ("txt2img", "img2img")
+_DEFAULTS = {d.key: d.default for d in OPTION_DEFS}
 
 
 class _GenerationError(Exception):
@@ -190,10 +195,11 @@ class _Generation:
             todo = self._before_job(params)
         except PromptLimitError as exc:
             raise _GenerationError(exc) from exc
+        split = len(todo) > 1  # then the grid is made of all the runs' images, below
         for p in todo:
             if results and self.job.interrupt_requested:
                 break
-            self.job.params = p
+            self.job.params = replace(p, grid=False) if split else p
             try:
                 results.append(self.runner(self.job, saved_hooks(self.host, p)))
             except Exception as exc:
@@ -203,9 +209,22 @@ class _Generation:
             return self._with_warnings(results[0])
         images = [g for r in results for g in r.images]
         notes = [w for r in results for w in r.warnings]
+        images = self._with_grid(params, images, results[0])
         return self._with_warnings(
             replace(results[0], images=images, params=params, warnings=notes)
         )
+
+    def _with_grid(self, params: Any, images: list[Any], first: JobResult) -> list[Any]:
+        """The batch grid of a job that before_job split into several runs (wildcards
+        give every image its own prompt): one grid of all their images, as unsplit."""
+        if self.store is None or not images:
+            return images
+        settings = SaveSettings.from_options(partial(_option_or_default, self.job.options))
+        model = first.checkpoint_title.rsplit(" [", 1)[0].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        values = pattern_values(self.job, params, model, images[0].infotext)
+        grid = batch_grid(self.job, params, images, settings, store=self.store,
+                          hooks=saved_hooks(self.host, params), values=values)  # fmt: skip
+        return [grid, *images] if grid is not None and settings.return_grid else images
 
     def _with_warnings(self, result: Any) -> Any:
         if not self.warnings:
@@ -233,6 +252,12 @@ class _Generation:
                        warnings=[*self.warnings, *notes])  # fmt: skip
 
 
+def _option_or_default(options: Any, key: str) -> Any:
+    """A job's option (its snapshot), else the option's default."""
+    value = options.get(key) if key in options else None
+    return _DEFAULTS[key] if value is None else value
+
+
 class ScriptRun:
     """What a script's `run(script_run, args)` works with.
 
@@ -248,7 +273,9 @@ class ScriptRun:
         self.check = generation.host.arg_check(generation.params)  # resolve names like check_args
 
     def process(self, params: Any) -> list[GeneratedImage]:
-        return list(self._gen.process(params).images)
+        """The images of one generation; scripts make their own grids, so none of the
+        batch grids a plain job shows (A1111's scripts set do_not_save_grid)."""
+        return list(self._gen.process(replace(params, grid=False)).images)
 
     def should_stop(self) -> bool:
         return bool(self._gen.job.interrupt_requested)
@@ -268,11 +295,11 @@ class ScriptRun:
     def save_grid(self, image: Any, infotext: str) -> str | None:
         if not getattr(self.params, "save_images", True) or self._gen.store is None:
             return None
-        fmt = self.option("samples_format") or "png"
         job = self._gen.job
+        settings = SaveSettings.from_options(partial(_option_or_default, job.options))
         # a rerun after a restart keeps the grid its first attempt wrote (the same cells)
         path = job.saved_earlier(None) or self._gen.store.save_grid(
-            image, kind=self.job.kind, infotext=infotext, fmt=fmt
+            image, kind=self.job.kind, infotext=infotext, **settings.grid_args()
         )
         job.image_saved(str(path), infotext=infotext)  # recorded like the job's images
         saved = SavedImage(self.job, Path(path), image, infotext, None, self.job.kind, grid=True)

@@ -1,10 +1,11 @@
 """Output store: saves generated images in A1111's ``outputs/`` layout, atomically.
 
 Images go to ``<root>/<kind>-images/YYYY-MM-DD/NNNNN-<decoration>.<ext>`` (decoration from
-a filename pattern, ``[seed]`` by default) and grids to
-``<root>/<kind>-grids/YYYY-MM-DD/grid-NNNN.<ext>``, with the infotext embedded (PNG
-``parameters`` chunk, EXIF UserComment for JPEG/WebP). NNNNN is 1 + the largest leading
-number in the folder (00000 in an empty one), as in A1111.
+a filename pattern, ``[seed]`` by default; `webui.imaging.filename_pattern`) and grids to
+``<root>/<kind>-grids/YYYY-MM-DD/grid-NNNN.<ext>`` (the date folder can be another folder
+pattern, A1111's directories_filename_pattern, or none; the number can be left out), with
+the infotext embedded (PNG ``parameters`` chunk, EXIF UserComment for JPEG/WebP). NNNNN is
+1 + the largest leading number in the folder (00000 in an empty one), as in A1111.
 
 Every file appears complete or not at all: the image is encoded into a hidden temporary
 file in the target folder, fsynced, then published under a name claimed exclusively
@@ -22,28 +23,35 @@ import errno
 import logging
 import os
 import re
-import string
 import tempfile
 import threading
-import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
 
+from webui.imaging.filename_pattern import (
+    apply_filename_pattern,
+    check_filename_pattern,
+    sanitize_filename_part,
+)
 from webui.imaging.infotext import exif_bytes_for, pnginfo_for
 
 logger = logging.getLogger(__name__)
 
+__all__ = [  # the file name helpers live in filename_pattern; callers may import them here
+    "OutputStore",
+    "apply_filename_pattern",
+    "check_filename_pattern",
+    "next_sequence_number",
+    "sanitize_filename_part",
+]
+
 DEFAULT_FILENAME_PATTERN = "[seed]"
 TEMP_PREFIX = ".tmp-"
 MAX_NAME_BYTES = 255
-#: Budget for the pattern part of a name: 255 minus counter, separators and extension.
-MAX_DECORATION_BYTES = 200
-MAX_PROMPT_WORDS = 8
-#: Budget for one token's expansion (A1111's max_filename_part_length is 128).
-MAX_TOKEN_BYTES = 128
 MAX_CLAIM_ATTEMPTS = 10_000
 _JPEG_MAX_EXIF = 65533
 
@@ -55,18 +63,6 @@ _FORMATS = {
 }
 _KIND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 _LEADING_NUMBER_RE = re.compile(r"(\d+)")
-_PATTERN_RE = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)", re.DOTALL)
-_PATTERN_ARG_RE = re.compile(r"(.*)<([^>]*)>$", re.DOTALL)
-_NON_WORDS_RE = re.compile(r"[\s" + re.escape(string.punctuation) + r"]+")
-_FORBIDDEN_CHARS_RE = re.compile(r'[\\/<>:"|?*\x00-\x1f\x7f]')
-_DOTS_RE = re.compile(r"\.{2,}")
-_WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
-    | {f"{p}{i}" for p in ("COM", "LPT") for i in [*range(1, 10), "¹", "²", "³"]}
-)
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
 _NO_HARDLINK_ERRNOS = frozenset(
     e
     for e in (
@@ -80,6 +76,21 @@ _NO_HARDLINK_ERRNOS = frozenset(
     )
     if e is not None
 )
+
+
+@dataclass(frozen=True)
+class _Name:
+    """How a saved file is named: ``<prefix><number, digits wide><suffix><ext>``; with
+    digits 0 the number appears only when the name is taken (``<prefix>-<n><ext>``)."""
+
+    prefix: str
+    digits: int
+    suffix: str
+
+    def render(self, number: int, ext: str) -> str:
+        if self.digits:
+            return f"{self.prefix}{number:0{self.digits}d}{self.suffix}{ext}"
+        return f"{self.prefix}{self.suffix}-{number}{ext}" if number else f"{self.prefix}{ext}"
 
 
 class OutputStore:
@@ -101,46 +112,68 @@ class OutputStore:
         self._use_hardlinks = True
 
     def images_dir(
-        self, kind: str, when: datetime | None = None, outdir: str | Path | None = None
+        self,
+        kind: str,
+        when: datetime | None = None,
+        outdir: str | Path | None = None,
+        subfolder: str | None = None,
     ) -> Path:
         """Folder for ``kind`` images saved on the date of ``when`` (default: now); with
-        ``outdir`` (the outdir_samples setting) every kind goes to that folder's day."""
+        ``outdir`` (the outdir_samples setting) every kind goes to that folder.
+        ``subfolder`` (an expanded folder pattern, see `subfolder_for`) replaces the day's
+        folder; "" saves into the folder itself."""
         _check_kind(kind)
-        if outdir:
-            return Path(outdir).expanduser() / _day(when)
-        return self.root / f"{kind}-images" / _day(when)
+        base = Path(outdir).expanduser() if outdir else self.root / f"{kind}-images"
+        return _under(base, _day(when) if subfolder is None else subfolder)
 
-    def grids_dir(self, kind: str, when: datetime | None = None) -> Path:
-        """Folder for ``kind`` grids saved on the date of ``when`` (default: now)."""
-        return self.root / f"{_check_kind(kind)}-grids" / _day(when)
+    def grids_dir(
+        self, kind: str, when: datetime | None = None, subfolder: str | None = None
+    ) -> Path:
+        """Folder for ``kind`` grids saved on the date of ``when`` (default: now), or in
+        ``subfolder`` as for images_dir."""
+        base = self.root / f"{_check_kind(kind)}-grids"
+        return _under(base, _day(when) if subfolder is None else subfolder)
 
     def save(
         self,
         image: Image.Image,
         *,
         kind: str,
-        seed: int,
+        seed: int | None,
         infotext: str,
         fmt: str = "png",
         when: datetime | None = None,
         filename_pattern: str | None = None,
         pattern_values: Mapping[str, object] | None = None,
         outdir: str | Path | None = None,
+        folder_pattern: str | None = None,
+        add_number: bool = True,
+        quality: int | None = None,
+        lossless: bool | None = None,
     ) -> Path:
         """Save one image as ``NNNNN-<pattern>.<ext>`` and return its path.
 
-        ``pattern_values`` supplies ``prompt``, ``model_name``, ``steps``, ``sampler``,
-        ``width``, ``height`` (width/height default to the image size) for the pattern
-        tokens; see apply_filename_pattern.
+        ``pattern_values`` supplies the values of the pattern tokens (see
+        `webui.imaging.filename_pattern`; width/height default to the image size).
+        ``folder_pattern``: the sub-folder pattern (A1111's directories_filename_pattern
+        when save_to_dirs is on); None: the date, "": no sub-folder. Without
+        ``add_number`` the name is the pattern alone (``-1``, ``-2``... when taken: a
+        file is never overwritten). ``quality`` (JPEG/WebP, 1-100) and ``lossless``
+        (WebP) default to the store's.
         """
         when = when or datetime.now()
         values = {"width": image.width, "height": image.height, **(pattern_values or {})}
         values["seed"] = seed
         pattern = self.filename_pattern if filename_pattern is None else filename_pattern
         decoration = sanitize_filename_part(apply_filename_pattern(pattern, values, when))
-        suffix = f"-{decoration}" if decoration else ""
-        folder = self.images_dir(kind, when, outdir)
-        return self._write(image, folder, "", 5, suffix, infotext, fmt)
+        folder = self.images_dir(
+            kind, when, outdir, self.subfolder_for(folder_pattern, values, when)
+        )
+        if add_number or not decoration:  # a name with nothing but the extension: numbered
+            name = _Name("", 5, f"-{decoration}" if decoration else "")
+        else:
+            name = _Name(decoration, 0, "")
+        return self._write(image, folder, name, infotext, fmt, quality, lossless)
 
     def save_grid(
         self,
@@ -150,10 +183,29 @@ class OutputStore:
         infotext: str,
         fmt: str = "png",
         when: datetime | None = None,
+        pattern_values: Mapping[str, object] | None = None,
+        folder_pattern: str | None = None,
+        quality: int | None = None,
+        lossless: bool | None = None,
     ) -> Path:
-        """Save a grid as ``grid-NNNN.<ext>`` and return its path."""
-        folder = self.grids_dir(kind, when or datetime.now())
-        return self._write(image, folder, "grid-", 4, "", infotext, fmt)
+        """Save a grid as ``grid-NNNN.<ext>`` and return its path (``folder_pattern``,
+        ``quality`` and ``lossless`` as for `save`)."""
+        when = when or datetime.now()
+        subfolder = self.subfolder_for(folder_pattern, pattern_values or {}, when)
+        folder = self.grids_dir(kind, when, subfolder)
+        return self._write(image, folder, _Name("grid-", 4, ""), infotext, fmt, quality, lossless)
+
+    @staticmethod
+    def subfolder_for(
+        folder_pattern: str | None, values: Mapping[str, object], when: datetime
+    ) -> str | None:
+        """The expanded sub-folder pattern: ``/`` written in the pattern makes nested
+        folders; every part is sanitised (a token can never add a separator or ``..``)."""
+        if folder_pattern is None:
+            return None
+        expanded = apply_filename_pattern(folder_pattern, values, when)
+        parts = [sanitize_filename_part(p) for p in expanded.replace("\\", "/").split("/")]
+        return "/".join(p for p in parts if p)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -161,14 +213,16 @@ class OutputStore:
         self,
         image: Image.Image,
         folder: Path,
-        prefix: str,
-        digits: int,
-        suffix: str,
+        name: _Name,
         infotext: str,
         fmt: str,
+        quality: int | None = None,
+        lossless: bool | None = None,
     ) -> Path:
         pil_format, ext = _check_format(fmt)
-        save_args = self._save_args(pil_format, infotext)
+        quality = self.jpeg_quality if quality is None else quality
+        lossless = self.webp_lossless if lossless is None else lossless
+        save_args = _save_args(pil_format, infotext, quality, lossless)
         image = _convert_for(pil_format, image)
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f".{ext}", dir=folder)
@@ -179,33 +233,18 @@ class OutputStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             with self._lock:
-                final = self._claim(tmp, folder, prefix, digits, f"{suffix}.{ext}")
+                final = self._claim(tmp, folder, name, f".{ext}")
         finally:
             _remove_quietly(tmp)
         _fsync_dir(folder)
         logger.debug("saved %s", final)
         return final
 
-    def _save_args(self, pil_format: str, infotext: str) -> dict[str, object]:
-        if pil_format == "PNG":
-            return {"pnginfo": pnginfo_for(infotext)}
-        exif = exif_bytes_for(infotext)
-        if pil_format == "JPEG":
-            if len(exif) > _JPEG_MAX_EXIF:
-                raise ValueError(
-                    f"infotext too long for JPEG EXIF ({len(exif)} bytes, max {_JPEG_MAX_EXIF});"
-                    " save as PNG or WebP"
-                )
-            return {"exif": exif, "quality": self.jpeg_quality}
-        if self.webp_lossless:
-            return {"exif": exif, "lossless": True, "quality": 100}
-        return {"exif": exif, "quality": self.jpeg_quality}
-
-    def _claim(self, tmp: Path, folder: Path, prefix: str, digits: int, tail: str) -> Path:
-        """Publish ``tmp`` under the first free numbered name; never overwrites."""
-        number = next_sequence_number(folder, prefix)
+    def _claim(self, tmp: Path, folder: Path, name: _Name, ext: str) -> Path:
+        """Publish ``tmp`` under the first free name; never overwrites."""
+        number = next_sequence_number(folder, name.prefix) if name.digits else 0
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            target = folder / f"{prefix}{number:0{digits}d}{tail}"
+            target = folder / name.render(number, ext)
             if self._publish(tmp, target):
                 return target
             number += 1
@@ -257,93 +296,24 @@ def next_sequence_number(folder: Path, prefix: str = "") -> int:
     return largest + 1
 
 
-def apply_filename_pattern(pattern: str, values: Mapping[str, object], when: datetime) -> str:
-    """Expand A1111 filename tokens in ``pattern``.
-
-    Tokens (case-insensitive): [seed], [prompt_words], [model_name], [date],
-    [datetime] / [datetime<strftime format>], [steps], [sampler], [width], [height].
-    A known token without a value expands to nothing; unknown tokens stay as written.
-    Each expansion is sanitised and cut to MAX_TOKEN_BYTES (so a long prompt cannot
-    push later tokens out of the name); sanitise the whole result before use.
-    """
-    out: list[str] = []
-    for match in _PATTERN_RE.finditer(pattern):
-        text, token = match.groups()
-        out.append(text)
-        if token is None:
-            continue
-        name, args = token, []
-        while (arg_match := _PATTERN_ARG_RE.match(name)) is not None:
-            name, arg = arg_match.groups()
-            args.insert(0, arg)
-        replacement = _expand_token(name.lower(), args, values, when)
-        if replacement is None:
-            out.append(f"[{token}]")
-        else:
-            out.append(sanitize_filename_part(replacement, MAX_TOKEN_BYTES))
-    return "".join(out)
+def _save_args(pil_format: str, infotext: str, quality: int, lossless: bool) -> dict[str, object]:
+    if pil_format == "PNG":
+        return {"pnginfo": pnginfo_for(infotext)}
+    exif = exif_bytes_for(infotext)
+    if pil_format == "JPEG":
+        if len(exif) > _JPEG_MAX_EXIF:
+            raise ValueError(
+                f"infotext too long for JPEG EXIF ({len(exif)} bytes, max {_JPEG_MAX_EXIF});"
+                " save as PNG or WebP"
+            )
+        return {"exif": exif, "quality": quality}
+    if lossless:
+        return {"exif": exif, "lossless": True, "quality": 100}
+    return {"exif": exif, "quality": quality}
 
 
-def _expand_token(
-    name: str, args: list[str], values: Mapping[str, object], when: datetime
-) -> str | None:
-    simple: dict[str, Callable[[], object]] = {
-        "seed": lambda: values.get("seed"),
-        "steps": lambda: values.get("steps"),
-        "sampler": lambda: values.get("sampler"),
-        "width": lambda: values.get("width"),
-        "height": lambda: values.get("height"),
-        "model_name": lambda: values.get("model_name"),
-        "prompt_words": lambda: _prompt_words(str(values.get("prompt") or "")),
-        "date": lambda: when.strftime("%Y-%m-%d"),
-        "datetime": lambda: _format_datetime(when, args[0] if args else ""),
-    }
-    getter = simple.get(name)
-    if getter is None:
-        return None
-    value = getter()
-    return "" if value is None else str(value)
-
-
-def _prompt_words(prompt: str) -> str:
-    words = [w for w in _NON_WORDS_RE.split(prompt) if w]
-    return " ".join(words[:MAX_PROMPT_WORDS]) or "empty"
-
-
-def _format_datetime(when: datetime, fmt: str) -> str:
-    try:
-        return when.strftime(fmt or "%Y%m%d%H%M%S")
-    except (ValueError, UnicodeError):
-        logger.warning("bad [datetime<%s>] format in filename pattern", fmt)
-        return when.strftime("%Y%m%d%H%M%S")
-
-
-def sanitize_filename_part(text: str, max_bytes: int = MAX_DECORATION_BYTES) -> str:
-    """Make ``text`` safe as part of one file name on Linux, macOS and Windows.
-
-    Path separators, ``<>:"|?*``, control and bidi-control characters, line separators
-    and unpaired surrogates become ``_``; runs of dots become one ``_``; surrounding
-    spaces and dots are removed; a Windows-reserved device name (CON, NUL, COM1, ...)
-    gets a trailing ``_``; the result is cut to ``max_bytes`` of UTF-8.
-    """
-    cleaned = _FORBIDDEN_CHARS_RE.sub("_", text)
-    cleaned = "".join(
-        "_" if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") else ch
-        for ch in cleaned
-    )
-    cleaned = _DOTS_RE.sub("_", cleaned)
-    cleaned = _truncate_utf8(cleaned, max_bytes).strip(" .")
-    base, dot, rest = cleaned.partition(".")
-    if base.rstrip(" ").upper() in _WINDOWS_RESERVED:
-        cleaned = _truncate_utf8(f"{base}_{dot}{rest}", max_bytes).strip(" .")
-    return cleaned
-
-
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= max_bytes:
-        return text
-    return encoded[:max_bytes].decode("utf-8", errors="ignore")
+def _under(base: Path, subfolder: str) -> Path:
+    return base / subfolder if subfolder else base
 
 
 def _check_kind(kind: str) -> str:

@@ -111,7 +111,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                 generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="extras_interrupt")
         with gr.Column(scale=1):
-            output = output_panel("extras", send_targets=("img2img", "inpaint"))
+            output = output_panel(ctx, "extras", send_targets=("img2img", "inpaint"))
     tab_jobs = TabJobs()
 
     def submit(request: gr.Request, values: tuple) -> Any:  # reads image files: in a thread

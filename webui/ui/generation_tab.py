@@ -30,11 +30,11 @@ from ..core.params import ParamError
 from ..core.params_img2img import size_for_scale
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.masks import RESIZE_MODES
-from .common import InputError, gallery_items, infotext_html, owner_of
+from .common import InputError, owner_of
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .icons import icon_button
-from .image_common import Named, OutputPanel, output_panel, whole
+from .image_common import Named, OutputPanel, finished_outputs, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
@@ -83,7 +83,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
                 spec.extras(ctx, named)
             ext = extension_inputs(ctx, spec.scripts_of, prefix=spec.prefix, named=named)
         with gr.Column(scale=1):
-            output = output_panel(spec.prefix, send_targets=spec.send_targets)
+            output = output_panel(ctx, spec.prefix, send_targets=spec.send_targets)
     last_seed, last_subseed = gr.State(None), gr.State(None)
     tab_jobs = TabJobs()  # this tab's unfinished jobs, per page
 
@@ -102,15 +102,12 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         async for update in follow_job(ctx, request, tab_jobs, job):
             finished = update.finished
             if finished is None:
-                yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield update.progress, update.gallery, *[gr.skip()] * 4
                 continue
-            texts = [g.infotext for g in finished.images]
             result = finished.result
             yield (
                 finished_status(finished, update.waiting) + job_warnings(result),
-                gallery_items(finished.images),
-                infotext_html(texts[0] if texts else ""),
-                texts,
+                *finished_outputs(finished.images),
                 result.params.seed if result is not None else gr.skip(),
                 result.params.subseed if result is not None else gr.skip(),
             )

@@ -2,8 +2,8 @@
 
 `Named` holds a tab's components by name (handlers read values by name, never by
 position); `whole`, `checked_image` and `require_server_folders` turn bad input into a
-message; `output_panel` is the right-hand column (progress, gallery, send-to buttons,
-infotext) and `stream_job` streams a submitted job of this browser into that column
+message; `output_panel` is the right-hand column (progress, gallery, send-to buttons, Save and
+Zip (`save_files`), infotext) and `stream_job` streams a submitted job of this browser into that column
 (the Upscale tab; the generation tabs use `generation_tab`).
 
 This module must never import torch or diffusers.
@@ -25,6 +25,7 @@ from .common import (
 )
 from .extra_networks import job_warnings
 from .job_stream import TabJobs, finished_status, follow_job
+from .save_files import save_images, zip_images
 from .send_to import SendSource, send_buttons
 
 if TYPE_CHECKING:
@@ -89,18 +90,23 @@ class OutputPanel:
     gallery: Any
     info: Any
     infotexts: Any
+    shown: Any  # gr.State: the finished job's images (set by the server, never the browser)
     send: SendSource
 
     @property
     def outputs(self) -> list:
-        return [self.progress, self.gallery, self.info, self.infotexts]
+        return [self.progress, self.gallery, self.info, self.infotexts, self.shown]
 
 
-def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) -> OutputPanel:
+def output_panel(
+    ctx: AppContext, prefix: str, *, send_targets=("img2img", "inpaint", "extras")
+) -> OutputPanel:
     progress = gr.HTML("", elem_id=f"{prefix}_progress")
     gallery = result_gallery("Output", f"{prefix}_gallery")
     infotexts = gr.State([])
+    shown = gr.State([])
     send = send_buttons(prefix, gallery, infotexts, send_targets)
+    _save_buttons(ctx, prefix, gallery, shown)
     info = gr.HTML("", elem_id=f"{prefix}_infotext")
 
     def show_selected(texts: list[str], evt: gr.SelectData):
@@ -108,20 +114,48 @@ def output_panel(prefix: str, *, send_targets=("img2img", "inpaint", "extras")) 
         return infotext_html(texts[index] if 0 <= index < len(texts) else "")
 
     gallery.select(show_selected, inputs=infotexts, outputs=info, show_progress="hidden")
-    return OutputPanel(progress, gallery, info, infotexts, send)
+    return OutputPanel(progress, gallery, info, infotexts, shown, send)
+
+
+def _save_buttons(ctx: AppContext, prefix: str, gallery, shown) -> None:
+    """Save (the selected image, else all) and Zip (all), with a download of the result."""
+    picked = gr.State(None)  # the selected image; None: none selected (Save saves all)
+    with gr.Row(elem_id=f"{prefix}_save_row"):
+        save = gr.Button("Save", size="sm", elem_id=f"{prefix}_save")
+        zip_button = gr.Button("Zip", size="sm", elem_id=f"{prefix}_zip")
+    download = gr.File(label="Download", file_count="multiple", interactive=False,
+                       visible=False, elem_id=f"{prefix}_download")  # fmt: skip
+
+    def remember(evt: gr.SelectData):
+        return evt.index if isinstance(evt.index, int) else None
+
+    def save_files(images: list, index: int | None):
+        paths = save_images(ctx, images, index)
+        gr.Info(f"Saved: {', '.join(p.name for p in paths)}")
+        return gr.File(value=[str(p) for p in paths], visible=True)
+
+    def zip_files(images: list):
+        return gr.File(value=[str(zip_images(ctx, images))], visible=True)
+
+    gallery.select(remember, outputs=picked, show_progress="hidden")
+    gallery.change(lambda: None, outputs=picked, show_progress="hidden")
+    save.click(save_files, inputs=[shown, picked], outputs=download, concurrency_limit=None)
+    zip_button.click(zip_files, inputs=shown, outputs=download, concurrency_limit=None)
 
 
 async def stream_job(ctx: AppContext, request: gr.Request, tab_jobs: TabJobs, job):
-    """Yield (progress, gallery, info, infotexts) updates of a submitted job of this page."""
+    """Yield (progress, gallery, info, infotexts, shown) updates of a submitted job of
+    this page."""
     async for update in follow_job(ctx, request, tab_jobs, job):
         job = update.finished
         if job is None:
-            yield update.progress, update.gallery, gr.skip(), gr.skip()
+            yield update.progress, update.gallery, gr.skip(), gr.skip(), gr.skip()
             continue
-        texts = [g.infotext for g in job.images]
-        yield (
-            finished_status(job, update.waiting) + job_warnings(job.result),
-            gallery_items(job.images),
-            infotext_html(texts[0] if texts else ""),
-            texts,
-        )
+        yield (finished_status(job, update.waiting) + job_warnings(job.result),
+               *finished_outputs(job.images))  # fmt: skip
+
+
+def finished_outputs(images: list[Any]) -> tuple[Any, str, list[str], list[Any]]:
+    """Gallery, infotext, infotexts and the shown images of a finished job."""
+    texts = [g.infotext for g in images]
+    return gallery_items(images), infotext_html(texts[0] if texts else ""), texts, list(images)

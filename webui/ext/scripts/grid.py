@@ -3,7 +3,8 @@
 `annotated_grid` lays cells out in rows and columns and writes the column labels above
 and the row labels to the left, as A1111's `draw_grid_annotations` does (labels may have
 several lines; an inactive line is grey and struck through, as in the prompt matrix).
-`stack_grids` puts several grids side by side with a title over each (the Z axis).
+The cells are laid out by `webui.imaging.grid.image_grid` (re-exported here for the
+scripts). `stack_grids` puts several grids side by side with a title over each (the Z axis).
 
 This module must never import torch, diffusers or a UI library (Pillow only).
 """
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-BACKGROUND = (255, 255, 255)
+from ...imaging.grid import BACKGROUND, image_grid
+
 ACTIVE = (0, 0, 0)
 INACTIVE = (153, 153, 153)
 PAD = 6
@@ -29,24 +31,13 @@ class Label:
 
 
 LabelLines = Sequence[Label]
+__all__ = ["Label", "LabelLines", "annotated_grid", "batch_grid", "image_grid", "stack_grids"]
 
 
 def font_for(cell_width: int, cell_height: int) -> ImageFont.ImageFont:
     """A1111 sizes label text by the cell size; never below a readable 14 px."""
     size = max(14, min(48, (cell_width + cell_height) // 25))
     return ImageFont.load_default(size=size)
-
-
-def image_grid(images: Sequence[Image.Image], rows: int, cols: int,
-               margin: int = 0) -> Image.Image:  # fmt: skip
-    """Cells in row-major order on a white sheet; empty places stay white."""
-    w, h = images[0].size
-    sheet = Image.new("RGB", (cols * w + (cols - 1) * margin, rows * h + (rows - 1) * margin),
-                      BACKGROUND)  # fmt: skip
-    for i, image in enumerate(images[: rows * cols]):
-        row, col = divmod(i, cols)
-        sheet.paste(image.convert("RGB").resize((w, h)), (col * (w + margin), row * (h + margin)))
-    return sheet
 
 
 def batch_grid(images: Sequence[Image.Image]) -> Image.Image:
