@@ -31,6 +31,7 @@ from ..imaging.masks import RESIZE_MODES
 from .common import InputError, gallery_items, infotext_html, owner_of
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
+from .habits import started_js
 from .icons import icon_button
 from .image_common import Named, OutputPanel, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
@@ -61,6 +62,7 @@ class GenerationTab:
     named: Named
     output: OutputPanel
     extra: dict[str, Any] = field(default_factory=dict)  # what `spec.inputs` exposes
+    runs: list[Any] = field(default_factory=list)  # the run events (Generate, prompt submit)
 
     def __getitem__(self, name: str):
         return self.named[name]
@@ -114,9 +116,12 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         ctx.jobs.interrupt_owner(owner_of(request))
 
     outputs = [*output.outputs, last_seed]
+    runs = []
     for trigger in (generate.click, named["prompt"].submit):
-        trigger(run, inputs=named.inputs, outputs=outputs, concurrency_limit=None,
-                show_progress="hidden", trigger_mode="multiple")  # fmt: skip
+        event = trigger(run, inputs=named.inputs, outputs=outputs, concurrency_limit=None,
+                        show_progress="hidden", trigger_mode="multiple",
+                        js=started_js(spec.prefix))  # fmt: skip
+        runs.append(event)
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     seed = named["seed"]
     named["random_seed"].click(lambda: -1, outputs=seed, show_progress="hidden")
@@ -124,7 +129,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         lambda last, current: current if last is None else last,
         inputs=[last_seed, seed], outputs=seed, show_progress="hidden",
     )  # fmt: skip
-    return GenerationTab(named, output)
+    return GenerationTab(named, output, runs=runs)
 
 
 def _prompt_row(ctx: AppContext, named: Named, checkpoint, prefix: str):
