@@ -45,11 +45,12 @@ def tabs() -> dict[str, Named]:
 
 def test_controls_are_named_by_tab_and_label_without_the_options(tabs) -> None:
     keys = set(tab_controls(tabs))
+    # clip skip and SD VAE follow the quick-settings bar; states and buttons are no controls
     assert keys == {
         "txt2img/Prompt/value", "txt2img/Sampling steps/value", "txt2img/Sampling method/value",
         "txt2img/Seed/value", "txt2img/Resize mode/value", "txt2img/Styles/value",
         "txt2img/Tiling/value",
-    }  # fmt: skip  (clip skip and SD VAE follow the quick-settings bar)
+    }  # fmt: skip
 
 
 def test_valid_values_are_taken_and_bad_ones_logged_and_skipped(tabs, caplog) -> None:

@@ -77,7 +77,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         quick = build_quicksettings(ctx)
         checkpoint = quick.checkpoint
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(ctx, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(ctx, checkpoint)

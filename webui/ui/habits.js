@@ -112,7 +112,9 @@
     e.preventDefault();
     openMenu(tab, e.pageX, e.pageY);
   });
-  document.addEventListener("click", (e) => { if (menu && !menu.contains(e.target)) closeMenu(); }, true);
+  document.addEventListener("click", (e) => {  // a click of the user's (not forever's own)
+    if (menu && e.isTrusted && !menu.contains(e.target)) closeMenu();
+  }, true);
 
   // ---- Ctrl+Up / Ctrl+Down: weights in the prompt ---------------------------------------
   // the range [start, end) the key acts on: the selection, else the <...> or (...) group
@@ -214,6 +216,6 @@
   });
 
   Object.assign(window.webuiHabits || (window.webuiHabits = {}), {
-    started, ended, setOptions, setForever, reweigh, running,
+    started, ended, setOptions, setForever, reweigh, running, options: () => ({ ...options }),
   });
 })();
