@@ -91,7 +91,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
             defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})
             with gr.Tab("Settings", id="settings"):
-                settings = build_settings_tab(ctx, demo)
+                settings = build_settings_tab(ctx, demo, checkpoint)
                 build_defaults_section(ctx, defaults)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)

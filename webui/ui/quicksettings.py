@@ -79,7 +79,8 @@ def build_quicksettings(ctx: AppContext) -> QuickSettings:
                 controls[key] = checkpoint
                 continue
             control = option_control(ctx, ctx.options.definitions[key], elem_id=f"quick_{key}")
-            control.label = ctx.options.definitions[key].label
+            # not the tabs' label: their "Clip skip" is this job's, this one the default
+            control.label = f"{ctx.options.definitions[key].label} (default)"
             control.elem_classes = ["quicksettings-option"]
             controls[key] = control
     notice, refresh = checkpoint_notice(ctx, checkpoint, button)
@@ -112,8 +113,8 @@ def connect_quicksettings(
 
 
 def _bar_update(ctx: AppContext, key: str, value: Any) -> dict[str, Any]:
-    if key == CHECKPOINT:  # the picker lists titles and shows the checkpoint jobs use
-        return gr.update()  # filled by `refresh_checkpoints` on load (and its button)
+    if key == CHECKPOINT:  # filled by `refresh_checkpoints` on load (and its button); the
+        return gr.update()  # Settings tab sets it when it applies a new checkpoint
     return control_update(ctx, key, value)
 
 

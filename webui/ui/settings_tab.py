@@ -184,8 +184,10 @@ class SettingsTab:
     saved: Any  # the Apply button's event: `.success(...)` runs after a save
 
 
-def build_settings_tab(ctx: AppContext, demo: gr.Blocks) -> SettingsTab:
-    """The tab; the quick-settings bar (`ui/quicksettings.py`) follows what it applies."""
+def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) -> SettingsTab:
+    """The tab; `picker` is the checkpoint dropdown on top of the page, which follows a
+    new default checkpoint applied here (jobs of this page run with what it shows); the
+    rest of the quick-settings bar (`ui/quicksettings.py`) follows the other options."""
     options = ctx.options
     definitions = list(options.definitions.values())
     frozen = options.read_only
@@ -218,10 +220,15 @@ def build_settings_tab(ctx: AppContext, demo: gr.Blocks) -> SettingsTab:
 
     def save(shown_before: dict[str, Any], *values: Any):
         message = apply_settings(ctx, shown_before, values)
-        return [message, *load()]
+        now = load()
+        changed = now[0].get(CHECKPOINT) != shown_before.get(CHECKPOINT)
+        titles, title = checkpoint_choices(ctx)
+        top = gr.update(choices=titles, value=title) if changed else gr.update()
+        return [message, top, *now]
 
     demo.load(load, outputs=[shown, *ordered], show_progress="hidden")
-    saved = apply.click(save, inputs=[shown, *ordered], outputs=[result, shown, *ordered],
+    saved = apply.click(save, inputs=[shown, *ordered],
+                        outputs=[result, picker, shown, *ordered],
                         api_name="apply_settings")  # fmt: skip
     search.change(None, inputs=search, js=SEARCH_JS)
     return SettingsTab(controls, shown, saved)
