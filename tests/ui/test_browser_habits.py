@@ -226,3 +226,27 @@ def test_a_sound_when_a_long_enough_job_ends(browser, server):  # noqa: F811
         page.wait_for_function("() => window.webuiHabits.beeps === 1", timeout=WAIT)
     finally:
         page.close()
+
+
+def test_settings_defaults_view_and_apply(browser, server):  # noqa: F811
+    srv, data = server
+    page = open_page(browser, srv.url)
+    try:
+        page.get_by_role("tab", name="Settings").click()
+        result = page.locator("#ui_defaults_result")
+        page.locator("#ui_defaults_view").click()
+        expect(result).to_have_text("No changes.", timeout=WAIT)  # a fresh page: none
+        page.get_by_role("tab", name="txt2img").click()
+        set_number(page.locator("#tab_txt2img"), "Sampling steps", 2)
+        page.get_by_role("tab", name="Settings").click()
+        page.locator("#ui_defaults_view").click()
+        expect(result).to_contain_text("txt2img/Sampling steps/value", timeout=WAIT)
+        assert "txt2img/Width/value" not in result.inner_text()
+        page.locator("#ui_defaults_apply").click()
+        expect(result).to_contain_text("1 defaults written to ui-config.json", timeout=WAIT)
+        stored = json.loads((data / "ui-config.json").read_text(encoding="utf-8"))
+        assert stored == {**UI_CONFIG, "txt2img/Sampling steps/value": 2}  # the rest kept
+        page.locator("#ui_defaults_view").click()
+        expect(result).to_have_text("No changes.", timeout=WAIT)
+    finally:
+        page.close()

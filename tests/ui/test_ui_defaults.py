@@ -16,6 +16,7 @@ from webui.ui.ui_defaults import (
     changes_table,
     checked_value,
     read_ui_config,
+    shown_value,
     tab_controls,
     valid_defaults,
     write_changes,
@@ -108,18 +109,25 @@ def test_view_and_apply_changes_write_only_what_differs(tabs, tmp_path) -> None:
     controls = tab_controls(tabs)
     path = tmp_path / "ui-config.json"
     path.write_text(json.dumps({"txt2img/Sampling steps/minimum": 1, "other/x/value": 5}))
-    defaults = UiDefaults(path, controls, {k: c.value for k, c in controls.items()})
-    page = {k: c.value for k, c in controls.items()}
+    defaults = UiDefaults(path, controls, {k: shown_value(c, c.value) for k, c in controls.items()})
+    # what the page sends: "" for the empty prompt (its default is None), an index for the
+    # resize mode (type="index"), [] for no styles
+    page = {k: shown_value(c, c.value) for k, c in controls.items()}
+    page.update({"txt2img/Prompt/value": "", "txt2img/Resize mode/value": 0,
+                 "txt2img/Styles/value": []})  # fmt: skip
     assert changes(defaults, page) == {}
     page.update({"txt2img/Sampling steps/value": 28.0, "txt2img/Seed/value": 7,
-                 "txt2img/Sampling method/value": "not a sampler"})  # fmt: skip
+                 "txt2img/Sampling method/value": "not a sampler",
+                 "txt2img/Resize mode/value": 1})  # fmt: skip
     changed = changes(defaults, page)
-    assert changed == {"txt2img/Sampling steps/value": (20, 28), "txt2img/Seed/value": (-1, 7)}
+    assert changed == {"txt2img/Sampling steps/value": (20, 28), "txt2img/Seed/value": (-1, 7),
+                       "txt2img/Resize mode/value": ("Just resize", "Crop and resize")}  # fmt: skip
     assert "txt2img/Seed/value" in changes_table(changed)
     write_changes(defaults, changed)
     assert json.loads(path.read_text()) == {
         "txt2img/Sampling steps/minimum": 1, "other/x/value": 5,
         "txt2img/Sampling steps/value": 28, "txt2img/Seed/value": 7,
+        "txt2img/Resize mode/value": "Crop and resize",
     }  # fmt: skip
     assert changes(defaults, page) == {}  # the new defaults
     # and the next start reads them

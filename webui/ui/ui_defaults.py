@@ -143,8 +143,23 @@ def apply_ui_defaults(ctx: AppContext, tabs: Mapping[str, Named]) -> UiDefaults:
     controls = tab_controls(tabs)
     for key, value in valid_defaults(read_ui_config(path), controls).items():
         controls[key].value = value
-    defaults = {key: control.value for key, control in controls.items()}
+    defaults = {key: shown_value(control, control.value) for key, control in controls.items()}
     return UiDefaults(path, controls, defaults)
+
+
+def shown_value(control: Any, value: Any) -> Any:
+    """A control's value as the page shows it: an empty text box is "" (Gradio keeps
+    None), an empty list is [], and the choice an index stands for (type="index")."""
+    if value is None and isinstance(control, gr.Textbox):
+        return ""
+    if value is None and isinstance(control, gr.CheckboxGroup | gr.Dropdown):
+        many = isinstance(control, gr.CheckboxGroup) or getattr(control, "multiselect", False)
+        return [] if many else None
+    index = getattr(control, "type", None) == "index" and isinstance(value, int)
+    if index and isinstance(control, gr.Radio | gr.Dropdown) and 0 <= value < len(control.choices):
+        choice = control.choices[value]
+        return choice[1] if isinstance(choice, list | tuple) else choice
+    return value
 
 
 def changes(defaults: UiDefaults, values: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -154,7 +169,7 @@ def changes(defaults: UiDefaults, values: Mapping[str, Any]) -> dict[str, tuple[
     for key, value in values.items():
         control = defaults.controls[key]
         try:
-            value = checked_value(control, value)
+            value = checked_value(control, shown_value(control, value))
         except ValueError:
             continue
         if value != defaults.defaults.get(key):
