@@ -301,6 +301,12 @@ def test_option_defaults() -> None:
         "directories_filename_pattern": "[date]",
         "outdir_samples": "",
         "outdir_save": "",
+        "quicksettings_list": ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+        "notification_audio": False,
+        "notification_min_seconds": 10.0,
+        "notification_volume": 100,
+        "keyedit_precision_attention": 0.1,
+        "keyedit_precision_extra": 0.05,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

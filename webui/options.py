@@ -81,6 +81,27 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _keys(value: Any) -> list[str]:
+    """A list of option keys (the quick-settings bar); unknown keys are skipped where the
+    list is used, so that an option of an extension that is gone breaks nothing."""
+    if isinstance(value, str):  # A1111 <= 1.5 stored "a, b" in quicksettings
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of option names, got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def _number(low: float, high: float) -> Callable[[Any], float]:
+    def validate(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    return validate
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def validate(value: Any) -> str:
         if value not in choices:
@@ -129,9 +150,11 @@ class OptionDef:
 
     @property
     def widget(self) -> str:
-        """checkbox, dropdown, slider, number or textbox."""
+        """checkbox, dropdown, multiselect, slider, number or textbox."""
         if isinstance(self.default, bool):
             return "checkbox"
+        if isinstance(self.default, list):
+            return "multiselect"
         if self.choices is not None:
             return "dropdown"
         if isinstance(self.default, int | float):
@@ -161,6 +184,8 @@ class OptionDef:
             return number
         if isinstance(self.default, str):
             return "" if value is None else value
+        if isinstance(self.default, list) and isinstance(value, list | tuple | type(None)):
+            return list(value or ())
         return value
 
 
@@ -182,6 +207,10 @@ def _languages(ctx: Any) -> list[str]:
             folders.append(record.path / "localizations")
     names = {path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.json")}
     return ["Auto", *sorted(names)]
+
+
+def _option_keys(ctx: Any) -> list[str]:
+    return list(ctx.options.definitions)
 
 
 def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str, Any]:
@@ -235,6 +264,22 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               **_float(0.0, 1.1, 0.001)),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
+    OptionDef("quicksettings_list", ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+              _keys, "Quicksettings list (settings shown on top of the page; applies after a "
+              "restart)", "ui", choices=_option_keys),
+    OptionDef("notification_audio", False, _bool,
+              "Play a sound when a job of this page finishes", "ui"),
+    OptionDef("notification_min_seconds", 10.0, _number(0, 3600), section="ui",
+              label="Only for jobs that took at least this many seconds", minimum=0,
+              maximum=3600),
+    OptionDef("notification_volume", 100, label="Notification sound volume (%)", section="ui",
+              **_int(0, 100, 1)),
+    OptionDef("keyedit_precision_attention", 0.1, _number(0.01, 0.2),
+              "Ctrl+up/down precision when editing (attention:1.1)", "ui",
+              minimum=0.01, maximum=0.2, step=0.001),
+    OptionDef("keyedit_precision_extra", 0.05, _number(0.01, 0.2),
+              "Ctrl+up/down precision when editing <extra networks:0.9>", "ui",
+              minimum=0.01, maximum=0.2, step=0.001),
     OptionDef("localization", "Auto", _string,
               "UI language: Auto (the browser's), en or zh_CN; applies after a restart", "ui",
               choices=_languages),

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from .. import __version__
-from .common import checkpoint_picker
 from .ext_ui import build_extension_tabs
 from .extensions_tab import build_extensions_tab
 from .extras_tab import build_extras_tab
+from .habits import HABITS_CSS, connect_habits, habits_head
 from .i18n import head_html
 from .icons import ICONS_CSS, LABELS_JS
 from .img2img_tab import build_img2img_tab
@@ -25,9 +25,11 @@ from .inpaint_tab import build_inpaint_tab
 from .paste import connect_parameter_copy
 from .pnginfo_tab import build_pnginfo_tab
 from .queue_panel import build_queue_panel
+from .quicksettings import TAB_MIRRORS, build_quicksettings, connect_quicksettings, follow_option
 from .send_to import connect_send_buttons
 from .settings_tab import build_settings_tab
 from .txt2img import build_txt2img_tab
+from .ui_defaults import apply_ui_defaults, build_defaults_section
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -56,7 +58,7 @@ CSS = """
 .queue-action { margin-right: .3em; padding: .1em .5em; border-radius: 4px;
   border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill); }
 """
-CSS += ICONS_CSS
+CSS += ICONS_CSS + HABITS_CSS
 # Result galleries show every image whole: a cell is never taller than the window (Gradio's
 # square cells at a fixed gallery height cut off the bottom of a square result).
 CSS += """
@@ -72,9 +74,10 @@ CSS += """
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion web UI", analytics_enabled=False) as demo:
-        checkpoint, notice, refresh_checkpoints = checkpoint_picker(ctx)
+        quick = build_quicksettings(ctx)
+        checkpoint = quick.checkpoint
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(ctx, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(ctx, checkpoint)
@@ -85,21 +88,30 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo_tab(ctx)
             build_extension_tabs(ctx)  # each extension's own tab
+            generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
+            defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})
             with gr.Tab("Settings", id="settings"):
-                build_settings_tab(ctx, demo, checkpoint)
+                settings = build_settings_tab(ctx, demo, checkpoint)
+                build_defaults_section(ctx, defaults)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
+        for key, name in TAB_MIRRORS.items():
+            follow_option(quick, key, [tab[name] for tab in generation.values()])
+        connect_quicksettings(ctx, demo, quick, settings)
+        connect_habits(ctx, demo, settings, generation)
         connect_send_buttons(ctx, demo, tabs, txt2img, img2img, inpaint, extras)
         connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
         build_queue_panel(ctx, demo)
         gr.HTML(footer_text(ctx), elem_id="footer")
-        demo.load(refresh_checkpoints, outputs=[checkpoint, notice], show_progress="hidden")
+        demo.load(quick.refresh_checkpoints, outputs=[checkpoint, quick.notice],
+                  show_progress="hidden")  # fmt: skip
     return demo
 
 
 def page_head(ctx: AppContext) -> str:
-    """What goes into the page's <head>: the translation script, then the icon labels."""
-    return f"{head_html(ctx)}\n<script>{LABELS_JS}</script>"
+    """What goes into the page's <head>: the translation script, the icon labels, then the
+    keyboard habits (Ctrl+Enter, Escape, Ctrl+up/down, Generate forever, the sound)."""
+    return f"{head_html(ctx)}\n<script>{LABELS_JS}</script>\n{habits_head(ctx)}"
 
 
 def footer_text(ctx: AppContext) -> str:

@@ -66,12 +66,14 @@ def no_checkpoint_message(ctx: AppContext) -> str:
     )
 
 
-def checkpoint_picker(ctx: AppContext):
-    """The checkpoint dropdown, its refresh button and the 'no checkpoint' notice.
+def checkpoint_picker(ctx: AppContext, *, visible: bool = True):
+    """The checkpoint dropdown and its refresh button, in a row where this is called; the
+    'no checkpoint' notice goes below (`checkpoint_notice`). What a choice does is up to
+    the caller (`quicksettings.py`).
 
-    Returns (dropdown, notice, refresh function giving both their current state).
+    Returns (dropdown, refresh button).
     """
-    with gr.Row(elem_id="checkpoint_row"):
+    with gr.Row(elem_id="checkpoint_row", visible=visible):
         dropdown = gr.Dropdown(
             label="Stable Diffusion checkpoint",
             choices=[],
@@ -81,6 +83,13 @@ def checkpoint_picker(ctx: AppContext):
             elem_id="sd_checkpoint",
         )
         refresh = icon_button("refresh", elem_id="refresh_checkpoints")
+    return dropdown, refresh
+
+
+def checkpoint_notice(ctx: AppContext, dropdown: gr.Dropdown, refresh: gr.Button):
+    """The 'no checkpoint' notice; the refresh button rescans the models folder.
+
+    Returns (notice, refresh function giving the dropdown and the notice their state)."""
     notice = gr.Markdown(no_checkpoint_message(ctx), visible=False, elem_id="no_checkpoint")
 
     def refresh_list():
@@ -88,13 +97,8 @@ def checkpoint_picker(ctx: AppContext):
         titles, selected = checkpoint_choices(ctx)
         return gr.Dropdown(choices=titles, value=selected), gr.Markdown(visible=not titles)
 
-    def preload(title: str | None):
-        if title:
-            ctx.jobs.submit("load", title, owner="ui-preload")
-
     refresh.click(refresh_list, outputs=[dropdown, notice])
-    dropdown.input(preload, inputs=dropdown)
-    return dropdown, notice, refresh_list
+    return notice, refresh_list
 
 
 def progress_html(ctx: AppContext, job: job_states.Job, waiting_after: int = 0) -> str:

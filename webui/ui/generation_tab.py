@@ -33,6 +33,7 @@ from ..imaging.masks import RESIZE_MODES
 from .common import InputError, owner_of
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
+from .habits import started_js
 from .icons import icon_button
 from .image_common import Named, OutputPanel, finished_outputs, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
@@ -65,6 +66,7 @@ class GenerationTab:
     named: Named
     output: OutputPanel
     extra: dict[str, Any] = field(default_factory=dict)  # what `spec.inputs` exposes
+    runs: list[Any] = field(default_factory=list)  # the run events (Generate, prompt submit)
 
     def __getitem__(self, name: str):
         return self.named[name]
@@ -116,12 +118,15 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         ctx.jobs.interrupt_owner(owner_of(request))
 
     outputs = [*output.outputs, last_seed, last_subseed]
+    runs = []
     for trigger in (generate.click, named["prompt"].submit):
-        trigger(run, inputs=named.inputs, outputs=outputs, concurrency_limit=None,
-                show_progress="hidden", trigger_mode="multiple")  # fmt: skip
+        event = trigger(run, inputs=named.inputs, outputs=outputs, concurrency_limit=None,
+                        show_progress="hidden", trigger_mode="multiple",
+                        js=started_js(spec.prefix))  # fmt: skip
+        runs.append(event)
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
-    return GenerationTab(named, output)
+    return GenerationTab(named, output, runs=runs)
 
 
 def _prompt_row(ctx: AppContext, named: Named, checkpoint, prefix: str):

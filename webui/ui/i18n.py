@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .habits import habit_labels
 from .icons import icon_labels
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def ui_strings(blocks: Any) -> set[str]:
                 shown = choice[0] if isinstance(choice, list | tuple) else choice
                 found.add(str(shown))
     found.update(icon_labels())  # set in the page by icons.LABELS_JS
+    found.update(habit_labels())  # shown by habits.js
     return {s.strip() for s in found if needs_translation(s)}
 
 

@@ -18,6 +18,7 @@ This module must never import torch or diffusers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -82,10 +83,23 @@ def apply_settings(ctx: AppContext, shown: Mapping[str, Any], values: Sequence[A
 
     All or nothing: frozen settings, a changed path option while locked, or any invalid
     value refuse the whole form, and nothing is changed then."""
-    options = ctx.options
     if not shown:  # the page has not loaded its values: it cannot tell what changed
         raise InputError("Not saved: reload the page and try again")
-    pending = changed_options(list(options.definitions.values()), shown, values)
+    pending = changed_options(list(ctx.options.definitions.values()), shown, values)
+    return apply_changes(ctx, pending)
+
+
+def apply_option(ctx: AppContext, key: str, value: Any) -> str:
+    """One option changed outside the Settings tab (the quick-settings bar): the same
+    checks, saving and messages as Apply."""
+    definition = ctx.options.definitions[key]
+    return apply_changes(ctx, {key: definition.normalized(value)})
+
+
+def apply_changes(ctx: AppContext, pending: Mapping[str, Any]) -> str:
+    """Check, set and save `pending` (key -> value in the option's type); InputError if
+    anything is refused, and then nothing is changed."""
+    options = ctx.options
     if pending and options.read_only:
         raise InputError("Not saved: settings are frozen (--freeze-settings)")
     locked = sorted(set(pending) & options.locked)
@@ -113,20 +127,26 @@ def apply_settings(ctx: AppContext, shown: Mapping[str, Any], values: Sequence[A
 def control_updates(ctx: AppContext, shown: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A gr.update per control: its value, and for dropdowns the current choices (a stored
     value that is not among them is added, so the tab shows what is stored)."""
-    updates = []
-    for key, definition in ctx.options.definitions.items():
-        value = shown[key]
-        if definition.widget != "dropdown":
-            updates.append(gr.update(value=value))
-            continue
+    return [control_update(ctx, key, shown[key]) for key in ctx.options.definitions]
+
+
+def control_update(ctx: AppContext, key: str, value: Any) -> dict[str, Any]:
+    """The gr.update that shows `value` in the control of option `key`."""
+    definition = ctx.options.definitions[key]
+    if definition.widget == "multiselect":
         choices = definition.choices_for(ctx)
-        if value and value not in choices:
-            choices.append(value)
-        updates.append(gr.update(choices=choices, value=value or None))
-    return updates
+        return gr.update(choices=[*choices, *(v for v in value if v not in choices)], value=value)
+    if definition.widget != "dropdown":
+        return gr.update(value=value)
+    choices = definition.choices_for(ctx)
+    if value and value not in choices:
+        choices.append(value)
+    return gr.update(choices=choices, value=value or None)
 
 
-def _control(ctx: AppContext, definition: OptionDef) -> gr.components.Component:
+def option_control(
+    ctx: AppContext, definition: OptionDef, *, elem_id: str | None = None
+) -> gr.components.Component:
     """The widget `definition.widget` names; its value and choices come on page load."""
     options = ctx.options
     label = f"{definition.label} ({definition.key})"
@@ -135,7 +155,7 @@ def _control(ctx: AppContext, definition: OptionDef) -> gr.components.Component:
     common: dict[str, Any] = {
         "label": label,
         "interactive": not options.read_only and definition.key not in options.locked,
-        "elem_id": f"setting_{definition.key}",
+        "elem_id": elem_id or f"setting_{definition.key}",
         "elem_classes": ["settings-option"],
     }
     bounds = {"minimum": definition.minimum, "maximum": definition.maximum}
@@ -144,6 +164,8 @@ def _control(ctx: AppContext, definition: OptionDef) -> gr.components.Component:
         return gr.Checkbox(**common)
     if widget == "dropdown":
         return gr.Dropdown(choices=[], value=None, allow_custom_value=False, **common)
+    if widget == "multiselect":
+        return gr.Dropdown(choices=[], value=[], multiselect=True, **common)
     if widget == "slider":
         return gr.Slider(step=definition.step, **bounds, **common)
     if widget == "number":
@@ -152,9 +174,20 @@ def _control(ctx: AppContext, definition: OptionDef) -> gr.components.Component:
     return gr.Textbox(**common)
 
 
-def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) -> None:
+@dataclass
+class SettingsTab:
+    """What other parts of the page connect to: the option controls by key, the options
+    the page showed (`shown`, a gr.State) and the Apply event (`saved`)."""
+
+    controls: dict[str, gr.components.Component]
+    shown: gr.State
+    saved: Any  # the Apply button's event: `.success(...)` runs after a save
+
+
+def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) -> SettingsTab:
     """The tab; `picker` is the checkpoint dropdown on top of the page, which follows a
-    new default checkpoint applied here (jobs of this page run with what it shows)."""
+    new default checkpoint applied here (jobs of this page run with what it shows); the
+    rest of the quick-settings bar (`ui/quicksettings.py`) follows the other options."""
     options = ctx.options
     definitions = list(options.definitions.values())
     frozen = options.read_only
@@ -174,10 +207,10 @@ def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) ->
         with gr.Group(elem_classes=["settings-section"], elem_id=f"settings_{section}"):
             gr.Markdown(f"### {title}", elem_classes=["settings-section-title"])
             for definition in members:
-                controls[definition.key] = _control(ctx, definition)
+                controls[definition.key] = option_control(ctx, definition)
     for definition in definitions:  # an option of a section not in SECTIONS: shown last
         if definition.key not in controls:
-            controls[definition.key] = _control(ctx, definition)
+            controls[definition.key] = option_control(ctx, definition)
     ordered = [controls[d.key] for d in definitions]
     shown = gr.State({})  # what this page showed: Apply writes only what differs from it
 
@@ -194,6 +227,8 @@ def build_settings_tab(ctx: AppContext, demo: gr.Blocks, picker: gr.Dropdown) ->
         return [message, top, *now]
 
     demo.load(load, outputs=[shown, *ordered], show_progress="hidden")
-    apply.click(save, inputs=[shown, *ordered], outputs=[result, picker, shown, *ordered],
-                api_name="apply_settings")  # fmt: skip
+    saved = apply.click(save, inputs=[shown, *ordered],
+                        outputs=[result, picker, shown, *ordered],
+                        api_name="apply_settings")  # fmt: skip
     search.change(None, inputs=search, js=SEARCH_JS)
+    return SettingsTab(controls, shown, saved)
