@@ -33,13 +33,18 @@ def tiny_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def with_tiny_sd1(folder: Path, tiny_files: dict[str, Path]) -> Path:
+    """`folder` made a --data-dir with the tiny SD 1.x checkpoint in models/Stable-diffusion."""
+    ckpt_dir = folder / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    shutil.copy(tiny_files["sd1"], ckpt_dir / "tiny-sd1.safetensors")
+    return folder
+
+
 @pytest.fixture
 def data_dir(tmp_path, tiny_files) -> Path:
     """A fresh --data-dir with the tiny SD 1.x checkpoint in models/Stable-diffusion."""
-    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt_dir / "tiny-sd1.safetensors")
-    return tmp_path
+    return with_tiny_sd1(tmp_path, tiny_files)
 
 
 def free_port() -> int:

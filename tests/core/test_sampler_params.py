@@ -5,14 +5,13 @@ read back by the API."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, with_tiny_sd1
 from webui.app import create_app
 from webui.core.composable import hooked, sigma_of_timestep
 from webui.core.conditioning import prepare_conditioning
@@ -100,10 +99,7 @@ def test_options_fill_what_the_request_leaves_out():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    data = tmp_path_factory.mktemp("sampler-params")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
+    data = with_tiny_sd1(tmp_path_factory.mktemp("sampler-params"), tiny_files)
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
     app = create_app(flags)
     with ServerThread(app) as srv:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 
 import httpx
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, with_tiny_sd1
 from webui.app import create_app
 from webui.core.decode import decode_latents
 from webui.core.params import Txt2ImgParams
@@ -99,10 +98,7 @@ def test_tiled_vae_decode_keeps_the_seam():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    data = tmp_path_factory.mktemp("tiling")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
+    data = with_tiny_sd1(tmp_path_factory.mktemp("tiling"), tiny_files)
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
     app = create_app(flags)
     with ServerThread(app) as srv:

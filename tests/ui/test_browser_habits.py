@@ -7,13 +7,12 @@ defaults."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, with_tiny_sd1
 from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from tests.ui.test_browser_img2img import set_number, wait_for_checkpoint
 from webui.app import create_app
@@ -33,10 +32,7 @@ UI_CONFIG = {  # small, fast jobs; a bad value and an unknown key are skipped
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    data = tmp_path_factory.mktemp("browser-habits")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
+    data = with_tiny_sd1(tmp_path_factory.mktemp("browser-habits"), tiny_files)
     (data / "ui-config.json").write_text(json.dumps(UI_CONFIG), encoding="utf-8")
     flags = parse_flags(["--data-dir", str(data), "--no-download-sd-model"])
     with ServerThread(create_app(flags)) as srv:

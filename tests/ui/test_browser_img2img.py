@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, with_tiny_sd1
 from tests.tiny_upscaler import write_tiny_esrgan
 from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from webui.app import create_app
@@ -27,12 +27,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    import shutil
 
-    data = tmp_path_factory.mktemp("browser-img2img")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
+    data = with_tiny_sd1(tmp_path_factory.mktemp("browser-img2img"), tiny_files)
     write_tiny_esrgan(data / "models" / "ESRGAN" / "4x-tiny.pth", scale=4)
     flags = parse_flags(["--data-dir", str(data), "--no-download-sd-model"])
     with ServerThread(create_app(flags)) as srv:

@@ -104,7 +104,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         async for update in follow_job(ctx, request, tab_jobs, job):
             finished = update.finished
             if finished is None:
-                yield update.progress, update.gallery, *[gr.skip()] * 4
+                yield update.progress, update.gallery, *[gr.skip()] * (len(outputs) - 2)
                 continue
             result = finished.result
             yield (
