@@ -45,7 +45,7 @@ def run(ctx, kind: str, params, options: dict | None = None):
     job = ctx.jobs.submit(kind, params.validated(), owner="noise", options=options or {})
     assert job.done.wait(300), "the job did not finish"
     assert job.state == "done", job.error
-    return job.result.images
+    return [g for g in job.result.images if not g.grid]  # a batch's grid comes first
 
 
 def pixels(image: Image.Image) -> np.ndarray:

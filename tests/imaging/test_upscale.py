@@ -202,7 +202,7 @@ def test_an_extras_rerun_after_a_restart_writes_no_second_file(ctx, tmp_path, fo
     assert [i.path for i in recorded] == first.saved and len(before) == 2
     rerun = Job("extras", params, owner="test", options=first.options,
                 earlier=dict(enumerate(recorded)))  # fmt: skip
-    ctx.jobs._runner(rerun)  # what the worker does with a restored job
+    ctx.jobs._slots[0].executor.run(rerun)  # what the worker does with a restored job
     assert sorted(out.rglob("*.png")) == before and rerun.saved == first.saved
 
 

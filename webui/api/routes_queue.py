@@ -51,6 +51,7 @@ from .submit import submit_generation
 log = logging.getLogger(__name__)
 
 PREFIX = "/webui/v1"
+MAX_OFFSET = 2**31 - 1  # SQLite integers are 64-bit; no history is near this
 MAX_PAGE = 200  # finished jobs per /queue page
 
 
@@ -133,7 +134,9 @@ def queue_router() -> APIRouter:
     def queue(
         ctx: Ctx,
         user: User,
-        offset: Annotated[int, Query(ge=0, description="finished jobs to leave out")] = 0,
+        offset: Annotated[
+            int, Query(ge=0, le=MAX_OFFSET, description="finished jobs to leave out")
+        ] = 0,
         limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="finished jobs")] = 20,
     ) -> Any:
         listing = ctx.jobs.listing(finished_limit=limit, finished_offset=offset)
