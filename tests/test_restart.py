@@ -95,7 +95,8 @@ class Server:
 
 
 def _pngs(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "outputs").rglob("*.png"))
+    """The images (batch grids are in <kind>-grids folders)."""
+    return sorted(p for p in (data_dir / "outputs").rglob("*.png") if "-grids" not in str(p))
 
 
 def _seed(path: Path) -> int:
@@ -138,7 +139,8 @@ def test_a_killed_server_runs_every_accepted_job_after_a_restart(data_dir) -> No
     assert jobs["running"]["attempts"] == 2
     assert jobs["running"]["rerun"] == "run again: the server restarted while it ran (attempt 2)"
     assert [jobs[i]["attempts"] for i in ids[1:]] == [1, 1, 1]
-    assert [jobs[i]["image_count"] for i in ids] == [2, 1, 1, 1]
+    assert [jobs[i]["image_count"] for i in ids] == [3, 1, 1, 1]  # 2 images and their grid
+    assert len(list((data_dir / "outputs").rglob("*-grids/*/*.png"))) == 1  # one grid
     seeds = sorted(_seed(p) for p in _pngs(data_dir))
     assert seeds == [1000, 1001, 2000, 3000, 4000], seeds  # exactly one PNG per image
     finished = {j["id"]: j for j in listing["jobs"] if j["position"] is None}

@@ -138,8 +138,14 @@ def test_upscale_tab_and_a_bad_upload(browser, server, tmp_path):  # noqa: F811
     open_tab(page, "Upscale")
     page.locator("#extras_image input[type=file]").set_input_files(str(tmp_path / "small.png"))
     page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
-    page.locator("#extras_upscaler_1 input").fill("4x-tiny")
-    page.locator("#extras_upscaler_1 input").press("Enter")
+    upscaler = page.locator("#extras_upscaler_1 input")
+    upscaler.fill("4x-tiny")
+    page.get_by_role("option", name="4x-tiny").click(timeout=30_000)  # picked, not typed
+    for _ in range(120):  # the choice reaches the input (slow on a busy machine)
+        if upscaler.input_value() == "4x-tiny":
+            break
+        page.wait_for_timeout(250)
+    assert upscaler.input_value() == "4x-tiny"
     set_number(page.locator("#tab_extras"), "Resize", 2)
     page.locator("#extras_generate").click()
     page.locator("#extras_gallery img").first.wait_for(state="visible", timeout=120_000)
