@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerThread
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser import _set_number
 from tests.ui.test_browser_pnginfo_i18n import number, visible, wait_value
 from webui.app import create_app
 from webui.imaging.infotext import read_infotext_from_image
@@ -32,18 +32,6 @@ def server(tmp_path_factory, tiny_files) -> Iterator[tuple[ServerThread, object,
     app = create_app(flags)
     with ServerThread(app) as srv:
         yield srv, app.state.ctx, data
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str, width: int = 1400, height: int = 1000, locale: str = "en-US"):

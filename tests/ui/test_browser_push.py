@@ -11,13 +11,12 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ServerThread
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser import _set_number
 from webui.app import create_app
 from webui.settings import parse_flags
 from webui.ui import queue_panel
@@ -40,18 +39,6 @@ def server(tmp_path_factory, tiny_files) -> Iterator[tuple[ServerThread, object]
     app = create_app(flags)
     with ServerThread(app) as srv:
         yield srv, app.state.ctx
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str):

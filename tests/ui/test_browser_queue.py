@@ -9,12 +9,11 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServerThread
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS, _set_number
+from tests.ui.test_browser import _set_number
 from webui.app import create_app
 from webui.settings import parse_flags
 
@@ -34,18 +33,6 @@ def server(tmp_path_factory, tiny_files) -> Iterator[tuple[ServerThread, object]
     app = create_app(flags)
     with ServerThread(app) as srv:
         yield srv, app.state.ctx
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def open_user(browser, url: str):
