@@ -113,7 +113,7 @@ def test_a_killed_server_runs_every_accepted_job_after_a_restart(data_dir) -> No
         first.wait_until_up()
         for body in (RUNNING, *WAITING):
             response = httpx.post(f"{first.url}/webui/v1/txt2img", json=body, timeout=30)
-            assert response.status_code == 202, response.text
+            assert response.status_code == 202, f"{response.text}\n{first.log()}"
         # the running job has saved its first image and samples its second one
         first.wait(lambda: len(_pngs(data_dir)) == 1, "save the first image")
         time.sleep(0.2)  # the store records the file right after writing it
