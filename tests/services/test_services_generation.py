@@ -156,6 +156,25 @@ def test_override_settings_only_affect_the_job(ctx):
     assert other.params.clip_skip == 1 and other.params.checkpoint is None
 
 
+def test_clip_skip_none_is_the_option_as_a1111_api_jobs_use_it(ctx):
+    """The API sends no clip skip (None): the job takes the server's option, as A1111's
+    processing reads opts.CLIP_stop_at_last_layers; override_settings still wins."""
+    svc = service(ctx)
+    before = ctx.options.get("CLIP_stop_at_last_layers")
+    ctx.options.set("CLIP_stop_at_last_layers", 2)
+    try:
+        api_job = svc.submit(GenerationRequest("txt2img", txt2img(clip_skip=None), "alice"))
+        overridden = svc.submit(GenerationRequest(
+            "txt2img", txt2img(clip_skip=None), "alice",
+            override_settings={"CLIP_stop_at_last_layers": 1}))  # fmt: skip
+        ui_job = svc.submit(GenerationRequest("txt2img", txt2img(clip_skip=1), "bob"))
+    finally:
+        ctx.options.set("CLIP_stop_at_last_layers", before)
+    assert api_job.params.clip_skip == 2
+    assert overridden.params.clip_skip == 1
+    assert ui_job.params.clip_skip == 1  # a front end's own value stays
+
+
 def test_seed_is_fixed_and_params_validated(ctx):
     job = service(ctx).submit(GenerationRequest("txt2img", txt2img(seed=-1), "alice"))
     assert 0 <= job.params.seed and job.owner == "alice" and job.kind == "txt2img"

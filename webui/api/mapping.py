@@ -130,6 +130,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         grid=bool(_value(req, "save_images")) and not _value(req, "do_not_save_grid"),
         hires=hires_params(req, upscalers),
         styles=_styles_of(req),
+        clip_skip=None,  # A1111: the option, unless override_settings sets it
         **sampling_fields(req),
     )
     return generation_request("txt2img", req, params, owner)

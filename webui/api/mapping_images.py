@@ -112,6 +112,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         **mapping.seed_fields(req),
         batch_count=_v(req, "n_iter"),
         batch_size=_v(req, "batch_size"),
+        clip_skip=None,  # A1111: the option, unless override_settings sets it
         save_images=bool(_v(req, "save_images")) and not _v(req, "do_not_save_samples"),
         # A1111's API makes a batch grid only when it saves (do_not_save_grid = not save_images)
         grid=bool(_v(req, "save_images")) and not _v(req, "do_not_save_grid"),

@@ -46,7 +46,7 @@ class Txt2ImgParams:
     seed_resize_from_h: int = 0
     batch_count: int = 1  # A1111 "n_iter"
     batch_size: int = 1
-    clip_skip: int = 1
+    clip_skip: int | None = 1  # None: the CLIP_stop_at_last_layers option (the API's way)
     checkpoint: str | None = None  # title, name or hash; None = the current/first one
     save_images: bool = True  # the API saves nothing unless asked (A1111's save_images)
     grid: bool = True  # a grid of the images when there are several (not do_not_save_grid)

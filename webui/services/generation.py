@@ -107,7 +107,8 @@ class GenerationService:
             raise TypeError(f"a {request.kind!r} request needs {expected}, got {request.params!r}")
         if request.kind == "extras":
             return self._extras(request)
-        params = replace(request.params, **self._override_fields(request.override_settings))
+        overrides = self._override_fields(request.override_settings, request.params.clip_skip)
+        params = replace(request.params, **overrides)
         script = _script_name(request.script)
         if request.kind == "img2img" and script.lower() == SD_UPSCALE.lower():
             params = replace(
@@ -139,8 +140,11 @@ class GenerationService:
         )  # fmt: skip
 
     # --- the steps -------------------------------------------------------------------
-    def _override_fields(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """override_settings that are params fields: the checkpoint and clip skip."""
+    def _override_fields(
+        self, settings: Mapping[str, Any], params_clip_skip: int | None
+    ) -> dict[str, Any]:
+        """override_settings that are params fields: the checkpoint and clip skip (None in
+        the params: the option's value)."""
         out: dict[str, Any] = {}
         checkpoint = settings.get(CHECKPOINT)
         if checkpoint not in (None, ""):
@@ -148,6 +152,8 @@ class GenerationService:
                 checkpoint, self.models, (OVERRIDES, CHECKPOINT)
             ).title
         clip_skip = settings.get(CLIP_SKIP)
+        if clip_skip is None and params_clip_skip is None:  # the API: the option, as A1111
+            clip_skip = self.options.get(CLIP_SKIP)
         if clip_skip is not None:
             definition = self.options.definitions[CLIP_SKIP]
             try:
