@@ -15,7 +15,7 @@ Issue 7, point 19.
   every run unless WEBUI_SCHEMATHESIS_RANDOM=1.
 - `test_locust_load_nothing_lost`: locust (headless, in a subprocess: its gevent
   monkey-patching must stay out of pytest) with 10 users against a real server on
-  127.0.0.1 for WEBUI_LOCUST_SECONDS (default 120); see tests/locustfile.py. No 5xx, no
+  127.0.0.1 for WEBUI_LOCUST_SECONDS (default 60); see tests/locustfile.py. No 5xx, no
   connection failure, no failed request, and every job the API accepted has its image,
   complete and with its own infotext, in outputs/.
 """
@@ -261,13 +261,13 @@ def test_unwritable_output_folder_is_422_not_500(api_app, tmp_path):
 
 # --- locust -------------------------------------------------------------------------------
 
-LOCUST_SECONDS = int(os.environ.get("WEBUI_LOCUST_SECONDS", "120"))
+LOCUST_SECONDS = int(os.environ.get("WEBUI_LOCUST_SECONDS", "60"))
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOAD_USERS = {f"user{i}": f"pw-load-{i}" for i in range(10)}
 
 
 def test_locust_load_nothing_lost(tmp_path, data_dir):
-    """10 users on a real server for WEBUI_LOCUST_SECONDS (default 120): progress polls
+    """10 users on a real server for WEBUI_LOCUST_SECONDS (default 60): progress polls
     and tiny jobs, waited for and queued. No 5xx, no connection failure, no failed
     request; every accepted job's image is complete on disk in outputs/."""
     auth = ",".join(f"{u}:{p}" for u, p in LOAD_USERS.items())
