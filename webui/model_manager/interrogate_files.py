@@ -39,6 +39,10 @@ class MissingModelError(LookupError, UserError):
     """An interrogate model's file is not where it must be; the message says which."""
 
 
+class BadModelFileError(ValueError, UserError):
+    """An interrogate model's files are there but unusable; the message says which."""
+
+
 @dataclass(frozen=True)
 class Tag:
     name: str

@@ -26,7 +26,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .interrogate_files import GENERAL, RATING, Category, ClipFiles, OnnxTaggerFiles, Tag
+from .interrogate_files import (
+    GENERAL,
+    RATING,
+    BadModelFileError,
+    Category,
+    ClipFiles,
+    OnnxTaggerFiles,
+    Tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +141,7 @@ class OnnxTagger:
         array = wd14_input(image, side) if self.wd14 else deepbooru_input(image, side)
         out = self.session.run(None, {self.input.name: array[None]})[0][0]
         if len(out) != len(self.tags):
-            raise ValueError(
+            raise BadModelFileError(
                 f"{self.files.model.name} gives {len(out)} scores but "
                 f"{self.files.tags.name} lists {len(self.tags)} tags"
             )
@@ -192,7 +200,11 @@ class InterrogatorCache:
     def _get(self, key: Any, load: Callable[[], Any]) -> Any:
         if key not in self._models:
             log.info("loading interrogate model %s", key[1:])
-            self._models[key] = load()
+            try:
+                self._models[key] = load()
+            except Exception as exc:  # a bad file (onnxruntime's errors are plain Exceptions)
+                files = ", ".join(str(part) for part in key[1:] if isinstance(part, Path))
+                raise BadModelFileError(f"cannot load {files}: {exc}") from exc
         return self._models[key]
 
     def clear(self) -> None:
