@@ -317,6 +317,21 @@ def test_option_defaults() -> None:
         "notification_volume": 100,
         "keyedit_precision_attention": 0.1,
         "keyedit_precision_extra": 0.05,
+        "interrogate_keep_models_in_memory": False,
+        "interrogate_return_ranks": False,
+        "interrogate_clip_num_beams": 1,
+        "interrogate_clip_min_length": 24,
+        "interrogate_clip_max_length": 48,
+        "interrogate_clip_dict_limit": 1500,
+        "interrogate_clip_skip_categories": [],
+        "interrogate_deepbooru_score_threshold": 0.5,
+        "deepbooru_sort_alpha": True,
+        "deepbooru_use_spaces": True,
+        "deepbooru_escape": True,
+        "deepbooru_filter_tags": "",
+        "interrogate_wd14_model": "",
+        "interrogate_wd14_general_threshold": 0.35,
+        "interrogate_wd14_character_threshold": 0.85,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

@@ -122,6 +122,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "queue": "Queue",
     "saving-images": "Saving images/grids",
     "saving-paths": "Paths for saving",
+    "interrogate": "Interrogate",
 }
 
 
@@ -211,6 +212,18 @@ def _languages(ctx: Any) -> list[str]:
 
 def _option_keys(ctx: Any) -> list[str]:
     return list(ctx.options.definitions)
+
+
+def _names(value: Any) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of names, got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def _interrogate_categories(ctx: Any) -> list[str]:
+    """The CLIP category lists: models/interrogate/*.txt."""
+    folder = Path(ctx.flags.models_dir) / "interrogate"
+    return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
 
 
 def _int(low: int, high: int | None = None, step: int | None = None) -> dict[str, Any]:
@@ -319,6 +332,36 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("outdir_save", "", _string,
               "Directory for saving images using the Save button (empty: outputs/saved)",
               "saving-paths", path=True),
+    OptionDef("interrogate_keep_models_in_memory", False, _bool, "Keep models in VRAM",
+              "interrogate"),
+    OptionDef("interrogate_return_ranks", False, _bool,
+              "Include ranks of model tags matches in results.", "interrogate"),
+    OptionDef("interrogate_clip_num_beams", 1, label="BLIP: num_beams", section="interrogate",
+              **_int(1, 16, 1)),
+    OptionDef("interrogate_clip_min_length", 24, label="BLIP: minimum description length",
+              section="interrogate", **_int(1, 128, 1)),
+    OptionDef("interrogate_clip_max_length", 48, label="BLIP: maximum description length",
+              section="interrogate", **_int(1, 256, 1)),
+    OptionDef("interrogate_clip_dict_limit", 1500, section="interrogate", **_int(0),
+              label="CLIP: maximum number of lines in text file (0 = No limit)"),
+    OptionDef("interrogate_clip_skip_categories", [], _names, "CLIP: skip inquire categories",
+              "interrogate", choices=_interrogate_categories),
+    OptionDef("interrogate_deepbooru_score_threshold", 0.5, label="deepbooru: score threshold",
+              section="interrogate", **_float(0.0, 1.0, 0.01)),
+    OptionDef("deepbooru_sort_alpha", True, _bool, "deepbooru: sort tags alphabetically",
+              "interrogate"),
+    OptionDef("deepbooru_use_spaces", True, _bool, "deepbooru: use spaces in tags",
+              "interrogate"),
+    OptionDef("deepbooru_escape", True, _bool, "deepbooru: escape (\\) brackets", "interrogate"),
+    OptionDef("deepbooru_filter_tags", "", _string,
+              "deepbooru: filter out those tags (comma-separated)", "interrogate"),
+    OptionDef("interrogate_wd14_model", "", _string,
+              "WD14 tagger: model folder in models/interrogate (empty: the first one)",
+              "interrogate"),
+    OptionDef("interrogate_wd14_general_threshold", 0.35, section="interrogate",
+              label="WD14 tagger: general tags threshold", **_float(0.0, 1.0, 0.01)),
+    OptionDef("interrogate_wd14_character_threshold", 0.85, section="interrogate",
+              label="WD14 tagger: character tags threshold", **_float(0.0, 1.0, 0.01)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

@@ -17,12 +17,14 @@ import pytest
 from PIL import Image
 
 from webui.core import jobs as J
+from webui.core.interrogate import InterrogateParams
 from webui.core.job_codec import CodecError, decode, decode_params, encode
 from webui.core.job_store import NOT_RESTORED, RESTARTED, JobStore
 from webui.core.jobs import JobQueue
 from webui.core.params import Txt2ImgParams
 from webui.core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams, SDUpscaleParams
 from webui.imaging.upscaler_list import UpscalerRef
+from webui.model_manager.interrogate_files import Category, ClipFiles, OnnxTaggerFiles
 
 
 def _image(mode: str, size=(16, 8), seed: int = 1) -> Image.Image:
@@ -60,17 +62,26 @@ SD_UPSCALE = Img2ImgParams(prompt="tiles", init_images=(_image("RGB"),), width=6
                            sd_upscale=SDUpscaleParams(UpscalerRef("Lanczos"), 2.0, 32))  # fmt: skip
 EXTRAS = ExtrasParams(images=((_image("RGB"), "a.png"), (_image("RGB", seed=5), "b.png")),
                       upscaler_1=UpscalerRef("Lanczos"), output_dir="/tmp/out")  # fmt: skip
+INTERROGATE = InterrogateParams(
+    _image("RGB"), "clip",
+    clip=ClipFiles(Path("/m/blip"), Path("/m/clip"), (Category("flavors", Path("/m/f.txt"), 1),)),
+)  # fmt: skip
+INTERROGATE_WD14 = InterrogateParams(_image("RGB"), "wd-tagger",
+                                     onnx=OnnxTaggerFiles(Path("/m/a.onnx"), Path("/m/t.csv")))  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "kind, params",
     [("txt2img", TXT2IMG), ("img2img", IMG2IMG), ("img2img", SD_UPSCALE), ("extras", EXTRAS),
-     ("load", "tiny [abc]"), ("load", None), ("unload", None)],
-    ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload"],
+     ("load", "tiny [abc]"), ("load", None), ("unload", None),
+     ("interrogate", INTERROGATE), ("interrogate", INTERROGATE_WD14)],
+    ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload",
+         "interrogate-clip", "interrogate-wd14"],
 )  # fmt: skip
 def test_every_params_kind_round_trips(kind, params) -> None:
     text, blobs = encode(params)
-    images = {"img2img": len(getattr(params, "init_images", ())) + 1, "extras": 2}
+    images = {"img2img": len(getattr(params, "init_images", ())) + 1, "extras": 2,
+              "interrogate": 1}  # fmt: skip
     assert len(blobs) == images.get(kind, 0) - (params is SD_UPSCALE)  # images: PNG blobs
     back = decode_params(kind, text, blobs)
     assert _same(params, back)

@@ -232,10 +232,20 @@ def test_widgets_and_sections() -> None:
         "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
         "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
         "directories_filename_pattern": "textbox", "outdir_save": "textbox",
+        "interrogate_keep_models_in_memory": "checkbox", "interrogate_return_ranks": "checkbox",
+        "interrogate_clip_num_beams": "slider", "interrogate_clip_min_length": "slider",
+        "interrogate_clip_max_length": "slider", "interrogate_clip_dict_limit": "number",
+        "interrogate_clip_skip_categories": "multiselect",
+        "interrogate_deepbooru_score_threshold": "slider", "deepbooru_sort_alpha": "checkbox",
+        "deepbooru_use_spaces": "checkbox", "deepbooru_escape": "checkbox",
+        "deepbooru_filter_tags": "textbox", "interrogate_wd14_model": "textbox",
+        "interrogate_wd14_general_threshold": "slider",
+        "interrogate_wd14_character_threshold": "slider",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
-                                       "Saving images/grids", "Paths for saving"]  # fmt: skip
+                                       "Saving images/grids", "Paths for saving",
+                                       "Interrogate"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

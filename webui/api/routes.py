@@ -97,6 +97,9 @@ def api_router() -> APIRouter:
     from .routes_ext import extensions_router  # scripts, script-info, extensions
 
     router.include_router(extensions_router())
+    from .routes_interrogate import interrogate_router  # interrogate: CLIP, DeepBooru, WD14
+
+    router.include_router(interrogate_router())
     for path, (method, feature) in NOT_BUILT.items():
         router.add_api_route(
             path, _not_built_endpoint(feature), methods=[method], status_code=501,

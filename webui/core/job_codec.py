@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from .interrogate import InterrogateParams
 from .params import Txt2ImgParams
 from .params_img2img import ExtrasParams, Img2ImgParams
 
@@ -37,6 +38,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "txt2img": (Txt2ImgParams,),
     "img2img": (Img2ImgParams,),
     "extras": (ExtrasParams,),
+    "interrogate": (InterrogateParams,),
     "load": (str, type(None)),
     "unload": (type(None),),
 }

@@ -20,10 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from PIL import Image
 
 from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
+from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
@@ -31,6 +33,7 @@ from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
 from .img2img import img2img
 from .img2img_batch import save_named
+from .interrogate import InterrogateResult, interrogate
 from .jobs import Job
 from .oom import run_guarded
 from .params import Txt2ImgParams
@@ -99,8 +102,11 @@ class Worker:
         # upscaler models stay loaded between jobs (the last one); only this worker runs them
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
+        self.interrogators = interrogator_cache(models)  # loaded on the first interrogation
 
-    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | None:
+    def __call__(
+        self, job: Job, hooks: RunHooks = NO_HOOKS
+    ) -> JobResult | ExtrasResult | InterrogateResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -109,9 +115,13 @@ class Worker:
         if job.kind == "unload":  # free the RAM/VRAM of every loaded checkpoint
             models.unload_all()
             self.upscalers.clear()
+            self.interrogators.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
+        if job.kind == "interrogate":  # a picture to a prompt: no checkpoint
+            opt = partial(job_option, job, self.options)
+            return interrogate(job.params, self.interrogators, opt, job.progress)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)
@@ -228,6 +238,13 @@ class Worker:
             return str(path)
 
         return save
+
+
+def interrogator_cache(models: ModelManager) -> InterrogatorCache:
+    """On the models' device; half precision on a GPU in half, else float32."""
+    device = torch.device(models.plan.device)
+    half = str(models.plan.dtype) == "torch.float16" and device.type != "cpu"
+    return InterrogatorCache(device, torch.float16 if half else torch.float32)
 
 
 def make_runner(

@@ -59,13 +59,14 @@ class TabSpec:
     resize: bool = False  # resize mode, "Resize to / Resize by" and denoising strength
     denoising: float = 0.75
     send_targets: tuple[str, ...] = ("img2img", "inpaint", "extras")
+    prompt_buttons: Callable[[AppContext], dict[str, Any]] | None = None  # under Generate
 
 
 @dataclass
 class GenerationTab:
     named: Named
     output: OutputPanel
-    extra: dict[str, Any] = field(default_factory=dict)  # what `spec.inputs` exposes
+    extra: dict[str, Any] = field(default_factory=dict)  # what `spec.prompt_buttons` made
     runs: list[Any] = field(default_factory=list)  # the run events (Generate, prompt submit)
 
     def __getitem__(self, name: str):
@@ -75,7 +76,7 @@ class GenerationTab:
 def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec) -> GenerationTab:
     named = Named()
     named.add("checkpoint", checkpoint)
-    generate, interrupt = _prompt_row(ctx, named, checkpoint, spec.prefix)
+    generate, interrupt, buttons = _prompt_row(ctx, named, checkpoint, spec)
     with gr.Row():
         with gr.Column(scale=1):
             if spec.inputs is not None:
@@ -126,11 +127,13 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         runs.append(event)
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
-    return GenerationTab(named, output, runs=runs)
+    return GenerationTab(named, output, extra=buttons, runs=runs)
 
 
-def _prompt_row(ctx: AppContext, named: Named, checkpoint, prefix: str):
-    """Prompt, negative prompt, their tools; Generate, Interrupt and read parameters."""
+def _prompt_row(ctx: AppContext, named: Named, checkpoint, spec: TabSpec):
+    """Prompt, negative prompt, their tools; Generate, Interrupt, read parameters and the
+    tab's own buttons (img2img: Interrogate)."""
+    prefix = spec.prefix
     with gr.Row():
         with gr.Column(scale=6):
             prompt = named.add(
@@ -149,7 +152,8 @@ def _prompt_row(ctx: AppContext, named: Named, checkpoint, prefix: str):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{prefix}_interrupt")
             icon_button("paste", elem_id=f"{prefix}_paste", scale=None)  # wired by paste.py
-    return generate, interrupt
+            buttons = spec.prompt_buttons(ctx) if spec.prompt_buttons is not None else {}
+    return generate, interrupt, buttons
 
 
 def _settings(named: Named, spec: TabSpec) -> None:

@@ -1,5 +1,6 @@
 """The img2img tab: the shared generation frame plus an init image (upload, paste or drag,
-or "send to img2img") or a batch folder, and SD upscale (tiles at the model's size).
+or "send to img2img") or a batch folder, and SD upscale (tiles at the model's size);
+the Interrogate buttons under Generate (`interrogate_ui`) turn the image into a prompt.
 
 The prompts, sampler, "Resize to / Resize by", denoising strength, seed, scripts, output
 and job wiring come from `generation_tab`; this module adds its own inputs and turns the
@@ -20,6 +21,7 @@ from .common import InputError
 from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common_fields
 from .icons import icon_button
 from .image_common import Named, checked_image, require_server_folders, whole
+from .interrogate_ui import interrogate_buttons, wire_interrogate
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -92,8 +94,11 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
 
 
 IMG2IMG = TabSpec(prefix="img2img", kind="img2img", scripts_of="img2img", params=_params,
-                  inputs=_inputs, extras=_sd_upscale, resize=True)  # fmt: skip
+                  inputs=_inputs, extras=_sd_upscale, resize=True,
+                  prompt_buttons=lambda ctx: interrogate_buttons("img2img"))  # fmt: skip
 
 
 def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> GenerationTab:
-    return build_generation_tab(ctx, checkpoint, IMG2IMG)
+    tab = build_generation_tab(ctx, checkpoint, IMG2IMG)
+    wire_interrogate(ctx, tab.extra, tab["image"], tab["prompt"])  # Interrogate CLIP, ...
+    return tab
