@@ -62,6 +62,17 @@ def test_the_knn_kernel_of_10000_points_is_sparse_and_small() -> None:
     assert row[0] == 0.0 and np.all(row <= 1.0)  # no self loop; Gaussian weights
 
 
+def test_duplicates_and_a_far_outlier_get_finite_places() -> None:
+    """Saved-twice images embed identically; an odd one out is far from everything."""
+    red, blue = np.eye(1, 8, 0), np.eye(1, 8, 1)
+    outlier = -np.ones((1, 8))
+    x = np.vstack([red, red, red, blue, blue, blue, outlier])
+    result = diffusion_map(x, k=3)
+    assert np.isfinite(result.coords).all()
+    labels = clusters(result.coords[:, :2], 2)
+    assert len(set(labels[:3])) == 1 and len(set(labels[3:6])) == 1
+
+
 def test_too_few_points_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         diffusion_map(np.ones((2, 4)))

@@ -28,7 +28,8 @@ from scipy.cluster.vq import kmeans2
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 BLOCK_BYTES = 8 * 2**20  # one block of distances at a time
-DENSE_BELOW = 300  # fewer points: a dense eigensolver (ARPACK is shaky on tiny problems)
+DENSE_BELOW = 300
+MIN_WEIGHT = 1e-10  # every kNN edge keeps a weight: no point without neighbours  # fewer points: a dense eigensolver (ARPACK is shaky on tiny problems)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,10 @@ def knn_kernel(x: np.ndarray, k: int = 10) -> sparse.csr_matrix:
         cols.append(nearest.ravel())
         dists.append(np.take_along_axis(d2, nearest, axis=1).ravel())
     r, c, d2 = np.concatenate(rows), np.concatenate(cols), np.concatenate(dists)
-    eps = float(np.median(d2)) or 1e-12
-    w = sparse.csr_matrix((np.exp(-d2 / eps), (r, c)), shape=(n, n))
+    positive = d2[d2 > 0]
+    eps = float(np.median(positive)) if len(positive) else 1.0  # duplicates have distance 0
+    weights = np.maximum(np.exp(-d2 / eps), MIN_WEIGHT)  # a far outlier keeps its edges
+    w = sparse.csr_matrix((weights, (r, c)), shape=(n, n))
     return w.maximum(w.T).tocsr()
 
 

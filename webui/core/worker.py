@@ -29,6 +29,7 @@ from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
+from .image_embed import EmbedResult, embed_images
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
@@ -100,7 +101,7 @@ class Worker:
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
 
-    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | None:
+    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | EmbedResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -112,6 +113,8 @@ class Worker:
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
+        if job.kind == "embed_images":  # CLIP embeddings for the image browser's map
+            return embed_images(job, str(models.plan.device))
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)
