@@ -30,7 +30,11 @@ def pictures() -> list[Image.Image]:
 def test_the_config_is_read_from_the_tensor_shapes(clip_dir) -> None:
     config = config_from_file(clip_dir / "tiny_clip_vision.safetensors")
     assert (config.hidden_size, config.num_hidden_layers, config.patch_size) == (WIDTH, 2, PATCH)
-    assert (config.image_size, config.projection_dim, config.intermediate_size) == (SIDE, PROJECTION, 96)
+    assert (config.image_size, config.projection_dim, config.intermediate_size) == (
+        SIDE,
+        PROJECTION,
+        96,
+    )
     assert [p.name for p in list_models(clip_dir)] == ["tiny-vit", "tiny_clip_vision.safetensors"]
 
 

@@ -101,7 +101,9 @@ class Worker:
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
 
-    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | EmbedResult | None:
+    def __call__(
+        self, job: Job, hooks: RunHooks = NO_HOOKS
+    ) -> JobResult | ExtrasResult | EmbedResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))

@@ -77,9 +77,9 @@ class ImageBrowser:
         with self._scan_lock:
             return self.index.scan(self.folders(), skip=[self.trash_dir])
 
-    def search(self, filters: Filters = Filters(), sort: str = "date", descending: bool = True,
+    def search(self, filters: Filters | None = None, sort: str = "date", descending: bool = True,
                limit: int = 50, cursor: tuple[Any, int] | None = None) -> Page:  # fmt: skip
-        return self.index.search(filters, sort, descending, limit, cursor)
+        return self.index.search(filters or Filters(), sort, descending, limit, cursor)
 
     def get(self, image_id: int) -> IndexedImage:
         image = self.index.get(image_id)
