@@ -319,6 +319,8 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("outdir_save", "", _string,
               "Directory for saving images using the Save button (empty: outputs/saved)",
               "saving-paths", path=True),
+    OptionDef("image_browser_folders", "", _string,
+              "Image Browser: more folders to index, separated by ;", "saving-paths", path=True),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

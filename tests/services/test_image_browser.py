@@ -10,7 +10,7 @@ import pytest
 from tests.core.test_image_index import save_png
 from tests.tiny_clip_vision import save_tiny_clip_vision
 from webui.core.executors import LocalExecutor
-from webui.core.image_embed import embed_images
+from webui.core.image_embed_run import embed_images
 from webui.core.image_index import Filters, ImageIndex
 from webui.core.job import DONE, Job
 from webui.core.jobs import JobQueue

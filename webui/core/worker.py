@@ -29,7 +29,8 @@ from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
-from .image_embed import EmbedResult, embed_images
+from .image_embed import EmbedResult
+from .image_embed_run import embed_images
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
