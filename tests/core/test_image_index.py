@@ -75,6 +75,8 @@ def test_second_scan_opens_only_new_and_changed_files(index, outputs, monkeypatc
     assert (third.added, third.updated, third.removed, third.unchanged) == (1, 1, 1, 1)
     assert [i.prompt for i in index.search(Filters(words="cat")).images] == ["a green cat"]
     assert index.search(Filters(words="red")).total == 0  # the old prompt left the FTS index
+    assert index.scan([outputs / "new"]).removed == 2  # a folder no longer listed: its rows go
+    assert [i.prompt for i in index.search().images] == ["a new owl"]
 
 
 def test_the_trash_folder_is_not_indexed(index, outputs, tmp_path) -> None:

@@ -7,7 +7,8 @@ favourite), `browser_fts` (FTS5 over prompt and negative prompt, kept in step by
 triggers) and `browser_embeddings` (one CLIP image embedding per image and model).
 
 - `scan` is incremental: a file is opened only when its path is new or its mtime or size
-  changed; rows of files that are gone are dropped (their embeddings with them).
+  changed; rows of files that are gone, or no longer in a scanned folder, are dropped
+  (their embeddings with them): the index holds the image files of the folders now.
 - `search` filters by prompt words (FTS5), model, sampler, seed, size, date range and
   favourites, and pages by keyset (`Page.next_cursor`): every sort has an index ending in
   `id`, so a page costs the same at row 100,000 as at row 0.
@@ -179,7 +180,7 @@ class ImageIndex:
                     result.added += 1
                 else:
                     result.updated += 1
-        gone = [p for p in known if p not in seen and _under(p, roots)]
+        gone = [p for p in known if p not in seen]  # deleted, or a folder no longer listed
         with self._lock, self._db:
             self._db.executemany("DELETE FROM browser_images WHERE path = ?", [(p,) for p in gone])
         result.removed = len(gone)
@@ -396,10 +397,6 @@ def _walk(root: Path, skipped: set[Path]) -> Iterator[tuple[Path, os.stat_result
                 stack.append(Path(entry.path))
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
                 yield Path(entry.path), entry.stat()
-
-
-def _under(path: str, roots: list[Path]) -> bool:
-    return any(Path(path).is_relative_to(root) for root in roots)
 
 
 def _free_name(target: Path) -> Path:
