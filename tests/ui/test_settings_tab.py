@@ -232,6 +232,7 @@ def test_widgets_and_sections() -> None:
         "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
         "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
         "directories_filename_pattern": "textbox", "outdir_save": "textbox",
+        "image_browser_folders": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
