@@ -10,6 +10,7 @@ import pytest
 from tests.core.test_image_index import save_png
 from tests.tiny_clip_vision import save_tiny_clip_vision
 from webui.core.executors import LocalExecutor
+from webui.core.image_embed import EmbedImagesParams
 from webui.core.image_embed_run import embed_images
 from webui.core.image_index import Filters, ImageIndex
 from webui.core.job import DONE, Job
@@ -100,3 +101,20 @@ def test_unknown_or_missing_models_are_refused(browser, tmp_path) -> None:
     assert empty.clip_models() == []
     with pytest.raises(UserError, match="put one in"):
         empty.model_path("x.safetensors")
+
+
+def test_an_interrupted_embedding_job_stops_between_batches(browser) -> None:
+    browser.scan()
+    model = browser.model_path("tiny-vit")
+    job = Job("embed_images", EmbedImagesParams(str(model), str(browser.index.path), 2))
+    batches = []
+    real = job.should_stop
+
+    def stop_after_one() -> bool:
+        batches.append(1)
+        return len(batches) > 1 or real()
+
+    job.should_stop = stop_after_one  # an interrupt after the first batch
+    result = embed_images(job)
+    assert result.embedded == 2
+    assert len(browser.index.embeddings(result.model)[0]) == 2
