@@ -311,6 +311,7 @@ def test_option_defaults() -> None:
         "directories_filename_pattern": "[date]",
         "outdir_samples": "",
         "outdir_save": "",
+        "image_browser_folders": "",
         "quicksettings_list": ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
         "notification_audio": False,
         "notification_min_seconds": 10.0,

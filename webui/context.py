@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .core.executors import LocalExecutor
 from .core.extra_networks import Networks
+from .core.image_index import ImageIndex
 from .core.job_store import FILE_NAME as JOB_STORE_FILE
 from .core.job_store import JobStore
 from .core.jobs import JobQueue
@@ -33,6 +34,7 @@ from .model_manager.registry import CheckpointRegistry, HashCache
 from .model_manager.vae import VaeRegistry
 from .options import Options
 from .services.generation import GenerationService
+from .services.image_browser import ImageBrowser
 from .services.protocols import MemoryInfo, Models
 from .services.upscalers import Upscalers
 from .settings import Flags
@@ -60,6 +62,7 @@ class AppContext:
     extensions: ExtensionHost | None = None  # loaded extensions and their hooks
     cluster: Cluster | None = None  # the Ray workers that run the jobs (--ray)
     job_store: JobStore | None = None  # every job in SQLite (data folder); None: memory only
+    browser: ImageBrowser | None = None  # the Image Browser's index and map (jobs.sqlite3)
 
     def close(self) -> None:
         self.jobs.stop()
@@ -68,6 +71,8 @@ class AppContext:
         self.models.unload_all()
         if self.job_store is not None:
             self.job_store.close()
+        if self.browser is not None:
+            self.browser.index.close()
 
 
 def build_context(flags: Flags) -> AppContext:
@@ -116,7 +121,27 @@ def build_context(flags: Flags) -> AppContext:
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
-                      job_store=job_store)  # fmt: skip
+                      job_store=job_store, browser=build_browser(flags, options, jobs))  # fmt: skip
+
+
+def build_browser(flags: Flags, options: Options, jobs: JobQueue) -> ImageBrowser:
+    """The Image Browser: its tables in the job store's file, outputs/ and the folders the
+    options name, the trash in the data folder, CLIP vision models in models/clip_vision."""
+    (flags.models_dir / "clip_vision").mkdir(parents=True, exist_ok=True)
+    index = ImageIndex(flags.data_dir / JOB_STORE_FILE)
+    return ImageBrowser(index, partial(browser_folders, flags, options),
+                        flags.data_dir / "trash", flags.models_dir / "clip_vision", jobs)  # fmt: skip
+
+
+def browser_folders(flags: Flags, options: Options) -> list[Path]:
+    """outputs/, the output folders the options choose, and the Image Browser's own."""
+    named = [options.get("outdir_samples"), options.get("outdir_save")]
+    named += str(options.get("image_browser_folders")).split(";")
+    folders = [flags.outputs_dir]
+    for text in named:
+        if str(text).strip():
+            folders.append(Path(str(text).strip()).expanduser())  # as the output store reads it
+    return list(dict.fromkeys(folders))
 
 
 def held_checkpoints(models: Any) -> list[str]:

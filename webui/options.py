@@ -362,6 +362,8 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               label="WD14 tagger: general tags threshold", **_float(0.0, 1.0, 0.01)),
     OptionDef("interrogate_wd14_character_threshold", 0.85, section="interrogate",
               label="WD14 tagger: character tags threshold", **_float(0.0, 1.0, 0.01)),
+    OptionDef("image_browser_folders", "", _string,
+              "Image Browser: more folders to index, separated by ;", "saving-paths", path=True),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

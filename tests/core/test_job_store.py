@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from webui.core import jobs as J
+from webui.core.image_embed import EmbedImagesParams
 from webui.core.interrogate import InterrogateParams
 from webui.core.job_codec import CodecError, decode, decode_params, encode
 from webui.core.job_store import NOT_RESTORED, RESTARTED, JobStore
@@ -74,9 +75,10 @@ INTERROGATE_WD14 = InterrogateParams(_image("RGB"), "wd-tagger",
     "kind, params",
     [("txt2img", TXT2IMG), ("img2img", IMG2IMG), ("img2img", SD_UPSCALE), ("extras", EXTRAS),
      ("load", "tiny [abc]"), ("load", None), ("unload", None),
-     ("interrogate", INTERROGATE), ("interrogate", INTERROGATE_WD14)],
+     ("interrogate", INTERROGATE), ("interrogate", INTERROGATE_WD14),
+     ("embed_images", EmbedImagesParams("/m/clip_vision_g.safetensors", "/d/jobs.sqlite3"))],
     ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload",
-         "interrogate-clip", "interrogate-wd14"],
+         "interrogate-clip", "interrogate-wd14", "embed-images"],
 )  # fmt: skip
 def test_every_params_kind_round_trips(kind, params) -> None:
     text, blobs = encode(params)

@@ -241,6 +241,7 @@ def test_widgets_and_sections() -> None:
         "deepbooru_filter_tags": "textbox", "interrogate_wd14_model": "textbox",
         "interrogate_wd14_general_threshold": "slider",
         "interrogate_wd14_character_threshold": "slider",
+        "image_browser_folders": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",

@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from .image_embed import EmbedImagesParams
 from .interrogate import InterrogateParams
 from .params import Txt2ImgParams
 from .params_img2img import ExtrasParams, Img2ImgParams
@@ -41,6 +42,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "interrogate": (InterrogateParams,),
     "load": (str, type(None)),
     "unload": (type(None),),
+    "embed_images": (EmbedImagesParams,),
 }
 _TAGS = ("__dc__", "__image__", "__tuple__", "__path__", "__dict__")
 

@@ -31,6 +31,8 @@ from ..model_manager.registry import CheckpointInfo
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
+from .image_embed import EmbedResult
+from .image_embed_run import embed_images
 from .img2img import img2img
 from .img2img_batch import save_named
 from .interrogate import InterrogateResult, interrogate
@@ -106,7 +108,7 @@ class Worker:
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
-    ) -> JobResult | ExtrasResult | InterrogateResult | None:
+    ) -> JobResult | ExtrasResult | InterrogateResult | EmbedResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -122,6 +124,8 @@ class Worker:
         if job.kind == "interrogate":  # a picture to a prompt: no checkpoint
             opt = partial(job_option, job, self.options)
             return interrogate(job.params, self.interrogators, opt, job.progress)
+        if job.kind == "embed_images":  # CLIP embeddings for the image browser's map
+            return embed_images(job, str(models.plan.device))
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from .. import __version__
+from .browser_tab import build_browser_tab, connect_browser_upscale
 from .ext_ui import build_extension_tabs
 from .extensions_tab import build_extensions_tab
 from .extras_tab import build_extras_tab
@@ -69,6 +70,7 @@ CSS += """
 .result-gallery .thumbnail-item > img { width: 100%; height: auto; max-height: var(--cell-max, 70vh);
   object-fit: contain; }
 #my_job_gallery { --cell-max: 45vh; }
+.browser-file { font-size: .85em; word-break: break-all; margin: .2em 0; }
 """
 
 
@@ -87,6 +89,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo_tab(ctx)
+            browser = None
+            if ctx.browser is not None:  # outputs/ indexed, searchable, on a similarity map
+                with gr.Tab("Image Browser", id="image_browser") as browser_tab:
+                    browser = build_browser_tab(ctx, browser_tab)
             build_extension_tabs(ctx)  # each extension's own tab
             generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
             defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})
@@ -100,6 +106,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         connect_quicksettings(ctx, demo, quick, settings)
         connect_habits(ctx, demo, settings, generation)
         connect_send_buttons(ctx, demo, tabs, txt2img, img2img, inpaint, extras)
+        if browser is not None:
+            connect_browser_upscale(browser, tabs, extras.image)
         connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
         build_queue_panel(ctx, demo)
         gr.HTML(footer_text(ctx), elem_id="footer")
