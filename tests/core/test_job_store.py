@@ -23,6 +23,7 @@ from webui.core.jobs import JobQueue
 from webui.core.params import Txt2ImgParams
 from webui.core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams, SDUpscaleParams
 from webui.imaging.upscaler_list import UpscalerRef
+from webui.model_manager.merge_params import CheckpointMergeParams, LoraMergeParams
 
 
 def _image(mode: str, size=(16, 8), seed: int = 1) -> Image.Image:
@@ -61,12 +62,18 @@ SD_UPSCALE = Img2ImgParams(prompt="tiles", init_images=(_image("RGB"),), width=6
 EXTRAS = ExtrasParams(images=((_image("RGB"), "a.png"), (_image("RGB", seed=5), "b.png")),
                       upscaler_1=UpscalerRef("Lanczos"), output_dir="/tmp/out")  # fmt: skip
 
+MERGE = CheckpointMergeParams("a.safetensors", "b", "c", interp_method="Add difference",
+                              multiplier=0.25, bake_in_vae="v.pt", discard_weights="^model_ema")  # fmt: skip
+LORA_MERGE = LoraMergeParams("a.safetensors", loras=(("one", 0.5), ("two", -1.0)))
+
 
 @pytest.mark.parametrize(
     "kind, params",
     [("txt2img", TXT2IMG), ("img2img", IMG2IMG), ("img2img", SD_UPSCALE), ("extras", EXTRAS),
-     ("load", "tiny [abc]"), ("load", None), ("unload", None)],
-    ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload"],
+     ("load", "tiny [abc]"), ("load", None), ("unload", None), ("merge", MERGE),
+     ("merge", LORA_MERGE)],
+    ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload",
+         "merge", "lora-merge"],
 )  # fmt: skip
 def test_every_params_kind_round_trips(kind, params) -> None:
     text, blobs = encode(params)

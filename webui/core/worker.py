@@ -32,6 +32,7 @@ from .families import Families
 from .img2img import img2img
 from .img2img_batch import save_named
 from .jobs import Job
+from .merge_job import MergeResult, run_merge
 from .oom import run_guarded
 from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
@@ -100,7 +101,9 @@ class Worker:
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
 
-    def __call__(self, job: Job, hooks: RunHooks = NO_HOOKS) -> JobResult | ExtrasResult | None:
+    def __call__(
+        self, job: Job, hooks: RunHooks = NO_HOOKS
+    ) -> JobResult | ExtrasResult | MergeResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -112,6 +115,8 @@ class Worker:
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
+        if job.kind == "merge":  # Checkpoint Merger, LoRA merge: a new file, no lease
+            return run_merge(job, models, self.networks, self.families)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)
