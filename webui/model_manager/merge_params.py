@@ -199,6 +199,26 @@ def metadata_from_json(text: str) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a `.safetensors` header, read with the standard library (the
+    services and the UI may call it); {} for other files or an unreadable header."""
+    import json
+    import struct
+
+    if not str(path).lower().endswith(".safetensors"):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                return {}
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
 def parse_loras(text: str) -> tuple[tuple[str, float], ...]:
     """ "name:0.8, other:0.5" or A1111 tags "<lora:name:0.8>" (weight 1 when left out)."""
     items = re.findall(r"<lora:([^>]+)>", text) or [p for p in re.split(r"[,\n]", text)]

@@ -15,6 +15,7 @@ threads.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..model_manager.merge_params import (
     default_lora_name,
     default_name,
     model_name,
+    read_safetensors_metadata,
 )
 from ..model_manager.registry import CheckpointInfo
 from .errors import RequestError
@@ -70,6 +72,19 @@ class MergeService:
         self._free(params.custom_name or default_lora_name(params, info.rel), "safetensors",
                    params.overwrite)  # fmt: skip
         return self.jobs.submit(KIND, params, owner=owner)
+
+    def read_metadata(self, names: list[str]) -> str:
+        """A1111's "Read metadata from selected checkpoints": their safetensors metadata
+        merged in order (A, B, C), as indented JSON; unknown names are left out."""
+        metadata: dict[str, str] = {}
+        for name in names:
+            try:
+                info = self.models.resolve(name) if name else None
+            except LookupError:
+                info = None
+            if info is not None and not info.is_folder:
+                metadata.update(read_safetensors_metadata(info.path))
+        return json.dumps(metadata, indent=4, ensure_ascii=False)
 
     def _checkpoint(self, field: str, name: str) -> CheckpointInfo:
         try:

@@ -22,6 +22,7 @@ from .i18n import head_html
 from .icons import ICONS_CSS, LABELS_JS
 from .img2img_tab import build_img2img_tab
 from .inpaint_tab import build_inpaint_tab
+from .merger_tab import build_merger_tab
 from .paste import connect_parameter_copy
 from .pnginfo_tab import build_pnginfo_tab
 from .queue_panel import build_queue_panel
@@ -87,6 +88,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo_tab(ctx)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                build_merger_tab(ctx, checkpoint)
             build_extension_tabs(ctx)  # each extension's own tab
             generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
             defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})

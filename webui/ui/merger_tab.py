@@ -1,0 +1,181 @@
+"""The Checkpoint Merger tab, as A1111's: primary, secondary and tertiary models, the
+interpolation method and multiplier, checkpoint format, float16, config copy, a VAE to
+bake in, weights to discard, and the metadata accordion; below it, "Merge LoRAs into a
+checkpoint" (LoRAs at chosen weights fused into a new single file).
+
+Both buttons queue a "merge" job through `services.merge.MergeService` (which refuses
+bad fields, missing models and mixed families with a message) and follow it here; the
+worker writes the file into the checkpoint folder. When it is written, every checkpoint
+list of the page (this tab's and the checkpoint picker on top) is refreshed.
+
+This module must never import torch, diffusers or safetensors.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from ..core import jobs as job_states
+from ..core.jobs import QueueFullError
+from ..model_manager.merge_params import (
+    CHECKPOINT_FORMATS,
+    CONFIG_SOURCES,
+    INTERP_METHODS,
+    NO_VAE,
+    WEIGHTED_SUM,
+    CheckpointMergeParams,
+    LoraMergeParams,
+    parse_loras,
+)
+from ..services.errors import RequestError
+from ..services.merge import MergeService
+from .common import InputError, checkpoint_choices, owner_of, progress_html
+from .icons import icon_button
+from .job_stream import KEEPALIVE_SECONDS, TICK_SECONDS, in_thread
+
+if TYPE_CHECKING:
+    from ..context import AppContext
+
+FIELD_LABELS = {
+    "primary_model_name": "Primary model (A)", "secondary_model_name": "Secondary model (B)",
+    "tertiary_model_name": "Tertiary model (C)", "multiplier": "Multiplier (M)",
+    "custom_name": "Custom Name (Optional)", "discard_weights": "Discard weights with matching name",
+    "metadata_json": "Metadata in JSON format", "bake_in_vae": "Bake in VAE",
+    "interp_method": "Interpolation Method", "checkpoint": "Checkpoint", "loras": "LoRAs",
+}  # fmt: skip
+
+
+def _vae_choices(ctx: AppContext) -> list[str]:
+    vaes = getattr(ctx.networks, "vaes", None)
+    return [NO_VAE, *(f.filename for f in vaes.list())] if vaes is not None else [NO_VAE]
+
+
+def _title(ctx: AppContext, name: str | None) -> str | None:
+    """The current title of the checkpoint a list shows, None when it is gone."""
+    if not name:
+        return None
+    try:
+        return ctx.models.resolve(name).title
+    except LookupError:
+        return None
+
+
+def _message(text: str, ok: bool = True) -> str:
+    css = "merge-ok" if ok else "merge-error"
+    return f'<p class="{css}">{html.escape(text)}</p>'
+
+
+async def follow_merge(ctx: AppContext, job: job_states.Job):
+    """Yield the job's progress line until it ends, then its outcome (a message)."""
+    with ctx.jobs.events.subscribe_async(accept=lambda e: e.job_id == job.id) as events:
+        while not job.finished and not events.closed:
+            yield progress_html(ctx, job)
+            running = job.state == job_states.RUNNING
+            await events.wait(TICK_SECONDS if running else KEEPALIVE_SECONDS)
+    if job.state == job_states.FAILED:
+        raise InputError(f"Merge failed: {job.error}")
+    result = job.result
+    yield _message(result.message if result is not None else "Interrupted", result is not None)
+
+
+def _submit(submit, params, request: gr.Request) -> job_states.Job:
+    try:
+        return submit(params, owner=owner_of(request))
+    except RequestError as exc:
+        field = FIELD_LABELS.get(exc.loc[0], exc.loc[0]) if exc.loc else ""
+        raise InputError(f"{field}: {exc.message}" if field else exc.message) from None
+    except QueueFullError as exc:
+        raise InputError(str(exc)) from None
+
+
+def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
+    """The tab's controls and events; `checkpoint` is the page's checkpoint picker."""
+    service = MergeService.of(ctx)
+    titles, _ = checkpoint_choices(ctx)
+    with gr.Row(equal_height=False):
+        with gr.Column(variant="compact"):
+            gr.HTML("<p>A merger of the two checkpoints will be generated in your checkpoint directory.</p>")  # fmt: skip
+            with gr.Row(elem_id="modelmerger_models"):
+                primary = gr.Dropdown(titles, value=None, label="Primary model (A)", elem_id="modelmerger_primary_model_name")  # fmt: skip
+                secondary = gr.Dropdown(titles, value=None, label="Secondary model (B)", elem_id="modelmerger_secondary_model_name")  # fmt: skip
+                tertiary = gr.Dropdown(titles, value=None, label="Tertiary model (C)", elem_id="modelmerger_tertiary_model_name")  # fmt: skip
+                refresh = icon_button("refresh", elem_id="modelmerger_refresh")
+            custom_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name")  # fmt: skip
+            multiplier = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A", elem_id="modelmerger_interp_amount")  # fmt: skip
+            method = gr.Radio(list(INTERP_METHODS), value=WEIGHTED_SUM, label="Interpolation Method", elem_id="modelmerger_interp_method")  # fmt: skip
+            with gr.Row():
+                fmt = gr.Radio(list(CHECKPOINT_FORMATS), value="safetensors", label="Checkpoint format", elem_id="modelmerger_checkpoint_format")  # fmt: skip
+                half = gr.Checkbox(False, label="Save as float16", elem_id="modelmerger_save_as_half")  # fmt: skip
+            with gr.Row():
+                config = gr.Radio(list(CONFIG_SOURCES), value=CONFIG_SOURCES[0], label="Copy config from", elem_id="modelmerger_config_method")  # fmt: skip
+                vae = gr.Dropdown(_vae_choices(ctx), value=NO_VAE, label="Bake in VAE", elem_id="modelmerger_bake_in_vae")  # fmt: skip
+            discard = gr.Textbox(label="Discard weights with matching name", elem_id="modelmerger_discard_weights")  # fmt: skip
+            with gr.Accordion("Metadata", open=False):
+                with gr.Row():
+                    save_metadata = gr.Checkbox(True, label="Save metadata", elem_id="modelmerger_save_metadata")  # fmt: skip
+                    add_recipe = gr.Checkbox(True, label="Add merge recipe metadata", elem_id="modelmerger_add_recipe")  # fmt: skip
+                    copy_metadata = gr.Checkbox(True, label="Copy metadata from merged models", elem_id="modelmerger_copy_metadata")  # fmt: skip
+                metadata_json = gr.TextArea("{}", label="Metadata in JSON format", elem_id="modelmerger_metadata_json")  # fmt: skip
+                read_metadata = gr.Button("Read metadata from selected checkpoints", elem_id="modelmerger_read_metadata")  # fmt: skip
+            overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="modelmerger_overwrite")  # fmt: skip
+            merge_button = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
+            with gr.Accordion("Merge LoRAs into a checkpoint", open=False, elem_id="modelmerger_lora"):  # fmt: skip
+                lora_base = gr.Dropdown(titles, value=None, label="Checkpoint", elem_id="modelmerger_lora_checkpoint")  # fmt: skip
+                loras = gr.Textbox(label="LoRAs", placeholder="name:0.8, other:0.5 or <lora:name:0.8>", elem_id="modelmerger_loras")  # fmt: skip
+                lora_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_lora_custom_name")  # fmt: skip
+                with gr.Row():
+                    lora_half = gr.Checkbox(False, label="Save as float16", elem_id="modelmerger_lora_half")  # fmt: skip
+                    lora_overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="modelmerger_lora_overwrite")  # fmt: skip
+                lora_button = gr.Button("Merge LoRAs", variant="primary", elem_id="modelmerger_lora_merge")  # fmt: skip
+        with gr.Column(variant="compact"):
+            result = gr.HTML(elem_id="modelmerger_result")
+
+    lists = [primary, secondary, tertiary, lora_base]
+    refreshed = [*lists, *([checkpoint] if checkpoint is not None else [])]
+
+    def refresh_lists(*current: str | None) -> list[Any]:
+        """New choices for this tab's checkpoint lists, each keeping its model (under its
+        new title: a hash may have been computed), and for the page's checkpoint picker."""
+        ctx.models.refresh()
+        titles, selected = checkpoint_choices(ctx)
+        updates = [gr.Dropdown(choices=titles, value=_title(ctx, value)) for value in current]
+        if checkpoint is not None:
+            updates.append(gr.Dropdown(choices=titles, value=selected))
+        return updates
+
+    refresh.click(refresh_lists, inputs=lists, outputs=refreshed)
+    refresh.click(lambda: gr.Dropdown(choices=_vae_choices(ctx)), outputs=[vae])
+
+    async def run_merge(request: gr.Request, *values):
+        (a, b, c, name, m, how, form, as_half, source, bake, pattern, save, recipe, copy,
+         meta, replace, lora) = values  # fmt: skip
+        params = CheckpointMergeParams(
+            a or "", b or "", c or "", how, float(m), bool(as_half), (name or "").strip(),
+            form, source, bake or NO_VAE, pattern or "", bool(save), bool(recipe), bool(copy),
+            meta or "{}", bool(replace),
+        )  # fmt: skip
+        job = await in_thread(_submit, service.submit_merge, params, request)
+        async for line in follow_merge(ctx, job):
+            yield line, *[gr.skip()] * len(refreshed)
+        yield gr.skip(), *await in_thread(refresh_lists, a, b, c, lora)
+
+    inputs = [primary, secondary, tertiary, custom_name, multiplier, method, fmt, half, config,
+              vae, discard, save_metadata, add_recipe, copy_metadata, metadata_json, overwrite,
+              lora_base]  # fmt: skip
+    merge_button.click(run_merge, inputs=inputs, outputs=[result, *refreshed])
+
+    async def run_lora_merge(request: gr.Request, base, text, name, as_half, replace, a, b, c):
+        params = LoraMergeParams(base or "", parse_loras(text or ""), (name or "").strip(),
+                                 bool(as_half), True, bool(replace))  # fmt: skip
+        job = await in_thread(_submit, service.submit_lora_merge, params, request)
+        async for line in follow_merge(ctx, job):
+            yield line, *[gr.skip()] * len(refreshed)
+        yield gr.skip(), *await in_thread(refresh_lists, a, b, c, base)
+
+    lora_inputs = [lora_base, loras, lora_name, lora_half, lora_overwrite, *lists[:3]]
+    lora_button.click(run_lora_merge, inputs=lora_inputs, outputs=[result, *refreshed])
+    read_metadata.click(lambda *names: service.read_metadata([n or "" for n in names]),
+                        inputs=[primary, secondary, tertiary], outputs=[metadata_json])  # fmt: skip
