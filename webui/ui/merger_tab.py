@@ -14,6 +14,7 @@ This module must never import torch, diffusers or safetensors.
 from __future__ import annotations
 
 import html
+import logging
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -32,12 +33,14 @@ from ..model_manager.merge_params import (
 )
 from ..services.errors import RequestError
 from ..services.merge import MergeService
-from .common import InputError, checkpoint_choices, owner_of, progress_html
+from .common import checkpoint_choices, owner_of, progress_html
 from .icons import icon_button
 from .job_stream import KEEPALIVE_SECONDS, TICK_SECONDS, in_thread
 
 if TYPE_CHECKING:
     from ..context import AppContext
+
+log = logging.getLogger(__name__)
 
 FIELD_LABELS = {
     "primary_model_name": "Primary model (A)", "secondary_model_name": "Secondary model (B)",
@@ -64,8 +67,8 @@ def _title(ctx: AppContext, name: str | None) -> str | None:
 
 
 def _message(text: str, ok: bool = True) -> str:
-    css = "merge-ok" if ok else "merge-error"
-    return f'<p class="{css}">{html.escape(text)}</p>'
+    style = "" if ok else ' style="color: var(--error-text-color, #b91c1c)"'
+    return f'<p class="merge-{"ok" if ok else "error"}"{style}>{html.escape(text)}</p>'
 
 
 async def follow_merge(ctx: AppContext, job: job_states.Job):
@@ -76,19 +79,23 @@ async def follow_merge(ctx: AppContext, job: job_states.Job):
             running = job.state == job_states.RUNNING
             await events.wait(TICK_SECONDS if running else KEEPALIVE_SECONDS)
     if job.state == job_states.FAILED:
-        raise InputError(f"Merge failed: {job.error}")
+        yield _message(f"Merge failed: {job.error}", ok=False)
+        return
     result = job.result
     yield _message(result.message if result is not None else "Interrupted", result is not None)
 
 
-def _submit(submit, params, request: gr.Request) -> job_states.Job:
+def _submit(submit, params, request: gr.Request) -> job_states.Job | str:
+    """The queued job, or what is wrong (shown in the result area, as A1111 does)."""
     try:
         return submit(params, owner=owner_of(request))
     except RequestError as exc:
         field = FIELD_LABELS.get(exc.loc[0], exc.loc[0]) if exc.loc else ""
-        raise InputError(f"{field}: {exc.message}" if field else exc.message) from None
+        message = f"{field}: {exc.message}" if field else exc.message
     except QueueFullError as exc:
-        raise InputError(str(exc)) from None
+        message = str(exc)
+    log.info("merge refused: %s", message)
+    return message
 
 
 def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
@@ -158,6 +165,9 @@ def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
             meta or "{}", bool(replace),
         )  # fmt: skip
         job = await in_thread(_submit, service.submit_merge, params, request)
+        if isinstance(job, str):
+            yield _message(job, ok=False), *[gr.skip()] * len(refreshed)
+            return
         async for line in follow_merge(ctx, job):
             yield line, *[gr.skip()] * len(refreshed)
         yield gr.skip(), *await in_thread(refresh_lists, a, b, c, lora)
@@ -171,6 +181,9 @@ def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
         params = LoraMergeParams(base or "", parse_loras(text or ""), (name or "").strip(),
                                  bool(as_half), True, bool(replace))  # fmt: skip
         job = await in_thread(_submit, service.submit_lora_merge, params, request)
+        if isinstance(job, str):
+            yield _message(job, ok=False), *[gr.skip()] * len(refreshed)
+            return
         async for line in follow_merge(ctx, job):
             yield line, *[gr.skip()] * len(refreshed)
         yield gr.skip(), *await in_thread(refresh_lists, a, b, c, base)
