@@ -61,6 +61,16 @@ def test_merge_job_writes_the_file_and_refreshes_the_list(ctx):
     assert taken.value.loc == ("custom_name",)
 
 
+def test_overwriting_a_loaded_checkpoint_unloads_it(ctx):
+    service = MergeService.of(ctx)
+    first = finished(service.submit_merge(CheckpointMergeParams("a", "b", custom_name="ow"), "t"))
+    ctx.models.acquire(ctx.models.resolve("ow"))
+    assert Path(first.path) in ctx.models.loaded_paths()
+    again = CheckpointMergeParams("a", "b", multiplier=0.9, custom_name="ow", overwrite=True)
+    finished(service.submit_merge(again, owner="t"))
+    assert Path(first.path) not in ctx.models.loaded_paths()  # the next job loads the new file
+
+
 @pytest.mark.parametrize(
     "params, field, message",
     [(CheckpointMergeParams("a", "xl"), "secondary_model_name", "different families"),

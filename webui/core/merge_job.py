@@ -90,6 +90,8 @@ def run_merge(
         path = None
     if path is None:
         return MergeResult(None, "Interrupted: nothing was written")
+    if path in models.loaded_paths():  # overwritten while loaded: the next job reads the file
+        models.unload_all()
     models.refresh()
     info = models.registry.find(path.name)
     return MergeResult(str(path), f"Checkpoint saved to {path}", info.title if info else None)
