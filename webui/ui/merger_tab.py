@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -43,12 +44,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIELD_LABELS = {
-    "primary_model_name": "Primary model (A)", "secondary_model_name": "Secondary model (B)",
-    "tertiary_model_name": "Tertiary model (C)", "multiplier": "Multiplier (M)",
-    "custom_name": "Custom Name (Optional)", "discard_weights": "Discard weights with matching name",
-    "metadata_json": "Metadata in JSON format", "bake_in_vae": "Bake in VAE",
-    "interp_method": "Interpolation Method", "checkpoint": "Checkpoint", "loras": "LoRAs",
-}  # fmt: skip
+    "primary_model_name": "Primary model (A)",
+    "secondary_model_name": "Secondary model (B)",
+    "tertiary_model_name": "Tertiary model (C)",
+    "multiplier": "Multiplier (M)",
+    "custom_name": "Custom Name (Optional)",
+    "discard_weights": "Discard weights with matching name",
+    "metadata_json": "Metadata in JSON format",
+    "bake_in_vae": "Bake in VAE",
+    "interp_method": "Interpolation Method",
+    "checkpoint": "Checkpoint",
+    "loras": "LoRAs",
+}
 
 
 def _vae_choices(ctx: AppContext) -> list[str]:
@@ -98,50 +105,140 @@ def _submit(submit, params, request: gr.Request) -> job_states.Job | str:
     return message
 
 
+def _model_lists(titles: list[str]) -> dict[str, Any]:
+    with gr.Row(elem_id="modelmerger_models"):
+        lists = {
+            field: gr.Dropdown(
+                titles, value=None, label=FIELD_LABELS[field], elem_id=f"modelmerger_{field}"
+            )
+            for field in ("primary_model_name", "secondary_model_name", "tertiary_model_name")
+        }
+        lists["refresh"] = icon_button("refresh", elem_id="modelmerger_refresh")
+    return lists
+
+
+def _merge_controls(ctx: AppContext, titles: list[str]) -> dict[str, Any]:
+    """A1111's controls, by `CheckpointMergeParams` field (plus the buttons)."""
+    c = _model_lists(titles)
+    c["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name")
+    c["multiplier"] = gr.Slider(
+        0.0,
+        1.0,
+        value=0.3,
+        step=0.05,
+        label="Multiplier (M) - set to 0 to get model A",
+        elem_id="modelmerger_interp_amount",
+    )
+    c["interp_method"] = gr.Radio(
+        list(INTERP_METHODS),
+        value=WEIGHTED_SUM,
+        label="Interpolation Method",
+        elem_id="modelmerger_interp_method",
+    )
+    with gr.Row():
+        c["checkpoint_format"] = gr.Radio(
+            list(CHECKPOINT_FORMATS),
+            value="safetensors",
+            label="Checkpoint format",
+            elem_id="modelmerger_checkpoint_format",
+        )
+        c["save_as_half"] = gr.Checkbox(
+            False, label="Save as float16", elem_id="modelmerger_save_as_half"
+        )
+    with gr.Row():
+        c["config_source"] = gr.Radio(
+            list(CONFIG_SOURCES),
+            value=CONFIG_SOURCES[0],
+            label="Copy config from",
+            elem_id="modelmerger_config_method",
+        )
+        c["bake_in_vae"] = gr.Dropdown(
+            _vae_choices(ctx), value=NO_VAE, label="Bake in VAE", elem_id="modelmerger_bake_in_vae"
+        )
+    c["discard_weights"] = gr.Textbox(
+        label="Discard weights with matching name", elem_id="modelmerger_discard_weights"
+    )
+    with gr.Accordion("Metadata", open=False):
+        with gr.Row():
+            for field, label in (
+                ("save_metadata", "Save metadata"),
+                ("add_merge_recipe", "Add merge recipe metadata"),
+                ("copy_metadata_fields", "Copy metadata from merged models"),
+            ):
+                c[field] = gr.Checkbox(True, label=label, elem_id=f"modelmerger_{field}")
+        c["metadata_json"] = gr.TextArea(
+            "{}", label="Metadata in JSON format", elem_id="modelmerger_metadata_json"
+        )
+        c["read_metadata"] = gr.Button(
+            "Read metadata from selected checkpoints", elem_id="modelmerger_read_metadata"
+        )
+    c["overwrite"] = gr.Checkbox(
+        False, label="Overwrite an existing file", elem_id="modelmerger_overwrite"
+    )
+    c["merge"] = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
+    return c
+
+
+def _lora_controls(titles: list[str]) -> dict[str, Any]:
+    """ "Merge LoRAs into a checkpoint", by `LoraMergeParams` field (plus the button)."""
+    c: dict[str, Any] = {}
+    with gr.Accordion("Merge LoRAs into a checkpoint", open=False, elem_id="modelmerger_lora"):
+        c["checkpoint"] = gr.Dropdown(
+            titles, value=None, label="Checkpoint", elem_id="modelmerger_lora_checkpoint"
+        )
+        c["loras"] = gr.Textbox(
+            label="LoRAs",
+            placeholder="name:0.8, other:0.5 or <lora:name:0.8>",
+            elem_id="modelmerger_loras",
+        )
+        c["custom_name"] = gr.Textbox(
+            label="Custom Name (Optional)", elem_id="modelmerger_lora_custom_name"
+        )
+        with gr.Row():
+            c["save_as_half"] = gr.Checkbox(
+                False, label="Save as float16", elem_id="modelmerger_lora_half"
+            )
+            c["overwrite"] = gr.Checkbox(
+                False, label="Overwrite an existing file", elem_id="modelmerger_lora_overwrite"
+            )
+        c["merge"] = gr.Button("Merge LoRAs", variant="primary", elem_id="modelmerger_lora_merge")
+    return c
+
+
+MERGE_FIELDS = [f.name for f in fields(CheckpointMergeParams)]
+
+
+def _merge_params(values: dict[str, Any]) -> CheckpointMergeParams:
+    """The controls' values as params: empty lists are "", the multiplier a float."""
+    texts = {k: (v or "") for k, v in values.items() if isinstance(v, str) or v is None}
+    params = {**values, **texts, "multiplier": float(values["multiplier"] or 0)}
+    params["custom_name"] = params["custom_name"].strip()
+    params["bake_in_vae"] = params["bake_in_vae"] or NO_VAE
+    return CheckpointMergeParams(**params)
+
+
 def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
     """The tab's controls and events; `checkpoint` is the page's checkpoint picker."""
     service = MergeService.of(ctx)
     titles, _ = checkpoint_choices(ctx)
     with gr.Row(equal_height=False):
         with gr.Column(variant="compact"):
-            gr.HTML("<p>A merger of the two checkpoints will be generated in your checkpoint directory.</p>")  # fmt: skip
-            with gr.Row(elem_id="modelmerger_models"):
-                primary = gr.Dropdown(titles, value=None, label="Primary model (A)", elem_id="modelmerger_primary_model_name")  # fmt: skip
-                secondary = gr.Dropdown(titles, value=None, label="Secondary model (B)", elem_id="modelmerger_secondary_model_name")  # fmt: skip
-                tertiary = gr.Dropdown(titles, value=None, label="Tertiary model (C)", elem_id="modelmerger_tertiary_model_name")  # fmt: skip
-                refresh = icon_button("refresh", elem_id="modelmerger_refresh")
-            custom_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name")  # fmt: skip
-            multiplier = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A", elem_id="modelmerger_interp_amount")  # fmt: skip
-            method = gr.Radio(list(INTERP_METHODS), value=WEIGHTED_SUM, label="Interpolation Method", elem_id="modelmerger_interp_method")  # fmt: skip
-            with gr.Row():
-                fmt = gr.Radio(list(CHECKPOINT_FORMATS), value="safetensors", label="Checkpoint format", elem_id="modelmerger_checkpoint_format")  # fmt: skip
-                half = gr.Checkbox(False, label="Save as float16", elem_id="modelmerger_save_as_half")  # fmt: skip
-            with gr.Row():
-                config = gr.Radio(list(CONFIG_SOURCES), value=CONFIG_SOURCES[0], label="Copy config from", elem_id="modelmerger_config_method")  # fmt: skip
-                vae = gr.Dropdown(_vae_choices(ctx), value=NO_VAE, label="Bake in VAE", elem_id="modelmerger_bake_in_vae")  # fmt: skip
-            discard = gr.Textbox(label="Discard weights with matching name", elem_id="modelmerger_discard_weights")  # fmt: skip
-            with gr.Accordion("Metadata", open=False):
-                with gr.Row():
-                    save_metadata = gr.Checkbox(True, label="Save metadata", elem_id="modelmerger_save_metadata")  # fmt: skip
-                    add_recipe = gr.Checkbox(True, label="Add merge recipe metadata", elem_id="modelmerger_add_recipe")  # fmt: skip
-                    copy_metadata = gr.Checkbox(True, label="Copy metadata from merged models", elem_id="modelmerger_copy_metadata")  # fmt: skip
-                metadata_json = gr.TextArea("{}", label="Metadata in JSON format", elem_id="modelmerger_metadata_json")  # fmt: skip
-                read_metadata = gr.Button("Read metadata from selected checkpoints", elem_id="modelmerger_read_metadata")  # fmt: skip
-            overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="modelmerger_overwrite")  # fmt: skip
-            merge_button = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
-            with gr.Accordion("Merge LoRAs into a checkpoint", open=False, elem_id="modelmerger_lora"):  # fmt: skip
-                lora_base = gr.Dropdown(titles, value=None, label="Checkpoint", elem_id="modelmerger_lora_checkpoint")  # fmt: skip
-                loras = gr.Textbox(label="LoRAs", placeholder="name:0.8, other:0.5 or <lora:name:0.8>", elem_id="modelmerger_loras")  # fmt: skip
-                lora_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_lora_custom_name")  # fmt: skip
-                with gr.Row():
-                    lora_half = gr.Checkbox(False, label="Save as float16", elem_id="modelmerger_lora_half")  # fmt: skip
-                    lora_overwrite = gr.Checkbox(False, label="Overwrite an existing file", elem_id="modelmerger_lora_overwrite")  # fmt: skip
-                lora_button = gr.Button("Merge LoRAs", variant="primary", elem_id="modelmerger_lora_merge")  # fmt: skip
+            gr.HTML(
+                "<p>A merger of the two checkpoints will be generated in your checkpoint "
+                "directory.</p>"
+            )
+            merge = _merge_controls(ctx, titles)
+            lora = _lora_controls(titles)
         with gr.Column(variant="compact"):
             result = gr.HTML(elem_id="modelmerger_result")
-
-    lists = [primary, secondary, tertiary, lora_base]
+    lists = [
+        merge["primary_model_name"],
+        merge["secondary_model_name"],
+        merge["tertiary_model_name"],
+        lora["checkpoint"],
+    ]
     refreshed = [*lists, *([checkpoint] if checkpoint is not None else [])]
+    skip_lists = [gr.skip()] * len(refreshed)
 
     def refresh_lists(*current: str | None) -> list[Any]:
         """New choices for this tab's checkpoint lists, each keeping its model (under its
@@ -153,42 +250,45 @@ def build_merger_tab(ctx: AppContext, checkpoint: Any | None = None) -> None:
             updates.append(gr.Dropdown(choices=titles, value=selected))
         return updates
 
-    refresh.click(refresh_lists, inputs=lists, outputs=refreshed)
-    refresh.click(lambda: gr.Dropdown(choices=_vae_choices(ctx)), outputs=[vae])
-
     async def run_merge(request: gr.Request, *values):
-        (a, b, c, name, m, how, form, as_half, source, bake, pattern, save, recipe, copy,
-         meta, replace, lora) = values  # fmt: skip
-        params = CheckpointMergeParams(
-            a or "", b or "", c or "", how, float(m), bool(as_half), (name or "").strip(),
-            form, source, bake or NO_VAE, pattern or "", bool(save), bool(recipe), bool(copy),
-            meta or "{}", bool(replace),
-        )  # fmt: skip
-        job = await in_thread(_submit, service.submit_merge, params, request)
-        if isinstance(job, str):
-            yield _message(job, ok=False), *[gr.skip()] * len(refreshed)
-            return
-        async for line in follow_merge(ctx, job):
-            yield line, *[gr.skip()] * len(refreshed)
-        yield gr.skip(), *await in_thread(refresh_lists, a, b, c, lora)
+        named = dict(zip(MERGE_FIELDS, values, strict=False))
+        job = await in_thread(_submit, service.submit_merge, _merge_params(named), request)
+        async for update in _follow(job, values[-4:]):
+            yield update
 
-    inputs = [primary, secondary, tertiary, custom_name, multiplier, method, fmt, half, config,
-              vae, discard, save_metadata, add_recipe, copy_metadata, metadata_json, overwrite,
-              lora_base]  # fmt: skip
-    merge_button.click(run_merge, inputs=inputs, outputs=[result, *refreshed])
-
-    async def run_lora_merge(request: gr.Request, base, text, name, as_half, replace, a, b, c):
-        params = LoraMergeParams(base or "", parse_loras(text or ""), (name or "").strip(),
-                                 bool(as_half), True, bool(replace))  # fmt: skip
+    async def run_lora_merge(request: gr.Request, base, text, name, half, overwrite, *shown):
+        params = LoraMergeParams(
+            base or "",
+            parse_loras(text or ""),
+            (name or "").strip(),
+            bool(half),
+            True,
+            bool(overwrite),
+        )
         job = await in_thread(_submit, service.submit_lora_merge, params, request)
+        async for update in _follow(job, shown):
+            yield update
+
+    async def _follow(job, shown):
         if isinstance(job, str):
-            yield _message(job, ok=False), *[gr.skip()] * len(refreshed)
+            yield _message(job, ok=False), *skip_lists
             return
         async for line in follow_merge(ctx, job):
-            yield line, *[gr.skip()] * len(refreshed)
-        yield gr.skip(), *await in_thread(refresh_lists, a, b, c, base)
+            yield line, *skip_lists
+        yield gr.skip(), *await in_thread(refresh_lists, *shown)
 
-    lora_inputs = [lora_base, loras, lora_name, lora_half, lora_overwrite, *lists[:3]]
-    lora_button.click(run_lora_merge, inputs=lora_inputs, outputs=[result, *refreshed])
-    read_metadata.click(lambda *names: service.read_metadata([n or "" for n in names]),
-                        inputs=[primary, secondary, tertiary], outputs=[metadata_json])  # fmt: skip
+    merge["refresh"].click(refresh_lists, inputs=lists, outputs=refreshed)
+    merge["refresh"].click(
+        lambda: gr.Dropdown(choices=_vae_choices(ctx)), outputs=[merge["bake_in_vae"]]
+    )
+    merge_inputs = [merge[field] for field in MERGE_FIELDS] + lists
+    merge["merge"].click(run_merge, inputs=merge_inputs, outputs=[result, *refreshed])
+    lora_inputs = [
+        lora[k] for k in ("checkpoint", "loras", "custom_name", "save_as_half", "overwrite")
+    ]
+    lora["merge"].click(run_lora_merge, inputs=lora_inputs + lists, outputs=[result, *refreshed])
+    merge["read_metadata"].click(
+        lambda *names: service.read_metadata([n or "" for n in names]),
+        inputs=lists[:3],
+        outputs=[merge["metadata_json"]],
+    )
