@@ -91,6 +91,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         app.include_router(api_router())
         app.include_router(queue_router())
         app.include_router(browser_router())  # /webui/v1/images: the Image Browser
+        from .api.routes_merge import merge_router  # Checkpoint Merger, LoRA merge
+
+        app.include_router(merge_router())
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends

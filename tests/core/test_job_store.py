@@ -26,6 +26,7 @@ from webui.core.params import Txt2ImgParams
 from webui.core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams, SDUpscaleParams
 from webui.imaging.upscaler_list import UpscalerRef
 from webui.model_manager.interrogate_files import Category, ClipFiles, OnnxTaggerFiles
+from webui.model_manager.merge_params import CheckpointMergeParams, LoraMergeParams
 
 
 def _image(mode: str, size=(16, 8), seed: int = 1) -> Image.Image:
@@ -70,15 +71,20 @@ INTERROGATE = InterrogateParams(
 INTERROGATE_WD14 = InterrogateParams(_image("RGB"), "wd-tagger",
                                      onnx=OnnxTaggerFiles(Path("/m/a.onnx"), Path("/m/t.csv")))  # fmt: skip
 
+MERGE = CheckpointMergeParams("a.safetensors", "b", "c", interp_method="Add difference",
+                              multiplier=0.25, bake_in_vae="v.pt", discard_weights="^model_ema")  # fmt: skip
+LORA_MERGE = LoraMergeParams("a.safetensors", loras=(("one", 0.5), ("two", -1.0)))
+
 
 @pytest.mark.parametrize(
     "kind, params",
     [("txt2img", TXT2IMG), ("img2img", IMG2IMG), ("img2img", SD_UPSCALE), ("extras", EXTRAS),
      ("load", "tiny [abc]"), ("load", None), ("unload", None),
      ("interrogate", INTERROGATE), ("interrogate", INTERROGATE_WD14),
-     ("embed_images", EmbedImagesParams("/m/clip_vision_g.safetensors", "/d/jobs.sqlite3"))],
+     ("embed_images", EmbedImagesParams("/m/clip_vision_g.safetensors", "/d/jobs.sqlite3")),
+     ("merge", MERGE), ("merge", LORA_MERGE)],
     ids=["txt2img", "img2img", "sd-upscale", "extras", "load", "load-default", "unload",
-         "interrogate-clip", "interrogate-wd14", "embed-images"],
+         "interrogate-clip", "interrogate-wd14", "embed-images", "merge", "lora-merge"],
 )  # fmt: skip
 def test_every_params_kind_round_trips(kind, params) -> None:
     text, blobs = encode(params)

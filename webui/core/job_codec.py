@@ -3,7 +3,7 @@
 Every params kind the generation service and the maintenance routes submit round-trips:
 txt2img, img2img (PIL init images and masks, SD upscale, hires. fix), extras (images with
 their names), the script and extension args (JSON values by name), "load" (a checkpoint
-title or None) and "unload" (None). Dataclasses are written as {"__dc__": "module:Class",
+title or None), "unload" (None) and "merge" (checkpoint or LoRA merge params). Dataclasses are written as {"__dc__": "module:Class",
 "fields": {...}}; only dataclasses of this program's own modules (`webui.*`) are written
 and built back, so stored text never names other code to import, and a new params
 dataclass (a control's settings) needs no registration. Images are PNG blobs beside the
@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..model_manager.merge_params import CheckpointMergeParams, LoraMergeParams
 from .image_embed import EmbedImagesParams
 from .interrogate import InterrogateParams
 from .params import Txt2ImgParams
@@ -43,6 +44,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "load": (str, type(None)),
     "unload": (type(None),),
     "embed_images": (EmbedImagesParams,),
+    "merge": (CheckpointMergeParams, LoraMergeParams),
 }
 _TAGS = ("__dc__", "__image__", "__tuple__", "__path__", "__dict__")
 

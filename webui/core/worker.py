@@ -37,6 +37,7 @@ from .img2img import img2img
 from .img2img_batch import save_named
 from .interrogate import InterrogateResult, interrogate
 from .jobs import Job
+from .merge_job import MergeResult, run_merge
 from .oom import run_guarded
 from .params import Txt2ImgParams
 from .processing import GeneratedImage, txt2img
@@ -108,7 +109,7 @@ class Worker:
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
-    ) -> JobResult | ExtrasResult | InterrogateResult | EmbedResult | None:
+    ) -> JobResult | ExtrasResult | InterrogateResult | EmbedResult | MergeResult | None:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -126,6 +127,8 @@ class Worker:
             return interrogate(job.params, self.interrogators, opt, job.progress)
         if job.kind == "embed_images":  # CLIP embeddings for the image browser's map
             return embed_images(job, str(models.plan.device))
+        if job.kind == "merge":  # Checkpoint Merger, LoRA merge: a new file, no lease
+            return run_merge(job, models, self.networks, self.families)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)

@@ -143,6 +143,11 @@ class ModelManager:
         with self._lock:
             return list(self._loaded)
 
+    def family_label(self, info: CheckpointInfo) -> str:
+        """The family of a single file ("SD 1.x"), read from its header without the
+        weights; CheckpointLoadError when it is not a checkpoint of a known family."""
+        return identify_file(info.path, self.families).family_label
+
     # --- loading (the worker thread) -------------------------------------------------
     def unreadable(self, info: CheckpointInfo) -> str | None:
         """Why a single file cannot load (empty, truncated, not a checkpoint), read from its

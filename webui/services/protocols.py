@@ -38,6 +38,10 @@ class Models(Protocol):
         """Why a checkpoint file cannot load (read from its header), else None."""
         ...
 
+    def family_label(self, info: CheckpointInfo) -> str:
+        """A single file's family ("SD 1.x") from its header; a UserError when unknown."""
+        ...
+
     def unload_all(self) -> None:
         """Free every loaded model (at shutdown)."""
         ...

@@ -23,6 +23,7 @@ from .i18n import head_html
 from .icons import ICONS_CSS, LABELS_JS
 from .img2img_tab import build_img2img_tab
 from .inpaint_tab import build_inpaint_tab
+from .merger_tab import build_merger_tab
 from .paste import connect_parameter_copy
 from .pnginfo_tab import build_pnginfo_tab
 from .queue_panel import build_queue_panel
@@ -93,6 +94,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             if ctx.browser is not None:  # outputs/ indexed, searchable, on a similarity map
                 with gr.Tab("Image Browser", id="image_browser") as browser_tab:
                     browser = build_browser_tab(ctx, browser_tab)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                build_merger_tab(ctx, checkpoint)
             build_extension_tabs(ctx)  # each extension's own tab
             generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
             defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})
