@@ -86,14 +86,13 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from .api.docs import install_docs
         from .api.routes import api_router
         from .api.routes_browser import browser_router
+        from .api.routes_merge import merge_router
         from .api.routes_queue import queue_router
 
         app.include_router(api_router())
         app.include_router(queue_router())
         app.include_router(browser_router())  # /webui/v1/images: the Image Browser
-        from .api.routes_merge import merge_router  # Checkpoint Merger, LoRA merge
-
-        app.include_router(merge_router())
+        app.include_router(merge_router())  # /webui/v1/merge: Checkpoint Merger, LoRA merge
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends
