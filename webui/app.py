@@ -89,6 +89,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
 
         app.include_router(api_router())
         app.include_router(queue_router())
+        from .api.routes_models import models_router  # the Models tab's routes
+
+        app.include_router(models_router())
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends
@@ -271,12 +274,16 @@ def _announce(flags: Flags, url: str) -> None:
         for address in addresses:
             print(f"On your network:       {url.replace('127.0.0.1', address)}", flush=True)
         if not addresses:
-            log.warning("No LAN address found; use this machine's IP address with port %s.", flags.port)
+            log.warning(
+                "No LAN address found; use this machine's IP address with port %s.", flags.port
+            )
     if flags.listen or flags.server_name:
         if not (flags.gradio_auth or flags.gradio_auth_path) and not flags.nowebui:
             log.warning("--listen without --gradio-auth: anyone on your network can use this UI.")
         if flags.api and not flags.api_auth:
-            log.warning("--listen with --api but no --api-auth: anyone on your network can use the API.")
+            log.warning(
+                "--listen with --api but no --api-auth: anyone on your network can use the API."
+            )
 
 
 def _lan_addresses() -> list[str]:
