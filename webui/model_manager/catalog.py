@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .network_files import PREVIEW_EXTENSIONS, addnet_hash
-from .registry import _sha256_of
+from .registry import PREVIEW_EXTENSIONS, _sha256_of, addnet_hash
 from .sniff import Header, HeaderError, read_header, sniff
 
 log = logging.getLogger(__name__)
