@@ -16,7 +16,7 @@ from tests.model_manager.fake_sites import (
     sha,
 )
 from webui.model_manager.catalog import CatalogError, ModelCatalog, kind_roots
-from webui.model_manager.fetch import Sites
+from webui.model_manager.fetch import Sites, resolve
 from webui.services.models import DownloadAccessError, DownloadRequest, ModelsService
 
 
@@ -161,3 +161,22 @@ def test_civitai_info_by_hash_is_fetched_once_and_cached(service, site, tmp_path
     assert len(site.requests) == asked  # from the cache
     details = service.catalog.details("lora", "mine.safetensors")
     assert details["civitai"] == info and details["preview"].endswith("mine.preview.png")
+
+
+def test_a_partial_file_left_by_an_earlier_run_is_resumed(service, site, tmp_path):
+    url = f"{site.url}/models/105"  # a Civitai model page without a version: its latest
+    source = resolve(url, service.test_sites, service.client)
+    assert (source.kind, source.sha256, source.filename) == (
+        "lora",
+        sha(SDXL_LORA),
+        "style.safetensors",
+    )
+    partial = service.downloader.partial_path(source)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(SDXL_LORA[:1000])
+    before = len(site.requests)
+    task = wait(service.start_download(DownloadRequest(url)))
+    assert task.state == "done", task.message
+    assert (tmp_path / "models/Lora/style.safetensors").read_bytes() == SDXL_LORA
+    assert ("GET", "/cdn/style.safetensors", "bytes=1000-", None) in site.requests[before:]
+    assert not partial.exists()
