@@ -317,6 +317,10 @@ def test_option_defaults() -> None:
         "notification_volume": 100,
         "keyedit_precision_attention": 0.1,
         "keyedit_precision_extra": 0.05,
+        "civitai_api_key": "",
+        "huggingface_token": "",
+        "huggingface_base_url": "https://huggingface.co",
+        "civitai_base_url": "https://civitai.com",
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

@@ -327,7 +327,7 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("outdir_save", "", _string,
               "Directory for saving images using the Save button (empty: outputs/saved)",
               "saving-paths", path=True),
-    OptionDef("civitai_api_key", "", _string, "Civitai API key (for files that need a login)",
+    OptionDef("civitai_api_key", "", _string, "Civitai API key (for downloads that need a login)",
               "model-downloads"),
     OptionDef("huggingface_token", "", _string, "Hugging Face token (for gated repositories)",
               "model-downloads"),

@@ -232,10 +232,13 @@ def test_widgets_and_sections() -> None:
         "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
         "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
         "directories_filename_pattern": "textbox", "outdir_save": "textbox",
+        "civitai_api_key": "textbox", "huggingface_token": "textbox",
+        "huggingface_base_url": "textbox", "civitai_base_url": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
-                                       "Saving images/grids", "Paths for saving"]  # fmt: skip
+                                       "Saving images/grids", "Paths for saving",
+                                       "Model downloads"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":
