@@ -85,3 +85,15 @@ def test_the_download_box_streams_progress_until_the_file_is_in_place(tab):
     service.access_denied = lambda: True
     with pytest.raises(InputError, match="--enable-insecure-extension-access"):
         asyncio.run(run(f"{site.url}/cdn/emb.safetensors"))
+
+
+def test_progress_line_shows_size_speed_eta_and_resumes():
+    from webui.ui.models_tab import progress_html
+
+    task = {"state": "downloading", "done": 5 << 20, "total": 10 << 20, "speed": 1 << 20,
+            "eta": 65.0, "retries": 1, "message": ""}  # fmt: skip
+    shown = progress_html(task)
+    for part in ("5.0 MB of 10.0 MB", "1.0 MB/s", "ETA 1:05", "resumed 1×", "width:50.0%"):
+        assert part in shown
+    failed = progress_html(task | {"state": "failed", "message": "sha256 <mismatch>"})
+    assert "sha256 &lt;mismatch&gt;" in failed and "Failed" in failed

@@ -98,6 +98,7 @@ class ModelsService:
     def close(self) -> None:
         for task in self.tasks():
             task.cancel.set()
+        self.client.close()
         self.catalog.close()
 
     # --- file operations, refreshing what the generation tabs list ----------------------

@@ -175,9 +175,9 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
 
         return go
 
-    def rescan(kind_, family_, search_, page_):
+    def rescan(kind_, family_, search_):
         service.catalog.refresh()
-        return table_page(service, kind_, family_, search_, page_)
+        return filters_changed(kind_, family_, search_)  # new families show up too
 
     def select(keys_, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
@@ -205,7 +205,7 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
     for control in (kind, family):
         control.input(filters_changed, filters, [family, page, *listing], show_progress="hidden")
     search.submit(filters_changed, filters, [family, page, *listing], show_progress="hidden")
-    refresh.click(rescan, [*filters, page], listing)
+    refresh.click(rescan, filters, [family, page, *listing])
     previous.click(turn(-1), [*filters, page], [page, *listing], show_progress="hidden")
     following.click(turn(1), [*filters, page], [page, *listing], show_progress="hidden")
     table.select(select, keys, details, show_progress="hidden", api_name="models_select")
