@@ -8,7 +8,8 @@ One `http.server` on 127.0.0.1 answers both sites' routes:
   version 7 is gated: 401 without `Authorization: Bearer KEY`);
 - `/cdn/<name>`: the file, with Range requests (206). Names starting with `drop-` send
   half the body and close the connection on the first full GET; `huge-` states a 10 GB
-  Content-Length; `evil-` answers with a Content-Disposition of `../../evil.safetensors`.
+  Content-Length; `evil-` answers with a Content-Disposition of `../../evil.safetensors`; `slow-` sends
+  64 KB every 50 ms.
 Every request is recorded (`requests`: method, path, Range, Authorization).
 """
 
@@ -18,6 +19,7 @@ import hashlib
 import json
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 KEY = "secret-key"
@@ -68,6 +70,7 @@ class FakeSites:
             "huge-model.safetensors": SDXL_LORA,
             "evil-x.safetensors": SDXL_LORA,
             "4x-upscaler.pth": BIG_BLOB,
+            "slow-model.safetensors": SDXL_LORA + bytes(8 << 20),
         }
         self.requests: list[tuple[str, str, str | None, str | None]] = []
         self.dropped: set[str] = set()
@@ -193,6 +196,11 @@ class FakeSites:
                 if name.startswith("huge-"):
                     self.close_connection = True
                     self.wfile.write(data)
+                    return
+                if name.startswith("slow-"):  # 64 KB every 50 ms: about 1.3 MB/s
+                    for at in range(start, len(data), 1 << 16):
+                        self.wfile.write(data[at : at + (1 << 16)])
+                        time.sleep(0.05)
                     return
                 self.wfile.write(data[start:])
 

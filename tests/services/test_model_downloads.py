@@ -180,3 +180,19 @@ def test_a_partial_file_left_by_an_earlier_run_is_resumed(service, site, tmp_pat
     assert (tmp_path / "models/Lora/style.safetensors").read_bytes() == SDXL_LORA
     assert ("GET", "/cdn/style.safetensors", "bytes=1000-", None) in site.requests[before:]
     assert not partial.exists()
+
+
+def test_progress_has_speed_and_eta_and_cancel_leaves_nothing(service, site, tmp_path):
+    task = service.start_download(DownloadRequest(f"{site.url}/cdn/slow-model.safetensors"))
+    deadline = time.monotonic() + 60
+    while not (task.progress.speed > 0 and task.progress.eta is not None):
+        assert time.monotonic() < deadline and not task.finished, task.as_dict()
+        time.sleep(0.05)
+    shown = task.as_dict()
+    assert shown["state"] == "downloading" and 0 < shown["done"] < shown["total"]
+    assert shown["total"] == len(site.files["slow-model.safetensors"]) and shown["eta"] > 0
+    task.cancel.set()
+    wait(task)
+    assert task.state == "cancelled", task.message
+    assert files_under(tmp_path / "downloads") == []
+    assert not (tmp_path / "models/Lora").exists() or files_under(tmp_path / "models/Lora") == []
