@@ -333,6 +333,10 @@ def test_option_defaults() -> None:
         "interrogate_wd14_model": "",
         "interrogate_wd14_general_threshold": 0.35,
         "interrogate_wd14_character_threshold": 0.85,
+        "civitai_api_key": "",
+        "huggingface_token": "",
+        "huggingface_base_url": "https://huggingface.co",
+        "civitai_base_url": "https://civitai.com",
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

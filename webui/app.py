@@ -87,12 +87,14 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from .api.routes import api_router
         from .api.routes_browser import browser_router
         from .api.routes_merge import merge_router
+        from .api.routes_models import models_router
         from .api.routes_queue import queue_router
 
         app.include_router(api_router())
         app.include_router(queue_router())
         app.include_router(browser_router())  # /webui/v1/images: the Image Browser
         app.include_router(merge_router())  # /webui/v1/merge: Checkpoint Merger, LoRA merge
+        app.include_router(models_router())  # /webui/v1/models: the Models tab
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends
@@ -275,12 +277,16 @@ def _announce(flags: Flags, url: str) -> None:
         for address in addresses:
             print(f"On your network:       {url.replace('127.0.0.1', address)}", flush=True)
         if not addresses:
-            log.warning("No LAN address found; use this machine's IP address with port %s.", flags.port)
+            log.warning(
+                "No LAN address found; use this machine's IP address with port %s.", flags.port
+            )
     if flags.listen or flags.server_name:
         if not (flags.gradio_auth or flags.gradio_auth_path) and not flags.nowebui:
             log.warning("--listen without --gradio-auth: anyone on your network can use this UI.")
         if flags.api and not flags.api_auth:
-            log.warning("--listen with --api but no --api-auth: anyone on your network can use the API.")
+            log.warning(
+                "--listen with --api but no --api-auth: anyone on your network can use the API."
+            )
 
 
 def _lan_addresses() -> list[str]:

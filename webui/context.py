@@ -27,7 +27,9 @@ from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
 from .imaging.store import OutputStore
+from .model_manager.catalog import ModelCatalog, kind_roots
 from .model_manager.embeddings import EmbeddingRegistry
+from .model_manager.fetch import Sites
 from .model_manager.lora import LoraManager
 from .model_manager.network_files import AddnetHashCache
 from .model_manager.registry import CheckpointRegistry, HashCache
@@ -35,6 +37,7 @@ from .model_manager.vae import VaeRegistry
 from .options import Options
 from .services.generation import GenerationService
 from .services.image_browser import ImageBrowser
+from .services.models import ModelsService
 from .services.protocols import MemoryInfo, Models
 from .services.upscalers import Upscalers
 from .settings import Flags
@@ -63,6 +66,7 @@ class AppContext:
     cluster: Cluster | None = None  # the Ray workers that run the jobs (--ray)
     job_store: JobStore | None = None  # every job in SQLite (data folder); None: memory only
     browser: ImageBrowser | None = None  # the Image Browser's index and map (jobs.sqlite3)
+    model_files: ModelsService | None = None  # the Models tab: catalog, downloads, Civitai
 
     def close(self) -> None:
         self.jobs.stop()
@@ -73,6 +77,8 @@ class AppContext:
             self.job_store.close()
         if self.browser is not None:
             self.browser.index.close()
+        if self.model_files is not None:
+            self.model_files.close()
 
 
 def build_context(flags: Flags) -> AppContext:
@@ -119,9 +125,11 @@ def build_context(flags: Flags) -> AppContext:
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
                                    checkpoint_dir=flags.ckpt_dir)  # fmt: skip
+    model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
-                      job_store=job_store, browser=build_browser(flags, options, jobs))  # fmt: skip
+                      job_store=job_store, browser=build_browser(flags, options, jobs),
+                      model_files=model_files)  # fmt: skip
 
 
 def build_browser(flags: Flags, options: Options, jobs: JobQueue) -> ImageBrowser:
@@ -148,6 +156,31 @@ def held_checkpoints(models: Any) -> list[str]:
     """The checkpoints (relative names) the model manager holds in memory now."""
     loaded = set(models.loaded_paths())
     return [i.rel for i in models.checkpoints() if i.path in loaded]
+
+
+def build_model_files(flags: Flags, options: Options, models: Any, networks: Networks):
+    """The Models tab's service: every model folder in the catalog (models.sqlite3 in the
+    data folder), downloads refused on a LAN like extension installs."""
+    roots = kind_roots(flags.models_dir, flags.ckpt_dir, flags.lora_dir,
+                       flags.embeddings_dir, flags.vae_dir)  # fmt: skip
+    catalog = ModelCatalog(roots, flags.data_dir / "models.sqlite3",
+                           flags.data_dir / "trash" / "models")  # fmt: skip
+    registries = {"checkpoint": models, "lora": networks.loras,
+                  "embedding": networks.embeddings, "vae": networks.vaes}  # fmt: skip
+
+    def sites() -> Sites:
+        return Sites(huggingface=options.get("huggingface_base_url"),
+                     civitai=options.get("civitai_base_url"),
+                     civitai_key=options.get("civitai_api_key"),
+                     hf_token=options.get("huggingface_token"))  # fmt: skip
+
+    def changed(kind: str) -> None:  # the generation tabs list the files as they are now
+        if kind in registries:
+            registries[kind].refresh()
+
+    return ModelsService(catalog, flags.data_dir / "downloads", sites=sites,
+                         access_denied=lambda: flags.disable_extension_access,
+                         on_change=changed)  # fmt: skip
 
 
 def build_networks(flags: Flags, hashes: HashCache) -> Networks:

@@ -123,6 +123,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "saving-images": "Saving images/grids",
     "saving-paths": "Paths for saving",
     "interrogate": "Interrogate",
+    "model-downloads": "Model downloads",
 }
 
 
@@ -208,6 +209,13 @@ def _languages(ctx: Any) -> list[str]:
             folders.append(record.path / "localizations")
     names = {path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.json")}
     return ["Auto", *sorted(names)]
+
+
+def _http_url(value: Any) -> str:
+    value = _string(value).strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise ValueError(f"expected an http(s):// address, got {value!r}")
+    return value
 
 
 def _option_keys(ctx: Any) -> list[str]:
@@ -364,6 +372,14 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               label="WD14 tagger: character tags threshold", **_float(0.0, 1.0, 0.01)),
     OptionDef("image_browser_folders", "", _string,
               "Image Browser: more folders to index, separated by ;", "saving-paths", path=True),
+    OptionDef("civitai_api_key", "", _string, "Civitai API key (for downloads that need a login)",
+              "model-downloads"),
+    OptionDef("huggingface_token", "", _string, "Hugging Face token (for gated repositories)",
+              "model-downloads"),
+    OptionDef("huggingface_base_url", "https://huggingface.co", _http_url,
+              "Hugging Face address (a mirror works too)", "model-downloads"),
+    OptionDef("civitai_base_url", "https://civitai.com", _http_url, "Civitai address",
+              "model-downloads"),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

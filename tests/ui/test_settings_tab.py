@@ -242,11 +242,13 @@ def test_widgets_and_sections() -> None:
         "interrogate_wd14_general_threshold": "slider",
         "interrogate_wd14_character_threshold": "slider",
         "image_browser_folders": "textbox",
+        "civitai_api_key": "textbox", "huggingface_token": "textbox",
+        "huggingface_base_url": "textbox", "civitai_base_url": "textbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
                                        "Saving images/grids", "Paths for saving",
-                                       "Interrogate"]  # fmt: skip
+                                       "Interrogate", "Model downloads"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

@@ -15,7 +15,6 @@ This module must never import a UI library.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -23,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .registry import HashCache, _stamp
+from .registry import PREVIEW_EXTENSIONS, HashCache, _stamp, addnet_hash
 
 log = logging.getLogger(__name__)
-
-PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class NetworkFileError(RuntimeError, UserError):
@@ -181,13 +178,3 @@ class AddnetHashCache(HashCache):
             self._data[str(path)] = {"stamp": _stamp(path), "sha256": digest}
             self._save()
         return digest
-
-
-def addnet_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        header = int.from_bytes(f.read(8), "little")
-        f.seek(8 + header)
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

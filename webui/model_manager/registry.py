@@ -21,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".ckpt")
+PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # previews beside model files
 
 
 @dataclass
@@ -100,6 +101,17 @@ def _sha256_of(path: Path) -> str:
         with open(file, "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
+    return digest.hexdigest()
+
+
+def addnet_hash(path: Path) -> str:
+    """A1111's LoRA hash: sha256 of a safetensors file after its header ("addnet")."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -24,6 +24,7 @@ from .icons import ICONS_CSS, LABELS_JS
 from .img2img_tab import build_img2img_tab
 from .inpaint_tab import build_inpaint_tab
 from .merger_tab import build_merger_tab
+from .models_tab import build_models_tab
 from .paste import connect_parameter_copy
 from .pnginfo_tab import build_pnginfo_tab
 from .queue_panel import build_queue_panel
@@ -104,6 +105,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 build_defaults_section(ctx, defaults)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
+            with gr.Tab("Models", id="models", elem_id="tab_models"):
+                build_models_tab(ctx, demo)
         for key, name in TAB_MIRRORS.items():
             follow_option(quick, key, [tab[name] for tab in generation.values()])
         connect_quicksettings(ctx, demo, quick, settings)
