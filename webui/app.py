@@ -89,6 +89,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
 
         app.include_router(api_router())
         app.include_router(queue_router())
+        from .api.routes_detailer import adetailer_router  # /adetailer/v1 (ADetailer's)
+
+        app.include_router(adetailer_router())
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends

@@ -113,7 +113,8 @@ def build_context(flags: Flags) -> AppContext:
     upscalers = Upscalers(flags.models_dir)
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
-                                   checkpoint_dir=flags.ckpt_dir)  # fmt: skip
+                                   checkpoint_dir=flags.ckpt_dir,
+                                   detector_dir=flags.models_dir / "adetailer")  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
                       job_store=job_store)  # fmt: skip
