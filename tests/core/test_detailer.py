@@ -150,6 +150,7 @@ def test_disabled_or_none_writes_no_fields(client):
         ([True, False, unit(ad_use_checkpoint=True)], [2, "ad_use_checkpoint"]),
         ([True, False, "face"], [2]),
         ([True, False], []),
+        ([unit(ad_use_sampler=True, ad_sampler="Warp drive")], []),
     ],
 )
 def test_bad_units_are_422_naming_the_field(client, args, loc):

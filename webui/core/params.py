@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ParamError
-from .params_detailer import DetailerUnit, UnitError, unit_from_dict
+from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
 from .prompt_limits import check_prompts
 from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, missing_requirements, resolve
@@ -114,6 +114,12 @@ class Txt2ImgParams:
                 unit_from_dict({k: v for k, v in vars(unit).items() if k != "model_path"}, index)
             except UnitError as exc:
                 raise ParamError("adetailer", str(exc)) from None
+            if unit.active and unit.ad_use_sampler:
+                schedule = None if unit.ad_scheduler == SAME_SCHEDULER else unit.ad_scheduler
+                try:
+                    resolve(unit.ad_sampler, schedule)
+                except UnknownSamplerError as exc:
+                    raise ParamError("adetailer", f"unit {index + 1}: {exc}") from None
             if unit.active and (unit.ad_prompt or unit.ad_negative_prompt):
                 check_prompts(unit.ad_prompt or self.prompt,
                               unit.ad_negative_prompt or self.negative_prompt,

@@ -63,7 +63,7 @@ class DetailerUnit:
     ad_use_cfg_scale: bool = False
     ad_cfg_scale: float = 7.0
     ad_use_sampler: bool = False
-    ad_sampler: str = "DPM++ 2M Karras"
+    ad_sampler: str = "DPM++ 2M"  # A1111 1.9 names (the schedule is ad_scheduler)
     ad_scheduler: str = SAME_SCHEDULER
     ad_use_noise_multiplier: bool = False
     ad_noise_multiplier: float = 1.0
