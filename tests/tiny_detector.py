@@ -19,8 +19,9 @@ SIZE = 640
 
 
 class _Detector(torch.nn.Module):
-    def __init__(self, boxes: list[tuple[int, int, int, int]], floors: list[float]):
+    def __init__(self, boxes: list[tuple[int, int, int, int]], floors: list[float], seg: bool):
         super().__init__()
+        self.seg = seg
         self.boxes = boxes  # x1, y1, x2, y2 in input pixels
         self.floors = floors
         centres = [[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1] for x1, y1, x2, y2 in boxes]
@@ -33,18 +34,27 @@ class _Detector(torch.nn.Module):
             scores.append((region[:, 0] - region[:, 1]).mean(dim=(1, 2)).clamp(floor, 1))
         score = torch.stack(scores, dim=1).unsqueeze(1)  # (batch, 1 class, N)
         geometry = self.geometry.unsqueeze(0).expand(x.shape[0], -1, -1)
-        return torch.cat([geometry, score], dim=1)
+        out = torch.cat([geometry, score], dim=1)
+        if not self.seg:
+            return out
+        coefficients = torch.full_like(score, 5.0).expand(-1, 32, -1)  # never scores
+        return torch.cat([out, coefficients], dim=1), x[:, :1, ::4, ::4].expand(-1, 32, -1, -1)
 
 
 def write_tiny_detector(
-    path: Path, boxes: list[tuple[int, int, int, int]], floors: list[float] | None = None
+    path: Path,
+    boxes: list[tuple[int, int, int, int]],
+    floors: list[float] | None = None,
+    seg: bool = False,
 ) -> Path:
     """An ONNX detector at `path` with candidate `boxes` (x1, y1, x2, y2, input pixels)
-    and each box's lowest score (`floors`, default 0)."""
+    and each box's lowest score (`floors`, default 0). `seg`: the layout of a segmentation
+    export (32 mask coefficients after the scores, and a second output of prototypes)."""
     floors = floors or [0.0] * len(boxes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Detector(boxes, floors), torch.zeros(1, 3, SIZE, SIZE), str(path),
-                          dynamo=False, input_names=["images"], output_names=["output0"])  # fmt: skip
+        names = ["output0", "output1"] if seg else ["output0"]
+        torch.onnx.export(_Detector(boxes, floors, seg), torch.zeros(1, 3, SIZE, SIZE), str(path),
+                          dynamo=False, input_names=["images"], output_names=names)  # fmt: skip
     return path

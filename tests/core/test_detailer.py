@@ -203,3 +203,14 @@ def test_units_survive_the_job_store():
     params = Txt2ImgParams(adetailer=(DetailerUnit("a.onnx", model_path="/m/a.onnx"),),
                            adetailer_skip_img2img=True)  # fmt: skip
     assert job_codec.decode_params("txt2img", *job_codec.encode(params)) == params
+
+
+def test_a_segmentation_export_is_read_by_its_boxes(tmp_path):
+    from webui.imaging.detection import detect
+
+    path = write_tiny_detector(tmp_path / "seg.onnx", [(80, 80, 320, 320)], seg=True)
+    picture = Image.new("RGB", (64, 64), (120, 130, 140))
+    assert detect(path, picture, 0.3) == []  # the mask coefficients (5.0) are no scores
+    ImageDraw.Draw(picture).rectangle([8, 8, 31, 31], fill=(230, 30, 30))
+    (found,) = detect(path, picture, 0.3)
+    assert found.box == (8.0, 8.0, 32.0, 32.0) and found.confidence < 1

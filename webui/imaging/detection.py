@@ -81,16 +81,22 @@ def detect(path: Path, image: Image.Image, confidence: float) -> list[Detection]
     blob = cv2.dnn.blobFromImage(canvas, 1 / 255.0, (INPUT_SIZE, INPUT_SIZE), swapRB=False)
     net.setInput(blob)
     try:
-        out = np.asarray(net.forward(), dtype=np.float32)
+        outputs = [np.asarray(o, dtype=np.float32)
+                   for o in net.forward(net.getUnconnectedOutLayersNames())]  # fmt: skip
     except cv2.error as exc:
         raise DetectorError(f"detector {Path(path).name} failed: {exc}") from None
-    if out.ndim != 3 or out.shape[0] != 1 or out.shape[1] < 5:
+    out = next((o for o in outputs if o.ndim == 3), outputs[0])
+    # a segmentation export adds mask coefficients after the class scores, and their
+    # prototypes as a second output (1, coefficients, h, w): only the boxes are read
+    protos = next((o for o in outputs if o.ndim == 4), None)
+    coefficients = protos.shape[1] if protos is not None else 0
+    if out.ndim != 3 or out.shape[0] != 1 or out.shape[1] < 5 + coefficients:
         raise DetectorError(
             f"detector {Path(path).name}: expected a YOLOv8 output (1, 4 + classes, N), "
             f"got {tuple(out.shape)}"
         )
-    rows = out[0].T  # N x (4 + classes)
-    scores = rows[:, 4:].max(axis=1)
+    rows = out[0].T  # N x (4 + classes [+ mask coefficients])
+    scores = rows[:, 4 : rows.shape[1] - coefficients].max(axis=1)
     keep = scores >= confidence
     rows, scores = rows[keep], scores[keep]
     boxes = []
