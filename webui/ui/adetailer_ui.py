@@ -29,6 +29,7 @@ UNITS = 2  # ADetailer's default "Max models"
 ENABLE, SKIP = "Enable ADetailer", "Skip img2img"
 # ad_* key -> (control label, infotext name after "ADetailer ")
 _FIELDS: dict[str, tuple[str, str]] = {
+    "ad_tap_enable": ("Enable this tab", "tap enable"),  # never in the infotext
     "ad_model": ("ADetailer model", "model"),
     "ad_prompt": ("ADetailer prompt", "prompt"),
     "ad_negative_prompt": ("ADetailer negative prompt", "negative prompt"),
@@ -100,6 +101,7 @@ def _unit_controls(named: Named, prefix: str, n: int, folder) -> None:
     def slider(key: str, low: float, high: float, step: float, value: float) -> None:
         add(key, gr.Slider(label=label(key), minimum=low, maximum=high, step=step, value=value))
 
+    add("ad_tap_enable", gr.Checkbox(label=label("ad_tap_enable"), value=True))
     with gr.Row():
         model = gr.Dropdown(label=label("ad_model"), choices=["None", *detector_names(folder)],
                             value="None", elem_id=f"{prefix}_ad_model_{n}")  # fmt: skip
