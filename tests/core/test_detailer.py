@@ -161,9 +161,13 @@ def test_bad_units_are_422_naming_the_field(client, args, loc):
     assert detail["loc"] == ["body", "alwayson_scripts", "ADetailer", "args", *map(str, loc)]
 
 
-def test_version_and_detector_list(client):
+def test_version_detector_list_and_script_info(client):
     assert client.get("/adetailer/v1/version").json() == {"version": ADETAILER_VERSION}
     assert client.get("/adetailer/v1/ad_model").json() == {"ad_model": ["always.onnx", "red.onnx"]}
+    info = [i for i in client.get("/sdapi/v1/script-info").json() if i["name"] == "adetailer"]
+    assert [i["is_img2img"] for i in info] == [False, True] and info[0]["is_alwayson"]
+    assert [a["name"] for a in info[0]["args"]] == ["ad_enable", "skip_img2img", "unit1", "unit2"]
+    assert info[0]["args"][2]["value"]["ad_denoising_strength"] == 0.4
 
 
 def test_args_shapes_as_adetailer_takes_them():
