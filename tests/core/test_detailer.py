@@ -147,7 +147,11 @@ def test_disabled_or_none_writes_no_fields(client):
         ([unit(ad_confidence=2)], [0, "ad_confidence"]),
         ([True, False, unit(), unit(ad_mask_merge_invert="Invert")], [3, "ad_mask_merge_invert"]),
         ([True, False, unit(ad_no_such_field=1)], [2, "ad_no_such_field"]),
-        ([True, False, unit(ad_use_checkpoint=True)], [2, "ad_use_checkpoint"]),
+        (
+            [True, False, unit(ad_use_checkpoint=True, ad_checkpoint="other.safetensors")],
+            [2, "ad_use_checkpoint"],
+        ),
+        ([True, False, unit(ad_restore_face=True)], [2, "ad_restore_face"]),
         ([True, False, "face"], [2]),
         ([True, False], []),
         ([unit(ad_use_sampler=True, ad_sampler="Warp drive")], []),
@@ -176,6 +180,9 @@ def test_args_shapes_as_adetailer_takes_them():
     assert (enabled, skip, [u.ad_model for u in units]) == (False, True, ["None", "b.onnx"])
     with pytest.raises(UnitError):
         units_from_args("face")
+    same = {"ad_model": "a.onnx", "ad_use_checkpoint": True, "ad_checkpoint": "Use same checkpoint",
+            "ad_use_vae": True, "ad_vae": "Use same VAE", "ad_controlnet_module": "None"}  # fmt: skip
+    assert units_from_args([same])[2] == (DetailerUnit("a.onnx"),)
 
 
 def test_infotext_suffixes_and_defaults_left_out():
@@ -218,3 +225,26 @@ def test_a_segmentation_export_is_read_by_its_boxes(tmp_path):
     ImageDraw.Draw(picture).rectangle([8, 8, 31, 31], fill=(230, 30, 30))
     (found,) = detect(path, picture, 0.3)
     assert found.box == (8.0, 8.0, 32.0, 32.0) and found.confidence < 1
+
+
+def test_a_region_job_takes_the_units_own_settings():
+    from webui.core.detailer import region_params, unit_prompts
+    from webui.core.params import Txt2ImgParams
+
+    params = Txt2ImgParams(prompt="main", steps=20, cfg_scale=7, width=512, height=768,
+                           sampler_name="Euler", clip_skip=1, batch_size=4)  # fmt: skip
+    own = DetailerUnit("a.onnx", ad_use_inpaint_width_height=True, ad_inpaint_width=640,
+                       ad_inpaint_height=640, ad_use_steps=True, ad_steps=9, ad_use_cfg_scale=True,
+                       ad_cfg_scale=4.5, ad_use_sampler=True, ad_sampler="DDIM",
+                       ad_use_clip_skip=True, ad_clip_skip=2, ad_use_noise_multiplier=True,
+                       ad_noise_multiplier=1.1, ad_mask_blur=6, ad_denoising_strength=0.3,
+                       ad_inpaint_only_masked_padding=16)  # fmt: skip
+    image, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    job = region_params(params, own, image, mask, "p", "n")
+    assert (job.width, job.height, job.steps, job.cfg_scale) == (640, 640, 9, 4.5)
+    assert (job.sampler_name, job.clip_skip, job.initial_noise_multiplier) == ("DDIM", 2, 1.1)
+    assert (job.mask_blur_x, job.denoising_strength, job.inpaint_full_res_padding) == (6, 0.3, 16)
+    assert (job.batch_size, job.inpainting_fill, job.inpaint_full_res) == (1, 1, True)
+    same = region_params(params, DetailerUnit("a.onnx"), image, mask, "p", "n")
+    assert (same.width, same.height, same.steps, same.sampler_name) == (512, 768, 20, "Euler")
+    assert unit_prompts("a [SEP] [PROMPT], b [SEP]", "main") == ["a", " main , b", "main"]

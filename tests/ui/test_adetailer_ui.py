@@ -24,7 +24,8 @@ UNITS = (
     DetailerUnit("face.onnx", ad_prompt="a smiling face, detailed", ad_confidence=0.45,
                  ad_inpaint_only_masked=False, ad_mask_merge_invert="Merge"),
     DetailerUnit("hand.onnx", ad_negative_prompt="extra fingers", ad_use_steps=True, ad_steps=12,
-                 ad_use_sampler=True, ad_sampler="Euler a", ad_dilate_erode=-8),
+                 ad_use_sampler=True, ad_sampler="Euler a", ad_dilate_erode=-8,
+                 ad_use_clip_skip=True, ad_clip_skip=2),
 )  # fmt: skip
 
 

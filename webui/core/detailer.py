@@ -8,7 +8,7 @@ inpainted in turn through the img2img inpaint path (`webui.core.img2img`): "only
 at the unit's inpaint size (default: the job's width and height) with the unit's prompt
 (empty: the job's; "[SEP]" gives each region its own, "[PROMPT]" inserts the job's,
 "[SKIP]" leaves a region alone), negative prompt, denoising strength, mask blur, padding
-and its steps, CFG scale, sampler and noise multiplier when it has its own. Region j of an
+and its steps, CFG scale, sampler, noise multiplier and CLIP skip when it has its own. Region j of an
 image gets the image's seed + j and variation seed + j (ADetailer's seeds); masked content
 is "original".
 
@@ -125,6 +125,7 @@ def region_params(
         sampler_name=sampler, scheduler=scheduler, batch_count=1, batch_size=1,
         hires=None, adetailer=(), adetailer_skip_img2img=False, save_images=False,
         grid=False, script=None,
+        clip_skip=unit.ad_clip_skip if unit.ad_use_clip_skip else params.clip_skip,
     )  # fmt: skip
     return Img2ImgParams(
         **shared,

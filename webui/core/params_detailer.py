@@ -5,7 +5,7 @@ ADetailer's own field names and defaults. `units_from_args` reads the extension'
 shape (`alwayson_scripts: {"ADetailer": {"args": [enable, skip_img2img, {unit}, ...]}}`),
 `infotext_fields` writes ADetailer's infotext (" 2nd", " 3rd"... after a later unit's
 names) and `units_from_infotext` reads it back. What this server does not have (a
-separate checkpoint, VAE or CLIP skip, restore face, ControlNet, YOLO-World classes) is
+separate checkpoint or VAE, restore face, ControlNet, YOLO-World classes) is
 refused when asked for, naming the field, never ignored.
 
 This module must never import torch, diffusers or a UI library.
@@ -67,6 +67,8 @@ class DetailerUnit:
     ad_scheduler: str = SAME_SCHEDULER
     ad_use_noise_multiplier: bool = False
     ad_noise_multiplier: float = 1.0
+    ad_use_clip_skip: bool = False
+    ad_clip_skip: int = 1
     model_path: str = ""  # the detector file, filled in when the job is submitted
 
     @property
@@ -82,15 +84,18 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "ad_mask_blur": (0, 64), "ad_denoising_strength": (0.0, 1.0),
     "ad_inpaint_only_masked_padding": (0, 256), "ad_inpaint_width": (64, 4096),
     "ad_inpaint_height": (64, 4096), "ad_steps": (1, 150), "ad_cfg_scale": (0.0, 30.0),
-    "ad_noise_multiplier": (0.5, 1.5),
+    "ad_noise_multiplier": (0.5, 1.5), "ad_clip_skip": (1, 12),
 }  # fmt: skip
 # ADetailer fields this server does not run: refused unless off / at their default
 _UNSUPPORTED: dict[str, Any] = {
     "ad_model_classes": "", "ad_use_checkpoint": False, "ad_use_vae": False,
-    "ad_use_clip_skip": False, "ad_restore_face": False, "ad_controlnet_model": "None",
+    "ad_restore_face": False, "ad_controlnet_model": "None",
 }  # fmt: skip
+# a separate checkpoint or VAE switched on but naming the job's own is no change
+_SAME = {"ad_use_checkpoint": ("ad_checkpoint", "Use same checkpoint"),
+         "ad_use_vae": ("ad_vae", "Use same VAE")}  # fmt: skip
 # accepted and without effect here, as in ADetailer when their switch is off
-_INERT = ("ad_checkpoint", "ad_vae", "ad_clip_skip", "ad_controlnet_module",
+_INERT = ("ad_checkpoint", "ad_vae", "ad_controlnet_module",
           "ad_controlnet_weight", "ad_controlnet_guidance_start", "ad_controlnet_guidance_end",
           "is_api")  # fmt: skip
 _FIELDS = {f.name: f for f in fields(DetailerUnit) if f.name != "model_path"}
@@ -101,7 +106,8 @@ def unit_from_dict(data: Mapping[str, Any], index: int = 0) -> DetailerUnit:
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key in _UNSUPPORTED:
-            if value not in (None, _UNSUPPORTED[key]) and value != "Use same checkpoint":
+            same = key in _SAME and data.get(_SAME[key][0]) in (None, "", "None", _SAME[key][1])
+            if value not in (None, _UNSUPPORTED[key]) and not same:
                 raise UnitError((index, key), "not supported by this server")
             continue
         if key in _INERT:
@@ -219,6 +225,9 @@ def unit_fields(unit: DetailerUnit, n: int) -> dict[str, Any]:
     if u.ad_use_noise_multiplier:
         out["ADetailer use separate noise multiplier"] = True
         out["ADetailer noise multiplier"] = u.ad_noise_multiplier
+    if u.ad_use_clip_skip:
+        out["ADetailer use separate CLIP skip"] = True
+        out["ADetailer CLIP skip"] = u.ad_clip_skip
     suffix = ordinal_suffix(n)
     return {f"{name}{suffix}": value for name, value in out.items()}
 
@@ -249,7 +258,8 @@ _NAME_TO_KEY = {
     "use separate CFG scale": "ad_use_cfg_scale", "CFG scale": "ad_cfg_scale",
     "use separate sampler": "ad_use_sampler", "sampler": "ad_sampler",
     "scheduler": "ad_scheduler", "use separate noise multiplier": "ad_use_noise_multiplier",
-    "noise multiplier": "ad_noise_multiplier",
+    "noise multiplier": "ad_noise_multiplier", "use separate CLIP skip": "ad_use_clip_skip",
+    "CLIP skip": "ad_clip_skip",
 }  # fmt: skip
 _FIELD_RE = re.compile(r"ADetailer (.+?)(?: (\d+)(?:st|nd|rd|th))?$")
 

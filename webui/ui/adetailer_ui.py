@@ -57,10 +57,12 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "ad_scheduler": ("ADetailer scheduler", "scheduler"),
     "ad_use_noise_multiplier": ("Use separate noise multiplier", "use separate noise multiplier"),
     "ad_noise_multiplier": ("Noise multiplier for img2img", "noise multiplier"),
+    "ad_use_clip_skip": ("Use separate CLIP skip", "use separate CLIP skip"),
+    "ad_clip_skip": ("ADetailer CLIP skip", "CLIP skip"),
 }
 _INTS = ("ad_mask_k_largest", "ad_x_offset", "ad_y_offset", "ad_dilate_erode", "ad_mask_blur",
          "ad_inpaint_only_masked_padding", "ad_inpaint_width", "ad_inpaint_height",
-         "ad_steps")  # fmt: skip
+         "ad_steps", "ad_clip_skip")  # fmt: skip
 # (infotext field, control label, tabs): what parameter copy fills (webui.ui.paste)
 PASTE_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
     (f"ADetailer {name}{ordinal_suffix(n)}", f"{label}{ordinal_suffix(n)}",
@@ -148,6 +150,7 @@ def _unit_controls(named: Named, prefix: str, n: int, folder) -> None:
                                             value=SAME_SCHEDULER))  # fmt: skip
         _switched(add, label, "ad_use_noise_multiplier",
                   [("ad_noise_multiplier", 0.5, 1.5, 0.01, 1.0)])  # fmt: skip
+        _switched(add, label, "ad_use_clip_skip", [("ad_clip_skip", 1, 12, 1, 1)])
 
 
 def _switched(add, label, switch: str, sliders: list[tuple]) -> None:
