@@ -124,7 +124,8 @@ def build_context(flags: Flags) -> AppContext:
     upscalers = Upscalers(flags.models_dir)
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
-                                   checkpoint_dir=flags.ckpt_dir)  # fmt: skip
+                                   checkpoint_dir=flags.ckpt_dir,
+                                   detector_dir=flags.models_dir / "adetailer")  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,

@@ -11,8 +11,10 @@ This module must never import torch or diffusers.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from ..core.params_detailer import ADETAILER, DetailerUnit, ordinal_suffix
 from ..ext.api import Extension
 from ..ext.host import ExtensionHost
 from ..services.generation import SD_UPSCALE, GenerationService
@@ -44,7 +46,7 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                   "args": [_arg_info(c) for c in generation.sd_upscale_controls()]}  # fmt: skip
     extensions = generation.extensions
     if extensions is None:
-        return [sd_upscale]
+        return [*_adetailer_info(), sd_upscale]
     out = []
     for ext in extensions.active():
         if not ext.controls and not ext.is_script:
@@ -57,7 +59,24 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                 "is_img2img": tab == "img2img",
                 "args": [_arg_info(c) for c in ext.controls],
             })  # fmt: skip
-    return [*out, sd_upscale]
+    return [*out, *_adetailer_info(), sd_upscale]
+
+
+def _adetailer_info() -> list[dict[str, Any]]:
+    """The built-in ADetailer, always on in both tabs: its args as the extension takes
+    them (enable, skip img2img, then one dict of ad_* fields per unit, defaults shown)."""
+    unit = {k: v for k, v in asdict(DetailerUnit()).items() if k != "model_path"}
+    args = [
+        {"name": "ad_enable", "label": "Enable ADetailer", "value": False, "minimum": None,
+         "maximum": None, "step": None, "choices": None},
+        {"name": "skip_img2img", "label": "Skip img2img", "value": False, "minimum": None,
+         "maximum": None, "step": None, "choices": None},
+        *({"name": f"unit{n + 1}", "label": f"ADetailer unit{ordinal_suffix(n)}".strip(),
+           "value": unit, "minimum": None, "maximum": None, "step": None, "choices": None}
+          for n in range(2)),
+    ]  # fmt: skip
+    return [{"name": ADETAILER.lower(), "extension": None, "is_alwayson": True,
+             "is_img2img": tab == "img2img", "args": args} for tab in GENERATION_TABS]  # fmt: skip
 
 
 def _tabs(ext: Extension) -> tuple[str, ...]:

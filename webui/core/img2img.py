@@ -149,7 +149,10 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         items = [prepared[(start + i) % len(prepared)] for i in range(len(batch_seeds))]
         if batch == 0:
             progress.started_at = time.monotonic()
-        images = job.run(items, batch_seeds, batch_subseeds)
+        if skip_img2img(params):  # ADetailer's "Skip img2img": detail the init images
+            images = [item.source for item in items]
+        else:
+            images = job.run(items, batch_seeds, batch_subseeds)
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
@@ -205,6 +208,11 @@ class Img2ImgJob:
                 follow_steps(self.on_step),
                 noise=noise,
             )
+
+
+def skip_img2img(params: Img2ImgParams) -> bool:
+    """ADetailer's "Skip img2img": the detailer works on the init image itself."""
+    return params.adetailer_skip_img2img and any(u.active for u in params.adetailer)
 
 
 def noise_multiplier(params: Img2ImgParams) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ParamError
+from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
 from .prompt_limits import check_prompts
 from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, missing_requirements, resolve
@@ -63,6 +64,9 @@ class Txt2ImgParams:
     s_tmax: float | None = None  # 0: infinity
     s_noise: float | None = None
     s_min_uncond: float | None = None  # NGMS: skip the uncond pass below this sigma
+    # the detailer (ADetailer's units, core/params_detailer.py; core/detailer.py runs them)
+    adetailer: tuple[DetailerUnit, ...] = ()
+    adetailer_skip_img2img: bool = False  # img2img: detail the init image, no img2img pass
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -97,7 +101,30 @@ class Txt2ImgParams:
             if "\x00" in value:
                 raise ParamError(name, "must not contain NUL characters")
         self._check_prompt_limits()
+        self._check_detailer()
         return self
+
+    def _check_detailer(self) -> None:
+        """Each unit's fields and prompts (the API and the UI build units with
+        `params_detailer.unit_from_dict`, which names the bad ad_* key)."""
+        for index, unit in enumerate(self.adetailer):
+            if not isinstance(unit, DetailerUnit):
+                raise ParamError("adetailer", f"unit {index + 1} is not a detailer unit")
+            try:
+                unit_from_dict({k: v for k, v in vars(unit).items() if k != "model_path"}, index)
+            except UnitError as exc:
+                raise ParamError("adetailer", str(exc)) from None
+            if unit.active and unit.ad_use_sampler:
+                schedule = None if unit.ad_scheduler == SAME_SCHEDULER else unit.ad_scheduler
+                try:
+                    resolve(unit.ad_sampler, schedule)
+                except UnknownSamplerError as exc:
+                    raise ParamError("adetailer", f"unit {index + 1}: {exc}") from None
+            if unit.active and (unit.ad_prompt or unit.ad_negative_prompt):
+                check_prompts(unit.ad_prompt or self.prompt,
+                              unit.ad_negative_prompt or self.negative_prompt,
+                              steps=unit.ad_steps if unit.ad_use_steps else self.steps,
+                              fields=("adetailer", "adetailer"))  # fmt: skip
 
     def _check_prompt_limits(self) -> None:
         """Length, nesting, AND parts, chunks: see prompt_limits (PromptLimitError)."""

@@ -31,6 +31,7 @@ from .decode import NanOutputError, decode_latents
 from .hires import hires_choice, hires_fields, hires_pass
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
+from .params_detailer import infotext_fields
 from .run import RunContext
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
@@ -128,12 +129,20 @@ def finish_image(
     subseed: int | None = None,
 ) -> GeneratedImage:
     """The image's infotext (with the run's memory notes and its own seed and variation
-    seed), saved when the job saves."""
+    seed), saved when the job saves. The job's detailer units (ADetailer) run first."""
     own: dict = {"Seed": seed}
     if params.subseed_strength > 0:
         own["Variation seed"] = params.subseed if subseed is None else subseed
+    detailer: dict = {}
+    if params.adetailer:
+        from .detailer import detail  # it builds on img2img, which builds on this module
+
+        image = detail(run, params, image, seed, params.subseed if subseed is None else subseed)
+        detailer = infotext_fields(params.adetailer)
     infotext = build_infotext(
-        params.prompt, params.negative_prompt, {**fields, **run.infotext_notes(), **own}
+        params.prompt,
+        params.negative_prompt,
+        {**fields, **detailer, **run.infotext_notes(), **own},
     )
     path = run.save(image, seed, infotext) if run.save else None
     return GeneratedImage(image=image, seed=seed, infotext=infotext, path=path)

@@ -36,6 +36,7 @@ from ..core.params_img2img import ExtrasParams, Img2ImgParams, SDUpscaleParams
 from ..ext.api import ArgError, Control
 from ..ext.host import ExtensionHost
 from ..options import Options
+from .detailer import detailer_fields, split_detailer
 from .errors import NoCheckpointError, RequestError
 from .options import CHECKPOINT, CLIP_SKIP, OVERRIDES, checkpoint_info, job_options
 from .protocols import Models
@@ -78,13 +79,15 @@ class GenerationService:
 
     def __init__(self, *, models: Models, options: Options, jobs: JobQueue,
                  extensions: ExtensionHost | None, upscalers: Upscalers,
-                 checkpoint_dir: Path) -> None:  # fmt: skip
+                 checkpoint_dir: Path, detector_dir: Path | None = None) -> None:  # fmt: skip
         self.models = models
         self.options = options
         self.jobs = jobs
         self.extensions = extensions
         self.upscalers = upscalers
         self.checkpoint_dir = Path(checkpoint_dir)
+        # ADetailer's detectors (models/adetailer next to models/Stable-diffusion by default)
+        self.detector_dir = Path(detector_dir or self.checkpoint_dir.parent / "adetailer")
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate the request and queue its job. Raises RequestError, NoCheckpointError,
@@ -109,6 +112,10 @@ class GenerationService:
             return self._extras(request)
         overrides = self._override_fields(request.override_settings, request.params.clip_skip)
         params = replace(request.params, **overrides)
+        detailer, alwayson = split_detailer(request.alwayson)
+        if detailer is not None:  # ADetailer: built in, asked for as the extension is
+            params = replace(params, **detailer_fields(detailer, request.kind, self.detector_dir))
+            request = replace(request, alwayson=alwayson)
         script = _script_name(request.script)
         if request.kind == "img2img" and script.lower() == SD_UPSCALE.lower():
             params = replace(

@@ -30,6 +30,7 @@ from ..core.params import ParamError
 from ..core.params_img2img import size_for_scale
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.masks import RESIZE_MODES
+from .adetailer_ui import add_adetailer_controls, detailer_request
 from .common import InputError, owner_of
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
@@ -84,6 +85,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
             _settings(named, spec)
             if spec.extras is not None:
                 spec.extras(ctx, named)
+            add_adetailer_controls(ctx, named, spec.prefix, spec.kind)
             ext = extension_inputs(ctx, spec.scripts_of, prefix=spec.prefix, named=named)
         with gr.Column(scale=1):
             output = output_panel(ctx, spec.prefix, send_targets=spec.send_targets)
@@ -96,7 +98,9 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
             params = spec.params(ctx, v)
         except (ParamError, TypeError, ValueError) as exc:
             raise InputError(str(exc)) from exc
-        return submit_job(ctx, request, spec.kind, params, **ext.request_args(v))
+        args = ext.request_args(v)
+        args["alwayson"] = {**(args.get("alwayson") or {}), **detailer_request(v)}  # ADetailer
+        return submit_job(ctx, request, spec.kind, params, **args)
 
     async def run(request: gr.Request, *values):
         # reading the images and validating take a thread, never the event loop that

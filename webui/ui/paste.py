@@ -25,6 +25,9 @@ import gradio as gr
 
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
+from .adetailer_ui import ENABLE as ADETAILER_ENABLE
+from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
+from .adetailer_ui import PASTE_FIELDS as ADETAILER_FIELDS
 from .common import InputError, owner_of
 from .sampler_controls import PASTE_FIELDS, TILING
 
@@ -69,6 +72,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Hires prompt", "Hires prompt", ("txt2img",)),
     ("Hires negative prompt", "Hires negative prompt", ("txt2img",)),
     *((key, label, TARGETS) for key, label in PASTE_FIELDS.items()),  # Eta, Sigma..., NGMS
+    *ADETAILER_FIELDS,  # both ADetailer units' fields (" 2nd" after the second's)
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -179,8 +183,8 @@ def _value_for(component, value: Any, notes: list[str], label: str) -> Any:
             if float(number).is_integer() and (step is None or float(step).is_integer())
             else number
         )
-    if isinstance(component, gr.Checkbox):
-        return bool(value)
+    if isinstance(component, gr.Checkbox):  # infotext values are text: "False" is off
+        return value.strip().lower() == "true" if isinstance(value, str) else bool(value)
     return str(value)
 
 
@@ -209,6 +213,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     extra = controls.get(SEED_EXTRA)
     if extra is not None:  # A1111: ticked when the infotext has a variation or resize seed
         out[extra] = any(k in fields for k in _SEED_EXTRA_KEYS)
+    ad_enable = controls.get(ADETAILER_ENABLE)
+    if ad_enable is not None:  # ADetailer: on when the infotext names a detector
+        out[ad_enable] = any(k in fields for k in ADETAILER_MODELS)
     tiling = controls.get(TILING)
     if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
         out[tiling] = str(fields.get(TILING, "")).lower() == "true"
@@ -261,7 +268,8 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
-    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING}
+    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING,
+                                                  ADETAILER_ENABLE}  # fmt: skip
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 
