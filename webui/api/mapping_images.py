@@ -32,7 +32,6 @@ _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 _NOT_BUILT = (
     ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
-    ("latent_mask", "a separate latent mask"),
 )
 
 
@@ -90,13 +89,8 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
     req = mapping._with_infotext(req)
     _refuse_not_built(req)
     images = _init_images(req)
-    mask = None
-    if req.mask:
-        try:
-            raw = decode_base64_image(req.mask, "mask")
-            mask = mask_from_upload(raw, images[0].size)
-        except ImageInputError as exc:
-            raise FieldError((exc.field,), exc.message) from None
+    mask = _decoded_mask(req.mask, "mask", images[0].size)
+    latent_mask = _decoded_mask(req.latent_mask, "latent_mask", images[0].size)
     blur = req.mask_blur
     params = Img2ImgParams(
         prompt=_v(req, "prompt"),
@@ -119,6 +113,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         resize_mode=_v(req, "resize_mode"),
         denoising_strength=_v(req, "denoising_strength"),
         mask=mask,
+        latent_mask=latent_mask,
         mask_blur_x=blur if blur is not None else _v(req, "mask_blur_x"),
         mask_blur_y=blur if blur is not None else _v(req, "mask_blur_y"),
         inpainting_fill=_v(req, "inpainting_fill"),
@@ -129,6 +124,16 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         **mapping.sampling_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
+
+
+def _decoded_mask(data: str | None, field: str, size: tuple[int, int]):
+    """A base64 mask field as an "L" image of the init image's size; None when not sent."""
+    if not data:
+        return None
+    try:
+        return mask_from_upload(decode_base64_image(data, field), size, field)
+    except ImageInputError as exc:
+        raise FieldError((exc.field,), exc.message) from None
 
 
 def _refuse_not_built(req: Img2ImgRequest) -> None:

@@ -55,6 +55,12 @@ class Prepared:
     overlay: Image.Image | None = None  # the original, transparent where repainted
     paste_to: tuple[int, int, int, int] | None = None  # "only masked": x, y, w, h
     latent_resize: bool = False  # resize mode 3: encode at own size, resize the latents
+    latent_mask: Image.Image | None = None  # processing-size "L": A1111's latent_mask
+
+    @property
+    def blend_mask(self) -> Image.Image | None:
+        """The mask of the latent blending and latent masked content."""
+        return self.latent_mask if self.latent_mask is not None else self.mask
 
     def finish(self, result: Image.Image) -> Image.Image:
         if self.overlay is None:
@@ -69,8 +75,11 @@ def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
     mask = None
     if params.mask is not None:
         mask = prepare_mask(params.mask, invert=params.inpainting_mask_invert)
+    latent = params.latent_mask.convert("L") if params.latent_mask is not None else None
     if any(params.outpaint):
         overlap = 2 * max(params.mask_blur_x, params.mask_blur_y)
+        if latent is not None:
+            _, latent = geometry.outpaint_canvas(image, latent, *params.outpaint, overlap=overlap)
         image, mask = geometry.outpaint_canvas(image, mask, *params.outpaint, overlap=overlap)
     if mask is None:
         if mode == geometry.LATENT_RESIZE:
@@ -89,15 +98,19 @@ def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
         overlay = geometry.make_overlay(image, mask)
         mask_small = geometry.resize_image(geometry.RESIZE_AND_FILL, mask.crop(box), width, height)
         image = geometry.resize_image(geometry.RESIZE_AND_FILL, image.crop(box), width, height)
+        if latent is not None:
+            latent = geometry.resize_image(geometry.RESIZE_AND_FILL, latent.crop(box), width, height)
         paste_to = (x1, y1, x2 - x1, y2 - y1)
     else:
         mask_small = geometry.resize_image(mode, mask, width, height)
         image = geometry.resize_image(mode, image, width, height)
         overlay = geometry.make_overlay(image, mask_small.point(lambda v: min(255, v * 2)))
+        if latent is not None:
+            latent = geometry.resize_image(mode, latent, width, height)
     source = image
-    if params.inpainting_fill != 1:
-        image = geometry.fill_masked(image, mask_small)
-    return Prepared(image, source, mask_small, overlay, paste_to)
+    if params.inpainting_fill != 1:  # A1111 fills by the latent mask when there is one
+        image = geometry.fill_masked(image, latent if latent is not None else mask_small)
+    return Prepared(image, source, mask_small, overlay, paste_to, latent_mask=latent)
 
 
 def extra_fields(params: Img2ImgParams) -> dict:
@@ -249,9 +262,11 @@ def run_batch(
     else:
         pixels = pixels_tensor([item.image for item in items])
         latents = vae_encode_pixels(pipe, pixels)
-    mask = items[0].mask
+    mask = items[0].blend_mask
     if mask is not None:
         latents = masked_content_latents(latents, mask, params.inpainting_fill, seeds)
+    if run.lease.spec.inpainting:  # a 9-channel model is conditioned on the image mask
+        mask = items[0].mask
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
     request = DenoiseRequest(

@@ -189,6 +189,9 @@ class Img2ImgParams(Txt2ImgParams):
     resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent
     denoising_strength: float = 0.75
     mask: Any = None  # PIL "L" image, white = repaint; None = plain img2img
+    # A1111's latent_mask: the mask of the per-step latent blending (and latent masked
+    # content); `mask` still makes the final composite. None: `mask` for both
+    latent_mask: Any = None
     mask_blur_x: int = 4
     mask_blur_y: int = 4
     inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
@@ -225,6 +228,8 @@ class Img2ImgParams(Txt2ImgParams):
         self._check_outpaint()
         if self.mask is not None:
             self._check_mask()
+        if self.latent_mask is not None:
+            self._check_latent_mask()
         if self.sd_upscale is not None:
             self._check_sd_upscale()
         return self
@@ -232,7 +237,8 @@ class Img2ImgParams(Txt2ImgParams):
     def _check_batch(self) -> Img2ImgParams:
         for name in ("batch_input_dir", "batch_output_dir", "batch_mask_dir"):
             _require_text(self, name)
-        if self.mask is not None or self.sd_upscale is not None or any(self.outpaint):
+        own_masks = self.mask is not None or self.latent_mask is not None
+        if own_masks or self.sd_upscale is not None or any(self.outpaint):
             raise ParamError(
                 "batch_input_dir", "a batch folder takes masks from its mask folder only"
             )
@@ -292,6 +298,18 @@ class Img2ImgParams(Txt2ImgParams):
                 raise ParamError(exc.field, exc.message) from None
         if self.sd_upscale is not None:
             raise ParamError("script_name", "SD upscale works on whole images, not with a mask")
+
+    def _check_latent_mask(self) -> None:
+        if self.mask is None:
+            raise ParamError("latent_mask", "a latent mask needs a mask (it is for inpainting)")
+        if not isinstance(self.latent_mask, Image.Image):
+            raise ParamError("latent_mask", "is not an image")
+        if self.latent_mask.size != self.init_images[0].size:
+            raise ParamError(
+                "latent_mask",
+                f"latent mask is {self.latent_mask.width}x{self.latent_mask.height} but the "
+                f"image is {self.init_images[0].width}x{self.init_images[0].height}",
+            )
 
     def _check_sd_upscale(self) -> None:
         sd = self.sd_upscale
