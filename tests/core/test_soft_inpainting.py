@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 
 import httpx
@@ -17,7 +16,6 @@ from PIL import Image
 
 from tests.conftest import ServerThread
 from webui.app import create_app
-from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
 

@@ -99,7 +99,9 @@ def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
         mask_small = geometry.resize_image(geometry.RESIZE_AND_FILL, mask.crop(box), width, height)
         image = geometry.resize_image(geometry.RESIZE_AND_FILL, image.crop(box), width, height)
         if latent is not None:
-            latent = geometry.resize_image(geometry.RESIZE_AND_FILL, latent.crop(box), width, height)
+            latent = geometry.resize_image(
+                geometry.RESIZE_AND_FILL, latent.crop(box), width, height
+            )
         paste_to = (x1, y1, x2 - x1, y2 - y1)
     else:
         mask_small = geometry.resize_image(mode, mask, width, height)
