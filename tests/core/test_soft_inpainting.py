@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import ServerThread
 from webui.app import create_app
+from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
 
@@ -102,3 +103,85 @@ def test_bad_latent_mask_is_422(server):
     assert response.status_code == 422 and "latent_mask" in response.text
     response = post(server, latent_mask=b64(Image.new("L", (64, 64), 255)))  # no mask
     assert response.status_code == 422 and "latent_mask" in response.text
+
+
+# --- soft inpainting -----------------------------------------------------------------------
+
+SOFT_KEY = "soft inpainting"
+
+
+def soft(*args) -> dict:
+    return {SOFT_KEY: {"args": [True, *args]}}
+
+
+def test_soft_inpainting_zero_preservation_follows_the_denoiser_everywhere(server):
+    """Preservation strength 0: the blend weight mask**0 is 1 everywhere, so no original
+    latent is put back at any step, even outside the mask (hard inpainting puts them all
+    back there); the composite then keeps the original only where the latents moved
+    little. With difference threshold 0 every pixel is the model's: the result equals plain
+    img2img of the whole image (same seed, same noise)."""
+    mask = b64(square_mask((16, 16, 48, 48)))
+    everywhere = arr(image_of(post(server, mask=mask, alwayson_scripts=soft(1, 0, 4, 0, 0, 2))))
+    whole = arr(image_of(post(server)))  # no mask: img2img of the whole image
+    assert np.abs(everywhere - whole).max() <= 1
+    hard = arr(image_of(post(server, mask=mask)))
+    assert np.abs(hard[:8] - arr(noise(64, 64))[:8]).max() <= 1  # hard: original outside
+    assert np.abs(everywhere[:8] - arr(noise(64, 64))[:8]).mean() > 5
+
+
+def test_soft_inpainting_keeps_the_original_where_the_mask_is_black(server):
+    """Default settings: where the mask is 0 the blend weight is 0 at every step, so the
+    latents there stay the original's and the composite keeps its pixels (the latent
+    difference is dilated by 2 latent pixels, the composite mask blurred by 4 pixels);
+    inside the mask the result differs from hard inpainting's."""
+    mask = square_mask((32, 32, 64, 64))
+    response = post(server, mask=b64(mask), alwayson_scripts=soft())
+    image = arr(image_of(response))
+    assert np.abs(image[:8] - arr(noise(64, 64))[:8]).max() <= 1
+    hard = arr(image_of(post(server, mask=b64(mask))))
+    assert np.abs(image[32:, 32:] - hard[32:, 32:]).mean() > 1
+    fields = parse_infotext(read_infotext_from_image(image_of(response)))
+    assert fields["Soft inpainting enabled"] is True or fields["Soft inpainting enabled"] == "True"
+    assert fields["Soft inpainting schedule bias"] == 1
+    assert fields["Soft inpainting preservation strength"] == 0.5
+    assert fields["Soft inpainting transition contrast boost"] == 4
+    assert fields["Soft inpainting mask influence"] == 0
+    assert fields["Soft inpainting difference threshold"] == 0.5
+    assert fields["Soft inpainting difference contrast"] == 2
+
+
+def test_soft_inpainting_api_key_case_args_and_infotext(server):
+    mask = b64(square_mask((16, 16, 48, 48)))
+    given = {"Soft Inpainting": {"args": [True, 2, 1.5]}}  # A1111 matches the title's case too
+    fields = parse_infotext(read_infotext_from_image(
+        image_of(post(server, mask=mask, alwayson_scripts=given))))  # fmt: skip
+    assert fields["Soft inpainting schedule bias"] == 2
+    assert fields["Soft inpainting preservation strength"] == 1.5
+    assert fields["Soft inpainting difference contrast"] == 2  # not sent: the default
+    off = parse_infotext(read_infotext_from_image(image_of(
+        post(server, mask=mask, alwayson_scripts={SOFT_KEY: {"args": [False, 2]}}))))  # fmt: skip
+    assert "Soft inpainting enabled" not in off
+    text = (
+        "moss\nSteps: 3, Seed: 3, Soft inpainting enabled: True, Soft inpainting schedule bias: 3"
+    )
+    again = parse_infotext(read_infotext_from_image(image_of(
+        post(server, mask=mask, infotext=text))))  # fmt: skip
+    assert again["Soft inpainting schedule bias"] == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"alwayson_scripts": soft(9)},  # schedule bias above 8
+        {"alwayson_scripts": soft("x")},
+        {"alwayson_scripts": {SOFT_KEY: {"args": "yes"}}},
+        {"alwayson_scripts": {SOFT_KEY: {"args": [True, 1, 1, 1, 1, 1, 1, 1]}}},
+        {"alwayson_scripts": soft(), "mask": None},  # no mask: nothing to inpaint softly
+    ],
+)
+def test_bad_soft_inpainting_is_422(server, body):
+    payload = {"mask": b64(square_mask((16, 16, 48, 48))), **body}
+    response = post(server, **payload)
+    assert response.status_code == 422, response.text
+    locs = [item["loc"] for item in response.json()["detail"]]
+    assert ["body", "alwayson_scripts", SOFT_KEY, "args"] in locs

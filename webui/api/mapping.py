@@ -50,6 +50,7 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
     "clip_skip": (OVERRIDES, CLIP_SKIP),
     "checkpoint": (OVERRIDES, CHECKPOINT),
     "job_id": ("force_task_id",),
+    "soft_inpainting": ("alwayson_scripts", "soft inpainting", "args"),
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (

@@ -1,9 +1,10 @@
 """A1111 request fields <-> internal params for img2img, hires. fix and extras.
 
 The image half of `webui.api.mapping` (kept apart to keep both readable): img2img
-requests to a `GenerationRequest` of `Img2ImgParams` (base64 init images and mask decoded
-and checked; `script_name`/`script_args`, SD upscale included, and `alwayson_scripts` go
-to the generation service as they are), the hires. fix fields of a txt2img request to
+requests to a `GenerationRequest` of `Img2ImgParams` (base64 init images, mask and latent
+mask decoded and checked; the "soft inpainting" always-on script becomes the params' soft
+inpainting settings; `script_name`/`script_args`, SD upscale included, and the other
+`alwayson_scripts` go to the generation service as they are), the hires. fix fields of a txt2img request to
 `HiresParams`, extras requests to `ExtrasParams`, and the responses. Bad input raises
 `mapping.FieldError` naming the A1111 field; features not built raise `NotBuiltError`.
 
@@ -17,9 +18,12 @@ import html
 import json
 from typing import Any
 
+from ..core import soft_inpainting
 from ..core.jobs import Job
 from ..core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams
+from ..core.soft_inpainting import SoftInpainting
 from ..imaging.codec import ImageInputError, decode_base64_image, mask_from_upload
+from ..imaging.infotext import parse_infotext
 from ..services.generation import GenerationRequest
 from ..services.upscalers import UnknownUpscalerError, UpscalerRef, Upscalers
 from . import mapping
@@ -91,6 +95,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
     images = _init_images(req)
     mask = _decoded_mask(req.mask, "mask", images[0].size)
     latent_mask = _decoded_mask(req.latent_mask, "latent_mask", images[0].size)
+    req, soft = _soft_inpainting(req)
     blur = req.mask_blur
     params = Img2ImgParams(
         prompt=_v(req, "prompt"),
@@ -114,6 +119,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         denoising_strength=_v(req, "denoising_strength"),
         mask=mask,
         latent_mask=latent_mask,
+        soft_inpainting=soft,
         mask_blur_x=blur if blur is not None else _v(req, "mask_blur_x"),
         mask_blur_y=blur if blur is not None else _v(req, "mask_blur_y"),
         inpainting_fill=_v(req, "inpainting_fill"),
@@ -124,6 +130,24 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         **mapping.sampling_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
+
+
+def _soft_inpainting(req: Img2ImgRequest) -> tuple[Img2ImgRequest, SoftInpainting | None]:
+    """The request without its "Soft Inpainting" always-on script (the key matched without
+    case, as A1111 does) and that script's settings (None: not sent, or not enabled)."""
+    scripts = req.alwayson_scripts or {}
+    key = next((k for k in scripts if str(k).strip().lower() == soft_inpainting.API_KEY), None)
+    if key is None:  # an `infotext` field brings it back as A1111 1.10 does
+        try:
+            return req, soft_inpainting.from_infotext(parse_infotext(req.infotext or ""))
+        except ValueError as exc:
+            raise FieldError(("infotext",), str(exc)) from None
+    try:
+        settings = soft_inpainting.from_args(scripts[key])
+    except ValueError as exc:
+        raise FieldError(("alwayson_scripts", str(key), "args"), str(exc)) from None
+    rest = {k: v for k, v in scripts.items() if k != key}
+    return req.model_copy(update={"alwayson_scripts": rest}), settings
 
 
 def _decoded_mask(data: str | None, field: str, size: tuple[int, int]):

@@ -7,7 +7,10 @@ denoise at the strength asked for (`webui.core.latents`), from the batch's noise
 (`webui.core.noise`: seeds, variation seeds, resize seed from, times the initial noise
 multiplier, plus the job's extra noise); and finally the overlay that
 puts the original back outside the mask, softly at the blurred edge, pasting an "only
-masked" result back where it was cut out. Denoising strength 0 (or too few steps to run
+masked" result back where it was cut out. A1111's `latent_mask` (when given) is the mask of
+the latent blending and latent masked content instead of the mask. Soft inpainting
+(`webui.core.soft_blend`) blends by the unrounded mask at every step and composites by
+how much each region changed. Denoising strength 0 (or too few steps to run
 one) returns the prepared init image without touching the model.
 
 This module must never import a UI library, and never change global options.
@@ -18,14 +21,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
 from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
+from . import soft_blend
 from .conditioning import Conditioning
+from .decode import decode_latents
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -132,6 +137,8 @@ def extra_fields(params: Img2ImgParams) -> dict:
             fields["Masked area padding"] = params.inpaint_full_res_padding
         for name, value in zip(("left", "right", "up", "down"), params.outpaint, strict=True):
             fields[f"Outpaint {name}"] = value or None
+        if params.soft_inpainting is not None:
+            fields.update(params.soft_inpainting.infotext_fields())
     return fields
 
 
@@ -168,7 +175,8 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
-            results.append(finish_image(run, params, item.finish(image), seed, job.fields, subseed))
+            final = image if job.composited else item.finish(image)
+            results.append(finish_image(run, params, final, seed, job.fields, subseed))
     return results
 
 
@@ -196,6 +204,8 @@ class Img2ImgJob:
             self.fields.update(run.sampling(self.choice.sampler, params).fields)
             self.fields.update(run.ngms(params).fields())
         self.on_step = step_callback(run)
+        # soft inpainting composites each image itself (its mask comes from the result)
+        self.composited = params.soft_inpainting is not None and self.conditioning is not None
 
     def run(
         self, items: list[Prepared], seeds: list[int], subseeds: list[int] | None = None
@@ -271,6 +281,10 @@ def run_batch(
         mask = items[0].mask
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
+    soft = None
+    if params.soft_inpainting is not None and items[0].blend_mask is not None:
+        soft = soft_blend.SoftBlend(params.soft_inpainting, latents, soft_blend.latent_mask_soft(
+            items[0].blend_mask, *latents.shape[-2:]))  # fmt: skip
     request = DenoiseRequest(
         latents=latents,
         conditioning=conditioning,
@@ -284,8 +298,27 @@ def run_batch(
         output_type=output_type,
         noise=noise,
         sampling=run.sampling(choice.sampler, params),
+        soft=soft,
     )
-    return denoise(run, request, on_step)
+    if soft is None:
+        return denoise(run, request, on_step)
+    return _soft_composites(run, request, items, on_step, output_type)
+
+
+def _soft_composites(run: RunContext, request: DenoiseRequest, items: list[Prepared],
+                     on_step: Callable, output_type: str) -> list:  # fmt: skip
+    """Soft inpainting's images: decoded, the original put back where little changed."""
+    if output_type != "pil":
+        raise ValueError("soft inpainting makes finished images only")
+    result = denoise(run, replace(request, output_type="latent"), on_step)
+    masks = soft_blend.composite_masks(
+        request.soft.settings, request.soft.repaint, request.latents, result
+    )
+    images = decode_latents(run.pipe, result, run.memory)
+    return [
+        soft_blend.composite(image, item.overlay, mask, item.paste_to)
+        for image, item, mask in zip(images, items, masks, strict=True)
+    ]
 
 
 def _encode_own_size(pipe, image: Image.Image, latent_h: int, latent_w: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ..imaging.upscaler_list import LATENT_MODES, NONE, UpscalerRef
 from .params import MAX_SIDE, MAX_STEPS, ParamError, Txt2ImgParams, _require_int
 from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, resolve
+from .soft_inpainting import SoftInpainting
 
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
@@ -192,6 +193,7 @@ class Img2ImgParams(Txt2ImgParams):
     # A1111's latent_mask: the mask of the per-step latent blending (and latent masked
     # content); `mask` still makes the final composite. None: `mask` for both
     latent_mask: Any = None
+    soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting; None: off
     mask_blur_x: int = 4
     mask_blur_y: int = 4
     inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
@@ -230,6 +232,8 @@ class Img2ImgParams(Txt2ImgParams):
             self._check_mask()
         if self.latent_mask is not None:
             self._check_latent_mask()
+        if self.soft_inpainting is not None:
+            self._check_soft_inpainting()
         if self.sd_upscale is not None:
             self._check_sd_upscale()
         return self
@@ -249,6 +253,13 @@ class Img2ImgParams(Txt2ImgParams):
         _require_int(self, "mask_blur_y", 0, MAX_MASK_BLUR)
         _require_int(self, "inpaint_full_res_padding", 0, MAX_PADDING)
         self._check_noise_multiplier()
+        if self.soft_inpainting is not None and not self.batch_mask_dir.strip():
+            raise ParamError("soft_inpainting", "soft inpainting needs a mask folder")
+        try:
+            if self.soft_inpainting is not None:
+                self.soft_inpainting.validated()
+        except ValueError as exc:
+            raise ParamError("soft_inpainting", str(exc)) from None
         try:
             image_files(self.batch_input_dir, "batch_input_dir")
             if self.batch_mask_dir.strip():
@@ -310,6 +321,16 @@ class Img2ImgParams(Txt2ImgParams):
                 f"latent mask is {self.latent_mask.width}x{self.latent_mask.height} but the "
                 f"image is {self.init_images[0].width}x{self.init_images[0].height}",
             )
+
+    def _check_soft_inpainting(self) -> None:
+        if not isinstance(self.soft_inpainting, SoftInpainting):
+            raise ParamError("soft_inpainting", "expected soft inpainting settings")
+        if self.mask is None and not any(self.outpaint):
+            raise ParamError("soft_inpainting", "soft inpainting needs a mask (it is inpainting)")
+        try:
+            self.soft_inpainting.validated()
+        except ValueError as exc:
+            raise ParamError("soft_inpainting", str(exc)) from None
 
     def _check_sd_upscale(self) -> None:
         sd = self.sd_upscale
