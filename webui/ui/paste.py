@@ -25,6 +25,7 @@ import gradio as gr
 
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
+from . import soft_inpainting_ui as soft_ui
 from .common import InputError, owner_of
 from .sampler_controls import PASTE_FIELDS, TILING
 
@@ -69,6 +70,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Hires prompt", "Hires prompt", ("txt2img",)),
     ("Hires negative prompt", "Hires negative prompt", ("txt2img",)),
     *((key, label, TARGETS) for key, label in PASTE_FIELDS.items()),  # Eta, Sigma..., NGMS
+    *((key, label, ("inpaint",)) for key, label in soft_ui.PASTE_FIELDS.items()),
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -209,6 +211,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     extra = controls.get(SEED_EXTRA)
     if extra is not None:  # A1111: ticked when the infotext has a variation or resize seed
         out[extra] = any(k in fields for k in _SEED_EXTRA_KEYS)
+    soft = controls.get(soft_ui.ENABLED_LABEL)
+    if tab == "inpaint" and soft is not None:  # A1111 writes it only when it was on
+        out[soft] = soft_ui.paste_enabled(fields)
     tiling = controls.get(TILING)
     if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
         out[tiling] = str(fields.get(TILING, "")).lower() == "true"
