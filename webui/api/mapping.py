@@ -56,7 +56,6 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
     ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
-    ("firstpass_image", "first pass image"),
 )
 # infotext field -> request field, for the `infotext` request field (A1111 1.10)
 _INFOTEXT_FIELDS: dict[str, str] = {

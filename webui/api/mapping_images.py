@@ -61,6 +61,8 @@ def _upscaler(upscalers: Upscalers, name: Any, field: str, *, latent: bool = Fal
 def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
     """The hires. fix of a txt2img request; None unless `enable_hr`."""
     if not _v(req, "enable_hr"):
+        if getattr(req, "firstpass_image", None):
+            raise FieldError(("firstpass_image",), "a first pass image needs enable_hr: true")
         return None
     checkpoint = _v(req, "hr_checkpoint_name")
     if checkpoint and str(checkpoint).strip().lower() not in _SAME:
@@ -80,7 +82,19 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
         scheduler=None if str(scheduler or "").lower() in _SAME else scheduler,
         prompt=_v(req, "hr_prompt") or "",
         negative_prompt=_v(req, "hr_negative_prompt") or "",
+        firstpass_image=_firstpass_image(req),
     )
+
+
+def _firstpass_image(req) -> Any:
+    """A1111 1.7's `firstpass_image`: the first pass, given (base64); None when not sent."""
+    data = getattr(req, "firstpass_image", None)
+    if not data:
+        return None
+    try:
+        return decode_base64_image(data, "firstpass_image")
+    except ImageInputError as exc:
+        raise FieldError((exc.field,), exc.message) from None
 
 
 # --- img2img -------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class HiresParams:
     scheduler: str | None = None
     prompt: str = ""  # "": the first pass's prompt
     negative_prompt: str = ""
+    firstpass_image: Any = None  # PIL image: the first pass, not sampled (A1111 1.7)
 
     def size(self, width: int, height: int) -> HiresSize:
         rx, ry = self.resize_x, self.resize_y
@@ -162,6 +163,13 @@ class HiresParams:
                 f"{choice.sampler} allows at most {choice.max_steps} steps",
             )
         check_for_sampler(choice.sampler, base)  # the second pass uses eta, s_churn, ... too
+        if self.firstpass_image is not None:
+            if not isinstance(self.firstpass_image, Image.Image):
+                raise ParamError("firstpass_image", "is not an image")
+            try:
+                check_pixels(self.firstpass_image, "firstpass_image", MAX_PIXELS)
+            except ImageInputError as exc:
+                raise ParamError(exc.field, exc.message) from None
 
 
 _HR_FIELDS = {
