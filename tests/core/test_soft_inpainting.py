@@ -185,3 +185,14 @@ def test_bad_soft_inpainting_is_422(server, body):
     assert response.status_code == 422, response.text
     locs = [item["loc"] for item in response.json()["detail"]]
     assert ["body", "alwayson_scripts", SOFT_KEY, "args"] in locs
+
+
+def test_script_info_lists_soft_inpainting(server):
+    info = httpx.get(f"{server.url}/sdapi/v1/script-info", timeout=60).json()
+    (soft_info,) = [i for i in info if i["name"] == SOFT_KEY]
+    assert soft_info["is_alwayson"] and soft_info["is_img2img"]
+    labels = [a["label"] for a in soft_info["args"]]
+    assert labels == ["Soft inpainting", "Schedule bias", "Preservation strength",
+                      "Transition contrast boost", "Mask influence", "Difference threshold",
+                      "Difference contrast"]  # fmt: skip
+    assert [a["value"] for a in soft_info["args"]] == [False, 1, 0.5, 4, 0, 0.5, 2]

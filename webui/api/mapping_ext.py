@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import soft_inpainting as soft
 from ..ext.api import Extension
 from ..ext.host import ExtensionHost
 from ..services.generation import SD_UPSCALE, GenerationService
@@ -44,7 +45,7 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                   "args": [_arg_info(c) for c in generation.sd_upscale_controls()]}  # fmt: skip
     extensions = generation.extensions
     if extensions is None:
-        return [sd_upscale]
+        return [sd_upscale, _soft_inpainting()]
     out = []
     for ext in extensions.active():
         if not ext.controls and not ext.is_script:
@@ -57,7 +58,20 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                 "is_img2img": tab == "img2img",
                 "args": [_arg_info(c) for c in ext.controls],
             })  # fmt: skip
-    return [*out, sd_upscale]
+    return [*out, sd_upscale, _soft_inpainting()]
+
+
+def _soft_inpainting() -> dict[str, Any]:
+    """A1111's built-in "Soft Inpainting" (always on in img2img), args in its order."""
+    enabled = {"name": "soft_inpainting_enabled", "label": soft.ENABLED_LABEL, "value": False,
+               "minimum": None, "maximum": None, "step": None, "choices": None}  # fmt: skip
+    sliders = [
+        {"name": s.name, "label": s.label, "value": getattr(soft.DEFAULTS, s.name),
+         "minimum": s.minimum, "maximum": s.maximum, "step": s.step, "choices": None}
+        for s in soft.SETTINGS
+    ]  # fmt: skip
+    return {"name": soft.API_KEY, "extension": None, "is_alwayson": True, "is_img2img": True,
+            "args": [enabled, *sliders]}  # fmt: skip
 
 
 def _tabs(ext: Extension) -> tuple[str, ...]:
