@@ -1,6 +1,7 @@
 """Soft inpainting (A1111 1.7's mask-aware blending) and img2img's `latent_mask`.
 
-One server with the tiny SD 1.x checkpoint serves the module; 64x64, 2-4 steps.
+One server with the tiny SD 1.x checkpoints (plain and 9-channel inpainting) serves the
+module; 64x64, 3 steps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def server(tmp_path_factory, tiny_files):
     ckpt = data / "models" / "Stable-diffusion"
     ckpt.mkdir(parents=True)
     shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
+    shutil.copy(tiny_files["sd1-inpaint"], ckpt / "tiny-sd1-inpaint.safetensors")
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
     with ServerThread(create_app(flags)) as srv:
         yield srv
@@ -196,3 +198,16 @@ def test_script_info_lists_soft_inpainting(server):
                       "Transition contrast boost", "Mask influence", "Difference threshold",
                       "Difference contrast"]  # fmt: skip
     assert [a["value"] for a in soft_info["args"]] == [False, 1, 0.5, 4, 0, 0.5, 2]
+
+
+def test_soft_inpainting_only_masked_on_a_nine_channel_model(server):
+    """ "Only masked" pastes the soft composite back where it was cut out: far from the
+    crop the original stays; a 9-channel model is conditioned on the mask as usual."""
+    settings = {"sd_model_checkpoint": "tiny-sd1-inpaint"}
+    response = post(server, mask=b64(square_mask((40, 40, 56, 56))), mask_blur=2,
+                    inpaint_full_res=True, inpaint_full_res_padding=4,
+                    alwayson_scripts=soft(), override_settings=settings)  # fmt: skip
+    image = arr(image_of(response))
+    assert image.shape == (64, 64, 3)
+    assert np.array_equal(image[:24], arr(noise(64, 64))[:24])
+    assert np.abs(image[40:56, 40:56] - arr(noise(64, 64))[40:56, 40:56]).mean() > 1
