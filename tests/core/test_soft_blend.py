@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from webui.core import soft_inpainting
+from webui.core import samplers, soft_inpainting
+from webui.core.schedulers import make_scheduler, set_noise_seed
 from webui.core.soft_blend import SoftBlend, _kernel, latent_blend, weighted_percentile_filter
 from webui.core.soft_inpainting import SoftInpainting
 
@@ -118,3 +119,53 @@ def test_settings_from_args_and_infotext():
     assert soft_inpainting.from_infotext({"Soft inpainting schedule bias": 2}) is None
     with pytest.raises(ValueError, match="Transition contrast boost"):
         soft_inpainting.from_args([True, 1, 1, 0.5])  # below its minimum of 1
+
+
+SD15 = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
+    "clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "leading",
+}  # fmt: skip
+
+
+def _sample_loop(scheduler, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """A pipeline's loop with a fake model (a fixed noise prediction per step)."""
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(0)  # the SDE samplers that draw from the global generator
+    set_noise_seed(scheduler, 1)
+    scheduler.set_timesteps(steps)
+    x = start * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        scheduler.scale_model_input(x, t)
+        output = torch.randn(start.shape, generator=gen)
+        kwargs = (
+            {"generator": torch.Generator().manual_seed(9)} if _takes_generator(scheduler) else {}
+        )
+        x = scheduler.step(output, t, x, **kwargs, return_dict=False)[0]
+    return x
+
+
+def _takes_generator(scheduler) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(type(scheduler).step).parameters
+
+
+@pytest.mark.parametrize("name", samplers.SAMPLERS)
+def test_every_sampler_ends_on_the_kept_original(name):
+    """With the whole mask kept (0), every x0 the sampler sees is the original, so it ends
+    on the original (DDIM-like ones within their last alpha); with the whole mask
+    repainted the wrapper changes nothing."""
+    choice = samplers.resolve(name, None)
+    if samplers.missing_requirements(choice):
+        pytest.skip("needs an optional package")
+    gen = torch.Generator().manual_seed(2)
+    original = torch.randn(1, 4, 4, 4, generator=gen)
+    start = torch.randn(1, 4, 4, 4, generator=gen)
+    kept = make_scheduler(choice, SD15, steps=6)
+    SoftBlend(SoftInpainting(), original, torch.zeros(1, 1, 4, 4)).install(kept)
+    assert torch.allclose(_sample_loop(kept, start, 6), original, atol=0.1)
+    free = make_scheduler(choice, SD15, steps=6)
+    SoftBlend(SoftInpainting(), original, torch.ones(1, 1, 4, 4)).install(free)
+    plain = make_scheduler(choice, SD15, steps=6)
+    assert torch.allclose(_sample_loop(free, start, 6), _sample_loop(plain, start, 6), atol=1e-4)
