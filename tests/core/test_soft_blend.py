@@ -169,3 +169,17 @@ def test_every_sampler_ends_on_the_kept_original(name):
     SoftBlend(SoftInpainting(), original, torch.ones(1, 1, 4, 4)).install(free)
     plain = make_scheduler(choice, SD15, steps=6)
     assert torch.allclose(_sample_loop(free, start, 6), _sample_loop(plain, start, 6), atol=1e-4)
+
+
+def test_latent_nothing_by_the_unrounded_mask_with_soft_inpainting():
+    """A1111 turns mask rounding off for soft inpainting: a 40% grey mask keeps 60% of
+    the latents under "latent nothing" instead of rounding to keep them all."""
+    from PIL import Image
+
+    from webui.core.latents import masked_content_latents
+
+    latents = torch.ones(1, 4, 4, 4)
+    grey = Image.new("L", (8, 8), 102)
+    soft = masked_content_latents(latents, grey, 3, [1], rounded=False)
+    assert torch.allclose(soft, torch.full_like(latents, 0.6), atol=0.01)
+    assert torch.equal(masked_content_latents(latents, grey, 3, [1]), latents)

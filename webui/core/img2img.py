@@ -276,15 +276,15 @@ def run_batch(
         latents = vae_encode_pixels(pipe, pixels)
     mask = items[0].blend_mask
     if mask is not None:
-        latents = masked_content_latents(latents, mask, params.inpainting_fill, seeds)
+        soft_on = params.soft_inpainting is not None  # A1111: mask_round off
+        latents = masked_content_latents(
+            latents, mask, params.inpainting_fill, seeds, rounded=not soft_on
+        )
     if run.lease.spec.inpainting:  # a 9-channel model is conditioned on the image mask
         mask = items[0].mask
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
-    soft = None
-    if params.soft_inpainting is not None and items[0].blend_mask is not None:
-        soft = soft_blend.SoftBlend(params.soft_inpainting, latents, soft_blend.latent_mask_soft(
-            items[0].blend_mask, *latents.shape[-2:]))  # fmt: skip
+    soft = _soft_blend(params, items[0], latents)
     request = DenoiseRequest(
         latents=latents,
         conditioning=conditioning,
@@ -303,6 +303,17 @@ def run_batch(
     if soft is None:
         return denoise(run, request, on_step)
     return _soft_composites(run, request, items, on_step, output_type)
+
+
+def _soft_blend(
+    params: Img2ImgParams, item: Prepared, latents: torch.Tensor
+) -> soft_blend.SoftBlend | None:
+    """Soft inpainting's per-step blend of a batch (None: off, or no mask)."""
+    mask = item.blend_mask
+    if params.soft_inpainting is None or mask is None:
+        return None
+    repaint = soft_blend.latent_mask_soft(mask, *latents.shape[-2:])
+    return soft_blend.SoftBlend(params.soft_inpainting, latents, repaint)
 
 
 def _soft_composites(run: RunContext, request: DenoiseRequest, items: list[Prepared],

@@ -33,7 +33,7 @@ from .run import RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
-from .soft_blend import SoftBlend
+from .soft_blend import SoftBlend, latent_mask_soft
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,16 @@ def latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
 
 
 def masked_content_latents(
-    latents: torch.Tensor, mask: Image.Image, fill: int, seeds: list[int]
+    latents: torch.Tensor, mask: Image.Image, fill: int, seeds: list[int], rounded: bool = True
 ) -> torch.Tensor:
-    """A1111's "latent noise" (2) and "latent nothing" (3) for the masked area."""
+    """A1111's "latent noise" (2) and "latent nothing" (3) for the masked area (by the
+    unrounded mask when not `rounded`: soft inpainting)."""
     if fill not in (2, 3):
         return latents
-    keep = 1 - latent_mask(mask, latents)
+    if rounded:
+        keep = 1 - latent_mask(mask, latents)
+    else:
+        keep = 1 - latent_mask_soft(mask, *latents.shape[-2:]).to(latents.device, latents.dtype)
     if fill == 3:
         return latents * keep
     noise = torch.stack(
