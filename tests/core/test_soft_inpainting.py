@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.conftest import ServerThread
 from webui.app import create_app
+from webui.core.params_img2img import Img2ImgParams
+from webui.core.soft_inpainting import SoftInpainting
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
@@ -29,7 +31,9 @@ def server(tmp_path_factory, tiny_files):
     shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
     shutil.copy(tiny_files["sd1-inpaint"], ckpt / "tiny-sd1-inpaint.safetensors")
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    with ServerThread(create_app(flags)) as srv:
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.ctx = app.state.ctx  # for jobs submitted as the UI does
         yield srv
 
 
@@ -211,3 +215,23 @@ def test_soft_inpainting_only_masked_on_a_nine_channel_model(server):
     assert image.shape == (64, 64, 3)
     assert np.array_equal(image[:24], arr(noise(64, 64))[:24])
     assert np.abs(image[40:56, 40:56] - arr(noise(64, 64))[40:56, 40:56]).mean() > 1
+
+
+def test_soft_inpainting_over_a_batch_folder_with_masks(server, tmp_path):
+    """The img2img tab's Batch with a mask directory: every image is inpainted softly."""
+    source, masks = tmp_path / "in", tmp_path / "masks"
+    source.mkdir(), masks.mkdir()
+    noise(64, 64, seed=4).save(source / "a.png")
+    square_mask((32, 32, 64, 64)).save(masks / "a.png")
+    params = Img2ImgParams(
+        prompt="moss", steps=3, width=64, height=64, seed=3, denoising_strength=1.0,
+        mask_blur_x=0, mask_blur_y=0, checkpoint="tiny-sd1", save_images=False,
+        batch_input_dir=str(source), batch_mask_dir=str(masks),
+        soft_inpainting=SoftInpainting(mask_blend_power=2),
+    ).validated().with_seed()  # fmt: skip
+    job = server.ctx.jobs.submit("img2img", params, owner="test")
+    assert job.done.wait(300) and job.state == "done", job.error
+    (image,) = job.result.images
+    fields = parse_infotext(image.infotext)
+    assert fields["Soft inpainting schedule bias"] == 2
+    assert np.abs(arr(image.image)[:8] - arr(noise(64, 64, seed=4))[:8]).max() <= 1

@@ -12,6 +12,7 @@ from webui.imaging.infotext import build_infotext, parse_infotext
 from webui.settings import parse_flags
 from webui.ui.blocks import build_ui
 from webui.ui.common import InputError
+from webui.ui.img2img_tab import _params as img2img_params
 from webui.ui.paste import fill, tab_controls
 from webui.ui.soft_inpainting_ui import soft_inpainting_params
 
@@ -50,7 +51,8 @@ def test_infotext_fills_the_accordion(inpaint_controls):
     plain = build_infotext("p", "", {"Steps": 4, "Seed": 1})
     values = {c.label: v for c, v in fill(parse_infotext(plain), inpaint, "inpaint", []).items()}
     assert values["Soft inpainting"] is False
-    assert "Soft inpainting" not in img2img  # the plain img2img tab has no mask
+    values = {c.label: v for c, v in fill(parse_infotext(text), img2img, "img2img", []).items()}
+    assert "Soft inpainting" not in values  # img2img has it for a batch with masks only
 
 
 def test_controls_to_settings():
@@ -66,3 +68,20 @@ def test_controls_to_settings():
         soft_inpainting_params(
             {"soft_enabled": True, **values, "soft_inpaint_detail_preservation": 0}
         )
+
+
+def test_img2img_tab_soft_inpainting_is_for_a_batch_with_masks(tmp_path):
+    names = ("mask_blend_power", "mask_blend_scale", "inpaint_detail_preservation",
+             "composite_mask_influence", "composite_difference_threshold",
+             "composite_difference_contrast")  # fmt: skip
+    soft = {"soft_enabled": True, **{f"soft_{n}": 1 for n in names}}
+
+    class Ctx:
+        class flags:  # noqa: N801
+            server_folders_allowed = True
+
+    with pytest.raises(InputError, match="Inpaint tab"):
+        img2img_params(Ctx, {"source_tab": 0, **soft})
+    batch = {"source_tab": 1, "input_dir": str(tmp_path), "output_dir": "", **soft}
+    with pytest.raises(InputError, match="mask directory"):
+        img2img_params(Ctx, {**batch, "mask_dir": ""})

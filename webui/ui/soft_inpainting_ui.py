@@ -1,4 +1,5 @@
-"""The "Soft inpainting" accordion of the Inpaint tab (A1111 1.7's built-in extension).
+"""The "Soft inpainting" accordion of the Inpaint tab, and of the img2img tab for a batch
+with a mask directory (A1111 1.7's built-in extension).
 
 A checkbox that turns it on and A1111's six sliders (labels, help, ranges and defaults
 from `webui.core.soft_inpainting`), read into the job's `SoftInpainting` settings; the
@@ -28,17 +29,18 @@ __all__ = ["ENABLED_LABEL", "PASTE_FIELDS", "soft_inpainting_inputs", "soft_inpa
 PASTE_FIELDS: dict[str, str] = {s.field: s.label for s in SETTINGS}
 
 
-def soft_inpainting_inputs(named: Named) -> None:
+def soft_inpainting_inputs(named: Named, elem_id: str = "soft_inpainting") -> None:
     """The accordion, closed, with the checkbox off and A1111's default values."""
-    with gr.Accordion("Soft inpainting", open=False, elem_id="soft_inpainting"):
+    with gr.Accordion("Soft inpainting", open=False, elem_id=elem_id):
         named.add("soft_enabled", gr.Checkbox(
-            label=ENABLED_LABEL, value=False, elem_id="soft_inpainting_enabled"))  # fmt: skip
+            label=ENABLED_LABEL, value=False, elem_id=f"{elem_id}_enabled"))  # fmt: skip
         gr.Markdown(HELP)
         for setting in SETTINGS:
             named.add(f"soft_{setting.name}", gr.Slider(
                 label=setting.label, info=setting.info, minimum=setting.minimum,
                 maximum=setting.maximum, step=setting.step,
-                value=getattr(DEFAULTS, setting.name), elem_id=setting.name))  # fmt: skip
+                value=getattr(DEFAULTS, setting.name),
+                elem_id=f"{elem_id}_{setting.name}"))  # fmt: skip
 
 
 def soft_inpainting_params(v: dict[str, Any]) -> SoftInpainting | None:
