@@ -51,12 +51,12 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
     "checkpoint": (OVERRIDES, CHECKPOINT),
     "job_id": ("force_task_id",),
     "adetailer": ("alwayson_scripts", "ADetailer", "args"),
+    "soft_inpainting": ("alwayson_scripts", "soft inpainting", "args"),
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
     ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
-    ("firstpass_image", "first pass image"),
 )
 # infotext field -> request field, for the `infotext` request field (A1111 1.10)
 _INFOTEXT_FIELDS: dict[str, str] = {

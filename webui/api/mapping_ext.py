@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..core import soft_inpainting as soft
 from ..core.params_detailer import ADETAILER, DetailerUnit, ordinal_suffix
 from ..ext.api import Extension
 from ..ext.host import ExtensionHost
@@ -46,7 +47,7 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                   "args": [_arg_info(c) for c in generation.sd_upscale_controls()]}  # fmt: skip
     extensions = generation.extensions
     if extensions is None:
-        return [*_adetailer_info(), sd_upscale]
+        return [*_adetailer_info(), sd_upscale, _soft_inpainting()]
     out = []
     for ext in extensions.active():
         if not ext.controls and not ext.is_script:
@@ -59,7 +60,7 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                 "is_img2img": tab == "img2img",
                 "args": [_arg_info(c) for c in ext.controls],
             })  # fmt: skip
-    return [*out, *_adetailer_info(), sd_upscale]
+    return [*out, *_adetailer_info(), sd_upscale, _soft_inpainting()]
 
 
 def _adetailer_info() -> list[dict[str, Any]]:
@@ -77,6 +78,19 @@ def _adetailer_info() -> list[dict[str, Any]]:
     ]  # fmt: skip
     return [{"name": ADETAILER.lower(), "extension": None, "is_alwayson": True,
              "is_img2img": tab == "img2img", "args": args} for tab in GENERATION_TABS]  # fmt: skip
+
+
+def _soft_inpainting() -> dict[str, Any]:
+    """A1111's built-in "Soft Inpainting" (always on in img2img), args in its order."""
+    enabled = {"name": "soft_inpainting_enabled", "label": soft.ENABLED_LABEL, "value": False,
+               "minimum": None, "maximum": None, "step": None, "choices": None}  # fmt: skip
+    sliders = [
+        {"name": s.name, "label": s.label, "value": getattr(soft.DEFAULTS, s.name),
+         "minimum": s.minimum, "maximum": s.maximum, "step": s.step, "choices": None}
+        for s in soft.SETTINGS
+    ]  # fmt: skip
+    return {"name": soft.API_KEY, "extension": None, "is_alwayson": True, "is_img2img": True,
+            "args": [enabled, *sliders]}  # fmt: skip
 
 
 def _tabs(ext: Extension) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """A1111 request fields <-> internal params for img2img, hires. fix and extras.
 
 The image half of `webui.api.mapping` (kept apart to keep both readable): img2img
-requests to a `GenerationRequest` of `Img2ImgParams` (base64 init images and mask decoded
-and checked; `script_name`/`script_args`, SD upscale included, and `alwayson_scripts` go
-to the generation service as they are), the hires. fix fields of a txt2img request to
+requests to a `GenerationRequest` of `Img2ImgParams` (base64 init images, mask and latent
+mask decoded and checked; the "soft inpainting" always-on script becomes the params' soft
+inpainting settings; `script_name`/`script_args`, SD upscale included, and the other
+`alwayson_scripts` go to the generation service as they are), the hires. fix fields of a txt2img request to
 `HiresParams`, extras requests to `ExtrasParams`, and the responses. Bad input raises
 `mapping.FieldError` naming the A1111 field; features not built raise `NotBuiltError`.
 
@@ -17,9 +18,12 @@ import html
 import json
 from typing import Any
 
+from ..core import soft_inpainting
 from ..core.jobs import Job
 from ..core.params_img2img import ExtrasParams, HiresParams, Img2ImgParams
+from ..core.soft_inpainting import SoftInpainting
 from ..imaging.codec import ImageInputError, decode_base64_image, mask_from_upload
+from ..imaging.infotext import parse_infotext
 from ..services.generation import GenerationRequest
 from ..services.upscalers import UnknownUpscalerError, UpscalerRef, Upscalers
 from . import mapping
@@ -32,7 +36,6 @@ _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 _NOT_BUILT = (
     ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
-    ("latent_mask", "a separate latent mask"),
 )
 
 
@@ -58,6 +61,8 @@ def _upscaler(upscalers: Upscalers, name: Any, field: str, *, latent: bool = Fal
 def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
     """The hires. fix of a txt2img request; None unless `enable_hr`."""
     if not _v(req, "enable_hr"):
+        if getattr(req, "firstpass_image", None):
+            raise FieldError(("firstpass_image",), "a first pass image needs enable_hr: true")
         return None
     checkpoint = _v(req, "hr_checkpoint_name")
     if checkpoint and str(checkpoint).strip().lower() not in _SAME:
@@ -77,7 +82,19 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
         scheduler=None if str(scheduler or "").lower() in _SAME else scheduler,
         prompt=_v(req, "hr_prompt") or "",
         negative_prompt=_v(req, "hr_negative_prompt") or "",
+        firstpass_image=_firstpass_image(req),
     )
+
+
+def _firstpass_image(req) -> Any:
+    """A1111 1.7's `firstpass_image`: the first pass, given (base64); None when not sent."""
+    data = getattr(req, "firstpass_image", None)
+    if not data:
+        return None
+    try:
+        return decode_base64_image(data, "firstpass_image")
+    except ImageInputError as exc:
+        raise FieldError((exc.field,), exc.message) from None
 
 
 # --- img2img -------------------------------------------------------------------------------
@@ -90,13 +107,9 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
     req = mapping._with_infotext(req)
     _refuse_not_built(req)
     images = _init_images(req)
-    mask = None
-    if req.mask:
-        try:
-            raw = decode_base64_image(req.mask, "mask")
-            mask = mask_from_upload(raw, images[0].size)
-        except ImageInputError as exc:
-            raise FieldError((exc.field,), exc.message) from None
+    mask = _decoded_mask(req.mask, "mask", images[0].size)
+    latent_mask = _decoded_mask(req.latent_mask, "latent_mask", images[0].size)
+    req, soft = _soft_inpainting(req)
     blur = req.mask_blur
     params = Img2ImgParams(
         prompt=_v(req, "prompt"),
@@ -120,6 +133,8 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         resize_mode=_v(req, "resize_mode"),
         denoising_strength=_v(req, "denoising_strength"),
         mask=mask,
+        latent_mask=latent_mask,
+        soft_inpainting=soft,
         mask_blur_x=blur if blur is not None else _v(req, "mask_blur_x"),
         mask_blur_y=blur if blur is not None else _v(req, "mask_blur_y"),
         inpainting_fill=_v(req, "inpainting_fill"),
@@ -130,6 +145,34 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         **mapping.sampling_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
+
+
+def _soft_inpainting(req: Img2ImgRequest) -> tuple[Img2ImgRequest, SoftInpainting | None]:
+    """The request without its "Soft Inpainting" always-on script (the key matched without
+    case, as A1111 does) and that script's settings (None: not sent, or not enabled)."""
+    scripts = req.alwayson_scripts or {}
+    key = next((k for k in scripts if str(k).strip().lower() == soft_inpainting.API_KEY), None)
+    if key is None:  # an `infotext` field brings it back as A1111 1.10 does
+        try:
+            return req, soft_inpainting.from_infotext(parse_infotext(req.infotext or ""))
+        except ValueError as exc:
+            raise FieldError(("infotext",), str(exc)) from None
+    try:
+        settings = soft_inpainting.from_args(scripts[key])
+    except ValueError as exc:
+        raise FieldError(("alwayson_scripts", str(key), "args"), str(exc)) from None
+    rest = {k: v for k, v in scripts.items() if k != key}
+    return req.model_copy(update={"alwayson_scripts": rest}), settings
+
+
+def _decoded_mask(data: str | None, field: str, size: tuple[int, int]):
+    """A base64 mask field as an "L" image of the init image's size; None when not sent."""
+    if not data:
+        return None
+    try:
+        return mask_from_upload(decode_base64_image(data, field), size, field)
+    except ImageInputError as exc:
+        raise FieldError((exc.field,), exc.message) from None
 
 
 def _refuse_not_built(req: Img2ImgRequest) -> None:

@@ -81,16 +81,18 @@ def hires_pass(
     conditioning: Conditioning,
     choice: SchedulerChoice,
     on_step: Callable,
+    first_images: list[Image.Image] | None = None,
 ) -> list[Image.Image]:
     """The second pass over one batch's first-pass latents; returns PIL images.
 
     `conditioning` is the first pass's; a hires prompt gets its own. `noise` is the first
-    pass's batch noise spec (seeds, variation, extra noise)."""
+    pass's batch noise spec (seeds, variation, extra noise). `first_images`: the first
+    pass's images when they were given (`webui.core.firstpass`), for image upscalers."""
     pipe, hp, progress = run.pipe, params.hires, run.progress
     if run.should_stop():  # interrupted during the first pass: keep its images
         return decode_latents(pipe, latents, run.memory)
     progress.text = "Hires fix: upscaling"
-    latents, pixels = _upscaled(run, params, latents)
+    latents, pixels = _upscaled(run, params, latents, first_images)
     steps = hp.steps or params.steps
     if effective_steps(steps, hp.denoising_strength) == 0:
         progress.text = ""
@@ -134,7 +136,10 @@ def hires_pass(
 
 
 def _upscaled(
-    run: RunContext, params: Txt2ImgParams, latents: torch.Tensor
+    run: RunContext,
+    params: Txt2ImgParams,
+    latents: torch.Tensor,
+    first_images: list[Image.Image] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(latents at the hires size, and their pixels when an image upscaler made them)."""
     pipe, hp = run.pipe, params.hires
@@ -149,7 +154,7 @@ def _upscaled(
         images = [
             run.upscalers.resize(image, latent_w * factor, latent_h * factor, hp.upscaler,
                                  should_stop=run.should_stop)
-            for image in decode_latents(pipe, latents, run.memory)
+            for image in (first_images or decode_latents(pipe, latents, run.memory))
         ]  # fmt: skip
         pixels = pixels_tensor(images)
         latents = vae_encode_pixels(pipe, pixels)

@@ -7,7 +7,10 @@ denoise at the strength asked for (`webui.core.latents`), from the batch's noise
 (`webui.core.noise`: seeds, variation seeds, resize seed from, times the initial noise
 multiplier, plus the job's extra noise); and finally the overlay that
 puts the original back outside the mask, softly at the blurred edge, pasting an "only
-masked" result back where it was cut out. Denoising strength 0 (or too few steps to run
+masked" result back where it was cut out. A1111's `latent_mask` (when given) is the mask of
+the latent blending and latent masked content instead of the mask. Soft inpainting
+(`webui.core.soft_blend`) blends by the unrounded mask at every step and composites by
+how much each region changed. Denoising strength 0 (or too few steps to run
 one) returns the prepared init image without touching the model.
 
 This module must never import a UI library, and never change global options.
@@ -18,14 +21,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
 from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
+from . import soft_blend
 from .conditioning import Conditioning
+from .decode import decode_latents
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -55,6 +60,12 @@ class Prepared:
     overlay: Image.Image | None = None  # the original, transparent where repainted
     paste_to: tuple[int, int, int, int] | None = None  # "only masked": x, y, w, h
     latent_resize: bool = False  # resize mode 3: encode at own size, resize the latents
+    latent_mask: Image.Image | None = None  # processing-size "L": A1111's latent_mask
+
+    @property
+    def blend_mask(self) -> Image.Image | None:
+        """The mask of the latent blending and latent masked content."""
+        return self.latent_mask if self.latent_mask is not None else self.mask
 
     def finish(self, result: Image.Image) -> Image.Image:
         if self.overlay is None:
@@ -69,8 +80,11 @@ def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
     mask = None
     if params.mask is not None:
         mask = prepare_mask(params.mask, invert=params.inpainting_mask_invert)
+    latent = params.latent_mask.convert("L") if params.latent_mask is not None else None
     if any(params.outpaint):
         overlap = 2 * max(params.mask_blur_x, params.mask_blur_y)
+        if latent is not None:
+            _, latent = geometry.outpaint_canvas(image, latent, *params.outpaint, overlap=overlap)
         image, mask = geometry.outpaint_canvas(image, mask, *params.outpaint, overlap=overlap)
     if mask is None:
         if mode == geometry.LATENT_RESIZE:
@@ -89,15 +103,21 @@ def prepare(params: Img2ImgParams, image: Image.Image) -> Prepared:
         overlay = geometry.make_overlay(image, mask)
         mask_small = geometry.resize_image(geometry.RESIZE_AND_FILL, mask.crop(box), width, height)
         image = geometry.resize_image(geometry.RESIZE_AND_FILL, image.crop(box), width, height)
+        if latent is not None:
+            latent = geometry.resize_image(
+                geometry.RESIZE_AND_FILL, latent.crop(box), width, height
+            )
         paste_to = (x1, y1, x2 - x1, y2 - y1)
     else:
         mask_small = geometry.resize_image(mode, mask, width, height)
         image = geometry.resize_image(mode, image, width, height)
         overlay = geometry.make_overlay(image, mask_small.point(lambda v: min(255, v * 2)))
+        if latent is not None:
+            latent = geometry.resize_image(mode, latent, width, height)
     source = image
-    if params.inpainting_fill != 1:
-        image = geometry.fill_masked(image, mask_small)
-    return Prepared(image, source, mask_small, overlay, paste_to)
+    if params.inpainting_fill != 1:  # A1111 fills by the latent mask when there is one
+        image = geometry.fill_masked(image, latent if latent is not None else mask_small)
+    return Prepared(image, source, mask_small, overlay, paste_to, latent_mask=latent)
 
 
 def extra_fields(params: Img2ImgParams) -> dict:
@@ -117,6 +137,8 @@ def extra_fields(params: Img2ImgParams) -> dict:
             fields["Masked area padding"] = params.inpaint_full_res_padding
         for name, value in zip(("left", "right", "up", "down"), params.outpaint, strict=True):
             fields[f"Outpaint {name}"] = value or None
+        if params.soft_inpainting is not None:
+            fields.update(params.soft_inpainting.infotext_fields())
     return fields
 
 
@@ -156,7 +178,8 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
-            results.append(finish_image(run, params, item.finish(image), seed, job.fields, subseed))
+            final = image if job.composited else item.finish(image)
+            results.append(finish_image(run, params, final, seed, job.fields, subseed))
     return results
 
 
@@ -184,6 +207,8 @@ class Img2ImgJob:
             self.fields.update(run.sampling(self.choice.sampler, params).fields)
             self.fields.update(run.ngms(params).fields())
         self.on_step = step_callback(run)
+        # soft inpainting composites each image itself (its mask comes from the result)
+        self.composited = params.soft_inpainting is not None and self.conditioning is not None
 
     def run(
         self, items: list[Prepared], seeds: list[int], subseeds: list[int] | None = None
@@ -257,11 +282,17 @@ def run_batch(
     else:
         pixels = pixels_tensor([item.image for item in items])
         latents = vae_encode_pixels(pipe, pixels)
-    mask = items[0].mask
+    mask = items[0].blend_mask
     if mask is not None:
-        latents = masked_content_latents(latents, mask, params.inpainting_fill, seeds)
+        soft_on = params.soft_inpainting is not None  # A1111: mask_round off
+        latents = masked_content_latents(
+            latents, mask, params.inpainting_fill, seeds, rounded=not soft_on
+        )
+    if run.lease.spec.inpainting:  # a 9-channel model is conditioned on the image mask
+        mask = items[0].mask
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
+    soft = _soft_blend(params, items[0], latents)
     request = DenoiseRequest(
         latents=latents,
         conditioning=conditioning,
@@ -275,8 +306,38 @@ def run_batch(
         output_type=output_type,
         noise=noise,
         sampling=run.sampling(choice.sampler, params),
+        soft=soft,
     )
-    return denoise(run, request, on_step)
+    if soft is None:
+        return denoise(run, request, on_step)
+    return _soft_composites(run, request, items, on_step, output_type)
+
+
+def _soft_blend(
+    params: Img2ImgParams, item: Prepared, latents: torch.Tensor
+) -> soft_blend.SoftBlend | None:
+    """Soft inpainting's per-step blend of a batch (None: off, or no mask)."""
+    mask = item.blend_mask
+    if params.soft_inpainting is None or mask is None:
+        return None
+    repaint = soft_blend.latent_mask_soft(mask, *latents.shape[-2:])
+    return soft_blend.SoftBlend(params.soft_inpainting, latents, repaint)
+
+
+def _soft_composites(run: RunContext, request: DenoiseRequest, items: list[Prepared],
+                     on_step: Callable, output_type: str) -> list:  # fmt: skip
+    """Soft inpainting's images: decoded, the original put back where little changed."""
+    if output_type != "pil":
+        raise ValueError("soft inpainting makes finished images only")
+    result = denoise(run, replace(request, output_type="latent"), on_step)
+    masks = soft_blend.composite_masks(
+        request.soft.settings, request.soft.repaint, request.latents, result
+    )
+    images = decode_latents(run.pipe, result, run.memory)
+    return [
+        soft_blend.composite(image, item.overlay, mask, item.paste_to)
+        for image, item, mask in zip(images, items, masks, strict=True)
+    ]
 
 
 def _encode_own_size(pipe, image: Image.Image, latent_h: int, latent_w: int) -> torch.Tensor:

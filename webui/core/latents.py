@@ -10,7 +10,8 @@
 - `denoise`: one batch from given init latents, at a strength, with the sampler chosen,
   noised with the batch's own noise (`webui.core.noise`: seeds, variation seeds, resize
   seed from, noise multiplier, extra noise; one CPU generator per image, so a seed gives
-  the same noise anywhere).
+  the same noise anywhere); with soft inpainting (`webui.core.soft_blend`) a 4-channel
+  model runs the img2img pipeline and the soft blend replaces the hard 0/1 one.
 
 This module must never import a UI library or change global options.
 """
@@ -32,6 +33,7 @@ from .run import RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
+from .soft_blend import SoftBlend, latent_mask_soft
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,16 @@ def latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
 
 
 def masked_content_latents(
-    latents: torch.Tensor, mask: Image.Image, fill: int, seeds: list[int]
+    latents: torch.Tensor, mask: Image.Image, fill: int, seeds: list[int], rounded: bool = True
 ) -> torch.Tensor:
-    """A1111's "latent noise" (2) and "latent nothing" (3) for the masked area."""
+    """A1111's "latent noise" (2) and "latent nothing" (3) for the masked area (by the
+    unrounded mask when not `rounded`: soft inpainting)."""
     if fill not in (2, 3):
         return latents
-    keep = 1 - latent_mask(mask, latents)
+    if rounded:
+        keep = 1 - latent_mask(mask, latents)
+    else:
+        keep = 1 - latent_mask_soft(mask, *latents.shape[-2:]).to(latents.device, latents.dtype)
     if fill == 3:
         return latents * keep
     noise = torch.stack(
@@ -142,20 +148,28 @@ class DenoiseRequest:
     output_type: str = "pil"
     noise: NoiseSpec | None = None  # None: each seed's own noise, nothing more
     sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
+    soft: SoftBlend | None = None  # soft inpainting: its blend replaces the hard one
+
+
+def _hard_mask(req: DenoiseRequest) -> bool:
+    """Whether the pipeline puts the original back outside a 0/1 mask after each step."""
+    return req.mask is not None and req.soft is None
 
 
 def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     """Run one batch; returns PIL images (or latents with output_type="latent")."""
     lease = run.lease
     inpaint_model = lease.spec.inpainting
-    pipe = pipeline_for(run, req.mask is not None)
+    pipe = pipeline_for(run, _hard_mask(req))
     scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
     pipe.scheduler = bind_sampler_params(scheduler, req.sampling)
+    if req.soft is not None:
+        req.soft.install(pipe.scheduler)
     set_noise_seed(pipe.scheduler, req.seeds)
     latents = req.latents
     factor = pipe.vae_scale_factor
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
-    inpaint_pipe = inpaint_model or req.mask is not None
+    inpaint_pipe = inpaint_model or _hard_mask(req)
     kwargs = dict(
         **req.conditioning,
         image=latents,

@@ -23,6 +23,7 @@ from ..imaging.upscaler_list import LATENT_MODES, NONE, UpscalerRef
 from .params import MAX_SIDE, MAX_STEPS, ParamError, Txt2ImgParams, _require_int
 from .sampler_params import check_for_sampler
 from .samplers import UnknownSamplerError, resolve
+from .soft_inpainting import SoftInpainting
 
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
@@ -104,6 +105,7 @@ class HiresParams:
     scheduler: str | None = None
     prompt: str = ""  # "": the first pass's prompt
     negative_prompt: str = ""
+    firstpass_image: Any = None  # PIL image: the first pass, not sampled (A1111 1.7)
 
     def size(self, width: int, height: int) -> HiresSize:
         rx, ry = self.resize_x, self.resize_y
@@ -161,6 +163,13 @@ class HiresParams:
                 f"{choice.sampler} allows at most {choice.max_steps} steps",
             )
         check_for_sampler(choice.sampler, base)  # the second pass uses eta, s_churn, ... too
+        if self.firstpass_image is not None:
+            if not isinstance(self.firstpass_image, Image.Image):
+                raise ParamError("firstpass_image", "is not an image")
+            try:
+                check_pixels(self.firstpass_image, "firstpass_image", MAX_PIXELS)
+            except ImageInputError as exc:
+                raise ParamError(exc.field, exc.message) from None
 
 
 _HR_FIELDS = {
@@ -189,6 +198,10 @@ class Img2ImgParams(Txt2ImgParams):
     resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent
     denoising_strength: float = 0.75
     mask: Any = None  # PIL "L" image, white = repaint; None = plain img2img
+    # A1111's latent_mask: the mask of the per-step latent blending (and latent masked
+    # content); `mask` still makes the final composite. None: `mask` for both
+    latent_mask: Any = None
+    soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting; None: off
     mask_blur_x: int = 4
     mask_blur_y: int = 4
     inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
@@ -225,6 +238,10 @@ class Img2ImgParams(Txt2ImgParams):
         self._check_outpaint()
         if self.mask is not None:
             self._check_mask()
+        if self.latent_mask is not None:
+            self._check_latent_mask()
+        if self.soft_inpainting is not None:
+            self._check_soft_inpainting()
         if self.sd_upscale is not None:
             self._check_sd_upscale()
         return self
@@ -232,7 +249,8 @@ class Img2ImgParams(Txt2ImgParams):
     def _check_batch(self) -> Img2ImgParams:
         for name in ("batch_input_dir", "batch_output_dir", "batch_mask_dir"):
             _require_text(self, name)
-        if self.mask is not None or self.sd_upscale is not None or any(self.outpaint):
+        own_masks = self.mask is not None or self.latent_mask is not None
+        if own_masks or self.sd_upscale is not None or any(self.outpaint):
             raise ParamError(
                 "batch_input_dir", "a batch folder takes masks from its mask folder only"
             )
@@ -243,6 +261,13 @@ class Img2ImgParams(Txt2ImgParams):
         _require_int(self, "mask_blur_y", 0, MAX_MASK_BLUR)
         _require_int(self, "inpaint_full_res_padding", 0, MAX_PADDING)
         self._check_noise_multiplier()
+        if self.soft_inpainting is not None and not self.batch_mask_dir.strip():
+            raise ParamError("soft_inpainting", "soft inpainting needs a mask folder")
+        try:
+            if self.soft_inpainting is not None:
+                self.soft_inpainting.validated()
+        except ValueError as exc:
+            raise ParamError("soft_inpainting", str(exc)) from None
         try:
             image_files(self.batch_input_dir, "batch_input_dir")
             if self.batch_mask_dir.strip():
@@ -292,6 +317,28 @@ class Img2ImgParams(Txt2ImgParams):
                 raise ParamError(exc.field, exc.message) from None
         if self.sd_upscale is not None:
             raise ParamError("script_name", "SD upscale works on whole images, not with a mask")
+
+    def _check_latent_mask(self) -> None:
+        if self.mask is None:
+            raise ParamError("latent_mask", "a latent mask needs a mask (it is for inpainting)")
+        if not isinstance(self.latent_mask, Image.Image):
+            raise ParamError("latent_mask", "is not an image")
+        if self.latent_mask.size != self.init_images[0].size:
+            raise ParamError(
+                "latent_mask",
+                f"latent mask is {self.latent_mask.width}x{self.latent_mask.height} but the "
+                f"image is {self.init_images[0].width}x{self.init_images[0].height}",
+            )
+
+    def _check_soft_inpainting(self) -> None:
+        if not isinstance(self.soft_inpainting, SoftInpainting):
+            raise ParamError("soft_inpainting", "expected soft inpainting settings")
+        if self.mask is None and not any(self.outpaint):
+            raise ParamError("soft_inpainting", "soft inpainting needs a mask (it is inpainting)")
+        try:
+            self.soft_inpainting.validated()
+        except ValueError as exc:
+            raise ParamError("soft_inpainting", str(exc)) from None
 
     def _check_sd_upscale(self) -> None:
         sd = self.sd_upscale

@@ -28,6 +28,7 @@ from PIL import Image
 from .. import __version__
 from ..imaging.infotext import build_infotext
 from .decode import NanOutputError, decode_latents
+from .firstpass import first_pass_from_image, has_first_pass_image
 from .hires import hires_choice, hires_fields, hires_pass
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
@@ -88,27 +89,32 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         set_noise_seed(pipe.scheduler, batch_seeds)  # DPM++ SDE's noise follows the seeds too
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
-        with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
-            latents = pipe(
-                **conditioning.pipeline_kwargs(),
-                num_inference_steps=params.steps,
-                guidance_scale=params.cfg_scale,
-                width=params.width,
-                height=params.height,
-                num_images_per_prompt=params.batch_size,
-                latents=start.noise.to(pipe.device, pipe.unet.dtype),
-                generator=start.generators,  # after the first draw: step noise goes on
-                callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
-                callback_on_step_end_tensor_inputs=["latents"],
-                output_type="latent",  # decoded below: tiling, NaN check (decode.py)
-                **sampling.pipeline_kwargs,  # DDIM's eta
-                **_inpainting_model_inputs(lease.spec, params),
-            ).images
+        given = first_pass_from_image(run, params) if has_first_pass_image(params) else None
+        if given is not None:  # the given first pass is not sampled
+            latents = given.latents
+        else:
+            with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
+                latents = pipe(
+                    **conditioning.pipeline_kwargs(),
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.cfg_scale,
+                    width=params.width,
+                    height=params.height,
+                    num_images_per_prompt=params.batch_size,
+                    latents=start.noise.to(pipe.device, pipe.unet.dtype),
+                    generator=start.generators,  # after the first draw: step noise goes on
+                    callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    output_type="latent",  # decoded below: tiling, NaN check (decode.py)
+                    **sampling.pipeline_kwargs,  # DDIM's eta
+                    **_inpainting_model_inputs(lease.spec, params),
+                ).images
         if params.hires is None:
             images = decode_latents(pipe, latents, run.memory)
         else:
             images = hires_pass(run, params, latents, noise, conditioning=conditioning,
-                                choice=choice, on_step=on_step)  # fmt: skip
+                                choice=choice, on_step=on_step,
+                                first_images=given.images if given is not None else None)  # fmt: skip
         for image, seed, subseed in zip(images, batch_seeds, batch_subseeds, strict=True):
             results.append(finish_image(run, params, image, seed, fields, subseed))
     return results

@@ -22,6 +22,7 @@ from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common
 from .icons import icon_button
 from .image_common import Named, checked_image, require_server_folders, whole
 from .interrogate_ui import interrogate_buttons, wire_interrogate
+from .soft_inpainting_ui import soft_inpainting_inputs, soft_inpainting_params
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -48,6 +49,7 @@ def _inputs(ctx: AppContext, named: Named) -> None:
             named.add("mask_dir", gr.Textbox(
                 label="Inpaint batch mask directory (masks with the same file names, "
                 "or one mask for all)"))  # fmt: skip
+    soft_inpainting_inputs(named, elem_id="img2img_soft_inpainting")  # batch with masks
     single_tab.select(lambda: 0, outputs=source_tab, show_progress="hidden")
     batch_tab.select(lambda: 1, outputs=source_tab, show_progress="hidden")
 
@@ -73,11 +75,17 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
         require_server_folders(ctx.flags.server_folders_allowed)
         if not (v["input_dir"] or "").strip():
             raise InputError("Batch: enter the input directory")
+        soft = _batch_soft_inpainting(v)
         return Img2ImgParams(
             **common_fields(v),
             batch_input_dir=v["input_dir"] or "",
             batch_output_dir=v["output_dir"] or "",
             batch_mask_dir=v["mask_dir"] or "",
+            soft_inpainting=soft,
+        )
+    if v["soft_enabled"]:
+        raise InputError(
+            "Soft inpainting needs a mask: use the Inpaint tab, or a batch mask directory"
         )
     image = checked_image(v["image"], "Image for img2img")
     if image is None:
@@ -91,6 +99,13 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
         sd = SDUpscaleParams(upscaler=upscaler, scale=float(v["sd_scale"]),
                              overlap=whole(v["sd_overlap"], "Tile overlap"))  # fmt: skip
     return Img2ImgParams(**common_fields(v, image.size), init_images=(image,), sd_upscale=sd)
+
+
+def _batch_soft_inpainting(v: dict[str, Any]):
+    settings = soft_inpainting_params(v)
+    if settings is not None and not (v["mask_dir"] or "").strip():
+        raise InputError("Soft inpainting needs a mask: enter the inpaint batch mask directory")
+    return settings
 
 
 IMG2IMG = TabSpec(prefix="img2img", kind="img2img", scripts_of="img2img", params=_params,

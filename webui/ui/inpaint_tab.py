@@ -3,7 +3,7 @@ clear, zoom and pan come with Gradio's image editor) or upload one, and redraw o
 
 Mask mode (invert), mask blur, masked content, inpaint area (whole picture / only masked
 with padding) and outpainting (grow the canvas by N pixels per side and fill the new
-area) as in A1111. Whether the checkpoint is a 9-channel inpainting model is read from
+area) and soft inpainting (`soft_inpainting_ui`) as in A1111. Whether the checkpoint is a 9-channel inpainting model is read from
 the loaded model, not asked. Jobs are "img2img" jobs with a mask. The prompts, sampler,
 size, seed, scripts, output and job wiring come from `generation_tab`.
 
@@ -22,6 +22,7 @@ from ..imaging.masks import MASKED_CONTENT
 from .common import InputError
 from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common_fields
 from .image_common import Named, checked_image, whole
+from .soft_inpainting_ui import soft_inpainting_inputs, soft_inpainting_params
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -54,6 +55,7 @@ def _inputs(ctx: AppContext, named: Named) -> None:
             for side in SIDES:
                 named.add(f"out_{side}", gr.Slider(
                     label=f"Outpaint {side}, pixels", minimum=0, maximum=512, step=8, value=0))  # fmt: skip
+    soft_inpainting_inputs(named)
 
 
 def _mask_inputs(named: Named) -> None:
@@ -142,6 +144,7 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
         inpaint_full_res_padding=whole(v["padding"], "Only masked padding"),
         inpainting_mask_invert=v["mask_mode"] == 1,
         outpaint=outpaint,
+        soft_inpainting=soft_inpainting_params(v),
     )
 
 

@@ -25,6 +25,7 @@ import gradio as gr
 
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
+from . import soft_inpainting_ui as soft_ui
 from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
 from .adetailer_ui import PASTE_FIELDS as ADETAILER_FIELDS
@@ -73,6 +74,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Hires negative prompt", "Hires negative prompt", ("txt2img",)),
     *((key, label, TARGETS) for key, label in PASTE_FIELDS.items()),  # Eta, Sigma..., NGMS
     *ADETAILER_FIELDS,  # both ADetailer units' fields (" 2nd" after the second's)
+    *((key, label, ("inpaint",)) for key, label in soft_ui.PASTE_FIELDS.items()),
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -216,6 +218,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     ad_enable = controls.get(ADETAILER_ENABLE)
     if ad_enable is not None:  # ADetailer: on when the infotext names a detector
         out[ad_enable] = any(k in fields for k in ADETAILER_MODELS)
+    soft = controls.get(soft_ui.ENABLED_LABEL)
+    if tab == "inpaint" and soft is not None:  # A1111 writes it only when it was on
+        out[soft] = soft_ui.paste_enabled(fields)
     tiling = controls.get(TILING)
     if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
         out[tiling] = str(fields.get(TILING, "")).lower() == "true"
