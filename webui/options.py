@@ -145,6 +145,7 @@ class OptionDef:
     label: str
     section: str
     path: bool = False
+    secret: bool = False  # an API key or token: never shown outside the server (SECRET_SHOWN)
     choices: Choices | None = None
     minimum: float | None = None
     maximum: float | None = None
@@ -373,15 +374,23 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("image_browser_folders", "", _string,
               "Image Browser: more folders to index, separated by ;", "saving-paths", path=True),
     OptionDef("civitai_api_key", "", _string, "Civitai API key (for downloads that need a login)",
-              "model-downloads"),
+              "model-downloads", secret=True),
     OptionDef("huggingface_token", "", _string, "Hugging Face token (for gated repositories)",
-              "model-downloads"),
+              "model-downloads", secret=True),
     OptionDef("huggingface_base_url", "https://huggingface.co", _http_url,
               "Hugging Face address (a mirror works too)", "model-downloads"),
     OptionDef("civitai_base_url", "https://civitai.com", _http_url, "Civitai address",
               "model-downloads"),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
+
+
+SECRET_SHOWN = "********"  # a secret option's value outside the server, when it is set
+
+
+def shown_value(definition: OptionDef, value: Any) -> Any:
+    """`value` as it may be shown: SECRET_SHOWN for a secret option that is set."""
+    return SECRET_SHOWN if definition.secret and value else value
 
 
 class Options:
@@ -492,10 +501,12 @@ class Options:
         self.update({key: value})
 
     def update(self, values: Mapping[str, Any]) -> None:
-        """Validate all values first, then set them together (all or nothing)."""
+        """Validate all values first, then set them together (all or nothing). A secret
+        option sent back as SECRET_SHOWN (what `public_dict` gave) keeps its value."""
         if self.read_only:
             raise PermissionError("settings are frozen (--freeze-settings)")
-        checked = {key: self._validated(key, value) for key, value in values.items()}
+        checked = {key: self._validated(key, value) for key, value in values.items()
+                   if not (value == SECRET_SHOWN and self._is_secret(key))}  # fmt: skip
         with self._lock:
             current = self._values
             refused = sorted(k for k in checked if k in self.locked and checked[k] != current[k])
@@ -510,6 +521,16 @@ class Options:
         """A copy of the defined options and their current values."""
         with self._lock:
             return dict(self._values)
+
+    def public_dict(self) -> dict[str, Any]:
+        """`as_dict` as it may leave the server: secret options that are set read
+        SECRET_SHOWN (GET /sdapi/v1/options, the Settings tab)."""
+        return {key: shown_value(self.definitions[key], value)
+                for key, value in self.as_dict().items()}  # fmt: skip
+
+    def _is_secret(self, key: str) -> bool:
+        definition = self.definitions.get(key)
+        return definition is not None and definition.secret
 
     def save(self, path: Path | None = None) -> None:
         """Write all options (and unknown keys kept from the file) atomically."""

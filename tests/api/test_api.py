@@ -492,6 +492,20 @@ def test_options_post_validates_and_saves(srv: Server) -> None:
     assert "sd_model_checkpoint" in _loc_names(response)
 
 
+def test_api_keys_in_options_never_leave_the_server(srv: Server) -> None:
+    """The Civitai key and Hugging Face token are set through the options but read back
+    masked; a client that posts every option it read back keeps the real key."""
+    key = "civitai-secret-key-123"
+    assert srv.client.post(srv.api("/options"), json={"civitai_api_key": key}).status_code == 200
+    shown = srv.client.get(srv.api("/options")).json()
+    assert shown["civitai_api_key"] == "********" and key not in json.dumps(shown)
+    assert shown["huggingface_token"] == ""  # not set: nothing to hide
+    assert srv.client.post(srv.api("/options"), json=shown).status_code == 200
+    saved = json.loads((srv.data_dir / "config.json").read_text())
+    assert saved["civitai_api_key"] == key
+    srv.client.post(srv.api("/options"), json={"civitai_api_key": ""})
+
+
 def test_cmd_flags_never_show_a_password(srv: Server) -> None:
     response = srv.client.get(srv.api("/cmd-flags"))
     assert response.status_code == 200

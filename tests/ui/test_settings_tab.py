@@ -89,6 +89,20 @@ def test_the_user_changing_a_value_wins_and_equal_values_are_no_change(ctx) -> N
     assert ctx.options.get(PREVIEW) == 5
 
 
+def test_a_secret_option_shows_masked_and_applying_the_page_keeps_it(ctx) -> None:
+    ctx.options.set("huggingface_token", "hf_secret")
+    try:
+        shown = shown_values(ctx)
+        assert shown["huggingface_token"] == "********"  # the page never gets the token
+        assert apply_settings(ctx, shown, _form(shown)) == "No change."
+        apply_settings(ctx, shown, _form(shown, **{PREVIEW: 6}))
+        assert ctx.options.get("huggingface_token") == "hf_secret"
+        apply_settings(ctx, shown, _form(shown, huggingface_token="hf_new"))
+        assert ctx.options.get("huggingface_token") == "hf_new"
+    finally:
+        ctx.options.set("huggingface_token", "")
+
+
 def test_invalid_values_save_nothing(ctx, data_dir) -> None:
     shown = shown_values(ctx)
     with pytest.raises(gr.Error, match=CLIP):

@@ -263,7 +263,7 @@ def _cuda(ctx: AppContext) -> dict[str, Any]:
 def _settings_routes(router: APIRouter) -> None:
     @router.get("/options")
     def get_options(ctx: Ctx) -> Any:
-        return mapping.json_safe(ctx.options.as_dict())
+        return mapping.json_safe(ctx.options.public_dict())  # secrets masked
 
     @router.post("/options")
     def set_options(body: dict[str, Any], ctx: Ctx, user: User) -> Any:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..options import SECTIONS
+from ..options import SECTIONS, shown_value
 from ..services.errors import RequestError
 from ..services.options import checked_options
 from .common import InputError, checkpoint_choices
@@ -60,7 +60,7 @@ def shown_values(ctx: AppContext) -> dict[str, Any]:
     checkpoint the title of the one jobs use (the first one when the option is empty)."""
     values = {}
     for key, definition in ctx.options.definitions.items():
-        values[key] = definition.normalized(ctx.options.get(key))
+        values[key] = shown_value(definition, definition.normalized(ctx.options.get(key)))
     if CHECKPOINT in values:
         values[CHECKPOINT] = checkpoint_choices(ctx)[1] or ""
     return values
@@ -171,7 +171,7 @@ def option_control(
     if widget == "number":
         precision = 0 if isinstance(definition.default, int) else None
         return gr.Number(precision=precision, **bounds, **common)
-    return gr.Textbox(**common)
+    return gr.Textbox(type="password" if definition.secret else "text", **common)
 
 
 @dataclass
