@@ -25,6 +25,7 @@ from .core.job_store import JobStore
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
+from .imaging.face_restorer_list import FaceRestorerFolders
 from .imaging.store import OutputStore
 from .model_manager.embeddings import EmbeddingRegistry
 from .model_manager.lora import LoraManager
@@ -113,7 +114,9 @@ def build_context(flags: Flags) -> AppContext:
     upscalers = Upscalers(flags.models_dir)
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
-                                   checkpoint_dir=flags.ckpt_dir)  # fmt: skip
+                                   checkpoint_dir=flags.ckpt_dir,
+                                   faces=FaceRestorerFolders(flags.gfpgan_models_path,
+                                                             flags.codeformer_models_path))  # fmt: skip
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
                       job_store=job_store)  # fmt: skip

@@ -122,6 +122,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "queue": "Queue",
     "saving-images": "Saving images/grids",
     "saving-paths": "Paths for saving",
+    "face-restoration": "Face restoration",
 }
 
 
@@ -319,6 +320,10 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("outdir_save", "", _string,
               "Directory for saving images using the Save button (empty: outputs/saved)",
               "saving-paths", path=True),
+    OptionDef("face_restoration_model", "CodeFormer", _choice("CodeFormer", "GFPGAN"),
+              "Face restoration model", "face-restoration", choices=("CodeFormer", "GFPGAN")),
+    OptionDef("code_former_weight", 0.5, label="CodeFormer weight (0 = maximum effect; 1 = "
+              "minimum effect)", section="face-restoration", **_float(0.0, 1.0, 0.001)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

@@ -26,6 +26,7 @@ from PIL import Image
 from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
 from .conditioning import Conditioning
+from .faces import restored
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -153,7 +154,8 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
-            results.append(finish_image(run, params, item.finish(image), seed, job.fields, subseed))
+            image = item.finish(restored(run, params, image))  # faces before the overlay
+            results.append(finish_image(run, params, image, seed, job.fields, subseed))
     return results
 
 
