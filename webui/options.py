@@ -322,7 +322,7 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "saving-paths", path=True),
     OptionDef("face_restoration_model", "CodeFormer", _choice("CodeFormer", "GFPGAN"),
               "Face restoration model", "face-restoration", choices=("CodeFormer", "GFPGAN")),
-    OptionDef("code_former_weight", 0.5, label="CodeFormer weight (0 = maximum effect; 1 = "
+    OptionDef("code_former_weight", 0.5, label="CodeFormer weight (0 = maximum effect, 1 = "
               "minimum effect)", section="face-restoration", **_float(0.0, 1.0, 0.001)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths

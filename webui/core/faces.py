@@ -64,8 +64,10 @@ def restore_faces_extras(
           "CodeFormer weight": round(params.codeformer_weight, 3)}),
     ]  # fmt: skip
     for ref, visibility, step_fields in steps:
-        if ref is None or visibility <= 0 or ctx.should_stop():
+        if visibility <= 0 or ctx.should_stop():
             continue
+        if ref is None:  # the generation service resolves the file of every visible one
+            raise ValueError(f"face restoration at visibility {visibility} without a model")
         ctx.progress.text = f"Restoring faces ({ref.name})"
         result, found = ctx.faces.restore(image, ref)
         log.info("%s restored %d face(s)", ref.name, found)

@@ -356,9 +356,8 @@ class ExtrasParams:
         _require_text(self, "output_dir")
         for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
             _require_float(self, name, 0.0, 1.0)
-        for name, visibility in (("gfpgan", self.gfpgan_visibility),
-                                 ("codeformer", self.codeformer_visibility)):  # fmt: skip
-            if visibility > 0 and not isinstance(getattr(self, name), FaceRestorerRef):
+        for name in ("gfpgan", "codeformer"):  # the service resolves them (their files)
+            if not isinstance(getattr(self, name), FaceRestorerRef | None):
                 raise ParamError(f"{name}_visibility", f"no {name} model was chosen")
         return self
 

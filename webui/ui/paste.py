@@ -26,7 +26,7 @@ import gradio as gr
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
 from .common import InputError, owner_of
-from .sampler_controls import PASTE_FIELDS, TILING
+from .sampler_controls import PASTE_FIELDS, RESTORE_FACES, TILING
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -212,6 +212,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     tiling = controls.get(TILING)
     if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
         out[tiling] = str(fields.get(TILING, "")).lower() == "true"
+    faces = controls.get(RESTORE_FACES)
+    if faces is not None:  # "Face restoration: CodeFormer" only when it was on
+        out[faces] = bool(fields.get("Face restoration"))
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image
@@ -261,7 +264,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
-    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING}
+    labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING, RESTORE_FACES}
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 
