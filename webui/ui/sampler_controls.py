@@ -52,7 +52,7 @@ def add_tiling(named: Named, prefix: str) -> None:
     """A1111 1.5's row: "Restore faces" (the model: Settings > Face restoration), "Tiling"."""
     named.add("restore_faces", gr.Checkbox(
         label=RESTORE_FACES, value=False, elem_id=f"{prefix}_restore_faces",
-        info="GFPGAN or CodeFormer, as chosen in Settings > Face restoration"))  # fmt: skip
+        info="Model: Settings > Face restoration"))  # fmt: skip
     named.add("tiling", gr.Checkbox(label=TILING, value=False, elem_id=f"{prefix}_tiling",
                                     info="Seamless texture: the edges continue each other"))  # fmt: skip
 
