@@ -136,3 +136,29 @@ def test_the_wrong_model_or_a_pickle_is_refused(folders, tmp_path):
     with pytest.raises(FaceRestorerError, match="GFPGANv1.4.pth: cannot be read"):
         load_restorer(evil, GFPGAN)
     assert not marker.exists()  # spandrel's restricted unpickler never ran it
+
+
+def test_a_gfpgan_file_loads_through_spandrel(tmp_path, face_models):
+    from tests.tiny_faces import write_gfpgan
+
+    for name in ("detection_Resnet50_Final.pth", "parsing_parsenet.pth"):
+        (tmp_path / "GFPGAN").mkdir(exist_ok=True)
+        (tmp_path / "GFPGAN" / name).symlink_to(face_models / "GFPGAN" / name)
+    write_gfpgan(tmp_path / "GFPGAN" / "GFPGANv1.4.pth")
+    ref = FaceRestorerFolders.under(tmp_path).resolve("gfpgan", field="gfpgan_visibility")
+    assert ref.name == GFPGAN and ref.path.endswith("GFPGANv1.4.pth")
+    model = FaceRestorerCache("cpu").model(ref)
+    assert type(model).__name__ == "GFPGANv1Clean"
+
+
+def test_params_with_a_restorer_survive_a_restart(folders):
+    from webui.core import job_codec
+    from webui.core.params import Txt2ImgParams
+    from webui.core.params_img2img import ExtrasParams
+
+    ref = folders.resolve(CODEFORMER, 0.3, field="restore_faces")
+    for kind, params in (
+        ("txt2img", Txt2ImgParams(restore_faces=True, face_restorer=ref)),
+        ("extras", ExtrasParams(codeformer_visibility=0.5, codeformer=ref)),
+    ):
+        assert job_codec.decode_params(kind, *job_codec.encode(params)) == params
