@@ -3,8 +3,9 @@
 One server (tiny SD 1.x checkpoint; the face files of `tests/tiny_faces.py` given with
 --gfpgan-models-path and --codeformer-models-path) serves the module. Its detector finds
 no face (random weights would find random ones), so these tests show the plumbing: the
-field reaches the job, the restorer is loaded and run on every image, the infotext says
-so and comes back through PNG Info and the `infotext` field, and a missing file is a 422.
+field reaches the job, faces are looked for in every image (the restorer is loaded once
+one is found), the infotext says so and comes back through PNG Info and the `infotext`
+field, and a missing file is a 422.
 The restoration itself is checked in tests/imaging/test_face_restoration.py.
 """
 

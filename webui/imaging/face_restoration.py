@@ -54,9 +54,8 @@ class FaceRestorerCache:
 
     def restore(self, image: Image.Image, ref: FaceRestorerRef) -> tuple[Image.Image, int]:
         """(the image with every face found restored, how many faces were found)."""
-        helper = self.helper(ref)
-        restore_face = self.restore_fn(ref)
-        return restore_faces(image, helper, restore_face)
+        helper = self.helper(ref)  # the restorer itself is loaded once a face is found
+        return restore_faces(image, helper, lambda face: self.restore_fn(ref)(face))
 
     def restore_fn(self, ref: FaceRestorerRef) -> RestoreFn:
         """The restorer's call on one normalised crop, as A1111 makes it."""
@@ -138,18 +137,13 @@ def make_helper(detection: Path, parsing: Path, device: torch.device):
     return _new_helper(detector.to(device).eval(), parser.to(device).eval(), device)
 
 
-def _helper_class():
-    from facexlib.utils.face_restoration_helper import FaceRestoreHelper
-
-    return FaceRestoreHelper
-
-
 def _new_helper(detector, parser, device):
     """A `FaceRestoreHelper` as A1111 makes it (upscale 1, 512 faces, square crops, parser
     masks) with the given detector and parser: facexlib's own __init__ would load (and
     download) its weights itself."""
-    helper_class = _helper_class()
-    helper = helper_class.__new__(helper_class)
+    from facexlib.utils.face_restoration_helper import FaceRestoreHelper
+
+    helper = FaceRestoreHelper.__new__(FaceRestoreHelper)
     helper.template_3points, helper.pad_blur = False, False
     helper.upscale_factor, helper.crop_ratio = 1, (1, 1)
     helper.face_size = (FACE_SIZE, FACE_SIZE)
@@ -168,7 +162,8 @@ def restore_faces(image: Image.Image, helper, restore_face: RestoreFn) -> tuple[
     `restore_with_face_helper`); (result, number of faces)."""
     helper.clean_all()
     try:
-        helper.read_image(np.array(image.convert("RGB"))[:, :, ::-1])  # facexlib wants BGR
+        bgr = np.ascontiguousarray(np.array(image.convert("RGB"))[:, :, ::-1])  # facexlib's order
+        helper.read_image(bgr)
         with torch.inference_mode():
             found = helper.get_face_landmarks_5(
                 only_center_face=False, resize=DETECT_RESIZE, eye_dist_threshold=5
