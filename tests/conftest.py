@@ -81,3 +81,12 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def face_models(tmp_path_factory) -> Path:
+    """A models folder with GFPGAN/ (face detector and parser) and Codeformer/ (a
+    random-weight CodeFormer), as `tests/tiny_faces.py` writes them."""
+    from tests.tiny_faces import write_face_models
+
+    return write_face_models(tmp_path_factory.mktemp("face-models"))

@@ -255,6 +255,8 @@ def test_relative_dirs_are_made_absolute(tmp_path: Path, monkeypatch: pytest.Mon
 def test_flags_constructed_directly_derive_paths(tmp_path: Path) -> None:
     flags = Flags(data_dir=tmp_path)
     assert flags.ckpt_dir == tmp_path / "models" / "Stable-diffusion"
+    assert flags.gfpgan_models_path == tmp_path / "models" / "GFPGAN"  # A1111's folders
+    assert flags.codeformer_models_path == tmp_path / "models" / "Codeformer"
     assert Flags(data_dir=tmp_path, nowebui=True).api
 
 
@@ -337,6 +339,8 @@ def test_option_defaults() -> None:
         "huggingface_token": "",
         "huggingface_base_url": "https://huggingface.co",
         "civitai_base_url": "https://civitai.com",
+        "face_restoration_model": "CodeFormer",
+        "code_former_weight": 0.5,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

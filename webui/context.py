@@ -26,6 +26,7 @@ from .core.job_store import JobStore
 from .core.jobs import JobQueue
 from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
+from .imaging.face_restorer_list import FaceRestorerFolders
 from .imaging.store import OutputStore
 from .model_manager.catalog import ModelCatalog, kind_roots
 from .model_manager.embeddings import EmbeddingRegistry
@@ -125,7 +126,9 @@ def build_context(flags: Flags) -> AppContext:
     generation = GenerationService(models=models, options=options, jobs=jobs,
                                    extensions=extensions, upscalers=upscalers,
                                    checkpoint_dir=flags.ckpt_dir,
-                                   detector_dir=flags.models_dir / "adetailer")  # fmt: skip
+                                   detector_dir=flags.models_dir / "adetailer",
+                                   faces=FaceRestorerFolders(flags.gfpgan_models_path,
+                                                             flags.codeformer_models_path))  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,

@@ -124,6 +124,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "saving-paths": "Paths for saving",
     "interrogate": "Interrogate",
     "model-downloads": "Model downloads",
+    "face-restoration": "Face restoration",
 }
 
 
@@ -381,6 +382,10 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "Hugging Face address (a mirror works too)", "model-downloads"),
     OptionDef("civitai_base_url", "https://civitai.com", _http_url, "Civitai address",
               "model-downloads"),
+    OptionDef("face_restoration_model", "CodeFormer", _choice("CodeFormer", "GFPGAN"),
+              "Face restoration model", "face-restoration", choices=("CodeFormer", "GFPGAN")),
+    OptionDef("code_former_weight", 0.5, label="CodeFormer weight (0 = maximum effect, 1 = "
+              "minimum effect)", section="face-restoration", **_float(0.0, 1.0, 0.001)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

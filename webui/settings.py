@@ -65,7 +65,7 @@ class Flags:
     """Command-line flags, A1111 names with dashes as underscores.
 
     The directory fields (`models_dir`, `ckpt_dir`, `vae_dir`, `lora_dir`,
-    `embeddings_dir`, `styles_file`) are always absolute paths once constructed: when
+    `embeddings_dir`, `styles_file`, `gfpgan_models_path`, `codeformer_models_path`) are always absolute paths once constructed: when
     not given they are derived from `data_dir` (and `models_dir`) like A1111's layout.
     """
 
@@ -96,6 +96,8 @@ class Flags:
     lora_dir: Path = _DERIVED
     embeddings_dir: Path = _DERIVED
     styles_file: Path = _DERIVED
+    gfpgan_models_path: Path = _DERIVED
+    codeformer_models_path: Path = _DERIVED
     # devices and memory
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
@@ -146,6 +148,9 @@ class Flags:
         set_(self, "lora_dir", self._path_or(self.lora_dir, models / "Lora"))
         set_(self, "embeddings_dir", self._path_or(self.embeddings_dir, models / "embeddings"))
         set_(self, "styles_file", self._path_or(self.styles_file, self.data_dir / "styles.csv"))
+        set_(self, "gfpgan_models_path", self._path_or(self.gfpgan_models_path, models / "GFPGAN"))
+        set_(self, "codeformer_models_path",
+             self._path_or(self.codeformer_models_path, models / "Codeformer"))  # fmt: skip
 
     @staticmethod
     def _path_or(value: Path | str | None, default: Path) -> Path:
@@ -354,6 +359,8 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--lora-dir", "LoRA folder (<models-dir>/Lora)", _PATH),
         ("--embeddings-dir", "textual inversion folder (<models-dir>/embeddings)", _PATH),
         ("--styles-file", "styles CSV file (<data-dir>/styles.csv)", _PATH),
+        ("--gfpgan-models-path", "GFPGAN and face detector files (<models-dir>/GFPGAN)", _PATH),
+        ("--codeformer-models-path", "CodeFormer model file (<models-dir>/Codeformer)", _PATH),
     ],
     "devices and memory": [
         ("--use-cpu", "'all' runs everything on the CPU", {"nargs": "+", "metavar": "MODULE"}),

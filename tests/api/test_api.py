@@ -399,9 +399,11 @@ def test_nan_cfg_scale_is_422(srv: Server) -> None:
 
 
 def test_features_not_built_are_501(srv: Server) -> None:
-    response = _post_txt2img(srv, restore_faces=True)
-    assert response.status_code == 501
-    assert "restore_faces" in response.json()["detail"]
+    response = _post_txt2img(srv, restore_faces=True)  # built; no model file here: 422
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"][-1] == "restore_faces"
+    assert "codeformer-v0.1.0.pth" in detail["msg"] and "Codeformer" in detail["msg"]
     response = srv.client.post(srv.api("/img2img"), json={"init_images": []})
     assert response.status_code == 422  # built (tests/core/test_img2img.py): names the field
     assert "init_images" in _loc_names(response)

@@ -19,6 +19,7 @@ from webui.ext.api import ArgError
 from webui.ext.scripts.common import expand_floats, expand_ints, split_values, with_fields
 from webui.ext.scripts.prompt_matrix import combinations
 from webui.ext.scripts.prompts_from_file import line_params, parse_line
+from webui.imaging.face_restorer_list import FaceRestorerRef
 from webui.imaging.infotext import parse_infotext, read_infotext_from_image
 from webui.settings import parse_flags
 
@@ -239,8 +240,13 @@ def test_prompts_from_file_tiling_per_line():
     base = Txt2ImgParams(prompt="wall", tiling=True)
     assert line_params(base, parse_line("--prompt x --tiling false"), "start", None).tiling is False
     assert line_params(Txt2ImgParams(), parse_line("--tiling true"), "start", None).tiling is True
-    with pytest.raises(ValueError, match="face restoration"):
+    with pytest.raises(ValueError, match="tick Restore faces"):
         line_params(base, parse_line("--restore_faces true"), "start", None)
+    ref = FaceRestorerRef("CodeFormer", "cf.pth", "det.pth", "parse.pth")
+    faces = Txt2ImgParams(prompt="face", restore_faces=True, face_restorer=ref)
+    line = line_params(faces, parse_line("--restore_faces false"), "start", None)
+    assert line.restore_faces is False
+    assert line_params(faces, parse_line("--prompt x"), "start", None).restore_faces is True
 
 
 def test_wildcards_follow_the_seed(ctx):

@@ -279,9 +279,11 @@ def test_api_extras_over_the_pixel_limit_is_422(api):
     assert "over the limit" in response.json()["detail"][0]["msg"]
 
 
-def test_api_face_restoration_is_501(api):
-    url, client, _ = api
+def test_api_face_restoration_without_its_file_is_422(api):
+    url, client, data = api
     body = {"image": b64png(noise_image(8, 8)), "upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}
     response = client.post(f"{url}/extra-single-image", json=body)
-    assert response.status_code == 501
-    assert "gfpgan_visibility" in response.json()["detail"]
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"][-1] == "gfpgan_visibility"
+    assert "GFPGANv1.4.pth" in detail["msg"] and str(data / "models" / "GFPGAN") in detail["msg"]

@@ -167,3 +167,22 @@ def test_infotext_fills_the_new_samplers_and_schedules(ui, sampler, schedule):
     text = build_infotext("p", "n", {**FIELDS, "Sampler": sampler, "Schedule type": schedule})
     values = {c.label: v for c, v in fill(parse_infotext(text), controls, "txt2img", []).items()}
     assert (values["Sampling method"], values["Schedule type"]) == (sampler, schedule)
+
+
+def test_face_restoration_ticks_restore_faces(ui):
+    _, _, tabs = ui
+    text = build_infotext("p", "", {**FIELDS, "Face restoration": "CodeFormer"})
+    for tab in ("txt2img", "img2img", "inpaint"):
+        controls = tab_controls(tabs[tab])
+        values = {c.label: v for c, v in fill(parse_infotext(text), controls, tab, []).items()}
+        assert values["Restore faces"] is True
+        plain = fill(parse_infotext(TEXT), controls, tab, [])
+        assert {c.label: v for c, v in plain.items()}["Restore faces"] is False
+
+
+def test_restore_faces_checkbox_reaches_the_params():
+    from webui.ui.sampler_controls import SAMPLER_PARAMETERS, sampling_fields
+
+    values = {"tiling": False, "restore_faces": True, **dict.fromkeys(SAMPLER_PARAMETERS)}
+    assert sampling_fields(values)["restore_faces"] is True
+    assert sampling_fields({**values, "restore_faces": False})["restore_faces"] is False

@@ -55,7 +55,6 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
 _NOT_BUILT: tuple[tuple[str, str], ...] = (
-    ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
 )
 # infotext field -> request field, for the `infotext` request field (A1111 1.10)
@@ -81,12 +80,14 @@ _INFOTEXT_OPTIONS: dict[str, str] = {
     "Clip skip": CLIP_SKIP,
     "Noise multiplier": "initial_noise_multiplier",
     "Extra noise": "img2img_extra_noise",
+    "Face restoration": "face_restoration_model",  # and restore_faces (_with_infotext)
 }
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
      "Size-2", "Width", "Height", "Model hash", "Model", "VAE hash", "VAE", "Clip skip",
      "RNG", "Version", "Denoising strength", "Variation seed", "Variation seed strength",
-     "Seed resize from", "Seed resize from-1", "Seed resize from-2", "Tiling"}
+     "Seed resize from", "Seed resize from-1", "Seed resize from-2", "Tiling",
+     "Face restoration"}
 )  # fmt: skip
 
 
@@ -150,10 +151,11 @@ def seed_fields(req: Any) -> dict[str, Any]:
 
 
 def sampling_fields(req: Any) -> dict[str, Any]:
-    """Tiling and the sampler parameters (eta, s_churn, ..., s_min_uncond; None: the
-    job's option), for txt2img and img2img alike."""
+    """Tiling, "Restore faces" and the sampler parameters (eta, s_churn, ...,
+    s_min_uncond; None: the job's option), for txt2img and img2img alike."""
     return {
         "tiling": bool(req.tiling),
+        "restore_faces": bool(req.restore_faces),  # the job's face_restoration_model
         **{name: getattr(req, name) for name in (*STEP_PARAMS, MIN_UNCOND)},
     }
 
@@ -213,6 +215,8 @@ def _with_infotext(req: Txt2ImgRequest) -> Txt2ImgRequest:
         if key in parsed and option not in overrides:
             overrides[option] = parsed[key]
             updates["override_settings"] = overrides
+    if "Face restoration" in parsed and "restore_faces" not in req.model_fields_set:
+        updates["restore_faces"] = True
     merged = {**req.model_dump(), **updates}
     try:
         return type(req).model_validate(merged)
@@ -280,8 +284,8 @@ def txt2img_info(req: Txt2ImgRequest, job: Job, result: JobResult | None) -> dic
         "cfg_scale": params.cfg_scale,
         "steps": params.steps,
         "batch_size": params.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": bool(getattr(params, "restore_faces", False)),
+        "face_restoration_model": first.get("Face restoration"),
         "sd_model_name": first.get("Model") or _model_name(result),
         "sd_model_hash": first.get("Model hash"),
         "sd_vae_name": first.get("VAE"),

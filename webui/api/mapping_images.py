@@ -34,7 +34,6 @@ from .schemas_images import StableDiffusionImg2ImgProcessingAPI as Img2ImgReques
 _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 # (field, feature) requested by a truthy value, not built: refused, never faked
 _NOT_BUILT = (
-    ("restore_faces", "face restoration"),
     ("refiner_checkpoint", "refiner"),
 )
 
@@ -220,9 +219,6 @@ def extras_params(
 ) -> ExtrasParams:
     """Params of an extras request; `images` are (base64 data, name) pairs. The API saves
     nothing, as in A1111."""
-    for field in ("gfpgan_visibility", "codeformer_visibility"):
-        if (getattr(req, field, None) or 0) > 0:
-            raise NotBuiltError(field, "face restoration")
     decoded = []
     field = "imageList" if "imageList" in type(req).model_fields else "image"
     for i, (data, name) in enumerate(images):
@@ -241,6 +237,9 @@ def extras_params(
         upscaler_1=_upscaler(upscalers, _v(req, "upscaler_1"), "upscaler_1"),
         upscaler_2=_upscaler(upscalers, _v(req, "upscaler_2"), "upscaler_2"),
         extras_upscaler_2_visibility=_v(req, "extras_upscaler_2_visibility"),
+        gfpgan_visibility=_v(req, "gfpgan_visibility"),
+        codeformer_visibility=_v(req, "codeformer_visibility"),
+        codeformer_weight=_v(req, "codeformer_weight"),
         save_images=False,
     )
     return params  # validated by the generation service

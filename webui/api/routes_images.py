@@ -1,4 +1,5 @@
-"""The A1111 image endpoints under /sdapi/v1: img2img, extras (upscaling), upscaler lists.
+"""The A1111 image endpoints under /sdapi/v1: img2img, extras (upscaling and face
+restoration), upscaler and face restorer lists.
 
 An APIRouter that `webui.api.routes.api_router` includes, so it shares its prefix, HTTP
 Basic auth (--api-auth) and validation-error shape. Work goes through the shared job
@@ -33,6 +34,7 @@ from .schemas_images import (
     ExtrasBatchImagesResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
+    FaceRestorerItem,
     ImageToImageResponse,
     LatentUpscalerModeItem,
     UpscalerItem,
@@ -99,6 +101,13 @@ def images_router() -> APIRouter:
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     def latent_upscale_modes() -> Any:
         return [{"name": name} for name in LATENT_MODES]
+
+    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
+    def face_restorers(ctx: Ctx) -> Any:
+        faces = ctx.generation.faces
+        if faces is None:
+            return []
+        return [{"name": name, "cmd_dir": str(folder)} for name, folder in faces.available()]
 
     return router
 

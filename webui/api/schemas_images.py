@@ -91,5 +91,10 @@ class UpscalerItem(BaseModel):
     scale: float | None = None
 
 
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
 class LatentUpscalerModeItem(BaseModel):
     name: str

@@ -2,7 +2,8 @@
 
 Scale by a factor, or to a width x height (the image is scaled to cover it and, with
 "crop to fit", cut to it in the middle). A second upscaler runs on the original too and
-is blended in at its visibility. The infotext keeps the source image's own parameters
+is blended in at its visibility; then GFPGAN and CodeFormer restore the faces, each
+blended in at its visibility (`webui.core.faces`). The infotext keeps the source image's own parameters
 and adds A1111's "Postprocess ..." fields; the worker's `save` puts them in
 outputs/extras-images, or under their own names into the output folder of a batch from a
 folder.
@@ -24,6 +25,7 @@ from ..imaging.codec import to_rgb
 from ..imaging.infotext import find_params, format_value, quote, read_infotext_from_image
 from ..imaging.upscaler_list import NONE
 from ..imaging.upscalers import UpscalerCache
+from .faces import restore_faces_extras
 from .params_img2img import ExtrasParams
 from .processing import GeneratedImage
 from .run import JobContext
@@ -55,6 +57,7 @@ def upscale_images(
         progress.batch, progress.step = index, 0
         progress.text = f"Upscaling {name or 'image'}" if len(params.images) > 1 else "Upscaling"
         image, fields = upscale_one(params, source, ctx.upscalers, ctx.should_stop)
+        image = restore_faces_extras(ctx, params, image, fields)
         infotext = postprocess_infotext(read_infotext_from_image(source), fields)
         stem = Path(name).stem if name else "image"
         path = save(image, stem, infotext) if save else None
@@ -70,9 +73,12 @@ def upscale_one(
     upscalers: UpscalerCache,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Image.Image, dict]:
-    """(upscaled image, its "Postprocess ..." infotext fields)."""
+    """(upscaled image, its "Postprocess ..." infotext fields). Upscaler 1 "None" skips
+    the upscaling (A1111), e.g. for face restoration alone."""
     image = to_rgb(source)
     fields: dict = {}
+    if params.upscaler_1.name == NONE:
+        return image, fields
     if params.resize_mode == 1:
         target_w, target_h = params.upscaling_resize_w, params.upscaling_resize_h
         scale = max(target_w / image.width, target_h / image.height)

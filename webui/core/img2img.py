@@ -31,6 +31,7 @@ from ..imaging.codec import prepare_mask, to_rgb
 from . import soft_blend
 from .conditioning import Conditioning
 from .decode import decode_latents
+from .faces import restored
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -178,6 +179,7 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
+            image = restored(run, params, image)  # faces before the overlay
             final = image if job.composited else item.finish(image)
             results.append(finish_image(run, params, final, seed, job.fields, subseed))
     return results

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from ..imaging.face_restorer_list import FaceRestorerRef
 from .errors import ParamError
 from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
 from .prompt_limits import check_prompts
@@ -67,6 +68,8 @@ class Txt2ImgParams:
     # the detailer (ADetailer's units, core/params_detailer.py; core/detailer.py runs them)
     adetailer: tuple[DetailerUnit, ...] = ()
     adetailer_skip_img2img: bool = False  # img2img: detail the init image, no img2img pass
+    restore_faces: bool = False  # A1111's "Restore faces" (the job's face_restoration_model)
+    face_restorer: FaceRestorerRef | None = None  # resolved by the service when restoring
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -88,6 +91,10 @@ class Txt2ImgParams:
         self._check_sampler()
         if not isinstance(self.tiling, bool):
             raise ParamError("tiling", f"must be true or false, got {self.tiling!r}")
+        if not isinstance(self.restore_faces, bool):
+            raise ParamError("restore_faces", f"must be true or false, got {self.restore_faces!r}")
+        if self.restore_faces and not isinstance(self.face_restorer, FaceRestorerRef):
+            raise ParamError("restore_faces", "no face restoration model was chosen")
         if self.hires is not None:
             self.hires.check(self)
         if self.vae is not None and not isinstance(self.vae, str):

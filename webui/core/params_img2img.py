@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from ..imaging.codec import MAX_PIXELS, ImageInputError, check_pixels, image_files, prepare_mask
+from ..imaging.face_restorer_list import FaceRestorerRef
 from ..imaging.upscaler_list import LATENT_MODES, NONE, UpscalerRef
 from .params import MAX_SIDE, MAX_STEPS, ParamError, Txt2ImgParams, _require_int
 from .sampler_params import check_for_sampler
@@ -373,6 +374,12 @@ class ExtrasParams:
     tile_overlap: int = 8
     output_dir: str = ""  # "": outputs/extras-images
     save_images: bool = True
+    # face restoration after the upscalers (A1111's order: GFPGAN, then CodeFormer)
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0  # 0 = strongest effect, 1 = weakest
+    gfpgan: FaceRestorerRef | None = None  # resolved by the service when visibility > 0
+    codeformer: FaceRestorerRef | None = None
 
     def validated(self) -> ExtrasParams:
         if not self.images:
@@ -391,7 +398,17 @@ class ExtrasParams:
             ref = getattr(self, name)
             if not isinstance(ref, UpscalerRef) or ref.name in LATENT_MODES:
                 raise ParamError(name, "latent upscalers work only in hires. fix")
-        if self.upscaler_1.name == NONE:
+        if self.upscaler_1.name == NONE and not self.restores_faces:
             raise ParamError("upscaler_1", "choose an upscaler")
         _require_text(self, "output_dir")
+        for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            _require_float(self, name, 0.0, 1.0)
+        for name in ("gfpgan", "codeformer"):  # the service resolves them (their files)
+            if not isinstance(getattr(self, name), FaceRestorerRef | None):
+                raise ParamError(f"{name}_visibility", f"no {name} model was chosen")
         return self
+
+    @property
+    def restores_faces(self) -> bool:
+        visible = (self.gfpgan_visibility, self.codeformer_visibility)
+        return any(isinstance(v, int | float) and v > 0 for v in visible)

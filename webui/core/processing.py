@@ -28,6 +28,7 @@ from PIL import Image
 from .. import __version__
 from ..imaging.infotext import build_infotext
 from .decode import NanOutputError, decode_latents
+from .faces import face_fields, restored
 from .firstpass import first_pass_from_image, has_first_pass_image
 from .hires import hires_choice, hires_fields, hires_pass
 from .noise import NoiseSpec, initial_noise
@@ -116,6 +117,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
                                 choice=choice, on_step=on_step,
                                 first_images=given.images if given is not None else None)  # fmt: skip
         for image, seed, subseed in zip(images, batch_seeds, batch_subseeds, strict=True):
+            image = restored(run, params, image)  # "Restore faces": before saving (A1111)
             results.append(finish_image(run, params, image, seed, fields, subseed))
     return results
 
@@ -167,6 +169,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         "Model": lease.info.name,
         **run.networks.vae_fields,
         **noise_fields(params),
+        **face_fields(params),  # "Face restoration" (A1111 puts it after Seed)
         **run.family.infotext_fields(params),  # "Clip skip"
         "RNG": "CPU",
         "Tiling": True if params.tiling else None,

@@ -7,7 +7,8 @@ what a function may use is in its arguments.
 
 - `JobContext`: what every job kind has: who it is (`JobInfo`, also what extension hooks
   are told), its `Progress` (whose listeners publish job events and call extensions'
-  `on_step`), the cancel token (`should_stop()`: interrupt or skip) and the upscalers.
+  `on_step`), the cancel token (`should_stop()`: interrupt or skip), the upscalers and
+  the face restorers.
 - `RunContext`: a generation with a leased checkpoint: the lease and its model family
   (`webui.core.families`: what core asks instead of testing names), the job's networks
   (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
@@ -34,6 +35,7 @@ from .sampler_params import Ngms, SamplerDefaults, SamplerRun, ngms, sampler_run
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..imaging.face_restoration import FaceRestorerCache
     from ..imaging.upscalers import UpscalerCache
     from ..model_manager.manager import Lease
     from .extra_networks import ActiveNetworks
@@ -132,6 +134,7 @@ class JobContext:
     progress: Progress
     cancel: CancelToken
     upscalers: UpscalerCache
+    faces: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (webui.core.faces)
 
     def should_stop(self) -> bool:
         return self.cancel.should_stop()

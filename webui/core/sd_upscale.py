@@ -18,6 +18,7 @@ import time
 
 from ..imaging import masks as geometry
 from ..imaging.codec import to_rgb
+from .faces import restored
 from .img2img import Img2ImgJob, Prepared
 from .params import MAX_SEED
 from .params_img2img import Img2ImgParams
@@ -57,7 +58,7 @@ def sd_upscale(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         if len(redrawn) < len(tiles):  # interrupted: keep the upscale where not redrawn
             redrawn += tiles[len(redrawn) :]
         grid.replace_tiles(redrawn)
-        combined = geometry.combine_grid(grid)
+        combined = restored(run, params, geometry.combine_grid(grid))  # the whole picture
         results.append(finish_image(run, params, combined, seed, job.fields))
         if run.should_stop():
             break

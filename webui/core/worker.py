@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from ..imaging.face_restoration import FaceRestorerCache
 from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
 from ..model_manager.interrogators import InterrogatorCache
@@ -106,6 +107,7 @@ class Worker:
         half = str(models.plan.dtype) == "torch.float16"
         self.upscalers = UpscalerCache(models.plan.device, half=half)
         self.interrogators = interrogator_cache(models)  # loaded on the first interrogation
+        self.faces = FaceRestorerCache(str(models.plan.device))  # GFPGAN / CodeFormer
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
@@ -119,6 +121,7 @@ class Worker:
             models.unload_all()
             self.upscalers.clear()
             self.interrogators.clear()
+            self.faces.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
@@ -154,7 +157,7 @@ class Worker:
         ):
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
-                lease=lease, family=family, networks=active, save=save,
+                faces=self.faces, lease=lease, family=family, networks=active, save=save,
                 memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
                 preview_every=int(opt("show_progress_every_n_steps")),
                 extra_noise=float(opt("img2img_extra_noise")),
@@ -219,7 +222,7 @@ class Worker:
     def _extras(self, job: Job, hooks: RunHooks) -> ExtrasResult:
         params = job.params
         context = JobContext(job=JobInfo.of(job), progress=job.progress, cancel=job,
-                             upscalers=self.upscalers)  # fmt: skip
+                             upscalers=self.upscalers, faces=self.faces)  # fmt: skip
         save = self._extras_saver(job, context.job, hooks) if params.save_images else None
         return ExtrasResult(upscale_images(context, params, save), params)
 

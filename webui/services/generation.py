@@ -35,6 +35,14 @@ from ..core.params import ParamError, Txt2ImgParams
 from ..core.params_img2img import ExtrasParams, Img2ImgParams, SDUpscaleParams
 from ..ext.api import ArgError, Control
 from ..ext.host import ExtensionHost
+from ..imaging.face_restorer_list import (
+    CODEFORMER,
+    GFPGAN,
+    FaceRestorerFolders,
+    FaceRestorerRef,
+    MissingFaceModelError,
+    UnknownFaceRestorerError,
+)
 from ..options import Options
 from .detailer import detailer_fields, split_detailer
 from .errors import NoCheckpointError, RequestError
@@ -55,6 +63,7 @@ KINDS: dict[str, type] = {"txt2img": Txt2ImgParams, "img2img": Img2ImgParams,
 SD_UPSCALE = "SD upscale"  # img2img's built-in script (a params field, not an extension)
 SD_UPSCALE_ARGS = ("info", "overlap", "upscaler", "scale")  # A1111's positional order
 _NO_SCRIPT = ("", "none")
+FACE_MODEL, FACE_WEIGHT = "face_restoration_model", "code_former_weight"  # options
 _FROM_OVERRIDES = {"checkpoint": CHECKPOINT, "clip_skip": CLIP_SKIP}  # params field -> key
 _SD_UPSCALE_FIELDS = {"sd_upscale_upscaler": "upscaler", "sd_upscale_scale": "scale",
                       "scale": "scale", "overlap": "overlap"}  # fmt: skip
@@ -79,7 +88,8 @@ class GenerationService:
 
     def __init__(self, *, models: Models, options: Options, jobs: JobQueue,
                  extensions: ExtensionHost | None, upscalers: Upscalers,
-                 checkpoint_dir: Path, detector_dir: Path | None = None) -> None:  # fmt: skip
+                 checkpoint_dir: Path, detector_dir: Path | None = None,
+                 faces: FaceRestorerFolders | None = None) -> None:  # fmt: skip
         self.models = models
         self.options = options
         self.jobs = jobs
@@ -88,6 +98,7 @@ class GenerationService:
         self.checkpoint_dir = Path(checkpoint_dir)
         # ADetailer's detectors (models/adetailer next to models/Stable-diffusion by default)
         self.detector_dir = Path(detector_dir or self.checkpoint_dir.parent / "adetailer")
+        self.faces = faces  # GFPGAN / CodeFormer folders; None: no face restoration
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate the request and queue its job. Raises RequestError, NoCheckpointError,
@@ -116,6 +127,7 @@ class GenerationService:
         if detailer is not None:  # ADetailer: built in, asked for as the extension is
             params = replace(params, **detailer_fields(detailer, request.kind, self.detector_dir))
             request = replace(request, alwayson=alwayson)
+        params = self._with_face_restorer(request, params)
         script = _script_name(request.script)
         if request.kind == "img2img" and script.lower() == SD_UPSCALE.lower():
             params = replace(
@@ -204,10 +216,35 @@ class GenerationService:
             raise RequestError(
                 ("alwayson_scripts", name), "the Upscale (extras) tab runs no scripts"
             )
+        params = request.params
+        for name, restorer in (("gfpgan", GFPGAN), ("codeformer", CODEFORMER)):
+            visibility = getattr(params, f"{name}_visibility")
+            if isinstance(visibility, int | float) and visibility > 0:
+                ref = self._face_restorer(restorer, 0.5, f"{name}_visibility")
+                params = replace(params, **{name: ref})
         try:
-            return request.params.validated()
+            return params.validated()
         except ParamError as exc:
             raise RequestError((exc.field,), exc.message) from None
+
+    def _with_face_restorer(self, request: GenerationRequest, params: Any) -> Any:
+        """With `restore_faces`: the job's restorer (its `face_restoration_model` and
+        `code_former_weight` options, overrides included) and its files."""
+        if params.restore_faces is not True:
+            return params
+        own = job_options(request.override_settings, self.options)
+        model = own.get(FACE_MODEL, self.options.get(FACE_MODEL))
+        weight = own.get(FACE_WEIGHT, self.options.get(FACE_WEIGHT))
+        return replace(params, face_restorer=self._face_restorer(model, weight, "restore_faces"))
+
+    def _face_restorer(self, name: str, weight: float, field: str) -> FaceRestorerRef:
+        """The restorer's files, or RequestError naming `field` and the missing file."""
+        if self.faces is None:
+            raise RequestError((field,), "face restoration is not set up on this server")
+        try:
+            return self.faces.resolve(name, weight, field=field)
+        except (MissingFaceModelError, UnknownFaceRestorerError) as exc:
+            raise RequestError((field,), str(exc).removeprefix(f"{field}: ")) from None
 
 
 def _script_name(script: str | None) -> str:

@@ -1,6 +1,7 @@
 """The Upscale tab (A1111 "Extras"): one image, several files, or a folder on the server,
 through an upscaler model (models/ESRGAN, RealESRGAN, SwinIR, DAT) or Lanczos/Nearest,
-scaled by a factor or to a size, with an optional second upscaler blended in.
+scaled by a factor or to a size, with an optional second upscaler blended in, then
+GFPGAN and CodeFormer face restoration at their visibilities (A1111's sliders).
 
 Queues an "extras" job (the worker owns the accelerator); results are saved to
 outputs/extras-images, or under their own names into the batch output directory.
@@ -92,6 +93,7 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                 "visibility",
                 gr.Slider(label="Upscaler 2 visibility", minimum=0, maximum=1, step=0.001, value=0),
             )
+            _face_sliders(named)
             with gr.Accordion("Tiling", open=False):
                 named.add(
                     "tile",
@@ -141,6 +143,18 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     refresh.click(refresh_names, outputs=[upscaler_1, upscaler_2])
     return ExtrasTab(named["image"], output)
+
+
+def _face_sliders(named: Named) -> None:
+    """A1111's GFPGAN and CodeFormer sliders (0: off), run after the upscalers."""
+    for name, label, elem_id in (
+        ("gfpgan_visibility", "GFPGAN visibility", "extras_gfpgan_visibility"),
+        ("codeformer_visibility", "CodeFormer visibility", "extras_codeformer_visibility"),
+        ("codeformer_weight", "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+         "extras_codeformer_weight"),
+    ):  # fmt: skip
+        named.add(name, gr.Slider(label=label, minimum=0, maximum=1, step=0.001, value=0,
+                                  elem_id=elem_id))  # fmt: skip
 
 
 def _sources(named: Named, server_folders: bool) -> None:
@@ -206,7 +220,10 @@ def _params(v: dict, catalog: Upscalers, server_folders: bool) -> ExtrasParams:
             tile=whole(v["tile"], "Tile size"),
             tile_overlap=whole(v["tile_overlap"], "Tile overlap"),
             output_dir=(v["output_dir"] or "") if v["source_tab"] == 2 else "",
+            gfpgan_visibility=float(v["gfpgan_visibility"]),
+            codeformer_visibility=float(v["codeformer_visibility"]),
+            codeformer_weight=float(v["codeformer_weight"]),
         )
-        return params.validated()
+        return params.validated()  # the face files are checked when the job is sent
     except (ParamError, ImageInputError, UnknownUpscalerError, TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

@@ -30,7 +30,7 @@ from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
 from .adetailer_ui import PASTE_FIELDS as ADETAILER_FIELDS
 from .common import InputError, owner_of
-from .sampler_controls import PASTE_FIELDS, TILING
+from .sampler_controls import PASTE_FIELDS, RESTORE_FACES, TILING
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -224,6 +224,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     tiling = controls.get(TILING)
     if tiling is not None:  # A1111 writes "Tiling: True" only when it was on
         out[tiling] = str(fields.get(TILING, "")).lower() == "true"
+    faces = controls.get(RESTORE_FACES)
+    if faces is not None:  # "Face restoration: CodeFormer" only when it was on
+        out[faces] = bool(fields.get("Face restoration"))
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image
@@ -274,7 +277,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
     labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING,
-                                                  ADETAILER_ENABLE}  # fmt: skip
+                                                  ADETAILER_ENABLE, RESTORE_FACES}  # fmt: skip
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 

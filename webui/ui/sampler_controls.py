@@ -34,6 +34,7 @@ SAMPLER_PARAMETERS: dict[str, tuple[str, float, float, float]] = {
     "s_min_uncond": ("Negative Guidance minimum sigma", 0.0, 15.0, 0.01),
 }
 TILING = "Tiling"
+RESTORE_FACES = "Restore faces"  # A1111's checkbox; its infotext field is "Face restoration"
 # infotext field -> control label (both eta fields fill "Eta")
 PASTE_FIELDS: dict[str, str] = {
     "Eta DDIM": "Eta", "Eta": "Eta", "Sigma churn": "Sigma churn", "Sigma tmin": "Sigma tmin",
@@ -48,6 +49,10 @@ _NOTE = (
 
 
 def add_tiling(named: Named, prefix: str) -> None:
+    """A1111 1.5's row: "Restore faces" (the model: Settings > Face restoration), "Tiling"."""
+    named.add("restore_faces", gr.Checkbox(
+        label=RESTORE_FACES, value=False, elem_id=f"{prefix}_restore_faces",
+        info="Model: Settings > Face restoration"))  # fmt: skip
     named.add("tiling", gr.Checkbox(label=TILING, value=False, elem_id=f"{prefix}_tiling",
                                     info="Seamless texture: the edges continue each other"))  # fmt: skip
 
@@ -63,7 +68,8 @@ def add_sampler_parameters(named: Named, prefix: str) -> None:
 
 def sampling_fields(v: dict[str, Any]) -> dict[str, Any]:
     """Params fields from the controls' values (None: the option)."""
-    fields: dict[str, Any] = {"tiling": bool(v["tiling"])}
+    fields: dict[str, Any] = {"tiling": bool(v["tiling"]),
+                              "restore_faces": bool(v["restore_faces"])}  # fmt: skip
     for name, (label, *_) in SAMPLER_PARAMETERS.items():
         value = v[name]
         if value in (None, ""):

@@ -131,8 +131,11 @@ def line_params(base: Any, line: dict[str, Any], position: str, check: Any) -> A
             changes["save_images"] = base.save_images and not value
         elif tag == "tiling":
             changes["tiling"] = value
-        elif tag == "restore_faces" and value:
-            raise ValueError("--restore_faces true: face restoration is not supported")
+        elif tag == "restore_faces":  # the model was resolved when the job was sent
+            if value and base.face_restorer is None:
+                raise ValueError("--restore_faces true: tick Restore faces for the job, then "
+                                 "lines can turn it off with --restore_faces false")
+            changes["restore_faces"] = value
     return replace(base, **changes)
 
 
