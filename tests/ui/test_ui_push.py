@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -305,3 +306,39 @@ def test_many_open_pages_do_not_block_the_ui(tmp_path):
 
     with ServerThread(app) as srv:
         asyncio.run(main(srv.url))
+
+
+def test_a_running_job_whose_line_does_not_change_is_redrawn_once_a_tick(setup, monkeypatch):
+    """The viewer's running job is redrawn every tick for its ETA; when the redraw changes
+    nothing (no ETA yet), the stream must wait for the next tick, not redraw at once
+    again: that loop never awaited, and it held the event loop (no request was answered,
+    not even SIGTERM)."""
+    ctx, runner = setup
+    monkeypatch.setattr(queue_panel, "TICK_SECONDS", 0.1)
+    renders = []
+    real_render = queue_panel._render
+
+    def counted(*args):
+        renders.append(time.monotonic())
+        if len(renders) > 100:
+            raise AssertionError("the panel redraws without waiting")
+        return real_render(*args)
+
+    monkeypatch.setattr(queue_panel, "_render", counted)
+    pages = PageViews()
+
+    async def main() -> None:
+        stream = panel_stream(ctx, pages, _request("alice", "page-a"))
+        await _next(stream)
+        _submit(ctx, "alice", "alice's job")  # one step, then it waits: no ETA to count down
+        await _until(stream, lambda u: u[TABLE] != SKIP and "running" in u[TABLE], "running")
+        pending = asyncio.ensure_future(stream.__anext__())
+        await asyncio.wait({pending}, timeout=1.0)
+        before = len(renders)
+        await asyncio.sleep(0.5)  # the loop is free: five ticks or so, not thousands
+        assert len(renders) - before <= 10, len(renders) - before
+        runner.gate("alice's job").set()
+        await asyncio.wait_for(pending, WAIT)
+        await stream.aclose()
+
+    asyncio.run(main())

@@ -164,6 +164,7 @@ class PageView:
         self.busy = False  # the viewer has unfinished jobs
         self.running = False  # the shown job runs (its line is redrawn every tick)
         self.last_sent = 0.0  # monotonic time of the last message
+        self.last_drawn = 0.0  # monotonic time of the last redraw, sent or not
         self.closed = False
         self.wake: Callable[[], None] = lambda: None  # set by the stream
 
@@ -238,13 +239,14 @@ async def panel_stream(
         with ctx.jobs.events.subscribe_async() as events:
             view.wake = events.wake
             note = _pin_from_url(ctx, view, request)
-            view.last_sent = time.monotonic()
+            view.last_sent = view.last_drawn = time.monotonic()
             yield (*_render(ctx, view), note)
             while True:
                 keepalive = await _next_change(view, events)
                 if view.closed or events.closed:
                     return
                 update = _render(ctx, view)
+                view.last_drawn = time.monotonic()  # the next tick waits from here
                 if keepalive or any(not _is_skip(value) for value in update):
                     view.last_sent = time.monotonic()
                     yield (*update, gr.skip())
@@ -266,18 +268,20 @@ def _pin_from_url(ctx: AppContext, view: PageView, request: gr.Request) -> str:
 
 
 async def _next_change(view: PageView, events: AsyncSubscription) -> bool:
-    """Wait until the page should be redrawn; True when nothing changed for so long that a
-    no-op is due (it lets Gradio notice a page that has gone)."""
+    """Wait until the page should be redrawn; True when nothing was sent for so long that a
+    no-op is due (it lets Gradio notice a page that has gone). A tick counts from the last
+    redraw, sent or not: a redraw that changed nothing never makes the next one come at
+    once (that loop would never await, and hold the event loop)."""
     due = math.inf  # when to redraw: the soonest any received event allows
-    quiet = TICK_SECONDS if view.running else KEEPALIVE_SECONDS
-    idle_until = view.last_sent + quiet  # the next tick or keepalive
+    tick_at = view.last_drawn + TICK_SECONDS if view.running else math.inf
+    keepalive_at = view.last_sent + KEEPALIVE_SECONDS
     while True:
         now = time.monotonic()
-        if due <= now:
+        if due <= now or tick_at <= now:
             return False
-        if idle_until <= now:
-            return not view.running
-        received = await events.wait(min(due, idle_until) - now)
+        if keepalive_at <= now:
+            return True
+        received = await events.wait(min(due, tick_at, keepalive_at) - now)
         if view.closed or events.closed or events.woken:
             return False
         for event in received:
