@@ -100,6 +100,21 @@ def test_latent_mask_drives_the_latent_blending(server):
     assert np.array_equal(kept[0][:8], arr(noise(64, 64))[:8])  # outside the mask
 
 
+def test_mask_round_off_blends_by_the_grey_mask_as_it_is(server):
+    """A1111's mask_round: a grey latent mask (100/255) rounds to 0, so every step puts the
+    original back and the seed does not matter; with mask_round false the grey weight
+    blends each step's prediction in, so the repainted area depends on the seed."""
+    mask = b64(square_mask((16, 16, 48, 48)))
+    grey = b64(Image.new("L", (64, 64), 100))
+    inside = (slice(16, 48), slice(16, 48))
+    for mask_round, seed_matters in ((True, False), (False, True)):
+        images = [arr(image_of(post(server, mask=mask, latent_mask=grey, seed=s,
+                                    mask_round=mask_round))) for s in (3, 4)]  # fmt: skip
+        differs = np.abs(images[0][inside] - images[1][inside]).mean() > 1
+        assert differs == seed_matters, mask_round
+        assert np.array_equal(images[0][:8], arr(noise(64, 64))[:8])  # outside the mask
+
+
 def test_bad_latent_mask_is_422(server):
     response = post(server, mask=b64(square_mask((0, 0, 8, 8))), latent_mask="***")
     assert response.status_code == 422, response.text

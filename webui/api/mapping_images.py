@@ -133,6 +133,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         denoising_strength=_v(req, "denoising_strength"),
         mask=mask,
         latent_mask=latent_mask,
+        mask_round=_v(req, "mask_round") is not False,
         soft_inpainting=soft,
         mask_blur_x=blur if blur is not None else _v(req, "mask_blur_x"),
         mask_blur_y=blur if blur is not None else _v(req, "mask_blur_y"),

@@ -288,8 +288,9 @@ def run_batch(
     if mask is not None:
         soft_on = params.soft_inpainting is not None  # A1111: mask_round off
         latents = masked_content_latents(
-            latents, mask, params.inpainting_fill, seeds, rounded=not soft_on
-        )
+            latents, mask, params.inpainting_fill, seeds,
+            rounded=params.mask_round and not soft_on,
+        )  # fmt: skip
     if run.lease.spec.inpainting:  # a 9-channel model is conditioned on the image mask
         mask = items[0].mask
     if run.lease.spec.inpainting and pixels is None:
@@ -310,7 +311,7 @@ def run_batch(
         sampling=run.sampling(choice.sampler, params),
         soft=soft,
     )
-    if soft is None:
+    if soft is None or params.soft_inpainting is None:  # hard, or mask_round off
         return denoise(run, request, on_step)
     return _soft_composites(run, request, items, on_step, output_type)
 
@@ -318,11 +319,14 @@ def run_batch(
 def _soft_blend(
     params: Img2ImgParams, item: Prepared, latents: torch.Tensor
 ) -> soft_blend.SoftBlend | None:
-    """Soft inpainting's per-step blend of a batch (None: off, or no mask)."""
+    """The per-step blend of a batch: soft inpainting's, or the linear one of mask_round
+    off; None: plain inpainting (rounded mask), or no mask."""
     mask = item.blend_mask
-    if params.soft_inpainting is None or mask is None:
+    if mask is None or (params.soft_inpainting is None and params.mask_round):
         return None
     repaint = soft_blend.latent_mask_soft(mask, *latents.shape[-2:])
+    if params.soft_inpainting is None:  # mask_round off: a linear blend, not rounded
+        return soft_blend.UnroundedBlend(latents, repaint)
     return soft_blend.SoftBlend(params.soft_inpainting, latents, repaint)
 
 

@@ -203,6 +203,9 @@ class Img2ImgParams(Txt2ImgParams):
     # content); `mask` still makes the final composite. None: `mask` for both
     latent_mask: Any = None
     soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting; None: off
+    # A1111's mask_round (API): False blends every step by the blurred latent mask as it
+    # is, not rounded to 0/1 (soft inpainting never rounds)
+    mask_round: bool = True
     mask_blur_x: int = 4
     mask_blur_y: int = 4
     inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing

@@ -77,6 +77,9 @@ class SoftBlend:
         s = self.settings
         return torch.pow(self.repaint, (sigma**s.mask_blend_power) * s.mask_blend_scale)
 
+    def blend(self, original: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return latent_blend(original, x0, weight, self.settings.inpaint_detail_preservation)
+
     def blended_output(self, scheduler, output: torch.Tensor, sample: torch.Tensor,
                        sigma: float) -> torch.Tensor:  # fmt: skip
         """The model output whose denoised prediction is the blended one."""
@@ -93,7 +96,7 @@ class SoftBlend:
             x0 = (x - beta * out) / alpha
         original = self.original.to(x0.device, x0.dtype)
         weight = self.weight(sigma).to(x0.device, x0.dtype)
-        blended = latent_blend(original, x0, weight, self.settings.inpaint_detail_preservation)
+        blended = self.blend(original, x0, weight)
         if kind == "v_prediction":
             new = (alpha * x - blended) / beta
         elif kind == "sample":
@@ -101,6 +104,21 @@ class SoftBlend:
         else:
             new = (x - alpha * blended) / beta
         return new.to(output.dtype)
+
+
+class UnroundedBlend(SoftBlend):
+    """A1111's inpainting with `mask_round` off: every step's denoised latents are put
+    linearly over the original by the blurred latent mask as it is (not rounded to 0/1);
+    the final composite is plain inpainting's."""
+
+    def __init__(self, original: torch.Tensor, repaint: torch.Tensor):
+        super().__init__(None, original, repaint)  # type: ignore[arg-type]  # no settings
+
+    def weight(self, sigma: float) -> torch.Tensor:
+        return self.repaint
+
+    def blend(self, original: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return original * (1 - weight) + x0 * weight
 
 
 def _sigma_space(scheduler) -> bool:
