@@ -122,6 +122,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "queue": "Queue",
     "saving-images": "Saving images/grids",
     "saving-paths": "Paths for saving",
+    "sdxl": "Stable Diffusion XL",
 }
 
 
@@ -319,6 +320,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("outdir_save", "", _string,
               "Directory for saving images using the Save button (empty: outputs/saved)",
               "saving-paths", path=True),
+    # the SDXL refiner's aesthetic-score conditioning (webui.core.refiner)
+    OptionDef("sdxl_refiner_low_aesthetic_score", 2.5, label="SDXL low aesthetic score (used "
+              "for the negative prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
+    OptionDef("sdxl_refiner_high_aesthetic_score", 6.0, label="SDXL high aesthetic score (used "
+              "for the prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

@@ -232,10 +232,12 @@ def test_widgets_and_sections() -> None:
         "grid_only_if_multiple": "checkbox", "n_rows": "slider", "jpeg_quality": "slider",
         "webp_lossless": "checkbox", "save_to_dirs": "checkbox", "grid_save_to_dirs": "checkbox",
         "directories_filename_pattern": "textbox", "outdir_save": "textbox",
+        "sdxl_refiner_low_aesthetic_score": "slider", "sdxl_refiner_high_aesthetic_score": "slider",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
-                                       "Saving images/grids", "Paths for saving"]  # fmt: skip
+                                       "Saving images/grids", "Paths for saving",
+                                       "Stable Diffusion XL"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

@@ -60,8 +60,6 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
     if not _v(req, "enable_hr"):
         return None
     checkpoint = _v(req, "hr_checkpoint_name")
-    if checkpoint and str(checkpoint).strip().lower() not in _SAME:
-        raise NotBuiltError("hr_checkpoint_name", "a separate hires. fix checkpoint")
     name = _v(req, "hr_upscaler") or "Latent"
     sampler = _v(req, "hr_sampler_name")
     scheduler = _v(req, "hr_scheduler")
@@ -77,6 +75,7 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
         scheduler=None if str(scheduler or "").lower() in _SAME else scheduler,
         prompt=_v(req, "hr_prompt") or "",
         negative_prompt=_v(req, "hr_negative_prompt") or "",
+        checkpoint=None if str(checkpoint or "").strip().lower() in _SAME else checkpoint,
     )
 
 

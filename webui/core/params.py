@@ -63,6 +63,9 @@ class Txt2ImgParams:
     s_tmax: float | None = None  # 0: infinity
     s_noise: float | None = None
     s_min_uncond: float | None = None  # NGMS: skip the uncond pass below this sigma
+    # A1111's Refiner (core/refiner.py): this checkpoint takes over at this fraction of steps
+    refiner_checkpoint: str | None = None  # title, name or hash; None = no refiner
+    refiner_switch_at: float = 0.8
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -97,7 +100,17 @@ class Txt2ImgParams:
             if "\x00" in value:
                 raise ParamError(name, "must not contain NUL characters")
         self._check_prompt_limits()
+        self._check_refiner()
         return self
+
+    def _check_refiner(self) -> None:
+        switch_at = self.refiner_switch_at
+        if isinstance(switch_at, bool) or not isinstance(switch_at, int | float):
+            raise ParamError("refiner_switch_at", f"must be a number, got {switch_at!r}")
+        if not 0 <= switch_at <= 1:  # also refuses NaN
+            raise ParamError("refiner_switch_at", f"must be between 0 and 1, got {switch_at}")
+        if self.refiner_checkpoint is not None and not isinstance(self.refiner_checkpoint, str):
+            raise ParamError("refiner_checkpoint", "must be a checkpoint name")
 
     def _check_prompt_limits(self) -> None:
         """Length, nesting, AND parts, chunks: see prompt_limits (PromptLimitError)."""

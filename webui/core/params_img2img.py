@@ -104,6 +104,7 @@ class HiresParams:
     scheduler: str | None = None
     prompt: str = ""  # "": the first pass's prompt
     negative_prompt: str = ""
+    checkpoint: str | None = None  # A1111 hr_checkpoint_name; None: the first pass's
 
     def size(self, width: int, height: int) -> HiresSize:
         rx, ry = self.resize_x, self.resize_y

@@ -29,8 +29,10 @@ from .. import __version__
 from ..imaging.infotext import build_infotext
 from .decode import NanOutputError, decode_latents
 from .hires import hires_choice, hires_fields, hires_pass
+from .hires_checkpoint import hires_checkpoint_fields
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
+from .refiner import RefinerRun, refiner_fields
 from .run import RunContext
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
@@ -54,6 +56,8 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     VAE. With `params.hires`, every batch gets the hires. fix second pass
     (`webui.core.hires`; `run.upscalers` runs model upscalers)."""
     lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
+    family.check_mode("txt2img")  # the SDXL refiner only refines
+    refiner = RefinerRun.of(run, params)  # None: no refiner, or it never switches
     choice = family.sampler(params.sampler_name, params.scheduler)
     sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
     scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
@@ -62,6 +66,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)
     on_step = step_callback(run)
+    first_pass_step = refiner.stopping(on_step) if refiner else on_step  # stops at the switch
     conditioning = family.conditioning(
         pipe, params.prompt, params.negative_prompt, params.clip_skip,
         steps=params.steps, embeddings=run.networks.embeddings,
@@ -75,11 +80,14 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     if params.hires is not None:  # the second pass's sampler writes its own values (A1111)
         fields.update(run.sampling(hires_choice(family, params).sampler, params).fields)
     fields.update(ngms.fields())
+    fields.update({**refiner_fields(run, params), **hires_checkpoint_fields(run, params)})
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if run.should_stop():
             break
         progress.batch, progress.step = batch, 0
+        if run.checkpoints is not None:  # a refiner or hires checkpoint may have taken the GPU
+            run.checkpoints.use(lease)
         batch_slice = slice(batch * params.batch_size, (batch + 1) * params.batch_size)
         batch_seeds, batch_subseeds = seeds[batch_slice], subseeds[batch_slice]
         noise = NoiseSpec.of(params, batch_seeds, batch_subseeds, extra=run.extra_noise)
@@ -97,12 +105,15 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
                 num_images_per_prompt=params.batch_size,
                 latents=start.noise.to(pipe.device, pipe.unet.dtype),
                 generator=start.generators,  # after the first draw: step noise goes on
-                callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
+                callback_on_step_end=follow_steps(first_pass_step),  # prompt schedules move on too
                 callback_on_step_end_tensor_inputs=["latents"],
                 output_type="latent",  # decoded below: tiling, NaN check (decode.py)
                 **sampling.pipeline_kwargs,  # DDIM's eta
                 **_inpainting_model_inputs(lease.spec, params),
             ).images
+        if refiner is not None:
+            latents = refiner.finish(latents, start.generators, sampling=sampling, ngms=ngms,
+                                     on_step=on_step)  # fmt: skip
         if params.hires is None:
             images = decode_latents(pipe, latents, run.memory)
         else:
