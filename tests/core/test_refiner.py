@@ -69,7 +69,10 @@ def image_of(ctx, **changes):
 def test_the_refiner_file_loads(refiner_file):
     families = default_families()
     spec = identify_file(refiner_file, families)
-    assert (spec.family, spec.pipeline_class) == ("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline")
+    assert (spec.family, spec.pipeline_class) == (
+        "sdxl_refiner",
+        "StableDiffusionXLImg2ImgPipeline",
+    )
     assert spec.unet["projection_class_embeddings_input_dim"] == 5 * 8 + 32  # aesthetic score
     loaded = load_checkpoint(refiner_file, "cpu", torch.float32, families)
     assert loaded.pipe.text_encoder is None and loaded.pipe.config.requires_aesthetics_score
