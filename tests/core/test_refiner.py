@@ -174,3 +174,24 @@ def test_api_refiner_and_png_info_round_trip(server):
     assert Image.open(io.BytesIO(base64.b64decode(plain.json()["images"][0]))).tobytes() != (
         Image.open(io.BytesIO(base64.b64decode(png))).tobytes()
     )
+
+
+def test_img2img_with_the_refiner_and_its_aesthetic_scores(server):
+    from webui.core.params_img2img import Img2ImgParams
+
+    _, ctx = server
+    start = Image.new("RGB", (64, 64), (120, 90, 60))
+
+    def img2img(**options):
+        params = Img2ImgParams(prompt="a castle", negative_prompt="fog", steps=4, width=64,
+                               height=64, seed=5, checkpoint="tiny-refiner", save_images=False,
+                               init_images=(start,), denoising_strength=0.6).validated()  # fmt: skip
+        job = ctx.jobs.submit("img2img", params, owner="test", options=options)
+        assert job.done.wait(300) and job.state == "done", job.error
+        return np.asarray(job.result.images[0].image, dtype=np.int16)
+
+    default = img2img()
+    assert np.abs(default - img2img(sdxl_refiner_high_aesthetic_score=9.5)).max() > 0
+    with pytest.raises(ParamError) as info:
+        Img2ImgParams(init_images=(start,), refiner_checkpoint="tiny-refiner").validated()
+    assert info.value.field == "refiner_checkpoint"

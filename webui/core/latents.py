@@ -28,6 +28,7 @@ from PIL import Image
 
 from .decode import decode_latents
 from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
+from .refiner import aesthetic_kwargs
 from .run import RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
@@ -168,6 +169,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
         **req.sampling.pipeline_kwargs,  # DDIM's eta
+        **aesthetic_kwargs(pipe, run.aesthetic_scores),  # the SDXL refiner's options
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
