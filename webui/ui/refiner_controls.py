@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from .icons import icon_button
-from .image_common import Named
 
 if TYPE_CHECKING:
     from ..context import AppContext
+    from .image_common import Named  # it imports the paste module, which imports this one
 
 ENABLE, CHECKPOINT, SWITCH_AT = "Enable refiner", "Checkpoint", "Switch at"
 HIRES_CHECKPOINT, SAME_CHECKPOINT = "Hires checkpoint", "Use same checkpoint"
