@@ -65,9 +65,10 @@ class JobCheckpoints:
         if self.models.effective_limit >= len(self._held):
             return  # the cache keeps them all: they may all stay on the GPU
         for other, _ in self._held.values():
-            if other is not lease:
+            if other is not lease and not _on(other.pipe, "cpu"):
                 other.pipe.to("cpu")
-        lease.pipe.to(plan.device)
+        if not _on(lease.pipe, plan.device):
+            lease.pipe.to(plan.device)
 
     def __enter__(self) -> JobCheckpoints:
         return self
@@ -82,8 +83,13 @@ class JobCheckpoints:
             return
         kept = set(self.models.loaded_paths())
         for path, (lease, _) in self._held.items():
-            if path in kept:
+            if path in kept and not _on(lease.pipe, plan.device):
                 lease.pipe.to(plan.device)
+
+
+def _on(pipe, device: str) -> bool:
+    """Whether a pipeline is on `device` ("cuda" is "cuda:0" too)."""
+    return str(pipe.device).split(":")[0] == device.split(":")[0]
 
 
 def check_compatible(main: Family, other: Family, main_spec, other_spec, field: str) -> None:
