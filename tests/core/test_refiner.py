@@ -195,3 +195,25 @@ def test_img2img_with_the_refiner_and_its_aesthetic_scores(server):
     with pytest.raises(ParamError) as info:
         Img2ImgParams(init_images=(start,), refiner_checkpoint="tiny-refiner").validated()
     assert info.value.field == "refiner_checkpoint"
+
+
+def test_xyz_plot_refiner_axes(server):
+    from webui.ext.scripts.xyz_axes import axis_by_label, read_axis
+
+    _, ctx = server
+    base = Txt2ImgParams(prompt="a castle", negative_prompt="fog", steps=4, width=64, height=64, seed=5,
+                         checkpoint="tiny-sdxl", sampler_name="Euler", save_images=False,
+                         refiner_checkpoint="tiny-refiner").validated()  # fmt: skip
+    params = ctx.extensions.prepare(base, script="X/Y/Z plot",
+                                    script_args={"x_type": "Refiner switch at",
+                                                 "x_values": "0.5, 1", "include_lone_images": True})  # fmt: skip
+    job = ctx.jobs.submit("txt2img", params, owner="test")
+    assert job.done.wait(300) and job.state == "done", job.error
+    cells = job.result.images[1:]  # the X/Y/Z grid first, then the lone images
+    assert [parse_infotext(g.infotext)["Refiner switch at"] for g in cells] == [0.5, 1]
+    plain, _ = image_of(ctx)
+    assert np.array_equal(np.asarray(cells[1].image, dtype=np.int16), plain)
+    assert not np.array_equal(np.asarray(cells[0].image, dtype=np.int16), plain)
+    unrefined = ctx.extensions.arg_check(Txt2ImgParams().validated())
+    with pytest.raises(ValueError, match="needs a refiner"):
+        read_axis(axis_by_label("Refiner switch at", Txt2ImgParams), "0.5", unrefined)
