@@ -201,12 +201,11 @@ def test_xyz_plot_refiner_axes(server):
     from webui.ext.scripts.xyz_axes import axis_by_label, read_axis
 
     _, ctx = server
-    base = Txt2ImgParams(prompt="a castle", negative_prompt="fog", steps=4, width=64, height=64, seed=5,
-                         checkpoint="tiny-sdxl", sampler_name="Euler", save_images=False,
-                         refiner_checkpoint="tiny-refiner").validated()  # fmt: skip
-    params = ctx.extensions.prepare(base, script="X/Y/Z plot",
-                                    script_args={"x_type": "Refiner switch at",
-                                                 "x_values": "0.5, 1", "include_lone_images": True})  # fmt: skip
+    base = Txt2ImgParams(prompt="a castle", negative_prompt="fog", steps=4, width=64,
+                         height=64, seed=5, checkpoint="tiny-sdxl", sampler_name="Euler",
+                         save_images=False, refiner_checkpoint="tiny-refiner").validated()  # fmt: skip
+    axis = {"x_type": "Refiner switch at", "x_values": "0.5, 1", "include_lone_images": True}
+    params = ctx.extensions.prepare(base, script="X/Y/Z plot", script_args=axis)
     job = ctx.jobs.submit("txt2img", params, owner="test")
     assert job.done.wait(300) and job.state == "done", job.error
     cells = job.result.images[1:]  # the X/Y/Z grid first, then the lone images
