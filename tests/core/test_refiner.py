@@ -176,24 +176,34 @@ def test_api_refiner_and_png_info_round_trip(server):
     )
 
 
-def test_img2img_with_the_refiner_and_its_aesthetic_scores(server):
+def test_img2img_refiner_and_the_refiner_s_aesthetic_scores(server):
     from webui.core.params_img2img import Img2ImgParams
 
     _, ctx = server
     start = Image.new("RGB", (64, 64), (120, 90, 60))
 
-    def img2img(**options):
-        params = Img2ImgParams(prompt="a castle", negative_prompt="fog", steps=4, width=64,
-                               height=64, seed=5, checkpoint="tiny-refiner", save_images=False,
-                               init_images=(start,), denoising_strength=0.6).validated()  # fmt: skip
+    def img2img(options=None, **changes):
+        params = Img2ImgParams(**{**dict(
+            prompt="a castle", negative_prompt="fog", steps=8, width=64, height=64, seed=5,
+            checkpoint="tiny-sdxl", save_images=False, init_images=(start,),
+            denoising_strength=0.5, sampler_name="DPM++ 2M"), **changes}).validated()  # fmt: skip
         job = ctx.jobs.submit("img2img", params, owner="test", options=options)
         assert job.done.wait(300) and job.state == "done", job.error
-        return np.asarray(job.result.images[0].image, dtype=np.int16)
+        image = job.result.images[0]
+        return np.asarray(image.image, dtype=np.int16), parse_infotext(image.infotext)
 
-    default = img2img()
-    assert np.abs(default - img2img(sdxl_refiner_high_aesthetic_score=9.5)).max() > 0
+    plain, _ = img2img()
+    same, _ = img2img(refiner_checkpoint="tiny-sdxl", refiner_switch_at=0.5)
+    assert np.array_equal(plain, same)  # the same run goes on after the switch
+    refined, fields = img2img(refiner_checkpoint="tiny-refiner", refiner_switch_at=0.5)
+    assert np.abs(plain - refined).max() > 2 and fields["Refiner switch at"] == 0.5
+    # the refiner as the main checkpoint of img2img, with the options' aesthetic scores
+    default, _ = img2img(checkpoint="tiny-refiner")
+    other, _ = img2img({"sdxl_refiner_high_aesthetic_score": 9.5}, checkpoint="tiny-refiner")
+    assert np.abs(default - other).max() > 0
     with pytest.raises(ParamError) as info:
-        Img2ImgParams(init_images=(start,), refiner_checkpoint="tiny-refiner").validated()
+        Img2ImgParams(init_images=(start,), mask=Image.new("L", (64, 64), 255),
+                      refiner_checkpoint="tiny-refiner").validated()  # fmt: skip
     assert info.value.field == "refiner_checkpoint"
 
 

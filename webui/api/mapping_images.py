@@ -31,7 +31,6 @@ _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 # (field, feature) requested by a truthy value, not built: refused, never faked
 _NOT_BUILT = (
     ("restore_faces", "face restoration"),
-    ("refiner_checkpoint", "refiner"),
     ("latent_mask", "a separate latent mask"),
 )
 
@@ -126,6 +125,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         inpainting_mask_invert=bool(_v(req, "inpainting_mask_invert")),
         initial_noise_multiplier=req.initial_noise_multiplier,  # None: the option's
         **mapping.sampling_fields(req),
+        **mapping.refiner_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
 

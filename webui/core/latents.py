@@ -143,6 +143,7 @@ class DenoiseRequest:
     output_type: str = "pil"
     noise: NoiseSpec | None = None  # None: each seed's own noise, nothing more
     sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
+    generators: list = field(default_factory=list)  # set by `denoise`: a refiner goes on with them
 
 
 def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
@@ -180,6 +181,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         kwargs.update(
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
+    req.generators[:] = kwargs["generator"]
     latents = pipe(**kwargs).images
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 

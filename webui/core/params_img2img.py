@@ -208,8 +208,8 @@ class Img2ImgParams(Txt2ImgParams):
         super().validated()
         if self.hires is not None:
             raise ParamError("enable_hr", "hires. fix is for txt2img; use img2img's own size")
-        if self.refiner_checkpoint:  # core/refiner.py switches txt2img runs only (README)
-            raise ParamError("refiner_checkpoint", "the refiner is built for txt2img only")
+        if self.refiner_checkpoint and (self.mask is not None or self.batch_mask_dir):
+            raise ParamError("refiner_checkpoint", "the refiner does not inpaint: no mask with it")
         if self.batch_input_dir or self.batch_output_dir or self.batch_mask_dir:
             return self._check_batch()
         if not self.init_images:

@@ -1,7 +1,9 @@
-"""A1111's Refiner: another checkpoint takes over the txt2img sampling at "Switch at".
+"""A1111's Refiner: another checkpoint takes over the sampling at "Switch at".
 
-The main checkpoint samples the first `ceil(steps * switch_at)` steps (A1111 switches at
-the first step whose completed ratio reaches `refiner_switch_at`); its pipeline call
+txt2img (`webui.core.processing`) and img2img without a mask (`webui.core.img2img`,
+counting the steps its denoising strength runs) use it the same way. The main checkpoint
+samples the first `ceil(run_steps * switch_at)` steps (A1111 switches at the first step
+whose completed ratio reaches `refiner_switch_at`); its pipeline call
 stops there (`RefinerRun.stopping`, the step callback sets the pipeline's interrupt
 flag, so diffusers skips the remaining steps), and `RefinerRun.finish` continues the same
 sampler run with the refiner from those latents: the refiner's img2img pipeline view gets
@@ -72,16 +74,21 @@ class RefinerRun:
 
     run: RunContext
     params: Txt2ImgParams
-    first_step: int
+    first_step: int  # counted from the first step the main pass runs
+    run_steps: int  # the steps the main pass runs (img2img: steps x denoising strength)
     _model: tuple[Any, Any] | None = field(default=None, repr=False)
     _conditioning: Conditioning | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, run: RunContext, params: Txt2ImgParams) -> RefinerRun | None:
+    def of(
+        cls, run: RunContext, params: Txt2ImgParams, run_steps: int | None = None
+    ) -> RefinerRun | None:
+        """`run_steps`: the steps the main pass runs (None: all of `params.steps`)."""
         if not params.refiner_checkpoint or run.checkpoints is None:
             return None
-        first = switch_step(params.steps, params.refiner_switch_at)
-        return cls(run, params, first) if first < params.steps else None
+        run_steps = params.steps if run_steps is None else run_steps
+        first = switch_step(run_steps, params.refiner_switch_at)
+        return cls(run, params, first, run_steps) if first < run_steps else None
 
     def stopping(self, callback: Callable) -> Callable:
         """The main pass's step callback, stopping its pipeline call at the switch."""
@@ -102,12 +109,14 @@ class RefinerRun:
         sampling: SamplerRun,
         ngms: Ngms,
         on_step: Callable,
+        main_pipe: Any = None,
     ) -> torch.Tensor:
-        """The refiner's steps from the main pass's latents (unless the job stopped)."""
+        """The refiner's steps from the main pass's latents (unless the job stopped);
+        `main_pipe`: the pipeline (view) the main pass ran (None: the lease's)."""
         run, params = self.run, self.params
         if run.should_stop():
             return latents
-        main_pipe = run.pipe
+        main_pipe = main_pipe or run.pipe
         lease, family = self._leased()
         run.checkpoints.use(lease)
         pipe = lease.variant(family.pipeline_class("img2img", False))
@@ -115,7 +124,7 @@ class RefinerRun:
         conditioning = self._encoded(pipe, family)
         scheduler = _continued(main_pipe.scheduler)
         offset, total = self.first_step * scheduler.order, main_pipe.num_timesteps
-        remaining = params.steps - self.first_step
+        remaining = self.run_steps - self.first_step
         batch = latents.shape[0]
         run.progress.text = "Refiner"
         try:

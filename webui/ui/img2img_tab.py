@@ -20,6 +20,7 @@ from .common import InputError
 from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common_fields
 from .icons import icon_button
 from .image_common import Named, checked_image, require_server_folders, whole
+from .refiner_controls import add_refiner_controls, refiner_fields
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -76,6 +77,7 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
             batch_input_dir=v["input_dir"] or "",
             batch_output_dir=v["output_dir"] or "",
             batch_mask_dir=v["mask_dir"] or "",
+            **refiner_fields(v),
         )
     image = checked_image(v["image"], "Image for img2img")
     if image is None:
@@ -88,11 +90,18 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
             raise InputError(str(exc)) from None
         sd = SDUpscaleParams(upscaler=upscaler, scale=float(v["sd_scale"]),
                              overlap=whole(v["sd_overlap"], "Tile overlap"))  # fmt: skip
-    return Img2ImgParams(**common_fields(v, image.size), init_images=(image,), sd_upscale=sd)
+    return Img2ImgParams(**common_fields(v, image.size), init_images=(image,), sd_upscale=sd,
+                         **refiner_fields(v))  # fmt: skip
+
+
+def _extras(ctx: AppContext, named: Named) -> None:
+    """SD upscale and the Refiner."""
+    _sd_upscale(ctx, named)
+    add_refiner_controls(ctx, named, "img2img")
 
 
 IMG2IMG = TabSpec(prefix="img2img", kind="img2img", scripts_of="img2img", params=_params,
-                  inputs=_inputs, extras=_sd_upscale, resize=True)  # fmt: skip
+                  inputs=_inputs, extras=_extras, resize=True)  # fmt: skip
 
 
 def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> GenerationTab:
