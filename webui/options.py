@@ -125,6 +125,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "interrogate": "Interrogate",
     "model-downloads": "Model downloads",
     "face-restoration": "Face restoration",
+    "sdxl": "Stable Diffusion XL",
 }
 
 
@@ -386,6 +387,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "Face restoration model", "face-restoration", choices=("CodeFormer", "GFPGAN")),
     OptionDef("code_former_weight", 0.5, label="CodeFormer weight (0 = maximum effect, 1 = "
               "minimum effect)", section="face-restoration", **_float(0.0, 1.0, 0.001)),
+    # the SDXL refiner's aesthetic-score conditioning (webui.core.refiner)
+    OptionDef("sdxl_refiner_low_aesthetic_score", 2.5, label="SDXL low aesthetic score (used "
+              "for the negative prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
+    OptionDef("sdxl_refiner_high_aesthetic_score", 6.0, label="SDXL high aesthetic score (used "
+              "for the prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

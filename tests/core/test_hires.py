@@ -176,7 +176,7 @@ def test_api_enable_hr_with_a_model_upscaler(server):
         ({"hr_scale": 0.5}, 422, "hr_scale"),
         ({"hr_resize_x": 20}, 422, "hr_resize_x"),
         ({"hr_sampler_name": "Nope"}, 422, "hr_sampler_name"),
-        ({"hr_checkpoint_name": "other"}, 501, "hr_checkpoint_name"),
+        ({"hr_checkpoint_name": "other"}, 422, "hr_checkpoint_name"),
     ],
 )
 def test_api_bad_hires_fields(server, changes, status, field):

@@ -54,9 +54,7 @@ _PARAM_TO_REQUEST: dict[str, tuple[str, ...]] = {
     "soft_inpainting": ("alwayson_scripts", "soft inpainting", "args"),
 }
 # (field, feature) requested by a truthy value, not built yet: refused, never faked
-_NOT_BUILT: tuple[tuple[str, str], ...] = (
-    ("refiner_checkpoint", "refiner"),
-)
+_NOT_BUILT: tuple[tuple[str, str], ...] = ()  # every A1111 txt2img field is built
 # infotext field -> request field, for the `infotext` request field (A1111 1.10)
 _INFOTEXT_FIELDS: dict[str, str] = {
     "Prompt": "prompt",
@@ -74,6 +72,9 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Seed resize from-2": "seed_resize_from_h",
     "Tiling": "tiling",
     **SAMPLER_INFOTEXT_FIELDS,  # Eta, Sigma churn, NGMS...
+    "Refiner": "refiner_checkpoint",
+    "Refiner switch at": "refiner_switch_at",
+    "Hires checkpoint": "hr_checkpoint_name",
 }
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
@@ -134,6 +135,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         styles=_styles_of(req),
         clip_skip=None,  # A1111: the option, unless override_settings sets it
         **sampling_fields(req),
+        **refiner_fields(req),
     )
     return generation_request("txt2img", req, params, owner)
 
@@ -157,6 +159,16 @@ def sampling_fields(req: Any) -> dict[str, Any]:
         "tiling": bool(req.tiling),
         "restore_faces": bool(req.restore_faces),  # the job's face_restoration_model
         **{name: getattr(req, name) for name in (*STEP_PARAMS, MIN_UNCOND)},
+    }
+
+
+def refiner_fields(req: Any) -> dict[str, Any]:
+    """A1111's refiner: a checkpoint ("" or "None": none) and the switch point (0.8)."""
+    name = req.refiner_checkpoint
+    switch_at = req.refiner_switch_at
+    return {
+        "refiner_checkpoint": None if str(name or "").strip().lower() in ("", "none") else name,
+        "refiner_switch_at": 0.8 if switch_at is None else switch_at,
     }
 
 

@@ -33,9 +33,7 @@ from .schemas_images import StableDiffusionImg2ImgProcessingAPI as Img2ImgReques
 
 _SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 # (field, feature) requested by a truthy value, not built: refused, never faked
-_NOT_BUILT = (
-    ("refiner_checkpoint", "refiner"),
-)
+_NOT_BUILT: tuple[tuple[str, str], ...] = ()  # every A1111 img2img field is built
 
 
 def _v(req, name: str) -> Any:
@@ -64,8 +62,6 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
             raise FieldError(("firstpass_image",), "a first pass image needs enable_hr: true")
         return None
     checkpoint = _v(req, "hr_checkpoint_name")
-    if checkpoint and str(checkpoint).strip().lower() not in _SAME:
-        raise NotBuiltError("hr_checkpoint_name", "a separate hires. fix checkpoint")
     name = _v(req, "hr_upscaler") or "Latent"
     sampler = _v(req, "hr_sampler_name")
     scheduler = _v(req, "hr_scheduler")
@@ -82,6 +78,7 @@ def hires_params(req, upscalers: Upscalers) -> HiresParams | None:
         prompt=_v(req, "hr_prompt") or "",
         negative_prompt=_v(req, "hr_negative_prompt") or "",
         firstpass_image=_firstpass_image(req),
+        checkpoint=None if str(checkpoint or "").strip().lower() in _SAME else checkpoint,
     )
 
 
@@ -143,6 +140,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         inpainting_mask_invert=bool(_v(req, "inpainting_mask_invert")),
         initial_noise_multiplier=req.initial_noise_multiplier,  # None: the option's
         **mapping.sampling_fields(req),
+        **mapping.refiner_fields(req),
     )
     return mapping.generation_request("img2img", req, params, owner)
 

@@ -40,11 +40,17 @@ log = logging.getLogger(__name__)
 
 class _StepConditioner:
     def __init__(
-        self, conditioning: Conditioning, batch_size: int, ngms: Ngms, sigma_of: SigmaOf | None
+        self,
+        conditioning: Conditioning,
+        batch_size: int,
+        ngms: Ngms,
+        sigma_of: SigmaOf | None,
+        first_step: int = 0,
     ):
         self.cond = conditioning
         self.batch = batch_size
-        self.step = 0
+        self.first_step = first_step  # a pipeline call that continues a run (the refiner)
+        self.step = first_step
         self.ngms, self.sigma_of = ngms, sigma_of
         self.calls = 0  # UNet calls so far (A1111's denoiser step counter)
         self.skipped = 0  # calls that skipped the unconditional pass
@@ -129,7 +135,7 @@ class _StepConditioner:
         return type(output)(sample=result)
 
     def on_step_end(self, i: int) -> None:
-        self.step = i + 1
+        self.step = self.first_step + i + 1
 
 
 @contextmanager
@@ -139,9 +145,12 @@ def hooked(
     batch_size: int,
     ngms: Ngms = NGMS_OFF,
     sigma_of: SigmaOf | None = None,
+    *,
+    first_step: int = 0,
 ):
     """Condition every UNet call of one pipeline call on the current step's prompts, and
     skip the unconditional pass below NGMS's sigma (`sigma_of` reads a call's sigma).
+    `first_step`: the step a call that continues a run (the refiner's) starts at.
 
     Yields a function that wraps the pipeline's `callback_on_step_end`, so that the
     conditioning moves on after every step. A static conditioning without NGMS installs
@@ -150,7 +159,7 @@ def hooked(
     if conditioning.static and ngms.min_sigma <= 0:
         yield lambda callback: callback
         return
-    state = _StepConditioner(conditioning, batch_size, ngms, sigma_of)
+    state = _StepConditioner(conditioning, batch_size, ngms, sigma_of, first_step)
     handles = [
         unet.register_forward_pre_hook(state.before, with_kwargs=True),
         unet.register_forward_hook(state.after, with_kwargs=True),

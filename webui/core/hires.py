@@ -7,7 +7,8 @@ images, which are then encoded again. With both "resize to" sides given, A1111 u
 to cover the size and trims the latents to it. The second pass runs `steps` (or the first
 pass's) at the hires denoising strength, with the hires sampler and prompt when given,
 from the first pass's seeds (variation seeds included) at the new size, plus A1111's extra
-noise when the job's `img2img_extra_noise` option asks for it.
+noise when the job's `img2img_extra_noise` option asks for it, and with the hires
+checkpoint when the job names one (`webui.core.hires_checkpoint`).
 
 This module must never import a UI library, and never change global options.
 """
@@ -24,6 +25,7 @@ from PIL import Image
 from ..imaging.upscaler_list import LATENT_MODES
 from .conditioning import Conditioning
 from .decode import decode_latents
+from .hires_checkpoint import hires_model
 from .latents import (
     DenoiseRequest,
     denoise,
@@ -88,9 +90,10 @@ def hires_pass(
     `conditioning` is the first pass's; a hires prompt gets its own. `noise` is the first
     pass's batch noise spec (seeds, variation, extra noise). `first_images`: the first
     pass's images when they were given (`webui.core.firstpass`), for image upscalers."""
-    pipe, hp, progress = run.pipe, params.hires, run.progress
     if run.should_stop():  # interrupted during the first pass: keep its images
-        return decode_latents(pipe, latents, run.memory)
+        return decode_latents(run.pipe, latents, run.memory)
+    run, conditioning = hires_model(run, params, conditioning)  # hr_checkpoint_name's
+    pipe, hp, progress = run.pipe, params.hires, run.progress
     progress.text = "Hires fix: upscaling"
     latents, pixels = _upscaled(run, params, latents, first_images)
     steps = hp.steps or params.steps

@@ -37,6 +37,7 @@ from .latents import (
     denoise,
     effective_steps,
     masked_content_latents,
+    pipeline_for,
     pixels_tensor,
     resize_latents,
     vae_encode,
@@ -45,6 +46,7 @@ from .latents import (
 from .noise import NoiseSpec
 from .params_img2img import Img2ImgParams
 from .processing import GeneratedImage, base_fields, finish_image, step_callback
+from .refiner import RefinerRun, refiner_fields
 from .run import RunContext
 from .samplers import SchedulerChoice
 
@@ -208,6 +210,8 @@ class Img2ImgJob:
             self.fields.update(sampling_noise_fields(run, params))
             self.fields.update(run.sampling(self.choice.sampler, params).fields)
             self.fields.update(run.ngms(params).fields())
+            self.fields.update(refiner_fields(run, params))
+        self.refiner = RefinerRun.of(run, params, self.steps_run) if self.conditioning else None
         self.on_step = step_callback(run)
         # soft inpainting composites each image itself (its mask comes from the result)
         self.composited = params.soft_inpainting is not None and self.conditioning is not None
@@ -224,17 +228,28 @@ class Img2ImgJob:
         noise = NoiseSpec.of(params, seeds, subseeds, extra=run.extra_noise,
                              multiplier=noise_multiplier(params))  # fmt: skip
         ngms = run.ngms(params)
+        refiner, generators = self.refiner, []
         with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms) as follow_steps:
-            return run_batch(
+            on_step = follow_steps(self.on_step)
+            images = run_batch(
                 run,
                 self.params,
                 items,
                 seeds,
                 self.conditioning.pipeline_kwargs(),
                 self.choice,
-                follow_steps(self.on_step),
+                refiner.stopping(on_step) if refiner else on_step,  # stops at the switch
+                output_type="latent" if refiner else "pil",
                 noise=noise,
+                generators=generators,
             )
+        if refiner is None:
+            return images
+        main_pipe = pipeline_for(run, masked=False)  # the view the main pass ran
+        sampling = run.sampling(self.choice.sampler, params)
+        latents = refiner.finish(images, generators, sampling=sampling, ngms=ngms,
+                                 on_step=self.on_step, main_pipe=main_pipe)  # fmt: skip
+        return decode_latents(main_pipe, latents, run.memory)
 
 
 def skip_img2img(params: Img2ImgParams) -> bool:
@@ -268,9 +283,10 @@ def run_batch(
     on_step: Callable,
     output_type: str = "pil",
     noise: NoiseSpec | None = None,
+    generators: list | None = None,
 ) -> list:
     """Encode the prepared images of one batch and denoise them together (from `noise`;
-    None: each seed's own noise)."""
+    None: each seed's own noise); `generators` gets the pipeline's (for a refiner)."""
     pipe = run.pipe
     latent_h, latent_w = (
         params.height // pipe.vae_scale_factor,
@@ -310,6 +326,7 @@ def run_batch(
         noise=noise,
         sampling=run.sampling(choice.sampler, params),
         soft=soft,
+        generators=[] if generators is None else generators,
     )
     if soft is None or params.soft_inpainting is None:  # hard, or mask_round off
         return denoise(run, request, on_step)

@@ -29,6 +29,7 @@ from PIL import Image
 
 from .decode import decode_latents
 from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
+from .refiner import aesthetic_kwargs
 from .run import RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
@@ -149,6 +150,7 @@ class DenoiseRequest:
     noise: NoiseSpec | None = None  # None: each seed's own noise, nothing more
     sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
     soft: SoftBlend | None = None  # soft inpainting: its blend replaces the hard one
+    generators: list = field(default_factory=list)  # set by `denoise`: a refiner goes on with them
 
 
 def _hard_mask(req: DenoiseRequest) -> bool:
@@ -182,6 +184,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
         **req.sampling.pipeline_kwargs,  # DDIM's eta
+        **aesthetic_kwargs(pipe, run.aesthetic_scores),  # the SDXL refiner's options
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
@@ -192,6 +195,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         kwargs.update(
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
+    req.generators[:] = kwargs["generator"]
     latents = pipe(**kwargs).images
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 

@@ -70,6 +70,9 @@ class Txt2ImgParams:
     adetailer_skip_img2img: bool = False  # img2img: detail the init image, no img2img pass
     restore_faces: bool = False  # A1111's "Restore faces" (the job's face_restoration_model)
     face_restorer: FaceRestorerRef | None = None  # resolved by the service when restoring
+    # A1111's Refiner (core/refiner.py): this checkpoint takes over at this fraction of steps
+    refiner_checkpoint: str | None = None  # title, name or hash; None = no refiner
+    refiner_switch_at: float = 0.8
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -109,6 +112,7 @@ class Txt2ImgParams:
                 raise ParamError(name, "must not contain NUL characters")
         self._check_prompt_limits()
         self._check_detailer()
+        self._check_refiner()
         return self
 
     def _check_detailer(self) -> None:
@@ -132,6 +136,15 @@ class Txt2ImgParams:
                               unit.ad_negative_prompt or self.negative_prompt,
                               steps=unit.ad_steps if unit.ad_use_steps else self.steps,
                               fields=("adetailer", "adetailer"))  # fmt: skip
+
+    def _check_refiner(self) -> None:
+        switch_at = self.refiner_switch_at
+        if isinstance(switch_at, bool) or not isinstance(switch_at, int | float):
+            raise ParamError("refiner_switch_at", f"must be a number, got {switch_at!r}")
+        if not 0 <= switch_at <= 1:  # also refuses NaN
+            raise ParamError("refiner_switch_at", f"must be between 0 and 1, got {switch_at}")
+        if self.refiner_checkpoint is not None and not isinstance(self.refiner_checkpoint, str):
+            raise ParamError("refiner_checkpoint", "must be a checkpoint name")
 
     def _check_prompt_limits(self) -> None:
         """Length, nesting, AND parts, chunks: see prompt_limits (PromptLimitError)."""

@@ -107,6 +107,7 @@ class HiresParams:
     prompt: str = ""  # "": the first pass's prompt
     negative_prompt: str = ""
     firstpass_image: Any = None  # PIL image: the first pass, not sampled (A1111 1.7)
+    checkpoint: str | None = None  # A1111 hr_checkpoint_name; None: the first pass's
 
     def size(self, width: int, height: int) -> HiresSize:
         rx, ry = self.resize_x, self.resize_y
@@ -224,6 +225,8 @@ class Img2ImgParams(Txt2ImgParams):
         super().validated()
         if self.hires is not None:
             raise ParamError("enable_hr", "hires. fix is for txt2img; use img2img's own size")
+        if self.refiner_checkpoint and (self.mask is not None or self.batch_mask_dir):
+            raise ParamError("refiner_checkpoint", "the refiner does not inpaint: no mask with it")
         if self.batch_input_dir or self.batch_output_dir or self.batch_mask_dir:
             return self._check_batch()
         if not self.init_images:

@@ -31,9 +31,11 @@ from .decode import NanOutputError, decode_latents
 from .faces import face_fields, restored
 from .firstpass import first_pass_from_image, has_first_pass_image
 from .hires import hires_choice, hires_fields, hires_pass
+from .hires_checkpoint import hires_checkpoint_fields
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
 from .params_detailer import infotext_fields
+from .refiner import RefinerRun, refiner_fields
 from .run import RunContext
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
@@ -57,6 +59,8 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     VAE. With `params.hires`, every batch gets the hires. fix second pass
     (`webui.core.hires`; `run.upscalers` runs model upscalers)."""
     lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
+    family.check_mode("txt2img")  # the SDXL refiner only refines
+    refiner = RefinerRun.of(run, params)  # None: no refiner, or it never switches
     choice = family.sampler(params.sampler_name, params.scheduler)
     sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
     scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
@@ -65,6 +69,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     progress.batches = params.batch_count
     fields = base_fields(run, params, choice)
     on_step = step_callback(run)
+    first_pass_step = refiner.stopping(on_step) if refiner else on_step  # stops at the switch
     conditioning = family.conditioning(
         pipe, params.prompt, params.negative_prompt, params.clip_skip,
         steps=params.steps, embeddings=run.networks.embeddings,
@@ -78,11 +83,14 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     if params.hires is not None:  # the second pass's sampler writes its own values (A1111)
         fields.update(run.sampling(hires_choice(family, params).sampler, params).fields)
     fields.update(ngms.fields())
+    fields.update({**refiner_fields(run, params), **hires_checkpoint_fields(run, params)})
     results: list[GeneratedImage] = []
     for batch in range(params.batch_count):
         if run.should_stop():
             break
         progress.batch, progress.step = batch, 0
+        if run.checkpoints is not None:  # a refiner or hires checkpoint may have taken the GPU
+            run.checkpoints.use(lease)
         batch_slice = slice(batch * params.batch_size, (batch + 1) * params.batch_size)
         batch_seeds, batch_subseeds = seeds[batch_slice], subseeds[batch_slice]
         noise = NoiseSpec.of(params, batch_seeds, batch_subseeds, extra=run.extra_noise)
@@ -91,25 +99,14 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         if batch == 0:
             progress.started_at = time.monotonic()  # the ETA counts sampling, not loading
         given = first_pass_from_image(run, params) if has_first_pass_image(params) else None
-        if given is not None:  # the given first pass is not sampled
+        if given is not None:  # the given first pass is not sampled (nor refined)
             latents = given.latents
         else:
-            with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
-                latents = pipe(
-                    **conditioning.pipeline_kwargs(),
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.cfg_scale,
-                    width=params.width,
-                    height=params.height,
-                    num_images_per_prompt=params.batch_size,
-                    latents=start.noise.to(pipe.device, pipe.unet.dtype),
-                    generator=start.generators,  # after the first draw: step noise goes on
-                    callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
-                    callback_on_step_end_tensor_inputs=["latents"],
-                    output_type="latent",  # decoded below: tiling, NaN check (decode.py)
-                    **sampling.pipeline_kwargs,  # DDIM's eta
-                    **_inpainting_model_inputs(lease.spec, params),
-                ).images
+            latents = _first_pass(run, params, conditioning, start, sampling, ngms,
+                                  first_pass_step)  # fmt: skip
+            if refiner is not None:
+                latents = refiner.finish(latents, start.generators, sampling=sampling, ngms=ngms,
+                                         on_step=on_step)  # fmt: skip
         if params.hires is None:
             images = decode_latents(pipe, latents, run.memory)
         else:
@@ -216,6 +213,28 @@ def preview_image(run: RunContext, pipe, latents: torch.Tensor) -> Image.Image:
         except (NanOutputError, RuntimeError) as exc:
             log.warning("full live preview failed (%s); showing the cheap one", exc)
     return latent_preview(latents, run.family.latent_rgb)
+
+
+def _first_pass(run: RunContext, params: Txt2ImgParams, conditioning, start, sampling,
+                ngms, on_step: Callable) -> torch.Tensor:  # fmt: skip
+    """Sample one batch's first pass from its start noise; returns latents."""
+    pipe, family, lease = run.pipe, run.family, run.lease
+    with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
+        return pipe(
+            **conditioning.pipeline_kwargs(),
+            num_inference_steps=params.steps,
+            guidance_scale=params.cfg_scale,
+            width=params.width,
+            height=params.height,
+            num_images_per_prompt=params.batch_size,
+            latents=start.noise.to(pipe.device, pipe.unet.dtype),
+            generator=start.generators,  # after the first draw: step noise goes on
+            callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="latent",  # decoded below: tiling, NaN check (decode.py)
+            **sampling.pipeline_kwargs,  # DDIM's eta
+            **_inpainting_model_inputs(lease.spec, params),
+        ).images
 
 
 def _inpainting_model_inputs(spec, params: Txt2ImgParams) -> dict:

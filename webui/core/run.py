@@ -14,7 +14,8 @@ what a function may use is in its arguments.
   (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
   sampler-parameter options (`SamplerDefaults`: eta, sigma churn, NGMS...), the
   live-preview interval and method, the extra noise of img2img and hires. fix, and `save`
-  (None when the job saves nothing).
+  (None when the job saves nothing), the other checkpoints it may lease (the refiner, the
+  hires. fix one: `webui.core.checkpoints`) and the refiner's aesthetic scores.
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
   listeners called, in the worker, for every image the job writes (`SavedImage`).
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from ..imaging.face_restoration import FaceRestorerCache
     from ..imaging.upscalers import UpscalerCache
     from ..model_manager.manager import Lease
+    from .checkpoints import JobCheckpoints
     from .extra_networks import ActiveNetworks
     from .families.base import Family
 
@@ -154,6 +156,8 @@ class RunContext(JobContext):
     sampler_defaults: SamplerDefaults = field(default_factory=SamplerDefaults)  # job's options
     warnings: list[str] = field(default_factory=list)  # for the job's result (not infotext)
     preview_full: bool = False  # previews decoded by the VAE (A1111's "Full"), else cheap
+    checkpoints: JobCheckpoints | None = None  # the refiner and hires. checkpoints' leases
+    aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiner: prompt, negative
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

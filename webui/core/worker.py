@@ -29,6 +29,7 @@ from ..imaging.upscalers import UpscalerCache
 from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
+from .checkpoints import JobCheckpoints
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
@@ -154,6 +155,7 @@ class Worker:
         with (
             applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active,
             seamless(lease.pipe, params.tiling),  # every pipeline view shares these modules
+            JobCheckpoints(models, self.families, lease, family) as checkpoints,  # refiner...
         ):
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
@@ -163,6 +165,9 @@ class Worker:
                 extra_noise=float(opt("img2img_extra_noise")),
                 sampler_defaults=SamplerDefaults.from_options(opt),
                 preview_full=opt("show_progress_type") == "Full",
+                checkpoints=checkpoints,
+                aesthetic_scores=(float(opt("sdxl_refiner_high_aesthetic_score")),
+                                  float(opt("sdxl_refiner_low_aesthetic_score"))),
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry

@@ -157,7 +157,10 @@ class CheckpointRegistry:
                 if key(info) and key(info) == wanted:
                     return info
         without_hash = wanted.rsplit(" [", 1)[0]
-        return next((i for i in items if i.rel == without_hash), None) if without_hash else None
+        if not without_hash:
+            return None
+        # "name [hash]" (A1111's short title, as infotext "Refiner" writes it) or "rel [old hash]"
+        return next((i for i in items if without_hash in (i.rel, i.name)), None)
 
     def ensure_hash(self, info: CheckpointInfo) -> str:
         if info.sha256 is None:

@@ -16,6 +16,9 @@ conventions:
   SD1 / SDXL encoder 1: hidden 32, quick_gelu. SD2: hidden 32, gelu.
   SDXL encoder 2: hidden 64, gelu, projection 32. The two SDXL encoders need different
   widths: diffusers' ``from_single_file`` tells them apart by width.
+- SDXL refiner (``sdxl-refiner``): the SDXL layout with only the OpenCLIP encoder (hidden
+  64, stored as ``conditioner.embedders.0.model.*`` as in sd_xl_refiner_1.0), cross
+  attention 64, and the aesthetic-score time embedding (5 numbers instead of 6).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from webui.model_manager.tokenizers import EOS_TOKEN, OPEN_CLIP_PAD_TOKEN
 
-FAMILIES = ("sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl")
+FAMILIES = ("sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl", "sdxl-refiner")
 
 BLOCK_OUT_CHANNELS = (32, 64)
 NORM_NUM_GROUPS = 32
@@ -109,17 +112,19 @@ def _unet(family: str):
         "layers_per_block": 1,
         "norm_num_groups": NORM_NUM_GROUPS,
     }
-    if family == "sdxl":
+    if family.startswith("sdxl"):
+        refiner = family == "sdxl-refiner"  # OpenCLIP only; 5 time numbers (aesthetic score)
         extra = {
             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
             "transformer_layers_per_block": (1, 2),
-            "cross_attention_dim": TEXT_HIDDEN + SDXL_TEXT_2_HIDDEN,
+            "cross_attention_dim": SDXL_TEXT_2_HIDDEN + (0 if refiner else TEXT_HIDDEN),
             "attention_head_dim": tuple(_heads(c) for c in BLOCK_OUT_CHANNELS),
             "use_linear_projection": True,
             "addition_embed_type": "text_time",
             "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
-            "projection_class_embeddings_input_dim": 6 * SDXL_TIME_EMBED_DIM + SDXL_PROJECTION_DIM,
+            "projection_class_embeddings_input_dim": (5 if refiner else 6) * SDXL_TIME_EMBED_DIM
+            + SDXL_PROJECTION_DIM,
         }
     else:
         sd2 = family.startswith("sd2")
@@ -138,7 +143,7 @@ def _unet(family: str):
 def _scheduler(family: str):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    if family == "sdxl":
+    if family.startswith("sdxl"):
         return EulerDiscreteScheduler(**SCHEDULER_BETAS, timestep_spacing="leading")
     prediction = "v_prediction" if family == "sd2-v" else "epsilon"
     return DDIMScheduler(
@@ -179,6 +184,28 @@ def _build_sdxl(seed: int):
     )
 
 
+def _build_sdxl_refiner(seed: int):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet, vae = _unet("sdxl-refiner"), _vae(0.13025)
+    config_2 = _text_config(SDXL_TEXT_2_HIDDEN, open_clip=True, projection_dim=SDXL_PROJECTION_DIM)
+    text_encoder_2 = CLIPTextModelWithProjection(config_2).eval()
+    _jitter(unet, vae, text_encoder_2)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=_tokenizer(open_clip=True),
+        unet=unet,
+        scheduler=_scheduler("sdxl"),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
 def _build_sd(family: str, seed: int):
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
@@ -207,6 +234,8 @@ def build_tiny_pipeline(family: str, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         if family == "sdxl":
             return _build_sdxl(seed)
+        if family == "sdxl-refiner":
+            return _build_sdxl_refiner(seed)
         return _build_sd(family, seed)
 
 

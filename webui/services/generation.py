@@ -128,6 +128,7 @@ class GenerationService:
             params = replace(params, **detailer_fields(detailer, request.kind, self.detector_dir))
             request = replace(request, alwayson=alwayson)
         params = self._with_face_restorer(request, params)
+        params = self._other_checkpoints(params)
         script = _script_name(request.script)
         if request.kind == "img2img" and script.lower() == SD_UPSCALE.lower():
             params = replace(
@@ -180,6 +181,20 @@ class GenerationService:
             except (TypeError, ValueError) as exc:
                 raise RequestError((OVERRIDES, CLIP_SKIP), str(exc)) from None
         return out
+
+    def _other_checkpoints(self, params: Any) -> Any:
+        """The refiner's and the hires. fix checkpoint's titles; RequestError if unknown."""
+        changes: dict[str, Any] = {}
+        if getattr(params, "refiner_checkpoint", None):
+            loc = ("refiner_checkpoint",)
+            changes["refiner_checkpoint"] = checkpoint_info(
+                params.refiner_checkpoint, self.models, loc
+            ).title
+        hires = getattr(params, "hires", None)
+        if hires is not None and hires.checkpoint:
+            info = checkpoint_info(hires.checkpoint, self.models, ("hr_checkpoint_name",))
+            changes["hires"] = replace(hires, checkpoint=info.title)
+        return replace(params, **changes) if changes else params
 
     def _param_loc(self, request: GenerationRequest, params: Any, name: str) -> tuple[str, ...]:
         """Where a bad params field came from: an override, SD upscale's args, or itself."""

@@ -1,7 +1,8 @@
 """The "Hires. fix" section of the txt2img tab, with A1111's labels.
 
 `add_hires_controls` adds the accordion (enable, upscaler, hires steps, denoising
-strength, upscale by / resize width and height to, hires sampler, schedule and prompts) to
+strength, upscale by / resize width and height to, hires sampler, schedule, prompts and
+checkpoint) to
 a tab's named controls as hr_<name>; `hires_params(ctx, values)` turns the tab's values
 into `HiresParams` (None when off).
 
@@ -19,6 +20,7 @@ from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..services.upscalers import UnknownUpscalerError
 from .icons import icon_button
 from .image_common import Named, whole
+from .refiner_controls import add_hires_checkpoint, hires_checkpoint
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -47,6 +49,7 @@ def hires_params(ctx: AppContext, v: dict) -> HiresParams | None:
         scheduler=None if schedule in (None, SAME_SCHEDULE) else schedule,
         prompt=v["hr_prompt"] or "",
         negative_prompt=v["hr_negative"] or "",
+        checkpoint=hires_checkpoint(v),
     )
 
 
@@ -137,4 +140,5 @@ def add_hires_controls(ctx: AppContext, named: Named) -> None:
                     placeholder="empty: the negative prompt above",
                 ),
             )
+        add_hires_checkpoint(ctx, named)  # "Use same checkpoint" or another one
     refresh.click(lambda: gr.Dropdown(choices=catalog.names(latent=True)), outputs=upscaler)

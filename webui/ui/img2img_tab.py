@@ -22,6 +22,7 @@ from .generation_tab import GenerationTab, TabSpec, build_generation_tab, common
 from .icons import icon_button
 from .image_common import Named, checked_image, require_server_folders, whole
 from .interrogate_ui import interrogate_buttons, wire_interrogate
+from .refiner_controls import add_refiner_controls, refiner_fields
 from .soft_inpainting_ui import soft_inpainting_inputs, soft_inpainting_params
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
             batch_output_dir=v["output_dir"] or "",
             batch_mask_dir=v["mask_dir"] or "",
             soft_inpainting=soft,
+            **refiner_fields(v),
         )
     if v["soft_enabled"]:
         raise InputError(
@@ -98,7 +100,14 @@ def _params(ctx: AppContext, v: dict[str, Any]) -> Img2ImgParams:
             raise InputError(str(exc)) from None
         sd = SDUpscaleParams(upscaler=upscaler, scale=float(v["sd_scale"]),
                              overlap=whole(v["sd_overlap"], "Tile overlap"))  # fmt: skip
-    return Img2ImgParams(**common_fields(v, image.size), init_images=(image,), sd_upscale=sd)
+    return Img2ImgParams(**common_fields(v, image.size), init_images=(image,), sd_upscale=sd,
+                         **refiner_fields(v))  # fmt: skip
+
+
+def _extras(ctx: AppContext, named: Named) -> None:
+    """SD upscale and the Refiner."""
+    _sd_upscale(ctx, named)
+    add_refiner_controls(ctx, named, "img2img")
 
 
 def _batch_soft_inpainting(v: dict[str, Any]):
@@ -109,7 +118,7 @@ def _batch_soft_inpainting(v: dict[str, Any]):
 
 
 IMG2IMG = TabSpec(prefix="img2img", kind="img2img", scripts_of="img2img", params=_params,
-                  inputs=_inputs, extras=_sd_upscale, resize=True,
+                  inputs=_inputs, extras=_extras, resize=True,
                   prompt_buttons=lambda ctx: interrogate_buttons("img2img"))  # fmt: skip
 
 

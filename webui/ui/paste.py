@@ -30,6 +30,8 @@ from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
 from .adetailer_ui import PASTE_FIELDS as ADETAILER_FIELDS
 from .common import InputError, owner_of
+from .refiner_controls import ENABLE as REFINER_ENABLE
+from .refiner_controls import refiner_fill, with_checkpoint_titles
 from .sampler_controls import PASTE_FIELDS, RESTORE_FACES, TILING
 
 if TYPE_CHECKING:
@@ -75,6 +77,9 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     *((key, label, TARGETS) for key, label in PASTE_FIELDS.items()),  # Eta, Sigma..., NGMS
     *ADETAILER_FIELDS,  # both ADetailer units' fields (" 2nd" after the second's)
     *((key, label, ("inpaint",)) for key, label in soft_ui.PASTE_FIELDS.items()),
+    ("Refiner", "Checkpoint", ("txt2img", "img2img")),  # refiner_controls.py
+    ("Refiner switch at", "Switch at", ("txt2img", "img2img")),
+    ("Hires checkpoint", "Hires checkpoint", ("txt2img",)),
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -227,6 +232,7 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     faces = controls.get(RESTORE_FACES)
     if faces is not None:  # "Face restoration: CodeFormer" only when it was on
         out[faces] = bool(fields.get("Face restoration"))
+    out.update(refiner_fill(fields, controls))
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image
@@ -277,14 +283,15 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
 def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
     labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING,
-                                                  ADETAILER_ENABLE, RESTORE_FACES}  # fmt: skip
+                                                  ADETAILER_ENABLE, RESTORE_FACES,
+                                                  REFINER_ENABLE}  # fmt: skip
     found = [c for label, c in controls.items() if label in labels]
     return [*found, checkpoint] if checkpoint is not None else found
 
 
 def parameter_updates(ctx, tab_id, controls, outputs, text: str) -> list[Any]:
     """One update per component of `outputs`: the infotext's value, or gr.skip()."""
-    fields = parse_infotext(text)
+    fields = with_checkpoint_titles(ctx, parse_infotext(text))  # Refiner, Hires checkpoint
     notes: list[str] = []
     values = fill(fields, controls, tab_id, notes)
     picker = any(getattr(c, "elem_id", None) == "sd_checkpoint" for c in outputs)

@@ -1,8 +1,9 @@
-"""Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`); see `base.py`.
+"""Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`), the SDXL refiner
+(`sdxl_refiner.py`); see `base.py`.
 
 `default_families()` is what the composition root passes to the model manager and the
 worker: recognition asks them in this order (SDXL's second encoder first, then OpenCLIP
-for SD 2.x, then CLIP for SD 1.x). A new family is a new module with a `Family` subclass,
+for SD 2.x, then CLIP for SD 1.x; the refiner's lone OpenCLIP bigG has its own key). A new family is a new module with a `Family` subclass,
 added here.
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 from .base import Families, Family
 from .sd import SD1, SD2
 from .sdxl import SDXL
+from .sdxl_refiner import SDXL_REFINER
 
-__all__ = ["SD1", "SD2", "SDXL", "Families", "Family", "default_families"]
+__all__ = ["SD1", "SD2", "SDXL", "SDXL_REFINER", "Families", "Family", "default_families"]
 
 
 def default_families() -> Families:
-    return Families((SDXL, SD2, SD1))
+    return Families((SDXL, SDXL_REFINER, SD2, SD1))

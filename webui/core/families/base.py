@@ -57,6 +57,7 @@ class Family(ABC):
     folder_kwargs: Mapping[str, Any] = MappingProxyType({})  # from_pretrained kwargs for them
     base_scheduler: Mapping[str, Any]  # the scheduler config its files load with
     align_your_steps: tuple[float, ...] = AYS_SD15  # its published Align Your Steps sigmas
+    latent_space: str = "sd"  # families with the same one can refine each other's latents
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -98,15 +99,17 @@ class Family(ABC):
                                     embeddings=embeddings, fields=fields)  # fmt: skip
 
     def follow_steps(
-        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF
-    ) -> AbstractContextManager[Any]:
+        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
+        *, first_step: int = 0,
+    ) -> AbstractContextManager[Any]:  # fmt: skip
         """Around one pipeline call: conditions every denoiser call on the current step's
         prompts (schedules, AND) and skips the unconditional pass below `ngms`'s sigma;
-        yields a wrapper for the step callback."""
+        yields a wrapper for the step callback. `first_step`: where a call that continues
+        a run starts (the refiner's)."""
         sigma_of = None
         if ngms.min_sigma > 0:
             sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
-        return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of)
+        return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
 
     # --- sampling ---------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
@@ -116,6 +119,10 @@ class Family(ABC):
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
         """The diffusers scheduler for `choice` on a loaded model's noise schedule."""
         return make_scheduler(choice, base_config, steps=steps, ays_sigmas=self.align_your_steps)
+
+    def check_mode(self, mode: Mode) -> None:
+        """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img)."""
+        return None  # every mode, unless a family says otherwise
 
     # --- networks and infotext --------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:

@@ -2,7 +2,8 @@
 
 - Recognised by the second text encoder, OpenCLIP bigG (`conditioner.embedders.1.model.*`),
   next to OpenAI CLIP ViT-L (`conditioner.embedders.0.transformer.text_model.*`); a file
-  with only the second one is the refiner, refused. The UNet takes the "text_time"
+  with only the second one at that key is refused (the refiner keeps its one encoder at
+  `embedders.0`: `sdxl_refiner.py`). The UNet takes the "text_time"
   additional embedding (pooled text embedding + six size/crop numbers). It predicts noise
   unless the file has a `v_pred` key. Diffusers folders: `StableDiffusionXL(Inpaint)Pipeline`.
 - Loaded with `StableDiffusionXL(Inpaint)Pipeline.from_single_file`: 64-wide heads,
@@ -40,6 +41,7 @@ class SDXLFamily(UNetClipFamily):
     align_your_steps = AYS_SDXL
     default_size = 1024
     medvram_sdxl = True
+    latent_space = "sdxl"
     zero_empty_negative = True
     pipeline_prefix = "StableDiffusionXL"
     folder_classes = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"})
@@ -50,7 +52,7 @@ class SDXLFamily(UNetClipFamily):
         if f"{TEXT_ENCODER_2}positional_embedding" not in shapes:
             return None
         if f"{TEXT_ENCODER_1}embeddings.token_embedding.weight" not in shapes:
-            raise UnsupportedModelError("SDXL refiner checkpoints are not supported yet")
+            raise UnsupportedModelError("SDXL checkpoint without its first text encoder (CLIP-L)")
         te1 = ldm.hf_clip_config(shapes, TEXT_ENCODER_1, "quick_gelu")
         te2 = ldm.open_clip_config(shapes, TEXT_ENCODER_2, with_projection=True)
         unet = ldm.unet_config(shapes, sample_size=self.default_size // 8, head_dim=None,

@@ -143,6 +143,12 @@ def _denoising_applies(params: Any) -> str | None:
     return None
 
 
+def _refiner_applies(params: Any) -> str | None:
+    if params.refiner_checkpoint:
+        return None
+    return "Refiner switch at needs a refiner: choose its checkpoint in the Refiner section"
+
+
 def _set_denoising(params: Any, value: float) -> Any:
     if _has_field("denoising_strength")(params):
         return replace(params, denoising_strength=value)
@@ -172,6 +178,12 @@ def build_axes(params_type: type) -> list[Axis]:
         axes.append(Axis("VAE", _vaes, lambda p, v: replace(p, vae=v), show_label=False,
                          costly=True))  # fmt: skip
     axes.append(Axis("LoRA weight", _lora_weights, _set_lora_weight))
+    if "refiner_checkpoint" in names and "init_images" not in names:  # txt2img (core/refiner.py)
+        axes.append(Axis("Refiner checkpoint", _checkpoints,
+                         lambda p, v: replace(p, refiner_checkpoint=v), show_label=False,
+                         costly=True))  # fmt: skip
+        axes.append(Axis("Refiner switch at", _floats(0, 1),
+                         lambda p, v: replace(p, refiner_switch_at=v), applies=_refiner_applies))  # fmt: skip
     for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
         axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
     return axes

@@ -1,0 +1,107 @@
+"""The checkpoints one job uses besides its main one: the refiner and the hires. fix one.
+
+The worker gives every generation a `JobCheckpoints` (`RunContext.checkpoints`). `lease`
+resolves and loads a checkpoint through the model manager, so its RAM cache rules apply
+(`sd_checkpoints_limit`, --lowram), and finds its model family; a checkpoint the job
+already holds is not loaded twice. `use` is called before a pass with one of them: when
+the cache keeps fewer models than the job holds and the models sit whole on a GPU (no
+offloading), the job's other models wait in system RAM, so that the main model and the
+refiner are never both on the GPU unless the cache would keep both. `close` puts the
+models the cache still keeps back on the GPU at the end of the job.
+
+This module must never import a UI library or change global options.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..model_manager.manager import Lease, ModelManager
+    from ..model_manager.registry import CheckpointInfo
+    from .families import Families, Family
+
+log = logging.getLogger(__name__)
+
+
+class IncompatibleCheckpointError(ValueError, UserError):
+    """A refiner or hires. checkpoint that cannot continue the job's latents."""
+
+
+class JobCheckpoints:
+    """The leases of one job (the main checkpoint's first); only the worker thread uses it."""
+
+    def __init__(self, models: ModelManager, families: Families, main: Lease, family: Family):
+        self.models, self.families = models, families
+        self._held: dict[Path, tuple[Lease, Family]] = {main.info.path: (main, family)}
+
+    def info(self, name: str) -> CheckpointInfo:
+        """The checkpoint `name` means, hashed (for the infotext) but not loaded."""
+        info = self.models.resolve(name)
+        if self.models.hashing:
+            self.models.registry.ensure_hash(info)
+        return info
+
+    def lease(self, name: str) -> tuple[Lease, Family]:
+        """The loaded checkpoint `name` (a title, name or hash) and its family."""
+        info = self.models.resolve(name)
+        held = self._held.get(info.path)
+        if held is not None:
+            return held
+        lease = self.models.acquire(info)
+        found = (lease, self.families.of(lease.spec))
+        self._held[info.path] = found
+        return found
+
+    def use(self, lease: Lease) -> None:
+        """Before a pass with `lease`: see the module docstring."""
+        plan = self.models.plan
+        if plan.device == "cpu" or plan.offload != "none":
+            return
+        if self.models.effective_limit >= len(self._held):
+            return  # the cache keeps them all: they may all stay on the GPU
+        for other, _ in self._held.values():
+            if other is not lease and not _on(other.pipe, "cpu"):
+                other.pipe.to("cpu")
+        if not _on(lease.pipe, plan.device):
+            lease.pipe.to(plan.device)
+
+    def __enter__(self) -> JobCheckpoints:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """The job ends: the models the cache keeps go back where the plan puts them."""
+        plan = self.models.plan
+        if plan.device == "cpu" or plan.offload != "none" or len(self._held) < 2:
+            return
+        kept = set(self.models.loaded_paths())
+        for path, (lease, _) in self._held.items():
+            if path in kept and not _on(lease.pipe, plan.device):
+                lease.pipe.to(plan.device)
+
+
+def _on(pipe, device: str) -> bool:
+    """Whether a pipeline is on `device` ("cuda" is "cuda:0" too)."""
+    return str(pipe.device).split(":")[0] == device.split(":")[0]
+
+
+def check_compatible(main: Family, other: Family, main_spec, other_spec, field: str) -> None:
+    """`other` must read and write the latents `main` made: same latent space and the same
+    prediction type (the sampler's state is continued, not rebuilt)."""
+    if main.latent_space != other.latent_space:
+        raise IncompatibleCheckpointError(
+            f"{field}: a {other.label} checkpoint cannot continue the latents of a "
+            f"{main.label} checkpoint (different latent spaces)"
+        )
+    if (main_spec.prediction_type or "epsilon") != (other_spec.prediction_type or "epsilon"):
+        raise IncompatibleCheckpointError(
+            f"{field}: its prediction type ({other_spec.prediction_type}) differs from the "
+            f"main checkpoint's ({main_spec.prediction_type})"
+        )
