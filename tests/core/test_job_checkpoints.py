@@ -3,6 +3,7 @@ model manager's cache would not keep them (fakes: no GPU is needed to check the 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,3 +72,21 @@ def test_nothing_moves_when_the_cache_keeps_both_or_on_the_cpu_or_offloaded():
             held.use(refiner)
             held.use(main)
         assert main.pipe.moves == [] and refiner.pipe.moves == []
+
+
+def test_the_jobs_networks_go_on_each_other_checkpoint_and_come_off_at_the_end():
+    applied: list[tuple[str, str]] = []
+
+    @contextmanager
+    def networks(held_lease, family):
+        applied.append(("on", str(held_lease.info.path)))
+        yield
+        applied.append(("off", str(held_lease.info.path)))
+
+    main = lease("main")
+    with JobCheckpoints(FakeModels(limit=2), FAMILIES, main, "family", networks) as held:
+        held.lease("refiner")
+        held.lease("refiner")  # held already: not applied twice
+        held.lease("main")  # the main one has them from the worker
+        assert applied == [("on", "refiner")]
+    assert applied == [("on", "refiner"), ("off", "refiner")]

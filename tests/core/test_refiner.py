@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import ServerThread
+from tests.tiny_networks import write_kohya_lora
 from webui.app import create_app
 from webui.core.families import default_families
 from webui.core.params import ParamError, Txt2ImgParams
@@ -43,6 +44,8 @@ def server(tmp_path_factory, tiny_files, refiner_file):
     shutil.copy(tiny_files["sd1"], ckpt / "tiny-sd1.safetensors")
     shutil.copy(refiner_file, ckpt / "tiny-refiner.safetensors")
     save_tiny_checkpoint(ckpt / "tiny-sd1-b.safetensors", "sd1", seed=1)
+    (data / "models" / "Lora").mkdir(parents=True)
+    write_kohya_lora(data / "models" / "Lora" / "ink.safetensors", build_tiny_pipeline("sd1"))
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
     app = create_app(flags)
     app.state.ctx.options.set("sd_checkpoints_limit", 4)
@@ -131,6 +134,21 @@ def test_hires_with_another_checkpoint(server):
     assert np.abs(same - other).max() > 2
     assert "Hires checkpoint" not in parse_infotext(same_info)
     assert parse_infotext(infotext)["Hires checkpoint"].startswith("tiny-sd1-b [")
+
+
+def test_the_jobs_lora_is_on_the_hires_checkpoint_too(server):
+    """A given first pass leaves only the hires. pass, run by another checkpoint: the
+    prompt's LoRA changes that pass's picture, so it is on that checkpoint (A1111 applies
+    the job's networks to whichever model runs)."""
+    _, ctx = server
+    given = Image.fromarray(np.random.RandomState(0).randint(0, 255, (64, 64, 3), np.uint8))
+    hires = HiresParams(scale=1.5, denoising_strength=0.6, checkpoint="tiny-sd1-b",
+                        firstpass_image=given)  # fmt: skip
+    plain, _ = image_of(ctx, prompt="a castle", checkpoint="tiny-sd1", steps=3, hires=hires)
+    inked, infotext = image_of(ctx, prompt="a castle <lora:ink:1>", checkpoint="tiny-sd1",
+                               steps=3, hires=hires)  # fmt: skip
+    assert "ink" in parse_infotext(infotext).get("Lora hashes", "")
+    assert np.abs(plain - inked).max() > 2
 
 
 def _post(srv, **changes):

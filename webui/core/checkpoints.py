@@ -9,14 +9,20 @@ offloading), the job's other models wait in system RAM, so that the main model a
 refiner are never both on the GPU unless the cache would keep both. `close` puts the
 models the cache still keeps back on the GPU at the end of the job.
 
+`networks` (from the worker) puts the job's LoRAs and VAE on each other checkpoint it
+leases, as on the main one, for the job only: `close` takes them off again (A1111 applies
+the job's networks to whichever model runs, the refiner and the hires one too).
+
 This module must never import a UI library or change global options.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 
@@ -35,9 +41,18 @@ class IncompatibleCheckpointError(ValueError, UserError):
 class JobCheckpoints:
     """The leases of one job (the main checkpoint's first); only the worker thread uses it."""
 
-    def __init__(self, models: ModelManager, families: Families, main: Lease, family: Family):
+    def __init__(
+        self,
+        models: ModelManager,
+        families: Families,
+        main: Lease,
+        family: Family,
+        networks: Callable[[Lease, Family], AbstractContextManager[Any]] | None = None,
+    ):
         self.models, self.families = models, families
         self._held: dict[Path, tuple[Lease, Family]] = {main.info.path: (main, family)}
+        self._networks = networks  # the job's LoRAs and VAE, put on another checkpoint
+        self._applied = ExitStack()  # those networks, taken off when the job ends
 
     def info(self, name: str) -> CheckpointInfo:
         """The checkpoint `name` means, hashed (for the infotext) but not loaded."""
@@ -55,6 +70,8 @@ class JobCheckpoints:
         lease = self.models.acquire(info)
         found = (lease, self.families.of(lease.spec))
         self._held[info.path] = found
+        if self._networks is not None:
+            self._applied.enter_context(self._networks(*found))
         return found
 
     def use(self, lease: Lease) -> None:
@@ -77,7 +94,9 @@ class JobCheckpoints:
         self.close()
 
     def close(self) -> None:
-        """The job ends: the models the cache keeps go back where the plan puts them."""
+        """The job ends: the job's networks come off the other checkpoints, and the models
+        the cache keeps go back where the plan puts them."""
+        self._applied.close()
         plan = self.models.plan
         if plan.device == "cpu" or plan.offload != "none" or len(self._held) < 2:
             return

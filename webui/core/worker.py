@@ -14,7 +14,8 @@ This module must never import a UI library.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -151,11 +152,12 @@ class Worker:
         job.progress.text = ""
         settings = SaveSettings.from_options(opt)
         save = self._saver(job, params, info.name, settings, hooks) if params.save_images else None
-        # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends
+        # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends;
+        # on a refiner or hires checkpoint too, once the job leases it
+        setup = partial(_job_setup, params=params, networks=self.networks, vae=opt("sd_vae"))
         with (
-            applied_networks(lease, family, params, self.networks, opt("sd_vae")) as active,
-            seamless(lease.pipe, params.tiling),  # every pipeline view shares these modules
-            JobCheckpoints(models, self.families, lease, family) as checkpoints,  # refiner...
+            setup(lease, family) as active,
+            JobCheckpoints(models, self.families, lease, family, setup) as checkpoints,
         ):
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
@@ -271,3 +273,14 @@ def make_runner(
     families: Families,
 ) -> Worker:
     return Worker(models, store, options, networks, families=families)
+
+
+@contextmanager
+def _job_setup(lease, family, *, params, networks, vae) -> Iterator:
+    """What a job puts on a checkpoint for its duration: its LoRAs and VAE (yields the
+    `ActiveNetworks`), and tiling (every pipeline view shares these modules)."""
+    with (
+        applied_networks(lease, family, params, networks, vae) as active,
+        seamless(lease.pipe, params.tiling),
+    ):
+        yield active
