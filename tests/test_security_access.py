@@ -270,6 +270,8 @@ NOT_PATHS = {  # mention a file, but are no path
     "save_to_dirs": "on/off: sub-folders by the folder pattern",
     "grid_save_to_dirs": "on/off: sub-folders by the folder pattern",
     "directories_filename_pattern": "folder name parts: each is sanitised, never '..' or '/x'",
+    "interrogate_clip_dict_limit": "a number of lines",
+    "interrogate_wd14_model": "a folder name inside models/interrogate ('/', '\\', '..' refused)",
 }
 
 

@@ -341,6 +341,8 @@ def test_option_defaults() -> None:
         "civitai_base_url": "https://civitai.com",
         "face_restoration_model": "CodeFormer",
         "code_former_weight": 0.5,
+        "sdxl_refiner_low_aesthetic_score": 2.5,
+        "sdxl_refiner_high_aesthetic_score": 6.0,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"
