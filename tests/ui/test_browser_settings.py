@@ -28,8 +28,14 @@ WAIT = 60_000  # ms: generous, the machine may be busy
 def open_settings(browser, url: str, locale: str = "en-US") -> Page:
     page = browser.new_context(locale=locale, viewport={"width": 1300, "height": 1000}).new_page()
     page.goto(url, wait_until="load")
-    page.locator("#tabs button[role=tab]").nth(5).click()  # Settings (also when translated)
+    settings_tab(page).click()
     return page
+
+
+def settings_tab(page: Page):
+    """The Settings tab's button, in English or Chinese."""
+    tabs = page.locator("#tabs button[role=tab]")
+    return tabs.filter(has_text=re.compile(r"^\s*(Settings|设置)\s*$"))
 
 
 def apply(page: Page) -> str:
@@ -62,7 +68,7 @@ def test_settings_show_what_is_stored_and_a_stale_page_keeps_other_changes(
         assert config(data_dir)["show_progress_every_n_steps"] == 7
 
         page_b.reload(wait_until="load")  # a reload shows the stored value...
-        page_b.locator("#tabs button[role=tab]").nth(5).click()
+        settings_tab(page_b).click()
         expect(page_b.get_by_label(PREVIEW)).to_have_value("7", timeout=WAIT)
         page_c = open_settings(playwright_browser, srv.url)  # ...and so does a new browser
         expect(page_c.get_by_label(PREVIEW)).to_have_value("7", timeout=WAIT)
