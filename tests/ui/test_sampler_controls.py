@@ -58,11 +58,11 @@ def test_paste_restores_tiling_and_sampler_parameters(tabs, tab):
 
 
 def test_control_values_become_params_fields():
-    values = {"tiling": True, "eta": None, "s_churn": 1.5, "s_tmin": "", "s_tmax": 0,
-              "s_noise": 1, "s_min_uncond": 2.0}  # fmt: skip
+    values = {"tiling": True, "restore_faces": True, "eta": None, "s_churn": 1.5, "s_tmin": "",
+              "s_tmax": 0, "s_noise": 1, "s_min_uncond": 2.0}  # fmt: skip
     assert sampling_fields(values) == {
-        "tiling": True, "eta": None, "s_churn": 1.5, "s_tmin": None, "s_tmax": 0.0,
-        "s_noise": 1.0, "s_min_uncond": 2.0,
+        "tiling": True, "restore_faces": True, "eta": None, "s_churn": 1.5, "s_tmin": None,
+        "s_tmax": 0.0, "s_noise": 1.0, "s_min_uncond": 2.0,
     }  # fmt: skip
     with pytest.raises(InputError, match="Sigma churn"):
         sampling_fields({**values, "s_churn": "lots"})
