@@ -11,7 +11,7 @@ Issue 7, point 19.
   Real images, sampler, schedule, upscaler and option names are put in for part of the
   cases, so that requests get past the first check and run. A 501 that names a feature
   not built yet is a documented answer, not a crash. WEBUI_SCHEMATHESIS_EXAMPLES sets the
-  examples per operation and mode (default 25, about a minute); the cases are the same
+  examples per operation and mode (default 15, about a minute); the cases are the same
   every run unless WEBUI_SCHEMATHESIS_RANDOM=1.
 - `test_locust_load_nothing_lost`: locust (headless, in a subprocess: its gevent
   monkey-patching must stay out of pytest) with 10 users against a real server on
@@ -51,7 +51,7 @@ from webui.settings import parse_flags
 # --- schemathesis -------------------------------------------------------------------------
 
 # per operation and mode; the txt2img, img2img and extras ones run real (tiny) jobs
-MAX_EXAMPLES = int(os.environ.get("WEBUI_SCHEMATHESIS_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("WEBUI_SCHEMATHESIS_EXAMPLES", "15"))
 CHEAPENED_PATHS = (
     "/sdapi/v1/txt2img",
     "/sdapi/v1/img2img",
