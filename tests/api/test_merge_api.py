@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
@@ -11,22 +10,15 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import ServerThread
-from tests.tiny_networks import write_kohya_lora
+from tests.services.test_merge_service import merge_data_dir
 from webui.app import create_app
-from webui.model_manager.tiny import build_tiny_pipeline, save_tiny_checkpoint
 from webui.settings import parse_flags
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_files):
     data = tmp_path_factory.mktemp("merge-api")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_files["sd1"], ckpt / "a.safetensors")
-    save_tiny_checkpoint(ckpt / "b.safetensors", "sd1", seed=1)
-    shutil.copy(tiny_files["sdxl"], ckpt / "xl.safetensors")
-    (data / "models" / "Lora").mkdir(parents=True)
-    write_kohya_lora(data / "models" / "Lora" / "kohya.safetensors", build_tiny_pipeline("sd1"))
+    ckpt = merge_data_dir(data, tiny_files)
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
     with ServerThread(create_app(flags)) as server, httpx.Client(base_url=server.url, timeout=300) as client:  # fmt: skip
         yield client, ckpt

@@ -24,9 +24,9 @@ UNET_LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 TE_LAYER = "layers.0.self_attn.q_proj"  # under text_model (transformers 4) or not (5)
 
 
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory, tiny_files):
-    data = tmp_path_factory.mktemp("merge-data")
+def merge_data_dir(data: Path, tiny_files) -> Path:
+    """A data folder with checkpoints a, b (SD 1.x), xl (SDXL) and the LoRA kohya; returns
+    its checkpoint folder."""
     ckpt = data / "models" / "Stable-diffusion"
     ckpt.mkdir(parents=True)
     shutil.copy(tiny_files["sd1"], ckpt / "a.safetensors")
@@ -34,6 +34,13 @@ def ctx(tmp_path_factory, tiny_files):
     shutil.copy(tiny_files["sdxl"], ckpt / "xl.safetensors")
     (data / "models" / "Lora").mkdir(parents=True)
     write_kohya_lora(data / "models" / "Lora" / "kohya.safetensors", build_tiny_pipeline("sd1"))
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, tiny_files):
+    data = tmp_path_factory.mktemp("merge-data")
+    merge_data_dir(data, tiny_files)
     context = build_context(parse_flags(["--data-dir", str(data), "--no-download-sd-model"]))
     yield context
     context.close()
