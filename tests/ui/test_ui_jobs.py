@@ -92,6 +92,11 @@ def _follow(ctx, request, tab_jobs, prompt, out: list):
     asyncio.run(follow())
 
 
+def _followed(ctx, tab_jobs: TabJobs, page: str) -> int:
+    lead, behind = tab_jobs.lead(ctx, page)
+    return 0 if lead is None else behind + 1
+
+
 def _wait(predicate, what: str):
     deadline = time.monotonic() + WAIT
     while not predicate():
@@ -109,13 +114,15 @@ def test_a_tab_follows_its_running_job_and_counts_the_ones_behind_it():
     updates: dict[str, list] = {name: [] for name in ("first", "second", "third")}
     threads = []
     try:
-        for name in updates:
+        for count, name in enumerate(updates, start=1):
             thread = threading.Thread(
                 target=_follow, args=(ctx, request, tab_jobs, name, updates[name]), daemon=True
             )
             thread.start()
             threads.append(thread)
-            _wait(lambda n=name: any(j.params.prompt == n for j in queue.jobs()), f"job {name}")
+            # queued and followed by the tab before the next click (else the next job can
+            # be the page's only known job for a moment, and show its own "waiting" line)
+            _wait(lambda c=count: _followed(ctx, tab_jobs, "page-1") == c, f"job {name}")
 
         # the first job runs: its progress is shown, with the two waiting behind it (its
         # first line may come before the others are queued: updates are pushed at once)
