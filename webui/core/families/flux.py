@@ -1,0 +1,191 @@
+"""FLUX.1 (dev, schnell and fine-tunes in their layout): the first transformer family.
+
+- Recognised by Black Forest Labs' transformer keys (`double_blocks.*`, `single_blocks.*`)
+  at the top level or under `model.diffusion_model.`, before the UNet families are asked
+  (`transformer_layout`); every size comes from the tensors (`model_manager.flux_files`),
+  schnell is the file without a guidance embedding. Diffusers folders: `FluxPipeline`.
+- Loaded by `load_single_file`, not diffusers' `from_single_file`: the transformer, the
+  autoencoder and the two text encoders come from the file itself (all-in-one files)
+  or from the separate module files the job chose (Forge's "VAE / Text Encoder": ae,
+  clip_l, t5xxl); a component found nowhere is a `MissingModuleError` naming the file to
+  add and the folder. Tokenizers: CLIP's and T5 v1.1's, shipped in the package.
+- Samplers: flow matching (`FlowMatchEulerDiscreteScheduler`, FLUX.1 dev's shifted
+  schedule; schnell: no shift).
+- Latent preview: ComfyUI's 16-channel colour factors.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ...errors import UserError
+from ...model_manager import flux_files as ff
+from ...model_manager.identify import ModelSpec, Shapes
+from ...model_manager.loader import MissingModuleError, read_shapes
+from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
+from ..conditioning import TextEncoderSlot
+from .base import Family, Mode
+
+FLUX_SCHEDULER = MappingProxyType({
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+})  # fmt: skip
+SCHNELL_SCHEDULER = MappingProxyType(
+    dict(FLUX_SCHEDULER, shift=1.0, use_dynamic_shifting=False)
+)  # fmt: skip
+FLUX_LATENT_RGB = (
+    (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+    (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+    (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+    (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+    (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+    (-0.1262, -0.0982, -0.0778),
+)  # fmt: skip
+# what a missing component is called, the files that give it, and Forge's folder for it
+MODULE_HELP = {
+    "vae": ("the FLUX autoencoder", "ae.safetensors", "VAE"),
+    "clip_l": ("the CLIP-L text encoder", "clip_l.safetensors", "text_encoder"),
+    "t5xxl": (
+        "the T5-XXL text encoder",
+        "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
+        "text_encoder",
+    ),
+}
+_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline",
+              "inpaint": "FluxInpaintPipeline"}  # fmt: skip
+
+
+class FluxFamily(Family):
+    name = "flux1"
+    label = "FLUX.1"
+    default_size = 1024
+    latent_space = "flux"
+    transformer_layout = True  # identify asks it before looking for a UNet
+    latent_rgb = FLUX_LATENT_RGB
+    folder_classes = frozenset({"FluxPipeline"})
+    base_scheduler = FLUX_SCHEDULER
+
+    # --- recognition and loading ----------------------------------------------------
+    def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
+        layout = ff.FluxLayout.of(shapes)
+        if layout.transformer is None:
+            return None
+        transformer = ff.transformer_config(shapes, layout.transformer)
+        vae = ff.vae_config(shapes, layout.vae) if layout.vae is not None else {}
+        encoders = (
+            ff.clip_l_config(shapes, layout.clip_l) if layout.clip_l is not None else {},
+            ff.t5_config(shapes, layout.t5xxl) if layout.t5xxl is not None else {},
+        )
+        return self._spec(transformer, vae, encoders, layout.missing())
+
+    def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
+        schnell = not transformer["guidance_embeds"]
+        return ModelSpec(
+            family=self.name,
+            family_label=f"{self.label} schnell" if schnell else self.label,
+            pipeline_class="FluxPipeline",
+            inpainting=False,
+            prediction_type="flow",
+            unet=transformer,
+            vae=vae,
+            text_encoders=encoders,
+            missing=tuple(missing),
+        )
+
+    def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
+        if type(pipe).__name__ not in self.folder_classes:
+            return None
+        encoders = (pipe.text_encoder.config.to_dict(), pipe.text_encoder_2.config.to_dict())
+        return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
+
+    def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
+        return _PIPELINES[mode]
+
+    def config_files(self, spec: ModelSpec) -> dict[str, dict]:
+        """The diffusers folder layout of the spec's configs (what `load_single_file`
+        builds; written for tools that want a config folder)."""
+        return {
+            "model_index.json": {"_class_name": "FluxPipeline"},
+            "transformer/config.json": spec.unet,
+            "vae/config.json": spec.vae,
+            "scheduler/scheduler_config.json": dict(self.scheduler_config(spec)),
+            "text_encoder/config.json": spec.text_encoders[0],
+            "text_encoder_2/config.json": spec.text_encoders[1],
+        }
+
+    def scheduler_config(self, spec: ModelSpec) -> MappingProxyType:
+        return SCHNELL_SCHEDULER if not spec.unet["guidance_embeds"] else FLUX_SCHEDULER
+
+    def tokenizers(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"tokenizer": clip_tokenizer(), "tokenizer_2": t5_tokenizer()}
+
+    def load_single_file(self, path: Path, spec: ModelSpec, modules, dtype) -> Any:
+        """The `FluxPipeline` of a FLUX file, its missing components taken from
+        `modules` (paths of separate module files; those of other kinds are ignored)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        sources = {name: (path, getattr(ff.FluxLayout.of(read_shapes(path)), name), None)
+                   for name in ff.COMPONENTS}  # fmt: skip
+        for module in modules:
+            shapes = read_shapes(Path(module))
+            kind = ff.module_kind(shapes)
+            if kind is not None and sources[kind][1] is None:
+                sources[kind] = (Path(module), "", shapes)
+        missing = [name for name, (_, prefix, _) in sources.items() if prefix is None]
+        if missing:
+            raise MissingModuleError(missing_message(path.name, missing))
+        parts = {name: _component(name, *source, spec, dtype) for name, source in sources.items()}
+        return FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(self.scheduler_config(spec))),
+            vae=parts["vae"], text_encoder=parts["clip_l"], text_encoder_2=parts["t5xxl"],
+            transformer=parts["transformer"], **self.tokenizers(spec),
+        )  # fmt: skip
+
+    # --- text ---------------------------------------------------------------------------
+    def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
+        return [TextEncoderSlot(pipe.tokenizer, pipe.text_encoder, "clip_l", 1, True, True)]
+
+    def check_mode(self, mode: Mode) -> None:
+        raise UserError(
+            f"{self.label} checkpoints load, but generating images with them is not built yet"
+        )
+
+
+def missing_message(file_name: str, missing: list[str]) -> str:
+    """What a transformer-only file lacks, the files that give it and where they go."""
+    needs = "; ".join(
+        f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
+        for name in missing
+    )
+    return (
+        f"{file_name} holds only part of a FLUX model: it needs {needs}. Put the file in that "
+        'folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '
+        "option, e.g. in override_settings)."
+    )
+
+
+def _component(name: str, path: Path, prefix: str, shapes: Shapes | None, spec: ModelSpec,
+               dtype) -> Any:  # fmt: skip
+    """One component from a file: its config from that file's tensors, then its weights."""
+    shapes = shapes if shapes is not None else read_shapes(path)
+    state = ff.read_state(path, prefix)
+    if name == "transformer":
+        return ff.build_transformer(spec.unet, state, dtype)
+    if name == "vae":
+        return ff.build_vae(ff.vae_config(shapes, prefix), state, dtype)
+    if name == "clip_l":
+        return ff.build_clip_l(ff.clip_l_config(shapes, prefix), state, dtype)
+    return ff.build_t5(ff.t5_config(shapes, prefix), state, dtype)
+
+
+FLUX1 = FluxFamily()
