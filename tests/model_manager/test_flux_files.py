@@ -9,6 +9,7 @@ import torch
 
 from webui.core.families import default_families
 from webui.model_manager import flux_files as ff
+from webui.model_manager import flux_keys as fk
 from webui.model_manager.loader import (
     MissingModuleError,
     identify_file,
@@ -56,9 +57,9 @@ def test_sizes_come_from_the_tensors(flux_files):
 
 
 def test_module_files_are_told_apart(flux_files):
-    kinds = {k: ff.module_kind(read_shapes(flux_files[k])) for k in ("vae", "clip_l", "t5xxl")}
+    kinds = {k: fk.module_kind(read_shapes(flux_files[k])) for k in ("vae", "clip_l", "t5xxl")}
     assert kinds == {"vae": "vae", "clip_l": "clip_l", "t5xxl": "t5xxl"}
-    assert ff.module_kind(read_shapes(flux_files["transformer"])) is None
+    assert fk.module_kind(read_shapes(flux_files["transformer"])) is None
 
 
 @pytest.mark.parametrize("layout", ["all-in-one", "transformer-prefixed", "diffusers"])
@@ -114,7 +115,7 @@ def test_trap_t5_embed_tokens_is_tied_to_shared(flux_files):
     be that tensor (diffusers 0.42 leaves it unfilled)."""
     assert "encoder.embed_tokens.weight" not in read_shapes(flux_files["t5xxl"])
     shapes = read_shapes(flux_files["t5xxl"])
-    t5 = ff.build_t5(ff.t5_config(shapes, ""), ff.read_state(flux_files["t5xxl"], ""),
+    t5 = ff.build_t5(fk.t5_config(shapes, ""), ff.read_state(flux_files["t5xxl"], ""),
                      torch.float32)  # fmt: skip
     assert t5.encoder.embed_tokens.weight is t5.shared.weight
     ids = torch.tensor([[21820, 296, 1]])

@@ -147,7 +147,8 @@ class Worker:
         info = resolve_checkpoint(models, params.checkpoint, opt("sd_model_checkpoint"))
         models.limit = int(opt("sd_checkpoints_limit"))
         job.progress.text = f"Loading {info.name}" if info.path not in models.loaded_paths() else ""
-        lease = models.acquire(info)
+        modules = models.needed_modules(info, opt("forge_additional_modules"))  # Forge's
+        lease = models.acquire(info, modules) if modules else models.acquire(info)
         family = self.families.of(lease.spec)
         job.progress.text = ""
         settings = SaveSettings.from_options(opt)

@@ -58,6 +58,7 @@ class LoadedModel:
     variants: dict = field(default_factory=dict)  # pipeline class name -> from_pipe view
     # the checkpoint's own scheduler config (prediction type, betas), before any sampler
     base_scheduler_config: dict = field(default_factory=dict)
+    modules: tuple[Path, ...] = ()  # the module files (VAE / text encoders) it was built with
 
     def __post_init__(self):
         if not self.base_scheduler_config:
@@ -206,7 +207,7 @@ def _load_own_layout(path: Path, spec: ModelSpec, family: ModelFamily, device: s
     except Exception as exc:
         raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
     _move(pipe, device)
-    return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
+    return LoadedModel(pipe=pipe, spec=spec, path=path, family=family, modules=tuple(modules))
 
 
 def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:

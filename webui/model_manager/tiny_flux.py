@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .flux_files import CLIP_L_PREFIX, DIFFUSION_PREFIX, T5_PREFIX, VAE_PREFIX
+from .flux_keys import CLIP_L_PREFIX, DIFFUSION_PREFIX, T5_PREFIX, VAE_PREFIX
 from .ldm_keys import vae_to_ldm
 from .tiny import _text_config
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ...errors import UserError
 from ...model_manager import flux_files as ff
+from ...model_manager import flux_keys as fk
 from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
@@ -51,16 +52,6 @@ FLUX_LATENT_RGB = (
     (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
     (-0.1262, -0.0982, -0.0778),
 )  # fmt: skip
-# what a missing component is called, the files that give it, and Forge's folder for it
-MODULE_HELP = {
-    "vae": ("the FLUX autoencoder", "ae.safetensors", "VAE"),
-    "clip_l": ("the CLIP-L text encoder", "clip_l.safetensors", "text_encoder"),
-    "t5xxl": (
-        "the T5-XXL text encoder",
-        "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
-        "text_encoder",
-    ),
-}
 _PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline",
               "inpaint": "FluxInpaintPipeline"}  # fmt: skip
 
@@ -77,14 +68,14 @@ class FluxFamily(Family):
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
-        layout = ff.FluxLayout.of(shapes)
+        layout = fk.FluxLayout.of(shapes)
         if layout.transformer is None:
             return None
-        transformer = ff.transformer_config(shapes, layout.transformer)
-        vae = ff.vae_config(shapes, layout.vae) if layout.vae is not None else {}
+        transformer = fk.transformer_config(shapes, layout.transformer)
+        vae = fk.vae_config(shapes, layout.vae) if layout.vae is not None else {}
         encoders = (
-            ff.clip_l_config(shapes, layout.clip_l) if layout.clip_l is not None else {},
-            ff.t5_config(shapes, layout.t5xxl) if layout.t5xxl is not None else {},
+            fk.clip_l_config(shapes, layout.clip_l) if layout.clip_l is not None else {},
+            fk.t5_config(shapes, layout.t5xxl) if layout.t5xxl is not None else {},
         )
         return self._spec(transformer, vae, encoders, layout.missing())
 
@@ -134,16 +125,16 @@ class FluxFamily(Family):
         `modules` (paths of separate module files; those of other kinds are ignored)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-        sources = {name: (path, getattr(ff.FluxLayout.of(read_shapes(path)), name), None)
-                   for name in ff.COMPONENTS}  # fmt: skip
+        sources = {name: (path, getattr(fk.FluxLayout.of(read_shapes(path)), name), None)
+                   for name in fk.COMPONENTS}  # fmt: skip
         for module in modules:
             shapes = read_shapes(Path(module))
-            kind = ff.module_kind(shapes)
+            kind = fk.module_kind(shapes)
             if kind is not None and sources[kind][1] is None:
                 sources[kind] = (Path(module), "", shapes)
         missing = [name for name, (_, prefix, _) in sources.items() if prefix is None]
         if missing:
-            raise MissingModuleError(missing_message(path.name, missing))
+            raise MissingModuleError(fk.missing_message(path.name, missing))
         parts = {name: _component(name, *source, spec, dtype) for name, source in sources.items()}
         return FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(self.scheduler_config(spec))),
@@ -161,19 +152,6 @@ class FluxFamily(Family):
         )
 
 
-def missing_message(file_name: str, missing: list[str]) -> str:
-    """What a transformer-only file lacks, the files that give it and where they go."""
-    needs = "; ".join(
-        f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
-        for name in missing
-    )
-    return (
-        f"{file_name} holds only part of a FLUX model: it needs {needs}. Put the file in that "
-        'folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '
-        "option, e.g. in override_settings)."
-    )
-
-
 def _component(name: str, path: Path, prefix: str, shapes: Shapes | None, spec: ModelSpec,
                dtype) -> Any:  # fmt: skip
     """One component from a file: its config from that file's tensors, then its weights."""
@@ -182,10 +160,10 @@ def _component(name: str, path: Path, prefix: str, shapes: Shapes | None, spec: 
     if name == "transformer":
         return ff.build_transformer(spec.unet, state, dtype)
     if name == "vae":
-        return ff.build_vae(ff.vae_config(shapes, prefix), state, dtype)
+        return ff.build_vae(fk.vae_config(shapes, prefix), state, dtype)
     if name == "clip_l":
-        return ff.build_clip_l(ff.clip_l_config(shapes, prefix), state, dtype)
-    return ff.build_t5(ff.t5_config(shapes, prefix), state, dtype)
+        return ff.build_clip_l(fk.clip_l_config(shapes, prefix), state, dtype)
+    return ff.build_t5(fk.t5_config(shapes, prefix), state, dtype)
 
 
 FLUX1 = FluxFamily()
