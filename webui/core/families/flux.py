@@ -9,15 +9,24 @@
   or from the separate module files the job chose (Forge's "VAE / Text Encoder": ae,
   clip_l, t5xxl); a component found nowhere is a `MissingModuleError` naming the file to
   add and the folder. Tokenizers: CLIP's and T5 v1.1's, shipped in the package.
-- Samplers: flow matching (`FlowMatchEulerDiscreteScheduler`, FLUX.1 dev's shifted
-  schedule; schnell: no shift).
-- Latent preview: ComfyUI's 16-channel colour factors.
+- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+  prompts through `core.flux_text` (T5 emphasis, prompt editing; AND refused), Forge's
+  "Distilled CFG Scale" as the guidance embedding (`params.distilled_cfg_scale`, not for
+  schnell's files, which have none), the CFG scale as true CFG with the negative prompt
+  only above 1; the pipeline's packed latents unpacked for previews and decoding.
+- Samplers: Euler on the flow-matching schedule (FLUX.1 dev's resolution-dependent shift,
+  schnell: none) with Simple / Normal / SGM Uniform (its own spacing), Beta, Karras or
+  Exponential sigmas; every other sampler is refused with a message.
+- Infotext: "Distilled CFG Scale"; the modules ("Module 1: ae", ...) come from
+  `processing.module_fields`. Latent preview: ComfyUI's 16-channel colour factors.
 
 This module must never import a UI library.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -28,7 +37,10 @@ from ...model_manager import flux_keys as fk
 from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
-from ..conditioning import TextEncoderSlot
+from ..conditioning import Conditioning, TextEncoderSlot
+from ..flux_text import flux_conditioning, follow_schedule
+from ..sampler_params import NGMS_OFF, Ngms
+from ..samplers import SchedulerChoice
 from .base import Family, Mode
 
 FLUX_SCHEDULER = MappingProxyType({
@@ -52,6 +64,15 @@ FLUX_LATENT_RGB = (
     (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
     (-0.1262, -0.0982, -0.0778),
 )  # fmt: skip
+FLUX_SAMPLER = "Euler"
+# schedule types that map onto the flow-matching Euler scheduler: Simple, Normal and SGM
+# Uniform are its own evenly spaced sigmas (shifted); Beta, Karras and Exponential its
+# beta / Karras / exponential spacing
+FLUX_SCHEDULES = MappingProxyType({
+    "Automatic": {}, "Simple": {}, "Normal": {}, "SGM Uniform": {},
+    "Beta": {"use_beta_sigmas": True}, "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+})  # fmt: skip
 _PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline",
               "inpaint": "FluxInpaintPipeline"}  # fmt: skip
 
@@ -144,12 +165,96 @@ class FluxFamily(Family):
 
     # --- text ---------------------------------------------------------------------------
     def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
-        return [TextEncoderSlot(pipe.tokenizer, pipe.text_encoder, "clip_l", 1, True, True)]
+        """CLIP-L (pooled) and T5-XXL; `flux_text` reads them, not the CLIP machinery."""
+        return [TextEncoderSlot(pipe.tokenizer, pipe.text_encoder, "clip_l", 1, True, True),
+                TextEncoderSlot(pipe.tokenizer_2, pipe.text_encoder_2, "t5xxl", 1, True, False)]  # fmt: skip
+
+    def conditioning(
+        self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
+        embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
+    ) -> Conditioning:  # fmt: skip
+        return flux_conditioning(pipe, prompt, negative, steps=steps, fields=fields)
+
+    def follow_steps(
+        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
+        *, first_step: int = 0, size: tuple[int, int] | None = None,
+    ) -> AbstractContextManager[Any]:  # fmt: skip
+        return _following(pipe, conditioning, batch_size, first_step, size)
+
+    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+        """Distilled guidance always; the negative prompt only with true CFG (CFG > 1)."""
+        kwargs = conditioning.pipeline_kwargs()
+        if params.cfg_scale <= 1:
+            kwargs.pop("negative_prompt_embeds")
+            kwargs.pop("negative_pooled_prompt_embeds")
+        guidance = params.distilled_cfg_scale
+        return {**kwargs, "guidance_scale": guidance, "true_cfg_scale": params.cfg_scale}
+
+    def start_latents(self, pipe: Any, noise: Any) -> Any:
+        batch, channels, height, width = noise.shape
+        if height % 2 or width % 2:
+            raise UserError(
+                f"{self.label} packs 2x2 latent patches: width and height must be multiples "
+                f"of {2 * pipe.vae_scale_factor}"
+            )
+        packed = pipe._pack_latents(noise, batch, channels, height, width)
+        return packed.to(pipe.device, pipe.transformer.dtype)
+
+    def finished_latents(self, pipe: Any, latents: Any, height: int, width: int) -> Any:
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+
+    # --- sampling -----------------------------------------------------------------------
+    def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
+        """Euler on FLUX's flow-matching schedule; other samplers are refused."""
+        sampler = name or FLUX_SAMPLER
+        if sampler.lower() not in ("euler", "flow euler"):
+            raise UserError(
+                f"Sampler {sampler!r} does not run FLUX models here; choose {FLUX_SAMPLER!r}"
+            )
+        label = schedule or "Automatic"
+        found = next((k for k in FLUX_SCHEDULES if k.lower() == label.lower().replace("_", " ")),
+                     None)  # fmt: skip
+        if found is None:
+            raise UserError(
+                f"Schedule type {label!r} does not apply to FLUX; choose one of: "
+                + ", ".join(k for k in FLUX_SCHEDULES if k != "Automatic")
+            )
+        shown = "Simple" if found == "Automatic" else found
+        return SchedulerChoice(FLUX_SAMPLER, shown, "FlowMatchEulerDiscreteScheduler",
+                               dict(FLUX_SCHEDULES[found]))  # fmt: skip
+
+    def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
 
     def check_mode(self, mode: Mode) -> None:
-        raise UserError(
-            f"{self.label} checkpoints load, but generating images with them is not built yet"
-        )
+        if mode != "txt2img":
+            raise UserError(f"{self.label}: only txt2img is available for FLUX models yet")
+
+    # --- infotext -----------------------------------------------------------------------
+    def infotext_fields(self, params: Any) -> dict[str, Any]:
+        return {"Distilled CFG Scale": params.distilled_cfg_scale}
+
+
+@contextmanager
+def _following(pipe, conditioning, batch_size, first_step, size) -> Iterator[Callable]:
+    """The prompt schedule on the transformer, and the step callback given unpacked
+    latents (B, 16, h, w) for progress previews."""
+    with follow_schedule(pipe, conditioning, batch_size, first_step=first_step) as follow:
+
+        def wrap(on_step: Callable) -> Callable:
+            inner = follow(on_step)
+            if size is None:
+                return inner
+
+            def callback(p, i, t, tensors):
+                latents = p._unpack_latents(tensors["latents"], *size, p.vae_scale_factor)
+                return inner(p, i, t, {**tensors, "latents": latents})
+
+            return callback
+
+        yield wrap
 
 
 def _component(name: str, path: Path, prefix: str, shapes: Shapes | None, spec: ModelSpec,
