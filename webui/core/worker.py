@@ -117,7 +117,10 @@ class Worker:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
-            models.acquire(models.resolve(job.params))
+            info = models.resolve(job.params)
+            modules = job_option(job, self.options, "forge_additional_modules")
+            needed = models.needed_modules(info, modules)  # FLUX: Forge's modules
+            models.acquire(info, needed) if needed else models.acquire(info)
             return None
         if job.kind == "unload":  # free the RAM/VRAM of every loaded checkpoint
             models.unload_all()

@@ -12,6 +12,7 @@ This module must never import a UI library.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
@@ -181,6 +182,21 @@ class ModelManager:
         if lacking:
             raise MissingModuleError(missing_message(info.path.name, lacking))
         return tuple(kinds[name] for name in spec.missing)
+
+    def distilled_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint takes a distilled guidance scale (FLUX.1 dev's guidance
+        embedding; schnell has none), read from its header or its folder's config."""
+        if info.is_folder:
+            config = info.path / "transformer" / "config.json"
+            try:
+                return bool(json.loads(config.read_text()).get("guidance_embeds"))
+            except (OSError, ValueError):
+                return False
+        try:
+            spec = identify_file(info.path, self.families)
+        except CheckpointLoadError:
+            return False
+        return bool(spec.unet.get("guidance_embeds"))
 
     def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
         """Why `modules` cannot complete the checkpoint (an unknown module name, a component

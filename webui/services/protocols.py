@@ -42,6 +42,10 @@ class Models(Protocol):
         """Why a checkpoint file cannot load (read from its header), else None."""
         ...
 
+    def distilled_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint takes FLUX's distilled guidance scale (header only)."""
+        ...
+
     def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
         """Why Forge's "VAE / Text Encoder" files cannot complete the checkpoint, else None."""
         ...
