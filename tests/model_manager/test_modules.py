@@ -61,3 +61,15 @@ def test_the_manager_builds_and_rebuilds_with_the_chosen_modules(folders, tmp_pa
     shutil.copy(vae / "ae.safetensors", vae / "ae-copy.safetensors")
     other = manager.needed_modules(info, ["ae-copy.safetensors", *chosen[1:]])
     assert manager.acquire(info, other).model is not first  # other modules: rebuilt
+
+
+def test_distilled_guidance_is_read_from_the_header(folders, tmp_path, flux_files, tiny_files):
+    _, _, ckpts = folders
+    shutil.copy(flux_files["schnell"], ckpts / "flux1-schnell-tiny.safetensors")
+    shutil.copy(tiny_files["sd1"], ckpts / "sd1.safetensors")
+    manager = ModelManager(CheckpointRegistry(ckpts, HashCache(tmp_path / "cache.json")),
+                           plan_memory(use_cpu_all=True), families=default_families(),
+                           hashing=False)  # fmt: skip
+    shown = {name: manager.distilled_guidance(manager.resolve(name))
+             for name in ("flux1-tiny", "flux1-schnell-tiny", "sd1")}  # fmt: skip
+    assert shown == {"flux1-tiny": True, "flux1-schnell-tiny": False, "sd1": False}
