@@ -90,3 +90,36 @@ def face_models(tmp_path_factory) -> Path:
     from tests.tiny_faces import write_face_models
 
     return write_face_models(tmp_path_factory.mktemp("face-models"))
+
+
+@pytest.fixture(scope="session")
+def flux_files(tmp_path_factory) -> dict:
+    """A tiny FLUX.1 (`webui.model_manager.tiny_flux`, width 64) in every layout we load:
+    BFL transformer-only (fp16, and fp32 under model.diffusion_model.), schnell, the
+    separate modules (ae, clip_l, t5xxl_fp16), an all-in-one file and a diffusers folder;
+    "pipe" is the pipeline they were written from (a Path-free entry)."""
+    import torch
+
+    from webui.model_manager import tiny_flux
+
+    root = tmp_path_factory.mktemp("tiny-flux")
+    pipe = tiny_flux.build_tiny_flux(seed=0)
+    modules = tiny_flux.save_modules(pipe, root / "modules", dtype=torch.float32)
+    return {
+        "pipe": pipe,
+        "transformer": tiny_flux.save_transformer(pipe, root / "flux1-tiny.safetensors"),
+        "transformer-prefixed": tiny_flux.save_transformer(
+            pipe,
+            root / "flux1-tiny-prefixed.safetensors",
+            prefix="model.diffusion_model.",
+            dtype=torch.float32,
+        ),
+        "schnell": tiny_flux.save_transformer(
+            tiny_flux.build_tiny_flux(seed=1, schnell=True), root / "flux1-schnell-tiny.safetensors"
+        ),
+        "all-in-one": tiny_flux.save_all_in_one(
+            pipe, root / "flux1-tiny-aio.safetensors", dtype=torch.float32
+        ),
+        "diffusers": tiny_flux.save_diffusers(pipe, root / "flux1-tiny-diffusers"),
+        **modules,
+    }

@@ -32,6 +32,7 @@ from .model_manager.catalog import ModelCatalog, kind_roots
 from .model_manager.embeddings import EmbeddingRegistry
 from .model_manager.fetch import Sites
 from .model_manager.lora import LoraManager
+from .model_manager.modules import ModuleFiles
 from .model_manager.network_files import AddnetHashCache
 from .model_manager.registry import CheckpointRegistry, HashCache
 from .model_manager.vae import VaeRegistry
@@ -92,11 +93,14 @@ def build_context(flags: Flags) -> AppContext:
     options = Options.from_flags(flags)  # --freeze-settings; path options locked on a LAN
     memory = plan_from_flags(flags)  # every memory/precision/attention flag, with notes
     flags.ckpt_dir.mkdir(parents=True, exist_ok=True)  # shows users where checkpoints go
+    flags.text_encoder_dir.mkdir(parents=True, exist_ok=True)  # and FLUX's text encoders
     extra = [Path(flags.ckpt)] if flags.ckpt else []
     hashes = HashCache(flags.cache_path)
     registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
     families = default_families()  # what checkpoints can be: recognition, loading, generation
-    models = ModelManager(registry, memory, families=families, hashing=not flags.no_hashing)
+    module_dirs = (flags.vae_dir, flags.text_encoder_dir, *flags.module_dirs)
+    models = ModelManager(registry, memory, families=families, hashing=not flags.no_hashing,
+                          module_files=ModuleFiles(module_dirs))  # fmt: skip
     models.limit = int(options.get("sd_checkpoints_limit"))
     store = OutputStore(flags.outputs_dir)
     networks = build_networks(flags, hashes)

@@ -188,6 +188,12 @@ def _vae_names(ctx: Any) -> list[str]:
     return networks.vaes.choices() if networks is not None else ["Automatic", "None"]
 
 
+def _module_names(ctx: Any) -> list[str]:
+    """The files of the VAE and text encoder folders (Forge's module list)."""
+    module_files = getattr(getattr(ctx, "models", None), "module_files", None)
+    return module_files.names() if module_files is not None else []
+
+
 def _languages(ctx: Any) -> list[str]:
     """ "Auto" and the names of the language files: the UI's (webui/ui/localizations, read
     by `webui.ui.i18n`) and those of active extensions (their localizations folders)."""
@@ -377,6 +383,10 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "for the negative prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
     OptionDef("sdxl_refiner_high_aesthetic_score", 6.0, label="SDXL high aesthetic score (used "
               "for the prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
+    # Forge's "VAE / Text Encoder": the files a FLUX transformer-only checkpoint is completed
+    # with (webui.model_manager.modules), by file name (or path, as Forge's API takes it)
+    OptionDef("forge_additional_modules", [], _names, "VAE / Text Encoder", "sd",
+              choices=_module_names),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

@@ -98,6 +98,8 @@ class Flags:
     styles_file: Path = _DERIVED
     gfpgan_models_path: Path = _DERIVED
     codeformer_models_path: Path = _DERIVED
+    text_encoder_dir: Path = _DERIVED  # Forge's models/text_encoder (FLUX's clip_l, t5xxl)
+    module_dirs: tuple[Path, ...] = ()  # more VAE / text encoder folders (ComfyUI's)
     # devices and memory
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
@@ -141,10 +143,14 @@ class Flags:
         set_(self, "api", self.api or self.nowebui)
         set_(self, "ray", self.ray or self.ray_workers is not None or self.ray_address is not None)
         set_(self, "use_cpu", tuple(self.use_cpu))
+        set_(self, "module_dirs", tuple(Path(d).expanduser().resolve() for d in self.module_dirs))
         models = self._path_or(self.models_dir, self.data_dir / "models")
         set_(self, "models_dir", models)
         set_(self, "ckpt_dir", self._path_or(self.ckpt_dir, models / "Stable-diffusion"))
         set_(self, "vae_dir", self._path_or(self.vae_dir, models / "VAE"))
+        set_(
+            self, "text_encoder_dir", self._path_or(self.text_encoder_dir, models / "text_encoder")
+        )
         set_(self, "lora_dir", self._path_or(self.lora_dir, models / "Lora"))
         set_(self, "embeddings_dir", self._path_or(self.embeddings_dir, models / "embeddings"))
         set_(self, "styles_file", self._path_or(self.styles_file, self.data_dir / "styles.csv"))
@@ -241,7 +247,7 @@ class Flags:
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [str(v) if isinstance(v, Path) else v for v in value]
             out[f.name] = value
         for secret in ("api_auth", "gradio_auth"):
             if out[secret]:
@@ -361,6 +367,12 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--styles-file", "styles CSV file (<data-dir>/styles.csv)", _PATH),
         ("--gfpgan-models-path", "GFPGAN and face detector files (<models-dir>/GFPGAN)", _PATH),
         ("--codeformer-models-path", "CodeFormer model file (<models-dir>/Codeformer)", _PATH),
+        ("--text-encoder-dir", "text encoder folder (<models-dir>/text_encoder)", _PATH),
+        (
+            "--module-dirs",
+            "more VAE / text encoder folders, e.g. ComfyUI's models/vae models/text_encoders",
+            {"nargs": "+", "type": Path, "metavar": "DIR"},
+        ),
     ],
     "devices and memory": [
         ("--use-cpu", "'all' runs everything on the CPU", {"nargs": "+", "metavar": "MODULE"}),
@@ -386,7 +398,11 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     ],
     "behaviour": [
         ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),
-        ("--enable-insecure-extension-access", "allow extension installs and folder batches with --listen", _SWITCH),
+        (
+            "--enable-insecure-extension-access",
+            "allow extension installs and folder batches with --listen",
+            _SWITCH,
+        ),
         ("--hide-ui-dir-config", "no batch jobs on server folders", _SWITCH),
         ("--no-hashing", "do not compute model file hashes", _SWITCH),
         ("--freeze-settings", "make settings read-only", _SWITCH),
@@ -428,7 +444,7 @@ def build_parser(prog: str = "launch.py") -> FlagParser:
         group = parser.add_argument_group(title)
         for flag, text, kwargs in flags:
             group.add_argument(flag, help=text, **kwargs)
-    parser.set_defaults(data_dir=PROJECT_DIR, use_cpu=[])
+    parser.set_defaults(data_dir=PROJECT_DIR, use_cpu=[], module_dirs=[])
     return parser
 
 

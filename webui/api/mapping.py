@@ -75,6 +75,7 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Refiner": "refiner_checkpoint",
     "Refiner switch at": "refiner_switch_at",
     "Hires checkpoint": "hr_checkpoint_name",
+    "Distilled CFG Scale": "distilled_cfg_scale",  # Forge's FLUX guidance
 }
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
@@ -136,6 +137,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         clip_skip=None,  # A1111: the option, unless override_settings sets it
         **sampling_fields(req),
         **refiner_fields(req),
+        distilled_cfg_scale=_value(req, "distilled_cfg_scale"),  # FLUX (Forge's field)
     )
     return generation_request("txt2img", req, params, owner)
 

@@ -194,6 +194,12 @@ def _model_routes(router: APIRouter) -> None:
         ctx.models.refresh()
         return None
 
+    @router.get("/sd-modules")
+    def sd_modules(ctx: Ctx) -> Any:
+        """Forge's "VAE / Text Encoder" files (models/VAE, models/text_encoder)."""
+        files = ctx.models.module_files.list()
+        return [{"model_name": m.name, "filename": str(m.path)} for m in files]
+
     @router.post("/unload-checkpoint")
     def unload_checkpoint(ctx: Ctx, user: User) -> Any:
         ctx.jobs.submit("unload", None, owner=user)  # only the worker touches the models

@@ -62,6 +62,7 @@ class ProcessingAPIBase(BaseModel):
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
     infotext: str | None = None
+    distilled_cfg_scale: float | None = 3.5  # Forge: FLUX's guidance ("Distilled CFG Scale")
 
 
 class StableDiffusionTxt2ImgProcessingAPI(ProcessingAPIBase):

@@ -84,6 +84,9 @@ def unscale(vae, latents: torch.Tensor) -> torch.Tensor:
         mean_t = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
         std_t = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
         return latents * std_t / config.scaling_factor + mean_t
+    shift = getattr(config, "shift_factor", None)  # FLUX's autoencoder
+    if shift:
+        return latents / config.scaling_factor + shift
     return latents / config.scaling_factor
 
 

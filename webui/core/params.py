@@ -73,6 +73,8 @@ class Txt2ImgParams:
     # A1111's Refiner (core/refiner.py): this checkpoint takes over at this fraction of steps
     refiner_checkpoint: str | None = None  # title, name or hash; None = no refiner
     refiner_switch_at: float = 0.8
+    # FLUX.1's guidance embedding (Forge's "Distilled CFG Scale"; other families ignore it)
+    distilled_cfg_scale: float = 3.5
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -90,6 +92,11 @@ class Txt2ImgParams:
         if not 0 <= cfg <= 100:
             raise ParamError("cfg_scale", f"must be between 0 and 100, got {cfg}")
         _require_int(self, "seed", -1, MAX_SEED)
+        guidance = self.distilled_cfg_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not (
+            math.isfinite(guidance) and 0 <= guidance <= 30
+        ):  # fmt: skip
+            raise ParamError("distilled_cfg_scale", f"must be between 0 and 30, got {guidance!r}")
         self._check_variation()
         self._check_sampler()
         if not isinstance(self.tiling, bool):

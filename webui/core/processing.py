@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -60,6 +61,8 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     (`webui.core.hires`; `run.upscalers` runs model upscalers)."""
     lease, pipe, progress, family = run.lease, run.pipe, run.progress, run.family
     family.check_mode("txt2img")  # the SDXL refiner only refines
+    if params.hires is not None:
+        family.check_mode("img2img")  # the second pass is an img2img pass
     refiner = RefinerRun.of(run, params)  # None: no refiner, or it never switches
     choice = family.sampler(params.sampler_name, params.scheduler)
     sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
@@ -168,10 +171,18 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         **noise_fields(params),
         **face_fields(params),  # "Face restoration" (A1111 puts it after Seed)
         **run.family.infotext_fields(params),  # "Clip skip"
+        **module_fields(lease.model),  # Forge's "Module 1: ae", ...
         "RNG": "CPU",
         "Tiling": True if params.tiling else None,
         "Version": f"v{__version__}",
     }
+
+
+def module_fields(model) -> dict:
+    """The module files a partial checkpoint was completed with (Forge's "VAE / Text
+    Encoder"), by file stem: "Module 1: ae", "Module 2: clip_l", ..."""
+    modules = getattr(model, "modules", ())
+    return {f"Module {i}": Path(path).stem for i, path in enumerate(modules, 1)}
 
 
 def noise_fields(params: Txt2ImgParams) -> dict:
@@ -219,15 +230,15 @@ def _first_pass(run: RunContext, params: Txt2ImgParams, conditioning, start, sam
                 ngms, on_step: Callable) -> torch.Tensor:  # fmt: skip
     """Sample one batch's first pass from its start noise; returns latents."""
     pipe, family, lease = run.pipe, run.family, run.lease
-    with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
-        return pipe(
-            **conditioning.pipeline_kwargs(),
+    size, batch = (params.height, params.width), params.batch_size
+    with family.follow_steps(pipe, conditioning, batch, ngms, size=size) as follow_steps:
+        latents = pipe(
+            **family.pipeline_call_kwargs(conditioning, params),  # prompts, guidance
             num_inference_steps=params.steps,
-            guidance_scale=params.cfg_scale,
             width=params.width,
             height=params.height,
             num_images_per_prompt=params.batch_size,
-            latents=start.noise.to(pipe.device, pipe.unet.dtype),
+            latents=family.start_latents(pipe, start.noise),
             generator=start.generators,  # after the first draw: step noise goes on
             callback_on_step_end=follow_steps(on_step),  # prompt schedules move on too
             callback_on_step_end_tensor_inputs=["latents"],
@@ -235,6 +246,7 @@ def _first_pass(run: RunContext, params: Txt2ImgParams, conditioning, start, sam
             **sampling.pipeline_kwargs,  # DDIM's eta
             **_inpainting_model_inputs(lease.spec, params),
         ).images
+    return family.finished_latents(pipe, latents, params.height, params.width)
 
 
 def _inpainting_model_inputs(spec, params: Txt2ImgParams) -> dict:

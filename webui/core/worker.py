@@ -117,7 +117,10 @@ class Worker:
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
-            models.acquire(models.resolve(job.params))
+            info = models.resolve(job.params)
+            modules = job_option(job, self.options, "forge_additional_modules")
+            needed = models.needed_modules(info, modules)  # FLUX: Forge's modules
+            models.acquire(info, needed) if needed else models.acquire(info)
             return None
         if job.kind == "unload":  # free the RAM/VRAM of every loaded checkpoint
             models.unload_all()
@@ -147,7 +150,8 @@ class Worker:
         info = resolve_checkpoint(models, params.checkpoint, opt("sd_model_checkpoint"))
         models.limit = int(opt("sd_checkpoints_limit"))
         job.progress.text = f"Loading {info.name}" if info.path not in models.loaded_paths() else ""
-        lease = models.acquire(info)
+        modules = models.needed_modules(info, opt("forge_additional_modules"))  # Forge's
+        lease = models.acquire(info, modules) if modules else models.acquire(info)
         family = self.families.of(lease.spec)
         job.progress.text = ""
         settings = SaveSettings.from_options(opt)

@@ -44,6 +44,8 @@ class ModelSpec:
     unet: dict = field(repr=False)
     vae: dict = field(repr=False)
     text_encoders: tuple[dict, ...] = field(repr=False)
+    # components a partial file (a FLUX transformer alone) needs from separate module files
+    missing: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -77,7 +79,13 @@ class ModelFamily(Protocol):
 
 
 def identify(shapes: Shapes, families: Sequence[ModelFamily]) -> ModelSpec:
-    """Return the spec of an LDM-layout (A1111 single-file) checkpoint."""
+    """Return the spec of a single-file checkpoint: a transformer family's own layout
+    (`transformer_layout` families are asked first), else the LDM (A1111) layout."""
+    for family in families:
+        if getattr(family, "transformer_layout", False):
+            spec = family.spec_from_shapes(shapes)
+            if spec is not None:
+                return spec
     if f"{UNET}input_blocks.0.0.weight" not in shapes:
         raise UnsupportedModelError(
             "not a Stable Diffusion checkpoint: no UNet tensors (model.diffusion_model.*) found"
@@ -85,6 +93,8 @@ def identify(shapes: Shapes, families: Sequence[ModelFamily]) -> ModelSpec:
     if f"{VAE}decoder.conv_out.weight" not in shapes:
         raise UnsupportedModelError("checkpoint has no VAE (first_stage_model.*) tensors")
     for family in families:
+        if getattr(family, "transformer_layout", False):
+            continue
         spec = family.spec_from_shapes(shapes)
         if spec is not None:
             return spec

@@ -38,6 +38,11 @@ class CheckpointLoadError(RuntimeError, UserError):
     """A checkpoint could not be read or built; the message names the file."""
 
 
+class MissingModuleError(CheckpointLoadError):
+    """A partial file (a FLUX transformer alone) without the module files it needs chosen;
+    the message names what to add and where."""
+
+
 class UnsafePickleError(CheckpointLoadError):
     """A pickled checkpoint refused: its pickle would import more than tensors."""
 
@@ -53,6 +58,7 @@ class LoadedModel:
     variants: dict = field(default_factory=dict)  # pipeline class name -> from_pipe view
     # the checkpoint's own scheduler config (prediction type, betas), before any sampler
     base_scheduler_config: dict = field(default_factory=dict)
+    modules: tuple[Path, ...] = ()  # the module files (VAE / text encoders) it was built with
 
     def __post_init__(self):
         if not self.base_scheduler_config:
@@ -139,9 +145,16 @@ def _refused(path: Path, detail: str) -> UnsafePickleError:
 
 
 def load_checkpoint(
-    path: Path, device: str, dtype: torch.dtype, families: Sequence[ModelFamily]
+    path: Path,
+    device: str,
+    dtype: torch.dtype,
+    families: Sequence[ModelFamily],
+    modules: Sequence[Path] = (),
 ) -> LoadedModel:
-    """Build a pipeline from a single file or a diffusers folder of one of `families`."""
+    """Build a pipeline from a single file or a diffusers folder of one of `families`.
+
+    `modules`: separate VAE / text encoder files (Forge's "VAE / Text Encoder") for a
+    family that builds its pipeline itself (`load_single_file`: FLUX)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # we report loading in the job's progress
@@ -149,6 +162,8 @@ def load_checkpoint(
         return _load_diffusers_folder(path, device, dtype, families)
     spec = identify_file(path, families)
     family = family_named(families, spec.family)
+    if hasattr(family, "load_single_file"):
+        return _load_own_layout(path, spec, family, device, dtype, modules)
     import diffusers
 
     pipeline_class = getattr(diffusers, spec.pipeline_class)
@@ -178,6 +193,21 @@ def load_checkpoint(
         pipe.scheduler.config, prediction_type=spec.prediction_type
     )
     return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
+
+
+def _load_own_layout(path: Path, spec: ModelSpec, family: ModelFamily, device: str,
+                     dtype: torch.dtype, modules: Sequence[Path]) -> LoadedModel:  # fmt: skip
+    """A file in a transformer family's own layout, built by the family."""
+    try:
+        pipe = family.load_single_file(path, spec, modules, dtype)  # type: ignore[attr-defined]
+    except CheckpointLoadError:
+        raise
+    except UnsupportedModelError as exc:
+        raise CheckpointLoadError(f"{path.name}: {exc}") from exc
+    except Exception as exc:
+        raise CheckpointLoadError(f"{path.name}: cannot build the model ({exc})") from exc
+    _move(pipe, device)
+    return LoadedModel(pipe=pipe, spec=spec, path=path, family=family, modules=tuple(modules))
 
 
 def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
@@ -240,7 +270,7 @@ def _load_diffusers_folder(
     except Exception as exc:
         raise CheckpointLoadError(f"{path.name}: cannot load the folder ({exc})") from exc
     _move(pipe, device)
-    for family in families:
+    for family in (owner, *(f for f in families if f is not owner)):  # the owner first
         spec = family.spec_from_pipeline(pipe)
         if spec is not None:
             return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)

@@ -12,6 +12,7 @@ This module must never import a UI library.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
@@ -21,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .flux_keys import missing_message
 from .identify import ModelFamily
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
+    MissingModuleError,
     UnsafePickleError,
     check_pickle,
     identify_file,
     load_checkpoint,
 )
 from .memory import MemoryPlan
+from .modules import ModuleFiles, UnknownModuleError, module_kinds
 from .optimize import prepare_pipeline
 from .registry import CheckpointInfo, CheckpointRegistry
 
@@ -82,6 +86,7 @@ class ModelManager:
         *,
         families: Sequence[ModelFamily],
         hashing: bool = True,
+        module_files: ModuleFiles | None = None,
     ):
         self.registry = registry
         self.plan = plan
@@ -92,6 +97,8 @@ class ModelManager:
         self._lock = threading.Lock()
         self.last_load_seconds: float | None = None
         self._pickle_checked: dict[Path, tuple[int, int]] = {}  # .ckpt files found safe
+        # Forge's "VAE / Text Encoder" files (models/VAE, models/text_encoder)
+        self.module_files = module_files if module_files is not None else ModuleFiles(())
 
     # --- listing (any thread) -------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -160,10 +167,57 @@ class ModelManager:
             return str(exc)
         return None
 
-    def acquire(self, info: CheckpointInfo) -> Lease:
-        """Load (or take from the RAM cache) the checkpoint and make it most recent."""
+    def needed_modules(self, info: CheckpointInfo, modules: Sequence[str]) -> tuple[Path, ...]:
+        """The module files (Forge's "VAE / Text Encoder" names) a partial checkpoint is
+        completed with: () for a whole checkpoint. UnknownModuleError for a name that is no
+        module file; MissingModuleError when a component it needs is still missing."""
+        paths = self.module_files.resolve(modules)
+        if info.is_folder or not info.path.exists():
+            return ()
+        spec = identify_file(info.path, self.families)
+        if not spec.missing:
+            return ()
+        kinds = module_kinds(paths)
+        lacking = [name for name in spec.missing if name not in kinds]
+        if lacking:
+            raise MissingModuleError(missing_message(info.path.name, lacking))
+        return tuple(kinds[name] for name in spec.missing)
+
+    def distilled_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint takes a distilled guidance scale (FLUX.1 dev's guidance
+        embedding; schnell has none), read from its header or its folder's config."""
+        if info.is_folder:
+            config = info.path / "transformer" / "config.json"
+            try:
+                return bool(json.loads(config.read_text()).get("guidance_embeds"))
+            except (OSError, ValueError):
+                return False
+        try:
+            spec = identify_file(info.path, self.families)
+        except CheckpointLoadError:
+            return False
+        return bool(spec.unet.get("guidance_embeds"))
+
+    def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
+        """Why `modules` cannot complete the checkpoint (an unknown module name, a component
+        still missing), read from file headers; None when they can or none is needed."""
+        try:
+            self.needed_modules(info, modules)
+        except (UnknownModuleError, MissingModuleError) as exc:
+            return str(exc)
+        except CheckpointLoadError:
+            return None  # not a checkpoint: `unreadable` and the job say so
+        return None
+
+    def acquire(self, info: CheckpointInfo, modules: Sequence[Path] = ()) -> Lease:
+        """Load (or take from the RAM cache) the checkpoint and make it most recent;
+        `modules`: the files that complete a partial checkpoint (`needed_modules`)."""
+        modules = tuple(modules)
         with self._lock:
             model = self._loaded.get(info.path)
+            if model is not None and model.modules != modules:  # other modules: rebuild
+                del self._loaded[info.path]
+                model = None
             if model is not None:
                 self._loaded.move_to_end(info.path)
                 return Lease(model, info)
@@ -177,7 +231,7 @@ class ModelManager:
         started = time.perf_counter()
         self._evict(keep=max(0, self.effective_limit - 1))
         model = load_checkpoint(
-            info.path, self.plan.load_device, self.plan.load_dtype, self.families
+            info.path, self.plan.load_device, self.plan.load_dtype, self.families, modules
         )
         applied = prepare_pipeline(model.pipe, self.plan, model.family.medvram_sdxl)
         log.debug("%s: %s", info.title, ", ".join(applied))

@@ -37,7 +37,7 @@ def prepare_pipeline(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> list[str]:
         upcast_sampling(pipe)
         done.append("upcast sampling")
     if plan.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        denoiser(pipe).to(memory_format=torch.channels_last)
         done.append("channels-last")
     offload = plan.offload_for(medvram_sdxl)
     if offload == "model":
@@ -49,7 +49,7 @@ def prepare_pipeline(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> list[str]:
     if offload != "none":
         done.append(f"{offload} offload")
     if plan.compile:
-        pipe.unet.compile()
+        denoiser(pipe).compile()
         done.append("torch.compile")
     return done
 
@@ -58,6 +58,9 @@ def apply_attention(pipe, plan: MemoryPlan) -> str:
     """Set the attention implementation of a pipeline; returns the backend's label."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    if getattr(pipe, "unet", None) is None:  # a transformer (FLUX): its own SDPA processors
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+        return ATTENTION_LABELS["sdpa"]
     if plan.attention == "xformers":
         pipe.enable_xformers_memory_efficient_attention()
     elif plan.attention == "sliced":
@@ -94,6 +97,12 @@ def SdpaNoMemProcessor():  # noqa: N802 - reads as a class at the call sites
     return _sdpa_no_mem_processor_class()()
 
 
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's denoising model: its UNet, or its transformer (FLUX)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
 def text_encoders(pipe) -> list[torch.nn.Module]:
     """Every text encoder of a pipeline (`text_encoder`, `text_encoder_2`, ...)."""
     return [
@@ -110,7 +119,7 @@ def store_weights_half(pipe) -> None:
     """
     for encoder in text_encoders(pipe):
         encoder.to(torch.float32)
-    for model in (pipe.unet, pipe.vae):
+    for model in (denoiser(pipe), pipe.vae):
         store_model_half(model)
 
 

@@ -64,6 +64,7 @@ SD_UPSCALE = "SD upscale"  # img2img's built-in script (a params field, not an e
 SD_UPSCALE_ARGS = ("info", "overlap", "upscaler", "scale")  # A1111's positional order
 _NO_SCRIPT = ("", "none")
 FACE_MODEL, FACE_WEIGHT = "face_restoration_model", "code_former_weight"  # options
+MODULES = "forge_additional_modules"  # Forge's "VAE / Text Encoder" option
 _FROM_OVERRIDES = {"checkpoint": CHECKPOINT, "clip_skip": CLIP_SKIP}  # params field -> key
 _SD_UPSCALE_FIELDS = {"sd_upscale_upscaler": "upscaler", "sd_upscale_scale": "scale",
                       "scale": "scale", "overlap": "overlap"}  # fmt: skip
@@ -107,6 +108,8 @@ class GenerationService:
         options = job_options(request.override_settings, self.options)
         if request.kind != "extras" and not self.models.checkpoints():
             raise NoCheckpointError(self.checkpoint_dir)
+        if request.kind != "extras":
+            self._check_modules(request, params, options)
         try:
             return self.jobs.submit(request.kind, params, owner=request.owner,
                                     job_id=request.job_id or None, options=options)  # fmt: skip
@@ -141,6 +144,20 @@ class GenerationService:
             raise RequestError(self._param_loc(request, params, exc.field), exc.message) from None
         params = self._with_extension_args(request, params, script)
         return params.with_seed()
+
+    def _check_modules(self, request: GenerationRequest, params: Any, options: dict) -> None:
+        """A FLUX transformer-only checkpoint needs Forge's "VAE / Text Encoder" files: a
+        RequestError naming what to add and where, before the job is queued."""
+        modules = options.get(MODULES, self.options.get(MODULES))
+        title = getattr(params, "checkpoint", None) or self.options.get(CHECKPOINT)
+        try:
+            info = self.models.resolve(title)
+        except LookupError:
+            return  # no such checkpoint: the job says so as it does for every model
+        problem = self.models.module_problem(info, modules)
+        if problem is not None:
+            overridden = request.override_settings.get(MODULES) is not None
+            raise RequestError((OVERRIDES, MODULES) if overridden else (MODULES,), problem)
 
     def scripts(self, kind: str) -> list[str]:
         """Titles of the scripts a request of `kind` may choose (what GET /scripts lists)."""

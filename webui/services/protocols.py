@@ -10,8 +10,10 @@ This module must never import torch, diffusers, gradio or fastapi.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ..model_manager.modules import ModuleFiles
 from ..model_manager.registry import CheckpointInfo
 
 
@@ -20,6 +22,8 @@ class Models(Protocol):
 
     Only the worker loads or switches models (through jobs); these calls read the
     checkpoint folder and the registry."""
+
+    module_files: ModuleFiles  # Forge's "VAE / Text Encoder" files
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Every checkpoint found, in listing order."""
@@ -36,6 +40,14 @@ class Models(Protocol):
 
     def unreadable(self, info: CheckpointInfo) -> str | None:
         """Why a checkpoint file cannot load (read from its header), else None."""
+        ...
+
+    def distilled_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint takes FLUX's distilled guidance scale (header only)."""
+        ...
+
+    def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
+        """Why Forge's "VAE / Text Encoder" files cannot complete the checkpoint, else None."""
         ...
 
     def family_label(self, info: CheckpointInfo) -> str:

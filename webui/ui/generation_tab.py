@@ -131,6 +131,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         runs.append(event)
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
+    wire_guidance_controls(ctx, checkpoint, named)
     return GenerationTab(named, output, extra=buttons, runs=runs)
 
 
@@ -186,6 +187,9 @@ def _settings(named: Named, spec: TabSpec) -> None:
         named.add("batch_size", _slider("Batch size", 1, 8, 1, 1))
         add_tiling(named, prefix)
     named.add("cfg", _slider("CFG Scale", 1, 30, 0.5, 7))
+    named.add("distilled_cfg", gr.Slider(  # FLUX's guidance: shown for such checkpoints
+        label="Distilled CFG Scale", minimum=0, maximum=30, step=0.1, value=3.5, visible=False,
+        elem_id=f"{prefix}_distilled_cfg"))  # fmt: skip
     if spec.resize:
         named.add("denoising", gr.Slider(
             label="Denoising strength", minimum=0, maximum=1, step=0.01, value=spec.denoising,
@@ -193,6 +197,25 @@ def _settings(named: Named, spec: TabSpec) -> None:
     build_seed_controls(named, prefix)
     named.add("clip_skip", _slider("Clip skip", 1, 12, 1, 1))
     add_sampler_parameters(named, prefix)  # eta, sigma churn..., NGMS (empty: Settings)
+
+
+def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
+    """A checkpoint with distilled guidance (FLUX.1 dev): Forge's "Distilled CFG Scale"
+    slider is shown, and CFG Scale 1 (true CFG off) with Euler / Simple are chosen, as
+    Forge's FLUX preset does; the slider is hidden for the others."""
+
+    def show(title: str | None):
+        distilled = False
+        if title:
+            try:
+                distilled = ctx.models.distilled_guidance(ctx.models.resolve(title))
+            except LookupError:
+                distilled = False
+        preset = (1, "Euler", "Simple") if distilled else (gr.skip(),) * 3
+        return gr.update(visible=distilled), *preset
+
+    outputs = [named["distilled_cfg"], named["cfg"], named["sampler"], named["schedule"]]
+    checkpoint.change(show, inputs=checkpoint, outputs=outputs, show_progress="hidden")
 
 
 def _slider(label: str, low: float, high: float, step: float, value: float) -> gr.Slider:
@@ -228,6 +251,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         scheduler=v["schedule"],
         steps=whole(v["steps"], "Sampling steps"),
         cfg_scale=float(v["cfg"]),
+        distilled_cfg_scale=float(v.get("distilled_cfg", 3.5)),  # FLUX (Forge's slider)
         width=width,
         height=height,
         **seed_fields(v),

@@ -80,6 +80,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Refiner", "Checkpoint", ("txt2img", "img2img")),  # refiner_controls.py
     ("Refiner switch at", "Switch at", ("txt2img", "img2img")),
     ("Hires checkpoint", "Hires checkpoint", ("txt2img",)),
+    ("Distilled CFG Scale", "Distilled CFG Scale", TARGETS),  # FLUX (Forge's field)
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")

@@ -100,16 +100,29 @@ class Family(ABC):
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
-        *, first_step: int = 0,
+        *, first_step: int = 0, size: tuple[int, int] | None = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
         """Around one pipeline call: conditions every denoiser call on the current step's
         prompts (schedules, AND) and skips the unconditional pass below `ngms`'s sigma;
         yields a wrapper for the step callback. `first_step`: where a call that continues
-        a run starts (the refiner's)."""
+        a run starts (the refiner's); `size`: the image's (height, width), for families
+        whose pipelines pack their latents (FLUX)."""
         sigma_of = None
         if ngms.min_sigma > 0:
             sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
         return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
+
+    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+        """The pipeline call's conditioning and guidance keyword arguments."""
+        return {**conditioning.pipeline_kwargs(), "guidance_scale": params.cfg_scale}
+
+    def start_latents(self, pipe: Any, noise: Any) -> Any:
+        """The initial noise (B, C, h, w) as the pipeline takes its `latents`."""
+        return noise.to(pipe.device, pipe.unet.dtype)
+
+    def finished_latents(self, pipe: Any, latents: Any, height: int, width: int) -> Any:
+        """What a pipeline call with output_type="latent" returns, as (B, C, h, w)."""
+        return latents
 
     # --- sampling ---------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:

@@ -184,6 +184,9 @@ def build_axes(params_type: type) -> list[Axis]:
                          costly=True))  # fmt: skip
         axes.append(Axis("Refiner switch at", _floats(0, 1),
                          lambda p, v: replace(p, refiner_switch_at=v), applies=_refiner_applies))  # fmt: skip
+    if "distilled_cfg_scale" in names:  # FLUX's guidance (Forge's axis)
+        axes.append(Axis("Distilled CFG Scale", _floats(0, 30),
+                         lambda p, v: replace(p, distilled_cfg_scale=v)))  # fmt: skip
     for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
         axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
     return axes

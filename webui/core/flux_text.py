@@ -1,0 +1,141 @@
+"""FLUX.1 prompts: A1111's syntax on CLIP-L's pooled vector and T5-XXL's token sequence.
+
+- Emphasis `(word:1.2)`, `[word]`: on T5 (each piece is tokenized on its own, every
+  token's vector is multiplied by its weight and the sequence scaled back to its mean, as
+  A1111's "Original" emphasis); CLIP-L gives FLUX only a pooled vector, which no per-token
+  weight can reach, so CLIP-L reads the text without weights.
+- BREAK: CLIP-L's pooled vector is its first 75-token chunk (the text up to the first
+  BREAK, as SDXL's pooled embedding); T5 reads the whole text, BREAK left out.
+- Prompt editing `[a:b:0.5]` and alternation `[a|b]`: each step's text is encoded once and
+  `follow_schedule` swaps it into the transformer's inputs at its step (a forward pre-hook
+  on `pipe.transformer`; the pipeline calls it for the prompt, then for the negative
+  prompt when CFG > 1).
+- AND: refused with a message (FLUX has no batch of guidance rows to combine here yet).
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .conditioning import Conditioning, Encoded, Scheduled, _emphasis
+from .prompt_limits import check_prompts
+from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+
+T5_LENGTH = 512  # FLUX.1 dev's max_sequence_length (diffusers' default)
+BREAK = "BREAK"
+
+
+class FluxPromptEncoder:
+    """Encodes prompt texts with a FluxPipeline's two text encoders, cached per text."""
+
+    def __init__(self, pipe: Any, max_length: int = T5_LENGTH):
+        self.pipe, self.max_length = pipe, max_length
+        self._cache: dict[str, Encoded] = {}
+
+    def encode(self, text: str) -> Encoded:
+        if text not in self._cache:
+            pieces = parse_attention(text)
+            self._cache[text] = Encoded(self._t5(pieces), self._clip_pooled(pieces))
+        return self._cache[text]
+
+    @torch.inference_mode()
+    def _clip_pooled(self, pieces: list[tuple[str, float]]) -> torch.Tensor:
+        words = []
+        for piece, weight in pieces:
+            if weight == -1.0 and piece == BREAK:
+                break  # the pooled vector is the first chunk's
+            words.append(piece)
+        tokenizer, encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        ids = tokenizer("".join(words), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        return encoder(ids.to(encoder.device), output_hidden_states=False).pooler_output
+
+    @torch.inference_mode()
+    def _t5(self, pieces: list[tuple[str, float]]) -> torch.Tensor:
+        tokenizer, encoder = self.pipe.tokenizer_2, self.pipe.text_encoder_2
+        ids: list[int] = []
+        weights: list[float] = []
+        texts = [piece for piece, weight in pieces if not (weight == -1.0 and piece == BREAK)]
+        kept = [w for piece, w in pieces if not (w == -1.0 and piece == BREAK)]
+        tokenized = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+        for piece_ids, weight in zip(tokenized, kept, strict=True):
+            ids += piece_ids
+            weights += [weight] * len(piece_ids)
+        ids, weights = ids[: self.max_length - 1], weights[: self.max_length - 1]
+        ids.append(tokenizer.eos_token_id)
+        weights.append(1.0)
+        padding = self.max_length - len(ids)
+        ids += [tokenizer.pad_token_id] * padding
+        weights += [1.0] * padding
+        z = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=False)[0]
+        if any(w != 1.0 for w in weights):
+            z = _emphasis(z, torch.tensor(weights, dtype=z.dtype, device=z.device))
+        return z
+
+
+def flux_conditioning(
+    pipe: Any, prompt: str, negative: str, *, steps: int, fields: tuple[str, str]
+) -> Conditioning:
+    """A job's prompt and negative prompt for every step (schedules, emphasis)."""
+    check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
+    prompt, _ = extract_extra_networks(prompt)
+    negative, _ = extract_extra_networks(negative)
+    if len(split_and(prompt)) > 1:
+        raise UserError("AND (composable prompts) is not available for FLUX models yet")
+    encoder = FluxPromptEncoder(pipe)
+    cond = _scheduled(encoder, prompt, steps)
+    uncond = _scheduled(encoder, negative, steps)
+    return Conditioning(uncond, [cond], [1.0], {})
+
+
+def _scheduled(encoder: FluxPromptEncoder, text: str, steps: int) -> Scheduled:
+    ends, items = [], []
+    for end, part in prompt_schedule(text, steps):
+        ends.append(end)
+        items.append(encoder.encode(part))
+    return Scheduled(ends, items)
+
+
+@contextmanager
+def follow_schedule(
+    pipe: Any, conditioning: Conditioning, batch_size: int, *, first_step: int = 0
+) -> Iterator[Callable]:
+    """Swap each step's prompt (and negative prompt) into the transformer's inputs; yields
+    a wrapper for the step callback that moves to the next step. A static prompt runs the
+    pipeline untouched."""
+    if conditioning.static:
+        yield lambda on_step: on_step
+        return
+    state = {"step": first_step, "call": 0}
+    schedules = (conditioning.conds[0], conditioning.uncond)  # the pipeline's call order
+
+    def pre_hook(module, args, kwargs):
+        schedule = schedules[min(state["call"], 1)]
+        state["call"] += 1
+        item = schedule.at(state["step"])
+        rows = kwargs["hidden_states"].shape[0]
+        kwargs["encoder_hidden_states"] = item.embeds.to(kwargs["encoder_hidden_states"]).expand(
+            rows, -1, -1
+        )
+        kwargs["pooled_projections"] = item.pooled.to(kwargs["pooled_projections"]).expand(rows, -1)
+        return args, kwargs
+
+    def wrap(on_step: Callable) -> Callable:
+        def callback(p, i, t, tensors):
+            state["step"], state["call"] = first_step + i + 1, 0
+            return on_step(p, i, t, tensors)
+
+        return callback
+
+    handle = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield wrap
+    finally:
+        handle.remove()

@@ -1,0 +1,98 @@
+"""Forge's "VAE / Text Encoder" modules: the separate files a partial checkpoint (a FLUX
+transformer alone) is completed with, found in `models/VAE` and `models/text_encoder`
+(and the extra folders the flags add: ComfyUI's `vae`, `text_encoders`, `clip`).
+
+A module is named by its file name (`ae.safetensors`), its path relative to its folder,
+or its full path as Forge's `forge_additional_modules` option stores it; only files found
+in the module folders are ever used (`ModuleFiles.resolve`). What each file is ("vae",
+"clip_l", "t5xxl") is read from its safetensors header (`module_kinds`).
+
+This module must never import torch or a UI library, and never load weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .flux_keys import module_kind
+from .sniff import HeaderError, read_header
+
+SUFFIXES = (".safetensors", ".sft")
+
+
+class UnknownModuleError(LookupError, UserError):
+    """A module name that is none of the module folders' files."""
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    name: str  # the file name, as Forge lists it
+    path: Path
+
+
+class ModuleFiles:
+    """The module files of some folders, listed afresh on every call (a folder listing)."""
+
+    def __init__(self, folders: Iterable[Path]):
+        self.folders = [Path(f) for f in dict.fromkeys(folders)]
+
+    def list(self) -> list[ModuleFile]:
+        found: list[ModuleFile] = []
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.suffix.lower() in SUFFIXES:
+                    found.append(ModuleFile(path.name, path))
+        return found
+
+    def names(self) -> list[str]:
+        return [module.name for module in self.list()]
+
+    def resolve(self, values: Sequence[str]) -> list[Path]:
+        """The files `values` name (file name, path relative to a module folder, or full
+        path); UnknownModuleError names the first value that is none of them."""
+        modules = self.list()
+        paths: list[Path] = []
+        for value in values:
+            path = self._find(str(value), modules)
+            if path is None:
+                known = ", ".join(m.name for m in modules) or "none"
+                raise UnknownModuleError(
+                    f"no module file {value!r} in {', '.join(map(str, self.folders))} "
+                    f"(found: {known})"
+                )
+            paths.append(path)
+        return paths
+
+    def _find(self, value: str, modules: list[ModuleFile]) -> Path | None:
+        for module in modules:
+            if value == module.name or Path(value) == module.path:
+                return module.path
+            if any(_relative(module.path, folder) == value for folder in self.folders):
+                return module.path
+        return None
+
+
+def _relative(path: Path, folder: Path) -> str | None:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return None
+
+
+def module_kinds(paths: Iterable[Path]) -> dict[str, Path]:
+    """kind ("vae", "clip_l", "t5xxl") -> the first of `paths` that is one (headers only);
+    files of no known kind are left out."""
+    kinds: dict[str, Path] = {}
+    for path in paths:
+        try:
+            kind = module_kind(read_header(path).shapes)
+        except (OSError, HeaderError):
+            continue
+        if kind is not None:
+            kinds.setdefault(kind, path)
+    return kinds
