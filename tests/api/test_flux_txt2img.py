@@ -75,8 +75,14 @@ def test_same_seed_same_picture_and_the_guidance_matters(api):
     assert _pixels(_txt2img(api, cfg_scale=3, **negative)) != first
 
 
-def test_a_sampler_flux_cannot_run_is_refused_with_a_message(api):
+def test_what_flux_cannot_run_is_refused_before_the_job_is_queued(api):
     response = _txt2img(api, sampler_name="DPM++ 2M")
-    # the family is known once the worker reads the checkpoint: the job fails with the message
-    assert response.status_code == 500, response.text
-    assert "does not run FLUX models here; choose 'Euler'" in response.json()["detail"]
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "sampler_name"]
+    assert "does not run FLUX models here; choose 'Euler'" in detail["msg"]
+    response = _txt2img(api, scheduler="Karras-nonsense")
+    assert response.status_code == 422, response.text
+    response = _txt2img(api, enable_hr=True, hr_scale=2)  # the second pass is img2img
+    assert response.status_code == 422, response.text
+    assert "only txt2img" in response.json()["detail"][0]["msg"]

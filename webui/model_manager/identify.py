@@ -77,6 +77,12 @@ class ModelFamily(Protocol):
     def tokenizers(self, spec: ModelSpec) -> dict[str, Any]:
         """Tokenizers built offline, as `from_single_file` keyword arguments."""
 
+    def check_mode(self, mode: str) -> None:
+        """Raise a UserError when the family cannot run `mode` ("txt2img", "img2img")."""
+
+    def sampler(self, name: str | None, schedule: str | None) -> Any:
+        """The family's sampler choice; a UserError for one it cannot run."""
+
 
 def identify(shapes: Shapes, families: Sequence[ModelFamily]) -> ModelSpec:
     """Return the spec of a single-file checkpoint: a transformer family's own layout

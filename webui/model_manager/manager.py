@@ -198,6 +198,27 @@ class ModelManager:
             return False
         return bool(spec.unet.get("guidance_embeds"))
 
+    def family_problem(
+        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
+    ) -> str | None:
+        """Why the checkpoint's family cannot run a job of these modes with this sampler
+        (FLUX's img2img or a sampler it lacks, the SDXL refiner's txt2img), read from the
+        file's header; None when it can, or when the file is not identified (the job says
+        why) or is a folder (known once loaded)."""
+        if info.is_folder or not info.path.exists():
+            return None
+        try:
+            spec = identify_file(info.path, self.families)
+            family = next(f for f in self.families if f.name == spec.family)
+            for mode in modes:
+                family.check_mode(mode)
+            family.sampler(sampler, schedule)
+        except (CheckpointLoadError, StopIteration):
+            return None
+        except UserError as exc:
+            return str(exc)
+        return None
+
     def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
         """Why `modules` cannot complete the checkpoint (an unknown module name, a component
         still missing), read from file headers; None when they can or none is needed."""

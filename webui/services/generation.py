@@ -158,6 +158,21 @@ class GenerationService:
         if problem is not None:
             overridden = request.override_settings.get(MODULES) is not None
             raise RequestError((OVERRIDES, MODULES) if overridden else (MODULES,), problem)
+        self._check_family(request, params, info)
+
+    def _check_family(self, request: GenerationRequest, params: Any, info: Any) -> None:
+        """What the checkpoint's family cannot run (FLUX's img2img, a sampler or schedule
+        it lacks): a RequestError before the job is queued, read from the file's header."""
+        modes = ["txt2img" if request.kind == "txt2img" else "img2img"]
+        if getattr(params, "hires", None) is not None:
+            modes.append("img2img")  # the second pass is an img2img pass
+        checks = (((), modes, None, None),
+                  (("sampler_name",), (), params.sampler_name, None),
+                  (("scheduler",), (), params.sampler_name, params.scheduler))  # fmt: skip
+        for loc, check_modes, sampler, schedule in checks:
+            problem = self.models.family_problem(info, check_modes, sampler, schedule)
+            if problem is not None:
+                raise RequestError(loc, problem)
 
     def scripts(self, kind: str) -> list[str]:
         """Titles of the scripts a request of `kind` may choose (what GET /scripts lists)."""

@@ -50,6 +50,12 @@ class Models(Protocol):
         """Why Forge's "VAE / Text Encoder" files cannot complete the checkpoint, else None."""
         ...
 
+    def family_problem(
+        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
+    ) -> str | None:
+        """Why the checkpoint's family cannot run these modes with this sampler, else None."""
+        ...
+
     def family_label(self, info: CheckpointInfo) -> str:
         """A single file's family ("SD 1.x") from its header; a UserError when unknown."""
         ...
