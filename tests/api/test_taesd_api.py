@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 import numpy as np
@@ -85,3 +86,20 @@ def test_options_take_the_preview_and_decode_methods(server) -> None:
     assert bad.status_code == 422 and "show_progress_type" in bad.text
     bad = httpx.post(url, json={"sd_vae_decode_method": "Tiny"}, timeout=60)
     assert bad.status_code == 422 and "sd_vae_decode_method" in bad.text
+
+
+def test_a_job_without_the_approx_nn_file_previews_cheaply_and_says_where(server) -> None:
+    """The job's own preview method reaches the worker; model.pt is missing: the job still
+    succeeds, and its warnings say which file goes into which folder."""
+    srv, data = server
+    overrides = {"show_progress_type": "Approx NN", "show_progress_every_n_steps": 1}
+    response = httpx.post(f"{srv.url}/sdapi/v1/txt2img", timeout=300,
+                          json={**BODY, "override_settings": overrides})  # fmt: skip
+    assert response.status_code == 200, response.text
+    warnings = json.loads(response.json()["info"])["warnings"]
+    folder = str(data / "models" / "VAE-approx")
+    assert any("model.pt" in w and folder in w and "Approx cheap" in w for w in warnings), warnings
+    overrides["show_progress_type"] = "TAESD"  # its file is there: no warning
+    response = httpx.post(f"{srv.url}/sdapi/v1/txt2img", timeout=300,
+                          json={**BODY, "override_settings": overrides})  # fmt: skip
+    assert json.loads(response.json()["info"])["warnings"] == []
