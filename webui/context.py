@@ -28,6 +28,7 @@ from .core.styles import StyleDatabase
 from .ext.host import ExtensionHost
 from .imaging.face_restorer_list import FaceRestorerFolders
 from .imaging.store import OutputStore
+from .model_manager.approx_files import approx_folders
 from .model_manager.catalog import ModelCatalog, kind_roots
 from .model_manager.embeddings import EmbeddingRegistry
 from .model_manager.fetch import Sites
@@ -132,7 +133,8 @@ def build_context(flags: Flags) -> AppContext:
                                    checkpoint_dir=flags.ckpt_dir,
                                    detector_dir=flags.models_dir / "adetailer",
                                    faces=FaceRestorerFolders(flags.gfpgan_models_path,
-                                                             flags.codeformer_models_path))  # fmt: skip
+                                                             flags.codeformer_models_path),
+                                   approx_dirs=approx_folders(flags.models_dir))  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
@@ -214,4 +216,14 @@ def build_networks(flags: Flags, hashes: HashCache) -> Networks:
             flags.vae_dir, flags.ckpt_dir, hashes, allow_unsafe_pickle=unsafe, hashing=hashing
         ),
         styles=StyleDatabase(flags.styles_file),
+        approx=build_approx(flags),
     )
+
+
+def build_approx(flags: Flags):
+    """Approx NN and TAESD files (models/VAE-approx, A1111's models/VAE-taesd), loaded on use."""
+    from .model_manager.vae_approx import ApproxModels
+
+    folders = approx_folders(flags.models_dir)
+    folders[0].mkdir(parents=True, exist_ok=True)  # shows users where the files go
+    return ApproxModels(folders, allow_unsafe_pickle=flags.disable_safe_unpickle)

@@ -100,6 +100,7 @@ Choices = Sequence[str] | Callable[[Any], Sequence[str]]
 
 SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings tab shows them
     "sd": "Stable Diffusion",
+    "sd_vae": "VAE",
     "optimizations": "Optimizations",
     "img2img": "img2img",
     "sampler-params": "Sampler parameters",
@@ -238,7 +239,8 @@ def _float(low: float, high: float, step: float) -> dict[str, Any]:
 
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
 _FORMATS = ("png", "jpg", "jpeg", "webp")
-_PREVIEW_METHODS = ("Full", "Approx cheap")  # A1111's Approx NN and TAESD: not yet
+_PREVIEW_METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")  # A1111's (core/previews.py)
+_DECODE_METHODS = ("Full", "TAESD")  # A1111's sd_vae_decode_method
 OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("sd_model_checkpoint", "", _string, "Stable Diffusion checkpoint", "sd",
               choices=_checkpoint_titles),
@@ -304,8 +306,8 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "Show other users' prompts in the queue (off: only their mode and progress)",
               "queue"),
     OptionDef("show_progress_type", "Approx cheap", _choice(*_PREVIEW_METHODS),
-              "Live preview method (Full: decoded with the VAE, slower)", "ui",
-              choices=_PREVIEW_METHODS),
+              "Live preview method (Full: decoded with the VAE, slower; Approx NN and TAESD: "
+              "small decoders from models/VAE-approx)", "ui", choices=_PREVIEW_METHODS),
     OptionDef("return_grid", True, _bool, "Show grid in gallery", "ui"),
     OptionDef("samples_format", "png", _choice(*_FORMATS), "File format for images",
               "saving-images", choices=_FORMATS),
@@ -387,6 +389,10 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     # with (webui.model_manager.modules), by file name (or path, as Forge's API takes it)
     OptionDef("forge_additional_modules", [], _names, "VAE / Text Encoder", "sd",
               choices=_module_names),
+    # A1111's VAE section: final decodes by TAESD (drafts; webui.core.previews)
+    OptionDef("sd_vae_decode_method", "Full", _choice(*_DECODE_METHODS), "VAE for Decoding "
+              "(TAESD: a fast draft decoder from models/VAE-approx)", "sd_vae",
+              choices=_DECODE_METHODS),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

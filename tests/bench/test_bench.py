@@ -72,3 +72,50 @@ def test_cluster_rows_compare_ray_workers_with_one_process(monkeypatch):
     assert by_name["jobs/min, 2 Ray CPU workers"].ratio == 9.0 / 6.0
     assert by_name["jobs/min, 1 Ray CPU worker"].reference == "one process 6.0"
     assert rows[-1].ours.startswith("40 ms") and set(raw["cluster"]) == {"local", "ray-1", "ray-2"}
+
+
+def test_taesd_rows_time_ours_and_diffusers_full_and_taesd(tmp_path):
+    """`--taesd`: two rows (full VAE, TAESD decode), each ours (a fake server here) against
+    bare diffusers; the bench's TAESD file is one our loader reads as the same model (the
+    full-size one is made narrow here: 64 channels at this size take minutes on 2 cores)."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from tests.tiny_approx import tiny_taesd
+    from webui.bench.taesd import taesd_rows
+    from webui.model_manager.approx_files import approx_folders
+    from webui.model_manager.tiny import build_tiny_pipeline
+    from webui.model_manager.vae_approx import ApproxModels
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buffer, "PNG")
+    sent = []
+
+    class Server:
+        def call(self, method, path, body):
+            sent.append(body)
+            return {"images": [base64.b64encode(buffer.getvalue()).decode()]}, 1.0
+
+    bare = build_tiny_pipeline("sd1")
+    request = {"prompt": "a barn", "negative_prompt": "", "steps": 2, "cfg_scale": 7.0,
+               "width": 64, "height": 64, "seed": 1}  # fmt: skip
+    raw: dict = {}
+    model = tiny_taesd(0)
+    rows = taesd_rows(Server(), bare, request, 1, tmp_path / "models", raw, model=model)
+    assert [r.measure.split(":")[0] for r in rows] == [
+        "4 steps, CFG 1, full VAE",
+        "4 steps, CFG 1, TAESD decode",
+    ]
+    assert all(r.ratio and r.ratio > 0 for r in rows)
+    assert [b.get("override_settings") for b in sent] == [None] * 2 + [
+        {"sd_vae_decode_method": "TAESD"}] * 2  # warm-up and one round each  # fmt: skip
+    assert all(b["steps"] == 4 and b["cfg_scale"] == 1.0 for b in sent)
+    assert raw["cfg1_taesd_speedup_ours"] == 1.0 and raw["cfg1_taesd_speedup_diffusers"] > 0
+    loaded = ApproxModels(approx_folders(tmp_path / "models")).taesd(
+        "taesd", torch.device("cpu"), torch.float32)  # fmt: skip
+    latents = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded.decode(latents).sample, model.decode(latents).sample)

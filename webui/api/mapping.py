@@ -83,6 +83,7 @@ _INFOTEXT_OPTIONS: dict[str, str] = {
     "Noise multiplier": "initial_noise_multiplier",
     "Extra noise": "img2img_extra_noise",
     "Face restoration": "face_restoration_model",  # and restore_faces (_with_infotext)
+    "VAE Decoder": "sd_vae_decode_method",  # A1111's infotext name of the option
 }
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",

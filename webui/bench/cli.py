@@ -10,7 +10,9 @@ Measures, with the same checkpoint, seed, size and steps:
     at 1024² with --rss-1024 or --full (each 1024² process takes minutes on 2 cores);
 (d) start to UI ready, checkpoint load time, switch time from the RAM cache;
 (e) with --ray (needs the `ray` extra): jobs per minute with 1 and 2 Ray CPU workers
-    against one process, and the head's overhead per job (`bench/cluster.py`).
+    against one process, and the head's overhead per job (`bench/cluster.py`);
+(f) with --taesd: 4 steps at CFG 1 with the full VAE and with a TAESD decode, each against
+    bare diffusers (`bench/taesd.py`).
 Prints a table and writes JSON. `--tiny` runs the same on a tiny model, with the RSS
 processes overlapping the rest: a quick end-to-end check (the tests use it) whose times
 mean nothing; `--full` uses 512² and 20 steps; `--cuda` runs on the GPU.
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also measure a torch.compile'd UNet")
     p.add_argument("--ray", action="store_true", help="also jobs/min with 1 and 2 Ray workers")
     p.add_argument("--ray-jobs", type=int, default=8, help="jobs per Ray case (8)")
+    p.add_argument("--taesd", action="store_true", help="also 4 steps, CFG 1: full VAE vs TAESD")
     p.add_argument("--width", type=int), p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int), p.add_argument("--rounds", type=int)
     p.add_argument("--rss-sizes", help="comma-separated sides for peak RSS (512,1024)")
@@ -210,6 +213,10 @@ def _server_part(args, config: dict, data: Path, device: str, raw: dict) -> list
                    "cfg_scale": 7.0, "width": config["width"], "height": config["height"],
                    "seed": 1234}  # fmt: skip
         rows.append(_alternate(server, bare, request, config["rounds"], raw))
+        if args.taesd:  # bench/taesd.py: the draft decode, ours and diffusers'
+            from .taesd import taesd_rows
+
+            rows += taesd_rows(server, bare, request, config["rounds"], data / "models", raw)
         rows += _unet_rows(args, bare, config, matmul, device, raw)
         del bare
         import gc

@@ -9,7 +9,9 @@ float32 VAE fail the job with a clear message instead of saving a black image.
 
 The job's `MemoryRun` (`webui.core.run`, carried by the run context) says what it may do
 (thresholds, low-memory retry) and collects the notes for the infotext; without one the
-option defaults apply.
+option defaults apply. With its `draft_vae` (A1111's sd_vae_decode_method "TAESD",
+`webui.core.previews.draft_decoder`) TAESD decodes instead of the VAE, and the infotext
+says "VAE Decoder: TAESD".
 
 A tiling (seamless) job's VAE pads circularly (`webui.core.tiling`). diffusers' tiled
 decode would wrap each tile around itself, so with VAE tiling the latents are extended
@@ -55,6 +57,8 @@ def decode_latents(
             "The UNet produced NaN latents: the image would be black. Try another sampler or "
             "CFG scale, --no-half, or --upcast-sampling."
         )
+    if run.draft_vae is not None:  # sd_vae_decode_method "TAESD": a draft
+        return _postprocess(pipe, _draft_decode(run, latents, _image_size(pipe, latents)))
     pixels = _decode(pipe, latents, run)
     if not bool(torch.isfinite(pixels).all()):
         dtype = pipe.vae.dtype
@@ -70,9 +74,36 @@ def decode_latents(
         pixels = _decode(pipe, latents, run)
         if not bool(torch.isfinite(pixels).all()):
             raise NanOutputError("The VAE produced NaN in float32 too: the VAE is broken.")
+    return _postprocess(pipe, pixels)
+
+
+def _postprocess(pipe, pixels: torch.Tensor) -> list[Image.Image]:
     return pipe.image_processor.postprocess(
         pixels, output_type="pil", do_denormalize=[True] * pixels.shape[0]
     )
+
+
+def _image_size(pipe, latents: torch.Tensor) -> tuple[int, int]:
+    """(height, width) the checkpoint's VAE would decode these latents to."""
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    return latents.shape[-2] * factor, latents.shape[-1] * factor
+
+
+def _draft_decode(run: MemoryRun, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Scaled latents decoded by the job's TAESD (image by image: it needs little memory),
+    at `size` (TAESD upscales 8x, as SD's VAEs do); the infotext says "VAE Decoder: TAESD"
+    (A1111's field of sd_vae_decode_method)."""
+    tiny = run.draft_vae
+    first = next(tiny.parameters())
+    with torch.inference_mode():
+        parts = latents.to(first.device, first.dtype).split(1)
+        pixels = torch.cat([tiny.decode(part, return_dict=False)[0] for part in parts])
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels.float(), size, mode="bilinear", antialias=True)
+    if not bool(torch.isfinite(pixels).all()):
+        raise NanOutputError("TAESD produced NaN: use the full VAE (VAE for Decoding: Full).")
+    run.notes["VAE Decoder"] = "TAESD"
+    return pixels.clamp(-1, 1)
 
 
 def unscale(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ class Networks:
     embeddings: object | None = None  # model_manager.embeddings.EmbeddingRegistry
     vaes: object | None = None  # model_manager.vae.VaeRegistry
     styles: object | None = None  # core.styles.StyleDatabase
+    approx: object | None = None  # model_manager.vae_approx.ApproxModels (previews, TAESD)
 
 
 @dataclass

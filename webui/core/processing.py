@@ -36,6 +36,7 @@ from .hires_checkpoint import hires_checkpoint_fields
 from .noise import NoiseSpec, initial_noise
 from .params import Txt2ImgParams
 from .params_detailer import infotext_fields
+from .previews import SMALL_DECODERS, small_decoder_preview
 from .refiner import RefinerRun, refiner_fields
 from .run import RunContext
 from .samplers import SchedulerChoice
@@ -214,15 +215,21 @@ def step_callback(run: RunContext) -> Callable:
 
 def preview_image(run: RunContext, pipe, latents: torch.Tensor) -> Image.Image:
     """The live preview of the first latent of a batch: decoded by the VAE with the
-    "Full" method (`run.preview_full`, A1111's show_progress_type), else the family's cheap
-    colour approximation (also when the full decode fails: a preview never ends a job).
+    "Full" method (`run.preview_full`, A1111's show_progress_type), by Approx NN or TAESD
+    (`webui.core.previews`), else the family's cheap colour approximation (also when the
+    full decode fails or a file is missing: a preview never ends a job).
     Nothing of it reaches the infotext."""
     if run.preview_full:
         try:
             with torch.inference_mode():
-                return decode_latents(pipe, latents[:1], replace(run.memory, notes={}))[0]
+                full = replace(run.memory, notes={}, draft_vae=None)
+                return decode_latents(pipe, latents[:1], full)[0]
         except (NanOutputError, RuntimeError) as exc:
             log.warning("full live preview failed (%s); showing the cheap one", exc)
+    elif run.preview_method in SMALL_DECODERS:  # Approx NN, TAESD (None: file missing)
+        image = small_decoder_preview(run, pipe, latents)
+        if image is not None:
+            return image
     return latent_preview(latents, run.family.latent_rgb)
 
 

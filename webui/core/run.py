@@ -13,7 +13,7 @@ what a function may use is in its arguments.
   (`webui.core.families`: what core asks instead of testing names), the job's networks
   (embeddings, LoRA and VAE infotext), its memory settings and notes (`MemoryRun`), its
   sampler-parameter options (`SamplerDefaults`: eta, sigma churn, NGMS...), the
-  live-preview interval and method, the extra noise of img2img and hires. fix, and `save`
+  live-preview interval and method (and the small decoders' files, `approx`), the extra noise of img2img and hires. fix, and `save`
   (None when the job saves nothing), the other checkpoints it may lease (the refiner, the
   hires. fix one: `webui.core.checkpoints`) and the refiner's aesthetic scores.
 - `RunHooks`: what the layer above the worker (the extension runner) attaches to one job:
@@ -109,6 +109,7 @@ class MemoryRun:
     low_memory: bool = False  # the "retry with lower memory" run
     token_merging_ratio: float = 0.0  # tomesd, 0: off
     notes: dict[str, str] = field(default_factory=dict)
+    draft_vae: Any = None  # TAESD decodes instead of the VAE (sd_vae_decode_method, previews.py)
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any]) -> MemoryRun:
@@ -122,7 +123,7 @@ class MemoryRun:
     def lower(self) -> MemoryRun:
         """The same settings for a low-memory retry (tiling and slicing always)."""
         return MemoryRun(self.tile_from, self.slice_from, True, self.token_merging_ratio,
-                         dict(self.notes))  # fmt: skip
+                         dict(self.notes), self.draft_vae)  # fmt: skip
 
     def messages(self) -> list[str]:
         return [f"{key}: {value}" for key, value in self.notes.items()]
@@ -158,6 +159,8 @@ class RunContext(JobContext):
     preview_full: bool = False  # previews decoded by the VAE (A1111's "Full"), else cheap
     checkpoints: JobCheckpoints | None = None  # the refiner and hires. checkpoints' leases
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiner: prompt, negative
+    preview_method: str = "Approx cheap"  # show_progress_type (webui.core.previews)
+    approx: Any = None  # the worker's ApproxModels: Approx NN and TAESD files
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

@@ -30,6 +30,7 @@ from ..imaging.upscalers import UpscalerCache
 from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
+from ..model_manager.vae_approx import ApproxModels
 from .checkpoints import JobCheckpoints
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
@@ -43,6 +44,7 @@ from .jobs import Job
 from .merge_job import MergeResult, run_merge
 from .oom import run_guarded
 from .params import Txt2ImgParams
+from .previews import draft_decoder
 from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
 from .sampler_params import SamplerDefaults
@@ -127,6 +129,8 @@ class Worker:
             self.upscalers.clear()
             self.interrogators.clear()
             self.faces.clear()
+            if self._approx() is not None:
+                self._approx().clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
@@ -166,7 +170,7 @@ class Worker:
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
                 faces=self.faces, lease=lease, family=family, networks=active, save=save,
-                memory=MemoryRun.from_options(opt),  # VAE tiling/slicing; notes for the infotext
+                memory=self._memory(opt, family),  # VAE tiling/slicing, TAESD; infotext notes
                 preview_every=int(opt("show_progress_every_n_steps")),
                 extra_noise=float(opt("img2img_extra_noise")),
                 sampler_defaults=SamplerDefaults.from_options(opt),
@@ -174,6 +178,7 @@ class Worker:
                 checkpoints=checkpoints,
                 aesthetic_scores=(float(opt("sdxl_refiner_high_aesthetic_score")),
                                   float(opt("sdxl_refiner_low_aesthetic_score"))),
+                preview_method=opt("show_progress_type"), approx=self._approx(),
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
@@ -185,6 +190,18 @@ class Worker:
         warnings += active.warnings + run.memory.messages() + run.warnings
         images = self._with_grid(job, params, images, info.name, settings, hooks)
         return JobResult(images, params, info.title, lease.spec.label, warnings)
+
+    def _approx(self) -> ApproxModels | None:
+        return getattr(self.networks, "approx", None)
+
+    def _memory(self, opt: Option, family) -> MemoryRun:
+        """The job's memory settings, with TAESD when it decodes with it (a missing file
+        fails the job here, naming the file and the folder)."""
+        plan = self.models.plan
+        dtype = torch.float16 if str(plan.dtype) == "torch.float16" else torch.float32
+        draft = draft_decoder(opt("sd_vae_decode_method"), family, self._approx(), plan.device,
+                              dtype)  # fmt: skip
+        return replace(MemoryRun.from_options(opt), draft_vae=draft)
 
     def _saver(
         self,

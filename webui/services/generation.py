@@ -43,6 +43,7 @@ from ..imaging.face_restorer_list import (
     MissingFaceModelError,
     UnknownFaceRestorerError,
 )
+from ..model_manager.approx_files import any_taesd_decoder, missing_message
 from ..options import Options
 from .detailer import detailer_fields, split_detailer
 from .errors import NoCheckpointError, RequestError
@@ -65,6 +66,7 @@ SD_UPSCALE_ARGS = ("info", "overlap", "upscaler", "scale")  # A1111's positional
 _NO_SCRIPT = ("", "none")
 FACE_MODEL, FACE_WEIGHT = "face_restoration_model", "code_former_weight"  # options
 MODULES = "forge_additional_modules"  # Forge's "VAE / Text Encoder" option
+DECODE_METHOD = "sd_vae_decode_method"  # A1111's VAE for Decoding: "Full" or "TAESD"
 _FROM_OVERRIDES = {"checkpoint": CHECKPOINT, "clip_skip": CLIP_SKIP}  # params field -> key
 _SD_UPSCALE_FIELDS = {"sd_upscale_upscaler": "upscaler", "sd_upscale_scale": "scale",
                       "scale": "scale", "overlap": "overlap"}  # fmt: skip
@@ -90,7 +92,9 @@ class GenerationService:
     def __init__(self, *, models: Models, options: Options, jobs: JobQueue,
                  extensions: ExtensionHost | None, upscalers: Upscalers,
                  checkpoint_dir: Path, detector_dir: Path | None = None,
-                 faces: FaceRestorerFolders | None = None) -> None:  # fmt: skip
+                 faces: FaceRestorerFolders | None = None,
+                 approx_dirs: tuple[Path, ...] | None = None) -> None:  # fmt: skip
+        self.approx_dirs = approx_dirs  # Approx NN and TAESD files (None: not checked)
         self.models = models
         self.options = options
         self.jobs = jobs
@@ -110,6 +114,7 @@ class GenerationService:
             raise NoCheckpointError(self.checkpoint_dir)
         if request.kind != "extras":
             self._check_modules(request, params, options)
+            self._check_draft_decoder(options)
         try:
             return self.jobs.submit(request.kind, params, owner=request.owner,
                                     job_id=request.job_id or None, options=options)  # fmt: skip
@@ -192,6 +197,16 @@ class GenerationService:
         )  # fmt: skip
 
     # --- the steps -------------------------------------------------------------------
+    def _check_draft_decoder(self, options: Mapping[str, Any]) -> None:
+        """Decoding with TAESD needs a TAESD decoder file: a RequestError now, not a failed
+        job (the worker names the family's own file if only another family's is there)."""
+        value = options.get(DECODE_METHOD, self.options.get(DECODE_METHOD))
+        if value != "TAESD" or self.approx_dirs is None or any_taesd_decoder(self.approx_dirs):
+            return
+        loc = (OVERRIDES, DECODE_METHOD) if DECODE_METHOD in options else (DECODE_METHOD,)
+        message = missing_message("VAE for Decoding: TAESD", "taesd_decoder", self.approx_dirs)
+        raise RequestError(loc, f"{message} (taesdxl_decoder for SDXL)")
+
     def _override_fields(
         self, settings: Mapping[str, Any], params_clip_skip: int | None
     ) -> dict[str, Any]:

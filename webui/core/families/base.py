@@ -16,7 +16,7 @@ A model family declares, in its own module (`sd.py`, `sdxl.py`, ...):
   each text encoder reads (the `key` of its `TextEncoderSlot`s);
 - infotext fields of its own (`infotext_fields`), the img2img/inpaint pipeline variants
   (`pipeline_class(mode, inpainting)`), and the latent preview coefficients
-  (`latent_rgb`).
+  (`latent_rgb`) and small decoders' files (`vae_approx`, `taesd`).
 
 Core code asks the job's family (`RunContext.family`) instead of testing family names.
 The model manager sees families through `webui.model_manager.identify.ModelFamily` and
@@ -58,6 +58,11 @@ class Family(ABC):
     base_scheduler: Mapping[str, Any]  # the scheduler config its files load with
     align_your_steps: tuple[float, ...] = AYS_SD15  # its published Align Your Steps sigmas
     latent_space: str = "sd"  # families with the same one can refine each other's latents
+    # small decoders (webui.model_manager.approx_files): A1111's Approx NN file stem in
+    # models/VAE-approx ("model"), and the TAESD files' prefix ("taesd": taesd_decoder.*,
+    # taesd_encoder.*); None: the family has none (previews fall back to Approx cheap)
+    vae_approx: str | None = None
+    taesd: str | None = None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -130,6 +130,7 @@ class SDFamily(UNetClipFamily):
     folder_classes = frozenset({"StableDiffusionPipeline", "StableDiffusionInpaintPipeline"})
     folder_kwargs = MappingProxyType({"safety_checker": None, "requires_safety_checker": False})
     latent_rgb = SD_LATENT_RGB
+    vae_approx, taesd = "model", "taesd"  # models/VAE-approx/model.pt, taesd_decoder.*
 
     def __init__(
         self, *, name: str, label: str, default_size: int, open_clip: bool, text_encoder: str

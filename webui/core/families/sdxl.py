@@ -47,6 +47,7 @@ class SDXLFamily(UNetClipFamily):
     folder_classes = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"})
     latent_rgb = ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250),
                   (0.1074, 0.0886, -0.0163), (-0.3730, -0.2499, -0.2088))  # fmt: skip
+    vae_approx, taesd = "vaeapprox-sdxl", "taesdxl"  # models/VAE-approx: A1111's SDXL files
 
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
         if f"{TEXT_ENCODER_2}positional_embedding" not in shapes:
