@@ -260,7 +260,7 @@ def test_widgets_and_sections() -> None:
         "huggingface_base_url": "textbox", "civitai_base_url": "textbox",
         "face_restoration_model": "dropdown", "code_former_weight": "slider",
         "sdxl_refiner_low_aesthetic_score": "slider", "sdxl_refiner_high_aesthetic_score": "slider",
-        "sd_vae_decode_method": "dropdown",
+        "forge_additional_modules": "multiselect", "sd_vae_decode_method": "dropdown",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
