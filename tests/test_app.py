@@ -23,15 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180) -> str:
+    """The real UI page (Gradio's), after the waiting page that comes first (webui.boot)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read().decode()
+                page = response.read().decode()
+            if "gradio_config" in page:
+                return page
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise AssertionError("the UI page was not served in time")
 
 
