@@ -61,6 +61,25 @@ def test_server_starts_with_demo_model_and_serves_the_ui(tmp_path):
     assert f"Running on local URL:  http://127.0.0.1:{port}/" in output
 
 
+def test_a_port_in_use_is_reported_before_anything_loads(tmp_path):
+    """The port is bound before the background build starts: the error comes at once and
+    nothing is built (no job store in the data folder)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "webui.app", "--port", str(port), "--data-dir", str(tmp_path),
+             "--no-download-sd-model"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr
+    assert not (tmp_path / "jobs.sqlite3").exists()
+
+
 def test_unknown_flag_is_reported_clearly():
     result = subprocess.run(
         [sys.executable, "-m", "webui.app", "--lisen"], cwd=ROOT, capture_output=True, text=True

@@ -196,3 +196,21 @@ def test_the_waiting_page_turns_into_the_real_ui_without_a_reload() -> None:
             page.wait_for_selector("#real-ui", timeout=WAIT * 1000)
         finally:
             browser.close()
+
+
+def test_the_page_language_follows_the_flag_the_option_or_the_browser(tmp_path) -> None:
+    from webui.app import _language
+    from webui.boot_page import waiting_page
+    from webui.settings import parse_flags
+
+    flags = parse_flags(["--data-dir", str(tmp_path)])
+    assert _language(flags) == "auto"
+    flags.config_path.write_text('{"localization": "Auto"}', encoding="utf-8")  # A1111's
+    assert _language(flags) == "auto"
+    flags.config_path.write_text('{"localization": "zh_CN"}', encoding="utf-8")
+    assert _language(flags) == "zh_CN"
+    assert _language(parse_flags(["--data-dir", str(tmp_path), "--localization", "en"])) == "en"
+    status = Startup().snapshot()
+    assert "正在加载 torch" in waiting_page(status, "/internal/startup", "zh_CN")
+    assert "正在加载 torch" in waiting_page(status, "/internal/startup", "auto")  # the browser's
+    assert "正在加载 torch" not in waiting_page(status, "/internal/startup", "en")

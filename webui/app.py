@@ -346,14 +346,15 @@ def _loading_line(job: Job) -> str:
 
 def _language(flags: Flags) -> str:
     """The page's language: --localization, else the option, else the browser's ("auto")."""
-    if flags.localization:
-        return flags.localization
-    try:
-        from .options import Options
+    name = flags.localization
+    if not name:
+        try:
+            from .options import Options
 
-        return str(Options.from_flags(flags).get("localization") or "auto")
-    except Exception:  # an unreadable config.json is reported by the real start-up
-        return "auto"
+            name = str(Options.from_flags(flags).get("localization") or "")
+        except Exception:  # an unreadable config.json is reported by the real start-up
+            name = ""
+    return "auto" if name.strip().lower() in ("", "auto", "none") else name.strip()
 
 
 def _announce(flags: Flags, url: str) -> None:
