@@ -22,8 +22,9 @@ from webui.model_manager.memory import plan_memory
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180) -> str:
-    """The real UI page (Gradio's), after the waiting page that comes first (webui.boot)."""
+def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180, marker: str = "") -> str:
+    """The first 200 answer with `marker` in it: the API answers 503 until the server is
+    built; "gradio_config" waits for the real UI page, not the one that comes first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -31,7 +32,7 @@ def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180) -> st
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 page = response.read().decode()
-            if "gradio_config" in page:
+            if marker in page:
                 return page
         except OSError:
             pass
@@ -52,7 +53,7 @@ def test_server_starts_with_demo_model_and_serves_the_ui(tmp_path):
         text=True,
     )
     try:
-        page = _wait_for_page(f"http://127.0.0.1:{port}/", proc)
+        page = _wait_for_page(f"http://127.0.0.1:{port}/", proc, marker="gradio_config")
         assert "Stable Diffusion web UI" in page
         assert (tmp_path / "models" / "Stable-diffusion" / DEMO_NAME).is_file()
     finally:
