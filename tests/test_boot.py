@@ -124,6 +124,7 @@ def test_a_failed_start_up_is_shown_and_logged(caplog) -> None:
 
 def test_with_a_login_the_failure_is_in_the_log_only() -> None:
     def build(startup: Startup) -> FastAPI:
+        startup.detail("Loading model secret.safetensors")
         raise RuntimeError("secret path /home/me/models")
 
     with serving(BootApp(build, show_errors=False)) as url:

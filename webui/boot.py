@@ -97,8 +97,8 @@ class BootApp:
 
     `build(startup)` runs in a thread (`start()`) and returns the real ASGI app.
     `subpath` is --subpath (the real app handles it itself; the waiting page lives under it
-    too); `show_errors=False` (a login is required) shows a failure's message in the log
-    only; `language` is the localization (a language file name, or "auto": the browser's).
+    too); `show_errors=False` (a login is required) shows a failure's message and the
+    second line (a checkpoint's name) in the log only; `language` is the localization (a language file name, or "auto": the browser's).
     """
 
     def __init__(
@@ -250,8 +250,10 @@ class BootApp:
 
     def _status(self) -> dict[str, Any]:
         status = self.startup.snapshot()
-        if status["error"] and not self._show_errors:
-            status["error"] = "Start-up failed; see the server's log."
+        if not self._show_errors:  # a login is required: no file names before it
+            status["detail"] = ""
+            if status["error"]:
+                status["error"] = "Start-up failed; see the server's log."
         return status
 
     async def _waiting(self, scope: Scope, path: str | None, send: Send) -> None:
