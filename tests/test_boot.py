@@ -152,7 +152,8 @@ def test_a_shutdown_stops_the_build_at_its_next_phase() -> None:
     gate, closed = threading.Event(), threading.Event()
 
     def build(startup: Startup) -> FastAPI:
-        startup.phase("Loading torch")
+        startup.phase("Starting the worker")
+        startup.holds_resources = True  # as build_server does from build_context on
         assert gate.wait(WAIT)
         try:  # what webui.app.build_server does with the context it built
             startup.phase("Loading Gradio")
@@ -165,7 +166,7 @@ def test_a_shutdown_stops_the_build_at_its_next_phase() -> None:
     server = ServerThread(boot)
     with server:
         boot.start()
-        wait_status(server.url, lambda s: s["phase"] == "Loading torch")
+        wait_status(server.url, lambda s: s["phase"] == "Starting the worker")
         server.server.should_exit = True  # the shutdown waits for the build's next phase
         deadline = time.monotonic() + WAIT
         while not boot._stopping:

@@ -203,7 +203,7 @@ def prepare_models(flags: Flags, startup: Startup | None = None) -> None:
         else:
             if startup is not None:
                 startup.phase("Downloading the default checkpoint (about 4 GB)")
-            offer_default_checkpoint(flags.ckpt_dir)
+            offer_default_checkpoint(flags.ckpt_dir)  # writes a partial file, then renames
 
 
 def load_startup_checkpoint(ctx: AppContext) -> Job | None:
@@ -312,6 +312,7 @@ def build_server(flags: Flags, startup: Startup) -> FastAPI:
     from .context import build_context
 
     startup.phase("Starting the worker")
+    startup.holds_resources = True  # from here a shutdown waits for the next phase
     ctx = build_context(flags)
     try:
         for note in ctx.memory.notes:

@@ -16,7 +16,7 @@ When the real app is built, the BootApp runs its lifespan (Gradio's start-up eve
 context's close at the end) and hands every request to it. A failure of the build (an import
 error, a broken install) is logged with its traceback and shown by the page and the 503s;
 the page never waits forever. On shutdown the build stops at its next phase (`Cancelled`)
-and closes what it built.
+and closes what it built; while it only imports, the process exits at once.
 
 This module must never import torch, diffusers, gradio or fastapi (it is what makes the
 first page quick); it imports the standard library and the ASGI types only.
@@ -64,6 +64,9 @@ class Startup:
         self._error: str | None = None
         self._cancelled = False
         self.ready = False
+        # the build holds something to close (files, threads, a job store): a shutdown
+        # waits for its next phase; before that (imports only) the process just exits
+        self.holds_resources = False
 
     def phase(self, text: str) -> None:
         """The build goes on with `text` ("Loading torch"); raises Cancelled on shutdown."""
@@ -201,7 +204,7 @@ class BootApp:
     async def _shutdown(self) -> None:
         self.stop()
         thread = self._thread
-        if thread is not None and thread.is_alive():
+        if thread is not None and thread.is_alive() and self.startup.holds_resources:
             await asyncio.to_thread(thread.join, BUILD_STOP_SECONDS)
             if thread.is_alive():
                 log.warning("Start-up still busy (%s); exiting without it", self.startup._phase)
