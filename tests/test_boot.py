@@ -214,5 +214,5 @@ def test_the_page_language_follows_the_flag_the_option_or_the_browser(tmp_path) 
     assert _language(parse_flags(["--data-dir", str(tmp_path), "--localization", "en"])) == "en"
     status = Startup().snapshot()
     assert "正在加载 torch" in waiting_page(status, "/internal/startup", "zh_CN")
-    assert "正在加载 torch" in waiting_page(status, "/internal/startup", "auto")  # the browser's
+    assert "正在加载 torch" in waiting_page(status, "/internal/startup", "auto")  # browser's
     assert "正在加载 torch" not in waiting_page(status, "/internal/startup", "en")

@@ -91,8 +91,9 @@ class Startup:
     def snapshot(self) -> dict[str, Any]:
         detail = self._detail() if callable(self._detail) else self._detail
         with self._lock:
+            seconds = round(time.monotonic() - self._began, 1)
             return {"ready": self.ready, "phase": self._phase, "detail": detail,
-                    "error": self._error, "seconds": round(time.monotonic() - self._began, 1)}  # fmt: skip
+                    "error": self._error, "seconds": seconds}  # fmt: skip
 
 
 class BootApp:
@@ -101,7 +102,8 @@ class BootApp:
     `build(startup)` runs in a thread (`start()`) and returns the real ASGI app.
     `subpath` is --subpath (the real app handles it itself; the waiting page lives under it
     too); `show_errors=False` (a login is required) shows a failure's message and the
-    second line (a checkpoint's name) in the log only; `language` is the localization (a language file name, or "auto": the browser's).
+    second line (a checkpoint's name) in the log only; `language` is the localization (a
+    language file name, or "auto": the browser's).
     """
 
     def __init__(
@@ -190,8 +192,10 @@ class BootApp:
         if self._lifespan_task is None or self._lifespan_input is None:
             return
         self._lifespan_input.put_nowait({"type": "lifespan.shutdown"})
-        done = self._lifespan_done
-        await asyncio.wait([done, self._lifespan_task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[list-item]
+        waits: list[asyncio.Future] = [self._lifespan_task]
+        if self._lifespan_done is not None:
+            waits.append(self._lifespan_done)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         self._lifespan_task = None
 
     def stop(self) -> ASGIApp | None:

@@ -52,7 +52,8 @@ function tr(text) {
   return text;
 }
 function show(s) {
-  document.getElementById("phase").textContent = s.error ? tr("Start-up failed") : tr(s.phase) + " …";
+  const phase = s.error ? tr("Start-up failed") : tr(s.phase) + " …";
+  document.getElementById("phase").textContent = phase;
   document.getElementById("detail").textContent = s.error ? s.error : tr(s.detail);
   document.getElementById("note").textContent = s.error
     ? tr("The server could not start. Fix the cause shown here and in its log, then restart it.")
