@@ -22,16 +22,21 @@ from webui.model_manager.memory import plan_memory
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180) -> str:
+def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 180, marker: str = "") -> str:
+    """The first 200 answer with `marker` in it: the API answers 503 until the server is
+    built; "gradio_config" waits for the real UI page, not the one that comes first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read().decode()
+                page = response.read().decode()
+            if marker in page:
+                return page
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise AssertionError("the UI page was not served in time")
 
 
@@ -48,13 +53,32 @@ def test_server_starts_with_demo_model_and_serves_the_ui(tmp_path):
         text=True,
     )
     try:
-        page = _wait_for_page(f"http://127.0.0.1:{port}/", proc)
+        page = _wait_for_page(f"http://127.0.0.1:{port}/", proc, marker="gradio_config")
         assert "Stable Diffusion web UI" in page
         assert (tmp_path / "models" / "Stable-diffusion" / DEMO_NAME).is_file()
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)
     assert f"Running on local URL:  http://127.0.0.1:{port}/" in output
+
+
+def test_a_port_in_use_is_reported_before_anything_loads(tmp_path):
+    """The port is bound before the background build starts: the error comes at once and
+    nothing is built (no job store in the data folder)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "webui.app", "--port", str(port), "--data-dir", str(tmp_path),
+             "--no-download-sd-model"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr
+    assert not (tmp_path / "jobs.sqlite3").exists()
 
 
 def test_unknown_flag_is_reported_clearly():

@@ -1,10 +1,16 @@
 """Composition root: flags -> AppContext -> FastAPI app with the Gradio UI and the API.
 
-`python -m webui.app [flags]` (what launch.py runs) parses the A1111-style flags, prepares
-the models folder (the --demo model, the first-run checkpoint offer), builds the app and
-serves it with uvicorn. Ctrl+C or SIGTERM stops the job queue first (the running job is
-aborted at its next step, waiting ones are cancelled), so open requests and event streams
-end and the process exits within seconds; a second Ctrl+C (as in uvicorn) stops waiting.
+`python -m webui.app [flags]` (what launch.py runs) parses the A1111-style flags and serves
+at once, with uvicorn, the page that comes first (`webui.boot.BootApp`: it says what the
+server is waiting for; the API answers 503 meanwhile), while `build_server` prepares the
+models folder (the --demo model, the first-run checkpoint offer), loads torch, diffusers
+and Gradio and builds the app in the background; the page then turns into the real UI.
+Ctrl+C or SIGTERM stops the job queue first (the running job is aborted at its next step,
+waiting ones are cancelled), so open requests and event streams end and the process exits
+within seconds; a second Ctrl+C (as in uvicorn) stops waiting.
+
+Importing this module stays light (no torch, Gradio, FastAPI or the context): that is what
+makes the first page quick; the heavy imports are inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -18,18 +24,23 @@ import threading
 import time
 import webbrowser
 from contextlib import asynccontextmanager
+from functools import partial
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from starlette.routing import Mount  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-from .context import AppContext, build_context  # noqa: E402
-from .core import jobs as job_states  # noqa: E402
-from .core.jobs import Job  # noqa: E402
+import uvicorn  # noqa: E402
+
+from .boot import BootApp, Startup  # noqa: E402
 from .settings import Flags, parse_flags  # noqa: E402
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .context import AppContext
+    from .core.jobs import Job
 
 log = logging.getLogger("webui")
 WORKER_STOP_SECONDS = 15  # a job stops at its next step; loading a checkpoint cannot stop
@@ -45,13 +56,23 @@ class StoppingServer(uvicorn.Server):
         log.info("Shutting down: stopping the running job (press Ctrl+C again to quit at once)")
         for server in getattr(self, "servers", []):
             server.close()  # no new connections
-        begin_shutdown(self.config.app)
-        # the jobs end first, so that the requests waiting for them get their answer (503)
-        jobs = self.config.app.state.ctx.jobs
-        deadline = time.monotonic() + WORKER_STOP_SECONDS
-        while not jobs.stopped() and not self.force_exit and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        app = self.config.app
+        if isinstance(app, BootApp):  # the start-up stops; the app, when it is serving
+            app = app.stop()
+        if app is not None:
+            begin_shutdown(app)
+            # the jobs end first, so that the requests waiting for them get their answer (503)
+            jobs = app.state.ctx.jobs
+            deadline = time.monotonic() + WORKER_STOP_SECONDS
+            while not jobs.stopped() and not self.force_exit and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         await super().shutdown(sockets)
+
+    async def startup(self, sockets=None) -> None:
+        """Bind the port (a port in use exits here, before anything is loaded), then build."""
+        await super().startup(sockets)
+        if self.started and isinstance(self.config.app, BootApp):
+            self.config.app.start()
 
 
 def begin_shutdown(app: FastAPI) -> None:
@@ -63,6 +84,11 @@ def begin_shutdown(app: FastAPI) -> None:
 
 def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
     """The whole server: API routes (with --api/--nowebui) and the UI (unless --nowebui)."""
+    from fastapi import FastAPI
+    from starlette.routing import Mount
+
+    from .context import build_context
+
     ctx = ctx or build_context(flags)
 
     @asynccontextmanager
@@ -153,7 +179,7 @@ def _install_security(app: FastAPI, flags: Flags) -> None:
         log.warning("--gradio-auth protects the UI only: the API is open; add --api-auth.")
 
 
-def prepare_models(flags: Flags) -> None:
+def prepare_models(flags: Flags, startup: Startup | None = None) -> None:
     """First-run help: the --demo model, and the default checkpoint offer when none exists."""
     from .model_manager.download import offer_default_checkpoint
     from .model_manager.registry import SUFFIXES
@@ -175,10 +201,12 @@ def prepare_models(flags: Flags) -> None:
                 flags.ckpt_dir,
             )
         else:
-            offer_default_checkpoint(flags.ckpt_dir)
+            if startup is not None:
+                startup.phase("Downloading the default checkpoint (about 4 GB)")
+            offer_default_checkpoint(flags.ckpt_dir)  # writes a partial file, then renames
 
 
-def load_startup_checkpoint(ctx: AppContext) -> None:
+def load_startup_checkpoint(ctx: AppContext) -> Job | None:
     """Load the default checkpoint in the background (the page is served at once, the
     first job waits for it): --ckpt, else the sd_model_checkpoint option, else the first
     one. As in A1111, the option then names it in config.json (unless settings are frozen),
@@ -186,9 +214,9 @@ def load_startup_checkpoint(ctx: AppContext) -> None:
     flags, options, models = ctx.flags, ctx.options, ctx.models
     if flags.ckpt and not flags.ckpt.exists():
         log.warning("--ckpt %s: no such file; it is not listed", flags.ckpt)
-        return
+        return None
     if not models.checkpoints():
-        return
+        return None
     stored = options.get("sd_model_checkpoint")
     wanted = flags.ckpt.name if flags.ckpt else stored
     try:
@@ -205,6 +233,7 @@ def load_startup_checkpoint(ctx: AppContext) -> None:
     if record and info.shorthash is None:  # the hash is known once it is loaded
         args = (ctx, job, info.title)
         threading.Thread(target=_record_hashed_title, args=args, daemon=True).start()
+    return job
 
 
 def _names(models, value: str, info) -> bool:
@@ -218,6 +247,8 @@ def _names(models, value: str, info) -> bool:
 def _record_hashed_title(ctx: AppContext, job: Job, recorded: str) -> None:
     """After the start-up load, the title with its hash ("name.safetensors [0123456789]"),
     as A1111 stores it, unless someone chose another checkpoint meanwhile."""
+    from .core import jobs as job_states
+
     job.done.wait()
     if job.state != job_states.DONE or ctx.options.get("sd_model_checkpoint") != recorded:
         return
@@ -240,14 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(
             "--share is not possible: it needs a tunnel service on the internet. Use --listen to share on your LAN."
         )
-    prepare_models(flags)
-    ctx = build_context(flags)
-    for note in ctx.memory.notes:
-        log.warning(note)
-    log.info("Running on %s", ctx.memory.description)
-    load_startup_checkpoint(ctx)
-    app = create_app(flags, ctx)
-
+    app = BootApp(partial(build_server, flags), subpath=flags.subpath,
+                  show_errors=not flags.gradio_credentials() and not flags.api_auth,
+                  language=_language(flags))  # fmt: skip
     host = flags.server_host
     scheme = "https" if flags.tls_certfile else "http"
     shown = "127.0.0.1" if host == "0.0.0.0" else host
@@ -270,6 +296,66 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # uvicorn raises the Ctrl+C again once it has shut down
         return 130
     return 0
+
+
+def build_server(flags: Flags, startup: Startup) -> FastAPI:
+    """The real server, built in the background while the page says what it waits for
+    (each `startup.phase` is a line of that page, and where a shutdown stops the build)."""
+    startup.phase("Preparing the models folder")
+    prepare_models(flags, startup)
+    startup.phase("Loading torch")
+    import torch  # noqa: F401 - the longest imports, named on the page
+
+    startup.phase("Loading diffusers")
+    import diffusers  # noqa: F401
+
+    from .context import build_context
+
+    startup.phase("Starting the worker")
+    startup.holds_resources = True  # from here a shutdown waits for the next phase
+    ctx = build_context(flags)
+    try:
+        for note in ctx.memory.notes:
+            log.warning(note)
+        log.info("Running on %s", ctx.memory.description)
+        job = load_startup_checkpoint(ctx)
+        if job is not None:  # loads meanwhile, in the worker
+            startup.detail(partial(_loading_line, job))
+        if not flags.nowebui:
+            startup.phase("Loading Gradio")
+            import gradio  # noqa: F401
+
+        startup.phase("Building the page")
+        app = create_app(flags, ctx)
+        startup.phase("Starting")
+    except BaseException:
+        ctx.close()
+        raise
+    return app
+
+
+def _loading_line(job: Job) -> str:
+    """The waiting page's second line while the start-up checkpoint loads."""
+    from .core import jobs as job_states
+
+    if job.state in (job_states.QUEUED, job_states.RUNNING):
+        return f"Loading model {job.params}"
+    if job.state == job_states.FAILED:
+        return f"Loading model {job.params} failed: {job.error}"
+    return ""
+
+
+def _language(flags: Flags) -> str:
+    """The page's language: --localization, else the option, else the browser's ("auto")."""
+    name = flags.localization
+    if not name:
+        try:
+            from .options import Options
+
+            name = str(Options.from_flags(flags).get("localization") or "")
+        except Exception:  # an unreadable config.json is reported by the real start-up
+            name = ""
+    return "auto" if name.strip().lower() in ("", "auto", "none") else name.strip()
 
 
 def _announce(flags: Flags, url: str) -> None:

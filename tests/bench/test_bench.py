@@ -34,7 +34,8 @@ def test_tiny_benchmark_prints_the_table_and_writes_json(tmp_path):
     assert all(set(COLUMNS) <= set(row) for row in rows.values())
     names = " | ".join(rows)
     for expected in ("txt2img via API + queue vs bare diffusers", "UNet step", "channels-last",
-                     "peak RSS 64x64", "lowram", "start to UI ready", "checkpoint load",
+                     "peak RSS 64x64", "lowram", "start to page served", "start to UI ready",
+                     "start to model ready", "checkpoint load",
                      "switch from the RAM cache"):  # fmt: skip
         assert expected in names, expected
     for row in rows.values():

@@ -8,7 +8,8 @@ Measures, with the same checkpoint, seed, size and steps:
 (c) peak RSS, one fresh process per case: ours with default settings, ours with the
     memory features (--lowram, VAE tiling), diffusers' defaults; at 512² by default, and
     at 1024² with --rss-1024 or --full (each 1024² process takes minutes on 2 cores);
-(d) start to UI ready, checkpoint load time, switch time from the RAM cache;
+(d) start to page served (launch.py), to UI ready and to model ready, checkpoint load
+    time, switch time from the RAM cache;
 (e) with --ray (needs the `ray` extra): jobs per minute with 1 and 2 Ray CPU workers
     against one process, and the head's overhead per job (`bench/cluster.py`);
 (f) with --taesd: 4 steps at CFG 1 with the full VAE and with a TAESD decode, each against
@@ -199,7 +200,8 @@ def _server_part(args, config: dict, data: Path, device: str, raw: dict) -> list
     raw["matmul_gflops"] = matmul
     server = ServerProcess(data)
     try:
-        raw["ui_ready_s"] = ui_ready = server.start()
+        raw["page_served_s"] = page_served = server.start()
+        raw["ui_ready_s"] = ui_ready = server.wait_ready()
         server.call("POST", "/reload-checkpoint")  # waits for the start-up load
         raw["start_to_model_ready_s"] = time.perf_counter() - server.started
         server.call("POST", "/unload-checkpoint")
@@ -226,8 +228,11 @@ def _server_part(args, config: dict, data: Path, device: str, raw: dict) -> list
     finally:
         server.stop()
         raw["server_log_tail"] = _tail(server.log_path)
-    rows.append(Row("start to UI ready (server process)", seconds(ui_ready), target="≤ 5 s",
-                    met=ui_ready <= 5))  # fmt: skip
+    rows.append(Row("start to page served (launch.py --skip-install)", seconds(page_served),
+                    target="≤ 3 s", met=page_served <= 3))  # fmt: skip
+    rows.append(Row("start to UI ready (the real page, model loading)", seconds(ui_ready)))
+    rows.append(Row("start to model ready (start-up checkpoint loaded)",
+                    seconds(raw["start_to_model_ready_s"])))  # fmt: skip
     rows.append(Row("checkpoint load (API unload + reload)", seconds(raw["load_ours_s"]),
                     f"diffusers from_single_file {seconds(raw['load_diffusers_s'])}",
                     raw["load_ours_s"] / raw["load_diffusers_s"]))  # fmt: skip

@@ -1,7 +1,10 @@
 """The web UI as a user runs it, for the benchmark: a real server process on 127.0.0.1.
 
-`ServerProcess.start()` runs `python -m webui.app --api ...` and measures the time from
-the process start until the UI page answers (UI ready). `call()` times one API request.
+`ServerProcess.start()` runs the web UI as a user starts it (`python launch.py
+--skip-install --api ...`, with this interpreter) and measures the time from the process
+start until the first page answers (the waiting page of `webui.boot`: page served);
+`wait_ready()` the time until the real UI is served (`/internal/startup` says ready).
+`call()` times one API request.
 
 This module must never import torch or a UI library.
 """
@@ -43,10 +46,12 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 600) -> float:
-        """Start the server; returns seconds from process start to the UI page answering."""
-        cmd = [sys.executable, "-m", "webui.app", "--data-dir", str(self.data_dir),
+        """Start the server; returns seconds from process start to the first page."""
+        cmd = [sys.executable, "launch.py", "--skip-install", "--data-dir", str(self.data_dir),
                "--port", str(self.port), "--api", "--no-download-sd-model", *self.flags]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        # VENV_DIR=-: launch.py runs the app with this interpreter
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+               "VENV_DIR": "-"}  # fmt: skip
         root = Path(__file__).resolve().parents[2]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.started = started = time.perf_counter()
@@ -61,6 +66,24 @@ class ServerProcess:
                         return time.perf_counter() - started
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
+            time.sleep(0.02)
+        raise RuntimeError(f"server UI not ready after {timeout}s; see {self.log_path}")
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        """Seconds from process start until the real UI is served (the build is done)."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/internal/startup", timeout=5) as answer:
+                    status = json.loads(answer.read())
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                status = {}
+            if status.get("ready"):
+                return time.perf_counter() - self.started
+            if status.get("error"):
+                raise RuntimeError(f"start-up failed: {status['error']}; see {self.log_path}")
             time.sleep(0.02)
         raise RuntimeError(f"server UI not ready after {timeout}s; see {self.log_path}")
 

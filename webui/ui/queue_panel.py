@@ -443,6 +443,9 @@ def table_html(ctx: AppContext, owner: str) -> str:
     )
 
 
+STARTUP_OWNER = "startup"  # webui.app.load_startup_checkpoint's load job
+
+
 def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
     e = html.escape
     where = "▶" if position == 0 else (str(position) if position else "")
@@ -468,6 +471,10 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
     state = e(job.state)
     if job.rerun_reason:  # it runs again after a restart
         state += f'<br><small class="queue-rerun">{e(rerun_note(job))}</small>'
+    if job.owner == STARTUP_OWNER:  # everyone waits for the start-up checkpoint: name it
+        prompt = job.prompt
+        if job.state == job_states.FAILED:
+            state += f'<br><small class="queue-error">{e(job.error or "")}</small>'
     return (
         f'<tr class="{classes}" data-job="{e(job.id) if mine else ""}" data-owner="{e(job.owner)}">'
         f"<td>{where}</td><td>{owner}</td><td>{e(job.kind)}</td>"
