@@ -196,7 +196,7 @@ def _server_part(args, config: dict, data: Path, device: str, raw: dict) -> list
         config["matmul_n"], config["matmul_seconds"], device=device
     )  # the "limit": the machine's fastest matmul dtype (bf16 on AMX CPUs)
     raw["matmul_gflops"] = matmul
-    server = ServerProcess(data)
+    server = ServerProcess(data, flags=["--precision", "full"])  # fp32 as diffusers: same pixels
     try:
         raw["ui_ready_s"] = ui_ready = server.start()
         server.call("POST", "/reload-checkpoint")  # waits for the start-up load

@@ -179,7 +179,7 @@ def run_denoiser_in(pipe, dtype: torch.dtype) -> bool:
     model = denoiser(pipe)
     if model is None:
         return False
-    model.to(dtype)
+    torch.nn.Module.to(model, dtype)  # (diffusers' own .to warns about fp32 modules it has none of)
     if getattr(model, "_webui_compute_dtype", None) is not None:
         model._webui_compute_dtype = dtype
         return True
