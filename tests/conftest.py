@@ -123,3 +123,9 @@ def flux_files(tmp_path_factory) -> dict:
         "diffusers": tiny_flux.save_diffusers(pipe, root / "flux1-tiny-diffusers"),
         **modules,
     }
+@pytest.fixture(autouse=True)
+def _cpu_without_bf16(monkeypatch):
+    """Every test runs the UNet in float32 as on a CPU without bf16 instructions, whatever
+    this machine's matmul probe would choose (an AMX machine would pick bf16 and change
+    every image); tests/model_manager/test_cpu_precision.py fakes the CPUs it tests."""
+    monkeypatch.setattr("webui.model_manager.cpu_precision.cpu_flags", frozenset)

@@ -180,7 +180,7 @@ def test_stray_argument(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bad_choice_and_log_level(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "--precision" in parse_error(["--precision", "bf16"], capsys)
+    assert "--precision" in parse_error(["--precision", "fp8"], capsys)
     assert "--log-level" in parse_error(["--log-level", "loud"], capsys)
 
 

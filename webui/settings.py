@@ -30,7 +30,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 7860
 DEFAULT_MAX_REQUEST_MB = 64  # base64 images of up to 48 MB; a bigger body answers 413
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PRECISIONS = ("full", "half", "autocast")
+PRECISIONS = ("full", "half", "autocast", "bf16")  # bf16: the UNet in bfloat16
 
 # A value meaning "derive from --data-dir / --models-dir" for the path fields of Flags.
 _DERIVED: Any = None
@@ -117,6 +117,7 @@ class Flags:
     upcast_sampling: bool = False
     opt_channelslast: bool = False
     compile: bool = False
+    unet_in_bf16: bool = False  # Forge's name for --precision bf16
     # behaviour
     disable_safe_unpickle: bool = False
     enable_insecure_extension_access: bool = False
@@ -395,6 +396,7 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--upcast-sampling", "fp16 UNet with fp32 sampling (GPU)", _SWITCH),
         ("--opt-channelslast", "channels-last memory format for the UNet", _SWITCH),
         ("--compile", "torch.compile the UNet (slow first image)", _SWITCH),
+        ("--unet-in-bf16", "the UNet in bfloat16 (Forge's name; = --precision bf16)", _SWITCH),
     ],
     "behaviour": [
         ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),

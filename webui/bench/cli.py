@@ -196,9 +196,11 @@ def _server_part(args, config: dict, data: Path, device: str, raw: dict) -> list
     from .server import ServerProcess
 
     rows = []
-    matmul = measure.matmul_gflops(config["matmul_n"], config["matmul_seconds"], device=device)
+    matmul, raw["matmul_dtype"], raw["matmul_by_dtype"] = measure.fastest_matmul(
+        config["matmul_n"], config["matmul_seconds"], device=device
+    )  # the "limit": the machine's fastest matmul dtype (bf16 on AMX CPUs)
     raw["matmul_gflops"] = matmul
-    server = ServerProcess(data)
+    server = ServerProcess(data, flags=["--precision", "full"])  # fp32 as diffusers: same pixels
     try:
         raw["page_served_s"] = page_served = server.start()
         raw["ui_ready_s"] = ui_ready = server.wait_ready()
@@ -332,7 +334,8 @@ def _unet_rows(args, bare, config: dict, matmul: float, device: str, raw: dict) 
         target = ("≥ 0.60", ratio >= 0.6) if i == 0 else ("", None)
         rows.append(Row(f"UNet step, CFG batch 2, {size}: {name}",
                         f"{step:.3f} s/step · {gflops:.0f} GFLOP/s",
-                        f"matmul {matmul:.0f} GFLOP/s", ratio, *target))  # fmt: skip
+                        f"matmul {raw['matmul_dtype']} {matmul:.0f} GFLOP/s", ratio,
+                        *target))  # fmt: skip
     return rows
 
 

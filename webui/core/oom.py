@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import UserError
+from ..model_manager.cpu_precision import precision_notes
 from ..model_manager.memory import MemoryPlan
 from ..model_manager.optimize import lower_memory, token_merging
 from .run import MemoryRun
@@ -71,6 +72,7 @@ def run_guarded(
     end up in `memory`). `medvram_sdxl`: the model is one --medvram-sdxl offloads."""
     if memory.token_merging_ratio > 0:
         memory.notes["Token merging ratio"] = f"{memory.token_merging_ratio:g}"
+    memory.notes.update(precision_notes(pipe))  # "UNet precision: bfloat16" (CPU bf16)
     try:
         with token_merging(pipe, memory.token_merging_ratio):
             return generate(memory)

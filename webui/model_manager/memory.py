@@ -16,6 +16,9 @@ notes (CUDA-only features asked for on the CPU never fail: they say why they do 
   `--no-half-vae` (fp32); fp32 on the CPU. `--upcast-sampling` keeps the sampler's
   latents and the text encoder in fp32 around an fp16 UNet.
 - Speed: `--opt-channelslast`, `--compile` (torch.compile of the UNet).
+- CPU precision: the UNet in bf16 where this CPU's bf16 matmul clearly wins (AMX), else
+  fp32; `--precision bf16` / `--unet-in-bf16` force bf16, `--no-half` / `--precision full`
+  force fp32 (`cpu_precision.py` decides; `unet_dtype` and `cpu_precision` say what).
 
 This module must never import a UI library.
 """
@@ -24,9 +27,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+
+from .cpu_precision import PROBE_FILE, CpuPrecision, decide_cpu_precision
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,12 @@ class MemoryPlan:
     channels_last: bool = False
     compile: bool = False
     flags: tuple[str, ...] = field(default=(), compare=False)  # the flags that made it
+    unet_dtype: torch.dtype | None = None  # None: the same as dtype (CPU bf16: bfloat16)
+    cpu_precision: CpuPrecision | None = field(default=None, compare=False)  # and why
+
+    @property
+    def unet(self) -> torch.dtype:
+        return self.unet_dtype or self.dtype
 
     @property
     def vae(self) -> torch.dtype:
@@ -62,6 +75,8 @@ class MemoryPlan:
     @property
     def description(self) -> str:
         parts = [self.device, dtype_name(self.dtype), f"attention: {self.attention}"]
+        if self.unet != self.dtype:
+            parts.append(f"UNet {dtype_name(self.unet)}")
         if self.vae != self.dtype:
             parts.append(f"VAE {dtype_name(self.vae)}")
         if self.offload != "none":
@@ -109,6 +124,8 @@ class MemoryPlan:
             "compile": self.compile,
             "description": self.description,
             "notes": list(self.notes),
+            "unet_dtype": dtype_name(self.unet),
+            "cpu_precision": self.cpu_precision.as_dict() if self.cpu_precision else None,
         }
 
 
@@ -136,6 +153,7 @@ def plan_memory(
     cuda_available: bool | None = None,
     xformers_installed: bool | None = None,
     bf16_supported: bool | None = None,
+    cpu_precision: Callable[[], CpuPrecision] | None = None,
 ) -> MemoryPlan:
     """Pick device, precision, attention and offloading from the A1111 flags.
 
@@ -160,6 +178,8 @@ def plan_memory(
     )  # fmt: skip
     offload, sdxl_only = _offload(device, medvram, medvram_sdxl, lowvram, notes)
     half_storage = lowram and device == "cpu"
+    cpu_decision = cpu_precision() if device == "cpu" and cpu_precision is not None else None
+    unet_dtype = _cpu_unet_dtype(cpu_decision, half_storage, notes)
     if lowram:
         notes.append(
             "--lowram: one checkpoint in RAM at a time; "
@@ -199,6 +219,8 @@ def plan_memory(
         channels_last=channels_last,
         compile=compile,
         flags=tuple(name for name, on in given.items() if on),
+        unet_dtype=unet_dtype,
+        cpu_precision=cpu_decision,
     )
 
 
@@ -208,7 +230,7 @@ def plan_from_flags(flags, **overrides) -> MemoryPlan:
         use_cpu_all=flags.cpu_only,
         no_half=flags.no_half,
         no_half_vae=flags.no_half_vae,
-        precision=flags.precision,
+        precision="bf16" if getattr(flags, "unet_in_bf16", False) else flags.precision,
         xformers=flags.xformers,
         split_attention=flags.opt_split_attention,
         sdp_attention=flags.opt_sdp_attention,
@@ -220,8 +242,32 @@ def plan_from_flags(flags, **overrides) -> MemoryPlan:
         upcast_sampling=getattr(flags, "upcast_sampling", False),
         channels_last=getattr(flags, "opt_channelslast", False),
         compile=getattr(flags, "compile", False),
-        **overrides,
+        **{"cpu_precision": cpu_precision_of(flags), **overrides},
     )
+
+
+def cpu_precision_of(flags) -> Callable[[], CpuPrecision]:
+    """The CPU precision decision for these flags (called only when the plan is the CPU's);
+    the matmul probe is cached in the data folder."""
+    return partial(
+        decide_cpu_precision,
+        forced_full=flags.no_half or flags.precision == "full",
+        forced_bf16=flags.precision == "bf16" or getattr(flags, "unet_in_bf16", False),
+        cache_file=flags.data_dir / PROBE_FILE,
+    )
+
+
+def _cpu_unet_dtype(decision: CpuPrecision | None, half_storage: bool, notes: list[str]):
+    """The UNet's dtype on the CPU, None when it is float32 like the rest."""
+    if decision is None:
+        return None
+    log.info("CPU precision: %s", decision.reason)
+    if decision.dtype == torch.float32:
+        return None
+    if half_storage:
+        notes.append("--lowram: the UNet keeps fp16 weights computed in float32, not bfloat16")
+        return None
+    return decision.dtype
 
 
 def _precision(device, no_half, no_half_vae, precision, bf16_supported, notes):
@@ -229,9 +275,13 @@ def _precision(device, no_half, no_half_vae, precision, bf16_supported, notes):
         # half precision is much slower than fp32 on CPUs without AMX; A1111 also runs fp32
         if precision == "half":
             notes.append("--precision half ignored on the CPU: float32 is faster there")
-        return torch.float32, torch.float32
+        return torch.float32, torch.float32  # the UNet's dtype: _cpu_unet_dtype
     if no_half or precision == "full":
         return torch.float32, torch.float32
+    if precision == "bf16":
+        if bf16_supported:
+            return torch.bfloat16, torch.bfloat16
+        notes.append("--precision bf16 ignored: this GPU has no bfloat16; using float16")
     if no_half_vae:
         return torch.float16, torch.float32
     # bf16 has the exponent range of fp32: an SD VAE does not overflow in it as in fp16

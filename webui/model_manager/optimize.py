@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .cpu_precision import run_denoiser_in
 from .memory import ATTENTION_LABELS, MemoryPlan, dtype_name
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def prepare_pipeline(pipe, plan: MemoryPlan, medvram_sdxl: bool) -> list[str]:
     if plan.upcast_sampling:
         upcast_sampling(pipe)
         done.append("upcast sampling")
+    if plan.unet != plan.dtype and run_denoiser_in(pipe, plan.unet):  # CPU bf16
+        done.append(f"UNet {dtype_name(plan.unet)}")
     if plan.channels_last:
         denoiser(pipe).to(memory_format=torch.channels_last)
         done.append("channels-last")
