@@ -123,6 +123,8 @@ def flux_files(tmp_path_factory) -> dict:
         "diffusers": tiny_flux.save_diffusers(pipe, root / "flux1-tiny-diffusers"),
         **modules,
     }
+
+
 @pytest.fixture(autouse=True)
 def _cpu_without_bf16(monkeypatch):
     """Every test runs the UNet in float32 as on a CPU without bf16 instructions, whatever
