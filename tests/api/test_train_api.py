@@ -74,6 +74,8 @@ def test_a_trained_lora_is_listed_with_metadata_and_used_by_the_next_prompt(api)
 )  # fmt: skip
 def test_bad_input_is_422_naming_the_field(api, changes, field):
     client, images = api
-    answer = client.post("/webui/v1/train/lora", json=body(images, output_name="other", **changes))
+    answer = client.post(
+        "/webui/v1/train/lora", json=body(images, **{"output_name": "other", **changes})
+    )
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["loc"][:2] == ["body", field]

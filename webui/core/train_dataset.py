@@ -22,7 +22,6 @@ This module must never import torch or a UI library.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -208,7 +207,3 @@ def check_batch(dataset: Dataset, batch_size: int) -> None:
             f"the batch size ({batch_size}) is larger than the images with their repeats "
             f"({dataset.count}); lower the batch size or add images"
         )
-
-
-def folder_label(path: str | os.PathLike) -> str:
-    return Path(path).name

@@ -57,7 +57,6 @@ from .train_params import LoraTrainJob, LoraTrainParams
 
 log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0  # kohya's default
-SAMPLE_PROMPTS = 4  # at most this many sample prompts per sampling
 
 
 class TrainingError(RuntimeError, UserError):
@@ -158,7 +157,9 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------
     def run(self, on_saved) -> TrainResult:
         p, progress = self.p, self.job.progress
-        params = add_network(self.pipe, p)
+        with torch.random.fork_rng(devices=[]):  # the adapter's first weights from the seed
+            torch.manual_seed(self.spec.seed)
+            params = add_network(self.pipe, p)
         groups = trainable_groups(self.pipe, p)
         optimizer = self._optimizer(groups)
         warm_constant = p.lr_scheduler == "constant" and p.lr_warmup_steps
@@ -185,7 +186,8 @@ class Trainer:
                 loss = self._optimizer_step(group, step, params, optimizer, lr_scheduler)
                 step, index = step + 1, index + len(group)
                 self._after_step(step, epoch, loss, lr_scheduler)
-                if self.job.should_stop():  # interrupt: save where it stands
+                self.job.raise_if_aborted()  # the server shuts down: nothing more is written
+                if self.job.interrupt_requested:  # save where it stands (a skip means nothing)
                     stopped = True
                     break
             if index >= len(batches):
