@@ -123,6 +123,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         app.include_router(merge_router())  # /webui/v1/merge: Checkpoint Merger, LoRA merge
         app.include_router(models_router())  # /webui/v1/models: the Models tab
         app.include_router(adetailer_router())  # /adetailer/v1 (ADetailer's)
+        from .api.routes_train import train_router
+
+        app.include_router(train_router())  # /webui/v1/train: LoRA training on the queue
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends

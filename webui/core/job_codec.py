@@ -33,6 +33,7 @@ from .image_embed import EmbedImagesParams
 from .interrogate import InterrogateParams
 from .params import Txt2ImgParams
 from .params_img2img import ExtrasParams, Img2ImgParams
+from .train_params import LoraTrainJob
 
 OWN_MODULES = "webui."  # dataclasses of these modules only are written and read back
 # what each kind's params must be once decoded (None: no params)
@@ -45,6 +46,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "unload": (type(None),),
     "embed_images": (EmbedImagesParams,),
     "merge": (CheckpointMergeParams, LoraMergeParams),
+    "train_lora": (LoraTrainJob,),
 }
 _TAGS = ("__dc__", "__image__", "__tuple__", "__path__", "__dict__")
 

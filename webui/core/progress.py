@@ -36,6 +36,7 @@ class Progress:
     # called (in the worker) after every advance() and set_preview(): event publishing,
     # extensions' on_step hooks
     listeners: list[Callable[[Progress], None]] = field(default_factory=list, repr=False)
+    details: Any = None  # a job kind's own live state (training: its losses and samples)
 
     def advance(self, step: int, steps: int) -> None:
         """A sampling step ended: `step` of `steps` done in the current batch."""

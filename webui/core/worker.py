@@ -50,6 +50,8 @@ from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks,
 from .sampler_params import SamplerDefaults
 from .saving import SaveSettings, batch_grid, pattern_values
 from .tiling import seamless
+from .train_lora import TrainResult, run_lora_training
+from .train_params import KIND as TRAIN_KIND
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,15 @@ class Worker:
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
-    ) -> JobResult | ExtrasResult | InterrogateResult | EmbedResult | MergeResult | None:
+    ) -> (
+        JobResult
+        | ExtrasResult
+        | InterrogateResult
+        | EmbedResult
+        | MergeResult
+        | TrainResult
+        | None
+    ):
         models = self.models
         if job.kind == "load":  # preload a checkpoint (start-up, checkpoint switch in the UI)
             models.limit = int(job_option(job, self.options, "sd_checkpoints_limit"))
@@ -141,9 +151,17 @@ class Worker:
             return embed_images(job, str(models.plan.device))
         if job.kind == "merge":  # Checkpoint Merger, LoRA merge: a new file, no lease
             return run_merge(job, models, self.networks, self.families)
+        if job.kind == TRAIN_KIND:  # LoRA training: the adapter on the leased checkpoint
+            return run_lora_training(job, models, self.families, on_saved=self._refresh_loras)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)
+
+    def _refresh_loras(self) -> None:
+        """A LoRA file was written: the Extra Networks list and `<lora:…>` see it."""
+        loras = getattr(self.networks, "loras", None)
+        if loras is not None:
+            loras.refresh()
 
     def _generate(self, job: Job, hooks: RunHooks) -> JobResult:
         params, warnings = styled(job.params, self.networks)  # styles.csv into the prompts
