@@ -15,6 +15,7 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -125,9 +126,12 @@ def flux_files(tmp_path_factory) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def _cpu_without_bf16(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_without_bf16() -> Iterator[None]:
     """Every test runs the UNet in float32 as on a CPU without bf16 instructions, whatever
     this machine's matmul probe would choose (an AMX machine would pick bf16 and change
-    every image); tests/model_manager/test_cpu_precision.py fakes the CPUs it tests."""
-    monkeypatch.setattr("webui.model_manager.cpu_precision.cpu_flags", frozenset)
+    every image); tests/model_manager/test_cpu_precision.py fakes the CPUs it tests.
+    Session-scoped, so that the session's shared servers and models are built under it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("webui.model_manager.cpu_precision.cpu_flags", frozenset)
+        yield
