@@ -13,7 +13,6 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import ServerThread, with_tiny_sd1
-from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from tests.ui.test_browser_img2img import set_number, wait_for_checkpoint
 from webui.app import create_app
 from webui.settings import parse_flags

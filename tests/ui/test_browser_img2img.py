@@ -16,23 +16,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import ServerThread, with_tiny_sd1
-from tests.tiny_upscaler import write_tiny_esrgan
-from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
-from webui.app import create_app
-from webui.settings import parse_flags
-
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_files):
-
-    data = with_tiny_sd1(tmp_path_factory.mktemp("browser-img2img"), tiny_files)
-    write_tiny_esrgan(data / "models" / "ESRGAN" / "4x-tiny.pth", scale=4)
-    flags = parse_flags(["--data-dir", str(data), "--no-download-sd-model"])
-    with ServerThread(create_app(flags)) as srv:
-        yield srv, data
+@pytest.fixture
+def server(image_tabs_server):
+    """The image tabs' server, shared with the other image-tab modules (tests/ui/conftest.py)."""
+    return image_tabs_server
 
 
 def noise_file(path: Path, width: int, height: int, seed: int) -> np.ndarray:
@@ -75,7 +65,7 @@ def upload_to_editor(page, path: Path) -> None:
 def wait_for_checkpoint(page) -> None:
     page.wait_for_function(
         "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
-        timeout=30_000,
+        timeout=120_000,  # a page load can take over 30 s on a busy 2-core machine
     )
 
 

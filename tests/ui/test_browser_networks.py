@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import ServerThread
 from tests.tiny_networks import write_a1111_embedding, write_kohya_lora
-from tests.ui.test_browser import _set_number, browser  # noqa: F401  (the fixture)
+from tests.ui.test_browser import _set_number
 from webui.app import create_app
 from webui.model_manager.network_files import FileIndex
 from webui.model_manager.tiny import build_tiny_pipeline

@@ -6,27 +6,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerThread
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 from webui.app import create_app
 from webui.imaging.infotext import build_infotext, pnginfo_for
 from webui.model_manager.registry import HashCache
 from webui.settings import parse_flags
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def playwright_browser():
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def serve(data_dir, *extra: str) -> ServerThread:
@@ -55,7 +40,7 @@ def wait_value(page, label: str, value: str, role: str = "spinbutton") -> None:
     assert locator.input_value() == value, label
 
 
-def test_send_to_txt2img_fills_every_control(playwright_browser, data_dir, tmp_path):
+def test_send_to_txt2img_fills_every_control(browser, data_dir, tmp_path):
     ckpt = data_dir / "models" / "Stable-diffusion" / "tiny-sd1.safetensors"
     short = HashCache(tmp_path / "hashes.json").sha256(ckpt)[:10]
     text = build_infotext("a castle on a hill", "fog", {
@@ -66,7 +51,7 @@ def test_send_to_txt2img_fills_every_control(playwright_browser, data_dir, tmp_p
     source = tmp_path / "from-a1111.png"
     Image.new("RGB", (128, 96), (200, 30, 30)).save(source, pnginfo=pnginfo_for(text))
     with serve(data_dir) as srv:
-        page = playwright_browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(srv.url, wait_until="load")
         page.get_by_role("tab", name="PNG Info").click()
         page.locator("#pnginfo_image_source input[type=file]").set_input_files(str(source))
@@ -123,9 +108,9 @@ def tab_titles(page) -> list[str]:
     return [t.inner_text().strip() for t in page.locator("#tabs button[role=tab]").all()]
 
 
-def test_the_ui_in_chinese(playwright_browser, data_dir):
+def test_the_ui_in_chinese(browser, data_dir):
     with serve(data_dir) as srv:  # Auto: the browser's language decides
-        context = playwright_browser.new_context(locale="zh-CN")
+        context = browser.new_context(locale="zh-CN")
         page = context.new_page()
         page.goto(srv.url, wait_until="load")
         titles = tab_titles(page)
@@ -135,13 +120,13 @@ def test_the_ui_in_chinese(playwright_browser, data_dir):
         assert page.locator("#txt2img_prompt textarea").get_attribute("placeholder") == "提示词"
         assert page.get_by_role("button", name="生成", exact=True).count() == 1
         context.close()
-        english = playwright_browser.new_page(locale="en-US")
+        english = browser.new_page(locale="en-US")
         english.goto(srv.url, wait_until="load")
         english.get_by_role("tab", name="txt2img").wait_for(timeout=30_000)
         assert english.get_by_role("button", name="Generate", exact=True).count() == 1
         english.close()
     with serve(data_dir, "--localization", "zh_CN") as srv:  # the flag wins over the browser
-        page = playwright_browser.new_page(locale="en-US")
+        page = browser.new_page(locale="en-US")
         page.goto(srv.url, wait_until="load")
         assert "文生图" in tab_titles(page)
         page.close()

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from tests.ui.test_browser import _set_number, browser, server  # noqa: F401 (fixtures)
+from tests.ui.test_browser import _set_number, server  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.browser
 WAIT = 180_000

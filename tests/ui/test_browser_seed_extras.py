@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from tests.ui.test_browser_img2img import (
     server,  # noqa: F401 (the fixture)
     wait_for_checkpoint,

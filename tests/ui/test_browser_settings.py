@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.ui.test_browser_pnginfo_i18n import playwright_browser, serve  # noqa: F401 (fixture)
+from tests.ui.test_browser_pnginfo_i18n import serve
 
 pytestmark = pytest.mark.browser
 
@@ -53,14 +53,14 @@ def config(data: Path) -> dict:
 
 
 def test_settings_show_what_is_stored_and_a_stale_page_keeps_other_changes(
-    playwright_browser,  # noqa: F811 (the fixture imported above)
+    browser,
     data_dir,
     tmp_path,
 ):
     with serve(data_dir) as srv:
-        page_a = open_settings(playwright_browser, srv.url)
+        page_a = open_settings(browser, srv.url)
         expect(page_a.get_by_label(PREVIEW)).to_have_value("3", timeout=WAIT)
-        page_b = open_settings(playwright_browser, srv.url)  # another browser
+        page_b = open_settings(browser, srv.url)  # another browser
         preview_b = page_b.get_by_label(PREVIEW)
         expect(preview_b).to_have_value("3", timeout=WAIT)
         preview_b.fill("7")
@@ -70,7 +70,7 @@ def test_settings_show_what_is_stored_and_a_stale_page_keeps_other_changes(
         page_b.reload(wait_until="load")  # a reload shows the stored value...
         settings_tab(page_b).click()
         expect(page_b.get_by_label(PREVIEW)).to_have_value("7", timeout=WAIT)
-        page_c = open_settings(playwright_browser, srv.url)  # ...and so does a new browser
+        page_c = open_settings(browser, srv.url)  # ...and so does a new browser
         expect(page_c.get_by_label(PREVIEW)).to_have_value("7", timeout=WAIT)
         page_c.screenshot(path=str(tmp_path / "settings.png"), full_page=True)
 
@@ -93,14 +93,16 @@ def test_settings_show_what_is_stored_and_a_stale_page_keeps_other_changes(
 
 
 def test_choices_are_picked_and_search_hides_other_settings(
-    playwright_browser,  # noqa: F811 (the fixture imported above)
+    browser,
     data_dir,
     tmp_path,
     tiny_files,
 ):
-    shutil.copy(tiny_files["sd1"], data_dir / "models" / "Stable-diffusion" / "zz-other.safetensors")
+    shutil.copy(
+        tiny_files["sd1"], data_dir / "models" / "Stable-diffusion" / "zz-other.safetensors"
+    )
     with serve(data_dir) as srv:
-        page = open_settings(playwright_browser, srv.url)
+        page = open_settings(browser, srv.url)
         image_format = page.locator("#setting_samples_format input[role=combobox]")
         expect(image_format).to_have_value("png", timeout=WAIT)
         image_format.click()
@@ -138,7 +140,7 @@ def test_choices_are_picked_and_search_hides_other_settings(
         expect(page.locator("#setting_show_progress_every_n_steps")).to_be_visible(timeout=WAIT)
         page.context.close()
 
-        chinese = open_settings(playwright_browser, srv.url, locale="zh-CN")
+        chinese = open_settings(browser, srv.url, locale="zh-CN")
         expect(chinese.get_by_text("用户界面", exact=True)).to_be_visible(timeout=WAIT)
         chinese.locator("#settings_search textarea, #settings_search input").first.fill("实时预览")
         expect(chinese.locator("#setting_samples_format")).to_be_hidden(timeout=WAIT)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_browser import browser  # noqa: F401 (the fixture)
 from tests.ui.test_browser_img2img import noise_file, server, set_number, upload_to_editor
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "server"]
+__all__ = ["server"]
 
 
 def test_soft_inpainting_from_the_inpaint_tab(browser, server, tmp_path):  # noqa: F811

@@ -6,6 +6,7 @@ import gradio as gr
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.conftest import with_tiny_sd1
 from webui.context import build_context
 from webui.imaging.infotext import build_infotext, parse_infotext
 from webui.imaging.store import OutputStore
@@ -56,8 +57,11 @@ def test_other_tools_and_images_without_parameters(tmp_path):
         describe(str(tmp_path / "bad.png"))
 
 
-@pytest.fixture
-def ui(data_dir):
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, tiny_files):
+    """One UI for the module: the tests only read its controls (fill() changes nothing);
+    the one that hashes the checkpoint is the only one that looks at the hash."""
+    data_dir = with_tiny_sd1(tmp_path_factory.mktemp("pnginfo-ui"), tiny_files)
     ctx = build_context(parse_flags(["--data-dir", str(data_dir), "--no-download-sd-model"]))
     demo = build_ui(ctx)
     tabs = {b.id: b for b in demo.blocks.values() if isinstance(b, gr.Tab)}
