@@ -86,6 +86,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from .api.docs import install_docs
         from .api.routes import api_router
         from .api.routes_browser import browser_router
+        from .api.routes_controlnet import controlnet_router
         from .api.routes_detailer import adetailer_router
         from .api.routes_merge import merge_router
         from .api.routes_models import models_router
@@ -97,6 +98,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         app.include_router(merge_router())  # /webui/v1/merge: Checkpoint Merger, LoRA merge
         app.include_router(models_router())  # /webui/v1/models: the Models tab
         app.include_router(adetailer_router())  # /adetailer/v1 (ADetailer's)
+        app.include_router(controlnet_router())  # /controlnet (sd-webui-controlnet's)
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends

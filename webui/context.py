@@ -128,7 +128,8 @@ def build_context(flags: Flags) -> AppContext:
                                    checkpoint_dir=flags.ckpt_dir,
                                    detector_dir=flags.models_dir / "adetailer",
                                    faces=FaceRestorerFolders(flags.gfpgan_models_path,
-                                                             flags.codeformer_models_path))  # fmt: skip
+                                                             flags.codeformer_models_path),
+                                   controlnet_dir=flags.controlnet_dir)  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,

@@ -111,6 +111,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "model-downloads": "Model downloads",
     "face-restoration": "Face restoration",
     "sdxl": "Stable Diffusion XL",
+    "control_net": "ControlNet",
 }
 
 
@@ -377,6 +378,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "for the negative prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
     OptionDef("sdxl_refiner_high_aesthetic_score", 6.0, label="SDXL high aesthetic score (used "
               "for the prompt by the refiner)", section="sdxl", **_float(0.0, 10.0, 0.1)),
+    # ControlNet (sd-webui-controlnet's keys; webui.core.controlnet, webui.ui.controlnet_ui)
+    OptionDef("control_net_no_detectmap", False, _bool, "Do not append detectmap to output",
+              "control_net"),
+    OptionDef("control_net_unit_count", 3, label="Multi-ControlNet: ControlNet unit number "
+              "(requires restart)", section="control_net", **_int(1, 10)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

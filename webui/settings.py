@@ -98,6 +98,7 @@ class Flags:
     styles_file: Path = _DERIVED
     gfpgan_models_path: Path = _DERIVED
     codeformer_models_path: Path = _DERIVED
+    controlnet_dir: Path = _DERIVED
     # devices and memory
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
@@ -151,6 +152,7 @@ class Flags:
         set_(self, "gfpgan_models_path", self._path_or(self.gfpgan_models_path, models / "GFPGAN"))
         set_(self, "codeformer_models_path",
              self._path_or(self.codeformer_models_path, models / "Codeformer"))  # fmt: skip
+        set_(self, "controlnet_dir", self._path_or(self.controlnet_dir, models / "ControlNet"))
 
     @staticmethod
     def _path_or(value: Path | str | None, default: Path) -> Path:
@@ -361,6 +363,7 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--styles-file", "styles CSV file (<data-dir>/styles.csv)", _PATH),
         ("--gfpgan-models-path", "GFPGAN and face detector files (<models-dir>/GFPGAN)", _PATH),
         ("--codeformer-models-path", "CodeFormer model file (<models-dir>/Codeformer)", _PATH),
+        ("--controlnet-dir", "ControlNet models folder (<models-dir>/ControlNet)", _PATH),
     ],
     "devices and memory": [
         ("--use-cpu", "'all' runs everything on the CPU", {"nargs": "+", "metavar": "MODULE"}),

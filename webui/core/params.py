@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ..imaging.face_restorer_list import FaceRestorerRef
+from .controlnet_units import ControlUnit, check_units
 from .errors import ParamError
 from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
 from .prompt_limits import check_prompts
@@ -73,6 +74,8 @@ class Txt2ImgParams:
     # A1111's Refiner (core/refiner.py): this checkpoint takes over at this fraction of steps
     refiner_checkpoint: str | None = None  # title, name or hash; None = no refiner
     refiner_switch_at: float = 0.8
+    # ControlNet units (sd-webui-controlnet's, core/controlnet_units.py; core/controlnet.py)
+    controlnet: tuple[ControlUnit, ...] = ()
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -113,6 +116,7 @@ class Txt2ImgParams:
         self._check_prompt_limits()
         self._check_detailer()
         self._check_refiner()
+        check_units(self.controlnet)
         return self
 
     def _check_detailer(self) -> None:

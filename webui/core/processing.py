@@ -27,6 +27,7 @@ from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
+from .controlnet import infotext as control_infotext
 from .decode import NanOutputError, decode_latents
 from .faces import face_fields, restored
 from .firstpass import first_pass_from_image, has_first_pass_image
@@ -170,6 +171,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         **run.family.infotext_fields(params),  # "Clip skip"
         "RNG": "CPU",
         "Tiling": True if params.tiling else None,
+        **control_infotext(run.control),  # "ControlNet 0" (sd-webui-controlnet's fields)
         "Version": f"v{__version__}",
     }
 
@@ -219,7 +221,8 @@ def _first_pass(run: RunContext, params: Txt2ImgParams, conditioning, start, sam
                 ngms, on_step: Callable) -> torch.Tensor:  # fmt: skip
     """Sample one batch's first pass from its start noise; returns latents."""
     pipe, family, lease = run.pipe, run.family, run.lease
-    with family.follow_steps(pipe, conditioning, params.batch_size, ngms) as follow_steps:
+    with family.follow_steps(pipe, conditioning, params.batch_size, ngms,
+                             control=run.control) as follow_steps:  # fmt: skip
         return pipe(
             **conditioning.pipeline_kwargs(),
             num_inference_steps=params.steps,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..imaging.upscalers import UpscalerCache
     from ..model_manager.manager import Lease
     from .checkpoints import JobCheckpoints
+    from .controlnet import JobControl
     from .extra_networks import ActiveNetworks
     from .families.base import Family
 
@@ -158,6 +159,7 @@ class RunContext(JobContext):
     preview_full: bool = False  # previews decoded by the VAE (A1111's "Full"), else cheap
     checkpoints: JobCheckpoints | None = None  # the refiner and hires. checkpoints' leases
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiner: prompt, negative
+    control: JobControl | None = None  # the job's ControlNet units (webui.core.controlnet)
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

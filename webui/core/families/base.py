@@ -36,6 +36,7 @@ from typing import Any, overload
 from ...model_manager.identify import ModelSpec, Shapes
 from ..composable import hooked, sigma_of_timestep
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
+from ..controlnet import controlled
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice, resolve
 from ..schedulers import make_scheduler
@@ -100,16 +101,18 @@ class Family(ABC):
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
-        *, first_step: int = 0,
+        *, first_step: int = 0, control: Any = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
         """Around one pipeline call: conditions every denoiser call on the current step's
         prompts (schedules, AND) and skips the unconditional pass below `ngms`'s sigma;
         yields a wrapper for the step callback. `first_step`: where a call that continues
-        a run starts (the refiner's)."""
+        a run starts (the refiner's); `control`: the job's ControlNet units
+        (`core.controlnet.JobControl`), fed to every UNet call."""
         sigma_of = None
         if ngms.min_sigma > 0:
             sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
-        return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
+        hooks = hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
+        return controlled(hooks, control, pipe, batch_size, first_step)
 
     # --- sampling ---------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
