@@ -28,8 +28,9 @@ def server(tmp_path_factory, tiny_files):
     save_tiny_controlnet(folder / "control_tiny_lineart.pth", "sd1", seed=2)
     save_tiny_controlnet(folder / "control_tiny_folder", "sd1", seed=3, layout="folder")
     flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    with ServerThread(create_app(flags)) as srv:
-        srv.folder = folder
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.folder, srv.ctx = folder, app.state.ctx
         yield srv
 
 
@@ -176,3 +177,28 @@ def test_the_extensions_routes(server):
         assert bad.status_code == 422
         scripts = client.get("/sdapi/v1/scripts").json()
         assert "controlnet" in scripts["txt2img"] and "controlnet" in scripts["img2img"]
+
+
+def test_the_ui_unit_gives_the_api_pixels(server, guided):
+    """The accordion's values, as the page sends them (a PIL image, the sliders the canny
+    preprocessor shows, a second unit left off), make the API's image."""
+    from webui.core.params import Txt2ImgParams
+    from webui.services.generation import GenerationRequest
+    from webui.ui.controlnet_ui import controlnet_request
+
+    shown = {"enabled": True, "module": "canny", "image": shapes(), "mask": None,
+             "model": label(server, "control_tiny_canny.safetensors"), "weight": 1.0,
+             "resize_mode": "Crop and Resize", "processor_res": 512, "threshold_a": 100,
+             "threshold_b": 200, "guidance_start": 0.0, "guidance_end": 1.0,
+             "control_mode": "Balanced", "pixel_perfect": False}  # fmt: skip
+    off = {**shown, "enabled": False, "image": None, "module": "none", "model": "None",
+           "processor_res": -1, "threshold_a": -1, "threshold_b": -1}  # fmt: skip
+    values = {f"cn_{k}_{n}": v for n, unit in enumerate((shown, off)) for k, v in unit.items()}
+    params = Txt2ImgParams(prompt="a house", negative_prompt="fog", steps=3, seed=7, width=64,
+                           height=64, sampler_name="Euler", cfg_scale=5, save_images=False)  # fmt: skip
+    job = server.ctx.generation.submit(
+        GenerationRequest("txt2img", params, "ui-user", alwayson=controlnet_request(values))
+    )
+    assert job.done.wait(300)
+    ui = np.asarray(job.images[0].image.convert("RGB"), np.int16)
+    assert np.array_equal(ui, pixels(guided["images"][0]))

@@ -22,7 +22,8 @@ from PIL import Image
 
 from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
 from ..imaging.codec import ImageInputError, decode_base64_image
-from ..model_manager.controlnet_files import find_controlnet, list_controlnets
+from ..model_manager.controlnet_files import find_controlnet, fits, list_controlnets
+from ..model_manager.sniff import HeaderError, sniff_file
 from .errors import RequestError
 
 CONTROLNET = "controlnet"
@@ -95,3 +96,21 @@ def controlnet_fields(found: tuple[str, Any], folder: Path) -> dict[str, Any]:
             unit = resolve_model(unit, folder, (*loc, index))
         units.append(unit)
     return {"controlnet": tuple(units)}
+
+
+def checkpoint_family(models: Any, title: str | None) -> str:
+    """The family label ("SD 1.x", "SDXL", ...) of a checkpoint, read from its header;
+    "" when unknown (then no model is filtered out)."""
+    try:
+        path = Path(models.resolve(title or None).path)
+        return sniff_file(path).family if path.is_file() else ""
+    except (LookupError, OSError, HeaderError):
+        return ""
+
+
+def model_choices(folder: Path, word: str = "", family: str = "") -> list[str]:
+    """ "None" and the labels of the models of a control type (`word` in the name) that fit
+    the checkpoint family, as the extension's model dropdown lists them."""
+    models = list_controlnets(folder).values()
+    return [NO_MODEL, *(m.label for m in models
+                        if word in m.name.lower() and fits(m, family))]  # fmt: skip
