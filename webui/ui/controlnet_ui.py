@@ -131,11 +131,14 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
         add("guidance_end", gr.Slider(label="Ending Control Step", minimum=0.0, maximum=1.0,
                                       step=0.01, value=1.0))  # fmt: skip
     with gr.Row():
-        sliders = [add(field, gr.Slider(label=text, minimum=-1, maximum=2048, value=-1,
+        # hidden until a preprocessor has them; the starting values lie in every one's range
+        # (an update of the range reaches the server before the page's new value)
+        sliders = [add(field, gr.Slider(label=text, minimum=low, maximum=high, value=value,
                                         visible=False))
-                   for field, text in (("processor_res", "Resolution"),
-                                       ("threshold_a", "Threshold A"),
-                                       ("threshold_b", "Threshold B"))]  # fmt: skip
+                   for field, text, low, high, value in (
+                       ("processor_res", "Resolution", 64, 2048, 512),
+                       ("threshold_a", "Threshold A", 0, 255, 1),
+                       ("threshold_b", "Threshold B", 0, 255, 1))]  # fmt: skip
     add("control_mode", gr.Radio(label="Control Mode", choices=list(CONTROL_MODES),
                                  value=CONTROL_MODES[0]))  # fmt: skip
     add("resize_mode", gr.Radio(label="Resize Mode", choices=list(RESIZE_MODES),
