@@ -112,6 +112,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from .api.docs import install_docs
         from .api.routes import api_router
         from .api.routes_browser import browser_router
+        from .api.routes_controlnet import controlnet_router
         from .api.routes_detailer import adetailer_router
         from .api.routes_merge import merge_router
         from .api.routes_models import models_router
@@ -126,6 +127,7 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from .api.routes_train import train_router
 
         app.include_router(train_router())  # /webui/v1/train: LoRA training on the queue
+        app.include_router(controlnet_router())  # /controlnet (sd-webui-controlnet's)
         install_docs(app)
     if ctx.extensions is not None:  # each extension's API under /ext/<name>, behind --api-auth
         from fastapi import Depends

@@ -134,7 +134,8 @@ def build_context(flags: Flags) -> AppContext:
                                    detector_dir=flags.models_dir / "adetailer",
                                    faces=FaceRestorerFolders(flags.gfpgan_models_path,
                                                              flags.codeformer_models_path),
-                                   approx_dirs=approx_folders(flags.models_dir))  # fmt: skip
+                                   approx_dirs=approx_folders(flags.models_dir),
+                                   controlnet_dir=flags.controlnet_dir)  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,

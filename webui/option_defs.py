@@ -112,6 +112,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "model-downloads": "Model downloads",
     "face-restoration": "Face restoration",
     "sdxl": "Stable Diffusion XL",
+    "control_net": "ControlNet",
 }
 
 
@@ -393,6 +394,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("sd_vae_decode_method", "Full", _choice(*_DECODE_METHODS), "VAE for Decoding "
               "(TAESD: a fast draft decoder from models/VAE-approx)", "sd_vae",
               choices=_DECODE_METHODS),
+    # ControlNet (sd-webui-controlnet's keys; webui.core.controlnet, webui.ui.controlnet_ui)
+    OptionDef("control_net_no_detectmap", False, _bool, "Do not append detectmap to output",
+              "control_net"),
+    OptionDef("control_net_unit_count", 3, label="Multi-ControlNet: ControlNet unit number "
+              "(requires restart)", section="control_net", **_int(1, 10)),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

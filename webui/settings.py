@@ -100,6 +100,7 @@ class Flags:
     codeformer_models_path: Path = _DERIVED
     text_encoder_dir: Path = _DERIVED  # Forge's models/text_encoder (FLUX's clip_l, t5xxl)
     module_dirs: tuple[Path, ...] = ()  # more VAE / text encoder folders (ComfyUI's)
+    controlnet_dir: Path = _DERIVED
     # devices and memory
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
@@ -158,6 +159,7 @@ class Flags:
         set_(self, "gfpgan_models_path", self._path_or(self.gfpgan_models_path, models / "GFPGAN"))
         set_(self, "codeformer_models_path",
              self._path_or(self.codeformer_models_path, models / "Codeformer"))  # fmt: skip
+        set_(self, "controlnet_dir", self._path_or(self.controlnet_dir, models / "ControlNet"))
 
     @staticmethod
     def _path_or(value: Path | str | None, default: Path) -> Path:
@@ -374,6 +376,7 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "more VAE / text encoder folders, e.g. ComfyUI's models/vae models/text_encoders",
             {"nargs": "+", "type": Path, "metavar": "DIR"},
         ),
+        ("--controlnet-dir", "ControlNet models folder (<models-dir>/ControlNet)", _PATH),
     ],
     "devices and memory": [
         ("--use-cpu", "'all' runs everything on the CPU", {"nargs": "+", "metavar": "MODULE"}),

@@ -261,12 +261,14 @@ def test_widgets_and_sections() -> None:
         "face_restoration_model": "dropdown", "code_former_weight": "slider",
         "sdxl_refiner_low_aesthetic_score": "slider", "sdxl_refiner_high_aesthetic_score": "slider",
         "forge_additional_modules": "multiselect", "sd_vae_decode_method": "dropdown",
+        "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
                                        "Saving images/grids", "Paths for saving",
                                        "Interrogate", "Model downloads",
-                                       "Face restoration", "Stable Diffusion XL"]  # fmt: skip
+                                       "Face restoration", "Stable Diffusion XL",
+                                       "ControlNet"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

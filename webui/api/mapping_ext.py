@@ -15,9 +15,11 @@ from dataclasses import asdict
 from typing import Any
 
 from ..core import soft_inpainting as soft
+from ..core.controlnet_units import ControlUnit
 from ..core.params_detailer import ADETAILER, DetailerUnit, ordinal_suffix
 from ..ext.api import Extension
 from ..ext.host import ExtensionHost
+from ..services.controlnet import CONTROLNET
 from ..services.generation import SD_UPSCALE, GenerationService
 
 GENERATION_TABS = ("txt2img", "img2img")
@@ -25,7 +27,10 @@ GENERATION_TABS = ("txt2img", "img2img")
 
 def scripts_listing(generation: GenerationService) -> dict[str, list[str]]:
     """A1111's GET /scripts: selectable script titles per tab (lowercase, as A1111)."""
-    return {tab: [title.lower() for title in generation.scripts(tab)] for tab in GENERATION_TABS}
+    return {
+        tab: [*(title.lower() for title in generation.scripts(tab)), CONTROLNET]
+        for tab in GENERATION_TABS
+    }  # ControlNet: built in, always on (A1111 lists it)
 
 
 def _arg_info(control) -> dict[str, Any]:
@@ -47,7 +52,7 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                   "args": [_arg_info(c) for c in generation.sd_upscale_controls()]}  # fmt: skip
     extensions = generation.extensions
     if extensions is None:
-        return [*_adetailer_info(), sd_upscale, _soft_inpainting()]
+        return [*_adetailer_info(), *_controlnet_info(), sd_upscale, _soft_inpainting()]
     out = []
     for ext in extensions.active():
         if not ext.controls and not ext.is_script:
@@ -60,7 +65,26 @@ def script_info(generation: GenerationService) -> list[dict[str, Any]]:
                 "is_img2img": tab == "img2img",
                 "args": [_arg_info(c) for c in ext.controls],
             })  # fmt: skip
-    return [*out, *_adetailer_info(), sd_upscale, _soft_inpainting()]
+    return [*out, *_adetailer_info(), *_controlnet_info(), sd_upscale, _soft_inpainting()]
+
+
+def _controlnet_info() -> list[dict[str, Any]]:
+    """The built-in ControlNet, always on in both tabs: one unit dict per arg (defaults)."""
+    unit = {k: v for k, v in asdict(ControlUnit()).items()
+            if k not in ("model_path", "model_label")}  # fmt: skip
+    args = [{"name": f"unit{n}", "label": f"ControlNet Unit {n}", "value": unit,
+             "minimum": None, "maximum": None, "step": None, "choices": None}
+            for n in range(3)]  # fmt: skip
+    return [
+        {
+            "name": CONTROLNET,
+            "extension": None,
+            "is_alwayson": True,
+            "is_img2img": tab == "img2img",
+            "args": args,
+        }
+        for tab in GENERATION_TABS
+    ]
 
 
 def _adetailer_info() -> list[dict[str, Any]]:

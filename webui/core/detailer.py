@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from PIL import Image
 
@@ -146,6 +146,6 @@ def region_params(
 def _inpaint(run: RunContext, params: Img2ImgParams, seed: int, subseed: int) -> Image.Image:
     """One region inpainted through the img2img path; its progress shows as steps."""
     prepared = prepare(params, params.init_images[0])
-    job = Img2ImgJob(run, params)
+    job = Img2ImgJob(replace(run, control=None), params)  # ControlNet steers the image, not this
     result = job.run([prepared], [seed], [subseed])[0]
     return prepared.finish(result)

@@ -120,7 +120,8 @@ def hires_pass(
     progress.step = 0
     seeds = list(noise.seeds)
     ngms = run.ngms(params)
-    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms) as follow_steps:
+    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms,
+                                 control=run.control) as follow_steps:  # fmt: skip
         request = DenoiseRequest(
             latents=latents,
             conditioning=conditioning.pipeline_kwargs(),

@@ -229,7 +229,8 @@ class Img2ImgJob:
                              multiplier=noise_multiplier(params))  # fmt: skip
         ngms = run.ngms(params)
         refiner, generators = self.refiner, []
-        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms) as follow_steps:
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms,
+                                     control=run.control) as follow_steps:  # fmt: skip
             on_step = follow_steps(self.on_step)
             images = run_batch(
                 run,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ..imaging.face_restorer_list import FaceRestorerRef
+from .controlnet_units import ControlUnit, check_units
 from .errors import ParamError
 from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
 from .prompt_limits import check_prompts
@@ -75,6 +76,8 @@ class Txt2ImgParams:
     refiner_switch_at: float = 0.8
     # FLUX.1's guidance embedding (Forge's "Distilled CFG Scale"; other families ignore it)
     distilled_cfg_scale: float = 3.5
+    # ControlNet units (sd-webui-controlnet's, core/controlnet_units.py; core/controlnet.py)
+    controlnet: tuple[ControlUnit, ...] = ()
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -120,6 +123,7 @@ class Txt2ImgParams:
         self._check_prompt_limits()
         self._check_detailer()
         self._check_refiner()
+        check_units(self.controlnet)
         return self
 
     def _check_detailer(self) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
+from .controlnet import infotext as control_infotext
 from .decode import NanOutputError, decode_latents
 from .faces import face_fields, restored
 from .firstpass import first_pass_from_image, has_first_pass_image
@@ -175,6 +176,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         **module_fields(lease.model),  # Forge's "Module 1: ae", ...
         "RNG": "CPU",
         "Tiling": True if params.tiling else None,
+        **control_infotext(run.control),  # "ControlNet 0" (sd-webui-controlnet's fields)
         "Version": f"v{__version__}",
     }
 
@@ -238,7 +240,8 @@ def _first_pass(run: RunContext, params: Txt2ImgParams, conditioning, start, sam
     """Sample one batch's first pass from its start noise; returns latents."""
     pipe, family, lease = run.pipe, run.family, run.lease
     size, batch = (params.height, params.width), params.batch_size
-    with family.follow_steps(pipe, conditioning, batch, ngms, size=size) as follow_steps:
+    with family.follow_steps(pipe, conditioning, batch, ngms, size=size,
+                             control=run.control) as follow_steps:  # fmt: skip
         latents = pipe(
             **family.pipeline_call_kwargs(conditioning, params),  # prompts, guidance
             num_inference_steps=params.steps,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..imaging.upscalers import UpscalerCache
     from ..model_manager.manager import Lease
     from .checkpoints import JobCheckpoints
+    from .controlnet import JobControl
     from .extra_networks import ActiveNetworks
     from .families.base import Family
 
@@ -161,6 +162,7 @@ class RunContext(JobContext):
     aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # SDXL refiner: prompt, negative
     preview_method: str = "Approx cheap"  # show_progress_type (webui.core.previews)
     approx: Any = None  # the worker's ApproxModels: Approx NN and TAESD files
+    control: JobControl | None = None  # the job's ControlNet units (webui.core.controlnet)
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

@@ -27,11 +27,13 @@ from PIL import Image
 from ..imaging.face_restoration import FaceRestorerCache
 from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
+from ..model_manager.controlnet_loader import ControlNetCache
 from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
 from ..model_manager.vae_approx import ApproxModels
 from .checkpoints import JobCheckpoints
+from .controlnet import JobControl, prepare_control
 from .extra_networks import Networks, applied_networks, styled
 from .extras import ExtrasResult, NamedSaveFn, upscale_images
 from .families import Families
@@ -114,6 +116,7 @@ class Worker:
         self.upscalers = UpscalerCache(models.plan.device, half=half)
         self.interrogators = interrogator_cache(models)  # loaded on the first interrogation
         self.faces = FaceRestorerCache(str(models.plan.device))  # GFPGAN / CodeFormer
+        self.controlnets = ControlNetCache(models.plan.device, models.plan.dtype)
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
@@ -141,6 +144,7 @@ class Worker:
             self.faces.clear()
             if self._approx() is not None:
                 self._approx().clear()
+            self.controlnets.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
@@ -185,6 +189,7 @@ class Worker:
             setup(lease, family) as active,
             JobCheckpoints(models, self.families, lease, family, setup) as checkpoints,
         ):
+            control = self._control(params, lease, opt)  # ControlNet units: maps, models
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
                 faces=self.faces, lease=lease, family=family, networks=active, save=save,
@@ -197,6 +202,7 @@ class Worker:
                 aesthetic_scores=(float(opt("sdxl_refiner_high_aesthetic_score")),
                                   float(opt("sdxl_refiner_low_aesthetic_score"))),
                 preview_method=opt("show_progress_type"), approx=self._approx(),
+                control=control,
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
@@ -207,6 +213,8 @@ class Worker:
             )  # fmt: skip
         warnings += active.warnings + run.memory.messages() + run.warnings
         images = self._with_grid(job, params, images, info.name, settings, hooks)
+        if control is not None and images:  # the extension appends its detected maps
+            images += [GeneratedImage(m, params.seed, "") for m in control.maps]
         return JobResult(images, params, info.title, lease.spec.label, warnings)
 
     def _approx(self) -> ApproxModels | None:
@@ -220,6 +228,15 @@ class Worker:
         draft = draft_decoder(opt("sd_vae_decode_method"), family, self._approx(), plan.device,
                               dtype)  # fmt: skip
         return replace(MemoryRun.from_options(opt), draft_vae=draft)
+
+    def _control(self, params: Txt2ImgParams, lease, opt: Option) -> JobControl | None:
+        """The job's ControlNet units prepared (None: none enabled)."""
+        if not any(unit.active for unit in params.controlnet):
+            return None
+        unet = dict(lease.pipe.unet.config)
+        return prepare_control(params, params.controlnet,
+                               lambda path: self.controlnets.get(path, unet),
+                               save_maps=not opt("control_net_no_detectmap"))  # fmt: skip
 
     def _saver(
         self,

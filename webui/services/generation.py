@@ -45,6 +45,7 @@ from ..imaging.face_restorer_list import (
 )
 from ..model_manager.approx_files import any_taesd_decoder, missing_message
 from ..options import Options
+from .controlnet import controlnet_fields, split_controlnet
 from .detailer import detailer_fields, split_detailer
 from .errors import NoCheckpointError, RequestError
 from .options import CHECKPOINT, CLIP_SKIP, OVERRIDES, checkpoint_info, job_options
@@ -93,7 +94,8 @@ class GenerationService:
                  extensions: ExtensionHost | None, upscalers: Upscalers,
                  checkpoint_dir: Path, detector_dir: Path | None = None,
                  faces: FaceRestorerFolders | None = None,
-                 approx_dirs: tuple[Path, ...] | None = None) -> None:  # fmt: skip
+                 approx_dirs: tuple[Path, ...] | None = None,
+                 controlnet_dir: Path | None = None) -> None:  # fmt: skip
         self.approx_dirs = approx_dirs  # Approx NN and TAESD files (None: not checked)
         self.models = models
         self.options = options
@@ -104,6 +106,8 @@ class GenerationService:
         # ADetailer's detectors (models/adetailer next to models/Stable-diffusion by default)
         self.detector_dir = Path(detector_dir or self.checkpoint_dir.parent / "adetailer")
         self.faces = faces  # GFPGAN / CodeFormer folders; None: no face restoration
+        # ControlNet models (models/ControlNet next to models/Stable-diffusion by default)
+        self.controlnet_dir = Path(controlnet_dir or self.checkpoint_dir.parent / "ControlNet")
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate the request and queue its job. Raises RequestError, NoCheckpointError,
@@ -134,6 +138,10 @@ class GenerationService:
         detailer, alwayson = split_detailer(request.alwayson)
         if detailer is not None:  # ADetailer: built in, asked for as the extension is
             params = replace(params, **detailer_fields(detailer, request.kind, self.detector_dir))
+            request = replace(request, alwayson=alwayson)
+        control, alwayson = split_controlnet(request.alwayson)
+        if control is not None:  # ControlNet: built in, asked for as the extension is
+            params = replace(params, **controlnet_fields(control, self.controlnet_dir))
             request = replace(request, alwayson=alwayson)
         params = self._with_face_restorer(request, params)
         params = self._other_checkpoints(params)

@@ -32,6 +32,7 @@ from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.masks import RESIZE_MODES
 from .adetailer_ui import add_adetailer_controls, detailer_request
 from .common import InputError, owner_of
+from .controlnet_ui import add_controlnet_controls, controlnet_request
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
 from .habits import started_js
@@ -86,6 +87,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
             if spec.extras is not None:
                 spec.extras(ctx, named)
             add_adetailer_controls(ctx, named, spec.prefix, spec.kind)
+            add_controlnet_controls(ctx, named, spec.prefix, spec.kind, checkpoint)
             ext = extension_inputs(ctx, spec.scripts_of, prefix=spec.prefix, named=named)
         with gr.Column(scale=1):
             output = output_panel(ctx, spec.prefix, send_targets=spec.send_targets)
@@ -100,6 +102,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
             raise InputError(str(exc)) from exc
         args = ext.request_args(v)
         args["alwayson"] = {**(args.get("alwayson") or {}), **detailer_request(v)}  # ADetailer
+        args["alwayson"].update(controlnet_request(v))  # ControlNet units
         return submit_job(ctx, request, spec.kind, params, **args)
 
     async def run(request: gr.Request, *values):

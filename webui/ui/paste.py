@@ -25,6 +25,7 @@ import gradio as gr
 
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
+from . import controlnet_ui as cn_ui
 from . import soft_inpainting_ui as soft_ui
 from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
@@ -234,6 +235,7 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     if faces is not None:  # "Face restoration: CodeFormer" only when it was on
         out[faces] = bool(fields.get("Face restoration"))
     out.update(refiner_fill(fields, controls))
+    out.update(cn_ui.paste_fill(fields, controls))  # "ControlNet N" fields: the units
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image
@@ -249,7 +251,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
     by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
     targets = {b.id: b for b in blocks if isinstance(b, gr.Tab) and b.id in TARGETS}
     for tab_id, tab in targets.items():
-        controls = tab_controls(tab)
+        controls = {**tab_controls(tab), **cn_ui.paste_controls(tab)}
         button, prompt = by_id.get(f"{tab_id}_paste"), controls.get("Prompt")
         if button is not None and prompt is not None:
             outputs = parameter_outputs(controls, checkpoint)
@@ -264,7 +266,7 @@ def connect_parameter_copy(demo, ctx: AppContext) -> None:
         if source is None:
             log.warning("%s has no %s_infotext_source; not wired", elem_id, prefix)
             continue
-        controls = tab_controls(targets[tab_id])
+        controls = {**tab_controls(targets[tab_id]), **cn_ui.paste_controls(targets[tab_id])}
         outputs = parameter_outputs(controls, checkpoint)
         inputs = [source]
         image_in, image_out = (
@@ -286,7 +288,8 @@ def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING,
                                                   ADETAILER_ENABLE, RESTORE_FACES,
                                                   REFINER_ENABLE}  # fmt: skip
-    found = [c for label, c in controls.items() if label in labels]
+    found = [c for label, c in controls.items()
+             if label in labels or label.startswith("ControlNet ")]  # fmt: skip
     return [*found, checkpoint] if checkpoint is not None else found
 
 

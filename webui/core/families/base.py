@@ -36,6 +36,7 @@ from typing import Any, overload
 from ...model_manager.identify import ModelSpec, Shapes
 from ..composable import hooked, sigma_of_timestep
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
+from ..controlnet import controlled
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice, resolve
 from ..schedulers import make_scheduler
@@ -105,17 +106,19 @@ class Family(ABC):
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
-        *, first_step: int = 0, size: tuple[int, int] | None = None,
+        *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
         """Around one pipeline call: conditions every denoiser call on the current step's
         prompts (schedules, AND) and skips the unconditional pass below `ngms`'s sigma;
         yields a wrapper for the step callback. `first_step`: where a call that continues
         a run starts (the refiner's); `size`: the image's (height, width), for families
-        whose pipelines pack their latents (FLUX)."""
+        whose pipelines pack their latents (FLUX); `control`: the job's ControlNet units
+        (`core.controlnet.JobControl`), fed to every UNet call."""
         sigma_of = None
         if ngms.min_sigma > 0:
             sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
-        return hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
+        hooks = hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
+        return controlled(hooks, control, pipe, batch_size, first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
         """The pipeline call's conditioning and guidance keyword arguments."""

@@ -177,8 +177,10 @@ class FluxFamily(Family):
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
-        *, first_step: int = 0, size: tuple[int, int] | None = None,
+        *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
+        if control is not None:
+            raise UserError(f"ControlNet does not run {self.label} models yet")
         return _following(pipe, conditioning, batch_size, first_step, size)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:

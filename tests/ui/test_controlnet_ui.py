@@ -1,0 +1,73 @@
+"""The ControlNet accordion without a server: its request shape, parameter copy of the
+`ControlNet N` infotext fields, and the preprocessor preview (💥)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from webui.imaging.infotext import parse_infotext
+from webui.ui import controlnet_ui as cn
+from webui.ui.common import InputError
+from webui.ui.image_common import Named
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ControlNet")
+    ctx = SimpleNamespace(options={"control_net_unit_count": 2},
+                          generation=SimpleNamespace(controlnet_dir=folder), models=None)  # fmt: skip
+    named = Named()
+    with gr.Blocks() as demo:
+        with gr.Tab("txt2img") as tab:
+            checkpoint = gr.Dropdown(label="Checkpoint", choices=["a"], value="a")
+            cn.add_controlnet_controls(ctx, named, "txt2img", "img2img", checkpoint)
+    return demo, tab, named
+
+
+def test_request_has_the_extensions_shape(built):
+    _, _, named = built
+    values = {key: getattr(c, "value", None) for key, c in named.components.items()}
+    assert cn.controlnet_request(values) == {}  # no unit enabled
+    values["cn_enabled_1"] = True
+    values["cn_own_image_1"] = False  # img2img: the tab's image
+    args = cn.controlnet_request(values)["controlnet"]["args"]
+    assert len(args) == 2 and args[1]["enabled"] and args[1]["image"] is None
+    assert set(args[0]) == set(cn.FIELDS)
+
+
+def test_parameter_copy_restores_the_units(built):
+    _, tab, _ = built
+    controls = cn.paste_controls(tab)
+    assert "ControlNet 1 weight" in controls and "ControlNet 0 image" not in controls
+    text = ('a cat\nSteps: 3, Seed: 1, ControlNet 1: "Module: canny, Model: control_x '
+            "[12345678], Weight: 0.6, Resize Mode: Just Resize, Processor Res: 256, Threshold A: "
+            "50.0, Threshold B: 150.0, Guidance Start: 0.1, Guidance End: 0.7, Pixel Perfect: "
+            'True, Control Mode: My prompt is more important"')  # fmt: skip
+    out = cn.paste_fill(parse_infotext(text), controls)
+    assert out[controls["ControlNet 0 enabled"]] is False
+    assert out[controls["ControlNet 1 enabled"]] is True
+    assert out[controls["ControlNet 1 module"]] == "canny"
+    assert out[controls["ControlNet 1 weight"]] == 0.6
+    assert out[controls["ControlNet 1 guidance_end"]] == 0.7
+    assert out[controls["ControlNet 1 pixel_perfect"]] is True
+    assert out[controls["ControlNet 1 control_mode"]] == "My prompt is more important"
+    assert out[controls["ControlNet 1 resize_mode"]] == "Just Resize"
+    low = out[controls["ControlNet 1 threshold_a"]]
+    assert low.value == 50.0 and low.label == "Low Threshold" and low.visible
+    assert out[controls["ControlNet 1 model"]].value == "control_x [12345678]"
+
+
+def test_the_preview_runs_the_preprocessor():
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).rectangle((16, 16, 48, 48), fill="black")
+    edges = np.asarray(cn._preview("canny", image, None, 64, 100, 200))
+    assert edges.shape == (64, 64, 3) and edges.max() == 255 and edges[0, 0, 0] == 0
+    inverted = np.asarray(cn._preview("invert", image, None, -1, -1, -1))
+    assert inverted[0, 0, 0] == 0 and inverted[32, 32, 0] == 255
+    with pytest.raises(InputError):
+        cn._preview("canny", None, None, 512, 100, 200)

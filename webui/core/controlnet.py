@@ -1,0 +1,206 @@
+"""ControlNet in the worker: prepare a job's units, feed their residuals to the UNet.
+
+`prepare_control` (the worker, before the generation) runs each enabled unit's
+preprocessor on its image (a unit without one uses the img2img init image, and the
+inpaint mask for `inpaint_only`), at its processor resolution (pixel perfect: the
+extension's estimate for the generation size), and loads its model (`ControlNetCache`).
+The detected maps become extra images of the job's result (`JobControl.maps`), as the
+extension appends them.
+
+During sampling, `controlled` wraps one pipeline call (`Family.follow_steps(control=...)`):
+the UNet's forward is wrapped so that every call (after the prompt hooks of
+`core/composable.py` have laid out its rows: uncond first, then the conds) runs the
+units' ControlNets on the call's latents, timestep and text embeddings, with the hint fit
+to the call's size (the hires. fix pass gets its own), and passes the summed residuals as
+`down_block_additional_residuals` / `mid_block_additional_residual`. As sd-webui-controlnet:
+
+- a unit guides the steps whose fraction step/steps lies in [guidance_start, guidance_end];
+- "Balanced": the weight on every residual and every row; "My prompt is more important":
+  soft injection, residual i of 13 scaled by weight * 0.825 ** (12 - i) (SDXL: the first
+  10 of these); "ControlNet is more important": soft injection on the conditional rows
+  only (the unconditional rows get none, so CFG strengthens the control);
+- in the hires. fix pass, canny units always use soft injection;
+- a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
+  inpainting UNet gives the ControlNet its first 4 latent channels.
+
+Units with weight 0 or without a model do not touch the UNet (weight 0 equals no unit).
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..imaging.control_preprocessors import fit_map
+from .controlnet_units import ControlUnit, detect
+
+log = logging.getLogger(__name__)
+_IMG2IMG_RESIZE = ("Just Resize", "Crop and Resize", "Resize and Fill", "Just Resize")
+
+
+@dataclass
+class PreparedUnit:
+    unit: ControlUnit
+    index: int
+    detected: np.ndarray  # HWC uint8, 3 channels (4: inpaint, the mask last)
+    resize_mode: str
+    model: Any = None  # ControlNetModel; None: the unit only made its map
+    hints: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def hint(self, height: int, width: int) -> np.ndarray:
+        if (height, width) not in self.hints:
+            self.hints[(height, width)] = fit_map(self.detected, self.resize_mode, height, width)
+        return self.hints[(height, width)]
+
+
+@dataclass
+class JobControl:
+    units: list[PreparedUnit]
+    size: tuple[int, int]  # the first pass's (height, width)
+    maps: list[Image.Image] = field(default_factory=list)  # detected maps for the result
+
+    @property
+    def guiding(self) -> list[PreparedUnit]:
+        return [u for u in self.units if u.model is not None]
+
+
+def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[[Path], Any],
+                    *, save_maps: bool = True) -> JobControl | None:  # fmt: skip
+    """The job's units ready to run; `load(path)` gives a unit's model. None: no unit."""
+    size = (params.height, params.width)
+    init = list(getattr(params, "init_images", None) or [])
+    prepared: list[PreparedUnit] = []
+    maps: list[Image.Image] = []
+    for index, unit in enumerate(units):
+        if not unit.active:
+            continue
+        image, mode, mask = unit.image, unit.resize_mode, None
+        if image is None and init:  # the extension: the img2img image, its resize mode
+            image = init[0]
+            mode = _IMG2IMG_RESIZE[int(getattr(params, "resize_mode", 0)) % 4]
+            mask = getattr(params, "mask", None)
+        if image is None:
+            raise UserError(f"ControlNet unit {index}: no image (give one, or use img2img)")
+        detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index)
+        model = load(Path(unit.model_path)) if unit.guides else None
+        part = PreparedUnit(unit, index, detected, mode, model)
+        prepared.append(part)
+        if save_maps and unit.save_detected_map:
+            hint = part.hint(*size)
+            maps.append(Image.fromarray(hint[:, :, :3] if hint.shape[2] == 4 else hint))
+    if not prepared:
+        return None
+    return JobControl(prepared, size, maps)
+
+
+def _scales(unit: ControlUnit, count: int, soft: bool) -> list[float]:
+    if not soft:
+        return [unit.weight] * count
+    return [unit.weight * 0.825 ** float(12 - i) for i in range(13)][:count]
+
+
+def _hint_tensor(hint: np.ndarray, rows: int, like: torch.Tensor) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(hint)).float().div(255.0)
+    tensor = tensor.permute(2, 0, 1)[None]
+    if tensor.shape[1] == 4:  # ControlNet's inpaint protocol
+        color, mask = tensor[:, :3], (tensor[:, 3:4] > 0.5).float()
+        tensor = color * (1 - mask) - mask
+    return tensor.to(like.device, like.dtype).expand(rows, -1, -1, -1)
+
+
+class _ControlState:
+    """One pipeline call's step counter and the wrapped UNet forward."""
+
+    def __init__(self, control: JobControl, pipe: Any, batch_size: int, first_step: int):
+        self.control, self.pipe, self.batch = control, pipe, batch_size
+        self.step = first_step
+
+    def wrap(self, callback: Callable | None) -> Callable:
+        def on_step_end(pipe, i, t, tensors):
+            self.step = i + 1
+            return callback(pipe, i, t, tensors) if callback else {}
+
+        return on_step_end
+
+    def residuals(self, sample, timestep, context, added) -> tuple[list, Any] | None:
+        total = max(int(getattr(self.pipe, "num_timesteps", 0) or 0), 1)
+        fraction = self.step / total
+        rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
+        hires = (height, width) != self.control.size
+        total_down: list | None = None
+        total_mid = None
+        for part in self.control.guiding:
+            unit, model = part.unit, part.model
+            if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
+                continue
+            x = sample[:, : model.config.in_channels]
+            hint = _hint_tensor(part.hint(height, width), rows, x)
+            down, mid = model(x.to(model.dtype), timestep, encoder_hidden_states=context.to(model.dtype),
+                              controlnet_cond=hint.to(model.dtype), conditioning_scale=1.0,
+                              added_cond_kwargs=added, return_dict=False)  # fmt: skip
+            soft = unit.control_mode != "Balanced" or (hires and "canny" in unit.module)
+            outputs = [*down, mid]
+            scales = _scales(unit, len(outputs), soft)
+            outputs = [o * s for o, s in zip(outputs, scales, strict=False)]
+            if unit.control_mode == "ControlNet is more important" and rows > self.batch:
+                keep = torch.ones(rows, 1, 1, 1, device=x.device, dtype=outputs[0].dtype)
+                keep[: self.batch] = 0  # the unconditional rows come first
+                outputs = [o * keep for o in outputs]
+            if total_down is None:
+                total_down, total_mid = outputs[:-1], outputs[-1]
+            else:
+                total_down = [a + b for a, b in zip(total_down, outputs[:-1], strict=True)]
+                total_mid = total_mid + outputs[-1]
+        return None if total_down is None else (total_down, total_mid)
+
+    def forward(self, original: Callable) -> Callable:
+        def forward(sample, timestep, *args, **kwargs):
+            context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+            found = self.residuals(sample, timestep, context, kwargs.get("added_cond_kwargs"))
+            if found is not None:
+                dtype = sample.dtype
+                kwargs["down_block_additional_residuals"] = [r.to(dtype) for r in found[0]]
+                kwargs["mid_block_additional_residual"] = found[1].to(dtype)
+            return original(sample, timestep, *args, **kwargs)
+
+        return forward
+
+
+@contextmanager
+def controlled(inner: AbstractContextManager, control: JobControl | None, pipe: Any,
+               batch_size: int, first_step: int = 0) -> Iterator[Callable]:  # fmt: skip
+    """`inner` (the prompt hooks of one pipeline call) plus the job's ControlNet units."""
+    if control is None or not control.guiding:
+        with inner as wrap:
+            yield wrap
+        return
+    unet = pipe.unet
+    state = _ControlState(control, pipe, batch_size, first_step)
+    previous = unet.__dict__.get("forward")
+    unet.forward = state.forward(unet.forward)
+    try:
+        with inner as wrap:
+            yield lambda callback: wrap(state.wrap(callback))
+    finally:
+        if previous is None:
+            del unet.forward
+        else:
+            unet.forward = previous
+
+
+def infotext(control: JobControl | None) -> dict[str, str]:
+    """The extension's `ControlNet N` fields (N: the unit's place among the job's units)."""
+    if control is None:
+        return {}
+    return {f"ControlNet {part.index}": part.unit.serialize() for part in control.units}

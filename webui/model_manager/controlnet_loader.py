@@ -1,0 +1,144 @@
+"""Load a ControlNet file or folder as diffusers' `ControlNetModel`, offline; keep a few.
+
+- lllyasviel's layout (`control_model.*` or bare `input_blocks.*` keys, `.safetensors` or
+  `.pth`): read with safetensors or the project's restricted unpickler
+  (`loader._load_ckpt`), converted with diffusers' own `convert_controlnet_checkpoint`.
+- diffusers' layout as a single file: used as it is.
+- a diffusers folder (`config.json` + weights): `ControlNetModel.from_pretrained`, local.
+
+A single file's config is the checkpoint UNet's (a ControlNet copies its encoder: head
+sizes, projections, SDXL's added embeddings), with what the tensors say put over it
+(channels, layers, transformer depth, context width, hint encoder). A file that does not
+fit the checkpoint raises `ControlNetLoadError` naming it.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import UserError
+from .loader import _load_ckpt
+
+log = logging.getLogger(__name__)
+LDM_PREFIX = "control_model."
+_UNET_KEYS = ("attention_head_dim", "use_linear_projection", "addition_embed_type",
+              "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+              "num_attention_heads", "upcast_attention", "only_cross_attention",
+              "class_embed_type", "num_class_embeds", "norm_num_groups", "norm_eps",
+              "act_fn", "flip_sin_to_cos", "freq_shift", "downsample_padding",
+              "mid_block_type", "resnet_time_scale_shift", "encoder_hid_dim",
+              "encoder_hid_dim_type", "addition_embed_type_num_heads",
+              "global_pool_conditions")  # fmt: skip
+
+
+class ControlNetLoadError(UserError):
+    """A ControlNet file that cannot be read or does not fit the checkpoint."""
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return _load_ckpt(path)
+
+
+def _count(state: dict, pattern: str) -> int:
+    n = 0
+    while any(k.startswith(pattern.format(n)) for k in state):
+        n += 1
+    return n
+
+
+def _to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lllyasviel's layout converted by diffusers; diffusers' layout as it is."""
+    if "time_embedding.linear_1.weight" in state:
+        return state
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    bare = {k.removeprefix(LDM_PREFIX): v for k, v in state.items()}
+    per_level = 0  # input blocks up to the first downsample: conv_in, then the resnets
+    for i in range(1, _count(bare, "input_blocks.{}.")):
+        if f"input_blocks.{i}.0.op.weight" in bare:
+            break
+        per_level += 1
+    return convert_controlnet_checkpoint(bare, {"layers_per_block": per_level})
+
+
+def config_from_tensors(state: dict[str, torch.Tensor], unet_config: dict) -> dict:
+    """The ControlNetModel config of a diffusers-layout state dict on this UNet."""
+    levels = _count(state, "down_blocks.{}.")
+    channels = [state[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)]
+    attention = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state)
+                 for i in range(levels)]  # fmt: skip
+    depth = [max(1, _count(state, f"down_blocks.{i}.attentions.0.transformer_blocks.{{}}."))
+             for i in range(levels)]  # fmt: skip
+    key = next(k for k in state if k.endswith("attn2.to_k.weight"))
+    hint = [state["controlnet_cond_embedding.conv_in.weight"].shape[0]] + [
+        state[f"controlnet_cond_embedding.blocks.{2 * i + 1}.weight"].shape[0]
+        for i in range(_count(state, "controlnet_cond_embedding.blocks.{}.") // 2)
+    ]
+    config = {k: unet_config[k] for k in _UNET_KEYS if k in unet_config}
+    config.update({
+        "in_channels": state["conv_in.weight"].shape[1],
+        "block_out_channels": channels,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        "layers_per_block": _count(state, "down_blocks.0.resnets.{}."),
+        "transformer_layers_per_block": depth,
+        "cross_attention_dim": state[key].shape[1],
+        "conditioning_embedding_out_channels": hint,
+        "conditioning_channels": state["controlnet_cond_embedding.conv_in.weight"].shape[1],
+    })  # fmt: skip
+    if isinstance(config.get("attention_head_dim"), list | tuple):
+        config["attention_head_dim"] = list(config["attention_head_dim"])[:levels]
+    if "add_embedding.linear_1.weight" in state:
+        config["projection_class_embeddings_input_dim"] = state[
+            "add_embedding.linear_1.weight"
+        ].shape[1]
+    return config
+
+
+def load_controlnet(path: Path, unet_config: dict) -> Any:
+    """A ControlNetModel (float32, CPU) from a file or a diffusers folder."""
+    from diffusers import ControlNetModel
+
+    try:
+        if path.is_dir():
+            return ControlNetModel.from_pretrained(str(path), local_files_only=True)
+        state = _to_diffusers(_read(path))
+        model = ControlNetModel.from_config(config_from_tensors(state, unet_config))
+        model.load_state_dict(state, strict=True)
+        return model
+    except UserError:
+        raise
+    except (RuntimeError, KeyError, ValueError, StopIteration, OSError) as exc:
+        raise ControlNetLoadError(f"ControlNet {path.name}: cannot load it ({exc})") from exc
+
+
+class ControlNetCache:
+    """The last few ControlNets used (by path and modification time), on the models' device."""
+
+    def __init__(self, device: str | torch.device, dtype: torch.dtype, size: int = 2):
+        self.device, self.dtype, self.size = torch.device(device), dtype, size
+        self._models: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, path: Path, unet_config: dict) -> Any:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        model = self._models.pop(key, None)
+        if model is None:
+            log.info("Loading ControlNet %s", path.name)
+            model = load_controlnet(path, unet_config).to(self.device, self.dtype).eval()
+            while len(self._models) >= self.size:
+                self._models.popitem(last=False)
+        self._models[key] = model
+        return model
+
+    def clear(self) -> None:
+        self._models.clear()

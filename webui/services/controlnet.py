@@ -1,0 +1,116 @@
+"""ControlNet's request side: its always-on args, its model list, its unit checks.
+
+Asked for as sd-webui-controlnet is: `alwayson_scripts: {"controlnet": {"args": [unit,
+...]}}` (the name in any case: clients send "ControlNet"); the UI sends the same shape
+with PIL images. `split_controlnet` takes it out of a request's always-on scripts,
+`controlnet_fields` turns it into the params field `controlnet`: each unit read by
+`core.controlnet_units.unit_from_dict`, its images decoded (base64, or a `{"image",
+"mask"}` dict), its model resolved in `models/ControlNet`. A bad unit is a `RequestError`
+at ("alwayson_scripts", name, "args", index, field).
+
+This module must never import torch, diffusers, gradio or fastapi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
+from ..imaging.codec import ImageInputError, decode_base64_image
+from ..model_manager.controlnet_files import find_controlnet, fits, list_controlnets
+from ..model_manager.sniff import HeaderError, sniff_file
+from .errors import RequestError
+
+CONTROLNET = "controlnet"
+API_VERSION = 2  # what GET /controlnet/version answers (the extension's API version)
+
+
+def split_controlnet(alwayson: Mapping[str, Any]) -> tuple[tuple[str, Any] | None, dict]:
+    """((the name as sent, its args) or None, the other always-on scripts)."""
+    found, rest = None, {}
+    for name, value in (alwayson or {}).items():
+        if str(name).lower() == CONTROLNET:
+            found = (str(name), value.get("args") if isinstance(value, Mapping) else value)
+        else:
+            rest[name] = value
+    return found, rest
+
+
+def _image(value: Any, loc: tuple) -> Image.Image | None:
+    if value is None or value == "" or isinstance(value, Image.Image):
+        return value or None
+    try:
+        return decode_base64_image(value, str(loc[-1]))
+    except ImageInputError as exc:
+        raise RequestError(loc, exc.message) from None
+
+
+def _decoded(unit: Mapping[str, Any], loc: tuple) -> dict[str, Any]:
+    """The unit's dict with its images decoded (`{"image": ..., "mask": ...}` too)."""
+    values = dict(unit)
+    for key in ("image", "input_image", "mask", "mask_image"):
+        value = values.get(key)
+        if isinstance(value, Mapping) and key in ("image", "input_image"):
+            values[key] = _image(value.get("image"), (*loc, key, "image"))
+            if value.get("mask") is not None:
+                values["mask"] = _image(value["mask"], (*loc, key, "mask"))
+        elif key in values:
+            values[key] = _image(value, (*loc, key))
+    return values
+
+
+def resolve_model(unit: ControlUnit, folder: Path, loc: tuple) -> ControlUnit:
+    """The unit with its model's file and label; RequestError when it is not there."""
+    if unit.model in (NO_MODEL, "", None):
+        return replace(unit, model=NO_MODEL, model_path=None, model_label=NO_MODEL)
+    models = list_controlnets(folder)
+    found = find_controlnet(models, unit.model)
+    if found is None:
+        known = ", ".join(models) or f"none: put ControlNet models into {folder}"
+        raise RequestError((*loc, "model"), f"model not found: {unit.model} (available: {known})")
+    return replace(unit, model_path=str(found.path), model_label=found.label)
+
+
+def controlnet_fields(found: tuple[str, Any], folder: Path) -> dict[str, Any]:
+    """The params field `controlnet` of the args `found` (name as sent, args)."""
+    name, args = found
+    loc = ("alwayson_scripts", name, "args")
+    if isinstance(args, Mapping):
+        args = [args]
+    if not isinstance(args, list | tuple):
+        raise RequestError(loc, "ControlNet needs its args: a list of units")
+    units = []
+    for index, item in enumerate(args):
+        if not isinstance(item, Mapping):
+            raise RequestError((*loc, index), "a ControlNet unit must be an object")
+        try:
+            unit = unit_from_dict(_decoded(item, (*loc, index)), index)
+        except UnitError as exc:
+            raise RequestError((*loc, *exc.loc), exc.message) from None
+        if unit.active:
+            unit = resolve_model(unit, folder, (*loc, index))
+        units.append(unit)
+    return {"controlnet": tuple(units)}
+
+
+def checkpoint_family(models: Any, title: str | None) -> str:
+    """The family label ("SD 1.x", "SDXL", ...) of a checkpoint, read from its header;
+    "" when unknown (then no model is filtered out)."""
+    try:
+        path = Path(models.resolve(title or None).path)
+        return sniff_file(path).family if path.is_file() else ""
+    except (LookupError, OSError, HeaderError):
+        return ""
+
+
+def model_choices(folder: Path, word: str = "", family: str = "") -> list[str]:
+    """ "None" and the labels of the models of a control type (`word` in the name) that fit
+    the checkpoint family, as the extension's model dropdown lists them."""
+    models = list_controlnets(folder).values()
+    return [NO_MODEL, *(m.label for m in models
+                        if word in m.name.lower() and fits(m, family))]  # fmt: skip
