@@ -197,6 +197,32 @@ def test_a_client_that_goes_away_is_still_noticed() -> None:
         assert noticed.wait(10), "the app did not notice that the client went away"
 
 
+def test_two_tasks_waiting_for_the_disconnect_both_see_it() -> None:
+    """A stream's disconnect watcher and the request may wait for the client at once;
+    the first to take the disconnect must not break the other's wait (AttributeError on
+    a page close before)."""
+    from webui.api.shutdown import _Request
+
+    async def run() -> list[dict]:
+        gone = asyncio.Event()
+        messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+        async def receive() -> dict:
+            for message in messages:
+                return message
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        request = _Request(receive, None, asyncio.Event())
+        await request.receive()  # the body
+        waiting = [asyncio.ensure_future(request.receive()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        gone.set()
+        return await asyncio.wait_for(asyncio.gather(*waiting), 10)
+
+    assert [m["type"] for m in asyncio.run(run())] == ["http.disconnect"] * 2
+
+
 def _read_stream(url: str, lines: list[str]) -> None:
     try:
         with httpx.stream("GET", url, timeout=30) as response:

@@ -57,22 +57,26 @@ class _Request:
         # (Request.is_disconnected asks in a cancelled scope and must see one that came).
         # On shutdown only a stream is told the client has gone: a response of known length
         # (a file, an image) is short and ends by itself, whole.
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._receive())
-        while not self._pending.done():
+        # Two tasks may wait at once (a stream's disconnect watcher and the request's own):
+        # both wait for the same message, and the first to take it clears the wait.
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = asyncio.ensure_future(self._receive())
+        while not pending.done():
             if self._stopping.is_set() and self.streaming:
                 self.told = True
                 return DISCONNECT
             waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, self._started)]
             try:
-                await asyncio.wait({self._pending, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({pending, *waits}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
             if self._started.is_set() and not self.streaming:
-                await asyncio.wait({self._pending})  # a whole response: its own disconnect
-        message, self._pending = self._pending.result(), None
-        return message
+                await asyncio.wait({pending})  # a whole response: its own disconnect
+        if self._pending is pending:
+            self._pending = None
+        return pending.result()
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
