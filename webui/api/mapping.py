@@ -82,6 +82,9 @@ _INFOTEXT_OPTIONS: dict[str, str] = {
     "Noise multiplier": "initial_noise_multiplier",
     "Extra noise": "img2img_extra_noise",
     "Face restoration": "face_restoration_model",  # and restore_faces (_with_infotext)
+    "Token merging ratio": "token_merging_ratio",  # the Speed section (webui.core.speed)
+    "DeepCache": "deepcache_interval",
+    "DeepCache branch": "deepcache_branch",
 }
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",

@@ -23,8 +23,9 @@ import torch
 
 from ..errors import UserError
 from ..model_manager.memory import MemoryPlan
-from ..model_manager.optimize import lower_memory, token_merging
+from ..model_manager.optimize import lower_memory
 from .run import MemoryRun
+from .speed import speed_patches
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,12 @@ def run_guarded(
     retry: bool,
     what: str,
 ) -> T:
-    """`generate(memory)` with token merging on; on out-of-memory release the memory, then
-    fail clearly or call `generate` once more with a lower-memory `MemoryRun` (whose notes
-    end up in `memory`). `medvram_sdxl`: the model is one --medvram-sdxl offloads."""
-    if memory.token_merging_ratio > 0:
-        memory.notes["Token merging ratio"] = f"{memory.token_merging_ratio:g}"
+    """`generate(memory)` with the Speed switches on (`webui.core.speed`); on out-of-memory
+    release the memory, then fail clearly or call `generate` once more with a lower-memory
+    `MemoryRun` (whose notes end up in `memory`). `medvram_sdxl`: the model is one
+    --medvram-sdxl offloads."""
     try:
-        with token_merging(pipe, memory.token_merging_ratio):
+        with speed_patches(pipe, memory):  # token merging, DeepCache
             return generate(memory)
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_out_of_memory(exc):
@@ -87,7 +87,7 @@ def run_guarded(
     try:
         with (
             lower_memory(pipe, plan, medvram_sdxl) as measures,
-            token_merging(pipe, memory.token_merging_ratio),
+            speed_patches(pipe, low),
         ):
             measures.insert(0, "VAE tiling and slicing")
             low.notes["Low-memory retry"] = " + ".join(measures)
