@@ -78,6 +78,20 @@ def ensure_sd21_checkpoint(cache: Path) -> Path:
     return path
 
 
+def tiny_checkpoints(cache: Path) -> dict[str, Path]:
+    """The tiny random SD 1.x and SD 2.x test models in place of the full-size ones (for a
+    machine without the ~10 GiB of free RAM two full-size pipelines need)."""
+    from ..model_manager.tiny import save_tiny_checkpoint
+
+    files = {}
+    for name, family in (("bench-sd15", "sd1"), ("bench-sd21", "sd2")):
+        files[name] = cache / "models" / f"{name}-tiny.safetensors"
+        if not files[name].exists():
+            files[name].parent.mkdir(parents=True, exist_ok=True)
+            save_tiny_checkpoint(files[name], family, seed=0)
+    return files
+
+
 def alternate(ours: Callable[[], float], theirs: Callable[[], float], rounds: int) -> dict:
     """Seconds of each, alternating who goes first, after one warm-up each."""
     ours(), theirs()
@@ -124,10 +138,11 @@ def run(args) -> list[dict]:
     from .server import ServerProcess
 
     cache = Path(args.cache or default_cache_dir()).expanduser()
-    files = {
-        "bench-sd15": ensure_sd15_checkpoint(cache),
-        "bench-sd21": ensure_sd21_checkpoint(cache),
-    }
+    if args.tiny:
+        files = tiny_checkpoints(cache)
+    else:
+        files = {"bench-sd15": ensure_sd15_checkpoint(cache),
+                 "bench-sd21": ensure_sd21_checkpoint(cache)}  # fmt: skip
     size, steps, rounds = args.size, args.steps, args.rounds
     rows = []
     with tempfile.TemporaryDirectory(prefix="webui-bench-speed-") as tmp:
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cache", type=Path)
+    p.add_argument("--tiny", action="store_true", help="the tiny test models (little RAM)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -183,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     result = {"load_before": load_before, "load_after": os.getloadavg(), "rows": rows,
               "torch_threads": torch.get_num_threads()}  # fmt: skip
-    out = Path(args.cache or default_cache_dir()).expanduser() / "results" / "speed.json"
+    out = (
+        Path(args.cache or default_cache_dir()).expanduser()
+        / "results"
+        / ("speed-tiny.json" if args.tiny else "speed.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"load average {load_before[0]:.1f} -> {result['load_after'][0]:.1f}")
