@@ -113,6 +113,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "face-restoration": "Face restoration",
     "sdxl": "Stable Diffusion XL",
     "control_net": "ControlNet",
+    "speed": "Speed",  # token merging and the denoiser caches (webui.core.speed)
 }
 
 
@@ -256,7 +257,13 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "Retry with lower memory after running out of memory (once)", "optimizations"),
     OptionDef("token_merging_ratio", 0.0, _ratio,
               "Token merging ratio (tomesd; 0: off): faster, slightly different images",
-              "optimizations", minimum=0.0, maximum=0.9, step=0.1),
+              "speed", minimum=0.0, maximum=0.9, step=0.1),
+    OptionDef("deepcache_interval", 0, label="DeepCache: compute the whole UNet every N "
+              "steps, only its outer layers in between (0 or 1: off): faster, slightly "
+              "different images", section="speed", **_int(0, 10, 1)),
+    OptionDef("deepcache_branch", 0, label="DeepCache branch: how deep the part computed "
+              "every step reaches (0: least, fastest; SD 1.x/2.x up to 11, SDXL up to 8)",
+              section="speed", **_int(0, 11, 1)),
     OptionDef("initial_noise_multiplier", 1.0, _float_range(0.0, 1.5),
               "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5, step=0.001),
     OptionDef("img2img_extra_noise", 0.0, _float_range(0.0, 1.0),
@@ -280,6 +287,8 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               **_float(0.0, 999.0, 0.01)),
     OptionDef("s_noise", 1.0, label="sigma noise", section="sampler-params",
               **_float(0.0, 1.1, 0.001)),
+    OptionDef("eta_tcd", 0.3, label="Gamma for TCD (its eta: 0 deterministic, 1 more noise)",
+              section="sampler-params", **_float(0.0, 1.0, 0.01)),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
     OptionDef("quicksettings_list", ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],

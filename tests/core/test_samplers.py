@@ -302,8 +302,11 @@ def test_one_step_generation_gives_a_finite_non_constant_image(sampler):
 
 
 def test_lists_are_a1111_names_in_a1111_order():
-    assert samplers.SAMPLERS == [n for n in A1111_SAMPLERS if n in samplers.SAMPLERS]
-    assert set(samplers.SAMPLERS) | set(samplers.UNSUPPORTED_SAMPLERS) == set(A1111_SAMPLERS)
+    extra = list(samplers.EXTRA_SAMPLERS)  # not A1111's (TCD): after its list
+    assert samplers.SAMPLERS[-len(extra) :] == extra and not set(extra) & set(A1111_SAMPLERS)
+    a1111 = samplers.SAMPLERS[: -len(extra)]
+    assert a1111 == [n for n in A1111_SAMPLERS if n in a1111]
+    assert set(a1111) | set(samplers.UNSUPPORTED_SAMPLERS) == set(A1111_SAMPLERS)
     assert not set(samplers.SAMPLERS) & set(samplers.UNSUPPORTED_SAMPLERS)
     assert samplers.SCHEDULE_TYPES == [s for s in A1111_SCHEDULES if s in samplers.SCHEDULE_TYPES]
     assert set(samplers.SCHEDULE_TYPES) | set(samplers.UNSUPPORTED_SCHEDULE_TYPES) == set(

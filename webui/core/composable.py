@@ -10,6 +10,11 @@ own guidance then gives A1111's composable diffusion,
 `uncond + g * sum_i w_i * (cond_i - uncond)`. A step callback moves the hook to the next
 step, so second-order samplers (two UNet calls per step) stay on the same step.
 
+CFG scale 1 (diffusers' pipelines send no negative rows at a guidance scale of 1 or less)
+runs one row per image and sub-prompt: the negative prompt is not used, and AND
+sub-prompts are averaged by their weights (Forge's rule at CFG 1; A1111's formula, the
+same when the weights sum to 1, would need the unconditional pass for any other sum).
+
 Negative guidance minimum sigma (A1111's NGMS, `s_min_uncond`): when the sigma of a UNet
 call is below it, that call skips the unconditional rows (every other call, as A1111; every
 call with "all steps") and uses the first sub-prompt's prediction in their place, so the
@@ -55,6 +60,10 @@ class _StepConditioner:
         self.calls = 0  # UNet calls so far (A1111's denoiser step counter)
         self.skipped = 0  # calls that skipped the unconditional pass
         self._layout: tuple[bool, bool, bool, bool] | None = None  # guided, uncond, combine, skip
+        # CFG 1 (no guided batch) with AND: Forge's rule, the weighted mean of the
+        # sub-prompts without an unconditional pass (A1111's formula needs it only when the
+        # weights do not sum to 1; with a sum of 0 or less it is kept)
+        self._cfg1_average = sum(conditioning.weights) > 0
 
     def _skip_uncond(self, args, kwargs) -> bool:
         """NGMS: whether this call leaves out the unconditional rows."""
@@ -78,7 +87,7 @@ class _StepConditioner:
         uncond = self.cond.uncond.at(self.step)
         conds = [c.at(self.step) for c in self.cond.conds]
         skip = guided and self._skip_uncond(args, kwargs)
-        with_uncond = (guided or combine) and not skip
+        with_uncond = (guided or (combine and not self._cfg1_average)) and not skip
 
         def rebuild(tensor):
             """[uncond rows, cond rows] -> [uncond rows, cond rows x n]."""
@@ -123,7 +132,11 @@ class _StepConditioner:
         preds = sample[b:] if with_uncond else sample
         if skip:  # A1111: the first sub-prompt's prediction stands in for the uncond one
             uncond = preds[:b]
-        if combine:
+        if combine and uncond is None:  # CFG 1: the weighted mean of the sub-prompts
+            total = sum(self.cond.weights)
+            merged = sum(w / total * preds[i * b : (i + 1) * b]
+                         for i, w in enumerate(self.cond.weights))  # fmt: skip
+        elif combine:
             merged = uncond.clone()
             for i, weight in enumerate(self.cond.weights):
                 merged += weight * (preds[i * b : (i + 1) * b] - uncond)

@@ -10,8 +10,9 @@ puts the original back outside the mask, softly at the blurred edge, pasting an 
 masked" result back where it was cut out. A1111's `latent_mask` (when given) is the mask of
 the latent blending and latent masked content instead of the mask. Soft inpainting
 (`webui.core.soft_blend`) blends by the unrounded mask at every step and composites by
-how much each region changed. Denoising strength 0 (or too few steps to run
-one) returns the prepared init image without touching the model.
+how much each region changed. Denoising strength 0 returns the prepared init image
+without touching the model; any strength above 0 runs one step at least
+(`webui.core.latents.effective_steps`: 1-step turbo img2img).
 
 This module must never import a UI library, and never change global options.
 """

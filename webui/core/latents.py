@@ -129,8 +129,23 @@ def pipeline_for(run: RunContext, masked: bool):
 
 
 def effective_steps(steps: int, strength: float) -> int:
-    """How many steps diffusers runs for an img2img strength (A1111 without fix_steps)."""
-    return min(int(steps * strength), steps)
+    """How many steps an img2img strength runs: diffusers' int(steps x strength), and one
+    where that is 0 for a strength above 0 (A1111 always runs one step; a 1-step turbo
+    img2img at strength 0.5 would otherwise return the init image untouched)."""
+    if strength <= 0:
+        return 0
+    return max(1, min(int(steps * strength), steps))
+
+
+def schedule_steps(steps: int, strength: float) -> int:
+    """The schedule length the img2img pipeline is called with: `steps`, or, where
+    int(steps x strength) is 0, the shortest schedule in which `strength` covers one step,
+    so that the one step starts at the strength's noise level (diffusers' advice for
+    turbo models: 2 steps at strength 0.5)."""
+    length = steps
+    while strength > 0 and int(length * strength) < 1:
+        length += 1
+    return length
 
 
 @dataclass
@@ -163,7 +178,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     lease = run.lease
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(run, _hard_mask(req))
-    scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, req.steps)
+    steps = schedule_steps(req.steps, req.strength)  # one step at least
+    scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, steps)
     pipe.scheduler = bind_sampler_params(scheduler, req.sampling)
     if req.soft is not None:
         req.soft.install(pipe.scheduler)
@@ -176,7 +192,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         **req.conditioning,
         image=latents,
         strength=req.strength,
-        num_inference_steps=req.steps,
+        num_inference_steps=steps,
         guidance_scale=req.cfg_scale,
         num_images_per_prompt=len(req.seeds),
         **_noise_inputs(pipe, req, inpaint_pipe),

@@ -24,8 +24,9 @@ import torch
 from ..errors import UserError
 from ..model_manager.cpu_precision import precision_notes
 from ..model_manager.memory import MemoryPlan
-from ..model_manager.optimize import lower_memory, token_merging
+from ..model_manager.optimize import lower_memory
 from .run import MemoryRun
+from .speed import speed_patches
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,13 @@ def run_guarded(
     retry: bool,
     what: str,
 ) -> T:
-    """`generate(memory)` with token merging on; on out-of-memory release the memory, then
-    fail clearly or call `generate` once more with a lower-memory `MemoryRun` (whose notes
-    end up in `memory`). `medvram_sdxl`: the model is one --medvram-sdxl offloads."""
-    if memory.token_merging_ratio > 0:
-        memory.notes["Token merging ratio"] = f"{memory.token_merging_ratio:g}"
+    """`generate(memory)` with the Speed switches on (`webui.core.speed`); on out-of-memory
+    release the memory, then fail clearly or call `generate` once more with a lower-memory
+    `MemoryRun` (whose notes end up in `memory`). `medvram_sdxl`: the model is one
+    --medvram-sdxl offloads."""
     memory.notes.update(precision_notes(pipe))  # "UNet precision: bfloat16" (CPU bf16)
     try:
-        with token_merging(pipe, memory.token_merging_ratio):
+        with speed_patches(pipe, memory):  # token merging, DeepCache
             return generate(memory)
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_out_of_memory(exc):
@@ -89,7 +89,7 @@ def run_guarded(
     try:
         with (
             lower_memory(pipe, plan, medvram_sdxl) as measures,
-            token_merging(pipe, memory.token_merging_ratio),
+            speed_patches(pipe, low),
         ):
             measures.insert(0, "VAE tiling and slicing")
             low.notes["Low-memory retry"] = " + ".join(measures)

@@ -26,7 +26,7 @@ This module must never import torch, diffusers or a UI library: the extension AP
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -111,6 +111,8 @@ class MemoryRun:
     token_merging_ratio: float = 0.0  # tomesd, 0: off
     notes: dict[str, str] = field(default_factory=dict)
     draft_vae: Any = None  # TAESD decodes instead of the VAE (sd_vae_decode_method, previews.py)
+    deepcache_interval: int = 0  # DeepCache (webui.core.speed), 0 or 1: off
+    deepcache_branch: int = 0
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any]) -> MemoryRun:
@@ -119,12 +121,13 @@ class MemoryRun:
             tile_from=int(get("vae_tiling_threshold")),
             slice_from=int(get("vae_slicing_threshold")),
             token_merging_ratio=float(get("token_merging_ratio")),
+            deepcache_interval=int(get("deepcache_interval")),
+            deepcache_branch=int(get("deepcache_branch")),
         )
 
     def lower(self) -> MemoryRun:
         """The same settings for a low-memory retry (tiling and slicing always)."""
-        return MemoryRun(self.tile_from, self.slice_from, True, self.token_merging_ratio,
-                         dict(self.notes), self.draft_vae)  # fmt: skip
+        return replace(self, low_memory=True, notes=dict(self.notes))
 
     def messages(self) -> list[str]:
         return [f"{key}: {value}" for key, value in self.notes.items()]

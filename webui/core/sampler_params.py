@@ -3,12 +3,14 @@
 A request may set `eta`, `s_churn`, `s_tmin`, `s_tmax`, `s_noise` and `s_min_uncond`
 (A1111's API fields); None takes the job's option (Settings > Sampler parameters:
 `eta_ddim` for DDIM, `eta_ancestral` for the ancestral and SDE samplers, `s_churn`,
-`s_tmin`, `s_tmax` (0 means infinity), `s_noise`, `s_min_uncond`, `s_min_uncond_all`).
+`s_tmin`, `s_tmax` (0 means infinity), `s_noise`, `s_min_uncond`, `s_min_uncond_all`;
+`eta_tcd`: TCD's gamma, which is the request's `eta` for that sampler).
 
 Which sampler uses which parameter is A1111's table (`sampler_extra_params` and the
 k-diffusion functions that take `eta`). Each one is
 
-- honoured where the diffusers scheduler has it: DDIM's eta (the pipeline's `eta=`),
+- honoured where the diffusers scheduler has it: DDIM's eta and TCD's gamma (the
+  pipeline's `eta=`),
   Euler's churn/tmin/tmax/noise (`EulerDiscreteScheduler.step`), DPM++ SDE's noise
   (`DPMSolverSDEScheduler.step`), and Euler a's eta (k-diffusion's ancestral step,
   `webui.core.schedulers.ancestral_step`): `schedulers.bind_sampler_params` puts them on
@@ -21,8 +23,8 @@ k-diffusion functions that take `eta`). Each one is
   (A1111 ignores it there too), or when a Settings value cannot be honoured.
 
 Infotext fields (written only when not the sampler's default, as A1111): "Eta DDIM" /
-"Eta", "Sigma churn", "Sigma tmin", "Sigma tmax", "Sigma noise"; "NGMS" (and "NGMS all
-steps") for the negative guidance minimum sigma (`webui.core.composable` skips the
+"TCD gamma" / "Eta", "Sigma churn", "Sigma tmin", "Sigma tmax", "Sigma noise"; "NGMS"
+(and "NGMS all steps") for the negative guidance minimum sigma (`webui.core.composable` skips the
 unconditional pass below it).
 
 This module must never import torch, diffusers or a UI library (params.py validates with
@@ -50,7 +52,7 @@ BOUNDS: Mapping[str, tuple[float, float]] = {
 # infotext field -> request field (eta: "Eta DDIM" for DDIM, "Eta" for the others)
 INFOTEXT_FIELDS: Mapping[str, str] = {
     "Eta DDIM": ETA, "Eta": ETA, "Sigma churn": CHURN, "Sigma tmin": TMIN,
-    "Sigma tmax": TMAX, "Sigma noise": NOISE, "NGMS": MIN_UNCOND,
+    "Sigma tmax": TMAX, "Sigma noise": NOISE, "NGMS": MIN_UNCOND, "TCD gamma": ETA,
 }  # fmt: skip
 _LABELS = {ETA: "eta", CHURN: "sigma churn", TMIN: "sigma tmin", TMAX: "sigma tmax",
            NOISE: "sigma noise"}  # fmt: skip
@@ -76,9 +78,12 @@ _USES: Mapping[str, _Use] = {
     "DPM++ 2M SDE": _Use(frozenset({ETA, NOISE}), frozenset()),
     "DPM++ 2M SDE Heun": _Use(frozenset({ETA, NOISE}), frozenset()),
     "DDIM": _Use(frozenset({ETA}), frozenset({ETA})),
+    "TCD": _Use(frozenset({ETA}), frozenset({ETA})),  # eta is TCD's gamma (ComfyUI's too)
 }
 _NO_USE = _Use(frozenset(), frozenset())
 _DDIM_ETA = frozenset({"DDIM"})  # eta from eta_ddim (default 0), infotext "Eta DDIM"
+_TCD = "TCD"  # eta is its gamma: from eta_tcd (default 0.3), infotext "TCD gamma"
+_PIPELINE_ETA = _DDIM_ETA | {_TCD}  # the pipeline's `eta=` reaches their scheduler.step
 
 
 @dataclass(frozen=True)
@@ -93,19 +98,21 @@ class SamplerDefaults:
     s_noise: float = 1.0
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
+    eta_tcd: float = 0.3  # TCD's gamma
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any]) -> SamplerDefaults:
         """From an option getter (a job's snapshot)."""
         floats = {name: float(get(name)) for name in
-                  ("eta_ddim", "eta_ancestral", CHURN, TMIN, TMAX, NOISE, MIN_UNCOND)}  # fmt: skip
+                  ("eta_ddim", "eta_ancestral", CHURN, TMIN, TMAX, NOISE, MIN_UNCOND,
+                   "eta_tcd")}  # fmt: skip
         return cls(**floats, s_min_uncond_all=bool(get("s_min_uncond_all")))
 
 
 def neutral(sampler: str, name: str) -> float:
     """The value at which a parameter changes nothing (A1111's default for the sampler)."""
     if name == ETA:
-        return 0.0 if sampler in _DDIM_ETA else 1.0
+        return 0.0 if sampler in _DDIM_ETA else 0.3 if sampler == _TCD else 1.0
     return {CHURN: 0.0, TMIN: 0.0, TMAX: math.inf, NOISE: 1.0}[name]
 
 
@@ -171,7 +178,7 @@ def sampler_run(sampler: str, params: Any, defaults: SamplerDefaults) -> Sampler
         asked = getattr(params, name)
         value = _tmax(name, asked if asked is not None else _option(sampler, name, defaults))
         if name in use.here:
-            (pipeline if name == ETA and sampler in _DDIM_ETA else step)[name] = value
+            (pipeline if name == ETA and sampler in _PIPELINE_ETA else step)[name] = value
             if value != neutral(sampler, name):
                 fields[_field(sampler, name)] = value
         elif value != neutral(sampler, name) and (asked is not None or name in use.a1111):
@@ -185,13 +192,15 @@ def sampler_run(sampler: str, params: Any, defaults: SamplerDefaults) -> Sampler
 
 def _option(sampler: str, name: str, defaults: SamplerDefaults) -> float:
     if name == ETA:
+        if sampler == _TCD:
+            return defaults.eta_tcd
         return defaults.eta_ddim if sampler in _DDIM_ETA else defaults.eta_ancestral
     return float(getattr(defaults, name))
 
 
 def _field(sampler: str, name: str) -> str:
     if name == ETA:
-        return "Eta DDIM" if sampler in _DDIM_ETA else "Eta"
+        return "Eta DDIM" if sampler in _DDIM_ETA else "TCD gamma" if sampler == _TCD else "Eta"
     return _SIGMA_FIELDS[name]
 
 

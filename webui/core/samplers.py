@@ -7,6 +7,8 @@ a request's `sampler_name` / `scheduler` (labels, lowercase API names, old combi
 such as "DPM++ 2M Karras") into a `SchedulerChoice`; `webui.core.schedulers` builds the
 scheduler from it.
 
+Samplers A1111 lacks come after A1111's list (`EXTRA_SAMPLERS`: TCD).
+
 It must never import torch or diffusers, not even inside a function: the UI imports it.
 It never substitutes a different sampler or schedule for one it cannot do; it refuses.
 
@@ -37,6 +39,7 @@ from ..errors import UserError
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "EXTRA_SAMPLERS",
     "SAMPLERS",
     "SCHEDULE_NAMES",
     "SCHEDULE_TYPES",
@@ -253,6 +256,10 @@ _SAMPLER_TABLE: tuple[_Sampler, ...] = (
     # LCM keeps its own timesteps, picked from its 50-step distillation schedule.
     _Sampler("LCM", "LCMScheduler", {"original_inference_steps": 50}, {}, AUTOMATIC,
              ("k_lcm", "lcm"), max_steps=50, linspace_from_zero=False),
+    # Not in A1111: Trajectory Consistency Distillation (TCD LoRAs, Hyper-SD, Lightning),
+    # as ComfyUI and SD.Next name it; its gamma is the request's eta (diffusers' `eta`).
+    _Sampler("TCD", "TCDScheduler", {"original_inference_steps": 50}, {}, AUTOMATIC,
+             ("tcd",), max_steps=50, linspace_from_zero=False),
 )
 # fmt: on
 
@@ -274,6 +281,7 @@ _UNSUPPORTED_ALIASES: dict[str, str] = {
 }
 
 DEFAULT_SAMPLER = "DPM++ 2M"
+EXTRA_SAMPLERS = ("TCD",)  # not A1111's: after its samplers in every list
 SAMPLERS: list[str] = [s.label for s in _SAMPLER_TABLE]
 SCHEDULE_TYPES: list[str] = [
     label for label in _ALL_SCHEDULE_TYPES if label not in UNSUPPORTED_SCHEDULE_TYPES

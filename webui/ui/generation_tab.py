@@ -41,6 +41,7 @@ from .image_common import Named, OutputPanel, finished_outputs, output_panel, wh
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
+from .speed_controls import add_speed_controls, speed_overrides
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -103,6 +104,9 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         args = ext.request_args(v)
         args["alwayson"] = {**(args.get("alwayson") or {}), **detailer_request(v)}  # ADetailer
         args["alwayson"].update(controlnet_request(v))  # ControlNet units
+        speed = speed_overrides(v)  # the Speed accordion's values, as override settings
+        if speed:
+            args["override_settings"] = {**(args.get("override_settings") or {}), **speed}
         return submit_job(ctx, request, spec.kind, params, **args)
 
     async def run(request: gr.Request, *values):
@@ -200,6 +204,7 @@ def _settings(named: Named, spec: TabSpec) -> None:
     build_seed_controls(named, prefix)
     named.add("clip_skip", _slider("Clip skip", 1, 12, 1, 1))
     add_sampler_parameters(named, prefix)  # eta, sigma churn..., NGMS (empty: Settings)
+    add_speed_controls(named, prefix)  # token merging, DeepCache (empty: Settings > Speed)
 
 
 def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:

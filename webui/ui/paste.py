@@ -34,6 +34,7 @@ from .common import InputError, owner_of
 from .refiner_controls import ENABLE as REFINER_ENABLE
 from .refiner_controls import refiner_fill, with_checkpoint_titles
 from .sampler_controls import PASTE_FIELDS, RESTORE_FACES, TILING
+from .speed_controls import speed_fill
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -236,6 +237,7 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
         out[faces] = bool(fields.get("Face restoration"))
     out.update(refiner_fill(fields, controls))
     out.update(cn_ui.paste_fill(fields, controls))  # "ControlNet N" fields: the units
+    out.update(speed_fill(fields, controls))  # token merging, DeepCache
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image

@@ -39,12 +39,13 @@ RESTORE_FACES = "Restore faces"  # A1111's checkbox; its infotext field is "Face
 PASTE_FIELDS: dict[str, str] = {
     "Eta DDIM": "Eta", "Eta": "Eta", "Sigma churn": "Sigma churn", "Sigma tmin": "Sigma tmin",
     "Sigma tmax": "Sigma tmax", "Sigma noise": "Sigma noise",
-    "NGMS": "Negative Guidance minimum sigma",
+    "NGMS": "Negative Guidance minimum sigma", "TCD gamma": "Eta",
 }  # fmt: skip
 _NOTE = (
-    "Empty: the value from Settings > Sampler parameters. Eta is used by DDIM; sigma churn, "
-    "tmin, tmax and noise by Euler; sigma noise by DPM++ SDE. Negative Guidance minimum "
-    "sigma skips the negative prompt in the last steps (faster)."
+    "Empty: the value from Settings > Sampler parameters. Eta is used by DDIM and is TCD's "
+    "gamma; sigma churn, tmin, tmax and noise by Euler; sigma noise by DPM++ SDE. Negative Guidance minimum "
+    "sigma skips the negative prompt in the last steps (faster). At CFG scale 1 the negative "
+    "prompt is not used (one pass per step, twice as fast)."
 )
 
 

@@ -1,0 +1,37 @@
+"""The Speed accordion: its values become override settings; an infotext fills it back."""
+
+from __future__ import annotations
+
+import pytest
+
+from webui.imaging.infotext import parse_infotext
+from webui.ui.common import InputError
+from webui.ui.speed_controls import speed_fill, speed_overrides
+
+
+def test_empty_fields_leave_the_settings_alone():
+    empty = {"token_merging_ratio": None, "deepcache_interval": "", "deepcache_branch": None}
+    assert speed_overrides(empty) == {}
+
+
+def test_values_become_override_settings():
+    values = {"token_merging_ratio": 0.5, "deepcache_interval": 3.0, "deepcache_branch": 0}
+    assert speed_overrides(values) == {"token_merging_ratio": 0.5, "deepcache_interval": 3,
+                                       "deepcache_branch": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "label"),
+    [("deepcache_interval", 2.5, "DeepCache interval"), ("deepcache_interval", 11, "DeepCache"),
+     ("token_merging_ratio", 0.95, "Token merging ratio"), ("deepcache_branch", "x", "branch")],
+)  # fmt: skip
+def test_bad_values_are_a_message_naming_the_field(name, value, label):
+    with pytest.raises(InputError, match=label):
+        speed_overrides({name: value})
+
+
+def test_an_infotext_fills_the_accordion_and_empties_what_it_lacks():
+    controls = {"Token merging ratio": "tome", "DeepCache interval": "interval",
+                "DeepCache branch": "branch"}  # fmt: skip
+    fields = parse_infotext("a fox\nSteps: 4, Sampler: Euler, DeepCache: 3, Seed: 1")
+    assert speed_fill(fields, controls) == {"tome": None, "interval": 3.0, "branch": None}
