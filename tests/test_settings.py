@@ -346,7 +346,8 @@ def test_option_defaults() -> None:
         "code_former_weight": 0.5,
         "sdxl_refiner_low_aesthetic_score": 2.5,
         "sdxl_refiner_high_aesthetic_score": 6.0,
-        "forge_additional_modules": [], "sd_vae_decode_method": "Full",
+        "forge_additional_modules": [],
+        "sd_vae_decode_method": "Full",
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"
