@@ -348,6 +348,8 @@ def test_option_defaults() -> None:
         "sdxl_refiner_high_aesthetic_score": 6.0,
         "forge_additional_modules": [],
         "sd_vae_decode_method": "Full",
+        "control_net_no_detectmap": False,
+        "control_net_unit_count": 3,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

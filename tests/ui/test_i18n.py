@@ -16,7 +16,7 @@ from webui.ui.blocks import build_ui
 
 ROOT = Path(__file__).resolve().parents[2]
 CJK = re.compile(r"[\u4e00-\u9fff]")
-SAME_IN_CHINESE = {"LoRA", "ckpt", "safetensors"}  # names that stay as they are
+SAME_IN_CHINESE = {"LoRA", "ckpt", "safetensors", "InstructP2P", "T2I-Adapter", "Sigma"}  # names
 
 
 @pytest.fixture(scope="module")

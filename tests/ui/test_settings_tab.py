@@ -262,13 +262,14 @@ def test_widgets_and_sections() -> None:
         "sdxl_refiner_low_aesthetic_score": "slider", "sdxl_refiner_high_aesthetic_score": "slider",
         "forge_additional_modules": "multiselect", "sd_vae_decode_method": "dropdown",
         "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
+        "eta_tcd": "slider", "deepcache_interval": "slider", "deepcache_branch": "slider",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
                                        "Saving images/grids", "Paths for saving",
                                        "Interrogate", "Model downloads",
                                        "Face restoration", "Stable Diffusion XL",
-                                       "ControlNet"]  # fmt: skip
+                                       "ControlNet", "Speed"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":

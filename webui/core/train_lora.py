@@ -129,6 +129,8 @@ class Trainer:
         p = self.p
         self.device = torch.device(getattr(self.pipe, "_execution_device", models.plan.device))
         self.sdxl = getattr(self.pipe, "text_encoder_2", None) is not None
+        # kohya's "v2": SD 2.x, read from the model (its OpenCLIP-H text encoder is 1024 wide)
+        self.v2 = not self.sdxl and self.pipe.text_encoder.config.hidden_size == 1024
         self.log = TrainingLog(notes=list(dataset.notes))
         job.progress.details = self.log
         self.buckets = assign_buckets(dataset.images, p.resolution, p.enable_bucket)

@@ -122,7 +122,7 @@ class Saver:
     def metadata(self, step: int, epoch: int, name: str) -> dict[str, str]:
         p, trainer, info = self.p, self.trainer, self.lease.info
         sdxl = trainer.sdxl
-        v2 = self.lease.spec.family.startswith("sd2")
+        v2 = trainer.v2
         network_args = {"conv_dim": p.conv_dim, "conv_alpha": p.conv_alpha} if p.conv_dim else {}
         base = "sdxl_base_v1-0" if sdxl else ("sd_v2" if v2 else "sd_v1")
         buckets = {str(i): {"resolution": list(k), "count": sum(x.repeats for x in v)}

@@ -209,11 +209,11 @@ class ModelManager:
             return None
         try:
             spec = identify_file(info.path, self.families)
-            family = next(f for f in self.families if f.name == spec.family)
+            family = {f.name: f for f in self.families}[spec.family]
             for mode in modes:
                 family.check_mode(mode)
             family.sampler(sampler, schedule)
-        except (CheckpointLoadError, StopIteration):
+        except (CheckpointLoadError, KeyError):
             return None
         except UserError as exc:
             return str(exc)
