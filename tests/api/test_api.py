@@ -259,7 +259,7 @@ def test_saving_options_through_the_api(srv: Server) -> None:
         ("samples_filename_pattern", "[seed]-[nope]"),
         ("jpeg_quality", 0),
         ("directories_filename_pattern", "[date"),
-        ("show_progress_type", "TAESD"),
+        ("show_progress_type", "Approx NNN"),
     ]:
         response = srv.client.post(srv.api("/options"), json={key: bad})
         assert response.status_code == 422, (key, response.text)
