@@ -150,8 +150,7 @@ def _run_main(monkeypatch, tmp_path: Path, *argv: str) -> str:
     bound: dict[str, str] = {}
 
     def run(server) -> None:
-        bound["host"] = server.config.host
-        server.config.app.state.ctx.close()  # stop the worker main started
+        bound["host"] = server.config.host  # nothing is built before the port is bound
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setattr(app_module, "_lan_addresses", lambda: ["192.168.1.23"])

@@ -48,6 +48,7 @@ def test_save_settings_come_from_the_options() -> None:
 def _run(pipe, *, full: bool) -> SimpleNamespace:
     progress = Progress()
     return SimpleNamespace(progress=progress, preview_every=1, preview_full=full,
+                           preview_method="Full" if full else "Approx cheap",
                            memory=MemoryRun(), family=SimpleNamespace(latent_rgb=SD_LATENT_RGB),
                            should_stop=lambda: False)  # fmt: skip
 
