@@ -183,3 +183,16 @@ def t5_config(shapes: Shapes, prefix: str) -> dict:
         "use_cache": False,
         "tie_word_embeddings": False,
     }
+
+
+# the scheduler config FLUX.1 files load with (BFL's: dynamic shift by image size)
+FLUX_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}

@@ -23,23 +23,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .flux_keys import CLIP_L_PREFIX, DIFFUSION_PREFIX, T5_PREFIX, VAE_PREFIX
+from .flux_keys import (
+    CLIP_L_PREFIX,
+    DIFFUSION_PREFIX,
+    FLUX_SCHEDULER,  # the family's scheduler config
+    T5_PREFIX,
+    VAE_PREFIX,
+)
 from .ldm_keys import vae_to_ldm
 from .tiny import _text_config
 
 HEAD_DIM, HEADS = 32, 2
 TEXT_WIDTH = 32
 T5_VOCAB = 32128
-FLUX_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-}
 
 
 def build_tiny_flux(seed: int = 0, schnell: bool = False):

@@ -43,16 +43,7 @@ from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
 from .base import Family, Mode
 
-FLUX_SCHEDULER = MappingProxyType({
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-})  # fmt: skip
+FLUX_SCHEDULER = MappingProxyType(fk.FLUX_SCHEDULER)
 SCHNELL_SCHEDULER = MappingProxyType(
     dict(FLUX_SCHEDULER, shift=1.0, use_dynamic_shifting=False)
 )  # fmt: skip
