@@ -58,6 +58,21 @@ def test_translations_are_chinese_and_keep_placeholders():
     assert chinese["txt2img"] == "文生图" and chinese["PNG Info"] == "图片信息"
 
 
+def test_no_translation_is_translated_again():
+    """The page translates what Gradio adds, attributes included; a translation that a
+    pattern matches again ("VAE {}" -> "VAE 精度 {}") would be translated again and again,
+    and it hung the Chinese page's Settings tab (an aria-label "VAE ...")."""
+    chinese = json.loads((i18n.LOCALIZATIONS / "zh_CN.json").read_text(encoding="utf-8"))
+    patterns = [k for k in chinese if "{}" in k]
+    for key, value in chinese.items():
+        sample = value.replace("{}", "x")
+        again = [p for p in patterns if i18n.covered(sample, {p: chinese[p]}) and p != key]
+        assert not again and (key not in patterns or not i18n.covered(sample, {key: value})), (
+            f"{key!r} -> {value!r} is matched again by {again or key}"
+        )
+    assert "UNet {}" not in chinese and chinese["UNet bfloat16"] == "UNet 精度 bfloat16"
+
+
 def test_matching_rules():
     mapping = {"Step {}/{}": "第 {}/{} 步", "Clip skip": "CLIP 终止层数"}
     assert i18n.covered("Step 3/20", mapping)

@@ -72,13 +72,17 @@
     }
   };
   const ATTRS = ["placeholder", "title", "aria-label"];
+  const written = new WeakMap(); // element -> {attribute: the translation we wrote}
   const element = (el) => {
     if (skipAttrs(el)) return;
     for (const attr of ATTRS) {
       const value = el.getAttribute(attr);
-      if (value) {
-        const out = translate(value);
-        if (out !== null) el.setAttribute(attr, out);
+      const ours = written.get(el) || {};
+      if (!value || ours[attr] === value) continue; // never translate our own translation
+      const out = translate(value);
+      if (out !== null) {
+        written.set(el, { ...ours, [attr]: out });
+        el.setAttribute(attr, out);
       }
     }
   };
