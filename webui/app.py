@@ -140,7 +140,9 @@ def create_app(flags: Flags, ctx: AppContext | None = None) -> FastAPI:
         from gradio.routes import App as GradioApp
 
         from .ui.blocks import CSS, build_ui, page_head
+        from .ui.live_progress import install_progress_routes
 
+        install_progress_routes(app)  # the pages' steps, ETAs and live previews
         gr.mount_gradio_app(
             app,
             build_ui(ctx),

@@ -62,7 +62,7 @@ def _wait_until(predicate, what: str, seconds: float = 60) -> None:
 
 def _request_kind(srv: ServerThread, request) -> str:
     """What a request of the page is for: a file, or the event listener it runs."""
-    if "/gradio_api/file=" in request.url:
+    if "/internal/progress-preview/" in request.url:
         return "preview image"
     if "/gradio_api/queue/join" not in request.url:
         return request.url
@@ -139,9 +139,8 @@ def test_the_queue_table_follows_the_queue_within_about_a_second(browser, server
             f"meanwhile the page made {len(requests)} request(s): {sorted(set(kinds))}"
         )
         assert latency < 10 and step_latency < 10  # generous: measured values are printed
-        # all of it arrived on the page's open stream: it only fetched its own previews and
-        # ran the tab gallery's change listener (send-to's selection) for each new preview
-        assert set(kinds) <= {"preview image", "gallery change"}, kinds
+        # all of it arrived on the page's open streams: it only fetched its own previews
+        assert set(kinds) <= {"preview image"}, kinds
 
         mine.get_by_role("button", name="Interrupt").click()
         page.locator("#queue_table tr.mine", has_text="interrupted").wait_for(timeout=WAIT)
@@ -151,21 +150,22 @@ def test_the_queue_table_follows_the_queue_within_about_a_second(browser, server
 
 
 def test_a_closed_page_ends_its_streams(browser, server) -> None:
-    """The queue panel's stream and a Generate click's follower end with their page (the
-    pages of the tests above were closed too: nothing of theirs may be left)."""
+    """The queue panel's stream, the live progress stream and a Generate click's follower
+    end with their page (the pages of the tests above were closed too: nothing of theirs
+    may be left)."""
     srv, ctx = server
     _idle(ctx)
     hub = ctx.jobs.events
     _wait_until(lambda: hub.subscriber_count() == 0, "the earlier pages' streams to end")
     context, page = open_page(browser, f"{srv.url}/")
-    _wait_until(lambda: hub.subscriber_count() == 1, "the page's stream to subscribe")
+    _wait_until(lambda: hub.subscriber_count() == 2, "the page's streams to subscribe")
     page.get_by_label("Prompt", exact=True).fill("closed page")
     _set_number(page, "Width", 64)
     _set_number(page, "Height", 64)
     _set_number(page, "Sampling steps", LONG_STEPS)
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#queue_table tr.running.mine", has_text="closed page").wait_for(timeout=WAIT)
-    _wait_until(lambda: hub.subscriber_count() == 2, "the tab to follow its job")
+    _wait_until(lambda: hub.subscriber_count() == 3, "the tab to follow its job")
     job = next(j for j in ctx.jobs.jobs() if j.prompt == "closed page")
     closed = time.monotonic()
     context.close()
@@ -179,17 +179,18 @@ def test_a_closed_page_ends_its_streams(browser, server) -> None:
 
 
 def test_an_idle_closed_page_ends_its_stream_through_unload(browser, server, monkeypatch) -> None:
-    """With the keepalive out of the way, only Gradio's unload event can end the stream of
-    an idle page that was closed (the server runs in this process, so the patch holds)."""
+    """With the keepalive out of the way, only Gradio's unload event can end the queue
+    panel's stream of an idle page that was closed (the server runs in this process, so the
+    patch holds); the live progress stream sees its connection closed."""
     srv, ctx = server
     _idle(ctx)
     monkeypatch.setattr(queue_panel, "KEEPALIVE_SECONDS", 3600.0)
     hub = ctx.jobs.events
     _wait_until(lambda: hub.subscriber_count() == 0, "the earlier pages' streams to end")
     context, page = open_page(browser, f"{srv.url}/")
-    _wait_until(lambda: hub.subscriber_count() == 1, "the page's stream to subscribe")
+    _wait_until(lambda: hub.subscriber_count() == 2, "the page's streams to subscribe")
     page.wait_for_timeout(1000)
     closed = time.monotonic()
     context.close()
-    _wait_until(lambda: hub.subscriber_count() == 0, "the closed page's stream to end")
-    print(f"\nan idle page's stream ended {time.monotonic() - closed:.2f} s after it closed")
+    _wait_until(lambda: hub.subscriber_count() == 0, "the closed page's streams to end")
+    print(f"\nan idle page's streams ended {time.monotonic() - closed:.2f} s after it closed")

@@ -95,10 +95,10 @@ def test_two_users_see_their_own_jobs_and_previews(browser, server) -> None:
         assert button(b, "bob windmill", "Cancel").count() == 1
 
         # each sees its own job's live preview; bob (still waiting) sees none of alice's
-        a.locator("#txt2img_gallery img").first.wait_for(state="visible", timeout=WAIT)
-        a.locator("#my_job_gallery img").first.wait_for(state="visible", timeout=WAIT)
-        assert b.locator("#my_job_gallery img").count() == 0
-        assert b.locator("#txt2img_gallery img").count() == 0
+        a.locator("#txt2img_progress img.live-preview").wait_for(state="visible", timeout=WAIT)
+        a.locator("#my_job_status img.live-preview").wait_for(state="visible", timeout=WAIT)
+        for where in ("#my_job_gallery img", "#txt2img_gallery img", "img.live-preview"):
+            assert b.locator(where).count() == 0, where
         _expect_my_jobs(a, ["alice lighthouse"], ["bob"])
         _expect_my_jobs(b, ["bob windmill", "bob second"], ["alice"])
 

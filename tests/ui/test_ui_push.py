@@ -14,13 +14,13 @@ import pytest
 
 from webui.core.jobs import JobQueue
 from webui.options import Options
-from webui.ui import job_stream, queue_panel
+from webui.ui import job_stream, live_progress, queue_panel
 from webui.ui.job_stream import TabJobs, follow_job
 from webui.ui.queue_panel import PageViews, panel_stream
 
 WAIT = 60
 SKIP = gr.skip()
-TABLE, PICKER, STATUS, GALLERY, INFO, URL, MESSAGE = range(7)
+TABLE, PICKER, STATUS, GALLERY, INFO, URL, MESSAGE, TICKET = range(8)
 
 
 class Runner:
@@ -92,19 +92,21 @@ def test_the_panel_shows_queue_changes_and_only_the_viewers_own_pictures(setup):
         assert "The queue is empty" in first[TABLE] and first[MESSAGE] == ""
         assert ctx.jobs.events.subscriber_count() == 1 and len(pages) == 1
 
-        _submit(ctx, "bob", "bob secret harbour")  # runs at once; its preview is bob's only
+        bobs = _submit(ctx, "bob", "bob secret harbour")  # runs at once; its preview is his
         seen = await _until(stream, lambda u: u[TABLE] != SKIP and "bob" in u[TABLE], "bob")
-        _submit(ctx, "alice", "alice castle")  # waits behind bob's
+        alices = _submit(ctx, "alice", "alice castle")  # waits behind bob's
         seen += await _until(
             stream, lambda u: u[TABLE] != SKIP and "alice castle" in u[TABLE], "alice's job"
         )
         runner.gate("bob secret harbour").set()
-        seen += await _until(stream, lambda u: u[GALLERY] != SKIP and u[GALLERY], "a preview")
-        assert seen[-1][GALLERY] == [("preview of alice castle", "Preview")]
+        # the live preview's place (live_progress fills it): in alice's status, for her job
+        seen += await _until(stream, lambda u: "live-preview" in str(u[STATUS]), "a preview")
+        assert f'data-preview="{live_progress.preview_key(alices)}"' in seen[-1][STATUS]
         for update in seen:
             assert update[TABLE] == SKIP or "bob secret harbour" not in update[TABLE]
-            assert update[GALLERY] in (SKIP, [], [("preview of alice castle", "Preview")])
+            assert update[GALLERY] in (SKIP, [])  # results only
             assert "bob" not in str(update[STATUS]) + str(update[INFO]) + str(update[PICKER])
+            assert live_progress.preview_key(bobs) not in str(update)
         runner.gate("alice castle").set()
         await _until(stream, lambda u: "Done" in str(u[STATUS]), "alice's job done")
         await stream.aclose()
@@ -184,7 +186,7 @@ def test_an_idle_page_gets_nothing_but_a_rare_keepalive(setup, monkeypatch):
         monkeypatch.setattr(queue_panel, "KEEPALIVE_SECONDS", 0.2)
         stream = panel_stream(ctx, pages, _request("alice", "page-a"))
         await _next(stream)
-        assert await _next(stream) == (SKIP,) * 7  # the keepalive: a no-op
+        assert await _next(stream) == (SKIP,) * 8  # the keepalive: a no-op
         await stream.aclose()
 
     asyncio.run(main())
@@ -225,10 +227,12 @@ def test_a_tab_follower_awaits_events_and_unsubscribes_when_dropped(setup, monke
         job = _submit(ctx, "alice", "followed")
         updates = follow_job(ctx, request, tab_jobs, job)
         shown = await _next(updates)
-        while shown.gallery == SKIP:  # "waiting", "starting", until the preview comes
+        while "Step 1/4" not in str(shown.progress):  # "waiting", "starting", the first step
             assert shown.finished is None
             shown = await _next(updates)
-        assert shown.gallery == ["preview of followed"] and "Step 1/4" in shown.progress
+        # the line has the place of the live preview, which live_progress fills and keeps
+        # current like the steps; the gallery waits for the result
+        assert 'class="live-preview"' in shown.progress and shown.gallery == SKIP
         assert threading.active_count() == threads  # no thread per waiting click
         assert ctx.jobs.events.subscriber_count() == 1
         await updates.aclose()  # Gradio drops the stream of a page that has gone
@@ -311,13 +315,14 @@ def test_many_open_pages_do_not_block_the_ui(tmp_path):
         asyncio.run(main(srv.url))
 
 
-def test_a_running_job_whose_line_does_not_change_is_redrawn_once_a_tick(setup, monkeypatch):
-    """The viewer's running job is redrawn every tick for its ETA; when the redraw changes
-    nothing (no ETA yet), the stream must wait for the next tick, not redraw at once
-    again: that loop never awaited, and it held the event loop (no request was answered,
-    not even SIGTERM)."""
+def test_steps_that_change_nothing_shown_are_not_redrawn_more_often_than_the_gap(
+    setup, monkeypatch
+):
+    """A running job's steps change nothing the panel's stream shows (live_progress shows
+    them), so nothing is sent; and a flood of step events is looked at no more often than
+    the gap allows: a redraw that sends nothing must still wait (a loop that never awaited
+    held the event loop: no request was answered, not even SIGTERM)."""
     ctx, runner = setup
-    monkeypatch.setattr(queue_panel, "TICK_SECONDS", 0.1)
     renders = []
     real_render = queue_panel._render
 
@@ -333,13 +338,16 @@ def test_a_running_job_whose_line_does_not_change_is_redrawn_once_a_tick(setup, 
     async def main() -> None:
         stream = panel_stream(ctx, pages, _request("alice", "page-a"))
         await _next(stream)
-        _submit(ctx, "alice", "alice's job")  # one step, then it waits: no ETA to count down
+        job = _submit(ctx, "alice", "alice's job")  # one step, then it waits for its gate
         await _until(stream, lambda u: u[TABLE] != SKIP and "running" in u[TABLE], "running")
         pending = asyncio.ensure_future(stream.__anext__())
         await asyncio.wait({pending}, timeout=1.0)
         before = len(renders)
-        await asyncio.sleep(0.5)  # the loop is free: five ticks or so, not thousands
-        assert len(renders) - before <= 10, len(renders) - before
+        for _ in range(50):  # steps: events of the viewer's own job, every 10 ms
+            job.progress.advance(1, 4)
+            await asyncio.sleep(0.01)
+        assert len(renders) - before <= 0.5 / queue_panel.MIN_GAP_SECONDS + 2
+        assert not pending.done()  # nothing shown changed: nothing sent
         runner.gate("alice's job").set()
         await asyncio.wait_for(pending, WAIT)
         await stream.aclose()

@@ -44,6 +44,9 @@ CSS = """
 .job-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent);
   opacity: .45; transition: width .2s; }
 .job-progress-text { position: relative; padding-left: .5em; font-size: .9em; }
+.live-preview { display: block; max-width: 100%; max-height: 512px; margin-top: 6px;
+  border-radius: 6px; }
+.live-preview[hidden] { display: none; }
 .infotext { white-space: pre-wrap; word-break: break-word; font-size: .85em; margin: 0; }
 .queue-table { width: 100%; border-collapse: collapse; font-size: .9em; }
 .queue-table th, .queue-table td { padding: .25em .5em; text-align: left;

@@ -15,6 +15,7 @@ import gradio as gr
 
 from ..core import jobs as job_states
 from ..owners import owner_from_cookies
+from . import live_progress
 from .icons import icon_button
 
 if TYPE_CHECKING:
@@ -102,33 +103,48 @@ def checkpoint_notice(ctx: AppContext, dropdown: gr.Dropdown, refresh: gr.Button
 
 
 def progress_html(ctx: AppContext, job: job_states.Job, waiting_after: int = 0) -> str:
-    """A progress bar with step count, ETA and queue position; `waiting_after` counts the
-    page's other jobs that wait behind this one. Each part is its own element, so the
-    page's translation finds it."""
+    """A progress bar with step count, ETA and queue position, and the live preview of a
+    running job (call it for the viewer's own jobs only); `waiting_after` counts the page's
+    other jobs that wait behind this one. Each part is its own element, so the page's
+    translation finds it. The steps, ETA and preview are kept current on the page by
+    `live_progress` (the bar's `data-progress` key)."""
     p = job.progress
+    preview = ""
     if job.state == job_states.QUEUED:
         position = ctx.jobs.position(job)
-        parts = [f"Waiting in queue (position {position})" if position else "Waiting in queue"]
+        steps = [f"Waiting in queue (position {position})" if position else "Waiting in queue"]
         percent = 0.0
     else:
         percent = p.fraction * 100
-        parts = [p.text] if p.text else []
-        if p.steps:
-            parts.append(f"Step {min(p.step, p.steps)}/{p.steps}")
-            if p.batches > 1:
-                parts.append(f"batch {p.batch + 1}/{p.batches}")
-            eta = p.eta_seconds
-            parts.append("ETA: estimating…" if eta is None else f"ETA {eta:.1f}s")
-        parts = parts or ["Starting"]
+        steps = live_progress.step_parts(job)
+    if job.state == job_states.RUNNING:
+        shown = p.preview is not None and hasattr(p.preview, "save")
+        src = f' src="{html.escape(live_progress.preview_src(job))}"' if shown else " hidden"
+        preview = (f'<img class="live-preview" data-preview="{live_progress.preview_key(job)}" '
+                   f'alt="Live preview"{src}>')  # fmt: skip
+    text = f'<span class="job-progress-steps">{_spans(steps)}</span>'
     if waiting_after:
-        parts.append(f"{waiting_after} more job(s) from this tab waiting")
-    text = " · ".join(f"<span>{html.escape(part)}</span>" for part in parts)
+        text += f" · <span>{waiting_after} more job(s) from this tab waiting</span>"
     return (
         f'<div class="job-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
-        f'aria-valuenow="{percent:.0f}" aria-label="Progress">'
+        f'aria-valuenow="{percent:.0f}" aria-label="Progress" '
+        f'data-progress="{live_progress.progress_key(job)}">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'
-        f'<span class="job-progress-text">{text}</span></div>'
+        f'<span class="job-progress-text">{text}</span></div>{preview}'
     )
+
+
+def progress_shape(ctx: AppContext, job: job_states.Job, waiting_after: int = 0) -> tuple:
+    """What `progress_html` shows that the live progress does not update: when it changes,
+    the line is drawn again."""
+    p = job.progress
+    position = ctx.jobs.position(job) if job.state == job_states.QUEUED else None
+    has_preview = p.preview is not None
+    return (job.id, job.state, position, waiting_after, p.text, p.steps, p.batches, has_preview)
+
+
+def _spans(parts: list[str]) -> str:
+    return " · ".join(f"<span>{html.escape(part)}</span>" for part in parts)
 
 
 def infotext_html(text: str | None) -> str:

@@ -8,9 +8,11 @@ and never a stale "waiting" line for the newest one while an older one runs.
 
 `follow_job` is an async generator: it awaits the job events of the queue's hub (its own
 job's, and the queue changes that move it up) instead of polling, so a waiting click holds
-no thread. It redraws at most every `MIN_GAP_SECONDS`, at least every `TICK_SECONDS` while
-the job runs (the ETA counts down), and sends a no-op every `KEEPALIVE_SECONDS` while it
-waits, so that Gradio notices a closed page and ends the stream.
+no thread. It redraws the job's line when the job changes state, moves in the queue or
+starts another pass, at most every `MIN_GAP_SECONDS`; its steps, ETA and live preview are
+kept current on the page by `live_progress` (a message of a Gradio stream costs the page
+far more). It sends a no-op every `KEEPALIVE_SECONDS` while nothing changes, so that
+Gradio notices a closed page and ends the stream.
 
 This module must never import torch or diffusers.
 """
@@ -33,14 +35,14 @@ from ..core import jobs as job_states
 from ..core.events import AsyncSubscription
 from ..core.jobs import Job, QueueFullError
 from ..services.generation import GenerationRequest, NoCheckpointError, RequestError
-from .common import InputError, owner_of, progress_html
+from .common import InputError, owner_of, progress_html, progress_shape
 
 if TYPE_CHECKING:
     from ..context import AppContext
 
 T = TypeVar("T")
 MIN_GAP_SECONDS = 0.2  # at most five redraws a second, however fast the steps are
-TICK_SECONDS = 1.0  # a running job's line is redrawn at least this often
+TICK_SECONDS = 1.0  # the merger and train tabs redraw a running job this often (ETA)
 KEEPALIVE_SECONDS = 30.0  # a no-op this often while nothing changes
 
 
@@ -127,7 +129,7 @@ async def follow_job(
     """Yield updates of a submitted job of this page until it ends (see module doc)."""
     page = request.session_hash or "local"
     tab_jobs.add(page, job)
-    shown_html, shown_preview = None, -1
+    shown_shape: tuple | None = None
     sent = time.monotonic()
 
     def concerns(event: ev.JobEvent) -> bool:  # its own events; queue changes that move it
@@ -139,12 +141,10 @@ async def follow_job(
                 update = None
                 lead, behind = tab_jobs.lead(ctx, page)
                 if lead is job:  # else another of this page's jobs is shown
-                    html = progress_html(ctx, job, behind)
-                    preview, gallery = job.progress.preview, gr.skip()
-                    if preview is not None and job.progress.preview_step != shown_preview:
-                        shown_preview, gallery = job.progress.preview_step, [preview]
-                    if html != shown_html or isinstance(gallery, list):
-                        shown_html, update = html, JobUpdate(html, gallery)
+                    shape = progress_shape(ctx, job, behind)
+                    if shape != shown_shape:  # steps, ETA and preview: live_progress
+                        html = progress_html(ctx, job, behind)
+                        shown_shape, update = shape, JobUpdate(html, gr.skip())
                 if update is None and time.monotonic() - sent >= KEEPALIVE_SECONDS:
                     update = JobUpdate(gr.skip(), gr.skip())  # a closed page ends here
                 if update is not None:
@@ -163,8 +163,7 @@ async def follow_job(
 
 async def _next_change(events: AsyncSubscription, job: Job, sent: float) -> None:
     """Wait for something that may change the job's line, then keep the minimum gap."""
-    running = job.state == job_states.RUNNING
-    await events.wait(TICK_SECONDS if running else KEEPALIVE_SECONDS)
+    await events.wait(KEEPALIVE_SECONDS)
     gap = MIN_GAP_SECONDS - (time.monotonic() - sent)
     if gap > 0 and not job.finished:
         await asyncio.sleep(gap)

@@ -18,11 +18,13 @@ Nobody sees another user's previews or images here.
 Both are pushed, never polled: each page runs one long-lived stream (`panel_stream`, an
 async generator started at page load) that awaits the queue's job events and redraws only
 what changed. Changes to the queue and to the viewer's own jobs show within
-`MIN_GAP_SECONDS`; other users' progress bars are redrawn every `BUSY_GAP_SECONDS` while
-the viewer has unfinished jobs, else every `IDLE_GAP_SECONDS`; a running job of the
-viewer's is redrawn every `TICK_SECONDS` (its ETA counts down). An idle page receives a
-no-op every `KEEPALIVE_SECONDS` on its open stream and makes no request. The stream ends
-when the page closes (Gradio's unload event, or the next message finding the page gone).
+`MIN_GAP_SECONDS`; other users' events are looked at every `BUSY_GAP_SECONDS` while the
+viewer has unfinished jobs, else every `IDLE_GAP_SECONDS`. Steps, ETAs and live previews
+are not sent here: `live_progress` keeps the bars and previews current (every message of
+a Gradio stream costs the page far more than one of its own), so this stream sends only
+when a job changes state, moves, or starts another pass. An idle page receives a no-op
+every `KEEPALIVE_SECONDS` on its open stream and makes no request. The stream ends when
+the page closes (Gradio's unload event, or the next message finding the page gone).
 
 This module must never import torch or diffusers.
 """
@@ -42,7 +44,16 @@ from ..core import events as ev
 from ..core import jobs as job_states
 from ..core.events import AsyncSubscription, JobEvent
 from ..core.jobs import Job, JobAccessError, file_deleted, rerun_note
-from .common import gallery_items, infotext_html, owner_of, progress_html, result_gallery
+from . import live_progress
+from .common import (
+    gallery_items,
+    infotext_html,
+    owner_of,
+    progress_html,
+    progress_shape,
+    result_gallery,
+)
+from .live_progress import PROGRESS_JS, ticket_for
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -50,7 +61,6 @@ if TYPE_CHECKING:
 MIN_GAP_SECONDS = 0.25  # queue changes and the viewer's own jobs
 BUSY_GAP_SECONDS = 1.0  # others' progress while the viewer has jobs in the queue
 IDLE_GAP_SECONDS = 5.0  # others' progress while the viewer has none
-TICK_SECONDS = 1.0  # the viewer's running job (ETA)
 KEEPALIVE_SECONDS = 30.0
 # Gradio runs at most this many events at once (40 unless launch(max_threads=...); this app
 # is mounted, not launched). Every open page holds one for its stream and each of its waiting
@@ -101,7 +111,8 @@ def build_queue_panel(ctx: AppContext, demo: gr.Blocks) -> PageViews:
         gallery = result_gallery("Job images", "my_job_gallery", columns=4)
         info = gr.HTML("", elem_id="my_job_infotext")
     url_job = gr.HTML("", visible="hidden", js_on_load=URL_JS, elem_id="my_job_url")
-    outputs = [table, picker, status, gallery, info, url_job, message]
+    ticket = gr.HTML("", visible="hidden", js_on_load=PROGRESS_JS, elem_id="live_progress")
+    outputs = [table, picker, status, gallery, info, url_job, message, ticket]
     pages = PageViews()
 
     async def stream(request: gr.Request):
@@ -162,7 +173,6 @@ class PageView:
         self.offset = 0  # the page of "My jobs": how many newer jobs are left out
         self.sent: dict[str, Any] = {}  # output name -> what the page shows now
         self.busy = False  # the viewer has unfinished jobs
-        self.running = False  # the shown job runs (its line is redrawn every tick)
         self.last_sent = 0.0  # monotonic time of the last message
         self.last_drawn = 0.0  # monotonic time of the last redraw, sent or not
         self.closed = False
@@ -240,7 +250,7 @@ async def panel_stream(
             view.wake = events.wake
             note = _pin_from_url(ctx, view, request)
             view.last_sent = view.last_drawn = time.monotonic()
-            yield (*_render(ctx, view), note)
+            yield (*_render(ctx, view), note, ticket_for(view.owner))
             while True:
                 keepalive = await _next_change(view, events)
                 if view.closed or events.closed:
@@ -249,7 +259,7 @@ async def panel_stream(
                 view.last_drawn = time.monotonic()  # the next tick waits from here
                 if keepalive or any(not _is_skip(value) for value in update):
                     view.last_sent = time.monotonic()
-                    yield (*update, gr.skip())
+                    yield (*update, gr.skip(), gr.skip())
     finally:
         pages.close(page, view)
 
@@ -269,23 +279,22 @@ def _pin_from_url(ctx: AppContext, view: PageView, request: gr.Request) -> str:
 
 async def _next_change(view: PageView, events: AsyncSubscription) -> bool:
     """Wait until the page should be redrawn; True when nothing was sent for so long that a
-    no-op is due (it lets Gradio notice a page that has gone). A tick counts from the last
-    redraw, sent or not: a redraw that changed nothing never makes the next one come at
-    once (that loop would never await, and hold the event loop)."""
+    no-op is due (it lets Gradio notice a page that has gone). The gap counts from the last
+    redraw, sent or not, so that events that change nothing shown (a step) are not
+    redrawn more often than the gap allows."""
     due = math.inf  # when to redraw: the soonest any received event allows
-    tick_at = view.last_drawn + TICK_SECONDS if view.running else math.inf
     keepalive_at = view.last_sent + KEEPALIVE_SECONDS
     while True:
         now = time.monotonic()
-        if due <= now or tick_at <= now:
+        if due <= now:
             return False
         if keepalive_at <= now:
             return True
-        received = await events.wait(min(due, tick_at, keepalive_at) - now)
+        received = await events.wait(min(due, keepalive_at) - now)
         if view.closed or events.closed or events.woken:
             return False
         for event in received:
-            due = min(due, view.last_sent + _gap(view, event))
+            due = min(due, view.last_drawn + _gap(view, event))
 
 
 def _gap(view: PageView, event: JobEvent) -> float:
@@ -350,22 +359,24 @@ def _render(ctx: AppContext, view: PageView) -> tuple:
     view.busy = ctx.jobs.active(view.owner) is not None
     selected_id = view.pinned or (mine[0].id if mine else None)
     selected = next((j for j in mine if j.id == selected_id), None)
-    view.running = selected is not None and selected.state == job_states.RUNNING
     choices = [(_label(j), j.id) for j in mine]
     picker = gallery = info = gr.skip()
     if _fresh(view, "choices", [choices, selected_id]):
         picker = gr.Dropdown(choices=choices, value=selected_id)
     if _fresh(view, "shown", _shown_key(selected)):
         gallery, info = _pictures(selected)
-    status = ""
+    status, shape = "", None
     if selected is not None:
         status = progress_html(ctx, selected) if not selected.finished else _finished(selected)
-    table = table_html(ctx, view.owner)
+        shape = progress_shape(ctx, selected) if not selected.finished else status
+    table = gr.skip()
+    if _fresh(view, "table", table_html(ctx, view.owner, with_progress=False)):
+        table = table_html(ctx, view.owner)
     url = selected_id or ""
     return (
-        table if _fresh(view, "table", table) else gr.skip(),
+        table,
         picker,
-        status if _fresh(view, "status", status) else gr.skip(),
+        status if _fresh(view, "status", shape) else gr.skip(),
         gallery,
         info,
         url if _fresh(view, "url", url) else gr.skip(),
@@ -384,16 +395,15 @@ def _shown_key(job: Job | None) -> list | None:
     if job is None:
         return None
     deleted = sum(file_deleted(g) for g in job.images)
-    return [job.id, job.state, job.progress.preview_step, len(job.images), deleted]
+    return [job.id, job.state, len(job.images), deleted]
 
 
 def _pictures(job: Job | None) -> tuple[Any, str]:
     """The gallery value and infotext of one of the viewer's own jobs."""
     if job is None:
         return [], ""
-    if job.state in (job_states.RUNNING, job_states.QUEUED):
-        preview = job.progress.preview
-        return ([(preview, "Preview")] if preview is not None else []), ""
+    if job.state in (job_states.RUNNING, job_states.QUEUED):  # the live preview: in the status
+        return [], ""
     images = [g for g in job.images if not file_deleted(g)]  # the files are the truth
     gallery = gallery_items(
         g for g in images if getattr(g, "path", None) or getattr(g, "image", None)
@@ -425,14 +435,16 @@ def _label(job: Job) -> str:
     return f"{when} · {job.kind} · {prompt or '(no prompt)'} · {job.state}"
 
 
-def table_html(ctx: AppContext, owner: str) -> str:
-    """Every job as an HTML table; the viewer's own rows have action buttons."""
+def table_html(ctx: AppContext, owner: str, with_progress: bool = True) -> str:
+    """Every job as an HTML table; the viewer's own rows have action buttons. Without
+    progress: what only a change of the queue changes (the page's live progress keeps
+    the bars current)."""
     listing = ctx.jobs.listing(finished_limit=FINISHED_SHOWN)
     if not listing:
         return '<p class="queue-empty">The queue is empty.</p>'
     others = bool(ctx.options.get("queue_show_others_prompts"))
     rows = "".join(
-        _row(job, position, job.owner == owner, others or job.owner == owner)
+        _row(job, position, job.owner == owner, others or job.owner == owner, with_progress)
         for job, position in listing
     )
     return (
@@ -446,7 +458,9 @@ def table_html(ctx: AppContext, owner: str) -> str:
 STARTUP_OWNER = "startup"  # webui.app.load_startup_checkpoint's load job
 
 
-def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
+def _row(
+    job: Job, position: int | None, mine: bool, show_prompt: bool, with_progress: bool = True
+) -> str:
     e = html.escape
     where = "▶" if position == 0 else (str(position) if position else "")
     owner = e(job.owner) + (" (you)" if mine else "")
@@ -455,10 +469,10 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
     percent = job.progress.fraction * 100 if job.state == job_states.RUNNING else 0.0
     if job.state == job_states.DONE:
         percent = 100.0
-    p = job.progress
-    steps = (
-        f"{min(p.step, p.steps)}/{p.steps}" if job.state == job_states.RUNNING and p.steps else ""
-    )
+    running = job.state == job_states.RUNNING
+    steps = live_progress.row_steps(job) if running and with_progress else ""
+    if not with_progress:
+        percent = 0.0
     buttons = ""
     if mine:
         spec = _BUTTONS.get(job.state, _SHOW if job.finished and job.images else ())
@@ -481,7 +495,8 @@ def _row(job: Job, position: int | None, mine: bool, show_prompt: bool) -> str:
         f'<td class="queue-prompt" translate="no">{e(prompt)}</td><td>{state}</td>'
         f'<td class="queue-worker" translate="no">{e(job.worker or "")}</td>'
         f'<td><div class="job-progress" role="progressbar" aria-valuemin="0" '
-        f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress">'
+        f'aria-valuemax="100" aria-valuenow="{percent:.0f}" aria-label="Progress" '
+        f'data-progress="{live_progress.progress_key(job)}">'
         f'<div class="job-progress-fill" style="width:{percent:.1f}%"></div>'
         f'<span class="job-progress-text">{steps}</span></div></td>'
         f'<td class="queue-actions">{buttons}</td></tr>'
