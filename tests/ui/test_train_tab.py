@@ -23,3 +23,37 @@ def test_the_loss_curve_is_drawn_from_the_jobs_log():
     frame = loss_frame(SimpleNamespace(losses=[(1, 0.5), (2, 0.25)]))
     assert list(frame["step"]) == [1, 2] and list(frame["loss"]) == [0.5, 0.25]
     assert loss_frame(None).empty
+
+
+def test_steps_are_not_sent_through_gradio_only_the_curve_and_state_changes(monkeypatch):
+    """Every Gradio stream message costs the page a walk over its components: a step of
+    training changes nothing the stream sends (live_progress shows steps, loss and ETA)."""
+    import asyncio
+    import time
+
+    from webui.core.jobs import JobQueue
+    from webui.options import Options
+    from webui.ui import train_tab
+
+    def runner(job):
+        for step in range(1, 101):  # a step every 10 ms
+            job.progress.text = f"Epoch 1/1, loss {1 / step:.4f}, "
+            job.progress.advance(step, 100)
+            time.sleep(0.01)
+        return SimpleNamespace(images=[], warnings=[], params=job.params, message="done")
+
+    queue = JobQueue(runner)
+    queue.start()
+    ctx = SimpleNamespace(jobs=queue, options=Options())
+    monkeypatch.setattr(train_tab, "PLOT_EVERY", 3600.0)
+
+    async def main() -> list:
+        job = queue.submit("train_lora", SimpleNamespace(prompt="train"), owner="alice")
+        return [update async for update in train_tab.follow_training(ctx, job)]
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        queue.stop()
+    assert 2 <= len(seen) <= 4, [str(s[0])[:80] for s in seen]  # start, running, the end
+    assert "done" in str(seen[-1][0])

@@ -140,7 +140,7 @@ def progress_shape(ctx: AppContext, job: job_states.Job, waiting_after: int = 0)
     p = job.progress
     position = ctx.jobs.position(job) if job.state == job_states.QUEUED else None
     has_preview = p.preview is not None
-    return (job.id, job.state, position, waiting_after, p.text, p.steps, p.batches, has_preview)
+    return (job.id, job.state, position, waiting_after, p.steps, p.batches, has_preview)
 
 
 def _spans(parts: list[str]) -> str:

@@ -37,8 +37,8 @@ from ..core.train_params import (
 )
 from ..services.errors import RequestError
 from ..services.training import TrainingService
-from .common import checkpoint_choices, owner_of, progress_html
-from .job_stream import KEEPALIVE_SECONDS, TICK_SECONDS, in_thread
+from .common import checkpoint_choices, owner_of, progress_html, progress_shape
+from .job_stream import KEEPALIVE_SECONDS, in_thread
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEFAULTS = LoraTrainParams("", "", "")
 FIELDS = [f.name for f in fields(LoraTrainParams)]
-PLOT_EVERY = 1.0  # seconds between two redraws of the loss curve and samples
+PLOT_EVERY = 5.0  # seconds between two redraws of the loss curve and samples
 LABELS = {
     "checkpoint": "Checkpoint",
     "train_data_dir": "Dataset folder",
@@ -207,18 +207,21 @@ def _view(ctx: AppContext, job: job_states.Job, text: str) -> tuple:
 
 
 async def follow_training(ctx: AppContext, job: job_states.Job):
-    """Yield (progress or outcome, loss curve, samples) until the job ends."""
-    drawn = 0.0
+    """Yield (progress or outcome, loss curve, samples) until the job ends: the curve and
+    samples every `PLOT_EVERY` seconds, the line when the job changes state (its steps,
+    loss and ETA are kept current by `live_progress`)."""
+    drawn, shape = 0.0, None
     with ctx.jobs.events.subscribe_async(accept=lambda e: e.job_id == job.id) as events:
         while not job.finished and not events.closed:
             now = time.monotonic()
             if now - drawn >= PLOT_EVERY:
-                drawn = now
+                drawn, shape = now, progress_shape(ctx, job)
                 yield _view(ctx, job, progress_html(ctx, job))
-            else:
+            elif progress_shape(ctx, job) != shape:
+                shape = progress_shape(ctx, job)
                 yield (progress_html(ctx, job), gr.skip(), gr.skip())
             running = job.state == job_states.RUNNING
-            await events.wait(TICK_SECONDS if running else KEEPALIVE_SECONDS)
+            await events.wait(PLOT_EVERY if running else KEEPALIVE_SECONDS)
     if job.state == job_states.FAILED:
         yield _view(ctx, job, _message(f"Training failed: {job.error}", ok=False))
         return
