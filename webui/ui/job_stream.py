@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MIN_GAP_SECONDS = 0.2  # at most five redraws a second, however fast the steps are
-TICK_SECONDS = 1.0  # the merger and train tabs redraw a running job this often (ETA)
+TICK_SECONDS = 1.0  # the merger tab redraws a running merge this often (ETA)
 KEEPALIVE_SECONDS = 30.0  # a no-op this often while nothing changes
 
 
