@@ -43,6 +43,13 @@ LONG_JOB = {
 }
 
 
+def _default_sigint() -> None:
+    """The server as a terminal starts it: Ctrl+C not ignored. A test run started in the
+    background by a shell ignores SIGINT, and a child inherits that: its Python then
+    keeps ignoring the Ctrl+C that uvicorn raises again after shutting down (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "sig, page",
     [
@@ -58,6 +65,7 @@ def test_a_signal_stops_the_running_job_and_the_server(data_dir, sig, page) -> N
          "--port", str(port), "--no-download-sd-model"],
         cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     output: list[str] = []
     threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
