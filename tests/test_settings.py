@@ -348,6 +348,7 @@ def test_option_defaults() -> None:
         "sdxl_refiner_high_aesthetic_score": 6.0,
         "forge_additional_modules": [],
         "sd_vae_decode_method": "Full",
+        "sd_vae_encode_method": "Full",
         "control_net_no_detectmap": False,
         "control_net_unit_count": 3,
     }

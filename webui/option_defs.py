@@ -403,6 +403,9 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("sd_vae_decode_method", "Full", _choice(*_DECODE_METHODS), "VAE for Decoding "
               "(TAESD: a fast draft decoder from models/VAE-approx)", "sd_vae",
               choices=_DECODE_METHODS),
+    OptionDef("sd_vae_encode_method", "Full", _choice(*_DECODE_METHODS), "VAE type for encode "
+              "(TAESD: a fast draft encoder for img2img, inpaint and hires fix, from "
+              "models/VAE-approx)", "sd_vae", choices=_DECODE_METHODS),
     # ControlNet (sd-webui-controlnet's keys; webui.core.controlnet, webui.ui.controlnet_ui)
     OptionDef("control_net_no_detectmap", False, _bool, "Do not append detectmap to output",
               "control_net"),

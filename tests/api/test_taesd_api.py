@@ -1,6 +1,6 @@
-"""The TAESD options through the API: A1111's `sd_vae_decode_method` per job
-(`override_settings`), its infotext and PNG Info round trip, the 422 for a missing file,
-and the live preview methods in /sdapi/v1/options."""
+"""The TAESD options through the API: A1111's `sd_vae_decode_method` and
+`sd_vae_encode_method` per job (`override_settings`), their infotext and round trip, the
+422 for a missing file, and the live preview methods in /sdapi/v1/options."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from webui.settings import parse_flags
 BODY = {"prompt": "a red barn", "steps": 2, "width": 64, "height": 64, "seed": 5,
         "sampler_name": "Euler", "cfg_scale": 1.0}  # fmt: skip
 TAESD = {"sd_vae_decode_method": "TAESD"}
+TAESD_ENCODE = {"sd_vae_encode_method": "TAESD"}
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,45 @@ def test_a_job_without_the_approx_nn_file_previews_cheaply_and_says_where(server
     response = httpx.post(f"{srv.url}/sdapi/v1/txt2img", timeout=300,
                           json={**BODY, "override_settings": overrides})  # fmt: skip
     assert json.loads(response.json()["info"])["warnings"] == []
+
+
+def _img2img(srv, **changes) -> tuple[np.ndarray, dict]:
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    init.paste((30, 30, 220), (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    init.save(buffer, format="PNG")
+    body = {**BODY, "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+            "denoising_strength": 0.5, **changes}  # fmt: skip
+    response = httpx.post(f"{srv.url}/sdapi/v1/img2img", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    return np.asarray(image.convert("RGB")), parse_infotext(image.info["parameters"])
+
+
+def test_taesd_encode_per_job_with_its_infotext_and_round_trip(server) -> None:
+    """A1111's "VAE type for encode": the img2img image encoded by TAESD's encoder (other
+    latents: other pixels), "VAE Encoder: TAESD" in the infotext, which asks for it again."""
+    srv, _ = server
+    full, full_info = _img2img(srv)
+    draft, info = _img2img(srv, override_settings=TAESD_ENCODE)
+    assert info["VAE Encoder"] == "TAESD" and "VAE Encoder" not in full_info
+    assert "VAE Decoder" not in info  # the decoder stays the full VAE
+    assert draft.shape == full.shape and not np.array_equal(draft, full)
+    again, again_info = _img2img(srv, infotext=_infotext(info))
+    assert again_info["VAE Encoder"] == "TAESD" and np.array_equal(again, draft)
+    _, txt_info = _txt2img(srv, override_settings=TAESD_ENCODE)  # nothing to encode
+    assert "VAE Encoder" not in txt_info
+
+
+def test_missing_taesd_encoder_is_a_422_naming_file_and_folder(server) -> None:
+    srv, data = server
+    encoder = data / "models" / "VAE-approx" / "taesd_encoder.pth"
+    moved = encoder.with_suffix(".moved")
+    encoder.rename(moved)
+    try:
+        response = httpx.post(f"{srv.url}/sdapi/v1/txt2img", timeout=60,
+                              json={**BODY, "override_settings": TAESD_ENCODE})  # fmt: skip
+    finally:
+        moved.rename(encoder)
+    assert response.status_code == 422, response.text
+    assert "sd_vae_encode_method" in response.text and "taesd_encoder" in response.text

@@ -261,6 +261,7 @@ def test_widgets_and_sections() -> None:
         "face_restoration_model": "dropdown", "code_former_weight": "slider",
         "sdxl_refiner_low_aesthetic_score": "slider", "sdxl_refiner_high_aesthetic_score": "slider",
         "forge_additional_modules": "multiselect", "sd_vae_decode_method": "dropdown",
+        "sd_vae_encode_method": "dropdown",
         "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
         "eta_tcd": "slider", "deepcache_interval": "slider", "deepcache_branch": "slider",
     }  # fmt: skip

@@ -84,6 +84,7 @@ _INFOTEXT_OPTIONS: dict[str, str] = {
     "Extra noise": "img2img_extra_noise",
     "Face restoration": "face_restoration_model",  # and restore_faces (_with_infotext)
     "VAE Decoder": "sd_vae_decode_method",  # A1111's infotext name of the option
+    "VAE Encoder": "sd_vae_encode_method",
     "Token merging ratio": "token_merging_ratio",  # the Speed section (webui.core.speed)
     "DeepCache": "deepcache_interval",
     "DeepCache branch": "deepcache_branch",

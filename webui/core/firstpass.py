@@ -36,4 +36,4 @@ def first_pass_from_image(run: RunContext, params: Txt2ImgParams) -> FirstPass:
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     images = [image] * params.batch_size
-    return FirstPass(vae_encode(run.pipe, images), images)
+    return FirstPass(vae_encode(run.pipe, images, run.memory), images)

@@ -161,7 +161,7 @@ def _upscaled(
             for image in (first_images or decode_latents(pipe, latents, run.memory))
         ]  # fmt: skip
         pixels = pixels_tensor(images)
-        latents = vae_encode_pixels(pipe, pixels)
+        latents = vae_encode_pixels(pipe, pixels, run.memory)
     latents = latents[:, :, top:bottom, left:right]
     if pixels is not None:
         pixels = pixels[:, :, top * factor : bottom * factor, left * factor : right * factor]

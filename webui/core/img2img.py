@@ -297,11 +297,11 @@ def run_batch(
     pixels = None
     if items[0].latent_resize:
         latents = torch.cat(
-            [_encode_own_size(pipe, item.image, latent_h, latent_w) for item in items]
+            [_encode_own_size(run, item.image, latent_h, latent_w) for item in items]
         )
     else:
         pixels = pixels_tensor([item.image for item in items])
-        latents = vae_encode_pixels(pipe, pixels)
+        latents = vae_encode_pixels(pipe, pixels, run.memory)
     mask = items[0].blend_mask
     if mask is not None:
         soft_on = params.soft_inpainting is not None  # A1111: mask_round off
@@ -365,9 +365,10 @@ def _soft_composites(run: RunContext, request: DenoiseRequest, items: list[Prepa
     ]
 
 
-def _encode_own_size(pipe, image: Image.Image, latent_h: int, latent_w: int) -> torch.Tensor:
+def _encode_own_size(run: RunContext, image: Image.Image, latent_h: int, latent_w: int
+                     ) -> torch.Tensor:  # fmt: skip
     """Resize mode 3: encode at the image's own size (multiple of 8), resize the latents."""
     width, height = max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-    return resize_latents(vae_encode(pipe, [image]), latent_h, latent_w)
+    return resize_latents(vae_encode(run.pipe, [image], run.memory), latent_h, latent_w)

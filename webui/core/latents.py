@@ -30,7 +30,7 @@ from PIL import Image
 from .decode import decode_latents
 from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
 from .refiner import aesthetic_kwargs
-from .run import RunContext
+from .run import MemoryRun, RunContext
 from .sampler_params import SamplerRun
 from .samplers import SchedulerChoice
 from .schedulers import bind_sampler_params, set_noise_seed
@@ -51,8 +51,11 @@ def pixels_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def vae_encode_pixels(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) pixels in [-1, 1] to scaled latents (the distribution's mean)."""
+def vae_encode_pixels(pipe, pixels: torch.Tensor, memory: MemoryRun | None = None) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] to scaled latents (the distribution's mean); with the
+    job's TAESD encoder (`memory.draft_encoder`, A1111's sd_vae_encode_method) a draft."""
+    if memory is not None and memory.draft_encoder is not None:
+        return _draft_encode(pipe, pixels, memory)
     vae = pipe.vae
     dtype, upcast = _vae_dtype_for(vae)
     if upcast:
@@ -66,10 +69,26 @@ def vae_encode_pixels(pipe, pixels: torch.Tensor) -> torch.Tensor:
     return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
 
 
-def vae_encode(pipe, images: list[Image.Image]) -> torch.Tensor:
+def _draft_encode(pipe, pixels: torch.Tensor, memory: MemoryRun) -> torch.Tensor:
+    """Pixels to scaled latents by TAESD's encoder (its latents are the scaled ones), image
+    by image, at the size the checkpoint's VAE gives (TAESD downscales 8x, as SD's VAEs
+    do); the infotext says "VAE Encoder: TAESD" (A1111's field)."""
+    tiny = memory.draft_encoder
+    first = next(tiny.parameters())
+    parts = pixels.to(first.device, first.dtype).split(1)
+    latents = torch.cat([tiny.encode(part, return_dict=False)[0] for part in parts])
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    size = (pixels.shape[-2] // factor, pixels.shape[-1] // factor)
+    if tuple(latents.shape[-2:]) != size:
+        latents = F.interpolate(latents.float(), size, mode="bilinear", antialias=True)
+    memory.notes["VAE Encoder"] = "TAESD"
+    return latents.to(pipe.unet.dtype)
+
+
+def vae_encode(pipe, images: list[Image.Image], memory: MemoryRun | None = None) -> torch.Tensor:
     """Same-size RGB images (multiples of 8) to scaled latents (B, 4, H/f, W/f), f being
     the VAE's scale factor (8 for real models)."""
-    return vae_encode_pixels(pipe, pixels_tensor(images))
+    return vae_encode_pixels(pipe, pixels_tensor(images), memory)
 
 
 def resize_latents(
@@ -205,7 +224,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
         if inpaint_model:
-            masked_latents = _masked_image_latents(pipe, req.pixels, mask)
+            masked_latents = _masked_image_latents(pipe, req.pixels, mask, run.memory)
         else:  # a 4-channel model never reads them; the pipeline wants the right shape
             masked_latents = latents
         kwargs.update(
@@ -234,9 +253,11 @@ def _noise_inputs(pipe, req: DenoiseRequest, inpaint_pipe: bool) -> dict:
     return {"generator": generators(req.seeds)}  # the pipeline's draw from them is replaced
 
 
-def _masked_image_latents(pipe, pixels: torch.Tensor | None, mask: Image.Image) -> torch.Tensor:
+def _masked_image_latents(
+    pipe, pixels: torch.Tensor | None, mask: Image.Image, memory: MemoryRun
+) -> torch.Tensor:
     """The 9-channel conditioning: the image with the masked area grey, encoded."""
     if pixels is None:
         raise ValueError("a 9-channel inpainting model needs the init pixels")
     keep = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) < 127.5)
-    return vae_encode_pixels(pipe, pixels * keep[None, None].to(pixels.dtype))
+    return vae_encode_pixels(pipe, pixels * keep[None, None].to(pixels.dtype), memory)

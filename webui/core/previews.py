@@ -12,7 +12,9 @@ A1111's `sd_vae_decode_method` "TAESD" decodes the final images with TAESD (draf
 `draft_decoder` gives the job's decoder, which `webui.core.decode` uses instead of the VAE
 and records as "VAE Decoder: TAESD" in the infotext; a missing file fails the job with a
 message naming the file and the folder (the generation service refuses the request
-earlier when no TAESD decoder is there at all).
+earlier when no TAESD decoder is there at all). `sd_vae_encode_method` "TAESD" likewise
+encodes img2img, inpaint and hires-fix images with TAESD's encoder (`draft_encoder`,
+`webui.core.latents`, "VAE Encoder: TAESD").
 
 This module must never import a UI library.
 """
@@ -84,13 +86,27 @@ def draft_decoder(
 ) -> Any:
     """The job's TAESD (an `AutoencoderTiny`) when `method` is "TAESD", else None.
     Raises ApproxFileMissing (the file and folder) when it cannot be had."""
+    return _draft_model(method, "VAE for Decoding", family, approx, device, dtype)
+
+
+def draft_encoder(
+    method: str, family: Family, approx: ApproxModels | None, device: Any, dtype: torch.dtype
+) -> Any:
+    """The job's TAESD with its encoder when `method` (A1111's sd_vae_encode_method) is
+    "TAESD", else None. Raises ApproxFileMissing (the file and folder) when it cannot be had."""
+    return _draft_model(method, "VAE type for encode", family, approx, device, dtype,
+                        encoder=True)  # fmt: skip
+
+
+def _draft_model(method: str, what: str, family: Family, approx: ApproxModels | None,
+                 device: Any, dtype: torch.dtype, *, encoder: bool = False) -> Any:  # fmt: skip
     if method != TAESD:
         return None
     if family.taesd is None:
-        raise ApproxFileMissing(f"VAE for Decoding: TAESD has no model for {family.label}")
+        raise ApproxFileMissing(f"{what}: TAESD has no model for {family.label}")
     if approx is None:
-        raise ApproxFileMissing("VAE for Decoding: TAESD: no models/VAE-approx folder known")
-    return approx.taesd(family.taesd, torch.device(device), dtype)
+        raise ApproxFileMissing(f"{what}: TAESD: no models/VAE-approx folder known")
+    return approx.taesd(family.taesd, torch.device(device), dtype, encoder=encoder)
 
 
 def _warn(run: RunContext, message: str) -> None:

@@ -111,6 +111,7 @@ class MemoryRun:
     token_merging_ratio: float = 0.0  # tomesd, 0: off
     notes: dict[str, str] = field(default_factory=dict)
     draft_vae: Any = None  # TAESD decodes instead of the VAE (sd_vae_decode_method, previews.py)
+    draft_encoder: Any = None  # TAESD encodes instead of the VAE (sd_vae_encode_method)
     deepcache_interval: int = 0  # DeepCache (webui.core.speed), 0 or 1: off
     deepcache_branch: int = 0
 

@@ -46,7 +46,7 @@ from .jobs import Job
 from .merge_job import MergeResult, run_merge
 from .oom import run_guarded
 from .params import Txt2ImgParams
-from .previews import draft_decoder
+from .previews import draft_decoder, draft_encoder
 from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
 from .sampler_params import SamplerDefaults
@@ -221,13 +221,14 @@ class Worker:
         return getattr(self.networks, "approx", None)
 
     def _memory(self, opt: Option, family) -> MemoryRun:
-        """The job's memory settings, with TAESD when it decodes with it (a missing file
-        fails the job here, naming the file and the folder)."""
+        """The job's memory settings, with TAESD when it decodes or encodes with it (a
+        missing file fails the job here, naming the file and the folder)."""
         plan = self.models.plan
         dtype = torch.float16 if str(plan.dtype) == "torch.float16" else torch.float32
-        draft = draft_decoder(opt("sd_vae_decode_method"), family, self._approx(), plan.device,
-                              dtype)  # fmt: skip
-        return replace(MemoryRun.from_options(opt), draft_vae=draft)
+        where = (family, self._approx(), plan.device, dtype)
+        draft = draft_decoder(opt("sd_vae_decode_method"), *where)
+        encoder = draft_encoder(opt("sd_vae_encode_method"), *where)
+        return replace(MemoryRun.from_options(opt), draft_vae=draft, draft_encoder=encoder)
 
     def _control(self, params: Txt2ImgParams, lease, opt: Option) -> JobControl | None:
         """The job's ControlNet units prepared (None: none enabled)."""

@@ -50,11 +50,11 @@ def missing_message(what: str, stem: str, folders: Sequence[Path]) -> str:
     return f"{what}: put {stem}{suffix} in {folders[0]}"
 
 
-def any_taesd_decoder(folders: Sequence[Path]) -> bool:
-    """Whether any TAESD decoder file (`*_decoder.*`) is in the folders."""
+def any_taesd_file(folders: Sequence[Path], part: str) -> bool:
+    """Whether any TAESD file of this part (`*_decoder.*`, `*_encoder.*`) is in the folders."""
     for folder in folders:
         if folder.is_dir() and any(
-            p.is_file() and p.suffix in SUFFIXES and p.stem.endswith("_decoder")
+            p.is_file() and p.suffix in SUFFIXES and p.stem.endswith(f"_{part}")
             for p in folder.iterdir()
         ):
             return True

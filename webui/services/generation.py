@@ -43,7 +43,7 @@ from ..imaging.face_restorer_list import (
     MissingFaceModelError,
     UnknownFaceRestorerError,
 )
-from ..model_manager.approx_files import any_taesd_decoder, missing_message
+from ..model_manager.approx_files import any_taesd_file, missing_message
 from ..options import Options
 from .controlnet import controlnet_fields, split_controlnet
 from .detailer import detailer_fields, split_detailer
@@ -68,6 +68,7 @@ _NO_SCRIPT = ("", "none")
 FACE_MODEL, FACE_WEIGHT = "face_restoration_model", "code_former_weight"  # options
 MODULES = "forge_additional_modules"  # Forge's "VAE / Text Encoder" option
 DECODE_METHOD = "sd_vae_decode_method"  # A1111's VAE for Decoding: "Full" or "TAESD"
+ENCODE_METHOD = "sd_vae_encode_method"  # A1111's VAE type for encode: "Full" or "TAESD"
 _FROM_OVERRIDES = {"checkpoint": CHECKPOINT, "clip_skip": CLIP_SKIP}  # params field -> key
 _SD_UPSCALE_FIELDS = {"sd_upscale_upscaler": "upscaler", "sd_upscale_scale": "scale",
                       "scale": "scale", "overlap": "overlap"}  # fmt: skip
@@ -206,14 +207,20 @@ class GenerationService:
 
     # --- the steps -------------------------------------------------------------------
     def _check_draft_decoder(self, options: Mapping[str, Any]) -> None:
-        """Decoding with TAESD needs a TAESD decoder file: a RequestError now, not a failed
-        job (the worker names the family's own file if only another family's is there)."""
-        value = options.get(DECODE_METHOD, self.options.get(DECODE_METHOD))
-        if value != "TAESD" or self.approx_dirs is None or any_taesd_decoder(self.approx_dirs):
-            return
-        loc = (OVERRIDES, DECODE_METHOD) if DECODE_METHOD in options else (DECODE_METHOD,)
-        message = missing_message("VAE for Decoding: TAESD", "taesd_decoder", self.approx_dirs)
-        raise RequestError(loc, f"{message} (taesdxl_decoder for SDXL)")
+        """Decoding (or encoding) with TAESD needs a TAESD decoder (and encoder) file: a
+        RequestError now, not a failed job (the worker names the family's own file if only
+        another family's is there)."""
+        checks = ((DECODE_METHOD, "VAE for Decoding", ("decoder",)),
+                  (ENCODE_METHOD, "VAE type for encode", ("decoder", "encoder")))  # fmt: skip
+        for key, what, parts in checks:
+            if options.get(key, self.options.get(key)) != "TAESD" or self.approx_dirs is None:
+                continue
+            for part in parts:
+                if any_taesd_file(self.approx_dirs, part):
+                    continue
+                loc = (OVERRIDES, key) if key in options else (key,)
+                message = missing_message(f"{what}: TAESD", f"taesd_{part}", self.approx_dirs)
+                raise RequestError(loc, f"{message} (taesdxl_{part} for SDXL)")
 
     def _override_fields(
         self, settings: Mapping[str, Any], params_clip_skip: int | None
