@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .flux_keys import missing_message
-from .identify import ModelFamily
+from .identify import ModelFamily, family_named
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -177,6 +177,9 @@ class ModelManager:
         spec = identify_file(info.path, self.families)
         if not spec.missing:
             return ()
+        family = family_named(self.families, spec.family)
+        if hasattr(family, "needed_modules"):  # a family that tells its modules apart (SD 3.5)
+            return family.needed_modules(info.path, spec, paths)
         kinds = module_kinds(paths)
         lacking = [name for name in spec.missing if name not in kinds]
         if lacking:
