@@ -42,10 +42,10 @@ def test_sizes_come_from_the_tensors(sd3_files):
     )
     assert spec.unet["num_attention_heads"] * spec.unet["attention_head_dim"] == 64
     assert spec.unet["num_layers"] == 2 and spec.unet["dual_attention_layers"] == [0]
-    assert spec.unet["pooled_projection_dim"] == 96 and spec.unet["joint_attention_dim"] == 32
+    assert spec.unet["pooled_projection_dim"] == 96 and spec.unet["joint_attention_dim"] == 128
     assert spec.unet["pos_embed_max_size"] == 16 and spec.unet["qk_norm"] == "rms_norm"
     assert spec.missing == () and spec.vae["latent_channels"] == 16
-    assert [c.get("hidden_size", c.get("d_model")) for c in spec.text_encoders] == [32, 64, 32]
+    assert [c.get("hidden_size", c.get("d_model")) for c in spec.text_encoders] == [32, 64, 128]
     large = identify_file(sd3_files["no-encoders"], FAMILIES)
     assert large.family_label == "SD 3.5 Large" and large.unet["dual_attention_layers"] == []
     assert large.missing == ("clip_l", "clip_g", "t5xxl")

@@ -201,6 +201,23 @@ class ModelManager:
             return False
         return bool(spec.unet.get("guidance_embeds"))
 
+    def flow_shift(self, info: CheckpointInfo) -> float | None:
+        """The default flow-matching shift of a checkpoint whose jobs set one (SD 3.5: 3.0),
+        read from its header or its folder's model_index.json; None for the others."""
+        if info.is_folder:
+            try:
+                index = json.loads((info.path / "model_index.json").read_text())
+            except (OSError, ValueError):
+                return None
+            family = next((f for f in self.families
+                           if index.get("_class_name") in f.folder_classes), None)  # fmt: skip
+        else:
+            try:
+                family = family_named(self.families, identify_file(info.path, self.families).family)
+            except (CheckpointLoadError, LookupError):
+                return None
+        return getattr(family, "default_shift", None)
+
     def family_problem(
         self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
     ) -> str | None:

@@ -4,7 +4,7 @@ download (see `sd3_keys`).
 Real diffusers and transformers classes at tiny sizes, deterministic for a seed: an MMDiT
 of width 64 (2 heads of 32, q/k RMS norms as SD 3.5), 2 joint blocks (the first with
 Medium's dual attention when `medium=True`), 16 latent channels; CLIP-L width 32 and
-CLIP-G width 64 (a `CLIPTextModelWithProjection`) with the real vocabulary; T5 width 32
+CLIP-G width 64 (a `CLIPTextModelWithProjection`) with the real vocabulary; T5 width 128
 with T5 v1.1's vocabulary; an autoencoder with 2 levels and 16 latent channels, no quant
 convolutions (as SD 3's).
 
@@ -39,7 +39,7 @@ from .tiny import _text_config
 from .tiny_flux import T5_VOCAB, _cast, _jitter, _text_model
 
 HEAD_DIM, HEADS = 32, 2
-CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 32, 64, 32
+CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 32, 64, 128  # T5 wider than both CLIPs, as in SD 3
 
 
 def build_tiny_sd3(seed: int = 0, medium: bool = False):

@@ -70,6 +70,7 @@ class SD3Family(Family):
     folder_classes = frozenset({"StableDiffusion3Pipeline"})
     base_scheduler = SD3_SCHEDULER
     taesd = "taesd3"
+    default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
