@@ -98,6 +98,12 @@ def test_what_sd3_cannot_run_is_refused_before_the_job_is_queued(api):
     assert response.json()["detail"][0]["loc"] == ["body", "shift"]
 
 
+def test_a_size_beyond_the_position_embedding_is_a_message(api):
+    response = _txt2img(api, width=128)  # the tiny model's embedding: 16 patches, 64 px
+    assert response.status_code != 200
+    assert "at most 64x64 pixels" in response.text and "asked for 128x64" in response.text
+
+
 def test_a_missing_text_encoder_is_a_422_naming_file_and_folder(api):
     response = _txt2img(api, "sd3.5-tiny-dit", [m for m in MODULES if m != "clip_g.safetensors"])
     assert response.status_code == 422, response.text

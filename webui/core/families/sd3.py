@@ -192,6 +192,19 @@ class SD3Family(Family):
         return {**conditioning.pipeline_kwargs(), "guidance_scale": params.cfg_scale}
 
     def start_latents(self, pipe: Any, noise: Any) -> Any:
+        """The noise as the transformer takes it; a size the model cannot make is a
+        message (patches of 2x2 latents, at most its position embedding's side)."""
+        config, factor = pipe.transformer.config, pipe.vae_scale_factor
+        height, width = noise.shape[-2:]
+        step = config.patch_size * factor
+        if height % config.patch_size or width % config.patch_size:
+            raise UserError(f"{self.label}: width and height must be multiples of {step}")
+        largest = config.pos_embed_max_size * step
+        if max(height, width) * factor > largest:
+            raise UserError(
+                f"{self.label}: this model makes images of at most {largest}x{largest} pixels "
+                f"(its position embedding); asked for {width * factor}x{height * factor}"
+            )
         return noise.to(pipe.device, pipe.transformer.dtype)
 
     # --- sampling -----------------------------------------------------------------------
