@@ -57,6 +57,16 @@ def test_and_is_refused_with_a_message(pipe):
         _encode(pipe, "a cat AND a dog")
 
 
+def test_a_model_without_t5_is_a_message(pipe):
+    from diffusers import StableDiffusion3Pipeline
+
+    without = StableDiffusion3Pipeline(**{**pipe.components, "text_encoder_3": None,
+                                          "tokenizer_3": None})  # fmt: skip
+    assert SD3.spec_from_pipeline(without).text_encoders[1]["hidden_size"] == 64
+    with pytest.raises(UserError, match="no T5-XXL text encoder"):
+        _encode(without, "a cat")
+
+
 def test_prompt_editing_switches_the_transformers_inputs_with_cfg_rows(pipe):
     conditioning = _encode(pipe, "a [cat:dog:0.5]", "blurry", steps=2)
     cat, dog = conditioning.conds[0].items

@@ -65,6 +65,8 @@ def sd3_conditioning(
     steps: int, embeddings: Any = None, fields: tuple[str, str],
 ) -> Conditioning:  # fmt: skip
     """A job's prompt and negative prompt for every step (schedules, emphasis, chunks)."""
+    if getattr(pipe, "text_encoder_3", None) is None:  # a diffusers folder saved without it
+        raise UserError("this SD 3.5 model has no T5-XXL text encoder, which prompts need here")
     encoder = SD3PromptEncoder(pipe, family, clip_skip, embeddings)
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: len(encoder.chunks(text)),
                   fields=fields)  # fmt: skip

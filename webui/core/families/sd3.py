@@ -97,7 +97,8 @@ class SD3Family(Family):
         if type(pipe).__name__ not in self.folder_classes:
             return None
         encoders = tuple(getattr(pipe, name).config.to_dict()
-                         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))  # fmt: skip
+                         for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                         if getattr(pipe, name, None) is not None)  # fmt: skip
         return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
 
     def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
