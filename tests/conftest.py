@@ -126,6 +126,35 @@ def flux_files(tmp_path_factory) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def sd3_files(tmp_path_factory) -> dict:
+    """A tiny SD 3.5 (`webui.model_manager.tiny_sd3`, width 64) in the layouts we load:
+    Medium (dual attention) as an all-in-one fp32 file, its transformer alone (fp16), the
+    separate modules (sd3_vae, clip_l, clip_g, t5xxl_fp16), a Large-layout all-in-one file
+    without text encoders and a diffusers folder; "pipe" / "large" are the pipelines."""
+    import torch
+
+    from webui.model_manager import tiny_sd3
+
+    root = tmp_path_factory.mktemp("tiny-sd3")
+    pipe = tiny_sd3.build_tiny_sd3(seed=0, medium=True)
+    large = tiny_sd3.build_tiny_sd3(seed=1)
+    modules = tiny_sd3.save_modules(pipe, root / "modules", dtype=torch.float32)
+    return {
+        "pipe": pipe,
+        "large": large,
+        "all-in-one": tiny_sd3.save_all_in_one(
+            pipe, root / "sd3.5-tiny-medium.safetensors", dtype=torch.float32
+        ),
+        "transformer": tiny_sd3.save_transformer(pipe, root / "sd3.5-tiny-dit.safetensors"),
+        "no-encoders": tiny_sd3.save_all_in_one(
+            large, root / "sd3.5-tiny-large.safetensors", dtype=torch.float32, encoders=False
+        ),
+        "diffusers": tiny_sd3.save_diffusers(pipe, root / "sd3.5-tiny-diffusers"),
+        **modules,
+    }
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cpu_without_bf16() -> Iterator[None]:
     """Every test runs the UNet in float32 as on a CPU without bf16 instructions, whatever

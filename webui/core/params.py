@@ -78,6 +78,8 @@ class Txt2ImgParams:
     distilled_cfg_scale: float = 3.5
     # ControlNet units (sd-webui-controlnet's, core/controlnet_units.py; core/controlnet.py)
     controlnet: tuple[ControlUnit, ...] = ()
+    # the flow-matching shift of SD 3.5 (None: the model's own, 3.0; other families ignore it)
+    shift: float | None = None
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -100,6 +102,10 @@ class Txt2ImgParams:
             math.isfinite(guidance) and 0 <= guidance <= 30
         ):  # fmt: skip
             raise ParamError("distilled_cfg_scale", f"must be between 0 and 30, got {guidance!r}")
+        shift = self.shift
+        if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int | float)
+                                  or not (math.isfinite(shift) and 0 < shift <= 30)):  # fmt: skip
+            raise ParamError("shift", f"must be above 0 and at most 30, got {shift!r}")
         self._check_variation()
         self._check_sampler()
         if not isinstance(self.tiling, bool):

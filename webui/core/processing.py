@@ -68,7 +68,8 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
     refiner = RefinerRun.of(run, params)  # None: no refiner, or it never switches
     choice = family.sampler(params.sampler_name, params.scheduler)
     sampling, ngms = run.sampling(choice.sampler, params), run.ngms(params)
-    scheduler = family.scheduler(choice, lease.model.base_scheduler_config, params.steps)
+    base_config = {**lease.model.base_scheduler_config, **family.scheduler_options(params)}
+    scheduler = family.scheduler(choice, base_config, params.steps)  # options: SD 3.5's shift
     pipe.scheduler = bind_sampler_params(scheduler, sampling)  # eta, sigma churn...
     seeds, subseeds = params.image_seeds(), params.image_subseeds()
     progress.batches = params.batch_count

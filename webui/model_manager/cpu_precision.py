@@ -168,7 +168,7 @@ def denoiser(pipe) -> torch.nn.Module | None:
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
 
-CAST_KWARGS = ("encoder_hidden_states", "down_block_additional_residuals",
+CAST_KWARGS = ("encoder_hidden_states", "pooled_projections", "down_block_additional_residuals",
                "mid_block_additional_residual", "down_intrablock_additional_residuals")  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .flux_keys import missing_message
-from .identify import ModelFamily
+from .identify import ModelFamily, family_named
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -177,6 +177,9 @@ class ModelManager:
         spec = identify_file(info.path, self.families)
         if not spec.missing:
             return ()
+        family = family_named(self.families, spec.family)
+        if hasattr(family, "needed_modules"):  # a family that tells its modules apart (SD 3.5)
+            return family.needed_modules(info.path, spec, paths)
         kinds = module_kinds(paths)
         lacking = [name for name in spec.missing if name not in kinds]
         if lacking:
@@ -197,6 +200,23 @@ class ModelManager:
         except CheckpointLoadError:
             return False
         return bool(spec.unet.get("guidance_embeds"))
+
+    def flow_shift(self, info: CheckpointInfo) -> float | None:
+        """The default flow-matching shift of a checkpoint whose jobs set one (SD 3.5: 3.0),
+        read from its header or its folder's model_index.json; None for the others."""
+        if info.is_folder:
+            try:
+                index = json.loads((info.path / "model_index.json").read_text())
+            except (OSError, ValueError):
+                return None
+            family = next((f for f in self.families
+                           if index.get("_class_name") in f.folder_classes), None)  # fmt: skip
+        else:
+            try:
+                family = family_named(self.families, identify_file(info.path, self.families).family)
+            except (CheckpointLoadError, LookupError):
+                return None
+        return getattr(family, "default_shift", None)
 
     def family_problem(
         self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None

@@ -46,6 +46,10 @@ class Models(Protocol):
         """Whether the checkpoint takes FLUX's distilled guidance scale (header only)."""
         ...
 
+    def flow_shift(self, info: CheckpointInfo) -> float | None:
+        """SD 3.5's default flow-matching shift for such a checkpoint, else None (header only)."""
+        ...
+
     def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
         """Why Forge's "VAE / Text Encoder" files cannot complete the checkpoint, else None."""
         ...

@@ -40,6 +40,7 @@ from .icons import icon_button
 from .image_common import Named, OutputPanel, finished_outputs, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
+from .sd3_controls import wire_shift_controls
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
 from .speed_controls import add_speed_controls, speed_overrides
 
@@ -139,6 +140,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
     wire_guidance_controls(ctx, checkpoint, named)
+    wire_shift_controls(ctx, checkpoint, named)  # SD 3.5
     return GenerationTab(named, output, extra=buttons, runs=runs)
 
 
@@ -197,6 +199,9 @@ def _settings(named: Named, spec: TabSpec) -> None:
     named.add("distilled_cfg", gr.Slider(  # FLUX's guidance: shown for such checkpoints
         label="Distilled CFG Scale", minimum=0, maximum=30, step=0.1, value=3.5, visible=False,
         elem_id=f"{prefix}_distilled_cfg"))  # fmt: skip
+    named.add("shift", gr.Slider(  # SD 3.5's flow-matching shift: shown for such checkpoints
+        label="Shift", minimum=0.1, maximum=30, step=0.1, value=3.0, visible=False,
+        elem_id=f"{prefix}_shift"))  # fmt: skip
     if spec.resize:
         named.add("denoising", gr.Slider(
             label="Denoising strength", minimum=0, maximum=1, step=0.01, value=spec.denoising,
@@ -260,6 +265,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         steps=whole(v["steps"], "Sampling steps"),
         cfg_scale=float(v["cfg"]),
         distilled_cfg_scale=float(v.get("distilled_cfg", 3.5)),  # FLUX (Forge's slider)
+        shift=float(v.get("shift", 3.0)),  # SD 3.5
         width=width,
         height=height,
         **seed_fields(v),

@@ -141,6 +141,10 @@ class Family(ABC):
         """The diffusers scheduler for `choice` on a loaded model's noise schedule."""
         return make_scheduler(choice, base_config, steps=steps, ays_sigmas=self.align_your_steps)
 
+    def scheduler_options(self, params: Any) -> dict[str, Any]:
+        """Scheduler config entries a job sets (SD 3.5's flow-matching shift); {}: none."""
+        return {}
+
     def check_mode(self, mode: Mode) -> None:
         """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img)."""
         return None  # every mode, unless a family says otherwise

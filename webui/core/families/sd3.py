@@ -1,0 +1,254 @@
+"""SD 3.5 (Large, Large Turbo, Medium; SD 3 Medium's layout too): an MMDiT transformer
+family with three text encoders.
+
+- Recognised by Stability's MMDiT keys (`joint_blocks.N.context_block.*`) under
+  `model.diffusion_model.` or at the top level, before the UNet families are asked; every
+  size comes from the tensors (`model_manager.sd3_keys`): Medium is the file with dual
+  attention layers (`x_block.attn2`), Large the one without; Large Turbo has Large's layout
+  (its few steps and CFG 1 are the user's choice). Diffusers folders:
+  `StableDiffusion3Pipeline`.
+- Loaded by `load_single_file`: the transformer, the 16-channel autoencoder and the three
+  text encoders (CLIP-L, CLIP-G, T5-XXL) from the file itself, or from the module files
+  the job chose (Forge's "VAE / Text Encoder"; CLIP-L and CLIP-G told apart by width); a
+  component found nowhere is a `MissingModuleError` naming the file to add and the folder
+  (`needed_modules`, asked by the model manager before the job is queued).
+- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+  prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
+  AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
+  flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
+- Samplers: Euler on the flow-matching schedule with Simple / Normal / SGM Uniform, Beta,
+  Karras or Exponential sigmas; others are refused with a message. Latent preview:
+  ComfyUI's SD 3 colour factors; TAESD: taesd3.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ...errors import UserError
+from ...model_manager import sd3_files as sf
+from ...model_manager import sd3_keys as sk
+from ...model_manager.identify import ModelSpec, Shapes
+from ...model_manager.loader import MissingModuleError, read_shapes
+from ...model_manager.sniff import HeaderError, read_header
+from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
+from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
+from ..sampler_params import NGMS_OFF, Ngms
+from ..samplers import SchedulerChoice
+from ..sd3_text import follow_schedule, sd3_conditioning
+from .base import Family, Mode
+from .flux import FLUX_SCHEDULES
+
+SD3_SCHEDULER = MappingProxyType(sk.SD3_SCHEDULER)
+SD3_LATENT_RGB = (
+    (-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458),
+    (0.0856, 0.0339, 0.0902), (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309),
+    (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358), (-0.0194, 0.0020, 0.0669),
+    (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
+    (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293),
+    (-0.1448, -0.1463, -0.1189),
+)  # fmt: skip
+SD3_SAMPLER = "Euler"
+DEFAULT_SHIFT = 3.0
+_PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+              "inpaint": "StableDiffusion3InpaintPipeline"}  # fmt: skip
+
+
+class SD3Family(Family):
+    name = "sd3"
+    label = "SD 3.5"
+    default_size = 1024
+    latent_space = "sd3"
+    transformer_layout = True  # identify asks it before looking for a UNet
+    latent_rgb = SD3_LATENT_RGB
+    folder_classes = frozenset({"StableDiffusion3Pipeline"})
+    base_scheduler = SD3_SCHEDULER
+    taesd = "taesd3"
+    default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
+
+    # --- recognition and loading ----------------------------------------------------
+    def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
+        layout = sk.SD3Layout.of(shapes)
+        if layout.transformer is None:
+            return None
+        transformer = sk.transformer_config(shapes, layout.transformer)
+        vae = sk.vae_config(shapes, layout.vae) if layout.vae is not None else {}
+        return self._spec(transformer, vae, sk.encoder_configs(shapes, layout), layout.missing())
+
+    def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
+        if transformer.get("dual_attention_layers"):
+            variant = "SD 3.5 Medium"
+        elif transformer.get("qk_norm"):
+            variant = "SD 3.5 Large"
+        else:
+            variant = "SD 3"
+        return ModelSpec(family=self.name, family_label=variant,
+                         pipeline_class="StableDiffusion3Pipeline", inpainting=False,
+                         prediction_type="flow", unet=transformer, vae=vae,
+                         text_encoders=encoders, missing=tuple(missing))  # fmt: skip
+
+    def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
+        if type(pipe).__name__ not in self.folder_classes:
+            return None
+        encoders = tuple(getattr(pipe, name).config.to_dict()
+                         for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                         if getattr(pipe, name, None) is not None)  # fmt: skip
+        return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
+
+    def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
+        return _PIPELINES[mode]
+
+    def config_files(self, spec: ModelSpec) -> dict[str, dict]:
+        """The diffusers folder layout of the spec's configs (what `load_single_file`
+        builds; written for tools that want a config folder)."""
+        files = {"model_index.json": {"_class_name": "StableDiffusion3Pipeline"},
+                 "transformer/config.json": spec.unet, "vae/config.json": spec.vae,
+                 "scheduler/scheduler_config.json": dict(SD3_SCHEDULER)}  # fmt: skip
+        for i, config in enumerate(spec.text_encoders):
+            files[f"text_encoder{'' if i == 0 else f'_{i + 1}'}/config.json"] = config
+        return files
+
+    def tokenizers(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"tokenizer": clip_tokenizer(), "tokenizer_2": clip_tokenizer(OPEN_CLIP_PAD_TOKEN),
+                "tokenizer_3": t5_tokenizer()}  # fmt: skip
+
+    def module_kinds(self, spec: ModelSpec, modules: Sequence[Path]) -> dict[str, Path]:
+        """kind -> the first of the module files that is one (headers only)."""
+        kinds: dict[str, Path] = {}
+        for path in modules:
+            try:
+                shapes = read_header(Path(path)).shapes
+            except (OSError, HeaderError):
+                continue
+            kind = sk.module_kind(shapes, spec.unet["pooled_projection_dim"])
+            if kind is not None:
+                kinds.setdefault(kind, Path(path))
+        return kinds
+
+    def needed_modules(
+        self, path: Path, spec: ModelSpec, modules: Sequence[Path]
+    ) -> tuple[Path, ...]:
+        """The module files that complete a partial file, in Forge's order (vae, clip_l,
+        clip_g, t5xxl); MissingModuleError names what is still missing and where it goes."""
+        kinds = self.module_kinds(spec, modules)
+        lacking = [name for name in spec.missing if name not in kinds]
+        if lacking:
+            raise MissingModuleError(sk.missing_message(path.name, lacking))
+        return tuple(kinds[name] for name in spec.missing)
+
+    def load_single_file(self, path: Path, spec: ModelSpec, modules, dtype) -> Any:
+        """The `StableDiffusion3Pipeline` of an SD 3.5 file, its missing components taken
+        from `modules` (paths of separate module files)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        shapes = read_shapes(path)
+        layout = sk.SD3Layout.of(shapes)
+        sources = {name: (path, getattr(layout, name), shapes) for name in sk.COMPONENTS}
+        chosen = self.needed_modules(path, spec, modules) if spec.missing else ()
+        for name, module in zip(spec.missing, chosen, strict=True):
+            sources[name] = (module, "", read_shapes(module))
+        parts = {name: sf.build_component(name, *source, spec.unet, dtype)
+                 for name, source in sources.items()}  # fmt: skip
+        return StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(SD3_SCHEDULER)),
+            vae=parts["vae"], text_encoder=parts["clip_l"], text_encoder_2=parts["clip_g"],
+            text_encoder_3=parts["t5xxl"], transformer=parts["transformer"],
+            **self.tokenizers(spec),
+        )  # fmt: skip
+
+    # --- text ---------------------------------------------------------------------------
+    def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
+        """CLIP-L and CLIP-G as SDXL reads them (layer -(clip skip + 1), no final norm),
+        both pooled; T5 is read by `sd3_text`."""
+        slots = []
+        for tokenizer, encoder, key in ((pipe.tokenizer, pipe.text_encoder, "clip_l"),
+                                        (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g")):  # fmt: skip
+            check_clip_skip(encoder, clip_skip)
+            slots.append(TextEncoderSlot(tokenizer, encoder, key, clip_skip + 1, False, True))
+        return slots
+
+    def conditioning(
+        self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
+        embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
+    ) -> Conditioning:  # fmt: skip
+        return sd3_conditioning(pipe, self, prompt, negative, clip_skip, steps=steps,
+                                embeddings=embeddings, fields=fields)  # fmt: skip
+
+    def follow_steps(
+        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
+        *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
+    ) -> AbstractContextManager[Any]:  # fmt: skip
+        if control is not None:
+            raise UserError(f"ControlNet does not run {self.label} models yet")
+        return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
+
+    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+        """Real CFG with the negative prompt (the pipeline skips it at CFG 1)."""
+        return {**conditioning.pipeline_kwargs(), "guidance_scale": params.cfg_scale}
+
+    def start_latents(self, pipe: Any, noise: Any) -> Any:
+        """The noise as the transformer takes it; a size the model cannot make is a
+        message (patches of 2x2 latents, at most its position embedding's side)."""
+        config, factor = pipe.transformer.config, pipe.vae_scale_factor
+        height, width = noise.shape[-2:]
+        step = config.patch_size * factor
+        if height % config.patch_size or width % config.patch_size:
+            raise UserError(f"{self.label}: width and height must be multiples of {step}")
+        largest = config.pos_embed_max_size * step
+        if max(height, width) * factor > largest:
+            raise UserError(
+                f"{self.label}: this model makes images of at most {largest}x{largest} pixels "
+                f"(its position embedding); asked for {width * factor}x{height * factor}"
+            )
+        return noise.to(pipe.device, pipe.transformer.dtype)
+
+    # --- sampling -----------------------------------------------------------------------
+    def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
+        """Euler on SD 3's flow-matching schedule; other samplers are refused."""
+        sampler = name or SD3_SAMPLER
+        if sampler.lower() not in ("euler", "flow euler"):
+            raise UserError(
+                f"Sampler {sampler!r} does not run SD 3.5 models here; choose {SD3_SAMPLER!r}"
+            )
+        label = schedule or "Automatic"
+        found = next((k for k in FLUX_SCHEDULES if k.lower() == label.lower().replace("_", " ")),
+                     None)  # fmt: skip
+        if found is None:
+            raise UserError(
+                f"Schedule type {label!r} does not apply to SD 3.5; choose one of: "
+                + ", ".join(k for k in FLUX_SCHEDULES if k != "Automatic")
+            )
+        shown = "Simple" if found == "Automatic" else found
+        return SchedulerChoice(SD3_SAMPLER, shown, "FlowMatchEulerDiscreteScheduler",
+                               dict(FLUX_SCHEDULES[found]))  # fmt: skip
+
+    def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
+
+    def scheduler_options(self, params: Any) -> dict[str, Any]:
+        """The job's shift on the flow-matching schedule (None: SD 3's 3.0)."""
+        return {"shift": shift_of(params)}
+
+    def check_mode(self, mode: Mode) -> None:
+        if mode != "txt2img":
+            raise UserError(f"{self.label}: only txt2img is available for SD 3.5 models yet")
+
+    # --- infotext -----------------------------------------------------------------------
+    def infotext_fields(self, params: Any) -> dict[str, Any]:
+        return {"Shift": shift_of(params)}
+
+
+def shift_of(params: Any) -> float:
+    shift = getattr(params, "shift", None)
+    return DEFAULT_SHIFT if shift is None else shift
+
+
+SD3 = SD3Family()
