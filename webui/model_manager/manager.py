@@ -180,7 +180,9 @@ class ModelManager:
         kinds = module_kinds(paths)
         lacking = [name for name in spec.missing if name not in kinds]
         if lacking:
-            raise MissingModuleError(missing_message(info.path.name, lacking))
+            family = {f.name: f for f in self.families}[spec.family]
+            message = getattr(family, "missing_message", missing_message)  # FLUX's by default
+            raise MissingModuleError(message(info.path.name, lacking))
         return tuple(kinds[name] for name in spec.missing)
 
     def distilled_guidance(self, info: CheckpointInfo) -> bool:

@@ -33,8 +33,12 @@ def _tokenizer_json() -> str:
     return gzip.decompress(QWEN_TOKENIZER_PATH.read_bytes()).decode("utf-8")
 
 
+@lru_cache(maxsize=2)
 def qwen_tokenizer(max_length: int = 131_072):
-    """Qwen3's tokenizer: pads with `<|endoftext|>` (151643), no BOS, `<|im_end|>` ends."""
+    """Qwen3's tokenizer: pads with `<|endoftext|>` (151643), no BOS, `<|im_end|>` ends.
+
+    One instance per process (building it takes seconds): the pipelines that share it call
+    it from the one worker thread, and nothing here changes its settings."""
     from tokenizers import Tokenizer
     from transformers import Qwen2Tokenizer
 

@@ -1,5 +1,6 @@
 """Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`), the SDXL refiner
-(`sdxl_refiner.py`), FLUX.1 (`flux.py`, a transformer family); see `base.py`.
+(`sdxl_refiner.py`), FLUX.1 (`flux.py`, a transformer family), Z-Image (`zimage.py`); see
+`base.py`.
 
 `default_families()` is what the composition root passes to the model manager and the
 worker: recognition asks them in this order (SDXL's second encoder first, then OpenCLIP
@@ -14,9 +15,10 @@ from .flux import FLUX1
 from .sd import SD1, SD2
 from .sdxl import SDXL
 from .sdxl_refiner import SDXL_REFINER
+from .zimage import ZIMAGE
 
 __all__ = ["FLUX1", "SD1", "SD2", "SDXL", "SDXL_REFINER", "Families", "Family", "default_families"]
 
 
 def default_families() -> Families:
-    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1))
+    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1, ZIMAGE))
