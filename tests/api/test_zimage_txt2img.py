@@ -27,7 +27,9 @@ def api(tmp_path_factory, zimage_files) -> Iterator[tuple[str, httpx.Client]]:
     models = data / "models"
     for folder in ("Stable-diffusion", "VAE", "text_encoder"):
         (models / folder).mkdir(parents=True)
-    shutil.copy(zimage_files["transformer"], models / "Stable-diffusion" / "z-image-tiny.safetensors")
+    shutil.copy(
+        zimage_files["transformer"], models / "Stable-diffusion" / "z-image-tiny.safetensors"
+    )
     shutil.copy(zimage_files["vae"], models / "VAE" / "ae.safetensors")
     shutil.copy(zimage_files["qwen3"], models / "text_encoder" / "qwen_3_4b.safetensors")
     argv = ["--api", "--nowebui", "--data-dir", str(data)]
