@@ -5,6 +5,8 @@ tokenizer unchanged as diffusers' ZImagePipeline builds them."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -133,3 +135,34 @@ def test_emphasis_and_prompt_editing_change_the_conditioning(loaded):
     assert not edited.static and edited.conds[0].ends == [2, 4]
     assert torch.equal(edited.conds[0].at(0).embeds, plain.conds[0].at(0).embeds)
     assert not torch.equal(edited.conds[0].at(3).embeds, plain.conds[0].at(0).embeds)
+
+
+def test_the_manager_names_the_missing_qwen3_and_gives_z_images_preset(zimage_files, tmp_path,
+                                                                       flux_files):  # fmt: skip
+    from webui.model_manager.manager import ModelManager
+    from webui.model_manager.memory import plan_memory
+    from webui.model_manager.modules import ModuleFiles
+    from webui.model_manager.registry import CheckpointRegistry, HashCache
+
+    ckpts, vae, text = tmp_path / "Stable-diffusion", tmp_path / "VAE", tmp_path / "text_encoder"
+    for folder in (ckpts, vae, text):
+        folder.mkdir()
+    shutil.copy(zimage_files["transformer"], ckpts / "z-image-tiny.safetensors")
+    shutil.copytree(zimage_files["diffusers"], ckpts / "z-image-folder")
+    shutil.copy(flux_files["transformer"], ckpts / "flux1-tiny.safetensors")
+    shutil.copy(zimage_files["vae"], vae / "ae.safetensors")
+    shutil.copy(zimage_files["qwen3"], text / "qwen_3_4b.safetensors")
+    manager = ModelManager(
+        CheckpointRegistry(ckpts, HashCache(tmp_path / "cache.json")),
+        plan_memory(use_cpu_all=True), families=default_families(), hashing=False,
+        module_files=ModuleFiles([vae, text]),
+    )  # fmt: skip
+    info = manager.resolve("z-image-tiny")
+    problem = manager.module_problem(info, ["ae.safetensors"])
+    assert "Qwen3 text encoder (qwen_3_4b.safetensors in models/text_encoder)" in problem
+    chosen = manager.needed_modules(info, ["qwen_3_4b.safetensors", "ae.safetensors"])
+    assert chosen == (vae / "ae.safetensors", text / "qwen_3_4b.safetensors")
+    turbo = {"steps": 9, "cfg_scale": 1.0, "sampler": "Euler", "schedule": "Simple"}
+    assert manager.family_preset(info) == turbo
+    assert manager.family_preset(manager.resolve("z-image-folder")) == turbo
+    assert manager.family_preset(manager.resolve("flux1-tiny")) == {}

@@ -200,6 +200,22 @@ class ModelManager:
             return False
         return bool(spec.unet.get("guidance_embeds"))
 
+    def family_preset(self, info: CheckpointInfo) -> dict:
+        """The defaults of the checkpoint's family (its `preset`: Z-Image Turbo's steps, CFG
+        scale, sampler and schedule) from its header or its folder's model_index.json;
+        {} when it has none or is not identified."""
+        try:
+            if info.is_folder:
+                index = json.loads((info.path / "model_index.json").read_text())
+                family = next(f for f in self.families
+                              if index.get("_class_name") in f.folder_classes)  # fmt: skip
+            else:
+                spec = identify_file(info.path, self.families)
+                family = next(f for f in self.families if f.name == spec.family)
+        except (OSError, ValueError, StopIteration, CheckpointLoadError):
+            return {}
+        return dict(getattr(family, "preset", {}))
+
     def family_problem(
         self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
     ) -> str | None:

@@ -58,6 +58,9 @@ class ZImageFamily(Family):
     latent_rgb = FLUX_LATENT_RGB
     folder_classes = frozenset({"ZImagePipeline"})
     base_scheduler = ZIMAGE_SCHEDULER
+    # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
+    preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
+                               "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
