@@ -166,3 +166,18 @@ def test_the_manager_names_the_missing_qwen3_and_gives_z_images_preset(zimage_fi
     assert manager.family_preset(info) == turbo
     assert manager.family_preset(manager.resolve("z-image-folder")) == turbo
     assert manager.family_preset(manager.resolve("flux1-tiny")) == {}
+
+
+def test_the_transformer_runs_in_bf16_on_a_cpu_that_prefers_it(zimage_files):
+    """`cpu_precision.run_denoiser_in` (bf16 where this CPU's matmuls win): Z-Image's
+    transformer takes lists of latents and captions and returns a list; both are cast."""
+    from webui.model_manager.cpu_precision import run_denoiser_in
+
+    modules = [zimage_files["vae"], zimage_files["qwen3"]]
+    model = load_checkpoint(zimage_files["transformer"], "cpu", torch.float32, FAMILIES, modules)
+    assert run_denoiser_in(model.pipe, torch.bfloat16)
+    assert model.pipe.transformer.dtype == torch.bfloat16
+    images = model.pipe(prompt="a cat", num_inference_steps=1, height=32, width=32,
+                        guidance_scale=0.0, generator=torch.Generator().manual_seed(1),
+                        output_type="np", max_sequence_length=32).images  # fmt: skip
+    assert images.shape == (1, 32, 32, 3)
