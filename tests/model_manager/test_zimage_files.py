@@ -181,3 +181,12 @@ def test_the_transformer_runs_in_bf16_on_a_cpu_that_prefers_it(zimage_files):
                         guidance_scale=0.0, generator=torch.Generator().manual_seed(1),
                         output_type="np", max_sequence_length=32).images  # fmt: skip
     assert images.shape == (1, 32, 32, 3)
+
+
+def test_the_models_tab_tells_z_image_files_apart(zimage_files):
+    from webui.model_manager.sniff import Sniffed, sniff_file
+
+    assert sniff_file(zimage_files["transformer"]) == Sniffed("checkpoint", "Z-Image")
+    assert sniff_file(zimage_files["transformer-prefixed"]) == Sniffed("checkpoint", "Z-Image")
+    assert sniff_file(zimage_files["qwen3"]) == Sniffed("text_encoder", "Qwen3 (Z-Image)")
+    assert sniff_file(zimage_files["vae"]) == Sniffed("vae", "SD 3 / FLUX")
