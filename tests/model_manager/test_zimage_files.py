@@ -190,3 +190,33 @@ def test_the_models_tab_tells_z_image_files_apart(zimage_files):
     assert sniff_file(zimage_files["transformer-prefixed"]) == Sniffed("checkpoint", "Z-Image")
     assert sniff_file(zimage_files["qwen3"]) == Sniffed("text_encoder", "Qwen3 (Z-Image)")
     assert sniff_file(zimage_files["vae"]) == Sniffed("vae", "SD 3 / FLUX")
+
+
+def test_prompt_editing_reaches_the_transformer_at_its_step_with_cfg(loaded):
+    """`[cat:dog:0.5]` over 4 steps with CFG: steps 1-2 see "cat", 3-4 "dog", and the
+    negative prompt stays in the second half of the transformer's caption list."""
+    from types import SimpleNamespace
+
+    from webui.core.families.zimage import ZIMAGE
+    from webui.core.zimage_text import follow_schedule
+
+    pipe, seen = loaded.pipe, []
+    conditioning = zimage_conditioning(pipe, "a [cat:dog:0.5]", "blurry", steps=4,
+                                       fields=("prompt", "neg"))  # fmt: skip
+    cat, dog = (conditioning.conds[0].at(step).embeds[0] for step in (0, 3))
+    negative = conditioning.uncond.at(0).embeds[0]
+    handle = pipe.transformer.register_forward_hook(
+        lambda module, args, output: seen.append(args[2])
+    )
+    try:
+        with follow_schedule(pipe, conditioning, batch_size=1) as follow:
+            pipe(**ZIMAGE.pipeline_call_kwargs(conditioning, SimpleNamespace(cfg_scale=3.0)),
+                 num_inference_steps=4, height=32, width=32, output_type="latent",
+                 generator=torch.Generator().manual_seed(1),
+                 callback_on_step_end=follow(lambda p, i, t, tensors: {}))  # fmt: skip
+    finally:
+        handle.remove()
+    assert [len(captions) for captions in seen] == [2, 2, 2, 2]
+    for step, captions in enumerate(seen):
+        assert torch.equal(captions[0], cat if step < 2 else dog), step
+        assert torch.equal(captions[1], negative), step

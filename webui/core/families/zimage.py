@@ -46,7 +46,7 @@ from .flux import FLUX_LATENT_RGB
 
 ZIMAGE_SCHEDULER = MappingProxyType(zk.ZIMAGE_SCHEDULER)
 ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = "Euler", "Simple"
-DEFAULT_STEPS = 9  # Z-Image Turbo's model card (8 transformer calls that matter)
+DEFAULT_STEPS = 9  # what Z-Image Turbo's model card runs
 
 
 class ZImageFamily(Family):
