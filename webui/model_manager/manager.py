@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .flux_keys import missing_message
-from .identify import ModelFamily
+from .identify import ModelFamily, family_named
 from .loader import (
     CheckpointLoadError,
     LoadedModel,
@@ -180,7 +180,7 @@ class ModelManager:
         kinds = module_kinds(paths)
         lacking = [name for name in spec.missing if name not in kinds]
         if lacking:
-            family = {f.name: f for f in self.families}[spec.family]
+            family = family_named(self.families, spec.family)
             message = getattr(family, "missing_message", missing_message)  # FLUX's by default
             raise MissingModuleError(message(info.path.name, lacking))
         return tuple(kinds[name] for name in spec.missing)
@@ -210,9 +210,8 @@ class ModelManager:
                 family = next(f for f in self.families
                               if index.get("_class_name") in f.folder_classes)  # fmt: skip
             else:
-                spec = identify_file(info.path, self.families)
-                family = next(f for f in self.families if f.name == spec.family)
-        except (OSError, ValueError, StopIteration, CheckpointLoadError):
+                family = family_named(self.families, identify_file(info.path, self.families).family)
+        except (OSError, ValueError, StopIteration, LookupError, CheckpointLoadError):
             return {}
         return dict(getattr(family, "preset", {}))
 
