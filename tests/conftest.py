@@ -155,6 +155,31 @@ def sd3_files(tmp_path_factory) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def zimage_files(tmp_path_factory) -> dict:
+    """A tiny Z-Image (`webui.model_manager.tiny_zimage`, width 32): the transformer in
+    ComfyUI's layout (fp16, and fp32 under model.diffusion_model.), the separate modules
+    (ae, qwen_3_4b) and a diffusers folder; "pipe" is the pipeline they were written from."""
+    import torch
+
+    from webui.model_manager import tiny_zimage
+
+    root = tmp_path_factory.mktemp("tiny-zimage")
+    pipe = tiny_zimage.build_tiny_zimage(seed=0)
+    return {
+        "pipe": pipe,
+        "transformer": tiny_zimage.save_transformer(pipe, root / "z-image-tiny.safetensors"),
+        "transformer-prefixed": tiny_zimage.save_transformer(
+            pipe,
+            root / "z-image-tiny-prefixed.safetensors",
+            prefix="model.diffusion_model.",
+            dtype=torch.float32,
+        ),
+        "diffusers": tiny_zimage.save_diffusers(pipe, root / "z-image-tiny-diffusers"),
+        **tiny_zimage.save_modules(pipe, root / "modules", dtype=torch.float32),
+    }
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cpu_without_bf16() -> Iterator[None]:
     """Every test runs the UNet in float32 as on a CPU without bf16 instructions, whatever

@@ -192,8 +192,10 @@ def run_denoiser_in(pipe, dtype: torch.dtype) -> bool:
         return value
 
     def cast_in(module, args, kwargs):
-        if args:  # the sample (latents) is the first argument
-            args = (cast(args[0]), *args[1:])
+        if args:  # the sample (latents) is the first argument; lists of tensors (Z-Image's
+            # latents and captions) too, never a lone tensor after it (the timestep)
+            args = tuple(cast(a) if i == 0 or isinstance(a, list) else a
+                         for i, a in enumerate(args))  # fmt: skip
         if "sample" in kwargs:
             kwargs["sample"] = cast(kwargs["sample"])
         if "hidden_states" in kwargs:  # transformer families
@@ -207,8 +209,10 @@ def run_denoiser_in(pipe, dtype: torch.dtype) -> bool:
         if hasattr(output, "sample"):
             output.sample = output.sample.float()
             return output
-        if isinstance(output, tuple):
-            return (output[0].float(), *output[1:])
+        if isinstance(output, tuple):  # (sample,) or Z-Image's ([sample per image],)
+            first = output[0]
+            return (first.float() if torch.is_tensor(first) else [t.float() for t in first],
+                    *output[1:])  # fmt: skip
         return output.float() if torch.is_tensor(output) else output
 
     model._webui_compute_dtype = dtype

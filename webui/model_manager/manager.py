@@ -183,7 +183,9 @@ class ModelManager:
         kinds = module_kinds(paths)
         lacking = [name for name in spec.missing if name not in kinds]
         if lacking:
-            raise MissingModuleError(missing_message(info.path.name, lacking))
+            family = family_named(self.families, spec.family)
+            message = getattr(family, "missing_message", missing_message)  # FLUX's by default
+            raise MissingModuleError(message(info.path.name, lacking))
         return tuple(kinds[name] for name in spec.missing)
 
     def distilled_guidance(self, info: CheckpointInfo) -> bool:
@@ -204,19 +206,25 @@ class ModelManager:
     def flow_shift(self, info: CheckpointInfo) -> float | None:
         """The default flow-matching shift of a checkpoint whose jobs set one (SD 3.5: 3.0),
         read from its header or its folder's model_index.json; None for the others."""
-        if info.is_folder:
-            try:
+        return getattr(self._family_of(info), "default_shift", None)
+
+    def family_preset(self, info: CheckpointInfo) -> dict:
+        """The defaults of the checkpoint's family (its `preset`: Z-Image Turbo's steps, CFG
+        scale, sampler and schedule) from its header or its folder's model_index.json;
+        {} when it has none or is not identified."""
+        return dict(getattr(self._family_of(info), "preset", {}))
+
+    def _family_of(self, info: CheckpointInfo) -> ModelFamily | None:
+        """The checkpoint's family from its header or its folder's model_index.json; None
+        when it is not identified."""
+        try:
+            if info.is_folder:
                 index = json.loads((info.path / "model_index.json").read_text())
-            except (OSError, ValueError):
-                return None
-            family = next((f for f in self.families
-                           if index.get("_class_name") in f.folder_classes), None)  # fmt: skip
-        else:
-            try:
-                family = family_named(self.families, identify_file(info.path, self.families).family)
-            except (CheckpointLoadError, LookupError):
-                return None
-        return getattr(family, "default_shift", None)
+                return next((f for f in self.families
+                             if index.get("_class_name") in f.folder_classes), None)  # fmt: skip
+            return family_named(self.families, identify_file(info.path, self.families).family)
+        except (OSError, ValueError, LookupError, CheckpointLoadError):
+            return None
 
     def family_problem(
         self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None

@@ -5,7 +5,7 @@ transformer alone) is completed with, found in `models/VAE` and `models/text_enc
 A module is named by its file name (`ae.safetensors`), its path relative to its folder,
 or its full path as Forge's `forge_additional_modules` option stores it; only files found
 in the module folders are ever used (`ModuleFiles.resolve`). What each file is ("vae",
-"clip_l", "t5xxl") is read from its safetensors header (`module_kinds`).
+"clip_l", "t5xxl", Z-Image's "qwen3") is read from its safetensors header (`module_kinds`).
 
 This module must never import torch or a UI library, and never load weights.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import UserError
 from .flux_keys import module_kind
 from .sniff import HeaderError, read_header
+from .zimage_keys import module_kind as zimage_module_kind
 
 SUFFIXES = (".safetensors", ".sft")
 
@@ -85,12 +86,13 @@ def _relative(path: Path, folder: Path) -> str | None:
 
 
 def module_kinds(paths: Iterable[Path]) -> dict[str, Path]:
-    """kind ("vae", "clip_l", "t5xxl") -> the first of `paths` that is one (headers only);
+    """kind ("vae", "clip_l", "t5xxl", "qwen3") -> the first of `paths` that is one (headers only);
     files of no known kind are left out."""
     kinds: dict[str, Path] = {}
     for path in paths:
         try:
-            kind = module_kind(read_header(path).shapes)
+            shapes = read_header(path).shapes
+            kind = module_kind(shapes) or zimage_module_kind(shapes)
         except (OSError, HeaderError):
             continue
         if kind is not None:

@@ -4,7 +4,7 @@
 names, shapes and the `__metadata__` strings: kohya's `ss_*` training tags) without
 reading any weight. `sniff` turns that into a `Sniffed`: the kind (checkpoint, LoRA,
 embedding, VAE, ControlNet, upscaler, text encoder, CLIP vision) and the family (SD 1.x,
-SD 2.x, SDXL, SD 3, FLUX) when the names and shapes tell it. Pickled files (`.ckpt`,
+SD 2.x, SDXL, SD 3, FLUX, Z-Image) when the names and shapes tell it. Pickled files (`.ckpt`,
 `.pt`, `.pth`) are never opened here (unpickling can run code): their kind comes from the
 folder they are in or the site that offered them.
 
@@ -105,6 +105,8 @@ def _checkpoint(keys: dict, meta: dict) -> Sniffed | None:
         return Sniffed("checkpoint", "FLUX")
     if _starts(keys, unet + "joint_blocks"):
         return Sniffed("checkpoint", "SD 3")
+    if any(f"{p}cap_embedder.1.weight" in keys and f"{p}x_pad_token" in keys for p in ("", unet)):
+        return Sniffed("checkpoint", "Z-Image")  # ComfyUI's layout (Lumina 2 has no pad token)
     if not _starts(keys, unet):
         return None
     if _starts(keys, "conditioner.embedders.1."):
@@ -177,4 +179,6 @@ def _encoders(keys: dict, meta: dict) -> Sniffed | None:
         return Sniffed("clip_vision", "")
     if _any(keys, "text_model.encoder.layers", "encoder.block.0.layer", "transformer.resblocks"):
         return Sniffed("text_encoder", "")
+    if _any(keys, "layers.0.self_attn.q_norm.weight"):  # qwen_3_4b.safetensors
+        return Sniffed("text_encoder", "Qwen3 (Z-Image)")
     return None

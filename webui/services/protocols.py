@@ -50,6 +50,12 @@ class Models(Protocol):
         """SD 3.5's default flow-matching shift for such a checkpoint, else None (header only)."""
         ...
 
+    def family_preset(self, info: CheckpointInfo) -> dict:
+        """The generation defaults the checkpoint's family asks for when it is chosen
+        (Z-Image Turbo: steps, CFG scale, sampler, schedule), read from its header or its
+        folder's model_index.json; {} for none."""
+        ...
+
     def module_problem(self, info: CheckpointInfo, modules: Sequence[str]) -> str | None:
         """Why Forge's "VAE / Text Encoder" files cannot complete the checkpoint, else None."""
         ...

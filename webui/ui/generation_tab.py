@@ -215,19 +215,26 @@ def _settings(named: Named, spec: TabSpec) -> None:
 def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
     """A checkpoint with distilled guidance (FLUX.1 dev): Forge's "Distilled CFG Scale"
     slider is shown, and CFG Scale 1 (true CFG off) with Euler / Simple are chosen, as
-    Forge's FLUX preset does; the slider is hidden for the others."""
+    Forge's FLUX preset does; the slider is hidden for the others. A family with a preset
+    (Z-Image Turbo) sets its steps, CFG scale, sampler and schedule."""
 
     def show(title: str | None):
-        distilled = False
+        distilled, family = False, {}
         if title:
             try:
-                distilled = ctx.models.distilled_guidance(ctx.models.resolve(title))
+                info = ctx.models.resolve(title)
+                distilled = ctx.models.distilled_guidance(info)
+                family = ctx.models.family_preset(info)  # Z-Image Turbo: 9 steps, CFG 1
             except LookupError:
                 distilled = False
         preset = (1, "Euler", "Simple") if distilled else (gr.skip(),) * 3
-        return gr.update(visible=distilled), *preset
+        if family:
+            preset = tuple(family[k] for k in ("cfg_scale", "sampler", "schedule"))
+        steps = family.get("steps", gr.skip())
+        return gr.update(visible=distilled), *preset, steps
 
-    outputs = [named["distilled_cfg"], named["cfg"], named["sampler"], named["schedule"]]
+    outputs = [named["distilled_cfg"], named["cfg"], named["sampler"], named["schedule"],
+               named["steps"]]  # fmt: skip
     checkpoint.change(show, inputs=checkpoint, outputs=outputs, show_progress="hidden")
 
 

@@ -1,5 +1,6 @@
 """Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`), the SDXL refiner
-(`sdxl_refiner.py`), FLUX.1 (`flux.py`, a transformer family), SD 3.5 (`sd3.py`); see `base.py`.
+(`sdxl_refiner.py`), FLUX.1 (`flux.py`, a transformer family), SD 3.5 (`sd3.py`), Z-Image
+(`zimage.py`); see `base.py`.
 
 `default_families()` is what the composition root passes to the model manager and the
 worker: recognition asks them in this order (SDXL's second encoder first, then OpenCLIP
@@ -15,12 +16,13 @@ from .sd import SD1, SD2
 from .sd3 import SD3
 from .sdxl import SDXL
 from .sdxl_refiner import SDXL_REFINER
+from .zimage import ZIMAGE
 
 __all__ = [
-    "FLUX1", "SD1", "SD2", "SD3", "SDXL", "SDXL_REFINER", "Families", "Family",
+    "FLUX1", "SD1", "SD2", "SD3", "SDXL", "SDXL_REFINER", "ZIMAGE", "Families", "Family",
     "default_families",
 ]  # fmt: skip
 
 
 def default_families() -> Families:
-    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1, SD3))
+    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1, SD3, ZIMAGE))

@@ -1,0 +1,203 @@
+"""Z-Image (Turbo): a single-stream DiT with a Qwen3 text encoder and FLUX.1's autoencoder.
+
+- Recognised by ComfyUI's transformer keys (`cap_embedder.*`, `noise_refiner.*`,
+  `x_pad_token`; top level or under `model.diffusion_model.`) or the same in diffusers'
+  names, before the UNet families are asked (`transformer_layout`); every size comes from
+  the tensors (`model_manager.zimage_keys`). Diffusers folders: `ZImagePipeline`.
+- Loaded by `load_single_file`: the transformer from the file, the autoencoder
+  (`ae.safetensors`) and the Qwen3 text encoder (`qwen_3_4b.safetensors`) from the module
+  files the job chose (Forge's "VAE / Text Encoder"); a component found nowhere is a
+  `MissingModuleError` naming the file to add and the folder. Tokenizer: Qwen3's, shipped
+  in the package (`model_manager.qwen_tokenizer`).
+- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+  prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
+  emphasis, prompt editing; AND refused); the CFG scale as A1111's (Z-Image Turbo: 1, no
+  negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
+- Samplers: Euler on the flow-matching schedule (Z-Image Turbo's shift 3, the pipeline's
+  evenly spaced sigmas: "Simple"); every other sampler and schedule is refused.
+- Infotext: the modules ("Module 1: ae", ...) from `processing.module_fields`. Latent
+  preview: FLUX.1's 16-channel colour factors (the same autoencoder).
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ...errors import UserError
+from ...model_manager import flux_files as ff
+from ...model_manager import flux_keys as fk
+from ...model_manager import zimage_files as zf
+from ...model_manager import zimage_keys as zk
+from ...model_manager.identify import ModelSpec, Shapes
+from ...model_manager.loader import MissingModuleError, read_shapes
+from ...model_manager.qwen_tokenizer import qwen_tokenizer
+from ..conditioning import Conditioning, TextEncoderSlot
+from ..sampler_params import NGMS_OFF, Ngms
+from ..samplers import SchedulerChoice
+from ..zimage_text import caption_lists, follow_schedule, zimage_conditioning
+from .base import Family, Mode
+from .flux import FLUX_LATENT_RGB
+
+ZIMAGE_SCHEDULER = MappingProxyType(zk.ZIMAGE_SCHEDULER)
+ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = "Euler", "Simple"
+DEFAULT_STEPS = 9  # what Z-Image Turbo's model card runs
+
+
+class ZImageFamily(Family):
+    name = "zimage"
+    label = "Z-Image"
+    default_size = 1024
+    latent_space = "flux"  # FLUX.1's autoencoder
+    transformer_layout = True  # identify asks it before looking for a UNet
+    latent_rgb = FLUX_LATENT_RGB
+    folder_classes = frozenset({"ZImagePipeline"})
+    base_scheduler = ZIMAGE_SCHEDULER
+    # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
+    preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
+                               "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
+
+    # --- recognition and loading ----------------------------------------------------
+    def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
+        prefix = zk.transformer_prefix(shapes)
+        if prefix is None:
+            return None
+        return self._spec(zk.transformer_config(shapes, prefix), {}, ({},), ("vae", "qwen3"))
+
+    def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
+        return ModelSpec(
+            family=self.name,
+            family_label=self.label,
+            pipeline_class="ZImagePipeline",
+            inpainting=False,
+            prediction_type="flow",
+            unet=transformer,
+            vae=vae,
+            text_encoders=encoders,
+            missing=tuple(missing),
+        )
+
+    def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
+        if type(pipe).__name__ not in self.folder_classes:
+            return None
+        encoders = (pipe.text_encoder.config.to_dict(),)
+        return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
+
+    def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
+        return "ZImagePipeline"
+
+    def config_files(self, spec: ModelSpec) -> dict[str, dict]:
+        """The diffusers folder layout of the spec's configs (what `load_single_file`
+        builds; written for tools that want a config folder)."""
+        return {
+            "model_index.json": {"_class_name": "ZImagePipeline"},
+            "transformer/config.json": spec.unet,
+            "vae/config.json": spec.vae,
+            "scheduler/scheduler_config.json": dict(ZIMAGE_SCHEDULER),
+            "text_encoder/config.json": spec.text_encoders[0],
+        }
+
+    def tokenizers(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"tokenizer": qwen_tokenizer()}
+
+    def missing_message(self, file_name: str, missing) -> str:
+        return zk.missing_message(file_name, missing)
+
+    def load_single_file(self, path: Path, spec: ModelSpec, modules, dtype) -> Any:
+        """The `ZImagePipeline` of a transformer file and its module files (paths of
+        separate module files; those of other kinds are ignored)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+        shapes = read_shapes(path)
+        prefix = zk.transformer_prefix(shapes)
+        found: dict[str, tuple[Path, Shapes]] = {}
+        for module in modules:
+            module_shapes = read_shapes(Path(module))
+            kind = fk.module_kind(module_shapes) or zk.module_kind(module_shapes)
+            if kind in ("vae", "qwen3"):
+                found.setdefault(kind, (Path(module), module_shapes))
+        missing = [name for name in ("vae", "qwen3") if name not in found]
+        if missing:
+            raise MissingModuleError(zk.missing_message(path.name, missing))
+        transformer = zf.build_transformer(spec.unet, ff.read_state(path, prefix),
+                                           not zk.diffusers_names(shapes, prefix), dtype)  # fmt: skip
+        vae_path, vae_shapes = found["vae"]
+        vae = ff.build_vae(fk.vae_config(vae_shapes, ""), ff.read_state(vae_path, ""), dtype)
+        qwen_path, qwen_shapes = found["qwen3"]
+        text_encoder = zf.build_qwen3(zk.qwen3_config(qwen_shapes), ff.read_state(qwen_path, ""),
+                                      zk.qwen3_prefix(qwen_shapes), dtype)  # fmt: skip
+        return ZImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(ZIMAGE_SCHEDULER)),
+            vae=vae, text_encoder=text_encoder, transformer=transformer, **self.tokenizers(spec),
+        )  # fmt: skip
+
+    # --- text ---------------------------------------------------------------------------
+    def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
+        """Qwen3; `zimage_text` reads it, not the CLIP machinery."""
+        return [TextEncoderSlot(pipe.tokenizer, pipe.text_encoder, "qwen3", 2, True, False)]
+
+    def conditioning(
+        self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
+        embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
+    ) -> Conditioning:  # fmt: skip
+        return zimage_conditioning(pipe, prompt, negative, steps=steps, fields=fields)
+
+    def follow_steps(
+        self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
+        *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
+    ) -> AbstractContextManager[Any]:  # fmt: skip
+        if control is not None:
+            raise UserError(f"ControlNet does not run {self.label} models yet")
+        return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
+
+    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+        """The first step's captions; the negative prompt only with CFG above 1 (diffusers'
+        Z-Image scale g gives cond + g * (cond - uncond): A1111's CFG scale minus 1)."""
+        dtype = conditioning.conds[0].at(0).embeds.dtype
+        cond, uncond = caption_lists(conditioning, 0, dtype)
+        if params.cfg_scale <= 1:
+            return {"prompt_embeds": cond, "guidance_scale": 0.0}
+        return {"prompt_embeds": cond, "negative_prompt_embeds": uncond,
+                "guidance_scale": params.cfg_scale - 1}  # fmt: skip
+
+    def start_latents(self, pipe: Any, noise: Any) -> Any:
+        batch, channels, height, width = noise.shape
+        if height % 2 or width % 2:
+            raise UserError(
+                f"{self.label} reads 2x2 latent patches: width and height must be multiples "
+                f"of {2 * pipe.vae_scale_factor}"
+            )
+        return noise.float().to(pipe.device)  # the pipeline keeps its latents in fp32
+
+    # --- sampling -----------------------------------------------------------------------
+    def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
+        """Euler on Z-Image's flow-matching schedule; other samplers are refused."""
+        sampler = name or ZIMAGE_SAMPLER
+        if sampler.lower() not in ("euler", "flow euler"):
+            raise UserError(
+                f"Sampler {sampler!r} does not run Z-Image models here; choose {ZIMAGE_SAMPLER!r}"
+            )
+        label = (schedule or "Automatic").replace("_", " ")
+        if label.lower() not in ("automatic", "simple"):
+            raise UserError(
+                f"Schedule type {schedule!r} does not apply to Z-Image; choose {ZIMAGE_SCHEDULE!r}"
+            )
+        return SchedulerChoice(ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE, "FlowMatchEulerDiscreteScheduler",
+                               {})  # fmt: skip
+
+    def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config))
+
+    def check_mode(self, mode: Mode) -> None:
+        if mode != "txt2img":
+            raise UserError(f"{self.label}: only txt2img is available for Z-Image models yet")
+
+
+ZIMAGE = ZImageFamily()

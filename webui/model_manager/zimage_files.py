@@ -1,0 +1,49 @@
+"""Z-Image weights in diffusers' and transformers' classes, offline.
+
+The layouts and configs are read by `zimage_keys` (shapes only); here the tensors are
+built into `ZImageTransformer2DModel` (ComfyUI's names converted by diffusers' own
+single-file converter) and transformers' `Qwen3Model` (the text encoder: Z-Image reads its
+hidden states, so the language-model head of `qwen_3_4b.safetensors` is left on disk),
+without allocating the weights twice. The autoencoder is FLUX.1's (`flux_files.build_vae`).
+
+This module must never touch the network, never import `webui.core` or a UI library.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .flux_files import _assign, _empty, _in_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+
+def transformer_state(state: dict[str, torch.Tensor], comfy: bool) -> dict[str, torch.Tensor]:
+    """A transformer state dict (prefix removed) in diffusers' names: ComfyUI's fused
+    `attention.qkv` split, `x_embedder` / `final_layer` renamed (diffusers' converter)."""
+    if not comfy:
+        return dict(state)
+    from diffusers.loaders.single_file_utils import (
+        convert_z_image_transformer_checkpoint_to_diffusers,
+    )
+
+    return convert_z_image_transformer_checkpoint_to_diffusers(dict(state))
+
+
+def build_transformer(config: dict, state: dict[str, torch.Tensor], comfy: bool, dtype):
+    from diffusers import ZImageTransformer2DModel
+
+    model = _empty(ZImageTransformer2DModel.from_config, config)
+    _assign(model, transformer_state(state, comfy), "Z-Image transformer")
+    return _in_dtype(model, dtype)
+
+
+def build_qwen3(config: dict, state: dict[str, torch.Tensor], prefix: str, dtype):
+    """Qwen3's decoder stack without the language-model head (`lm_head.weight` is unused)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    model = _empty(Qwen3Model, Qwen3Config(**config))
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    _assign(model, state, "Qwen3 text encoder")
+    return _in_dtype(model, dtype)
