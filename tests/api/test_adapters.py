@@ -1,0 +1,124 @@
+"""IP-Adapter and T2I-Adapter units as sd-webui-controlnet's API clients send them: one
+server with the tiny SD 1.x checkpoint, tiny adapters in the original file layouts in
+models/ControlNet, a tiny CLIP vision model as models/clip_vision/clip_h.safetensors;
+64x64 images, 3 steps."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.api.test_controlnet import BODY, b64, pixels
+from tests.conftest import ServerThread, with_tiny_sd1
+from tests.tiny_clip_vision import PROJECTION, WIDTH, save_tiny_clip_vision
+from webui.app import create_app
+from webui.model_manager.controlnet_files import legacy_hash
+from webui.model_manager.tiny_adapters import save_tiny_ip_adapter
+from webui.settings import parse_flags
+
+IP = "ip-adapter_sd15.safetensors"
+IP_PLUS = "ip-adapter-plus_sd15.safetensors"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_files):
+    data = with_tiny_sd1(tmp_path_factory.mktemp("adapters"), tiny_files)
+    folder = data / "models" / "ControlNet"
+    save_tiny_ip_adapter(folder / IP, "sd1", clip_projection=PROJECTION, seed=1)
+    save_tiny_ip_adapter(folder / IP_PLUS, "sd1", clip_width=WIDTH, plus=True, seed=2)
+    clip = save_tiny_clip_vision(tmp_path_factory.mktemp("clip"))["file"]
+    (data / "models" / "clip_vision").mkdir(parents=True)
+    clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
+    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.folder, srv.data, srv.ctx = folder, data, app.state.ctx
+        yield srv
+
+
+def label(server, name: str) -> str:
+    path = server.folder / name
+    return f"{path.stem} [{legacy_hash(path)}]"
+
+
+def reference() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 40, 3), np.uint8))
+
+
+def ip_unit(server, name: str = IP, **fields) -> dict:
+    return {"enabled": True, "module": "ip-adapter_clip_sd15", "image": b64(reference()),
+            "model": label(server, name), **fields}  # fmt: skip
+
+
+def generate(server, units: list | None, route: str = "txt2img", expect: int = 200, **extra):
+    body = {**BODY, **extra}
+    if units is not None:
+        body["alwayson_scripts"] = {"controlnet": {"args": units}}
+    with httpx.Client(timeout=600) as client:
+        response = client.post(f"{server.url}/sdapi/v1/{route}", json=body)
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def plain(server) -> np.ndarray:
+    return pixels(generate(server, None)["images"][0])
+
+
+@pytest.fixture(scope="module")
+def ip_guided(server) -> dict:
+    return generate(server, [ip_unit(server)])
+
+
+def test_an_ip_adapter_unit_changes_the_image(server, plain, ip_guided):
+    assert len(ip_guided["images"]) == 1  # CLIP embeddings: no detected map
+    assert np.abs(pixels(ip_guided["images"][0]) - plain).mean() > 1
+    info = json.loads(ip_guided["info"])["infotexts"][0]
+    assert f'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: {label(server, IP)}, ' in info
+    plus = generate(server, [ip_unit(server, IP_PLUS, weight=0.8, guidance_end=0.5)])
+    image = pixels(plus["images"][0])
+    assert np.abs(image - plain).mean() > 1
+    assert not np.array_equal(image, pixels(ip_guided["images"][0]))
+
+
+def test_ip_adapter_weight_zero_equals_no_unit(server, plain):
+    result = generate(server, [ip_unit(server, weight=0)])
+    assert len(result["images"]) == 1
+    assert np.array_equal(pixels(result["images"][0]), plain)
+
+
+def test_ip_adapter_checks(server):
+    missing = generate(server, [ip_unit(server, module="ip-adapter_clip_sdxl")], expect=422)
+    detail = missing["detail"][0]
+    assert detail["loc"][-1] == "module"
+    assert "clip_g.pth" in detail["msg"] and str(server.data / "models" / "clip_vision") in (
+        detail["msg"]
+    )  # fmt: skip
+    wrong = generate(server, [ip_unit(server, module="canny")], expect=422)
+    assert wrong["detail"][0]["loc"][-1] == "module" and "IP-Adapter" in wrong["detail"][0]["msg"]
+
+
+def test_the_ui_ip_adapter_unit_gives_the_api_pixels(server, ip_guided):
+    from webui.core.params import Txt2ImgParams
+    from webui.services.generation import GenerationRequest
+    from webui.ui.controlnet_ui import controlnet_request
+
+    image = Image.open(io.BytesIO(__import__("base64").b64decode(b64(reference()))))
+    shown = {"enabled": True, "module": "ip-adapter_clip_sd15", "image": image, "mask": None,
+             "model": label(server, IP), "weight": 1.0, "resize_mode": "Crop and Resize",
+             "processor_res": 512, "threshold_a": 1, "threshold_b": 1, "guidance_start": 0.0,
+             "guidance_end": 1.0, "control_mode": "Balanced", "pixel_perfect": False}  # fmt: skip
+    values = {f"cn_{k}_0": v for k, v in shown.items()}
+    params = Txt2ImgParams(prompt="a house", negative_prompt="fog", steps=3, seed=7, width=64,
+                           height=64, sampler_name="Euler", cfg_scale=5, save_images=False)  # fmt: skip
+    job = server.ctx.generation.submit(
+        GenerationRequest("txt2img", params, "ui-user", alwayson=controlnet_request(values))
+    )
+    assert job.done.wait(300)
+    ui = np.asarray(job.images[0].image.convert("RGB"), np.int16)
+    assert np.array_equal(ui, pixels(ip_guided["images"][0]))
