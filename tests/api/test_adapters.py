@@ -5,6 +5,7 @@ models/ControlNet, a tiny CLIP vision model as models/clip_vision/clip_h.safeten
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -13,16 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.test_controlnet import BODY, b64, pixels
+from tests.api.test_controlnet import BODY, b64, pixels, shapes
 from tests.conftest import ServerThread, with_tiny_sd1
 from tests.tiny_clip_vision import PROJECTION, WIDTH, save_tiny_clip_vision
 from webui.app import create_app
 from webui.model_manager.controlnet_files import legacy_hash
-from webui.model_manager.tiny_adapters import save_tiny_ip_adapter
+from webui.model_manager.tiny_adapters import save_tiny_ip_adapter, save_tiny_t2i_adapter
 from webui.settings import parse_flags
 
 IP = "ip-adapter_sd15.safetensors"
 IP_PLUS = "ip-adapter-plus_sd15.safetensors"
+T2I = "t2iadapter_canny_sd15v2.pth"  # TencentARC's layout
+T2I_DIFFUSERS = "t2i-adapter_diffusers_canny.safetensors"  # the same weights, diffusers'
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,8 @@ def server(tmp_path_factory, tiny_files):
     folder = data / "models" / "ControlNet"
     save_tiny_ip_adapter(folder / IP, "sd1", clip_projection=PROJECTION, seed=1)
     save_tiny_ip_adapter(folder / IP_PLUS, "sd1", clip_width=WIDTH, plus=True, seed=2)
+    save_tiny_t2i_adapter(folder / T2I, "sd1", seed=4)
+    save_tiny_t2i_adapter(folder / T2I_DIFFUSERS, "sd1", layout="diffusers", seed=4)
     clip = save_tiny_clip_vision(tmp_path_factory.mktemp("clip"))["file"]
     (data / "models" / "clip_vision").mkdir(parents=True)
     clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
@@ -103,16 +108,51 @@ def test_ip_adapter_checks(server):
     assert wrong["detail"][0]["loc"][-1] == "module" and "IP-Adapter" in wrong["detail"][0]["msg"]
 
 
-def test_the_ui_ip_adapter_unit_gives_the_api_pixels(server, ip_guided):
+def t2i_unit(server, name: str = T2I, **fields) -> dict:
+    return {"enabled": True, "module": "canny", "image": b64(shapes()), "model": label(server, name),
+            **fields}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def t2i_guided(server) -> dict:
+    return generate(server, [t2i_unit(server)])
+
+
+def test_a_t2i_adapter_unit_changes_the_image(server, plain, t2i_guided):
+    images = t2i_guided["images"]
+    assert len(images) == 2  # the image, then the canny map
+    assert np.abs(pixels(images[0]) - plain).mean() > 1
+    assert pixels(images[1]).max() == 255
+    info = json.loads(t2i_guided["info"])["infotexts"][0]
+    assert f'ControlNet 0: "Module: canny, Model: {label(server, T2I)}, Weight: 1.0, ' in info
+    same = generate(server, [t2i_unit(server, T2I_DIFFUSERS)])  # diffusers' layout
+    assert np.array_equal(pixels(same["images"][0]), pixels(images[0]))
+    late = generate(server, [t2i_unit(server, guidance_start=0.5, save_detected_map=False)])
+    late_image = pixels(late["images"][0])
+    assert not np.array_equal(late_image, pixels(images[0]))
+    assert not np.array_equal(late_image, plain)
+
+
+def test_t2i_adapter_weight_zero_equals_no_unit(server, plain):
+    result = generate(server, [t2i_unit(server, weight=0, save_detected_map=False)])
+    assert np.array_equal(pixels(result["images"][0]), plain)
+
+
+@pytest.mark.parametrize("kind", ["ip", "t2i"])
+def test_the_ui_unit_gives_the_api_pixels(server, kind, request):
+    """The accordion's values as the page sends them (PIL images) make the API's image."""
     from webui.core.params import Txt2ImgParams
     from webui.services.generation import GenerationRequest
     from webui.ui.controlnet_ui import controlnet_request
 
-    image = Image.open(io.BytesIO(__import__("base64").b64decode(b64(reference()))))
-    shown = {"enabled": True, "module": "ip-adapter_clip_sd15", "image": image, "mask": None,
-             "model": label(server, IP), "weight": 1.0, "resize_mode": "Crop and Resize",
-             "processor_res": 512, "threshold_a": 1, "threshold_b": 1, "guidance_start": 0.0,
-             "guidance_end": 1.0, "control_mode": "Balanced", "pixel_perfect": False}  # fmt: skip
+    api = request.getfixturevalue(f"{kind}_guided")
+    sent = ip_unit(server) if kind == "ip" else t2i_unit(server)
+    image = Image.open(io.BytesIO(base64.b64decode(sent["image"])))
+    shown = {**sent, "image": image, "mask": None, "weight": 1.0,
+             "resize_mode": "Crop and Resize", "processor_res": 512,
+             "threshold_a": 100 if kind == "t2i" else 1, "threshold_b": 200 if kind == "t2i" else 1,
+             "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced",
+             "pixel_perfect": False}  # fmt: skip
     values = {f"cn_{k}_0": v for k, v in shown.items()}
     params = Txt2ImgParams(prompt="a house", negative_prompt="fog", steps=3, seed=7, width=64,
                            height=64, sampler_name="Euler", cfg_scale=5, save_images=False)  # fmt: skip
@@ -121,4 +161,4 @@ def test_the_ui_ip_adapter_unit_gives_the_api_pixels(server, ip_guided):
     )
     assert job.done.wait(300)
     ui = np.asarray(job.images[0].image.convert("RGB"), np.int16)
-    assert np.array_equal(ui, pixels(ip_guided["images"][0]))
+    assert np.array_equal(ui, pixels(api["images"][0]))

@@ -23,6 +23,12 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
 - a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
   inpainting UNet gives the ControlNet its first 4 latent channels.
 
+T2I-Adapter units run their adapter once per image size on the hint (a 1-channel adapter
+gets the map's first channel) and pass its features, times the unit's weight while the
+step is in [start, end], as `down_intrablock_additional_residuals`, as diffusers'
+adapter pipelines do; "ControlNet is more important" leaves the unconditional rows
+without them (the soft weights of "My prompt is more important" are ControlNet's only).
+
 IP-Adapter units (an `ip-adapter_clip_*` preprocessor and an IP-Adapter model) encode
 their image with the CLIP vision encoder once per job and feed its tokens to the UNet's
 cross-attention (`core/ip_adapter.py`); they make no map.
@@ -63,6 +69,7 @@ class PreparedUnit:
     model: Any = None  # ControlNetModel; None: the unit only made its map
     hints: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     ip: IpUnit | None = None  # an IP-Adapter unit's image tokens (then `model` is None)
+    features: dict[tuple[int, int], list] = field(default_factory=dict)  # T2I-Adapter's
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -82,7 +89,11 @@ class JobControl:
 
     @property
     def controlnets(self) -> list[PreparedUnit]:
-        return [u for u in self.units if u.model is not None]
+        return [u for u in self.units if u.model is not None and not _is_adapter(u.model)]
+
+    @property
+    def adapters(self) -> list[PreparedUnit]:
+        return [u for u in self.units if u.model is not None and _is_adapter(u.model)]
 
     @property
     def ip_units(self) -> list[IpUnit]:
@@ -120,6 +131,12 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
     if not prepared:
         return None
     return JobControl(prepared, size, maps)
+
+
+def _is_adapter(model: Any) -> bool:
+    from diffusers import T2IAdapter
+
+    return isinstance(model, T2IAdapter)
 
 
 def _is_ip(model: Any) -> bool:
@@ -161,6 +178,19 @@ def _hint_tensor(hint: np.ndarray, rows: int, like: torch.Tensor) -> torch.Tenso
         color, mask = tensor[:, :3], (tensor[:, 3:4] > 0.5).float()
         tensor = color * (1 - mask) - mask
     return tensor.to(like.device, like.dtype).expand(rows, -1, -1, -1)
+
+
+@torch.no_grad()
+def _adapter_features(part: PreparedUnit, height: int, width: int) -> list[torch.Tensor]:
+    """A T2I-Adapter's features of the unit's hint at this size (computed once)."""
+    if (height, width) not in part.features:
+        model = part.model
+        device = next(model.parameters()).device
+        like = torch.empty(0, device=device, dtype=model.dtype)
+        hint = _hint_tensor(part.hint(height, width)[:, :, :3], 1, like)
+        channels = model.config.in_channels
+        part.features[(height, width)] = list(model(hint[:, :channels]))
+    return part.features[(height, width)]
 
 
 class _ControlState:
@@ -212,9 +242,32 @@ class _ControlState:
                 total_mid = total_mid + outputs[-1]
         return None if total_down is None else (total_down, total_mid)
 
+    def adapter_residuals(self, sample: torch.Tensor) -> list[torch.Tensor] | None:
+        """The T2I-Adapter units' summed features for this call (None: none guides)."""
+        fraction = self.fraction()
+        rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
+        total: list[torch.Tensor] | None = None
+        for part in self.control.adapters:
+            unit = part.unit
+            if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
+                continue
+            features = _adapter_features(part, height, width)
+            outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * unit.weight for f in features]
+            if unit.control_mode == "ControlNet is more important" and rows > self.batch:
+                keep = torch.ones(rows, 1, 1, 1, device=sample.device, dtype=sample.dtype)
+                keep[: self.batch] = 0  # the unconditional rows come first
+                outputs = [o * keep for o in outputs]
+            total = (
+                outputs if total is None else [a + b for a, b in zip(total, outputs, strict=True)]
+            )
+        return total
+
     def forward(self, original: Callable) -> Callable:
         def forward(sample, timestep, *args, **kwargs):
             context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+            adapted = self.adapter_residuals(sample)
+            if adapted is not None:
+                kwargs["down_intrablock_additional_residuals"] = adapted
             found = self.residuals(sample, timestep, context, kwargs.get("added_cond_kwargs"))
             if found is not None:
                 dtype = sample.dtype

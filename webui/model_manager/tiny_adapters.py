@@ -85,3 +85,48 @@ def save_tiny_ip_adapter(path: str | Path, family: str = "sd1", **kwargs) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(build_tiny_ip_adapter(family, **kwargs), str(path))
     return path
+
+
+@torch.no_grad()
+def build_tiny_t2i_adapter(family: str = "sd1", *, in_channels: int = 1, seed: int = 0):
+    """A random diffusers `T2IAdapter` whose features fit the tiny UNet's down blocks."""
+    from diffusers import T2IAdapter
+
+    unet = build_tiny_pipeline(family, seed).unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 11)
+        model = T2IAdapter(in_channels=in_channels, channels=list(unet.config.block_out_channels),
+                           num_res_blocks=2, downscale_factor=8, adapter_type="full_adapter")  # fmt: skip
+    return model.eval()
+
+
+def t2i_adapter_to_original(state: StateDict, num_res_blocks: int) -> StateDict:
+    """diffusers' full `T2IAdapter` names -> TencentARC's (`body.N.block1`, `conv_in`)."""
+    out: StateDict = {}
+    for key, value in state.items():
+        key = key.removeprefix("adapter.")
+        if m := re.match(r"body\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+            key = f"body.{int(m[1]) * num_res_blocks + int(m[2])}.{m[3]}"
+        elif m := re.match(r"body\.(\d+)\.in_conv\.(.+)", key):
+            key = f"body.{int(m[1]) * num_res_blocks}.in_conv.{m[2]}"
+        out[key] = value.contiguous()
+    return out
+
+
+def save_tiny_t2i_adapter(path: str | Path, family: str = "sd1", *, layout: str = "original",
+                          **kwargs) -> Path:  # fmt: skip
+    """layout: "original" (TencentARC's; .pth or .safetensors by the suffix) or
+    "diffusers" (one file with `adapter.*` keys)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = build_tiny_t2i_adapter(family, **kwargs)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if layout == "original":
+        state = t2i_adapter_to_original(state, model.config.num_res_blocks)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, str(path))
+    return path
