@@ -26,6 +26,16 @@ IP = "ip-adapter_sd15.safetensors"
 IP_PLUS = "ip-adapter-plus_sd15.safetensors"
 T2I = "t2iadapter_canny_sd15v2.pth"  # TencentARC's layout
 T2I_DIFFUSERS = "t2i-adapter_diffusers_canny.safetensors"  # the same weights, diffusers'
+T2I_XL = "t2i-adapter_diffusers_xl_canny.safetensors"  # SDXL's (pixel unshuffle 16)
+
+
+def _save_xl_t2i_adapter(path) -> None:
+    from diffusers import T2IAdapter
+    from safetensors.torch import save_file
+
+    model = T2IAdapter(in_channels=3, channels=[32, 64, 64, 64], num_res_blocks=1,
+                       downscale_factor=16, adapter_type="full_adapter_xl")  # fmt: skip
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +46,7 @@ def server(tmp_path_factory, tiny_files):
     save_tiny_ip_adapter(folder / IP_PLUS, "sd1", clip_width=WIDTH, plus=True, seed=2)
     save_tiny_t2i_adapter(folder / T2I, "sd1", seed=4)
     save_tiny_t2i_adapter(folder / T2I_DIFFUSERS, "sd1", layout="diffusers", seed=4)
+    _save_xl_t2i_adapter(folder / T2I_XL)
     clip = save_tiny_clip_vision(tmp_path_factory.mktemp("clip"))["file"]
     (data / "models" / "clip_vision").mkdir(parents=True)
     clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
@@ -162,3 +173,28 @@ def test_the_ui_unit_gives_the_api_pixels(server, kind, request):
     assert job.done.wait(300)
     ui = np.asarray(job.images[0].image.convert("RGB"), np.int16)
     assert np.array_equal(ui, pixels(api["images"][0]))
+
+
+def test_the_lists_show_adapters_by_control_type_and_family(server):
+    from webui.services.controlnet import model_choices
+
+    ip, plus = label(server, IP), label(server, IP_PLUS)
+    t2i, t2i_d, t2i_xl = (label(server, n) for n in (T2I, T2I_DIFFUSERS, T2I_XL))
+    with httpx.Client(timeout=60, base_url=server.url) as client:
+        models = client.get("/controlnet/model_list").json()["model_list"]
+        types = client.get("/controlnet/control_types").json()["control_types"]
+        modules = client.get("/controlnet/module_list", params={"alias_names": True}).json()
+    assert {ip, plus, t2i, t2i_d, t2i_xl} <= set(models)
+    ip_type = types["IP-Adapter"]
+    assert ip_type["model_list"] == ["None", plus, ip]  # the SD 1.x checkpoint's, by name
+    assert ip_type["default_option"] == "ip-adapter_clip_sd15" and ip_type["default_model"] == plus
+    assert {"ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith"} <= (
+        set(ip_type["module_list"])
+    )  # fmt: skip
+    assert types["T2I-Adapter"]["model_list"] == ["None", t2i_d, t2i]  # not SDXL's
+    assert "ip-adapter_clip_h" in modules["module_list"]  # the extension's label
+    folder = server.folder
+    assert model_choices(folder, "T2I-Adapter", "SD 1.x") == ["None", t2i_d, t2i]
+    assert model_choices(folder, "T2I-Adapter", "SDXL") == ["None", t2i_xl]
+    assert model_choices(folder, "IP-Adapter", "SDXL") == ["None"]
+    assert model_choices(folder, "Canny", "SD 1.x") == ["None", t2i_d, t2i]  # names with canny

@@ -99,21 +99,41 @@ def kind_of_name(name: str) -> str:
     return "controlnet"
 
 
+def _width_of_name(name: str) -> int | None:
+    """The family an adapter's name says (the extension's `detect_from_model_name`)."""
+    lower = name.lower()
+    if "xl" in lower:
+        return 2048
+    return 768 if any(w in lower for w in ("sd15", "sd14", "sd1.5", "sd_15")) else None
+
+
+def _adapter_width(shapes: dict) -> int | None:
+    """A T2I-Adapter's family from its pixel unshuffle (SDXL's: 16, 256 x channels)."""
+    for key in ("adapter.conv_in.weight", "conv_in.weight"):
+        if key in shapes:
+            return 2048 if shapes[key][1] in (256, 768) else 768
+    return 768 if any(k.endswith("out_conv.weight") for k in shapes) else None  # light: SD 1.x
+
+
 def _read_kind(path: Path) -> tuple[int | None, str]:
-    """(cross-attention width, kind) of a file."""
+    """(the cross-attention width of the UNet it fits, kind) of a file."""
     if path.parent.joinpath("config.json").is_file() and _weights_of_folder(path.parent):
         if "T2IAdapter" in path.parent.joinpath("config.json").read_text():
-            return None, "t2i-adapter"
+            return _width_of_name(path.parent.name), "t2i-adapter"
     if path.suffix != ".safetensors":
-        return None, kind_of_name(path.name)
+        kind = kind_of_name(path.name)
+        return (_width_of_name(path.name) if kind != "controlnet" else None), kind
     try:
         shapes = read_header(path).shapes
     except (HeaderError, OSError):
         return None, kind_of_name(path.name)
     kind = kind_of_keys(shapes)
-    if kind == "ip-adapter":
+    if kind == "ip-adapter":  # a width of no family (a test's tiny model): the name's
         shape = shapes.get("ip_adapter.1.to_k_ip.weight")
-        return (int(shape[1]) if shape and len(shape) == 2 else None), kind
+        width = int(shape[1]) if shape and len(shape) == 2 else None
+        return (width if width in _WIDTH_FAMILY else _width_of_name(path.name)), kind
+    if kind == "t2i-adapter":
+        return _adapter_width(shapes), kind
     for key, shape in shapes.items():
         if key.endswith("attn2.to_k.weight") and len(shape) == 2:
             return shape[1], kind

@@ -24,7 +24,7 @@ from PIL import Image
 from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
 from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
-from ..imaging.control_preprocessors import preprocessor_named
+from ..imaging.control_preprocessors import model_matches, preprocessor_named
 from ..model_manager.controlnet_files import (
     find_clip_vision,
     find_controlnet,
@@ -135,9 +135,10 @@ def checkpoint_family(models: Any, title: str | None) -> str:
         return ""
 
 
-def model_choices(folder: Path, word: str = "", family: str = "") -> list[str]:
-    """ "None" and the labels of the models of a control type (`word` in the name) that fit
-    the checkpoint family, as the extension's model dropdown lists them."""
+def model_choices(folder: Path, control_type: str = "All", family: str = "") -> list[str]:
+    """ "None" and the labels of the models of a control type (its words in the name, as
+    the extension filters: "t2ia", "ip_adapter", ...) that fit the checkpoint family, as
+    the extension's model dropdown lists them."""
     models = list_controlnets(folder).values()
     return [NO_MODEL, *(m.label for m in models
-                        if word in m.name.lower() and fits(m, family))]  # fmt: skip
+                        if model_matches(control_type, m.name) and fits(m, family))]  # fmt: skip
