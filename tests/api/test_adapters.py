@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 
 import httpx
 import numpy as np
@@ -27,6 +28,7 @@ IP_PLUS = "ip-adapter-plus_sd15.safetensors"
 T2I = "t2iadapter_canny_sd15v2.pth"  # TencentARC's layout
 T2I_DIFFUSERS = "t2i-adapter_diffusers_canny.safetensors"  # the same weights, diffusers'
 T2I_XL = "t2i-adapter_diffusers_xl_canny.safetensors"  # SDXL's (pixel unshuffle 16)
+IP_XL = "ip-adapter_sdxl_vit-h.safetensors"
 
 
 def _save_xl_t2i_adapter(path) -> None:
@@ -47,6 +49,8 @@ def server(tmp_path_factory, tiny_files):
     save_tiny_t2i_adapter(folder / T2I, "sd1", seed=4)
     save_tiny_t2i_adapter(folder / T2I_DIFFUSERS, "sd1", layout="diffusers", seed=4)
     _save_xl_t2i_adapter(folder / T2I_XL)
+    save_tiny_ip_adapter(folder / IP_XL, "sdxl", clip_projection=PROJECTION, seed=5)
+    shutil.copy(tiny_files["sdxl"], data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors")
     clip = save_tiny_clip_vision(tmp_path_factory.mktemp("clip"))["file"]
     (data / "models" / "clip_vision").mkdir(parents=True)
     clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
@@ -72,7 +76,7 @@ def ip_unit(server, name: str = IP, **fields) -> dict:
 
 
 def generate(server, units: list | None, route: str = "txt2img", expect: int = 200, **extra):
-    body = {**BODY, **extra}
+    body = {**BODY, "override_settings": {"sd_model_checkpoint": "tiny-sd1"}, **extra}
     if units is not None:
         body["alwayson_scripts"] = {"controlnet": {"args": units}}
     with httpx.Client(timeout=600) as client:
@@ -106,6 +110,21 @@ def test_ip_adapter_weight_zero_equals_no_unit(server, plain):
     result = generate(server, [ip_unit(server, weight=0)])
     assert len(result["images"]) == 1
     assert np.array_equal(pixels(result["images"][0]), plain)
+
+
+def test_an_sdxl_ip_adapter_unit(server):
+    """ip-adapter_sdxl_vit-h with the ViT-H encoder on an SDXL checkpoint."""
+    sdxl = {"override_settings": {"sd_model_checkpoint": "tiny-sdxl"}}
+    plain = pixels(generate(server, None, **sdxl)["images"][0])
+    unit = ip_unit(server, IP_XL, module="ip-adapter_clip_sdxl_plus_vith")
+    guided = pixels(generate(server, [unit], **sdxl)["images"][0])
+    assert np.abs(guided - plain).mean() > 1
+    off = generate(server, [{**unit, "weight": 0}], **sdxl)
+    assert np.array_equal(pixels(off["images"][0]), plain)
+    with httpx.Client(timeout=600) as client:  # an SD 1.x T2I-Adapter: a clear error
+        body = {**BODY, **sdxl, "alwayson_scripts": {"controlnet": {"args": [t2i_unit(server)]}}}
+        response = client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
+    assert response.status_code >= 400 and "is made for SD 1.x" in response.text
 
 
 def test_ip_adapter_checks(server):
@@ -196,5 +215,5 @@ def test_the_lists_show_adapters_by_control_type_and_family(server):
     folder = server.folder
     assert model_choices(folder, "T2I-Adapter", "SD 1.x") == ["None", t2i_d, t2i]
     assert model_choices(folder, "T2I-Adapter", "SDXL") == ["None", t2i_xl]
-    assert model_choices(folder, "IP-Adapter", "SDXL") == ["None"]
+    assert model_choices(folder, "IP-Adapter", "SDXL") == ["None", label(server, IP_XL)]
     assert model_choices(folder, "Canny", "SD 1.x") == ["None", t2i_d, t2i]  # names with canny

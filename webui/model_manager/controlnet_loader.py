@@ -169,6 +169,10 @@ class ControlNetCache:
             while len(self._models) >= self.size:
                 self._models.popitem(last=False)
         self._models[key] = model
+        if getattr(getattr(model, "config", None), "adapter_type", None):  # T2I: at each use
+            from .t2i_adapter import check_fits
+
+            check_fits(model, unet_config, path.name)
         return model
 
     def clear(self) -> None:

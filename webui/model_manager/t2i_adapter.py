@@ -116,3 +116,15 @@ def load_t2i_adapter(path: Path) -> Any:
         raise
     except (RuntimeError, KeyError, ValueError, OSError, IndexError) as exc:
         raise T2IAdapterLoadError(f"T2I-Adapter {path.name}: cannot load it ({exc})") from exc
+
+
+def check_fits(model: Any, unet_config: dict, name: str) -> None:
+    """T2IAdapterLoadError when an adapter's features do not fit the checkpoint's UNet
+    (SDXL's adapters unshuffle by 16 and feed SDXL's UNet; SD 1.x ones the others)."""
+    xl_unet = unet_config.get("addition_embed_type") == "text_time"
+    xl_adapter = model.config.adapter_type == "full_adapter_xl"
+    first = list(unet_config.get("block_out_channels") or [0])[0]
+    if xl_unet != xl_adapter or list(model.config.channels)[0] != first:
+        family = "SDXL" if xl_adapter else "SD 1.x"
+        raise T2IAdapterLoadError(f"T2I-Adapter {name} is made for {family}; it does not fit "
+                                  "this checkpoint")  # fmt: skip
