@@ -104,6 +104,10 @@ def test_an_ip_adapter_unit_changes_the_image(server, plain, ip_guided):
     image = pixels(plus["images"][0])
     assert np.abs(image - plain).mean() > 1
     assert not np.array_equal(image, pixels(ip_guided["images"][0]))
+    # AND: the prompt hooks' rows [uncond, cond 1, cond 2] get their image tokens
+    both = {"prompt": "a house AND a tree"}
+    anded = pixels(generate(server, [ip_unit(server)], **both)["images"][0])
+    assert np.abs(anded - pixels(generate(server, None, **both)["images"][0])).mean() > 1
 
 
 def test_ip_adapter_weight_zero_equals_no_unit(server, plain):
