@@ -58,3 +58,17 @@ def test_the_style_adapter_is_refused_by_name(tmp_path):
     torch.save({"x": torch.zeros(1)}, path)
     with pytest.raises(UserError, match="style adapter"):
         load_t2i_adapter(path)
+
+
+def test_a_diffusers_folder_is_listed_and_loaded(tmp_path):
+    from webui.model_manager.controlnet_loader import file_kind, load_control_model
+
+    config = {"in_channels": 1, "channels": [32, 64], "num_res_blocks": 1,
+              "downscale_factor": 8, "adapter_type": "full_adapter"}  # fmt: skip
+    model = _random(config)
+    folder = tmp_path / "t2i-adapter_sketch_folder"
+    model.save_pretrained(folder)
+    (listed,) = list_controlnets(tmp_path).values()
+    assert (listed.name, listed.kind, listed.path) == (folder.name, "t2i-adapter", folder)
+    assert file_kind(folder) == "t2i-adapter"
+    assert _same(model, load_control_model(folder, {}), 64)
