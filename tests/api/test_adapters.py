@@ -221,3 +221,12 @@ def test_the_lists_show_adapters_by_control_type_and_family(server):
     assert model_choices(folder, "T2I-Adapter", "SDXL") == ["None", t2i_xl]
     assert model_choices(folder, "IP-Adapter", "SDXL") == ["None", label(server, IP_XL)]
     assert model_choices(folder, "Canny", "SD 1.x") == ["None", t2i_d, t2i]  # names with canny
+
+
+def test_controlnet_is_more_important_without_unconditional_rows(server):
+    """CFG 1 with AND runs [cond 1, cond 2] rows (no unconditional rows): "ControlNet is
+    more important" then guides every row, as "Balanced" does for a T2I-Adapter."""
+    cfg1 = {"cfg_scale": 1, "prompt": "a house AND a tree"}
+    balanced = generate(server, [t2i_unit(server, save_detected_map=False)], **cfg1)
+    more = generate(server, [t2i_unit(server, control_mode=2, save_detected_map=False)], **cfg1)
+    assert np.array_equal(pixels(more["images"][0]), pixels(balanced["images"][0]))

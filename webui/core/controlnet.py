@@ -202,6 +202,15 @@ class _ControlState:
         self.step, self.conds = first_step, conds
         self.ip_processors: list[Any] = []  # set while the IP-Adapter processors are on
 
+    def _cond_rows_only(self, outputs: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+        """The outputs with the call's unconditional rows (the first ones) zeroed."""
+        empty = uncond_rows(rows, self.batch, self.conds)
+        if not empty:
+            return outputs
+        keep = torch.ones(rows, 1, 1, 1, device=outputs[0].device, dtype=outputs[0].dtype)
+        keep[:empty] = 0
+        return [o * keep for o in outputs]
+
     def fraction(self) -> float:
         return self.step / max(int(getattr(self.pipe, "num_timesteps", 0) or 0), 1)
 
@@ -231,10 +240,8 @@ class _ControlState:
             outputs = [*down, mid]
             scales = _scales(unit, len(outputs), soft)
             outputs = [o * s for o, s in zip(outputs, scales, strict=False)]
-            if unit.control_mode == "ControlNet is more important" and rows > self.batch:
-                keep = torch.ones(rows, 1, 1, 1, device=x.device, dtype=outputs[0].dtype)
-                keep[: self.batch] = 0  # the unconditional rows come first
-                outputs = [o * keep for o in outputs]
+            if unit.control_mode == "ControlNet is more important":
+                outputs = self._cond_rows_only(outputs, rows)
             if total_down is None:
                 total_down, total_mid = outputs[:-1], outputs[-1]
             else:
@@ -253,10 +260,8 @@ class _ControlState:
                 continue
             features = _adapter_features(part, height, width)
             outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * unit.weight for f in features]
-            if unit.control_mode == "ControlNet is more important" and rows > self.batch:
-                keep = torch.ones(rows, 1, 1, 1, device=sample.device, dtype=sample.dtype)
-                keep[: self.batch] = 0  # the unconditional rows come first
-                outputs = [o * keep for o in outputs]
+            if unit.control_mode == "ControlNet is more important":
+                outputs = self._cond_rows_only(outputs, rows)
             total = (
                 outputs if total is None else [a + b for a, b in zip(total, outputs, strict=True)]
             )
