@@ -35,3 +35,20 @@ def test_tokens_and_scales_for_a_call():
     assert proc.scale == [0.7]
     tokens_for_call([ip], [proc], rows=3, uncond_rows=1, fraction=0.8, like=like)
     assert proc.scale == [0.0]  # after the unit's ending step
+
+
+def test_a_unet_the_adapter_does_not_fit_runs_without_it():
+    """A hires. fix checkpoint of another width (SD 1.x adapter, SD 2.x UNet): the
+    processors stay the UNet's own and the call gets no image tokens."""
+    from webui.core.ip_adapter import installed
+
+    changed = []
+    unet = SimpleNamespace(config=SimpleNamespace(cross_attention_dim=1024),
+                           attn_processors={"a.attn2.processor": "own"},
+                           set_attn_processor=changed.append)  # fmt: skip
+    model = SimpleNamespace(names=["a.attn2.processor"],
+                            processors=[SimpleNamespace(cross_attention_dim=768)])  # fmt: skip
+    ip = IpUnit(ControlUnit(enabled=True), model, torch.ones(1, 4, 8), torch.zeros(1, 4, 8))
+    with installed(unet, [ip]) as processors:
+        assert processors == []
+    assert changed == []

@@ -279,7 +279,9 @@ class _ControlState:
                 kwargs["down_block_additional_residuals"] = [r.to(dtype) for r in found[0]]
                 kwargs["mid_block_additional_residual"] = found[1].to(dtype)
             ip_units = self.control.ip_units
-            if ip_units:  # diffusers' IP-Adapter form: (text, [image tokens per adapter])
+            if (
+                ip_units and self.ip_processors
+            ):  # diffusers' IP-Adapter form: (text, [image tokens per adapter])
                 rows = sample.shape[0]
                 empty = uncond_rows(rows, self.batch, self.conds)
                 tokens = tokens_for_call(ip_units, self.ip_processors, rows, empty,

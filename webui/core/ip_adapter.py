@@ -22,6 +22,7 @@ This module must never import a UI library.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ import torch
 from PIL import Image
 
 from .controlnet_units import ControlUnit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,10 +67,12 @@ def installed(unet: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
     """The units' IP-Adapter processors on `unet` for one pipeline call (yields them)."""
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-    if not units:
+    saved = unet.attn_processors
+    if not units or not all(_fits(unet, u.model, saved) for u in units):
+        if units:  # a hires. fix pass on a checkpoint of another family
+            log.warning("IP-Adapter units skipped: their layers do not fit this UNet")
         yield []
         return
-    saved = unet.attn_processors
     processors = dict(saved)
     made = []
     for name in units[0].model.names:
@@ -86,6 +91,14 @@ def installed(unet: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
         yield made
     finally:
         unet.set_attn_processor(saved)
+
+
+def _fits(unet: Any, model: Any, processors: dict) -> bool:
+    """Whether an adapter's layers are this UNet's (names and cross-attention width)."""
+    width = unet.config.cross_attention_dim
+    return set(model.names) <= set(processors) and all(
+        p.cross_attention_dim == width for p in model.processors
+    )
 
 
 def tokens_for_call(units: list[IpUnit], processors: list[Any], rows: int, uncond_rows: int,
