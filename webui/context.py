@@ -135,7 +135,8 @@ def build_context(flags: Flags) -> AppContext:
                                    faces=FaceRestorerFolders(flags.gfpgan_models_path,
                                                              flags.codeformer_models_path),
                                    approx_dirs=approx_folders(flags.models_dir),
-                                   controlnet_dir=flags.controlnet_dir)  # fmt: skip
+                                   controlnet_dir=flags.controlnet_dir,
+                                   clip_vision_dir=flags.models_dir / "clip_vision")  # fmt: skip
     model_files = build_model_files(flags, options, models, networks)
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,

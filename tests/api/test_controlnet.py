@@ -202,3 +202,12 @@ def test_the_ui_unit_gives_the_api_pixels(server, guided):
     assert job.done.wait(300)
     ui = np.asarray(job.images[0].image.convert("RGB"), np.int16)
     assert np.array_equal(ui, pixels(guided["images"][0]))
+
+
+def test_controlnet_is_more_important_without_unconditional_rows(server):
+    """CFG 1 with AND has no unconditional rows: "ControlNet is more important" is then the
+    soft weights on every row, as "My prompt is more important"."""
+    cfg1 = {"cfg_scale": 1, "prompt": "a house AND a tree"}
+    mine = generate(server, [unit(server, control_mode=1, save_detected_map=False)], **cfg1)
+    more = generate(server, [unit(server, control_mode=2, save_detected_map=False)], **cfg1)
+    assert np.array_equal(pixels(more["images"][0]), pixels(mine["images"][0]))

@@ -58,3 +58,16 @@ def test_files_that_are_no_clip_vision_model_are_refused(tmp_path) -> None:
         ClipVisionEmbedder.load(tmp_path / "other.safetensors")
     with pytest.raises(UserError, match="not found"):
         ClipVisionEmbedder.load(tmp_path / "missing.safetensors")
+
+
+def test_the_extensions_pth_file_gives_the_same_embeddings(clip_dir, tmp_path) -> None:
+    """sd-webui-controlnet's `clip_h.pth` (a pickled transformers state dict) loads through
+    the restricted unpickler, as the IP-Adapter preprocessors need it."""
+    from safetensors.torch import load_file
+
+    pth = tmp_path / "clip_h.pth"
+    torch.save(load_file(str(clip_dir / "tiny_clip_vision.safetensors")), pth)
+    assert config_from_file(pth).hidden_size == WIDTH
+    single = ClipVisionEmbedder.load(clip_dir / "tiny_clip_vision.safetensors")
+    pickled = ClipVisionEmbedder.load(pth)
+    assert np.array_equal(single.embed(pictures()), pickled.embed(pictures()))

@@ -2,7 +2,9 @@
 control_types and detect.
 
 Clients written for the extension ask these before they send `alwayson_scripts:
-{"controlnet": ...}`. Models are the files in `models/ControlNet` (read at each call),
+{"controlnet": ...}`. Models are the files in `models/ControlNet` (read at each call:
+ControlNets, T2I-Adapters, IP-Adapters; `control_types` lists a type's models that fit
+the current checkpoint's family, as the extension),
 modules the built-in preprocessors (`imaging/control_preprocessors.py`). `detect` runs a
 preprocessor on the given images here (OpenCV on the CPU, no model) and answers the maps
 as base64 PNGs, as the extension does. Included by the composition root with the API's auth.
@@ -23,9 +25,14 @@ from pydantic import BaseModel
 
 from ..core.controlnet_units import ControlUnit, UnitError, checked, detect
 from ..imaging.codec import ImageInputError, decode_base64_image
-from ..imaging.control_preprocessors import CONTROL_TYPES, PREPROCESSORS, modules_of_type
-from ..model_manager.controlnet_files import list_controlnets
-from ..services.controlnet import API_VERSION
+from ..imaging.control_preprocessors import (
+    CONTROL_TYPES,
+    PREPROCESSORS,
+    model_matches,
+    modules_of_type,
+)
+from ..model_manager.controlnet_files import fits, list_controlnets
+from ..services.controlnet import API_VERSION, checkpoint_family
 from .auth import api_user
 from .deps import Ctx
 from .mapping import FieldError
@@ -50,10 +57,14 @@ def _models(ctx) -> list[str]:
     return list(list_controlnets(ctx.generation.controlnet_dir))
 
 
-def _control_types(models: list[str]) -> dict[str, Any]:
+def _control_types(ctx) -> dict[str, Any]:
+    """As the extension's `select_control_type`: each type's models by name, those that
+    fit the current checkpoint's family."""
+    family = checkpoint_family(ctx.models, ctx.options.get("sd_model_checkpoint"))
+    files = list_controlnets(ctx.generation.controlnet_dir).values()
     out = {}
     for name, default, word in CONTROL_TYPES:
-        listed = [m for m in models if word in m.lower()] if word else models
+        listed = [m.label for m in files if model_matches(name, m.name) and fits(m, family)]
         out[name] = {"module_list": modules_of_type(name), "model_list": ["None", *listed],
                      "default_option": default,
                      "default_model": listed[0] if listed and word else "None"}  # fmt: skip
@@ -107,7 +118,7 @@ def controlnet_router() -> APIRouter:
     @router.get("/control_types")
     def control_types(ctx: Ctx) -> dict[str, Any]:
         """Control types with their preprocessors and models, as the extension groups them."""
-        return {"control_types": _control_types(_models(ctx))}
+        return {"control_types": _control_types(ctx)}
 
     @router.post("/detect")
     def detect(body: DetectRequest) -> dict[str, Any]:

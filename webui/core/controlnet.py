@@ -23,6 +23,16 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
 - a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
   inpainting UNet gives the ControlNet its first 4 latent channels.
 
+T2I-Adapter units run their adapter once per image size on the hint (a 1-channel adapter
+gets the map's first channel) and pass its features, times the unit's weight while the
+step is in [start, end], as `down_intrablock_additional_residuals`, as diffusers'
+adapter pipelines do; "ControlNet is more important" leaves the unconditional rows
+without them (the soft weights of "My prompt is more important" are ControlNet's only).
+
+IP-Adapter units (an `ip-adapter_clip_*` preprocessor and an IP-Adapter model) encode
+their image with the CLIP vision encoder once per job and feed its tokens to the UNet's
+cross-attention (`core/ip_adapter.py`); they make no map.
+
 Units with weight 0 or without a model do not touch the UNet (weight 0 equals no unit).
 
 This module must never import a UI library.
@@ -42,8 +52,9 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..imaging.control_preprocessors import fit_map
+from ..imaging.control_preprocessors import fit_map, preprocessor_named
 from .controlnet_units import ControlUnit, detect
+from .ip_adapter import IpUnit, encode_reference, installed, tokens_for_call, uncond_rows
 
 log = logging.getLogger(__name__)
 _IMG2IMG_RESIZE = ("Just Resize", "Crop and Resize", "Resize and Fill", "Just Resize")
@@ -57,6 +68,8 @@ class PreparedUnit:
     resize_mode: str
     model: Any = None  # ControlNetModel; None: the unit only made its map
     hints: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    ip: IpUnit | None = None  # an IP-Adapter unit's image tokens (then `model` is None)
+    features: dict[tuple[int, int], list] = field(default_factory=dict)  # T2I-Adapter's
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -72,12 +85,26 @@ class JobControl:
 
     @property
     def guiding(self) -> list[PreparedUnit]:
-        return [u for u in self.units if u.model is not None]
+        return [u for u in self.units if u.model is not None or u.ip is not None]
+
+    @property
+    def controlnets(self) -> list[PreparedUnit]:
+        return [u for u in self.units if u.model is not None and not _is_adapter(u.model)]
+
+    @property
+    def adapters(self) -> list[PreparedUnit]:
+        return [u for u in self.units if u.model is not None and _is_adapter(u.model)]
+
+    @property
+    def ip_units(self) -> list[IpUnit]:
+        return [u.ip for u in self.units if u.ip is not None]
 
 
 def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[[Path], Any],
-                    *, save_maps: bool = True) -> JobControl | None:  # fmt: skip
-    """The job's units ready to run; `load(path)` gives a unit's model. None: no unit."""
+                    *, save_maps: bool = True,
+                    clip: Callable[[Path], Any] | None = None) -> JobControl | None:  # fmt: skip
+    """The job's units ready to run; `load(path)` gives a unit's model, `clip(path)` a
+    CLIP vision encoder (IP-Adapter units). None: no unit."""
     size = (params.height, params.width)
     init = list(getattr(params, "init_images", None) or [])
     prepared: list[PreparedUnit] = []
@@ -95,13 +122,47 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index)
         model = load(Path(unit.model_path)) if unit.guides else None
         part = PreparedUnit(unit, index, detected, mode, model)
+        if _is_ip(model) or preprocessor_named(unit.module).clip:
+            part = _ip_part(part, image, clip)
         prepared.append(part)
-        if save_maps and unit.save_detected_map:
+        if save_maps and unit.save_detected_map and part.ip is None and not _is_ip_module(unit):
             hint = part.hint(*size)
             maps.append(Image.fromarray(hint[:, :, :3] if hint.shape[2] == 4 else hint))
     if not prepared:
         return None
     return JobControl(prepared, size, maps)
+
+
+def _is_adapter(model: Any) -> bool:
+    from diffusers import T2IAdapter
+
+    return isinstance(model, T2IAdapter)
+
+
+def _is_ip(model: Any) -> bool:
+    return getattr(model, "kind", "") == "ip-adapter"
+
+
+def _is_ip_module(unit: ControlUnit) -> bool:
+    return bool(preprocessor_named(unit.module).clip)
+
+
+def _ip_part(part: PreparedUnit, image: Image.Image, clip: Callable | None) -> PreparedUnit:
+    """An IP-Adapter unit's image tokens (a unit without a model: none, as its map)."""
+    unit, model = part.unit, part.model
+    if model is None:
+        return part
+    n = part.index
+    if not _is_ip_module(unit):
+        raise UserError(f"ControlNet unit {n}: {unit.model_label} is an IP-Adapter; choose an "
+                        "ip-adapter_clip_* preprocessor")  # fmt: skip
+    if not _is_ip(model):
+        raise UserError(f"ControlNet unit {n}: {unit.module} needs an IP-Adapter model, not "
+                        f"{unit.model_label}")  # fmt: skip
+    if clip is None or unit.clip_vision_path is None:
+        raise UserError(f"ControlNet unit {n}: no CLIP vision model for {unit.module}")
+    ip = encode_reference(unit, model, clip(Path(unit.clip_vision_path)), image)
+    return PreparedUnit(unit, n, part.detected, part.resize_mode, None, ip=ip)
 
 
 def _scales(unit: ControlUnit, count: int, soft: bool) -> list[float]:
@@ -119,12 +180,39 @@ def _hint_tensor(hint: np.ndarray, rows: int, like: torch.Tensor) -> torch.Tenso
     return tensor.to(like.device, like.dtype).expand(rows, -1, -1, -1)
 
 
+@torch.no_grad()
+def _adapter_features(part: PreparedUnit, height: int, width: int) -> list[torch.Tensor]:
+    """A T2I-Adapter's features of the unit's hint at this size (computed once)."""
+    if (height, width) not in part.features:
+        model = part.model
+        device = next(model.parameters()).device
+        like = torch.empty(0, device=device, dtype=model.dtype)
+        hint = _hint_tensor(part.hint(height, width)[:, :, :3], 1, like)
+        channels = model.config.in_channels
+        part.features[(height, width)] = list(model(hint[:, :channels]))
+    return part.features[(height, width)]
+
+
 class _ControlState:
     """One pipeline call's step counter and the wrapped UNet forward."""
 
-    def __init__(self, control: JobControl, pipe: Any, batch_size: int, first_step: int):
+    def __init__(self, control: JobControl, pipe: Any, batch_size: int, first_step: int,
+                 conds: int = 1):  # fmt: skip
         self.control, self.pipe, self.batch = control, pipe, batch_size
-        self.step = first_step
+        self.step, self.conds = first_step, conds
+        self.ip_processors: list[Any] = []  # set while the IP-Adapter processors are on
+
+    def _cond_rows_only(self, outputs: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+        """The outputs with the call's unconditional rows (the first ones) zeroed."""
+        empty = uncond_rows(rows, self.batch, self.conds)
+        if not empty:
+            return outputs
+        keep = torch.ones(rows, 1, 1, 1, device=outputs[0].device, dtype=outputs[0].dtype)
+        keep[:empty] = 0
+        return [o * keep for o in outputs]
+
+    def fraction(self) -> float:
+        return self.step / max(int(getattr(self.pipe, "num_timesteps", 0) or 0), 1)
 
     def wrap(self, callback: Callable | None) -> Callable:
         def on_step_end(pipe, i, t, tensors):
@@ -134,13 +222,12 @@ class _ControlState:
         return on_step_end
 
     def residuals(self, sample, timestep, context, added) -> tuple[list, Any] | None:
-        total = max(int(getattr(self.pipe, "num_timesteps", 0) or 0), 1)
-        fraction = self.step / total
+        fraction = self.fraction()
         rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
         hires = (height, width) != self.control.size
         total_down: list | None = None
         total_mid = None
-        for part in self.control.guiding:
+        for part in self.control.controlnets:
             unit, model = part.unit, part.model
             if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
                 continue
@@ -153,10 +240,8 @@ class _ControlState:
             outputs = [*down, mid]
             scales = _scales(unit, len(outputs), soft)
             outputs = [o * s for o, s in zip(outputs, scales, strict=False)]
-            if unit.control_mode == "ControlNet is more important" and rows > self.batch:
-                keep = torch.ones(rows, 1, 1, 1, device=x.device, dtype=outputs[0].dtype)
-                keep[: self.batch] = 0  # the unconditional rows come first
-                outputs = [o * keep for o in outputs]
+            if unit.control_mode == "ControlNet is more important":
+                outputs = self._cond_rows_only(outputs, rows)
             if total_down is None:
                 total_down, total_mid = outputs[:-1], outputs[-1]
             else:
@@ -164,14 +249,47 @@ class _ControlState:
                 total_mid = total_mid + outputs[-1]
         return None if total_down is None else (total_down, total_mid)
 
+    def adapter_residuals(self, sample: torch.Tensor) -> list[torch.Tensor] | None:
+        """The T2I-Adapter units' summed features for this call (None: none guides)."""
+        fraction = self.fraction()
+        rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
+        total: list[torch.Tensor] | None = None
+        for part in self.control.adapters:
+            unit = part.unit
+            if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
+                continue
+            features = _adapter_features(part, height, width)
+            outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * unit.weight for f in features]
+            if unit.control_mode == "ControlNet is more important":
+                outputs = self._cond_rows_only(outputs, rows)
+            total = (
+                outputs if total is None else [a + b for a, b in zip(total, outputs, strict=True)]
+            )
+        return total
+
     def forward(self, original: Callable) -> Callable:
         def forward(sample, timestep, *args, **kwargs):
             context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+            adapted = self.adapter_residuals(sample)
+            if adapted is not None:
+                kwargs["down_intrablock_additional_residuals"] = adapted
             found = self.residuals(sample, timestep, context, kwargs.get("added_cond_kwargs"))
             if found is not None:
                 dtype = sample.dtype
                 kwargs["down_block_additional_residuals"] = [r.to(dtype) for r in found[0]]
                 kwargs["mid_block_additional_residual"] = found[1].to(dtype)
+            ip_units = self.control.ip_units
+            if (
+                ip_units and self.ip_processors
+            ):  # diffusers' IP-Adapter form: (text, [image tokens per adapter])
+                rows = sample.shape[0]
+                empty = uncond_rows(rows, self.batch, self.conds)
+                tokens = tokens_for_call(ip_units, self.ip_processors, rows, empty,
+                                         self.fraction(), context)  # fmt: skip
+                if args:
+                    args = ((context, tokens), *args[1:])
+                else:
+                    kwargs["encoder_hidden_states"] = (context, tokens)
             return original(sample, timestep, *args, **kwargs)
 
         return forward
@@ -179,18 +297,19 @@ class _ControlState:
 
 @contextmanager
 def controlled(inner: AbstractContextManager, control: JobControl | None, pipe: Any,
-               batch_size: int, first_step: int = 0) -> Iterator[Callable]:  # fmt: skip
-    """`inner` (the prompt hooks of one pipeline call) plus the job's ControlNet units."""
+               batch_size: int, first_step: int = 0, conds: int = 1) -> Iterator[Callable]:  # fmt: skip
+    """`inner` (the prompt hooks of one pipeline call) plus the job's ControlNet units;
+    `conds`: the prompt's AND sub-prompts (the rows per image of a UNet call)."""
     if control is None or not control.guiding:
         with inner as wrap:
             yield wrap
         return
     unet = pipe.unet
-    state = _ControlState(control, pipe, batch_size, first_step)
+    state = _ControlState(control, pipe, batch_size, first_step, conds)
     previous = unet.__dict__.get("forward")
     unet.forward = state.forward(unet.forward)
     try:
-        with inner as wrap:
+        with installed(unet, control.ip_units) as state.ip_processors, inner as wrap:
             yield lambda callback: wrap(state.wrap(callback))
     finally:
         if previous is None:

@@ -76,6 +76,7 @@ class ControlUnit:
     save_detected_map: bool = True  # the detected map joins the job's images
     model_path: str | None = None  # resolved by the service
     model_label: str = NO_MODEL  # "name [hash]" for the infotext
+    clip_vision_path: str | None = None  # IP-Adapter units: the CLIP vision file (the service's)
 
     @property
     def active(self) -> bool:
@@ -136,7 +137,8 @@ def unit_from_dict(values: Mapping[str, Any], index: int = 0) -> ControlUnit:
             value = given.pop(alias)
             if given.get(name) is None:
                 given[name] = value
-    known = {f.name for f in fields(ControlUnit)} - {"model_path", "model_label"}
+    known = {f.name for f in fields(ControlUnit)} - {"model_path", "model_label",
+                                                     "clip_vision_path"}  # fmt: skip
     unit = ControlUnit(**{k: v for k, v in given.items() if k in known})
     return checked(unit, index)
 

@@ -29,6 +29,7 @@ from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
 from ..model_manager.controlnet_loader import ControlNetCache
 from ..model_manager.interrogators import InterrogatorCache
+from ..model_manager.ip_adapter import ClipVisionCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
 from ..model_manager.vae_approx import ApproxModels
@@ -117,6 +118,7 @@ class Worker:
         self.interrogators = interrogator_cache(models)  # loaded on the first interrogation
         self.faces = FaceRestorerCache(str(models.plan.device))  # GFPGAN / CodeFormer
         self.controlnets = ControlNetCache(models.plan.device, models.plan.dtype)
+        self.clip_vision = ClipVisionCache(models.plan.device, models.plan.dtype)  # IP-Adapter
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
@@ -145,6 +147,7 @@ class Worker:
             if self._approx() is not None:
                 self._approx().clear()
             self.controlnets.clear()
+            self.clip_vision.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
@@ -236,8 +239,9 @@ class Worker:
             return None
         unet = dict(lease.pipe.unet.config)
         return prepare_control(params, params.controlnet,
-                               lambda path: self.controlnets.get(path, unet),
-                               save_maps=not opt("control_net_no_detectmap"))  # fmt: skip
+                               lambda path: self.controlnets.get(path, unet, lease.pipe.unet),
+                               save_maps=not opt("control_net_no_detectmap"),
+                               clip=self.clip_vision.get)  # fmt: skip
 
     def _saver(
         self,

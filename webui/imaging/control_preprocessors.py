@@ -8,7 +8,8 @@ the detected map at `processor_res`, as the extension computes it (OpenCV, numpy
 extension's `detectmap_proc`); `pixel_perfect_resolution` is its pixel-perfect estimate.
 
 Annotators with weights (depth, openpose, HED, ...) would be more entries here, each
-loading its model on first use; this round has none.
+loading its model on first use; this round has none. The IP-Adapter preprocessors
+(`ip-adapter_clip_*`) make no map: they name the CLIP vision encoder the worker runs.
 
 This module must never import torch, diffusers or a UI library.
 """
@@ -51,6 +52,12 @@ class Preprocessor:
     slider_2: Slider | None = None
     tags: tuple[str, ...] = ()
     inpaint: bool = False  # the map keeps the mask as a 4th channel
+    clip: str = ""  # IP-Adapter: the CLIP vision encoder ("clip_h", "clip_g"); no map
+
+    @property
+    def returns_image(self) -> bool:
+        """Whether the result is a map (IP-Adapter's CLIP preprocessors give embeddings)."""
+        return not self.clip
 
     @property
     def title(self) -> str:
@@ -195,6 +202,13 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("shuffle", _shuffle, resolution=Slider("Resolution", 512, 64, 2048),
                  tags=("Shuffle",)),
     Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",)),
+    # IP-Adapter: the image goes to a CLIP vision encoder (core/ip_adapter.py), no map
+    Preprocessor("ip-adapter_clip_sd15", _none, "ip-adapter_clip_h", resolution=None,
+                 tags=("IP-Adapter",), clip="clip_h"),
+    Preprocessor("ip-adapter_clip_sdxl", _none, "ip-adapter_clip_g", resolution=None,
+                 tags=("IP-Adapter",), clip="clip_g"),
+    Preprocessor("ip-adapter_clip_sdxl_plus_vith", _none, resolution=None,
+                 tags=("IP-Adapter",), clip="clip_h"),
 )}  # fmt: skip
 _BY_LABEL = {p.title: p for p in PREPROCESSORS.values()}
 _OLD_NAMES = {"color": "t2ia_color_grid", "binary": "threshold"}  # the extension's aliases
@@ -204,7 +218,19 @@ CONTROL_TYPES = (("All", "none", ""), ("Canny", "canny", "canny"),
                  ("Scribble", "scribble_xdog", "scribble"), ("Tile", "tile_resample", "tile"),
                  ("Inpaint", "inpaint_only", "inpaint"), ("Shuffle", "shuffle", "shuffle"),
                  ("InstructP2P", "none", "ip2p"),
-                 ("T2I-Adapter", "t2ia_color_grid", "t2iadapter"))  # fmt: skip
+                 ("T2I-Adapter", "t2ia_color_grid", "t2iadapter"),
+                 ("IP-Adapter", "ip-adapter_clip_sd15", "ip-adapter"))  # fmt: skip
+# the extension's other model-name words of a control type (Preprocessor.tag_to_filters)
+_MODEL_WORDS = {"T2I-Adapter": ("t2i-adapter", "t2i_adapter", "t2iadapter", "t2ia"),
+                "IP-Adapter": ("ip-adapter", "ip_adapter", "ipadapter")}  # fmt: skip
+
+
+def model_matches(control_type: str, name: str) -> bool:
+    """Whether a model's name belongs to a control type, as the extension filters them
+    (the type's word or one of its aliases in the name; "All": every model)."""
+    word = next((w for n, _, w in CONTROL_TYPES if n == control_type), "")
+    words = _MODEL_WORDS.get(control_type, (word,) if word else ())
+    return not words or any(w in name.lower() for w in words)
 
 
 def preprocessor_named(name: str) -> Preprocessor | None:

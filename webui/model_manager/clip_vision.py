@@ -1,7 +1,8 @@
 """CLIP vision models from `models/clip_vision`: image embeddings for the browser's map.
 
 A model is a transformers folder (`config.json` + weights, optionally
-`preprocessor_config.json`) or one `.safetensors` file in the transformers key layout
+`preprocessor_config.json`) or one `.safetensors` file (for IP-Adapter units also a
+`.pth` / `.bin`, read by the restricted unpickler) in the transformers key layout
 (`vision_model.*`, `visual_projection.weight`): the `clip_vision_g.safetensors` /
 ViT-H / ViT-L files IP-Adapter users have. A single file's config is read from its tensor
 shapes (width, depth, patch and image size, projection); the head count and activation
@@ -30,7 +31,7 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".safetensors",)
+SUFFIXES = (".safetensors",)  # listed for the browser; IP-Adapter units also read .pth
 # width -> (heads, activation) of the released CLIP vision towers
 _KNOWN_WIDTHS = {768: (12, "quick_gelu"), 1024: (16, "quick_gelu"), 1280: (16, "gelu"),
                  1664: (16, "gelu")}  # fmt: skip
@@ -52,21 +53,37 @@ def list_models(folder: Path) -> list[Path]:
 
 
 def config_from_file(path: Path):
-    """A CLIPVisionConfig read from the tensor shapes of a single .safetensors file."""
+    """A CLIPVisionConfig read from the tensor shapes of a single file."""
+    if path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    else:
+        shapes = {k: tuple(v.shape) for k, v in _read_pickled(path).items()}
+    return config_from_shapes(shapes, path.name)
+
+
+def _read_pickled(path: Path) -> dict:
+    """A `.pth` / `.bin` state dict (sd-webui-controlnet's `clip_h.pth`) through the
+    project's restricted unpickler."""
+    from .loader import _load_ckpt
+
+    return _load_ckpt(path)
+
+
+def config_from_shapes(shapes: dict[str, tuple], name: str):
+    """A CLIPVisionConfig from a transformers-layout state dict's tensor shapes."""
     from transformers import CLIPVisionConfig
 
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-        if f"{_EMBED}.patch_embedding.weight" not in keys:
-            if any(k.startswith("visual.") for k in keys):
-                raise UserError(f"{path.name}: OpenCLIP key layout; convert it to the "
-                                "transformers layout (vision_model.*)")  # fmt: skip
-            raise UserError(f"{path.name} is not a CLIP vision model (no vision_model.* keys)")
-        width, _, patch, _ = f.get_slice(f"{_EMBED}.patch_embedding.weight").get_shape()
-        positions = f.get_slice(f"{_EMBED}.position_embedding.weight").get_shape()[0]
-        fc1 = f.get_slice("vision_model.encoder.layers.0.mlp.fc1.weight").get_shape()[0]
-        projection = (f.get_slice("visual_projection.weight").get_shape()[0]
-                      if "visual_projection.weight" in keys else width)  # fmt: skip
+    keys = set(shapes)
+    if f"{_EMBED}.patch_embedding.weight" not in keys:
+        if any(k.startswith("visual.") for k in keys):
+            raise UserError(f"{name}: OpenCLIP key layout; convert it to the "
+                            "transformers layout (vision_model.*)")  # fmt: skip
+        raise UserError(f"{name} is not a CLIP vision model (no vision_model.* keys)")
+    width, _, patch, _ = shapes[f"{_EMBED}.patch_embedding.weight"]
+    positions = shapes[f"{_EMBED}.position_embedding.weight"][0]
+    fc1 = shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0]
+    projection = shapes.get("visual_projection.weight", (width,))[0]
     layers = 1 + max(int(m.group(1)) for k in keys if (m := _LAYER_RE.match(k)))
     side = round((positions - 1) ** 0.5) * patch
     heads, act = _KNOWN_WIDTHS.get(width, (max(1, width // 64), "gelu"))
@@ -99,7 +116,8 @@ class ClipVisionEmbedder:
 
             config = config_from_file(path)
             model = CLIPVisionModelWithProjection(config)
-            state = load_file(str(path))
+            pickled = path.suffix.lower() != ".safetensors"
+            state = _read_pickled(path) if pickled else load_file(str(path))
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.endswith("position_ids")]
             if missing:

@@ -7,6 +7,14 @@ A1111's legacy `model_hash` (sha256 of 64 KiB at offset 1 MiB, 8 hex digits), wh
 what sd-webui-controlnet shows (`control_v11p_sd15_canny [d14c016b]`). A request may name
 a model by that label or by the bare name. The cross-attention width read from a
 safetensors header tells the family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), for filtering.
+The keys tell the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
+`ip_adapter.*`; its width from `to_k_ip`) or a T2I-Adapter (TencentARC's `body.N.block1`
+/ `conv_in`, or diffusers' `adapter.*`); a pickled file's kind comes from its name.
+
+`find_clip_vision` finds an IP-Adapter preprocessor's CLIP vision encoder in
+`models/clip_vision` as sd-webui-controlnet names it (`clip_h.pth`, `clip_g.pth`), or
+under the names the files are published with (`CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`,
+...), or else by its width (ViT-H: 1280, ViT-bigG: 1664) read from a `.safetensors` header.
 
 This module must never import torch, diffusers or a UI library (the services list and
 resolve names with it).
@@ -20,9 +28,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .sniff import HeaderError, read_header
 
-SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt")
+FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter")  # diffusers folders listed
+SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
 _WIDTH_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 _LABEL = re.compile(r"^(.*) \[([0-9a-fA-F]{8}|NOFILE)\]$")
 
@@ -33,6 +43,7 @@ class ControlNetFile:
     path: Path
     hash: str
     context_width: int | None  # cross-attention width; None: not read (.pth)
+    kind: str = "controlnet"  # "controlnet", "ip-adapter" or "t2i-adapter"
 
     @property
     def label(self) -> str:
@@ -56,7 +67,7 @@ def legacy_hash(path: Path) -> str:
 def _weights_of_folder(folder: Path) -> Path | None:
     config = folder / "config.json"
     try:
-        if json.loads(config.read_text()).get("_class_name") != "ControlNetModel":
+        if json.loads(config.read_text()).get("_class_name") not in FOLDER_CLASSES:
             return None
     except (OSError, ValueError, AttributeError):
         return None
@@ -66,17 +77,71 @@ def _weights_of_folder(folder: Path) -> Path | None:
     return None
 
 
-def _context_width(path: Path) -> int | None:
+def kind_of_keys(keys) -> str:
+    """ "ip-adapter", "t2i-adapter" or "controlnet", from a state dict's key names."""
+    keys = list(keys)
+    if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
+        return "ip-adapter"
+    if any(k.startswith("adapter.body.") for k in keys) or (
+        any(k.startswith("body.") for k in keys) and not any("time_embed" in k for k in keys)
+    ):
+        return "t2i-adapter"
+    return "controlnet"
+
+
+def kind_of_name(name: str) -> str:
+    """The kind a file's name says (for pickles, whose keys are not read when listing)."""
+    lower = name.lower()
+    if any(w in lower for w in ("ip-adapter", "ip_adapter", "ipadapter")):
+        return "ip-adapter"
+    if any(w in lower for w in ("t2i-adapter", "t2i_adapter", "t2iadapter")):
+        return "t2i-adapter"
+    return "controlnet"
+
+
+def _width_of_name(name: str) -> int | None:
+    """The family an adapter's name says (the extension's `detect_from_model_name`)."""
+    lower = name.lower()
+    if "xl" in lower:
+        return 2048
+    return 768 if any(w in lower for w in ("sd15", "sd14", "sd1.5", "sd_15")) else None
+
+
+def _adapter_width(shapes: dict) -> int | None:
+    """A T2I-Adapter's family from its pixel unshuffle (SDXL's: 16, 256 x channels)."""
+    for key in ("adapter.conv_in.weight", "conv_in.weight"):
+        if key in shapes:
+            return 2048 if shapes[key][1] in (256, 768) else 768
+    return 768 if any(k.endswith("out_conv.weight") for k in shapes) else None  # light: SD 1.x
+
+
+def _read_kind(path: Path) -> tuple[int | None, str]:
+    """(the cross-attention width of the UNet it fits, kind) of a file."""
+    if path.parent.joinpath("config.json").is_file() and _weights_of_folder(path.parent):
+        if "T2IAdapter" in path.parent.joinpath("config.json").read_text():
+            return _width_of_name(path.parent.name), "t2i-adapter"
     if path.suffix != ".safetensors":
-        return None
+        kind = kind_of_name(path.name)
+        return (_width_of_name(path.name) if kind != "controlnet" else None), kind
     try:
         shapes = read_header(path).shapes
     except (HeaderError, OSError):
-        return None
+        return None, kind_of_name(path.name)
+    kind = kind_of_keys(shapes)
+    if kind == "ip-adapter":  # a width of no family (a test's tiny model): the name's
+        shape = shapes.get("ip_adapter.1.to_k_ip.weight")
+        width = int(shape[1]) if shape and len(shape) == 2 else None
+        return (width if width in _WIDTH_FAMILY else _width_of_name(path.name)), kind
+    if kind == "t2i-adapter":
+        return _adapter_width(shapes), kind
     for key, shape in shapes.items():
         if key.endswith("attn2.to_k.weight") and len(shape) == 2:
-            return shape[1]
-    return None
+            return shape[1], kind
+    return None, kind
+
+
+def _context_width(path: Path) -> int | None:
+    return _read_kind(path)[0]
 
 
 def list_controlnets(folder: Path) -> dict[str, ControlNetFile]:
@@ -91,9 +156,9 @@ def list_controlnets(folder: Path) -> dict[str, ControlNetFile]:
             weights = _weights_of_folder(path)
             if weights is not None:
                 found.append(ControlNetFile(path.name, path, legacy_hash(weights),
-                                            _context_width(weights)))  # fmt: skip
+                                            *_read_kind(weights)))  # fmt: skip
         elif path.suffix.lower() in SUFFIXES and _weights_of_folder(path.parent) is None:
-            found.append(ControlNetFile(path.stem, path, legacy_hash(path), _context_width(path)))
+            found.append(ControlNetFile(path.stem, path, legacy_hash(path), *_read_kind(path)))
     found.sort(key=lambda f: f.name.lower())
     return {f.label: f for f in found}
 
@@ -113,3 +178,38 @@ def find_controlnet(models: dict[str, ControlNetFile], name: str) -> ControlNetF
 def fits(model: ControlNetFile, family_label: str) -> bool:
     """Whether a model is listed for a checkpoint family (unknown widths always are)."""
     return not model.family or not family_label or model.family == family_label
+
+
+# the extension's CLIP configs: file names it uses first, then the published ones
+CLIP_NAMES = {
+    "clip_h": ("clip_h.pth", "clip_h.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+               "clip_vision_h.safetensors", "clip-vit-h-14.safetensors"),
+    "clip_g": ("clip_g.pth", "clip_g.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
+               "clip_vision_g.safetensors", "clip-vit-bigg-14.safetensors"),
+}  # fmt: skip
+CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG"}
+_CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664}
+
+
+def find_clip_vision(folder: Path, config: str, preprocessor: str) -> Path:
+    """The CLIP vision file of `config` ("clip_h", "clip_g") in `folder`; a UserError
+    naming the file and the folder when there is none."""
+    names = CLIP_NAMES[config]
+    if folder.is_dir():
+        by_name = {p.name.lower(): p for p in folder.iterdir()}
+        for name in names:
+            if name.lower() in by_name:
+                return by_name[name.lower()]
+        for path in sorted(folder.glob("*.safetensors")):
+            if _width(path) == _CLIP_WIDTHS[config]:
+                return path
+    raise UserError(f"{preprocessor} needs the {CLIP_TITLES[config]} vision model: put "
+                    f"{names[0]} (or {names[2]}) into {folder}")  # fmt: skip
+
+
+def _width(path: Path) -> int | None:
+    try:
+        shape = read_header(path).shapes.get("vision_model.embeddings.patch_embedding.weight")
+    except (HeaderError, OSError):
+        return None
+    return int(shape[0]) if shape else None

@@ -1,5 +1,8 @@
 """Load a ControlNet file or folder as diffusers' `ControlNetModel`, offline; keep a few.
 
+`load_control_model` also loads the other kinds of unit models of `models/ControlNet`
+(IP-Adapter: `ip_adapter.py`; T2I-Adapter: `t2i_adapter.py`), told apart by their keys.
+
 - lllyasviel's layout (`control_model.*` or bare `input_blocks.*` keys, `.safetensors` or
   `.pth`): read with safetensors or the project's restricted unpickler
   (`loader._load_ckpt`), converted with diffusers' own `convert_controlnet_checkpoint`.
@@ -121,6 +124,33 @@ def load_controlnet(path: Path, unet_config: dict) -> Any:
         raise ControlNetLoadError(f"ControlNet {path.name}: cannot load it ({exc})") from exc
 
 
+def file_kind(path: Path) -> str:
+    """ "controlnet", "ip-adapter" or "t2i-adapter", from the keys (the name for pickles)."""
+    from .controlnet_files import _read_kind
+
+    if path.is_dir():
+        config = path / "config.json"
+        return "t2i-adapter" if config.is_file() and "T2IAdapter" in config.read_text() else (
+            "controlnet")  # fmt: skip
+    return _read_kind(path)[1]
+
+
+def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
+    """The model of a unit's file, by its kind (float32, CPU)."""
+    kind = file_kind(path)
+    if kind == "ip-adapter":
+        from .ip_adapter import load_ip_adapter
+
+        if unet is None:
+            raise ControlNetLoadError(f"IP-Adapter {path.name}: no UNet to fit it to")
+        return load_ip_adapter(path, unet)
+    if kind == "t2i-adapter":
+        from .t2i_adapter import load_t2i_adapter
+
+        return load_t2i_adapter(path)
+    return load_controlnet(path, unet_config)
+
+
 class ControlNetCache:
     """The last few ControlNets used (by path and modification time), on the models' device."""
 
@@ -128,16 +158,21 @@ class ControlNetCache:
         self.device, self.dtype, self.size = torch.device(device), dtype, size
         self._models: OrderedDict[tuple, Any] = OrderedDict()
 
-    def get(self, path: Path, unet_config: dict) -> Any:
+    def get(self, path: Path, unet_config: dict, unet: Any = None) -> Any:
+        """The model of a ControlNet, IP-Adapter (needs `unet`) or T2I-Adapter file."""
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         model = self._models.pop(key, None)
         if model is None:
             log.info("Loading ControlNet %s", path.name)
-            model = load_controlnet(path, unet_config).to(self.device, self.dtype).eval()
+            model = load_control_model(path, unet_config, unet).to(self.device, self.dtype).eval()
             while len(self._models) >= self.size:
                 self._models.popitem(last=False)
         self._models[key] = model
+        if getattr(getattr(model, "config", None), "adapter_type", None):  # T2I: at each use
+            from .t2i_adapter import check_fits
+
+            check_fits(model, unet_config, path.name)
         return model
 
     def clear(self) -> None:

@@ -5,8 +5,9 @@ Asked for as sd-webui-controlnet is: `alwayson_scripts: {"controlnet": {"args": 
 with PIL images. `split_controlnet` takes it out of a request's always-on scripts,
 `controlnet_fields` turns it into the params field `controlnet`: each unit read by
 `core.controlnet_units.unit_from_dict`, its images decoded (base64, or a `{"image",
-"mask"}` dict), its model resolved in `models/ControlNet`. A bad unit is a `RequestError`
-at ("alwayson_scripts", name, "args", index, field).
+"mask"}` dict), its model resolved in `models/ControlNet` (an IP-Adapter unit: also its
+CLIP vision encoder in `models/clip_vision`, and the preprocessor and model of one kind).
+A bad unit is a `RequestError` at ("alwayson_scripts", name, "args", index, field).
 
 This module must never import torch, diffusers, gradio or fastapi.
 """
@@ -21,8 +22,15 @@ from typing import Any
 from PIL import Image
 
 from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
+from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
-from ..model_manager.controlnet_files import find_controlnet, fits, list_controlnets
+from ..imaging.control_preprocessors import model_matches, preprocessor_named
+from ..model_manager.controlnet_files import (
+    find_clip_vision,
+    find_controlnet,
+    fits,
+    list_controlnets,
+)
 from ..model_manager.sniff import HeaderError, sniff_file
 from .errors import RequestError
 
@@ -64,8 +72,10 @@ def _decoded(unit: Mapping[str, Any], loc: tuple) -> dict[str, Any]:
     return values
 
 
-def resolve_model(unit: ControlUnit, folder: Path, loc: tuple) -> ControlUnit:
-    """The unit with its model's file and label; RequestError when it is not there."""
+def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
+                  clip_folder: Path | None = None) -> ControlUnit:  # fmt: skip
+    """The unit with its model's file and label (IP-Adapter: and its CLIP vision file);
+    RequestError when one is not there or the preprocessor and model do not go together."""
     if unit.model in (NO_MODEL, "", None):
         return replace(unit, model=NO_MODEL, model_path=None, model_label=NO_MODEL)
     models = list_controlnets(folder)
@@ -73,11 +83,28 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple) -> ControlUnit:
     if found is None:
         known = ", ".join(models) or f"none: put ControlNet models into {folder}"
         raise RequestError((*loc, "model"), f"model not found: {unit.model} (available: {known})")
-    return replace(unit, model_path=str(found.path), model_label=found.label)
+    unit = replace(unit, model_path=str(found.path), model_label=found.label)
+    clip = preprocessor_named(unit.module).clip
+    if found.kind == "ip-adapter" and not clip:
+        raise RequestError((*loc, "module"), f"{found.label} is an IP-Adapter: choose an "
+                           "ip-adapter_clip_* preprocessor")  # fmt: skip
+    if clip and found.kind != "ip-adapter":
+        raise RequestError((*loc, "model"), f"{unit.module} needs an IP-Adapter model, not "
+                           f"{found.label}")  # fmt: skip
+    if clip and unit.weight > 0:
+        clip_folder = clip_folder or folder.parent / "clip_vision"
+        try:
+            path = find_clip_vision(clip_folder, clip, unit.module)
+        except UserError as exc:
+            raise RequestError((*loc, "module"), str(exc)) from None
+        unit = replace(unit, clip_vision_path=str(path))
+    return unit
 
 
-def controlnet_fields(found: tuple[str, Any], folder: Path) -> dict[str, Any]:
-    """The params field `controlnet` of the args `found` (name as sent, args)."""
+def controlnet_fields(found: tuple[str, Any], folder: Path,
+                      clip_folder: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The params field `controlnet` of the args `found` (name as sent, args); IP-Adapter
+    units find their CLIP vision encoder in `clip_folder` (models/clip_vision)."""
     name, args = found
     loc = ("alwayson_scripts", name, "args")
     if isinstance(args, Mapping):
@@ -93,7 +120,7 @@ def controlnet_fields(found: tuple[str, Any], folder: Path) -> dict[str, Any]:
         except UnitError as exc:
             raise RequestError((*loc, *exc.loc), exc.message) from None
         if unit.active:
-            unit = resolve_model(unit, folder, (*loc, index))
+            unit = resolve_model(unit, folder, (*loc, index), clip_folder)
         units.append(unit)
     return {"controlnet": tuple(units)}
 
@@ -108,9 +135,10 @@ def checkpoint_family(models: Any, title: str | None) -> str:
         return ""
 
 
-def model_choices(folder: Path, word: str = "", family: str = "") -> list[str]:
-    """ "None" and the labels of the models of a control type (`word` in the name) that fit
-    the checkpoint family, as the extension's model dropdown lists them."""
+def model_choices(folder: Path, control_type: str = "All", family: str = "") -> list[str]:
+    """ "None" and the labels of the models of a control type (its words in the name, as
+    the extension filters: "t2ia", "ip_adapter", ...) that fit the checkpoint family, as
+    the extension's model dropdown lists them."""
     models = list_controlnets(folder).values()
     return [NO_MODEL, *(m.label for m in models
-                        if word in m.name.lower() and fits(m, family))]  # fmt: skip
+                        if model_matches(control_type, m.name) and fits(m, family))]  # fmt: skip

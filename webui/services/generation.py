@@ -96,7 +96,8 @@ class GenerationService:
                  checkpoint_dir: Path, detector_dir: Path | None = None,
                  faces: FaceRestorerFolders | None = None,
                  approx_dirs: tuple[Path, ...] | None = None,
-                 controlnet_dir: Path | None = None) -> None:  # fmt: skip
+                 controlnet_dir: Path | None = None,
+                 clip_vision_dir: Path | None = None) -> None:  # fmt: skip
         self.approx_dirs = approx_dirs  # Approx NN and TAESD files (None: not checked)
         self.models = models
         self.options = options
@@ -109,6 +110,8 @@ class GenerationService:
         self.faces = faces  # GFPGAN / CodeFormer folders; None: no face restoration
         # ControlNet models (models/ControlNet next to models/Stable-diffusion by default)
         self.controlnet_dir = Path(controlnet_dir or self.checkpoint_dir.parent / "ControlNet")
+        # IP-Adapter units' CLIP vision encoders (models/clip_vision)
+        self.clip_vision_dir = Path(clip_vision_dir or self.checkpoint_dir.parent / "clip_vision")
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate the request and queue its job. Raises RequestError, NoCheckpointError,
@@ -142,7 +145,8 @@ class GenerationService:
             request = replace(request, alwayson=alwayson)
         control, alwayson = split_controlnet(request.alwayson)
         if control is not None:  # ControlNet: built in, asked for as the extension is
-            params = replace(params, **controlnet_fields(control, self.controlnet_dir))
+            params = replace(params, **controlnet_fields(control, self.controlnet_dir,
+                                                         self.clip_vision_dir))  # fmt: skip
             request = replace(request, alwayson=alwayson)
         params = self._with_face_restorer(request, params)
         params = self._other_checkpoints(params)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 TITLE = "ControlNet"
 OWN_IMAGE = "Upload independent control image"
-_WORDS = {name: word for name, _, word in CONTROL_TYPES}
+_WORDS = {name: word for name, _, word in CONTROL_TYPES}  # "": every model ("All")
 _DEFAULTS = {name: module for name, module, _ in CONTROL_TYPES}
 # unit dict key -> the key of its control in `Named` (and in paste_controls)
 FIELDS = ("enabled", "module", "model", "weight", "image", "mask", "resize_mode",
@@ -146,7 +146,7 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
 
     def models_for(kind_name: str, current: str, title: str | None):
         word = _WORDS.get(kind_name, "")
-        choices = model_choices(folder, word, checkpoint_family(ctx.models, title))
+        choices = model_choices(folder, kind_name, checkpoint_family(ctx.models, title))
         if current not in choices or current == "None":  # the type's first model
             current = choices[1] if word and len(choices) > 1 else "None"
         return gr.Dropdown(choices=choices, value=current)

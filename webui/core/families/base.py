@@ -118,7 +118,8 @@ class Family(ABC):
         if ngms.min_sigma > 0:
             sigma_of = sigma_of_timestep(pipe.scheduler.alphas_cumprod)
         hooks = hooked(pipe.unet, conditioning, batch_size, ngms, sigma_of, first_step=first_step)
-        return controlled(hooks, control, pipe, batch_size, first_step)
+        return controlled(hooks, control, pipe, batch_size, first_step,
+                          conds=len(conditioning.conds))  # fmt: skip
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
         """The pipeline call's conditioning and guidance keyword arguments."""

@@ -1,0 +1,126 @@
+"""IP-Adapter units in the worker: a reference image's CLIP tokens fed to the UNet's
+cross-attention, through diffusers' IP-Adapter processors.
+
+`encode_reference` runs the unit's CLIP vision encoder on its image once per job (plain
+adapters: the projected `image_embeds`; "plus" adapters: the penultimate hidden states)
+and the adapter's image projection on it, giving the image tokens of the conditional rows;
+the unconditional rows get the projection of a zero embedding (plus: of a black image's
+hidden states), as diffusers' `prepare_ip_adapter_image_embeds` and the extension do.
+
+`installed` puts one `IPAdapterAttnProcessor2_0` per cross-attention layer on the UNet for
+one pipeline call (holding every IP-Adapter unit's `to_k_ip` / `to_v_ip`, as diffusers'
+multi-adapter processors do) and puts the UNet's own processors back afterwards, so the
+cached pipeline is never left changed. `tokens_for_call` sets each unit's scale for the
+current step (its weight inside [guidance_start, guidance_end], else 0) and lays out the
+image tokens for the call's rows (the unconditional rows first); the UNet is then called
+with `encoder_hidden_states=(text, [tokens per unit])`, diffusers' IP-Adapter form.
+
+A unit of weight 0 never gets here (`ControlUnit.guides`): the image equals no unit.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .controlnet_units import ControlUnit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IpUnit:
+    unit: ControlUnit
+    model: Any  # model_manager.ip_adapter.IpAdapterModel
+    cond: torch.Tensor  # (1, tokens, width): the reference image's tokens
+    uncond: torch.Tensor  # (1, tokens, width): the unconditional rows' tokens
+
+
+@torch.no_grad()
+def encode_reference(unit: ControlUnit, model: Any, embedder: Any, image: Image.Image) -> IpUnit:
+    """The unit's image tokens (`embedder`: a `ClipVisionEmbedder`)."""
+    pixels = embedder.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    clip = embedder.model
+    pixels = pixels.to(clip.device, clip.dtype)
+    if model.plus:
+        cond = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        black = torch.zeros_like(pixels)
+        uncond = clip(pixel_values=black, output_hidden_states=True).hidden_states[-2]
+    else:
+        cond = clip(pixel_values=pixels).image_embeds
+        uncond = torch.zeros_like(cond)
+    proj = model.image_proj
+    device, dtype = next(proj.parameters()).device, model.dtype
+    return IpUnit(unit, model, proj(cond.to(device, dtype)), proj(uncond.to(device, dtype)))
+
+
+@contextmanager
+def installed(unet: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
+    """The units' IP-Adapter processors on `unet` for one pipeline call (yields them)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    saved = unet.attn_processors
+    if not units or not all(_fits(unet, u.model, saved) for u in units):
+        if units:  # a hires. fix pass on a checkpoint of another family
+            log.warning("IP-Adapter units skipped: their layers do not fit this UNet")
+        yield []
+        return
+    processors = dict(saved)
+    made = []
+    for name in units[0].model.names:
+        layers = [u.model.processors[u.model.names.index(name)] for u in units]
+        with torch.device("meta"):  # the layers below replace its own
+            proc = IPAdapterAttnProcessor2_0(layers[0].hidden_size,
+                                             layers[0].cross_attention_dim,
+                                             num_tokens=[u.model.tokens for u in units],
+                                             scale=[0.0] * len(units))  # fmt: skip
+        proc.to_k_ip = torch.nn.ModuleList([layer.to_k_ip[0] for layer in layers])
+        proc.to_v_ip = torch.nn.ModuleList([layer.to_v_ip[0] for layer in layers])
+        processors[name] = proc
+        made.append(proc)
+    unet.set_attn_processor(processors)
+    try:
+        yield made
+    finally:
+        unet.set_attn_processor(saved)
+
+
+def _fits(unet: Any, model: Any, processors: dict) -> bool:
+    """Whether an adapter's layers are this UNet's (names and cross-attention width)."""
+    width = unet.config.cross_attention_dim
+    return set(model.names) <= set(processors) and all(
+        p.cross_attention_dim == width for p in model.processors
+    )
+
+
+def tokens_for_call(units: list[IpUnit], processors: list[Any], rows: int, uncond_rows: int,
+                    fraction: float, like: torch.Tensor) -> list[torch.Tensor]:  # fmt: skip
+    """Each unit's image tokens for a UNet call of `rows` rows (the first `uncond_rows`
+    unconditional), after setting the processors' scales for this step."""
+    scales = [u.unit.weight if u.unit.guidance_start <= fraction <= u.unit.guidance_end else 0.0
+              for u in units]  # fmt: skip
+    for proc in processors:
+        proc.scale = scales
+    out = []
+    for u in units:
+        parts = [u.uncond.expand(uncond_rows, -1, -1), u.cond.expand(rows - uncond_rows, -1, -1)]
+        out.append(torch.cat(parts).to(like.device, like.dtype))
+    return out
+
+
+def uncond_rows(rows: int, batch: int, conds: int) -> int:
+    """How many of a UNet call's rows are unconditional: the prompt hooks lay them out as
+    [uncond x batch, cond_1 x batch, ..., cond_n x batch], or without the uncond rows
+    (CFG 1, NGMS's skipped calls); without hooks a call has batch or 2 x batch rows."""
+    extra = rows - conds * batch
+    if extra in (0, batch):
+        return extra
+    return batch if rows == 2 * batch else 0
