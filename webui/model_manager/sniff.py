@@ -101,7 +101,8 @@ def _starts(keys: dict, prefix: str) -> bool:
 
 def _checkpoint(keys: dict, meta: dict) -> Sniffed | None:
     unet = "model.diffusion_model."
-    if _starts(keys, unet + "double_blocks") or _starts(keys, "double_blocks."):
+    if any(k.startswith((unet + "double_blocks.", "double_blocks.")) and k.endswith(
+        ".img_attn.qkv.weight") for k in keys):  # fmt: skip  # LoRAs use these names too
         return Sniffed("checkpoint", "FLUX")
     if _starts(keys, unet + "joint_blocks"):
         return Sniffed("checkpoint", "SD 3")
@@ -122,6 +123,8 @@ def _checkpoint(keys: dict, meta: dict) -> Sniffed | None:
 
 
 def _lora(keys: dict, meta: dict) -> Sniffed | None:
+    if _any(keys, ".processor.qkv_lora", ".processor.proj_lora"):  # XLabs' FLUX LoRAs
+        return Sniffed("lora", "FLUX")
     if not _any(keys, "lora_down", "lora_up", "lora_A", "lora_B", "hada_w1", "lokr_w1"):
         return None
     base = meta.get("ss_base_model_version", "").lower()
