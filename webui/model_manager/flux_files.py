@@ -147,7 +147,12 @@ def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -
 
 
 def _in_dtype(model, dtype: torch.dtype):
-    """The model in the compute dtype, in eval mode."""
+    """The model in the compute dtype, in eval mode; fp8 layers stay fp8, cast per layer
+    (`weight_storage.keep_fp8`)."""
+    from .weight_storage import has_fp8, keep_fp8
+
+    if has_fp8(model):
+        return keep_fp8(model, dtype)
     if any(p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype)
     return model.eval()

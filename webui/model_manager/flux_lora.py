@@ -85,6 +85,19 @@ def diffusers_lora_state(state: dict[str, torch.Tensor], config: Any) -> dict[st
     return out
 
 
+def widen_fp8_lora(pipe: Any, state: dict[str, torch.Tensor], adapter: str) -> None:
+    """On a pipeline with fp8 weights (`weight_storage`), the adapter's LoRA layers in the
+    compute dtype with the file's own values (peft makes them fp8 like their base layer)."""
+    from .weight_storage import has_fp8, widen_fp8_adapters
+
+    components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+    if not any(has_fp8(model) for model in components.values()):
+        return
+    converted = type(pipe).lora_state_dict(dict(state))  # the layouts diffusers converts
+    for prefix, model in components.items():
+        widen_fp8_adapters(model, adapter, converted, f"{prefix}.")
+
+
 def _split_key(key: str) -> tuple[str, str]:
     for part in (*_DOWN, *_UP, "alpha"):
         if key.endswith("." + part):
