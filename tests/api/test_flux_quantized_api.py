@@ -91,3 +91,24 @@ def test_fp8_transformer_and_t5_generate_say_so_and_take_a_lora(api):
     with_lora = _txt2img(api, "flux1-tiny-fp8", "a red cube <lora:kohya:1>", FP8_MODULES)
     assert not np.array_equal(_pixels(with_lora), before)
     assert np.array_equal(_pixels(_txt2img(api, "flux1-tiny-fp8", modules=FP8_MODULES)), before)
+
+
+def test_first_block_cache_through_the_api_and_back_from_the_infotext(api):
+    url, client = api
+    body = {"prompt": "a red cube", "steps": 4, "width": 64, "height": 64, "seed": 7,
+            "cfg_scale": 1, "override_settings": {
+                "sd_model_checkpoint": "flux1-tiny-Q4_K_S", "forge_additional_modules": MODULES,
+                "first_block_cache_threshold": 0.5}}  # fmt: skip
+    response = client.post(f"{url}/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert "First Block Cache: 0.5" in infotext
+    again = {"prompt": "a red cube", "infotext": infotext,
+             "override_settings": {"forge_additional_modules": MODULES}}  # fmt: skip
+    replay = client.post(f"{url}/txt2img", json=again)
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["images"][0] == response.json()["images"][0]
+    bad = {**body, "override_settings": {**body["override_settings"],
+                                         "first_block_cache_threshold": 2}}  # fmt: skip
+    refused = client.post(f"{url}/txt2img", json=bad)
+    assert refused.status_code == 422 and "first_block_cache_threshold" in refused.text

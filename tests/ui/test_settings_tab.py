@@ -263,6 +263,7 @@ def test_widgets_and_sections() -> None:
         "forge_additional_modules": "multiselect", "sd_vae_decode_method": "dropdown",
         "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
         "eta_tcd": "slider", "deepcache_interval": "slider", "deepcache_branch": "slider",
+        "first_block_cache_threshold": "slider", "taylorseer_interval": "slider",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
