@@ -4,9 +4,10 @@
 names, shapes and the `__metadata__` strings: kohya's `ss_*` training tags) without
 reading any weight. `sniff` turns that into a `Sniffed`: the kind (checkpoint, LoRA,
 embedding, VAE, ControlNet, upscaler, text encoder, CLIP vision) and the family (SD 1.x,
-SD 2.x, SDXL, SD 3, FLUX) when the names and shapes tell it. Pickled files (`.ckpt`,
-`.pt`, `.pth`) are never opened here (unpickling can run code): their kind comes from the
-folder they are in or the site that offered them.
+SD 2.x, SDXL, SD 3, FLUX) when the names and shapes tell it. `gguf_family` reads a GGUF
+file's architecture (city96's FLUX files: "FLUX"). Pickled files (`.ckpt`, `.pt`, `.pth`)
+are never opened here (unpickling can run code): their kind comes from the folder they
+are in or the site that offered them.
 
 This module must never load weights, touch the network or import a UI library.
 """
@@ -14,10 +15,13 @@ This module must never load weights, touch the network or import a UI library.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER = 100 << 20  # a larger header is not a safetensors file
 
@@ -89,6 +93,21 @@ def sniff_file(path: Path) -> Sniffed:
     if path.suffix.lower() != ".safetensors":
         return Sniffed(None, "")
     return sniff(read_header(path))
+
+
+def gguf_family(path: Path) -> str:
+    """The family label of a GGUF file from its `general.architecture` ("FLUX"), "" when
+    it names none we know or the file cannot be read (the gguf package maps the file and
+    reads the header; no tensor data)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).get_field("general.architecture")
+        architecture = field.contents() if field is not None else ""
+    except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
+        log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
+        return ""
+    return {"flux": "FLUX"}.get(str(architecture).lower(), "")
 
 
 def _any(keys: dict, *parts: str) -> bool:
