@@ -119,3 +119,28 @@ def widen_fp8_adapters(model: torch.nn.Module, adapter: str, state: dict, prefix
                                               requires_grad=False)  # fmt: skip
             widened += 1
     return widened
+
+
+def is_narrow(model: torch.nn.Module) -> bool:
+    """`model` holds fp8 or GGUF-quantized weights (which a plain `.to(dtype)` would expand
+    or, for GGUF blocks, corrupt)."""
+    return any(p.dtype in FP8_DTYPES or hasattr(p, "quant_type") for p in model.parameters())
+
+
+def set_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """A narrow model computed in `dtype`: its fp8 and GGUF weights stay as stored (their
+    layers cast to `dtype` when they run), every other floating tensor becomes `dtype`."""
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            hook.compute_dtype = dtype
+        if hasattr(module, "compute_dtype") and type(module).__name__ == "GGUFLinear":
+            module.compute_dtype = dtype
+        for name, param in list(module.named_parameters(recurse=False)):
+            narrow = param.dtype in FP8_DTYPES or hasattr(param, "quant_type")
+            if param.is_floating_point() and not narrow and param.dtype != dtype:
+                module._parameters[name] = torch.nn.Parameter(param.to(dtype), requires_grad=False)
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_floating_point() and buffer.dtype != dtype:
+                module._buffers[name] = buffer.to(dtype)
