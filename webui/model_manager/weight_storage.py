@@ -7,7 +7,10 @@ the file gave in fp8 stays in fp8 and gets diffusers' layerwise-casting hook (it
 cast to the compute dtype for its own forward, back to fp8 after), so a FLUX transformer
 or T5-XXL in fp8 never exists as a full bf16/fp32 copy; every other tensor (norm scales,
 layers the file stores wider) is cast to the compute dtype, as before. GGUF layers
-(`flux_gguf`) say their quantization types.
+(`flux_gguf`) say their quantization types. `set_compute_dtype` changes the dtype such a
+narrow model computes in (the CPU's bf16 decision) without touching its stored weights;
+`widen_fp8_adapters` gives LoRA layers on fp8 layers the compute dtype and the file's
+values (peft creates them in fp8).
 
 This module must never import `webui.core` or a UI library.
 """
