@@ -291,6 +291,8 @@ def test_option_defaults() -> None:
         "token_merging_ratio": 0.0,
         "deepcache_interval": 0,
         "deepcache_branch": 0,
+        "first_block_cache_threshold": 0.0,
+        "taylorseer_interval": 0,
         "initial_noise_multiplier": 1.0,
         "img2img_extra_noise": 0.0,
         "s_min_uncond": 0.0,

@@ -35,7 +35,7 @@ from .model_manager.fetch import Sites
 from .model_manager.lora import LoraManager
 from .model_manager.modules import ModuleFiles
 from .model_manager.network_files import AddnetHashCache
-from .model_manager.registry import CheckpointRegistry, HashCache
+from .model_manager.registry import CheckpointRegistry, HashCache, transformer_folders
 from .model_manager.vae import VaeRegistry
 from .options import Options
 from .services.generation import GenerationService
@@ -97,7 +97,8 @@ def build_context(flags: Flags) -> AppContext:
     flags.text_encoder_dir.mkdir(parents=True, exist_ok=True)  # and FLUX's text encoders
     extra = [Path(flags.ckpt)] if flags.ckpt else []
     hashes = HashCache(flags.cache_path)
-    registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
+    registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra,
+                                  transformer_folders(flags.models_dir))  # fmt: skip
     families = default_families()  # what checkpoints can be: recognition, loading, generation
     module_dirs = (flags.vae_dir, flags.text_encoder_dir, *flags.module_dirs)
     models = ModelManager(registry, memory, families=families, hashing=not flags.no_hashing,

@@ -264,6 +264,14 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("deepcache_branch", 0, label="DeepCache branch: how deep the part computed "
               "every step reaches (0: least, fastest; SD 1.x/2.x up to 11, SDXL up to 8)",
               section="speed", **_int(0, 11, 1)),
+    OptionDef("first_block_cache_threshold", 0.0, label="First Block Cache (FLUX): skip the "
+              "transformer's other blocks while its first block's output changes less than "
+              "this (0: off; 0.05 to 0.2): faster, slightly different images",
+              section="speed", **_float(0.0, 1.0, 0.01)),
+    OptionDef("taylorseer_interval", 0, label="TaylorSeer (FLUX): compute the attention "
+              "layers every N steps, predict them in between (0 or 1: off; First Block Cache "
+              "wins when both are set): faster, slightly different images",
+              section="speed", **_int(0, 10, 1)),
     OptionDef("initial_noise_multiplier", 1.0, _float_range(0.0, 1.5),
               "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5, step=0.001),
     OptionDef("img2img_extra_noise", 0.0, _float_range(0.0, 1.0),

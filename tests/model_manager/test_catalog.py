@@ -150,3 +150,13 @@ def test_ten_thousand_loras_list_without_opening_files(catalog, monkeypatch):
     assert total == 100 and [r.name for r in page][:2] == ["lora042_50", "lora042_51"]
     assert catalog.query(kind="lora", family="SD 1.x", limit=10)[0] == 10_000
     assert opened == [] and catalog.header_reads == 10_000
+
+
+def test_a_gguf_transformer_is_a_flux_checkpoint(catalog):
+    from webui.model_manager.tiny_flux import build_tiny_flux, save_gguf
+
+    save_gguf(build_tiny_flux(seed=0), catalog.roots["checkpoint"] / "flux1-tiny-Q8_0.gguf")
+    (catalog.roots["checkpoint"] / "broken.gguf").write_bytes(b"GGUF-not-really")
+    catalog.refresh()
+    total, rows = catalog.query(kind="checkpoint")
+    assert {r.rel: r.family for r in rows} == {"flux1-tiny-Q8_0.gguf": "FLUX", "broken.gguf": ""}

@@ -264,6 +264,7 @@ def test_widgets_and_sections() -> None:
         "sd_vae_encode_method": "dropdown",
         "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
         "eta_tcd": "slider", "deepcache_interval": "slider", "deepcache_branch": "slider",
+        "first_block_cache_threshold": "slider", "taylorseer_interval": "slider",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",

@@ -35,3 +35,14 @@ def test_an_infotext_fills_the_accordion_and_empties_what_it_lacks():
                 "DeepCache branch": "branch"}  # fmt: skip
     fields = parse_infotext("a fox\nSteps: 4, Sampler: Euler, DeepCache: 3, Seed: 1")
     assert speed_fill(fields, controls) == {"tome": None, "interval": 3.0, "branch": None}
+
+
+def test_the_flux_caches_go_and_come_back_the_same_way():
+    values = {"first_block_cache_threshold": 0.12, "taylorseer_interval": 3.0}
+    assert speed_overrides(values) == {"first_block_cache_threshold": 0.12,
+                                       "taylorseer_interval": 3}  # fmt: skip
+    with pytest.raises(InputError, match="TaylorSeer interval"):
+        speed_overrides({"taylorseer_interval": 2.5})
+    controls = {"First Block Cache threshold": "fbc", "TaylorSeer interval": "taylor"}
+    fields = parse_infotext("a fox\nSteps: 4, Sampler: Euler, First Block Cache: 0.12, Seed: 1")
+    assert speed_fill(fields, controls) == {"fbc": 0.12, "taylor": None}

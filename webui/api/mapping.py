@@ -89,6 +89,8 @@ _INFOTEXT_OPTIONS: dict[str, str] = {
     "Token merging ratio": "token_merging_ratio",  # the Speed section (webui.core.speed)
     "DeepCache": "deepcache_interval",
     "DeepCache branch": "deepcache_branch",
+    "First Block Cache": "first_block_cache_threshold",
+    "TaylorSeer": "taylorseer_interval",
 }
 _STANDARD_INFO_KEYS = frozenset(
     {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",

@@ -127,14 +127,15 @@ class WorkerActor:
         from ..ext.runner import wrap_runner
         from ..model_manager.manager import ModelManager
         from ..model_manager.memory import plan_from_flags
-        from ..model_manager.registry import CheckpointRegistry, HashCache
+        from ..model_manager.registry import CheckpointRegistry, HashCache, transformer_folders
         from ..options import Options
 
         self.name, self.device = name, device
         options = Options.from_flags(flags)
         hashes = HashCache(Path(tempfile.mkdtemp(prefix="webui-worker-")) / "cache.json")
         extra = [Path(flags.ckpt)] if flags.ckpt else []
-        self.registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra)
+        self.registry = CheckpointRegistry(flags.ckpt_dir, hashes, extra,
+                                           transformer_folders(flags.models_dir))  # fmt: skip
         families = default_families()
         memory = plan_from_flags(flags)
         self.models = ModelManager(self.registry, memory, families=families,

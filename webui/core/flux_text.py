@@ -85,8 +85,8 @@ def flux_conditioning(
 ) -> Conditioning:
     """A job's prompt and negative prompt for every step (schedules, emphasis)."""
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
-    prompt, _ = extract_extra_networks(prompt)
-    negative, _ = extract_extra_networks(negative)
+    # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
+    prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
     if len(split_and(prompt)) > 1:
         raise UserError("AND (composable prompts) is not available for FLUX models yet")
     encoder = FluxPromptEncoder(pipe)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .. import __version__
 from ..imaging.infotext import build_infotext
+from ..model_manager.weight_storage import storage_fields
 from .controlnet import infotext as control_infotext
 from .decode import NanOutputError, decode_latents
 from .faces import face_fields, restored
@@ -175,6 +176,7 @@ def base_fields(run: RunContext, params: Txt2ImgParams, choice: SchedulerChoice)
         **face_fields(params),  # "Face restoration" (A1111 puts it after Seed)
         **run.family.infotext_fields(params),  # "Clip skip"
         **module_fields(lease.model),  # Forge's "Module 1: ae", ...
+        **storage_fields(getattr(lease.model, "pipe", None)),  # fp8 / GGUF weights
         "RNG": "CPU",
         "Tiling": True if params.tiling else None,
         **control_infotext(run.control),  # "ControlNet 0" (sd-webui-controlnet's fields)

@@ -114,6 +114,8 @@ class MemoryRun:
     draft_encoder: Any = None  # TAESD encodes instead of the VAE (sd_vae_encode_method)
     deepcache_interval: int = 0  # DeepCache (webui.core.speed), 0 or 1: off
     deepcache_branch: int = 0
+    first_block_cache_threshold: float = 0.0  # transformers (webui.core.speed), 0: off
+    taylorseer_interval: int = 0  # transformers, 0 or 1: off
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any]) -> MemoryRun:
@@ -124,6 +126,8 @@ class MemoryRun:
             token_merging_ratio=float(get("token_merging_ratio")),
             deepcache_interval=int(get("deepcache_interval")),
             deepcache_branch=int(get("deepcache_branch")),
+            first_block_cache_threshold=float(get("first_block_cache_threshold")),
+            taylorseer_interval=int(get("taylorseer_interval")),
         )
 
     def lower(self) -> MemoryRun:

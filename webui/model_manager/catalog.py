@@ -32,12 +32,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from .registry import PREVIEW_EXTENSIONS, _sha256_of, addnet_hash
-from .sniff import Header, HeaderError, read_header, sniff
+from .sniff import Header, HeaderError, gguf_family, read_header, sniff
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = {
-    "checkpoint": (".safetensors", ".ckpt"),
+    "checkpoint": (".safetensors", ".ckpt", ".gguf"),
     "lora": (".safetensors", ".pt", ".ckpt"),
     "embedding": (".safetensors", ".pt", ".bin"),
     "vae": (".safetensors", ".pt", ".ckpt"),
@@ -162,6 +162,8 @@ class ModelCatalog:
                 family = sniff(header).family
             except (OSError, HeaderError) as exc:
                 log.warning("%s", exc)
+        elif path.suffix.lower() == ".gguf":
+            family = gguf_family(path)
         user = _read_user_metadata(path) if has_json else {}
         trigger = user.get("activation text") or trigger_words(header.metadata)
         base = header.metadata.get("ss_sd_model_name") or header.metadata.get(

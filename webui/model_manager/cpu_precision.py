@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .weight_storage import is_narrow, set_compute_dtype
+
 log = logging.getLogger(__name__)
 
 PROBE_FILE = "cpu-precision.json"
@@ -179,7 +181,10 @@ def run_denoiser_in(pipe, dtype: torch.dtype) -> bool:
     model = denoiser(pipe)
     if model is None:
         return False
-    torch.nn.Module.to(model, dtype)  # (diffusers' own .to warns about fp32 modules it has none of)
+    if is_narrow(model):  # fp8 / GGUF weights stay as stored, their layers compute in dtype
+        set_compute_dtype(model, dtype)
+    else:
+        torch.nn.Module.to(model, dtype)  # (diffusers' .to warns about fp32 modules it has none of)
     if getattr(model, "_webui_compute_dtype", None) is not None:
         model._webui_compute_dtype = dtype
         return True

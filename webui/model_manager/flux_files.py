@@ -25,8 +25,14 @@ if TYPE_CHECKING:
 
 # --- weights ----------------------------------------------------------------------------
 def read_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors of `path` under `prefix`, the prefix removed (memory-mapped)."""
+    """The tensors of `path` under `prefix`, the prefix removed (memory-mapped; a GGUF
+    file's quantized tensors as diffusers' `GGUFParameter`s, `flux_gguf`)."""
     from safetensors import safe_open
+
+    from . import flux_gguf
+
+    if flux_gguf.is_gguf(path):
+        return flux_gguf.read_gguf_state(path, prefix)
 
     with safe_open(str(path), framework="pt") as handle:
         return {key[len(prefix) :]: handle.get_tensor(key) for key in handle.keys()
@@ -141,7 +147,12 @@ def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -
 
 
 def _in_dtype(model, dtype: torch.dtype):
-    """The model in the compute dtype, in eval mode."""
+    """The model in the compute dtype, in eval mode; fp8 layers stay fp8, cast per layer
+    (`weight_storage.keep_fp8`)."""
+    from .weight_storage import has_fp8, keep_fp8
+
+    if has_fp8(model):
+        return keep_fp8(model, dtype)
     if any(p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype)
     return model.eval()
@@ -150,6 +161,10 @@ def _in_dtype(model, dtype: torch.dtype):
 def build_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     from diffusers import FluxTransformer2DModel
 
+    from . import flux_gguf
+
+    if flux_gguf.is_quantized(state):  # GGUF: the weights stay quantized
+        return flux_gguf.build_gguf_transformer(config, state, dtype)
     model = _empty(FluxTransformer2DModel.from_config, config)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     _assign(model, transformer_state(state, width), "FLUX transformer")

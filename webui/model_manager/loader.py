@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import UserError
+from . import flux_gguf
 from .identify import ModelFamily, ModelSpec, Shapes, UnsupportedModelError, family_named, identify
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class LoadedModel:
 def read_shapes(path: Path) -> Shapes:
     """Tensor names and shapes of a single-file checkpoint, without loading weights."""
     try:
+        if flux_gguf.is_gguf(path):
+            return flux_gguf.gguf_shapes(path)
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -101,7 +104,7 @@ def check_pickle(path: Path) -> None:
     Safetensors files and folders pass. This is the quick check requests get (a model
     switch answers at once); loading still goes through the restricted unpickler.
     """
-    if path.is_dir() or path.suffix.lower() == ".safetensors":
+    if path.is_dir() or path.suffix.lower() in (".safetensors", flux_gguf.SUFFIX):
         return
     try:
         with open(path, "rb") as handle:

@@ -129,7 +129,7 @@ class ModelManager:
         return items[0]
 
     def _check_pickle(self, info: CheckpointInfo) -> None:
-        if info.is_folder or info.path.suffix.lower() == ".safetensors":
+        if info.is_folder or info.path.suffix.lower() in (".safetensors", ".gguf"):
             return
         try:
             stat = info.path.stat()

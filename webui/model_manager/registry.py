@@ -1,9 +1,11 @@
 """Find checkpoints on disk and remember their hashes.
 
-Scans the checkpoint folder recursively for single files (`.safetensors`, `.ckpt`) and
-diffusers folders (a folder holding model_index.json). Names and titles follow A1111:
-name = file stem, title = "relative/path.safetensors [shorthash]". The sha256 of a file is
-computed once and kept in cache.json, keyed by path, size and mtime.
+Scans the checkpoint folder recursively for single files (`.safetensors`, `.ckpt`, `.gguf`)
+and diffusers folders (a folder holding model_index.json), then ComfyUI's transformer
+folders (`models/unet`, `models/diffusion_models`: `transformer_folders`) for single files.
+Names and titles follow A1111: name = file stem, title = "relative/path.safetensors
+[shorthash]". The sha256 of a file is computed once and kept in cache.json, keyed by path,
+size and mtime.
 
 This module must never load model weights or import a UI library.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".safetensors", ".ckpt")
+SUFFIXES = (".safetensors", ".ckpt", ".gguf")  # .gguf: FLUX transformers (flux_gguf)
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # previews beside model files
 
 
@@ -118,16 +120,21 @@ def addnet_hash(path: Path) -> str:
 class CheckpointRegistry:
     """The list of checkpoints the user can pick, rebuilt on refresh()."""
 
-    def __init__(self, folder: Path, hashes: HashCache, extra: list[Path] | None = None):
+    def __init__(self, folder: Path, hashes: HashCache, extra: list[Path] | None = None,
+                 extra_folders: tuple[Path, ...] = ()):  # fmt: skip
         self.folder = folder
         self.hashes = hashes
         self.extra = extra or []
+        self.extra_folders = tuple(extra_folders)  # scanned for single files after `folder`
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
         self.refresh()
 
     def refresh(self) -> list[CheckpointInfo]:
         found = _scan(self.folder)
+        for folder in self.extra_folders:
+            known = {i.path for i in found}
+            found += [i for i in _scan(folder) if not i.is_folder and i.path not in known]
         for path in self.extra:
             if path.exists() and all(i.path != path.resolve() for i in found):
                 found.append(CheckpointInfo(path.resolve(), path.name, path.is_dir()))
@@ -189,3 +196,9 @@ def _scan(folder: Path) -> list[CheckpointInfo]:
 
 def _rel(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix()
+
+
+def transformer_folders(models_dir: Path) -> tuple[Path, ...]:
+    """ComfyUI's folders of transformer-only files (FLUX .safetensors and .gguf) under
+    `models_dir`, scanned with the checkpoint folder."""
+    return (models_dir / "unet", models_dir / "diffusion_models")

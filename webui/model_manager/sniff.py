@@ -4,9 +4,10 @@
 names, shapes and the `__metadata__` strings: kohya's `ss_*` training tags) without
 reading any weight. `sniff` turns that into a `Sniffed`: the kind (checkpoint, LoRA,
 embedding, VAE, ControlNet, upscaler, text encoder, CLIP vision) and the family (SD 1.x,
-SD 2.x, SDXL, SD 3, FLUX, Z-Image) when the names and shapes tell it. Pickled files (`.ckpt`,
-`.pt`, `.pth`) are never opened here (unpickling can run code): their kind comes from the
-folder they are in or the site that offered them.
+SD 2.x, SDXL, SD 3, FLUX, Z-Image) when the names and shapes tell it. `gguf_family` reads a
+GGUF file's architecture (city96's FLUX files: "FLUX"). Pickled files (`.ckpt`, `.pt`,
+`.pth`) are never opened here (unpickling can run code): their kind comes from the folder
+they are in or the site that offered them.
 
 This module must never load weights, touch the network or import a UI library.
 """
@@ -14,10 +15,13 @@ This module must never load weights, touch the network or import a UI library.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER = 100 << 20  # a larger header is not a safetensors file
 
@@ -91,6 +95,21 @@ def sniff_file(path: Path) -> Sniffed:
     return sniff(read_header(path))
 
 
+def gguf_family(path: Path) -> str:
+    """The family label of a GGUF file from its `general.architecture` ("FLUX"), "" when
+    it names none we know or the file cannot be read (the gguf package maps the file and
+    reads the header; no tensor data)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).get_field("general.architecture")
+        architecture = field.contents() if field is not None else ""
+    except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
+        log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
+        return ""
+    return {"flux": "FLUX"}.get(str(architecture).lower(), "")
+
+
 def _any(keys: dict, *parts: str) -> bool:
     return any(part in key for key in keys for part in parts)
 
@@ -101,7 +120,8 @@ def _starts(keys: dict, prefix: str) -> bool:
 
 def _checkpoint(keys: dict, meta: dict) -> Sniffed | None:
     unet = "model.diffusion_model."
-    if _starts(keys, unet + "double_blocks") or _starts(keys, "double_blocks."):
+    if any(k.startswith((unet + "double_blocks.", "double_blocks.")) and k.endswith(
+        ".img_attn.qkv.weight") for k in keys):  # fmt: skip  # LoRAs use these names too
         return Sniffed("checkpoint", "FLUX")
     if _starts(keys, unet + "joint_blocks"):
         return Sniffed("checkpoint", "SD 3")
@@ -124,6 +144,8 @@ def _checkpoint(keys: dict, meta: dict) -> Sniffed | None:
 
 
 def _lora(keys: dict, meta: dict) -> Sniffed | None:
+    if _any(keys, ".processor.qkv_lora", ".processor.proj_lora"):  # XLabs' FLUX LoRAs
+        return Sniffed("lora", "FLUX")
     if not _any(keys, "lora_down", "lora_up", "lora_A", "lora_B", "hada_w1", "lokr_w1"):
         return None
     base = meta.get("ss_base_model_version", "").lower()

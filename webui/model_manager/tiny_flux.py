@@ -188,3 +188,37 @@ def save_all_in_one(pipe, path: Path, dtype=torch.float16) -> Path:
 def save_diffusers(pipe, folder: Path) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_gguf(pipe, path: Path, kquant: str | None = None) -> Path:
+    """The transformer as city96's GGUF files hold it: BFL keys, 2-D weights in Q8_0 (their
+    rows in blocks of 32), 1-D tensors in F32. `kquant` ("Q4_K", "Q5_K"): the weights whose
+    rows are whole 256-blocks (the MLPs' second layers) in that K-quant instead; gguf's
+    writer cannot quantize K-quants, so those get valid random blocks (small scales), and
+    the model computes with whatever they decode to."""
+    import gguf
+    import numpy as np
+    from gguf import quants
+
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    rng = np.random.default_rng(0)
+    for name, tensor in bfl_transformer_state(pipe.transformer).items():
+        array = tensor.float().numpy()
+        if kquant and array.ndim == 2 and array.shape[1] % 256 == 0:
+            kind = getattr(gguf.GGMLQuantizationType, kquant)
+            _, type_size = gguf.GGML_QUANT_SIZES[kind]
+            blocks = rng.integers(0, 256, (array.shape[0], array.shape[1] // 256, type_size),
+                                  dtype=np.uint8)  # fmt: skip
+            scales = np.array([0.0004, 0.0002], dtype=np.float16).view(np.uint8)
+            blocks[:, :, :4] = scales  # d and dmin, the block's two f16 scales
+            writer.add_tensor(name, blocks.reshape(array.shape[0], -1), raw_dtype=kind)
+        elif array.ndim == 2 and array.shape[1] % 32 == 0:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, quants.quantize(array, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

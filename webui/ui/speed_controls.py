@@ -1,7 +1,8 @@
-"""The "Speed" accordion of the generation tabs: token merging and DeepCache per job.
+"""The "Speed" accordion of the generation tabs: token merging and the denoiser caches per job.
 
 `add_speed_controls(named, prefix)` puts a closed "Speed" accordion under the sampler
-parameters with the token merging ratio, the DeepCache interval and the DeepCache branch.
+parameters with the token merging ratio, the DeepCache interval and branch (UNets), and
+the First Block Cache threshold and TaylorSeer interval (FLUX).
 An empty field means the server's option (Settings > Speed); a value goes with the job as
 an override setting (`speed_overrides`), as an API request's `override_settings` would.
 `speed_fill` sets them from an infotext (PNG Info, "send to"): a field the infotext lacks
@@ -26,18 +27,25 @@ SPEED_OPTIONS: dict[str, tuple[str, float, float, float, bool]] = {
     "token_merging_ratio": ("Token merging ratio", 0.0, 0.9, 0.1, False),
     "deepcache_interval": ("DeepCache interval", 0, 10, 1, True),
     "deepcache_branch": ("DeepCache branch", 0, 11, 1, True),
+    "first_block_cache_threshold": ("First Block Cache threshold", 0.0, 1.0, 0.01, False),
+    "taylorseer_interval": ("TaylorSeer interval", 0, 10, 1, True),
 }
 # infotext field -> option (webui.core.speed writes them)
 INFOTEXT_OPTIONS: dict[str, str] = {
     "Token merging ratio": "token_merging_ratio",
     "DeepCache": "deepcache_interval",
     "DeepCache branch": "deepcache_branch",
+    "First Block Cache": "first_block_cache_threshold",
+    "TaylorSeer": "taylorseer_interval",
 }
 _NOTE = (
     "Empty: the value from Settings > Speed. Token merging merges similar image tokens "
     "in attention; DeepCache computes the whole UNet only every N steps and its outer "
-    "layers in between (branch 0: fastest). Both change the image slightly; the infotext "
-    "records them. CFG scale 1 also halves the work (no negative prompt pass)."
+    "layers in between (branch 0: fastest). FLUX models: First Block Cache skips the "
+    "other transformer blocks while the first block's output barely changes; TaylorSeer "
+    "computes attention every N steps and predicts it in between. All change the image "
+    "slightly; the infotext records them. CFG scale 1 also halves the work (no negative "
+    "prompt pass)."
 )
 
 

@@ -229,6 +229,15 @@ class FluxFamily(Family):
     def infotext_fields(self, params: Any) -> dict[str, Any]:
         return {"Distilled CFG Scale": params.distilled_cfg_scale}
 
+    # --- networks -----------------------------------------------------------------------
+    def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
+        """kohya, BFL-named, ai-toolkit/peft and XLabs files (`model_manager.flux_lora`)."""
+        from ...model_manager.flux_lora import diffusers_lora_state, widen_fp8_lora
+
+        state = diffusers_lora_state(state, pipe.transformer.config)
+        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+        widen_fp8_lora(pipe, state, adapter_name)
+
 
 @contextmanager
 def _following(pipe, conditioning, batch_size, first_step, size) -> Iterator[Callable]:

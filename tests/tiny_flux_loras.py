@@ -1,0 +1,108 @@
+"""Tiny FLUX LoRA files for the tiny FLUX model (`webui.model_manager.tiny_flux`), in the
+layouts users have:
+
+- kohya / sd-scripts: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.lora_up`,
+  `.alpha`, and CLIP-L as `lora_te1_text_model_encoder_layers_0_self_attn_q_proj...`;
+- Black Forest Labs' names (ComfyUI): `diffusion_model.double_blocks.0.img_attn.qkv.lora_A`;
+- ai-toolkit / diffusers / peft: `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`;
+- XLabs: `double_blocks.0.processor.qkv_lora1.down.weight` (double blocks only, no alpha).
+
+`bfl_pairs` makes the (down, up) pairs on the fused BFL layers; `merged_transformer` is
+the reference: the pairs' deltas added to the BFL weights and the result loaded, so a
+converter can be checked against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from webui.model_manager.flux_lora import bfl_module_names
+from webui.model_manager.tiny_flux import bfl_transformer_state
+
+TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def bfl_pairs(transformer, *, rank=4, seed=3, scale=0.2) -> dict[str, tuple[torch.Tensor, ...]]:
+    """A random (down, up) pair on every linear layer of the transformer, BFL-named."""
+    shapes = {k: v.shape for k, v in bfl_transformer_state(transformer).items()}
+    gen = torch.Generator().manual_seed(seed)
+    config = transformer.config
+    pairs = {}
+    for name in bfl_module_names(config.num_layers, config.num_single_layers):
+        if f"{name}.weight" not in shapes or (name.startswith("guidance_in") and not config.guidance_embeds):  # fmt: skip
+            continue
+        out_features, in_features = shapes[f"{name}.weight"]
+        pairs[name] = (torch.randn(rank, in_features, generator=gen) * scale,
+                       torch.randn(out_features, rank, generator=gen) * scale)  # fmt: skip
+    return pairs
+
+
+def write_kohya(path: Path, pairs: dict, *, alpha: float = 2.0, text_encoder=None) -> Path:
+    state = {}
+    for name, (down, up) in pairs.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = down
+        state[f"{key}.lora_up.weight"] = up
+        state[f"{key}.alpha"] = torch.tensor(alpha)
+    if text_encoder is not None:
+        gen = torch.Generator().manual_seed(9)
+        for name, module in text_encoder.named_modules():
+            if name.endswith(TE_TARGETS) and "layers.0." in name:
+                flat = name if name.startswith("text_model.") else f"text_model.{name}"
+                key = "lora_te1_" + flat.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = torch.randn(4, module.in_features, generator=gen) * 0.5  # fmt: skip
+                state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, 4, generator=gen) * 0.5  # fmt: skip
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora_flux"})
+    return path
+
+
+def write_bfl(path: Path, pairs: dict) -> Path:
+    state = {}
+    for name, (down, up) in pairs.items():
+        state[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
+        state[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
+    save_file(state, str(path))
+    return path
+
+
+def write_peft(path: Path, transformer, *, rank=4, seed=4, scale=0.2) -> Path:
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in transformer.named_modules():
+        module = getattr(module, "base_layer", module)  # a model that has adapters already
+        if ".lora_" in name or ".base_layer" in name or not isinstance(module, torch.nn.Linear):
+            continue
+        if "attn.to_" in name or name.endswith(("proj_mlp", "proj_out", "ff.net.2")):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) * scale  # fmt: skip
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale  # fmt: skip
+    save_file(state, str(path))
+    return path
+
+
+def write_xlabs(path: Path, transformer, *, rank=4, seed=5, scale=0.2) -> Path:
+    gen = torch.Generator().manual_seed(seed)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    state = {}
+    for i in range(transformer.config.num_layers):
+        for name, out_features in (("qkv_lora1", 3 * width), ("qkv_lora2", 3 * width),
+                                   ("proj_lora1", width), ("proj_lora2", width)):  # fmt: skip
+            key = f"double_blocks.{i}.processor.{name}"
+            state[f"{key}.down.weight"] = torch.randn(rank, width, generator=gen) * scale
+            state[f"{key}.up.weight"] = torch.randn(out_features, rank, generator=gen) * scale
+    save_file(state, str(path))
+    return path
+
+
+def merged_transformer(transformer, pairs: dict, *, alpha: float | None = None):
+    """A copy of `transformer` with each pair's delta (up @ down, times alpha / rank)
+    added to its BFL weight: what a LoRA of weight 1 must compute."""
+    from webui.model_manager import flux_files
+
+    state = bfl_transformer_state(transformer)
+    for name, (down, up) in pairs.items():
+        factor = alpha / down.shape[0] if alpha is not None else 1.0
+        state[f"{name}.weight"] = state[f"{name}.weight"] + factor * (up @ down)
+    return flux_files.build_transformer(dict(transformer.config), state, torch.float32)

@@ -1,0 +1,94 @@
+"""GGUF FLUX transformer files (city96's layout: Black Forest Labs' keys, Q8_0, Q5_K, Q4_K, ...
+tensors), kept quantized in memory and dequantized per layer at each call.
+
+The file is read with diffusers' `load_gguf_checkpoint` (the `gguf` package): quantized
+tensors become diffusers' `GGUFParameter`s (the raw blocks and their quantization type),
+F32/F16 tensors plain tensors. The keys are renamed and the fused projections split by
+`flux_files.transformer_state` at the model's own width (diffusers' GGUF single-file path
+goes through its FLUX converter, which assumes FLUX.1's width 3072): a split along the
+output rows keeps whole quantization blocks, since GGUF quantizes along a row. Then every
+linear layer with a quantized weight becomes diffusers' `GGUFLinear` (dequantize, then
+`linear` in the compute dtype); the rest is cast to the compute dtype.
+
+This module must never touch the network, never import `webui.core` or a UI library.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+SUFFIX = ".gguf"
+
+
+def is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == SUFFIX
+
+
+def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and their logical (torch-order) shapes, without reading the weights."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+
+
+def read_gguf_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of `path` under `prefix` (prefix removed); quantized ones as
+    `GGUFParameter`s."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    state = load_gguf_checkpoint(str(path))
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def is_quantized(state: dict[str, Any]) -> bool:
+    return any(hasattr(v, "quant_type") for v in state.values())
+
+
+def build_gguf_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """A `FluxTransformer2DModel` whose quantized linear weights stay quantized."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+    from .flux_files import _empty, transformer_state
+    from .identify import UnsupportedModelError
+
+    model = _empty(FluxTransformer2DModel.from_config, config)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    converted = transformer_state(state, width)
+    _replace_with_gguf_linear(model, dtype, converted)
+    wanted = set(model.state_dict())
+    missing = sorted(wanted - set(converted))
+    if missing:
+        raise UnsupportedModelError(
+            f"FLUX transformer: tensors missing ({', '.join(missing[:3])} ...)"
+        )
+    for key in wanted:
+        _set_tensor(model, key, converted[key], dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _set_tensor(model, key: str, value, dtype) -> None:
+    import torch
+
+    owner, _, name = key.rpartition(".")
+    module = model.get_submodule(owner)
+    if not hasattr(value, "quant_type"):
+        value = torch.nn.Parameter(value.to(dtype), requires_grad=False)
+    if name in module._parameters:
+        module._parameters[name] = value
+    else:
+        module._buffers[name] = value
+
+
+def quant_types(model) -> dict[str, int]:
+    """How many weights of each GGUF quantization type `model` holds ({} if none)."""
+    found = Counter(
+        p.quant_type.name for p in model.parameters() if getattr(p, "quant_type", None) is not None
+    )
+    return dict(found)
