@@ -63,7 +63,16 @@ def vae_encode_pixels(pipe, pixels: torch.Tensor) -> torch.Tensor:
     finally:
         if upcast:
             vae.to(torch.float16)
-    return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
+    shift = getattr(vae.config, "shift_factor", None)  # FLUX's autoencoder
+    if shift is not None:
+        latents = latents - shift
+    return (latents * vae.config.scaling_factor).to(denoiser_dtype(pipe))
+
+
+def denoiser_dtype(pipe) -> torch.dtype:
+    """The dtype of the pipeline's denoiser: its UNet, or its transformer (FLUX)."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    return denoiser.dtype
 
 
 def vae_encode(pipe, images: list[Image.Image]) -> torch.Tensor:
@@ -189,11 +198,10 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
     inpaint_pipe = inpaint_model or _hard_mask(req)
     kwargs = dict(
-        **req.conditioning,
+        **{"guidance_scale": req.cfg_scale, **req.conditioning},  # the family's guidance
         image=latents,
         strength=req.strength,
         num_inference_steps=steps,
-        guidance_scale=req.cfg_scale,
         num_images_per_prompt=len(req.seeds),
         **_noise_inputs(pipe, req, inpaint_pipe),
         callback_on_step_end=on_step,
@@ -201,6 +209,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
         **req.sampling.pipeline_kwargs,  # DDIM's eta
         **aesthetic_kwargs(pipe, run.aesthetic_scores),  # the SDXL refiner's options
+        **run.family.img2img_call_kwargs(height, width),  # FLUX: the size of its latents
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
@@ -212,7 +221,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     req.generators[:] = kwargs["generator"]
-    latents = pipe(**kwargs).images
+    latents = run.family.finished_latents(pipe, pipe(**kwargs).images, height, width)
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 
 
