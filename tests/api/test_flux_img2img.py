@@ -12,10 +12,12 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import ServerThread
 from webui.app import create_app
+from webui.model_manager import tiny_flux
 from webui.settings import parse_flags
 
 
@@ -25,6 +27,8 @@ def api(tmp_path_factory, flux_files) -> Iterator[tuple[str, httpx.Client]]:
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     shutil.copy(flux_files["all-in-one"], models / "flux1-aio.safetensors")
+    fill = tiny_flux.build_tiny_flux(seed=2, fill=True)
+    tiny_flux.save_all_in_one(fill, models / "flux1-fill-aio.safetensors", dtype=torch.float32)
     argv = ["--api", "--nowebui", "--data-dir", str(data)]
     with ServerThread(create_app(parse_flags(argv))) as server, httpx.Client(timeout=600) as c:
         yield server.url + "/sdapi/v1", c
@@ -51,11 +55,11 @@ def _left_half_mask() -> Image.Image:
     return mask
 
 
-def _post(api, kind: str, **fields) -> httpx.Response:
+def _post(api, kind: str, model: str = "flux1-aio", **fields) -> httpx.Response:
     url, client = api
     body = {"prompt": "a red square", "steps": 2, "width": 64, "height": 64, "seed": 7,
             "cfg_scale": 1, "sampler_name": "Euler",
-            "override_settings": {"sd_model_checkpoint": "flux1-aio"}, **fields}  # fmt: skip
+            "override_settings": {"sd_model_checkpoint": model}, **fields}  # fmt: skip
     if kind == "img2img":
         body.setdefault("init_images", [_b64(_init_image())])
     return client.post(f"{url}/{kind}", json=body)
@@ -149,3 +153,27 @@ def test_hires_fix_gives_the_target_size_with_latent_and_pixel_upscalers(api):
         info = response.json()["info"]
         assert f"Hires upscaler: {upscaler}" in info and "Distilled CFG Scale: 3.5" in info
     assert plain.shape == (64, 64, 3)
+
+
+def test_flux_fill_is_recognised_by_its_input_layer_and_inpaints(api):
+    url, client = api
+    models = {m["model_name"]: m for m in client.get(f"{url}/sd-models").json()}
+    assert "flux1-fill-aio" in models
+    init = np.asarray(_init_image(), dtype=np.int16)
+    fill = {"model": "flux1-fill-aio", "mask": _b64(_left_half_mask()), "mask_blur": 0}
+    response = _post(api, "img2img", denoising_strength=1.0, **fill)
+    (image,) = _images(response)
+    assert np.array_equal(image[:, 32:], init[:, 32:])
+    assert _distance(image[:, :32], init[:, :32]) > 1
+    assert "Model: flux1-fill-aio" in response.json()["info"]
+    (again,) = _images(_post(api, "img2img", denoising_strength=1.0, subseed=5,
+                             subseed_strength=0.5, **fill))  # fmt: skip
+    assert not np.array_equal(again, image)  # start noise given as latents at strength 1
+    (other,) = _images(_post(api, "img2img", **{**fill, "model": "flux1-aio"},
+                             denoising_strength=1.0))  # fmt: skip
+    assert not np.array_equal(other, image)  # a different model, a different picture
+    (plain,) = _images(_post(api, "img2img", model="flux1-fill-aio", denoising_strength=0.6))
+    assert plain.shape == (64, 64, 3)  # no mask: the whole image at the strength
+    refused = _post(api, "txt2img", model="flux1-fill-aio")
+    assert refused.status_code == 422, refused.text
+    assert "FLUX.1 Fill is an inpainting model" in refused.text

@@ -213,8 +213,10 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
-        if inpaint_model:
-            masked_latents = _masked_image_latents(pipe, req.pixels, mask)
+        if inpaint_model:  # the family's conditioning (FLUX.1 Fill's), else SD's 9-channel
+            masked_latents = run.family.masked_image_latents(pipe, req.pixels, mask)
+            if masked_latents is None:
+                masked_latents = _masked_image_latents(pipe, req.pixels, mask)
         else:  # a 4-channel model never reads them; the pipeline wants the right shape
             masked_latents = latents
         kwargs.update(

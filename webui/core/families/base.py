@@ -135,6 +135,11 @@ class Family(ABC):
         """What a pipeline call with output_type="latent" returns, as (B, C, h, w)."""
         return latents
 
+    def masked_image_latents(self, pipe: Any, pixels: Any, mask: Any) -> Any:
+        """An inpainting model's image conditioning for a batch (`pixels` (B, 3, H, W),
+        the processing-size mask); None: the core's 9-channel one (SD inpainting models)."""
+        return None
+
     def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
         """Extra keyword arguments of its img2img and inpaint pipelines' calls (FLUX's
         need the image size; Stable Diffusion's take it from the init latents)."""

@@ -87,12 +87,18 @@ class FluxFamily(Family):
         if layout.transformer is None:
             return None
         transformer = fk.transformer_config(shapes, layout.transformer)
+        if not self.accepts(transformer):  # FLUX.1 Fill is its own family (flux_fill.py)
+            return None
         vae = fk.vae_config(shapes, layout.vae) if layout.vae is not None else {}
         encoders = (
             fk.clip_l_config(shapes, layout.clip_l) if layout.clip_l is not None else {},
             fk.t5_config(shapes, layout.t5xxl) if layout.t5xxl is not None else {},
         )
         return self._spec(transformer, vae, encoders, layout.missing())
+
+    def accepts(self, transformer: dict) -> bool:
+        """Whether a transformer config is this family's: one that reads the latents only."""
+        return transformer["in_channels"] == transformer["out_channels"]
 
     def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
         schnell = not transformer["guidance_embeds"]
