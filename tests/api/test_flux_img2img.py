@@ -27,6 +27,7 @@ def api(tmp_path_factory, flux_files) -> Iterator[tuple[str, httpx.Client]]:
     models = data / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     shutil.copy(flux_files["all-in-one"], models / "flux1-aio.safetensors")
+    shutil.copy(flux_files["all-in-one"], models / "flux1-kontext-aio.safetensors")
     fill = tiny_flux.build_tiny_flux(seed=2, fill=True)
     tiny_flux.save_all_in_one(fill, models / "flux1-fill-aio.safetensors", dtype=torch.float32)
     argv = ["--api", "--nowebui", "--data-dir", str(data)]
@@ -177,3 +178,23 @@ def test_flux_fill_is_recognised_by_its_input_layer_and_inpaints(api):
     refused = _post(api, "txt2img", model="flux1-fill-aio")
     assert refused.status_code == 422, refused.text
     assert "FLUX.1 Fill is an inpainting model" in refused.text
+
+
+def test_flux_kontext_reads_the_init_image_as_reference(api):
+    kontext = {"model": "flux1-kontext-aio", "prompt": "make it a watercolour"}
+    response = _post(api, "img2img", denoising_strength=1.0, **kontext)
+    (edited,) = _images(response)
+    (plain,) = _images(_post(api, "img2img", denoising_strength=1.0, prompt=kontext["prompt"]))
+    assert not np.array_equal(edited, plain)  # the same weights, plus the reference tokens
+    other = _init_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    (from_other,) = _images(_post(api, "img2img", denoising_strength=1.0,
+                                  init_images=[_b64(other)], **kontext))  # fmt: skip
+    assert not np.array_equal(from_other, edited)  # at strength 1 only the reference differs
+    assert "Model: flux1-kontext-aio" in response.json()["info"]
+    (masked,) = _images(_post(api, "img2img", mask=_b64(_left_half_mask()), mask_blur=0,
+                              denoising_strength=0.9, **kontext))  # fmt: skip
+    init = np.asarray(_init_image(), dtype=np.int16)
+    assert np.array_equal(masked[:, 32:], init[:, 32:])
+    (text,) = _images(_post(api, "txt2img", **kontext))  # no image: FLUX.1 dev's way
+    (text_dev,) = _images(_post(api, "txt2img", prompt=kontext["prompt"]))
+    assert np.array_equal(text, text_dev)

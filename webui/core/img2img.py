@@ -303,6 +303,7 @@ def run_batch(
     else:
         pixels = pixels_tensor([item.image for item in items])
         latents = vae_encode_pixels(pipe, pixels)
+    reference = latents  # before the masked content (FLUX.1 Kontext's reference image)
     mask = items[0].blend_mask
     if mask is not None:
         soft_on = params.soft_inpainting is not None  # A1111: mask_round off
@@ -332,6 +333,7 @@ def run_batch(
         sampling=run.sampling(choice.sampler, params),
         soft=soft,
         generators=[] if generators is None else generators,
+        reference=reference,
     )
     if soft is None or params.soft_inpainting is None:  # hard, or mask_round off
         return denoise(run, request, on_step)

@@ -175,6 +175,7 @@ class DenoiseRequest:
     sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
     soft: SoftBlend | None = None  # soft inpainting: its blend replaces the hard one
     generators: list = field(default_factory=list)  # set by `denoise`: a refiner goes on with them
+    reference: torch.Tensor | None = None  # the init image's latents (FLUX.1 Kontext reads them)
 
 
 def _hard_mask(req: DenoiseRequest) -> bool:
@@ -223,7 +224,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     req.generators[:] = kwargs["generator"]
-    latents = run.family.finished_latents(pipe, pipe(**kwargs).images, height, width)
+    with run.family.with_reference(pipe, req.reference):
+        latents = run.family.finished_latents(pipe, pipe(**kwargs).images, height, width)
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 
 

@@ -1,6 +1,6 @@
 """Model families as modules: SD 1.x and 2.x (`sd.py`), SDXL (`sdxl.py`), the SDXL refiner
 (`sdxl_refiner.py`), FLUX.1 (`flux.py`, a transformer family) and FLUX.1 Fill
-(`flux_fill.py`); see `base.py`.
+(`flux_fill.py`) and FLUX.1 Kontext (`flux_kontext.py`, told by its file name); see `base.py`.
 
 `default_families()` is what the composition root passes to the model manager and the
 worker: recognition asks them in this order (SDXL's second encoder first, then OpenCLIP
@@ -13,6 +13,7 @@ from __future__ import annotations
 from .base import Families, Family
 from .flux import FLUX1
 from .flux_fill import FLUX1_FILL
+from .flux_kontext import FLUX1_KONTEXT
 from .sd import SD1, SD2
 from .sdxl import SDXL
 from .sdxl_refiner import SDXL_REFINER
@@ -20,6 +21,7 @@ from .sdxl_refiner import SDXL_REFINER
 __all__ = [
     "FLUX1",
     "FLUX1_FILL",
+    "FLUX1_KONTEXT",
     "SD1",
     "SD2",
     "SDXL",
@@ -31,4 +33,4 @@ __all__ = [
 
 
 def default_families() -> Families:
-    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1, FLUX1_FILL))
+    return Families((SDXL, SDXL_REFINER, SD2, SD1, FLUX1, FLUX1_FILL, FLUX1_KONTEXT))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from types import MappingProxyType
 from typing import Any, overload
 
@@ -139,6 +139,12 @@ class Family(ABC):
         """An inpainting model's image conditioning for a batch (`pixels` (B, 3, H, W),
         the processing-size mask); None: the core's 9-channel one (SD inpainting models)."""
         return None
+
+    def with_reference(self, pipe: Any, reference: Any) -> AbstractContextManager[Any]:
+        """Around one img2img/inpaint pipeline call: the init image's latents `reference`
+        (B, C, h, w) given to the denoiser as the family reads one (FLUX.1 Kontext's
+        reference tokens); the others denoise from the init latents only."""
+        return nullcontext()
 
     def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
         """Extra keyword arguments of its img2img and inpaint pipelines' calls (FLUX's
