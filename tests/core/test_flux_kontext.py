@@ -5,6 +5,7 @@ diffusers' `FluxKontextPipeline` does with the same init image and noise."""
 from __future__ import annotations
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from webui.core.families import FLUX1, FLUX1_KONTEXT, default_families
 from webui.core.families.flux_kontext import reference_tokens
@@ -21,6 +22,9 @@ def test_a_kontext_file_is_told_by_its_name(tmp_path):
     spec = identify_file(kontext, families)
     assert (spec.family, spec.family_label) == (FLUX1_KONTEXT.name, "FLUX.1 Kontext")
     assert families.of(spec) is FLUX1_KONTEXT
+    titled = tmp_path / "my-edits.safetensors"
+    save_file(load_file(dev), titled, metadata={"modelspec.title": "FLUX.1 Kontext [dev]"})
+    assert identify_file(titled, families).family == FLUX1_KONTEXT.name
 
 
 def test_reference_tokens_are_what_the_kontext_pipeline_gives_the_transformer():

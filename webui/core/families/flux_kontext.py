@@ -6,7 +6,9 @@ img2img tab's behaviour for a Kontext checkpoint.
   `FluxTransformer2DModel`; ComfyUI loads it as FLUX and adds the reference with its
   `ReferenceLatent` node), so the tensors cannot say it. A FLUX.1 file whose name
   contains "kontext" (any case: `flux1-kontext-dev.safetensors`,
-  `flux1-dev-kontext_fp8_scaled.safetensors`) is this family (`spec_from_file_name`).
+  `flux1-dev-kontext_fp8_scaled.safetensors`), or whose safetensors model-spec metadata
+  names it (`modelspec.title`: "FLUX.1 Kontext [dev]"), is this family
+  (`spec_from_file_name`).
 - img2img and inpaint run the core's img2img path as FLUX.1 does, and every transformer
   call also reads the init image's latents as reference tokens, as `FluxKontextPipeline`
   feeds them: packed 2x2 like the latents, appended after them, with position ids whose
@@ -47,10 +49,30 @@ class FluxKontextFamily(FluxFamily):
         return None  # the tensors are FLUX.1 dev's: recognised by name only
 
     def spec_from_file_name(self, spec: ModelSpec, path: Path) -> ModelSpec | None:
-        """A FLUX.1 spec of a file named as a Kontext checkpoint, as this family's."""
-        if spec.family != FLUX1.name or NAME_MARK not in path.name.lower():
+        """A FLUX.1 spec of a file named (or titled) as a Kontext checkpoint, as this
+        family's."""
+        if spec.family != FLUX1.name:
+            return None
+        if NAME_MARK not in path.name.lower() and not _titled_kontext(path):
             return None
         return replace(spec, family=self.name, family_label=self.label)
+
+
+def _titled_kontext(path: Path) -> bool:
+    """Whether a safetensors file's model-spec metadata (`modelspec.title`,
+    `modelspec.architecture`, ... as kohya's and ComfyUI's savers write them) names
+    Kontext."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # unreadable: identify has already said so, or will
+        return False
+    return any(key.startswith("modelspec.") and NAME_MARK in str(value).lower()
+               for key, value in metadata.items())  # fmt: skip
 
     def with_reference(self, pipe: Any, reference: torch.Tensor | None):
         if reference is None:
