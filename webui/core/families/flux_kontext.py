@@ -57,6 +57,11 @@ class FluxKontextFamily(FluxFamily):
             return None
         return replace(spec, family=self.name, family_label=self.label)
 
+    def with_reference(self, pipe: Any, reference: torch.Tensor | None):
+        if reference is None:
+            return super().with_reference(pipe, reference)
+        return reference_tokens(pipe.transformer, reference)
+
 
 def _titled_kontext(path: Path) -> bool:
     """Whether a safetensors file's model-spec metadata (`modelspec.title`,
@@ -73,11 +78,6 @@ def _titled_kontext(path: Path) -> bool:
         return False
     return any(key.startswith("modelspec.") and NAME_MARK in str(value).lower()
                for key, value in metadata.items())  # fmt: skip
-
-    def with_reference(self, pipe: Any, reference: torch.Tensor | None):
-        if reference is None:
-            return super().with_reference(pipe, reference)
-        return reference_tokens(pipe.transformer, reference)
 
 
 def reference_ids(height: int, width: int) -> torch.Tensor:
