@@ -40,7 +40,8 @@ def manager(folder: Path, families: Families) -> ModelManager:
 
 def test_default_families_recognise_in_order(tiny_files):
     families = default_families()
-    assert families.names() == ["sdxl", "sdxl_refiner", "sd2", "sd1", "flux1", "sd3", "zimage"]
+    assert families.names() == ["sdxl", "sdxl_refiner", "sd2", "sd1", "flux1", "flux1-fill",
+                                "flux1-kontext", "sd3", "zimage"]  # fmt: skip
     for name, family in (("sd1", SD1), ("sd1-inpaint", SD1), ("sd2", SD2), ("sdxl", SDXL)):
         spec = identify_file(tiny_files[name], families)
         assert families.of(spec) is family and spec.family_label == family.label

@@ -42,7 +42,11 @@ class FluxPromptEncoder:
     def encode(self, text: str) -> Encoded:
         if text not in self._cache:
             pieces = parse_attention(text)
-            self._cache[text] = Encoded(self._t5(pieces), self._clip_pooled(pieces))
+            dtype = self.pipe.transformer.dtype  # the denoiser's (bf16 on a CPU that has it),
+            # whatever the text encoders run in: the pipelines make their latents in it
+            self._cache[text] = Encoded(
+                self._t5(pieces).to(dtype), self._clip_pooled(pieces).to(dtype)
+            )
         return self._cache[text]
 
     @torch.inference_mode()

@@ -120,11 +120,13 @@ def hires_pass(
     progress.step = 0
     seeds = list(noise.seeds)
     ngms = run.ngms(params)
-    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms,
+    factor = pipe.vae_scale_factor
+    size = (latents.shape[-2] * factor, latents.shape[-1] * factor)  # FLUX's previews
+    with run.family.follow_steps(pipe, conditioning, len(seeds), ngms, size=size,
                                  control=run.control) as follow_steps:  # fmt: skip
         request = DenoiseRequest(
             latents=latents,
-            conditioning=conditioning.pipeline_kwargs(),
+            conditioning=run.family.pipeline_call_kwargs(conditioning, params),  # guidance
             choice=hr_choice,
             steps=steps,
             strength=hp.denoising_strength,

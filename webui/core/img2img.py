@@ -230,7 +230,8 @@ class Img2ImgJob:
                              multiplier=noise_multiplier(params))  # fmt: skip
         ngms = run.ngms(params)
         refiner, generators = self.refiner, []
-        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms,
+        size = (params.height, params.width)  # FLUX unpacks its latents for previews
+        with run.family.follow_steps(run.pipe, self.conditioning, len(seeds), ngms, size=size,
                                      control=run.control) as follow_steps:  # fmt: skip
             on_step = follow_steps(self.on_step)
             images = run_batch(
@@ -238,7 +239,7 @@ class Img2ImgJob:
                 self.params,
                 items,
                 seeds,
-                self.conditioning.pipeline_kwargs(),
+                run.family.pipeline_call_kwargs(self.conditioning, params),  # with guidance
                 self.choice,
                 refiner.stopping(on_step) if refiner else on_step,  # stops at the switch
                 output_type="latent" if refiner else "pil",
@@ -302,6 +303,7 @@ def run_batch(
     else:
         pixels = pixels_tensor([item.image for item in items])
         latents = vae_encode_pixels(pipe, pixels, run.memory)
+    reference = latents  # before the masked content (FLUX.1 Kontext's reference image)
     mask = items[0].blend_mask
     if mask is not None:
         soft_on = params.soft_inpainting is not None  # A1111: mask_round off
@@ -314,6 +316,8 @@ def run_batch(
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
     soft = _soft_blend(params, items[0], latents)
+    if soft is not None:  # FLUX: refused
+        run.family.check_mode("soft inpainting" if params.soft_inpainting else "mask_round off")
     request = DenoiseRequest(
         latents=latents,
         conditioning=conditioning,
@@ -329,6 +333,7 @@ def run_batch(
         sampling=run.sampling(choice.sampler, params),
         soft=soft,
         generators=[] if generators is None else generators,
+        reference=reference,
     )
     if soft is None or params.soft_inpainting is None:  # hard, or mask_round off
         return denoise(run, request, on_step)

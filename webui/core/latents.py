@@ -66,7 +66,16 @@ def vae_encode_pixels(pipe, pixels: torch.Tensor, memory: MemoryRun | None = Non
     finally:
         if upcast:
             vae.to(torch.float16)
-    return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
+    shift = getattr(vae.config, "shift_factor", None)  # FLUX's autoencoder
+    if shift is not None:
+        latents = latents - shift
+    return (latents * vae.config.scaling_factor).to(denoiser_dtype(pipe))
+
+
+def denoiser_dtype(pipe) -> torch.dtype:
+    """The dtype of the pipeline's denoiser: its UNet, or its transformer (FLUX)."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    return denoiser.dtype
 
 
 def _draft_encode(pipe, pixels: torch.Tensor, memory: MemoryRun) -> torch.Tensor:
@@ -82,7 +91,7 @@ def _draft_encode(pipe, pixels: torch.Tensor, memory: MemoryRun) -> torch.Tensor
     if tuple(latents.shape[-2:]) != size:
         latents = F.interpolate(latents.float(), size, mode="bilinear", antialias=True)
     memory.notes["VAE Encoder"] = "TAESD"
-    return latents.to(pipe.unet.dtype)
+    return latents.to(denoiser_dtype(pipe))
 
 
 def vae_encode(pipe, images: list[Image.Image], memory: MemoryRun | None = None) -> torch.Tensor:
@@ -185,6 +194,7 @@ class DenoiseRequest:
     sampling: SamplerRun = field(default_factory=SamplerRun)  # eta, sigma churn, ...
     soft: SoftBlend | None = None  # soft inpainting: its blend replaces the hard one
     generators: list = field(default_factory=list)  # set by `denoise`: a refiner goes on with them
+    reference: torch.Tensor | None = None  # the init image's latents (FLUX.1 Kontext reads them)
 
 
 def _hard_mask(req: DenoiseRequest) -> bool:
@@ -208,11 +218,10 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
     inpaint_pipe = inpaint_model or _hard_mask(req)
     kwargs = dict(
-        **req.conditioning,
+        **{"guidance_scale": req.cfg_scale, **req.conditioning},  # the family's guidance
         image=latents,
         strength=req.strength,
         num_inference_steps=steps,
-        guidance_scale=req.cfg_scale,
         num_images_per_prompt=len(req.seeds),
         **_noise_inputs(pipe, req, inpaint_pipe),
         callback_on_step_end=on_step,
@@ -220,18 +229,22 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
         output_type="latent",  # decoded by decode_latents: tiling, NaN check
         **req.sampling.pipeline_kwargs,  # DDIM's eta
         **aesthetic_kwargs(pipe, run.aesthetic_scores),  # the SDXL refiner's options
+        **run.family.img2img_call_kwargs(height, width),  # FLUX: the size of its latents
     )
     if inpaint_pipe:
         mask = req.mask if req.mask is not None else Image.new("L", (width, height), 255)
-        if inpaint_model:
-            masked_latents = _masked_image_latents(pipe, req.pixels, mask, run.memory)
+        if inpaint_model:  # the family's conditioning (FLUX.1 Fill's), else SD's 9-channel
+            masked_latents = run.family.masked_image_latents(pipe, req.pixels, mask)
+            if masked_latents is None:
+                masked_latents = _masked_image_latents(pipe, req.pixels, mask, run.memory)
         else:  # a 4-channel model never reads them; the pipeline wants the right shape
             masked_latents = latents
         kwargs.update(
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     req.generators[:] = kwargs["generator"]
-    latents = pipe(**kwargs).images
+    with run.family.with_reference(pipe, req.reference):
+        latents = run.family.finished_latents(pipe, pipe(**kwargs).images, height, width)
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 
 

@@ -147,21 +147,38 @@ class NoisyScheduler:
     same noise without the extra. Install it on a fresh scheduler for one pipeline call."""
 
     def __init__(self, scheduler, noise: torch.Tensor, extra: float = 0.0):
-        self.add_noise = scheduler.add_noise
+        if hasattr(scheduler, "scale_noise"):  # flow matching: scale_noise(x, t, noise)
+            scale_noise = scheduler.scale_noise
+            self.add_noise = lambda original, ours, t: scale_noise(original, t, ours)
+        else:
+            self.add_noise = scheduler.add_noise
         self.noise, self.extra, self.first = noise, extra, True
 
     def install(self, scheduler) -> None:
-        scheduler.add_noise = self
+        if hasattr(scheduler, "scale_noise"):
+            scheduler.scale_noise = lambda sample, t, noise: self(sample, noise, t)
+        else:
+            scheduler.add_noise = self
 
     def __call__(self, original: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        if noise.shape != self.noise.shape:
-            raise ValueError(f"noise {tuple(noise.shape)} asked, {tuple(self.noise.shape)} made")
-        ours = self.noise.to(noise.device, noise.dtype)
+        made = self.noise
+        if noise.ndim == 3 and made.ndim == 4:  # FLUX's inpaint loop: 2x2-packed latents
+            made = pack_2x2(made)
+        if noise.shape != made.shape:
+            raise ValueError(f"noise {tuple(noise.shape)} asked, {tuple(made.shape)} made")
+        ours = made.to(noise.device, noise.dtype)
         noised = self.add_noise(original, ours, timesteps)
         if self.first and self.extra > 0:
             noised = noised + ours * self.extra
         self.first = False
         return noised
+
+
+def pack_2x2(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents as FLUX packs them: (B, h/2 * w/2, C * 4) patch tokens."""
+    batch, channels, height, width = latents.shape
+    patches = latents.view(batch, channels, height // 2, 2, width // 2, 2)
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * 4)
 
 
 def pure_noise_latents(noise: torch.Tensor, scheduler, extra: float = 0.0) -> torch.Tensor:

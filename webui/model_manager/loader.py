@@ -215,9 +215,14 @@ def _load_own_layout(path: Path, spec: ModelSpec, family: ModelFamily, device: s
 
 def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
     try:
-        return identify(read_shapes(path), families)
+        spec = identify(read_shapes(path), families)
     except UnsupportedModelError as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from exc
+    for family in families:  # a variant only its file name tells (FLUX.1 Kontext)
+        named = getattr(family, "spec_from_file_name", None)
+        if named is not None and (found := named(spec, path)) is not None:
+            return found
+    return spec
 
 
 def write_config_folder(files: dict[str, dict], folder: Path) -> None:

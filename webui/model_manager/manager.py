@@ -4,13 +4,14 @@ Keeps the last N loaded checkpoints (option `sd_checkpoints_limit`) in an LRU. O
 job worker thread calls `acquire`; listing and refreshing are safe from any thread. The
 model families it can load are given by the composition root (`webui.core.families`).
 Pipeline variants (img2img, inpaint) share the loaded components through `from_pipe`,
-never a second copy of the weights.
+never a second copy of the weights, each module left in its own dtype (`keeping_dtypes`).
 
 This module must never import a UI library.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -72,10 +73,25 @@ class Lease:
             return self.pipe
         cache = self.model.variants
         if pipeline_class_name not in cache:
-            cache[pipeline_class_name] = getattr(diffusers, pipeline_class_name).from_pipe(
-                self.pipe
-            )
+            view_class = keeping_dtypes(getattr(diffusers, pipeline_class_name))
+            cache[pipeline_class_name] = view_class.from_pipe(self.pipe)
         return cache[pipeline_class_name]
+
+
+@functools.cache
+def keeping_dtypes(pipeline_class: type) -> type:
+    """`pipeline_class` whose `from_pipe` leaves every shared module in its own dtype.
+    Diffusers' `from_pipe` ends with `.to(dtype=float32)` unless it is given one dtype for
+    all, which would cast a bf16 or fp16 denoiser (and the txt2img pipeline sharing it)
+    to float32, doubling its memory, and break a model whose modules differ in dtype."""
+
+    class View(pipeline_class):  # type: ignore[misc, valid-type]
+        def to(self, *args, **kwargs):
+            kwargs.pop("dtype", None)
+            return super().to(*args, **kwargs) if args or kwargs else self
+
+    View.__name__ = View.__qualname__ = pipeline_class.__name__
+    return View
 
 
 class ModelManager:

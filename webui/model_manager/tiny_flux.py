@@ -6,7 +6,8 @@ transformer width 64 (2 heads of 32, never FLUX.1's 3072, so a width assumed fro
 family fails), 1 double and 1 single block, 16 latent channels; CLIP-L width 32 with the
 real vocabulary; T5 width 32 with T5 v1.1's 32 128-entry vocabulary; an autoencoder with
 2 levels (a scale factor of 2) and 16 latent channels, no quant convolutions (as
-ae.safetensors). `schnell=True` leaves out the guidance embedding.
+ae.safetensors). `schnell=True` leaves out the guidance embedding; `fill=True` widens the
+input layer as FLUX.1 Fill's.
 
 Layouts written: `save_transformer` (BFL keys, optionally under `model.diffusion_model.`),
 `save_all_in_one` (ComfyUI/Forge prefixes), `save_modules` (`ae.safetensors`,
@@ -36,10 +37,13 @@ from .tiny import _text_config
 HEAD_DIM, HEADS = 32, 2
 TEXT_WIDTH = 32
 T5_VOCAB = 32128
+FILL_IN_CHANNELS = 64 + 64 + 4 * 2 * 2  # the autoencoder's scale factor is 2
 
 
-def build_tiny_flux(seed: int = 0, schnell: bool = False):
-    """A tiny `FluxPipeline` with random weights."""
+def build_tiny_flux(seed: int = 0, schnell: bool = False, fill: bool = False):
+    """A tiny `FluxPipeline` with random weights; `fill`: a FLUX.1 Fill transformer (its
+    input layer also reads the masked image's latents and the mask, 64 + 64 + 4 x 2 x 2
+    features here as 64 + 64 + 4 x 8 x 8 = 384 in FLUX.1 Fill)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -53,7 +57,7 @@ def build_tiny_flux(seed: int = 0, schnell: bool = False):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
-            in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=HEAD_DIM,
+            in_channels=FILL_IN_CHANNELS if fill else 64, out_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=HEAD_DIM,
             num_attention_heads=HEADS, joint_attention_dim=TEXT_WIDTH,
             pooled_projection_dim=TEXT_WIDTH, guidance_embeds=not schnell,
             axes_dims_rope=(4, 14, 14),

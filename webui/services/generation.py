@@ -184,6 +184,11 @@ class GenerationService:
         modes = ["txt2img" if request.kind == "txt2img" else "img2img"]
         if getattr(params, "hires", None) is not None:
             modes.append("img2img")  # the second pass is an img2img pass
+        if getattr(params, "mask", None) is not None:  # per-step blends of its latents
+            if params.soft_inpainting is not None:
+                modes.append("soft inpainting")
+            elif not params.mask_round:
+                modes.append("mask_round off")
         checks = (((), modes, None, None),
                   (("sampler_name",), (), params.sampler_name, None),
                   (("scheduler",), (), params.sampler_name, params.scheduler))  # fmt: skip

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from types import MappingProxyType
 from typing import Any, overload
 
+from ...errors import UserError
 from ...model_manager.identify import ModelSpec, Shapes
 from ..composable import hooked, sigma_of_timestep
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
@@ -64,6 +65,8 @@ class Family(ABC):
     # taesd_encoder.*); None: the family has none (previews fall back to Approx cheap)
     vae_approx: str | None = None
     taesd: str | None = None
+    # A1111's per-step blends (soft inpainting, mask_round off) work on its latents
+    soft_inpainting: bool = True
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -133,6 +136,22 @@ class Family(ABC):
         """What a pipeline call with output_type="latent" returns, as (B, C, h, w)."""
         return latents
 
+    def masked_image_latents(self, pipe: Any, pixels: Any, mask: Any) -> Any:
+        """An inpainting model's image conditioning for a batch (`pixels` (B, 3, H, W),
+        the processing-size mask); None: the core's 9-channel one (SD inpainting models)."""
+        return None
+
+    def with_reference(self, pipe: Any, reference: Any) -> AbstractContextManager[Any]:
+        """Around one img2img/inpaint pipeline call: the init image's latents `reference`
+        (B, C, h, w) given to the denoiser as the family reads one (FLUX.1 Kontext's
+        reference tokens); the others denoise from the init latents only."""
+        return nullcontext()
+
+    def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
+        """Extra keyword arguments of its img2img and inpaint pipelines' calls (FLUX's
+        need the image size; Stable Diffusion's take it from the init latents)."""
+        return {}
+
     # --- sampling ---------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
         """An A1111 sampler and schedule type (None: the defaults) for this family."""
@@ -147,8 +166,11 @@ class Family(ABC):
         return {}
 
     def check_mode(self, mode: Mode) -> None:
-        """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img)."""
-        return None  # every mode, unless a family says otherwise
+        """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img;
+        also "soft inpainting" and "mask_round off", A1111's per-step latent blends)."""
+        if mode in ("soft inpainting", "mask_round off") and not self.soft_inpainting:
+            what = "Soft inpainting" if mode == "soft inpainting" else mode
+            raise UserError(f"{what} is not available for {self.label} models")
 
     # --- networks and infotext --------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:

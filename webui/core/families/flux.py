@@ -9,9 +9,11 @@
   or from the separate module files the job chose (Forge's "VAE / Text Encoder": ae,
   clip_l, t5xxl); a component found nowhere is a `MissingModuleError` naming the file to
   add and the folder. Tokenizers: CLIP's and T5 v1.1's, shipped in the package.
-- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
-  prompts through `core.flux_text` (T5 emphasis, prompt editing; AND refused), Forge's
-  "Distilled CFG Scale" as the guidance embedding (`params.distilled_cfg_scale`, not for
+- Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
+  (`FluxImg2ImgPipeline`, `FluxInpaintPipeline` as `from_pipe` views; init latents with
+  the autoencoder's shift; soft inpainting refused); prompts through `core.flux_text`
+  (T5 emphasis, prompt editing; AND refused), Forge's "Distilled CFG Scale" as the
+  guidance embedding (`params.distilled_cfg_scale`, not for
   schnell's files, which have none), the CFG scale as true CFG with the negative prompt
   only above 1; the pipeline's packed latents unpacked for previews and decoding.
 - Samplers: Euler on the flow-matching schedule (FLUX.1 dev's resolution-dependent shift,
@@ -77,6 +79,7 @@ class FluxFamily(Family):
     latent_rgb = FLUX_LATENT_RGB
     folder_classes = frozenset({"FluxPipeline"})
     base_scheduler = FLUX_SCHEDULER
+    soft_inpainting = False  # its pipelines blend packed latents: A1111's blends do not fit
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -84,12 +87,18 @@ class FluxFamily(Family):
         if layout.transformer is None:
             return None
         transformer = fk.transformer_config(shapes, layout.transformer)
+        if not self.accepts(transformer):  # FLUX.1 Fill is its own family (flux_fill.py)
+            return None
         vae = fk.vae_config(shapes, layout.vae) if layout.vae is not None else {}
         encoders = (
             fk.clip_l_config(shapes, layout.clip_l) if layout.clip_l is not None else {},
             fk.t5_config(shapes, layout.t5xxl) if layout.t5xxl is not None else {},
         )
         return self._spec(transformer, vae, encoders, layout.missing())
+
+    def accepts(self, transformer: dict) -> bool:
+        """Whether a transformer config is this family's: one that reads the latents only."""
+        return transformer["in_channels"] == transformer["out_channels"]
 
     def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
         schnell = not transformer["guidance_embeds"]
@@ -221,9 +230,9 @@ class FluxFamily(Family):
 
         return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
 
-    def check_mode(self, mode: Mode) -> None:
-        if mode != "txt2img":
-            raise UserError(f"{self.label}: only txt2img is available for FLUX models yet")
+    def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
+        """Its img2img and inpaint pipelines take the size, not the init latents'."""
+        return {"height": height, "width": width}
 
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:

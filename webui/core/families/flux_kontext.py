@@ -1,0 +1,129 @@
+"""FLUX.1 Kontext: editing by instruction ("make it a watercolour", "add a hat") as the
+img2img tab's behaviour for a Kontext checkpoint.
+
+- Told apart by its file name: Kontext's transformer has FLUX.1 dev's layout and every
+  one of its sizes (diffusers' `FluxKontextPipeline` loads the same
+  `FluxTransformer2DModel`; ComfyUI loads it as FLUX and adds the reference with its
+  `ReferenceLatent` node), so the tensors cannot say it. A FLUX.1 file whose name
+  contains "kontext" (any case: `flux1-kontext-dev.safetensors`,
+  `flux1-dev-kontext_fp8_scaled.safetensors`), or whose safetensors model-spec metadata
+  names it (`modelspec.title`: "FLUX.1 Kontext [dev]"), is this family
+  (`spec_from_file_name`).
+- img2img and inpaint run the core's img2img path as FLUX.1 does, and every transformer
+  call also reads the init image's latents as reference tokens, as `FluxKontextPipeline`
+  feeds them: packed 2x2 like the latents, appended after them, with position ids whose
+  first axis is 1, and the prediction for the reference tokens dropped
+  (`reference_tokens`). The reference is the init image as prepared (resize mode, crop
+  of "Only masked"), before the masked content. The denoising strength works as for
+  FLUX.1: at 1 the image starts from noise and the reference alone carries the picture,
+  as in Black Forest Labs' pipeline; below 1 it also starts from the noised image.
+- txt2img (and hires fix, whose second pass has no user image) run without a reference,
+  as FLUX.1 dev.
+
+This module must never import a UI library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...model_manager.identify import ModelSpec, Shapes
+from ..noise import pack_2x2
+from .flux import FLUX1, FluxFamily
+
+NAME_MARK = "kontext"
+
+
+class FluxKontextFamily(FluxFamily):
+    name = "flux1-kontext"
+    label = "FLUX.1 Kontext"
+    folder_classes = frozenset()
+
+    def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
+        return None  # the tensors are FLUX.1 dev's: recognised by name only
+
+    def spec_from_file_name(self, spec: ModelSpec, path: Path) -> ModelSpec | None:
+        """A FLUX.1 spec of a file named (or titled) as a Kontext checkpoint, as this
+        family's."""
+        if spec.family != FLUX1.name:
+            return None
+        if NAME_MARK not in path.name.lower() and not _titled_kontext(path):
+            return None
+        return replace(spec, family=self.name, family_label=self.label)
+
+    def with_reference(self, pipe: Any, reference: torch.Tensor | None):
+        if reference is None:
+            return super().with_reference(pipe, reference)
+        return reference_tokens(pipe.transformer, reference)
+
+
+def _titled_kontext(path: Path) -> bool:
+    """Whether a safetensors file's model-spec metadata (`modelspec.title`,
+    `modelspec.architecture`, ... as kohya's and ComfyUI's savers write them) names
+    Kontext."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # unreadable: identify has already said so, or will
+        return False
+    return any(key.startswith("modelspec.") and NAME_MARK in str(value).lower()
+               for key, value in metadata.items())  # fmt: skip
+
+
+def reference_ids(height: int, width: int) -> torch.Tensor:
+    """Position ids (tokens, 3) of packed reference latents of (height, width) latent
+    pixels: (1, row, column), as `FluxKontextPipeline` gives its image."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 0] = 1
+    ids[..., 1] = torch.arange(height // 2)[:, None]
+    ids[..., 2] = torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+@contextmanager
+def reference_tokens(transformer: Any, reference: torch.Tensor) -> Iterator[None]:
+    """While open, every call of `transformer` reads `reference` (B, 16, h, w) as tokens
+    after its latents; its output keeps the latents' tokens only."""
+    tokens = pack_2x2(reference)
+    ids = reference_ids(*reference.shape[-2:])
+    counts: list[int] = []
+
+    def pre_hook(module, args, kwargs):
+        hidden = kwargs["hidden_states"]
+        counts.append(hidden.shape[1])
+        extra = tokens.to(hidden.device, hidden.dtype)
+        if extra.shape[0] != hidden.shape[0]:
+            extra = extra.repeat(hidden.shape[0] // extra.shape[0], 1, 1)
+        img_ids = kwargs["img_ids"]
+        return args, {**kwargs, "hidden_states": torch.cat([hidden, extra], dim=1),
+                      "img_ids": torch.cat([img_ids, ids.to(img_ids)], dim=0)}  # fmt: skip
+
+    def post_hook(module, args, kwargs, output):
+        count = counts.pop()
+        if isinstance(output, tuple):
+            return (output[0][:, :count], *output[1:])
+        output.sample = output.sample[:, :count]
+        return output
+
+    handles = [
+        transformer.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        transformer.register_forward_hook(post_hook, with_kwargs=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+FLUX1_KONTEXT = FluxKontextFamily()
