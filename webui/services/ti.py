@@ -49,20 +49,22 @@ class TiService:
         except TrainInputError as exc:
             raise RequestError((exc.field,), exc.message) from None
         self._checkpoint(params.checkpoint)
-        existing = self._file(params.name)
+        existing = self.embedding_file(params.name)
         if existing is not None and not params.overwrite_old:
             raise RequestError(("name",), f"file {existing} already exists; choose another name "
                                "or allow overwriting the old embedding")  # fmt: skip
         spec = CreateEmbeddingJob(params, str(self.embeddings_dir))
         return self.jobs.submit(CREATE_KIND, spec, owner=owner)
 
-    def submit_train(self, params: TrainEmbeddingParams, owner: str) -> Job:
+    def submit_train(
+        self, params: TrainEmbeddingParams, owner: str, job_id: str | None = None
+    ) -> Job:
         try:
             check_train_embedding_params(params)
         except TrainInputError as exc:
             raise RequestError((exc.field,), exc.message) from None
         self._checkpoint(params.checkpoint)
-        path = self._file(params.embedding_name)
+        path = self.embedding_file(params.embedding_name)
         if path is None:
             raise RequestError(("embedding_name",), f"no embedding named {params.embedding_name!r}"
                                " in the embeddings folder; create it first")  # fmt: skip
@@ -88,7 +90,10 @@ class TiService:
         log_dir = log_dir if log_dir.is_absolute() else self.data_dir / log_dir
         seed = random.randrange(2**32)
         spec = TrainEmbeddingJob(params, str(path), lines, str(log_dir), seed)
-        return self.jobs.submit(TRAIN_KIND, spec, owner=owner)
+        try:
+            return self.jobs.submit(TRAIN_KIND, spec, owner=owner, job_id=job_id)
+        except ValueError as exc:  # a bad or taken id (QueueFullError is not a ValueError)
+            raise RequestError(("id_task",), str(exc)) from None
 
     def templates(self) -> dict[str, Path]:
         return template_files(self.data_dir)
@@ -98,7 +103,7 @@ class TiService:
         files = self.embeddings.refresh() if self.embeddings is not None else []
         return sorted(f.name for f in files if f.path.suffix.lower() == ".safetensors")
 
-    def _file(self, name: str) -> Path | None:
+    def embedding_file(self, name: str) -> Path | None:
         if self.embeddings is not None:
             for file in self.embeddings.refresh():
                 if file.name == name:
