@@ -4,6 +4,9 @@ the tiny SD 1.x model: A1111's answers, the trained embedding changes the next i
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import pytest
 
@@ -86,3 +89,34 @@ def test_bad_train_input_is_422_naming_the_field(api, changes, field):
     answer = client.post("/sdapi/v1/train/embedding", json=train_body(images, **changes))
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["loc"][-1] == field
+
+
+def test_progress_shows_the_training_and_interrupt_keeps_the_embedding(api):
+    client, images, data = api
+    client.post("/sdapi/v1/create/embedding", json={"name": "long", "init_text": "dog"})
+    done: dict = {}
+
+    def run() -> None:
+        body = train_body(images, id_task=None, embedding_name="long", steps=100000)
+        done["answer"] = client.post("/sdapi/v1/train/embedding", json=body)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        progress: dict = {}
+        while time.monotonic() < deadline and "answer" not in done:
+            progress = client.get("/sdapi/v1/progress").json()
+            if "loss" in (progress["textinfo"] or "") and progress["state"]["sampling_step"]:
+                break
+            time.sleep(0.2)
+        assert "loss" in progress["textinfo"], progress
+        assert progress["state"]["job"] == "train_embedding"
+        assert progress["state"]["sampling_steps"] == 100000 and progress["eta_relative"] > 0
+    finally:
+        client.post("/sdapi/v1/interrupt")
+        thread.join(300)
+    info = done["answer"].json()["info"]
+    assert "error: None" in info and "Interrupted at step" in info
+    step = client.get("/sdapi/v1/embeddings").json()["loaded"]["long"]["step"]
+    assert step >= 1

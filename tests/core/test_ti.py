@@ -4,11 +4,15 @@ a loadable file; bad names and schedules are refused."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from tests.core.test_train_lora import Setup
@@ -141,10 +145,17 @@ def test_training_lowers_the_loss_and_writes_the_step(sd1):
 
 def test_training_goes_on_from_the_files_step_and_an_interrupt_keeps_a_file(sd1):
     create(sd1, "stopped")
-    result = train(sd1, "stopped", stop_at=3)
+    result = train(sd1, "stopped", stop_at=3, create_image_every=2, save_embedding_every=2,
+                   preview_from_txt2img=True, preview_prompt="stopped", preview_steps=2,
+                   preview_width=64, preview_height=64, preview_sampler_name="Euler")  # fmt: skip
     assert result.steps == 3
     emb = sd1.registry.load(next(f for f in sd1.registry.refresh() if f.name == "stopped"))
     assert emb.step == 3 and torch.isfinite(emb.vectors[""]).all()
+    assert [Path(p).name for p in result.log.samples] == ["stopped-2.png"]
+    stored = next((sd1.root / "ti-logs").rglob("image_embeddings/stopped-2.png"))
+    data = json.loads(base64.b64decode(Image.open(stored).text["sd-ti-embedding"]))
+    assert data["step"] == 2 and data["name"] == "stopped"
+    assert len(data["string_to_param"]["*"]["TORCHTENSOR"]) == 2  # 2 vectors
 
 
 def test_learn_rate_schedules_are_a1111s():
@@ -189,3 +200,14 @@ def test_both_jobs_round_trip_through_the_job_store(tmp_path):
                                    ("a [name]", "b [filewords]"), "/d/log", 5)  # fmt: skip
     assert decode_params("create_embedding", *encode(create_spec)) == create_spec
     assert decode_params("train_embedding", *encode(train_spec)) == train_spec
+
+
+def test_an_sdxl_embedding_has_clip_l_and_clip_g(tmp_path, tiny_files):
+    setup = Setup(tmp_path, tiny_files, "sdxl")
+    setup.emb_dir = tmp_path / "models" / "embeddings"
+    create(setup, "xl", num_vectors_per_token=3)
+    with safe_open(str(setup.emb_dir / "xl.safetensors"), "pt") as f:
+        shapes = {key: tuple(f.get_tensor(key).shape) for key in f.keys()}  # noqa: SIM118
+    pipe = setup.models.acquire(setup.models.resolve("tiny")).pipe
+    widths = (pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size)
+    assert shapes == {"clip_l": (3, widths[0]), "clip_g": (3, widths[1])}
