@@ -200,6 +200,8 @@ def test_both_jobs_round_trip_through_the_job_store(tmp_path):
                                    ("a [name]", "b [filewords]"), "/d/log", 5)  # fmt: skip
     assert decode_params("create_embedding", *encode(create_spec)) == create_spec
     assert decode_params("train_embedding", *encode(train_spec)) == train_spec
+    job = Job(kind="train_embedding", params=train_spec, owner="test", options={})
+    assert job.prompt == "x"  # the queue panel lists the embedding's name
 
 
 def test_an_sdxl_embedding_has_clip_l_and_clip_g(tmp_path, tiny_files):

@@ -88,6 +88,11 @@ class CreateEmbeddingJob:
     params: CreateEmbeddingParams
     embeddings_dir: str
 
+    @property
+    def prompt(self) -> str:
+        """What the queue panel lists for the job: the embedding's name."""
+        return self.params.name
+
 
 @dataclass(frozen=True)
 class TrainEmbeddingJob:
@@ -99,6 +104,10 @@ class TrainEmbeddingJob:
     template_lines: tuple[str, ...]
     log_directory: str
     seed: int
+
+    @property
+    def prompt(self) -> str:
+        return self.params.embedding_name
 
 
 class LearnSchedule:
