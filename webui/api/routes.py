@@ -100,6 +100,9 @@ def api_router() -> APIRouter:
     from .routes_interrogate import interrogate_router  # interrogate: CLIP, DeepBooru, WD14
 
     router.include_router(interrogate_router())
+    from .routes_ti import ti_router  # create/embedding, train/embedding (textual inversion)
+
+    router.include_router(ti_router())
     for path, (method, feature) in NOT_BUILT.items():
         router.add_api_route(
             path, _not_built_endpoint(feature), methods=[method], status_code=501,

@@ -137,6 +137,11 @@ class PromptEncoder:
 
     @torch.inference_mode()
     def _encode(self, text: str) -> Encoded:
+        return self.encode_uncached(text)
+
+    def encode_uncached(self, text: str) -> Encoded:
+        """`encode` without the cache or inference mode: autograd reaches the embedding
+        vectors (textual-inversion training, `ti_train`)."""
         parts, pooled = [], None
         chunks = self.chunks(text)
         for slot in self.slots:

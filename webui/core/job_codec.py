@@ -33,6 +33,7 @@ from .image_embed import EmbedImagesParams
 from .interrogate import InterrogateParams
 from .params import Txt2ImgParams
 from .params_img2img import ExtrasParams, Img2ImgParams
+from .ti_params import CreateEmbeddingJob, TrainEmbeddingJob
 from .train_params import LoraTrainJob
 
 OWN_MODULES = "webui."  # dataclasses of these modules only are written and read back
@@ -47,6 +48,8 @@ KINDS: dict[str, tuple[type, ...]] = {
     "embed_images": (EmbedImagesParams,),
     "merge": (CheckpointMergeParams, LoraMergeParams),
     "train_lora": (LoraTrainJob,),
+    "create_embedding": (CreateEmbeddingJob,),
+    "train_embedding": (TrainEmbeddingJob,),
 }
 _TAGS = ("__dc__", "__image__", "__tuple__", "__path__", "__dict__")
 

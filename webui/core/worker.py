@@ -52,6 +52,7 @@ from .processing import GeneratedImage, txt2img
 from .run import NO_HOOKS, JobContext, JobInfo, MemoryRun, RunContext, RunHooks, SavedImage, SaveFn
 from .sampler_params import SamplerDefaults
 from .saving import SaveSettings, batch_grid, pattern_values
+from .ti_jobs import TI_KINDS, run_ti_job
 from .tiling import seamless
 from .train_lora import TrainResult, run_lora_training
 from .train_params import KIND as TRAIN_KIND
@@ -160,6 +161,10 @@ class Worker:
             return run_merge(job, models, self.networks, self.families)
         if job.kind == TRAIN_KIND:  # LoRA training: the adapter on the leased checkpoint
             return run_lora_training(job, models, self.families, on_saved=self._refresh_loras)
+        if job.kind in TI_KINDS:  # textual inversion: create or train an embedding
+            default = job_option(job, self.options, "sd_model_checkpoint")
+            info = resolve_checkpoint(models, job.params.params.checkpoint, default)
+            return run_ti_job(job, models, self.families, info, self.networks)
         if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind: {job.kind}")
         return self._generate(job, hooks)

@@ -3,9 +3,10 @@
 An embedding is used when its file stem appears as a word in a prompt. Formats read:
 A1111/textual_inversion `.pt` (`string_to_param`), through torch's tensors-only
 unpickler; diffusers concepts (`{"<token>": tensor}`, .bin or .safetensors); kohya
-`emb_params`; SDXL files with `clip_l` and `clip_g`. Vectors are loaded on first use and
-cached; the text encoder is never changed (conditioning.py puts the vectors in for one
-encode).
+`emb_params`; SDXL files with `clip_l` and `clip_g`. A1111's `step`, `sd_checkpoint` and
+`sd_checkpoint_name` come from the file's dict, or a .safetensors file's metadata. Vectors
+are loaded on first use and cached; the text encoder is never changed (conditioning.py
+puts the vectors in for one encode).
 
 This module must never import a UI library.
 """
@@ -17,7 +18,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .network_files import FileIndex, NetworkFile, NetworkFileError, load_tensors
+from .network_files import (
+    FileIndex,
+    NetworkFile,
+    NetworkFileError,
+    load_tensors,
+    safetensors_metadata,
+)
 from .registry import HashCache
 
 log = logging.getLogger(__name__)
@@ -116,6 +123,8 @@ class EmbeddingRegistry:
         try:
             data = load_tensors(file.path, allow_unsafe_pickle=self.allow_unsafe_pickle)
             vectors, info = parse_embedding(file.filename, data)
+            meta = safetensors_metadata(file.path)  # ours and kohya's keep A1111's info here
+            info = {k: v if v is not None else meta.get(k) for k, v in info.items()}
         except NetworkFileError as exc:
             log.warning("embedding %s", exc)  # once: the error is remembered for this version
             with self._lock:

@@ -32,6 +32,7 @@ from .quicksettings import TAB_MIRRORS, build_quicksettings, connect_quicksettin
 from .send_to import connect_send_buttons
 from .settings_tab import build_settings_tab
 from .train_tab import build_train_tab
+from .train_ti import build_ti_tab
 from .txt2img import build_txt2img_tab
 from .ui_defaults import apply_ui_defaults, build_defaults_section
 
@@ -101,8 +102,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     browser = build_browser_tab(ctx, browser_tab)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 build_merger_tab(ctx, checkpoint)
-            with gr.Tab("Train", id="train", elem_id="tab_train"):
-                build_train_tab(ctx)  # LoRA training on the queue
+            with gr.Tab("Train", id="train", elem_id="tab_train"), gr.Tabs():
+                with gr.Tab("LoRA", id="train_lora", elem_id="tab_train_lora"):
+                    build_train_tab(ctx)  # LoRA training on the queue
+                with gr.Tab("Textual inversion", id="train_ti", elem_id="tab_train_ti"):
+                    build_ti_tab(ctx)  # create and train embeddings on the queue
             build_extension_tabs(ctx)  # each extension's own tab
             generation = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
             defaults = apply_ui_defaults(ctx, {k: tab.named for k, tab in generation.items()})
