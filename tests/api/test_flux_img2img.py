@@ -178,6 +178,8 @@ def test_flux_fill_is_recognised_by_its_input_layer_and_inpaints(api):
     refused = _post(api, "txt2img", model="flux1-fill-aio")
     assert refused.status_code == 422, refused.text
     assert "FLUX.1 Fill is an inpainting model" in refused.text
+    cfg = _post(api, "img2img", cfg_scale=4, **fill)  # no true CFG: refused before queueing
+    assert cfg.status_code == 422 and "cfg_scale" in cfg.text and "CFG scale 1" in cfg.text
 
 
 def test_flux_kontext_reads_the_init_image_as_reference(api):

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .flux_keys import missing_message
@@ -243,12 +244,13 @@ class ModelManager:
             return None
 
     def family_problem(
-        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
-    ) -> str | None:
+        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None,
+        schedule: str | None, params: Any = None,
+    ) -> str | None:  # fmt: skip
         """Why the checkpoint's family cannot run a job of these modes with this sampler
-        (FLUX's img2img or a sampler it lacks, the SDXL refiner's txt2img), read from the
-        file's header; None when it can, or when the file is not identified (the job says
-        why) or is a folder (known once loaded)."""
+        (a sampler it lacks, the SDXL refiner's txt2img) or these params (FLUX.1 Fill's CFG
+        above 1), read from the file's header; None when it can, or when the file is not
+        identified (the job says why) or is a folder (known once loaded)."""
         if info.is_folder or not info.path.exists():
             return None
         try:
@@ -257,6 +259,8 @@ class ModelManager:
             for mode in modes:
                 family.check_mode(mode)
             family.sampler(sampler, schedule)
+            if params is not None:
+                family.check_params(params)
         except (CheckpointLoadError, KeyError):
             return None
         except UserError as exc:

@@ -189,11 +189,12 @@ class GenerationService:
                 modes.append("soft inpainting")
             elif not params.mask_round:
                 modes.append("mask_round off")
-        checks = (((), modes, None, None),
-                  (("sampler_name",), (), params.sampler_name, None),
-                  (("scheduler",), (), params.sampler_name, params.scheduler))  # fmt: skip
-        for loc, check_modes, sampler, schedule in checks:
-            problem = self.models.family_problem(info, check_modes, sampler, schedule)
+        checks = (((), modes, None, None, None),
+                  (("sampler_name",), (), params.sampler_name, None, None),
+                  (("scheduler",), (), params.sampler_name, params.scheduler, None),
+                  (("cfg_scale",), (), None, None, params))  # fmt: skip
+        for loc, check_modes, sampler, schedule, job in checks:
+            problem = self.models.family_problem(info, check_modes, sampler, schedule, job)
             if problem is not None:
                 raise RequestError(loc, problem)
 

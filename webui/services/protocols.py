@@ -61,9 +61,11 @@ class Models(Protocol):
         ...
 
     def family_problem(
-        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None, schedule: str | None
-    ) -> str | None:
-        """Why the checkpoint's family cannot run these modes with this sampler, else None."""
+        self, info: CheckpointInfo, modes: Sequence[str], sampler: str | None,
+        schedule: str | None, params: Any = None,
+    ) -> str | None:  # fmt: skip
+        """Why the checkpoint's family cannot run these modes with this sampler (or these
+        params), else None."""
         ...
 
     def family_label(self, info: CheckpointInfo) -> str:

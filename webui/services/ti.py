@@ -15,6 +15,7 @@ This module must never import torch or a front end; it runs in request threads.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,15 @@ from ..core.ti_params import (
 from ..core.train_params import TrainInputError
 from .errors import RequestError
 from .protocols import Models
+from .server_paths import request_folder
 
 
 class TiService:
     def __init__(self, *, models: Models, jobs: JobQueue, embeddings, embeddings_dir: Path,
-                 data_dir: Path):  # fmt: skip
+                 data_dir: Path, server_folders: bool = True):  # fmt: skip
         self.models, self.jobs, self.embeddings = models, jobs, embeddings
         self.embeddings_dir, self.data_dir = Path(embeddings_dir), Path(data_dir)
+        self.server_folders = server_folders  # folders outside the data folder (server_paths)
 
     def submit_create(self, params: CreateEmbeddingParams, owner: str) -> Job:
         try:
@@ -71,8 +74,10 @@ class TiService:
         if path.suffix.lower() != ".safetensors":
             raise RequestError(("embedding_name",), f"{path.name} is not a .safetensors file; "
                                "training writes .safetensors only: create a new embedding")  # fmt: skip
+        data_root = request_folder(params.data_root, "data_root", self.data_dir,
+                                   self.server_folders)  # fmt: skip
         try:
-            count = len(dataset_images(Path(params.data_root).expanduser()))
+            count = len(dataset_images(data_root))
         except ValueError as exc:
             raise RequestError(("data_root",), str(exc)) from None
         if count < params.batch_size * params.gradient_step:
@@ -86,9 +91,10 @@ class TiService:
         lines = template_lines(template)
         if not lines:
             raise RequestError(("template_filename",), f"{template.name} has no lines")
-        log_dir = Path(params.log_directory).expanduser()
-        log_dir = log_dir if log_dir.is_absolute() else self.data_dir / log_dir
+        log_dir = request_folder(params.log_directory, "log_directory", self.data_dir,
+                                 self.server_folders)  # fmt: skip
         seed = random.randrange(2**32)
+        params = replace(params, data_root=str(data_root))  # the folder the check read
         spec = TrainEmbeddingJob(params, str(path), lines, str(log_dir), seed)
         try:
             return self.jobs.submit(TRAIN_KIND, spec, owner=owner, job_id=job_id)
@@ -125,4 +131,5 @@ class TiService:
         networks = getattr(ctx, "networks", None)
         return cls(models=ctx.models, jobs=ctx.jobs,
                    embeddings=getattr(networks, "embeddings", None),
-                   embeddings_dir=ctx.flags.embeddings_dir, data_dir=ctx.flags.data_dir)  # fmt: skip
+                   embeddings_dir=ctx.flags.embeddings_dir, data_dir=ctx.flags.data_dir,
+                   server_folders=ctx.flags.server_folders_allowed)  # fmt: skip

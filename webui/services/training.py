@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,18 @@ from ..core.train_params import (
 )
 from .errors import RequestError
 from .protocols import Models
+from .server_paths import request_folder
 
 TRAINING_FOLDER = "training"  # in the data folder: states and samples
 
 
 class TrainingService:
-    def __init__(self, *, models: Models, jobs: JobQueue, lora_dir: Path, work_dir: Path):
+    def __init__(self, *, models: Models, jobs: JobQueue, lora_dir: Path, work_dir: Path,
+                 data_dir: Path | None = None, server_folders: bool = True):  # fmt: skip
         self.models, self.jobs = models, jobs
         self.lora_dir, self.work_dir = Path(lora_dir), Path(work_dir)
+        self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir.parent
+        self.server_folders = server_folders  # folders outside the data folder (server_paths)
 
     def submit_lora(self, params: LoraTrainParams, owner: str) -> Job:
         """Check and queue a LoRA training job; RequestError names the bad field."""
@@ -50,6 +55,9 @@ class TrainingService:
             self.models.resolve(params.checkpoint)
         except LookupError as exc:
             raise RequestError(("checkpoint",), str(exc)) from None
+        folder = request_folder(params.train_data_dir, "train_data_dir", self.data_dir,
+                                self.server_folders)  # fmt: skip
+        params = replace(params, train_data_dir=str(folder))  # the folder the check read
         try:
             dataset = scan_dataset(params.train_data_dir, params.caption_extension)
         except DatasetError as exc:
@@ -86,4 +94,5 @@ class TrainingService:
     def of(cls, ctx: Any) -> TrainingService:
         """The service over an `AppContext`'s models, queue and folders."""
         return cls(models=ctx.models, jobs=ctx.jobs, lora_dir=ctx.flags.lora_dir,
-                   work_dir=ctx.flags.data_dir / TRAINING_FOLDER)  # fmt: skip
+                   work_dir=ctx.flags.data_dir / TRAINING_FOLDER, data_dir=ctx.flags.data_dir,
+                   server_folders=ctx.flags.server_folders_allowed)  # fmt: skip

@@ -172,6 +172,11 @@ class Family(ABC):
             what = "Soft inpainting" if mode == "soft inpainting" else mode
             raise UserError(f"{what} is not available for {self.label} models")
 
+    def check_params(self, params: Any) -> None:
+        """Raise a `UserError` for a job's setting the family cannot run (FLUX.1 Fill: a
+        CFG scale above 1); the generation service asks before the job is queued."""
+        return None
+
     # --- networks and infotext --------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
         """Put a LoRA file's tensors on the pipeline as a (disabled) adapter."""

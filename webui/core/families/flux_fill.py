@@ -72,10 +72,13 @@ class FluxFillFamily(FluxFamily):
             )
         super().check_mode(mode)
 
-    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+    def check_params(self, params: Any) -> None:
         """Distilled guidance only: diffusers' Fill pipeline has no true CFG."""
         if params.cfg_scale > 1:
             raise UserError(f"{self.label} runs with CFG scale 1 here (no negative prompt)")
+
+    def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
+        self.check_params(params)
         kwargs = super().pipeline_call_kwargs(conditioning, params)
         kwargs.pop("true_cfg_scale")
         return kwargs
