@@ -83,7 +83,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Refiner switch at", "Switch at", ("txt2img", "img2img")),
     ("Hires checkpoint", "Hires checkpoint", ("txt2img",)),
     ("Distilled CFG Scale", "Distilled CFG Scale", TARGETS),  # FLUX (Forge's field)
-    ("Shift", "Shift", TARGETS),  # SD 3.5's flow-matching shift
+    ("Shift", "Shift", TARGETS),  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
