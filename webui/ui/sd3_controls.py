@@ -2,7 +2,8 @@
 and Z-Image): shown when such a checkpoint is chosen, with that model's default (SD 3.5
 and Z-Image Turbo: 3, FLUX.1 schnell: 1, dev: 0, its own shift from the image size);
 hidden and set to 0 for the others. 0 sends no shift (None: the model's own), so a
-checkpoint without flow matching never gets one. The families' other defaults (SD 3.5's
+checkpoint without flow matching never gets one. Pasted parameters keep their "Shift" (a
+checkpoint set by them only shows or hides the slider; an infotext without one sets 0). The families' other defaults (SD 3.5's
 CFG Scale 3.5, Euler, Simple) come with their presets (`generation_tab`).
 
 This module must never import torch or diffusers (the model manager reads file headers).
@@ -44,6 +45,17 @@ def shift_value(value: Any) -> float | None:
     return float(value)
 
 
+def shift_shown(ctx: AppContext, title: str | None) -> Any:
+    """Only the slider's visibility (and 0 when hidden): a checkpoint set by "read
+    parameters" or "send to" keeps the Shift its infotext gave."""
+    update = shift_controls(ctx, title)
+    return update if update["visible"] is False else gr.update(visible=True)
+
+
 def wire_shift_controls(ctx: AppContext, checkpoint, named: Named) -> None:
-    checkpoint.change(partial(shift_controls, ctx), inputs=checkpoint, outputs=named["shift"],
+    """A checkpoint the user picks sets its default shift; any change of checkpoint
+    (pasted parameters too) shows or hides the slider."""
+    checkpoint.input(partial(shift_controls, ctx), inputs=checkpoint, outputs=named["shift"],
+                     show_progress="hidden")  # fmt: skip
+    checkpoint.change(partial(shift_shown, ctx), inputs=checkpoint, outputs=named["shift"],
                       show_progress="hidden")  # fmt: skip
