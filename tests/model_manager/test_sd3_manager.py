@@ -38,7 +38,8 @@ def manager(tmp_path, sd3_files, flux_files, tiny_files) -> ModelManager:
 def test_the_flow_shift_is_read_from_headers_and_folders(manager):
     shown = {name: manager.flow_shift(manager.resolve(name))
              for name in ("sd3.5-dit", "sd3.5-folder", "flux1-tiny", "sd1")}  # fmt: skip
-    assert shown == {"sd3.5-dit": 3.0, "sd3.5-folder": 3.0, "flux1-tiny": None, "sd1": None}
+    # FLUX.1 dev: 0, its own shift from the image size (tests/model_manager/test_flow_shift.py)
+    assert shown == {"sd3.5-dit": 3.0, "sd3.5-folder": 3.0, "flux1-tiny": 0.0, "sd1": None}
 
 
 def test_modules_are_chosen_by_their_tensors_in_forges_order(manager):

@@ -1,6 +1,8 @@
-"""SD 3.5's "Shift" slider: shown with SD 3.5's defaults when such a checkpoint is
-chosen (read from its header by the model manager), hidden for the others, whose controls
-are left as they are."""
+"""The "Shift" slider: shown with the family's default shift when a flow-matching
+checkpoint is chosen (SD 3.5, Z-Image: 3, FLUX.1 schnell: 1, dev: 0, its own), hidden and
+set to 0 (no shift) for the others; 0 on the slider sends no shift. SD 3.5's CFG Scale,
+sampler and schedule come with its family preset. Pasted parameters keep their Shift (0
+when the infotext has none)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from webui.ui.sd3_controls import SD3_PRESET, shift_controls
+from webui.core.families.sd3 import SD3
+from webui.imaging.infotext import parse_infotext
+from webui.ui.paste import fill
+from webui.ui.sd3_controls import shift_controls, shift_shown, shift_value
 
 
 class _Models:
-    shifts = {"sd3.5-large": 3.0, "flux1-dev": None}
+    shifts = {"sd3.5-large": 3.0, "z-image": 3.0, "flux1-schnell": 1.0, "flux1-dev": 0.0,
+              "sd15": None}  # fmt: skip
 
     def resolve(self, title):
         if title not in self.shifts:
@@ -26,14 +32,35 @@ class _Models:
 CTX = SimpleNamespace(models=_Models())
 
 
-def test_an_sd3_checkpoint_shows_the_slider_with_its_defaults():
-    shift, *preset = shift_controls(CTX, "sd3.5-large")
-    assert shift["visible"] is True and shift["value"] == 3.0
-    assert tuple(preset) == SD3_PRESET == (3.5, "Euler", "Simple")
+def test_a_flow_matching_checkpoint_shows_the_slider_with_its_default():
+    for title in ("sd3.5-large", "z-image", "flux1-schnell", "flux1-dev"):
+        update = shift_controls(CTX, title)
+        assert update["visible"] is True and update["value"] == _Models.shifts[title]
+    assert dict(SD3.preset) == {"cfg_scale": 3.5, "sampler": "Euler", "schedule": "Simple"}
 
 
-def test_other_or_unknown_checkpoints_hide_it_and_leave_the_rest():
-    for title in ("flux1-dev", "missing", None):
-        shift, *rest = shift_controls(CTX, title)
-        assert shift["visible"] is False
-        assert all(isinstance(r, type(gr.skip())) for r in rest)
+def test_other_or_unknown_checkpoints_hide_it_at_no_shift():
+    for title in ("sd15", "missing", None):
+        update = shift_controls(CTX, title)
+        assert update["visible"] is False and update["value"] == 0
+
+
+def test_zero_sends_no_shift():
+    assert shift_value(0) is None and shift_value(None) is None
+    assert shift_value(2.5) == 2.5
+
+
+def test_a_checkpoint_set_by_pasted_parameters_only_shows_or_hides_the_slider():
+    shown = shift_shown(CTX, "flux1-dev")
+    assert shown["visible"] is True and "value" not in shown  # the pasted Shift stays
+    hidden = shift_shown(CTX, "sd15")
+    assert hidden["visible"] is False and hidden["value"] == 0
+
+
+def test_pasted_parameters_set_the_shift_or_0_without_one():
+    slider = gr.Slider(label="Shift", minimum=0, maximum=30, step=0.05, value=0)
+    controls = {"Shift": slider}
+    with_shift = parse_infotext("a cat\nSteps: 2, Model: flux1-dev, Shift: 2.5")
+    assert float(fill(with_shift, controls, "txt2img", [])[slider]) == 2.5
+    without = parse_infotext("a cat\nSteps: 2, Model: flux1-dev")
+    assert fill(without, controls, "txt2img", [])[slider] == 0

@@ -76,7 +76,7 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Refiner switch at": "refiner_switch_at",
     "Hires checkpoint": "hr_checkpoint_name",
     "Distilled CFG Scale": "distilled_cfg_scale",  # Forge's FLUX guidance
-    "Shift": "shift",  # SD 3.5's flow-matching shift
+    "Shift": "shift",  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
 }
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
@@ -146,7 +146,7 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         **sampling_fields(req),
         **refiner_fields(req),
         distilled_cfg_scale=_value(req, "distilled_cfg_scale"),  # FLUX (Forge's field)
-        shift=_value(req, "shift"),  # SD 3.5
+        shift=_value(req, "shift"),  # SD 3.5, FLUX.1, Z-Image
     )
     return generation_request("txt2img", req, params, owner)
 

@@ -63,7 +63,7 @@ class ProcessingAPIBase(BaseModel):
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
     infotext: str | None = None
     distilled_cfg_scale: float | None = 3.5  # Forge: FLUX's guidance ("Distilled CFG Scale")
-    shift: float | None = None  # SD 3.5's flow-matching shift (None: the model's, 3.0)
+    shift: float | None = None  # flow-matching shift: SD 3.5, FLUX.1, Z-Image (None: the model's)
 
 
 class StableDiffusionTxt2ImgProcessingAPI(ProcessingAPIBase):

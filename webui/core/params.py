@@ -78,7 +78,8 @@ class Txt2ImgParams:
     distilled_cfg_scale: float = 3.5
     # ControlNet units (sd-webui-controlnet's, core/controlnet_units.py; core/controlnet.py)
     controlnet: tuple[ControlUnit, ...] = ()
-    # the flow-matching shift of SD 3.5 (None: the model's own, 3.0; other families ignore it)
+    # the flow-matching shift of SD 3.5, FLUX.1 and Z-Image (None: the model's own; other
+    # families refuse a set one: core/flow_shift.py)
     shift: float | None = None
 
     def validated(self) -> Txt2ImgParams:

@@ -221,9 +221,15 @@ class ModelManager:
         return bool(spec.unet.get("guidance_embeds"))
 
     def flow_shift(self, info: CheckpointInfo) -> float | None:
-        """The default flow-matching shift of a checkpoint whose jobs set one (SD 3.5: 3.0),
-        read from its header or its folder's model_index.json; None for the others."""
-        return getattr(self._family_of(info), "default_shift", None)
+        """The "Shift" slider's value for a checkpoint on a flow-matching schedule (SD 3.5
+        and Z-Image: 3.0, FLUX.1 schnell: 1.0, dev: 0.0, its own resolution-dependent
+        shift), read from its header or its folder's model_index.json; None for the
+        others, which take no shift."""
+        family = self._family_of(info)
+        shift = getattr(family, "default_shift", None)
+        if hasattr(family, "schnell_shift") and not self.distilled_guidance(info):
+            return family.schnell_shift
+        return shift
 
     def family_preset(self, info: CheckpointInfo) -> dict:
         """The defaults of the checkpoint's family (its `preset`: Z-Image Turbo's steps, CFG

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.flow_shift import no_shift_message
 from ..core.jobs import Job, JobQueue
 from ..core.params import ParamError, Txt2ImgParams
 from ..core.params_img2img import ExtrasParams, Img2ImgParams, SDUpscaleParams
@@ -180,7 +181,8 @@ class GenerationService:
 
     def _check_family(self, request: GenerationRequest, params: Any, info: Any) -> None:
         """What the checkpoint's family cannot run (FLUX's img2img, a sampler or schedule
-        it lacks): a RequestError before the job is queued, read from the file's header."""
+        it lacks, a shift without a flow-matching schedule): a RequestError before the job
+        is queued, read from the file's header."""
         modes = ["txt2img" if request.kind == "txt2img" else "img2img"]
         if getattr(params, "hires", None) is not None:
             modes.append("img2img")  # the second pass is an img2img pass
@@ -197,6 +199,8 @@ class GenerationService:
             problem = self.models.family_problem(info, check_modes, sampler, schedule, job)
             if problem is not None:
                 raise RequestError(loc, problem)
+        if getattr(params, "shift", None) is not None and self.models.flow_shift(info) is None:
+            raise RequestError(("shift",), no_shift_message(info.name))
 
     def scripts(self, kind: str) -> list[str]:
         """Titles of the scripts a request of `kind` may choose (what GET /scripts lists)."""

@@ -47,7 +47,8 @@ class Models(Protocol):
         ...
 
     def flow_shift(self, info: CheckpointInfo) -> float | None:
-        """SD 3.5's default flow-matching shift for such a checkpoint, else None (header only)."""
+        """The default flow-matching shift of such a checkpoint (0: FLUX.1 dev's automatic
+        one), else None: the checkpoint takes no shift (header only)."""
         ...
 
     def family_preset(self, info: CheckpointInfo) -> dict:

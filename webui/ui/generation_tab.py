@@ -40,7 +40,7 @@ from .icons import icon_button
 from .image_common import Named, OutputPanel, finished_outputs, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
-from .sd3_controls import wire_shift_controls
+from .sd3_controls import SHIFT_INFO, shift_value, wire_shift_controls
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
 from .speed_controls import add_speed_controls, speed_overrides
 
@@ -140,7 +140,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
     wire_guidance_controls(ctx, checkpoint, named)
-    wire_shift_controls(ctx, checkpoint, named)  # SD 3.5
+    wire_shift_controls(ctx, checkpoint, named)  # SD 3.5, FLUX.1, Z-Image
     return GenerationTab(named, output, extra=buttons, runs=runs)
 
 
@@ -199,9 +199,9 @@ def _settings(named: Named, spec: TabSpec) -> None:
     named.add("distilled_cfg", gr.Slider(  # FLUX's guidance: shown for such checkpoints
         label="Distilled CFG Scale", minimum=0, maximum=30, step=0.1, value=3.5, visible=False,
         elem_id=f"{prefix}_distilled_cfg"))  # fmt: skip
-    named.add("shift", gr.Slider(  # SD 3.5's flow-matching shift: shown for such checkpoints
-        label="Shift", minimum=0.1, maximum=30, step=0.1, value=3.0, visible=False,
-        elem_id=f"{prefix}_shift"))  # fmt: skip
+    named.add("shift", gr.Slider(  # the flow-matching shift: shown for such checkpoints
+        label="Shift", minimum=0, maximum=30, step=0.05, value=0, visible=False,
+        info=SHIFT_INFO, elem_id=f"{prefix}_shift"))  # fmt: skip
     if spec.resize:
         named.add("denoising", gr.Slider(
             label="Denoising strength", minimum=0, maximum=1, step=0.01, value=spec.denoising,
@@ -216,7 +216,7 @@ def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
     """A checkpoint with distilled guidance (FLUX.1 dev): Forge's "Distilled CFG Scale"
     slider is shown, and CFG Scale 1 (true CFG off) with Euler / Simple are chosen, as
     Forge's FLUX preset does; the slider is hidden for the others. A family with a preset
-    (Z-Image Turbo) sets its steps, CFG scale, sampler and schedule."""
+    (Z-Image Turbo, SD 3.5) sets its steps, CFG scale, sampler and schedule."""
 
     def show(title: str | None):
         distilled, family = False, {}
@@ -272,7 +272,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         steps=whole(v["steps"], "Sampling steps"),
         cfg_scale=float(v["cfg"]),
         distilled_cfg_scale=float(v.get("distilled_cfg", 3.5)),  # FLUX (Forge's slider)
-        shift=float(v.get("shift", 3.0)),  # SD 3.5
+        shift=shift_value(v.get("shift")),  # SD 3.5, FLUX.1, Z-Image (0: the model's)
         width=width,
         height=height,
         **seed_fields(v),

@@ -83,7 +83,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Refiner switch at", "Switch at", ("txt2img", "img2img")),
     ("Hires checkpoint", "Hires checkpoint", ("txt2img",)),
     ("Distilled CFG Scale", "Distilled CFG Scale", TARGETS),  # FLUX (Forge's field)
-    ("Shift", "Shift", TARGETS),  # SD 3.5's flow-matching shift
+    ("Shift", "Shift", TARGETS),  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -239,6 +239,9 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     out.update(refiner_fill(fields, controls))
     out.update(cn_ui.paste_fill(fields, controls))  # "ControlNet N" fields: the units
     out.update(speed_fill(fields, controls))  # token merging, DeepCache
+    shift = controls.get("Shift")
+    if shift is not None and "Shift" not in fields:  # no shift: the model's own (0)
+        out[shift] = 0
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image

@@ -1,7 +1,10 @@
-"""SD 3.5's controls in the generation tabs: the "Shift" slider (the flow-matching shift)
-is shown when an SD 3.5 checkpoint is chosen, with that model's defaults (Euler, Simple,
-CFG Scale 3.5, shift 3); it is hidden for other checkpoints, whose controls stay as they
-are.
+"""The "Shift" slider of the generation tabs (the flow-matching shift of SD 3.5, FLUX.1
+and Z-Image): shown when such a checkpoint is chosen, with that model's default (SD 3.5
+and Z-Image Turbo: 3, FLUX.1 schnell: 1, dev: 0, its own shift from the image size);
+hidden and set to 0 for the others. 0 sends no shift (None: the model's own), so a
+checkpoint without flow matching never gets one. Pasted parameters keep their "Shift" (a
+checkpoint set by them only shows or hides the slider; an infotext without one sets 0). The families' other defaults (SD 3.5's
+CFG Scale 3.5, Euler, Simple) come with their presets (`generation_tab`).
 
 This module must never import torch or diffusers (the model manager reads file headers).
 """
@@ -9,7 +12,7 @@ This module must never import torch or diffusers (the model manager reads file h
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -18,13 +21,12 @@ from .image_common import Named
 if TYPE_CHECKING:
     from ..context import AppContext
 
-SD3_PRESET = (3.5, "Euler", "Simple")  # CFG scale, sampler, schedule (Stability's Large)
+SHIFT_INFO = "0: the model's own (FLUX.1 dev: from the image size)"
 
 
-def shift_controls(ctx: AppContext, title: str | None) -> tuple:
-    """Updates of (Shift, CFG Scale, Sampling method, Schedule type) for a chosen
-    checkpoint: shown with SD 3.5's defaults for such a checkpoint, else hidden and the
-    others left as they are."""
+def shift_controls(ctx: AppContext, title: str | None) -> Any:
+    """The Shift slider's update for a chosen checkpoint: shown with its family's default
+    on a flow-matching model, else hidden at 0 (no shift)."""
     default = None
     if title:
         try:
@@ -32,11 +34,28 @@ def shift_controls(ctx: AppContext, title: str | None) -> tuple:
         except LookupError:
             default = None
     if default is None:
-        return gr.update(visible=False), *(gr.skip(),) * 3
-    return gr.update(visible=True, value=default), *SD3_PRESET
+        return gr.update(visible=False, value=0)
+    return gr.update(visible=True, value=default)
+
+
+def shift_value(value: Any) -> float | None:
+    """The job's shift from the slider: None (the model's own) for 0 or nothing."""
+    if value is None or float(value) == 0:
+        return None
+    return float(value)
+
+
+def shift_shown(ctx: AppContext, title: str | None) -> Any:
+    """Only the slider's visibility (and 0 when hidden): a checkpoint set by "read
+    parameters" or "send to" keeps the Shift its infotext gave."""
+    update = shift_controls(ctx, title)
+    return update if update["visible"] is False else gr.update(visible=True)
 
 
 def wire_shift_controls(ctx: AppContext, checkpoint, named: Named) -> None:
-    outputs = [named["shift"], named["cfg"], named["sampler"], named["schedule"]]
-    checkpoint.change(partial(shift_controls, ctx), inputs=checkpoint, outputs=outputs,
+    """A checkpoint the user picks sets its default shift; any change of checkpoint
+    (pasted parameters too) shows or hides the slider."""
+    checkpoint.input(partial(shift_controls, ctx), inputs=checkpoint, outputs=named["shift"],
+                     show_progress="hidden")  # fmt: skip
+    checkpoint.change(partial(shift_shown, ctx), inputs=checkpoint, outputs=named["shift"],
                       show_progress="hidden")  # fmt: skip

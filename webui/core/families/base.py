@@ -38,6 +38,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ..composable import hooked, sigma_of_timestep
 from ..conditioning import Conditioning, TextEncoderSlot, prepare_conditioning
 from ..controlnet import controlled
+from ..flow_shift import refuse_shift
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice, resolve
 from ..schedulers import make_scheduler
@@ -162,8 +163,9 @@ class Family(ABC):
         return make_scheduler(choice, base_config, steps=steps, ays_sigmas=self.align_your_steps)
 
     def scheduler_options(self, params: Any) -> dict[str, Any]:
-        """Scheduler config entries a job sets (SD 3.5's flow-matching shift); {}: none."""
-        return {}
+        """Scheduler config entries a job sets (the flow-matching shift of SD 3.5, FLUX.1
+        and Z-Image); {}: none. A family without flow matching refuses a set shift."""
+        return refuse_shift(self.label, params)
 
     def check_mode(self, mode: Mode) -> None:
         """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img;

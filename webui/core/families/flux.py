@@ -18,8 +18,10 @@
   only above 1; the pipeline's packed latents unpacked for previews and decoding.
 - Samplers: Euler on the flow-matching schedule (FLUX.1 dev's resolution-dependent shift,
   schnell: none) with Simple / Normal / SGM Uniform (its own spacing), Beta, Karras or
-  Exponential sigmas; every other sampler is refused with a message.
-- Infotext: "Distilled CFG Scale"; the modules ("Module 1: ae", ...) come from
+  Exponential sigmas; every other sampler is refused with a message. A job's "Shift"
+  (`params.shift`, `core.flow_shift`) replaces that shift with a fixed one (Forge's and
+  ComfyUI's FLUX shift, mu = ln(shift)); None keeps it.
+- Infotext: "Distilled CFG Scale", "Shift" when the job sets one; the modules ("Module 1: ae", ...) come from
   `processing.module_fields`. Latent preview: ComfyUI's 16-channel colour factors.
 
 This module must never import a UI library.
@@ -40,6 +42,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_shift import fixed_shift_options, job_shift
 from ..flux_text import flux_conditioning, follow_schedule
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -80,6 +83,9 @@ class FluxFamily(Family):
     folder_classes = frozenset({"FluxPipeline"})
     base_scheduler = FLUX_SCHEDULER
     soft_inpainting = False  # its pipelines blend packed latents: A1111's blends do not fit
+    # the "Shift" slider's value for "the model's own" (dev: from the image size)
+    default_shift = 0.0
+    schnell_shift = 1.0  # schnell's schedule is unshifted
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -234,9 +240,17 @@ class FluxFamily(Family):
         """Its img2img and inpaint pipelines take the size, not the init latents'."""
         return {"height": height, "width": width}
 
+    def scheduler_options(self, params: Any) -> dict[str, Any]:
+        """A job's fixed shift in place of dev's dynamic one (schnell's none); {}: keep it."""
+        return fixed_shift_options(params)
+
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:
-        return {"Distilled CFG Scale": params.distilled_cfg_scale}
+        fields: dict[str, Any] = {"Distilled CFG Scale": params.distilled_cfg_scale}
+        shift = job_shift(params)
+        if shift is not None:
+            fields["Shift"] = shift
+        return fields
 
     # --- networks -----------------------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:

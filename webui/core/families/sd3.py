@@ -71,6 +71,8 @@ class SD3Family(Family):
     base_scheduler = SD3_SCHEDULER
     taesd = "taesd3"
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
+    # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
+    preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:

@@ -13,10 +13,11 @@
   prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
   emphasis, prompt editing; AND refused); the CFG scale as A1111's (Z-Image Turbo: 1, no
   negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
-- Samplers: Euler on the flow-matching schedule (Z-Image Turbo's shift 3, the pipeline's
-  evenly spaced sigmas: "Simple"); every other sampler and schedule is refused.
-- Infotext: the modules ("Module 1: ae", ...) from `processing.module_fields`. Latent
-  preview: FLUX.1's 16-channel colour factors (the same autoencoder).
+- Samplers: Euler on the flow-matching schedule (Z-Image Turbo's shift 3, or the job's
+  "Shift", `params.shift`; the pipeline's evenly spaced sigmas: "Simple"); every other
+  sampler and schedule is refused.
+- Infotext: "Shift" (3 unless the job sets one), the modules ("Module 1: ae", ...) from
+  `processing.module_fields`. Latent preview: FLUX.1's 16-channel colour factors (the same autoencoder).
 
 This module must never import a UI library.
 """
@@ -38,6 +39,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.qwen_tokenizer import qwen_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_shift import fixed_shift_options, job_shift
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
 from ..zimage_text import caption_lists, follow_schedule, zimage_conditioning
@@ -47,6 +49,7 @@ from .flux import FLUX_LATENT_RGB
 ZIMAGE_SCHEDULER = MappingProxyType(zk.ZIMAGE_SCHEDULER)
 ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = "Euler", "Simple"
 DEFAULT_STEPS = 9  # what Z-Image Turbo's model card runs
+DEFAULT_SHIFT = float(ZIMAGE_SCHEDULER["shift"])  # Z-Image Turbo's 3
 
 
 class ZImageFamily(Family):
@@ -58,6 +61,7 @@ class ZImageFamily(Family):
     latent_rgb = FLUX_LATENT_RGB
     folder_classes = frozenset({"ZImagePipeline"})
     base_scheduler = ZIMAGE_SCHEDULER
+    default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
                                "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
@@ -195,9 +199,18 @@ class ZImageFamily(Family):
 
         return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config))
 
+    def scheduler_options(self, params: Any) -> dict[str, Any]:
+        """A job's shift in place of Z-Image Turbo's 3; {}: keep it."""
+        return fixed_shift_options(params)
+
     def check_mode(self, mode: Mode) -> None:
         if mode != "txt2img":
             raise UserError(f"{self.label}: only txt2img is available for Z-Image models yet")
+
+    # --- infotext -----------------------------------------------------------------------
+    def infotext_fields(self, params: Any) -> dict[str, Any]:
+        shift = job_shift(params)
+        return {"Shift": DEFAULT_SHIFT if shift is None else shift}
 
 
 ZIMAGE = ZImageFamily()

@@ -187,7 +187,7 @@ def build_axes(params_type: type) -> list[Axis]:
     if "distilled_cfg_scale" in names:  # FLUX's guidance (Forge's axis)
         axes.append(Axis("Distilled CFG Scale", _floats(0, 30),
                          lambda p, v: replace(p, distilled_cfg_scale=v)))  # fmt: skip
-    if "shift" in names:  # SD 3.5's flow-matching shift
+    if "shift" in names:  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
         axes.append(Axis("Shift", _floats(0.1, 30), lambda p, v: replace(p, shift=v)))
     for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
         axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
