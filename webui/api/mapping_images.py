@@ -141,6 +141,8 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         initial_noise_multiplier=req.initial_noise_multiplier,  # None: the option's
         **mapping.sampling_fields(req),
         **mapping.refiner_fields(req),
+        distilled_cfg_scale=_v(req, "distilled_cfg_scale"),  # FLUX (Forge's field)
+        shift=_v(req, "shift"),  # SD 3.5
     )
     return mapping.generation_request("img2img", req, params, owner)
 

@@ -135,6 +135,7 @@ def hires_pass(
             pixels=pixels,
             noise=noise,
             sampling=run.sampling(hr_choice.sampler, params),
+            scheduler_options=run.family.scheduler_options(params),  # SD 3.5's shift
         )
         images = denoise(run, request, follow_steps(on_step))
     progress.text = ""

@@ -334,6 +334,7 @@ def run_batch(
         soft=soft,
         generators=[] if generators is None else generators,
         reference=reference,
+        scheduler_options=run.family.scheduler_options(params),  # SD 3.5's shift
     )
     if soft is None or params.soft_inpainting is None:  # hard, or mask_round off
         return denoise(run, request, on_step)

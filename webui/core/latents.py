@@ -195,6 +195,7 @@ class DenoiseRequest:
     soft: SoftBlend | None = None  # soft inpainting: its blend replaces the hard one
     generators: list = field(default_factory=list)  # set by `denoise`: a refiner goes on with them
     reference: torch.Tensor | None = None  # the init image's latents (FLUX.1 Kontext reads them)
+    scheduler_options: dict = field(default_factory=dict)  # the family's (SD 3.5's shift)
 
 
 def _hard_mask(req: DenoiseRequest) -> bool:
@@ -208,7 +209,8 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
     inpaint_model = lease.spec.inpainting
     pipe = pipeline_for(run, _hard_mask(req))
     steps = schedule_steps(req.steps, req.strength)  # one step at least
-    scheduler = run.family.scheduler(req.choice, lease.model.base_scheduler_config, steps)
+    base_config = {**lease.model.base_scheduler_config, **req.scheduler_options}
+    scheduler = run.family.scheduler(req.choice, base_config, steps)
     pipe.scheduler = bind_sampler_params(scheduler, req.sampling)
     if req.soft is not None:
         req.soft.install(pipe.scheduler)

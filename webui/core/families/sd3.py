@@ -12,7 +12,9 @@ family with three text encoders.
   the job chose (Forge's "VAE / Text Encoder"; CLIP-L and CLIP-G told apart by width); a
   component found nowhere is a `MissingModuleError` naming the file to add and the folder
   (`needed_modules`, asked by the model manager before the job is queued).
-- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+- Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
+  (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
+  views, the job's shift on their schedule; soft inpainting and mask_round off refused):
   prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
   AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
   flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
@@ -71,6 +73,7 @@ class SD3Family(Family):
     base_scheduler = SD3_SCHEDULER
     taesd = "taesd3"
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
+    soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -237,9 +240,9 @@ class SD3Family(Family):
         """The job's shift on the flow-matching schedule (None: SD 3's 3.0)."""
         return {"shift": shift_of(params)}
 
-    def check_mode(self, mode: Mode) -> None:
-        if mode != "txt2img":
-            raise UserError(f"{self.label}: only txt2img is available for SD 3.5 models yet")
+    def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
+        """Its img2img and inpaint pipelines take the size, not the init latents'."""
+        return {"height": height, "width": width}
 
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:
