@@ -58,6 +58,9 @@ def test_img2img_follows_the_strength_and_strength_0_keeps_the_image(api):
         assert field in info, info
     first, second = _images(_post(api, "img2img", denoising_strength=0.6, batch_size=2))
     assert not np.array_equal(first, second)  # each image its own seed
+    # another size than the init image's (resized first)
+    (other,) = _images(_post(api, "img2img", denoising_strength=0.5, width=96, height=80))
+    assert other.shape == (80, 96, 3)
 
 
 def test_inpaint_leaves_the_unmasked_area_unchanged_and_refuses_soft_inpainting(api):
