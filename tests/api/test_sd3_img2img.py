@@ -84,3 +84,10 @@ def test_hires_fix_gives_the_target_size(api):
         assert image.shape == (side, side, 3)
         info = response.json()["info"]
         assert f"Hires upscaler: {upscaler}" in info and "Shift: 3," in info
+
+
+def test_a_hires_size_beyond_the_position_embedding_is_a_message(api):
+    response = _post(api, "txt2img", enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                     denoising_strength=0.5, hr_second_pass_steps=1)  # fmt: skip
+    assert response.status_code != 200  # the tiny model's embedding: 64x64 pixels at most
+    assert "at most 64x64 pixels" in response.text and "asked for 128x128" in response.text

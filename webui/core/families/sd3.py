@@ -189,6 +189,10 @@ class SD3Family(Family):
     ) -> AbstractContextManager[Any]:  # fmt: skip
         if control is not None:
             raise UserError(f"ControlNet does not run {self.label} models yet")
+        if size is not None:  # img2img and hires fix: the size of the denoised latents
+            self._check_size(
+                pipe, size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor
+            )
         return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
@@ -198,8 +202,12 @@ class SD3Family(Family):
     def start_latents(self, pipe: Any, noise: Any) -> Any:
         """The noise as the transformer takes it; a size the model cannot make is a
         message (patches of 2x2 latents, at most its position embedding's side)."""
+        self._check_size(pipe, *noise.shape[-2:])
+        return noise.to(pipe.device, pipe.transformer.dtype)
+
+    def _check_size(self, pipe: Any, height: int, width: int) -> None:
+        """Latents of `height` x `width` the transformer can read, else a message."""
         config, factor = pipe.transformer.config, pipe.vae_scale_factor
-        height, width = noise.shape[-2:]
         step = config.patch_size * factor
         if height % config.patch_size or width % config.patch_size:
             raise UserError(f"{self.label}: width and height must be multiples of {step}")
@@ -209,7 +217,6 @@ class SD3Family(Family):
                 f"{self.label}: this model makes images of at most {largest}x{largest} pixels "
                 f"(its position embedding); asked for {width * factor}x{height * factor}"
             )
-        return noise.to(pipe.device, pipe.transformer.dtype)
 
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
