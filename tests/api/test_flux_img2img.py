@@ -200,3 +200,11 @@ def test_flux_kontext_reads_the_init_image_as_reference(api):
     (text,) = _images(_post(api, "txt2img", **kontext))  # no image: FLUX.1 dev's way
     (text_dev,) = _images(_post(api, "txt2img", prompt=kontext["prompt"]))
     assert np.array_equal(text, text_dev)
+
+
+def test_img2img_reads_the_distilled_cfg_scale(api):
+    response = _post(api, "img2img", denoising_strength=0.5, distilled_cfg_scale=6)
+    (image,) = _images(response)
+    assert "Distilled CFG Scale: 6" in response.json()["info"]
+    (default,) = _images(_post(api, "img2img", denoising_strength=0.5))
+    assert not np.array_equal(image, default)  # the guidance reaches the transformer

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from . import zimage_pipelines
 from .flux_keys import missing_message
 from .identify import ModelFamily, family_named
 from .loader import (
@@ -74,7 +75,8 @@ class Lease:
             return self.pipe
         cache = self.model.variants
         if pipeline_class_name not in cache:
-            view_class = keeping_dtypes(getattr(diffusers, pipeline_class_name))
+            own = zimage_pipelines.view_class(pipeline_class_name)  # Z-Image's latent views
+            view_class = keeping_dtypes(own or getattr(diffusers, pipeline_class_name))
             cache[pipeline_class_name] = view_class.from_pipe(self.pipe)
         return cache[pipeline_class_name]
 

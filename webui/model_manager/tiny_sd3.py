@@ -42,8 +42,9 @@ HEAD_DIM, HEADS = 32, 2
 CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 32, 64, 128  # T5 wider than both CLIPs, as in SD 3
 
 
-def build_tiny_sd3(seed: int = 0, medium: bool = False):
-    """A tiny `StableDiffusion3Pipeline` with random weights."""
+def build_tiny_sd3(seed: int = 0, medium: bool = False, positions: int = 16):
+    """A tiny `StableDiffusion3Pipeline` with random weights; `positions`: the side of its
+    position embedding in patches (16: images of at most 64x64 pixels)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -61,7 +62,7 @@ def build_tiny_sd3(seed: int = 0, medium: bool = False):
             attention_head_dim=HEAD_DIM, num_attention_heads=HEADS, joint_attention_dim=T5_WIDTH,
             caption_projection_dim=HEAD_DIM * HEADS,
             pooled_projection_dim=CLIP_L_WIDTH + CLIP_G_WIDTH, out_channels=16,
-            pos_embed_max_size=16, dual_attention_layers=(0,) if medium else (),
+            pos_embed_max_size=positions, dual_attention_layers=(0,) if medium else (),
             qk_norm="rms_norm",
         )  # fmt: skip
         vae = AutoencoderKL(

@@ -12,7 +12,9 @@ family with three text encoders.
   the job chose (Forge's "VAE / Text Encoder"; CLIP-L and CLIP-G told apart by width); a
   component found nowhere is a `MissingModuleError` naming the file to add and the folder
   (`needed_modules`, asked by the model manager before the job is queued).
-- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+- Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
+  (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
+  views, the job's shift on their schedule; soft inpainting and mask_round off refused):
   prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
   AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
   flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
@@ -73,6 +75,7 @@ class SD3Family(Family):
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
+    soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -188,6 +191,10 @@ class SD3Family(Family):
     ) -> AbstractContextManager[Any]:  # fmt: skip
         if control is not None:
             raise UserError(f"ControlNet does not run {self.label} models yet")
+        if size is not None:  # img2img and hires fix: the size of the denoised latents
+            self._check_size(
+                pipe, size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor
+            )
         return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
@@ -197,8 +204,12 @@ class SD3Family(Family):
     def start_latents(self, pipe: Any, noise: Any) -> Any:
         """The noise as the transformer takes it; a size the model cannot make is a
         message (patches of 2x2 latents, at most its position embedding's side)."""
+        self._check_size(pipe, *noise.shape[-2:])
+        return noise.to(pipe.device, pipe.transformer.dtype)
+
+    def _check_size(self, pipe: Any, height: int, width: int) -> None:
+        """Latents of `height` x `width` the transformer can read, else a message."""
         config, factor = pipe.transformer.config, pipe.vae_scale_factor
-        height, width = noise.shape[-2:]
         step = config.patch_size * factor
         if height % config.patch_size or width % config.patch_size:
             raise UserError(f"{self.label}: width and height must be multiples of {step}")
@@ -208,7 +219,6 @@ class SD3Family(Family):
                 f"{self.label}: this model makes images of at most {largest}x{largest} pixels "
                 f"(its position embedding); asked for {width * factor}x{height * factor}"
             )
-        return noise.to(pipe.device, pipe.transformer.dtype)
 
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
@@ -239,9 +249,9 @@ class SD3Family(Family):
         """The job's shift on the flow-matching schedule (None: SD 3's 3.0)."""
         return {"shift": shift_of(params)}
 
-    def check_mode(self, mode: Mode) -> None:
-        if mode != "txt2img":
-            raise UserError(f"{self.label}: only txt2img is available for SD 3.5 models yet")
+    def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
+        """Its img2img and inpaint pipelines take the size, not the init latents'."""
+        return {"height": height, "width": width}
 
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:

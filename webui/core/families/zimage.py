@@ -9,7 +9,9 @@
   files the job chose (Forge's "VAE / Text Encoder"); a component found nowhere is a
   `MissingModuleError` naming the file to add and the folder. Tokenizer: Qwen3's, shipped
   in the package (`model_manager.qwen_tokenizer`).
-- Generation (txt2img; img2img, inpaint and hires fix are refused with a message yet):
+- Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
+  (diffusers' Z-Image img2img and inpaint pipelines as `from_pipe` views that take init
+  latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off refused):
   prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
   emphasis, prompt editing; AND refused); the CFG scale as A1111's (Z-Image Turbo: 1, no
   negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
@@ -50,6 +52,8 @@ ZIMAGE_SCHEDULER = MappingProxyType(zk.ZIMAGE_SCHEDULER)
 ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = "Euler", "Simple"
 DEFAULT_STEPS = 9  # what Z-Image Turbo's model card runs
 DEFAULT_SHIFT = float(ZIMAGE_SCHEDULER["shift"])  # Z-Image Turbo's 3
+_PIPELINES = {"txt2img": "ZImagePipeline", "img2img": "ZImageLatentImg2ImgPipeline",
+              "inpaint": "ZImageLatentInpaintPipeline"}  # fmt: skip
 
 
 class ZImageFamily(Family):
@@ -62,6 +66,7 @@ class ZImageFamily(Family):
     folder_classes = frozenset({"ZImagePipeline"})
     base_scheduler = ZIMAGE_SCHEDULER
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
+    soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
                                "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
@@ -93,7 +98,7 @@ class ZImageFamily(Family):
         return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
 
     def pipeline_class(self, mode: Mode, inpainting: bool) -> str:
-        return "ZImagePipeline"
+        return _PIPELINES[mode]
 
     def config_files(self, spec: ModelSpec) -> dict[str, dict]:
         """The diffusers folder layout of the spec's configs (what `load_single_file`
@@ -203,9 +208,9 @@ class ZImageFamily(Family):
         """A job's shift in place of Z-Image Turbo's 3; {}: keep it."""
         return fixed_shift_options(params)
 
-    def check_mode(self, mode: Mode) -> None:
-        if mode != "txt2img":
-            raise UserError(f"{self.label}: only txt2img is available for Z-Image models yet")
+    def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
+        """Its img2img and inpaint pipelines take the size, not the init latents'."""
+        return {"height": height, "width": width}
 
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:
