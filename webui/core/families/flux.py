@@ -42,6 +42,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_euler import FLOW_SAMPLER, FLOW_SCHEDULES, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
 from ..flux_text import flux_conditioning, follow_schedule
 from ..sampler_params import NGMS_OFF, Ngms
@@ -60,15 +61,8 @@ FLUX_LATENT_RGB = (
     (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
     (-0.1262, -0.0982, -0.0778),
 )  # fmt: skip
-FLUX_SAMPLER = "Euler"
-# schedule types that map onto the flow-matching Euler scheduler: Simple, Normal and SGM
-# Uniform are its own evenly spaced sigmas (shifted); Beta, Karras and Exponential its
-# beta / Karras / exponential spacing
-FLUX_SCHEDULES = MappingProxyType({
-    "Automatic": {}, "Simple": {}, "Normal": {}, "SGM Uniform": {},
-    "Beta": {"use_beta_sigmas": True}, "Karras": {"use_karras_sigmas": True},
-    "Exponential": {"use_exponential_sigmas": True},
-})  # fmt: skip
+FLUX_SAMPLER = FLOW_SAMPLER
+FLUX_SCHEDULES = FLOW_SCHEDULES  # the flow-matching Euler schedule types (core.flow_euler)
 _PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline",
               "inpaint": "FluxInpaintPipeline"}  # fmt: skip
 
@@ -214,27 +208,10 @@ class FluxFamily(Family):
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
         """Euler on FLUX's flow-matching schedule; other samplers are refused."""
-        sampler = name or FLUX_SAMPLER
-        if sampler.lower() not in ("euler", "flow euler"):
-            raise UserError(
-                f"Sampler {sampler!r} does not run FLUX models here; choose {FLUX_SAMPLER!r}"
-            )
-        label = schedule or "Automatic"
-        found = next((k for k in FLUX_SCHEDULES if k.lower() == label.lower().replace("_", " ")),
-                     None)  # fmt: skip
-        if found is None:
-            raise UserError(
-                f"Schedule type {label!r} does not apply to FLUX; choose one of: "
-                + ", ".join(k for k in FLUX_SCHEDULES if k != "Automatic")
-            )
-        shown = "Simple" if found == "Automatic" else found
-        return SchedulerChoice(FLUX_SAMPLER, shown, "FlowMatchEulerDiscreteScheduler",
-                               dict(FLUX_SCHEDULES[found]))  # fmt: skip
+        return flow_euler_choice("FLUX", name, schedule)
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
+        return flow_scheduler(choice, base_config)
 
     def img2img_call_kwargs(self, height: int, width: int) -> dict[str, Any]:
         """Its img2img and inpaint pipelines take the size, not the init latents'."""

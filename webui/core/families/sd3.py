@@ -41,11 +41,11 @@ from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.sniff import HeaderError, read_header
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
+from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
 from ..sd3_text import follow_schedule, sd3_conditioning
 from .base import Family, Mode
-from .flux import FLUX_SCHEDULES
 
 SD3_SCHEDULER = MappingProxyType(sk.SD3_SCHEDULER)
 SD3_LATENT_RGB = (
@@ -56,7 +56,7 @@ SD3_LATENT_RGB = (
     (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293),
     (-0.1448, -0.1463, -0.1189),
 )  # fmt: skip
-SD3_SAMPLER = "Euler"
+SD3_SAMPLER = FLOW_SAMPLER
 DEFAULT_SHIFT = 3.0
 _PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
               "inpaint": "StableDiffusion3InpaintPipeline"}  # fmt: skip
@@ -223,27 +223,10 @@ class SD3Family(Family):
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
         """Euler on SD 3's flow-matching schedule; other samplers are refused."""
-        sampler = name or SD3_SAMPLER
-        if sampler.lower() not in ("euler", "flow euler"):
-            raise UserError(
-                f"Sampler {sampler!r} does not run SD 3.5 models here; choose {SD3_SAMPLER!r}"
-            )
-        label = schedule or "Automatic"
-        found = next((k for k in FLUX_SCHEDULES if k.lower() == label.lower().replace("_", " ")),
-                     None)  # fmt: skip
-        if found is None:
-            raise UserError(
-                f"Schedule type {label!r} does not apply to SD 3.5; choose one of: "
-                + ", ".join(k for k in FLUX_SCHEDULES if k != "Automatic")
-            )
-        shown = "Simple" if found == "Automatic" else found
-        return SchedulerChoice(SD3_SAMPLER, shown, "FlowMatchEulerDiscreteScheduler",
-                               dict(FLUX_SCHEDULES[found]))  # fmt: skip
+        return flow_euler_choice("SD 3.5", name, schedule)
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
+        return flow_scheduler(choice, base_config)
 
     def scheduler_options(self, params: Any) -> dict[str, Any]:
         """The job's shift on the flow-matching schedule (None: SD 3's 3.0)."""

@@ -41,6 +41,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.qwen_tokenizer import qwen_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_euler import FLOW_SAMPLER, SIMPLE_ONLY, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -49,7 +50,7 @@ from .base import Family, Mode
 from .flux import FLUX_LATENT_RGB
 
 ZIMAGE_SCHEDULER = MappingProxyType(zk.ZIMAGE_SCHEDULER)
-ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = "Euler", "Simple"
+ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE = FLOW_SAMPLER, "Simple"
 DEFAULT_STEPS = 9  # what Z-Image Turbo's model card runs
 DEFAULT_SHIFT = float(ZIMAGE_SCHEDULER["shift"])  # Z-Image Turbo's 3
 _PIPELINES = {"txt2img": "ZImagePipeline", "img2img": "ZImageLatentImg2ImgPipeline",
@@ -185,24 +186,11 @@ class ZImageFamily(Family):
 
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
-        """Euler on Z-Image's flow-matching schedule; other samplers are refused."""
-        sampler = name or ZIMAGE_SAMPLER
-        if sampler.lower() not in ("euler", "flow euler"):
-            raise UserError(
-                f"Sampler {sampler!r} does not run Z-Image models here; choose {ZIMAGE_SAMPLER!r}"
-            )
-        label = (schedule or "Automatic").replace("_", " ")
-        if label.lower() not in ("automatic", "simple"):
-            raise UserError(
-                f"Schedule type {schedule!r} does not apply to Z-Image; choose {ZIMAGE_SCHEDULE!r}"
-            )
-        return SchedulerChoice(ZIMAGE_SAMPLER, ZIMAGE_SCHEDULE, "FlowMatchEulerDiscreteScheduler",
-                               {})  # fmt: skip
+        """Euler on Z-Image's flow-matching schedule, Simple only; others are refused."""
+        return flow_euler_choice("Z-Image", name, schedule, SIMPLE_ONLY)
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config))
+        return flow_scheduler(choice, base_config)
 
     def scheduler_options(self, params: Any) -> dict[str, Any]:
         """A job's shift in place of Z-Image Turbo's 3; {}: keep it."""
