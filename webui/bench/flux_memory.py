@@ -15,7 +15,8 @@ parameter bytes as stored, seconds per forward (median), and per double and per 
 block their bytes and seconds (forward hooks), from which the full model (19 double + 38
 single blocks) is extrapolated: parameters and time exactly per block, peak RSS above the
 import baseline scaled by the parameter bytes. Prints a table and writes JSON;
-`--tiny` (width 64, one block pair) is the plumbing run of the tests.
+`--tiny` (width 64, one block pair, one timed forward, children in parallel) is the
+plumbing run of the tests.
 
 This module must never import a UI library.
 """
