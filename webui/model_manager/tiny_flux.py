@@ -200,13 +200,19 @@ def save_gguf(pipe, path: Path, kquant: str | None = None) -> Path:
     rows are whole 256-blocks (the MLPs' second layers) in that K-quant instead; gguf's
     writer cannot quantize K-quants, so those get valid random blocks (small scales), and
     the model computes with whatever they decode to."""
+    return write_gguf(bfl_transformer_state(pipe.transformer), path, kquant)
+
+
+def write_gguf(state: dict[str, torch.Tensor], path: Path, kquant: str | None = None) -> Path:
+    """A BFL-keyed transformer state as `save_gguf` writes it (also the benchmark's
+    full-width block stacks, `webui.bench.flux_memory`)."""
     import gguf
     import numpy as np
     from gguf import quants
 
     writer = gguf.GGUFWriter(str(path), arch="flux")
     rng = np.random.default_rng(0)
-    for name, tensor in bfl_transformer_state(pipe.transformer).items():
+    for name, tensor in state.items():
         array = tensor.float().numpy()
         if kquant and array.ndim == 2 and array.shape[1] % 256 == 0:
             kind = getattr(gguf.GGMLQuantizationType, kquant)
