@@ -1,0 +1,111 @@
+"""The option text_encoder_release through the job queue: after a job with "Always" the
+tiny FLUX.1's T5 (and Z-Image's Qwen3) holds no weights, the next job reloads it from the
+file and gives the same pixels and infotext as with "Never", which changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from webui.context import build_context
+from webui.core.params import Txt2ImgParams
+from webui.core.params_img2img import HiresParams
+from webui.model_manager.text_encoder_release import parameter_bytes, wants_release
+from webui.settings import parse_flags
+
+
+def _context(data):
+    return build_context(parse_flags(["--data-dir", str(data), "--no-download-sd-model"]))
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory, flux_files):
+    data = tmp_path_factory.mktemp("te-release-flux")
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(flux_files["all-in-one"], data / "models" / "Stable-diffusion")
+    context = _context(data)
+    yield context, flux_files["all-in-one"].stem, {}
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def zimage(tmp_path_factory, zimage_files):
+    data = tmp_path_factory.mktemp("te-release-zimage")
+    models = data / "models"
+    for folder in ("Stable-diffusion", "VAE", "text_encoder"):
+        (models / folder).mkdir(parents=True)
+    shutil.copy(zimage_files["transformer"], models / "Stable-diffusion" / "z-tiny.safetensors")
+    shutil.copy(zimage_files["vae"], models / "VAE" / "ae.safetensors")
+    shutil.copy(zimage_files["qwen3"], models / "text_encoder" / "qwen_3_4b.safetensors")
+    context = _context(data)
+    modules = {"forge_additional_modules": ["ae.safetensors", "qwen_3_4b.safetensors"]}
+    yield context, "z-tiny", modules
+    context.close()
+
+
+def _run(setup, mode: str, prompt: str = "a [lighthouse:castle:0.5] at dusk", **changes):
+    ctx, name, options = setup
+    params = Txt2ImgParams(**{"prompt": prompt, "steps": 2, "width": 64, "height": 64,
+                              "seed": 3, "cfg_scale": 2, "negative_prompt": "fog",
+                              "checkpoint": name, "save_images": False,
+                              **changes}).validated()  # fmt: skip
+    job = ctx.jobs.submit("txt2img", params, owner="test",
+                          options={**options, "text_encoder_release": mode})  # fmt: skip
+    assert job.done.wait(300), "job did not finish"
+    assert job.state == "done", job.error
+    image = job.result.images[0]
+    return image.image.tobytes(), image.infotext
+
+
+def _loaded(ctx):
+    (model,) = ctx.models._loaded.values()
+    return model
+
+
+def _encoder_bytes(model) -> int:
+    return sum(parameter_bytes(getattr(model.pipe, n)) for n in model.family.big_text_encoders)
+
+
+@pytest.mark.parametrize("setup", ["flux", "zimage"])
+def test_always_frees_the_big_encoder_and_the_next_job_reloads_it(setup, request):
+    setup = request.getfixturevalue(setup)
+    kept = _run(setup, "Never")
+    model = _loaded(setup[0])
+    held = _encoder_bytes(model)
+    assert held > 0 and not model.released
+    assert _run(setup, "Never") == kept  # "Never" changes nothing, the weights stay
+    assert _encoder_bytes(model) == held and not model.released
+    freed = _run(setup, "Always")
+    assert freed == kept  # the prompts were encoded before the encoder was freed
+    assert _encoder_bytes(model) == 0 and model.released  # no T5 / Qwen3 weights held
+    assert _run(setup, "Always") == kept  # reloaded from the file, the same pixels
+    assert _encoder_bytes(model) == 0
+    assert _run(setup, "Never") == kept  # reloaded and kept
+    assert _encoder_bytes(model) == held and not model.released
+
+
+def test_a_hires_job_encodes_its_hires_prompt_before_the_encoder_is_freed(flux):
+    hires = {"hires": HiresParams(scale=1.5, steps=1, denoising_strength=0.5,
+                                  prompt="a castle")}  # fmt: skip
+    kept = _run(flux, "Never", **hires)
+    assert _run(flux, "Always", **hires) == kept
+    assert _encoder_bytes(_loaded(flux[0])) == 0
+
+
+def test_auto_frees_only_a_big_encoder_on_a_machine_short_of_ram(flux):
+    _run(flux, "Never")
+    model = _loaded(flux[0])
+    assert not wants_release("Auto", model, ram=8 * 2**30)  # the tiny T5: not worth it
+    assert not wants_release("Never", model, ram=8 * 2**30)
+    assert wants_release("Always", model, ram=512 * 2**30)
+    t5 = model.pipe.text_encoder_2
+    big = torch.nn.Parameter(torch.empty(0))
+    big.data = torch.empty(2**30 // 4 + 1)  # pretend T5 holds over 1 GiB
+    t5.register_parameter("_pretend", big)
+    try:
+        assert wants_release("Auto", model, ram=24 * 2**30)
+        assert not wants_release("Auto", model, ram=64 * 2**30)
+    finally:
+        del t5._pretend
