@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from webui.context import build_context
 from webui.core.params import Txt2ImgParams
@@ -27,6 +28,27 @@ def flux(tmp_path_factory, flux_files):
     shutil.copy(flux_files["all-in-one"], data / "models" / "Stable-diffusion")
     context = _context(data)
     yield context, flux_files["all-in-one"].stem, {}
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def flux_fp8_modules(tmp_path_factory, flux_files):
+    """The transformer-only file with Forge's modules, T5 stored in fp8."""
+    data = tmp_path_factory.mktemp("te-release-flux-modules")
+    models = data / "models"
+    for folder in ("Stable-diffusion", "VAE", "text_encoder"):
+        (models / folder).mkdir(parents=True)
+    shutil.copy(flux_files["transformer"], models / "Stable-diffusion")
+    shutil.copy(flux_files["vae"], models / "VAE" / "ae.safetensors")
+    shutil.copy(flux_files["clip_l"], models / "text_encoder" / "clip_l.safetensors")
+    t5 = load_file(flux_files["t5xxl"])
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in t5.items()},
+              models / "text_encoder" / "t5xxl_fp8_e4m3fn.safetensors")  # fmt: skip
+    context = _context(data)
+    modules = ["ae.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"]
+    yield context, flux_files["transformer"].stem, {"forge_additional_modules": modules}
+    (model,) = context.models._loaded.values()
+    assert torch.float8_e4m3fn in _dtypes(model)  # the case this fixture is for
     context.close()
 
 
@@ -68,12 +90,12 @@ def _encoder_bytes(model) -> int:
     return sum(parameter_bytes(getattr(model.pipe, n)) for n in model.family.big_text_encoders)
 
 
-@pytest.mark.parametrize("setup", ["flux", "zimage"])
+@pytest.mark.parametrize("setup", ["flux", "flux_fp8_modules", "zimage"])
 def test_always_frees_the_big_encoder_and_the_next_job_reloads_it(setup, request):
     setup = request.getfixturevalue(setup)
     kept = _run(setup, "Never")
     model = _loaded(setup[0])
-    held = _encoder_bytes(model)
+    held, dtypes = _encoder_bytes(model), _dtypes(model)
     assert held > 0 and not model.released
     assert _run(setup, "Never") == kept  # "Never" changes nothing, the weights stay
     assert _encoder_bytes(model) == held and not model.released
@@ -84,6 +106,12 @@ def test_always_frees_the_big_encoder_and_the_next_job_reloads_it(setup, request
     assert _encoder_bytes(model) == 0
     assert _run(setup, "Never") == kept  # reloaded and kept
     assert _encoder_bytes(model) == held and not model.released
+    assert _dtypes(model) == dtypes  # fp8 storage stays fp8
+
+
+def _dtypes(model) -> list:
+    return [p.dtype for n in model.family.big_text_encoders
+            for p in getattr(model.pipe, n).parameters()]  # fmt: skip
 
 
 def test_a_hires_job_encodes_its_hires_prompt_before_the_encoder_is_freed(flux):
