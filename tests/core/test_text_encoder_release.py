@@ -11,9 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from webui.context import build_context
+from webui.core.families import default_families
 from webui.core.params import Txt2ImgParams
 from webui.core.params_img2img import HiresParams
-from webui.model_manager.text_encoder_release import parameter_bytes, wants_release
+from webui.model_manager.manager import ModelManager
+from webui.model_manager.memory import plan_memory
+from webui.model_manager.modules import ModuleFiles
+from webui.model_manager.registry import CheckpointRegistry, HashCache
+from webui.model_manager.text_encoder_release import parameter_bytes, release, wants_release
 from webui.settings import parse_flags
 
 
@@ -137,3 +142,31 @@ def test_auto_frees_only_a_big_encoder_on_a_machine_short_of_ram(flux):
         assert not wants_release("Auto", model, ram=64 * 2**30)
     finally:
         del t5._pretend
+
+
+@pytest.mark.parametrize("layout", ["all-in-one", "transformer", "diffusers"])
+def test_sd3_reloads_its_t5_from_the_file_or_folder_it_came_from(tmp_path, sd3_files, layout):
+    """SD 3.5's T5 from an all-in-one file, a module file and a diffusers folder (the
+    folder path is the one every family's diffusers folders take)."""
+    ckpts, text = tmp_path / "Stable-diffusion", tmp_path / "text_encoder"
+    ckpts.mkdir()
+    text.mkdir()
+    copy = shutil.copytree if layout == "diffusers" else shutil.copy
+    copy(sd3_files[layout], ckpts / sd3_files[layout].name)
+    for kind in ("clip_l", "clip_g", "t5xxl", "vae"):
+        shutil.copy(sd3_files[kind], text)
+    plan = plan_memory(use_cpu_all=True)
+    manager = ModelManager(CheckpointRegistry(ckpts, HashCache(tmp_path / "cache.json")), plan,
+                           families=default_families(), hashing=False,
+                           module_files=ModuleFiles([text]))  # fmt: skip
+    info = manager.resolve(None)
+    lease = manager.acquire(info, manager.needed_modules(info, [p.name for p in text.iterdir()]))
+    t5 = lease.pipe.text_encoder_3
+    before, size = {k: v.clone() for k, v in t5.state_dict().items()}, parameter_bytes(t5)
+    assert release(lease.model, plan) == size > 0
+    assert parameter_bytes(t5) == 0 and lease.model.released == {"text_encoder_3": "file"}
+    again = manager.acquire(info, lease.model.modules)  # the next lease restores it
+    assert again.pipe.text_encoder_3 is t5 and not lease.model.released
+    after = t5.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
