@@ -170,3 +170,21 @@ def test_sd3_reloads_its_t5_from_the_file_or_folder_it_came_from(tmp_path, sd3_f
     after = t5.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_low_memory_retry_encodes_its_prompts_again(flux):
+    """Out of memory in the transformer after T5 was freed: the retry reloads it first."""
+    _run(flux, "Never")
+    model = _loaded(flux[0])
+
+    def out_of_memory(module, args, kwargs):  # once: the first transformer call
+        handle.remove()
+        raise torch.OutOfMemoryError("CPU out of memory. Tried to allocate 9.00 GiB")
+
+    handle = model.pipe.transformer.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        _, infotext = _run(flux, "Always")
+    finally:
+        handle.remove()
+    assert "Low-memory retry" in infotext
+    assert _encoder_bytes(model) == 0 and model.released
