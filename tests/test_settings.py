@@ -297,6 +297,7 @@ def test_option_defaults() -> None:
         "img2img_extra_noise": 0.0,
         "s_min_uncond": 0.0,
         "s_min_uncond_all": False,
+        "text_encoder_release": "Auto",
         "eta_ddim": 0.0,
         "eta_ancestral": 1.0,
         "s_churn": 0.0,

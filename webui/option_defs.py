@@ -241,6 +241,7 @@ def _float(low: float, high: float, step: float) -> dict[str, Any]:
 
 _LIMIT_LABEL = "Maximum number of checkpoints loaded at the same time"
 _FORMATS = ("png", "jpg", "jpeg", "webp")
+_TE_RELEASE = ("Auto", "Always", "Never")  # model_manager.text_encoder_release
 _PREVIEW_METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")  # A1111's (core/previews.py)
 _DECODE_METHODS = ("Full", "TAESD")  # A1111's sd_vae_decode_method
 OPTION_DEFS: tuple[OptionDef, ...] = (
@@ -282,6 +283,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               section="optimizations", **_float(0.0, 15.0, 0.01)),
     OptionDef("s_min_uncond_all", False, _bool, "Negative Guidance minimum sigma all steps "
               "(off: every other step)", "optimizations"),
+    # model_manager.text_encoder_release: FLUX.1's / SD 3.5's T5-XXL, Z-Image's Qwen3
+    OptionDef("text_encoder_release", "Auto", _choice(*_TE_RELEASE), "Free the big text "
+              "encoder (T5-XXL, Qwen3) once the prompts are encoded, reload it for the next "
+              "job (Auto: when this machine has less than 48 GB of RAM and it is over 1 GB)",
+              "optimizations", choices=_TE_RELEASE),
     # A1111's Sampler parameters (`webui.core.sampler_params`: which sampler honours which)
     OptionDef("eta_ddim", 0.0, label="Eta for DDIM", section="sampler-params",
               **_float(0.0, 1.0, 0.01)),

@@ -234,6 +234,7 @@ def test_widgets_and_sections() -> None:
         "vae_slicing_threshold": "number", "oom_retry_lower_memory": "checkbox",
         "token_merging_ratio": "slider", "initial_noise_multiplier": "slider",
         "img2img_extra_noise": "slider", "s_min_uncond": "slider", "s_min_uncond_all": "checkbox",
+        "text_encoder_release": "dropdown",
         "eta_ddim": "slider", "eta_ancestral": "slider", "s_churn": "slider", "s_tmin": "slider",
         "s_tmax": "slider", "s_noise": "slider", "show_progress_every_n_steps": "number",
         "quicksettings_list": "multiselect", "notification_audio": "checkbox",

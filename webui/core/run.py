@@ -171,6 +171,9 @@ class RunContext(JobContext):
     preview_method: str = "Approx cheap"  # show_progress_type (webui.core.previews)
     approx: Any = None  # the worker's ApproxModels: Approx NN and TAESD files
     control: JobControl | None = None  # the job's ControlNet units (webui.core.controlnet)
+    # frees the big text encoders once every prompt of the job is encoded (the option
+    # text_encoder_release; model_manager.text_encoder_release); None: nothing to free
+    release_text_encoders: Callable[[], None] | None = None
 
     def sampling(self, sampler: str, params: Any) -> SamplerRun:
         """A pass's eta / sigma parameters for `sampler` (`webui.core.sampler_params`);

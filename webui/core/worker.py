@@ -32,6 +32,7 @@ from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.ip_adapter import ClipVisionCache
 from ..model_manager.manager import ModelManager
 from ..model_manager.registry import CheckpointInfo
+from ..model_manager.text_encoder_release import JobRelease
 from ..model_manager.vae_approx import ApproxModels
 from .checkpoints import JobCheckpoints
 from .controlnet import JobControl, prepare_control
@@ -188,6 +189,7 @@ class Worker:
         lease = models.acquire(info, modules) if modules else models.acquire(info)
         family = self.families.of(lease.spec)
         job.progress.text = ""
+        encoders = JobRelease.of(opt("text_encoder_release"), lease.model, models.plan)
         settings = SaveSettings.from_options(opt)
         save = self._saver(job, params, info.name, settings, hooks) if params.save_images else None
         # LoRAs, VAE and tiling are on the model for this job only, taken off however it ends;
@@ -210,15 +212,21 @@ class Worker:
                 aesthetic_scores=(float(opt("sdxl_refiner_high_aesthetic_score")),
                                   float(opt("sdxl_refiner_low_aesthetic_score"))),
                 preview_method=opt("show_progress_type"), approx=self._approx(),
-                control=control,
+                control=control, release_text_encoders=encoders.release,
             )  # fmt: skip
             generate = txt2img if job.kind == "txt2img" else img2img
+
+            def attempt(memory: MemoryRun) -> list[GeneratedImage]:
+                encoders.restore()  # a lower-memory retry encodes the prompts again
+                return generate(replace(run, memory=memory), params)
+
             images = run_guarded(  # out of memory: a clear error, or one lower-memory retry
-                lambda memory: generate(replace(run, memory=memory), params),
+                attempt,
                 memory=run.memory, pipe=lease.pipe, plan=models.plan,
                 medvram_sdxl=family.medvram_sdxl,
                 retry=bool(opt("oom_retry_lower_memory")), what=f"{params.width}x{params.height}",
             )  # fmt: skip
+        encoders.release()  # every prompt of the job is encoded (option text_encoder_release)
         warnings += active.warnings + run.memory.messages() + run.warnings
         images = self._with_grid(job, params, images, info.name, settings, hooks)
         if control is not None and images:  # the extension appends its detected maps

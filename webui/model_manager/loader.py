@@ -60,6 +60,8 @@ class LoadedModel:
     # the checkpoint's own scheduler config (prediction type, betas), before any sampler
     base_scheduler_config: dict = field(default_factory=dict)
     modules: tuple[Path, ...] = ()  # the module files (VAE / text encoders) it was built with
+    # big text encoders freed after encoding (`text_encoder_release`): name -> how back
+    released: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.base_scheduler_config:

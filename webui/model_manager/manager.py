@@ -40,6 +40,7 @@ from .memory import MemoryPlan
 from .modules import ModuleFiles, UnknownModuleError, module_kinds
 from .optimize import prepare_pipeline
 from .registry import CheckpointInfo, CheckpointRegistry
+from .text_encoder_release import restore
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,9 @@ class ModelManager:
                 model = None
             if model is not None:
                 self._loaded.move_to_end(info.path)
-                return Lease(model, info)
+        if model is not None:
+            restore(model, self.plan)  # its big text encoders, if a job released them
+            return Lease(model, info)
         if not info.path.exists():
             raise CheckpointLoadError(f"{info.rel}: file no longer exists")
         problem = self.unreadable(info)  # before a loaded model is evicted for it

@@ -68,6 +68,9 @@ class Family(ABC):
     taesd: str | None = None
     # A1111's per-step blends (soft inpainting, mask_round off) work on its latents
     soft_inpainting: bool = True
+    # pipeline attributes of its big text encoders (T5-XXL, Qwen3), freed after encoding
+    # when the option says so (`model_manager.text_encoder_release`, `text_encoder_from_file`)
+    big_text_encoders: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -80,6 +80,7 @@ class FluxFamily(Family):
     # the "Shift" slider's value for "the model's own" (dev: from the image size)
     default_shift = 0.0
     schnell_shift = 1.0  # schnell's schedule is unshifted
+    big_text_encoders = ("text_encoder_2",)  # T5-XXL (`text_encoder_from_file`)
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -162,6 +163,22 @@ class FluxFamily(Family):
             vae=parts["vae"], text_encoder=parts["clip_l"], text_encoder_2=parts["t5xxl"],
             transformer=parts["transformer"], **self.tokenizers(spec),
         )  # fmt: skip
+
+    def text_encoder_from_file(self, path: Path, spec: ModelSpec, modules, name: str,
+                               dtype) -> Any:  # fmt: skip
+        """T5-XXL again, from the file `load_single_file` took it from (released after
+        encoding: `model_manager.text_encoder_release`)."""
+        if name != "text_encoder_2":
+            raise ValueError(f"{self.label} reloads only its T5 encoder, not {name}")
+        shapes = read_shapes(path)
+        prefix = fk.FluxLayout.of(shapes).t5xxl
+        if prefix is not None:
+            return _component("t5xxl", path, prefix, shapes, spec, dtype)
+        for module in modules:
+            module_shapes = read_shapes(Path(module))
+            if fk.module_kind(module_shapes) == "t5xxl":
+                return _component("t5xxl", Path(module), "", module_shapes, spec, dtype)
+        raise MissingModuleError(fk.missing_message(path.name, ["t5xxl"]))
 
     # --- text ---------------------------------------------------------------------------
     def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:

@@ -72,6 +72,7 @@ class SD3Family(Family):
     folder_classes = frozenset({"StableDiffusion3Pipeline"})
     base_scheduler = SD3_SCHEDULER
     taesd = "taesd3"
+    big_text_encoders = ("text_encoder_3",)  # T5-XXL (`text_encoder_from_file`)
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
@@ -166,6 +167,20 @@ class SD3Family(Family):
             text_encoder_3=parts["t5xxl"], transformer=parts["transformer"],
             **self.tokenizers(spec),
         )  # fmt: skip
+
+    def text_encoder_from_file(self, path: Path, spec: ModelSpec, modules, name: str,
+                               dtype) -> Any:  # fmt: skip
+        """T5-XXL again, from the file `load_single_file` took it from (released after
+        encoding: `model_manager.text_encoder_release`)."""
+        if name != "text_encoder_3":
+            raise ValueError(f"{self.label} reloads only its T5 encoder, not {name}")
+        shapes = read_shapes(path)
+        source = (path, sk.SD3Layout.of(shapes).t5xxl, shapes)
+        if source[1] is None:
+            chosen = self.needed_modules(path, spec, modules) if spec.missing else ()
+            module = dict(zip(spec.missing, chosen, strict=True))["t5xxl"]
+            source = (module, "", read_shapes(module))
+        return sf.build_component("t5xxl", *source, spec.unet, dtype)
 
     # --- text ---------------------------------------------------------------------------
     def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:

@@ -67,6 +67,7 @@ class ZImageFamily(Family):
     folder_classes = frozenset({"ZImagePipeline"})
     base_scheduler = ZIMAGE_SCHEDULER
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
+    big_text_encoders = ("text_encoder",)  # Qwen3 (`text_encoder_from_file`)
     soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
@@ -145,6 +146,17 @@ class ZImageFamily(Family):
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(ZIMAGE_SCHEDULER)),
             vae=vae, text_encoder=text_encoder, transformer=transformer, **self.tokenizers(spec),
         )  # fmt: skip
+
+    def text_encoder_from_file(self, path: Path, spec: ModelSpec, modules, name: str,
+                               dtype) -> Any:  # fmt: skip
+        """Qwen3 again, from the module file `load_single_file` took it from (released
+        after encoding: `model_manager.text_encoder_release`)."""
+        for module in modules:
+            shapes = read_shapes(Path(module))
+            if not fk.module_kind(shapes) and zk.module_kind(shapes) == "qwen3":
+                return zf.build_qwen3(zk.qwen3_config(shapes), ff.read_state(Path(module), ""),
+                                      zk.qwen3_prefix(shapes), dtype)  # fmt: skip
+        raise MissingModuleError(zk.missing_message(path.name, ["qwen3"]))
 
     # --- text ---------------------------------------------------------------------------
     def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
