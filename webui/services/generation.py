@@ -191,10 +191,12 @@ class GenerationService:
                 modes.append("soft inpainting")
             elif not params.mask_round:
                 modes.append("mask_round off")
+        refiner = ["refiner"] if getattr(params, "refiner_checkpoint", None) else []
         checks = (((), modes, None, None, None),
                   (("sampler_name",), (), params.sampler_name, None, None),
                   (("scheduler",), (), params.sampler_name, params.scheduler, None),
-                  (("cfg_scale",), (), None, None, params))  # fmt: skip
+                  (("cfg_scale",), (), None, None, params),
+                  (("refiner_checkpoint",), refiner, None, None, None))  # fmt: skip
         for loc, check_modes, sampler, schedule, job in checks:
             problem = self.models.family_problem(info, check_modes, sampler, schedule, job)
             if problem is not None:

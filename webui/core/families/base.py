@@ -68,6 +68,7 @@ class Family(ABC):
     taesd: str | None = None
     # A1111's per-step blends (soft inpainting, mask_round off) work on its latents
     soft_inpainting: bool = True
+    refiner: bool = True  # A1111's Refiner can take over its jobs (not the flow-matching ones)
     # pipeline attributes of its big text encoders (T5-XXL, Qwen3), freed after encoding
     # when the option says so (`model_manager.text_encoder_release`, `text_encoder_from_file`)
     big_text_encoders: tuple[str, ...] = ()
@@ -172,10 +173,13 @@ class Family(ABC):
 
     def check_mode(self, mode: Mode) -> None:
         """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img;
-        also "soft inpainting" and "mask_round off", A1111's per-step latent blends)."""
+        also "soft inpainting" and "mask_round off", A1111's per-step latent blends, and
+        "refiner", A1111's Refiner taking over)."""
         if mode in ("soft inpainting", "mask_round off") and not self.soft_inpainting:
             what = "Soft inpainting" if mode == "soft inpainting" else mode
             raise UserError(f"{what} is not available for {self.label} models")
+        if mode == "refiner" and not self.refiner:
+            raise UserError(f"The Refiner does not run with {self.label} models yet")
 
     def check_params(self, params: Any) -> None:
         """Raise a `UserError` for a job's setting the family cannot run (FLUX.1 Fill: a

@@ -77,6 +77,7 @@ class FluxFamily(Family):
     folder_classes = frozenset({"FluxPipeline"})
     base_scheduler = FLUX_SCHEDULER
     soft_inpainting = False  # its pipelines blend packed latents: A1111's blends do not fit
+    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # the "Shift" slider's value for "the model's own" (dev: from the image size)
     default_shift = 0.0
     schnell_shift = 1.0  # schnell's schedule is unshifted

@@ -77,6 +77,7 @@ class SD3Family(Family):
     # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
     soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
+    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:

@@ -69,6 +69,7 @@ class ZImageFamily(Family):
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     big_text_encoders = ("text_encoder",)  # Qwen3 (`text_encoder_from_file`)
     soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
+    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
                                "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
