@@ -91,15 +91,21 @@ def flux_conditioning(
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
     prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
+    return scheduled_conditioning(FluxPromptEncoder(pipe), prompt, negative, steps, "FLUX")
+
+
+def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int,
+                           who: str) -> Conditioning:  # fmt: skip
+    """Both prompts encoded part by part along their prompt-editing schedules by an
+    encoder with `encode(text)` (FLUX's, Z-Image's); AND is refused, naming `who`."""
     if len(split_and(prompt)) > 1:
-        raise UserError("AND (composable prompts) is not available for FLUX models yet")
-    encoder = FluxPromptEncoder(pipe)
+        raise UserError(f"AND (composable prompts) is not available for {who} models yet")
     cond = _scheduled(encoder, prompt, steps)
     uncond = _scheduled(encoder, negative, steps)
     return Conditioning(uncond, [cond], [1.0], {})
 
 
-def _scheduled(encoder: FluxPromptEncoder, text: str, steps: int) -> Scheduled:
+def _scheduled(encoder: Any, text: str, steps: int) -> Scheduled:
     ends, items = [], []
     for end, part in prompt_schedule(text, steps):
         ends.append(end)

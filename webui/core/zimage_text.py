@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
-from .conditioning import Conditioning, Encoded, Scheduled, _emphasis
+from .conditioning import Conditioning, Encoded, _emphasis
+from .flux_text import scheduled_conditioning
 from .prompt_limits import check_prompts
-from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+from .prompts import extract_extra_networks, parse_attention
 
 MAX_LENGTH = 512  # ZImagePipeline's max_sequence_length
 BREAK = "BREAK"
@@ -84,20 +84,7 @@ def zimage_conditioning(
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     prompt, _ = extract_extra_networks(prompt)
     negative, _ = extract_extra_networks(negative)
-    if len(split_and(prompt)) > 1:
-        raise UserError("AND (composable prompts) is not available for Z-Image models yet")
-    encoder = ZImagePromptEncoder(pipe)
-    cond = _scheduled(encoder, prompt, steps)
-    uncond = _scheduled(encoder, negative, steps)
-    return Conditioning(uncond, [cond], [1.0], {})
-
-
-def _scheduled(encoder: ZImagePromptEncoder, text: str, steps: int) -> Scheduled:
-    ends, items = [], []
-    for end, part in prompt_schedule(text, steps):
-        ends.append(end)
-        items.append(encoder.encode(part))
-    return Scheduled(ends, items)
+    return scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps, "Z-Image")
 
 
 def caption_lists(conditioning: Conditioning, step: int, dtype) -> tuple[list, list]:
