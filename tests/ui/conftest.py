@@ -23,6 +23,32 @@ from tests.conftest import ServerThread, with_tiny_sd1
 from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
 
+ACTION_TIMEOUT_MS = 90_000  # Playwright's default is 30 s
+
+
+class PatientBrowser:
+    """Playwright's Browser whose pages wait up to 90 s for an action instead of 30 s.
+
+    On a busy 2-core CI machine a click on the Settings tab of a page that was still
+    building its hundreds of components once took over 30 s to be dispatched."""
+
+    def __init__(self, browser) -> None:
+        self._browser = browser
+
+    def new_context(self, **kwargs):
+        context = self._browser.new_context(**kwargs)
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
+        return context
+
+    def new_page(self, **kwargs):
+        page = self._browser.new_page(**kwargs)
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
+        return page
+
+    def __getattr__(self, name: str):
+        return getattr(self._browser, name)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
@@ -31,7 +57,7 @@ def browser():
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield b
+        yield PatientBrowser(b)
         b.close()
 
 

@@ -153,6 +153,7 @@ def run(args) -> list[dict]:
         server = ServerProcess(Path(tmp))
         try:
             server.start()
+            server.wait_ready()  # the API answers 503 while the page is being built
             turbo = load_bare_pipeline(models / "bench-sd21.safetensors")
             result = alternate(
                 lambda: ours_call(server, "bench-sd21", 1, 1.0, size, sampler_name="Euler a"),
