@@ -83,12 +83,16 @@ def test_flags_reach_the_plan(tmp_path, monkeypatch, args, expected):
     assert plan.as_dict()["unet_dtype"] == str(expected).removeprefix("torch.")
 
 
-def _generate(ctx, **overrides):
+def _run(ctx, **overrides):
     base = dict(prompt="a red cube", steps=2, width=64, height=64, seed=7, save_images=False)
     job = ctx.jobs.submit("txt2img", Txt2ImgParams(**{**base, **overrides}).validated(), "test")
     assert job.done.wait(300)
     assert job.state == "done", job.error
-    return job.result.images[0]
+    return job
+
+
+def _generate(ctx, **overrides):
+    return _run(ctx, **overrides).result.images[0]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,8 @@ def test_faked_amx_machine_runs_a_bf16_unet_within_bf16_rounding(data_dir, monke
                          "--no-download-sd-model"])  # fmt: skip
     ctx = build_context(flags)
     try:
-        image = _generate(ctx)
+        job = _run(ctx)
+        image, image_warnings = job.result.images[0], job.result.warnings
         pipe = ctx.models.acquire(ctx.models.resolve(None)).pipe
         assert pipe.unet.conv_in.weight.dtype == torch.bfloat16
         assert pipe.vae.decoder.conv_in.weight.dtype == torch.float32  # NaN-safe VAE path
@@ -130,9 +135,18 @@ def test_faked_amx_machine_runs_a_bf16_unet_within_bf16_rounding(data_dir, monke
     finally:
         ctx.close()
     assert "UNet precision: bfloat16" in image.infotext
+    assert not any("UNet precision" in w for w in image_warnings)  # no toast on every job
     assert "UNet precision" not in fp32_image.infotext
     ours = np.asarray(image.image, np.int16)
     full = np.asarray(fp32_image.image, np.int16)
     difference = np.abs(ours - full)
     assert difference.max() > 0  # bf16 really ran
     assert difference.mean() < 3 and np.percentile(difference, 99) < 16
+
+
+def test_the_precision_note_is_infotext_only():
+    from webui.core.run import INFOTEXT_ONLY_NOTES, MemoryRun
+
+    assert cpu_precision.INFOTEXT_FIELD in INFOTEXT_ONLY_NOTES
+    run = MemoryRun(notes={cpu_precision.INFOTEXT_FIELD: "bfloat16", "Low-memory retry": "x"})
+    assert run.messages() == ["Low-memory retry: x"]

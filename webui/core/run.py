@@ -48,6 +48,11 @@ DEFAULT_TILE_FROM = 1536  # px per side (of width x height): 2048Â² tiles, 1024Â
 DEFAULT_SLICE_FROM = 1024
 
 
+# memory notes written to the infotext but not shown as warnings; "UNet precision" is
+# model_manager.cpu_precision.INFOTEXT_FIELD (a test keeps them equal)
+INFOTEXT_ONLY_NOTES = frozenset({"UNet precision"})
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """What a hook learns about the job it runs in."""
@@ -135,7 +140,9 @@ class MemoryRun:
         return replace(self, low_memory=True, notes=dict(self.notes))
 
     def messages(self) -> list[str]:
-        return [f"{key}: {value}" for key, value in self.notes.items()]
+        """The notes a user is warned about (a low-memory retry, a VAE fallback); fields
+        that only describe the run (the CPU's UNet precision) stay in the infotext."""
+        return [f"{k}: {v}" for k, v in self.notes.items() if k not in INFOTEXT_ONLY_NOTES]
 
 
 @dataclass(frozen=True, kw_only=True)
