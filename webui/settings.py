@@ -119,6 +119,7 @@ class Flags:
     opt_channelslast: bool = False
     compile: bool = False
     unet_in_bf16: bool = False  # Forge's name for --precision bf16
+    vae_in_bf16: bool = False  # Forge's: the VAE computes in bfloat16 (also on the CPU)
     # behaviour
     disable_safe_unpickle: bool = False
     enable_insecure_extension_access: bool = False
@@ -400,6 +401,7 @@ _FLAG_TABLE: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("--opt-channelslast", "channels-last memory format for the UNet", _SWITCH),
         ("--compile", "torch.compile the UNet (slow first image)", _SWITCH),
         ("--unet-in-bf16", "the UNet in bfloat16 (Forge's name; = --precision bf16)", _SWITCH),
+        ("--vae-in-bf16", "the VAE in bfloat16 (Forge's; 2x faster CPU decodes)", _SWITCH),
     ],
     "behaviour": [
         ("--disable-safe-unpickle", "allow arbitrary code in .ckpt/.pt pickles", _SWITCH),

@@ -299,3 +299,36 @@ def test_token_merging_ratio_changes_the_run_and_is_recorded(data_dir):
         assert np.array_equal(_pixels(_generate(ctx, width=128, height=128)), _pixels(plain))
     finally:
         ctx.close()
+
+
+def test_vae_in_bf16_on_the_cpu_decodes_within_bf16_rounding(data_dir):
+    """Forge's --vae-in-bf16: the CPU keeps its VAE in float32 unless asked (about 2x faster
+    decodes where the CPU has bf16); img2img's encode runs through the same VAE."""
+    from PIL import Image
+
+    from webui.core.params_img2img import Img2ImgParams
+
+    full = _image_of(data_dir)
+    ctx = _context(data_dir, "--vae-in-bf16")
+    try:
+        assert ctx.memory.vae == torch.bfloat16 and "VAE bfloat16" in ctx.memory.description
+        half = _pixels(_generate(ctx))
+        assert ctx.models.acquire(ctx.models.resolve(None)).pipe.vae.dtype == torch.bfloat16
+        init = Image.new("RGB", (64, 64), (200, 30, 30))
+        params = Img2ImgParams(prompt="a cube", init_images=[init], steps=2, width=64,
+                               height=64, seed=7, save_images=False).validated()  # fmt: skip
+        job = ctx.jobs.submit("img2img", params, owner="test")
+        assert job.done.wait(300) and job.state == "done", job.error
+    finally:
+        ctx.close()
+    difference = np.abs(half - full)
+    assert 0 < difference.max() <= 12 and difference.mean() < 2
+
+
+def test_vae_in_bf16_gives_way_to_no_half_vae_and_lowram():
+    plan = plan_memory(vae_in_bf16=True, no_half_vae=True, cuda_available=False)
+    assert plan.vae == torch.float32 and any("--no-half-vae" in n for n in plan.notes)
+    plan = plan_memory(vae_in_bf16=True, lowram=True, cuda_available=False)
+    assert plan.vae == torch.float32 and any("--lowram" in n for n in plan.notes)
+    gpu = plan_memory(vae_in_bf16=True, cuda_available=True, bf16_supported=True)
+    assert gpu.vae == torch.bfloat16 and gpu.dtype == torch.float16

@@ -4,7 +4,8 @@ One fresh process per variant (so memory, threads and compile caches never mix),
 checkpoint, prompt, seed, size, steps, CFG and sampler (Euler), VAE decode included:
 
 - `diffusers-fp32`: bare `StableDiffusionPipeline` (diffusers' defaults, fp32).
-- `ours-fp32`, `ours-bf16`: our txt2img job (`--precision full` / `--precision bf16`).
+- `ours-fp32`, `ours-bf16`: our txt2img job (`--precision full` / `--precision bf16`);
+  `ours-bf16-vae` adds `--vae-in-bf16`.
 - `inductor`: bare diffusers with `unet.compile()` (torch.compile, inductor), its FX graph
   cache in `<cache>/inductor` (`TORCHINDUCTOR_CACHE_DIR`).
 - `openvino`: bare diffusers with `unet.compile(backend="openvino")` (the `openvino` pip
@@ -35,7 +36,10 @@ from pathlib import Path
 
 log = logging.getLogger("webui.bench.backends")
 
-VARIANTS = ("diffusers-fp32", "ours-fp32", "ours-bf16", "inductor", "openvino", "optimum-intel")
+VARIANTS = ("diffusers-fp32", "ours-fp32", "ours-bf16", "ours-bf16-vae", "inductor", "openvino",
+            "optimum-intel")  # fmt: skip
+OURS_FLAGS = {"ours-fp32": ["--precision", "full"], "ours-bf16": ["--precision", "bf16"],
+              "ours-bf16-vae": ["--precision", "bf16", "--vae-in-bf16"]}  # fmt: skip
 REQUEST = {"prompt": "a lighthouse on a cliff at dusk, oil painting",
            "negative_prompt": "blurry, low quality", "steps": 4, "cfg_scale": 7.5,
            "width": 256, "height": 256, "seed": 1234}  # fmt: skip
@@ -85,7 +89,7 @@ def _bare(checkpoint: Path, request: dict, backend: str | None, cache: Path):
     return lambda: bare_txt2img(pipe, request)
 
 
-def _ours(checkpoint: Path, request: dict, precision: str, data: Path):
+def _ours(checkpoint: Path, request: dict, precision_flags: list[str], data: Path):
     from ..context import build_context
     from ..core.params import Txt2ImgParams
     from ..settings import parse_flags
@@ -96,7 +100,7 @@ def _ours(checkpoint: Path, request: dict, precision: str, data: Path):
     if not link.exists():
         link.symlink_to(checkpoint.resolve())
     flags = ["--data-dir", str(data), "--no-download-sd-model", "--no-hashing",
-             "--precision", precision]  # fmt: skip
+             *precision_flags]  # fmt: skip
     ctx = build_context(parse_flags(flags))
     load = ctx.jobs.submit("load", None, owner="bench")
     load.done.wait()
@@ -154,11 +158,11 @@ def _make(variant: str, checkpoint: Path, request: dict, cache: Path, info: dict
         return _bare(checkpoint, request, None, cache)
     if variant in ("inductor", "openvino"):
         return _bare(checkpoint, request, variant, cache)
-    if variant in ("ours-fp32", "ours-bf16"):
+    if variant in OURS_FLAGS:
         import tempfile
 
         data = Path(tempfile.mkdtemp(prefix="bench-backends-", dir=cache / "runs"))
-        return _ours(checkpoint, request, "full" if variant == "ours-fp32" else "bf16", data)
+        return _ours(checkpoint, request, OURS_FLAGS[variant], data)
     if variant == "optimum-intel":
         started = time.perf_counter()
         make_image = _optimum(checkpoint, request, cache)

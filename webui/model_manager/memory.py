@@ -139,6 +139,7 @@ def plan_memory(
     no_half: bool = False,
     no_half_vae: bool = False,
     precision: str = "autocast",
+    vae_in_bf16: bool = False,
     xformers: bool = False,
     split_attention: bool = False,
     sdp_attention: bool = False,
@@ -172,12 +173,16 @@ def plan_memory(
         notes.append("--use-cpu all: running on the CPU although a CUDA device is present")
     device = "cuda" if cuda_available and not use_cpu_all else "cpu"
     dtype, vae_dtype = _precision(device, no_half, no_half_vae, precision, bf16_supported, notes)
+    vae_dtype = _vae_in_bf16(device, vae_dtype, vae_in_bf16, no_half_vae, bf16_supported, notes)
     attention = _attention(
         device, xformers, xformers_installed, split_attention, sdp_attention,
         sdp_no_mem_attention, notes,
     )  # fmt: skip
     offload, sdxl_only = _offload(device, medvram, medvram_sdxl, lowvram, notes)
     half_storage = lowram and device == "cpu"
+    if half_storage and vae_in_bf16:  # fp16 storage computes every layer in float32
+        notes.append("--vae-in-bf16 ignored: --lowram on the CPU computes in float32")
+        vae_dtype = torch.float32
     cpu_decision = cpu_precision() if device == "cpu" and cpu_precision is not None else None
     unet_dtype = _cpu_unet_dtype(cpu_decision, half_storage, notes)
     if lowram:
@@ -203,7 +208,7 @@ def plan_memory(
         "--opt-sdp-attention": sdp_attention, "--opt-sdp-no-mem-attention": sdp_no_mem_attention,
         "--medvram": medvram, "--medvram-sdxl": medvram_sdxl, "--lowvram": lowvram,
         "--lowram": lowram, "--upcast-sampling": upcast_sampling,
-        "--opt-channelslast": channels_last, "--compile": compile,
+        "--opt-channelslast": channels_last, "--compile": compile, "--vae-in-bf16": vae_in_bf16,
     }  # fmt: skip
     return MemoryPlan(
         device=device,
@@ -230,6 +235,7 @@ def plan_from_flags(flags, **overrides) -> MemoryPlan:
         use_cpu_all=flags.cpu_only,
         no_half=flags.no_half,
         no_half_vae=flags.no_half_vae,
+        vae_in_bf16=getattr(flags, "vae_in_bf16", False),
         precision="bf16" if getattr(flags, "unet_in_bf16", False) else flags.precision,
         xformers=flags.xformers,
         split_attention=flags.opt_split_attention,
@@ -286,6 +292,22 @@ def _precision(device, no_half, no_half_vae, precision, bf16_supported, notes):
         return torch.float16, torch.float32
     # bf16 has the exponent range of fp32: an SD VAE does not overflow in it as in fp16
     return torch.float16, (torch.bfloat16 if bf16_supported else torch.float16)
+
+
+def _vae_in_bf16(device, vae_dtype, wanted: bool, no_half_vae: bool, bf16_supported: bool,
+                 notes) -> torch.dtype:  # fmt: skip
+    """Forge's --vae-in-bf16: the VAE in bfloat16 on the CPU (which keeps it in float32
+    otherwise) or on a GPU with bfloat16. bf16 has float32's exponent range, so the VAE does
+    not overflow to NaN in it as it does in float16."""
+    if not wanted:
+        return vae_dtype
+    if no_half_vae:
+        notes.append("--vae-in-bf16 ignored: --no-half-vae keeps the VAE in float32")
+        return vae_dtype
+    if device == "cuda" and not bf16_supported:
+        notes.append("--vae-in-bf16 ignored: this GPU has no bfloat16")
+        return vae_dtype
+    return torch.bfloat16
 
 
 def _attention(device, xformers, installed, split, sdp, sdp_no_mem, notes) -> str:
