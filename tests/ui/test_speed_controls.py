@@ -10,8 +10,28 @@ from webui.ui.speed_controls import speed_fill, speed_overrides
 
 
 def test_empty_fields_leave_the_settings_alone():
-    empty = {"token_merging_ratio": None, "deepcache_interval": "", "deepcache_branch": None}
+    empty = {"token_merging_ratio": None, "deepcache_interval": "", "deepcache_branch": " "}
     assert speed_overrides(empty) == {}
+    assert speed_overrides({"deepcache_interval": " 3 "}) == {"deepcache_interval": 3}
+
+
+def test_the_fields_start_empty_not_zero():
+    """Gradio's Number shows an empty value as "0", which a user reads as "off"."""
+    import gradio as gr
+
+    from webui.ui.speed_controls import SPEED_OPTIONS, add_speed_controls
+
+    class Named(dict):
+        def add(self, name, component):
+            self[name] = component
+
+    named = Named()
+    with gr.Blocks():
+        add_speed_controls(named, "t")
+    assert set(named) == set(SPEED_OPTIONS)
+    for component in named.values():
+        assert isinstance(component, gr.Textbox) and component.value == ""
+        assert component.placeholder == "Settings"
 
 
 def test_values_become_override_settings():
@@ -34,7 +54,7 @@ def test_an_infotext_fills_the_accordion_and_empties_what_it_lacks():
     controls = {"Token merging ratio": "tome", "DeepCache interval": "interval",
                 "DeepCache branch": "branch"}  # fmt: skip
     fields = parse_infotext("a fox\nSteps: 4, Sampler: Euler, DeepCache: 3, Seed: 1")
-    assert speed_fill(fields, controls) == {"tome": None, "interval": 3.0, "branch": None}
+    assert speed_fill(fields, controls) == {"tome": "", "interval": "3", "branch": ""}
 
 
 def test_the_flux_caches_go_and_come_back_the_same_way():
@@ -45,4 +65,4 @@ def test_the_flux_caches_go_and_come_back_the_same_way():
         speed_overrides({"taylorseer_interval": 2.5})
     controls = {"First Block Cache threshold": "fbc", "TaylorSeer interval": "taylor"}
     fields = parse_infotext("a fox\nSteps: 4, Sampler: Euler, First Block Cache: 0.12, Seed: 1")
-    assert speed_fill(fields, controls) == {"fbc": 0.12, "taylor": None}
+    assert speed_fill(fields, controls) == {"fbc": "0.12", "taylor": ""}

@@ -3,7 +3,8 @@
 `add_speed_controls(named, prefix)` puts a closed "Speed" accordion under the sampler
 parameters with the token merging ratio, the DeepCache interval and branch (UNets), and
 the First Block Cache threshold and TaylorSeer interval (FLUX).
-An empty field means the server's option (Settings > Speed); a value goes with the job as
+An empty field (a text field: Gradio's Number shows empty as "0") means the server's
+option (Settings > Speed); a value goes with the job as
 an override setting (`speed_overrides`), as an API request's `override_settings` would.
 `speed_fill` sets them from an infotext (PNG Info, "send to"): a field the infotext lacks
 empties its control (the switch was off, or the option's value made the image).
@@ -54,8 +55,9 @@ def add_speed_controls(named: Named, prefix: str) -> None:
         gr.Markdown(_NOTE)
         with gr.Row():
             for name, (label, low, high, step, _) in SPEED_OPTIONS.items():
-                named.add(name, gr.Number(label=label, value=None, minimum=low, maximum=high,
-                                          step=step, elem_id=f"{prefix}_{name}"))  # fmt: skip
+                # a text field: Gradio's Number shows an empty value as "0", which reads as off
+                named.add(name, gr.Textbox(label=label, value="", placeholder="Settings",
+                                           max_lines=1, elem_id=f"{prefix}_{name}"))  # fmt: skip
 
 
 def speed_overrides(v: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +65,7 @@ def speed_overrides(v: dict[str, Any]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, (label, low, high, _, integer) in SPEED_OPTIONS.items():
         value = v.get(name)
+        value = value.strip() if isinstance(value, str) else value
         if value in (None, ""):
             continue
         try:
@@ -77,14 +80,14 @@ def speed_overrides(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def speed_fill(fields: dict[str, Any], controls: dict[str, Any]) -> dict[Any, Any]:
-    """component -> value from an infotext's Speed fields (None where it has none)."""
+    """component -> text from an infotext's Speed fields ("" where it has none)."""
     out: dict[Any, Any] = {}
     for key, name in INFOTEXT_OPTIONS.items():
         component = controls.get(SPEED_OPTIONS[name][0])
         if component is None:
             continue
         try:
-            out[component] = float(fields[key]) if key in fields else None
+            out[component] = f"{float(fields[key]):g}" if key in fields else ""
         except (TypeError, ValueError):
-            out[component] = None
+            out[component] = ""
     return out
