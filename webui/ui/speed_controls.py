@@ -54,7 +54,7 @@ def add_speed_controls(named: Named, prefix: str) -> None:
     with gr.Accordion("Speed", open=False, elem_id=f"{prefix}_speed"):
         gr.Markdown(_NOTE)
         with gr.Row():
-            for name, (label, low, high, step, _) in SPEED_OPTIONS.items():
+            for name, (label, *_) in SPEED_OPTIONS.items():
                 # a text field: Gradio's Number shows an empty value as "0", which reads as off
                 named.add(name, gr.Textbox(label=label, value="", placeholder="Settings",
                                            max_lines=1, elem_id=f"{prefix}_{name}"))  # fmt: skip
