@@ -23,6 +23,7 @@ import functools
 import logging
 import threading
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,7 +251,9 @@ def _move(detector: Any, device: torch.device) -> None:
 
 def _library() -> None:
     try:
-        import controlnet_aux  # noqa: F401
+        with warnings.catch_warnings():  # its import re-registers timm models, loudly
+            warnings.simplefilter("ignore")
+            import controlnet_aux  # noqa: F401
     except ImportError as exc:
         raise AnnotatorError("the annotators need controlnet_aux: pip install controlnet_aux "
                              f"(the 'annotators' extra) ({exc})") from None  # fmt: skip
