@@ -41,7 +41,7 @@ from .options import Options
 from .services.generation import GenerationService
 from .services.image_browser import ImageBrowser
 from .services.models import ModelsService
-from .services.protocols import MemoryInfo, Models
+from .services.protocols import Annotators, MemoryInfo, Models
 from .services.upscalers import Upscalers
 from .settings import Flags
 
@@ -70,6 +70,7 @@ class AppContext:
     job_store: JobStore | None = None  # every job in SQLite (data folder); None: memory only
     browser: ImageBrowser | None = None  # the Image Browser's index and map (jobs.sqlite3)
     model_files: ModelsService | None = None  # the Models tab: catalog, downloads, Civitai
+    annotators: Annotators | None = None  # ControlNet's annotators with weights (LRU of 2)
 
     def close(self) -> None:
         self.jobs.stop()
@@ -88,6 +89,8 @@ def build_context(flags: Flags) -> AppContext:
     from .core.families import default_families  # the worker's parts import torch
     from .core.worker import make_runner
     from .ext.runner import wrap_runner
+    from .model_manager.annotator_files import annotator_folder
+    from .model_manager.annotators import AnnotatorCache
     from .model_manager.manager import ModelManager
     from .model_manager.memory import plan_from_flags
 
@@ -115,6 +118,8 @@ def build_context(flags: Flags) -> AppContext:
         "store": job_store,
     }
     cluster = None
+    # ControlNet's annotators: one cache for the worker's jobs, /controlnet/detect and 💥
+    annotators = AnnotatorCache(annotator_folder(flags.controlnet_dir), str(memory.device))
     if flags.ray:  # Ray workers run the jobs, each with its own model cache
         from .cluster.pool import RayPool, checkpoint_of
 
@@ -122,7 +127,8 @@ def build_context(flags: Flags) -> AppContext:
         jobs.start()
         cluster = RayPool.start(flags, jobs, store)
     else:  # the worker runs jobs; the extension runner calls the hooks around and inside them
-        worker = make_runner(models, store, options, networks, families=families)
+        worker = make_runner(models, store, options, networks, families=families,
+                             annotators=annotators)  # fmt: skip
         local = LocalExecutor(wrap_runner(extensions, worker, store), device=str(memory.device),
                               held=partial(held_checkpoints, models))  # fmt: skip
         jobs = JobQueue(executors=[local], **queue_args)
@@ -142,7 +148,7 @@ def build_context(flags: Flags) -> AppContext:
     return AppContext(flags, options, memory, models, jobs, store, generation, upscalers,
                       networks=networks, extensions=extensions, cluster=cluster,
                       job_store=job_store, browser=build_browser(flags, options, jobs),
-                      model_files=model_files)  # fmt: skip
+                      model_files=model_files, annotators=annotators)  # fmt: skip
 
 
 def build_browser(flags: Flags, options: Options, jobs: JobQueue) -> ImageBrowser:

@@ -6,8 +6,10 @@ Clients written for the extension ask these before they send `alwayson_scripts:
 ControlNets, T2I-Adapters, IP-Adapters; `control_types` lists a type's models that fit
 the current checkpoint's family, as the extension),
 modules the built-in preprocessors (`imaging/control_preprocessors.py`). `detect` runs a
-preprocessor on the given images here (OpenCV on the CPU, no model) and answers the maps
-as base64 PNGs, as the extension does. Included by the composition root with the API's auth.
+preprocessor on the given images here (OpenCV on the CPU; the annotators with weights
+through the context's annotator cache, which downloads missing weights when it can) and
+answers the maps as base64 PNGs, as the extension does; missing annotator weights are a
+422 naming the file and the folder. Included by the composition root with the API's auth.
 
 This module must never import torch or diffusers: it only talks to the AppContext.
 """
@@ -24,6 +26,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..core.controlnet_units import ControlUnit, UnitError, checked, detect
+from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
 from ..imaging.control_preprocessors import (
     CONTROL_TYPES,
@@ -71,7 +74,7 @@ def _control_types(ctx) -> dict[str, Any]:
     return out
 
 
-def _detect(body: DetectRequest) -> dict[str, Any]:
+def _detect(body: DetectRequest, annotate: Any = None) -> dict[str, Any]:
     try:
         unit = checked(ControlUnit(enabled=True, module=body.controlnet_module,
                                    processor_res=body.controlnet_processor_res,
@@ -90,7 +93,13 @@ def _detect(body: DetectRequest) -> dict[str, Any]:
         except ImageInputError as exc:
             raise FieldError((exc.field, i), exc.message) from None
         size = (image.height, image.width)
-        images.append(_b64(detect(unit, image, mask, size, unit.resize_mode)))
+        try:
+            detected = detect(unit, image, mask, size, unit.resize_mode, annotate=annotate)
+        except UnitError as exc:
+            raise FieldError(("controlnet_module",), exc.message) from None
+        except UserError as exc:  # annotator weights missing and not downloadable, unfit
+            raise FieldError(("controlnet_module",), str(exc)) from None
+        images.append(_b64(detected))
     return {"images": images, "info": "Success"}
 
 
@@ -121,8 +130,9 @@ def controlnet_router() -> APIRouter:
         return {"control_types": _control_types(ctx)}
 
     @router.post("/detect")
-    def detect(body: DetectRequest) -> dict[str, Any]:
+    def detect(body: DetectRequest, ctx: Ctx) -> dict[str, Any]:
         """Run a preprocessor on images; the detected maps as base64 PNGs."""
-        return _detect(body)
+        annotators = getattr(ctx, "annotators", None)
+        return _detect(body, annotators.run if annotators is not None else None)
 
     return router

@@ -143,7 +143,12 @@ class WorkerActor:
         self.store = HandBackStore()
         networks = build_networks(flags, hashes)
         host = ExtensionHost(flags, options, models=self.models, networks=networks)
-        worker = make_runner(self.models, self.store, options, networks, families=families)  # type: ignore[arg-type]
+        from ..model_manager.annotator_files import annotator_folder
+        from ..model_manager.annotators import AnnotatorCache
+
+        annotators = AnnotatorCache(annotator_folder(flags.controlnet_dir), device)
+        worker = make_runner(self.models, self.store, options, networks, families=families,  # type: ignore[arg-type]
+                             annotators=annotators)  # fmt: skip
         self.runner = wrap_runner(host, worker, self.store)
         self.job: Job | None = None
         self._sent_preview = -1

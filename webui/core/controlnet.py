@@ -4,6 +4,8 @@
 preprocessor on its image (a unit without one uses the img2img init image, and the
 inpaint mask for `inpaint_only`), at its processor resolution (pixel perfect: the
 extension's estimate for the generation size), and loads its model (`ControlNetCache`).
+Preprocessors with annotator weights run through the `annotate` function it is given
+(the worker's `AnnotatorCache`, which downloads missing weights on first use).
 The detected maps become extra images of the job's result (`JobControl.maps`), as the
 extension appends them.
 
@@ -53,7 +55,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..imaging.control_preprocessors import fit_map, preprocessor_named
-from .controlnet_units import ControlUnit, detect
+from .controlnet_units import Annotate, ControlUnit, detect
 from .ip_adapter import IpUnit, encode_reference, installed, tokens_for_call, uncond_rows
 
 log = logging.getLogger(__name__)
@@ -102,9 +104,11 @@ class JobControl:
 
 def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[[Path], Any],
                     *, save_maps: bool = True,
-                    clip: Callable[[Path], Any] | None = None) -> JobControl | None:  # fmt: skip
+                    clip: Callable[[Path], Any] | None = None,
+                    annotate: Annotate | None = None) -> JobControl | None:  # fmt: skip
     """The job's units ready to run; `load(path)` gives a unit's model, `clip(path)` a
-    CLIP vision encoder (IP-Adapter units). None: no unit."""
+    CLIP vision encoder (IP-Adapter units), `annotate` the maps of the annotators with
+    weights. None: no unit."""
     size = (params.height, params.width)
     init = list(getattr(params, "init_images", None) or [])
     prepared: list[PreparedUnit] = []
@@ -119,7 +123,8 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
             mask = getattr(params, "mask", None)
         if image is None:
             raise UserError(f"ControlNet unit {index}: no image (give one, or use img2img)")
-        detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index)
+        detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index,
+                          annotate=annotate)  # fmt: skip
         model = load(Path(unit.model_path)) if unit.guides else None
         part = PreparedUnit(unit, index, detected, mode, model)
         if _is_ip(model) or preprocessor_named(unit.module).clip:

@@ -11,7 +11,10 @@ it). `infotext_fields` writes the extension's `ControlNet N: "Module: ..., ..."`
 `units_from_infotext` reads them back (PNG Info, "send to": without the images).
 
 The work is in `core/controlnet.py` (run in the worker), the preprocessors in
-`imaging/control_preprocessors.py`.
+`imaging/control_preprocessors.py`. `detect` hands the annotators with weights to the
+`annotate` function its caller gives (the annotator cache, `model_manager/annotators.py`);
+a preprocessor of sd-webui-controlnet this server does not build is refused by `checked`
+with the reason (`control_annotators.REFUSED`).
 
 This module must never import torch, diffusers or a UI library.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -31,8 +34,12 @@ from ..imaging.control_preprocessors import (
     PREPROCESSORS,
     pixel_perfect_resolution,
     preprocessor_named,
+    refused_reason,
 )
 from .errors import ParamError
+
+# (module name, RGB image, processor resolution, threshold a, threshold b) -> map
+Annotate = Callable[[str, np.ndarray, int, float, float], np.ndarray]
 
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize",
@@ -147,6 +154,8 @@ def checked(unit: ControlUnit, index: int = 0) -> ControlUnit:
     """The unit with its modes normalised and -1 values set to the module's defaults."""
     for name in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
         _flag(index, name, getattr(unit, name))
+    if (reason := refused_reason(unit.module)) is not None:
+        raise UnitError(index, "module", f"not available on this server: {reason}")
     if not isinstance(unit.module, str) or preprocessor_named(unit.module) is None:
         known = ", ".join(PREPROCESSORS)
         raise UnitError(index, "module", f"unknown preprocessor {unit.module!r} (known: {known})")
@@ -235,8 +244,10 @@ def _array(image: Image.Image, mask: Image.Image | None, inpaint: bool) -> np.nd
 
 
 def detect(unit: ControlUnit, image: Image.Image, mask: Image.Image | None, size: tuple[int, int],
-           resize_mode: str, seed: int = 0) -> np.ndarray:  # fmt: skip
-    """The unit's detected map of `image` (before fitting it to the generation size)."""
+           resize_mode: str, seed: int = 0,
+           annotate: Annotate | None = None) -> np.ndarray:  # fmt: skip
+    """The unit's detected map of `image` (before fitting it to the generation size);
+    an annotator with weights runs through `annotate`."""
     module = preprocessor_named(unit.module)
     if module is None:
         raise UnitError(0, "module", f"unknown preprocessor {unit.module!r}")
@@ -244,5 +255,11 @@ def detect(unit: ControlUnit, image: Image.Image, mask: Image.Image | None, size
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(array.shape, size[0], size[1], resize_mode)
-    detected = module(array, res, unit.threshold_a, unit.threshold_b, seed)
+    if module.annotator:
+        if annotate is None:
+            raise UnitError(0, "module", f"{module.name} runs an annotator network, which "
+                            "is not available here")  # fmt: skip
+        detected = annotate(module.name, array, res, unit.threshold_a, unit.threshold_b)
+    else:
+        detected = module(array, res, unit.threshold_a, unit.threshold_b, seed)
     return detected if detected.ndim == 3 else detected[:, :, None].repeat(3, axis=2)

@@ -27,6 +27,7 @@ from PIL import Image
 from ..imaging.face_restoration import FaceRestorerCache
 from ..imaging.store import OutputStore
 from ..imaging.upscalers import UpscalerCache
+from ..model_manager.annotators import AnnotatorCache
 from ..model_manager.controlnet_loader import ControlNetCache
 from ..model_manager.interrogators import InterrogatorCache
 from ..model_manager.ip_adapter import ClipVisionCache
@@ -111,6 +112,7 @@ class Worker:
         networks: Networks | None = None,
         *,
         families: Families,
+        annotators: AnnotatorCache | None = None,
     ):
         self.models, self.store, self.options, self.networks = models, store, options, networks
         self.families = families
@@ -121,6 +123,7 @@ class Worker:
         self.faces = FaceRestorerCache(str(models.plan.device))  # GFPGAN / CodeFormer
         self.controlnets = ControlNetCache(models.plan.device, models.plan.dtype)
         self.clip_vision = ClipVisionCache(models.plan.device, models.plan.dtype)  # IP-Adapter
+        self.annotators = annotators  # ControlNet preprocessors with weights (None: refused)
 
     def __call__(
         self, job: Job, hooks: RunHooks = NO_HOOKS
@@ -150,6 +153,8 @@ class Worker:
                 self._approx().clear()
             self.controlnets.clear()
             self.clip_vision.clear()
+            if self.annotators is not None:
+                self.annotators.clear()
             return None
         if job.kind == "extras":  # upscaling: no checkpoint
             return self._extras(job, hooks)
@@ -199,7 +204,7 @@ class Worker:
             setup(lease, family) as active,
             JobCheckpoints(models, self.families, lease, family, setup) as checkpoints,
         ):
-            control = self._control(params, lease, opt)  # ControlNet units: maps, models
+            control = self._control(params, lease, opt, job)  # ControlNet units: maps, models
             run = RunContext(
                 job=JobInfo.of(job), progress=job.progress, cancel=job, upscalers=self.upscalers,
                 faces=self.faces, lease=lease, family=family, networks=active, save=save,
@@ -246,15 +251,22 @@ class Worker:
         encoder = draft_encoder(opt("sd_vae_encode_method"), *where)
         return replace(MemoryRun.from_options(opt), draft_vae=draft, draft_encoder=encoder)
 
-    def _control(self, params: Txt2ImgParams, lease, opt: Option) -> JobControl | None:
-        """The job's ControlNet units prepared (None: none enabled)."""
+    def _control(self, params: Txt2ImgParams, lease, opt: Option, job: Job) -> JobControl | None:
+        """The job's ControlNet units prepared (None: none enabled); an annotator's
+        download shows in the job's progress text."""
         if not any(unit.active for unit in params.controlnet):
             return None
         unet = dict(lease.pipe.unet.config)
-        return prepare_control(params, params.controlnet,
-                               lambda path: self.controlnets.get(path, unet, lease.pipe.unet),
-                               save_maps=not opt("control_net_no_detectmap"),
-                               clip=self.clip_vision.get)  # fmt: skip
+        annotate = None
+        if self.annotators is not None:
+            report = partial(setattr, job.progress, "text")
+            annotate = partial(self.annotators.run, report=report)
+        control = prepare_control(params, params.controlnet,
+                                  lambda path: self.controlnets.get(path, unet, lease.pipe.unet),
+                                  save_maps=not opt("control_net_no_detectmap"),
+                                  clip=self.clip_vision.get, annotate=annotate)  # fmt: skip
+        job.progress.text = ""
+        return control
 
     def _saver(
         self,
@@ -345,8 +357,9 @@ def make_runner(
     networks: Networks | None = None,
     *,
     families: Families,
+    annotators: AnnotatorCache | None = None,
 ) -> Worker:
-    return Worker(models, store, options, networks, families=families)
+    return Worker(models, store, options, networks, families=families, annotators=annotators)
 
 
 @contextmanager

@@ -7,8 +7,10 @@ the detected map at `processor_res`, as the extension computes it (OpenCV, numpy
 `fit_map` resizes a detected map to the generation size by the unit's resize mode (the
 extension's `detectmap_proc`); `pixel_perfect_resolution` is its pixel-perfect estimate.
 
-Annotators with weights (depth, openpose, HED, ...) would be more entries here, each
-loading its model on first use; this round has none. The IP-Adapter preprocessors
+The annotators with weights (depth, openpose, HED, ...) are entries too, described in
+`control_annotators.py`, with `annotator` set: they make no map here (calling one raises
+`AnnotatorNeeded`); `core/controlnet_units.detect` hands them to the annotator runner
+(`model_manager/annotators.py`). `REFUSED` names the ones not built. The IP-Adapter preprocessors
 (`ip-adapter_clip_*`) make no map: they name the CLIP vision encoder the worker runs.
 
 This module must never import torch, diffusers or a UI library.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .control_annotators import ANNOTATOR_CONTROL_TYPES, ANNOTATOR_ENTRIES, REFUSED
 from .control_resize import high_quality_resize
 
 
@@ -53,6 +56,7 @@ class Preprocessor:
     tags: tuple[str, ...] = ()
     inpaint: bool = False  # the map keeps the mask as a 4th channel
     clip: str = ""  # IP-Adapter: the CLIP vision encoder ("clip_h", "clip_g"); no map
+    annotator: bool = False  # a network with weights runs it (model_manager/annotators.py)
 
     @property
     def returns_image(self) -> bool:
@@ -210,6 +214,24 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("ip-adapter_clip_sdxl_plus_vith", _none, resolution=None,
                  tags=("IP-Adapter",), clip="clip_h"),
 )}  # fmt: skip
+
+
+class AnnotatorNeeded(RuntimeError):
+    """An annotator preprocessor called without the annotator runner."""
+
+
+def _needs_annotator(img, res, a, b, seed):
+    raise AnnotatorNeeded("this preprocessor runs a network: call it through the annotators")
+
+
+def _slider(spec: tuple | None) -> Slider | None:
+    return Slider(*spec) if spec is not None else None
+
+
+PREPROCESSORS.update({e.name: Preprocessor(
+    e.name, _needs_annotator, e.label, resolution=_slider(e.resolution),
+    slider_1=_slider(e.slider_1), slider_2=_slider(e.slider_2), tags=e.tags, annotator=True,
+) for e in ANNOTATOR_ENTRIES})  # fmt: skip
 _BY_LABEL = {p.title: p for p in PREPROCESSORS.values()}
 _OLD_NAMES = {"color": "t2ia_color_grid", "binary": "threshold"}  # the extension's aliases
 # the extension's control types: (name, default preprocessor, model filter word)
@@ -219,7 +241,8 @@ CONTROL_TYPES = (("All", "none", ""), ("Canny", "canny", "canny"),
                  ("Inpaint", "inpaint_only", "inpaint"), ("Shuffle", "shuffle", "shuffle"),
                  ("InstructP2P", "none", "ip2p"),
                  ("T2I-Adapter", "t2ia_color_grid", "t2iadapter"),
-                 ("IP-Adapter", "ip-adapter_clip_sd15", "ip-adapter"))  # fmt: skip
+                 ("IP-Adapter", "ip-adapter_clip_sd15", "ip-adapter"),
+                 *ANNOTATOR_CONTROL_TYPES)  # fmt: skip
 # the extension's other model-name words of a control type (Preprocessor.tag_to_filters)
 _MODEL_WORDS = {"T2I-Adapter": ("t2i-adapter", "t2i_adapter", "t2iadapter", "t2ia"),
                 "IP-Adapter": ("ip-adapter", "ip_adapter", "ipadapter")}  # fmt: skip
@@ -231,6 +254,11 @@ def model_matches(control_type: str, name: str) -> bool:
     word = next((w for n, _, w in CONTROL_TYPES if n == control_type), "")
     words = _MODEL_WORDS.get(control_type, (word,) if word else ())
     return not words or any(w in name.lower() for w in words)
+
+
+def refused_reason(name: str) -> str | None:
+    """Why an sd-webui-controlnet preprocessor this server does not build is refused."""
+    return REFUSED.get(name) if isinstance(name, str) else None
 
 
 def preprocessor_named(name: str) -> Preprocessor | None:

@@ -2,7 +2,7 @@
 
 Files (`.safetensors`, `.pth`, `.ckpt`, `.pt`; lllyasviel's layout or diffusers') and
 diffusers folders (`config.json` of a `ControlNetModel` with its weights), in subfolders
-too, each listed as `name [hash]`: the name is the file stem (a folder's name), the hash
+too (not `annotators/`: the preprocessors' weights), each listed as `name [hash]`: the name is the file stem (a folder's name), the hash
 A1111's legacy `model_hash` (sha256 of 64 KiB at offset 1 MiB, 8 hex digits), which is
 what sd-webui-controlnet shows (`control_v11p_sd15_canny [d14c016b]`). A request may name
 a model by that label or by the bare name. The cross-attention width read from a
@@ -150,8 +150,9 @@ def list_controlnets(folder: Path) -> dict[str, ControlNetFile]:
     if not folder.is_dir():
         return {}
     for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
+        parts = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts) or parts[0] == "annotators":
+            continue  # hidden; the preprocessors' weights (annotator_files.py)
         if path.is_dir():
             weights = _weights_of_folder(path)
             if weights is not None:

@@ -7,7 +7,9 @@ with PIL images. `split_controlnet` takes it out of a request's always-on script
 `core.controlnet_units.unit_from_dict`, its images decoded (base64, or a `{"image",
 "mask"}` dict), its model resolved in `models/ControlNet` (an IP-Adapter unit: also its
 CLIP vision encoder in `models/clip_vision`, and the preprocessor and model of one kind).
-A bad unit is a `RequestError` at ("alwayson_scripts", name, "args", index, field).
+A bad unit is a `RequestError` at ("alwayson_scripts", name, "args", index, field); so is
+an annotator preprocessor whose weights are missing from `models/ControlNet/annotators`
+when no download may be tried (HF_HUB_OFFLINE): otherwise the job downloads them.
 
 This module must never import torch, diffusers, gradio or fastapi.
 """
@@ -25,6 +27,7 @@ from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_
 from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
 from ..imaging.control_preprocessors import model_matches, preprocessor_named
+from ..model_manager.annotator_files import annotator_folder, missing_files, offline
 from ..model_manager.controlnet_files import (
     find_clip_vision,
     find_controlnet,
@@ -121,8 +124,20 @@ def controlnet_fields(found: tuple[str, Any], folder: Path,
             raise RequestError((*loc, *exc.loc), exc.message) from None
         if unit.active:
             unit = resolve_model(unit, folder, (*loc, index), clip_folder)
+            check_annotator(unit.module, folder, (*loc, index, "module"))
         units.append(unit)
     return {"controlnet": tuple(units)}
+
+
+def check_annotator(module: str, folder: Path, loc: tuple) -> None:
+    """RequestError naming the file and the folder when the module's annotator weights
+    are missing and cannot be downloaded (offline); the job downloads them otherwise."""
+    annotators = annotator_folder(folder)
+    missing = missing_files(annotators, module)
+    if missing and offline():
+        raise RequestError(loc, f"{module}: annotator weights {missing[0]} not found in "
+                           f"{annotators} and downloads are off (HF_HUB_OFFLINE): put "
+                           f"{', '.join(missing)} from lllyasviel/Annotators there")  # fmt: skip
 
 
 def checkpoint_family(models: Any, title: str | None) -> str:

@@ -88,3 +88,13 @@ class MemoryInfo(Protocol):
     def description(self) -> str: ...
 
     def as_dict(self) -> dict[str, Any]: ...
+
+
+class Annotators(Protocol):
+    """`webui.model_manager.annotators.AnnotatorCache`: ControlNet's annotators with
+    weights (/controlnet/detect and the UI's 💥 run them through it)."""
+
+    def run(self, module: str, image: Any, res: int, a: float, b: float,
+            report: Any = None) -> Any: ...  # fmt: skip
+
+    def clear(self) -> None: ...

@@ -4,12 +4,13 @@
 enable, pixel perfect, the control image and an optional mask (img2img and Inpaint: the
 tab's own image unless "Upload independent control image" is ticked), the control type
 (filters the preprocessors and the models, and picks the type's defaults), preprocessor,
-💥 (runs the preprocessor and shows its map here), model (with refresh; filtered by the
-checkpoint's family), weight, starting/ending control step, the preprocessor resolution and
-thresholds the preprocessor has (labels, ranges and defaults from it), control mode and
-resize mode. `controlnet_request` turns the values into the API's shape, `{"controlnet":
-{"args": [unit, ...]}}` with PIL images, which the generation service reads as for an API
-request. `paste_controls` / `paste_fill` let PNG Info and "send to" restore the units
+💥 (runs the preprocessor and shows its map here; the annotators with weights through
+the context's annotator cache, missing weights a message naming file and folder), model
+(with refresh; filtered by the checkpoint's family), weight, starting/ending control
+step, the preprocessor resolution and thresholds the preprocessor has (labels, ranges and
+defaults from it), control mode and resize mode. `controlnet_request` turns the values
+into the API's shape, `{"controlnet": {"args": [unit, ...]}}` with PIL images, which the
+generation service reads as for an API request. `paste_controls` / `paste_fill` let PNG Info and "send to" restore the units
 from the `ControlNet N` infotext fields (not the images).
 
 This module must never import torch or diffusers.
@@ -33,6 +34,7 @@ from ..core.controlnet_units import (
     unit_from_dict,
     units_from_infotext,
 )
+from ..errors import UserError
 from ..imaging.control_preprocessors import (
     CONTROL_TYPES,
     PREPROCESSORS,
@@ -162,11 +164,17 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
     refresh.click(models_for, inputs=[control_type, model, checkpoint], outputs=model,
                   show_progress="hidden")  # fmt: skip
     inputs = [module, named[_key("image", n)], named[_key("mask", n)], *sliders]
-    run.click(_preview, inputs=inputs, outputs=preview, show_progress="hidden")
+    annotators = getattr(ctx, "annotators", None)  # ControlNet's annotators with weights
+    annotate = annotators.run if annotators is not None else None
+
+    def show_map(module, image, mask, res, a, b) -> Image.Image:
+        return _preview(module, image, mask, res, a, b, annotate=annotate)
+
+    run.click(show_map, inputs=inputs, outputs=preview, show_progress="hidden")
 
 
 def _preview(module: str, image: Image.Image | None, mask: Image.Image | None,
-             res: float, a: float, b: float) -> Image.Image:  # fmt: skip
+             res: float, a: float, b: float, annotate: Any = None) -> Image.Image:  # fmt: skip
     """💥: the preprocessor's map of the unit's image."""
     if image is None:
         raise InputError("ControlNet: put an image into the unit first")
@@ -175,7 +183,13 @@ def _preview(module: str, image: Image.Image | None, mask: Image.Image | None,
                                        "threshold_a": a, "threshold_b": b}))  # fmt: skip
     except UnitError as exc:
         raise InputError(f"ControlNet: {exc}") from None
-    detected = detect(unit, image, mask, (image.height, image.width), unit.resize_mode)
+    try:
+        detected = detect(unit, image, mask, (image.height, image.width), unit.resize_mode,
+                          annotate=annotate)  # fmt: skip
+    except UnitError as exc:
+        raise InputError(f"ControlNet: {exc.message}") from None
+    except UserError as exc:  # annotator weights missing (offline), or unfit
+        raise InputError(f"ControlNet: {exc}") from None
     return Image.fromarray(np.ascontiguousarray(detected[:, :, :3]))
 
 

@@ -1,0 +1,150 @@
+"""ControlNet's annotators with weights through the extension's API: listed, run from
+`models/ControlNet/annotators` (a random-weight HED file in the real layout) by
+/controlnet/detect and by a txt2img job, and a 422 naming the file and the folder when
+the weights are missing and cannot be downloaded. Nothing goes to the network: the
+server's downloader is replaced by one that records and fails."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import ServerThread, with_tiny_sd1
+from webui.app import create_app
+from webui.settings import parse_flags
+
+pytest.importorskip("controlnet_aux")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_files):
+    from webui.model_manager.tiny_annotators import save_random_annotator
+
+    data = with_tiny_sd1(tmp_path_factory.mktemp("annotators"), tiny_files)
+    folder = data / "models" / "ControlNet" / "annotators"
+    save_random_annotator(folder, "hed", seed=1)
+    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.folder, srv.ctx = folder, app.state.ctx
+        srv.downloads = []
+
+        def no_network(name, target, report):
+            srv.downloads.append(name)
+            raise OSError("no network in tests")
+
+        srv.ctx.annotators.download = no_network
+        yield srv
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def shapes() -> Image.Image:
+    image = Image.new("RGB", (96, 64), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 10, 40, 50), fill="black")
+    draw.ellipse((50, 5, 90, 45), fill=(200, 30, 30))
+    return image
+
+
+def picture(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def detect(server, module: str, res: int = 64):
+    with httpx.Client(timeout=120, base_url=server.url) as client:
+        return client.post("/controlnet/detect", json={
+            "controlnet_module": module, "controlnet_input_images": [b64(shapes())],
+            "controlnet_processor_res": res})  # fmt: skip
+
+
+def test_the_lists_have_the_annotators(server):
+    with httpx.Client(timeout=60, base_url=server.url) as client:
+        modules = client.get("/controlnet/module_list").json()
+        labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()
+        types = client.get("/controlnet/control_types").json()["control_types"]
+        models = client.get("/controlnet/model_list").json()["model_list"]
+    assert models == []  # annotators/ControlNetHED.pth is not a ControlNet model
+    for name in ("depth", "openpose_full", "lineart", "lineart_anime", "hed", "pidinet",
+                 "normal_bae", "mlsd"):  # fmt: skip
+        assert name in modules["module_list"]
+    for label in ("depth_midas", "lineart_realistic", "softedge_hed", "softedge_pidinet"):
+        assert label in labels["module_list"]
+    assert modules["module_detail"]["mlsd"]["sliders"][1] == {
+        "name": "MLSD Value Threshold",
+        "value": 0.1,
+        "min": 0.01,
+        "max": 2.0,
+        "step": 0.01,
+    }
+    assert types["SoftEdge"]["default_option"] == "pidinet"
+    assert "hed" in types["SoftEdge"]["module_list"]
+    assert types["OpenPose"]["module_list"][:2] == ["none", "openpose"]
+    assert "lineart_anime" in types["Lineart"]["module_list"]
+
+
+def test_detect_runs_the_annotator_from_the_folder(server):
+    response = detect(server, "softedge_hed")  # the label works as the name does
+    assert response.status_code == 200, response.text
+    image = picture(response.json()["images"][0])
+    assert image.mode == "RGB" and image.size == (96, 64)
+    assert server.downloads == []
+
+
+def test_missing_weights_are_a_422_naming_file_and_folder(server, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: the download is tried
+    response = detect(server, "mlsd")
+    assert response.status_code == 422, response.text
+    message = str(response.json())
+    assert "mlsd_large_512_fp32.pth" in message and str(server.folder) in message
+    assert server.downloads[-1] == "mlsd_large_512_fp32.pth"  # tried once, then said so
+
+
+def test_dw_openpose_is_refused_with_its_reason(server):
+    response = detect(server, "dw_openpose_full")
+    assert response.status_code == 422
+    assert "mmpose" in str(response.json())
+
+
+BODY = {"prompt": "a house", "steps": 2, "seed": 7, "width": 64, "height": 64,
+        "sampler_name": "Euler", "cfg_scale": 5}  # fmt: skip
+
+
+def txt2img(server, unit: dict) -> httpx.Response:
+    body = {
+        **BODY,
+        "alwayson_scripts": {
+            "controlnet": {
+                "args": [{"enabled": True, "image": b64(shapes()), "model": "None", **unit}]
+            }
+        },
+    }
+    with httpx.Client(timeout=600) as client:
+        return client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
+
+
+def test_a_job_runs_the_annotator_and_returns_its_map(server):
+    response = txt2img(server, {"module": "hed", "processor_res": 64})
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert len(images) == 2  # the image, then the detected map
+    detected = np.asarray(picture(images[1]).convert("RGB"))
+    assert detected.shape == (64, 64, 3) and detected.std() > 0
+
+
+def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    response = txt2img(server, {"module": "openpose_full"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(d["loc"][-1] == "module" and "body_pose_model.pth" in d["msg"]
+               and str(server.folder) in d["msg"] for d in detail), detail  # fmt: skip

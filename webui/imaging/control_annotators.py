@@ -1,0 +1,77 @@
+"""ControlNet's preprocessors that need annotator weights, as sd-webui-controlnet lists them.
+
+Names, labels, slider ranges and control types are the extension's
+(`scripts/preprocessor/legacy/preprocessor_compiled.py`): `depth` (label `depth_midas`),
+the `openpose` family, `lineart` (`lineart_realistic`), `lineart_coarse`, `lineart_anime`,
+`hed` (`softedge_hed`), `hed_safe`, `pidinet` (`softedge_pidinet`), `pidinet_safe`,
+`scribble_hed`, `pidinet_scribble`, `normal_bae`, `mlsd`. Each entry here is only the
+description (`control_preprocessors.py` makes them `Preprocessor`s with `annotator` set);
+the networks, their files in `models/ControlNet/annotators` and the download are
+`model_manager/annotators.py`, run by the worker (jobs) or the annotator cache of the
+context (/controlnet/detect, 💥).
+
+`REFUSED` names the extension's annotators this server does not build and why; a unit
+asking for one gets that reason (a 422), not "unknown preprocessor".
+
+This module must never import torch, controlnet_aux or a UI library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# (label, value, minimum, maximum, step)
+SliderSpec = tuple[str, float, float, float, float]
+_RES: SliderSpec = ("Resolution", 512, 64, 2048, 1)
+
+
+@dataclass(frozen=True)
+class AnnotatorEntry:
+    name: str  # the extension's module name
+    label: str
+    tags: tuple[str, ...]
+    resolution: SliderSpec | None = None  # None: hidden (the extension's), 512 is used
+    slider_1: SliderSpec | None = None
+    slider_2: SliderSpec | None = None
+
+
+ANNOTATOR_ENTRIES: tuple[AnnotatorEntry, ...] = (
+    AnnotatorEntry("depth", "depth_midas", ("Depth",), _RES),
+    AnnotatorEntry("openpose", "openpose", ("OpenPose",), _RES),
+    AnnotatorEntry("openpose_face", "openpose_face", ("OpenPose",)),
+    AnnotatorEntry("openpose_faceonly", "openpose_faceonly", ("OpenPose",)),
+    AnnotatorEntry("openpose_full", "openpose_full", ("OpenPose",), _RES),
+    AnnotatorEntry("openpose_hand", "openpose_hand", ("OpenPose",)),
+    AnnotatorEntry("lineart", "lineart_realistic", ("Lineart",)),
+    AnnotatorEntry("lineart_coarse", "lineart_coarse", ("Lineart",)),
+    AnnotatorEntry("lineart_anime", "lineart_anime", ("Lineart",)),
+    AnnotatorEntry("hed", "softedge_hed", ("SoftEdge",), _RES),
+    AnnotatorEntry("hed_safe", "softedge_hedsafe", ("SoftEdge",), _RES),
+    AnnotatorEntry("pidinet", "softedge_pidinet", ("SoftEdge",)),
+    AnnotatorEntry("pidinet_safe", "softedge_pidisafe", ("SoftEdge",)),
+    AnnotatorEntry("scribble_hed", "scribble_hed", ("Scribble",), _RES),
+    AnnotatorEntry("pidinet_scribble", "scribble_pidinet", ("Scribble",)),
+    AnnotatorEntry("normal_bae", "normal_bae", ("NormalMap",)),
+    AnnotatorEntry("mlsd", "mlsd", ("MLSD",), _RES,
+                   ("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
+                   ("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)),
+)  # fmt: skip
+
+# the extension's control types these add: (name, default preprocessor, model filter word)
+ANNOTATOR_CONTROL_TYPES = (("Depth", "depth", "depth"), ("OpenPose", "openpose_full", "openpose"),
+                           ("MLSD", "mlsd", "mlsd"), ("NormalMap", "normal_bae", "normalbae"),
+                           ("SoftEdge", "pidinet", "softedge"))  # fmt: skip
+
+_MMPOSE = "needs mmpose, mmdet and mmcv (DWPose's detector), which this server does not ship"
+_NOT_IN_AUX = "is not in controlnet_aux, the annotator library this server uses"
+REFUSED: dict[str, str] = {
+    "dw_openpose_full": f"dw_openpose_full {_MMPOSE}; use openpose_full",
+    "depth_anything": f"depth_anything {_NOT_IN_AUX}; use depth_midas",
+    "depth_anything_v2": f"depth_anything_v2 {_NOT_IN_AUX}; use depth_midas",
+    "seg_ofade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
+    "oneformer_ade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
+    "seg_ofcoco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",
+    "oneformer_coco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",
+    "seg_ufade20k": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
+    "segmentation": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
+}

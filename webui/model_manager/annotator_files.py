@@ -1,0 +1,140 @@
+"""The annotator weights of ControlNet's preprocessors: which files, where, and their download.
+
+Files are read from `models/ControlNet/annotators` under the names lllyasviel's
+`lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
+`table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
+`netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
+`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first).
+
+`ensure_files` downloads a missing file from that repository on first use (huggingface_hub,
+its progress in the log and the caller's `report`), into a temporary file of the folder
+renamed when complete; offline, or when the download fails, it raises
+`AnnotatorMissingError` naming the file and the folder. `offline()` says whether a
+download may be tried at all (HF_HUB_OFFLINE), for the request-side check that answers a
+422 before a job is queued.
+
+This module must never import torch or a UI library.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+REPO = "lllyasviel/Annotators"
+ANNOTATOR_FOLDER = "annotators"  # under models/ControlNet
+_BODY, _HAND, _FACE = "body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"
+# module name -> the files its network needs
+FILES: dict[str, tuple[str, ...]] = {
+    "depth": ("dpt_hybrid-midas-501f0c75.pt",),
+    "openpose": (_BODY,),
+    "openpose_hand": (_BODY, _HAND),
+    "openpose_face": (_BODY, _FACE),
+    "openpose_faceonly": (_BODY, _FACE),
+    "openpose_full": (_BODY, _HAND, _FACE),
+    "lineart": ("sk_model.pth",),
+    "lineart_coarse": ("sk_model2.pth",),
+    "lineart_anime": ("netG.pth",),
+    "hed": ("ControlNetHED.pth",),
+    "hed_safe": ("ControlNetHED.pth",),
+    "scribble_hed": ("ControlNetHED.pth",),
+    "pidinet": ("table5_pidinet.pth",),
+    "pidinet_safe": ("table5_pidinet.pth",),
+    "pidinet_scribble": ("table5_pidinet.pth",),
+    "normal_bae": ("scannet.pt",),
+    "mlsd": ("mlsd_large_512_fp32.pth",),
+}
+Report = Callable[[str], None]
+Download = Callable[[str, Path, Report], Path]
+
+
+class AnnotatorMissingError(UserError):
+    """An annotator's weights are not in the folder and cannot be downloaded."""
+
+    def __init__(self, name: str, folder: Path, reason: str):
+        super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
+                         f"{name} from huggingface.co/{REPO} into {folder}")  # fmt: skip
+        self.file, self.folder = name, folder
+
+
+def annotator_folder(controlnet_dir: Path) -> Path:
+    return Path(controlnet_dir) / ANNOTATOR_FOLDER
+
+
+def weight_file(folder: Path, name: str) -> Path | None:
+    """The file of `name` in the folder (its .safetensors twin first), None if absent."""
+    for path in (folder / f"{Path(name).stem}.safetensors", folder / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def missing_files(folder: Path, module: str) -> list[str]:
+    return [name for name in FILES.get(module, ()) if weight_file(folder, name) is None]
+
+
+def offline() -> bool:
+    """Whether huggingface_hub is told not to go online (HF_HUB_OFFLINE)."""
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _reporting_bar(name: str, report: Report) -> type:
+    """huggingface_hub's progress bar that also tells `report` each new percent."""
+    from huggingface_hub.utils import tqdm
+
+    class ReportingBar(tqdm):
+        shown, seen = -1, 0  # counted here: a disabled bar (no terminal) counts nothing
+
+        def update(self, n: float | None = 1) -> bool | None:
+            done = super().update(n)
+            self.seen += n or 0
+            share = int(self.seen * 100 / self.total) if self.total else -1
+            if share != self.shown and share >= 0:
+                self.shown = share
+                report(f"Downloading {name} from {REPO}: {share}% of {self.total >> 20} MB")
+            return done
+
+    return ReportingBar
+
+
+def hub_download(name: str, folder: Path, report: Report) -> Path:
+    """`name` from lllyasviel/Annotators into `folder`, atomically (huggingface_hub)."""
+    from huggingface_hub import hf_hub_download
+
+    folder.mkdir(parents=True, exist_ok=True)
+    report(f"Downloading {name} from {REPO}")
+    log.info("Downloading annotator %s from %s into %s", name, REPO, folder)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as temp:
+        fetched = Path(hf_hub_download(REPO, name, local_dir=temp,
+                                       tqdm_class=_reporting_bar(name, report)))  # fmt: skip
+        partial = folder / f".{name}.partial"
+        shutil.move(str(fetched), partial)
+        os.replace(partial, folder / name)
+    log.info("Downloaded annotator %s", name)
+    return folder / name
+
+
+def ensure_files(folder: Path, module: str, *, download: Download = hub_download,
+                 report: Report | None = None) -> dict[str, Path]:  # fmt: skip
+    """name -> path of every file the module needs, downloading the missing ones."""
+    found: dict[str, Path] = {}
+    for name in FILES.get(module, ()):
+        path = weight_file(folder, name)
+        if path is None:
+            if offline():
+                raise AnnotatorMissingError(name, folder, "offline: HF_HUB_OFFLINE is set")
+            try:
+                path = download(name, folder, report or (lambda text: None))
+            except Exception as exc:  # no network, no such file, disk full: name the file
+                log.warning("annotator %s: download failed: %s", name, exc)
+                raise AnnotatorMissingError(name, folder, f"download failed: {exc}") from None
+        found[name] = path
+    return found
