@@ -82,8 +82,8 @@ def zimage_conditioning(
 ) -> Conditioning:
     """A job's prompt and negative prompt for every step (schedules, emphasis)."""
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
-    prompt, _ = extract_extra_networks(prompt)
-    negative, _ = extract_extra_networks(negative)
+    # stripped: Qwen3 reads the space a trailing `<lora:...>` tag leaves as one more token
+    prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
     return scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps, "Z-Image")
 
 

@@ -154,12 +154,24 @@ def _lora(keys: dict, meta: dict) -> Sniffed | None:
             return Sniffed("lora", label)
     if _any(keys, "double_blocks", "single_blocks", "single_transformer_blocks"):
         return Sniffed("lora", "FLUX")
+    if _any(keys, "noise_refiner", "context_refiner") or (
+        _any(keys, "attention.to_q", "attention_to_q", "attention.qkv", "attention_qkv")
+        and _any(keys, "layers.", "layers_")
+    ):  # Z-Image's transformer (diffusers', kohya's or ComfyUI's names)
+        return Sniffed("lora", "Z-Image")
     if _any(keys, "lora_te2_", "te2_text_model"):
         return Sniffed("lora", "SDXL")
     for key, shape in keys.items():
         if ("attn2_to_k" in key or "attn2.to_k" in key) and "down" in key and len(shape) == 2:
             return Sniffed("lora", _CROSS_WIDTH.get(shape[1], ""))
     return Sniffed("lora", "SD 2.x" if meta.get("ss_v2") == "True" else "")
+
+
+def lora_family(keys: dict, meta: dict | None = None) -> str:
+    """The family label a LoRA's tensor names ({name: shape}) look like ("FLUX",
+    "Z-Image", "SDXL", ...), "" when they tell none (or it is no LoRA)."""
+    found = _lora(keys, meta or {})
+    return found.family if found is not None else ""
 
 
 def _embedding(keys: dict, meta: dict) -> Sniffed | None:

@@ -20,6 +20,8 @@
   sampler and schedule is refused.
 - Infotext: "Shift" (3 unless the job sets one), the modules ("Module 1: ae", ...) from
   `processing.module_fields`. Latent preview: FLUX.1's 16-channel colour factors (the same autoencoder).
+- LoRA: `<lora:name:w>` on the transformer in the layouts users have
+  (`model_manager.zimage_lora`); a LoRA of another family is refused with a message.
 
 This module must never import a UI library.
 """
@@ -217,6 +219,18 @@ class ZImageFamily(Family):
     def infotext_fields(self, params: Any) -> dict[str, Any]:
         shift = job_shift(params)
         return {"Shift": DEFAULT_SHIFT if shift is None else shift}
+
+    # --- networks -----------------------------------------------------------------------
+    def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
+        """diffusers/peft, ai-toolkit, kohya/musubi and ComfyUI-named files
+        (`model_manager.zimage_lora`); on fp8 weights the LoRA layers computed wide."""
+        from ...model_manager.flux_lora import widen_fp8_lora
+        from ...model_manager.zimage_lora import diffusers_lora_state
+
+        state = diffusers_lora_state(pipe, state)
+        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+        widen_fp8_lora(pipe, state, adapter_name)
+
 
 
 ZIMAGE = ZImageFamily()
