@@ -96,18 +96,23 @@ def sniff_file(path: Path) -> Sniffed:
 
 
 def gguf_family(path: Path) -> str:
-    """The family label of a GGUF file from its `general.architecture` ("FLUX"), "" when
+    """The family label of a GGUF file from its `general.architecture` ("FLUX"; "Z-Image"
+    for a "lumina2" file with Z-Image's pad tokens), "" when
     it names none we know or the file cannot be read (the gguf package maps the file and
     reads the header; no tensor data)."""
     from gguf import GGUFReader
 
     try:
-        field = GGUFReader(str(path)).get_field("general.architecture")
-        architecture = field.contents() if field is not None else ""
+        reader = GGUFReader(str(path))
+        field = reader.get_field("general.architecture")
+        architecture = str(field.contents() if field is not None else "").lower()
+        if architecture == "lumina2":  # ComfyUI-GGUF's name for Z-Image (and Lumina 2)
+            pads = any(t.name.endswith("x_pad_token") for t in reader.tensors)
+            return "Z-Image" if pads else ""
     except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
         log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
         return ""
-    return {"flux": "FLUX"}.get(str(architecture).lower(), "")
+    return {"flux": "FLUX"}.get(architecture, "")
 
 
 def _any(keys: dict, *parts: str) -> bool:
