@@ -92,3 +92,12 @@ def merged(transformer, layer_pairs: dict, *, alpha: float | None = None):
             factor = alpha / down.shape[0] if alpha is not None else 1.0
             layers[name].weight += factor * (up @ down)
     return model
+
+
+@torch.no_grad()
+def transformer_out(transformer) -> torch.Tensor:
+    """A Z-Image transformer's output for fixed random latents (4x4) and captions."""
+    gen = torch.Generator().manual_seed(0)
+    x = [torch.randn(16, 1, 4, 4, generator=gen)]
+    captions = [torch.randn(6, 32, generator=gen)]
+    return torch.stack(transformer(x, torch.tensor([0.5]), captions, return_dict=False)[0])

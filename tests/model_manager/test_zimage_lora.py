@@ -5,8 +5,6 @@ the model without it, a LoRA of another family is a message, the header says Z-I
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +12,12 @@ from safetensors.torch import load_file
 
 from tests import tiny_flux_loras
 from tests import tiny_zimage_loras as loras
-from webui.context import build_context
+from tests.lora_jobs import lora_context, pixels, run_flow
 from webui.core.families.zimage import ZIMAGE
-from webui.core.params import Txt2ImgParams
 from webui.imaging.infotext import parse_infotext
 from webui.model_manager.sniff import read_header, sniff
 from webui.model_manager.tiny_flux import build_tiny_flux
 from webui.model_manager.tiny_zimage import build_tiny_zimage
-from webui.settings import parse_flags
 
 ALPHA = 2.0
 
@@ -44,31 +40,23 @@ def lora_files(tmp_path_factory):
     }
 
 
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    x = [torch.randn(16, 1, 4, 4, generator=gen)]
-    captions = [torch.randn(6, 32, generator=gen)]
-    return torch.stack(transformer(x, torch.tensor([0.5]), captions, return_dict=False)[0])
-
-
 LAYOUT_ALPHA = [("peft", None), ("ai-toolkit", ALPHA), ("kohya", ALPHA), ("comfy", None)]
 
 
 @pytest.mark.parametrize(("layout", "alpha"), LAYOUT_ALPHA)
 def test_each_layout_computes_what_the_merged_weights_compute(lora_files, layout, alpha):
     pipe = build_tiny_zimage(seed=0)
-    base = _out(pipe.transformer)
+    base = loras.transformer_out(pipe.transformer)
     merged = loras.merged(pipe.transformer, lora_files["pairs"], alpha=alpha)
     ZIMAGE.load_lora(pipe, load_file(str(lora_files[layout])), layout)
     pipe.set_adapters([layout], [1.0])
-    got = _out(pipe.transformer)
+    got = loras.transformer_out(pipe.transformer)
     assert (got - base).abs().max() > 0.05
-    torch.testing.assert_close(got, _out(merged), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got, loras.transformer_out(merged), atol=2e-5, rtol=1e-4)
     pipe.set_adapters([layout], [0.0])
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(loras.transformer_out(pipe.transformer), base)
     pipe.disable_lora()
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(loras.transformer_out(pipe.transformer), base)
 
 
 def test_a_flux_lora_on_z_image_is_a_message_naming_flux(lora_files):
@@ -95,42 +83,26 @@ def test_the_header_says_z_image_lora(lora_files, layout):
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, lora_files, zimage_files):
     data = tmp_path_factory.mktemp("zimage-lora-data")
-    (data / "models" / "Lora").mkdir(parents=True)
-    shutil.copytree(zimage_files["diffusers"], data / "models" / "Stable-diffusion" / "z-image")
-    for layout in ("kohya", "comfy", "flux"):
-        shutil.copy(lora_files[layout], data / "models" / "Lora")
-    context = build_context(parse_flags(["--data-dir", str(data), "--no-download-sd-model"]))
+    files = [lora_files[layout] for layout in ("kohya", "comfy", "flux")]
+    context = lora_context(data, zimage_files["diffusers"], files)
     yield context
     context.close()
 
 
-def _run(ctx, prompt: str):
-    params = Txt2ImgParams(prompt=prompt, steps=2, width=64, height=64, seed=7, cfg_scale=1,
-                           sampler_name="Euler", save_images=False).validated()  # fmt: skip
-    job = ctx.jobs.submit("txt2img", params, owner="test")
-    assert job.done.wait(300), "job did not finish"
-    assert job.state == "done", job.error
-    return job.result
-
-
-def _pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].image)
-
-
 def test_lora_tag_on_a_z_image_job_weight_zero_and_removal(ctx):
-    before = _pixels(_run(ctx, "a red cube"))
-    zero = _run(ctx, "a red cube <lora:kohya:0>")  # the tag's space stripped: same tokens
-    assert np.array_equal(_pixels(zero), before)
-    half = _run(ctx, "a red cube <lora:kohya:0.5>")
-    full = _run(ctx, "a red cube <lora:kohya:1> <lora:comfy:0.7>")
-    assert not np.array_equal(_pixels(half), before)
-    assert not np.array_equal(_pixels(full), _pixels(half))
+    before = pixels(run_flow(ctx, "a red cube"))
+    zero = run_flow(ctx, "a red cube <lora:kohya:0>")  # the tag's space stripped: same tokens
+    assert np.array_equal(pixels(zero), before)
+    half = run_flow(ctx, "a red cube <lora:kohya:0.5>")
+    full = run_flow(ctx, "a red cube <lora:kohya:1> <lora:comfy:0.7>")
+    assert not np.array_equal(pixels(half), before)
+    assert not np.array_equal(pixels(full), pixels(half))
     fields = parse_infotext(full.images[0].infotext)
     assert "kohya: " in fields["Lora hashes"] and "comfy: " in fields["Lora hashes"]
-    assert np.array_equal(_pixels(_run(ctx, "a red cube")), before)
+    assert np.array_equal(pixels(run_flow(ctx, "a red cube")), before)
 
 
 def test_a_flux_lora_tag_on_a_z_image_job_is_a_warning_not_silence(ctx):
-    result = _run(ctx, "a red cube <lora:flux-kohya:1>")
+    result = run_flow(ctx, "a red cube <lora:flux-kohya:1>")
     assert any("flux-kohya" in w and "FLUX LoRA" in w for w in result.warnings), result.warnings
     assert parse_infotext(result.images[0].infotext)["Lora skipped"] == "<lora:flux-kohya:1>"

@@ -49,14 +49,6 @@ def files(tmp_path_factory, zimage_files):
     }
 
 
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    x = [torch.randn(16, 1, 4, 4, generator=gen)]
-    captions = [torch.randn(6, 32, generator=gen)]
-    return torch.stack(transformer(x, torch.tensor([0.5]), captions, return_dict=False)[0])
-
-
 def _load(files, name, modules=None):
     modules = files["modules"] if modules is None else modules
     return load_checkpoint(files[name], "cpu", torch.float32, FAMILIES, modules)
@@ -88,20 +80,20 @@ def test_a_gguf_file_is_identified_and_stays_quantized(files, gguf_model):
     assert transformer.x_pad_token.shape == (1, 32)  # quantized in the file: dequantized
     full = files["pipe"].transformer
     assert parameter_bytes(transformer) < 0.6 * parameter_bytes(full)
-    _close(_out(transformer), _out(full), 0.05)
+    _close(loras.transformer_out(transformer), loras.transformer_out(full), 0.05)
     assert gguf_family(files["gguf"]) == "Z-Image"
 
 
 def test_lora_on_the_gguf_and_the_fp8_transformer(files, gguf_model, fp8_model):
     for name, model in (("gguf", gguf_model), ("fp8", fp8_model)):
         pipe = model.pipe
-        base = _out(pipe.transformer)
+        base = loras.transformer_out(pipe.transformer)
         ZIMAGE.load_lora(pipe, load_file(str(files["lora"])), "kohya")
         pipe.set_adapters(["kohya"], [1.0])
-        assert (_out(pipe.transformer) - base).abs().max() > 0.05, name
+        assert (loras.transformer_out(pipe.transformer) - base).abs().max() > 0.05, name
         assert storage(pipe.transformer) in ("GGUF Q8_0", "fp8_e4m3fn")  # still narrow
         pipe.set_adapters(["kohya"], [0.0])
-        assert torch.equal(_out(pipe.transformer), base), name
+        assert torch.equal(loras.transformer_out(pipe.transformer), base), name
         pipe.delete_adapters(["kohya"])
 
 
@@ -113,7 +105,9 @@ def test_fp8_transformer_and_qwen3_stay_fp8(files, fp8_model):
     # the blocks: fp8 weights, wide norms (the tiny model's timestep embedder, kept wide,
     # outweighs its blocks; in Z-Image's 6 B it is 0.5 M)
     assert parameter_bytes(pipe.transformer.layers) < 0.35 * parameter_bytes(original.transformer.layers)  # fmt: skip
-    _close(_out(pipe.transformer), _out(original.transformer), 0.1)
+    _close(
+        loras.transformer_out(pipe.transformer), loras.transformer_out(original.transformer), 0.1
+    )
     assert storage_fields(pipe) == {"Weight storage": "transformer fp8_e4m3fn, qwen3 fp8_e4m3fn"}
     ids = torch.tensor([[151644, 872, 198, 64, 8251]])
     with torch.no_grad():
