@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.lora_jobs import pixels, run_prompt
 from tests.tiny_networks import write_kohya_lora, write_loha, write_peft_lora
 from webui.context import build_context
 from webui.core.families import SD1, SDXL
-from webui.core.params import Txt2ImgParams
 from webui.core.prompts import LoraRequest
 from webui.imaging.infotext import parse_infotext
 from webui.model_manager.lora import LoraManager, adapter_name
@@ -40,16 +40,7 @@ def ctx(data_dir, sd1_pipe):
 
 
 def run(ctx, prompt="a red cube", negative="blurry", **extra):
-    params = Txt2ImgParams(prompt=prompt, negative_prompt=negative, steps=2, width=64, height=64,
-                           seed=7, save_images=False, **extra).validated()  # fmt: skip
-    job = ctx.jobs.submit("txt2img", params, owner="test")
-    assert job.done.wait(300), "job did not finish"
-    assert job.state == "done", job.error
-    return job.result
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].image)
+    return run_prompt(ctx, prompt, negative_prompt=negative, **extra)
 
 
 def test_lora_per_job_weight_zero_changes_nothing_and_removal_is_exact(ctx, data_dir):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -258,6 +258,8 @@ class Conditioning:
     conds: list[Scheduled]
     weights: list[float]
     used_embeddings: dict[str, object]
+    # what the family's text encoders did not apply (a clip skip, an embedding): job warnings
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def static(self) -> bool:

@@ -11,6 +11,8 @@
   on `pipe.transformer`; the pipeline calls it for the prompt, then for the negative
   prompt when CFG > 1).
 - AND: refused with a message (FLUX has no batch of guidance rows to combine here yet).
+- Textual-inversion embeddings go into CLIP-L's pooled vector; clip skip changes nothing
+  (FLUX reads no CLIP hidden layer), and the job is told so (`transformer_text`).
 
 This module must never import a UI library.
 """
@@ -24,19 +26,30 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .conditioning import Conditioning, Encoded, Scheduled, _emphasis
+from .conditioning import Conditioning, Encoded, Scheduled, _emphasis, _token_embedding_fixes
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+from .transformer_text import (
+    CLIP_L_KEY,
+    clip_l_ids,
+    clip_skip_warnings,
+    embedding_warnings,
+    named_embeddings,
+)
 
 T5_LENGTH = 512  # FLUX.1 dev's max_sequence_length (diffusers' default)
 BREAK = "BREAK"
+FLUX_CLIP_SKIP = ("FLUX reads only CLIP-L's pooled vector, which clip skip does not change "
+                  "(as in Forge), and T5 takes none")  # fmt: skip
 
 
 class FluxPromptEncoder:
     """Encodes prompt texts with a FluxPipeline's two text encoders, cached per text."""
 
-    def __init__(self, pipe: Any, max_length: int = T5_LENGTH):
+    def __init__(self, pipe: Any, max_length: int = T5_LENGTH, embeddings: list[Any] = ()):
         self.pipe, self.max_length = pipe, max_length
+        self.embeddings = list(embeddings)  # those with CLIP-L vectors (`transformer_text`)
+        self.used_embeddings: dict[str, Any] = {}
         self._cache: dict[str, Encoded] = {}
 
     def encode(self, text: str) -> Encoded:
@@ -57,6 +70,14 @@ class FluxPromptEncoder:
                 break  # the pooled vector is the first chunk's
             words.append(piece)
         tokenizer, encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        if self.embeddings:  # CLIP-L's token vectors replaced where an embedding is named
+            width = clip_l_width(self.pipe)
+            ids, fixes, used = clip_l_ids(tokenizer, "".join(words), self.embeddings, width)
+            if used:
+                self.used_embeddings.update(used)
+                with _token_embedding_fixes(encoder, fixes):
+                    tokens = torch.tensor([ids], device=encoder.device)
+                    return encoder(tokens, output_hidden_states=False).pooler_output
         ids = tokenizer("".join(words), padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids  # fmt: skip
         return encoder(ids.to(encoder.device), output_hidden_states=False).pooler_output
@@ -85,13 +106,33 @@ class FluxPromptEncoder:
 
 
 def flux_conditioning(
-    pipe: Any, prompt: str, negative: str, *, steps: int, fields: tuple[str, str]
-) -> Conditioning:
-    """A job's prompt and negative prompt for every step (schedules, emphasis)."""
+    pipe: Any, prompt: str, negative: str, *, steps: int, fields: tuple[str, str],
+    clip_skip: int | None = 1, embeddings: Any = None,
+) -> Conditioning:  # fmt: skip
+    """A job's prompt and negative prompt for every step (schedules, emphasis, CLIP-L
+    embeddings); what was not applied is in its warnings (`transformer_text`)."""
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
     prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
-    return scheduled_conditioning(FluxPromptEncoder(pipe), prompt, negative, steps, "FLUX")
+    width = clip_l_width(pipe)
+    if embeddings is not None:
+        embeddings.model_widths = {CLIP_L_KEY: width}  # what /embeddings judges against
+    named = named_embeddings(embeddings, [prompt, negative])
+    usable = [emb for emb in named if emb.vectors_for(CLIP_L_KEY, width) is not None]
+    encoder = FluxPromptEncoder(pipe, embeddings=usable)
+    conditioning = scheduled_conditioning(encoder, prompt, negative, steps, "FLUX")
+    conditioning.warnings += clip_skip_warnings(clip_skip, FLUX_CLIP_SKIP)
+    conditioning.warnings += embedding_warnings(
+        [emb for emb in named if emb.vectors_for(CLIP_L_KEY, width) is None],
+        f"it has no CLIP-L ({width}-wide) vectors",
+    )
+    conditioning.warnings += [f"Embedding {name}: applied to CLIP-L only (T5 reads its name "
+                              "as words)" for name in conditioning.used_embeddings]  # fmt: skip
+    return conditioning
+
+
+def clip_l_width(pipe: Any) -> int:
+    return pipe.text_encoder.get_input_embeddings().embedding_dim
 
 
 def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int,
@@ -102,7 +143,7 @@ def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int,
         raise UserError(f"AND (composable prompts) is not available for {who} models yet")
     cond = _scheduled(encoder, prompt, steps)
     uncond = _scheduled(encoder, negative, steps)
-    return Conditioning(uncond, [cond], [1.0], {})
+    return Conditioning(uncond, [cond], [1.0], dict(getattr(encoder, "used_embeddings", {})))
 
 
 def _scheduled(encoder: Any, text: str, steps: int) -> Scheduled:

@@ -208,6 +208,7 @@ class Img2ImgJob:
                 embeddings=run.networks.embeddings,
             )
             self.fields.update(run.networks.extra_fields(self.conditioning.used_embeddings))
+            run.warn(self.conditioning.warnings)  # what the text encoders did not take
             self.fields.update(sampling_noise_fields(run, params))
             self.fields.update(run.sampling(self.choice.sampler, params).fields)
             self.fields.update(run.ngms(params).fields())

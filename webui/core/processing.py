@@ -82,6 +82,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
         steps=params.steps, embeddings=run.networks.embeddings,
     )  # fmt: skip
     fields.update(run.networks.extra_fields(conditioning.used_embeddings))
+    run.warn(conditioning.warnings)  # a clip skip or an embedding the encoders did not take
     if params.hires is None and refiner is None and run.release_text_encoders is not None:
         run.release_text_encoders()  # every batch shares these prompts: free T5 before sampling
     if params.hires is not None:

@@ -189,6 +189,10 @@ class RunContext(JobContext):
         self.warnings.extend(w for w in run.warnings if w not in self.warnings)
         return run
 
+    def warn(self, messages: list[str]) -> None:
+        """Warnings for the job's result (each once): what the job asked for and did not get."""
+        self.warnings.extend(w for w in messages if w not in self.warnings)
+
     def ngms(self, params: Any) -> Ngms:
         """The job's negative guidance minimum sigma."""
         return ngms(params, self.sampler_defaults)

@@ -12,6 +12,8 @@
 - BREAK is left out (no chunks); prompt editing `[a:b:0.5]` and alternation `[a|b]`: each
   step's text is encoded once and `follow_schedule` swaps it into the transformer's caption
   list at its step. AND: refused with a message.
+- Clip skip and textual-inversion embeddings: Qwen3 takes neither; the job is told
+  (`Conditioning.warnings`, `transformer_text`) and the infotext claims neither.
 
 This module must never import a UI library.
 """
@@ -28,9 +30,11 @@ from .conditioning import Conditioning, Encoded, _emphasis
 from .flux_text import scheduled_conditioning
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention
+from .transformer_text import clip_skip_warnings, embedding_warnings, named_embeddings
 
 MAX_LENGTH = 512  # ZImagePipeline's max_sequence_length
 BREAK = "BREAK"
+QWEN3_TAKES_NONE = "Z-Image's Qwen3 text encoder takes none (it has no CLIP layers to skip)"
 
 
 class ZImagePromptEncoder:
@@ -78,13 +82,25 @@ class ZImagePromptEncoder:
 
 
 def zimage_conditioning(
-    pipe: Any, prompt: str, negative: str, *, steps: int, fields: tuple[str, str]
-) -> Conditioning:
-    """A job's prompt and negative prompt for every step (schedules, emphasis)."""
+    pipe: Any, prompt: str, negative: str, *, steps: int, fields: tuple[str, str],
+    clip_skip: int | None = 1, embeddings: Any = None,
+) -> Conditioning:  # fmt: skip
+    """A job's prompt and negative prompt for every step (schedules, emphasis); a clip
+    skip or an embedding named in them is a warning: Qwen3 takes neither."""
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
-    prompt, _ = extract_extra_networks(prompt)
-    negative, _ = extract_extra_networks(negative)
-    return scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps, "Z-Image")
+    # stripped: Qwen3 reads the space a trailing `<lora:...>` tag leaves as one more token
+    prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
+    conditioning = scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps,
+                                          "Z-Image")  # fmt: skip
+    if embeddings is not None:
+        embeddings.model_widths = {"qwen3": 0}  # no embedding file fits (what /embeddings says)
+    conditioning.warnings += clip_skip_warnings(clip_skip, QWEN3_TAKES_NONE)
+    conditioning.warnings += embedding_warnings(
+        named_embeddings(embeddings, [prompt, negative]),
+        "Z-Image's Qwen3 text encoder takes no textual-inversion embeddings (it reads the "
+        "name as words)",
+    )
+    return conditioning
 
 
 def caption_lists(conditioning: Conditioning, step: int, dtype) -> tuple[list, list]:

@@ -146,13 +146,13 @@ def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -
     model.load_state_dict({k: v for k, v in state.items() if k in wanted}, assign=True)
 
 
-def _in_dtype(model, dtype: torch.dtype):
+def _in_dtype(model, dtype: torch.dtype, keep_wide: tuple[str, ...] = ()):
     """The model in the compute dtype, in eval mode; fp8 layers stay fp8, cast per layer
-    (`weight_storage.keep_fp8`)."""
+    (`weight_storage.keep_fp8`), but for the layers named by `keep_wide`."""
     from .weight_storage import has_fp8, keep_fp8
 
     if has_fp8(model):
-        return keep_fp8(model, dtype)
+        return keep_fp8(model, dtype, keep_wide)
     if any(p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype)
     return model.eval()

@@ -1,5 +1,6 @@
-"""GGUF FLUX transformer files (city96's layout: Black Forest Labs' keys, Q8_0, Q5_K, Q4_K, ...
-tensors), kept quantized in memory and dequantized per layer at each call.
+"""GGUF transformer files (city96's FLUX files: Black Forest Labs' keys; ComfyUI-GGUF's Z-Image
+files, architecture "lumina2": ComfyUI's keys; Q8_0, Q5_K, Q4_K, ... tensors), kept quantized
+in memory and dequantized per layer at each call.
 
 The file is read with diffusers' `load_gguf_checkpoint` (the `gguf` package): quantized
 tensors become diffusers' `GGUFParameter`s (the raw blocks and their quantization type),
@@ -8,7 +9,8 @@ F32/F16 tensors plain tensors. The keys are renamed and the fused projections sp
 goes through its FLUX converter, which assumes FLUX.1's width 3072): a split along the
 output rows keeps whole quantization blocks, since GGUF quantizes along a row. Then every
 linear layer with a quantized weight becomes diffusers' `GGUFLinear` (dequantize, then
-`linear` in the compute dtype); the rest is cast to the compute dtype.
+`linear` in the compute dtype); the rest is cast to the compute dtype (`quantized_model`,
+also for Z-Image's transformer, whose keys `zimage_files` converts).
 
 This module must never touch the network, never import `webui.core` or a UI library.
 """
@@ -53,21 +55,28 @@ def is_quantized(state: dict[str, Any]) -> bool:
 def build_gguf_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """A `FluxTransformer2DModel` whose quantized linear weights stay quantized."""
     from diffusers import FluxTransformer2DModel
-    from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
 
     from .flux_files import _empty, transformer_state
-    from .identify import UnsupportedModelError
 
     model = _empty(FluxTransformer2DModel.from_config, config)
     width = config["num_attention_heads"] * config["attention_head_dim"]
-    converted = transformer_state(state, width)
+    return quantized_model(model, transformer_state(state, width), dtype, "FLUX transformer")
+
+
+def quantized_model(model, converted: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
+    """`model` (built without weights) given `converted` (a GGUF file's tensors in the
+    model's names): every linear layer with a quantized weight becomes a `GGUFLinear`
+    keeping it quantized; any other quantized tensor (a pad token a converter quantized) is
+    dequantized, and the rest cast to `dtype`. FLUX's and Z-Image's transformers."""
+    from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+    from .identify import UnsupportedModelError
+
     _replace_with_gguf_linear(model, dtype, converted)
     wanted = set(model.state_dict())
     missing = sorted(wanted - set(converted))
     if missing:
-        raise UnsupportedModelError(
-            f"FLUX transformer: tensors missing ({', '.join(missing[:3])} ...)"
-        )
+        raise UnsupportedModelError(f"{what}: tensors missing ({', '.join(missing[:3])} ...)")
     for key in wanted:
         _set_tensor(model, key, converted[key], dtype)
     return model.eval().requires_grad_(False)
@@ -75,10 +84,20 @@ def build_gguf_transformer(config: dict, state: dict[str, torch.Tensor], dtype: 
 
 def _set_tensor(model, key: str, value, dtype) -> None:
     import torch
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
     owner, _, name = key.rpartition(".")
     module = model.get_submodule(owner)
+    if hasattr(value, "quant_type") and (type(module).__name__ != "GGUFLinear" or name != "weight"):
+        value = dequantize_gguf_tensor(value).as_subclass(torch.Tensor)
     if not hasattr(value, "quant_type"):
+        current = getattr(module, name)
+        if (
+            current is not None
+            and value.shape != current.shape
+            and value.numel() == current.numel()
+        ):
+            value = value.reshape(current.shape)  # a pad token stored 1-D ([D] for [1, D])
         value = torch.nn.Parameter(value.to(dtype), requires_grad=False)
     if name in module._parameters:
         module._parameters[name] = value

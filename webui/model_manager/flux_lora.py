@@ -14,12 +14,17 @@ Layouts:
   and XLabs (`double_blocks.0.processor.qkv_lora1.down.weight`): returned as they are;
   diffusers converts them (its XLabs converter splits by thirds, not by a fixed width).
 
+`split_key` and `converted_layer` (one fused or renamed layer's down / up / alpha as
+diffusers' lora_A / lora_B) also convert Z-Image's ComfyUI-named files (`zimage_lora`), and
+`widen_fp8_lora` serves both families' fp8 models.
+
 This module must never import `webui.core` or a UI library, and never touch the network.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .flux_files import _DIRECT, _DOUBLE, _QKV, _SINGLE
@@ -33,6 +38,7 @@ _DOWN = ("lora_down.weight", "lora_A.weight")
 _UP = ("lora_up.weight", "lora_B.weight")
 _BLOCK = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
 _MODULATION = "final_layer.adaLN_modulation.1"
+Targets = Callable[[str, "torch.Tensor"], list[tuple[str, "torch.Tensor"]]]
 _LAYER_NAMES = (  # BFL's linear layers inside a block (the targets of a LoRA)
     ("double_blocks", (*_QKV, *(k for k in _DOUBLE if not k.endswith(".scale")))),
     ("single_blocks", ("linear1", *(k for k in _SINGLE if not k.endswith(".scale")))),
@@ -72,14 +78,14 @@ def diffusers_lora_state(state: dict[str, torch.Tensor], config: Any) -> dict[st
         if key.startswith(("lora_te_", "lora_te1_")):
             text[key] = value
             continue
-        module, part = _split_key(key)
+        module, part = split_key(key)
         name = kohya.get(module) if module.startswith(KOHYA_PREFIX) else _bfl_name(module)
         if name is None or name not in names:
             raise KeyError(f"LoRA key {key!r} names no layer of this FLUX model")
         modules.setdefault(name, {})[part] = value
     out: dict[str, torch.Tensor] = {}
     for name, parts in modules.items():
-        out.update(_converted(name, parts, width))
+        out.update(converted_layer(name, parts, lambda n, up: _targets(n, up, width)))
     if text:
         out.update(_convert_kohya_flux_lora_to_diffusers(text))
     return out
@@ -87,10 +93,14 @@ def diffusers_lora_state(state: dict[str, torch.Tensor], config: Any) -> dict[st
 
 def widen_fp8_lora(pipe: Any, state: dict[str, torch.Tensor], adapter: str) -> None:
     """On a pipeline with fp8 weights (`weight_storage`), the adapter's LoRA layers in the
-    compute dtype with the file's own values (peft makes them fp8 like their base layer)."""
+    compute dtype with the file's own values (peft makes them fp8 like their base layer).
+    FLUX's and Z-Image's pipelines alike (a text encoder freed after encoding is skipped)."""
+    import torch
+
     from .weight_storage import has_fp8, widen_fp8_adapters
 
-    components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+    components = {name: getattr(pipe, name, None) for name in ("transformer", "text_encoder")}
+    components = {k: v for k, v in components.items() if isinstance(v, torch.nn.Module)}
     if not any(has_fp8(model) for model in components.values()):
         return
     converted = type(pipe).lora_state_dict(dict(state))  # the layouts diffusers converts
@@ -98,7 +108,8 @@ def widen_fp8_lora(pipe: Any, state: dict[str, torch.Tensor], adapter: str) -> N
         widen_fp8_adapters(model, adapter, converted, f"{prefix}.")
 
 
-def _split_key(key: str) -> tuple[str, str]:
+def split_key(key: str) -> tuple[str, str]:
+    """(module name, part) of a LoRA key; part is a down, an up or an alpha tensor."""
     for part in (*_DOWN, *_UP, "alpha"):
         if key.endswith("." + part):
             return key[: -len(part) - 1], part
@@ -114,18 +125,18 @@ def _bfl_name(module: str) -> str | None:
     return None
 
 
-def _converted(name: str, parts: dict, width: int) -> dict[str, torch.Tensor]:
-    """One BFL layer's (down, up, alpha) as diffusers' layers' lora_A / lora_B weights."""
+def converted_layer(name: str, parts: dict, targets: Targets) -> dict[str, torch.Tensor]:
+    """One fused or renamed layer's (down, up, alpha) as diffusers' layers' lora_A / lora_B
+    weights: `targets(name, up)` names the diffusers layers with their rows of `up`."""
     down = next((parts[k] for k in _DOWN if k in parts), None)
     up = next((parts[k] for k in _UP if k in parts), None)
     if down is None or up is None:
         raise KeyError(f"LoRA layer {name!r} lacks its down or up weight")
     if "alpha" in parts:
         up = up * (float(parts["alpha"]) / down.shape[0])
-    targets = _targets(name, up, width)
     return {
         key: tensor.contiguous()
-        for target, part_up in targets
+        for target, part_up in targets(name, up)
         for key, tensor in ((f"transformer.{target}.lora_A.weight", down),
                             (f"transformer.{target}.lora_B.weight", part_up))
     }  # fmt: skip

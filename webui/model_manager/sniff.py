@@ -96,18 +96,23 @@ def sniff_file(path: Path) -> Sniffed:
 
 
 def gguf_family(path: Path) -> str:
-    """The family label of a GGUF file from its `general.architecture` ("FLUX"), "" when
+    """The family label of a GGUF file from its `general.architecture` ("FLUX"; "Z-Image"
+    for a "lumina2" file with Z-Image's pad tokens), "" when
     it names none we know or the file cannot be read (the gguf package maps the file and
     reads the header; no tensor data)."""
     from gguf import GGUFReader
 
     try:
-        field = GGUFReader(str(path)).get_field("general.architecture")
-        architecture = field.contents() if field is not None else ""
+        reader = GGUFReader(str(path))
+        field = reader.get_field("general.architecture")
+        architecture = str(field.contents() if field is not None else "").lower()
+        if architecture == "lumina2":  # ComfyUI-GGUF's name for Z-Image (and Lumina 2)
+            pads = any(t.name.endswith("x_pad_token") for t in reader.tensors)
+            return "Z-Image" if pads else ""
     except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
         log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
         return ""
-    return {"flux": "FLUX"}.get(str(architecture).lower(), "")
+    return {"flux": "FLUX"}.get(architecture, "")
 
 
 def _any(keys: dict, *parts: str) -> bool:
@@ -154,12 +159,24 @@ def _lora(keys: dict, meta: dict) -> Sniffed | None:
             return Sniffed("lora", label)
     if _any(keys, "double_blocks", "single_blocks", "single_transformer_blocks"):
         return Sniffed("lora", "FLUX")
+    if _any(keys, "noise_refiner", "context_refiner") or (
+        _any(keys, "attention.to_q", "attention_to_q", "attention.qkv", "attention_qkv")
+        and _any(keys, "layers.", "layers_")
+    ):  # Z-Image's transformer (diffusers', kohya's or ComfyUI's names)
+        return Sniffed("lora", "Z-Image")
     if _any(keys, "lora_te2_", "te2_text_model"):
         return Sniffed("lora", "SDXL")
     for key, shape in keys.items():
         if ("attn2_to_k" in key or "attn2.to_k" in key) and "down" in key and len(shape) == 2:
             return Sniffed("lora", _CROSS_WIDTH.get(shape[1], ""))
     return Sniffed("lora", "SD 2.x" if meta.get("ss_v2") == "True" else "")
+
+
+def lora_family(keys: dict, meta: dict | None = None) -> str:
+    """The family label a LoRA's tensor names ({name: shape}) look like ("FLUX",
+    "Z-Image", "SDXL", ...), "" when they tell none (or it is no LoRA)."""
+    found = _lora(keys, meta or {})
+    return found.family if found is not None else ""
 
 
 def _embedding(keys: dict, meta: dict) -> Sniffed | None:

@@ -8,8 +8,10 @@ of width 32 and 2 layers with Qwen3's full 151 936-entry embedding table (the sh
 tokenizer's ids all fit); FLUX.1's autoencoder shape at 2 levels (`tiny_flux`'s).
 
 Layouts written: `save_transformer` (ComfyUI's names, optionally under
-`model.diffusion_model.`), `save_modules` (`ae.safetensors`, `qwen_3_4b.safetensors` with
-transformers' `model.` names), `save_diffusers` (a ZImagePipeline folder).
+`model.diffusion_model.`; any dtype, fp8 too), `save_gguf` (ComfyUI-GGUF's Q8_0 file),
+`save_all_in_one` (ComfyUI's checkpoint with VAE and Qwen3), `save_modules`
+(`ae.safetensors`, `qwen_3_4b.safetensors` with transformers' `model.` names),
+`save_diffusers` (a ZImagePipeline folder).
 
 This module must never touch the network or import a UI library.
 """
@@ -22,8 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from .ldm_keys import vae_to_ldm
-from .tiny_flux import _cast, _jitter
-from .zimage_keys import ZIMAGE_SCHEDULER
+from .tiny_flux import _cast, _jitter, write_gguf
+from .zimage_keys import DIFFUSION_PREFIX, QWEN3_PREFIX, VAE_PREFIX, ZIMAGE_SCHEDULER
 
 WIDTH, HEAD_DIM = 32, 16
 TEXT_WIDTH = 32
@@ -108,6 +110,25 @@ def save_modules(pipe, folder: Path, dtype=torch.float16) -> dict[str, Path]:
         paths[kind] = folder / f"{names[kind]}.safetensors"
         save_file(_cast(state, dtype), str(paths[kind]))
     return paths
+
+
+def save_gguf(pipe, path: Path) -> Path:
+    """The transformer as ComfyUI-GGUF's Z-Image files hold it: ComfyUI's names,
+    architecture "lumina2", 2-D weights in Q8_0 (the pad tokens too), the rest F32."""
+    return write_gguf(comfy_transformer_state(pipe.transformer), path, arch="lumina2")
+
+
+def save_all_in_one(pipe, path: Path, dtype=torch.float16) -> Path:
+    """Transformer, autoencoder and Qwen3 in one file, as ComfyUI's checkpoint save writes a
+    Z-Image model (`model.diffusion_model.`, `vae.`, `text_encoders.qwen3_4b.transformer.`)."""
+    state = {DIFFUSION_PREFIX + k: v for k, v in comfy_transformer_state(pipe.transformer).items()}
+    vae = {k: v.contiguous() for k, v in pipe.vae.state_dict().items()}
+    ldm = vae_to_ldm(vae, len(pipe.vae.config.block_out_channels))
+    state.update({VAE_PREFIX + k: v for k, v in ldm.items()})
+    qwen = pipe.text_encoder.state_dict().items()
+    state.update({f"{QWEN3_PREFIX}model.{k}": v.contiguous() for k, v in qwen})
+    save_file(_cast(state, dtype), str(path))
+    return path
 
 
 def save_diffusers(pipe, folder: Path) -> Path:

@@ -31,12 +31,16 @@ def has_fp8(model: torch.nn.Module) -> bool:
     return any(p.dtype in FP8_DTYPES for p in model.parameters())
 
 
-def keep_fp8(model: torch.nn.Module, compute: torch.dtype) -> torch.nn.Module:
+def keep_fp8(
+    model: torch.nn.Module, compute: torch.dtype, keep_wide: tuple[str, ...] = ()
+) -> torch.nn.Module:
     """`model` with its fp8 layers stored in fp8 and computed in `compute` (see above).
 
     Layers the model class keeps in fp32 (`_keep_in_fp32_modules`: T5's `wo`, whose
     block casts its input to `wo`'s weight dtype before calling it) are computed and stored
-    in `compute`: in fp8 their input would be rounded to fp8 first."""
+    in `compute`: in fp8 their input would be rounded to fp8 first. So are layers whose name
+    holds one of `keep_wide` (Z-Image's `t_embedder`, which casts its input to its weight's
+    dtype, and `cap_embedder`: the class's `_skip_layerwise_casting_patterns`)."""
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
 
@@ -46,6 +50,7 @@ def keep_fp8(model: torch.nn.Module, compute: torch.dtype) -> torch.nn.Module:
         weight = getattr(module, "weight", None)
         if isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and weight is not None and (
             weight.dtype in FP8_DTYPES and name.rsplit(".", 1)[-1] not in wide
+            and not any(pattern in name for pattern in keep_wide)
         ):  # fmt: skip
             apply_layerwise_casting_hook(module, weight.dtype, compute, non_blocking=False)
             hooked.add(id(module))
@@ -77,14 +82,16 @@ def storage(model: torch.nn.Module) -> str | None:
 
 
 def storage_fields(pipe: Any) -> dict[str, str]:
-    """The infotext's "Weight storage" ("transformer fp8_e4m3fn, t5xxl fp8_e4m3fn"), for
-    the components not stored in the compute dtype; {} when all are."""
+    """The infotext's "Weight storage" ("transformer fp8_e4m3fn, t5xxl fp8_e4m3fn"; Z-Image's
+    text encoder is "qwen3"), for the components not stored in the compute dtype; {} when
+    all are."""
     parts = []
     for attribute, label in _COMPONENTS:
         component = getattr(pipe, attribute, None)
         if isinstance(component, torch.nn.Module):
             found = storage(component)
             if found:
+                label = "qwen3" if type(component).__name__.startswith("Qwen3") else label
                 parts.append(f"{label} {found}")
     return {"Weight storage": ", ".join(parts)} if parts else {}
 

@@ -5,6 +5,8 @@ built into `ZImageTransformer2DModel` (ComfyUI's names converted by diffusers' o
 single-file converter) and transformers' `Qwen3Model` (the text encoder: Z-Image reads its
 hidden states, so the language-model head of `qwen_3_4b.safetensors` is left on disk),
 without allocating the weights twice. The autoencoder is FLUX.1's (`flux_files.build_vae`).
+fp8 and GGUF transformers keep their storage through FLUX's machinery (`weight_storage`,
+`flux_gguf`); ComfyUI's scaled-fp8 files are refused with a message.
 
 This module must never touch the network, never import `webui.core` or a UI library.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .flux_files import _assign, _empty, _in_dtype
+from .identify import UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
@@ -32,11 +35,24 @@ def transformer_state(state: dict[str, torch.Tensor], comfy: bool) -> dict[str, 
 
 
 def build_transformer(config: dict, state: dict[str, torch.Tensor], comfy: bool, dtype):
+    """The transformer of a bf16/fp16/fp32, fp8 (kept fp8, `weight_storage`) or GGUF (kept
+    quantized, `flux_gguf.quantized_model`) file's tensors."""
     from diffusers import ZImageTransformer2DModel
 
+    from .flux_gguf import is_quantized, quantized_model
+
+    scaled = next((k for k in state if k.endswith(("scale_weight", "scaled_fp8"))), None)
+    if scaled is not None:  # ComfyUI's "fp8_scaled" files: weights times a per-layer scale
+        raise UnsupportedModelError(
+            f"Z-Image transformer: scaled fp8 weights ({scaled}) are not supported; use the "
+            "bf16, plain fp8 (float8_e4m3fn) or GGUF file"
+        )
     model = _empty(ZImageTransformer2DModel.from_config, config)
+    if is_quantized(state):
+        return quantized_model(model, transformer_state(state, comfy), dtype, "Z-Image transformer")
     _assign(model, transformer_state(state, comfy), "Z-Image transformer")
-    return _in_dtype(model, dtype)
+    # its timestep embedder casts its input to its weight's dtype: fp8 would round it
+    return _in_dtype(model, dtype, tuple(getattr(model, "_skip_layerwise_casting_patterns", ())))
 
 
 def build_qwen3(config: dict, state: dict[str, torch.Tensor], prefix: str, dtype):

@@ -10,8 +10,12 @@ at the top level or under `model.diffusion_model.`; recognised as ComfyUI does, 
 caption embedder and the refiner's QK norm, and told from Lumina 2 by its pad tokens) and
 the same weights in diffusers' names (`all_x_embedder.2-1.*`); the Qwen3 text encoder as
 ComfyUI ships it (`qwen_3_4b.safetensors`: transformers' `model.layers.*` names, with or
-without the `model.` prefix). Every size is read from the tensors; only what weights cannot
-tell follows Z-Image's convention (2x2 patches, the rotary axes' split and lengths, theta).
+without the `model.` prefix); ComfyUI's all-in-one checkpoints (`layout`: the transformer
+under `model.diffusion_model.`, FLUX's autoencoder under `vae.`, Qwen3 under
+`text_encoders.qwen3_4b.transformer.`). GGUF files (ComfyUI-GGUF's "lumina2" architecture)
+carry the transformer's ComfyUI names. Every size is read from the tensors; only what
+weights cannot tell follows Z-Image's convention (2x2 patches, the rotary axes' split and
+lengths, theta).
 
 This module reads shapes only: it must never import torch or a UI library.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 from .identify import Shapes, UnsupportedModelError, count
 
 DIFFUSION_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "vae."
+QWEN3_PREFIX = "text_encoders.qwen3_4b.transformer."  # ComfyUI's checkpoints (its clip_target)
 COMPONENTS = ("transformer", "vae", "qwen3")
 PATCH = 2  # Z-Image's 2x2 latent patches (the weights hold patch^2 * channels only)
 # what a missing component is called, the files that give it, and Forge's folder for it
@@ -47,8 +53,25 @@ def diffusers_names(shapes: Shapes, prefix: str) -> bool:
     return f"{prefix}all_x_embedder.2-1.weight" in shapes
 
 
-def _qwen3_prefix(shapes: Shapes) -> str | None:
-    for prefix in ("model.", ""):
+def layout(shapes: Shapes) -> dict[str, str | None]:
+    """Where each component's tensors start in one file (None: not in it): the transformer
+    alone, or ComfyUI's all-in-one checkpoint (`model.diffusion_model.`, `vae.`,
+    `text_encoders.qwen3_4b.transformer.`)."""
+    return {
+        "transformer": transformer_prefix(shapes),
+        "vae": VAE_PREFIX if f"{VAE_PREFIX}decoder.conv_out.weight" in shapes else None,
+        "qwen3": _qwen3_prefix(shapes, QWEN3_PREFIX),
+    }
+
+
+def missing_components(shapes: Shapes) -> tuple[str, ...]:
+    """The components a file needs from module files, in Forge's order."""
+    found = layout(shapes)
+    return tuple(name for name in COMPONENTS[1:] if found[name] is None)
+
+
+def _qwen3_prefix(shapes: Shapes, outer: str = "") -> str | None:
+    for prefix in (f"{outer}model.", outer):
         if (f"{prefix}layers.0.self_attn.q_norm.weight" in shapes
                 and f"{prefix}embed_tokens.weight" in shapes):  # fmt: skip
             return prefix
@@ -121,11 +144,10 @@ def transformer_config(shapes: Shapes, prefix: str) -> dict:
     }
 
 
-def qwen3_config(shapes: Shapes) -> dict:
-    """The transformers `Qwen3Config` of a Qwen3 text encoder file."""
-    prefix = _qwen3_prefix(shapes)
-    if prefix is None:
-        raise UnsupportedModelError("not a Qwen3 text encoder")
+def qwen3_config(shapes: Shapes, outer: str = "") -> dict:
+    """The transformers `Qwen3Config` of a Qwen3 text encoder file (or of the one under
+    `outer` in an all-in-one file)."""
+    prefix = qwen3_prefix(shapes, outer)
     vocab, hidden = shapes[f"{prefix}embed_tokens.weight"]
     attn = f"{prefix}layers.0.self_attn."
     head_dim = shapes[f"{attn}q_norm.weight"][0]
@@ -149,8 +171,8 @@ def qwen3_config(shapes: Shapes) -> dict:
     }
 
 
-def qwen3_prefix(shapes: Shapes) -> str:
-    prefix = _qwen3_prefix(shapes)
+def qwen3_prefix(shapes: Shapes, outer: str = "") -> str:
+    prefix = _qwen3_prefix(shapes, outer)
     if prefix is None:
         raise UnsupportedModelError("not a Qwen3 text encoder")
     return prefix

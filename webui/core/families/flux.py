@@ -191,7 +191,8 @@ class FluxFamily(Family):
         self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
         embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
     ) -> Conditioning:  # fmt: skip
-        return flux_conditioning(pipe, prompt, negative, steps=steps, fields=fields)
+        return flux_conditioning(pipe, prompt, negative, steps=steps, fields=fields,
+                                 clip_skip=clip_skip, embeddings=embeddings)  # fmt: skip
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,

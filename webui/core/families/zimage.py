@@ -4,9 +4,10 @@
   `x_pad_token`; top level or under `model.diffusion_model.`) or the same in diffusers'
   names, before the UNet families are asked (`transformer_layout`); every size comes from
   the tensors (`model_manager.zimage_keys`). Diffusers folders: `ZImagePipeline`.
-- Loaded by `load_single_file`: the transformer from the file, the autoencoder
-  (`ae.safetensors`) and the Qwen3 text encoder (`qwen_3_4b.safetensors`) from the module
-  files the job chose (Forge's "VAE / Text Encoder"); a component found nowhere is a
+- Loaded by `load_single_file`: the transformer from the file (bf16/fp16, fp8 kept fp8,
+  GGUF kept quantized), the autoencoder (`ae.safetensors`) and the Qwen3 text encoder
+  (`qwen_3_4b.safetensors`) from the file itself (ComfyUI's all-in-one checkpoints) or the
+  module files the job chose (Forge's "VAE / Text Encoder"); a component found nowhere is a
   `MissingModuleError` naming the file to add and the folder. Tokenizer: Qwen3's, shipped
   in the package (`model_manager.qwen_tokenizer`).
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
@@ -20,6 +21,8 @@
   sampler and schedule is refused.
 - Infotext: "Shift" (3 unless the job sets one), the modules ("Module 1: ae", ...) from
   `processing.module_fields`. Latent preview: FLUX.1's 16-channel colour factors (the same autoencoder).
+- LoRA: `<lora:name:w>` on the transformer in the layouts users have
+  (`model_manager.zimage_lora`); a LoRA of another family is refused with a message.
 
 This module must never import a UI library.
 """
@@ -76,10 +79,13 @@ class ZImageFamily(Family):
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
-        prefix = zk.transformer_prefix(shapes)
-        if prefix is None:
+        inside = zk.layout(shapes)
+        if inside["transformer"] is None:
             return None
-        return self._spec(zk.transformer_config(shapes, prefix), {}, ({},), ("vae", "qwen3"))
+        vae = fk.vae_config(shapes, inside["vae"]) if inside["vae"] is not None else {}
+        qwen3 = zk.qwen3_config(shapes, zk.QWEN3_PREFIX) if inside["qwen3"] is not None else {}
+        transformer = zk.transformer_config(shapes, inside["transformer"])
+        return self._spec(transformer, vae, (qwen3,), zk.missing_components(shapes))
 
     def _spec(self, transformer: dict, vae: dict, encoders: tuple, missing=()) -> ModelSpec:
         return ModelSpec(
@@ -121,43 +127,35 @@ class ZImageFamily(Family):
         return zk.missing_message(file_name, missing)
 
     def load_single_file(self, path: Path, spec: ModelSpec, modules, dtype) -> Any:
-        """The `ZImagePipeline` of a transformer file and its module files (paths of
-        separate module files; those of other kinds are ignored)."""
+        """The `ZImagePipeline` of a transformer file (or an all-in-one checkpoint), what it
+        lacks taken from its module files (paths; those of other kinds are ignored)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
         shapes = read_shapes(path)
         prefix = zk.transformer_prefix(shapes)
-        found: dict[str, tuple[Path, Shapes]] = {}
-        for module in modules:
-            module_shapes = read_shapes(Path(module))
-            kind = fk.module_kind(module_shapes) or zk.module_kind(module_shapes)
-            if kind in ("vae", "qwen3"):
-                found.setdefault(kind, (Path(module), module_shapes))
+        found = _components(path, shapes, modules)
         missing = [name for name in ("vae", "qwen3") if name not in found]
         if missing:
             raise MissingModuleError(zk.missing_message(path.name, missing))
         transformer = zf.build_transformer(spec.unet, ff.read_state(path, prefix),
                                            not zk.diffusers_names(shapes, prefix), dtype)  # fmt: skip
-        vae_path, vae_shapes = found["vae"]
-        vae = ff.build_vae(fk.vae_config(vae_shapes, ""), ff.read_state(vae_path, ""), dtype)
-        qwen_path, qwen_shapes = found["qwen3"]
-        text_encoder = zf.build_qwen3(zk.qwen3_config(qwen_shapes), ff.read_state(qwen_path, ""),
-                                      zk.qwen3_prefix(qwen_shapes), dtype)  # fmt: skip
+        vae_path, vae_prefix, vae_shapes = found["vae"]
+        vae_state = ff.read_state(vae_path, vae_prefix)
+        vae = ff.build_vae(fk.vae_config(vae_shapes, vae_prefix), vae_state, dtype)
         return ZImagePipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(ZIMAGE_SCHEDULER)),
-            vae=vae, text_encoder=text_encoder, transformer=transformer, **self.tokenizers(spec),
+            vae=vae, text_encoder=_qwen3(*found["qwen3"], dtype), transformer=transformer,
+            **self.tokenizers(spec),
         )  # fmt: skip
 
     def text_encoder_from_file(self, path: Path, spec: ModelSpec, modules, name: str,
                                dtype) -> Any:  # fmt: skip
-        """Qwen3 again, from the module file `load_single_file` took it from (released
-        after encoding: `model_manager.text_encoder_release`)."""
-        for module in modules:
-            shapes = read_shapes(Path(module))
-            if not fk.module_kind(shapes) and zk.module_kind(shapes) == "qwen3":
-                return zf.build_qwen3(zk.qwen3_config(shapes), ff.read_state(Path(module), ""),
-                                      zk.qwen3_prefix(shapes), dtype)  # fmt: skip
-        raise MissingModuleError(zk.missing_message(path.name, ["qwen3"]))
+        """Qwen3 again, from the file `load_single_file` took it from (released after
+        encoding: `model_manager.text_encoder_release`)."""
+        found = _components(path, read_shapes(path), modules)
+        if "qwen3" not in found:
+            raise MissingModuleError(zk.missing_message(path.name, ["qwen3"]))
+        return _qwen3(*found["qwen3"], dtype)
 
     # --- text ---------------------------------------------------------------------------
     def text_encoders(self, pipe: Any, clip_skip: int) -> list[TextEncoderSlot]:
@@ -168,7 +166,8 @@ class ZImageFamily(Family):
         self, pipe: Any, prompt: str, negative: str, clip_skip: int, *, steps: int,
         embeddings: Any = None, fields: tuple[str, str] = ("prompt", "negative_prompt"),
     ) -> Conditioning:  # fmt: skip
-        return zimage_conditioning(pipe, prompt, negative, steps=steps, fields=fields)
+        return zimage_conditioning(pipe, prompt, negative, steps=steps, fields=fields,
+                                   clip_skip=clip_skip, embeddings=embeddings)  # fmt: skip
 
     def follow_steps(
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
@@ -217,6 +216,36 @@ class ZImageFamily(Family):
     def infotext_fields(self, params: Any) -> dict[str, Any]:
         shift = job_shift(params)
         return {"Shift": DEFAULT_SHIFT if shift is None else shift}
+
+    # --- networks -----------------------------------------------------------------------
+    def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
+        """diffusers/peft, ai-toolkit, kohya/musubi and ComfyUI-named files
+        (`model_manager.zimage_lora`); on fp8 weights the LoRA layers computed wide."""
+        from ...model_manager.flux_lora import widen_fp8_lora
+        from ...model_manager.zimage_lora import diffusers_lora_state
+
+        state = diffusers_lora_state(pipe, state)
+        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+        widen_fp8_lora(pipe, state, adapter_name)
+
+
+def _components(path: Path, shapes: Shapes, modules) -> dict[str, tuple[Path, str, Shapes]]:
+    """Where the autoencoder and Qwen3 come from: (file, prefix, its shapes), the
+    checkpoint's own first (an all-in-one file), else the first module file of the kind."""
+    inside = zk.layout(shapes)
+    found = {kind: (path, inside[kind], shapes) for kind in ("vae", "qwen3")
+             if inside[kind] is not None}  # fmt: skip
+    for module in modules:
+        module_shapes = read_shapes(Path(module))
+        kind = fk.module_kind(module_shapes) or zk.module_kind(module_shapes)
+        if kind in ("vae", "qwen3"):
+            found.setdefault(kind, (Path(module), "", module_shapes))
+    return found
+
+
+def _qwen3(path: Path, outer: str, shapes: Shapes, dtype) -> Any:
+    prefix = zk.qwen3_prefix(shapes, outer)
+    return zf.build_qwen3(zk.qwen3_config(shapes, outer), ff.read_state(path, prefix), "", dtype)
 
 
 ZIMAGE = ZImageFamily()
