@@ -1,0 +1,112 @@
+"""ControlNet Union units, the X/Y/Z plot's ControlNet axes and inpaint_only's kept area, as
+sd-webui-controlnet's API clients use them: one server with the tiny SD 1.x and SDXL
+checkpoints, a tiny SD 1.x ControlNet and tiny ControlNet Union models (ProMax's 8 modes
+as one file, the first union model's 6 as a diffusers folder); 64x64 images, 3 steps."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.api.test_controlnet import BODY, b64, pixels, shapes
+from tests.conftest import ServerThread, with_tiny_sd1
+from webui.app import create_app
+from webui.model_manager.controlnet_files import legacy_hash
+from webui.model_manager.tiny_controlnet import save_tiny_controlnet
+from webui.settings import parse_flags
+
+PROMAX = "controlnet-union-promax.safetensors"
+UNION6 = "controlnet-union-sdxl-1.0"  # a folder
+CANNY = "control_tiny_canny.safetensors"  # SD 1.x
+OTHER = "control_tiny_other.safetensors"  # SD 1.x
+XL = {"override_settings": {"sd_model_checkpoint": "tiny-sdxl"}}
+SD1 = {"override_settings": {"sd_model_checkpoint": "tiny-sd1"}}
+CN_LOC = ("body", "alwayson_scripts", "controlnet", "args", "0")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_files):
+    data = with_tiny_sd1(tmp_path_factory.mktemp("union"), tiny_files)
+    shutil.copy(tiny_files["sdxl"], data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors")
+    folder = data / "models" / "ControlNet"
+    save_tiny_controlnet(folder / PROMAX, "sdxl", seed=4, layout="diffusers", union_modes=8)
+    save_tiny_controlnet(folder / UNION6, "sdxl", seed=5, layout="folder", union_modes=6)
+    save_tiny_controlnet(folder / CANNY, "sd1", seed=1)
+    save_tiny_controlnet(folder / OTHER, "sd1", seed=2)
+    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.folder, srv.ctx = folder, app.state.ctx
+        yield srv
+
+
+def label(server, name: str) -> str:
+    path = server.folder / name
+    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+    return f"{path.name if path.is_dir() else path.stem} [{legacy_hash(weights)}]"
+
+
+def unit(server, model: str = PROMAX, **fields) -> dict:
+    return {"enabled": True, "module": "canny", "image": b64(shapes()), "model": label(server, model),
+            "save_detected_map": False, **fields}  # fmt: skip
+
+
+def post(server, units: list | None, route: str = "txt2img", **extra) -> httpx.Response:
+    body = {**BODY, **extra}
+    if units is not None:
+        body["alwayson_scripts"] = {"controlnet": {"args": units}}
+    with httpx.Client(timeout=600) as client:
+        return client.post(f"{server.url}/sdapi/v1/{route}", json=body)
+
+
+def image(server, units: list | None, route: str = "txt2img", **extra) -> np.ndarray:
+    response = post(server, units, route, **extra)
+    assert response.status_code == 200, response.text
+    return pixels(response.json()["images"][0])
+
+
+# --- ControlNet Union (SDXL) --------------------------------------------------------------
+
+
+def test_a_union_unit_runs_in_its_mode(server):
+    plain = image(server, None, **XL)
+    inferred = image(server, [unit(server)], **XL)  # canny: Hard Edge
+    assert np.abs(inferred - plain).mean() > 1
+    assert np.array_equal(image(server, [unit(server, union_control_type="Hard Edge")], **XL),
+                          inferred)  # fmt: skip
+    soft = image(server, [unit(server, union_control_type="Soft Edge")], **XL)
+    assert not np.array_equal(soft, inferred)
+    # two units on one union model, each in its own mode
+    both = post(server, [unit(server), unit(server, module="tile_resample",
+                                            save_detected_map=True)], **XL)  # fmt: skip
+    assert both.status_code == 200, both.text
+    assert len(both.json()["images"]) == 2  # the image and the tile unit's map
+    assert not np.array_equal(pixels(both.json()["images"][0]), inferred)
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"module": "none"}, "choose a control type"),
+    ({"model": UNION6, "module": "tile_resample"}, "has no Tile mode"),
+    ({"union_control_type": "Sketch"}, "must be one of"),
+])  # fmt: skip
+def test_a_union_unit_without_a_mode_of_its_model_is_a_422(server, fields, words):
+    model = fields.pop("model", PROMAX)
+    response = post(server, [unit(server, model, **fields)], **XL)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert tuple(detail["loc"]) == (*CN_LOC, "union_control_type") and words in detail["msg"]
+
+
+def test_the_ui_sets_the_mode_from_the_control_type():
+    from webui.ui.controlnet_ui import controlnet_request
+
+    values = {"cn_enabled_0": True, "cn_control_type_0": "Scribble", "cn_own_image_0": True,
+              **{f"cn_{k}_0": None for k in ("module", "model", "weight", "image", "mask",
+                                              "resize_mode", "processor_res", "threshold_a",
+                                              "threshold_b", "guidance_start", "guidance_end",
+                                              "control_mode", "pixel_perfect")}}  # fmt: skip
+    (sent,) = controlnet_request(values)["controlnet"]["args"]
+    assert sent["union_control_type"] == "Soft Edge"
