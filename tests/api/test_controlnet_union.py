@@ -5,6 +5,7 @@ as one file, the first union model's 6 as a diffusers folder); 64x64 images, 3 s
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -110,3 +111,57 @@ def test_the_ui_sets_the_mode_from_the_control_type():
                                               "control_mode", "pixel_perfect")}}  # fmt: skip
     (sent,) = controlnet_request(values)["controlnet"]["args"]
     assert sent["union_control_type"] == "Soft Edge"
+
+
+# --- the X/Y/Z plot's ControlNet axes (SD 1.x) --------------------------------------------
+
+
+def xyz(server, args: dict, units: list) -> httpx.Response:
+    return post(server, units, script_name="x/y/z plot", steps=2,
+                script_args={"include_lone_images": True, **args}, **SD1)  # fmt: skip
+
+
+def test_the_weight_axis_varies_the_units_weight(server):
+    canny = unit(server, CANNY, save_detected_map=True)
+    response = xyz(server, {"x_type": "[ControlNet] Weight", "x_values": "0, 1"}, [canny])
+    assert response.status_code == 200, response.text
+    grid, off, on = (pixels(i) for i in response.json()["images"])  # no detected maps
+    assert grid.shape[1] >= 128
+    assert np.array_equal(off, image(server, None, steps=2, **SD1))  # weight 0: no unit
+    assert np.abs(on - off).mean() > 1
+    info = json.loads(response.json()["info"])["infotexts"]
+    assert "Weight: 0.0" in info[1] and "Weight: 1.0" in info[2]
+
+
+def test_model_and_preprocessor_axes(server):
+    args = {"x_type": "[ControlNet] Model", "x_values": f"{label(server, CANNY)}, control_tiny_other",
+            "y_type": "[ControlNet] Preprocessor", "y_values": "canny, invert"}  # fmt: skip
+    response = xyz(server, args, [unit(server, CANNY)])
+    assert response.status_code == 200, response.text
+    cells = [pixels(i) for i in response.json()["images"][1:]]
+    assert len(cells) == 4 and all(not np.array_equal(a, b) for a, b in
+                                   zip(cells, cells[1:], strict=False))  # fmt: skip
+    info = json.loads(response.json()["info"])["infotexts"]  # the model axis changes least
+    assert "Module: invert" in info[2] and f"Model: {label(server, CANNY)}" in info[2]
+    assert "Module: canny" in info[3] and f"Model: {label(server, OTHER)}" in info[3]
+
+
+@pytest.mark.parametrize(("args", "units", "words"), [
+    ({"x_type": "[ControlNet] Model", "x_values": "no_such_model"}, True, "model not found"),
+    ({"x_type": "[ControlNet] Weight", "x_values": "0, 3"}, True, "outside"),
+    ({"x_type": "[ControlNet] Guidance End", "x_values": "0.5, 1"}, False, "enabled ControlNet"),
+])  # fmt: skip
+def test_bad_controlnet_axes_are_422s(server, args, units, words):
+    response = xyz(server, args, [unit(server, CANNY)] if units else None)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"][-1] == "x_values" and words in detail["msg"]
+
+
+def test_the_ui_lists_the_controlnet_axes():
+    from webui.ext.scripts.xyz_plot import _axis_labels
+
+    labels = _axis_labels()
+    assert labels[-10:] == tuple(f"[ControlNet] {n}" for n in (
+        "Model", "Weight", "Guidance Start", "Guidance End", "Control Mode", "Resize Mode",
+        "Preprocessor", "Pre Resolution", "Pre Threshold A", "Pre Threshold B"))  # fmt: skip
