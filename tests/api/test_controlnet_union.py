@@ -11,6 +11,7 @@ import shutil
 import httpx
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from tests.api.test_controlnet import BODY, b64, pixels, shapes
 from tests.conftest import ServerThread, with_tiny_sd1
@@ -165,3 +166,34 @@ def test_the_ui_lists_the_controlnet_axes():
     assert labels[-10:] == tuple(f"[ControlNet] {n}" for n in (
         "Model", "Weight", "Guidance Start", "Guidance End", "Control Mode", "Resize Mode",
         "Preprocessor", "Pre Resolution", "Pre Threshold A", "Pre Threshold B"))  # fmt: skip
+
+
+# --- inpaint_only keeps the image outside the unit's mask (SD 1.x img2img) ------------------
+
+
+def _mask() -> Image.Image:
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((32, 0, 63, 63), fill=255)  # repaint the right half
+    return mask
+
+
+def test_inpaint_only_keeps_the_image_outside_the_units_mask(server):
+    init = shapes()
+    body = {"init_images": [b64(init)], "denoising_strength": 0.9, **SD1}
+    inpaint = unit(server, CANNY, module="inpaint_only",
+                   image={"image": b64(init), "mask": b64(_mask())})  # fmt: skip
+    kept = image(server, [inpaint], "img2img", **body)
+    plain = image(server, None, "img2img", **body)
+    original = np.asarray(init, np.int16)
+    left, right = np.s_[:, :24], np.s_[:, 40:]  # away from the mask's blurred edge
+    assert np.array_equal(kept[left], original[left])  # the image's own pixels
+    assert np.abs(plain[left] - original[left]).mean() > 10  # img2img alone changes them
+    assert np.abs(kept[right] - original[right]).mean() > 10  # the masked half is generated
+    assert np.abs(kept[right] - plain[right]).mean() > 1
+
+
+def test_inpaint_only_lama_is_refused_with_its_reason(server):
+    response = post(server, [unit(server, CANNY, module="inpaint_only+lama")], **SD1)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert tuple(detail["loc"]) == (*CN_LOC, "module") and "LaMa" in detail["msg"]

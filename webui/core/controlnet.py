@@ -21,7 +21,9 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
   only (the unconditional rows get none, so CFG strengthens the control);
 - in the hires. fix pass, canny units always use soft injection;
 - a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
-  inpainting UNet gives the ControlNet its first 4 latent channels.
+  inpainting UNet gives the ControlNet its first 4 latent channels; an `inpaint_only`
+  unit also keeps its image outside its mask in every prediction
+  (`core/controlnet_inpaint.py`), unless the job has its own inpaint mask.
 
 T2I-Adapter units run their adapter once per image size on the hint (a 1-channel adapter
 gets the map's first channel) and pass its features, times the unit's weight while the
@@ -59,6 +61,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..imaging.control_preprocessors import fit_map, preprocessor_named
+from .controlnet_inpaint import kept_prediction
 from .controlnet_union import mode_index, unit_mode
 from .controlnet_units import ControlUnit, detect
 from .ip_adapter import IpUnit, encode_reference, installed, tokens_for_call, uncond_rows
@@ -78,6 +81,8 @@ class PreparedUnit:
     ip: IpUnit | None = None  # an IP-Adapter unit's image tokens (then `model` is None)
     features: dict[tuple[int, int], list] = field(default_factory=dict)  # T2I-Adapter's
     union: int | None = None  # a ControlNet Union's mode index (core/controlnet_union.py)
+    keep: bool = False  # inpaint_only keeps the image outside its mask (controlnet_inpaint.py)
+    origin: dict[tuple[int, int], tuple] = field(default_factory=dict)  # its latents, by size
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -134,6 +139,7 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         )
         if _is_ip(model) or preprocessor_named(unit.module).clip:
             part = _ip_part(part, image, clip)
+        part.keep = _keeps(unit, model, params)
         prepared.append(part)
         if save_maps and unit.save_detected_map and part.ip is None and not _is_ip_module(unit):
             hint = part.hint(*size)
@@ -141,6 +147,15 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
     if not prepared:
         return None
     return JobControl(prepared, size, maps)
+
+
+def _keeps(unit: ControlUnit, model: Any, params: Any) -> bool:
+    """Whether an inpaint_only unit keeps its image outside its mask: a ControlNet unit in
+    a job without its own inpaint mask (that one keeps the area already)."""
+    module = preprocessor_named(unit.module)
+    return bool(module is not None and module.inpaint and model is not None
+                and getattr(params, "mask", None) is None and not _is_adapter(model)
+                and not _is_ip(model))  # fmt: skip
 
 
 def _union_index(unit: ControlUnit, index: int, model: Any) -> int | None:
@@ -323,9 +338,22 @@ class _ControlState:
                     args = ((context, tokens), *args[1:])
                 else:
                     kwargs["encoder_hidden_states"] = (context, tokens)
-            return original(sample, timestep, *args, **kwargs)
+            result = original(sample, timestep, *args, **kwargs)
+            return self.keep_unmasked(result, sample, timestep)
 
         return forward
+
+    def keep_unmasked(self, result: Any, sample: torch.Tensor, timestep: Any) -> Any:
+        """The UNet's result with the inpaint_only units' unmasked areas kept."""
+        keeping = [p for p in self.control.controlnets if p.keep and p.unit.weight > 0]
+        if not keeping:
+            return result
+        pred = result[0] if isinstance(result, tuple) else result.sample
+        pred = kept_prediction(keeping, self.pipe, sample, timestep, pred)
+        if isinstance(result, tuple):
+            return (pred, *result[1:])
+        result.sample = pred
+        return result
 
 
 @contextmanager

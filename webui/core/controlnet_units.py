@@ -49,6 +49,12 @@ _ALIASES = {"input_image": "image", "mask_image": "mask", "guidance": "guidance_
             "lowvram": "low_vram"}  # fmt: skip
 
 
+# the extension's preprocessors this build refuses with a reason (not "unknown")
+_NOT_BUILT = {"inpaint_only+lama": "inpaint_only+lama needs the LaMa inpainting model "
+              "(ControlNetLama.pth, sd-webui-controlnet's annotator), which this build cannot "
+              "run: use inpaint_only"}  # fmt: skip
+
+
 class UnitError(ValueError):
     """A bad unit field: `loc` is (unit index, field)."""
 
@@ -149,6 +155,12 @@ def checked(unit: ControlUnit, index: int = 0) -> ControlUnit:
     """The unit with its modes normalised and -1 values set to the module's defaults."""
     for name in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
         _flag(index, name, getattr(unit, name))
+    if (
+        isinstance(unit.module, str)
+        and unit.module in _NOT_BUILT
+        and not preprocessor_named(unit.module)
+    ):  # refused with its reason, unless a preprocessor of that name is registered
+        raise UnitError(index, "module", _NOT_BUILT[unit.module])
     if not isinstance(unit.module, str) or preprocessor_named(unit.module) is None:
         known = ", ".join(PREPROCESSORS)
         raise UnitError(index, "module", f"unknown preprocessor {unit.module!r} (known: {known})")
