@@ -37,7 +37,8 @@ def test_request_has_the_extensions_shape(built):
     values["cn_own_image_1"] = False  # img2img: the tab's image
     args = cn.controlnet_request(values)["controlnet"]["args"]
     assert len(args) == 2 and args[1]["enabled"] and args[1]["image"] is None
-    assert set(args[0]) == set(cn.FIELDS)
+    assert set(args[0]) == {*cn.FIELDS, "union_control_type"}  # the extension's hidden field
+    assert args[0]["union_control_type"] == "Unknown"  # control type "All"
 
 
 def test_parameter_copy_restores_the_units(built):

@@ -4,7 +4,8 @@ control_types and detect.
 Clients written for the extension ask these before they send `alwayson_scripts:
 {"controlnet": ...}`. Models are the files in `models/ControlNet` (read at each call:
 ControlNets, T2I-Adapters, IP-Adapters; `control_types` lists a type's models that fit
-the current checkpoint's family, as the extension),
+the current checkpoint's family, as the extension, and a ControlNet Union under every
+type it has a mode for),
 modules the built-in preprocessors (`imaging/control_preprocessors.py`). `detect` runs a
 preprocessor on the given images here (OpenCV on the CPU; the annotators with weights
 through the context's annotator cache, which downloads missing weights when it can) and
@@ -31,11 +32,10 @@ from ..imaging.codec import ImageInputError, decode_base64_image
 from ..imaging.control_preprocessors import (
     CONTROL_TYPES,
     PREPROCESSORS,
-    model_matches,
     modules_of_type,
 )
-from ..model_manager.controlnet_files import fits, list_controlnets
-from ..services.controlnet import API_VERSION, checkpoint_family
+from ..model_manager.controlnet_files import list_controlnets
+from ..services.controlnet import API_VERSION, checkpoint_family, listed_under
 from .auth import api_user
 from .deps import Ctx
 from .mapping import FieldError
@@ -67,7 +67,7 @@ def _control_types(ctx) -> dict[str, Any]:
     files = list_controlnets(ctx.generation.controlnet_dir).values()
     out = {}
     for name, default, word in CONTROL_TYPES:
-        listed = [m.label for m in files if model_matches(name, m.name) and fits(m, family)]
+        listed = [m.label for m in files if listed_under(m, name, family)]
         out[name] = {"module_list": modules_of_type(name), "model_list": ["None", *listed],
                      "default_option": default,
                      "default_model": listed[0] if listed and word else "None"}  # fmt: skip

@@ -23,7 +23,9 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
   only (the unconditional rows get none, so CFG strengthens the control);
 - in the hires. fix pass, canny units always use soft injection;
 - a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
-  inpainting UNet gives the ControlNet its first 4 latent channels.
+  inpainting UNet gives the ControlNet its first 4 latent channels; an `inpaint_only`
+  unit also keeps its image outside its mask in every prediction
+  (`core/controlnet_inpaint.py`), unless the job has its own inpaint mask.
 
 T2I-Adapter units run their adapter once per image size on the hint (a 1-channel adapter
 gets the map's first channel) and pass its features, times the unit's weight while the
@@ -34,6 +36,12 @@ without them (the soft weights of "My prompt is more important" are ControlNet's
 IP-Adapter units (an `ip-adapter_clip_*` preprocessor and an IP-Adapter model) encode
 their image with the CLIP vision encoder once per job and feed its tokens to the UNet's
 cross-attention (`core/ip_adapter.py`); they make no map.
+
+A ControlNet Union model (diffusers' `ControlNetUnionModel`) is called like the others with
+the unit's mode (`core/controlnet_union.py`: its `union_control_type`, else its
+preprocessor's control type) as xinsir's pipeline gives it: the hint in a list, the mode's
+one-hot `control_type` and its index. Units sharing one union model share the loaded model
+and run one after the other, each with its own mode (as the extension).
 
 Units with weight 0 or without a model do not touch the UNet (weight 0 equals no unit).
 
@@ -55,6 +63,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..imaging.control_preprocessors import fit_map, preprocessor_named
+from .controlnet_inpaint import kept_prediction
+from .controlnet_union import mode_index, unit_mode
 from .controlnet_units import Annotate, ControlUnit, detect
 from .ip_adapter import IpUnit, encode_reference, installed, tokens_for_call, uncond_rows
 
@@ -72,6 +82,9 @@ class PreparedUnit:
     hints: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     ip: IpUnit | None = None  # an IP-Adapter unit's image tokens (then `model` is None)
     features: dict[tuple[int, int], list] = field(default_factory=dict)  # T2I-Adapter's
+    union: int | None = None  # a ControlNet Union's mode index (core/controlnet_union.py)
+    keep: bool = False  # inpaint_only keeps the image outside its mask (controlnet_inpaint.py)
+    origin: dict[tuple[int, int], tuple] = field(default_factory=dict)  # its latents, by size
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -126,9 +139,12 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index,
                           annotate=annotate)  # fmt: skip
         model = load(Path(unit.model_path)) if unit.guides else None
-        part = PreparedUnit(unit, index, detected, mode, model)
+        part = PreparedUnit(
+            unit, index, detected, mode, model, union=_union_index(unit, index, model)
+        )
         if _is_ip(model) or preprocessor_named(unit.module).clip:
             part = _ip_part(part, image, clip)
+        part.keep = _keeps(unit, model, params)
         prepared.append(part)
         if save_maps and unit.save_detected_map and part.ip is None and not _is_ip_module(unit):
             hint = part.hint(*size)
@@ -136,6 +152,28 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
     if not prepared:
         return None
     return JobControl(prepared, size, maps)
+
+
+def _keeps(unit: ControlUnit, model: Any, params: Any) -> bool:
+    """Whether an inpaint_only unit keeps its image outside its mask: a ControlNet unit in
+    a job without its own inpaint mask (that one keeps the area already)."""
+    module = preprocessor_named(unit.module)
+    return bool(module is not None and module.inpaint and model is not None
+                and getattr(params, "mask", None) is None and not _is_adapter(model)
+                and not _is_ip(model))  # fmt: skip
+
+
+def _union_index(unit: ControlUnit, index: int, model: Any) -> int | None:
+    """A ControlNet Union unit's mode index (None: not a union model)."""
+    modes = getattr(getattr(model, "config", None), "num_control_type", None)
+    if not modes or not hasattr(model, "task_embedding"):
+        return None
+    module = preprocessor_named(unit.module)
+    mode = unit_mode(unit.union_control_type, module.tags if module else ())
+    try:
+        return mode_index(mode, int(modes), index, unit.model_label, unit.module)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _is_adapter(model: Any) -> bool:
@@ -183,6 +221,16 @@ def _hint_tensor(hint: np.ndarray, rows: int, like: torch.Tensor) -> torch.Tenso
         color, mask = tensor[:, :3], (tensor[:, 3:4] > 0.5).float()
         tensor = color * (1 - mask) - mask
     return tensor.to(like.device, like.dtype).expand(rows, -1, -1, -1)
+
+
+def _cond_inputs(part: PreparedUnit, hint: torch.Tensor) -> dict[str, Any]:
+    """The hint as the model takes it; a union model also gets its mode (one-hot per row)."""
+    if part.union is None:
+        return {"controlnet_cond": hint}
+    modes = torch.zeros(hint.shape[0], part.model.config.num_control_type, device=hint.device,
+                        dtype=hint.dtype)  # fmt: skip
+    modes[:, part.union] = 1
+    return {"controlnet_cond": [hint], "control_type": modes, "control_type_idx": [part.union]}
 
 
 @torch.no_grad()
@@ -237,10 +285,10 @@ class _ControlState:
             if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
                 continue
             x = sample[:, : model.config.in_channels]
-            hint = _hint_tensor(part.hint(height, width), rows, x)
+            hint = _hint_tensor(part.hint(height, width), rows, x).to(model.dtype)
             down, mid = model(x.to(model.dtype), timestep, encoder_hidden_states=context.to(model.dtype),
-                              controlnet_cond=hint.to(model.dtype), conditioning_scale=1.0,
-                              added_cond_kwargs=added, return_dict=False)  # fmt: skip
+                              conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False,
+                              **_cond_inputs(part, hint))  # fmt: skip
             soft = unit.control_mode != "Balanced" or (hires and "canny" in unit.module)
             outputs = [*down, mid]
             scales = _scales(unit, len(outputs), soft)
@@ -295,9 +343,22 @@ class _ControlState:
                     args = ((context, tokens), *args[1:])
                 else:
                     kwargs["encoder_hidden_states"] = (context, tokens)
-            return original(sample, timestep, *args, **kwargs)
+            result = original(sample, timestep, *args, **kwargs)
+            return self.keep_unmasked(result, sample, timestep)
 
         return forward
+
+    def keep_unmasked(self, result: Any, sample: torch.Tensor, timestep: Any) -> Any:
+        """The UNet's result with the inpaint_only units' unmasked areas kept."""
+        keeping = [p for p in self.control.controlnets if p.keep and p.unit.weight > 0]
+        if not keeping:
+            return result
+        pred = result[0] if isinstance(result, tuple) else result.sample
+        pred = kept_prediction(keeping, self.pipe, sample, timestep, pred)
+        if isinstance(result, tuple):
+            return (pred, *result[1:])
+        result.sample = pred
+        return result
 
 
 @contextmanager

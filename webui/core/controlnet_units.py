@@ -36,6 +36,7 @@ from ..imaging.control_preprocessors import (
     preprocessor_named,
     refused_reason,
 )
+from .controlnet_union import UNION_NAMES, UNKNOWN
 from .errors import ParamError
 
 # (module name, RGB image, processor resolution, threshold a, threshold b) -> map
@@ -55,6 +56,7 @@ _ALIASES = {"input_image": "image", "mask_image": "mask", "guidance": "guidance_
             "lowvram": "low_vram"}  # fmt: skip
 
 
+# the extension's preprocessors this build refuses with a reason (not "unknown")
 class UnitError(ValueError):
     """A bad unit field: `loc` is (unit index, field)."""
 
@@ -84,6 +86,7 @@ class ControlUnit:
     model_path: str | None = None  # resolved by the service
     model_label: str = NO_MODEL  # "name [hash]" for the infotext
     clip_vision_path: str | None = None  # IP-Adapter units: the CLIP vision file (the service's)
+    union_control_type: str = UNKNOWN  # ControlNet Union's mode (core/controlnet_union.py)
 
     @property
     def active(self) -> bool:
@@ -169,6 +172,9 @@ def checked(unit: ControlUnit, index: int = 0) -> ControlUnit:
         "control_mode": _choice(index, "control_mode", unit.control_mode, CONTROL_MODES),
         "guidance_start": _number(index, "guidance_start", unit.guidance_start, 0.0, 1.0),
         "guidance_end": _number(index, "guidance_end", unit.guidance_end, 0.0, 1.0),
+        "union_control_type": _choice(
+            index, "union_control_type", unit.union_control_type, UNION_NAMES
+        ),
     }
     if changes["guidance_start"] > changes["guidance_end"]:
         raise UnitError(index, "guidance_start",

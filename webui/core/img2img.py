@@ -31,6 +31,7 @@ from ..imaging import masks as geometry
 from ..imaging.codec import prepare_mask, to_rgb
 from . import soft_blend
 from .conditioning import Conditioning
+from .controlnet_inpaint import kept_pixels
 from .decode import decode_latents
 from .faces import restored
 from .latents import (
@@ -182,6 +183,7 @@ def img2img(run: RunContext, params: Img2ImgParams) -> list[GeneratedImage]:
         for item, image, seed, subseed in zip(
             items, images, batch_seeds, batch_subseeds, strict=True
         ):
+            image = kept_pixels(run.control, image)  # ControlNet's inpaint_only (unmasked)
             image = restored(run, params, image)  # faces before the overlay
             final = image if job.composited else item.finish(image)
             results.append(finish_image(run, params, final, seed, job.fields, subseed))

@@ -30,6 +30,7 @@ from .. import __version__
 from ..imaging.infotext import build_infotext
 from ..model_manager.weight_storage import storage_fields
 from .controlnet import infotext as control_infotext
+from .controlnet_inpaint import kept_pixels
 from .decode import NanOutputError, decode_latents
 from .faces import face_fields, restored
 from .firstpass import first_pass_from_image, has_first_pass_image
@@ -124,6 +125,7 @@ def txt2img(run: RunContext, params: Txt2ImgParams) -> list[GeneratedImage]:
                                 choice=choice, on_step=on_step,
                                 first_images=given.images if given is not None else None)  # fmt: skip
         for image, seed, subseed in zip(images, batch_seeds, batch_subseeds, strict=True):
+            image = kept_pixels(run.control, image)  # ControlNet's inpaint_only (unmasked)
             image = restored(run, params, image)  # "Restore faces": before saving (A1111)
             results.append(finish_image(run, params, image, seed, fields, subseed))
     return results

@@ -46,6 +46,7 @@ class ArgCheck:
     resolve_checkpoint: Callable[[str], str]  # name or hash -> title; LookupError
     vae_names: Callable[[], list[str]]
     data_dir: Path
+    controlnet_dir: Path | None = None  # models/ControlNet (the X/Y/Z ControlNet axes)
 
 
 class ExtensionHost:
@@ -230,7 +231,9 @@ class ExtensionHost:
             names = getattr(vaes, "choices", None)
             return list(names()) if callable(names) else []
 
-        return ArgCheck(params, resolve_checkpoint, vae_names, self.data_dir)
+        controlnet = getattr(self.flags, "controlnet_dir", None)
+        controlnet_dir = Path(controlnet) if controlnet else None
+        return ArgCheck(params, resolve_checkpoint, vae_names, self.data_dir, controlnet_dir)
 
     def prepare(self, params: Any, *, script: str | None = None, script_args: Any = None,
                 alwayson: Mapping[str, Any] | None = None, tab: str | None = None) -> Any:  # fmt: skip

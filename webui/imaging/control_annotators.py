@@ -74,4 +74,6 @@ REFUSED: dict[str, str] = {
     "oneformer_coco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",
     "seg_ufade20k": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
     "segmentation": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
+    "inpaint_only+lama": "inpaint_only+lama needs the LaMa inpainting model (ControlNetLama.pth, "
+    "sd-webui-controlnet's annotator), which this build cannot run: use inpaint_only",
 }

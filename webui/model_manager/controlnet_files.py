@@ -7,6 +7,8 @@ A1111's legacy `model_hash` (sha256 of 64 KiB at offset 1 MiB, 8 hex digits), wh
 what sd-webui-controlnet shows (`control_v11p_sd15_canny [d14c016b]`). A request may name
 a model by that label or by the bare name. The cross-attention width read from a
 safetensors header tells the family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), for filtering.
+A ControlNet Union (`task_embedding` and `control_add_embedding.*` keys, or a
+`ControlNetUnionModel` folder) has `union_modes`, the number of its control modes.
 The keys tell the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
 `ip_adapter.*`; its width from `to_k_ip`) or a T2I-Adapter (TencentARC's `body.N.block1`
 / `conv_in`, or diffusers' `adapter.*`); a pickled file's kind comes from its name.
@@ -31,7 +33,7 @@ from pathlib import Path
 from ..errors import UserError
 from .sniff import HeaderError, read_header
 
-FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter")  # diffusers folders listed
+FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "ControlNetUnionModel")  # folders listed
 SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
 _WIDTH_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 _LABEL = re.compile(r"^(.*) \[([0-9a-fA-F]{8}|NOFILE)\]$")
@@ -44,6 +46,7 @@ class ControlNetFile:
     hash: str
     context_width: int | None  # cross-attention width; None: not read (.pth)
     kind: str = "controlnet"  # "controlnet", "ip-adapter" or "t2i-adapter"
+    union_modes: int = 0  # a ControlNet Union's control modes (its task embeddings); 0: none
 
     @property
     def label(self) -> str:
@@ -140,6 +143,34 @@ def _read_kind(path: Path) -> tuple[int | None, str]:
     return None, kind
 
 
+def union_modes(path: Path) -> int:
+    """How many control modes a ControlNet Union file (`task_embedding`,
+    `control_add_embedding.*` keys) or folder has (its config's `num_control_type`:
+    xinsir's configs name the class `ControlNetModel`, diffusers' `ControlNetUnionModel`);
+    0 for other models. For a folder, `path` is its weights (any of its files will do)."""
+    config = path.parent / "config.json"
+    if config.is_file() and _weights_of_folder(path.parent) is not None:
+        try:
+            values = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return 0
+        if not isinstance(values, dict):
+            return 0
+        if values.get("_class_name") == "ControlNetUnionModel" or "num_control_type" in values:
+            return int(values.get("num_control_type", 6))
+        return 0
+    if path.suffix != ".safetensors":
+        return 0
+    try:
+        shapes = read_header(path).shapes
+    except (HeaderError, OSError):
+        return 0
+    shape = shapes.get("task_embedding")
+    if shape and "control_add_embedding.linear_1.weight" in shapes:
+        return int(shape[0])
+    return 0
+
+
 def _context_width(path: Path) -> int | None:
     return _read_kind(path)[0]
 
@@ -157,9 +188,10 @@ def list_controlnets(folder: Path) -> dict[str, ControlNetFile]:
             weights = _weights_of_folder(path)
             if weights is not None:
                 found.append(ControlNetFile(path.name, path, legacy_hash(weights),
-                                            *_read_kind(weights)))  # fmt: skip
+                                            *_read_kind(weights), union_modes(weights)))  # fmt: skip
         elif path.suffix.lower() in SUFFIXES and _weights_of_folder(path.parent) is None:
-            found.append(ControlNetFile(path.stem, path, legacy_hash(path), *_read_kind(path)))
+            found.append(ControlNetFile(path.stem, path, legacy_hash(path), *_read_kind(path),
+                                        union_modes(path)))  # fmt: skip
     found.sort(key=lambda f: f.name.lower())
     return {f.label: f for f in found}
 

@@ -6,7 +6,9 @@
 - lllyasviel's layout (`control_model.*` or bare `input_blocks.*` keys, `.safetensors` or
   `.pth`): read with safetensors or the project's restricted unpickler
   (`loader._load_ckpt`), converted with diffusers' own `convert_controlnet_checkpoint`.
-- diffusers' layout as a single file: used as it is.
+- diffusers' layout as a single file: used as it is; a ControlNet Union (xinsir's
+  `task_embedding`, `control_add_embedding.*`, `transformer_layes.*` keys) as diffusers'
+  `ControlNetUnionModel`, its mode count and widths read from the tensors.
 - a diffusers folder (`config.json` + weights): `ControlNetModel.from_pretrained`, local.
 
 A single file's config is the checkpoint UNet's (a ControlNet copies its encoder: head
@@ -32,6 +34,7 @@ from .loader import _load_ckpt
 
 log = logging.getLogger(__name__)
 LDM_PREFIX = "control_model."
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _UNET_KEYS = ("attention_head_dim", "use_linear_projection", "addition_embed_type",
               "addition_time_embed_dim", "projection_class_embeddings_input_dim",
               "num_attention_heads", "upcast_attention", "only_cross_attention",
@@ -107,15 +110,38 @@ def config_from_tensors(state: dict[str, torch.Tensor], unet_config: dict) -> di
     return config
 
 
-def load_controlnet(path: Path, unet_config: dict) -> Any:
-    """A ControlNetModel (float32, CPU) from a file or a diffusers folder."""
-    from diffusers import ControlNetModel
+def union_config(state: dict[str, torch.Tensor]) -> dict:
+    """The ControlNetUnionModel part of a union file's config (xinsir's layout; the head
+    count is not in the tensors: xinsir's 8)."""
+    modes, channels = state["task_embedding"].shape
+    return {"num_control_type": modes, "num_trans_channel": channels,
+            "num_trans_layer": _count(state, "transformer_layes.{}."),
+            "num_proj_channel": state["spatial_ch_projs.weight"].shape[0],
+            "num_trans_head": 8}  # fmt: skip
 
+
+def _model_class(path: Path, state: dict | None) -> Any:
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    from .controlnet_files import union_modes
+
+    if state is not None:
+        return ControlNetUnionModel if "task_embedding" in state else ControlNetModel
+    return ControlNetUnionModel if union_modes(path / DIFFUSERS_WEIGHTS) else ControlNetModel
+
+
+def load_controlnet(path: Path, unet_config: dict) -> Any:
+    """A ControlNetModel (a ControlNetUnionModel for a union file; float32, CPU) from a
+    file or a diffusers folder."""
     try:
         if path.is_dir():
-            return ControlNetModel.from_pretrained(str(path), local_files_only=True)
+            return _model_class(path, None).from_pretrained(str(path), local_files_only=True)
         state = _to_diffusers(_read(path))
-        model = ControlNetModel.from_config(config_from_tensors(state, unet_config))
+        config = config_from_tensors(state, unet_config)
+        model_class = _model_class(path, state)
+        if "task_embedding" in state:
+            config.update(union_config(state))
+        model = model_class.from_config(config)
         model.load_state_dict(state, strict=True)
         return model
     except UserError:

@@ -6,7 +6,8 @@ with PIL images. `split_controlnet` takes it out of a request's always-on script
 `controlnet_fields` turns it into the params field `controlnet`: each unit read by
 `core.controlnet_units.unit_from_dict`, its images decoded (base64, or a `{"image",
 "mask"}` dict), its model resolved in `models/ControlNet` (an IP-Adapter unit: also its
-CLIP vision encoder in `models/clip_vision`, and the preprocessor and model of one kind).
+CLIP vision encoder in `models/clip_vision`, and the preprocessor and model of one kind;
+a ControlNet Union unit: a mode the model has, `core/controlnet_union.py`).
 A bad unit is a `RequestError` at ("alwayson_scripts", name, "args", index, field); so is
 an annotator preprocessor whose weights are missing from `models/ControlNet/annotators`
 when no download may be tried (HF_HUB_OFFLINE): otherwise the job downloads them.
@@ -23,12 +24,14 @@ from typing import Any
 
 from PIL import Image
 
+from ..core.controlnet_union import mode_index, serves, unit_mode
 from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
 from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
 from ..imaging.control_preprocessors import model_matches, preprocessor_named
 from ..model_manager.annotator_files import annotator_folder, missing_files, offline
 from ..model_manager.controlnet_files import (
+    ControlNetFile,
     find_clip_vision,
     find_controlnet,
     fits,
@@ -87,6 +90,13 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
         known = ", ".join(models) or f"none: put ControlNet models into {folder}"
         raise RequestError((*loc, "model"), f"model not found: {unit.model} (available: {known})")
     unit = replace(unit, model_path=str(found.path), model_label=found.label)
+    if found.union_modes:  # a ControlNet Union: the unit must say one of its modes
+        tags = preprocessor_named(unit.module).tags
+        try:
+            mode_index(unit_mode(unit.union_control_type, tags), found.union_modes, loc[-1],
+                       found.label, unit.module)  # fmt: skip
+        except ValueError as exc:
+            raise RequestError((*loc, "union_control_type"), str(exc)) from None
     clip = preprocessor_named(unit.module).clip
     if found.kind == "ip-adapter" and not clip:
         raise RequestError((*loc, "module"), f"{found.label} is an IP-Adapter: choose an "
@@ -150,10 +160,18 @@ def checkpoint_family(models: Any, title: str | None) -> str:
         return ""
 
 
+def listed_under(model: ControlNetFile, control_type: str, family: str = "") -> bool:
+    """Whether a model is listed under a control type: its words in the name, as the
+    extension filters ("t2ia", "ip_adapter", ...), or a ControlNet Union that has the
+    type's mode; and it fits the checkpoint family."""
+    of_type = model_matches(control_type, model.name) or (
+        model.union_modes > 0 and serves(control_type, model.union_modes)
+    )
+    return of_type and fits(model, family)
+
+
 def model_choices(folder: Path, control_type: str = "All", family: str = "") -> list[str]:
-    """ "None" and the labels of the models of a control type (its words in the name, as
-    the extension filters: "t2ia", "ip_adapter", ...) that fit the checkpoint family, as
-    the extension's model dropdown lists them."""
+    """ "None" and the labels of the models of a control type that fit the checkpoint
+    family, as the extension's model dropdown lists them (`listed_under`)."""
     models = list_controlnets(folder).values()
-    return [NO_MODEL, *(m.label for m in models
-                        if model_matches(control_type, m.name) and fits(m, family))]  # fmt: skip
+    return [NO_MODEL, *(m.label for m in models if listed_under(m, control_type, family))]

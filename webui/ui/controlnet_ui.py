@@ -8,9 +8,11 @@ tab's own image unless "Upload independent control image" is ticked), the contro
 the context's annotator cache, missing weights a message naming file and folder), model
 (with refresh; filtered by the checkpoint's family), weight, starting/ending control
 step, the preprocessor resolution and thresholds the preprocessor has (labels, ranges and
-defaults from it), control mode and resize mode. `controlnet_request` turns the values
-into the API's shape, `{"controlnet": {"args": [unit, ...]}}` with PIL images, which the
-generation service reads as for an API request. `paste_controls` / `paste_fill` let PNG Info and "send to" restore the units
+defaults from it), control mode and resize mode. A ControlNet Union model is listed under
+every control type it has a mode for, and the unit's control type picks its mode.
+`controlnet_request` turns the values into the API's shape, `{"controlnet": {"args":
+[unit, ...]}}` with PIL images, which the generation service reads as for an API request.
+`paste_controls` / `paste_fill` let PNG Info and "send to" restore the units
 from the `ControlNet N` infotext fields (not the images).
 
 This module must never import torch or diffusers.
@@ -25,6 +27,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from ..core.controlnet_union import mode_of_type
 from ..core.controlnet_units import (
     CONTROL_MODES,
     RESIZE_MODES,
@@ -199,6 +202,8 @@ def controlnet_request(v: dict[str, Any]) -> dict[str, Any]:
     n = 0
     while _key("enabled", n) in v:
         unit = {field: v[_key(field, n)] for field in FIELDS}
+        # the extension's hidden "Union Control Type": the mode of the chosen control type
+        unit["union_control_type"] = mode_of_type(str(v.get(_key("control_type", n), "All")))
         if _key("own_image", n) in v and not v[_key("own_image", n)]:
             unit["image"] = None  # img2img / Inpaint: the tab's image (and its mask)
             unit["mask"] = None

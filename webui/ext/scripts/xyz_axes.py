@@ -19,6 +19,7 @@ from ...core.params import MAX_SEED
 from ...core.sampler_params import BOUNDS
 from ...core.samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError, resolve
 from .common import expand_floats, expand_ints, split_values
+from .xyz_controlnet import controlnet_axes
 
 NOTHING = "Nothing"
 _LORA_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^>]*)?)>", re.IGNORECASE)
@@ -191,6 +192,8 @@ def build_axes(params_type: type) -> list[Axis]:
         axes.append(Axis("Shift", _floats(0.1, 30), lambda p, v: replace(p, shift=v)))
     for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
         axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
+    if "controlnet" in names:  # sd-webui-controlnet's axes, last (xyz_controlnet.py)
+        axes.extend(controlnet_axes(Axis))
     return axes
 
 

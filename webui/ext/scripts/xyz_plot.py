@@ -142,7 +142,10 @@ def run(script: Any, args: dict) -> list[Any]:
         if script.should_stop():
             break
         script.status(f"{TITLE}: {n + 1} of {len(order)} ({_describe(axes, index)})")
-        cells[index] = script.process(_cell_params(script.params, axes, index))
+        images = script.process(_cell_params(script.params, axes, index))
+        # the detected maps ControlNet units append (no infotext) stay out of the cells, as
+        # A1111's plot takes the generated images
+        cells[index] = [g for g in images if g.infotext]
     done = [imgs for imgs in cells.values() if imgs]
     if not done:
         return []
