@@ -4,21 +4,16 @@ header's family, and `<lora:name:w>` through the job queue."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests import tiny_flux_loras as loras
-from webui.context import build_context
 from webui.core.families import FLUX1
-from webui.core.params import Txt2ImgParams
 from webui.imaging.infotext import parse_infotext
 from webui.model_manager.sniff import read_header, sniff
 from webui.model_manager.tiny_flux import build_tiny_flux, save_all_in_one
-from webui.settings import parse_flags
 
 ALPHA = 2.0
 
@@ -109,27 +104,13 @@ def test_a_key_of_no_layer_is_a_message_naming_it():
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, lora_files):
     data = tmp_path_factory.mktemp("flux-lora-data")
-    (data / "models" / "Stable-diffusion").mkdir(parents=True)
-    (data / "models" / "Lora").mkdir(parents=True)
-    shutil.copy(lora_files["aio"], data / "models" / "Stable-diffusion")
-    for layout in ("kohya", "xlabs"):
-        shutil.copy(lora_files[layout], data / "models" / "Lora")
-    context = build_context(parse_flags(["--data-dir", str(data), "--no-download-sd-model"]))
+    files = [lora_files[layout] for layout in ("kohya", "xlabs")]
+    context = loras.lora_context(data, lora_files["aio"], files)
     yield context
     context.close()
 
 
-def _run(ctx, prompt: str):
-    params = Txt2ImgParams(prompt=prompt, steps=2, width=64, height=64, seed=7, cfg_scale=1,
-                           sampler_name="Euler", save_images=False).validated()  # fmt: skip
-    job = ctx.jobs.submit("txt2img", params, owner="test")
-    assert job.done.wait(300), "job did not finish"
-    assert job.state == "done", job.error
-    return job.result
-
-
-def _pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].image)
+_run, _pixels = loras.run_txt2img, loras.pixels
 
 
 def test_lora_tag_on_a_flux_job_weight_zero_and_removal(ctx):

@@ -107,7 +107,7 @@ def gguf_family(path: Path) -> str:
     except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
         log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
         return ""
-    return {"flux": "FLUX"}.get(str(architecture).lower(), "")
+    return {"flux": "FLUX", "sd3": "SD 3"}.get(str(architecture).lower(), "")
 
 
 def _any(keys: dict, *parts: str) -> bool:
@@ -154,6 +154,8 @@ def _lora(keys: dict, meta: dict) -> Sniffed | None:
             return Sniffed("lora", label)
     if _any(keys, "double_blocks", "single_blocks", "single_transformer_blocks"):
         return Sniffed("lora", "FLUX")
+    if _any(keys, "joint_blocks"):  # SD 3's MMDiT in Stability's names (kohya, ComfyUI)
+        return Sniffed("lora", "SD 3")
     if _any(keys, "lora_te2_", "te2_text_model"):
         return Sniffed("lora", "SDXL")
     for key, shape in keys.items():
