@@ -1,5 +1,7 @@
 """GGUF FLUX transformer files (city96's layout: Black Forest Labs' keys, Q8_0, Q5_K, Q4_K, ...
-tensors), kept quantized in memory and dequantized per layer at each call.
+tensors), kept quantized in memory and dequantized per layer at each call. city96's SD 3.5
+files (Stability's keys, `general.architecture` "sd3") go the same way with SD 3's class and
+converter (`sd3_files.build_transformer`).
 
 The file is read with diffusers' `load_gguf_checkpoint` (the `gguf` package): quantized
 tensors become diffusers' `GGUFParameter`s (the raw blocks and their quantization type),
@@ -16,6 +18,7 @@ This module must never touch the network, never import `webui.core` or a UI libr
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,24 +53,32 @@ def is_quantized(state: dict[str, Any]) -> bool:
     return any(hasattr(v, "quant_type") for v in state.values())
 
 
-def build_gguf_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
-    """A `FluxTransformer2DModel` whose quantized linear weights stay quantized."""
+def build_gguf_transformer(
+    config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype, *,
+    factory: Callable | None = None, convert: Callable | None = None,
+    label: str = "FLUX transformer",
+):  # fmt: skip
+    """A `FluxTransformer2DModel` whose quantized linear weights stay quantized; another
+    family's transformer with its `factory` (config -> empty model) and `convert`
+    (original names -> diffusers', splitting along rows: SD 3.5's, `sd3_files`)."""
     from diffusers import FluxTransformer2DModel
     from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
 
     from .flux_files import _empty, transformer_state
     from .identify import UnsupportedModelError
 
-    model = _empty(FluxTransformer2DModel.from_config, config)
-    width = config["num_attention_heads"] * config["attention_head_dim"]
-    converted = transformer_state(state, width)
+    model = _empty(factory or FluxTransformer2DModel.from_config, config)
+    if convert is None:
+        converted = transformer_state(
+            state, config["num_attention_heads"] * config["attention_head_dim"]
+        )
+    else:
+        converted = convert(state)
     _replace_with_gguf_linear(model, dtype, converted)
     wanted = set(model.state_dict())
     missing = sorted(wanted - set(converted))
     if missing:
-        raise UnsupportedModelError(
-            f"FLUX transformer: tensors missing ({', '.join(missing[:3])} ...)"
-        )
+        raise UnsupportedModelError(f"{label}: tensors missing ({', '.join(missing[:3])} ...)")
     for key in wanted:
         _set_tensor(model, key, converted[key], dtype)
     return model.eval().requires_grad_(False)

@@ -203,14 +203,16 @@ def save_gguf(pipe, path: Path, kquant: str | None = None) -> Path:
     return write_gguf(bfl_transformer_state(pipe.transformer), path, kquant)
 
 
-def write_gguf(state: dict[str, torch.Tensor], path: Path, kquant: str | None = None) -> Path:
+def write_gguf(state: dict[str, torch.Tensor], path: Path, kquant: str | None = None,
+               arch: str = "flux") -> Path:  # fmt: skip
     """A BFL-keyed transformer state as `save_gguf` writes it (also the benchmark's
-    full-width block stacks, `webui.bench.flux_memory`)."""
+    full-width block stacks, `webui.bench.flux_memory`; SD 3.5's Stability-keyed state
+    with `arch="sd3"`, as city96's SD 3.5 files)."""
     import gguf
     import numpy as np
     from gguf import quants
 
-    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     rng = np.random.default_rng(0)
     for name, tensor in state.items():
         array = tensor.float().numpy()
