@@ -194,9 +194,8 @@ def _steps_of(scheduler: Any) -> int:
 
 
 def _with_skipped(module, kwargs, output, slg: SkipLayerGuidance, state) -> Any:
-    """The output with the positive rows moved so that CFG adds scale x (cond - skipped)."""
-    import torch
-
+    """The output with the positive rows moved so that CFG adds scale x (cond - skipped).
+    (Tensor methods only: the services and the UI import this module, never torch.)"""
     half = kwargs["hidden_states"].shape[0] // 2
     inputs = {name: kwargs[name][half:] for name in
               ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections")}  # fmt: skip
@@ -207,9 +206,8 @@ def _with_skipped(module, kwargs, output, slg: SkipLayerGuidance, state) -> Any:
     finally:
         state["inner"] = False
     sample = output[0] if isinstance(output, tuple) else output.sample
-    uncond, cond = sample.chunk(2)
-    cond = cond + (cond - skipped) * (slg.scale / slg.cfg_scale)
-    guided_sample = torch.cat([uncond, cond])
+    guided_sample = sample.clone()  # (uncond, cond) rows: cond + (cond - skipped) x scale / cfg
+    guided_sample[half:] += (sample[half:] - skipped) * (slg.scale / slg.cfg_scale)
     if isinstance(output, tuple):
         return (guided_sample, *output[1:])
     output.sample = guided_sample
