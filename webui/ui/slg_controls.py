@@ -39,16 +39,15 @@ def add_slg_controls(named: Named, prefix: str) -> None:
     named.add("slg_scale", gr.Slider(
         label=SCALE, minimum=0, maximum=10, step=0.1, value=0, visible=False, info=SCALE_INFO,
         elem_id=f"{prefix}_slg_scale"))  # fmt: skip
-    with gr.Row():
-        named.add("slg_layers", gr.Textbox(
-            label=LAYERS, value=", ".join(map(str, slg.DEFAULT_LAYERS)), visible=False,
-            elem_id=f"{prefix}_slg_layers"))  # fmt: skip
-        named.add("slg_start", gr.Slider(
-            label=START, minimum=0, maximum=1, step=0.01, value=slg.DEFAULT_START,
-            visible=False, elem_id=f"{prefix}_slg_start"))  # fmt: skip
-        named.add("slg_stop", gr.Slider(
-            label=STOP, minimum=0, maximum=1, step=0.01, value=slg.DEFAULT_STOP,
-            visible=False, elem_id=f"{prefix}_slg_stop"))  # fmt: skip
+    named.add("slg_layers", gr.Textbox(
+        label=LAYERS, value=", ".join(map(str, slg.DEFAULT_LAYERS)), visible=False,
+        elem_id=f"{prefix}_slg_layers"))  # fmt: skip
+    named.add("slg_start", gr.Slider(
+        label=START, minimum=0, maximum=1, step=0.01, value=slg.DEFAULT_START,
+        visible=False, elem_id=f"{prefix}_slg_start"))  # fmt: skip
+    named.add("slg_stop", gr.Slider(
+        label=STOP, minimum=0, maximum=1, step=0.01, value=slg.DEFAULT_STOP,
+        visible=False, elem_id=f"{prefix}_slg_stop"))  # fmt: skip
 
 
 def slg_fields(values: dict[str, Any]) -> dict[str, Any]:
