@@ -25,13 +25,17 @@ from webui.model_manager.tiny_flux import bfl_transformer_state
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def bfl_pairs(transformer, *, rank=4, seed=3, scale=0.2) -> dict[str, tuple[torch.Tensor, ...]]:
-    """A random (down, up) pair on every linear layer of the transformer, BFL-named."""
-    shapes = {k: v.shape for k, v in bfl_transformer_state(transformer).items()}
+def bfl_pairs(transformer, *, rank=4, seed=3, scale=0.2, names=None,
+              original=bfl_transformer_state) -> dict[str, tuple[torch.Tensor, ...]]:  # fmt: skip
+    """A random (down, up) pair on every linear layer of the transformer, BFL-named (or on
+    `names`, with the weights in the original names from `original`: SD 3.5's)."""
+    shapes = {k: v.shape for k, v in original(transformer).items()}
     gen = torch.Generator().manual_seed(seed)
     config = transformer.config
+    if names is None:
+        names = bfl_module_names(config.num_layers, config.num_single_layers)
     pairs = {}
-    for name in bfl_module_names(config.num_layers, config.num_single_layers):
+    for name in names:
         if f"{name}.weight" not in shapes or (name.startswith("guidance_in") and not config.guidance_embeds):  # fmt: skip
             continue
         out_features, in_features = shapes[f"{name}.weight"]
@@ -40,19 +44,25 @@ def bfl_pairs(transformer, *, rank=4, seed=3, scale=0.2) -> dict[str, tuple[torc
     return pairs
 
 
-def write_kohya(path: Path, pairs: dict, *, alpha: float = 2.0, text_encoder=None) -> Path:
+def write_kohya(path: Path, pairs: dict, *, alpha: float = 2.0, text_encoder=None,
+                text_encoders=None) -> Path:  # fmt: skip
+    """kohya's names; `text_encoder` gets `lora_te1_` keys on its first layer, or each of
+    `text_encoders` (prefix -> encoder: SD 3.5's `lora_te1_`, `lora_te2_`) its prefix's."""
     state = {}
     for name, (down, up) in pairs.items():
         key = "lora_unet_" + name.replace(".", "_")
         state[f"{key}.lora_down.weight"] = down
         state[f"{key}.lora_up.weight"] = up
         state[f"{key}.alpha"] = torch.tensor(alpha)
+    encoders = dict(text_encoders or {})
     if text_encoder is not None:
-        gen = torch.Generator().manual_seed(9)
-        for name, module in text_encoder.named_modules():
+        encoders["lora_te1_"] = text_encoder
+    gen = torch.Generator().manual_seed(9)
+    for prefix, encoder in encoders.items():
+        for name, module in encoder.named_modules():
             if name.endswith(TE_TARGETS) and "layers.0." in name:
                 flat = name if name.startswith("text_model.") else f"text_model.{name}"
-                key = "lora_te1_" + flat.replace(".", "_")
+                key = prefix + flat.replace(".", "_")
                 state[f"{key}.lora_down.weight"] = torch.randn(4, module.in_features, generator=gen) * 0.5  # fmt: skip
                 state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, 4, generator=gen) * 0.5  # fmt: skip
     save_file(state, str(path), metadata={"ss_network_module": "networks.lora_flux"})
@@ -96,13 +106,25 @@ def write_xlabs(path: Path, transformer, *, rank=4, seed=5, scale=0.2) -> Path:
     return path
 
 
-def merged_transformer(transformer, pairs: dict, *, alpha: float | None = None):
+def merged_transformer(transformer, pairs: dict, *, alpha: float | None = None,
+                       original=bfl_transformer_state, build=None):  # fmt: skip
     """A copy of `transformer` with each pair's delta (up @ down, times alpha / rank)
-    added to its BFL weight: what a LoRA of weight 1 must compute."""
+    added to its BFL weight (or `original`'s, built back by `build`: SD 3.5's): what a
+    LoRA of weight 1 must compute."""
     from webui.model_manager import flux_files
 
-    state = bfl_transformer_state(transformer)
+    state = original(transformer)
     for name, (down, up) in pairs.items():
         factor = alpha / down.shape[0] if alpha is not None else 1.0
         state[f"{name}.weight"] = state[f"{name}.weight"] + factor * (up @ down)
-    return flux_files.build_transformer(dict(transformer.config), state, torch.float32)
+    build = build or flux_files.build_transformer
+    return build(dict(transformer.config), state, torch.float32)
+
+
+def stability_pairs(pipe) -> dict[str, tuple[torch.Tensor, ...]]:
+    """`bfl_pairs` on every layer of a tiny SD 3.5 MMDiT a LoRA targets, Stability-named."""
+    from webui.model_manager.sd3_lora import layer_names
+    from webui.model_manager.tiny_sd3 import stability_transformer_state
+
+    names = layer_names(dict(pipe.transformer.config))
+    return bfl_pairs(pipe.transformer, names=names, original=stability_transformer_state)

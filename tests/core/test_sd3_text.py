@@ -1,7 +1,8 @@
 """SD 3.5 prompts (`webui.core.sd3_text`): a plain prompt is what diffusers' own
 `encode_prompt` gives; emphasis reaches CLIP and T5; long prompts take more CLIP chunks;
 prompt editing switches the transformer's inputs at its step, with CFG's negative rows
-first; AND is refused. And the 16-channel latent preview."""
+first; AND is refused; without T5 its part is zeros, as in diffusers. And the 16-channel
+latent preview."""
 
 from __future__ import annotations
 
@@ -57,14 +58,21 @@ def test_and_is_refused_with_a_message(pipe):
         _encode(pipe, "a cat AND a dog")
 
 
-def test_a_model_without_t5_is_a_message(pipe):
+def test_a_model_without_t5_reads_zeros_as_diffusers_does(pipe):
     from diffusers import StableDiffusion3Pipeline
 
     without = StableDiffusion3Pipeline(**{**pipe.components, "text_encoder_3": None,
                                           "tokenizer_3": None})  # fmt: skip
     assert SD3.spec_from_pipeline(without).text_encoders[1]["hidden_size"] == 64
-    with pytest.raises(UserError, match="no T5-XXL text encoder"):
-        _encode(without, "a cat")
+    ours = _encode(without, "a cat", "blurry").pipeline_kwargs()
+    embeds, negative, pooled, _ = without.encode_prompt(
+        "a cat", None, None, negative_prompt="blurry", do_classifier_free_guidance=True
+    )  # fmt: skip
+    assert ours["prompt_embeds"].shape == (1, 77 + 256, T5_WIDTH)
+    assert not ours["prompt_embeds"][:, 77:].any()  # T5's part: zeros
+    assert torch.allclose(ours["prompt_embeds"], embeds, atol=1e-5)
+    assert torch.allclose(ours["negative_prompt_embeds"], negative, atol=1e-5)
+    assert torch.allclose(ours["pooled_prompt_embeds"], pooled, atol=1e-5)
 
 
 def test_prompt_editing_switches_the_transformers_inputs_with_cfg_rows(pipe):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from .. import __version__
+from ..core import skip_layer_guidance as slg
 from ..core.jobs import Job
 from ..core.params import Txt2ImgParams
 from ..core.sampler_params import INFOTEXT_FIELDS as SAMPLER_INFOTEXT_FIELDS
@@ -77,6 +78,7 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Hires checkpoint": "hr_checkpoint_name",
     "Distilled CFG Scale": "distilled_cfg_scale",  # Forge's FLUX guidance
     "Shift": "shift",  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
+    **slg.INFOTEXT_FIELDS,  # SD 3.5's Skip Layer Guidance
 }
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
@@ -147,8 +149,22 @@ def txt2img_request(req: Txt2ImgRequest, owner: str, upscalers: Upscalers) -> Ge
         **refiner_fields(req),
         distilled_cfg_scale=_value(req, "distilled_cfg_scale"),  # FLUX (Forge's field)
         shift=_value(req, "shift"),  # SD 3.5, FLUX.1, Z-Image
+        **skip_layer_guidance_fields(req),  # SD 3.5
     )
     return generation_request("txt2img", req, params, owner)
+
+
+def skip_layer_guidance_fields(req: Any) -> dict[str, Any]:
+    """SD 3.5's Skip Layer Guidance fields; a layer list that cannot be read is a FieldError."""
+    layers = _value(req, "skip_guidance_layers")
+    try:
+        layers = slg.DEFAULT_LAYERS if layers is None else slg.parse_layers(layers)
+    except slg.LayersError as exc:
+        raise FieldError(("skip_guidance_layers",), str(exc)) from None
+    return {"skip_layer_guidance_scale": _value(req, "skip_layer_guidance_scale"),
+            "skip_guidance_layers": layers,
+            "skip_layer_guidance_start": _value(req, "skip_layer_guidance_start"),
+            "skip_layer_guidance_stop": _value(req, "skip_layer_guidance_stop")}  # fmt: skip
 
 
 def seed_fields(req: Any) -> dict[str, Any]:

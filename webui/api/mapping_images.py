@@ -143,6 +143,7 @@ def img2img_request(req: Img2ImgRequest, owner: str) -> GenerationRequest:
         **mapping.refiner_fields(req),
         distilled_cfg_scale=_v(req, "distilled_cfg_scale"),  # FLUX (Forge's field)
         shift=_v(req, "shift"),  # SD 3.5, FLUX.1, Z-Image
+        **mapping.skip_layer_guidance_fields(req),  # SD 3.5
     )
     return mapping.generation_request("img2img", req, params, owner)
 

@@ -64,6 +64,11 @@ class ProcessingAPIBase(BaseModel):
     infotext: str | None = None
     distilled_cfg_scale: float | None = 3.5  # Forge: FLUX's guidance ("Distilled CFG Scale")
     shift: float | None = None  # flow-matching shift: SD 3.5, FLUX.1, Z-Image (None: the model's)
+    # SD 3.5's Skip Layer Guidance (diffusers' names; scale 0: off; layers "7,8,9" or a list)
+    skip_layer_guidance_scale: float | None = 0.0
+    skip_guidance_layers: list[int] | str | int | None = None  # None: 7, 8, 9 (ComfyUI's)
+    skip_layer_guidance_start: float | None = 0.01
+    skip_layer_guidance_stop: float | None = 0.15
 
 
 class StableDiffusionTxt2ImgProcessingAPI(ProcessingAPIBase):

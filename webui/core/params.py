@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ..imaging.face_restorer_list import FaceRestorerRef
+from . import skip_layer_guidance as slg
 from .controlnet_units import ControlUnit, check_units
 from .errors import ParamError
 from .params_detailer import SAME_SCHEDULER, DetailerUnit, UnitError, unit_from_dict
@@ -81,6 +82,11 @@ class Txt2ImgParams:
     # the flow-matching shift of SD 3.5, FLUX.1 and Z-Image (None: the model's own; other
     # families refuse a set one: core/flow_shift.py)
     shift: float | None = None
+    # SD 3.5's Skip Layer Guidance (core/skip_layer_guidance.py; scale 0: off), diffusers' names
+    skip_layer_guidance_scale: float = 0.0
+    skip_guidance_layers: tuple[int, ...] = slg.DEFAULT_LAYERS
+    skip_layer_guidance_start: float = slg.DEFAULT_START
+    skip_layer_guidance_stop: float = slg.DEFAULT_STOP
 
     def validated(self) -> Txt2ImgParams:
         """Check every field; raise ParamError naming the first bad one."""
@@ -107,6 +113,9 @@ class Txt2ImgParams:
         if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int | float)
                                   or not (math.isfinite(shift) and 0 < shift <= 30)):  # fmt: skip
             raise ParamError("shift", f"must be above 0 and at most 30, got {shift!r}")
+        problem = slg.check(self)
+        if problem is not None:
+            raise ParamError(*problem)
         self._check_variation()
         self._check_sampler()
         if not isinstance(self.tiling, bool):

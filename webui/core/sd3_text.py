@@ -8,7 +8,9 @@
   pooled vector is CLIP-L's and CLIP-G's of the first chunk, concatenated.
 - T5-XXL reads the whole text (BREAK left out) with emphasis, 256 tokens
   (`max_sequence_length`), through `flux_text.FluxPromptEncoder`'s T5 path; its sequence
-  follows the CLIP chunks: (1, 77 * chunks + 256, width).
+  follows the CLIP chunks: (1, 77 * chunks + 256, width). A model loaded without T5
+  (`pipe.text_encoder_3` None: no T5 module chosen, none in the file) gets zeros there,
+  as diffusers' pipeline does with `text_encoder_3=None`.
 - Prompt editing `[a:b:0.5]` and alternation `[a|b]`: `follow_schedule` swaps each step's
   encoding into the transformer's inputs (a forward pre-hook); with CFG the pipeline calls
   the transformer once on the negative and positive rows together.
@@ -43,6 +45,11 @@ class SD3PromptEncoder(PromptEncoder):
         t5 = SimpleNamespace(tokenizer_2=pipe.tokenizer_3, text_encoder_2=pipe.text_encoder_3)
         self._t5_encoder = FluxPromptEncoder(t5, T5_LENGTH)
         self._t5_cache: dict[str, torch.Tensor] = {}
+        # without T5 (no T5 file chosen, none in the checkpoint): zeros, as diffusers' pipeline
+        # with text_encoder_3=None
+        self._no_t5 = None
+        if pipe.text_encoder_3 is None:
+            self._no_t5 = torch.zeros(1, T5_LENGTH, pipe.transformer.config.joint_attention_dim)
 
     @torch.inference_mode()
     def _encode(self, text: str) -> Encoded:
@@ -55,6 +62,8 @@ class SD3PromptEncoder(PromptEncoder):
         return Encoded(torch.cat(parts, dim=-1), torch.cat(pooled, dim=-1))
 
     def t5(self, text: str) -> torch.Tensor:
+        if self._no_t5 is not None:
+            return self._no_t5
         if text not in self._t5_cache:
             self._t5_cache[text] = self._t5_encoder._t5(parse_attention(text))
         return self._t5_cache[text]
@@ -65,13 +74,11 @@ def sd3_conditioning(
     steps: int, embeddings: Any = None, fields: tuple[str, str],
 ) -> Conditioning:  # fmt: skip
     """A job's prompt and negative prompt for every step (schedules, emphasis, chunks)."""
-    if getattr(pipe, "text_encoder_3", None) is None:  # a diffusers folder saved without it
-        raise UserError("this SD 3.5 model has no T5-XXL text encoder, which prompts need here")
     encoder = SD3PromptEncoder(pipe, family, clip_skip, embeddings)
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: len(encoder.chunks(text)),
                   fields=fields)  # fmt: skip
-    prompt, _ = extract_extra_networks(prompt)
-    negative, _ = extract_extra_networks(negative)
+    # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
+    prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
     if len(split_and(prompt)) > 1:
         raise UserError("AND (composable prompts) is not available for SD 3.5 models yet")
     schedules, texts = [], []

@@ -1,6 +1,8 @@
 """GGUF transformer files (city96's FLUX files: Black Forest Labs' keys; ComfyUI-GGUF's Z-Image
 files, architecture "lumina2": ComfyUI's keys; Q8_0, Q5_K, Q4_K, ... tensors), kept quantized
-in memory and dequantized per layer at each call.
+in memory and dequantized per layer at each call. city96's SD 3.5 files (Stability's keys,
+`general.architecture` "sd3") go the same way with SD 3's class and converter
+(`sd3_files.build_transformer`).
 
 The file is read with diffusers' `load_gguf_checkpoint` (the `gguf` package): quantized
 tensors become diffusers' `GGUFParameter`s (the raw blocks and their quantization type),
@@ -18,6 +20,7 @@ This module must never touch the network, never import `webui.core` or a UI libr
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,22 +55,33 @@ def is_quantized(state: dict[str, Any]) -> bool:
     return any(hasattr(v, "quant_type") for v in state.values())
 
 
-def build_gguf_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
-    """A `FluxTransformer2DModel` whose quantized linear weights stay quantized."""
+def build_gguf_transformer(
+    config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype, *,
+    factory: Callable | None = None, convert: Callable | None = None,
+    label: str = "FLUX transformer",
+):  # fmt: skip
+    """A `FluxTransformer2DModel` whose quantized linear weights stay quantized; another
+    family's transformer with its `factory` (config -> empty model) and `convert`
+    (original names -> diffusers', splitting along rows: SD 3.5's, `sd3_files`)."""
     from diffusers import FluxTransformer2DModel
 
     from .flux_files import _empty, transformer_state
 
-    model = _empty(FluxTransformer2DModel.from_config, config)
-    width = config["num_attention_heads"] * config["attention_head_dim"]
-    return quantized_model(model, transformer_state(state, width), dtype, "FLUX transformer")
+    model = _empty(factory or FluxTransformer2DModel.from_config, config)
+    if convert is None:
+        converted = transformer_state(
+            state, config["num_attention_heads"] * config["attention_head_dim"]
+        )
+    else:
+        converted = convert(state)
+    return quantized_model(model, converted, dtype, label)
 
 
 def quantized_model(model, converted: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
     """`model` (built without weights) given `converted` (a GGUF file's tensors in the
     model's names): every linear layer with a quantized weight becomes a `GGUFLinear`
     keeping it quantized; any other quantized tensor (a pad token a converter quantized) is
-    dequantized, and the rest cast to `dtype`. FLUX's and Z-Image's transformers."""
+    dequantized, and the rest cast to `dtype`. FLUX's, SD 3.5's and Z-Image's transformers."""
     from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
 
     from .identify import UnsupportedModelError

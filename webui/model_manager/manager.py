@@ -234,6 +234,11 @@ class ModelManager:
             return family.schnell_shift
         return shift
 
+    def skip_layer_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint's family runs Skip Layer Guidance (SD 3.5), read from its
+        header or its folder's model_index.json."""
+        return bool(getattr(self._family_of(info), "skip_layer_guidance", False))
+
     def family_preset(self, info: CheckpointInfo) -> dict:
         """The defaults of the checkpoint's family (its `preset`: Z-Image Turbo's steps, CFG
         scale, sampler and schedule) from its header or its folder's model_index.json;

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .flux_files import _assign, _empty, _in_dtype, build_t5, read_state
-from .identify import Shapes
+from .identify import Shapes, UnsupportedModelError
 from .sd3_keys import clip_config, t5_config, vae_config
 
 if TYPE_CHECKING:
@@ -31,10 +31,24 @@ __all__ = ["build_component", "build_transformer", "read_state"]
 
 
 def build_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
-    """The MMDiT from Stability's key names (prefix removed)."""
+    """The MMDiT from Stability's key names (prefix removed); a GGUF file's quantized
+    weights stay quantized (`flux_gguf`), fp8 ones fp8 (`weight_storage.keep_fp8`)."""
     from diffusers import SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
+    from . import flux_gguf
+
+    if "scaled_fp8" in state or any(key.endswith(".scale_weight") for key in state):
+        raise UnsupportedModelError(
+            "SD 3 transformer: ComfyUI's scaled fp8 files (fp8_scaled: a scale per weight) "
+            "are not supported; use a plain fp8_e4m3fn, fp16/bf16 or GGUF file"
+        )
+    if flux_gguf.is_quantized(state):  # city96's GGUF: the weights stay quantized
+        return flux_gguf.build_gguf_transformer(
+            config, state, dtype, factory=SD3Transformer2DModel.from_config,
+            convert=lambda s: convert_sd3_transformer_checkpoint_to_diffusers(dict(s)),
+            label="SD 3 transformer",
+        )  # fmt: skip
     model = _empty(SD3Transformer2DModel.from_config, config)
     converted = convert_sd3_transformer_checkpoint_to_diffusers(dict(state))
     _assign(model, converted, "SD 3 transformer")

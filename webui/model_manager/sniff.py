@@ -112,7 +112,7 @@ def gguf_family(path: Path) -> str:
     except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
         log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
         return ""
-    return {"flux": "FLUX"}.get(architecture, "")
+    return {"flux": "FLUX", "sd3": "SD 3"}.get(str(architecture).lower(), "")
 
 
 def _any(keys: dict, *parts: str) -> bool:
@@ -164,6 +164,8 @@ def _lora(keys: dict, meta: dict) -> Sniffed | None:
         and _any(keys, "layers.", "layers_")
     ):  # Z-Image's transformer (diffusers', kohya's or ComfyUI's names)
         return Sniffed("lora", "Z-Image")
+    if _any(keys, "joint_blocks"):  # SD 3's MMDiT in Stability's names (kohya, ComfyUI)
+        return Sniffed("lora", "SD 3")
     if _any(keys, "lora_te2_", "te2_text_model"):
         return Sniffed("lora", "SDXL")
     for key, shape in keys.items():

@@ -206,8 +206,9 @@ def save_gguf(pipe, path: Path, kquant: str | None = None) -> Path:
 def write_gguf(state: dict[str, torch.Tensor], path: Path, kquant: str | None = None,
                arch: str = "flux") -> Path:  # fmt: skip
     """A BFL-keyed transformer state as `save_gguf` writes it (also the benchmark's
-    full-width block stacks, `webui.bench.flux_memory`, and Z-Image's ComfyUI-keyed
-    transformer with `arch` "lumina2", `tiny_zimage.save_gguf`)."""
+    full-width block stacks, `webui.bench.flux_memory`; Z-Image's ComfyUI-keyed transformer
+    with `arch` "lumina2", `tiny_zimage.save_gguf`; SD 3.5's Stability-keyed state with
+    `arch="sd3"`, as city96's SD 3.5 files)."""
     import gguf
     import numpy as np
     from gguf import quants

@@ -26,11 +26,14 @@ from safetensors.torch import save_file
 
 from .ldm_keys import vae_to_ldm
 from .sd3_keys import (
+    BLOCK_NAMES,
     CLIP_G_PREFIX,
     CLIP_L_PREFIX,
     DIFFUSION_PREFIX,
+    QKV_NAMES,
     SD3_SCHEDULER,
     T5_PREFIX,
+    TOP_NAMES,
     VAE_PREFIX,
     VAE_SCALING,
     VAE_SHIFT,
@@ -91,36 +94,6 @@ def build_tiny_sd3(seed: int = 0, medium: bool = False, positions: int = 16):
 
 
 # --- diffusers names -> Stability's ----------------------------------------------------
-_TOP = {  # diffusers -> Stability, outside the blocks
-    "pos_embed.proj": "x_embedder.proj",
-    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
-    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
-    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
-    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
-    "context_embedder": "context_embedder",
-    "proj_out": "final_layer.linear",
-}
-_BLOCK = {  # inside transformer_blocks.N -> joint_blocks.N
-    "attn.norm_q": "x_block.attn.ln_q",
-    "attn.norm_k": "x_block.attn.ln_k",
-    "attn.norm_added_q": "context_block.attn.ln_q",
-    "attn.norm_added_k": "context_block.attn.ln_k",
-    "attn.to_out.0": "x_block.attn.proj",
-    "attn.to_add_out": "context_block.attn.proj",
-    "attn2.norm_q": "x_block.attn2.ln_q",
-    "attn2.norm_k": "x_block.attn2.ln_k",
-    "attn2.to_out.0": "x_block.attn2.proj",
-    "norm1.linear": "x_block.adaLN_modulation.1",
-    "norm1_context.linear": "context_block.adaLN_modulation.1",
-    "ff.net.0.proj": "x_block.mlp.fc1",
-    "ff.net.2": "x_block.mlp.fc2",
-    "ff_context.net.0.proj": "context_block.mlp.fc1",
-    "ff_context.net.2": "context_block.mlp.fc2",
-}
-_QKV = {"attn.to_": "x_block.attn.qkv", "attn.add_": "context_block.attn.qkv",
-        "attn2.to_": "x_block.attn2.qkv"}  # fmt: skip
-
-
 def _swap(weight: torch.Tensor) -> torch.Tensor:
     first, second = weight.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
@@ -135,12 +108,12 @@ def stability_transformer_state(transformer) -> dict[str, torch.Tensor]:
     for i in range(transformer.config.num_layers):
         src, dst = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
         for kind in ("weight", "bias"):
-            for fused_src, fused_dst in _QKV.items():
+            for fused_src, fused_dst in QKV_NAMES.items():
                 names = [f"{src}{fused_src}{x}.{kind}" if fused_src != "attn.add_"
                          else f"{src}attn.add_{x}_proj.{kind}" for x in "qkv"]  # fmt: skip
                 if names[0] in state:
                     out[f"{dst}{fused_dst}.{kind}"] = torch.cat([state.pop(n) for n in names])
-        for old, new in _BLOCK.items():
+        for old, new in BLOCK_NAMES.items():
             for key in [k for k in state if k.startswith(src + old + ".")]:
                 value = state.pop(key)
                 if i == last and old == "norm1_context.linear":
@@ -148,7 +121,7 @@ def stability_transformer_state(transformer) -> dict[str, torch.Tensor]:
                 out[dst + new + key[len(src + old) :]] = value
     for kind in ("weight", "bias"):
         out[f"final_layer.adaLN_modulation.1.{kind}"] = _swap(state.pop(f"norm_out.linear.{kind}"))
-    for old, new in _TOP.items():
+    for old, new in TOP_NAMES.items():
         for kind in ("weight", "bias"):
             out[f"{new}.{kind}"] = state.pop(f"{old}.{kind}")
     if state:

@@ -25,6 +25,8 @@ import torch
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _COMPONENTS = (("transformer", "transformer"), ("text_encoder_2", "t5xxl"),
                ("text_encoder", "clip_l"), ("vae", "vae"))  # fmt: skip
+_SD3_COMPONENTS = (("transformer", "transformer"), ("text_encoder_3", "t5xxl"),
+                   ("text_encoder", "clip_l"), ("text_encoder_2", "clip_g"), ("vae", "vae"))  # fmt: skip
 
 
 def has_fp8(model: torch.nn.Module) -> bool:
@@ -61,6 +63,9 @@ def keep_fp8(
             if param.dtype != compute and param.is_floating_point():
                 module._parameters[name] = torch.nn.Parameter(param.to(compute),
                                                               requires_grad=False)  # fmt: skip
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.dtype in FP8_DTYPES:  # SD 3's position embedding: added, not multiplied
+                module._buffers[name] = buffer.to(compute)
     return model.eval()
 
 
@@ -86,7 +91,8 @@ def storage_fields(pipe: Any) -> dict[str, str]:
     text encoder is "qwen3"), for the components not stored in the compute dtype; {} when
     all are."""
     parts = []
-    for attribute, label in _COMPONENTS:
+    sd3 = "text_encoder_3" in getattr(pipe, "components", {})  # SD 3.5: T5 is the third
+    for attribute, label in _SD3_COMPONENTS if sd3 else _COMPONENTS:
         component = getattr(pipe, attribute, None)
         if isinstance(component, torch.nn.Module):
             found = storage(component)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..core import skip_layer_guidance as slg
 from ..core.flow_shift import no_shift_message
 from ..core.jobs import Job, JobQueue
 from ..core.params import ParamError, Txt2ImgParams
@@ -203,6 +204,8 @@ class GenerationService:
                 raise RequestError(loc, problem)
         if getattr(params, "shift", None) is not None and self.models.flow_shift(info) is None:
             raise RequestError(("shift",), no_shift_message(info.name))
+        if slg.requested(params) and not self.models.skip_layer_guidance(info):
+            raise RequestError(("skip_layer_guidance_scale",), slg.not_for_message(info.name))
 
     def scripts(self, kind: str) -> list[str]:
         """Titles of the scripts a request of `kind` may choose (what GET /scripts lists)."""

@@ -51,6 +51,10 @@ class Models(Protocol):
         one), else None: the checkpoint takes no shift (header only)."""
         ...
 
+    def skip_layer_guidance(self, info: CheckpointInfo) -> bool:
+        """Whether the checkpoint's family runs Skip Layer Guidance (SD 3.5; header only)."""
+        ...
+
     def family_preset(self, info: CheckpointInfo) -> dict:
         """The generation defaults the checkpoint's family asks for when it is chosen
         (Z-Image Turbo: steps, CFG scale, sampler, schedule), read from its header or its

@@ -42,6 +42,7 @@ from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
 from .sd3_controls import SHIFT_INFO, shift_value, wire_shift_controls
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
+from .slg_controls import add_slg_controls, slg_fields, wire_slg_controls
 from .speed_controls import add_speed_controls, speed_overrides
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
     wire_seed_buttons(named, last_seed, last_subseed)
     wire_guidance_controls(ctx, checkpoint, named)
     wire_shift_controls(ctx, checkpoint, named)  # SD 3.5, FLUX.1, Z-Image
+    wire_slg_controls(ctx, checkpoint, named)  # SD 3.5
     return GenerationTab(named, output, extra=buttons, runs=runs)
 
 
@@ -202,6 +204,7 @@ def _settings(named: Named, spec: TabSpec) -> None:
     named.add("shift", gr.Slider(  # the flow-matching shift: shown for such checkpoints
         label="Shift", minimum=0, maximum=30, step=0.05, value=0, visible=False,
         info=SHIFT_INFO, elem_id=f"{prefix}_shift"))  # fmt: skip
+    add_slg_controls(named, prefix)  # SD 3.5's Skip Layer Guidance: shown for such checkpoints
     if spec.resize:
         named.add("denoising", gr.Slider(
             label="Denoising strength", minimum=0, maximum=1, step=0.01, value=spec.denoising,
@@ -282,6 +285,7 @@ def common_fields(v: dict[str, Any], image_size: tuple[int, int] | None = None) 
         cfg_scale=float(v["cfg"]),
         distilled_cfg_scale=float(v.get("distilled_cfg", 3.5)),  # FLUX (Forge's slider)
         shift=shift_value(v.get("shift")),  # SD 3.5, FLUX.1, Z-Image (0: the model's)
+        **slg_fields(v),  # SD 3.5's Skip Layer Guidance
         width=width,
         height=height,
         **seed_fields(v),

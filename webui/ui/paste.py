@@ -26,6 +26,7 @@ import gradio as gr
 from ..core.samplers import SAMPLERS, SCHEDULE_TYPES
 from ..imaging.infotext import parse_infotext
 from . import controlnet_ui as cn_ui
+from . import slg_controls as slg_ui
 from . import soft_inpainting_ui as soft_ui
 from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
@@ -84,6 +85,7 @@ FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Hires checkpoint", "Hires checkpoint", ("txt2img",)),
     ("Distilled CFG Scale", "Distilled CFG Scale", TARGETS),  # FLUX (Forge's field)
     ("Shift", "Shift", TARGETS),  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
+    *((key, label, TARGETS) for key, label in slg_ui.PASTE_ROWS),  # SD 3.5's SLG
 )
 HIRES_ENABLE = "Enable hires. fix"
 _HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
@@ -242,6 +244,7 @@ def fill(fields: dict, controls: dict[str, Any], tab: str, notes: list[str]) -> 
     shift = controls.get("Shift")
     if shift is not None and "Shift" not in fields:  # no shift: the model's own (0)
         out[shift] = 0
+    out.update(slg_ui.paste_fill(fields, controls))  # no Skip layer guidance: off
     given = {PASTE_FIELDS[key] for key in PASTE_FIELDS if key in fields}
     for label in set(PASTE_FIELDS.values()) - given:
         if label in controls:  # not in the infotext: the option's value made the image

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from .image_common import Named
+from .slg_controls import checkpoint_answer
 
 if TYPE_CHECKING:
     from ..context import AppContext
@@ -27,12 +28,7 @@ SHIFT_INFO = "0: the model's own (FLUX.1 dev: from the image size)"
 def shift_controls(ctx: AppContext, title: str | None) -> Any:
     """The Shift slider's update for a chosen checkpoint: shown with its family's default
     on a flow-matching model, else hidden at 0 (no shift)."""
-    default = None
-    if title:
-        try:
-            default = ctx.models.flow_shift(ctx.models.resolve(title))
-        except LookupError:
-            default = None
+    default = checkpoint_answer(ctx, title, ctx.models.flow_shift, None)
     if default is None:
         return gr.update(visible=False, value=0)
     return gr.update(visible=True, value=default)

@@ -11,13 +11,18 @@ family with three text encoders.
   text encoders (CLIP-L, CLIP-G, T5-XXL) from the file itself, or from the module files
   the job chose (Forge's "VAE / Text Encoder"; CLIP-L and CLIP-G told apart by width); a
   component found nowhere is a `MissingModuleError` naming the file to add and the folder
-  (`needed_modules`, asked by the model manager before the job is queued).
+  (`needed_modules`, asked by the model manager before the job is queued), except T5-XXL:
+  without it the model runs with zeros in T5's place, as diffusers' pipeline does with
+  `text_encoder_3=None` (Forge and ComfyUI let users leave it out; `core.sd3_text`).
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
   views, the job's shift on their schedule; soft inpainting and mask_round off refused):
   prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
   AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
-  flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
+  flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift"), Skip
+  Layer Guidance (`core.skip_layer_guidance`, in every mode).
+- LoRA (`<lora:name:w>`): kohya / ComfyUI files in Stability's layer names and diffusers /
+  peft files (`load_lora`, `model_manager.sd3_lora`).
 - Samplers: Euler on the flow-matching schedule with Simple / Normal / SGM Uniform, Beta,
   Karras or Exponential sigmas; others are refused with a message. Latent preview:
   ComfyUI's SD 3 colour factors; TAESD: taesd3.
@@ -27,8 +32,9 @@ This module must never import a UI library.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -40,6 +46,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.sniff import HeaderError, read_header
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
+from .. import skip_layer_guidance as slg
 from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
 from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..sampler_params import NGMS_OFF, Ngms
@@ -47,6 +54,7 @@ from ..samplers import SchedulerChoice
 from ..sd3_text import follow_schedule, sd3_conditioning
 from .base import Family, Mode
 
+log = logging.getLogger(__name__)
 SD3_SCHEDULER = MappingProxyType(sk.SD3_SCHEDULER)
 SD3_LATENT_RGB = (
     (-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458),
@@ -58,6 +66,7 @@ SD3_LATENT_RGB = (
 )  # fmt: skip
 SD3_SAMPLER = FLOW_SAMPLER
 DEFAULT_SHIFT = 3.0
+OPTIONAL = ("t5xxl",)  # modules a file may run without (T5-XXL: zeros, as in diffusers)
 _PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
               "inpaint": "StableDiffusion3InpaintPipeline"}  # fmt: skip
 
@@ -78,6 +87,7 @@ class SD3Family(Family):
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
     soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
     refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
+    skip_layer_guidance = True  # the generation service refuses SLG for the others
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -142,30 +152,37 @@ class SD3Family(Family):
         self, path: Path, spec: ModelSpec, modules: Sequence[Path]
     ) -> tuple[Path, ...]:
         """The module files that complete a partial file, in Forge's order (vae, clip_l,
-        clip_g, t5xxl); MissingModuleError names what is still missing and where it goes."""
+        clip_g, t5xxl); MissingModuleError names what is still missing and where it goes.
+        T5-XXL may be left out (Forge and ComfyUI run SD 3.5 without it: zeros instead)."""
+        return tuple(self._chosen_modules(path, spec, modules).values())
+
+    def _chosen_modules(self, path: Path, spec: ModelSpec, modules: Sequence[Path]) -> dict:
         kinds = self.module_kinds(spec, modules)
-        lacking = [name for name in spec.missing if name not in kinds]
+        lacking = [name for name in spec.missing if name not in kinds and name not in OPTIONAL]
         if lacking:
             raise MissingModuleError(sk.missing_message(path.name, lacking))
-        return tuple(kinds[name] for name in spec.missing)
+        return {name: kinds[name] for name in spec.missing if name in kinds}
 
     def load_single_file(self, path: Path, spec: ModelSpec, modules, dtype) -> Any:
         """The `StableDiffusion3Pipeline` of an SD 3.5 file, its missing components taken
-        from `modules` (paths of separate module files)."""
+        from `modules` (paths of separate module files); without T5 when neither has it."""
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
         shapes = read_shapes(path)
         layout = sk.SD3Layout.of(shapes)
         sources = {name: (path, getattr(layout, name), shapes) for name in sk.COMPONENTS}
-        chosen = self.needed_modules(path, spec, modules) if spec.missing else ()
-        for name, module in zip(spec.missing, chosen, strict=True):
+        chosen = self._chosen_modules(path, spec, modules) if spec.missing else {}
+        for name, module in chosen.items():
             sources[name] = (module, "", read_shapes(module))
         parts = {name: sf.build_component(name, *source, spec.unet, dtype)
-                 for name, source in sources.items()}  # fmt: skip
+                 for name, source in sources.items() if source[1] is not None}  # fmt: skip
+        if "t5xxl" not in parts:
+            log.info("%s: no T5-XXL in the file or the chosen modules; running without it",
+                     path.name)  # fmt: skip
         return StableDiffusion3Pipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(dict(SD3_SCHEDULER)),
             vae=parts["vae"], text_encoder=parts["clip_l"], text_encoder_2=parts["clip_g"],
-            text_encoder_3=parts["t5xxl"], transformer=parts["transformer"],
+            text_encoder_3=parts.get("t5xxl"), transformer=parts["transformer"],
             **self.tokenizers(spec),
         )  # fmt: skip
 
@@ -178,8 +195,9 @@ class SD3Family(Family):
         shapes = read_shapes(path)
         source = (path, sk.SD3Layout.of(shapes).t5xxl, shapes)
         if source[1] is None:
-            chosen = self.needed_modules(path, spec, modules) if spec.missing else ()
-            module = dict(zip(spec.missing, chosen, strict=True))["t5xxl"]
+            module = self._chosen_modules(path, spec, modules).get("t5xxl")
+            if module is None:
+                raise MissingModuleError(sk.missing_message(path.name, ["t5xxl"]))
             source = (module, "", read_shapes(module))
         return sf.build_component("t5xxl", *source, spec.unet, dtype)
 
@@ -211,11 +229,13 @@ class SD3Family(Family):
             self._check_size(
                 pipe, size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor
             )
-        return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
+        return _following(pipe, conditioning, batch_size, first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
-        """Real CFG with the negative prompt (the pipeline skips it at CFG 1)."""
-        return {**conditioning.pipeline_kwargs(), "guidance_scale": params.cfg_scale}
+        """Real CFG with the negative prompt (the pipeline skips it at CFG 1), and the
+        job's Skip Layer Guidance for `core.skip_layer_guidance.guided`."""
+        return {**conditioning.pipeline_kwargs(), "guidance_scale": params.cfg_scale,
+                **slg.call_kwargs(params)}  # fmt: skip
 
     def start_latents(self, pipe: Any, noise: Any) -> Any:
         """The noise as the transformer takes it; a size the model cannot make is a
@@ -254,7 +274,29 @@ class SD3Family(Family):
 
     # --- infotext -----------------------------------------------------------------------
     def infotext_fields(self, params: Any) -> dict[str, Any]:
-        return {"Shift": shift_of(params)}
+        return {"Shift": shift_of(params), **slg.infotext_fields(params)}
+
+    # --- networks -----------------------------------------------------------------------
+    def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
+        """kohya / ComfyUI files in Stability's names (`model_manager.sd3_lora`) and
+        diffusers / peft files, also on fp8 and GGUF models; a LoRA of another family is
+        refused with a message."""
+        from ...model_manager.flux_lora import diffusers_lora_state, widen_fp8_lora
+        from ...model_manager.sd3_lora import SD3_LORA
+
+        state = diffusers_lora_state(state, pipe.transformer.config, SD3_LORA)
+        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+        widen_fp8_lora(pipe, state, adapter_name)
+
+
+@contextmanager
+def _following(pipe: Any, conditioning: Conditioning, batch_size: int,
+               first_step: int) -> Iterator[Callable]:  # fmt: skip
+    """The prompt schedule and Skip Layer Guidance on the transformer for one call."""
+    with slg.guided(pipe) as track, follow_schedule(
+        pipe, conditioning, batch_size, first_step=first_step
+    ) as wrap:  # fmt: skip
+        yield lambda on_step: track(wrap(on_step))
 
 
 def shift_of(params: Any) -> float:
