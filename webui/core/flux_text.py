@@ -10,7 +10,8 @@
   `follow_schedule` swaps it into the transformer's inputs at its step (a forward pre-hook
   on `pipe.transformer`; the pipeline calls it for the prompt, then for the negative
   prompt when CFG > 1).
-- AND: refused with a message (FLUX has no batch of guidance rows to combine here yet).
+- AND with weights (`a cat :1.2 AND a dog :0.8`): each sub-prompt is encoded (and
+  scheduled) on its own; `flow_and` combines their predictions during sampling.
 
 This module must never import a UI library.
 """
@@ -23,10 +24,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
 from .conditioning import Conditioning, Encoded, Scheduled, _emphasis
+from .flow_and import and_parts
 from .prompt_limits import check_prompts
-from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+from .prompts import extract_extra_networks, parse_attention, prompt_schedule
 
 T5_LENGTH = 512  # FLUX.1 dev's max_sequence_length (diffusers' default)
 BREAK = "BREAK"
@@ -91,18 +92,17 @@ def flux_conditioning(
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
     prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
-    return scheduled_conditioning(FluxPromptEncoder(pipe), prompt, negative, steps, "FLUX")
+    return scheduled_conditioning(FluxPromptEncoder(pipe), prompt, negative, steps)
 
 
-def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int,
-                           who: str) -> Conditioning:  # fmt: skip
+def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int) -> Conditioning:
     """Both prompts encoded part by part along their prompt-editing schedules by an
-    encoder with `encode(text)` (FLUX's, Z-Image's); AND is refused, naming `who`."""
-    if len(split_and(prompt)) > 1:
-        raise UserError(f"AND (composable prompts) is not available for {who} models yet")
-    cond = _scheduled(encoder, prompt, steps)
+    encoder with `encode(text)` (FLUX's, Z-Image's); each AND sub-prompt on its own, with
+    its weight (`flow_and`)."""
+    parts = and_parts(prompt)
+    conds = [_scheduled(encoder, text, steps) for text, _ in parts]
     uncond = _scheduled(encoder, negative, steps)
-    return Conditioning(uncond, [cond], [1.0], {})
+    return Conditioning(uncond, conds, [weight for _, weight in parts], {})
 
 
 def _scheduled(encoder: Any, text: str, steps: int) -> Scheduled:

@@ -11,7 +11,8 @@
   and the sequence scaled back to its mean (A1111's "Original" emphasis, as FLUX's T5).
 - BREAK is left out (no chunks); prompt editing `[a:b:0.5]` and alternation `[a|b]`: each
   step's text is encoded once and `follow_schedule` swaps it into the transformer's caption
-  list at its step. AND: refused with a message.
+  list at its step. AND with weights: each sub-prompt encoded on its own, combined during
+  sampling by `flow_and.follow_captions`.
 
 This module must never import a UI library.
 """
@@ -84,7 +85,7 @@ def zimage_conditioning(
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     prompt, _ = extract_extra_networks(prompt)
     negative, _ = extract_extra_networks(negative)
-    return scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps, "Z-Image")
+    return scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps)
 
 
 def caption_lists(conditioning: Conditioning, step: int, dtype) -> tuple[list, list]:

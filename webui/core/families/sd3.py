@@ -15,9 +15,9 @@ family with three text encoders.
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
   views, the job's shift on their schedule; soft inpainting and mask_round off refused):
-  prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
-  AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
-  flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
+  prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing,
+  AND with weights: `core.flow_and`), real CFG with the negative prompt (none at CFG 1,
+  as for Turbo), the flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift").
 - Samplers: Euler on the flow-matching schedule with Simple / Normal / SGM Uniform, Beta,
   Karras or Exponential sigmas; others are refused with a message. Latent preview:
   ComfyUI's SD 3 colour factors; TAESD: taesd3.
@@ -41,6 +41,7 @@ from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.sniff import HeaderError, read_header
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
+from ..flow_and import composed, follow_rows
 from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -211,6 +212,8 @@ class SD3Family(Family):
             self._check_size(
                 pipe, size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor
             )
+        if composed(conditioning):  # AND: the sub-prompts' predictions combined (flow_and)
+            return follow_rows(pipe, conditioning, batch_size, first_step=first_step)
         return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
