@@ -1,6 +1,7 @@
 """FLUX.1 in the img2img and inpaint tabs and in hires. fix, through the API: a tiny
 all-in-one FLUX file in models/Stable-diffusion (the transformer, ae, CLIP-L and T5 in
-one file, as ComfyUI and Forge users have it)."""
+one file, as ComfyUI and Forge users have it); FLUX.1 Fill and Kontext, and a renamed
+Kontext file marked as one through /webui/v1/models/flux-variant."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def api(tmp_path_factory, flux_files) -> Iterator[tuple[str, httpx.Client]]:
     models.mkdir(parents=True)
     shutil.copy(flux_files["all-in-one"], models / "flux1-aio.safetensors")
     shutil.copy(flux_files["all-in-one"], models / "flux1-kontext-aio.safetensors")
+    shutil.copy(flux_files["all-in-one"], models / "my-edits.safetensors")  # a renamed Kontext
     fill = tiny_flux.build_tiny_flux(seed=2, fill=True)
     tiny_flux.save_all_in_one(fill, models / "flux1-fill-aio.safetensors", dtype=torch.float32)
     argv = ["--api", "--nowebui", "--data-dir", str(data)]
@@ -208,3 +210,27 @@ def test_img2img_reads_the_distilled_cfg_scale(api):
     assert "Distilled CFG Scale: 6" in response.json()["info"]
     (default,) = _images(_post(api, "img2img", denoising_strength=0.5))
     assert not np.array_equal(image, default)  # the guidance reaches the transformer
+
+
+def test_a_renamed_kontext_file_runs_as_kontext_once_marked(api):
+    url, client = api
+    models = url.removesuffix("/sdapi/v1") + "/webui/v1/models"
+    edit = {"prompt": "make it a watercolour", "denoising_strength": 1.0}
+    (kontext,) = _images(_post(api, "img2img", model="flux1-kontext-aio", **edit))
+    (unmarked,) = _images(_post(api, "img2img", model="my-edits", **edit))  # as FLUX.1 dev
+    assert not np.array_equal(unmarked, kontext)  # no reference tokens
+    assert client.post(f"{models}/refresh").status_code == 200
+    ref = {"kind": "checkpoint", "rel": "my-edits.safetensors"}
+    response = client.post(f"{models}/flux-variant", json=ref | {"flux_variant": "kontext"})
+    assert response.status_code == 200, response.text
+    assert client.get(f"{models}/details", params=ref).json()["flux_variant"] == "kontext"
+    (marked,) = _images(_post(api, "img2img", model="my-edits", **edit))  # still loaded
+    assert np.array_equal(marked, kontext)
+    bad = client.post(f"{models}/flux-variant", json=ref | {"flux_variant": "fill"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "flux_variant"
+    missing = client.post(f"{models}/flux-variant",
+                          json={"kind": "lora", "rel": "x.safetensors", "flux_variant": ""})  # fmt: skip
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"][-1] == "rel"
+    assert client.post(f"{models}/flux-variant", json=ref | {"flux_variant": ""}).is_success
+    (again,) = _images(_post(api, "img2img", model="my-edits", **edit))
+    assert np.array_equal(again, unmarked)

@@ -1,8 +1,8 @@
 """SD 3.5 prompts (`webui.core.sd3_text`): a plain prompt is what diffusers' own
 `encode_prompt` gives; emphasis reaches CLIP and T5; long prompts take more CLIP chunks;
 prompt editing switches the transformer's inputs at its step, with CFG's negative rows
-first; AND is refused; without T5 its part is zeros, as in diffusers. And the 16-channel
-latent preview."""
+first; AND sub-prompts are padded to one length (`test_flow_and` runs them); without T5
+its part is zeros, as in diffusers. And the 16-channel latent preview."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from webui.core.families import SD3
 from webui.core.processing import latent_preview
 from webui.core.sd3_text import follow_schedule
-from webui.errors import UserError
 
 CLIP_WIDTH, T5_WIDTH = 32 + 64, 128
 
@@ -53,9 +52,11 @@ def test_long_prompts_take_more_clip_chunks_and_negatives_are_padded_alike(pipe)
     assert conditioning.uncond.at(0).embeds.shape == (1, 2 * 77 + 256, T5_WIDTH)
 
 
-def test_and_is_refused_with_a_message(pipe):
-    with pytest.raises(UserError, match="AND"):
-        _encode(pipe, "a cat AND a dog")
+def test_and_sub_prompts_and_the_negative_are_padded_to_one_length(pipe):
+    conditioning = _encode(pipe, "a cat :0.5 AND " + "word " * 80, "blurry")
+    assert conditioning.weights == [0.5, 1.0]
+    lengths = {s.at(0).embeds.shape[1] for s in (conditioning.uncond, *conditioning.conds)}
+    assert lengths == {2 * 77 + 256}  # the long sub-prompt's two CLIP chunks, then T5
 
 
 def test_a_model_without_t5_reads_zeros_as_diffusers_does(pipe):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import gradio as gr
@@ -47,10 +48,11 @@ def test_pages_filters_and_selection(tab):
     assert table_page(service, "lora", "SDXL", "l11", 0)[2] == "10 models · page 1 of 1"
     assert table_page(service, "", "", "", 2)[1][-1] == ("lora", "l119.safetensors")
     event = gr.SelectData(None, {"index": [1, 1], "value": "l000.safetensors"})
-    chosen, summary, notes, name, preview, metadata, _ = fns["models_select"](keys, event)
+    chosen, summary, notes, name, preview, metadata, variant, _ = fns["models_select"](keys, event)
     assert chosen == ("lora", "l000.safetensors") and name == "l000"
     assert "SDXL" in summary and "zzstyle" in summary
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert variant == ""  # not a checkpoint: no FLUX.1 variant
 
 
 def test_buttons_rename_and_delete(tab):
@@ -97,3 +99,20 @@ def test_progress_line_shows_size_speed_eta_and_resumes():
         assert part in shown
     failed = progress_html(task | {"state": "failed", "message": "sha256 <mismatch>"})
     assert "sha256 &lt;mismatch&gt;" in failed and "Failed" in failed
+
+
+def test_a_flux_checkpoint_is_marked_as_kontext(tab):
+    from webui.model_manager import tiny_flux
+
+    service, fns, tmp_path = tab
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_flux.save_transformer(tiny_flux.build_tiny_flux(seed=5), folder / "edit.safetensors")
+    service.catalog.refresh()
+    out = fns["models_variant"](("checkpoint", "edit.safetensors"), "", "edit", "",
+                                "checkpoint", "", "", 0, "kontext")  # fmt: skip
+    assert out[-1] == "FLUX.1 variant saved." and out[-2] == "kontext"  # the panel shows it
+    assert json.loads((folder / "edit.json").read_text()) == {"flux_variant": "kontext"}
+    with pytest.raises(InputError, match="not a FLUX.1 checkpoint"):
+        fns["models_variant"](("lora", "l000.safetensors"), "", "", "", "lora", "", "", 0,
+                              "kontext")  # fmt: skip

@@ -1,5 +1,6 @@
-"""The Models tab's routes under /webui/v1/models: list, details, notes, rename, move,
-delete, hash, Civitai info, and downloads with their progress.
+"""The Models tab's routes under /webui/v1/models: list, details, notes, a FLUX.1
+checkpoint's variant mark (Kontext), rename, move, delete, hash, Civitai info, and
+downloads with their progress.
 
 The composition root includes `models_router()` with --api. Everything goes through
 `ctx.model_files` (`services/models.py:ModelsService`); a refused name or path is a 422
@@ -51,6 +52,13 @@ class MoveBody(ModelRef):
 
 class NotesBody(ModelRef):
     notes: str = Field(max_length=20_000)
+
+
+class FluxVariantBody(ModelRef):
+    flux_variant: Literal["", "kontext"] = Field(
+        description="'kontext': run this FLUX.1 checkpoint as FLUX.1 Kontext; '': as its "
+        "file name and metadata say"
+    )
 
 
 class CivitaiBody(ModelRef):
@@ -113,6 +121,12 @@ def models_router() -> APIRouter:
     def notes(body: NotesBody, service: Service) -> Any:
         run("rel", service.catalog.set_notes, body.kind, body.rel, body.notes)
         return {"notes": body.notes}
+
+    @router.post("/flux-variant")
+    def flux_variant(body: FluxVariantBody, service: Service) -> Any:
+        """Mark a FLUX.1 checkpoint as Kontext in its user metadata (`name.json`)."""
+        run("rel", service.catalog.set_flux_variant, body.kind, body.rel, body.flux_variant)
+        return {"flux_variant": body.flux_variant}
 
     @router.post("/rename")
     def rename(body: RenameBody, service: Service) -> Any:

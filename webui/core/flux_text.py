@@ -10,7 +10,8 @@
   `follow_schedule` swaps it into the transformer's inputs at its step (a forward pre-hook
   on `pipe.transformer`; the pipeline calls it for the prompt, then for the negative
   prompt when CFG > 1).
-- AND: refused with a message (FLUX has no batch of guidance rows to combine here yet).
+- AND with weights (`a cat :1.2 AND a dog :0.8`): each sub-prompt is encoded (and
+  scheduled) on its own; `flow_and` combines their predictions during sampling.
 - Textual-inversion embeddings go into CLIP-L's pooled vector; clip skip changes nothing
   (FLUX reads no CLIP hidden layer), and the job is told so (`transformer_text`).
 
@@ -25,10 +26,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
 from .conditioning import Conditioning, Encoded, Scheduled, _emphasis, _token_embedding_fixes
+from .flow_and import and_parts
 from .prompt_limits import check_prompts
-from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+from .prompts import extract_extra_networks, parse_attention, prompt_schedule
 from .transformer_text import (
     CLIP_L_KEY,
     clip_l_ids,
@@ -120,7 +121,7 @@ def flux_conditioning(
     named = named_embeddings(embeddings, [prompt, negative])
     usable = [emb for emb in named if emb.vectors_for(CLIP_L_KEY, width) is not None]
     encoder = FluxPromptEncoder(pipe, embeddings=usable)
-    conditioning = scheduled_conditioning(encoder, prompt, negative, steps, "FLUX")
+    conditioning = scheduled_conditioning(encoder, prompt, negative, steps)
     conditioning.warnings += clip_skip_warnings(clip_skip, FLUX_CLIP_SKIP)
     conditioning.warnings += embedding_warnings(
         [emb for emb in named if emb.vectors_for(CLIP_L_KEY, width) is None],
@@ -135,15 +136,15 @@ def clip_l_width(pipe: Any) -> int:
     return pipe.text_encoder.get_input_embeddings().embedding_dim
 
 
-def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int,
-                           who: str) -> Conditioning:  # fmt: skip
+def scheduled_conditioning(encoder: Any, prompt: str, negative: str, steps: int) -> Conditioning:
     """Both prompts encoded part by part along their prompt-editing schedules by an
-    encoder with `encode(text)` (FLUX's, Z-Image's); AND is refused, naming `who`."""
-    if len(split_and(prompt)) > 1:
-        raise UserError(f"AND (composable prompts) is not available for {who} models yet")
-    cond = _scheduled(encoder, prompt, steps)
+    encoder with `encode(text)` (FLUX's, Z-Image's); each AND sub-prompt on its own, with
+    its weight (`flow_and`)."""
+    parts = and_parts(prompt)
+    conds = [_scheduled(encoder, text, steps) for text, _ in parts]
     uncond = _scheduled(encoder, negative, steps)
-    return Conditioning(uncond, [cond], [1.0], dict(getattr(encoder, "used_embeddings", {})))
+    used = dict(getattr(encoder, "used_embeddings", {}))
+    return Conditioning(uncond, conds, [weight for _, weight in parts], used)
 
 
 def _scheduled(encoder: Any, text: str, steps: int) -> Scheduled:

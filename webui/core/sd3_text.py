@@ -14,7 +14,8 @@
 - Prompt editing `[a:b:0.5]` and alternation `[a|b]`: `follow_schedule` swaps each step's
   encoding into the transformer's inputs (a forward pre-hook); with CFG the pipeline calls
   the transformer once on the negative and positive rows together.
-- AND: refused with a message.
+- AND with weights: each sub-prompt encoded (CLIP and T5, padded to one length) on its
+  own; `flow_and.follow_rows` combines their predictions during sampling.
 
 This module must never import a UI library.
 """
@@ -30,9 +31,10 @@ import torch
 
 from ..errors import UserError
 from .conditioning import Conditioning, Encoded, PromptEncoder, Scheduled, TextEncoding, _pad_all
+from .flow_and import and_parts
 from .flux_text import FluxPromptEncoder
 from .prompt_limits import check_prompts
-from .prompts import extract_extra_networks, parse_attention, prompt_schedule, split_and
+from .prompts import extract_extra_networks, parse_attention, prompt_schedule
 
 T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length
 
@@ -79,21 +81,20 @@ def sd3_conditioning(
                   fields=fields)  # fmt: skip
     # stripped: T5 reads the space a trailing `<lora:...>` tag leaves as one more token
     prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
-    if len(split_and(prompt)) > 1:
-        raise UserError("AND (composable prompts) is not available for SD 3.5 models yet")
+    parts = and_parts(prompt)
     schedules, texts = [], []
-    for text in (negative, prompt):
-        parts = prompt_schedule(text, steps)
+    for text in (negative, *(text for text, _ in parts)):
+        steps_parts = prompt_schedule(text, steps)
         schedules.append(
-            Scheduled([end for end, _ in parts], [encoder.encode(p) for _, p in parts])
+            Scheduled([end for end, _ in steps_parts], [encoder.encode(p) for _, p in steps_parts])
         )
-        texts.append([part for _, part in parts])
+        texts.append([part for _, part in steps_parts])
     _pad_all(schedules, encoder)  # every CLIP part as many chunks long
-    for schedule, parts in zip(schedules, texts, strict=True):
+    for schedule, scheduled_texts in zip(schedules, texts, strict=True):
         schedule.items = [_joined(item, encoder.t5(part))
-                          for item, part in zip(schedule.items, parts, strict=True)]  # fmt: skip
-    uncond, cond = schedules
-    return Conditioning(uncond, [cond], [1.0], encoder.used_embeddings)
+                          for item, part in zip(schedule.items, scheduled_texts, strict=True)]  # fmt: skip
+    uncond, *conds = schedules
+    return Conditioning(uncond, conds, [weight for _, weight in parts], encoder.used_embeddings)
 
 
 def _joined(clip: Encoded, t5: torch.Tensor) -> Encoded:

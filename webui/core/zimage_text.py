@@ -11,7 +11,8 @@
   and the sequence scaled back to its mean (A1111's "Original" emphasis, as FLUX's T5).
 - BREAK is left out (no chunks); prompt editing `[a:b:0.5]` and alternation `[a|b]`: each
   step's text is encoded once and `follow_schedule` swaps it into the transformer's caption
-  list at its step. AND: refused with a message.
+  list at its step. AND with weights: each sub-prompt encoded on its own, combined during
+  sampling by `flow_and.follow_captions`.
 - Clip skip and textual-inversion embeddings: Qwen3 takes neither; the job is told
   (`Conditioning.warnings`, `transformer_text`) and the infotext claims neither.
 
@@ -90,8 +91,7 @@ def zimage_conditioning(
     check_prompts(prompt, negative, steps=steps, count_chunks=lambda text: 1, fields=fields)
     # stripped: Qwen3 reads the space a trailing `<lora:...>` tag leaves as one more token
     prompt, negative = (extract_extra_networks(text)[0].strip() for text in (prompt, negative))
-    conditioning = scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps,
-                                          "Z-Image")  # fmt: skip
+    conditioning = scheduled_conditioning(ZImagePromptEncoder(pipe), prompt, negative, steps)
     if embeddings is not None:
         embeddings.model_widths = {"qwen3": 0}  # no embedding file fits (what /embeddings says)
     conditioning.warnings += clip_skip_warnings(clip_skip, QWEN3_TAKES_NONE)

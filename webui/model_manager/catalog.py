@@ -33,6 +33,8 @@ from pathlib import Path
 from ..errors import UserError
 from .registry import PREVIEW_EXTENSIONS, _sha256_of, addnet_hash
 from .sniff import Header, HeaderError, gguf_family, read_header, sniff
+from .user_metadata import flux_variant, set_flux_variant
+from .user_metadata import read_user_metadata as _read_user_metadata
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +225,8 @@ class ModelCatalog:
             raise CatalogError(f"{kind} {rel!r} is not in the catalog; refresh the list")
         info = ModelRow(*row[:11]).__dict__ | {"addnet": row[11], "metadata": json.loads(row[12])}
         info["civitai"] = self.civitai_cached(info["sha256"]) if info["sha256"] else None
+        if kind == "checkpoint":
+            info["flux_variant"] = flux_variant(path)  # "kontext" when marked (user metadata)
         return info
 
     def path_of(self, kind: str, rel: str) -> Path:
@@ -265,6 +269,22 @@ class ModelCatalog:
         with self._lock:
             self._db.execute("UPDATE models SET notes = ? WHERE path = ?", (notes, str(path)))
             self._db.commit()
+
+    def set_flux_variant(self, kind: str, rel: str, variant: str) -> None:
+        """Mark a FLUX.1 checkpoint's variant ("kontext", or "" for what its name and
+        metadata say) in its user metadata (`user_metadata.flux_variant`)."""
+        path = self.path_of(kind, rel)
+        with self._lock:
+            row = self._db.execute("SELECT family FROM models WHERE path = ?",
+                                   (str(path),)).fetchone()  # fmt: skip
+        if row is None:
+            raise CatalogError(f"{kind} {rel!r} is not in the catalog; refresh the list")
+        if kind != "checkpoint" or not str(row[0]).startswith("FLUX"):
+            raise CatalogError(f"{rel!r} is not a FLUX.1 checkpoint: it has no FLUX.1 variant")
+        try:
+            set_flux_variant(path, variant)
+        except ValueError as exc:
+            raise CatalogError(str(exc)) from None
 
     # --- Civitai cache ---------------------------------------------------------------
     def civitai_cached(self, sha256: str) -> dict | None:
@@ -377,20 +397,6 @@ def _with_sidecars(path: Path, target: Path) -> Iterator[tuple[Path, Path]]:
         side = path.with_name(path.stem + suffix)
         if side.is_file():
             yield side, target.with_name(target.stem + suffix)
-
-
-def _read_user_metadata(path: Path) -> dict:
-    """A1111's user metadata beside a model (`name.json`: description, activation text,
-    notes, sd version, preferred weight); {} when there is none or it is unreadable."""
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable user metadata (%s)", sidecar.name, exc)
-        return {}
 
 
 def trigger_words(metadata: dict[str, str], top: int = 5) -> str:

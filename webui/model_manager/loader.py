@@ -62,6 +62,7 @@ class LoadedModel:
     modules: tuple[Path, ...] = ()  # the module files (VAE / text encoders) it was built with
     # big text encoders freed after encoding (`text_encoder_release`): name -> how back
     released: dict[str, str] = field(default_factory=dict)
+    variant_mark: str = ""  # its user metadata's FLUX.1 variant when loaded (`user_metadata`)
 
     def __post_init__(self):
         if not self.base_scheduler_config:
@@ -220,7 +221,13 @@ def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
         spec = identify(read_shapes(path), families)
     except UnsupportedModelError as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from exc
-    for family in families:  # a variant only its file name tells (FLUX.1 Kontext)
+    return _named_variant(spec, path, families)
+
+
+def _named_variant(spec: ModelSpec, path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
+    """The spec of a variant only a file's (or folder's) name, metadata or user metadata
+    tells (FLUX.1 Kontext), else `spec`."""
+    for family in families:
         named = getattr(family, "spec_from_file_name", None)
         if named is not None and (found := named(spec, path)) is not None:
             return found
@@ -280,11 +287,33 @@ def _load_diffusers_folder(
     except Exception as exc:
         raise CheckpointLoadError(f"{path.name}: cannot load the folder ({exc})") from exc
     _move(pipe, device)
-    for family in (owner, *(f for f in families if f is not owner)):  # the owner first
+    others = [f for f in families if f is not owner]
+    claiming = [f for f in others if class_name in getattr(f, "folder_claims", ())]
+    for family in (owner, *claiming, *(f for f in others if f not in claiming)):  # owner first
         spec = family.spec_from_pipeline(pipe)
         if spec is not None:
+            spec = _named_variant(spec, path, families)
+            if spec.family != family.name:  # renamed by `_named_variant`
+                family = family_named(families, spec.family)
+            if hasattr(family, "folder_claims"):  # FLUX.1's: folders of other classes too
+                pipe = _as_class(pipe, spec.pipeline_class)
             return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
     raise CheckpointLoadError(f"{path.name}: no model family knows this {class_name}")
+
+
+def _as_class(pipe, class_name: str):
+    """A folder's pipeline as the class its family runs (a `FluxKontextPipeline` folder as
+    `FluxPipeline`, a `FluxPipeline` folder of FLUX.1 Fill as `FluxFillPipeline`): the
+    same components, the ones the class takes."""
+    import inspect
+
+    import diffusers
+
+    if type(pipe).__name__ == class_name:
+        return pipe
+    target = getattr(diffusers, class_name)
+    accepted = inspect.signature(target.__init__).parameters
+    return target(**{k: v for k, v in pipe.components.items() if k in accepted})
 
 
 def _move(pipe, device: str) -> None:

@@ -41,6 +41,7 @@ from .modules import ModuleFiles, UnknownModuleError, module_kinds
 from .optimize import prepare_pipeline
 from .registry import CheckpointInfo, CheckpointRegistry
 from .text_encoder_release import restore
+from .user_metadata import flux_variant
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ class ModelManager:
                 self._loaded.move_to_end(info.path)
         if model is not None:
             restore(model, self.plan)  # its big text encoders, if a job released them
+            self._follow_mark(model, info)
             return Lease(model, info)
         if not info.path.exists():
             raise CheckpointLoadError(f"{info.rel}: file no longer exists")
@@ -323,9 +325,24 @@ class ModelManager:
         model.pipe.set_progress_bar_config(disable=True)
         self.last_load_seconds = time.perf_counter() - started
         log.info("Loaded %s (%s) in %.1fs", info.title, model.spec.label, self.last_load_seconds)
+        model.variant_mark = flux_variant(info.path)
         with self._lock:
             self._loaded[info.path] = model
         return Lease(model, info)
+
+    def _follow_mark(self, model: LoadedModel, info: CheckpointInfo) -> None:
+        """A loaded checkpoint whose user has since marked (or unmarked) it as FLUX.1
+        Kontext (`user_metadata.flux_variant`) takes the spec and family the mark gives;
+        its weights stay, the pipeline being the same. (A folder's mark counts when it is
+        loaded.)"""
+        mark = flux_variant(info.path)
+        if mark == model.variant_mark or info.is_folder:
+            return
+        spec = identify_file(info.path, self.families)
+        if spec.pipeline_class == model.spec.pipeline_class:
+            model.spec, model.family = spec, family_named(self.families, spec.family)
+            log.info("%s: now %s (its FLUX.1 variant mark)", info.title, spec.label)
+        model.variant_mark = mark
 
     @property
     def effective_limit(self) -> int:

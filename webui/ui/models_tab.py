@@ -4,7 +4,8 @@ A table lists one page of the catalog (`ctx.model_files.catalog`, SQLite: a page
 no model file, with 10,000 LoRAs as with ten), filtered by kind and family and searched
 by name, trigger words, notes and hash. Selecting a row shows the model's preview,
 safetensors metadata and Civitai info, and offers notes, rename, move, delete (to the
-trash folder), hashing and a Civitai look-up. The download box takes a URL (or a Hugging
+trash folder), hashing, a Civitai look-up and, for a FLUX.1 checkpoint, its variant
+mark (Kontext, in its user metadata). The download box takes a URL (or a Hugging
 Face repo and file) and shows progress with speed and ETA until the file is in place;
 downloads are refused on a server reachable from other machines.
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 PAGE = 50
 HEADERS = ["Kind", "File", "Family", "Size", "Date", "SHA256", "Trigger words"]
 KIND_CHOICES = [("All", "")] + [(label, key) for key, label in KIND_LABELS.items()]
+# a FLUX.1 checkpoint's variant mark (`model_manager.user_metadata`): Kontext's tensors are dev's
+VARIANT_CHOICES = [("From the file name", ""), ("Kontext", "kontext")]
 ACCESS_NOTE = ("Downloading models is disabled: the server is reachable from other machines. "
                "Start it with --enable-insecure-extension-access to allow it.")  # fmt: skip
 
@@ -152,6 +155,11 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
                 folder = gr.Textbox(label="Move to folder", placeholder="subfolder; empty: top",
                                     elem_id="models_folder")  # fmt: skip
                 move = gr.Button("Move", size="sm", scale=0, elem_id="models_move")
+            with gr.Row():
+                variant = gr.Dropdown(VARIANT_CHOICES, value="", label="FLUX.1 variant",
+                                      elem_id="models_flux_variant", scale=2)  # fmt: skip
+                save_variant = gr.Button("Save variant", size="sm", scale=0,
+                                         elem_id="models_save_variant")  # fmt: skip
             status = gr.Markdown("", elem_id="models_status")
     with gr.Accordion("Metadata", open=False):
         metadata = gr.JSON(label="Safetensors metadata", elem_id="models_metadata")
@@ -182,7 +190,7 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
     def select(keys_, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         if row is None or row >= len(keys_):
-            return None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+            return None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
         return show_model(tuple(keys_[row]))
 
     def show_model(key):
@@ -197,10 +205,11 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
             Path(info["rel"]).stem,
             _thumbnail(info["preview"]),
             info["metadata"],
+            info.get("flux_variant", ""),
             "",
         )
 
-    details = [chosen, summary, notes, new_name, preview, metadata, status]
+    details = [chosen, summary, notes, new_name, preview, metadata, variant, status]
     filters = [kind, family, search]
     for control in (kind, family):
         control.input(filters_changed, filters, [family, page, *listing], show_progress="hidden")
@@ -211,33 +220,39 @@ def build_models_tab(ctx: AppContext, demo: gr.Blocks) -> None:
     table.select(select, keys, details, show_progress="hidden", api_name="models_select")
 
     def act(name: str):
-        def run(key, notes_, new_name_, folder_, kind_, family_, search_, page_):
+        def run(key, notes_, new_name_, folder_, kind_, family_, search_, page_, variant_=""):
             if not key:
                 raise InputError("Select a model in the table first")
             kind_key, rel = key
+            texts = {"notes": notes_, "new_name": new_name_, "folder": folder_, "variant": variant_}
             try:
-                message, key = _action(service, name, kind_key, rel, notes_, new_name_, folder_)
+                message, key = _action(service, name, kind_key, rel, texts)
             except (CatalogError, DownloadError) as exc:
                 raise InputError(str(exc)) from None
-            shown = show_model(key) if key else (None, "", "", "", None, None, "")
+            shown = show_model(key) if key else (None, "", "", "", None, None, "", "")
             return (*table_page(service, kind_, family_, search_, page_), *shown[:-1], message)
 
         return run
 
-    inputs = [chosen, notes, new_name, folder, *filters, page]
+    inputs = [chosen, notes, new_name, folder, *filters, page, variant]
     for button, name in ((save_notes, "notes"), (hash_button, "hash"), (civitai, "civitai"),
-                         (rename, "rename"), (move, "move"), (delete, "delete")):  # fmt: skip
+                         (rename, "rename"), (move, "move"), (delete, "delete"),
+                         (save_variant, "variant")):  # fmt: skip
         button.click(act(name), inputs, [*listing, *details], api_name=f"models_{name}")
     demo.load(show, [*filters, page], listing, show_progress="hidden")  # a fresh page
     downloaded.then(show, [*filters, page], listing, show_progress="hidden")
 
 
-def _action(service: ModelsService, name: str, kind: str, rel: str, notes: str,
-            new_name: str, folder: str) -> tuple[str, tuple[str, str] | None]:  # fmt: skip
-    """Run one details-panel button; returns the message and the model's key afterwards."""
+def _action(service: ModelsService, name: str, kind: str, rel: str,
+            texts: dict[str, str]) -> tuple[str, tuple[str, str] | None]:  # fmt: skip
+    """Run one details-panel button (`texts`: the panel's notes, new_name, folder and
+    variant); returns the message and the model's key afterwards."""
     if name == "notes":
-        service.catalog.set_notes(kind, rel, notes or "")
+        service.catalog.set_notes(kind, rel, texts["notes"] or "")
         return "Notes saved.", (kind, rel)
+    if name == "variant":
+        service.catalog.set_flux_variant(kind, rel, texts["variant"] or "")
+        return "FLUX.1 variant saved.", (kind, rel)
     if name == "hash":
         return f"SHA256 {service.catalog.ensure_hash(kind, rel)}", (kind, rel)
     if name == "civitai":
@@ -246,10 +261,10 @@ def _action(service: ModelsService, name: str, kind: str, rel: str, notes: str,
         return ("Civitai info fetched." if found else "Civitai does not know this file."), (
             kind, rel)  # fmt: skip
     if name == "rename":
-        new_rel = service.rename(kind, rel, new_name)
+        new_rel = service.rename(kind, rel, texts["new_name"])
         return f"Renamed to {new_rel}.", (kind, new_rel)
     if name == "move":
-        new_rel = service.move(kind, rel, folder or "")
+        new_rel = service.move(kind, rel, texts["folder"] or "")
         return f"Moved to {new_rel}.", (kind, new_rel)
     where = service.delete(kind, rel)
     return f"Moved to the trash: {where}", None

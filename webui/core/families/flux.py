@@ -3,7 +3,8 @@
 - Recognised by Black Forest Labs' transformer keys (`double_blocks.*`, `single_blocks.*`)
   at the top level or under `model.diffusion_model.`, before the UNet families are asked
   (`transformer_layout`); every size comes from the tensors (`model_manager.flux_files`),
-  schnell is the file without a guidance embedding. Diffusers folders: `FluxPipeline`.
+  schnell is the file without a guidance embedding. Diffusers folders: `FluxPipeline`
+  (one whose transformer reads more than its latents is FLUX.1 Fill's).
 - Loaded by `load_single_file`, not diffusers' `from_single_file`: the transformer, the
   autoencoder and the two text encoders come from the file itself (all-in-one files)
   or from the separate module files the job chose (Forge's "VAE / Text Encoder": ae,
@@ -12,8 +13,8 @@
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`FluxImg2ImgPipeline`, `FluxInpaintPipeline` as `from_pipe` views; init latents with
   the autoencoder's shift; soft inpainting refused); prompts through `core.flux_text`
-  (T5 emphasis, prompt editing; AND refused), Forge's "Distilled CFG Scale" as the
-  guidance embedding (`params.distilled_cfg_scale`, not for
+  (T5 emphasis, prompt editing, AND with weights: `core.flow_and`), Forge's "Distilled
+  CFG Scale" as the guidance embedding (`params.distilled_cfg_scale`, not for
   schnell's files, which have none), the CFG scale as true CFG with the negative prompt
   only above 1; the pipeline's packed latents unpacked for previews and decoding.
 - Samplers: Euler on the flow-matching schedule (FLUX.1 dev's resolution-dependent shift,
@@ -42,6 +43,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.tokenizers import clip_tokenizer, t5_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_and import composed, follow_rows
 from ..flow_euler import FLOW_SAMPLER, FLOW_SCHEDULES, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
 from ..flux_text import flux_conditioning, follow_schedule
@@ -75,6 +77,7 @@ class FluxFamily(Family):
     transformer_layout = True  # identify asks it before looking for a UNet
     latent_rgb = FLUX_LATENT_RGB
     folder_classes = frozenset({"FluxPipeline"})
+    folder_claims = folder_classes  # pipeline classes of folders it recognises (`accepts`)
     base_scheduler = FLUX_SCHEDULER
     soft_inpainting = False  # its pipelines blend packed latents: A1111's blends do not fit
     refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
@@ -117,7 +120,11 @@ class FluxFamily(Family):
         )
 
     def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
-        if type(pipe).__name__ not in self.folder_classes:
+        """A diffusers folder's spec when its class is one this family claims and its
+        transformer config (in_channels: FLUX.1 Fill's is wider) is this family's."""
+        if type(pipe).__name__ not in self.folder_claims:
+            return None
+        if not self.accepts(dict(pipe.transformer.config)):
             return None
         encoders = (pipe.text_encoder.config.to_dict(), pipe.text_encoder_2.config.to_dict())
         return self._spec(dict(pipe.transformer.config), dict(pipe.vae.config), encoders)
@@ -260,9 +267,14 @@ class FluxFamily(Family):
 
 @contextmanager
 def _following(pipe, conditioning, batch_size, first_step, size) -> Iterator[Callable]:
-    """The prompt schedule on the transformer, and the step callback given unpacked
-    latents (B, 16, h, w) for progress previews."""
-    with follow_schedule(pipe, conditioning, batch_size, first_step=first_step) as follow:
+    """The prompt schedule (and AND) on the transformer, and the step callback given
+    unpacked latents (B, 16, h, w) for progress previews."""
+    if composed(conditioning):  # AND: the sub-prompts' predictions combined (flow_and)
+        following = follow_rows(pipe, conditioning, batch_size, first_step=first_step,
+                                two_calls=True)  # fmt: skip
+    else:
+        following = follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
+    with following as follow:
 
         def wrap(on_step: Callable) -> Callable:
             inner = follow(on_step)

@@ -4,7 +4,8 @@
   latents (64 features), the packed latents of the masked image (64) and the mask packed
   from pixel resolution (4 x f x f, f the autoencoder's scale factor: 384 in all for
   FLUX.1 Fill's 8) where FLUX.1 dev takes 64; every other size as `flux.FluxFamily`
-  reads it. Diffusers folders of Fill are not recognised (FLUX.1 dev's are).
+  reads it. Diffusers folders: `FluxFillPipeline`, or a `FluxPipeline` folder whose
+  transformer config has the wider `in_channels`.
 - Runs as diffusers' `FluxFillPipeline` does: every step the transformer reads the
   latents with the masked image's latents and the mask concatenated (`fill_conditioning`:
   the image with the masked area blanked, encoded; the mask binarised at one half, as its
@@ -46,7 +47,9 @@ def is_fill(transformer: dict) -> bool:
 class FluxFillFamily(FluxFamily):
     name = "flux1-fill"
     label = "FLUX.1 Fill"
-    folder_classes = frozenset()
+    folder_classes = frozenset({"FluxFillPipeline"})
+    # a FluxPipeline folder holding a Fill transformer too (told by its in_channels)
+    folder_claims = frozenset({"FluxFillPipeline", "FluxPipeline"})
 
     def accepts(self, transformer: dict) -> bool:
         return is_fill(transformer)

@@ -7,8 +7,12 @@ img2img tab's behaviour for a Kontext checkpoint.
   `ReferenceLatent` node), so the tensors cannot say it. A FLUX.1 file whose name
   contains "kontext" (any case: `flux1-kontext-dev.safetensors`,
   `flux1-dev-kontext_fp8_scaled.safetensors`), or whose safetensors model-spec metadata
-  names it (`modelspec.title`: "FLUX.1 Kontext [dev]"), is this family
-  (`spec_from_file_name`).
+  names it (`modelspec.title`: "FLUX.1 Kontext [dev]"), or that its user marked as
+  Kontext (`flux_variant: "kontext"` in its A1111 user metadata `name.json`,
+  `model_manager.user_metadata`; the Models tab and `/webui/v1/models/flux-variant` set
+  it), is this family (`spec_from_file_name`). Diffusers folders: `FluxKontextPipeline`,
+  or a `FluxPipeline` folder named, marked (`name.json` beside it) or with a
+  `_name_or_path` saying "kontext".
 - img2img and inpaint run the core's img2img path as FLUX.1 does, and every transformer
   call also reads the init image's latents as reference tokens, as `FluxKontextPipeline`
   feeds them: packed 2x2 like the latents, appended after them, with position ids whose
@@ -25,6 +29,7 @@ This module must never import a UI library.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -34,6 +39,7 @@ from typing import Any
 import torch
 
 from ...model_manager.identify import ModelSpec, Shapes
+from ...model_manager.user_metadata import flux_variant
 from ..noise import pack_2x2
 from .flux import FLUX1, FluxFamily
 
@@ -43,19 +49,28 @@ NAME_MARK = "kontext"
 class FluxKontextFamily(FluxFamily):
     name = "flux1-kontext"
     label = "FLUX.1 Kontext"
-    folder_classes = frozenset()
+    folder_classes = frozenset({"FluxKontextPipeline"})
+    folder_claims = folder_classes
 
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
         return None  # the tensors are FLUX.1 dev's: recognised by name only
 
     def spec_from_file_name(self, spec: ModelSpec, path: Path) -> ModelSpec | None:
-        """A FLUX.1 spec of a file named (or titled) as a Kontext checkpoint, as this
-        family's."""
+        """A FLUX.1 spec of a file (or diffusers folder) named, titled or marked as a Kontext
+        checkpoint, as this family's."""
         if spec.family != FLUX1.name:
             return None
-        if NAME_MARK not in path.name.lower() and not _titled_kontext(path):
+        if not (NAME_MARK in path.name.lower() or flux_variant(path) == NAME_MARK
+                or _titled_kontext(path) or _folder_names_kontext(path)):  # fmt: skip
             return None
         return replace(spec, family=self.name, family_label=self.label)
+
+    def spec_from_pipeline(self, pipe: Any) -> ModelSpec | None:
+        """A `FluxKontextPipeline` folder (as Black Forest Labs publish Kontext); FLUX.1
+        folders named or marked as Kontext are found by `spec_from_file_name`."""
+        if type(pipe).__name__ not in self.folder_claims:
+            return None
+        return super().spec_from_pipeline(pipe)
 
     def with_reference(self, pipe: Any, reference: torch.Tensor | None):
         if reference is None:
@@ -78,6 +93,21 @@ def _titled_kontext(path: Path) -> bool:
         return False
     return any(key.startswith("modelspec.") and NAME_MARK in str(value).lower()
                for key, value in metadata.items())  # fmt: skip
+
+
+def _folder_names_kontext(path: Path) -> bool:
+    """Whether a diffusers folder's model_index.json or transformer config names Kontext
+    in its `_name_or_path` (as folders saved from the Hub's repositories keep it)."""
+    if not path.is_dir():
+        return False
+    for config in (path / "model_index.json", path / "transformer" / "config.json"):
+        try:
+            name = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path", "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if NAME_MARK in str(name).lower():
+            return True
+    return False
 
 
 def reference_ids(height: int, width: int) -> torch.Tensor:

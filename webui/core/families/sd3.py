@@ -17,10 +17,10 @@ family with three text encoders.
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
   views, the job's shift on their schedule; soft inpainting and mask_round off refused):
-  prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing;
-  AND refused), real CFG with the negative prompt (none at CFG 1, as for Turbo), the
-  flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext "Shift"), Skip
-  Layer Guidance (`core.skip_layer_guidance`, in every mode).
+  prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing,
+  AND with weights: `core.flow_and`), real CFG with the negative prompt (none at CFG 1,
+  as for Turbo), the flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext
+  "Shift"), Skip Layer Guidance (`core.skip_layer_guidance`, in every mode).
 - LoRA (`<lora:name:w>`): kohya / ComfyUI files in Stability's layer names and diffusers /
   peft files (`load_lora`, `model_manager.sd3_lora`).
 - Samplers: Euler on the flow-matching schedule with Simple / Normal / SGM Uniform, Beta,
@@ -48,6 +48,7 @@ from ...model_manager.sniff import HeaderError, read_header
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
 from .. import skip_layer_guidance as slg
 from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
+from ..flow_and import composed, follow_rows
 from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -292,8 +293,10 @@ class SD3Family(Family):
 @contextmanager
 def _following(pipe: Any, conditioning: Conditioning, batch_size: int,
                first_step: int) -> Iterator[Callable]:  # fmt: skip
-    """The prompt schedule and Skip Layer Guidance on the transformer for one call."""
-    with slg.guided(pipe) as track, follow_schedule(
+    """The prompt schedule (AND: the sub-prompts' predictions combined, `flow_and`) and
+    Skip Layer Guidance on the transformer for one call."""
+    follow = follow_rows if composed(conditioning) else follow_schedule
+    with slg.guided(pipe) as track, follow(
         pipe, conditioning, batch_size, first_step=first_step
     ) as wrap:  # fmt: skip
         yield lambda on_step: track(wrap(on_step))

@@ -14,7 +14,7 @@
   (diffusers' Z-Image img2img and inpaint pipelines as `from_pipe` views that take init
   latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off refused):
   prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
-  emphasis, prompt editing; AND refused); the CFG scale as A1111's (Z-Image Turbo: 1, no
+  emphasis, prompt editing, AND with weights: `core.flow_and`); the CFG scale as A1111's (Z-Image Turbo: 1, no
   negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
 - Samplers: Euler on the flow-matching schedule (Z-Image Turbo's shift 3, or the job's
   "Shift", `params.shift`; the pipeline's evenly spaced sigmas: "Simple"); every other
@@ -44,6 +44,7 @@ from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.qwen_tokenizer import qwen_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
+from ..flow_and import composed, follow_captions
 from ..flow_euler import FLOW_SAMPLER, SIMPLE_ONLY, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
 from ..sampler_params import NGMS_OFF, Ngms
@@ -175,6 +176,8 @@ class ZImageFamily(Family):
     ) -> AbstractContextManager[Any]:  # fmt: skip
         if control is not None:
             raise UserError(f"ControlNet does not run {self.label} models yet")
+        if composed(conditioning):  # AND: the sub-prompts' predictions combined (flow_and)
+            return follow_captions(pipe, conditioning, batch_size, first_step=first_step)
         return follow_schedule(pipe, conditioning, batch_size, first_step=first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
