@@ -250,9 +250,12 @@ class Worker:
         """The job's ControlNet units prepared (None: none enabled)."""
         if not any(unit.active for unit in params.controlnet):
             return None
-        unet = dict(lease.pipe.unet.config)
+        denoiser = getattr(lease.pipe, "unet", None)
+        if denoiser is None:  # a transformer family: FLUX ControlNets (core/flux_controlnet.py)
+            denoiser = lease.pipe.transformer
+        unet = dict(denoiser.config)
         return prepare_control(params, params.controlnet,
-                               lambda path: self.controlnets.get(path, unet, lease.pipe.unet),
+                               lambda path: self.controlnets.get(path, unet, denoiser),
                                save_maps=not opt("control_net_no_detectmap"),
                                clip=self.clip_vision.get)  # fmt: skip
 
