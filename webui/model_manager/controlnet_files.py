@@ -8,7 +8,7 @@ what sd-webui-controlnet shows (`control_v11p_sd15_canny [d14c016b]`). A request
 a model by that label or by the bare name. The cross-attention width read from a
 safetensors header tells the family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), for filtering.
 FLUX ControlNets (diffusers' `FluxControlNetModel` files and folders, XLabs' files; kind
-"flux-controlnet", `flux_controlnet.layout_of`) are family FLUX. Otherwise the keys tell
+"flux-controlnet", `flux_control_keys.layout_of`) are family FLUX. Otherwise the keys tell
 the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
 `ip_adapter.*`; its width from `to_k_ip`) or a T2I-Adapter (TencentARC's `body.N.block1`
 / `conv_in`, or diffusers' `adapter.*`); a pickled file's kind comes from its name.
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .flux_controlnet import layout_of as flux_layout_of
-from .flux_ip_adapter import is_flux_ip_adapter
-from .flux_ip_adapter import text_width as flux_text_width
+from .flux_control_keys import ip_text_width as flux_text_width
+from .flux_control_keys import is_flux_ip_adapter
+from .flux_control_keys import layout_of as flux_layout_of
 from .sniff import HeaderError, read_header
 
 FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "FluxControlNetModel")  # diffusers folders

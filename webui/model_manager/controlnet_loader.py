@@ -131,7 +131,7 @@ def file_kind(path: Path) -> str:
     from .controlnet_files import _read_kind
 
     if path.is_dir():
-        from .flux_controlnet import is_folder
+        from .flux_control_keys import is_folder
 
         config = path / "config.json"
         if is_folder(path):
@@ -168,7 +168,7 @@ def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
 
 
 def _is_flux_ip(path: Path) -> bool:
-    from .flux_ip_adapter import is_flux_ip_adapter
+    from .flux_control_keys import is_flux_ip_adapter
     from .sniff import HeaderError, read_header
 
     try:

@@ -15,27 +15,26 @@ Layouts users have:
   few block residuals over the transformer's blocks); it ships no converter for the file,
   so `xlabs_state` renames it (the blocks by `flux_files.transformer_state`).
 
-Every size comes from the tensors (`config_from_shapes`), never from the family name. A
-layout that is neither raises `ControlNetLoadError` naming the file.
+The layouts are told apart by `flux_control_keys.layout_of`. Every size comes from the
+tensors (`config_from_shapes`), never from the family name. A layout that is neither
+raises `FluxControlNetError` naming the file.
 
-This module must never import `webui.core` or a UI library; torch only inside functions
-(the file lists read `layout_of` with the header's shapes).
+This module must never import `webui.core` or a UI library.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .flux_control_keys import FOLDER_CLASS, layout_of
 from .flux_keys import rope_axes
 from .identify import UnsupportedModelError, count
 
 if TYPE_CHECKING:
     import torch
 
-FOLDER_CLASS = "FluxControlNetModel"
 XLABS_HINT = 16  # XLabs' hint block: 16 channels, 1/8 of the image, packed 2x2
 # XLabs' `input_hint_block` Sequential index -> diffusers' ControlNetConditioningEmbedding
 _XLABS_HINT = {"0": "conv_in", "2": "blocks.0", "4": "blocks.1", "6": "blocks.2",
@@ -44,27 +43,6 @@ _XLABS_HINT = {"0": "conv_in", "2": "blocks.0", "4": "blocks.1", "6": "blocks.2"
 
 class FluxControlNetError(UserError):
     """A FLUX ControlNet file that cannot be read or does not fit the checkpoint."""
-
-
-def layout_of(keys) -> str | None:
-    """ "diffusers" or "xlabs" for a FLUX ControlNet's keys; None for anything else."""
-    keys = set(keys)
-    blocks = any(k.startswith(("controlnet_blocks.", "controlnet_single_blocks.")) for k in keys)
-    if "controlnet_x_embedder.weight" in keys and "x_embedder.weight" in keys and blocks:
-        return "diffusers"
-    if "pos_embed_input.weight" in keys and blocks and any(
-        k.startswith("double_blocks.") for k in keys
-    ):  # fmt: skip
-        return "xlabs"
-    return None
-
-
-def is_folder(folder: Path) -> bool:
-    """Whether a folder is a diffusers `FluxControlNetModel`."""
-    try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name") == FOLDER_CLASS
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ diffusers' `ImageProjection` and one `FluxIPAdapterAttnProcessor` per double blo
 transformer itself is not touched here (`core/flux_controlnet.py` puts the processors on
 it for one pipeline call).
 
-This module must never import `webui.core` or a UI library; torch only inside functions.
+The file is told by `flux_control_keys.is_flux_ip_adapter`.
+
+This module must never import `webui.core` or a UI library.
 """
 
 from __future__ import annotations
@@ -20,28 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .flux_control_keys import IP_PROJ_PREFIX
 
-PROJ_PREFIX = "ip_adapter_proj_model."
+PROJ_PREFIX = IP_PROJ_PREFIX
 _KV = {"ip_adapter_double_stream_k_proj": "to_k_ip", "ip_adapter_double_stream_v_proj": "to_v_ip"}
 
 
 class FluxIpAdapterError(UserError):
     """A FLUX IP-Adapter file that cannot be read or does not fit the checkpoint."""
-
-
-def is_flux_ip_adapter(keys) -> bool:
-    """Whether a state dict's keys are XLabs' FLUX IP-Adapter's."""
-    keys = list(keys)
-    return any(k.startswith(PROJ_PREFIX) for k in keys) and any(
-        k.startswith("double_blocks.") and ".processor.ip_adapter_double_stream_" in k
-        for k in keys
-    )  # fmt: skip
-
-
-def text_width(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """The text width (T5's, 4096 for FLUX.1) the adapter's keys and values read."""
-    shape = shapes.get("double_blocks.0.processor.ip_adapter_double_stream_k_proj.weight")
-    return int(shape[1]) if shape and len(shape) == 2 else None
 
 
 def read_flux_ip_adapter(path: Path) -> dict[str, dict[str, Any]]:

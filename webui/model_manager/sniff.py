@@ -174,7 +174,7 @@ def _embedding(keys: dict, meta: dict) -> Sniffed | None:
 
 def _flux_controlnet(keys: dict, meta: dict) -> Sniffed | None:
     """FLUX ControlNets (XLabs' use the transformer's block names: asked first)."""
-    from .flux_controlnet import layout_of
+    from .flux_control_keys import layout_of
 
     return Sniffed("controlnet", "FLUX") if layout_of(keys) is not None else None
 
