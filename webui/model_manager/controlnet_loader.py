@@ -181,10 +181,12 @@ def _check_family(path: Path, kind: str, config: dict) -> None:
     """A ControlNetLoadError when the unit's model is not of the checkpoint's kind: FLUX
     ControlNets run on FLUX transformers (`num_single_layers`), the others on UNets."""
     flux_base = "num_single_layers" in config
+    if not config:  # no checkpoint to compare with (a file read on its own)
+        return
     if kind == "flux-controlnet" and not flux_base:
         raise ControlNetLoadError(f"{path.name} is a FLUX model: choose a FLUX.1 checkpoint "
                                   "or a ControlNet of this checkpoint's family")  # fmt: skip
-    if kind != "flux-controlnet" and "block_out_channels" not in config:
+    if kind != "flux-controlnet" and "block_out_channels" not in config:  # a transformer's
         raise ControlNetLoadError(f"{path.name} is an SD/SDXL {kind}: it does not run on this "
                                   "checkpoint (FLUX.1 takes FLUX ControlNets)")  # fmt: skip
 
