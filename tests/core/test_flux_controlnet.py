@@ -126,8 +126,19 @@ def test_files_are_family_flux_and_listed_for_flux_checkpoints_only(flux):
     assert (sniff_file(xlabs).kind, sniff_file(xlabs).family) == ("controlnet", "FLUX")
 
 
-def test_a_unit_guides_its_steps_and_weight_zero_is_no_unit(flux, plain):
-    full, seen = calls_guided(flux, [unit()])
+@pytest.fixture(scope="module")
+def guided(flux, plain) -> tuple[np.ndarray, list[bool]]:
+    return calls_guided(flux, [unit()])
+
+
+@pytest.fixture(scope="module")
+def guided_cfg(flux, plain) -> tuple[np.ndarray, list[bool]]:
+    """A unit with true CFG (2 steps): the prompt's and the negative prompt's calls."""
+    return calls_guided(flux, [unit()], cfg_scale=2.0, steps=2)
+
+
+def test_a_unit_guides_its_steps_and_weight_zero_is_no_unit(flux, plain, guided):
+    full, seen = guided
     assert np.abs(full - plain).mean() > 1 and seen == [True] * 4
     half, seen = calls_guided(flux, [unit(guidance_end=0.5)])
     assert seen == [True, True, True, False]  # step/steps 0, 0.25, 0.5 guided; 0.75 not
@@ -138,15 +149,13 @@ def test_a_unit_guides_its_steps_and_weight_zero_is_no_unit(flux, plain):
     assert np.abs(folder - plain).mean() > 1 and not np.array_equal(folder, full)
 
 
-def test_two_units_and_controlnet_is_more_important_with_true_cfg(flux, plain):
+def test_two_units_and_controlnet_is_more_important_with_true_cfg(flux, guided, guided_cfg):
     both = pixels(run(flux, [unit(), unit(model="flux-tiny-folder", module="invert")]))
-    alone = pixels(run(flux, [unit()]))
-    assert not np.array_equal(both, alone)
+    assert not np.array_equal(both, guided[0])
     _, seen = calls_guided(flux, [unit(control_mode="ControlNet is more important")],
                            cfg_scale=2.0, steps=2)  # fmt: skip
     assert seen == [True, False, True, False]  # prompt call guided, negative call not
-    _, seen = calls_guided(flux, [unit()], cfg_scale=2.0, steps=2)
-    assert seen == [True] * 4
+    assert guided_cfg[1] == [True] * 4
 
 
 def test_img2img_and_hires_fix_run_the_units(flux):
@@ -193,7 +202,7 @@ def ip_unit(**fields) -> dict:
     return unit(module="ip-adapter_clip_flux", model="flux-ip-adapter", **fields)
 
 
-def test_a_flux_ip_adapter_unit(flux, plain):
+def test_a_flux_ip_adapter_unit(flux, plain, guided_cfg):
     assert model_choices(flux.folder, "IP-Adapter", "FLUX") == [
         "None",
         next(m for m in list_controlnets(flux.folder) if "ip-adapter" in m),
@@ -203,8 +212,8 @@ def test_a_flux_ip_adapter_unit(flux, plain):
     half = pixels(run(flux, [ip_unit(guidance_end=0.5)]))
     assert not np.array_equal(half, full) and not np.array_equal(half, plain)
     assert np.array_equal(pixels(run(flux, [ip_unit(weight=0)])), plain)
-    both = pixels(run(flux, [ip_unit(), unit()], cfg_scale=2.0))  # with a ControlNet, true CFG
-    assert not np.array_equal(both, pixels(run(flux, [unit()], cfg_scale=2.0)))
+    both = pixels(run(flux, [ip_unit(), unit()], cfg_scale=2.0, steps=2))  # and a ControlNet
+    assert not np.array_equal(both, guided_cfg[0])
     (model,) = flux.models._loaded.values()
     assert not any("IPAdapter" in type(p).__name__
                    for p in model.pipe.transformer.attn_processors.values())  # fmt: skip
