@@ -131,6 +131,8 @@ def controlnet_fields(found: tuple[str, Any], folder: Path,
 def checkpoint_family(models: Any, title: str | None) -> str:
     """The family label ("SD 1.x", "SDXL", ...) of a checkpoint, read from its header;
     "" when unknown (then no model is filtered out)."""
+    if models is None:  # no model manager (a page built without one)
+        return ""
     try:
         path = Path(models.resolve(title or None).path)
         if path.suffix.lower() == ".gguf":  # city96's FLUX files
