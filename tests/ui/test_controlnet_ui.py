@@ -72,3 +72,30 @@ def test_the_preview_runs_the_preprocessor():
     assert inverted[0, 0, 0] == 0 and inverted[32, 32, 0] == 255
     with pytest.raises(InputError):
         cn._preview("canny", None, None, 512, 100, 200)
+
+
+@pytest.mark.parametrize(("checkpoint", "listed"), [("flux", "flux-tiny"), ("sd", "control_sd15")])
+def test_the_model_list_is_the_checkpoints_familys(tmp_path, checkpoint, listed):
+    """A FLUX.1 checkpoint lists FLUX ControlNets only, an SD 1.5 one SD 1.5 ControlNets."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.model_manager.tiny_flux_controlnet import save_tiny_flux_controlnet
+
+    folder = tmp_path / "ControlNet"
+    save_tiny_flux_controlnet(folder / "flux-tiny.safetensors")
+    save_file({"control_model.input_hint_block.0.weight": torch.zeros(1),
+               "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                   torch.zeros(4, 768)}, folder / "control_sd15.safetensors")  # fmt: skip
+    files = {"flux": tmp_path / "flux1-dev.safetensors", "sd": tmp_path / "sd15.safetensors"}
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}, files["flux"])
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, files["sd"])
+    models = SimpleNamespace(resolve=lambda title: SimpleNamespace(path=files[title]))
+    ctx = SimpleNamespace(options={"control_net_unit_count": 1}, models=models,
+                          generation=SimpleNamespace(controlnet_dir=folder))  # fmt: skip
+    named = Named()
+    with gr.Blocks():
+        picker = gr.Dropdown(label="Checkpoint", choices=list(files), value=checkpoint)
+        cn.add_controlnet_controls(ctx, named, "txt2img", "txt2img", picker)
+    (model,) = [c for key, c in named.components.items() if key.startswith("cn_model")]
+    assert [label.split(" [")[0] for label, _ in model.choices] == ["None", listed]

@@ -256,13 +256,16 @@ class Worker:
         download shows in the job's progress text."""
         if not any(unit.active for unit in params.controlnet):
             return None
-        unet = dict(lease.pipe.unet.config)
+        denoiser = getattr(lease.pipe, "unet", None)
+        if denoiser is None:  # a transformer family: FLUX ControlNets (core/flux_controlnet.py)
+            denoiser = lease.pipe.transformer
+        unet = dict(denoiser.config)
         annotate = None
         if self.annotators is not None:
             report = partial(setattr, job.progress, "text")
             annotate = partial(self.annotators.run, report=report)
         control = prepare_control(params, params.controlnet,
-                                  lambda path: self.controlnets.get(path, unet, lease.pipe.unet),
+                                  lambda path: self.controlnets.get(path, unet, denoiser),
                                   save_maps=not opt("control_net_no_detectmap"),
                                   clip=self.clip_vision.get, annotate=annotate)  # fmt: skip
         job.progress.text = ""

@@ -55,7 +55,7 @@ class Preprocessor:
     slider_2: Slider | None = None
     tags: tuple[str, ...] = ()
     inpaint: bool = False  # the map keeps the mask as a 4th channel
-    clip: str = ""  # IP-Adapter: the CLIP vision encoder ("clip_h", "clip_g"); no map
+    clip: str = ""  # IP-Adapter: the CLIP vision encoder ("clip_h", "clip_g", "clip_l"); no map
     annotator: bool = False  # a network with weights runs it (model_manager/annotators.py)
 
     @property
@@ -213,6 +213,9 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  tags=("IP-Adapter",), clip="clip_g"),
     Preprocessor("ip-adapter_clip_sdxl_plus_vith", _none, resolution=None,
                  tags=("IP-Adapter",), clip="clip_h"),
+    # XLabs' FLUX.1 IP-Adapter reads CLIP ViT-L/14 (no name in the extension; its pattern)
+    Preprocessor("ip-adapter_clip_flux", _none, "ip-adapter_clip_l", resolution=None,
+                 tags=("IP-Adapter",), clip="clip_l"),
 )}  # fmt: skip
 
 

@@ -9,7 +9,9 @@ a model by that label or by the bare name. The cross-attention width read from a
 safetensors header tells the family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), for filtering.
 A ControlNet Union (`task_embedding` and `control_add_embedding.*` keys, or a
 `ControlNetUnionModel` folder) has `union_modes`, the number of its control modes.
-The keys tell the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
+FLUX ControlNets (diffusers' `FluxControlNetModel` files and folders, XLabs' files; kind
+"flux-controlnet", `flux_control_keys.layout_of`) are family FLUX. Otherwise the keys tell
+the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
 `ip_adapter.*`; its width from `to_k_ip`) or a T2I-Adapter (TencentARC's `body.N.block1`
 / `conv_in`, or diffusers' `adapter.*`); a pickled file's kind comes from its name.
 
@@ -31,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .flux_control_keys import ip_text_width as flux_text_width
+from .flux_control_keys import is_flux_ip_adapter
+from .flux_control_keys import layout_of as flux_layout_of
 from .sniff import HeaderError, read_header
 
-FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "ControlNetUnionModel")  # folders listed
+FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "ControlNetUnionModel", "FluxControlNetModel")
 SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
-_WIDTH_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+_WIDTH_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 4096: "FLUX"}  # 4096: T5-XXL
 _LABEL = re.compile(r"^(.*) \[([0-9a-fA-F]{8}|NOFILE)\]$")
 
 
@@ -54,6 +59,8 @@ class ControlNetFile:
 
     @property
     def family(self) -> str:
+        if self.kind == "flux-controlnet":  # its family from its layout (flux_controlnet.py)
+            return "FLUX"
         return _WIDTH_FAMILY.get(self.context_width or 0, "")
 
 
@@ -83,7 +90,7 @@ def _weights_of_folder(folder: Path) -> Path | None:
 def kind_of_keys(keys) -> str:
     """ "ip-adapter", "t2i-adapter" or "controlnet", from a state dict's key names."""
     keys = list(keys)
-    if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
+    if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys) or is_flux_ip_adapter(keys):
         return "ip-adapter"
     if any(k.startswith("adapter.body.") for k in keys) or (
         any(k.startswith("body.") for k in keys) and not any("time_embed" in k for k in keys)
@@ -105,6 +112,8 @@ def kind_of_name(name: str) -> str:
 def _width_of_name(name: str) -> int | None:
     """The family an adapter's name says (the extension's `detect_from_model_name`)."""
     lower = name.lower()
+    if "flux" in lower:
+        return 4096
     if "xl" in lower:
         return 2048
     return 768 if any(w in lower for w in ("sd15", "sd14", "sd1.5", "sd_15")) else None
@@ -130,10 +139,13 @@ def _read_kind(path: Path) -> tuple[int | None, str]:
         shapes = read_header(path).shapes
     except (HeaderError, OSError):
         return None, kind_of_name(path.name)
+    if flux_layout_of(shapes) is not None:  # InstantX / Shakker-Labs / XLabs FLUX ControlNets
+        return shapes.get("context_embedder.weight", shapes.get("txt_in.weight", (0, 0)))[1], (
+            "flux-controlnet")  # fmt: skip
     kind = kind_of_keys(shapes)
     if kind == "ip-adapter":  # a width of no family (a test's tiny model): the name's
         shape = shapes.get("ip_adapter.1.to_k_ip.weight")
-        width = int(shape[1]) if shape and len(shape) == 2 else None
+        width = int(shape[1]) if shape and len(shape) == 2 else flux_text_width(shapes)
         return (width if width in _WIDTH_FAMILY else _width_of_name(path.name)), kind
     if kind == "t2i-adapter":
         return _adapter_width(shapes), kind
@@ -219,9 +231,12 @@ CLIP_NAMES = {
                "clip_vision_h.safetensors", "clip-vit-h-14.safetensors"),
     "clip_g": ("clip_g.pth", "clip_g.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
                "clip_vision_g.safetensors", "clip-vit-bigg-14.safetensors"),
+    # FLUX IP-Adapter (XLabs): openai/clip-vit-large-patch14
+    "clip_l": ("clip_vision_l.safetensors", "clip-vit-large-patch14.safetensors",
+               "clip-vit-large-patch14", "CLIP-ViT-L-14.safetensors"),
 }  # fmt: skip
-CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG"}
-_CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664}
+CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG", "clip_l": "CLIP ViT-L/14"}
+_CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664, "clip_l": 1024}
 
 
 def find_clip_vision(folder: Path, config: str, preprocessor: str) -> Path:

@@ -1,7 +1,9 @@
 """Load a ControlNet file or folder as diffusers' `ControlNetModel`, offline; keep a few.
 
 `load_control_model` also loads the other kinds of unit models of `models/ControlNet`
-(IP-Adapter: `ip_adapter.py`; T2I-Adapter: `t2i_adapter.py`), told apart by their keys.
+(IP-Adapter: `ip_adapter.py`; T2I-Adapter: `t2i_adapter.py`; FLUX ControlNets:
+`flux_controlnet.py`), told apart by their keys; a model of another family than the
+checkpoint's (a FLUX ControlNet on a UNet, an SD one on FLUX) raises `ControlNetLoadError`.
 
 - lllyasviel's layout (`control_model.*` or bare `input_blocks.*` keys, `.safetensors` or
   `.pth`): read with safetensors or the project's restricted unpickler
@@ -155,7 +157,11 @@ def file_kind(path: Path) -> str:
     from .controlnet_files import _read_kind
 
     if path.is_dir():
+        from .flux_control_keys import is_folder
+
         config = path / "config.json"
+        if is_folder(path):
+            return "flux-controlnet"
         return "t2i-adapter" if config.is_file() and "T2IAdapter" in config.read_text() else (
             "controlnet")  # fmt: skip
     return _read_kind(path)[1]
@@ -164,6 +170,16 @@ def file_kind(path: Path) -> str:
 def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
     """The model of a unit's file, by its kind (float32, CPU)."""
     kind = file_kind(path)
+    flux_ip = kind == "ip-adapter" and _is_flux_ip(path)
+    _check_family(path, "flux-controlnet" if flux_ip else kind, unet_config)
+    if kind == "flux-controlnet":
+        from .flux_controlnet import load_flux_controlnet
+
+        return load_flux_controlnet(path)
+    if flux_ip:
+        from .flux_ip_adapter import load_flux_ip_adapter
+
+        return load_flux_ip_adapter(path, unet)
     if kind == "ip-adapter":
         from .ip_adapter import load_ip_adapter
 
@@ -175,6 +191,30 @@ def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
 
         return load_t2i_adapter(path)
     return load_controlnet(path, unet_config)
+
+
+def _is_flux_ip(path: Path) -> bool:
+    from .flux_control_keys import is_flux_ip_adapter
+    from .sniff import HeaderError, read_header
+
+    try:
+        return path.suffix == ".safetensors" and is_flux_ip_adapter(read_header(path).shapes)
+    except (HeaderError, OSError):
+        return False
+
+
+def _check_family(path: Path, kind: str, config: dict) -> None:
+    """A ControlNetLoadError when the unit's model is not of the checkpoint's kind: FLUX
+    ControlNets run on FLUX transformers (`num_single_layers`), the others on UNets."""
+    flux_base = "num_single_layers" in config
+    if not config:  # no checkpoint to compare with (a file read on its own)
+        return
+    if kind == "flux-controlnet" and not flux_base:
+        raise ControlNetLoadError(f"{path.name} is a FLUX model: choose a FLUX.1 checkpoint "
+                                  "or a ControlNet of this checkpoint's family")  # fmt: skip
+    if kind != "flux-controlnet" and "block_out_channels" not in config:  # a transformer's
+        raise ControlNetLoadError(f"{path.name} is an SD/SDXL {kind}: it does not run on this "
+                                  "checkpoint (FLUX.1 takes FLUX ControlNets)")  # fmt: skip
 
 
 class ControlNetCache:
@@ -195,6 +235,10 @@ class ControlNetCache:
             while len(self._models) >= self.size:
                 self._models.popitem(last=False)
         self._models[key] = model
+        if "num_single_layers" in unet_config and hasattr(model, "controlnet_x_embedder"):
+            from .flux_controlnet import check_fits as check_flux
+
+            check_flux(model, unet_config, path.name)  # FLUX: the transformer's width
         if getattr(getattr(model, "config", None), "adapter_type", None):  # T2I: at each use
             from .t2i_adapter import check_fits
 

@@ -82,7 +82,8 @@ def read_header(path: Path) -> Header:
 
 def sniff(header: Header) -> Sniffed:
     keys = header.shapes
-    for test in (_checkpoint, _lora, _embedding, _controlnet, _vae, _upscaler, _encoders):
+    for test in (_flux_controlnet, _checkpoint, _lora, _embedding, _controlnet, _vae, _upscaler,
+                 _encoders):  # fmt: skip
         found = test(keys, header.metadata)
         if found is not None:
             return found
@@ -188,6 +189,13 @@ def _embedding(keys: dict, meta: dict) -> Sniffed | None:
         width = keys["emb_params"][-1] if keys["emb_params"] else 0
         return Sniffed("embedding", _CROSS_WIDTH.get(width, ""))
     return None
+
+
+def _flux_controlnet(keys: dict, meta: dict) -> Sniffed | None:
+    """FLUX ControlNets (XLabs' use the transformer's block names: asked first)."""
+    from .flux_control_keys import layout_of
+
+    return Sniffed("controlnet", "FLUX") if layout_of(keys) is not None else None
 
 
 def _controlnet(keys: dict, meta: dict) -> Sniffed | None:

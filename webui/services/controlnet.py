@@ -37,7 +37,7 @@ from ..model_manager.controlnet_files import (
     fits,
     list_controlnets,
 )
-from ..model_manager.sniff import HeaderError, sniff_file
+from ..model_manager.sniff import HeaderError, gguf_family, sniff_file
 from .errors import RequestError
 
 CONTROLNET = "controlnet"
@@ -104,6 +104,9 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
     if clip and found.kind != "ip-adapter":
         raise RequestError((*loc, "model"), f"{unit.module} needs an IP-Adapter model, not "
                            f"{found.label}")  # fmt: skip
+    if found.kind == "flux-controlnet" and unit.control_mode == "My prompt is more important":
+        raise RequestError((*loc, "control_mode"), f"{found.label} is a FLUX ControlNet: "
+                           "choose Balanced or ControlNet is more important")  # fmt: skip
     if clip and unit.weight > 0:
         clip_folder = clip_folder or folder.parent / "clip_vision"
         try:
@@ -153,8 +156,12 @@ def check_annotator(module: str, folder: Path, loc: tuple) -> None:
 def checkpoint_family(models: Any, title: str | None) -> str:
     """The family label ("SD 1.x", "SDXL", ...) of a checkpoint, read from its header;
     "" when unknown (then no model is filtered out)."""
+    if models is None:  # no model manager (a page built without one)
+        return ""
     try:
         path = Path(models.resolve(title or None).path)
+        if path.suffix.lower() == ".gguf":  # city96's FLUX files
+            return gguf_family(path)
         return sniff_file(path).family if path.is_file() else ""
     except (LookupError, OSError, HeaderError):
         return ""

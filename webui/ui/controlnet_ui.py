@@ -125,8 +125,9 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
                                            value="none"))  # fmt: skip
         run = gr.Button("💥", elem_id=_elem(prefix, "run_preprocessor", n), scale=0,
                         min_width=40)  # fmt: skip
+        family = checkpoint_family(ctx.models, getattr(checkpoint, "value", None))
         model = add("model", gr.Dropdown(label="Model", value="None",
-                                         choices=model_choices(folder)))  # fmt: skip
+                                         choices=model_choices(folder, "All", family)))  # fmt: skip
         refresh = icon_button("refresh", elem_id=_elem(prefix, "refresh_models", n))
     with gr.Row():
         add("weight", gr.Slider(label="Control Weight", minimum=0.0, maximum=2.0, step=0.05,
@@ -166,6 +167,9 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
     module.input(module_sliders, inputs=module, outputs=sliders, show_progress="hidden")
     refresh.click(models_for, inputs=[control_type, model, checkpoint], outputs=model,
                   show_progress="hidden")  # fmt: skip
+    # a new checkpoint: its family's models (FLUX or SD)
+    checkpoint.input(models_for, inputs=[control_type, model, checkpoint], outputs=model,
+                     show_progress="hidden")  # fmt: skip
     inputs = [module, named[_key("image", n)], named[_key("mask", n)], *sliders]
     annotators = getattr(ctx, "annotators", None)  # ControlNet's annotators with weights
     annotate = annotators.run if annotators is not None else None

@@ -22,6 +22,8 @@
   Exponential sigmas; every other sampler is refused with a message. A job's "Shift"
   (`params.shift`, `core.flow_shift`) replaces that shift with a fixed one (Forge's and
   ComfyUI's FLUX shift, mu = ln(shift)); None keeps it.
+- ControlNet units with FLUX ControlNets (InstantX, Shakker-Labs, XLabs) through
+  `core.flux_controlnet` around each pipeline call (`follow_steps(control=...)`).
 - Infotext: "Distilled CFG Scale", "Shift" when the job sets one; the modules ("Module 1: ae", ...) come from
   `processing.module_fields`. Latent preview: ComfyUI's 16-channel colour factors.
 
@@ -46,6 +48,7 @@ from ..conditioning import Conditioning, TextEncoderSlot
 from ..flow_and import composed, follow_rows
 from ..flow_euler import FLOW_SAMPLER, FLOW_SCHEDULES, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
+from ..flux_controlnet import flux_controlled
 from ..flux_text import flux_conditioning, follow_schedule
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -85,6 +88,7 @@ class FluxFamily(Family):
     default_shift = 0.0
     schnell_shift = 1.0  # schnell's schedule is unshifted
     big_text_encoders = ("text_encoder_2",)  # T5-XXL (`text_encoder_from_file`)
+    controlnet = True  # FLUX ControlNet units (`core.flux_controlnet`) feed its transformer
 
     # --- recognition and loading ----------------------------------------------------
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
@@ -205,9 +209,10 @@ class FluxFamily(Family):
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
         *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
-        if control is not None:
-            raise UserError(f"ControlNet does not run {self.label} models yet")
-        return _following(pipe, conditioning, batch_size, first_step, size)
+        if control is not None and control.guiding and not self.controlnet:
+            raise UserError(f"ControlNet does not run {self.label} models")
+        following = _following(pipe, conditioning, batch_size, first_step, size)
+        return flux_controlled(following, control, pipe, size, first_step)  # FLUX ControlNets
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
         """Distilled guidance always; the negative prompt only with true CFG (CFG > 1)."""

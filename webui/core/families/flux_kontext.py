@@ -51,6 +51,7 @@ class FluxKontextFamily(FluxFamily):
     label = "FLUX.1 Kontext"
     folder_classes = frozenset({"FluxKontextPipeline"})
     folder_claims = folder_classes
+    controlnet = False  # its reference tokens lengthen the sequence the residuals are added to
 
     def spec_from_shapes(self, shapes: Shapes) -> ModelSpec | None:
         return None  # the tensors are FLUX.1 dev's: recognised by name only
