@@ -70,7 +70,9 @@ def world(tmp_path_factory, tiny_files):
                          families=setup.families)  # fmt: skip
     setup.networks = networks
     setup.new_queue = lambda: JobQueue(worker, options_snapshot=options.as_dict)
-    setup.lora_params = setup.params(max_train_steps=STEPS, gradient_checkpointing=True)
+    # a learning rate at which one step moves the adapter enough to show in a picture
+    setup.lora_params = setup.params(max_train_steps=STEPS, gradient_checkpointing=True,
+                                     unet_lr=2e-2)  # fmt: skip
     # the reference: trained alone (a job never queued cannot yield)
     setup.reference = run_lora_training(setup.job(replace(setup.lora_params, output_name="ref")),
                                         setup.models, setup.families)  # fmt: skip
@@ -124,8 +126,8 @@ def test_lora_training_with_jobs_between_steps(world):
     # the jobs in between give the pictures they give with no training running
     alone_x, alone_y = run(world, ("txt2img", plain, "u1", None),
                            ("txt2img", with_lora, "u1", None))  # fmt: skip
-    assert np.abs(pixels(x) - pixels(alone_x)).max() <= 1
-    assert np.abs(pixels(y) - pixels(alone_y)).max() <= 1
+    assert np.array_equal(pixels(x), pixels(alone_x))  # the training adapter never leaks
+    assert np.array_equal(pixels(y), pixels(alone_y))
     assert x.result.images[0].infotext == alone_x.result.images[0].infotext
     world.plain_picture = pixels(alone_x)
 
@@ -155,7 +157,7 @@ def test_embedding_training_with_jobs_between_steps(world):
     trained = read_embedding(path)[0]
     for key, vectors in reference.items():
         assert torch.equal(trained[key], vectors), key
-    assert np.abs(pixels(x) - world.plain_picture).max() <= 1
+    assert np.array_equal(pixels(x), world.plain_picture)
 
 
 def model_flags(pipe) -> dict:
