@@ -114,6 +114,7 @@ SECTIONS: dict[str, str] = {  # section key -> title, in the order the Settings 
     "sdxl": "Stable Diffusion XL",
     "control_net": "ControlNet",
     "speed": "Speed",  # token merging and the denoiser caches (webui.core.speed)
+    "training": "Training",  # LoRA and textual-inversion training (webui.core.train_yield)
 }
 
 
@@ -425,6 +426,11 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               "control_net"),
     OptionDef("control_net_unit_count", 3, label="Multi-ControlNet: ControlNet unit number "
               "(requires restart)", section="control_net", **_int(1, 10)),
+    # other jobs between training steps (webui.core.train_yield): read from the training
+    # job's snapshot, so it counts for training jobs submitted after the change
+    OptionDef("training_yield_to_jobs", True, _bool, "Run other jobs between training steps "
+              "(generations on the checkpoint being trained; the trained weights are the "
+              "same)", "training"),
 )  # fmt: skip
 PATH_OPTIONS = frozenset(d.key for d in OPTION_DEFS if d.path)  # values that are paths
 

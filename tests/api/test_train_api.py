@@ -79,3 +79,16 @@ def test_bad_input_is_422_naming_the_field(api, changes, field):
     )
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["loc"][:2] == ["body", field]
+
+
+def test_the_option_to_run_jobs_between_training_steps_is_in_the_api(api):
+    client, _ = api
+    url = "/sdapi/v1/options"
+    assert client.get(url).json()["training_yield_to_jobs"] is True  # on by default
+    try:
+        assert client.post(url, json={"training_yield_to_jobs": False}).status_code == 200
+        assert client.get(url).json()["training_yield_to_jobs"] is False
+        bad = client.post(url, json={"training_yield_to_jobs": "sometimes"})
+        assert bad.status_code == 422 and "training_yield_to_jobs" in bad.text
+    finally:
+        client.post(url, json={"training_yield_to_jobs": True})

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -149,6 +149,10 @@ class Job:
     # the hub of the queue the job was submitted to (None for a job never submitted)
     events: EventHub | None = field(default=None, repr=False, compare=False)
     recorder: SaveRecorder | None = field(default=None, repr=False, compare=False)
+    # set by the queue while the job runs: `run_waiting(accept, around)` runs the waiting
+    # jobs `accept` takes on this job's executor, inside `around()` (training lets them run
+    # between its steps, `train_yield.py`); returns how many ran
+    run_waiting: Callable[..., int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:

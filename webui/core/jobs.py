@@ -26,6 +26,12 @@ executor is idle goes to one that can see its checkpoint and already holds it, e
 least recently used; `Job.worker` names it. A job whose worker died (`WorkerLost`) runs
 once more on another one (`Job.attempts` counts the starts), then fails.
 
+A running job may let waiting jobs run inside it: while it runs, `Job.run_waiting(accept,
+around)` starts, runs and finishes (with their own states and events) the jobs waiting at
+that moment that `accept` takes, on its executor's thread. Training does this between its
+steps when the option `training_yield_to_jobs` is on (`train_yield.py`); the queue panel
+then lists both as running.
+
 Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
 step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
 finished, failed, moved and stopping. Pages and API routes await those events; nothing
@@ -41,6 +47,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -509,7 +517,11 @@ class JobQueue:
         self._tick += 1
         self._served[job.owner] = self._tick
         slot.job, slot.used = job, self._tick
+        job.run_waiting = partial(self._run_waiting, slot, job)
         job.state, job.worker = RUNNING, slot.executor.name
+        self._mark_started(job)
+
+    def _mark_started(self, job: Job) -> None:
         job.attempts += 1
         job.started_at = time.time()
         job.progress.started_at = time.monotonic()
@@ -519,27 +531,102 @@ class JobQueue:
 
     def _run(self, slot: Slot, job: Job) -> None:
         try:
-            job.result = slot.executor.run(job)
-            state = INTERRUPTED if job.interrupt_requested else DONE
+            state = self._execute(slot.executor, job)
         except WorkerLost as exc:
+            job.run_waiting = None
             self._lost(slot, job, exc)
             return
+        with self._cond:
+            job.skip_requested = False
+            job.run_waiting = None
+            slot.job = None
+            slot.done += 1
+            self._finish(job, state)
+            self._cond.notify_all()
+
+    def _execute(self, executor: Executor, job: Job) -> str:
+        """Run the job; its end state (`WorkerLost` goes to the caller)."""
+        try:
+            job.result = executor.run(job)
+            return INTERRUPTED if job.interrupt_requested else DONE
+        except WorkerLost:
+            raise
         except JobAborted as exc:  # the server shuts down: nothing of the job is kept
             job.result, job.error = None, str(exc)
-            state = INTERRUPTED
+            return INTERRUPTED
         except Exception as exc:  # a failing job must never stop the worker
             if isinstance(exc, UserError):  # bad input or an unusable file: one line
                 log.warning("job %s failed: %s", job.id, exc)
             else:  # a bug: the traceback is what finds it
                 log.exception("job %s failed", job.id)
             job.error = str(exc) or type(exc).__name__
-            state = FAILED
+            return FAILED
+
+    # --- jobs run inside a running one (training between its steps, train_yield.py) ------
+    def _run_waiting(
+        self,
+        slot: Slot,
+        host: Job,
+        accept: Callable[[Job], bool],
+        around: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> int:
+        """Run the jobs waiting now that `accept` takes, in schedule order, one after the
+        other on `host`'s executor (its thread and device), inside `around()` (entered
+        before the first, left after the last). Each is started, run and finished as any
+        job; jobs submitted meanwhile wait for the next call. Returns how many ran."""
         with self._cond:
-            job.skip_requested = False
-            slot.job = None
-            slot.done += 1
-            self._finish(job, state)
-            self._cond.notify_all()
+            last = max((j.seq for js in self._waiting.values() for j in js), default=-1)
+        ran = 0
+        with ExitStack() as paused:
+            while (job := self._take_waiting(slot, host, accept, last)) is not None:
+                if not ran:
+                    self._enter(paused, around, job)
+                ran += 1
+                try:
+                    state = self._execute(slot.executor, job)
+                except WorkerLost as exc:
+                    job.error, state = str(exc), FAILED
+                with self._cond:
+                    job.skip_requested = False
+                    self._finish(job, state)
+                    self._cond.notify_all()
+        return ran
+
+    def _enter(
+        self, stack: ExitStack, around: Callable[[], AbstractContextManager], job: Job
+    ) -> None:
+        """Enter `around()` for the started `job`; if that fails (a bug), the job fails."""
+        try:
+            stack.enter_context(around())
+        except Exception as exc:
+            with self._cond:
+                job.error = f"could not pause the running job for it: {exc}"
+                self._finish(job, FAILED)
+                self._cond.notify_all()
+            raise
+
+    def _take_waiting(
+        self, slot: Slot, host: Job, accept: Callable[[Job], bool], last: int
+    ) -> Job | None:
+        """The first waiting job (queued by `last`) that `accept` takes, started; `accept`
+        is asked outside the lock (it may resolve checkpoint names)."""
+        with self._cond:
+            if self._stopping or host.abort_requested:
+                return None
+            candidates = [j for j in self._schedule() if j.seq <= last]
+        for job in candidates:
+            if not accept(job):
+                continue
+            with self._cond:
+                if job.state != QUEUED or self._stopping:
+                    continue
+                self._unqueue(job)
+                self._tick += 1
+                self._served[job.owner] = self._tick
+                job.state, job.worker = RUNNING, slot.executor.name
+                self._mark_started(job)
+            return job
+        return None
 
     def _lost(self, slot: Slot, job: Job, exc: WorkerLost) -> None:
         """The executor died under the job: run it once more elsewhere, else fail it."""

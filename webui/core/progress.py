@@ -55,6 +55,19 @@ class Progress:
         self.preview, self.preview_step = image, step
         self._notify()
 
+    def note(self, text: str) -> None:
+        """Show `text` (listeners are told) without counting a step."""
+        self.text = text
+        self._notify()
+
+    def exclude(self, seconds: float) -> None:
+        """`seconds` in which the job did not run (training paused for other jobs): not
+        counted in its step times, so its ETA stays its own."""
+        if self._last_step_at is not None:
+            self._last_step_at += seconds
+        if self.started_at is not None:
+            self.started_at += seconds
+
     def _notify(self) -> None:
         for listener in list(self.listeners):
             listener(self)

@@ -19,7 +19,10 @@ While it runs: `job.progress` has the step, ETA and a loss line; `details` is th
 embedding in its `sd-ti-embedding` chunk to `.../image_embeddings`); the loss goes to
 `textual_inversion_loss.csv`. At the end and at an interrupt the embedding file itself is
 replaced atomically (`ti_create.save_embedding`) with A1111's `step`, `sd_checkpoint` and
-`sd_checkpoint_name`; a server shutdown (`JobAborted`) writes nothing.
+`sd_checkpoint_name`; a server shutdown (`JobAborted`) writes nothing. With the option
+`training_yield_to_jobs` waiting generation jobs run between the steps (`train_yield`);
+the trained vectors live in this module's prompt encoder, never in the model, so they
+cannot reach those jobs.
 
 Runs on the worker thread only; never imports a UI library.
 """
@@ -51,6 +54,7 @@ from .ti_dataset import DatasetError, TiImage, epoch_batches, loss_weight, promp
 from .ti_params import LearnSchedule, TrainEmbeddingJob
 from .ti_preview import draw_preview, save_stored_embedding_png
 from .train_lora import TrainingLog
+from .train_yield import Trained, TrainingYield
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,8 @@ def train_embedding(
     family = families.of(lease.spec)
     trainer = EmbeddingTrainer(job, spec, lease, family, TrainableEmbedding(path.stem, vectors),
                                images)  # fmt: skip
+    trained = Trained(Path(info.path), embedding=path.stem)
+    trainer.yielder = TrainingYield.of(job, models, lease.pipe, trained)  # jobs between steps
     with _frozen(lease.pipe):
         return trainer.run(start, path)
 
@@ -172,6 +178,7 @@ class EmbeddingTrainer:
         day = datetime.date.today().strftime("%Y-%m-%d")
         self.log_dir = Path(spec.log_directory) / day / embedding.name
         self.last_copy: Path | None = None
+        self.yielder: TrainingYield | None = None
 
     # --- the loop ---------------------------------------------------------------------
     def run(self, start: int, path: Path) -> EmbeddingTrainResult:
@@ -211,6 +218,8 @@ class EmbeddingTrainer:
                 if self.job.interrupt_requested:
                     stopped = True
                     break
+                if self.yielder is not None and step < p.steps:
+                    self.yielder.between_steps()  # waiting jobs run; the model comes back as it was
         self.job.raise_if_aborted()
         self._save(path, step)
         head = f"Interrupted at step {step}" if self.job.interrupt_requested else "done"

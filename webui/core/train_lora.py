@@ -15,7 +15,9 @@ every N steps go to the work folder. Every N epochs, at the end and at an interr
 LoRA (`models/Lora/<name>.safetensors`, kohya layout and `ss_*` metadata, a preview
 image) and the resume state are saved atomically (`train_lora_io`); a server shutdown
 (`JobAborted`) writes nothing. The adapter is taken off the checkpoint however the job
-ends. Runs on the queue's worker thread only; never imports a UI library.
+ends. With the option `training_yield_to_jobs`, waiting generation jobs run between the
+steps (`train_yield`), the adapter disabled while they do. Runs on the queue's worker
+thread only; never imports a UI library.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from .train_dataset import (
 from .train_lora_io import add_network, load_state, remove_network, trainable_groups
 from .train_lora_save import Saver
 from .train_params import LoraTrainJob, LoraTrainParams
+from .train_yield import Trained, TrainingYield
 
 log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0  # kohya's default
@@ -104,6 +107,8 @@ def run_lora_training(job: Job, models: ModelManager, families: Families, on_sav
     scheduler = pipe.scheduler
     try:
         trainer = Trainer(job, spec, dataset, lease, models)
+        trained = Trained(Path(info.path), lora=p.output_name)
+        trainer.yielder = TrainingYield.of(job, models, pipe, trained)  # other jobs between steps
         return trainer.run(on_saved)
     finally:
         remove_network(pipe)
@@ -144,6 +149,7 @@ class Trainer:
         self.latents: dict[tuple[Path, tuple[int, int]], torch.Tensor] = {}
         self.autocast, self.scaler = self._precision()
         self.saver = Saver(spec, dataset, lease, models, self)
+        self.yielder: TrainingYield | None = None
 
     def _precision(self):
         p, unet_dtype = self.p, self.pipe.unet.dtype
@@ -192,6 +198,8 @@ class Trainer:
                 if self.job.interrupt_requested:  # save where it stands (a skip means nothing)
                     stopped = True
                     break
+                if self.yielder is not None and step < self.total:
+                    self.yielder.between_steps()  # waiting jobs run; the model comes back as it was
             if index >= len(batches):
                 epoch, skip = epoch + 1, 0
             else:
