@@ -354,6 +354,7 @@ def test_option_defaults() -> None:
         "sd_vae_encode_method": "Full",
         "control_net_no_detectmap": False,
         "control_net_unit_count": 3,
+        "training_yield_to_jobs": True,
     }
     limit = options.definitions["sd_checkpoints_limit"]
     assert limit.label == "Maximum number of checkpoints loaded at the same time"

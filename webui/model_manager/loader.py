@@ -293,8 +293,7 @@ def _load_diffusers_folder(
         spec = family.spec_from_pipeline(pipe)
         if spec is not None:
             spec = _named_variant(spec, path, families)
-            if spec.family != family.name:  # renamed by `_named_variant`
-                family = family_named(families, spec.family)
+            family = family_named(families, spec.family)  # `_named_variant` may rename it
             if hasattr(family, "folder_claims"):  # FLUX.1's: folders of other classes too
                 pipe = _as_class(pipe, spec.pipeline_class)
             return LoadedModel(pipe=pipe, spec=spec, path=path, family=family)
