@@ -266,13 +266,14 @@ def test_widgets_and_sections() -> None:
         "control_net_no_detectmap": "checkbox", "control_net_unit_count": "number",
         "eta_tcd": "slider", "deepcache_interval": "slider", "deepcache_branch": "slider",
         "first_block_cache_threshold": "slider", "taylorseer_interval": "slider",
+        "training_yield_to_jobs": "checkbox",
     }  # fmt: skip
     assert list(SECTIONS.values()) == ["Stable Diffusion", "VAE", "Optimizations", "img2img",
                                        "Sampler parameters", "User interface", "Queue",
                                        "Saving images/grids", "Paths for saving",
                                        "Interrogate", "Model downloads",
                                        "Face restoration", "Stable Diffusion XL",
-                                       "ControlNet", "Speed"]  # fmt: skip
+                                       "ControlNet", "Speed", "Training"]  # fmt: skip
     assert all(d.section in SECTIONS for d in OPTION_DEFS)
     for definition in OPTION_DEFS:  # a slider's bounds are the validator's
         if definition.widget == "slider":
