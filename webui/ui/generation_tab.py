@@ -219,9 +219,7 @@ def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
     """A checkpoint with distilled guidance (FLUX.1 dev): Forge's "Distilled CFG Scale"
     slider is shown, and CFG Scale 1 (true CFG off) with Euler / Simple are chosen, as
     Forge's FLUX preset does; the slider is hidden for the others. A family with a preset
-    (Z-Image Turbo, SD 3.5) sets its steps, CFG scale, sampler and schedule. The preset is
-    applied when the user picks the checkpoint; a checkpoint set by pasted parameters keeps
-    the values pasted with it."""
+    (Z-Image Turbo, SD 3.5) sets its steps, CFG scale, sampler and schedule."""
 
     def show(title: str | None):
         distilled, family = False, {}
@@ -238,16 +236,9 @@ def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
         steps = family.get("steps", gr.skip())
         return gr.update(visible=distilled), *preset, steps
 
-    def show_only(title: str | None):
-        """Any change of checkpoint (parameters pasted or sent with a checkpoint too): only
-        the slider's visibility, so the pasted CFG, sampler and steps stay."""
-        return show(title)[0]
-
     outputs = [named["distilled_cfg"], named["cfg"], named["sampler"], named["schedule"],
                named["steps"]]  # fmt: skip
-    checkpoint.input(show, inputs=checkpoint, outputs=outputs, show_progress="hidden")  # picked
-    checkpoint.change(show_only, inputs=checkpoint, outputs=named["distilled_cfg"],
-                      show_progress="hidden")  # fmt: skip
+    checkpoint.change(show, inputs=checkpoint, outputs=outputs, show_progress="hidden")
 
 
 def _slider(label: str, low: float, high: float, step: float, value: float) -> gr.Slider:
