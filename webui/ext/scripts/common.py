@@ -8,7 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ...imaging.infotext import VERSION_KEY, format_value, quote
 
@@ -83,6 +84,32 @@ def expand_floats(values: list[str]) -> list[float]:
                 ) from None
         _limit(out)
     return out
+
+
+def int_range(low: int, high: int) -> Callable[[list[str], Any], list[int]]:
+    """An X/Y/Z axis reader of whole numbers from `low` to `high` (ranges expanded)."""
+
+    def read(texts: list[str], check: Any) -> list[int]:
+        values = expand_ints(texts)
+        for v in values:
+            if not low <= v <= high:
+                raise ValueError(f"{v} is outside {low}..{high}")
+        return values
+
+    return read
+
+
+def float_range(low: float, high: float) -> Callable[[list[str], Any], list[float]]:
+    """An X/Y/Z axis reader of numbers from `low` to `high` (ranges expanded)."""
+
+    def read(texts: list[str], check: Any) -> list[float]:
+        values = expand_floats(texts)
+        for v in values:
+            if not low <= v <= high:
+                raise ValueError(f"{v:g} is outside {low:g}..{high:g}")
+        return values
+
+    return read
 
 
 def _limit(values: list) -> None:

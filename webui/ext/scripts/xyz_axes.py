@@ -18,7 +18,7 @@ from typing import Any
 from ...core.params import MAX_SEED
 from ...core.sampler_params import BOUNDS
 from ...core.samplers import SAMPLERS, SCHEDULE_TYPES, UnknownSamplerError, resolve
-from .common import expand_floats, expand_ints, split_values
+from .common import expand_ints, float_range, int_range, split_values
 from .xyz_controlnet import controlnet_axes
 
 NOTHING = "Nothing"
@@ -37,28 +37,6 @@ class Axis:
     def text(self, value: Any) -> str:
         shown = value if not isinstance(value, float) or not value.is_integer() else int(value)
         return f"{self.label}: {shown}" if self.show_label else str(shown)
-
-
-def _ints(low: int, high: int) -> Callable[[list[str], Any], list[int]]:
-    def read(texts: list[str], check: Any) -> list[int]:
-        values = expand_ints(texts)
-        for v in values:
-            if not low <= v <= high:
-                raise ValueError(f"{v} is outside {low}..{high}")
-        return values
-
-    return read
-
-
-def _floats(low: float, high: float) -> Callable[[list[str], Any], list[float]]:
-    def read(texts: list[str], check: Any) -> list[float]:
-        values = expand_floats(texts)
-        for v in values:
-            if not low <= v <= high:
-                raise ValueError(f"{v:g} is outside {low:g}..{high:g}")
-        return values
-
-    return read
 
 
 def _seeds(texts: list[str], check: Any) -> list[int]:
@@ -122,7 +100,7 @@ def _lora_weights(texts: list[str], check: Any) -> list[float]:
     params = check.params
     if not _LORA_TAG.search(params.prompt) and not _LORA_TAG.search(params.negative_prompt):
         raise ValueError("LoRA weight needs a <lora:name:weight> tag in the prompt")
-    return _floats(-10, 10)(texts, check)
+    return float_range(-10, 10)(texts, check)
 
 
 def _set_lora_weight(params: Any, weight: float) -> Any:
@@ -163,18 +141,20 @@ def build_axes(params_type: type) -> list[Axis]:
         Axis(NOTHING, lambda texts, check: [None], lambda p, v: p, show_label=False),
         Axis("Seed", _seeds, lambda p, v: replace(p, seed=v)),
         Axis("Var. seed", _seeds, lambda p, v: replace(p, subseed=v)),
-        Axis("Var. strength", _floats(0, 1), lambda p, v: replace(p, subseed_strength=v)),
-        Axis("Steps", _ints(1, 150), lambda p, v: replace(p, steps=v)),
-        Axis("CFG Scale", _floats(0, 100), lambda p, v: replace(p, cfg_scale=v)),
+        Axis("Var. strength", float_range(0, 1), lambda p, v: replace(p, subseed_strength=v)),
+        Axis("Steps", int_range(1, 150), lambda p, v: replace(p, steps=v)),
+        Axis("CFG Scale", float_range(0, 100), lambda p, v: replace(p, cfg_scale=v)),
         Axis("Prompt S/R", _prompt_sr, lambda p, v: p, show_label=False),
         Axis("Sampler", _samplers, lambda p, v: replace(p, sampler_name=v), show_label=False),
         Axis("Schedule type", _schedules, lambda p, v: replace(p, scheduler=v), show_label=False),
         Axis("Checkpoint name", _checkpoints, lambda p, v: replace(p, checkpoint=v),
              show_label=False, costly=True),
-        Axis("Clip skip", _ints(1, 12), lambda p, v: replace(p, clip_skip=v)),
+        Axis("Clip skip", int_range(1, 12), lambda p, v: replace(p, clip_skip=v)),
     ]  # fmt: skip
     if "denoising_strength" in names or "hires" in names:
-        axes.append(Axis("Denoising", _floats(0, 1), _set_denoising, applies=_denoising_applies))
+        axes.append(
+            Axis("Denoising", float_range(0, 1), _set_denoising, applies=_denoising_applies)
+        )
     if "vae" in names:
         axes.append(Axis("VAE", _vaes, lambda p, v: replace(p, vae=v), show_label=False,
                          costly=True))  # fmt: skip
@@ -183,15 +163,15 @@ def build_axes(params_type: type) -> list[Axis]:
         axes.append(Axis("Refiner checkpoint", _checkpoints,
                          lambda p, v: replace(p, refiner_checkpoint=v), show_label=False,
                          costly=True))  # fmt: skip
-        axes.append(Axis("Refiner switch at", _floats(0, 1),
+        axes.append(Axis("Refiner switch at", float_range(0, 1),
                          lambda p, v: replace(p, refiner_switch_at=v), applies=_refiner_applies))  # fmt: skip
     if "distilled_cfg_scale" in names:  # FLUX's guidance (Forge's axis)
-        axes.append(Axis("Distilled CFG Scale", _floats(0, 30),
+        axes.append(Axis("Distilled CFG Scale", float_range(0, 30),
                          lambda p, v: replace(p, distilled_cfg_scale=v)))  # fmt: skip
     if "shift" in names:  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
-        axes.append(Axis("Shift", _floats(0.1, 30), lambda p, v: replace(p, shift=v)))
+        axes.append(Axis("Shift", float_range(0.1, 30), lambda p, v: replace(p, shift=v)))
     for label, name in _SAMPLER_AXES.items():  # checked per cell: refused where not honoured
-        axes.append(Axis(label, _floats(*BOUNDS[name]), _setter(name)))
+        axes.append(Axis(label, float_range(*BOUNDS[name]), _setter(name)))
     if "controlnet" in names:  # sd-webui-controlnet's axes, last (xyz_controlnet.py)
         axes.extend(controlnet_axes(Axis))
     return axes

@@ -30,7 +30,7 @@ from typing import Any
 from ...core.controlnet_units import CONTROL_MODES, NO_MODEL, RESIZE_MODES, checked
 from ...imaging.control_preprocessors import preprocessor_named
 from ...model_manager.controlnet_files import find_controlnet, list_controlnets
-from .common import expand_floats, expand_ints
+from .common import float_range, int_range
 
 PREFIX = "[ControlNet] "
 
@@ -59,25 +59,6 @@ def _on_units(params: Any, change: Callable[[Any], Any]) -> Any:
 
 def _setter(field: str) -> Callable[[Any, Any], Any]:
     return lambda params, value: _on_units(params, lambda u: replace(u, **{field: value}))
-
-
-def _floats(low: float, high: float) -> Callable[[list[str], Any], list[float]]:
-    def read(texts: list[str], check: Any) -> list[float]:
-        values = expand_floats(texts)
-        for v in values:
-            if not low <= v <= high:
-                raise ValueError(f"{v:g} is outside {low:g}..{high:g}")
-        return values
-
-    return read
-
-
-def _ints(texts: list[str], check: Any) -> list[int]:
-    values = expand_ints(texts)
-    for v in values:
-        if not 64 <= v <= 2048:
-            raise ValueError(f"{v} is outside 64..2048")
-    return values
 
 
 def _choices(names: tuple[str, ...]) -> Callable[[list[str], Any], list[str]]:
@@ -138,14 +119,14 @@ def _set_module(params: Any, value: str) -> Any:
 def controlnet_axes(axis_type: type) -> list[Any]:
     """The ControlNet axes (`axis_type`: xyz_axes.Axis), in the extension's order."""
     specs = (("Model", _models, _set_model, True),
-             ("Weight", _floats(0, 2), _setter("weight"), False),
-             ("Guidance Start", _floats(0, 1), _setter("guidance_start"), False),
-             ("Guidance End", _floats(0, 1), _setter("guidance_end"), False),
+             ("Weight", float_range(0, 2), _setter("weight"), False),
+             ("Guidance Start", float_range(0, 1), _setter("guidance_start"), False),
+             ("Guidance End", float_range(0, 1), _setter("guidance_end"), False),
              ("Control Mode", _choices(CONTROL_MODES), _setter("control_mode"), False),
              ("Resize Mode", _choices(RESIZE_MODES), _setter("resize_mode"), False),
              ("Preprocessor", _modules, _set_module, False),
-             ("Pre Resolution", _ints, _setter("processor_res"), False),
-             ("Pre Threshold A", _floats(0, 1024), _setter("threshold_a"), False),
-             ("Pre Threshold B", _floats(0, 1024), _setter("threshold_b"), False))  # fmt: skip
+             ("Pre Resolution", int_range(64, 2048), _setter("processor_res"), False),
+             ("Pre Threshold A", float_range(0, 1024), _setter("threshold_a"), False),
+             ("Pre Threshold B", float_range(0, 1024), _setter("threshold_b"), False))  # fmt: skip
     return [axis_type(PREFIX + name, read, apply, costly=costly, applies=_applies)
             for name, read, apply, costly in specs]  # fmt: skip
