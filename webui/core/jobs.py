@@ -30,7 +30,8 @@ A running job may let waiting jobs run inside it: while it runs, `Job.run_waitin
 around)` starts, runs and finishes (with their own states and events) the jobs waiting at
 that moment that `accept` takes, on its executor's thread. Training does this between its
 steps when the option `training_yield_to_jobs` is on (`train_yield.py`); the queue panel
-then lists both as running.
+then lists both as running. That part is `job_inline.py`; the read-only views (listing,
+round-robin order, positions) are `job_views.py`; `JobQueue` inherits both.
 
 Every change is published once on `JobQueue.events` (see `events.py`): queued, started,
 step (from the progress listeners), saved (`Job.image_saved`, called by the worker's save),
@@ -47,7 +48,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack, nullcontext
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -78,7 +78,9 @@ from .job import (
     rerun_note,
     summary,
 )
+from .job_inline import InlineRuns
 from .job_store import JobStore, encode_job, restore
+from .job_views import JobViews
 from .progress import Progress
 
 __all__ = [
@@ -91,7 +93,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class JobQueue:
+class JobQueue(JobViews, InlineRuns):
     """Round-robin between owners, FIFO per owner, one thread per executor.
 
     `runner` runs jobs in this process (one `LocalExecutor`); `executors` replaces it (the
@@ -305,110 +307,6 @@ class JobQueue:
         except (TypeError, ValueError, KeyError):
             return 0
 
-    # --- reading ------------------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
-        """The job in memory, else (finished long ago) as the store recorded it."""
-        with self._cond:
-            job = self._jobs.get(job_id)
-        if job is None and self._store is not None:
-            stored = self._store.get(job_id)
-            return stored.to_job() if stored is not None else None
-        return job
-
-    def jobs(self) -> list[Job]:
-        with self._cond:
-            return list(self._jobs.values())
-
-    def schedule(self) -> list[Job]:
-        """Waiting jobs in the order they will run if nothing else is submitted."""
-        with self._cond:
-            return self._schedule()
-
-    def _schedule(self) -> list[Job]:
-        queues = {o: list(js) for o, js in self._waiting.items() if js}
-        served = dict(self._served)
-        tick = self._tick
-        order: list[Job] = []
-        while queues:
-            owner = min(queues, key=lambda o: (served.get(o, -1), queues[o][0].seq))
-            order.append(queues[owner].pop(0))
-            tick += 1
-            served[owner] = tick
-            if not queues[owner]:
-                del queues[owner]
-        return order
-
-    def listing(
-        self, finished_limit: int = 20, finished_offset: int = 0
-    ) -> list[tuple[Job, int | None]]:
-        """(job, position) for the running job, the waiting ones in run order, then a page
-        of the finished ones (newest first; from the store when there is one)."""
-        with self._cond:
-            running = [(j, 0) for j in self._jobs.values() if j.state == RUNNING]
-            waiting = [(j, i + 1) for i, j in enumerate(self._schedule())]
-            kept = dict(self._jobs)
-        if self._store is not None:
-            rows = self._store.page(finished=True, offset=finished_offset, limit=finished_limit)
-            finished = [_kept_or_stored(kept, row) for row in rows]
-        else:
-            finished = sorted(
-                (j for j in kept.values() if j.finished),
-                key=lambda j: j.finished_at or 0,
-                reverse=True,
-            )[finished_offset : finished_offset + finished_limit]
-        return running + waiting + [(j, None) for j in finished]
-
-    def finished_count(self, owner: str | None = None) -> int:
-        """How many finished jobs there are to page through (of one owner, or all)."""
-        if self._store is not None:
-            return self._store.count(owner, finished=True)
-        with self._cond:
-            return sum(1 for j in self._jobs.values() if j.finished and owner in (None, j.owner))
-
-    def job_count(self, owner: str) -> int:
-        """How many jobs one owner has (all states) to page through with owner_jobs."""
-        if self._store is not None:
-            return self._store.count(owner)
-        with self._cond:
-            return sum(1 for j in self._jobs.values() if j.owner == owner)
-
-    def owner_jobs(self, owner: str, limit: int | None = None, offset: int = 0) -> list[Job]:
-        """One owner's jobs, newest first (a page of them with `limit`); from the store,
-        however old, when there is one, else the ones kept in memory."""
-        with self._cond:
-            kept = dict(self._jobs)
-        if self._store is not None:
-            rows = self._store.page(owner, offset=offset, limit=limit)
-            return [_kept_or_stored(kept, row) for row in rows]
-        mine = sorted((j for j in kept.values() if j.owner == owner), key=lambda j: j.seq,
-                      reverse=True)  # fmt: skip
-        return mine[offset : offset + limit if limit else None]
-
-    def position(self, job: Job) -> int | None:
-        """0 for a running job, 1.. for waiting ones, None when finished."""
-        with self._cond:
-            if job.state == RUNNING:
-                return 0
-            if job.state == QUEUED:
-                order = self._schedule()
-                if job in order:
-                    return order.index(job) + 1
-        return None
-
-    def current(self) -> Job | None:
-        with self._cond:
-            return next((j for j in self._jobs.values() if j.state == RUNNING), None)
-
-    def active(self, owner: str) -> Job | None:
-        """The owner's running job, else the one of theirs that will run first."""
-        with self._cond:
-            running = next(
-                (j for j in self._jobs.values() if j.state == RUNNING and j.owner == owner), None
-            )
-            if running is not None:
-                return running
-            return next((j for j in self._schedule() if j.owner == owner), None)
-
     # --- acting on jobs -------------------------------------------------------------------
     def _own(self, job_id: str, owner: str | None) -> Job | None:
         job = self._jobs.get(job_id)
@@ -562,72 +460,6 @@ class JobQueue:
             job.error = str(exc) or type(exc).__name__
             return FAILED
 
-    # --- jobs run inside a running one (training between its steps, train_yield.py) ------
-    def _run_waiting(
-        self,
-        slot: Slot,
-        host: Job,
-        accept: Callable[[Job], bool],
-        around: Callable[[], AbstractContextManager] = nullcontext,
-    ) -> int:
-        """Run the jobs waiting now that `accept` takes, in schedule order, one after the
-        other on `host`'s executor (its thread and device), inside `around()` (entered
-        before the first, left after the last). Each is started, run and finished as any
-        job; jobs submitted meanwhile wait for the next call. Returns how many ran."""
-        with self._cond:
-            last = max((j.seq for js in self._waiting.values() for j in js), default=-1)
-        ran = 0
-        with ExitStack() as paused:
-            while (job := self._take_waiting(slot, host, accept, last)) is not None:
-                if not ran:
-                    self._enter(paused, around, job)
-                ran += 1
-                try:
-                    state = self._execute(slot.executor, job)
-                except WorkerLost as exc:
-                    job.error, state = str(exc), FAILED
-                with self._cond:
-                    job.skip_requested = False
-                    self._finish(job, state)
-                    self._cond.notify_all()
-        return ran
-
-    def _enter(
-        self, stack: ExitStack, around: Callable[[], AbstractContextManager], job: Job
-    ) -> None:
-        """Enter `around()` for the started `job`; if that fails (a bug), the job fails."""
-        try:
-            stack.enter_context(around())
-        except Exception as exc:
-            with self._cond:
-                job.error = f"could not pause the running job for it: {exc}"
-                self._finish(job, FAILED)
-                self._cond.notify_all()
-            raise
-
-    def _take_waiting(
-        self, slot: Slot, host: Job, accept: Callable[[Job], bool], last: int
-    ) -> Job | None:
-        """The first waiting job (queued by `last`) that `accept` takes, started; `accept`
-        is asked outside the lock (it may resolve checkpoint names)."""
-        with self._cond:
-            if self._stopping or host.abort_requested:
-                return None
-            candidates = [j for j in self._schedule() if j.seq <= last]
-        for job in candidates:
-            if not accept(job):
-                continue
-            with self._cond:
-                if job.state != QUEUED or self._stopping:
-                    continue
-                self._unqueue(job)
-                self._tick += 1
-                self._served[job.owner] = self._tick
-                job.state, job.worker = RUNNING, slot.executor.name
-                self._mark_started(job)
-            return job
-        return None
-
     def _lost(self, slot: Slot, job: Job, exc: WorkerLost) -> None:
         """The executor died under the job: run it once more elsewhere, else fail it."""
         log.warning("worker %s lost while running job %s: %s", slot.executor.name, job.id, exc)
@@ -685,9 +517,3 @@ class JobQueue:
         owners = {j.owner for j in self._jobs.values()}
         for owner in [o for o in self._served if o not in owners]:
             del self._served[owner]
-
-
-def _kept_or_stored(kept: Mapping[str, Job], row: Any) -> Job:
-    """The job still in memory (its pictures even when unsaved), else the stored one."""
-    job = kept.get(row.id)
-    return job if job is not None else row.to_job()
