@@ -17,16 +17,11 @@ This module must never import a UI library.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-
-from .ip_adapter import IpUnit
-
-log = logging.getLogger(__name__)
+from .ip_adapter import IpUnit, installed_processors
 
 
 def _fits(transformer: Any, model: Any, processors: dict) -> bool:
@@ -43,29 +38,8 @@ def installed(transformer: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
     """The units' FLUX IP-Adapter processors on `transformer` for one call (yields them)."""
     from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
 
-    saved = transformer.attn_processors
-    if not units or not all(_fits(transformer, u.model, saved) for u in units):
-        if units:  # a hires. fix pass on a checkpoint of another width
-            log.warning("FLUX IP-Adapter units skipped: their layers do not fit this model")
-        yield []
-        return
-    processors = dict(saved)
-    made = []
-    for name in units[0].model.names:
-        layers = [u.model.processors[u.model.names.index(name)] for u in units]
-        with torch.device("meta"):  # the layers below replace its own
-            proc = FluxIPAdapterAttnProcessor(layers[0].hidden_size, layers[0].cross_attention_dim,
-                                              num_tokens=[u.model.tokens for u in units],
-                                              scale=[0.0] * len(units))  # fmt: skip
-        proc.to_k_ip = torch.nn.ModuleList([layer.to_k_ip[0] for layer in layers])
-        proc.to_v_ip = torch.nn.ModuleList([layer.to_v_ip[0] for layer in layers])
-        processors[name] = proc
-        made.append(proc)
-    transformer.set_attn_processor(processors)
-    try:
+    with installed_processors(transformer, units, FluxIPAdapterAttnProcessor, _fits) as made:
         yield made
-    finally:
-        transformer.set_attn_processor(saved)
 
 
 def call_kwargs(units: list[IpUnit], processors: list[Any], kwargs: dict, negative: bool,

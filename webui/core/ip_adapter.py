@@ -23,7 +23,7 @@ This module must never import a UI library.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +67,21 @@ def installed(unet: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
     """The units' IP-Adapter processors on `unet` for one pipeline call (yields them)."""
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-    saved = unet.attn_processors
-    if not units or not all(_fits(unet, u.model, saved) for u in units):
-        if units:  # a hires. fix pass on a checkpoint of another family
-            log.warning("IP-Adapter units skipped: their layers do not fit this UNet")
+    with installed_processors(unet, units, IPAdapterAttnProcessor2_0, _fits) as made:
+        yield made
+
+
+@contextmanager
+def installed_processors(model: Any, units: list[IpUnit], processor_class: type,
+                         fits: Callable[[Any, Any, dict], bool]) -> Iterator[list[Any]]:  # fmt: skip
+    """One `processor_class` per adapter layer on `model` (a UNet or the FLUX transformer)
+    for one pipeline call, holding every unit's `to_k_ip` / `to_v_ip` (diffusers'
+    multi-adapter form); the model's own processors are put back afterwards. Units whose
+    layers do not `fit` the model (a hires. fix pass on another family) are skipped."""
+    saved = model.attn_processors
+    if not units or not all(fits(model, u.model, saved) for u in units):
+        if units:
+            log.warning("IP-Adapter units skipped: their layers do not fit this model")
         yield []
         return
     processors = dict(saved)
@@ -78,19 +89,18 @@ def installed(unet: Any, units: list[IpUnit]) -> Iterator[list[Any]]:
     for name in units[0].model.names:
         layers = [u.model.processors[u.model.names.index(name)] for u in units]
         with torch.device("meta"):  # the layers below replace its own
-            proc = IPAdapterAttnProcessor2_0(layers[0].hidden_size,
-                                             layers[0].cross_attention_dim,
-                                             num_tokens=[u.model.tokens for u in units],
-                                             scale=[0.0] * len(units))  # fmt: skip
+            proc = processor_class(layers[0].hidden_size, layers[0].cross_attention_dim,
+                                   num_tokens=[u.model.tokens for u in units],
+                                   scale=[0.0] * len(units))  # fmt: skip
         proc.to_k_ip = torch.nn.ModuleList([layer.to_k_ip[0] for layer in layers])
         proc.to_v_ip = torch.nn.ModuleList([layer.to_v_ip[0] for layer in layers])
         processors[name] = proc
         made.append(proc)
-    unet.set_attn_processor(processors)
+    model.set_attn_processor(processors)
     try:
         yield made
     finally:
-        unet.set_attn_processor(saved)
+        model.set_attn_processor(saved)
 
 
 def _fits(unet: Any, model: Any, processors: dict) -> bool:
