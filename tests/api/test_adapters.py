@@ -5,8 +5,6 @@ models/ControlNet, a tiny CLIP vision model as models/clip_vision/clip_h.safeten
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 
@@ -15,13 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.test_controlnet import BODY, b64, pixels, shapes
-from tests.conftest import ServerThread, with_tiny_sd1
+from tests.controlnet_api import b64, controlnet_server, label, picture, pixels, post, shapes
 from tests.tiny_clip_vision import PROJECTION, WIDTH, save_tiny_clip_vision
-from webui.app import create_app
-from webui.model_manager.controlnet_files import legacy_hash
 from webui.model_manager.tiny_adapters import save_tiny_ip_adapter, save_tiny_t2i_adapter
-from webui.settings import parse_flags
 
 IP = "ip-adapter_sd15.safetensors"
 IP_PLUS = "ip-adapter-plus_sd15.safetensors"
@@ -42,28 +36,23 @@ def _save_xl_t2i_adapter(path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    data = with_tiny_sd1(tmp_path_factory.mktemp("adapters"), tiny_files)
-    folder = data / "models" / "ControlNet"
-    save_tiny_ip_adapter(folder / IP, "sd1", clip_projection=PROJECTION, seed=1)
-    save_tiny_ip_adapter(folder / IP_PLUS, "sd1", clip_width=WIDTH, plus=True, seed=2)
-    save_tiny_t2i_adapter(folder / T2I, "sd1", seed=4)
-    save_tiny_t2i_adapter(folder / T2I_DIFFUSERS, "sd1", layout="diffusers", seed=4)
-    _save_xl_t2i_adapter(folder / T2I_XL)
-    save_tiny_ip_adapter(folder / IP_XL, "sdxl", clip_projection=PROJECTION, seed=5)
-    shutil.copy(tiny_files["sdxl"], data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors")
     clip = save_tiny_clip_vision(tmp_path_factory.mktemp("clip"))["file"]
-    (data / "models" / "clip_vision").mkdir(parents=True)
-    clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder, srv.data, srv.ctx = folder, data, app.state.ctx
+
+    def adapters(data) -> None:
+        folder = data / "models" / "ControlNet"
+        save_tiny_ip_adapter(folder / IP, "sd1", clip_projection=PROJECTION, seed=1)
+        save_tiny_ip_adapter(folder / IP_PLUS, "sd1", clip_width=WIDTH, plus=True, seed=2)
+        save_tiny_t2i_adapter(folder / T2I, "sd1", seed=4)
+        save_tiny_t2i_adapter(folder / T2I_DIFFUSERS, "sd1", layout="diffusers", seed=4)
+        _save_xl_t2i_adapter(folder / T2I_XL)
+        save_tiny_ip_adapter(folder / IP_XL, "sdxl", clip_projection=PROJECTION, seed=5)
+        checkpoints = data / "models" / "Stable-diffusion"
+        shutil.copy(tiny_files["sdxl"], checkpoints / "tiny-sdxl.safetensors")
+        (data / "models" / "clip_vision").mkdir(parents=True)
+        clip.rename(data / "models" / "clip_vision" / "clip_h.safetensors")
+
+    with controlnet_server(tmp_path_factory.mktemp("adapters"), tiny_files, adapters) as srv:
         yield srv
-
-
-def label(server, name: str) -> str:
-    path = server.folder / name
-    return f"{path.stem} [{legacy_hash(path)}]"
 
 
 def reference() -> Image.Image:
@@ -76,11 +65,8 @@ def ip_unit(server, name: str = IP, **fields) -> dict:
 
 
 def generate(server, units: list | None, route: str = "txt2img", expect: int = 200, **extra):
-    body = {**BODY, "override_settings": {"sd_model_checkpoint": "tiny-sd1"}, **extra}
-    if units is not None:
-        body["alwayson_scripts"] = {"controlnet": {"args": units}}
-    with httpx.Client(timeout=600) as client:
-        response = client.post(f"{server.url}/sdapi/v1/{route}", json=body)
+    extra = {"override_settings": {"sd_model_checkpoint": "tiny-sd1"}, **extra}
+    response = post(server, units, route, **extra)
     assert response.status_code == expect, response.text
     return response.json()
 
@@ -125,9 +111,7 @@ def test_an_sdxl_ip_adapter_unit(server):
     assert np.abs(guided - plain).mean() > 1
     off = generate(server, [{**unit, "weight": 0}], **sdxl)
     assert np.array_equal(pixels(off["images"][0]), plain)
-    with httpx.Client(timeout=600) as client:  # an SD 1.x T2I-Adapter: a clear error
-        body = {**BODY, **sdxl, "alwayson_scripts": {"controlnet": {"args": [t2i_unit(server)]}}}
-        response = client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
+    response = post(server, [t2i_unit(server)], **sdxl)  # an SD 1.x T2I-Adapter: a clear error
     assert response.status_code >= 400 and "is made for SD 1.x" in response.text
 
 
@@ -181,7 +165,7 @@ def test_the_ui_unit_gives_the_api_pixels(server, kind, request):
 
     api = request.getfixturevalue(f"{kind}_guided")
     sent = ip_unit(server) if kind == "ip" else t2i_unit(server)
-    image = Image.open(io.BytesIO(base64.b64decode(sent["image"])))
+    image = picture(sent["image"])
     shown = {**sent, "image": image, "mask": None, "weight": 1.0,
              "resize_mode": "Crop and Resize", "processor_res": 512,
              "threshold_a": 100 if kind == "t2i" else 1, "threshold_b": 200 if kind == "t2i" else 1,

@@ -4,54 +4,27 @@ folder), 64x64 images, 3 steps."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-from tests.conftest import ServerThread, with_tiny_sd1
-from webui.app import create_app
-from webui.model_manager.controlnet_files import legacy_hash
+from tests.controlnet_api import BODY, b64, controlnet_server, label, pixels, post, shapes
 from webui.model_manager.tiny_controlnet import save_tiny_controlnet
-from webui.settings import parse_flags
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_files):
-    data = with_tiny_sd1(tmp_path_factory.mktemp("controlnet"), tiny_files)
+def _controlnets(data) -> None:
     folder = data / "models" / "ControlNet"
     save_tiny_controlnet(folder / "control_tiny_canny.safetensors", "sd1", seed=1)
     save_tiny_controlnet(folder / "control_tiny_lineart.pth", "sd1", seed=2)
     save_tiny_controlnet(folder / "control_tiny_folder", "sd1", seed=3, layout="folder")
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder, srv.ctx = folder, app.state.ctx
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_files):
+    with controlnet_server(tmp_path_factory.mktemp("controlnet"), tiny_files, _controlnets) as srv:
         yield srv
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def shapes() -> Image.Image:
-    image = Image.new("RGB", (64, 64), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 10, 40, 50), fill="black")
-    draw.ellipse((30, 5, 60, 35), fill=(200, 30, 30))
-    return image
-
-
-def label(server, name: str) -> str:
-    path = server.folder / name
-    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
-    return f"{path.stem if not path.is_dir() else path.name} [{legacy_hash(weights)}]"
 
 
 def unit(server, **fields) -> dict:
@@ -59,22 +32,11 @@ def unit(server, **fields) -> dict:
             "model": label(server, "control_tiny_canny.safetensors"), **fields}  # fmt: skip
 
 
-BODY = {"prompt": "a house", "negative_prompt": "fog", "steps": 3, "seed": 7, "width": 64,
-        "height": 64, "sampler_name": "Euler", "cfg_scale": 5}  # fmt: skip
-
-
 def generate(server, units: list | None, route: str = "txt2img", **extra) -> dict:
-    body = {**BODY, **extra}
-    if units is not None:
-        body["alwayson_scripts"] = {"ControlNet": {"args": units}}
-    with httpx.Client(timeout=600) as client:
-        response = client.post(f"{server.url}/sdapi/v1/{route}", json=body)
+    """The extension's clients write the script's key in any case: "ControlNet" here."""
+    response = post(server, units, route, script_key="ControlNet", **extra)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def pixels(data: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), np.int16)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,12 @@ server's downloader is replaced by one that records and fails."""
 
 from __future__ import annotations
 
-import base64
-import io
-
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-from tests.conftest import ServerThread, with_tiny_sd1
-from webui.app import create_app
-from webui.settings import parse_flags
+from tests.controlnet_api import b64, controlnet_server, picture, post
+from tests.controlnet_api import shapes as _shapes
 
 pytest.importorskip("controlnet_aux")
 
@@ -25,13 +20,11 @@ pytest.importorskip("controlnet_aux")
 def server(tmp_path_factory, tiny_files):
     from webui.model_manager.tiny_annotators import save_random_annotator
 
-    data = with_tiny_sd1(tmp_path_factory.mktemp("annotators"), tiny_files)
-    folder = data / "models" / "ControlNet" / "annotators"
-    save_random_annotator(folder, "hed", seed=1)
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder, srv.ctx = folder, app.state.ctx
+    def annotators(data) -> None:
+        save_random_annotator(data / "models" / "ControlNet" / "annotators", "hed", seed=1)
+
+    with controlnet_server(tmp_path_factory.mktemp("annotators"), tiny_files, annotators) as srv:
+        srv.folder = srv.folder / "annotators"
         srv.downloads = []
 
         def no_network(name, target, report):
@@ -42,22 +35,8 @@ def server(tmp_path_factory, tiny_files):
         yield srv
 
 
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def shapes() -> Image.Image:
-    image = Image.new("RGB", (96, 64), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 10, 40, 50), fill="black")
-    draw.ellipse((50, 5, 90, 45), fill=(200, 30, 30))
-    return image
-
-
-def picture(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data)))
+def shapes():
+    return _shapes((96, 64))
 
 
 def detect(server, module: str, res: int = 64):
@@ -115,21 +94,9 @@ def test_dw_openpose_is_refused_with_its_reason(server):
     assert "mmpose" in str(response.json())
 
 
-BODY = {"prompt": "a house", "steps": 2, "seed": 7, "width": 64, "height": 64,
-        "sampler_name": "Euler", "cfg_scale": 5}  # fmt: skip
-
-
 def txt2img(server, unit: dict) -> httpx.Response:
-    body = {
-        **BODY,
-        "alwayson_scripts": {
-            "controlnet": {
-                "args": [{"enabled": True, "image": b64(shapes()), "model": "None", **unit}]
-            }
-        },
-    }
-    with httpx.Client(timeout=600) as client:
-        return client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
+    unit = {"enabled": True, "image": b64(shapes()), "model": "None", **unit}
+    return post(server, [unit], steps=2)
 
 
 def test_a_job_runs_the_annotator_and_returns_its_map(server):

@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.api.test_controlnet import BODY, b64, pixels, shapes
-from tests.conftest import ServerThread, with_tiny_sd1
-from webui.app import create_app
-from webui.model_manager.controlnet_files import legacy_hash
+from tests.controlnet_api import b64, controlnet_server, label, pixels, post, shapes
 from webui.model_manager.tiny_controlnet import save_tiny_controlnet
-from webui.settings import parse_flags
 
 PROMAX = "controlnet-union-promax.safetensors"
 UNION6 = "controlnet-union-sdxl-1.0"  # a folder
@@ -31,37 +27,22 @@ CN_LOC = ("body", "alwayson_scripts", "controlnet", "args", "0")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
-    data = with_tiny_sd1(tmp_path_factory.mktemp("union"), tiny_files)
-    shutil.copy(tiny_files["sdxl"], data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors")
-    folder = data / "models" / "ControlNet"
-    save_tiny_controlnet(folder / PROMAX, "sdxl", seed=4, layout="diffusers", union_modes=8)
-    save_tiny_controlnet(folder / UNION6, "sdxl", seed=5, layout="folder", union_modes=6)
-    save_tiny_controlnet(folder / CANNY, "sd1", seed=1)
-    save_tiny_controlnet(folder / OTHER, "sd1", seed=2)
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder, srv.ctx = folder, app.state.ctx
+    def models(data) -> None:
+        sdxl = data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors"
+        shutil.copy(tiny_files["sdxl"], sdxl)
+        folder = data / "models" / "ControlNet"
+        save_tiny_controlnet(folder / PROMAX, "sdxl", seed=4, layout="diffusers", union_modes=8)
+        save_tiny_controlnet(folder / UNION6, "sdxl", seed=5, layout="folder", union_modes=6)
+        save_tiny_controlnet(folder / CANNY, "sd1", seed=1)
+        save_tiny_controlnet(folder / OTHER, "sd1", seed=2)
+
+    with controlnet_server(tmp_path_factory.mktemp("union"), tiny_files, models) as srv:
         yield srv
-
-
-def label(server, name: str) -> str:
-    path = server.folder / name
-    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
-    return f"{path.name if path.is_dir() else path.stem} [{legacy_hash(weights)}]"
 
 
 def unit(server, model: str = PROMAX, **fields) -> dict:
     return {"enabled": True, "module": "canny", "image": b64(shapes()), "model": label(server, model),
             "save_detected_map": False, **fields}  # fmt: skip
-
-
-def post(server, units: list | None, route: str = "txt2img", **extra) -> httpx.Response:
-    body = {**BODY, **extra}
-    if units is not None:
-        body["alwayson_scripts"] = {"controlnet": {"args": units}}
-    with httpx.Client(timeout=600) as client:
-        return client.post(f"{server.url}/sdapi/v1/{route}", json=body)
 
 
 def image(server, units: list | None, route: str = "txt2img", **extra) -> np.ndarray:

@@ -1,0 +1,85 @@
+"""What the ControlNet API tests share: a server on a data folder (the tiny SD 1.x
+checkpoint plus what the test's module puts in models/), the extension's unit fields
+(base64 images, model labels with their hashes), and the txt2img/img2img calls."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tests.conftest import ServerThread, with_tiny_sd1
+from webui.app import create_app
+from webui.model_manager.controlnet_files import legacy_hash
+from webui.settings import parse_flags
+
+BODY = {"prompt": "a house", "negative_prompt": "fog", "steps": 3, "seed": 7, "width": 64,
+        "height": 64, "sampler_name": "Euler", "cfg_scale": 5}  # fmt: skip
+
+
+@contextmanager
+def controlnet_server(folder: Path, tiny_files: dict, fill: Callable[[Path], None]) -> Iterator:
+    """A server (API only) whose data folder is `folder` with the tiny SD 1.x checkpoint;
+    `fill(data)` puts the test's models in it first. The server has `folder` (its
+    models/ControlNet), `data` and `ctx`."""
+    data = with_tiny_sd1(folder, tiny_files)
+    fill(data)
+    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
+    app = create_app(flags)
+    with ServerThread(app) as srv:
+        srv.folder, srv.data, srv.ctx = data / "models" / "ControlNet", data, app.state.ctx
+        yield srv
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def picture(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def pixels(data: str) -> np.ndarray:
+    return np.asarray(picture(data).convert("RGB"), np.int16)
+
+
+def shapes(size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A white picture with a black box and a red disc (edges for every preprocessor)."""
+    width = size[0]
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 10, 40, 50), fill="black")
+    draw.ellipse((width - 34, 5, width - 4, 35), fill=(200, 30, 30))
+    return image
+
+
+def label(server, name: str) -> str:
+    """The extension's model label: file stem (folder name) and hash in brackets."""
+    path = server.folder / name
+    weights = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+    return f"{path.name if path.is_dir() else path.stem} [{legacy_hash(weights)}]"
+
+
+def post(server, units: list | None, route: str = "txt2img", script_key: str = "controlnet",
+         **extra) -> httpx.Response:  # fmt: skip
+    """`BODY` (with `extra`) and the units as the extension's `alwayson_scripts`."""
+    body = {**BODY, **extra}
+    if units is not None:
+        body["alwayson_scripts"] = {script_key: {"args": units}}
+    with httpx.Client(timeout=600) as client:
+        return client.post(f"{server.url}/sdapi/v1/{route}", json=body)
+
+
+def generate(server, units: list | None, route: str = "txt2img", expect: int = 200, **extra):
+    """The answer's JSON, after checking its status is `expect`."""
+    response = post(server, units, route, **extra)
+    assert response.status_code == expect, response.text
+    return response.json()
