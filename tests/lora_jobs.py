@@ -46,3 +46,24 @@ def run_flow(ctx, prompt: str, **fields):
 
 def pixels(result) -> np.ndarray:
     return np.asarray(result.images[0].image)
+
+
+def check_lora_tag(ctx, name: str, second: str | None = None) -> np.ndarray:
+    """`<lora:name:w>` on a job of the context's checkpoint: weight 0 gives the image
+    without it, 0.5 and 1 (with `second` at 0.7) change it step by step, the infotext names
+    the LoRAs, and the next job without a tag is the image without it again. Returns that
+    image's pixels."""
+    from webui.imaging.infotext import parse_infotext
+
+    before = pixels(run_flow(ctx, "a red cube"))
+    zero = run_flow(ctx, f"a red cube <lora:{name}:0>")  # the tag's space stripped
+    assert np.array_equal(pixels(zero), before)
+    half = run_flow(ctx, f"a red cube <lora:{name}:0.5>")
+    extra = f" <lora:{second}:0.7>" if second else ""
+    full = run_flow(ctx, f"a red cube <lora:{name}:1>{extra}")
+    assert not np.array_equal(pixels(half), before)
+    assert not np.array_equal(pixels(full), pixels(half))
+    hashes = parse_infotext(full.images[0].infotext)["Lora hashes"]
+    assert all(f"{n}: " in hashes for n in (name, second) if n), hashes
+    assert np.array_equal(pixels(run_flow(ctx, "a red cube")), before)
+    return before

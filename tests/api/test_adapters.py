@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import controlnet_api
 from tests.controlnet_api import b64, controlnet_server, label, picture, pixels, post, shapes
 from tests.tiny_clip_vision import PROJECTION, WIDTH, save_tiny_clip_vision
 from webui.model_manager.tiny_adapters import save_tiny_ip_adapter, save_tiny_t2i_adapter
@@ -66,9 +67,7 @@ def ip_unit(server, name: str = IP, **fields) -> dict:
 
 def generate(server, units: list | None, route: str = "txt2img", expect: int = 200, **extra):
     extra = {"override_settings": {"sd_model_checkpoint": "tiny-sd1"}, **extra}
-    response = post(server, units, route, **extra)
-    assert response.status_code == expect, response.text
-    return response.json()
+    return controlnet_api.generate(server, units, route, expect, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,14 @@ folder), 64x64 images, 3 steps."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.controlnet_api import BODY, b64, controlnet_server, label, pixels, post, shapes
+from tests import controlnet_api
+from tests.controlnet_api import BODY, b64, controlnet_server, label, pixels, shapes
 from webui.model_manager.tiny_controlnet import save_tiny_controlnet
 
 
@@ -32,11 +34,8 @@ def unit(server, **fields) -> dict:
             "model": label(server, "control_tiny_canny.safetensors"), **fields}  # fmt: skip
 
 
-def generate(server, units: list | None, route: str = "txt2img", **extra) -> dict:
-    """The extension's clients write the script's key in any case: "ControlNet" here."""
-    response = post(server, units, route, script_key="ControlNet", **extra)
-    assert response.status_code == 200, response.text
-    return response.json()
+# the extension's clients write the script's key in any case: "ControlNet" here
+generate = partial(controlnet_api.generate, script_key="ControlNet")
 
 
 @pytest.fixture(scope="module")
