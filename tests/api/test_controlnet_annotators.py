@@ -53,7 +53,7 @@ def test_the_lists_have_the_annotators(server):
         types = client.get("/controlnet/control_types").json()["control_types"]
         models = client.get("/controlnet/model_list").json()["model_list"]
     assert models == []  # annotators/ControlNetHED.pth is not a ControlNet model
-    for name in ("depth", "openpose_full", "lineart", "lineart_anime", "hed", "pidinet",
+    for name in ("depth", "openpose_full", "dw_openpose_full", "lineart", "lineart_anime", "hed", "pidinet",
                  "normal_bae", "mlsd"):  # fmt: skip
         assert name in modules["module_list"]
     for label in ("depth_midas", "lineart_realistic", "softedge_hed", "softedge_pidinet"):
@@ -88,10 +88,26 @@ def test_missing_weights_are_a_422_naming_file_and_folder(server, monkeypatch):
     assert server.downloads[-1] == "mlsd_large_512_fp32.pth"  # tried once, then said so
 
 
-def test_dw_openpose_is_refused_with_its_reason(server):
-    response = detect(server, "dw_openpose_full")
-    assert response.status_code == 422
-    assert "mmpose" in str(response.json())
+def test_detect_runs_dwpose_from_its_onnx_files(server):
+    from tests.tiny_dwpose import H, W, at, save_tiny_person
+
+    files = [server.folder / "yolox_l.onnx", server.folder / "dw-ll_ucoco_384.onnx"]
+    save_tiny_person(server.folder)
+    downloads = len(server.downloads)
+    try:
+        with httpx.Client(timeout=120, base_url=server.url) as client:
+            response = client.post("/controlnet/detect", json={
+                "controlnet_module": "dw_openpose_full", "controlnet_processor_res": 256,
+                "controlnet_input_images": [b64(Image.new("RGB", (W, H), "gray"))]})  # fmt: skip
+    finally:
+        for path in files:
+            path.unlink()
+    assert response.status_code == 200, response.text
+    drawn = np.asarray(picture(response.json()["images"][0]).convert("RGB"))
+    assert drawn.shape == (H, W, 3) and len(server.downloads) == downloads  # none
+    x, y = at(0)  # the nose, in OpenPose's first colour; the hands' points blue
+    assert tuple(drawn[int(y), int(x)]) == (255, 0, 0)
+    assert all(tuple(drawn[int(at(k)[1]), int(at(k)[0])]) == (0, 0, 255) for k in (91, 112))
 
 
 def txt2img(server, unit: dict) -> httpx.Response:
@@ -115,3 +131,7 @@ def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
     detail = response.json()["detail"]
     assert any(d["loc"][-1] == "module" and "body_pose_model.pth" in d["msg"]
                and str(server.folder) in d["msg"] for d in detail), detail  # fmt: skip
+    response = txt2img(server, {"module": "dw_openpose_full"})
+    assert response.status_code == 422, response.text
+    said = str(response.json()["detail"])
+    assert "yolox_l.onnx" in said and str(server.folder) in said and "yzd-v/DWPose" in said

@@ -38,5 +38,5 @@ def test_missing_weights_on_the_preview_are_a_message():
         cn._preview("hed", image, None, 64, -1, -1, annotate=annotate)
     with pytest.raises(InputError, match="not available"):  # no runner: said, not a crash
         cn._preview("hed", image, None, 64, -1, -1)
-    with pytest.raises(InputError, match="mmpose"):
-        cn._preview("dw_openpose_full", image, None, 64, -1, -1)
+    with pytest.raises(InputError, match="LaMa"):  # a refused one: its reason
+        cn._preview("inpaint_only+lama", image, None, 64, -1, -1)

@@ -42,6 +42,7 @@ ANNOTATOR_ENTRIES: tuple[AnnotatorEntry, ...] = (
     AnnotatorEntry("openpose_faceonly", "openpose_faceonly", ("OpenPose",)),
     AnnotatorEntry("openpose_full", "openpose_full", ("OpenPose",), _RES),
     AnnotatorEntry("openpose_hand", "openpose_hand", ("OpenPose",)),
+    AnnotatorEntry("dw_openpose_full", "dw_openpose_full", ("OpenPose",), _RES),
     AnnotatorEntry("lineart", "lineart_realistic", ("Lineart",)),
     AnnotatorEntry("lineart_coarse", "lineart_coarse", ("Lineart",)),
     AnnotatorEntry("lineart_anime", "lineart_anime", ("Lineart",)),
@@ -62,10 +63,8 @@ ANNOTATOR_CONTROL_TYPES = (("Depth", "depth", "depth"), ("OpenPose", "openpose_f
                            ("MLSD", "mlsd", "mlsd"), ("NormalMap", "normal_bae", "normalbae"),
                            ("SoftEdge", "pidinet", "softedge"))  # fmt: skip
 
-_MMPOSE = "needs mmpose, mmdet and mmcv (DWPose's detector), which this server does not ship"
 _NOT_IN_AUX = "is not in controlnet_aux, the annotator library this server uses"
 REFUSED: dict[str, str] = {
-    "dw_openpose_full": f"dw_openpose_full {_MMPOSE}; use openpose_full",
     "depth_anything": f"depth_anything {_NOT_IN_AUX}; use depth_midas",
     "depth_anything_v2": f"depth_anything_v2 {_NOT_IN_AUX}; use depth_midas",
     "seg_ofade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",

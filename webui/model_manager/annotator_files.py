@@ -4,9 +4,10 @@ Files are read from `models/ControlNet/annotators` under the names lllyasviel's
 `lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
 `table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
 `netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
-`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first).
+`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first), and
+DWPose's `yolox_l.onnx` and `dw-ll_ucoco_384.onnx` from `yzd-v/DWPose` (`REPOS`).
 
-`ensure_files` downloads a missing file from that repository on first use (huggingface_hub,
+`ensure_files` downloads a missing file from its repository on first use (huggingface_hub,
 its progress in the log and the caller's `report`), into a temporary file of the folder
 renamed when complete; offline, or when the download fails, it raises
 `AnnotatorMissingError` naming the file and the folder. `offline()` says whether a
@@ -50,7 +51,10 @@ FILES: dict[str, tuple[str, ...]] = {
     "pidinet_scribble": ("table5_pidinet.pth",),
     "normal_bae": ("scannet.pt",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
+    "dw_openpose_full": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
 }
+# the files that are not in lllyasviel/Annotators: name -> their repository
+REPOS: dict[str, str] = {"yolox_l.onnx": "yzd-v/DWPose", "dw-ll_ucoco_384.onnx": "yzd-v/DWPose"}
 Report = Callable[[str], None]
 Download = Callable[[str, Path, Report], Path]
 
@@ -60,8 +64,13 @@ class AnnotatorMissingError(UserError):
 
     def __init__(self, name: str, folder: Path, reason: str):
         super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
-                         f"{name} from huggingface.co/{REPO} into {folder}")  # fmt: skip
+                         f"{name} from huggingface.co/{repo_of(name)} into {folder}")  # fmt: skip
         self.file, self.folder = name, folder
+
+
+def repo_of(name: str) -> str:
+    """The Hugging Face repository a weights file is downloaded from."""
+    return REPOS.get(name, REPO)
 
 
 def annotator_folder(controlnet_dir: Path) -> Path:
@@ -69,8 +78,9 @@ def annotator_folder(controlnet_dir: Path) -> Path:
 
 
 def weight_file(folder: Path, name: str) -> Path | None:
-    """The file of `name` in the folder (its .safetensors twin first), None if absent."""
-    for path in (folder / f"{Path(name).stem}.safetensors", folder / name):
+    """The file of `name` in the folder (a pickle's .safetensors twin first), None if absent."""
+    twin = [folder / f"{Path(name).stem}.safetensors"] if Path(name).suffix != ".onnx" else []
+    for path in (*twin, folder / name):
         if path.is_file():
             return path
     return None
@@ -90,6 +100,8 @@ def _reporting_bar(name: str, report: Report) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
+    repo = repo_of(name)
+
     class ReportingBar(tqdm):
         shown, seen = -1, 0  # counted here: a disabled bar (no terminal) counts nothing
 
@@ -99,21 +111,22 @@ def _reporting_bar(name: str, report: Report) -> type:
             share = int(self.seen * 100 / self.total) if self.total else -1
             if share != self.shown and share >= 0:
                 self.shown = share
-                report(f"Downloading {name} from {REPO}: {share}% of {self.total >> 20} MB")
+                report(f"Downloading {name} from {repo}: {share}% of {self.total >> 20} MB")
             return done
 
     return ReportingBar
 
 
 def hub_download(name: str, folder: Path, report: Report) -> Path:
-    """`name` from lllyasviel/Annotators into `folder`, atomically (huggingface_hub)."""
+    """`name` from its repository into `folder`, atomically (huggingface_hub)."""
     from huggingface_hub import hf_hub_download
 
     folder.mkdir(parents=True, exist_ok=True)
-    report(f"Downloading {name} from {REPO}")
-    log.info("Downloading annotator %s from %s into %s", name, REPO, folder)
+    repo = repo_of(name)
+    report(f"Downloading {name} from {repo}")
+    log.info("Downloading annotator %s from %s into %s", name, repo, folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as temp:
-        fetched = Path(hf_hub_download(REPO, name, local_dir=temp,
+        fetched = Path(hf_hub_download(repo, name, local_dir=temp,
                                        tqdm_class=_reporting_bar(name, report)))  # fmt: skip
         partial = folder / f".{name}.partial"
         shutil.move(str(fetched), partial)

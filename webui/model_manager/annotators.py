@@ -7,7 +7,8 @@ project's restricted unpickler (`loader._load_ckpt`) or safetensors; controlnet_
 `from_pretrained` (plain `torch.load`, its own cache folder) is never called. The
 detectors are then called as sd-webui-controlnet calls them (module `hed_safe`: safe
 steps, `pidinet_scribble`: the scribble post-processing, `openpose_hand`: body and hands,
-`mlsd`: thresholds a and b, ...). Each map is made at the unit's processor resolution
+`mlsd`: thresholds a and b, ...); `dw_openpose_full` is DWPose's two ONNX networks
+(`annotator_dwpose.py`). Each map is made at the unit's processor resolution
 (shorter side; 512 when the module hides its resolution slider), RGB uint8.
 
 `AnnotatorCache` keeps the last 2 networks used (by files and their modification times)
@@ -176,6 +177,12 @@ def _midas(paths: Paths) -> Any:
     return MidasDetector(_Midas(_load(net, *_file(paths, "dpt_hybrid-midas-501f0c75.pt"))))
 
 
+def _dwpose(paths: Paths) -> Any:
+    from .annotator_dwpose import build  # ONNX networks, onnxruntime (annotator_dwpose.py)
+
+    return build(paths)
+
+
 @dataclass(frozen=True)
 class Annotator:
     model: str  # networks of the same model and files are shared (openpose_*, hed_*)
@@ -220,6 +227,7 @@ ANNOTATORS: dict[str, Annotator] = {
                             lambda d, img, res, a, b: d(img, **_sizes(res))),
     "mlsd": Annotator("mlsd", _mlsd,
                       lambda d, img, res, a, b: d(img, thr_v=a, thr_d=b, **_sizes(res))),
+    "dw_openpose_full": Annotator("dwpose", _dwpose, lambda d, img, res, a, b: d(img, res)),
 }  # fmt: skip
 
 
