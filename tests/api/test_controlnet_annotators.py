@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.controlnet_api import b64, controlnet_server, picture, post
 from tests.controlnet_api import shapes as _shapes
