@@ -6,36 +6,22 @@ when the infotext has none)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import gradio as gr
 
+from tests.ui.fake_models import fake_ctx
 from webui.core.families.sd3 import SD3
 from webui.imaging.infotext import parse_infotext
 from webui.ui.paste import fill
 from webui.ui.sd3_controls import shift_controls, shift_shown, shift_value
 
-
-class _Models:
-    shifts = {"sd3.5-large": 3.0, "z-image": 3.0, "flux1-schnell": 1.0, "flux1-dev": 0.0,
-              "sd15": None}  # fmt: skip
-
-    def resolve(self, title):
-        if title not in self.shifts:
-            raise LookupError(title)
-        return title
-
-    def flow_shift(self, info):
-        return self.shifts[info]
-
-
-CTX = SimpleNamespace(models=_Models())
+SHIFTS = {"sd3.5-large": 3.0, "z-image": 3.0, "flux1-schnell": 1.0, "flux1-dev": 0.0, "sd15": None}
+CTX = fake_ctx("flow_shift", SHIFTS)
 
 
 def test_a_flow_matching_checkpoint_shows_the_slider_with_its_default():
     for title in ("sd3.5-large", "z-image", "flux1-schnell", "flux1-dev"):
         update = shift_controls(CTX, title)
-        assert update["visible"] is True and update["value"] == _Models.shifts[title]
+        assert update["visible"] is True and update["value"] == SHIFTS[title]
     assert dict(SD3.preset) == {"cfg_scale": 3.5, "sampler": "Euler", "schedule": "Simple"}
 
 

@@ -4,30 +4,16 @@ pasted parameters (off without the infotext's "Skip layer guidance")."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import gradio as gr
 import pytest
 
+from tests.ui.fake_models import fake_ctx
 from webui.imaging.infotext import parse_infotext
 from webui.ui.common import InputError
 from webui.ui.paste import fill
 from webui.ui.slg_controls import LAYERS, SCALE, START, STOP, slg_fields, slg_shown
 
-
-class _Models:
-    sd3 = {"sd3.5-medium": True, "sd15": False}
-
-    def resolve(self, title):
-        if title not in self.sd3:
-            raise LookupError(title)
-        return title
-
-    def skip_layer_guidance(self, info):
-        return self.sd3[info]
-
-
-CTX = SimpleNamespace(models=_Models())
+CTX = fake_ctx("skip_layer_guidance", {"sd3.5-medium": True, "sd15": False})
 
 
 def test_shown_for_sd3_only_and_off_when_hidden():
