@@ -12,7 +12,8 @@
   in the package (`model_manager.qwen_tokenizer`).
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (diffusers' Z-Image img2img and inpaint pipelines as `from_pipe` views that take init
-  latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off refused):
+  latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off blend the
+  velocity's denoised latents, `core.soft_blend`):
   prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
   emphasis, prompt editing, AND with weights: `core.flow_and`); the CFG scale as A1111's (Z-Image Turbo: 1, no
   negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
