@@ -76,6 +76,8 @@ def check_soft_inpainting(post: Post, inpainting_model: bool = False) -> None:
     assert np.abs(image[:, 48:] - init[:, 48:]).max() <= 1  # kept
     assert _distance(image[:, :24], hard[:, :24]) > 0.5  # not plain inpainting
     assert "Soft inpainting enabled: True" in response.json()["info"]
+    (pure,) = _images(post(**{**blurred, "denoising_strength": 1.0}, alwayson_scripts=soft()))
+    assert np.abs(pure[:, 48:] - init[:, 48:]).max() <= 1  # from pure noise (sigma 1) too
     if inpainting_model:
         return
     (everywhere,) = _images(post(**blurred, alwayson_scripts=soft(1, 0, 4, 0, 0, 2)))
