@@ -5,8 +5,7 @@ Kontext file marked as one through /webui/v1/models/flux-variant."""
 
 from __future__ import annotations
 
-import base64
-import io
+import functools
 import shutil
 from collections.abc import Iterator
 
@@ -16,6 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.api.flow_soft_inpainting import (
+    _b64,
+    _distance,
+    _images,
+    _init_image,
+    _left_half_mask,
+    check_mask_round_off,
+    check_soft_inpainting,
+)
 from tests.conftest import ServerThread
 from webui.app import create_app
 from webui.model_manager import tiny_flux
@@ -37,27 +45,6 @@ def api(tmp_path_factory, flux_files) -> Iterator[tuple[str, httpx.Client]]:
         yield server.url + "/sdapi/v1", c
 
 
-def _b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _init_image() -> Image.Image:
-    """A 64x64 picture with structure (a gradient and a square), so changes show."""
-    x = np.linspace(0, 255, 64, dtype=np.float32)
-    rgb = np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90.0)])
-    pixels = rgb.transpose(1, 2, 0).astype(np.uint8)
-    pixels[20:44, 20:44] = (230, 40, 40)
-    return Image.fromarray(pixels, "RGB")
-
-
-def _left_half_mask() -> Image.Image:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (0, 0, 32, 64))
-    return mask
-
-
 def _post(api, kind: str, model: str = "flux1-aio", **fields) -> httpx.Response:
     url, client = api
     body = {"prompt": "a red square", "steps": 2, "width": 64, "height": 64, "seed": 7,
@@ -66,18 +53,6 @@ def _post(api, kind: str, model: str = "flux1-aio", **fields) -> httpx.Response:
     if kind == "img2img":
         body.setdefault("init_images", [_b64(_init_image())])
     return client.post(f"{url}/{kind}", json=body)
-
-
-def _images(response: httpx.Response) -> list[np.ndarray]:
-    assert response.status_code == 200, response.text
-    return [
-        np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=np.int16)
-        for data in response.json()["images"]
-    ]
-
-
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean())
 
 
 def test_img2img_follows_the_strength_and_strength_0_keeps_the_image(api):
@@ -137,13 +112,9 @@ def test_inpaint_with_a_blurred_mask_and_soft_inpainting(api):
                              denoising_strength=0.9))  # fmt: skip
     init = np.asarray(_init_image(), dtype=np.int16)
     assert np.array_equal(image[:, 48:], init[:, 48:])  # beyond the blur
-    soft = {"Soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}
-    response = _post(api, "img2img", mask=_b64(_left_half_mask()), alwayson_scripts=soft)
-    assert response.status_code == 422, response.text  # before the job is queued
-    assert "Soft inpainting is not available for FLUX.1" in response.text
-    response = _post(api, "img2img", mask=_b64(_left_half_mask()), mask_round=False)
-    assert response.status_code == 422, response.text
-    assert "mask_round off is not available for FLUX.1" in response.text
+    post = functools.partial(_post, api, "img2img")
+    check_soft_inpainting(post)  # blended unpacked, packed again for the pipeline
+    check_mask_round_off(post)
 
 
 def test_hires_fix_gives_the_target_size_with_latent_and_pixel_upscalers(api):
@@ -202,6 +173,15 @@ def test_flux_kontext_reads_the_init_image_as_reference(api):
     (text,) = _images(_post(api, "txt2img", **kontext))  # no image: FLUX.1 dev's way
     (text_dev,) = _images(_post(api, "txt2img", prompt=kontext["prompt"]))
     assert np.array_equal(text, text_dev)
+
+
+def test_soft_inpainting_and_mask_round_off_on_fill_and_kontext(api):
+    fill = functools.partial(_post, api, "img2img", model="flux1-fill-aio")
+    check_soft_inpainting(fill, inpainting_model=True)
+    check_mask_round_off(fill)
+    kontext = functools.partial(_post, api, "img2img", model="flux1-kontext-aio")
+    check_soft_inpainting(kontext)
+    check_mask_round_off(kontext)
 
 
 def test_img2img_reads_the_distilled_cfg_scale(api):

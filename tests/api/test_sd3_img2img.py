@@ -3,6 +3,7 @@ all-in-one SD 3.5 Medium file (transformer, VAE, CLIP-L, CLIP-G and T5 in one fi
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterator
 
@@ -11,7 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.api.test_flux_img2img import _b64, _distance, _images, _init_image, _left_half_mask
+from tests.api.flow_soft_inpainting import (
+    _b64,
+    _distance,
+    _images,
+    _init_image,
+    _left_half_mask,
+    check_mask_round_off,
+    check_soft_inpainting,
+)
 from tests.conftest import ServerThread
 from webui.app import create_app
 from webui.model_manager import tiny_sd3
@@ -61,7 +70,7 @@ def test_img2img_follows_the_strength_and_the_shift(api):
     assert not np.array_equal(shifted_image, low_image)  # the shift reaches the schedule
 
 
-def test_inpaint_leaves_the_unmasked_area_unchanged_and_refuses_soft_inpainting(api):
+def test_inpaint_leaves_the_unmasked_area_unchanged(api):
     init = np.asarray(_init_image(), dtype=np.int16)
     for extra in ({}, {"inpaint_full_res": True, "inpaint_full_res_padding": 8}):
         response = _post(api, "img2img", mask=_b64(_left_half_mask()), mask_blur=0,
@@ -69,10 +78,12 @@ def test_inpaint_leaves_the_unmasked_area_unchanged_and_refuses_soft_inpainting(
         (image,) = _images(response)
         assert np.array_equal(image[:, 32:], init[:, 32:]), extra
         assert _distance(image[:, :32], init[:, :32]) > 1, extra  # repainted
-    soft = {"Soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}
-    response = _post(api, "img2img", mask=_b64(_left_half_mask()), alwayson_scripts=soft)
-    assert response.status_code == 422, response.text  # before the job is queued
-    assert "Soft inpainting is not available for SD 3.5" in response.text
+
+
+def test_soft_inpainting_and_mask_round_off(api):
+    post = functools.partial(_post, api, "img2img")
+    check_soft_inpainting(post)
+    check_mask_round_off(post)
 
 
 def test_hires_fix_gives_the_target_size(api):

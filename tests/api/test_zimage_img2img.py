@@ -3,6 +3,7 @@ tiny transformer file with ae.safetensors and qwen_3_4b.safetensors chosen per j
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterator
 
@@ -10,7 +11,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.api.test_flux_img2img import _b64, _distance, _images, _init_image, _left_half_mask
+from tests.api.flow_soft_inpainting import (
+    _b64,
+    _distance,
+    _images,
+    _init_image,
+    _left_half_mask,
+    check_mask_round_off,
+    check_soft_inpainting,
+)
 from tests.conftest import ServerThread
 from webui.app import create_app
 from webui.settings import parse_flags
@@ -63,7 +72,7 @@ def test_img2img_follows_the_strength_and_strength_0_keeps_the_image(api):
     assert other.shape == (80, 96, 3)
 
 
-def test_inpaint_leaves_the_unmasked_area_unchanged_and_refuses_soft_inpainting(api):
+def test_inpaint_leaves_the_unmasked_area_unchanged(api):
     init = np.asarray(_init_image(), dtype=np.int16)
     for extra in ({}, {"inpaint_full_res": True, "inpaint_full_res_padding": 8},
                   {"denoising_strength": 1.0, "subseed": 3, "subseed_strength": 0.5}):  # fmt: skip
@@ -72,10 +81,12 @@ def test_inpaint_leaves_the_unmasked_area_unchanged_and_refuses_soft_inpainting(
         (image,) = _images(response)
         assert np.array_equal(image[:, 32:], init[:, 32:]), extra
         assert _distance(image[:, :32], init[:, :32]) > 1, extra  # repainted
-    soft = {"Soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}
-    response = _post(api, "img2img", mask=_b64(_left_half_mask()), alwayson_scripts=soft)
-    assert response.status_code == 422, response.text  # before the job is queued
-    assert "Soft inpainting is not available for Z-Image" in response.text
+
+
+def test_soft_inpainting_and_mask_round_off(api):
+    post = functools.partial(_post, api, "img2img")
+    check_soft_inpainting(post)
+    check_mask_round_off(post)
 
 
 def test_hires_fix_gives_the_target_size(api):

@@ -85,9 +85,19 @@ def test_what_z_image_cannot_run_is_refused_with_a_message(api):
     response = _txt2img(api, sampler_name="DPM++ 2M")
     assert response.status_code == 422, response.text
     assert "does not run Z-Image models here; choose 'Euler'" in response.text
-    response = _txt2img(api, scheduler="Karras")
+    response = _txt2img(api, scheduler="Align Your Steps")
     assert response.status_code == 422, response.text
-    assert "does not apply to Z-Image" in response.text
+    assert "does not apply to Z-Image; choose one of: Simple, Normal" in response.text
     response = _txt2img(api, modules=["ae.safetensors"])
     assert response.status_code in (400, 422), response.text
     assert "qwen_3_4b.safetensors in models/text_encoder" in response.text
+
+
+def test_the_flow_schedule_types_run_on_z_image(api):
+    """Karras, Beta and Exponential space Z-Image's shifted sigmas (as FLUX's): each gives
+    another picture than Simple, and the infotext names it."""
+    simple = _pixels(_txt2img(api, steps=4))
+    for schedule in ("Karras", "Beta", "Exponential"):
+        response = _txt2img(api, steps=4, scheduler=schedule)
+        assert _pixels(response) != simple, schedule
+        assert f"Schedule type: {schedule}" in response.json()["info"]

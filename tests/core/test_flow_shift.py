@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -67,3 +68,25 @@ def test_infotext_fields():
     assert FLUX1.infotext_fields(Txt2ImgParams(shift=2.0))["Shift"] == 2.0
     assert ZIMAGE.infotext_fields(Txt2ImgParams())["Shift"] == 3.0
     assert ZIMAGE.infotext_fields(Txt2ImgParams(shift=5.0))["Shift"] == 5.0
+
+
+@pytest.mark.parametrize("schedule", ["Simple", "Normal", "SGM Uniform", "Beta", "Karras",
+                                      "Exponential"])  # fmt: skip
+def test_z_image_schedules_are_fluxs_at_the_same_shift(schedule):
+    """Z-Image takes FLUX.1's schedule types through the same code: at the same shift its
+    scheduler gives FLUX's sigmas (both pipelines pass linspace(1, 1/n, n)), and a spaced
+    schedule differs from Simple."""
+    params, steps = Txt2ImgParams(shift=3.0), 6
+    given = np.linspace(1.0, 1 / steps, steps)
+
+    def sigmas(family, base, name):
+        config = {**base, **family.scheduler_options(params)}
+        scheduler = family.scheduler(family.sampler("Euler", name), config, steps)
+        scheduler.set_timesteps(sigmas=given, mu=0.46)
+        return scheduler.sigmas.tolist()
+
+    zimage = sigmas(ZIMAGE, ZIMAGE_SCHEDULER, schedule)
+    assert zimage == pytest.approx(sigmas(FLUX1, FLUX_SCHEDULER, schedule), abs=1e-6)
+    simple = sigmas(ZIMAGE, ZIMAGE_SCHEDULER, "Simple")
+    assert (zimage == simple) == (schedule in ("Simple", "Normal", "SGM Uniform"))
+    assert zimage[0] == pytest.approx(1.0) and zimage[-1] == 0.0

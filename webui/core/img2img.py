@@ -319,8 +319,6 @@ def run_batch(
     if run.lease.spec.inpainting and pixels is None:
         pixels = pixels_tensor([item.image.resize((params.width, params.height)) for item in items])
     soft = _soft_blend(params, items[0], latents)
-    if soft is not None:  # FLUX: refused
-        run.family.check_mode("soft inpainting" if params.soft_inpainting else "mask_round off")
     request = DenoiseRequest(
         latents=latents,
         conditioning=conditioning,

@@ -181,6 +181,13 @@ def pack_2x2(latents: torch.Tensor) -> torch.Tensor:
     return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * 4)
 
 
+def unpack_2x2(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """FLUX's (B, h/2 * w/2, C * 4) patch tokens as the (B, C, h, w) latents they pack."""
+    batch, _, packed = tokens.shape
+    patches = tokens.reshape(batch, height // 2, width // 2, packed // 4, 2, 2)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, packed // 4, height, width)
+
+
 def pure_noise_latents(noise: torch.Tensor, scheduler, extra: float = 0.0) -> torch.Tensor:
     """The `latents=` of a pipeline that starts from pure noise (it multiplies them by
     `init_noise_sigma`), with the extra noise added in the scheduler's space as above."""

@@ -9,7 +9,10 @@
   mask (1 = repaint: the grey edge of a blurred mask keeps part of the original, more at
   high noise), and hands the step the model output that predicts the blended x0. This is
   where A1111 blends the denoised latents; the hard 0/1 blend of plain inpainting does not
-  run, nor the final latent blend.
+  run, nor the final latent blend. On a flow-matching schedule (FLUX.1, SD 3.5, Z-Image)
+  the output is a velocity: x0 = sample - sigma * v, and the weight reads the sample's
+  noise-to-signal ratio sigma / (1 - sigma), the sigma a Stable Diffusion sample of the
+  same noise has; FLUX's 2x2-packed tokens are blended unpacked.
 - After the last step: `composite_masks` makes, per image, the mask of the final pixel
   composite from how far the result's latents moved from the original's (a weighted
   percentile filter, then a threshold biased by the mask, a contrast curve and a smooth
@@ -28,7 +31,10 @@ import torch
 from PIL import Image, ImageFilter
 
 from ..imaging import masks as geometry
+from .noise import pack_2x2, unpack_2x2
 from .soft_inpainting import SoftInpainting
+
+_MAX_FLOW_RATIO = 1e4  # sigma / (1 - sigma) at the flow schedule's pure noise (sigma 1)
 
 
 def latent_mask_soft(mask: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -80,9 +86,17 @@ class SoftBlend:
     def blend(self, original: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return latent_blend(original, x0, weight, self.settings.inpaint_detail_preservation)
 
+    def blended(self, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The denoised latents `x0` (B, C, h, w) blended with the original at `sigma`."""
+        original = self.original.to(x0.device, x0.dtype)
+        weight = self.weight(sigma).to(x0.device, x0.dtype)
+        return self.blend(original, x0, weight)
+
     def blended_output(self, scheduler, output: torch.Tensor, sample: torch.Tensor,
                        sigma: float) -> torch.Tensor:  # fmt: skip
         """The model output whose denoised prediction is the blended one."""
+        if _flow_matching(scheduler):
+            return self.blended_velocity(output, sample, sigma)
         alpha = 1 / math.sqrt(sigma * sigma + 1)  # sqrt(alphas_cumprod)
         beta = sigma * alpha  # sqrt(1 - alphas_cumprod)
         x = sample.double() * (alpha if _sigma_space(scheduler) else 1.0)  # alpha space
@@ -94,9 +108,7 @@ class SoftBlend:
             x0 = out
         else:
             x0 = (x - beta * out) / alpha
-        original = self.original.to(x0.device, x0.dtype)
-        weight = self.weight(sigma).to(x0.device, x0.dtype)
-        blended = self.blend(original, x0, weight)
+        blended = self.blended(x0, sigma)
         if kind == "v_prediction":
             new = (alpha * x - blended) / beta
         elif kind == "sample":
@@ -104,6 +116,23 @@ class SoftBlend:
         else:
             new = (x - alpha * blended) / beta
         return new.to(output.dtype)
+
+    def blended_velocity(self, output: torch.Tensor, sample: torch.Tensor,
+                         sigma: float) -> torch.Tensor:  # fmt: skip
+        """Flow matching: a sample is (1 - sigma) * x0 + sigma * noise and the model gives the
+        velocity v = noise - x0, so x0 = sample - sigma * v; the velocity that predicts the
+        blended x0' is (sample - x0') / sigma. FLUX's packed (B, tokens, C * 4) tensors are
+        blended as (B, C, h, w) and packed again."""
+        if sigma <= 0:  # nothing left to denoise (no model call is made at sigma 0)
+            return output
+        packed = sample.ndim == 3
+        height, width = self.original.shape[-2:]
+        x, v = sample.double(), output.double()
+        if packed:
+            x, v = unpack_2x2(x, height, width), unpack_2x2(v, height, width)
+        ratio = min(sigma / max(1.0 - sigma, 1e-12), _MAX_FLOW_RATIO)
+        new = (x - self.blended(x - sigma * v, ratio)) / sigma
+        return (pack_2x2(new) if packed else new).to(output.dtype)
 
 
 class UnroundedBlend(SoftBlend):
@@ -119,6 +148,14 @@ class UnroundedBlend(SoftBlend):
 
     def blend(self, original: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return original * (1 - weight) + x0 * weight
+
+
+def _flow_matching(scheduler) -> bool:
+    """Whether the scheduler samples a flow-matching schedule, its model output a velocity
+    (diffusers' FlowMatchEulerDiscreteScheduler: FLUX.1's, SD 3.5's and Z-Image's)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
 
 
 def _sigma_space(scheduler) -> bool:

@@ -187,11 +187,6 @@ class GenerationService:
         modes = ["txt2img" if request.kind == "txt2img" else "img2img"]
         if getattr(params, "hires", None) is not None:
             modes.append("img2img")  # the second pass is an img2img pass
-        if getattr(params, "mask", None) is not None:  # per-step blends of its latents
-            if params.soft_inpainting is not None:
-                modes.append("soft inpainting")
-            elif not params.mask_round:
-                modes.append("mask_round off")
         refiner = ["refiner"] if getattr(params, "refiner_checkpoint", None) else []
         checks = (((), modes, None, None, None),
                   (("sampler_name",), (), params.sampler_name, None, None),

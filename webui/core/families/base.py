@@ -66,8 +66,6 @@ class Family(ABC):
     # taesd_encoder.*); None: the family has none (previews fall back to Approx cheap)
     vae_approx: str | None = None
     taesd: str | None = None
-    # A1111's per-step blends (soft inpainting, mask_round off) work on its latents
-    soft_inpainting: bool = True
     refiner: bool = True  # A1111's Refiner can take over its jobs (not the flow-matching ones)
     # pipeline attributes of its big text encoders (T5-XXL, Qwen3), freed after encoding
     # when the option says so (`model_manager.text_encoder_release`, `text_encoder_from_file`)
@@ -173,11 +171,7 @@ class Family(ABC):
 
     def check_mode(self, mode: Mode) -> None:
         """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img;
-        also "soft inpainting" and "mask_round off", A1111's per-step latent blends, and
-        "refiner", A1111's Refiner taking over)."""
-        if mode in ("soft inpainting", "mask_round off") and not self.soft_inpainting:
-            what = "Soft inpainting" if mode == "soft inpainting" else mode
-            raise UserError(f"{what} is not available for {self.label} models")
+        also "refiner", A1111's Refiner taking over)."""
         if mode == "refiner" and not self.refiner:
             raise UserError(f"The Refiner does not run with {self.label} models yet")
 

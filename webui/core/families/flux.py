@@ -12,7 +12,8 @@
   add and the folder. Tokenizers: CLIP's and T5 v1.1's, shipped in the package.
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`FluxImg2ImgPipeline`, `FluxInpaintPipeline` as `from_pipe` views; init latents with
-  the autoencoder's shift; soft inpainting refused); prompts through `core.flux_text`
+  the autoencoder's shift; soft inpainting and mask_round off blend the packed latents
+  unpacked, `core.soft_blend`); prompts through `core.flux_text`
   (T5 emphasis, prompt editing, AND with weights: `core.flow_and`), Forge's "Distilled
   CFG Scale" as the guidance embedding (`params.distilled_cfg_scale`, not for
   schnell's files, which have none), the CFG scale as true CFG with the negative prompt
@@ -82,7 +83,6 @@ class FluxFamily(Family):
     folder_classes = frozenset({"FluxPipeline"})
     folder_claims = folder_classes  # pipeline classes of folders it recognises (`accepts`)
     base_scheduler = FLUX_SCHEDULER
-    soft_inpainting = False  # its pipelines blend packed latents: A1111's blends do not fit
     refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # the "Shift" slider's value for "the model's own" (dev: from the image size)
     default_shift = 0.0

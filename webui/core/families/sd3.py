@@ -16,7 +16,8 @@ family with three text encoders.
   `text_encoder_3=None` (Forge and ComfyUI let users leave it out; `core.sd3_text`).
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (`StableDiffusion3Img2ImgPipeline`, `StableDiffusion3InpaintPipeline` as `from_pipe`
-  views, the job's shift on their schedule; soft inpainting and mask_round off refused):
+  views, the job's shift on their schedule; soft inpainting and mask_round off blend the
+  velocity's denoised latents, `core.soft_blend`):
   prompts through `core.sd3_text` (emphasis on all three encoders, chunks, prompt editing,
   AND with weights: `core.flow_and`), real CFG with the negative prompt (none at CFG 1,
   as for Turbo), the flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext
@@ -86,7 +87,6 @@ class SD3Family(Family):
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
-    soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
     refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     skip_layer_guidance = True  # the generation service refuses SLG for the others
 

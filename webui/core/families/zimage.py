@@ -12,13 +12,14 @@
   in the package (`model_manager.qwen_tokenizer`).
 - Generation: txt2img, and img2img, inpaint and hires fix through the core's img2img path
   (diffusers' Z-Image img2img and inpaint pipelines as `from_pipe` views that take init
-  latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off refused):
+  latents: `model_manager.zimage_pipelines`; soft inpainting and mask_round off blend the
+  velocity's denoised latents, `core.soft_blend`):
   prompts through `core.zimage_text` (Qwen3's chat template as diffusers builds it,
   emphasis, prompt editing, AND with weights: `core.flow_and`); the CFG scale as A1111's (Z-Image Turbo: 1, no
   negative prompt; above 1 the negative prompt is used, diffusers' scale being CFG - 1).
 - Samplers: Euler on the flow-matching schedule (Z-Image Turbo's shift 3, or the job's
-  "Shift", `params.shift`; the pipeline's evenly spaced sigmas: "Simple"); every other
-  sampler and schedule is refused.
+  "Shift", `params.shift`) with FLUX.1's schedule types (`core.flow_euler`: Simple, Normal,
+  SGM Uniform, Beta, Karras, Exponential); every other sampler is refused.
 - Infotext: "Shift" (3 unless the job sets one), the modules ("Module 1: ae", ...) from
   `processing.module_fields`. Latent preview: FLUX.1's 16-channel colour factors (the same autoencoder).
 - LoRA: `<lora:name:w>` on the transformer in the layouts users have
@@ -45,7 +46,7 @@ from ...model_manager.loader import MissingModuleError, read_shapes
 from ...model_manager.qwen_tokenizer import qwen_tokenizer
 from ..conditioning import Conditioning, TextEncoderSlot
 from ..flow_and import composed, follow_captions
-from ..flow_euler import FLOW_SAMPLER, SIMPLE_ONLY, flow_euler_choice, flow_scheduler
+from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..flow_shift import fixed_shift_options, job_shift
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
@@ -72,7 +73,6 @@ class ZImageFamily(Family):
     base_scheduler = ZIMAGE_SCHEDULER
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     big_text_encoders = ("text_encoder",)  # Qwen3 (`text_encoder_from_file`)
-    soft_inpainting = False  # A1111's per-step blends read noise predictions, not velocities
     refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
@@ -201,8 +201,9 @@ class ZImageFamily(Family):
 
     # --- sampling -----------------------------------------------------------------------
     def sampler(self, name: str | None, schedule: str | None) -> SchedulerChoice:
-        """Euler on Z-Image's flow-matching schedule, Simple only; others are refused."""
-        return flow_euler_choice("Z-Image", name, schedule, SIMPLE_ONLY)
+        """Euler on Z-Image's flow-matching schedule, with FLUX.1's and SD 3.5's schedule
+        types (`core.flow_euler`); other samplers are refused."""
+        return flow_euler_choice("Z-Image", name, schedule)
 
     def scheduler(self, choice: SchedulerChoice, base_config: Mapping[str, Any], steps: int):
         return flow_scheduler(choice, base_config)
