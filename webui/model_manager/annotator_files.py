@@ -4,7 +4,8 @@ Files are read from `models/ControlNet/annotators` under the names lllyasviel's
 `lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
 `table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
 `netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
-`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first).
+`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first), and the
+hub folders of `annotator_folders.py` (OneFormer: transformers' layout, their own repos).
 
 `ensure_files` downloads a missing file from that repository on first use (huggingface_hub,
 its progress in the log and the caller's `report`), into a temporary file of the folder
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from .annotator_folders import HUB_FOLDERS, complete, describe, download_folder
 
 log = logging.getLogger(__name__)
 REPO = "lllyasviel/Annotators"
@@ -50,6 +52,8 @@ FILES: dict[str, tuple[str, ...]] = {
     "pidinet_scribble": ("table5_pidinet.pth",),
     "normal_bae": ("scannet.pt",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
+    "oneformer_ade20k": ("oneformer_ade20k_swin_large",),  # hub folders (annotator_folders)
+    "oneformer_coco": ("oneformer_coco_swin_large",),
 }
 Report = Callable[[str], None]
 Download = Callable[[str, Path, Report], Path]
@@ -60,7 +64,7 @@ class AnnotatorMissingError(UserError):
 
     def __init__(self, name: str, folder: Path, reason: str):
         super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
-                         f"{name} from huggingface.co/{REPO} into {folder}")  # fmt: skip
+                         f"{source(name)} into {folder}")  # fmt: skip
         self.file, self.folder = name, folder
 
 
@@ -68,8 +72,16 @@ def annotator_folder(controlnet_dir: Path) -> Path:
     return Path(controlnet_dir) / ANNOTATOR_FOLDER
 
 
+def source(name: str) -> str:
+    """What to put into the folder and where it is published, for a message."""
+    return describe(name) if name in HUB_FOLDERS else f"{name} from huggingface.co/{REPO}"
+
+
 def weight_file(folder: Path, name: str) -> Path | None:
-    """The file of `name` in the folder (its .safetensors twin first), None if absent."""
+    """The file of `name` in the folder (its .safetensors twin first), None if absent;
+    a hub folder's path when it is complete."""
+    if name in HUB_FOLDERS:
+        return folder / name if complete(folder / name) else None
     for path in (folder / f"{Path(name).stem}.safetensors", folder / name):
         if path.is_file():
             return path
@@ -86,7 +98,7 @@ def offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _reporting_bar(name: str, report: Report) -> type:
+def _reporting_bar(name: str, report: Report, repo: str = REPO) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
@@ -99,16 +111,21 @@ def _reporting_bar(name: str, report: Report) -> type:
             share = int(self.seen * 100 / self.total) if self.total else -1
             if share != self.shown and share >= 0:
                 self.shown = share
-                report(f"Downloading {name} from {REPO}: {share}% of {self.total >> 20} MB")
+                report(f"Downloading {name} from {repo}: {share}% of {self.total >> 20} MB")
             return done
 
     return ReportingBar
 
 
 def hub_download(name: str, folder: Path, report: Report) -> Path:
-    """`name` from lllyasviel/Annotators into `folder`, atomically (huggingface_hub)."""
+    """`name` from lllyasviel/Annotators into `folder`, atomically (huggingface_hub);
+    a hub folder from its own repository."""
     from huggingface_hub import hf_hub_download
 
+    if name in HUB_FOLDERS:
+        return download_folder(
+            name, folder, report, _reporting_bar(name, report, HUB_FOLDERS[name])
+        )
     folder.mkdir(parents=True, exist_ok=True)
     report(f"Downloading {name} from {REPO}")
     log.info("Downloading annotator %s from %s into %s", name, REPO, folder)
