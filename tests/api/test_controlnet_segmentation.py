@@ -102,3 +102,22 @@ def test_uniformer_is_refused_pointing_to_oneformer(server):
     response = detect(server, "seg_ufade20k")
     assert response.status_code == 422
     assert "seg_ofade20k" in str(response.json())
+
+
+def test_a_job_uses_the_map_detect_shows(server):
+    from webui.imaging.control_preprocessors import fit_map
+
+    detected = detect(server, "oneformer_ade20k")
+    assert detected.status_code == 200, detected.text
+    body = {"prompt": "a room", "steps": 1, "seed": 3, "width": 64, "height": 64,
+            "sampler_name": "Euler", "alwayson_scripts": {"controlnet": {"args": [{
+                "enabled": True, "image": b64(shapes()), "module": "seg_ofade20k",
+                "model": "None", "resize_mode": "Crop and Resize"}]}}}  # fmt: skip
+    with httpx.Client(timeout=600) as client:
+        response = client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert len(images) == 2  # the image, then the detected map
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(detected.json()["images"][0]))))
+    used = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[1]))).convert("RGB"))
+    assert (used == fit_map(shown[:, :, :3], "Crop and Resize", 64, 64)).all()

@@ -88,7 +88,7 @@ def _processor(path: Path) -> Any:
     settings = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
     for key in _NOT_SETTINGS:
         settings.pop(key, None)
-    return OneFormerProcessor(image_processor=OneFormerImageProcessor(**settings),
+    return OneFormerProcessor(image_processor=OneFormerImageProcessor.from_dict(settings),
                               tokenizer=clip_tokenizer())  # fmt: skip
 
 
