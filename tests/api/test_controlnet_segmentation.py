@@ -52,6 +52,8 @@ def test_the_segmentation_type_lists_the_oneformer_preprocessors(server):
         modules = client.get("/controlnet/module_list").json()["module_list"]
         labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()
         types = client.get("/controlnet/control_types").json()["control_types"]
+        models = client.get("/controlnet/model_list").json()["model_list"]
+    assert models == []  # the OneFormer folder in annotators/ is not a ControlNet model
     assert {"oneformer_ade20k", "oneformer_coco"} <= set(modules)
     assert {"seg_ofade20k", "seg_ofcoco"} <= set(labels["module_list"])
     assert "seg_ufade20k" not in labels["module_list"]
