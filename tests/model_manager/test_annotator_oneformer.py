@@ -169,3 +169,18 @@ def test_weights_of_another_oneformer_are_refused_not_left_random(tmp_path, fold
               str(other / "model.safetensors"))  # fmt: skip
     with pytest.raises(OneFormerError, match="lack"):
         AnnotatorCache(tmp_path).run("oneformer_ade20k", picture(), 64, 0, 0)
+
+
+def test_a_checkpoint_without_the_training_loss_loads(tmp_path, folder):
+    from safetensors.torch import load_file, save_file
+
+    lean = tmp_path / ADE
+    lean.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (lean / name).write_bytes((folder / ADE / name).read_bytes())
+    state = load_file(str(folder / ADE / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith("criterion.")},
+              str(lean / "model.safetensors"))  # fmt: skip
+    detected = AnnotatorCache(tmp_path).run("oneformer_ade20k", picture(), 64, 0, 0)
+    reference = AnnotatorCache(folder).run("oneformer_ade20k", picture(), 64, 0, 0)
+    assert (detected == reference).all()  # the loss's tensors are not used to segment
