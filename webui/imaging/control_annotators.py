@@ -4,7 +4,8 @@ Names, labels, slider ranges and control types are the extension's
 (`scripts/preprocessor/legacy/preprocessor_compiled.py`): `depth` (label `depth_midas`),
 the `openpose` family, `lineart` (`lineart_realistic`), `lineart_coarse`, `lineart_anime`,
 `hed` (`softedge_hed`), `hed_safe`, `pidinet` (`softedge_pidinet`), `pidinet_safe`,
-`scribble_hed`, `pidinet_scribble`, `normal_bae`, `mlsd`. Each entry here is only the
+`scribble_hed`, `pidinet_scribble`, `normal_bae`, `mlsd`, `oneformer_ade20k`
+(`seg_ofade20k`), `oneformer_coco` (`seg_ofcoco`). Each entry here is only the
 description (`control_preprocessors.py` makes them `Preprocessor`s with `annotator` set);
 the networks, their files in `models/ControlNet/annotators` and the download are
 `model_manager/annotators.py`, run by the worker (jobs) or the annotator cache of the
@@ -56,23 +57,25 @@ ANNOTATOR_ENTRIES: tuple[AnnotatorEntry, ...] = (
     AnnotatorEntry("mlsd", "mlsd", ("MLSD",), _RES,
                    ("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
                    ("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)),
+    AnnotatorEntry("oneformer_ade20k", "seg_ofade20k", ("Segmentation",)),
+    AnnotatorEntry("oneformer_coco", "seg_ofcoco", ("Segmentation",)),
 )  # fmt: skip
 
 # the extension's control types these add: (name, default preprocessor, model filter word)
 ANNOTATOR_CONTROL_TYPES = (("Depth", "depth", "depth"), ("OpenPose", "openpose_full", "openpose"),
                            ("MLSD", "mlsd", "mlsd"), ("NormalMap", "normal_bae", "normalbae"),
-                           ("SoftEdge", "pidinet", "softedge"))  # fmt: skip
+                           ("SoftEdge", "pidinet", "softedge"),
+                           ("Segmentation", "oneformer_ade20k", "seg"))  # fmt: skip
 
 _NOT_IN_AUX = "is not in controlnet_aux, the annotator library this server uses"
+_UNIFORMER = ("seg_ufade20k (UniFormer, upernet_global_small.pth) needs mmseg and mmcv's "
+              "UperNet, which no maintained library this server uses provides; use "
+              "seg_ofade20k (OneFormer: the same ADE20K classes and colours)")  # fmt: skip
 REFUSED: dict[str, str] = {
     "depth_anything": f"depth_anything {_NOT_IN_AUX}; use depth_midas",
     "depth_anything_v2": f"depth_anything_v2 {_NOT_IN_AUX}; use depth_midas",
-    "seg_ofade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
-    "oneformer_ade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
-    "seg_ofcoco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",
-    "oneformer_coco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",
-    "seg_ufade20k": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
-    "segmentation": f"seg_ufade20k (UniFormer) {_NOT_IN_AUX}",
+    "seg_ufade20k": _UNIFORMER,
+    "segmentation": _UNIFORMER,
     "inpaint_only+lama": "inpaint_only+lama needs the LaMa inpainting model (ControlNetLama.pth, "
     "sd-webui-controlnet's annotator), which this build cannot run: use inpaint_only",
 }

@@ -4,8 +4,9 @@ Files are read from `models/ControlNet/annotators` under the names lllyasviel's
 `lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
 `table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
 `netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
-`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first), and
-DWPose's `yolox_l.onnx` and `dw-ll_ucoco_384.onnx` from `yzd-v/DWPose` (`REPOS`).
+`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first),
+DWPose's `yolox_l.onnx` and `dw-ll_ucoco_384.onnx` from `yzd-v/DWPose` (`REPOS`), and the
+hub folders of `annotator_folders.py` (OneFormer: transformers' layout, their own repos).
 
 `ensure_files` downloads a missing file from its repository on first use (huggingface_hub,
 its progress in the log and the caller's `report`), into a temporary file of the folder
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from .annotator_folders import HUB_FOLDERS, complete, describe, download_folder
 
 log = logging.getLogger(__name__)
 REPO = "lllyasviel/Annotators"
@@ -52,6 +54,8 @@ FILES: dict[str, tuple[str, ...]] = {
     "normal_bae": ("scannet.pt",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "dw_openpose_full": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+    "oneformer_ade20k": ("oneformer_ade20k_swin_large",),  # hub folders (annotator_folders)
+    "oneformer_coco": ("oneformer_coco_swin_large",),
 }
 # the files that are not in lllyasviel/Annotators: name -> their repository
 REPOS: dict[str, str] = {"yolox_l.onnx": "yzd-v/DWPose", "dw-ll_ucoco_384.onnx": "yzd-v/DWPose"}
@@ -64,7 +68,7 @@ class AnnotatorMissingError(UserError):
 
     def __init__(self, name: str, folder: Path, reason: str):
         super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
-                         f"{name} from huggingface.co/{repo_of(name)} into {folder}")  # fmt: skip
+                         f"{source(name)} into {folder}")  # fmt: skip
         self.file, self.folder = name, folder
 
 
@@ -77,8 +81,16 @@ def annotator_folder(controlnet_dir: Path) -> Path:
     return Path(controlnet_dir) / ANNOTATOR_FOLDER
 
 
+def source(name: str) -> str:
+    """What to put into the folder and where it is published, for a message."""
+    return describe(name) if name in HUB_FOLDERS else f"{name} from huggingface.co/{repo_of(name)}"
+
+
 def weight_file(folder: Path, name: str) -> Path | None:
-    """The file of `name` in the folder (a pickle's .safetensors twin first), None if absent."""
+    """The file of `name` in the folder (a pickle's .safetensors twin first), None if absent;
+    a hub folder's path when it is complete."""
+    if name in HUB_FOLDERS:
+        return folder / name if complete(folder / name) else None
     twin = [folder / f"{Path(name).stem}.safetensors"] if Path(name).suffix != ".onnx" else []
     for path in (*twin, folder / name):
         if path.is_file():
@@ -96,7 +108,7 @@ def offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _reporting_bar(name: str, report: Report) -> type:
+def _reporting_bar(name: str, report: Report, repo: str = REPO) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
@@ -118,9 +130,14 @@ def _reporting_bar(name: str, report: Report) -> type:
 
 
 def hub_download(name: str, folder: Path, report: Report) -> Path:
-    """`name` from its repository into `folder`, atomically (huggingface_hub)."""
+    """`name` from its repository into `folder`, atomically (huggingface_hub); a hub
+    folder from its own repository."""
     from huggingface_hub import hf_hub_download
 
+    if name in HUB_FOLDERS:
+        return download_folder(
+            name, folder, report, _reporting_bar(name, report, HUB_FOLDERS[name])
+        )
     folder.mkdir(parents=True, exist_ok=True)
     repo = repo_of(name)
     report(f"Downloading {name} from {repo}")

@@ -1,4 +1,5 @@
-"""ControlNet's annotators with weights (depth, openpose, lineart, HED, PiDiNet, normal, MLSD).
+"""ControlNet's annotators with weights (depth, openpose, lineart, HED, PiDiNet, normal, MLSD,
+OneFormer segmentation).
 
 The networks and their detection code are controlnet_aux's (the optional extra
 `annotators`): its classes are built here and given weights read from
@@ -8,7 +9,8 @@ project's restricted unpickler (`loader._load_ckpt`) or safetensors; controlnet_
 detectors are then called as sd-webui-controlnet calls them (module `hed_safe`: safe
 steps, `pidinet_scribble`: the scribble post-processing, `openpose_hand`: body and hands,
 `mlsd`: thresholds a and b, ...); `dw_openpose_full` is DWPose's two ONNX networks
-(`annotator_dwpose.py`). Each map is made at the unit's processor resolution
+(`annotator_dwpose.py`); OneFormer is transformers' (`annotator_oneformer.py`, no
+controlnet_aux needed). Each map is made at the unit's processor resolution
 (shorter side; 512 when the module hides its resolution slider), RGB uint8.
 
 `AnnotatorCache` keeps the last 2 networks used (by files and their modification times)
@@ -37,7 +39,9 @@ import torch
 
 from ..errors import UserError
 from .annotator_files import Download, Report, ensure_files, hub_download
+from .annotator_oneformer import builder as oneformer_builder
 from .loader import _load_ckpt
+from .seg_palettes import ADE20K, COCO
 
 log = logging.getLogger(__name__)
 Paths = dict[str, Path]
@@ -188,6 +192,7 @@ class Annotator:
     model: str  # networks of the same model and files are shared (openpose_*, hed_*)
     build: Callable[[Paths], Any]
     call: Callable[..., Any]  # (detector, image, res, a, b) -> map
+    needs_aux: bool = True  # its network is controlnet_aux's
 
 
 def _sizes(res: int) -> dict[str, Any]:
@@ -229,6 +234,12 @@ ANNOTATORS: dict[str, Annotator] = {
                       lambda d, img, res, a, b: d(img, thr_v=a, thr_d=b, **_sizes(res))),
     "dw_openpose_full": Annotator("dwpose", _dwpose, lambda d, img, res, a, b: d(img, res)),
 }  # fmt: skip
+ANNOTATORS.update({  # transformers' OneFormer, from a hub folder (annotator_folders.py)
+    "oneformer_ade20k": Annotator("oneformer_ade20k", oneformer_builder(
+        "oneformer_ade20k_swin_large", ADE20K), lambda d, img, res, a, b: d(img, res), False),
+    "oneformer_coco": Annotator("oneformer_coco", oneformer_builder(
+        "oneformer_coco_swin_large", COCO), lambda d, img, res, a, b: d(img, res), False),
+})  # fmt: skip
 
 
 def _rgb_at(detected: Any, shape: tuple[int, ...], res: int) -> np.ndarray:
@@ -296,7 +307,8 @@ class AnnotatorCache:
         key = (spec.model, *sorted((str(p), p.stat().st_mtime_ns) for p in paths.values()))
         detector = self._models.pop(key, None)
         if detector is None:
-            _library()
+            if spec.needs_aux:
+                _library()
             log.info("Loading annotator %s (%s)", spec.model, ", ".join(sorted(paths)))
             while len(self._models) >= self.size:
                 self._models.popitem(last=False)
