@@ -108,11 +108,11 @@ def offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _reporting_bar(name: str, report: Report, repo: str = REPO) -> type:
+def _reporting_bar(name: str, report: Report, repo: str | None = None) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
-    repo = repo_of(name)
+    repo = repo or repo_of(name)
 
     class ReportingBar(tqdm):
         shown, seen = -1, 0  # counted here: a disabled bar (no terminal) counts nothing
