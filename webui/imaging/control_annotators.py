@@ -2,6 +2,7 @@
 
 Names, labels, slider ranges and control types are the extension's
 (`scripts/preprocessor/legacy/preprocessor_compiled.py`): `depth` (label `depth_midas`),
+`depth_anything`, `depth_anything_v2`,
 the `openpose` family, `lineart` (`lineart_realistic`), `lineart_coarse`, `lineart_anime`,
 `hed` (`softedge_hed`), `hed_safe`, `pidinet` (`softedge_pidinet`), `pidinet_safe`,
 `scribble_hed`, `pidinet_scribble`, `normal_bae`, `mlsd`. Each entry here is only the
@@ -37,6 +38,8 @@ class AnnotatorEntry:
 
 ANNOTATOR_ENTRIES: tuple[AnnotatorEntry, ...] = (
     AnnotatorEntry("depth", "depth_midas", ("Depth",), _RES),
+    AnnotatorEntry("depth_anything", "depth_anything", ("Depth",)),
+    AnnotatorEntry("depth_anything_v2", "depth_anything_v2", ("Depth",)),
     AnnotatorEntry("openpose", "openpose", ("OpenPose",), _RES),
     AnnotatorEntry("openpose_face", "openpose_face", ("OpenPose",)),
     AnnotatorEntry("openpose_faceonly", "openpose_faceonly", ("OpenPose",)),
@@ -66,8 +69,6 @@ _MMPOSE = "needs mmpose, mmdet and mmcv (DWPose's detector), which this server d
 _NOT_IN_AUX = "is not in controlnet_aux, the annotator library this server uses"
 REFUSED: dict[str, str] = {
     "dw_openpose_full": f"dw_openpose_full {_MMPOSE}; use openpose_full",
-    "depth_anything": f"depth_anything {_NOT_IN_AUX}; use depth_midas",
-    "depth_anything_v2": f"depth_anything_v2 {_NOT_IN_AUX}; use depth_midas",
     "seg_ofade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
     "oneformer_ade20k": f"seg_ofade20k (OneFormer) {_NOT_IN_AUX}",
     "seg_ofcoco": f"seg_ofcoco (OneFormer) {_NOT_IN_AUX}",

@@ -4,9 +4,12 @@ Files are read from `models/ControlNet/annotators` under the names lllyasviel's
 `lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
 `table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
 `netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
-`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first).
+`dpt_hybrid-midas-501f0c75.pt`; Depth Anything's `depth_anything_vitl14.pth` (from the
+LiheYoung/Depth-Anything space's `checkpoints/`) and `depth_anything_v2_vitl.pth` (from
+depth-anything/Depth-Anything-V2-Large): `SOURCES`. A `.safetensors` of the same stem is
+taken first.
 
-`ensure_files` downloads a missing file from that repository on first use (huggingface_hub,
+`ensure_files` downloads a missing file from its repository on first use (huggingface_hub,
 its progress in the log and the caller's `report`), into a temporary file of the folder
 renamed when complete; offline, or when the download fails, it raises
 `AnnotatorMissingError` naming the file and the folder. `offline()` says whether a
@@ -50,7 +53,16 @@ FILES: dict[str, tuple[str, ...]] = {
     "pidinet_scribble": ("table5_pidinet.pth",),
     "normal_bae": ("scannet.pt",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
+    "depth_anything": ("depth_anything_vitl14.pth",),
+    "depth_anything_v2": ("depth_anything_v2_vitl.pth",),
 }
+# files from elsewhere than lllyasviel/Annotators: name -> (repo, path in it, repo type)
+SOURCES: dict[str, tuple[str, str, str]] = {
+    "depth_anything_vitl14.pth": ("LiheYoung/Depth-Anything",
+                                  "checkpoints/depth_anything_vitl14.pth", "space"),
+    "depth_anything_v2_vitl.pth": ("depth-anything/Depth-Anything-V2-Large",
+                                   "depth_anything_v2_vitl.pth", "model"),
+}  # fmt: skip
 Report = Callable[[str], None]
 Download = Callable[[str, Path, Report], Path]
 
@@ -60,8 +72,18 @@ class AnnotatorMissingError(UserError):
 
     def __init__(self, name: str, folder: Path, reason: str):
         super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
-                         f"{name} from huggingface.co/{REPO} into {folder}")  # fmt: skip
+                         f"{name} from {source_url(name)} into {folder}")  # fmt: skip
         self.file, self.folder = name, folder
+
+
+def source(name: str) -> tuple[str, str, str]:
+    """(repo, path in it, repo type) that `name` is downloaded from."""
+    return SOURCES.get(name, (REPO, name, "model"))
+
+
+def source_url(name: str) -> str:
+    repo, path, kind = source(name)
+    return f"huggingface.co/{'spaces/' if kind == 'space' else ''}{repo}"
 
 
 def annotator_folder(controlnet_dir: Path) -> Path:
@@ -86,7 +108,7 @@ def offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _reporting_bar(name: str, report: Report) -> type:
+def _reporting_bar(name: str, repo: str, report: Report) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
@@ -99,22 +121,24 @@ def _reporting_bar(name: str, report: Report) -> type:
             share = int(self.seen * 100 / self.total) if self.total else -1
             if share != self.shown and share >= 0:
                 self.shown = share
-                report(f"Downloading {name} from {REPO}: {share}% of {self.total >> 20} MB")
+                report(f"Downloading {name} from {repo}: {share}% of {self.total >> 20} MB")
             return done
 
     return ReportingBar
 
 
 def hub_download(name: str, folder: Path, report: Report) -> Path:
-    """`name` from lllyasviel/Annotators into `folder`, atomically (huggingface_hub)."""
+    """`name` from its repository (`source`) into `folder`, atomically (huggingface_hub)."""
     from huggingface_hub import hf_hub_download
 
+    repo, path, kind = source(name)
     folder.mkdir(parents=True, exist_ok=True)
-    report(f"Downloading {name} from {REPO}")
-    log.info("Downloading annotator %s from %s into %s", name, REPO, folder)
+    report(f"Downloading {name} from {repo}")
+    log.info("Downloading annotator %s from %s into %s", name, repo, folder)
+    space = {"repo_type": kind} if kind != "model" else {}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as temp:
-        fetched = Path(hf_hub_download(REPO, name, local_dir=temp,
-                                       tqdm_class=_reporting_bar(name, report)))  # fmt: skip
+        fetched = Path(hf_hub_download(repo, path, local_dir=temp, **space,
+                                       tqdm_class=_reporting_bar(name, repo, report)))  # fmt: skip
         partial = folder / f".{name}.partial"
         shutil.move(str(fetched), partial)
         os.replace(partial, folder / name)

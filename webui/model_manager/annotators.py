@@ -1,5 +1,7 @@
 """ControlNet's annotators with weights (depth, openpose, lineart, HED, PiDiNet, normal, MLSD).
 
+Depth Anything (v1, v2) is transformers' network, in `annotator_depth_anything.py`.
+
 The networks and their detection code are controlnet_aux's (the optional extra
 `annotators`): its classes are built here and given weights read from
 `models/ControlNet/annotators` (`annotator_files.py`: names, download) through the
@@ -176,11 +178,18 @@ def _midas(paths: Paths) -> Any:
     return MidasDetector(_Midas(_load(net, *_file(paths, "dpt_hybrid-midas-501f0c75.pt"))))
 
 
+def _depth_anything(name: str, version: int, paths: Paths) -> Any:
+    from .annotator_depth_anything import load_detector
+
+    return load_detector(*_file(paths, name), version)
+
+
 @dataclass(frozen=True)
 class Annotator:
     model: str  # networks of the same model and files are shared (openpose_*, hed_*)
     build: Callable[[Paths], Any]
     call: Callable[..., Any]  # (detector, image, res, a, b) -> map
+    aux: bool = True  # built from controlnet_aux (else transformers)
 
 
 def _sizes(res: int) -> dict[str, Any]:
@@ -220,6 +229,12 @@ ANNOTATORS: dict[str, Annotator] = {
                             lambda d, img, res, a, b: d(img, **_sizes(res))),
     "mlsd": Annotator("mlsd", _mlsd,
                       lambda d, img, res, a, b: d(img, thr_v=a, thr_d=b, **_sizes(res))),
+    "depth_anything": Annotator("depth_anything", functools.partial(
+        _depth_anything, "depth_anything_vitl14.pth", 1), lambda d, img, res, a, b: d(img, res),
+        aux=False),
+    "depth_anything_v2": Annotator("depth_anything_v2", functools.partial(
+        _depth_anything, "depth_anything_v2_vitl.pth", 2), lambda d, img, res, a, b: d(img, res),
+        aux=False),
 }  # fmt: skip
 
 
@@ -288,7 +303,8 @@ class AnnotatorCache:
         key = (spec.model, *sorted((str(p), p.stat().st_mtime_ns) for p in paths.values()))
         detector = self._models.pop(key, None)
         if detector is None:
-            _library()
+            if spec.aux:
+                _library()
             log.info("Loading annotator %s (%s)", spec.model, ", ".join(sorted(paths)))
             while len(self._models) >= self.size:
                 self._models.popitem(last=False)
