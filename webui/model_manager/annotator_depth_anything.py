@@ -35,8 +35,6 @@ import torch
 
 from ..errors import UserError
 
-V1_FILE = "depth_anything_vitl14.pth"
-V2_FILE = "depth_anything_v2_vitl.pth"
 _MEAN, _STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 # v2: the ViT blocks (0-based) whose outputs feed the head, by the number of blocks
 _V2_LAYERS = {12: (2, 5, 8, 11), 24: (4, 11, 17, 23)}
