@@ -2,6 +2,7 @@
 
 Names, labels, slider ranges and control types are the extension's
 (`scripts/preprocessor/legacy/preprocessor_compiled.py`): `depth` (label `depth_midas`),
+`depth_anything`, `depth_anything_v2`,
 the `openpose` family, `lineart` (`lineart_realistic`), `lineart_coarse`, `lineart_anime`,
 `hed` (`softedge_hed`), `hed_safe`, `pidinet` (`softedge_pidinet`), `pidinet_safe`,
 `scribble_hed`, `pidinet_scribble`, `normal_bae`, `mlsd`, `oneformer_ade20k`
@@ -38,6 +39,8 @@ class AnnotatorEntry:
 
 ANNOTATOR_ENTRIES: tuple[AnnotatorEntry, ...] = (
     AnnotatorEntry("depth", "depth_midas", ("Depth",), _RES),
+    AnnotatorEntry("depth_anything", "depth_anything", ("Depth",)),
+    AnnotatorEntry("depth_anything_v2", "depth_anything_v2", ("Depth",)),
     AnnotatorEntry("openpose", "openpose", ("OpenPose",), _RES),
     AnnotatorEntry("openpose_face", "openpose_face", ("OpenPose",)),
     AnnotatorEntry("openpose_faceonly", "openpose_faceonly", ("OpenPose",)),
@@ -67,13 +70,10 @@ ANNOTATOR_CONTROL_TYPES = (("Depth", "depth", "depth"), ("OpenPose", "openpose_f
                            ("SoftEdge", "pidinet", "softedge"),
                            ("Segmentation", "oneformer_ade20k", "seg"))  # fmt: skip
 
-_NOT_IN_AUX = "is not in controlnet_aux, the annotator library this server uses"
 _UNIFORMER = ("seg_ufade20k (UniFormer, upernet_global_small.pth) needs mmseg and mmcv's "
               "UperNet, which no maintained library this server uses provides; use "
               "seg_ofade20k (OneFormer: the same ADE20K classes and colours)")  # fmt: skip
 REFUSED: dict[str, str] = {
-    "depth_anything": f"depth_anything {_NOT_IN_AUX}; use depth_midas",
-    "depth_anything_v2": f"depth_anything_v2 {_NOT_IN_AUX}; use depth_midas",
     "seg_ufade20k": _UNIFORMER,
     "segmentation": _UNIFORMER,
     "inpaint_only+lama": "inpaint_only+lama needs the LaMa inpainting model (ControlNetLama.pth, "

@@ -4,9 +4,12 @@ Files are read from `models/ControlNet/annotators` under the names lllyasviel's
 `lllyasviel/Annotators` repository (and controlnet_aux) use: `ControlNetHED.pth`,
 `table5_pidinet.pth`, `mlsd_large_512_fp32.pth`, `sk_model.pth`, `sk_model2.pth`,
 `netG.pth`, `body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`, `scannet.pt`,
-`dpt_hybrid-midas-501f0c75.pt` (a `.safetensors` of the same stem is taken first),
-DWPose's `yolox_l.onnx` and `dw-ll_ucoco_384.onnx` from `yzd-v/DWPose` (`REPOS`), and the
-hub folders of `annotator_folders.py` (OneFormer: transformers' layout, their own repos).
+`dpt_hybrid-midas-501f0c75.pt`; Depth Anything's `depth_anything_vitl14.pth` (from the
+LiheYoung/Depth-Anything space's `checkpoints/`) and `depth_anything_v2_vitl.pth` (from
+depth-anything/Depth-Anything-V2-Large), DWPose's `yolox_l.onnx` and `dw-ll_ucoco_384.onnx`
+(from yzd-v/DWPose): `SOURCES`. A `.safetensors` of the same stem is taken first (not for
+`.onnx` files). OneFormer's are hub folders (`annotator_folders.py`: transformers'
+layout, their own repositories).
 
 `ensure_files` downloads a missing file from its repository on first use (huggingface_hub,
 its progress in the log and the caller's `report`), into a temporary file of the folder
@@ -54,11 +57,20 @@ FILES: dict[str, tuple[str, ...]] = {
     "normal_bae": ("scannet.pt",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "dw_openpose_full": ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+    "depth_anything": ("depth_anything_vitl14.pth",),
+    "depth_anything_v2": ("depth_anything_v2_vitl.pth",),
     "oneformer_ade20k": ("oneformer_ade20k_swin_large",),  # hub folders (annotator_folders)
     "oneformer_coco": ("oneformer_coco_swin_large",),
 }
-# the files that are not in lllyasviel/Annotators: name -> their repository
-REPOS: dict[str, str] = {"yolox_l.onnx": "yzd-v/DWPose", "dw-ll_ucoco_384.onnx": "yzd-v/DWPose"}
+# files from elsewhere than lllyasviel/Annotators: name -> (repo, path in it, repo type)
+SOURCES: dict[str, tuple[str, str, str]] = {
+    "depth_anything_vitl14.pth": ("LiheYoung/Depth-Anything",
+                                  "checkpoints/depth_anything_vitl14.pth", "space"),
+    "depth_anything_v2_vitl.pth": ("depth-anything/Depth-Anything-V2-Large",
+                                   "depth_anything_v2_vitl.pth", "model"),
+    "yolox_l.onnx": ("yzd-v/DWPose", "yolox_l.onnx", "model"),
+    "dw-ll_ucoco_384.onnx": ("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", "model"),
+}  # fmt: skip
 Report = Callable[[str], None]
 Download = Callable[[str, Path, Report], Path]
 
@@ -68,22 +80,27 @@ class AnnotatorMissingError(UserError):
 
     def __init__(self, name: str, folder: Path, reason: str):
         super().__init__(f"annotator weights {name} not found in {folder} ({reason}): put "
-                         f"{source(name)} into {folder}")  # fmt: skip
+                         f"{where_from(name)} into {folder}")  # fmt: skip
         self.file, self.folder = name, folder
 
 
-def repo_of(name: str) -> str:
-    """The Hugging Face repository a weights file is downloaded from."""
-    return REPOS.get(name, REPO)
+def source(name: str) -> tuple[str, str, str]:
+    """(repo, path in it, repo type) that `name` is downloaded from."""
+    return SOURCES.get(name, (REPO, name, "model"))
+
+
+def source_url(name: str) -> str:
+    repo, path, kind = source(name)
+    return f"huggingface.co/{'spaces/' if kind == 'space' else ''}{repo}"
 
 
 def annotator_folder(controlnet_dir: Path) -> Path:
     return Path(controlnet_dir) / ANNOTATOR_FOLDER
 
 
-def source(name: str) -> str:
+def where_from(name: str) -> str:
     """What to put into the folder and where it is published, for a message."""
-    return describe(name) if name in HUB_FOLDERS else f"{name} from huggingface.co/{repo_of(name)}"
+    return describe(name) if name in HUB_FOLDERS else f"{name} from {source_url(name)}"
 
 
 def weight_file(folder: Path, name: str) -> Path | None:
@@ -112,7 +129,7 @@ def _reporting_bar(name: str, report: Report, repo: str | None = None) -> type:
     """huggingface_hub's progress bar that also tells `report` each new percent."""
     from huggingface_hub.utils import tqdm
 
-    repo = repo or repo_of(name)
+    repo = repo or source(name)[0]
 
     class ReportingBar(tqdm):
         shown, seen = -1, 0  # counted here: a disabled bar (no terminal) counts nothing
@@ -130,21 +147,22 @@ def _reporting_bar(name: str, report: Report, repo: str | None = None) -> type:
 
 
 def hub_download(name: str, folder: Path, report: Report) -> Path:
-    """`name` from its repository into `folder`, atomically (huggingface_hub); a hub
-    folder from its own repository."""
+    """`name` from its repository (`source`) into `folder`, atomically (huggingface_hub); a
+    hub folder from its own repository."""
     from huggingface_hub import hf_hub_download
 
     if name in HUB_FOLDERS:
         return download_folder(
             name, folder, report, _reporting_bar(name, report, HUB_FOLDERS[name])
         )
+    repo, path, kind = source(name)
     folder.mkdir(parents=True, exist_ok=True)
-    repo = repo_of(name)
     report(f"Downloading {name} from {repo}")
     log.info("Downloading annotator %s from %s into %s", name, repo, folder)
+    space = {"repo_type": kind} if kind != "model" else {}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as temp:
-        fetched = Path(hf_hub_download(repo, name, local_dir=temp,
-                                       tqdm_class=_reporting_bar(name, report)))  # fmt: skip
+        fetched = Path(hf_hub_download(repo, path, local_dir=temp, **space,
+                                       tqdm_class=_reporting_bar(name, report, repo)))  # fmt: skip
         partial = folder / f".{name}.partial"
         shutil.move(str(fetched), partial)
         os.replace(partial, folder / name)

@@ -1,6 +1,8 @@
 """ControlNet's annotators with weights (depth, openpose, lineart, HED, PiDiNet, normal, MLSD,
 OneFormer segmentation).
 
+Depth Anything (v1, v2) is transformers' network, in `annotator_depth_anything.py`.
+
 The networks and their detection code are controlnet_aux's (the optional extra
 `annotators`): its classes are built here and given weights read from
 `models/ControlNet/annotators` (`annotator_files.py`: names, download) through the
@@ -187,12 +189,18 @@ def _dwpose(paths: Paths) -> Any:
     return build(paths)
 
 
+def _depth_anything(name: str, version: int, paths: Paths) -> Any:
+    from .annotator_depth_anything import load_detector
+
+    return load_detector(*_file(paths, name), version)
+
+
 @dataclass(frozen=True)
 class Annotator:
     model: str  # networks of the same model and files are shared (openpose_*, hed_*)
     build: Callable[[Paths], Any]
     call: Callable[..., Any]  # (detector, image, res, a, b) -> map
-    needs_aux: bool = True  # its network is controlnet_aux's
+    aux: bool = True  # built from controlnet_aux (else transformers, onnxruntime)
 
 
 def _sizes(res: int) -> dict[str, Any]:
@@ -233,12 +241,18 @@ ANNOTATORS: dict[str, Annotator] = {
     "mlsd": Annotator("mlsd", _mlsd,
                       lambda d, img, res, a, b: d(img, thr_v=a, thr_d=b, **_sizes(res))),
     "dw_openpose_full": Annotator("dwpose", _dwpose, lambda d, img, res, a, b: d(img, res)),
+    "depth_anything": Annotator("depth_anything", functools.partial(
+        _depth_anything, "depth_anything_vitl14.pth", 1), lambda d, img, res, a, b: d(img, res),
+        aux=False),
+    "depth_anything_v2": Annotator("depth_anything_v2", functools.partial(
+        _depth_anything, "depth_anything_v2_vitl.pth", 2), lambda d, img, res, a, b: d(img, res),
+        aux=False),
 }  # fmt: skip
 ANNOTATORS.update({  # transformers' OneFormer, from a hub folder (annotator_folders.py)
     "oneformer_ade20k": Annotator("oneformer_ade20k", oneformer_builder(
-        "oneformer_ade20k_swin_large", ADE20K), lambda d, img, res, a, b: d(img, res), False),
+        "oneformer_ade20k_swin_large", ADE20K), lambda d, img, res, a, b: d(img, res), aux=False),
     "oneformer_coco": Annotator("oneformer_coco", oneformer_builder(
-        "oneformer_coco_swin_large", COCO), lambda d, img, res, a, b: d(img, res), False),
+        "oneformer_coco_swin_large", COCO), lambda d, img, res, a, b: d(img, res), aux=False),
 })  # fmt: skip
 
 
@@ -307,7 +321,7 @@ class AnnotatorCache:
         key = (spec.model, *sorted((str(p), p.stat().st_mtime_ns) for p in paths.values()))
         detector = self._models.pop(key, None)
         if detector is None:
-            if spec.needs_aux:
+            if spec.aux:
                 _library()
             log.info("Loading annotator %s (%s)", spec.model, ", ".join(sorted(paths)))
             while len(self._models) >= self.size:

@@ -29,7 +29,7 @@ from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_
 from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
 from ..imaging.control_preprocessors import model_matches, preprocessor_named
-from ..model_manager.annotator_files import annotator_folder, missing_files, offline, source
+from ..model_manager.annotator_files import annotator_folder, missing_files, offline, where_from
 from ..model_manager.controlnet_files import (
     ControlNetFile,
     find_clip_vision,
@@ -150,7 +150,7 @@ def check_annotator(module: str, folder: Path, loc: tuple) -> None:
     if missing and offline():
         raise RequestError(loc, f"{module}: annotator weights {missing[0]} not found in "
                            f"{annotators} and downloads are off (HF_HUB_OFFLINE): put "
-                           f"{', '.join(source(name) for name in missing)} there")  # fmt: skip
+                           f"{', '.join(where_from(name) for name in missing)} there")  # fmt: skip
 
 
 def checkpoint_family(models: Any, title: str | None) -> str:
