@@ -208,8 +208,11 @@ def test_the_lists_show_adapters_by_control_type_and_family(server):
 
 def test_controlnet_is_more_important_without_unconditional_rows(server):
     """CFG 1 with AND runs [cond 1, cond 2] rows (no unconditional rows): "ControlNet is
-    more important" then guides every row, as "Balanced" does for a T2I-Adapter."""
+    more important" then guides every row with the soft weights, as "My prompt is more
+    important" does for a T2I-Adapter (and unlike "Balanced": the weight alone)."""
     cfg1 = {"cfg_scale": 1, "prompt": "a house AND a tree"}
     balanced = generate(server, [t2i_unit(server, save_detected_map=False)], **cfg1)
+    prompt = generate(server, [t2i_unit(server, control_mode=1, save_detected_map=False)], **cfg1)
     more = generate(server, [t2i_unit(server, control_mode=2, save_detected_map=False)], **cfg1)
-    assert np.array_equal(pixels(more["images"][0]), pixels(balanced["images"][0]))
+    assert np.array_equal(pixels(more["images"][0]), pixels(prompt["images"][0]))
+    assert not np.array_equal(pixels(more["images"][0]), pixels(balanced["images"][0]))

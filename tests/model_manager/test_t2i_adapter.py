@@ -1,14 +1,12 @@
 """T2I-Adapter files in the layouts users have load as the same diffusers `T2IAdapter`
 (webui/model_manager/t2i_adapter.py): SDXL's diffusers single file (pixel unshuffle 16),
-TencentARC's light (color) adapter, and the refusal of the style adapter."""
+TencentARC's light (color) adapter (the style adapter: test_t2i_style.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.errors import UserError
 from webui.model_manager.controlnet_files import list_controlnets
 from webui.model_manager.t2i_adapter import load_t2i_adapter
 
@@ -51,13 +49,6 @@ def test_tencentarcs_light_color_adapter(tmp_path):
     loaded = load_t2i_adapter(path)
     assert loaded.config.adapter_type == "light_adapter"
     assert _same(model, loaded, 64)
-
-
-def test_the_style_adapter_is_refused_by_name(tmp_path):
-    path = tmp_path / "t2iadapter_style_sd14v1.pth"
-    torch.save({"x": torch.zeros(1)}, path)
-    with pytest.raises(UserError, match="style adapter"):
-        load_t2i_adapter(path)
 
 
 def test_a_diffusers_folder_is_listed_and_loaded(tmp_path):

@@ -21,7 +21,8 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
   soft injection, residual i of 13 scaled by weight * 0.825 ** (12 - i) (SDXL: the first
   10 of these); "ControlNet is more important": soft injection on the conditional rows
   only (the unconditional rows get none, so CFG strengthens the control);
-- in the hires. fix pass, canny units always use soft injection;
+- in the hires. fix pass, canny and mlsd units always use soft injection (the extension's
+  `high_res_fix_forced_soft_injection`);
 - a 4-channel hint (inpaint) is given as `rgb * (1 - mask) - mask`; a 9-channel
   inpainting UNet gives the ControlNet its first 4 latent channels; an `inpaint_only`
   unit also keeps its image outside its mask in every prediction
@@ -30,8 +31,14 @@ to the call's size (the hires. fix pass gets its own), and passes the summed res
 T2I-Adapter units run their adapter once per image size on the hint (a 1-channel adapter
 gets the map's first channel) and pass its features, times the unit's weight while the
 step is in [start, end], as `down_intrablock_additional_residuals`, as diffusers'
-adapter pipelines do; "ControlNet is more important" leaves the unconditional rows
-without them (the soft weights of "My prompt is more important" are ControlNet's only).
+adapter pipelines do; with soft injection (a control mode other than "Balanced", and the
+hires. fix rule above) feature i of 4 is scaled by weight x (0.25, 0.62, 0.825, 1.0)[i],
+as the extension does; "ControlNet is more important" leaves the unconditional rows
+without them.
+
+The T2I style adapter (`t2ia_style_clipvision` and `t2iadapter_style_sd14v1`) appends its
+tokens to the cross-attention context of the conditional rows (`core/t2i_style.py`); the
+ControlNets of the same call see that context too, as in the extension.
 
 IP-Adapter units (an `ip-adapter_clip_*` preprocessor and an IP-Adapter model) encode
 their image with the CLIP vision encoder once per job and feed its tokens to the UNet's
@@ -67,9 +74,11 @@ from .controlnet_inpaint import kept_prediction
 from .controlnet_union import mode_index, unit_mode
 from .controlnet_units import Annotate, ControlUnit, detect
 from .ip_adapter import IpUnit, encode_reference, installed, tokens_for_call, uncond_rows
+from .t2i_style import StyleUnit, encode_style, with_style
 
 log = logging.getLogger(__name__)
 _IMG2IMG_RESIZE = ("Just Resize", "Crop and Resize", "Resize and Fill", "Just Resize")
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)  # a T2I-Adapter's soft weights, by feature level
 
 
 @dataclass
@@ -85,6 +94,7 @@ class PreparedUnit:
     union: int | None = None  # a ControlNet Union's mode index (core/controlnet_union.py)
     keep: bool = False  # inpaint_only keeps the image outside its mask (controlnet_inpaint.py)
     origin: dict[tuple[int, int], tuple] = field(default_factory=dict)  # its latents, by size
+    style: StyleUnit | None = None  # a T2I style adapter unit's tokens (then `model` is None)
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -100,7 +110,8 @@ class JobControl:
 
     @property
     def guiding(self) -> list[PreparedUnit]:
-        return [u for u in self.units if u.model is not None or u.ip is not None]
+        return [u for u in self.units
+                if u.model is not None or u.ip is not None or u.style is not None]  # fmt: skip
 
     @property
     def controlnets(self) -> list[PreparedUnit]:
@@ -113,6 +124,10 @@ class JobControl:
     @property
     def ip_units(self) -> list[IpUnit]:
         return [u.ip for u in self.units if u.ip is not None]
+
+    @property
+    def style_units(self) -> list[StyleUnit]:
+        return [u.style for u in self.units if u.style is not None]
 
 
 def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[[Path], Any],
@@ -142,7 +157,9 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         part = PreparedUnit(
             unit, index, detected, mode, model, union=_union_index(unit, index, model)
         )
-        if _is_ip(model) or preprocessor_named(unit.module).clip:
+        if _is_style(model) or preprocessor_named(unit.module).clip_model == "t2i-style":
+            part = _style_part(part, image, clip)
+        elif _is_ip(model) or preprocessor_named(unit.module).clip:
             part = _ip_part(part, image, clip)
         part.keep = _keeps(unit, model, params)
         prepared.append(part)
@@ -186,6 +203,10 @@ def _is_ip(model: Any) -> bool:
     return getattr(model, "kind", "") == "ip-adapter"
 
 
+def _is_style(model: Any) -> bool:
+    return getattr(model, "kind", "") == "t2i-style"
+
+
 def _is_ip_module(unit: ControlUnit) -> bool:
     return bool(preprocessor_named(unit.module).clip)
 
@@ -208,10 +229,38 @@ def _ip_part(part: PreparedUnit, image: Image.Image, clip: Callable | None) -> P
     return PreparedUnit(unit, n, part.detected, part.resize_mode, None, ip=ip)
 
 
+def _style_part(part: PreparedUnit, image: Image.Image, clip: Callable | None) -> PreparedUnit:
+    """A T2I style adapter unit's tokens (a unit without a model: none, as its map)."""
+    unit, model, n = part.unit, part.model, part.index
+    if model is None:
+        return part
+    if preprocessor_named(unit.module).clip_model != "t2i-style":
+        raise UserError(f"ControlNet unit {n}: {unit.model_label} is the T2I style adapter; "
+                        "choose the t2ia_style_clipvision preprocessor")  # fmt: skip
+    if not _is_style(model):
+        raise UserError(f"ControlNet unit {n}: {unit.module} needs the T2I style adapter, not "
+                        f"{unit.model_label}")  # fmt: skip
+    if clip is None or unit.clip_vision_path is None:
+        raise UserError(f"ControlNet unit {n}: no CLIP vision model for {unit.module}")
+    style = encode_style(unit, model, clip(Path(unit.clip_vision_path)), image)
+    return PreparedUnit(unit, n, part.detected, part.resize_mode, None, style=style)
+
+
+def soft_injection(unit: ControlUnit, hires: bool) -> bool:
+    """Whether a unit's residuals get the soft weights: a control mode other than
+    "Balanced", or a canny or mlsd unit in the hires. fix pass (as the extension)."""
+    forced = hires and ("canny" in unit.module or "mlsd" in unit.module)
+    return unit.control_mode != "Balanced" or forced
+
+
 def _scales(unit: ControlUnit, count: int, soft: bool) -> list[float]:
     if not soft:
         return [unit.weight] * count
     return [unit.weight * 0.825 ** float(12 - i) for i in range(13)][:count]
+
+
+def _adapter_scales(unit: ControlUnit, count: int, soft: bool) -> list[float]:
+    return [unit.weight * (ADAPTER_SOFT[min(i, 3)] if soft else 1.0) for i in range(count)]
 
 
 def _hint_tensor(hint: np.ndarray, rows: int, like: torch.Tensor) -> torch.Tensor:
@@ -253,6 +302,7 @@ class _ControlState:
                  conds: int = 1):  # fmt: skip
         self.control, self.pipe, self.batch = control, pipe, batch_size
         self.step, self.conds = first_step, conds
+        self.latent_scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)  # pixels per latent
         self.ip_processors: list[Any] = []  # set while the IP-Adapter processors are on
 
     def _cond_rows_only(self, outputs: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
@@ -263,6 +313,12 @@ class _ControlState:
         keep = torch.ones(rows, 1, 1, 1, device=outputs[0].device, dtype=outputs[0].dtype)
         keep[:empty] = 0
         return [o * keep for o in outputs]
+
+    def in_hires(self, sample: torch.Tensor) -> bool:
+        """Whether a call is the hires. fix pass's (latents of another size than the first
+        pass's; the hints are fit to 8 pixels per latent, the ControlNets' own factor)."""
+        scale = self.latent_scale
+        return (sample.shape[2] * scale, sample.shape[3] * scale) != self.control.size
 
     def fraction(self) -> float:
         return self.step / max(int(getattr(self.pipe, "num_timesteps", 0) or 0), 1)
@@ -277,7 +333,7 @@ class _ControlState:
     def residuals(self, sample, timestep, context, added) -> tuple[list, Any] | None:
         fraction = self.fraction()
         rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
-        hires = (height, width) != self.control.size
+        hires = self.in_hires(sample)
         total_down: list | None = None
         total_mid = None
         for part in self.control.controlnets:
@@ -289,9 +345,8 @@ class _ControlState:
             down, mid = model(x.to(model.dtype), timestep, encoder_hidden_states=context.to(model.dtype),
                               conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False,
                               **_cond_inputs(part, hint))  # fmt: skip
-            soft = unit.control_mode != "Balanced" or (hires and "canny" in unit.module)
             outputs = [*down, mid]
-            scales = _scales(unit, len(outputs), soft)
+            scales = _scales(unit, len(outputs), soft_injection(unit, hires))
             outputs = [o * s for o, s in zip(outputs, scales, strict=False)]
             if unit.control_mode == "ControlNet is more important":
                 outputs = self._cond_rows_only(outputs, rows)
@@ -306,13 +361,16 @@ class _ControlState:
         """The T2I-Adapter units' summed features for this call (None: none guides)."""
         fraction = self.fraction()
         rows, height, width = sample.shape[0], sample.shape[2] * 8, sample.shape[3] * 8
+        hires = self.in_hires(sample)
         total: list[torch.Tensor] | None = None
         for part in self.control.adapters:
             unit = part.unit
             if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
                 continue
             features = _adapter_features(part, height, width)
-            outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * unit.weight for f in features]
+            scales = _adapter_scales(unit, len(features), soft_injection(unit, hires))
+            outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * s
+                       for f, s in zip(features, scales, strict=True)]  # fmt: skip
             if unit.control_mode == "ControlNet is more important":
                 outputs = self._cond_rows_only(outputs, rows)
             total = (
@@ -323,6 +381,10 @@ class _ControlState:
     def forward(self, original: Callable) -> Callable:
         def forward(sample, timestep, *args, **kwargs):
             context = kwargs.get("encoder_hidden_states", args[0] if args else None)
+            if self.control.style_units:  # the style tokens, before anything reads the context
+                empty = uncond_rows(sample.shape[0], self.batch, self.conds)
+                context = with_style(context, self.control.style_units, empty, self.fraction())
+                args = _set_context(args, kwargs, context)
             adapted = self.adapter_residuals(sample)
             if adapted is not None:
                 kwargs["down_intrablock_additional_residuals"] = adapted
@@ -339,10 +401,7 @@ class _ControlState:
                 empty = uncond_rows(rows, self.batch, self.conds)
                 tokens = tokens_for_call(ip_units, self.ip_processors, rows, empty,
                                          self.fraction(), context)  # fmt: skip
-                if args:
-                    args = ((context, tokens), *args[1:])
-                else:
-                    kwargs["encoder_hidden_states"] = (context, tokens)
+                args = _set_context(args, kwargs, (context, tokens))
             result = original(sample, timestep, *args, **kwargs)
             return self.keep_unmasked(result, sample, timestep)
 
@@ -359,6 +418,15 @@ class _ControlState:
             return (pred, *result[1:])
         result.sample = pred
         return result
+
+
+def _set_context(args: tuple, kwargs: dict, value: Any) -> tuple:
+    """The UNet call's positional args with its context (`encoder_hidden_states`: the
+    first one when given positionally, else in `kwargs`, set in place) set to `value`."""
+    if args:
+        return (value, *args[1:])
+    kwargs["encoder_hidden_states"] = value
+    return args
 
 
 @contextmanager

@@ -11,7 +11,8 @@ The annotators with weights (depth, openpose, HED, ...) are entries too, describ
 `control_annotators.py`, with `annotator` set: they make no map here (calling one raises
 `AnnotatorNeeded`); `core/controlnet_units.detect` hands them to the annotator runner
 (`model_manager/annotators.py`). `REFUSED` names the ones not built. The IP-Adapter preprocessors
-(`ip-adapter_clip_*`) make no map: they name the CLIP vision encoder the worker runs.
+(`ip-adapter_clip_*`) and the T2I style adapter's (`clip_vision`, label
+`t2ia_style_clipvision`) make no map: they name the CLIP vision encoder the worker runs.
 
 This module must never import torch, diffusers or a UI library.
 """
@@ -55,13 +56,21 @@ class Preprocessor:
     slider_2: Slider | None = None
     tags: tuple[str, ...] = ()
     inpaint: bool = False  # the map keeps the mask as a 4th channel
-    clip: str = ""  # IP-Adapter: the CLIP vision encoder ("clip_h", "clip_g", "clip_l"); no map
+    clip: str = ""  # the CLIP vision encoder ("clip_h", "clip_g", "clip_l", "clip_vitl"); no map
     annotator: bool = False  # a network with weights runs it (model_manager/annotators.py)
 
     @property
     def returns_image(self) -> bool:
         """Whether the result is a map (IP-Adapter's CLIP preprocessors give embeddings)."""
         return not self.clip
+
+    @property
+    def clip_model(self) -> str:
+        """The model kind a CLIP preprocessor feeds: "ip-adapter", "t2i-style" (the T2I
+        style adapter's); "" for a preprocessor that makes a map."""
+        if not self.clip:
+            return ""
+        return "t2i-style" if "T2I-Adapter" in self.tags else "ip-adapter"
 
     @property
     def title(self) -> str:
@@ -206,6 +215,9 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("shuffle", _shuffle, resolution=Slider("Resolution", 512, 64, 2048),
                  tags=("Shuffle",)),
     Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",)),
+    # the T2I style adapter: CLIP ViT-L/14's hidden states (core/t2i_style.py), no map
+    Preprocessor("clip_vision", _none, "t2ia_style_clipvision", resolution=None,
+                 tags=("T2I-Adapter",), clip="clip_vitl"),
     # IP-Adapter: the image goes to a CLIP vision encoder (core/ip_adapter.py), no map
     Preprocessor("ip-adapter_clip_sd15", _none, "ip-adapter_clip_h", resolution=None,
                  tags=("IP-Adapter",), clip="clip_h"),

@@ -12,13 +12,15 @@ A ControlNet Union (`task_embedding` and `control_add_embedding.*` keys, or a
 FLUX ControlNets (diffusers' `FluxControlNetModel` files and folders, XLabs' files; kind
 "flux-controlnet", `flux_control_keys.layout_of`) are family FLUX. Otherwise the keys tell
 the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
-`ip_adapter.*`; its width from `to_k_ip`) or a T2I-Adapter (TencentARC's `body.N.block1`
-/ `conv_in`, or diffusers' `adapter.*`); a pickled file's kind comes from its name.
+`ip_adapter.*`; its width from `to_k_ip`), a T2I-Adapter (TencentARC's `body.N.block1`
+/ `conv_in`, or diffusers' `adapter.*`) or the T2I style adapter (`style_embedding`; its
+width from `proj`); a pickled file's kind comes from its name.
 
 `find_clip_vision` finds an IP-Adapter preprocessor's CLIP vision encoder in
 `models/clip_vision` as sd-webui-controlnet names it (`clip_h.pth`, `clip_g.pth`), or
 under the names the files are published with (`CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`,
-...), or else by its width (ViT-H: 1280, ViT-bigG: 1664) read from a `.safetensors` header.
+...), or else by its width (ViT-H: 1280, ViT-bigG: 1664, ViT-L: 1024) read from a
+`.safetensors` header; the style adapter's ViT-L/14 as the extension names it (`clip_vitl.pth`).
 
 This module must never import torch, diffusers or a UI library (the services list and
 resolve names with it).
@@ -50,7 +52,7 @@ class ControlNetFile:
     path: Path
     hash: str
     context_width: int | None  # cross-attention width; None: not read (.pth)
-    kind: str = "controlnet"  # "controlnet", "ip-adapter" or "t2i-adapter"
+    kind: str = "controlnet"  # "controlnet", "ip-adapter", "t2i-adapter" or "t2i-style"
     union_modes: int = 0  # a ControlNet Union's control modes (its task embeddings); 0: none
 
     @property
@@ -88,8 +90,11 @@ def _weights_of_folder(folder: Path) -> Path | None:
 
 
 def kind_of_keys(keys) -> str:
-    """ "ip-adapter", "t2i-adapter" or "controlnet", from a state dict's key names."""
+    """ "ip-adapter", "t2i-adapter", "t2i-style" or "controlnet", from a state dict's key
+    names."""
     keys = list(keys)
+    if any(k.removeprefix("adapter.") == "style_embedding" for k in keys):
+        return "t2i-style"
     if any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys) or is_flux_ip_adapter(keys):
         return "ip-adapter"
     if any(k.startswith("adapter.body.") for k in keys) or (
@@ -105,7 +110,7 @@ def kind_of_name(name: str) -> str:
     if any(w in lower for w in ("ip-adapter", "ip_adapter", "ipadapter")):
         return "ip-adapter"
     if any(w in lower for w in ("t2i-adapter", "t2i_adapter", "t2iadapter")):
-        return "t2i-adapter"
+        return "t2i-style" if "style" in lower else "t2i-adapter"
     return "controlnet"
 
 
@@ -149,6 +154,10 @@ def _read_kind(path: Path) -> tuple[int | None, str]:
         return (width if width in _WIDTH_FAMILY else _width_of_name(path.name)), kind
     if kind == "t2i-adapter":
         return _adapter_width(shapes), kind
+    if kind == "t2i-style":  # its tokens' width: the text encoder's
+        shape = shapes.get("proj", shapes.get("adapter.proj", ()))
+        width = int(shape[1]) if len(shape) == 2 else None
+        return (width if width in _WIDTH_FAMILY else _width_of_name(path.name)), kind
     for key, shape in shapes.items():
         if key.endswith("attn2.to_k.weight") and len(shape) == 2:
             return shape[1], kind
@@ -234,13 +243,18 @@ CLIP_NAMES = {
     # FLUX IP-Adapter (XLabs): openai/clip-vit-large-patch14
     "clip_l": ("clip_vision_l.safetensors", "clip-vit-large-patch14.safetensors",
                "clip-vit-large-patch14", "CLIP-ViT-L-14.safetensors"),
+    # the T2I style adapter (t2ia_style_clipvision): the same model, the extension's name
+    "clip_vitl": ("clip_vitl.pth", "clip_vitl.safetensors", "clip_vision_l.safetensors",
+                  "clip-vit-large-patch14.safetensors", "clip-vit-large-patch14",
+                  "CLIP-ViT-L-14.safetensors"),
 }  # fmt: skip
-CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG", "clip_l": "CLIP ViT-L/14"}
-_CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664, "clip_l": 1024}
+CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG", "clip_l": "CLIP ViT-L/14",
+               "clip_vitl": "CLIP ViT-L/14"}  # fmt: skip
+_CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664, "clip_l": 1024, "clip_vitl": 1024}
 
 
 def find_clip_vision(folder: Path, config: str, preprocessor: str) -> Path:
-    """The CLIP vision file of `config` ("clip_h", "clip_g") in `folder`; a UserError
+    """The CLIP vision file of `config` ("clip_h", "clip_g", ...) in `folder`; a UserError
     naming the file and the folder when there is none."""
     names = CLIP_NAMES[config]
     if folder.is_dir():

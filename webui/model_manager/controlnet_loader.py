@@ -1,7 +1,8 @@
 """Load a ControlNet file or folder as diffusers' `ControlNetModel`, offline; keep a few.
 
 `load_control_model` also loads the other kinds of unit models of `models/ControlNet`
-(IP-Adapter: `ip_adapter.py`; T2I-Adapter: `t2i_adapter.py`; FLUX ControlNets:
+(IP-Adapter: `ip_adapter.py`; T2I-Adapter: `t2i_adapter.py`, its style adapter
+`t2i_style.py`; FLUX ControlNets:
 `flux_controlnet.py`), told apart by their keys; a model of another family than the
 checkpoint's (a FLUX ControlNet on a UNet, an SD one on FLUX) raises `ControlNetLoadError`.
 
@@ -153,7 +154,8 @@ def load_controlnet(path: Path, unet_config: dict) -> Any:
 
 
 def file_kind(path: Path) -> str:
-    """ "controlnet", "ip-adapter" or "t2i-adapter", from the keys (the name for pickles)."""
+    """ "controlnet", "ip-adapter", "t2i-adapter" or "t2i-style", from the keys (the name
+    for pickles)."""
     from .controlnet_files import _read_kind
 
     if path.is_dir():
@@ -186,7 +188,7 @@ def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
         if unet is None:
             raise ControlNetLoadError(f"IP-Adapter {path.name}: no UNet to fit it to")
         return load_ip_adapter(path, unet)
-    if kind == "t2i-adapter":
+    if kind in ("t2i-adapter", "t2i-style"):  # the file's keys tell which (t2i_adapter.py)
         from .t2i_adapter import load_t2i_adapter
 
         return load_t2i_adapter(path)
@@ -243,6 +245,10 @@ class ControlNetCache:
             from .t2i_adapter import check_fits
 
             check_fits(model, unet_config, path.name)
+        if getattr(model, "kind", "") == "t2i-style":  # its tokens: the prompt's width
+            from .t2i_style import check_fits as check_style
+
+            check_style(model, unet_config, path.name)
         return model
 
     def clear(self) -> None:

@@ -11,8 +11,8 @@ Layouts read:
 
 The config is read from the tensors: input channels and pixel-unshuffle factor from
 `conv_in` (SD 1.x adapters unshuffle by 8, SDXL ones by 16: then `full_adapter_xl`),
-channels and residual blocks per level. The style adapter (CLIP tokens) is not a
-residual adapter and is refused by name.
+channels and residual blocks per level. A file with the style adapter's keys
+(`style_embedding`: CLIP tokens, not residuals) is read as `t2i_style.StyleAdapter`.
 
 This module must never import a UI library.
 """
@@ -97,16 +97,18 @@ def _read(path: Path) -> StateDict:
 
 
 def load_t2i_adapter(path: Path) -> Any:
-    """A `T2IAdapter` (float32, CPU) from a file or a diffusers folder."""
+    """A `T2IAdapter` (float32, CPU) from a file or a diffusers folder; the style
+    adapter's file gives a `t2i_style.StyleAdapter`."""
     from diffusers import T2IAdapter
 
-    if "style" in path.name.lower():
-        raise T2IAdapterLoadError(f"{path.name}: the style adapter (CLIP tokens) is not built; "
-                                  "use a residual T2I-Adapter (canny, sketch, depth, ...)")  # fmt: skip
+    from .t2i_style import is_style_state, style_from_state
+
     try:
         if path.is_dir():
             return T2IAdapter.from_pretrained(str(path), local_files_only=True)
         state = _read(path)
+        if is_style_state(state):
+            return style_from_state(state, path.name)
         if not any(k.startswith("adapter.") for k in state):
             state = original_to_diffusers(state)
         model = T2IAdapter(**config_from_tensors(state))

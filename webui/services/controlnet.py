@@ -7,6 +7,7 @@ with PIL images. `split_controlnet` takes it out of a request's always-on script
 `core.controlnet_units.unit_from_dict`, its images decoded (base64, or a `{"image",
 "mask"}` dict), its model resolved in `models/ControlNet` (an IP-Adapter unit: also its
 CLIP vision encoder in `models/clip_vision`, and the preprocessor and model of one kind;
+the T2I style adapter likewise, with `t2ia_style_clipvision` and CLIP ViT-L/14;
 a ControlNet Union unit: a mode the model has, `core/controlnet_union.py`).
 A bad unit is a `RequestError` at ("alwayson_scripts", name, "args", index, field); so is
 an annotator preprocessor whose weights are missing from `models/ControlNet/annotators`
@@ -42,6 +43,13 @@ from .errors import RequestError
 
 CONTROLNET = "controlnet"
 API_VERSION = 2  # what GET /controlnet/version answers (the extension's API version)
+# the models fed by a CLIP preprocessor: (what a wrong preprocessor is told, what they are)
+_CLIP_MODELS = {
+    "ip-adapter": ("is an IP-Adapter: choose an ip-adapter_clip_* preprocessor",
+                   "an IP-Adapter model"),
+    "t2i-style": ("is the T2I style adapter: choose the t2ia_style_clipvision preprocessor",
+                  "the T2I style adapter (t2iadapter_style_sd14v1)"),
+}  # fmt: skip
 
 
 def split_controlnet(alwayson: Mapping[str, Any]) -> tuple[tuple[str, Any] | None, dict]:
@@ -97,13 +105,13 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
                        found.label, unit.module)  # fmt: skip
         except ValueError as exc:
             raise RequestError((*loc, "union_control_type"), str(exc)) from None
-    clip = preprocessor_named(unit.module).clip
-    if found.kind == "ip-adapter" and not clip:
-        raise RequestError((*loc, "module"), f"{found.label} is an IP-Adapter: choose an "
-                           "ip-adapter_clip_* preprocessor")  # fmt: skip
-    if clip and found.kind != "ip-adapter":
-        raise RequestError((*loc, "model"), f"{unit.module} needs an IP-Adapter model, not "
-                           f"{found.label}")  # fmt: skip
+    module = preprocessor_named(unit.module)
+    clip = module.clip
+    if found.kind in _CLIP_MODELS and module.clip_model != found.kind:
+        raise RequestError((*loc, "module"), f"{found.label} {_CLIP_MODELS[found.kind][0]}")
+    if clip and found.kind != module.clip_model:
+        raise RequestError((*loc, "model"), f"{unit.module} needs "
+                           f"{_CLIP_MODELS[module.clip_model][1]}, not {found.label}")  # fmt: skip
     if found.kind == "flux-controlnet" and unit.control_mode == "My prompt is more important":
         raise RequestError((*loc, "control_mode"), f"{found.label} is a FLUX ControlNet: "
                            "choose Balanced or ControlNet is more important")  # fmt: skip

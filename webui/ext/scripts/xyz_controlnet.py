@@ -81,7 +81,8 @@ def _modules(texts: list[str], check: Any) -> list[str]:
         if module is None:
             raise ValueError(f"unknown preprocessor {text!r}")
         if module.clip:
-            raise ValueError(f"{text} is an IP-Adapter preprocessor: it needs its own model")
+            raise ValueError(f"{text} feeds CLIP vision tokens to an IP-Adapter or the T2I "
+                             "style adapter: it needs its own model")  # fmt: skip
         out.append(module.name)
     return out
 
@@ -101,8 +102,9 @@ def _models(texts: list[str], check: Any) -> list[ModelValue]:
         if found is None:
             known = ", ".join(models) or f"none in {folder}"
             raise ValueError(f"model not found: {text} (available: {known})")
-        if found.kind == "ip-adapter":
-            raise ValueError(f"{found.label} is an IP-Adapter: it needs its own preprocessor")
+        if found.kind in ("ip-adapter", "t2i-style"):
+            raise ValueError(f"{found.label} takes CLIP vision tokens: it needs its own "
+                             "preprocessor")  # fmt: skip
         out.append(ModelValue(found.label, str(found.path)))
     return out
 
