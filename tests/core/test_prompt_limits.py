@@ -280,7 +280,8 @@ def test_the_ui_shows_the_same_message(tmp_path):
                    if f.fn.__name__ == "run" and f.fn.__module__ == "webui.ui.generation_tab"
                    and any(getattr(c, "elem_id", None) == "txt2img_prompt" for c in f.inputs))  # fmt: skip
         values = [
-            ISSUE["1000 nested ("][0] if getattr(c, "elem_id", None) == "txt2img_prompt"
+            ISSUE["1000 nested ("][0]
+            if getattr(c, "elem_id", None) == "txt2img_prompt"
             else getattr(c, "value", None)
             for c in dep.inputs
         ]

@@ -22,7 +22,6 @@ import pytest
 from tests.conftest import ServerThread, with_tiny_sd1
 from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
-
 ACTION_TIMEOUT_MS = 90_000  # Playwright's default is 30 s
 
 

@@ -107,9 +107,10 @@ def _assert_whole(page, gallery: str) -> None:
         shown = img.bounding_box()
         assert img.evaluate("e => getComputedStyle(e).objectFit") == "contain"
         assert shown["height"] <= viewport["height"], (gallery, shown, viewport)
-        assert box["y"] - 1 <= shown["y"] and shown["y"] + shown["height"] <= box["y"] + box[
-            "height"
-        ] + 1, (gallery, box, shown)
+        assert (
+            box["y"] - 1 <= shown["y"]
+            and shown["y"] + shown["height"] <= box["y"] + box["height"] + 1
+        ), (gallery, box, shown)
 
 
 def test_send_to_img2img_carries_the_parameters(browser, server):

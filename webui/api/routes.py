@@ -133,9 +133,7 @@ def _generation_routes(router: APIRouter) -> None:
         return await run_in_threadpool(mapping.txt2img_response, req, job, job.result)
 
     @router.get("/progress", response_model=ProgressResponse)
-    def progress(
-        ctx: Ctx, user: User, skip_current_image: Annotated[bool, Query()] = False
-    ) -> Any:
+    def progress(ctx: Ctx, user: User, skip_current_image: Annotated[bool, Query()] = False) -> Any:
         """The caller's own job (running, else their next waiting one); never another
         user's preview. Idle values when the caller has no unfinished job."""
         job = ctx.jobs.active(user)

@@ -182,7 +182,8 @@ def install_progress_routes(app: FastAPI) -> None:
     )
 
 
-PROGRESS_JS = """
+PROGRESS_JS = (
+    """
 let source = null;
 const base = () => (window.gradio_config?.root || '').replace(/\\/$/, '');
 const spans = (parts) => {
@@ -216,7 +217,9 @@ const open = () => {
   const ticket = props.value;
   if (!ticket || source?.ticket === ticket) return;
   source?.close();
-  source = new EventSource(`${base()}""" + EVENTS_PATH + """?ticket=${encodeURIComponent(ticket)}`);
+  source = new EventSource(`${base()}"""
+    + EVENTS_PATH
+    + """?ticket=${encodeURIComponent(ticket)}`);
   source.ticket = ticket;
   source.onmessage = (event) => JSON.parse(event.data).jobs.forEach(show);
 };
@@ -224,3 +227,4 @@ window.addEventListener('pagehide', () => source?.close());
 watch('value', open);
 open();
 """
+)

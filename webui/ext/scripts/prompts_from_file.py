@@ -133,8 +133,10 @@ def line_params(base: Any, line: dict[str, Any], position: str, check: Any) -> A
             changes["tiling"] = value
         elif tag == "restore_faces":  # the model was resolved when the job was sent
             if value and base.face_restorer is None:
-                raise ValueError("--restore_faces true: tick Restore faces for the job, then "
-                                 "lines can turn it off with --restore_faces false")
+                raise ValueError(
+                    "--restore_faces true: tick Restore faces for the job, then "
+                    "lines can turn it off with --restore_faces false"
+                )
             changes["restore_faces"] = value
     return replace(base, **changes)
 
