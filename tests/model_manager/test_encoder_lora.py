@@ -12,14 +12,18 @@ from safetensors.torch import load_file
 from tests import tiny_encoder_loras as te
 from tests import tiny_flux_loras as flux_loras
 from tests.lora_jobs import lora_context
+from tests.tiny_scaled_fp8 import write_scaled
 from webui.core.families import FLUX1, SD3
 from webui.core.families.zimage import ZIMAGE
 from webui.core.params import Txt2ImgParams
 from webui.core.prompts import LoraRequest
+from webui.model_manager.flux_files import build_t5, read_state
+from webui.model_manager.flux_keys import t5_config
+from webui.model_manager.loader import read_shapes
 from webui.model_manager.lora import LoraManager
 from webui.model_manager.network_files import AddnetHashCache
 from webui.model_manager.registry import HashCache
-from webui.model_manager.tiny_flux import build_tiny_flux
+from webui.model_manager.tiny_flux import build_tiny_flux, save_modules
 from webui.model_manager.tiny_sd3 import build_tiny_sd3
 
 IDS = torch.tensor([[3, 9, 1131, 123, 346, 1]])
@@ -148,3 +152,29 @@ def test_a_t5_lora_in_flux_jobs_also_when_t5_is_freed_and_reloaded(flux_ctx):
     assert _job(flux_ctx, "a red cube <lora:t5:1>", "Always") == with_lora
     assert _job(flux_ctx, "a red cube <lora:t5:1>", "Always") == with_lora
     assert _job(flux_ctx, "a red cube", "Always") == before
+
+
+@pytest.mark.parametrize("stored", ["fp8", "fp8_scaled"])
+def test_a_t5_lora_on_a_t5_stored_in_fp8(folder, stored):
+    """`t5xxl_fp8_e4m3fn.safetensors` and `..._scaled`: the LoRA adds to the true weights."""
+    pipe = build_tiny_flux(seed=0)
+    modules = folder.parent / "modules"
+    dtype = torch.float8_e4m3fn if stored == "fp8" else torch.float32
+    path = save_modules(pipe, modules, dtype=dtype)["t5xxl"]
+    if stored == "fp8_scaled":
+        path = write_scaled(path, modules / "t5xxl_fp8_e4m3fn_scaled.safetensors")
+    t5 = build_t5(t5_config(read_shapes(path), ""), read_state(path, ""), torch.float32)
+    assert t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    lora = te.encoder_state(pipe.text_encoder_2, "lora_te2_", kohya=True)
+    te.write(folder / "t5.safetensors", lora)
+    manager = _manager(folder)
+    # the change the LoRA makes on the full-precision T5, for reference
+    with manager.applied(pipe, [LoraRequest("t5", 1.0, 1.0)], load=FLUX1.load_lora):
+        reference = _t5(pipe.text_encoder_2)
+    full = _t5(pipe.text_encoder_2)
+    pipe.text_encoder_2 = t5
+    _check_weights(manager, pipe, FLUX1.load_lora, "t5", lambda: _t5(t5))
+    with manager.applied(pipe, [LoraRequest("t5", 1.0, 1.0)], load=FLUX1.load_lora):
+        ours = _t5(t5)
+    change, expected = ours - _t5(t5), reference - full
+    assert (change - expected).abs().max() < 0.2 * expected.abs().max()

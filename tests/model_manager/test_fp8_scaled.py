@@ -229,10 +229,23 @@ def test_other_quantized_layouts_and_broken_scales_are_refused():
     weight = torch.zeros(4, 3).to(FP8)
     with pytest.raises(UnsupportedModelError, match="NVFP4"):
         fp8_scaled.take_scales({"a.weight": weight, "a.weight_scale_2": torch.ones(())})
+    nvfp4 = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    with pytest.raises(UnsupportedModelError, match="ComfyUI nvfp4"):
+        fp8_scaled.take_scales({"a.weight": weight, "a.comfy_quant": nvfp4})
     with pytest.raises(UnsupportedModelError, match="2 values for 4 rows"):
         fp8_scaled.take_scales({"a.weight": weight, "a.scale_weight": torch.ones(2)})
     with pytest.raises(UnsupportedModelError, match="no weight"):
         fp8_scaled.take_scales({"b.weight": weight, "a.scale_weight": torch.ones(())})
+
+
+def test_newer_comfyui_files_weight_scale_and_an_fp8_comfy_quant_config():
+    fp8 = torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8)
+    weight = torch.ones(2, 3).to(FP8)
+    weights, scales = fp8_scaled.take_scales({
+        "a.weight": weight, "a.weight_scale": torch.tensor(0.25), "a.input_scale": torch.tensor(1.0),
+        "a.comfy_quant": fp8, "a.bias": torch.zeros(2),
+    })  # fmt: skip
+    assert set(weights) == {"a.weight", "a.bias"} and torch.equal(scales["a"], torch.tensor(0.25))
 
 
 def test_a_scale_on_a_wide_weight_is_folded_in_and_the_input_scale_dropped():

@@ -3,8 +3,9 @@
 Files such as `flux1-dev-kontext_fp8_scaled.safetensors`, `sd3.5_large_fp8_scaled.safetensors`,
 Z-Image's `..._fp8_scaled` and `t5xxl_fp8_e4m3fn_scaled.safetensors` store each linear
 layer's `weight` in `float8_e4m3fn` next to a `scale_weight` (a scalar, or one per output
-row; newer ComfyUI files spell it `weight_scale`), sometimes a `scale_input`, and carry a
-marker tensor `scaled_fp8`. The true weight is `weight.to(dtype) * scale_weight`.
+row; newer ComfyUI files spell it `weight_scale` and say each layer's format in a
+`comfy_quant` tensor: fp8 ones load, others are refused), sometimes a `scale_input`, and
+carry a marker tensor `scaled_fp8`. The true weight is `weight.to(dtype) * scale_weight`.
 
 `take_scales` removes the marker and the scale tensors from a state dict (the rest then
 goes through the family's converter as a plain fp8 file does) and `converted_scales` runs
@@ -39,9 +40,9 @@ WEIGHT_SCALES = (".scale_weight", ".weight_scale")
 INPUT_SCALES = (".scale_input", ".input_scale")
 _REFUSED = {  # ComfyUI's other quantized layouts: their values are not fp8 times a scale
     ".weight_scale_2": "NVFP4",
-    ".comfy_quant": "ComfyUI mixed-precision",
     ".pre_quant_scale": "AWQ",
 }
+QUANT_CONFIG = ".comfy_quant"  # newer files: a layer's format as JSON bytes
 
 
 def is_scaled(keys) -> bool:
@@ -58,8 +59,10 @@ def take_scales(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.T
 
     from .weight_storage import FP8_DTYPES
 
-    for key in state:
+    for key, value in state.items():
         found = next((kind for end, kind in _REFUSED.items() if key.endswith(end)), None)
+        if key.endswith(QUANT_CONFIG):
+            found = _quant_format(key, value)
         if found is not None:
             raise UnsupportedModelError(f"{found} layers ({key}) are not supported; use an fp8, "
                                         "bf16 or GGUF file")  # fmt: skip
@@ -68,7 +71,7 @@ def take_scales(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.T
         end = next((e for e in WEIGHT_SCALES if key.endswith(e)), None)
         if end is not None:
             scales[key[: -len(end)]] = value.to(torch.float32)
-        elif not (key == MARKER or key.endswith("." + MARKER) or key.endswith(INPUT_SCALES)):
+        elif not (key == MARKER or key.endswith(("." + MARKER, QUANT_CONFIG, *INPUT_SCALES))):
             weights[key] = value
     for layer, scale in list(scales.items()):
         weight = weights.get(layer + ".weight")
@@ -83,6 +86,19 @@ def take_scales(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.T
             )
             del scales[layer]
     return weights, scales
+
+
+def _quant_format(key: str, value: torch.Tensor) -> str | None:
+    """None for a `comfy_quant` layer config of an fp8 format (fp8 times `weight_scale`, as
+    above); else the format's name, refused."""
+    import json
+
+    try:
+        config = json.loads(bytes(value.flatten().tolist()).decode("utf-8"))
+        kind = str(config.get("format", ""))
+    except (ValueError, AttributeError, TypeError):
+        return "unreadable ComfyUI quantization"
+    return None if kind in ("float8_e4m3fn", "float8_e5m2") else f"ComfyUI {kind or 'unknown'}"
 
 
 def folded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
