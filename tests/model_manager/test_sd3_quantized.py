@@ -102,12 +102,3 @@ def test_a_kohya_lora_on_a_narrow_model(files, kind):
     assert torch.equal(_out(pipe.transformer), base)
     if kind == "gguf":
         assert flux_gguf.quant_types(pipe.transformer)
-
-
-def test_comfyuis_scaled_fp8_files_are_refused_with_a_message(files):
-    from webui.model_manager.identify import UnsupportedModelError
-
-    state = {**stability_transformer_state(files["pipe"].transformer),
-             "scaled_fp8": torch.zeros(0, dtype=FP8)}  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match="scaled fp8"):
-        sd3_files.build_transformer(dict(files["pipe"].transformer.config), state, torch.float32)

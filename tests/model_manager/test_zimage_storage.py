@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tests import tiny_zimage_loras as loras
 from webui.core.families import default_families
@@ -16,7 +16,6 @@ from webui.core.families.zimage import ZIMAGE
 from webui.model_manager import flux_gguf
 from webui.model_manager import zimage_keys as zk
 from webui.model_manager.loader import (
-    CheckpointLoadError,
     identify_file,
     load_checkpoint,
     read_shapes,
@@ -114,15 +113,6 @@ def test_fp8_transformer_and_qwen3_stay_fp8(files, fp8_model):
         ours = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
         theirs = original.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     _close(ours, theirs, 0.15)
-
-
-def test_scaled_fp8_files_are_refused_with_a_message(files, tmp_path):
-    state = load_file(str(files["fp8"]))
-    state["layers.0.attention.qkv.scale_weight"] = torch.tensor(1.0)
-    path = tmp_path / "z_image_fp8_scaled.safetensors"
-    save_file(state, str(path))
-    with pytest.raises(CheckpointLoadError, match="z_image_fp8_scaled.safetensors: .*scaled fp8"):
-        _load({"x": path, "modules": files["modules"]}, "x")
 
 
 def test_the_all_in_one_checkpoint_needs_no_module_and_generates_as_the_original(files):

@@ -146,13 +146,14 @@ def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -
     model.load_state_dict({k: v for k, v in state.items() if k in wanted}, assign=True)
 
 
-def _in_dtype(model, dtype: torch.dtype, keep_wide: tuple[str, ...] = ()):
+def _in_dtype(model, dtype: torch.dtype, keep_wide: tuple[str, ...] = (), scales=None):
     """The model in the compute dtype, in eval mode; fp8 layers stay fp8, cast per layer
-    (`weight_storage.keep_fp8`), but for the layers named by `keep_wide`."""
+    (`weight_storage.keep_fp8`, with a scaled-fp8 file's `scales`), but for the layers
+    named by `keep_wide`."""
     from .weight_storage import has_fp8, keep_fp8
 
     if has_fp8(model):
-        return keep_fp8(model, dtype, keep_wide)
+        return keep_fp8(model, dtype, keep_wide, scales)
     if any(p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype)
     return model.eval()
@@ -161,42 +162,53 @@ def _in_dtype(model, dtype: torch.dtype, keep_wide: tuple[str, ...] = ()):
 def build_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     from diffusers import FluxTransformer2DModel
 
-    from . import flux_gguf
+    from . import flux_gguf, fp8_scaled
 
     if flux_gguf.is_quantized(state):  # GGUF: the weights stay quantized
         return flux_gguf.build_gguf_transformer(config, state, dtype)
     model = _empty(FluxTransformer2DModel.from_config, config)
     width = config["num_attention_heads"] * config["attention_head_dim"]
+    state, scales = fp8_scaled.take_scales(state)  # ComfyUI's fp8_scaled files
     _assign(model, transformer_state(state, width), "FLUX transformer")
-    return _in_dtype(model, dtype)
+    scales = fp8_scaled.converted_scales(state, scales, lambda s: transformer_state(s, width))
+    return _in_dtype(model, dtype, scales=scales)
 
 
 def build_vae(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+    from .fp8_scaled import folded
+
     model = _empty(AutoencoderKL.from_config, config)
-    _assign(model, convert_ldm_vae_checkpoint(state, config), "FLUX autoencoder")
+    _assign(model, convert_ldm_vae_checkpoint(folded(state), config), "FLUX autoencoder")
     return _in_dtype(model, dtype)
 
 
 def build_clip_l(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .fp8_scaled import take_scales
+
     model = _empty(CLIPTextModel, CLIPTextConfig(**config))
     if not any(k.startswith("text_model.") for k in model.state_dict()):  # transformers 5
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    state, scales = take_scales(state)  # a scaled-fp8 all-in-one file's (`fp8_scaled`)
     _assign(model, state, "CLIP-L text encoder")
-    return _in_dtype(model, dtype)
+    return _in_dtype(model, dtype, scales=scales)
 
 
 def build_t5(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """T5's encoder; `encoder.embed_tokens` is `shared` (files keep only `shared.weight`)."""
     from transformers import T5Config, T5EncoderModel
 
+    from .fp8_scaled import take_scales
+
     model = _empty(T5EncoderModel, T5Config(**config))
-    state = dict(state)
+    state, scales = take_scales(state)  # t5xxl_fp8_e4m3fn_scaled (`fp8_scaled`)
     state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
+    if "shared" in scales:
+        scales["encoder.embed_tokens"] = scales["shared"]
     _assign(model, state, "T5 text encoder")
     model.encoder.embed_tokens.weight = model.shared.weight  # one tensor, as trained
-    return _in_dtype(model, dtype)
+    return _in_dtype(model, dtype, scales=scales)

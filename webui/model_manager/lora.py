@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import encoder_lora
 from .network_files import (
     AddnetHashCache,
     FileIndex,
@@ -163,6 +164,7 @@ class LoraManager:
                     str(exc) if file.filename in str(exc) else f"{file.filename}: {exc}"
                 )
                 continue
+            result.warnings += encoder_lora.notes(pipe, adapter, file.filename)
             entry = weights.setdefault(adapter, [0.0, 0.0])
             entry[0] += request.te  # a LoRA named twice adds up, like applying it twice
             entry[1] += request.unet
@@ -176,7 +178,9 @@ class LoraManager:
             _activate(pipe, weights)
             yield result
         finally:
-            pipe.disable_lora()
+            if _adapters(pipe, encoders=False):
+                pipe.disable_lora()
+            encoder_lora.deactivate(pipe)
             self._evict(pipe, keep=list(weights))
 
     def _ensure_adapter(self, pipe, file: NetworkFile, load: LoadLora) -> str:
@@ -190,8 +194,7 @@ class LoraManager:
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 load(pipe, dict(state), name)
         except Exception as exc:
-            if name in _adapters(pipe):
-                pipe.delete_adapters([name])
+            _delete(pipe, name)
             raise NetworkFileError(f"{file.filename}: does not fit this model ({exc})") from exc
         if name not in _adapters(pipe):
             raise NetworkFileError(f"{file.filename}: no layer of this model matched the file")
@@ -208,15 +211,24 @@ class LoraManager:
             if victim is None:
                 break
             order.remove(victim)
-            pipe.delete_adapters([victim])
+            _delete(pipe, victim)
             log.info("LoRA adapter %s removed from the model", victim)
 
 
-def _adapters(pipe) -> set[str]:
+def _adapters(pipe, encoders: bool = True) -> set[str]:
+    """The pipeline's adapters (peft's; with `encoders`, also those on its big text
+    encoders, `encoder_lora`)."""
+    extra = encoder_lora.adapters(pipe) if encoders else set()
     try:
-        return {a for names in pipe.get_list_adapters().values() for a in names}
+        return extra | {a for names in pipe.get_list_adapters().values() for a in names}
     except ValueError:  # no peft backend: nothing can be loaded
-        return set()
+        return extra
+
+
+def _delete(pipe, name: str) -> None:
+    if name in _adapters(pipe, encoders=False):
+        pipe.delete_adapters([name])
+    encoder_lora.delete(pipe, name)
 
 
 def _touch(pipe, name: str) -> None:
@@ -227,9 +239,15 @@ def _touch(pipe, name: str) -> None:
 
 
 def _activate(pipe, weights: OrderedDict) -> None:
+    encoder_lora.activate(pipe, {name: te for name, (te, _) in weights.items()})
+    peft = _adapters(pipe, encoders=False)
+    if not peft:  # only big text encoders' layers (`encoder_lora`)
+        return
     parts = pipe.get_list_adapters()
     names, per_adapter = [], []
     for name, (te, unet) in weights.items():
+        if name not in peft:
+            continue
         components = {}
         for component, adapters in parts.items():
             if name in adapters:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .flux_files import _assign, _empty, _in_dtype, build_t5, read_state
-from .identify import Shapes, UnsupportedModelError
+from .identify import Shapes
 from .sd3_keys import clip_config, t5_config, vae_config
 
 if TYPE_CHECKING:
@@ -32,17 +32,13 @@ __all__ = ["build_component", "build_transformer", "read_state"]
 
 def build_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """The MMDiT from Stability's key names (prefix removed); a GGUF file's quantized
-    weights stay quantized (`flux_gguf`), fp8 ones fp8 (`weight_storage.keep_fp8`)."""
+    weights stay quantized (`flux_gguf`), fp8 ones fp8 (`weight_storage.keep_fp8`; ComfyUI's
+    scaled fp8 with their scales, `fp8_scaled`)."""
     from diffusers import SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
-    from . import flux_gguf
+    from . import flux_gguf, fp8_scaled
 
-    if "scaled_fp8" in state or any(key.endswith(".scale_weight") for key in state):
-        raise UnsupportedModelError(
-            "SD 3 transformer: ComfyUI's scaled fp8 files (fp8_scaled: a scale per weight) "
-            "are not supported; use a plain fp8_e4m3fn, fp16/bf16 or GGUF file"
-        )
     if flux_gguf.is_quantized(state):  # city96's GGUF: the weights stay quantized
         return flux_gguf.build_gguf_transformer(
             config, state, dtype, factory=SD3Transformer2DModel.from_config,
@@ -50,17 +46,23 @@ def build_transformer(config: dict, state: dict[str, torch.Tensor], dtype: torch
             label="SD 3 transformer",
         )  # fmt: skip
     model = _empty(SD3Transformer2DModel.from_config, config)
+    state, scales = fp8_scaled.take_scales(state)  # ComfyUI's fp8_scaled files
     converted = convert_sd3_transformer_checkpoint_to_diffusers(dict(state))
     _assign(model, converted, "SD 3 transformer")
-    return _in_dtype(model, dtype)
+    scales = fp8_scaled.converted_scales(
+        state, scales, lambda s: convert_sd3_transformer_checkpoint_to_diffusers(dict(s))
+    )
+    return _in_dtype(model, dtype, scales=scales)
 
 
 def build_vae(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+    from .fp8_scaled import folded
+
     model = _empty(AutoencoderKL.from_config, config)
-    _assign(model, convert_ldm_vae_checkpoint(state, config), "SD 3 autoencoder")
+    _assign(model, convert_ldm_vae_checkpoint(folded(state), config), "SD 3 autoencoder")
     return _in_dtype(model, dtype)
 
 
@@ -69,16 +71,19 @@ def build_clip(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype,
     import torch
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
+    from .fp8_scaled import take_scales
+
     model = _empty(CLIPTextModelWithProjection, CLIPTextConfig(**config))
     wanted = model.state_dict().keys()
     if not any(k.startswith("text_model.") for k in wanted):  # transformers 5
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    state = dict(state)
+    state, scales = take_scales(state)  # a scaled-fp8 all-in-one file's (`fp8_scaled`)
     if kind == "clip_l" or "text_projection.weight" not in state:
         state["text_projection.weight"] = torch.eye(config["hidden_size"])
+        scales.pop("text_projection", None)
     label = "CLIP-L text encoder" if kind == "clip_l" else "CLIP-G text encoder"
     _assign(model, state, label)
-    return _in_dtype(model, dtype)
+    return _in_dtype(model, dtype, scales=scales)
 
 
 def build_component(kind: str, path: Path, prefix: str, shapes: Shapes, config: dict,

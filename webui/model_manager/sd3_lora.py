@@ -10,8 +10,8 @@ Layouts:
   thirds, the final (and the last context block's) modulation's (shift, scale) turned into
   diffusers' (scale, shift), the alpha scale folded into the up weights. CLIP-L and CLIP-G
   as `lora_te1_...` and `lora_te2_...` go onto `text_encoder` and `text_encoder_2`; T5's
-  `lora_te3_...` keys are left out with a warning in the log (diffusers' SD 3 pipeline puts
-  no LoRA on T5).
+  `lora_te3_...` keys are taken out before and applied to T5 by `encoder_lora` (diffusers'
+  SD 3 pipeline puts no LoRA on T5).
 - diffusers / peft (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`,
   `text_encoder.`, `text_encoder_2.`): returned as they are.
 
@@ -20,7 +20,6 @@ This module must never import `webui.core` or a UI library, and never touch the 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -31,8 +30,6 @@ from .sd3_keys import BLOCK_NAMES, QKV_NAMES, TOP_NAMES
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^joint_blocks\.(\d+)\.(.+)$")
 _MODULATION = "final_layer.adaLN_modulation.1"
@@ -96,16 +93,9 @@ def text_lora_state(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """kohya's CLIP-L and CLIP-G keys (`lora_te1_`, `lora_te2_`) as peft keys of the
     pipeline's `text_encoder` and `text_encoder_2` (alpha folded into the up weights)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    skipped = set()
     for key, value in text.items():
         module, part = split_key(key)
-        prefix = next((p for p in _TEXT if module.startswith(p)), None)
-        if prefix is None:  # lora_te3_ (T5-XXL)
-            skipped.add(module)
-            continue
         modules.setdefault(module, {})[part] = value
-    if skipped:
-        log.warning("LoRA: %d T5-XXL layers left out (no LoRA on SD 3.5's T5 here)", len(skipped))
     out: dict[str, torch.Tensor] = {}
     for module, parts in modules.items():
         prefix = next(p for p in _TEXT if module.startswith(p))
@@ -134,6 +124,6 @@ SD3_LORA = LoraLayout(
     names=layer_names,
     targets=_targets,
     is_layer=_is_layer,
-    text_prefixes=("lora_te1_", "lora_te2_", "lora_te3_"),
+    text_prefixes=("lora_te1_", "lora_te2_"),
     text=text_lora_state,
 )

@@ -34,9 +34,14 @@ def has_fp8(model: torch.nn.Module) -> bool:
 
 
 def keep_fp8(
-    model: torch.nn.Module, compute: torch.dtype, keep_wide: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    compute: torch.dtype,
+    keep_wide: tuple[str, ...] = (),
+    scales: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """`model` with its fp8 layers stored in fp8 and computed in `compute` (see above).
+    """`model` with its fp8 layers stored in fp8 and computed in `compute` (see above);
+    `scales` ({layer name: scale}, a scaled-fp8 file's, `fp8_scaled`): those layers'
+    weights are multiplied by their scale where they are cast.
 
     Layers the model class keeps in fp32 (`_keep_in_fp32_modules`: T5's `wo`, whose
     block casts its input to `wo`'s weight dtype before calling it) are computed and stored
@@ -46,14 +51,24 @@ def keep_fp8(
     from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
     from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
 
+    from .fp8_scaled import check_layers, hook_scaled, widen_scaled
+
     wide = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    scales = scales or {}
+    check_layers(model, scales)
     hooked: set[int] = set()
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and weight is not None and (
+        narrow = isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and weight is not None and (
             weight.dtype in FP8_DTYPES and name.rsplit(".", 1)[-1] not in wide
             and not any(pattern in name for pattern in keep_wide)
-        ):  # fmt: skip
+        )  # fmt: skip
+        if name in scales and not narrow:  # a layer kept wide: its true weight stored
+            widen_scaled(module, scales[name], compute)
+        elif name in scales:
+            hook_scaled(module, scales[name], compute)
+            hooked.add(id(module))
+        elif narrow:
             apply_layerwise_casting_hook(module, weight.dtype, compute, non_blocking=False)
             hooked.add(id(module))
     for module in model.modules():

@@ -6,7 +6,7 @@ single-file converter) and transformers' `Qwen3Model` (the text encoder: Z-Image
 hidden states, so the language-model head of `qwen_3_4b.safetensors` is left on disk),
 without allocating the weights twice. The autoencoder is FLUX.1's (`flux_files.build_vae`).
 fp8 and GGUF transformers keep their storage through FLUX's machinery (`weight_storage`,
-`flux_gguf`); ComfyUI's scaled-fp8 files are refused with a message.
+`flux_gguf`), ComfyUI's scaled-fp8 files with their scales (`fp8_scaled`).
 
 This module must never touch the network, never import `webui.core` or a UI library.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .flux_files import _assign, _empty, _in_dtype
-from .identify import UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
@@ -40,26 +39,27 @@ def build_transformer(config: dict, state: dict[str, torch.Tensor], comfy: bool,
     from diffusers import ZImageTransformer2DModel
 
     from .flux_gguf import is_quantized, quantized_model
+    from .fp8_scaled import converted_scales, take_scales
 
-    scaled = next((k for k in state if k.endswith(("scale_weight", "scaled_fp8"))), None)
-    if scaled is not None:  # ComfyUI's "fp8_scaled" files: weights times a per-layer scale
-        raise UnsupportedModelError(
-            f"Z-Image transformer: scaled fp8 weights ({scaled}) are not supported; use the "
-            "bf16, plain fp8 (float8_e4m3fn) or GGUF file"
-        )
     model = _empty(ZImageTransformer2DModel.from_config, config)
     if is_quantized(state):
         return quantized_model(model, transformer_state(state, comfy), dtype, "Z-Image transformer")
+    state, scales = take_scales(state)  # ComfyUI's fp8_scaled files
     _assign(model, transformer_state(state, comfy), "Z-Image transformer")
+    scales = converted_scales(state, scales, lambda s: transformer_state(s, comfy))
     # its timestep embedder casts its input to its weight's dtype: fp8 would round it
-    return _in_dtype(model, dtype, tuple(getattr(model, "_skip_layerwise_casting_patterns", ())))
+    wide = tuple(getattr(model, "_skip_layerwise_casting_patterns", ()))
+    return _in_dtype(model, dtype, wide, scales)
 
 
 def build_qwen3(config: dict, state: dict[str, torch.Tensor], prefix: str, dtype):
     """Qwen3's decoder stack without the language-model head (`lm_head.weight` is unused)."""
     from transformers import Qwen3Config, Qwen3Model
 
+    from .fp8_scaled import take_scales
+
     model = _empty(Qwen3Model, Qwen3Config(**config))
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    state, scales = take_scales(state)  # a scaled-fp8 Qwen3 (`fp8_scaled`)
     _assign(model, state, "Qwen3 text encoder")
-    return _in_dtype(model, dtype)
+    return _in_dtype(model, dtype, scales=scales)

@@ -15,15 +15,14 @@ Layouts:
 
 Every layer the file names must exist in the loaded transformer: a file of another
 family (a FLUX or SDXL LoRA) is a `ValueError` naming the family its keys look like,
-never an adapter that matches nothing. Text-encoder parts (`lora_te_*`: Qwen3) are left
-out with a log line: Z-Image LoRAs train the transformer.
+never an adapter that matches nothing. Text-encoder parts (`lora_te_*`, `text_encoder.`:
+Qwen3) are taken out before (`encoder_lora`, which applies them to Qwen3).
 
 This module must never import `webui.core` or a UI library, and never touch the network.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from .flux_lora import converted_layer, split_key
@@ -31,14 +30,11 @@ from .flux_lora import converted_layer, split_key
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
-
 PREFIXES = ("diffusion_model.", "transformer.", "")
 _COMFY_RENAMES = (  # ComfyUI's (NextDiT's) layer names -> diffusers' ZImageTransformer2DModel's
     ("x_embedder", "all_x_embedder.2-1"),
     ("final_layer.", "all_final_layer.2-1."),
 )
-_TEXT_ENCODER = ("lora_te_", "lora_te1_", "text_encoder.")
 
 
 def is_comfy_layout(state: dict) -> bool:
@@ -89,10 +85,6 @@ def diffusers_lora_state(pipe: Any, state: dict[str, torch.Tensor]) -> dict[str,
     """`state` (a LoRA file's tensors) as `transformer.<layer>.lora_A/B.weight` of the
     pipeline's Z-Image transformer. ValueError when the file is another family's; KeyError
     naming a key that names no layer of this model."""
-    text = [k for k in state if k.startswith(_TEXT_ENCODER)]
-    if text:
-        log.warning("Z-Image LoRA: %d text-encoder tensors left out (%s ...)", len(text), text[0])
-        state = {k: v for k, v in state.items() if not k.startswith(_TEXT_ENCODER)}
     if is_comfy_layout(state):
         state = _from_comfy(state)
     elif any(k.endswith(".alpha") for k in state):  # diffusers' converter adds the prefix

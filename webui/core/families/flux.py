@@ -262,12 +262,17 @@ class FluxFamily(Family):
 
     # --- networks -----------------------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
-        """kohya, BFL-named, ai-toolkit/peft and XLabs files (`model_manager.flux_lora`)."""
+        """kohya, BFL-named, ai-toolkit/peft and XLabs files (`model_manager.flux_lora`);
+        their T5-XXL layers on T5 (`model_manager.encoder_lora`)."""
+        from ...model_manager import encoder_lora
         from ...model_manager.flux_lora import diffusers_lora_state, widen_fp8_lora
 
-        state = diffusers_lora_state(state, pipe.transformer.config)
-        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
-        widen_fp8_lora(pipe, state, adapter_name)
+        state, t5_state = encoder_lora.split(state, encoder_lora.FLUX_T5)
+        if state:
+            state = diffusers_lora_state(state, pipe.transformer.config)
+            pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+            widen_fp8_lora(pipe, state, adapter_name)
+        encoder_lora.attach(pipe, encoder_lora.FLUX_T5, t5_state, adapter_name)
 
 
 @contextmanager

@@ -281,13 +281,17 @@ class SD3Family(Family):
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
         """kohya / ComfyUI files in Stability's names (`model_manager.sd3_lora`) and
         diffusers / peft files, also on fp8 and GGUF models; a LoRA of another family is
-        refused with a message."""
+        refused with a message; their T5-XXL layers on T5 (`model_manager.encoder_lora`)."""
+        from ...model_manager import encoder_lora
         from ...model_manager.flux_lora import diffusers_lora_state, widen_fp8_lora
         from ...model_manager.sd3_lora import SD3_LORA
 
-        state = diffusers_lora_state(state, pipe.transformer.config, SD3_LORA)
-        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
-        widen_fp8_lora(pipe, state, adapter_name)
+        state, t5_state = encoder_lora.split(state, encoder_lora.SD3_T5)
+        if state:
+            state = diffusers_lora_state(state, pipe.transformer.config, SD3_LORA)
+            pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+            widen_fp8_lora(pipe, state, adapter_name)
+        encoder_lora.attach(pipe, encoder_lora.SD3_T5, t5_state, adapter_name)
 
 
 @contextmanager

@@ -224,13 +224,18 @@ class ZImageFamily(Family):
     # --- networks -----------------------------------------------------------------------
     def load_lora(self, pipe: Any, state: dict, adapter_name: str) -> None:
         """diffusers/peft, ai-toolkit, kohya/musubi and ComfyUI-named files
-        (`model_manager.zimage_lora`); on fp8 weights the LoRA layers computed wide."""
+        (`model_manager.zimage_lora`); on fp8 weights the LoRA layers computed wide. Their
+        Qwen3 layers on Qwen3 (`model_manager.encoder_lora`)."""
+        from ...model_manager import encoder_lora
         from ...model_manager.flux_lora import widen_fp8_lora
         from ...model_manager.zimage_lora import diffusers_lora_state
 
-        state = diffusers_lora_state(pipe, state)
-        pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
-        widen_fp8_lora(pipe, state, adapter_name)
+        state, qwen3_state = encoder_lora.split(state, encoder_lora.ZIMAGE_QWEN3)
+        if state:
+            state = diffusers_lora_state(pipe, state)
+            pipe.load_lora_weights(dict(state), adapter_name=adapter_name)
+            widen_fp8_lora(pipe, state, adapter_name)
+        encoder_lora.attach(pipe, encoder_lora.ZIMAGE_QWEN3, qwen3_state, adapter_name)
 
 
 def _components(path: Path, shapes: Shapes, modules) -> dict[str, tuple[Path, str, Shapes]]:
