@@ -320,7 +320,12 @@ def test_option_defaults() -> None:
         "outdir_samples": "",
         "outdir_save": "",
         "image_browser_folders": "",
-        "quicksettings_list": ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+        "quicksettings_list": [
+            "sd_model_checkpoint",
+            "forge_additional_modules",
+            "sd_vae",
+            "CLIP_stop_at_last_layers",
+        ],
         "notification_audio": False,
         "notification_min_seconds": 10.0,
         "notification_volume": 100,

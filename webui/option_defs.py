@@ -306,7 +306,9 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
               section="sampler-params", **_float(0.0, 1.0, 0.01)),
     OptionDef("show_progress_every_n_steps", 3, label="Live preview every N steps (0: off)",
               section="ui", **_int(0)),
-    OptionDef("quicksettings_list", ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+    # Forge's top bar: the checkpoint, then "VAE / Text Encoder" (FLUX, SD 3.5, Z-Image modules)
+    OptionDef("quicksettings_list", ["sd_model_checkpoint", "forge_additional_modules", "sd_vae",
+                                     "CLIP_stop_at_last_layers"],
               _keys, "Quicksettings list (settings shown on top of the page; applies after a "
               "restart)", "ui", choices=_option_keys),
     OptionDef("notification_audio", False, _bool,

@@ -37,7 +37,7 @@ def _config(data: Path) -> dict:
 def test_the_list_option_defaults_and_a1111_forms(tmp_path) -> None:
     options = Options()
     assert options.get("quicksettings_list") == [
-        "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers",
+        "sd_model_checkpoint", "forge_additional_modules", "sd_vae", "CLIP_stop_at_last_layers",
     ]  # fmt: skip
     options.set("quicksettings_list", "sd_model_checkpoint, sd_vae")  # A1111 before 1.6
     assert options.get("quicksettings_list") == ["sd_model_checkpoint", "sd_vae"]
