@@ -9,7 +9,8 @@ layouts users have:
 
 `bfl_pairs` makes the (down, up) pairs on the fused BFL layers; `merged_transformer` is
 the reference: the pairs' deltas added to the BFL weights and the result loaded, so a
-converter can be checked against it.
+converter can be checked against it. `transformer_out` / `sd3_transformer_out` run a tiny
+FLUX / SD 3.5 transformer on fixed inputs; `lora_change` is what a LoRA file changes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from webui.model_manager.flux_lora import bfl_module_names
 from webui.model_manager.tiny_flux import bfl_transformer_state
@@ -48,12 +49,7 @@ def write_kohya(path: Path, pairs: dict, *, alpha: float = 2.0, text_encoder=Non
                 text_encoders=None) -> Path:  # fmt: skip
     """kohya's names; `text_encoder` gets `lora_te1_` keys on its first layer, or each of
     `text_encoders` (prefix -> encoder: SD 3.5's `lora_te1_`, `lora_te2_`) its prefix's."""
-    state = {}
-    for name, (down, up) in pairs.items():
-        key = "lora_unet_" + name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = down
-        state[f"{key}.lora_up.weight"] = up
-        state[f"{key}.alpha"] = torch.tensor(alpha)
+    state = kohya_state(pairs, alpha)
     encoders = dict(text_encoders or {})
     if text_encoder is not None:
         encoders["lora_te1_"] = text_encoder
@@ -69,13 +65,32 @@ def write_kohya(path: Path, pairs: dict, *, alpha: float = 2.0, text_encoder=Non
     return path
 
 
-def write_bfl(path: Path, pairs: dict) -> Path:
+def kohya_state(pairs: dict, alpha: float) -> dict[str, torch.Tensor]:
+    """The pairs under kohya's names (`lora_unet_` + the layer's, dots as underscores)."""
     state = {}
     for name, (down, up) in pairs.items():
-        state[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
-        state[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = down.contiguous()
+        state[f"{key}.lora_up.weight"] = up.contiguous()
+        state[f"{key}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def write_ab(path: Path, pairs: dict, prefix: str, alpha: float | None = None) -> Path:
+    """The pairs as `{prefix}{layer}.lora_A.weight` / `.lora_B.weight` (peft's names under
+    "transformer.", BFL's and ai-toolkit's under "diffusion_model."), with `.alpha` if given."""
+    state = {}
+    for name, (down, up) in pairs.items():
+        state[f"{prefix}{name}.lora_A.weight"] = down.contiguous()
+        state[f"{prefix}{name}.lora_B.weight"] = up.contiguous()
+        if alpha is not None:
+            state[f"{prefix}{name}.alpha"] = torch.tensor(alpha)
     save_file(state, str(path))
     return path
+
+
+def write_bfl(path: Path, pairs: dict) -> Path:
+    return write_ab(path, pairs, "diffusion_model.")
 
 
 def write_peft(path: Path, transformer, *, rank=4, seed=4, scale=0.2) -> Path:
@@ -128,3 +143,41 @@ def stability_pairs(pipe) -> dict[str, tuple[torch.Tensor, ...]]:
 
     names = layer_names(dict(pipe.transformer.config))
     return bfl_pairs(pipe.transformer, names=names, original=stability_transformer_state)
+
+
+@torch.no_grad()
+def transformer_out(transformer) -> torch.Tensor:
+    """A tiny FLUX transformer's output for fixed random latents (16 tokens) and captions."""
+    gen = torch.Generator().manual_seed(0)
+    return transformer(
+        hidden_states=torch.randn(1, 16, 64, generator=gen),
+        encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+        pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3),
+        return_dict=False,
+    )[0]  # fmt: skip
+
+
+@torch.no_grad()
+def sd3_transformer_out(transformer) -> torch.Tensor:
+    """A tiny SD 3.5 transformer's output for fixed random latents (8x8) and captions."""
+    gen = torch.Generator().manual_seed(0)
+    return transformer(hidden_states=torch.randn(1, 16, 8, 8, generator=gen),
+                       encoder_hidden_states=torch.randn(1, 5, 128, generator=gen),
+                       pooled_projections=torch.randn(1, 96, generator=gen),
+                       timestep=torch.tensor([500.0]), return_dict=False)[0]  # fmt: skip
+
+
+def lora_change(pipe, family, path: Path, out=transformer_out) -> torch.Tensor:
+    """The LoRA file `path` loaded by `family` on `pipe` (adapter "kohya"): what it changes
+    in `out` at weight 1; at weight 0, and with the LoRA disabled (as left), the output is
+    the one without it again."""
+    base = out(pipe.transformer)
+    family.load_lora(pipe, load_file(str(path)), "kohya")
+    pipe.set_adapters(["kohya"], [1.0])
+    change = out(pipe.transformer) - base
+    pipe.set_adapters(["kohya"], [0.0])
+    assert torch.equal(out(pipe.transformer), base)
+    pipe.disable_lora()
+    assert torch.equal(out(pipe.transformer), base)
+    return change

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from tests.tiny_flux_loras import kohya_state, write_ab
+
 TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
            "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")  # fmt: skip
 
@@ -35,31 +37,15 @@ def pairs(transformer, *, rank=4, seed=3, scale=0.3) -> dict[str, tuple[torch.Te
 
 
 def write_peft(path: Path, layer_pairs: dict) -> Path:
-    state = {}
-    for name, (down, up) in layer_pairs.items():
-        state[f"transformer.{name}.lora_A.weight"] = down.contiguous()
-        state[f"transformer.{name}.lora_B.weight"] = up.contiguous()
-    save_file(state, str(path))
-    return path
+    return write_ab(path, layer_pairs, "transformer.")
 
 
 def write_ai_toolkit(path: Path, layer_pairs: dict, alpha: float) -> Path:
-    state = {}
-    for name, (down, up) in layer_pairs.items():
-        state[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
-        state[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
-        state[f"diffusion_model.{name}.alpha"] = torch.tensor(alpha)
-    save_file(state, str(path))
-    return path
+    return write_ab(path, layer_pairs, "diffusion_model.", alpha)
 
 
 def write_kohya(path: Path, layer_pairs: dict, alpha: float) -> Path:
-    state = {}
-    for name, (down, up) in layer_pairs.items():
-        key = "lora_unet_" + name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = down.contiguous()
-        state[f"{key}.lora_up.weight"] = up.contiguous()
-        state[f"{key}.alpha"] = torch.tensor(alpha)
+    state = kohya_state(layer_pairs, alpha)
     save_file(state, str(path), metadata={"ss_network_module": "networks.lora"})
     return path
 
@@ -67,7 +53,7 @@ def write_kohya(path: Path, layer_pairs: dict, alpha: float) -> Path:
 def write_comfy(path: Path, layer_pairs: dict) -> Path:
     """ComfyUI's names: q, k, v as one fused layer (their downs stacked, ups block-diagonal,
     so the file computes exactly what the separate pairs do) and `attention.out`."""
-    state = {}
+    fused = {}
     for name, (down, up) in layer_pairs.items():
         if name.endswith(("to_k", "to_v")):
             continue
@@ -76,11 +62,8 @@ def write_comfy(path: Path, layer_pairs: dict) -> Path:
             downs = [layer_pairs[f"{block}to_{x}"][0] for x in "qkv"]
             ups = [layer_pairs[f"{block}to_{x}"][1] for x in "qkv"]
             down, up, name = torch.cat(downs), torch.block_diag(*ups), f"{block}qkv"
-        name = name.replace("attention.to_out.0", "attention.out")
-        state[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
-        state[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
-    save_file(state, str(path))
-    return path
+        fused[name.replace("attention.to_out.0", "attention.out")] = (down, up)
+    return write_ab(path, fused, "diffusion_model.")
 
 
 def merged(transformer, layer_pairs: dict, *, alpha: float | None = None):

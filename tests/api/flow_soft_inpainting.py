@@ -1,50 +1,16 @@
 """Soft inpainting and mask_round off on a flow-matching family (FLUX.1, SD 3.5, Z-Image),
-through the API: the checks each family's img2img test runs with its own `post`; and the
-init image, masks and image readers those tests share."""
+through the API: the checks each family's img2img test runs with its own `post` (the
+init image and image readers are `tests.flow_api`'s)."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Callable
 
 import httpx
 import numpy as np
 from PIL import Image
 
-
-def _b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _init_image() -> Image.Image:
-    """A 64x64 picture with structure (a gradient and a square), so changes show."""
-    x = np.linspace(0, 255, 64, dtype=np.float32)
-    rgb = np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 90.0)])
-    pixels = rgb.transpose(1, 2, 0).astype(np.uint8)
-    pixels[20:44, 20:44] = (230, 40, 40)
-    return Image.fromarray(pixels, "RGB")
-
-
-def _left_half_mask() -> Image.Image:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (0, 0, 32, 64))
-    return mask
-
-
-def _images(response: httpx.Response) -> list[np.ndarray]:
-    assert response.status_code == 200, response.text
-    return [
-        np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=np.int16)
-        for data in response.json()["images"]
-    ]
-
-
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean())
-
+from tests.flow_api import b64, distance, images, init_image
 
 Post = Callable[..., httpx.Response]
 DEFAULTS = [1, 0.5, 4, 0, 0.5, 2]  # A1111's: schedule bias, preservation strength, ...
@@ -67,32 +33,32 @@ def check_soft_inpainting(post: Post, inpainting_model: bool = False) -> None:
     blurred mask. Preservation strength 0 and difference threshold 0 take the model's
     latents everywhere and every pixel: img2img of the whole image (A1111's behaviour; not
     for an `inpainting_model`, which reads the mask itself)."""
-    init = np.asarray(_init_image(), dtype=np.int16)
-    blurred = {"mask": _b64(_quarter_mask()), "mask_blur": 4, "denoising_strength": 0.9}
+    init = np.asarray(init_image(), dtype=np.int16)
+    blurred = {"mask": b64(_quarter_mask()), "mask_blur": 4, "denoising_strength": 0.9}
     response = post(**blurred, alwayson_scripts=soft())
-    (image,) = _images(response)
-    (hard,) = _images(post(**blurred))
-    assert _distance(image[:, :12], init[:, :12]) > 1  # repainted
+    (image,) = images(response)
+    (hard,) = images(post(**blurred))
+    assert distance(image[:, :12], init[:, :12]) > 1  # repainted
     assert np.abs(image[:, 48:] - init[:, 48:]).max() <= 1  # kept
-    assert _distance(image[:, :24], hard[:, :24]) > 0.5  # not plain inpainting
+    assert distance(image[:, :24], hard[:, :24]) > 0.5  # not plain inpainting
     assert "Soft inpainting enabled: True" in response.json()["info"]
-    (pure,) = _images(post(**{**blurred, "denoising_strength": 1.0}, alwayson_scripts=soft()))
+    (pure,) = images(post(**{**blurred, "denoising_strength": 1.0}, alwayson_scripts=soft()))
     assert np.abs(pure[:, 48:] - init[:, 48:]).max() <= 1  # from pure noise (sigma 1) too
     if inpainting_model:
         return
-    (everywhere,) = _images(post(**blurred, alwayson_scripts=soft(1, 0, 4, 0, 0, 2)))
-    (whole,) = _images(post(denoising_strength=0.9))  # no mask
+    (everywhere,) = images(post(**blurred, alwayson_scripts=soft(1, 0, 4, 0, 0, 2)))
+    (whole,) = images(post(denoising_strength=0.9))  # no mask
     assert np.abs(everywhere - whole).max() <= 1
-    assert _distance(everywhere[:, 48:], init[:, 48:]) > 1  # outside the mask too
+    assert distance(everywhere[:, 48:], init[:, 48:]) > 1  # outside the mask too
 
 
 def check_mask_round_off(post: Post) -> None:
     """mask_round false blends every step by the blurred latent mask as it is: the grey
     edge differs from the rounded mask's result; beyond the blur the original is kept."""
-    init = np.asarray(_init_image(), dtype=np.int16)
-    blurred = {"mask": _b64(_quarter_mask()), "mask_blur": 4, "denoising_strength": 0.9}
-    (rounded,) = _images(post(**blurred))
-    (unrounded,) = _images(post(**blurred, mask_round=False))
+    init = np.asarray(init_image(), dtype=np.int16)
+    blurred = {"mask": b64(_quarter_mask()), "mask_blur": 4, "denoising_strength": 0.9}
+    (rounded,) = images(post(**blurred))
+    (unrounded,) = images(post(**blurred, mask_round=False))
     assert not np.array_equal(unrounded[:, :24], rounded[:, :24])
     assert np.array_equal(unrounded[:, 32:], init[:, 32:])
-    assert _distance(unrounded[:, :12], init[:, :12]) > 1  # repainted
+    assert distance(unrounded[:, :12], init[:, :12]) > 1  # repainted

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import tiny_flux_loras as loras
+from tests.tiny_flux_loras import transformer_out
 from webui.core.families import FLUX1
 from webui.model_manager import flux_files, flux_gguf, flux_keys
 from webui.model_manager.loader import read_shapes
@@ -49,18 +49,6 @@ def _dequantized_reference(path, config):
     return flux_files.build_transformer(config, state, torch.float32)
 
 
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return transformer(
-        hidden_states=torch.randn(1, 16, 64, generator=gen),
-        encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
-        pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3),
-        return_dict=False,
-    )[0]  # fmt: skip
-
-
 def test_shapes_are_the_logical_ones_and_identify_a_flux_transformer(files):
     shapes = read_shapes(files["Q8_0"])
     expected = {k: tuple(v.shape) for k, v in bfl_transformer_state(files["pipe"].transformer).items()}  # fmt: skip
@@ -75,11 +63,11 @@ def test_weights_stay_quantized_and_compute_what_gguf_dequantizes(files, kind):
     assert found.get("Q8_0", 0) > 10 and (kind == "Q8_0" or found[kind] >= 2), found
     reference = _dequantized_reference(files[kind], dict(model.config))
     # diffusers multiplies the blocks' fp16 scales in fp16: a rounding of about 1e-3
-    torch.testing.assert_close(_out(model), _out(reference), atol=3e-3, rtol=1e-2)
+    out = transformer_out(model)
+    torch.testing.assert_close(out, transformer_out(reference), atol=3e-3, rtol=1e-2)
     if kind == "Q8_0":  # close to the unquantized model
-        torch.testing.assert_close(
-            _out(model), _out(files["pipe"].transformer), atol=0.05, rtol=0.05
-        )
+        full = transformer_out(files["pipe"].transformer)
+        torch.testing.assert_close(out, full, atol=0.05, rtol=0.05)
 
 
 def test_parameter_memory_is_the_quantized_size(files):
@@ -92,12 +80,5 @@ def test_parameter_memory_is_the_quantized_size(files):
 def test_lora_on_a_gguf_model(files):
     pipe = build_tiny_flux(seed=0)
     pipe.transformer = _transformer(files["Q4_K"])
-    base = _out(pipe.transformer)
-    FLUX1.load_lora(pipe, load_file(str(files["kohya"])), "kohya")
-    pipe.set_adapters(["kohya"], [1.0])
-    assert (_out(pipe.transformer) - base).abs().max() > 0.1
+    assert loras.lora_change(pipe, FLUX1, files["kohya"]).abs().max() > 0.1
     assert flux_gguf.quant_types(pipe.transformer)  # still quantized under the adapters
-    pipe.set_adapters(["kohya"], [0.0])
-    assert torch.equal(_out(pipe.transformer), base)
-    pipe.disable_lora()
-    assert torch.equal(_out(pipe.transformer), base)

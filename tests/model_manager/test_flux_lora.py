@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests import tiny_flux_loras as loras
 from tests.lora_jobs import check_lora_tag, lora_context
+from tests.tiny_flux_loras import transformer_out
 from webui.core.families import FLUX1
 from webui.model_manager.sniff import read_header, sniff
 from webui.model_manager.tiny_flux import build_tiny_flux, save_all_in_one
@@ -35,22 +36,6 @@ def lora_files(tmp_path_factory):
     }
 
 
-def _inputs() -> dict:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "hidden_states": torch.randn(1, 16, 64, generator=gen),
-        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen),
-        "pooled_projections": torch.randn(1, 32, generator=gen),
-        "timestep": torch.tensor([0.5]), "guidance": torch.tensor([3.5]),
-        "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(5, 3), "return_dict": False,
-    }  # fmt: skip
-
-
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    return transformer(**_inputs())[0]
-
-
 def test_diffusers_own_kohya_converter_fails_on_a_width_that_is_not_3072(lora_files):
     pipe = build_tiny_flux(seed=0)
     with pytest.raises(AssertionError):
@@ -60,28 +45,28 @@ def test_diffusers_own_kohya_converter_fails_on_a_width_that_is_not_3072(lora_fi
 @pytest.mark.parametrize(("layout", "alpha"), [("kohya", ALPHA), ("bfl", None)])
 def test_kohya_and_bfl_files_compute_what_the_merged_weights_compute(lora_files, layout, alpha):
     pipe = build_tiny_flux(seed=0)
-    base = _out(pipe.transformer)
+    base = transformer_out(pipe.transformer)
     merged = loras.merged_transformer(pipe.transformer, lora_files["pairs"], alpha=alpha)
     FLUX1.load_lora(pipe, load_file(str(lora_files[layout])), layout)
     pipe.set_adapters([layout], [1.0])
-    got = _out(pipe.transformer)
+    got = transformer_out(pipe.transformer)
     assert (got - base).abs().max() > 0.1
-    torch.testing.assert_close(got, _out(merged), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got, transformer_out(merged), atol=2e-5, rtol=1e-4)
     if layout == "kohya":  # CLIP-L's keys went on the text encoder
         assert layout in pipe.get_list_adapters()["text_encoder"]
     pipe.disable_lora()
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(transformer_out(pipe.transformer), base)
 
 
 @pytest.mark.parametrize("layout", ["peft", "xlabs"])
 def test_peft_and_xlabs_files_load_through_diffusers(lora_files, layout):
     pipe = build_tiny_flux(seed=0)
-    base = _out(pipe.transformer)
+    base = transformer_out(pipe.transformer)
     FLUX1.load_lora(pipe, load_file(str(lora_files[layout])), layout)
     pipe.set_adapters([layout], [1.0])
-    assert (_out(pipe.transformer) - base).abs().max() > 1e-3
+    assert (transformer_out(pipe.transformer) - base).abs().max() > 1e-3
     pipe.set_adapters([layout], [0.0])
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(transformer_out(pipe.transformer), base)
 
 
 @pytest.mark.parametrize("layout", ["kohya", "bfl", "peft", "xlabs"])

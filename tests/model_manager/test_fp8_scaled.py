@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import tiny_flux_loras as flux_loras
 from tests import tiny_zimage_loras as zimage_loras
+from tests.tiny_flux_loras import lora_change
+from tests.tiny_flux_loras import sd3_transformer_out as sd3_out
+from tests.tiny_flux_loras import transformer_out as flux_out
 from tests.tiny_scaled_fp8 import write_scaled
 from webui.core.families import FLUX1, SD3, default_families
 from webui.model_manager import flux_files, flux_keys, fp8_scaled, sd3_keys, tiny_flux, tiny_sd3
@@ -61,18 +63,6 @@ def _flux_transformer(path):
     return flux_files.build_transformer(config, flux_files.read_state(path, ""), F32)
 
 
-@torch.no_grad()
-def _flux_out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return transformer(
-        hidden_states=torch.randn(1, 16, 64, generator=gen),
-        encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
-        pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3),
-        return_dict=False,
-    )[0]  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", ["scaled", "per-row"])
 def test_flux_scaled_transformer_stays_fp8_and_computes_as_the_full_model(flux, kind):
     model, full = _flux_transformer(flux[kind]), flux["pipe"].transformer
@@ -81,7 +71,7 @@ def test_flux_scaled_transformer_stays_fp8_and_computes_as_the_full_model(flux, 
     scale = fp8_scaled.scale_of(to_q)
     assert scale is not None and scale.numel() == (to_q.out_features if kind == "per-row" else 1)
     assert parameter_bytes(model) < 0.3 * parameter_bytes(full)
-    _close(_flux_out(model), _flux_out(full), 0.1)
+    _close(flux_out(model), flux_out(full), 0.1)
     assert to_q.weight.dtype == FP8  # put back after the call
 
 
@@ -108,7 +98,7 @@ def test_flux_scaled_checkpoint_with_the_scaled_t5(flux):
     ids = torch.tensor([[3, 9, 1131, 123, 346, 1]])
     with torch.no_grad():
         _close(t5(ids)[0], original.text_encoder_2(ids)[0], 0.15)
-    _close(_flux_out(pipe.transformer), _flux_out(original.transformer), 0.1)
+    _close(flux_out(pipe.transformer), flux_out(original.transformer), 0.1)
 
 
 def test_a_lora_on_the_scaled_model_acts_as_on_the_plain_fp8_one(flux):
@@ -116,14 +106,9 @@ def test_a_lora_on_the_scaled_model_acts_as_on_the_plain_fp8_one(flux):
     for kind in ("scaled", "fp8"):
         pipe = tiny_flux.build_tiny_flux(seed=0)
         pipe.transformer = _flux_transformer(flux[kind])
-        base = _flux_out(pipe.transformer)
-        FLUX1.load_lora(pipe, load_file(str(flux["kohya"])), "kohya")
-        pipe.set_adapters(["kohya"], [1.0])
-        changes[kind] = _flux_out(pipe.transformer) - base
+        changes[kind] = lora_change(pipe, FLUX1, flux["kohya"])
         to_q = pipe.transformer.transformer_blocks[0].attn.to_q
         assert to_q.base_layer.weight.dtype == FP8 and to_q.lora_A["kohya"].weight.dtype == F32
-        pipe.set_adapters(["kohya"], [0.0])
-        assert torch.equal(_flux_out(pipe.transformer), base)
     assert changes["scaled"].abs().max() > 0.1
     _close(changes["scaled"], changes["fp8"], 0.15)
 
@@ -146,15 +131,6 @@ def sd3(tmp_path_factory):
     }
 
 
-@torch.no_grad()
-def _sd3_out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return transformer(hidden_states=torch.randn(1, 16, 8, 8, generator=gen),
-                       encoder_hidden_states=torch.randn(1, 5, 128, generator=gen),
-                       pooled_projections=torch.randn(1, 96, generator=gen),
-                       timestep=torch.tensor([500.0]), return_dict=False)[0]  # fmt: skip
-
-
 def test_sd3_scaled_checkpoint_stays_fp8_computes_and_takes_a_lora(sd3):
     model = load_checkpoint(sd3["scaled"], "cpu", F32, FAMILIES, sd3["modules"])
     pipe, original = model.pipe, sd3["pipe"]
@@ -162,13 +138,8 @@ def test_sd3_scaled_checkpoint_stays_fp8_computes_and_takes_a_lora(sd3):
     assert storage_fields(pipe) == {"Weight storage": "transformer fp8_e4m3fn, t5xxl fp8_e4m3fn"}
     full = original.transformer
     assert parameter_bytes(pipe.transformer) < 0.45 * parameter_bytes(full)
-    base = _sd3_out(pipe.transformer)
-    _close(base, _sd3_out(full), 0.1)
-    SD3.load_lora(pipe, load_file(str(sd3["kohya"])), "kohya")
-    pipe.set_adapters(["kohya"], [1.0])
-    assert (_sd3_out(pipe.transformer) - base).abs().max() > 0.1
-    pipe.set_adapters(["kohya"], [0.0])
-    assert torch.equal(_sd3_out(pipe.transformer), base)
+    _close(sd3_out(pipe.transformer), sd3_out(full), 0.1)
+    assert lora_change(pipe, SD3, sd3["kohya"], sd3_out).abs().max() > 0.1
 
 
 def test_sd3_layout_reads_the_scaled_file(sd3):

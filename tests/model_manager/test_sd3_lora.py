@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests import tiny_flux_loras as loras
 from tests.lora_jobs import check_lora_tag, lora_context, pixels, run_flow
+from tests.tiny_flux_loras import sd3_transformer_out
 from webui.core.families import SD3
 from webui.model_manager import sd3_files
 from webui.model_manager.sniff import read_header, sniff
@@ -43,21 +44,6 @@ def lora_files(tmp_path_factory):
     }
 
 
-def _inputs() -> dict:
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "hidden_states": torch.randn(1, 16, 8, 8, generator=gen),
-        "encoder_hidden_states": torch.randn(1, 5, 128, generator=gen),
-        "pooled_projections": torch.randn(1, 96, generator=gen),
-        "timestep": torch.tensor([500.0]), "return_dict": False,
-    }  # fmt: skip
-
-
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    return transformer(**_inputs())[0]
-
-
 def _merged(pipe, pairs, alpha):
     return loras.merged_transformer(pipe.transformer, pairs, alpha=alpha,
                                     original=stability_transformer_state,
@@ -67,28 +53,28 @@ def _merged(pipe, pairs, alpha):
 @pytest.mark.parametrize(("layout", "alpha"), [("kohya", ALPHA), ("comfy", None)])
 def test_kohya_and_comfy_files_compute_what_the_merged_weights_compute(lora_files, layout, alpha):
     pipe = build_tiny_sd3(seed=0, medium=True)
-    base = _out(pipe.transformer)
+    base = sd3_transformer_out(pipe.transformer)
     merged = _merged(pipe, lora_files["pairs"], alpha)
     SD3.load_lora(pipe, load_file(str(lora_files[layout])), layout)
     pipe.set_adapters([layout], [1.0])
-    got = _out(pipe.transformer)
+    got = sd3_transformer_out(pipe.transformer)
     assert (got - base).abs().max() > 0.1
-    torch.testing.assert_close(got, _out(merged), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got, sd3_transformer_out(merged), atol=2e-5, rtol=1e-4)
     if layout == "kohya":  # CLIP-L's and CLIP-G's keys went on their encoders
         adapters = pipe.get_list_adapters()
         assert layout in adapters["text_encoder"] and layout in adapters["text_encoder_2"]
     pipe.set_adapters([layout], [0.0])
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(sd3_transformer_out(pipe.transformer), base)
 
 
 def test_peft_files_load_through_diffusers(lora_files):
     pipe = build_tiny_sd3(seed=0, medium=True)
-    base = _out(pipe.transformer)
+    base = sd3_transformer_out(pipe.transformer)
     SD3.load_lora(pipe, load_file(str(lora_files["peft"])), "peft")
     pipe.set_adapters(["peft"], [1.0])
-    assert (_out(pipe.transformer) - base).abs().max() > 1e-3
+    assert (sd3_transformer_out(pipe.transformer) - base).abs().max() > 1e-3
     pipe.disable_lora()
-    assert torch.equal(_out(pipe.transformer), base)
+    assert torch.equal(sd3_transformer_out(pipe.transformer), base)
 
 
 def test_a_lora_of_another_family_is_a_message_naming_it(lora_files):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import tiny_flux_loras as loras
+from tests.tiny_flux_loras import sd3_transformer_out
 from webui.core.families import SD3, default_families
 from webui.model_manager import flux_gguf, sd3_files, sd3_keys
 from webui.model_manager.loader import identify_file, load_checkpoint, read_shapes
@@ -52,15 +52,6 @@ def _transformer(path):
     return sd3_files.build_transformer(config, sd3_files.read_state(path, prefix), torch.float32)
 
 
-@torch.no_grad()
-def _out(transformer) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return transformer(hidden_states=torch.randn(1, 16, 8, 8, generator=gen),
-                       encoder_hidden_states=torch.randn(1, 5, 128, generator=gen),
-                       pooled_projections=torch.randn(1, 96, generator=gen),
-                       timestep=torch.tensor([500.0]), return_dict=False)[0]  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", ["fp8", "gguf"])
 def test_the_weights_stay_narrow_and_compute_close_to_the_full_model(files, kind):
     model = _transformer(files[kind])
@@ -68,7 +59,7 @@ def test_the_weights_stay_narrow_and_compute_close_to_the_full_model(files, kind
     expected = "fp8_e4m3fn" if kind == "fp8" else "GGUF Q8_0"
     assert storage(model) == expected and storage(full) is None
     assert parameter_bytes(model) < 0.45 * parameter_bytes(full)
-    out, reference = _out(model), _out(full)
+    out, reference = sd3_transformer_out(model), sd3_transformer_out(full)
     assert out.dtype == torch.float32
     assert (out - reference).abs().max() < 0.1 * reference.abs().max()
 
@@ -93,12 +84,7 @@ def test_loaded_as_a_checkpoint_with_modules_and_the_weight_storage_field(files,
 def test_a_kohya_lora_on_a_narrow_model(files, kind):
     pipe = build_tiny_sd3(seed=0, medium=True)
     pipe.transformer = _transformer(files[kind])
-    base = _out(pipe.transformer)
-    SD3.load_lora(pipe, load_file(str(files["kohya"])), "kohya")
-    pipe.set_adapters(["kohya"], [1.0])
-    assert (_out(pipe.transformer) - base).abs().max() > 0.1
+    assert loras.lora_change(pipe, SD3, files["kohya"], sd3_transformer_out).abs().max() > 0.1
     assert storage(pipe.transformer) == ("fp8_e4m3fn" if kind == "fp8" else "GGUF Q8_0")
-    pipe.set_adapters(["kohya"], [0.0])
-    assert torch.equal(_out(pipe.transformer), base)
     if kind == "gguf":
         assert flux_gguf.quant_types(pipe.transformer)
