@@ -158,3 +158,15 @@ def test_refused_units(sd3):
         load_control_model(
             sd3.folder / "sd3-tiny-instantx-canny.safetensors", {"block_out_channels": [32]}
         )
+
+
+def test_skip_layer_guidance_runs_with_a_unit(sd3):
+    """SLG's extra call of the prompt's rows gets the residuals too (it differs from the
+    prompt's call by its skipped layers only)."""
+    slg = {"cfg_scale": 2.0, "steps": 2, "skip_layer_guidance_scale": 2.0,
+           "skip_guidance_layers": (0,), "skip_layer_guidance_start": 0.0,
+           "skip_layer_guidance_stop": 1.0}  # fmt: skip
+    plain = pixels(run(sd3, None, **slg))
+    image, seen = calls_guided(sd3, [unit()], **slg)
+    assert np.abs(image - plain).mean() > 1
+    assert [True] in seen and [True, True] in seen  # the SLG call (1 row) and the CFG call
