@@ -13,13 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
+from tests.control_jobs import calls_seen, img2img_and_hires, pixels, run, shapes, submit
 from tests.tiny_clip_vision import PROJECTION, save_tiny_clip_vision
 from webui.context import build_context
 from webui.core.flux_controlnet import union_mode
-from webui.core.params import Txt2ImgParams
-from webui.core.params_img2img import HiresParams, Img2ImgParams
 from webui.model_manager.controlnet_files import fits, list_controlnets
 from webui.model_manager.controlnet_loader import ControlNetLoadError, load_control_model
 from webui.model_manager.flux_controlnet import load_flux_controlnet
@@ -32,7 +30,6 @@ from webui.model_manager.tiny_flux_controlnet import (
 )
 from webui.services.controlnet import model_choices
 from webui.services.errors import RequestError
-from webui.services.generation import GenerationRequest
 from webui.settings import parse_flags
 
 
@@ -57,37 +54,9 @@ def flux(tmp_path_factory, flux_files):
     ctx.close()
 
 
-def shapes() -> Image.Image:
-    image = Image.new("RGB", (64, 64), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 12, 40, 50), outline="black", width=3)
-    draw.ellipse((30, 8, 58, 36), fill="black")
-    return image
-
-
 def unit(**fields) -> dict:
     return {"enabled": True, "module": "canny", "image": shapes(), "model": "flux-tiny-canny",
             "save_detected_map": False, **fields}  # fmt: skip
-
-
-def submit(ctx, units: list | None, kind: str = "txt2img", **changes):
-    cls = Img2ImgParams if kind == "img2img" else Txt2ImgParams
-    params = cls(**{"prompt": "a house", "steps": 4, "width": 64, "height": 64,
-                    "seed": 5, "cfg_scale": 1, "negative_prompt": "fog",
-                    "checkpoint": ctx.checkpoint, "save_images": False, **changes})  # fmt: skip
-    alwayson = {"controlnet": {"args": units}} if units is not None else {}
-    return ctx.generation.submit(GenerationRequest(kind, params, "test", alwayson=alwayson))
-
-
-def run(ctx, units: list | None, kind: str = "txt2img", **changes):
-    job = submit(ctx, units, kind, **changes)
-    assert job.done.wait(300), "job did not finish"
-    return job
-
-
-def pixels(job) -> np.ndarray:
-    assert job.state == "done", job.error
-    return np.asarray(job.images[0].image.convert("RGB"), np.int16)
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +66,8 @@ def plain(flux) -> np.ndarray:
 
 def calls_guided(flux, units: list, **changes) -> tuple[np.ndarray, list[bool]]:
     """The image, and for each transformer call whether it got ControlNet residuals."""
-    (model,) = flux.models._loaded.values()
-    seen: list[bool] = []
-
-    def hook(module, args, kwargs, output):
-        seen.append(kwargs.get("controlnet_block_samples") is not None)
-
-    handle = model.pipe.transformer.register_forward_hook(hook, with_kwargs=True)
-    try:
-        image = pixels(run(flux, units, **changes))
-    finally:
-        handle.remove()
-    return image, seen
+    return calls_seen(flux, units, lambda kwargs: kwargs.get("controlnet_block_samples")
+                      is not None, **changes)  # fmt: skip
 
 
 def test_files_are_family_flux_and_listed_for_flux_checkpoints_only(flux):
@@ -161,13 +120,8 @@ def test_two_units_and_controlnet_is_more_important_with_true_cfg(flux, guided, 
 def test_img2img_and_hires_fix_run_the_units(flux):
     """img2img: a unit without an image uses the init image; hires. fix: the second pass at
     its own size gets its own hint (both passes guided)."""
-    init = {"init_images": (shapes(),), "denoising_strength": 0.8}
-    plain = pixels(run(flux, None, "img2img", **init))
-    guided = pixels(run(flux, [unit(image=None)], "img2img", **init))
-    assert np.abs(guided - plain).mean() > 1
-    hires = {"hires": HiresParams(scale=1.5, steps=2, denoising_strength=0.5), "steps": 2}
-    image, seen = calls_guided(flux, [unit()], **hires)
-    assert image.shape == (96, 96, 3) and len(seen) > 2 and all(seen)
+    seen = img2img_and_hires(flux, unit, calls_guided)
+    assert all(seen)
 
 
 @pytest.mark.parametrize(("module", "mode"), [

@@ -28,6 +28,8 @@ important" leaves the negative prompt's call (true CFG, CFG > 1) without the res
 resolution level) and is refused; FLUX.1 Fill gives the model the noisy latents' 64
 features of its wider input. XLabs' FLUX IP-Adapter units feed the double blocks
 (`core/flux_ip_adapter.py`); T2I-Adapter, SD IP-Adapter and inpaint units are refused.
+SD 3.5's units (`core/sd3_controlnet.py`) share the step rules (`ControlSteps`), the hint's
+pixels and the residual sums.
 
 This module must never import a UI library.
 """
@@ -95,14 +97,19 @@ def check_units(control: JobControl) -> None:
             union_mode(part)
 
 
+def hint_pixels(part: PreparedUnit, height: int, width: int) -> torch.Tensor:
+    """The unit's map fit to the pass's size, (1, 3, H, W) in [-1, 1]."""
+    hint = np.ascontiguousarray(part.hint(height, width)[:, :, :3])
+    return torch.from_numpy(hint).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+
+
 @torch.no_grad()
 def hint_condition(part: PreparedUnit, pipe: Any, height: int, width: int) -> torch.Tensor:
     """The unit's hint as its model reads it (1, tokens, 64) or XLabs' pixels (1, 3, H, W)."""
     from .latents import vae_encode_pixels
 
     if (height, width) not in part.features:
-        hint = np.ascontiguousarray(part.hint(height, width)[:, :, :3])
-        pixels = torch.from_numpy(hint).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+        pixels = hint_pixels(part, height, width)
         if part.model.input_hint_block is not None:  # XLabs: the hint block reads pixels
             cond = pixels
         else:  # InstantX / Shakker-Labs: the FLUX autoencoder's packed latents
@@ -135,17 +142,21 @@ def _filled(samples: list, like: torch.Tensor) -> list[torch.Tensor] | None:
     return [(zeros if s is None else s).to(like.dtype) for s in samples]
 
 
-class _FluxControlState:
-    """One pipeline call's step and call counters and the transformer's pre-hook."""
+class ControlSteps:
+    """One pipeline call's step and call counters (the transformer ControlNets' units guide
+    the steps whose step/steps lies in [guidance_start, guidance_end])."""
 
     def __init__(self, control: JobControl, pipe: Any, size: tuple[int, int], first_step: int):
         self.control, self.pipe, self.size = control, pipe, size
         self.first_step, self.step, self.call = first_step, first_step, 0
         self.steps = 0  # the calling pipeline's steps (img2img and hires. fix run a view of it)
-        self.ip_processors: list[Any] = []  # set while the IP-Adapter processors are on
 
     def fraction(self) -> float:
         return self.step / max(self.steps, 1)
+
+    def guides(self, part: PreparedUnit) -> bool:
+        unit = part.unit
+        return unit.weight > 0 and unit.guidance_start <= self.fraction() <= unit.guidance_end
 
     def wrap(self, callback: Callable | None) -> Callable:
         def on_step_end(pipe, i, t, tensors):
@@ -154,6 +165,14 @@ class _FluxControlState:
             return callback(pipe, i, t, tensors) if callback else {}
 
         return on_step_end
+
+
+class _FluxControlState(ControlSteps):
+    """ControlSteps and the FLUX transformer's pre-hook."""
+
+    def __init__(self, control: JobControl, pipe: Any, size: tuple[int, int], first_step: int):
+        super().__init__(control, pipe, size, first_step)
+        self.ip_processors: list[Any] = []  # set while the IP-Adapter processors are on
 
     def pre_hook(self, transformer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         negative = self.call > 0  # the pipeline's second call of a step: the negative prompt
@@ -169,15 +188,13 @@ class _FluxControlState:
         return args, kwargs
 
     def residuals(self, transformer: Any, kwargs: dict, negative: bool) -> tuple | None:
-        fraction = self.fraction()
         doubles: list = [None] * len(transformer.transformer_blocks)
         singles: list = [None] * len(transformer.single_transformer_blocks)
         guided = False
         for part in self.control.controlnets:
-            unit = part.unit
-            if not unit.guidance_start <= fraction <= unit.guidance_end or unit.weight <= 0:
+            if not self.guides(part):
                 continue
-            if negative and unit.control_mode == COND_ONLY:
+            if negative and part.unit.control_mode == COND_ONLY:
                 continue
             double, single = self._run(part, kwargs)
             repeat = part.model.input_hint_block is not None  # XLabs' few blocks, repeated

@@ -10,7 +10,9 @@ safetensors header tells the family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), for
 A ControlNet Union (`task_embedding` and `control_add_embedding.*` keys, or a
 `ControlNetUnionModel` folder) has `union_modes`, the number of its control modes.
 FLUX ControlNets (diffusers' `FluxControlNetModel` files and folders, XLabs' files; kind
-"flux-controlnet", `flux_control_keys.layout_of`) are family FLUX. Otherwise the keys tell
+"flux-controlnet", `flux_control_keys.layout_of`) are family FLUX, SD 3.5 ControlNets
+(diffusers' `SD3ControlNetModel` files and folders, Stability's files; kind
+"sd3-controlnet", `sd3_layout_of`) family SD 3. Otherwise the keys tell
 the kind (`kind_of_keys`): a ControlNet, an IP-Adapter (`image_proj.*`,
 `ip_adapter.*`; its width from `to_k_ip`), a T2I-Adapter (TencentARC's `body.N.block1`
 / `conv_in`, or diffusers' `adapter.*`) or the T2I style adapter (`style_embedding`; its
@@ -36,12 +38,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from .flux_control_keys import ip_text_width as flux_text_width
-from .flux_control_keys import is_flux_ip_adapter
+from .flux_control_keys import is_flux_ip_adapter, sd3_layout_of
 from .flux_control_keys import layout_of as flux_layout_of
 from .sniff import HeaderError, read_header
 
-FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "ControlNetUnionModel", "FluxControlNetModel")
+FOLDER_CLASSES = ("ControlNetModel", "T2IAdapter", "ControlNetUnionModel", "FluxControlNetModel",
+                  "SD3ControlNetModel")  # fmt: skip
 SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+_KIND_FAMILY = {"flux-controlnet": "FLUX", "sd3-controlnet": "SD 3"}  # from their layouts
 _WIDTH_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 4096: "FLUX"}  # 4096: T5-XXL
 _LABEL = re.compile(r"^(.*) \[([0-9a-fA-F]{8}|NOFILE)\]$")
 
@@ -61,8 +65,8 @@ class ControlNetFile:
 
     @property
     def family(self) -> str:
-        if self.kind == "flux-controlnet":  # its family from its layout (flux_controlnet.py)
-            return "FLUX"
+        if self.kind in _KIND_FAMILY:  # a transformer's ControlNet: its layout's family
+            return _KIND_FAMILY[self.kind]
         return _WIDTH_FAMILY.get(self.context_width or 0, "")
 
 
@@ -135,8 +139,11 @@ def _adapter_width(shapes: dict) -> int | None:
 def _read_kind(path: Path) -> tuple[int | None, str]:
     """(the cross-attention width of the UNet it fits, kind) of a file."""
     if path.parent.joinpath("config.json").is_file() and _weights_of_folder(path.parent):
-        if "T2IAdapter" in path.parent.joinpath("config.json").read_text():
+        config = path.parent.joinpath("config.json").read_text()
+        if "T2IAdapter" in config:
             return _width_of_name(path.parent.name), "t2i-adapter"
+        if '"SD3ControlNetModel"' in config:
+            return None, "sd3-controlnet"
     if path.suffix != ".safetensors":
         kind = kind_of_name(path.name)
         return (_width_of_name(path.name) if kind != "controlnet" else None), kind
@@ -147,6 +154,8 @@ def _read_kind(path: Path) -> tuple[int | None, str]:
     if flux_layout_of(shapes) is not None:  # InstantX / Shakker-Labs / XLabs FLUX ControlNets
         return shapes.get("context_embedder.weight", shapes.get("txt_in.weight", (0, 0)))[1], (
             "flux-controlnet")  # fmt: skip
+    if sd3_layout_of(shapes) is not None:  # InstantX / Stability SD 3.5 ControlNets
+        return shapes.get("context_embedder.weight", (0, None))[1], "sd3-controlnet"
     kind = kind_of_keys(shapes)
     if kind == "ip-adapter":  # a width of no family (a test's tiny model): the name's
         shape = shapes.get("ip_adapter.1.to_k_ip.weight")

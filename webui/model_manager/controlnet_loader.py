@@ -164,6 +164,8 @@ def file_kind(path: Path) -> str:
         config = path / "config.json"
         if is_folder(path):
             return "flux-controlnet"
+        if is_folder(path, "SD3ControlNetModel"):
+            return "sd3-controlnet"
         return "t2i-adapter" if config.is_file() and "T2IAdapter" in config.read_text() else (
             "controlnet")  # fmt: skip
     return _read_kind(path)[1]
@@ -178,6 +180,10 @@ def load_control_model(path: Path, unet_config: dict, unet: Any = None) -> Any:
         from .flux_controlnet import load_flux_controlnet
 
         return load_flux_controlnet(path)
+    if kind == "sd3-controlnet":
+        from .sd3_controlnet import load_sd3_controlnet
+
+        return load_sd3_controlnet(path, unet_config)
     if flux_ip:
         from .flux_ip_adapter import load_flux_ip_adapter
 
@@ -207,16 +213,23 @@ def _is_flux_ip(path: Path) -> bool:
 
 def _check_family(path: Path, kind: str, config: dict) -> None:
     """A ControlNetLoadError when the unit's model is not of the checkpoint's kind: FLUX
-    ControlNets run on FLUX transformers (`num_single_layers`), the others on UNets."""
-    flux_base = "num_single_layers" in config
+    ControlNets run on FLUX transformers (`num_single_layers`), SD 3.5 ControlNets on SD 3
+    transformers (`caption_projection_dim`), the others on UNets."""
     if not config:  # no checkpoint to compare with (a file read on its own)
         return
-    if kind == "flux-controlnet" and not flux_base:
-        raise ControlNetLoadError(f"{path.name} is a FLUX model: choose a FLUX.1 checkpoint "
-                                  "or a ControlNet of this checkpoint's family")  # fmt: skip
-    if kind != "flux-controlnet" and "block_out_channels" not in config:  # a transformer's
+    for family_kind, (marker, label) in _TRANSFORMER_KINDS.items():
+        if kind == family_kind and marker not in config:
+            raise ControlNetLoadError(f"{path.name} is {label} model: choose {label} "
+                                      "checkpoint or a ControlNet of this checkpoint's "
+                                      "family")  # fmt: skip
+    if kind not in _TRANSFORMER_KINDS and "block_out_channels" not in config:  # a transformer
         raise ControlNetLoadError(f"{path.name} is an SD/SDXL {kind}: it does not run on this "
-                                  "checkpoint (FLUX.1 takes FLUX ControlNets)")  # fmt: skip
+                                  "checkpoint (FLUX.1 and SD 3.5 take their own "
+                                  "ControlNets)")  # fmt: skip
+
+
+_TRANSFORMER_KINDS = {"flux-controlnet": ("num_single_layers", "a FLUX"),
+                      "sd3-controlnet": ("caption_projection_dim", "an SD 3.5")}  # fmt: skip
 
 
 class ControlNetCache:
@@ -241,6 +254,10 @@ class ControlNetCache:
             from .flux_controlnet import check_fits as check_flux
 
             check_flux(model, unet_config, path.name)  # FLUX: the transformer's width
+        if "caption_projection_dim" in unet_config and hasattr(model, "pos_embed_input"):
+            from .sd3_controlnet import fit_to
+
+            fit_to(model, unet, path.name)  # SD 3.5: its width; Stability's: its positions
         if getattr(getattr(model, "config", None), "adapter_type", None):  # T2I: at each use
             from .t2i_adapter import check_fits
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .controlnet_file import load_model_file
 from .flux_control_keys import FOLDER_CLASS, layout_of
 from .flux_keys import rope_axes
 from .identify import UnsupportedModelError, count
@@ -99,32 +100,12 @@ def xlabs_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**transformer_state(rest, width), **hint}
 
 
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
 def load_flux_controlnet(path: Path) -> Any:
     """A `FluxControlNetModel` (CPU, the file's dtype cast to float32) from a file or folder."""
     from diffusers import FluxControlNetModel
-    from safetensors.torch import load_file
 
-    try:
-        if path.is_dir():
-            return FluxControlNetModel.from_pretrained(str(path), local_files_only=True)
-        state = load_file(str(path))
-        layout = layout_of(state)
-        if layout is None:
-            raise FluxControlNetError(f"ControlNet {path.name}: not a FLUX ControlNet layout "
-                                      "this server reads (diffusers' or XLabs')")  # fmt: skip
-        if layout == "xlabs":
-            state = xlabs_state(state)
-        model = FluxControlNetModel.from_config(config_from_shapes(_shapes(state)))
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        return model.eval()
-    except UserError:
-        raise
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        raise FluxControlNetError(f"FLUX ControlNet {path.name}: cannot load it ({exc})") from exc
+    return load_model_file(path, FluxControlNetModel, "FLUX ControlNet", FluxControlNetError,
+                           layout_of, {"xlabs": xlabs_state}, config_from_shapes)  # fmt: skip
 
 
 def check_fits(model: Any, transformer_config: dict, name: str) -> None:

@@ -192,9 +192,11 @@ def _embedding(keys: dict, meta: dict) -> Sniffed | None:
 
 
 def _flux_controlnet(keys: dict, meta: dict) -> Sniffed | None:
-    """FLUX ControlNets (XLabs' use the transformer's block names: asked first)."""
-    from .flux_control_keys import layout_of
+    """FLUX and SD 3.5 ControlNets (XLabs' use the transformer's block names: asked first)."""
+    from .flux_control_keys import layout_of, sd3_layout_of
 
+    if sd3_layout_of(keys) is not None:
+        return Sniffed("controlnet", "SD 3")
     return Sniffed("controlnet", "FLUX") if layout_of(keys) is not None else None
 
 

@@ -14,6 +14,7 @@ This module must never touch the network or import a UI library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,14 +79,19 @@ def xlabs_keys(model) -> dict[str, torch.Tensor]:
 def save_tiny_flux_controlnet(path: str | Path, seed: int = 0, layout: str = "diffusers",
                               union: bool = False) -> Path:  # fmt: skip
     """layout: "diffusers" (one file), "folder" (a diffusers folder at `path`) or "xlabs"."""
+    model = build_tiny_flux_controlnet(seed, union=union, xlabs=layout == "xlabs")
+    return write_model(model, Path(path), layout, xlabs_keys if layout == "xlabs" else None)
+
+
+def write_model(model, path: Path, layout: str, renamed: Callable | None = None) -> Path:
+    """A diffusers folder at `path` (layout "folder"), else one file of the model's tensors
+    in its names or in `renamed(model)`'s."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    model = build_tiny_flux_controlnet(seed, union=union, xlabs=layout == "xlabs")
     if layout == "folder":
         model.save_pretrained(path, safe_serialization=True)
         return path
-    state = xlabs_keys(model) if layout == "xlabs" else model.state_dict()
+    state = renamed(model) if renamed is not None else model.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path

@@ -112,9 +112,10 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
     if clip and found.kind != module.clip_model:
         raise RequestError((*loc, "model"), f"{unit.module} needs "
                            f"{_CLIP_MODELS[module.clip_model][1]}, not {found.label}")  # fmt: skip
-    if found.kind == "flux-controlnet" and unit.control_mode == "My prompt is more important":
-        raise RequestError((*loc, "control_mode"), f"{found.label} is a FLUX ControlNet: "
-                           "choose Balanced or ControlNet is more important")  # fmt: skip
+    transformer = found.kind in ("flux-controlnet", "sd3-controlnet")  # no UNet levels
+    if transformer and unit.control_mode == "My prompt is more important":
+        raise RequestError((*loc, "control_mode"), f"{found.label} is a {found.family} "
+                           "ControlNet: choose Balanced or ControlNet is more important")  # fmt: skip
     if clip and unit.weight > 0:
         clip_folder = clip_folder or folder.parent / "clip_vision"
         try:

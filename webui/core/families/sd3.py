@@ -22,6 +22,8 @@ family with three text encoders.
   AND with weights: `core.flow_and`), real CFG with the negative prompt (none at CFG 1,
   as for Turbo), the flow-matching shift (`params.shift`, default 3.0: SD 3's; infotext
   "Shift"), Skip Layer Guidance (`core.skip_layer_guidance`, in every mode).
+- ControlNet units with SD 3.5 ControlNets (Stability's, InstantX's, diffusers'
+  `SD3ControlNetModel`) through `core.sd3_controlnet` around each pipeline call.
 - LoRA (`<lora:name:w>`): kohya / ComfyUI files in Stability's layer names and diffusers /
   peft files (`load_lora`, `model_manager.sd3_lora`).
 - Samplers: Euler on the flow-matching schedule with Simple / Normal / SGM Uniform, Beta,
@@ -53,6 +55,7 @@ from ..flow_and import composed, follow_rows
 from ..flow_euler import FLOW_SAMPLER, flow_euler_choice, flow_scheduler
 from ..sampler_params import NGMS_OFF, Ngms
 from ..samplers import SchedulerChoice
+from ..sd3_controlnet import sd3_controlled
 from ..sd3_text import follow_schedule, sd3_conditioning
 from .base import Family, Mode
 
@@ -224,13 +227,12 @@ class SD3Family(Family):
         self, pipe: Any, conditioning: Conditioning, batch_size: int, ngms: Ngms = NGMS_OFF,
         *, first_step: int = 0, size: tuple[int, int] | None = None, control: Any = None,
     ) -> AbstractContextManager[Any]:  # fmt: skip
-        if control is not None:
-            raise UserError(f"ControlNet does not run {self.label} models yet")
         if size is not None:  # img2img and hires fix: the size of the denoised latents
             self._check_size(
                 pipe, size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor
             )
-        return _following(pipe, conditioning, batch_size, first_step)
+        following = _following(pipe, conditioning, batch_size, first_step)
+        return sd3_controlled(following, control, pipe, size, batch_size, first_step)
 
     def pipeline_call_kwargs(self, conditioning: Conditioning, params: Any) -> dict[str, Any]:
         """Real CFG with the negative prompt (the pipeline skips it at CFG 1), and the
