@@ -139,3 +139,27 @@ def test_flux_fill_is_no_refiner(api):
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "refiner_checkpoint"]
     assert "The Refiner does not run with FLUX.1 Fill models" in detail["msg"]
+
+
+def test_previews_go_on_in_the_refiner_steps(api, monkeypatch):
+    """Live previews every step: the refiner's steps preview FLUX's latents unpacked,
+    counted on from the switch (the tiny VAE halves the size; steps 1 and 2 of the main model, then 3 of the refiner)."""
+    import webui.core.processing as processing
+
+    seen = []
+    original = processing.preview_image
+
+    def recording(run, pipe, latents):
+        seen.append((run.progress.step, tuple(latents.shape), type(pipe.transformer).__name__))
+        return original(run, pipe, latents)
+
+    monkeypatch.setattr(processing, "preview_image", recording)
+    url, client = api
+    body = {"prompt": "a red cat", "steps": 4, "width": 64, "height": 64, "seed": 7,
+            "cfg_scale": 1, "refiner_checkpoint": "z-image-tiny", "refiner_switch_at": 0.5,
+            "override_settings": {"sd_model_checkpoint": "flux1-tiny",
+                                  "forge_additional_modules": MODULES,
+                                  "show_progress_every_n_steps": 1}}  # fmt: skip
+    assert client.post(f"{url}/txt2img", json=body).status_code == 200
+    assert [(step, shape) for step, shape, _ in seen] == [(s, (1, 16, 32, 32)) for s in (1, 2, 3)]
+    assert seen[-1][2] != seen[0][2]  # the last preview is the refiner's (Z-Image)
