@@ -11,11 +11,16 @@ a copy of the main pass's scheduler in its state at the switch (timesteps, step 
 the multistep history), whose `set_timesteps` and `set_begin_index` do nothing, and its
 `prepare_latents` returns the latents as they are (no new noise is drawn, so the
 per-image generators go on with the step noise of ancestral and SDE samplers as in one
-run). Progress, previews and prompt schedules count on from the switch step.
+run). Progress, previews and prompt schedules count on from the switch step. The flow
+pipelines (FLUX.1, SD 3.5, Z-Image) are given the latents as their `latents` (FLUX's
+packed again) and the scheduler's remaining timesteps from its step index: the main
+pass's sigmas, with its model's shift, go on in the refiner.
 
 The refiner must share the main checkpoint's latent space and prediction type
 (`webui.core.checkpoints.check_compatible`): SDXL base with the SDXL refiner or another
-SDXL model, SD 1.x with SD 1.x or 2.x (epsilon) models. It is leased through the job's
+SDXL model, SD 1.x with SD 1.x or 2.x (epsilon) models, FLUX.1 with FLUX.1 or Z-Image
+(the same autoencoder), SD 3.5 with SD 3.5; FLUX.1 Fill takes no part (it reads a mask).
+It is leased through the job's
 `JobCheckpoints` (the model manager's cache rules) at its first switch, with the prompt
 encoded by its own text encoders (an SDXL refiner: OpenCLIP bigG alone, plus the
 aesthetic scores of the options `sdxl_refiner_high/low_aesthetic_score`). The job's
