@@ -74,6 +74,7 @@ def _refined(api, refiner: str, at: float = 0.5, **fields) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("main", "other"), [("flux1-tiny", "flux1-tiny-b"),
+                                             ("z-image-tiny", "flux1-tiny"),
                                              ("sd3-tiny", "sd3-tiny-b")])  # fmt: skip
 def test_the_refiner_continues_the_same_schedule(api, main, other):
     """Switch 1.0 is no refiner; the main model as its own refiner changes nothing (the
@@ -163,3 +164,16 @@ def test_previews_go_on_in_the_refiner_steps(api, monkeypatch):
     assert client.post(f"{url}/txt2img", json=body).status_code == 200
     assert [(step, shape) for step, shape, _ in seen] == [(s, (1, 16, 32, 32)) for s in (1, 2, 3)]
     assert seen[-1][2] != seen[0][2]  # the last preview is the refiner's (Z-Image)
+
+
+def test_a_refiner_without_its_module_files_is_a_422(api):
+    url, client = api
+    body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "cfg_scale": 1,
+            "refiner_checkpoint": "z-image-tiny", "refiner_switch_at": 0.5,
+            "override_settings": {"sd_model_checkpoint": "flux1-tiny",
+                                  "forge_additional_modules": MODULES[:3]}}  # fmt: skip
+    response = client.post(f"{url}/txt2img", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "refiner_checkpoint"]
+    assert "qwen" in detail["msg"].lower()

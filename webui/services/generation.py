@@ -180,6 +180,8 @@ class GenerationService:
             overridden = request.override_settings.get(MODULES) is not None
             raise RequestError((OVERRIDES, MODULES) if overridden else (MODULES,), problem)
         self._check_family(request, params, info)
+        if getattr(params, "refiner_checkpoint", None):
+            self._check_refiner(info, params.refiner_checkpoint, modules)
 
     def _check_family(self, request: GenerationRequest, params: Any, info: Any) -> None:
         """What the checkpoint's family cannot run (FLUX's img2img, a sampler or schedule
@@ -198,21 +200,21 @@ class GenerationService:
             problem = self.models.family_problem(info, check_modes, sampler, schedule, job)
             if problem is not None:
                 raise RequestError(loc, problem)
-        if refiner:
-            self._check_refiner(info, params.refiner_checkpoint)
         if getattr(params, "shift", None) is not None and self.models.flow_shift(info) is None:
             raise RequestError(("shift",), no_shift_message(info.name))
         if slg.requested(params) and not self.models.skip_layer_guidance(info):
             raise RequestError(("skip_layer_guidance_scale",), slg.not_for_message(info.name))
 
-    def _check_refiner(self, main: Any, name: str) -> None:
+    def _check_refiner(self, main: Any, name: str, modules: Any) -> None:
         """A refiner that cannot continue the main checkpoint's latents (another latent
-        space) or cannot take over a job (FLUX.1 Fill): a RequestError before queueing."""
+        space), cannot take over a job (FLUX.1 Fill) or lacks a module file (a
+        transformer-only file): a RequestError before the job is queued."""
         try:
             info, loc = self.models.resolve(name), ("refiner_checkpoint",)
         except LookupError:
             return  # an unknown name is refused with the other checkpoints' names
         problem = self.models.family_problem(info, ["refiner"], None, None)
+        problem = problem or self.models.module_problem(info, modules)
         if problem is not None:
             raise RequestError(loc, problem)
         spaces = self.models.latent_space(main), self.models.latent_space(info)
