@@ -57,9 +57,6 @@ def test_same_seed_same_picture_and_the_guidance_matters(api):
 
 
 def test_what_flux_cannot_run_is_refused_before_the_job_is_queued(api):
-    response = _txt2img(api, refiner_checkpoint="flux1-tiny", refiner_switch_at=0.5)
-    message = refusal(response, "refiner_checkpoint")  # was a failed job (custom sigmas)
-    assert "The Refiner does not run with FLUX.1 models" in message
     message = refusal(_txt2img(api, sampler_name="DPM++ 2M"), "sampler_name")
     assert "does not run FLUX models here; choose 'Euler'" in message
     response = _txt2img(api, scheduler="Karras-nonsense")

@@ -9,6 +9,9 @@ offloading), the job's other models wait in system RAM, so that the main model a
 refiner are never both on the GPU unless the cache would keep both. `close` puts the
 models the cache still keeps back on the GPU at the end of the job.
 
+A transformer-only file (FLUX.1, SD 3.5, Z-Image) is completed from the job's module
+files (Forge's "VAE / Text Encoder", `modules`), each checkpoint taking the kinds it lacks.
+
 `networks` (from the worker) puts the job's LoRAs and VAE on each other checkpoint it
 leases, as on the main one, for the job only: `close` takes them off again (A1111 applies
 the job's networks to whichever model runs, the refiner and the hires one too).
@@ -19,7 +22,7 @@ This module must never import a UI library or change global options.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +51,10 @@ class JobCheckpoints:
         main: Lease,
         family: Family,
         networks: Callable[[Lease, Family], AbstractContextManager[Any]] | None = None,
+        modules: Sequence[str] = (),
     ):
         self.models, self.families = models, families
+        self._modules = tuple(modules)  # the job's "VAE / Text Encoder" files (Forge's)
         self._held: dict[Path, tuple[Lease, Family]] = {main.info.path: (main, family)}
         self._networks = networks  # the job's LoRAs and VAE, put on another checkpoint
         self._applied = ExitStack()  # those networks, taken off when the job ends
@@ -67,7 +72,8 @@ class JobCheckpoints:
         held = self._held.get(info.path)
         if held is not None:
             return held
-        lease = self.models.acquire(info)
+        needed = self.models.needed_modules(info, self._modules) if self._modules else ()
+        lease = self.models.acquire(info, needed) if needed else self.models.acquire(info)
         found = (lease, self.families.of(lease.spec))
         self._held[info.path] = found
         if self._networks is not None:

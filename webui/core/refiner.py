@@ -11,11 +11,16 @@ a copy of the main pass's scheduler in its state at the switch (timesteps, step 
 the multistep history), whose `set_timesteps` and `set_begin_index` do nothing, and its
 `prepare_latents` returns the latents as they are (no new noise is drawn, so the
 per-image generators go on with the step noise of ancestral and SDE samplers as in one
-run). Progress, previews and prompt schedules count on from the switch step.
+run). Progress, previews and prompt schedules count on from the switch step. The flow
+pipelines (FLUX.1, SD 3.5, Z-Image) are given the latents as their `latents` (FLUX's
+packed again) and the scheduler's remaining timesteps from its step index: the main
+pass's sigmas, with its model's shift, go on in the refiner.
 
 The refiner must share the main checkpoint's latent space and prediction type
 (`webui.core.checkpoints.check_compatible`): SDXL base with the SDXL refiner or another
-SDXL model, SD 1.x with SD 1.x or 2.x (epsilon) models. It is leased through the job's
+SDXL model, SD 1.x with SD 1.x or 2.x (epsilon) models, FLUX.1 with FLUX.1 or Z-Image
+(the same autoencoder), SD 3.5 with SD 3.5; FLUX.1 Fill takes no part (it reads a mask).
+It is leased through the job's
 `JobCheckpoints` (the model manager's cache rules) at its first switch, with the prompt
 encoded by its own text encoders (an SDXL refiner: OpenCLIP bigG alone, plus the
 aesthetic scores of the options `sdxl_refiner_high/low_aesthetic_score`). The job's
@@ -127,28 +132,33 @@ class RefinerRun:
         remaining = self.run_steps - self.first_step
         batch = latents.shape[0]
         run.progress.text = "Refiner"
+        size = (params.height, params.width)
+        flow = lease.spec.prediction_type == "flow"
         try:
             with (
-                _continuing(pipe, scheduler, latents),
-                family.follow_steps(pipe, conditioning, batch, ngms, first_step=offset) as follow,
-            ):
+                _continuing(pipe, scheduler, latents, flow),
+                family.follow_steps(pipe, conditioning, batch, ngms, first_step=offset,
+                                    size=size) as follow,
+            ):  # fmt: skip
                 latents = pipe(
-                    **conditioning.pipeline_kwargs(),
+                    **family.pipeline_call_kwargs(conditioning, params),  # prompts, guidance
                     image=latents,
                     strength=(remaining + 1e-3) / params.steps,  # starts at the switch step
                     num_inference_steps=params.steps,
-                    guidance_scale=params.cfg_scale,
                     num_images_per_prompt=batch,
                     generator=generators,  # the step noise goes on as in one run
                     callback_on_step_end=follow(_counting_on(on_step, offset, total)),
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="latent",
+                    **({"latents": family.start_latents(pipe, latents)} if flow else {}),
+                    **family.img2img_call_kwargs(*size),  # FLUX: the size of its latents
                     **sampling.pipeline_kwargs,
                     **aesthetic_kwargs(pipe, run.aesthetic_scores),
                 ).images
         finally:
             run.progress.text = ""
             run.checkpoints.use(run.lease)
+        return family.finished_latents(pipe, latents, *size)  # FLUX: unpacked
         return latents
 
     def _leased(self) -> tuple[Any, Any]:
@@ -157,6 +167,7 @@ class RefinerRun:
             lease, family = run.checkpoints.lease(self.params.refiner_checkpoint)
             check_compatible(run.family, family, run.lease.spec, lease.spec, FIELD)
             family.check_mode("img2img")
+            family.check_mode("refiner")  # FLUX.1 Fill reads a mask: it cannot take over
             self._model = (lease, family)
         return self._model
 
@@ -174,21 +185,35 @@ class RefinerRun:
 def _continued(scheduler: Any) -> Any:
     """The scheduler in its current state, under a pipeline call that cannot reset it."""
     twin = copy.copy(scheduler)  # shares its state; the next batch sets the original anew
-    twin.set_timesteps = lambda *args, **kwargs: None
+    twin.set_timesteps = _kept
     twin.set_begin_index = lambda *args, **kwargs: None
     return twin
 
 
+def _kept(num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None,
+          **kwargs) -> None:  # fmt: skip
+    """`set_timesteps` of a continued scheduler: nothing changes (its parameters are named
+    so that the flow pipelines may pass their `sigmas` and `mu`)."""
+
+
 @contextmanager
-def _continuing(pipe: Any, scheduler: Any, latents: torch.Tensor):
-    """For one pipeline call: `scheduler`, and `latents` taken as they are (no noise)."""
+def _continuing(pipe: Any, scheduler: Any, latents: torch.Tensor, flow: bool):
+    """For one pipeline call: `scheduler`, and `latents` taken as they are (no noise).
+    Flow pipelines (FLUX.1, SD 3.5, Z-Image) are given them as `latents` (packed as the
+    family takes them) and run the scheduler's remaining timesteps from its step index
+    (their `get_timesteps` does not round the strength as SD's does)."""
     previous = pipe.scheduler
     pipe.scheduler = scheduler
-    pipe.prepare_latents = lambda *args, **kwargs: latents
+    if flow:
+        rest = scheduler.timesteps[scheduler.step_index :]
+        pipe.get_timesteps = lambda *args, **kwargs: (rest, len(rest) // scheduler.order)
+    else:
+        pipe.prepare_latents = lambda *args, **kwargs: latents
     try:
         yield
     finally:
-        del pipe.prepare_latents
+        pipe.__dict__.pop("prepare_latents", None)
+        pipe.__dict__.pop("get_timesteps", None)
         pipe.scheduler = previous
 
 

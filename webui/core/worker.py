@@ -202,7 +202,9 @@ class Worker:
         setup = partial(_job_setup, params=params, networks=self.networks, vae=opt("sd_vae"))
         with (
             setup(lease, family) as active,
-            JobCheckpoints(models, self.families, lease, family, setup) as checkpoints,
+            JobCheckpoints(
+                models, self.families, lease, family, setup, opt("forge_additional_modules")
+            ) as checkpoints,
         ):
             control = self._control(params, lease, opt, job)  # ControlNet units: maps, models
             run = RunContext(

@@ -240,6 +240,11 @@ class ModelManager:
         header or its folder's model_index.json."""
         return bool(getattr(self._family_of(info), "skip_layer_guidance", False))
 
+    def latent_space(self, info: CheckpointInfo) -> str | None:
+        """The latent space of the checkpoint's family ("flux": FLUX.1 and Z-Image) from
+        its header or its folder's model_index.json; None when it is not identified."""
+        return getattr(self._family_of(info), "latent_space", None)
+
     def family_preset(self, info: CheckpointInfo) -> dict:
         """The defaults of the checkpoint's family (its `preset`: Z-Image Turbo's steps, CFG
         scale, sampler and schedule) from its header or its folder's model_index.json;

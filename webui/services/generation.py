@@ -35,6 +35,7 @@ from ..core.flow_shift import no_shift_message
 from ..core.jobs import Job, JobQueue
 from ..core.params import ParamError, Txt2ImgParams
 from ..core.params_img2img import ExtrasParams, Img2ImgParams, SDUpscaleParams
+from ..errors import UserError
 from ..ext.api import ArgError, Control
 from ..ext.host import ExtensionHost
 from ..imaging.face_restorer_list import (
@@ -179,6 +180,8 @@ class GenerationService:
             overridden = request.override_settings.get(MODULES) is not None
             raise RequestError((OVERRIDES, MODULES) if overridden else (MODULES,), problem)
         self._check_family(request, params, info)
+        if getattr(params, "refiner_checkpoint", None):
+            self._check_refiner(info, params.refiner_checkpoint, modules)
 
     def _check_family(self, request: GenerationRequest, params: Any, info: Any) -> None:
         """What the checkpoint's family cannot run (FLUX's img2img, a sampler or schedule
@@ -201,6 +204,31 @@ class GenerationService:
             raise RequestError(("shift",), no_shift_message(info.name))
         if slg.requested(params) and not self.models.skip_layer_guidance(info):
             raise RequestError(("skip_layer_guidance_scale",), slg.not_for_message(info.name))
+
+    def _check_refiner(self, main: Any, name: str, modules: Any) -> None:
+        """A refiner that cannot continue the main checkpoint's latents (another latent
+        space), cannot take over a job (FLUX.1 Fill) or lacks a module file (a
+        transformer-only file): a RequestError before the job is queued."""
+        try:
+            info, loc = self.models.resolve(name), ("refiner_checkpoint",)
+        except LookupError:
+            return  # an unknown name is refused with the other checkpoints' names
+        problem = self.models.family_problem(info, ["refiner"], None, None)
+        problem = problem or self.models.module_problem(info, modules)
+        if problem is not None:
+            raise RequestError(loc, problem)
+        spaces = self.models.latent_space(main), self.models.latent_space(info)
+        if None not in spaces and spaces[0] != spaces[1]:
+            raise RequestError(loc, f"{info.name} ({self._label(info)}) cannot continue the "
+                               f"latents of {main.name} ({self._label(main)}): different "
+                               "latent spaces")  # fmt: skip
+
+    def _label(self, info: Any) -> str:
+        """A checkpoint's family label ("FLUX.1") from its header, else its name."""
+        try:
+            return self.models.family_label(info)
+        except (UserError, OSError, ValueError):
+            return info.name
 
     def scripts(self, kind: str) -> list[str]:
         """Titles of the scripts a request of `kind` may choose (what GET /scripts lists)."""

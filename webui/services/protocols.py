@@ -51,6 +51,10 @@ class Models(Protocol):
         one), else None: the checkpoint takes no shift (header only)."""
         ...
 
+    def latent_space(self, info: CheckpointInfo) -> str | None:
+        """The latent space of the checkpoint's family (header only); None: unknown."""
+        ...
+
     def skip_layer_guidance(self, info: CheckpointInfo) -> bool:
         """Whether the checkpoint's family runs Skip Layer Guidance (SD 3.5; header only)."""
         ...

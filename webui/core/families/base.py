@@ -66,7 +66,7 @@ class Family(ABC):
     # taesd_encoder.*); None: the family has none (previews fall back to Approx cheap)
     vae_approx: str | None = None
     taesd: str | None = None
-    refiner: bool = True  # A1111's Refiner can take over its jobs (not the flow-matching ones)
+    refiner: bool = True  # A1111's Refiner can take over its jobs, or be one (not Fill)
     # pipeline attributes of its big text encoders (T5-XXL, Qwen3), freed after encoding
     # when the option says so (`model_manager.text_encoder_release`, `text_encoder_from_file`)
     big_text_encoders: tuple[str, ...] = ()
@@ -171,9 +171,9 @@ class Family(ABC):
 
     def check_mode(self, mode: Mode) -> None:
         """Raise a `UserError` when the family cannot do `mode` (the SDXL refiner: txt2img;
-        also "refiner", A1111's Refiner taking over)."""
+        also "refiner": A1111's Refiner taking over its job, or it refining another's)."""
         if mode == "refiner" and not self.refiner:
-            raise UserError(f"The Refiner does not run with {self.label} models yet")
+            raise UserError(f"The Refiner does not run with {self.label} models")
 
     def check_params(self, params: Any) -> None:
         """Raise a `UserError` for a job's setting the family cannot run (FLUX.1 Fill: a

@@ -83,7 +83,6 @@ class FluxFamily(Family):
     folder_classes = frozenset({"FluxPipeline"})
     folder_claims = folder_classes  # pipeline classes of folders it recognises (`accepts`)
     base_scheduler = FLUX_SCHEDULER
-    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # the "Shift" slider's value for "the model's own" (dev: from the image size)
     default_shift = 0.0
     schnell_shift = 1.0  # schnell's schedule is unshifted

@@ -48,6 +48,7 @@ class FluxFillFamily(FluxFamily):
     name = "flux1-fill"
     label = "FLUX.1 Fill"
     folder_classes = frozenset({"FluxFillPipeline"})
+    refiner = False  # it reads a mask in every step: it neither takes nor gives the Refiner
     # a FluxPipeline folder holding a Fill transformer too (told by its in_channels)
     folder_claims = frozenset({"FluxFillPipeline", "FluxPipeline"})
 

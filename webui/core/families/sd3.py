@@ -90,7 +90,6 @@ class SD3Family(Family):
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     # what the UI sets when an SD 3.5 checkpoint is chosen (Stability's Large)
     preset = MappingProxyType({"cfg_scale": 3.5, "sampler": SD3_SAMPLER, "schedule": "Simple"})
-    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     skip_layer_guidance = True  # the generation service refuses SLG for the others
 
     # --- recognition and loading ----------------------------------------------------

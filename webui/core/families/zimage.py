@@ -73,7 +73,6 @@ class ZImageFamily(Family):
     base_scheduler = ZIMAGE_SCHEDULER
     default_shift = DEFAULT_SHIFT  # the model manager tells the UI (the "Shift" slider)
     big_text_encoders = ("text_encoder",)  # Qwen3 (`text_encoder_from_file`)
-    refiner = False  # its sigmas cannot be handed to another checkpoint's scheduler yet
     # what the UI sets when a Z-Image checkpoint is chosen (Turbo: few steps, no CFG)
     preset = MappingProxyType({"steps": DEFAULT_STEPS, "cfg_scale": 1.0,
                                "sampler": ZIMAGE_SAMPLER, "schedule": ZIMAGE_SCHEDULE})  # fmt: skip
