@@ -75,7 +75,7 @@ def _image(value: Any, loc: tuple) -> Image.Image | None:
 def _decoded(unit: Mapping[str, Any], loc: tuple) -> dict[str, Any]:
     """The unit's dict with its images decoded (`{"image": ..., "mask": ...}` too)."""
     values = dict(unit)
-    for key in ("image", "input_image", "mask", "mask_image"):
+    for key in ("image", "input_image", "mask", "mask_image", "effective_region_mask"):
         value = values.get(key)
         if isinstance(value, Mapping) and key in ("image", "input_image"):
             values[key] = _image(value.get("image"), (*loc, key, "image"))
@@ -112,6 +112,11 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
     if clip and found.kind != module.clip_model:
         raise RequestError((*loc, "model"), f"{unit.module} needs "
                            f"{_CLIP_MODELS[module.clip_model][1]}, not {found.label}")  # fmt: skip
+    if unit.effective_region_mask is not None and (
+        found.kind in ("flux-controlnet", "t2i-style") or module.clip == "clip_l"
+    ):
+        raise RequestError((*loc, "effective_region_mask"), f"{found.label} has no region "
+                           "mask (neither in sd-webui-controlnet nor in Forge)")  # fmt: skip
     if found.kind == "flux-controlnet" and unit.control_mode == "My prompt is more important":
         raise RequestError((*loc, "control_mode"), f"{found.label} is a FLUX ControlNet: "
                            "choose Balanced or ControlNet is more important")  # fmt: skip
