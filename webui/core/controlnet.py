@@ -153,7 +153,8 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         if image is None and init:  # the extension: the img2img image, its resize mode
             image = init[0]
             mode = _IMG2IMG_RESIZE[int(getattr(params, "resize_mode", 0)) % 4]
-            mask = getattr(params, "mask", None)
+            if preprocessor_named(unit.module).inpaint:  # the img2img mask is inpaint's only
+                mask = getattr(params, "mask", None)
         if image is None:
             raise UserError(f"ControlNet unit {index}: no image (give one, or use img2img)")
         detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index,

@@ -270,11 +270,9 @@ def detect(unit: ControlUnit, image: Image.Image, mask: Image.Image | None, size
     module = preprocessor_named(unit.module)
     if module is None:
         raise UnitError(0, "module", f"unknown preprocessor {unit.module!r}")
-    if module.inpaint:  # the img2img mask is the inpaint modules' only
-        mask = mask if mask is not None else unit.mask
-    else:  # CLIP modules: their mask is applied to the CLIP input (core/ip_adapter.py)
-        mask = None if module.clip else unit.mask
-    array = _array(image, mask, module.inpaint)
+    mask = mask if mask is not None else unit.mask
+    # CLIP modules: their mask is applied to the CLIP input (core/ip_adapter.py)
+    array = _array(image, None if module.clip else mask, module.inpaint)
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(array.shape, size[0], size[1], resize_mode)
