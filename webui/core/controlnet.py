@@ -50,6 +50,9 @@ preprocessor's control type) as xinsir's pipeline gives it: the hint in a list, 
 one-hot `control_type` and its index. Units sharing one union model share the loaded model
 and run one after the other, each with its own mode (as the extension).
 
+A unit's `effective_region_mask` restricts it to the mask's white area
+(`core/control_region.py`): its residuals, features or image attention are multiplied by it.
+
 Units with weight 0 or without a model do not touch the UNet (weight 0 equals no unit).
 
 This module must never import a UI library.
@@ -70,6 +73,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..imaging.control_preprocessors import fit_map, preprocessor_named
+from .control_region import ip_masks, masked_residuals, region_tensor
 from .controlnet_inpaint import kept_prediction
 from .controlnet_union import mode_index, unit_mode
 from .controlnet_units import Annotate, ControlUnit, detect
@@ -95,6 +99,7 @@ class PreparedUnit:
     keep: bool = False  # inpaint_only keeps the image outside its mask (controlnet_inpaint.py)
     origin: dict[tuple[int, int], tuple] = field(default_factory=dict)  # its latents, by size
     style: StyleUnit | None = None  # a T2I style adapter unit's tokens (then `model` is None)
+    region: torch.Tensor | None = None  # its effective region mask (core/control_region.py)
 
     def hint(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self.hints:
@@ -148,15 +153,15 @@ def prepare_control(params: Any, units: tuple[ControlUnit, ...], load: Callable[
         if image is None and init:  # the extension: the img2img image, its resize mode
             image = init[0]
             mode = _IMG2IMG_RESIZE[int(getattr(params, "resize_mode", 0)) % 4]
-            mask = getattr(params, "mask", None)
+            if preprocessor_named(unit.module).inpaint:  # the img2img mask is inpaint's only
+                mask = getattr(params, "mask", None)
         if image is None:
             raise UserError(f"ControlNet unit {index}: no image (give one, or use img2img)")
         detected = detect(unit, image, mask, size, mode, seed=int(params.seed) + index,
                           annotate=annotate)  # fmt: skip
         model = load(Path(unit.model_path)) if unit.guides else None
-        part = PreparedUnit(
-            unit, index, detected, mode, model, union=_union_index(unit, index, model)
-        )
+        union, region = _union_index(unit, index, model), region_tensor(unit.effective_region_mask)
+        part = PreparedUnit(unit, index, detected, mode, model, union=union, region=region)
         if _is_style(model) or preprocessor_named(unit.module).clip_model == "t2i-style":
             part = _style_part(part, image, clip)
         elif _is_ip(model) or preprocessor_named(unit.module).clip:
@@ -240,6 +245,9 @@ def _style_part(part: PreparedUnit, image: Image.Image, clip: Callable | None) -
     if not _is_style(model):
         raise UserError(f"ControlNet unit {n}: {unit.module} needs the T2I style adapter, not "
                         f"{unit.model_label}")  # fmt: skip
+    if unit.effective_region_mask is not None:
+        raise UserError(f"ControlNet unit {n}: effective_region_mask: the T2I style adapter "
+                        "has no region mask (nor in the extension)")  # fmt: skip
     if clip is None or unit.clip_vision_path is None:
         raise UserError(f"ControlNet unit {n}: no CLIP vision model for {unit.module}")
     style = encode_style(unit, model, clip(Path(unit.clip_vision_path)), image)
@@ -347,7 +355,8 @@ class _ControlState:
                               **_cond_inputs(part, hint))  # fmt: skip
             outputs = [*down, mid]
             scales = _scales(unit, len(outputs), soft_injection(unit, hires))
-            outputs = [o * s for o, s in zip(outputs, scales, strict=False)]
+            outputs = masked_residuals([o * s for o, s in zip(outputs, scales, strict=False)],
+                                       part.region)  # fmt: skip
             if unit.control_mode == "ControlNet is more important":
                 outputs = self._cond_rows_only(outputs, rows)
             if total_down is None:
@@ -371,6 +380,7 @@ class _ControlState:
             scales = _adapter_scales(unit, len(features), soft_injection(unit, hires))
             outputs = [f.to(sample.dtype).expand(rows, -1, -1, -1) * s
                        for f, s in zip(features, scales, strict=True)]  # fmt: skip
+            outputs = masked_residuals(outputs, part.region)
             if unit.control_mode == "ControlNet is more important":
                 outputs = self._cond_rows_only(outputs, rows)
             total = (
@@ -401,6 +411,11 @@ class _ControlState:
                 empty = uncond_rows(rows, self.batch, self.conds)
                 tokens = tokens_for_call(ip_units, self.ip_processors, rows, empty,
                                          self.fraction(), context)  # fmt: skip
+                regions = [ip.region for ip in ip_units]
+                tokens, masks = ip_masks(regions, tokens, tuple(sample.shape[2:]))
+                if masks is not None:
+                    extra = kwargs.get("cross_attention_kwargs") or {}
+                    kwargs["cross_attention_kwargs"] = {**extra, "ip_adapter_masks": masks}
                 args = _set_context(args, kwargs, (context, tokens))
             result = original(sample, timestep, *args, **kwargs)
             return self.keep_unmasked(result, sample, timestep)

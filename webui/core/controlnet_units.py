@@ -72,7 +72,8 @@ class ControlUnit:
     model: str = NO_MODEL  # as listed ("name [hash]") or the bare name
     weight: float = 1.0
     image: Any = None  # PIL image (the API decodes base64); None in img2img: the init image
-    mask: Any = None  # PIL "L" image; white: where inpaint_only repaints
+    mask: Any = None  # PIL "L" image, the image's mask (`_array`: inpaint, CLIP, scribble)
+    effective_region_mask: Any = None  # PIL "L" image; white: where the unit acts
     resize_mode: str = "Crop and Resize"
     processor_res: int = -1  # -1: the module's default
     threshold_a: float = -1
@@ -149,8 +150,11 @@ def unit_from_dict(values: Mapping[str, Any], index: int = 0) -> ControlUnit:
                 given[name] = value
     known = {f.name for f in fields(ControlUnit)} - {"model_path", "model_label",
                                                      "clip_vision_path"}  # fmt: skip
-    unit = ControlUnit(**{k: v for k, v in given.items() if k in known})
-    return checked(unit, index)
+    unit = checked(ControlUnit(**{k: v for k, v in given.items() if k in known}), index)
+    if unit.mask is not None and unit.image is None and not preprocessor_named(unit.module).inpaint:
+        raise UnitError(index, "mask", "is the mask of the unit's own image: give the unit "
+                        "an image too (as the extension)")  # fmt: skip
+    return unit
 
 
 def checked(unit: ControlUnit, index: int = 0) -> ControlUnit:
@@ -239,9 +243,18 @@ def units_from_infotext(params: Mapping[str, str]) -> dict[int, dict[str, Any]]:
 
 
 def _array(image: Image.Image, mask: Image.Image | None, inpaint: bool) -> np.ndarray:
+    """The preprocessor's input, with the image's mask as the extension uses it: inpaint
+    modules get it as a 4th channel (white: repaint); other map modules take a mask that is
+    neither all black nor all white as their input instead of the image (the extension's
+    "canvas scribble" mode); the CLIP modules' mask is applied by `core/ip_adapter.py`."""
     rgb = np.asarray(image.convert("RGB"))
     if not inpaint:
-        return rgb
+        if mask is None:
+            return rgb
+        alpha = np.asarray(mask.convert("L").resize(image.size, Image.Resampling.NEAREST))
+        if (alpha <= 5).all() or (alpha >= 250).all():
+            return rgb
+        return np.repeat(alpha[:, :, None], 3, axis=2)
     alpha = np.zeros(rgb.shape[:2], np.uint8)
     if mask is not None:
         alpha = np.asarray(mask.convert("L").resize(image.size, Image.Resampling.NEAREST))
@@ -257,7 +270,9 @@ def detect(unit: ControlUnit, image: Image.Image, mask: Image.Image | None, size
     module = preprocessor_named(unit.module)
     if module is None:
         raise UnitError(0, "module", f"unknown preprocessor {unit.module!r}")
-    array = _array(image, mask if mask is not None else unit.mask, module.inpaint)
+    mask = mask if mask is not None else unit.mask
+    # CLIP modules: their mask is applied to the CLIP input (core/ip_adapter.py)
+    array = _array(image, None if module.clip else mask, module.inpaint)
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(array.shape, size[0], size[1], resize_mode)

@@ -79,6 +79,9 @@ def check_units(control: JobControl) -> None:
     """A UserError naming the first unit FLUX cannot run."""
     for part in control.units:
         unit, n = part.unit, part.index
+        if part.region is not None or (part.ip is not None and part.ip.region is not None):
+            raise UserError(f"ControlNet unit {n}: effective_region_mask: FLUX ControlNets and "
+                            "IP-Adapters have no region mask (nor in the extension or Forge)")  # fmt: skip
         if part.ip is not None and not getattr(part.ip.model, "flux", False):
             raise UserError(f"ControlNet unit {n}: {unit.model_label} is an SD IP-Adapter; "
                             "FLUX.1 takes XLabs' FLUX IP-Adapter")  # fmt: skip

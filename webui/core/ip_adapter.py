@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .control_region import region_tensor
 from .controlnet_units import ControlUnit
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,18 @@ class IpUnit:
     model: Any  # model_manager.ip_adapter.IpAdapterModel
     cond: torch.Tensor  # (1, tokens, width): the reference image's tokens
     uncond: torch.Tensor  # (1, tokens, width): the unconditional rows' tokens
+    region: torch.Tensor | None = None  # its effective region mask (core/control_region.py)
 
 
 @torch.no_grad()
 def encode_reference(unit: ControlUnit, model: Any, embedder: Any, image: Image.Image) -> IpUnit:
-    """The unit's image tokens (`embedder`: a `ClipVisionEmbedder`)."""
-    pixels = embedder.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    """The unit's image tokens (`embedder`: a `ClipVisionEmbedder`); the unit's mask, if
+    any, is the extension's CLIP mask (`clip_masked_pixels`)."""
+    if unit.mask is None:
+        pixels = embedder.processor(images=[image.convert("RGB")], return_tensors="pt")
+        pixels = pixels["pixel_values"]
+    else:
+        pixels = clip_masked_pixels(embedder.processor, image, unit.mask)
     clip = embedder.model
     pixels = pixels.to(clip.device, clip.dtype)
     if model.plus:
@@ -59,7 +66,20 @@ def encode_reference(unit: ControlUnit, model: Any, embedder: Any, image: Image.
         uncond = torch.zeros_like(cond)
     proj = model.image_proj
     device, dtype = next(proj.parameters()).device, model.dtype
-    return IpUnit(unit, model, proj(cond.to(device, dtype)), proj(uncond.to(device, dtype)))
+    region = region_tensor(unit.effective_region_mask)
+    return IpUnit(unit, model, proj(cond.to(device, dtype)), proj(uncond.to(device, dtype)),
+                  region)  # fmt: skip
+
+
+def clip_masked_pixels(processor: Any, image: Image.Image, mask: Image.Image) -> torch.Tensor:
+    """The CLIP input of `image` with the mask's white area blanked, as the extension's
+    CLIP mask (normalised pixels times 1 - mask); the mask goes through the same resize
+    and crop as the image (an all-black mask changes nothing)."""
+    image = image.convert("RGB")
+    pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
+    mask = mask.convert("L").resize(image.size, Image.Resampling.BILINEAR).convert("RGB")
+    alpha = processor(images=[mask], do_normalize=False, return_tensors="pt")["pixel_values"]
+    return pixels * (1.0 - alpha[:, :1].clamp(0.0, 1.0))
 
 
 @contextmanager

@@ -46,6 +46,9 @@ def check_units(control: JobControl) -> None:
         if part.ip is not None:
             raise UserError(f"ControlNet unit {n}: {unit.model_label} is an IP-Adapter; "
                             "SD 3.5 takes SD 3.5 ControlNets only")  # fmt: skip
+        if part.region is not None:
+            raise UserError(f"ControlNet unit {n}: effective_region_mask: SD 3.5 ControlNets "
+                            "have no region mask (nor in the extension or Forge)")  # fmt: skip
         if part.model is None:
             continue
         if not hasattr(part.model, "pos_embed_input"):

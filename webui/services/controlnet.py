@@ -75,7 +75,7 @@ def _image(value: Any, loc: tuple) -> Image.Image | None:
 def _decoded(unit: Mapping[str, Any], loc: tuple) -> dict[str, Any]:
     """The unit's dict with its images decoded (`{"image": ..., "mask": ...}` too)."""
     values = dict(unit)
-    for key in ("image", "input_image", "mask", "mask_image"):
+    for key in ("image", "input_image", "mask", "mask_image", "effective_region_mask"):
         value = values.get(key)
         if isinstance(value, Mapping) and key in ("image", "input_image"):
             values[key] = _image(value.get("image"), (*loc, key, "image"))
@@ -113,6 +113,11 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
         raise RequestError((*loc, "model"), f"{unit.module} needs "
                            f"{_CLIP_MODELS[module.clip_model][1]}, not {found.label}")  # fmt: skip
     transformer = found.kind in ("flux-controlnet", "sd3-controlnet")  # no UNet levels
+    if unit.effective_region_mask is not None and (
+        transformer or found.kind == "t2i-style" or module.clip == "clip_l"
+    ):
+        raise RequestError((*loc, "effective_region_mask"), f"{found.label} has no region "
+                           "mask (neither in sd-webui-controlnet nor in Forge)")  # fmt: skip
     if transformer and unit.control_mode == "My prompt is more important":
         raise RequestError((*loc, "control_mode"), f"{found.label} is a {found.family} "
                            "ControlNet: choose Balanced or ControlNet is more important")  # fmt: skip

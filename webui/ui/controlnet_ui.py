@@ -59,7 +59,8 @@ _DEFAULTS = {name: module for name, module, _ in CONTROL_TYPES}
 # unit dict key -> the key of its control in `Named` (and in paste_controls)
 FIELDS = ("enabled", "module", "model", "weight", "image", "mask", "resize_mode",
           "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end",
-          "control_mode", "pixel_perfect")  # fmt: skip
+          "control_mode", "pixel_perfect", "effective_region_mask")  # fmt: skip
+_IMAGES = ("image", "mask", "effective_region_mask")
 
 
 def _key(field: str, n: int) -> str:
@@ -118,6 +119,9 @@ def _unit(ctx: AppContext, named: Named, prefix: str, kind: str, n: int, checkpo
                              sources=["upload", "clipboard"], height=256))  # fmt: skip
         preview = gr.Image(label="Preprocessor Preview", interactive=False, height=256,
                            elem_id=_elem(prefix, "preview", n))  # fmt: skip
+        add("effective_region_mask", gr.Image(label="Effective Region Mask", type="pil",
+                                              image_mode="L", sources=["upload", "clipboard"],
+                                              height=256))  # fmt: skip
     control_type = add("control_type", gr.Radio(label="Control Type", value="All",
                                                 choices=[t[0] for t in CONTROL_TYPES]))  # fmt: skip
     with gr.Row():
@@ -205,7 +209,7 @@ def controlnet_request(v: dict[str, Any]) -> dict[str, Any]:
     units = []
     n = 0
     while _key("enabled", n) in v:
-        unit = {field: v[_key(field, n)] for field in FIELDS}
+        unit = {field: v.get(_key(field, n)) for field in FIELDS}
         # the extension's hidden "Union Control Type": the mode of the chosen control type
         unit["union_control_type"] = mode_of_type(str(v.get(_key("control_type", n), "All")))
         if _key("own_image", n) in v and not v[_key("own_image", n)]:
@@ -231,7 +235,7 @@ def paste_controls(tab) -> dict[str, Any]:
         elem = getattr(block, "elem_id", None) or ""
         head, _, rest = elem.partition("_cn")
         number, _, field = rest.partition("_")
-        if head and number.isdigit() and field in FIELDS and field not in ("image", "mask"):
+        if head and number.isdigit() and field in FIELDS and field not in _IMAGES:
             found[f"ControlNet {number} {field}"] = block
     return found
 
