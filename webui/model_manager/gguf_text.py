@@ -1,0 +1,138 @@
+"""GGUF text encoders: city96's T5-XXL encoder files (`t5-v1_1-xxl-encoder-Q8_0.gguf`,
+llama.cpp's architecture "t5encoder") for FLUX.1 and SD 3.5, and Qwen3 files
+(`Qwen3-4B-Q8_0.gguf`, architecture "qwen3") for Z-Image, as ComfyUI-GGUF loads them.
+
+Their tensors carry llama.cpp's names (`enc.blk.N.attn_q.weight`, `token_embd.weight`,
+`blk.N.ffn_gate.weight`, ...); `hf_name` gives transformers' names (`T5EncoderModel`,
+`Qwen3Model`), so the rest of the program sees such a file as it sees a safetensors text
+encoder: `flux_gguf.gguf_shapes` and `read_gguf_state` rename them, `flux_keys.module_kind`
+/ `zimage_keys.module_kind` tell the kind and read the config from the shapes. Qwen3's
+query and key rows are stored in the Hugging Face order (llama.cpp permutes only "llama").
+Tokenizers are the ones the program ships (T5 v1.1, Qwen3), not the file's metadata.
+
+The weights stay quantized (`build_t5` / `build_qwen3`: `flux_gguf.quantized_model`, each
+linear layer dequantized when it runs); the token embeddings and T5's relative position
+bias are dequantized to the compute dtype, as ComfyUI-GGUF does. transformers' own
+`gguf_file=` loading is not used: it dequantizes every weight to full precision.
+
+This module must never import `webui.core` or a UI library.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+T5_ARCHITECTURES = ("t5encoder", "t5")
+QWEN3_ARCHITECTURES = ("qwen3",)
+TEXT_ARCHITECTURES = T5_ARCHITECTURES + QWEN3_ARCHITECTURES
+
+_T5_BLOCK = {  # inside `enc.blk.N.` -> inside `encoder.block.N.`
+    "attn_q": "layer.0.SelfAttention.q",
+    "attn_k": "layer.0.SelfAttention.k",
+    "attn_v": "layer.0.SelfAttention.v",
+    "attn_o": "layer.0.SelfAttention.o",
+    "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias",
+    "attn_norm": "layer.0.layer_norm",
+    "ffn_gate": "layer.1.DenseReluDense.wi_0",
+    "ffn_up": "layer.1.DenseReluDense.wi_1",
+    "ffn_down": "layer.1.DenseReluDense.wo",
+    "ffn_norm": "layer.1.layer_norm",
+}
+_T5_TOP = {"token_embd": "shared", "enc.output_norm": "encoder.final_layer_norm"}
+_QWEN3_BLOCK = {  # inside `blk.N.` -> inside `model.layers.N.`
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
+}
+_QWEN3_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK = re.compile(r"^(enc\.)?blk\.(\d+)\.(\w+)\.(weight|bias)$")
+
+
+def architecture(reader: Any) -> str:
+    """A `GGUFReader`'s `general.architecture`, lower case ("" when it has none)."""
+    field = reader.get_field("general.architecture")
+    return str(field.contents() if field is not None else "").lower()
+
+
+def hf_name(arch: str, name: str) -> str:
+    """transformers' name of a llama.cpp tensor name of a text encoder of architecture
+    `arch`; a name it does not know (a decoder's) is kept."""
+    t5 = arch in T5_ARCHITECTURES
+    block, top = (_T5_BLOCK, _T5_TOP) if t5 else (_QWEN3_BLOCK, _QWEN3_TOP)
+    found = _BLOCK.match(name)
+    if found is not None:
+        encoder, index, part, kind = found.groups()
+        if part in block and bool(encoder) == t5:
+            outer = "encoder.block" if t5 else "model.layers"
+            return f"{outer}.{index}.{block[part]}.{kind}"
+        return name
+    stem, dot, kind = name.rpartition(".")
+    return f"{top[stem]}.{kind}" if dot and stem in top else name
+
+
+def renamed(arch: str, tensors: dict[str, Any]) -> dict[str, Any]:
+    """`tensors` in transformers' names when `arch` is a text encoder's, else as they are."""
+    if arch not in TEXT_ARCHITECTURES:
+        return tensors
+    return {hf_name(arch, name): value for name, value in tensors.items()}
+
+
+def file_architecture(path) -> str:
+    from gguf import GGUFReader
+
+    return architecture(GGUFReader(str(path)))
+
+
+# --- models -----------------------------------------------------------------------------
+def build_t5(model, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """`model` (a `T5EncoderModel` built without weights) given a GGUF file's tensors in
+    transformers' names: the linear layers stay quantized, `encoder.embed_tokens` is
+    `shared`, and the feed-forward blocks no longer cast their input to `wo`'s weight dtype
+    (transformers keeps `wo` in fp32 that way; a quantized weight's dtype is uint8)."""
+    from .flux_gguf import dequantized, quantized_model
+
+    shared = dequantized(state["shared.weight"])
+    state = {**state, "shared.weight": shared, "encoder.embed_tokens.weight": shared}
+    model = quantized_model(model, state, dtype, "T5 text encoder")
+    model.encoder.embed_tokens.weight = model.shared.weight  # one tensor, as trained
+    for block in model.encoder.block:
+        feed_forward = block.layer[-1].DenseReluDense
+        feed_forward.__class__ = _feed_forward_class(type(feed_forward))
+    return model
+
+
+def build_qwen3(model, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """`model` (a `Qwen3Model` built without weights) given a GGUF file's tensors in its
+    names (the `model.` prefix removed): the linear layers stay quantized."""
+    from .flux_gguf import quantized_model
+
+    wanted = set(model.state_dict())
+    state = {k: v for k, v in state.items() if k in wanted}  # no lm_head (`output.weight`)
+    return quantized_model(model, state, dtype, "Qwen3 text encoder")
+
+
+_FEED_FORWARD: dict[type, type] = {}
+
+
+def _feed_forward_class(base: type) -> type:
+    """T5's gated feed-forward block computing `wo` in the dtype of its input."""
+    if base not in _FEED_FORWARD:
+
+        def forward(self, hidden_states):
+            gelu = self.act(self.wi_0(hidden_states))
+            return self.wo(self.dropout(gelu * self.wi_1(hidden_states)))
+
+        _FEED_FORWARD[base] = type(f"GGUF{base.__name__}", (base,), {"forward": forward})
+    return _FEED_FORWARD[base]
