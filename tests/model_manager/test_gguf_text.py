@@ -13,7 +13,7 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear
 
 from tests.tiny_gguf_text import write_qwen3, write_t5
-from webui.model_manager import flux_files, flux_keys, gguf_text, zimage_files, zimage_keys
+from webui.model_manager import flux_files, flux_keys, gguf_names, zimage_files, zimage_keys
 from webui.model_manager.flux_gguf import quant_types
 from webui.model_manager.loader import read_shapes
 from webui.model_manager.modules import ModuleFiles, module_kinds
@@ -49,9 +49,9 @@ def _dequantized_state(path) -> dict[str, torch.Tensor]:
     from gguf import GGUFReader, quants
 
     reader = GGUFReader(str(path))
-    arch = gguf_text.architecture(reader)
+    arch = gguf_names.architecture(reader)
     return {
-        gguf_text.hf_name(arch, t.name): torch.from_numpy(
+        gguf_names.hf_name(arch, t.name): torch.from_numpy(
             np.ascontiguousarray(quants.dequantize(t.data, t.tensor_type)).astype(np.float32)
         ).reshape(tuple(int(n) for n in reversed(t.shape.tolist())))
         for t in reader.tensors
@@ -63,19 +63,19 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_llama_cpp_names_become_transformers_names():
-    assert gguf_text.hf_name("t5encoder", "enc.blk.3.attn_rel_b.weight") == (
+    assert gguf_names.hf_name("t5encoder", "enc.blk.3.attn_rel_b.weight") == (
         "encoder.block.3.layer.0.SelfAttention.relative_attention_bias.weight")  # fmt: skip
-    assert gguf_text.hf_name("t5encoder", "enc.blk.0.ffn_gate.weight") == (
+    assert gguf_names.hf_name("t5encoder", "enc.blk.0.ffn_gate.weight") == (
         "encoder.block.0.layer.1.DenseReluDense.wi_0.weight")  # fmt: skip
-    assert gguf_text.hf_name("t5encoder", "enc.output_norm.weight") == (
+    assert gguf_names.hf_name("t5encoder", "enc.output_norm.weight") == (
         "encoder.final_layer_norm.weight")  # fmt: skip
-    assert gguf_text.hf_name("t5encoder", "token_embd.weight") == "shared.weight"
-    assert gguf_text.hf_name("qwen3", "blk.2.attn_k_norm.weight") == (
+    assert gguf_names.hf_name("t5encoder", "token_embd.weight") == "shared.weight"
+    assert gguf_names.hf_name("qwen3", "blk.2.attn_k_norm.weight") == (
         "model.layers.2.self_attn.k_norm.weight")  # fmt: skip
-    assert gguf_text.hf_name("qwen3", "blk.0.ffn_norm.weight") == (
+    assert gguf_names.hf_name("qwen3", "blk.0.ffn_norm.weight") == (
         "model.layers.0.post_attention_layernorm.weight")  # fmt: skip
-    assert gguf_text.hf_name("qwen3", "output_norm.weight") == "model.norm.weight"
-    assert gguf_text.hf_name("t5encoder", "dec.blk.0.attn_q.weight") == "dec.blk.0.attn_q.weight"
+    assert gguf_names.hf_name("qwen3", "output_norm.weight") == "model.norm.weight"
+    assert gguf_names.hf_name("t5encoder", "dec.blk.0.attn_q.weight") == "dec.blk.0.attn_q.weight"
 
 
 def test_headers_tell_the_kind_and_the_module_list_shows_them(files, tmp_path):
@@ -124,10 +124,47 @@ def test_qwen3_stays_quantized_and_encodes_like_the_full_encoder(files):
                                      _dequantized_state(files["qwen3"]), "model.",
                                      torch.float32)  # fmt: skip
     out = model(ids).last_hidden_state
-    torch.testing.assert_close(out, plain(ids).last_hidden_state, atol=3e-3, rtol=1e-2)  # diffusers: Q8_0 in fp16
+    torch.testing.assert_close(
+        out, plain(ids).last_hidden_state, atol=3e-3, rtol=1e-2
+    )  # diffusers: Q8_0 in fp16
     assert _cosine(out, pipe.text_encoder(ids).last_hidden_state) > 0.99
 
 
 def test_missing_messages_name_the_gguf_files():
     assert "t5-v1_1-xxl-encoder-Q8_0.gguf" in flux_keys.missing_message("f.gguf", ["t5xxl"])
     assert "Qwen3-4B-Q8_0.gguf" in zimage_keys.missing_message("z.gguf", ["qwen3"])
+
+
+def test_a_t5_lora_on_the_gguf_t5(files, tmp_path):
+    """kohya's `lora_te2_` layers on the quantized T5: the same change as on the full T5."""
+    from tests import tiny_encoder_loras as te
+    from webui.core.families import FLUX1
+    from webui.core.prompts import LoraRequest
+    from webui.model_manager.lora import LoraManager
+    from webui.model_manager.network_files import AddnetHashCache
+    from webui.model_manager.registry import HashCache
+    from webui.model_manager.tiny_flux import build_tiny_flux
+
+    pipe = build_tiny_flux(seed=0)
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    te.write(
+        folder / "t5.safetensors", te.encoder_state(pipe.text_encoder_2, "lora_te2_", kohya=True)
+    )
+    manager = LoraManager(
+        folder, HashCache(tmp_path / "c.json"), AddnetHashCache(tmp_path / "a.json")
+    )
+    ids = torch.tensor([[3, 9, 1131, 123, 346, 1]])
+    request = [LoraRequest("t5", 1.0, 1.0)]
+    with torch.no_grad():
+        full = pipe.text_encoder_2(ids)[0]
+        with manager.applied(pipe, request, load=FLUX1.load_lora):
+            expected = pipe.text_encoder_2(ids)[0] - full
+        pipe.text_encoder_2 = _t5(files["t5"])
+        before = pipe.text_encoder_2(ids)[0]
+        with manager.applied(pipe, request, load=FLUX1.load_lora) as applied:
+            assert applied.skipped == [] and applied.warnings == []
+            change = pipe.text_encoder_2(ids)[0] - before
+        assert torch.equal(pipe.text_encoder_2(ids)[0], before)
+    assert expected.abs().max() > 1e-3
+    assert (change - expected).abs().max() < 0.2 * expected.abs().max()

@@ -36,14 +36,10 @@ def is_gguf(path: Path) -> bool:
 
 def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and their logical (torch-order) shapes, without reading the weights;
-    a text encoder's names in transformers' names (`gguf_text`)."""
-    from gguf import GGUFReader
+    a text encoder's in transformers' names (`gguf_names`)."""
+    from .gguf_names import gguf_shapes as shapes
 
-    from .gguf_text import architecture, renamed
-
-    reader = GGUFReader(str(path))
-    shapes = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
-    return renamed(architecture(reader), shapes)
+    return shapes(path)
 
 
 def read_gguf_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -51,7 +47,7 @@ def read_gguf_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     `GGUFParameter`s; a text encoder's in transformers' names (`gguf_text`)."""
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
-    from .gguf_text import file_architecture, renamed
+    from .gguf_names import file_architecture, renamed
 
     state = renamed(file_architecture(path), load_gguf_checkpoint(str(path)))
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

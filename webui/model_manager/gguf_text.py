@@ -3,7 +3,7 @@ llama.cpp's architecture "t5encoder") for FLUX.1 and SD 3.5, and Qwen3 files
 (`Qwen3-4B-Q8_0.gguf`, architecture "qwen3") for Z-Image, as ComfyUI-GGUF loads them.
 
 Their tensors carry llama.cpp's names (`enc.blk.N.attn_q.weight`, `token_embd.weight`,
-`blk.N.ffn_gate.weight`, ...); `hf_name` gives transformers' names (`T5EncoderModel`,
+`blk.N.ffn_gate.weight`, ...); `gguf_names.hf_name` gives transformers' names (`T5EncoderModel`,
 `Qwen3Model`), so the rest of the program sees such a file as it sees a safetensors text
 encoder: `flux_gguf.gguf_shapes` and `read_gguf_state` rename them, `flux_keys.module_kind`
 / `zimage_keys.module_kind` tell the kind and read the config from the shapes. Qwen3's
@@ -20,79 +20,10 @@ This module must never import `webui.core` or a UI library.
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-
-T5_ARCHITECTURES = ("t5encoder", "t5")
-QWEN3_ARCHITECTURES = ("qwen3",)
-TEXT_ARCHITECTURES = T5_ARCHITECTURES + QWEN3_ARCHITECTURES
-
-_T5_BLOCK = {  # inside `enc.blk.N.` -> inside `encoder.block.N.`
-    "attn_q": "layer.0.SelfAttention.q",
-    "attn_k": "layer.0.SelfAttention.k",
-    "attn_v": "layer.0.SelfAttention.v",
-    "attn_o": "layer.0.SelfAttention.o",
-    "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias",
-    "attn_norm": "layer.0.layer_norm",
-    "ffn_gate": "layer.1.DenseReluDense.wi_0",
-    "ffn_up": "layer.1.DenseReluDense.wi_1",
-    "ffn_down": "layer.1.DenseReluDense.wo",
-    "ffn_norm": "layer.1.layer_norm",
-}
-_T5_TOP = {"token_embd": "shared", "enc.output_norm": "encoder.final_layer_norm"}
-_QWEN3_BLOCK = {  # inside `blk.N.` -> inside `model.layers.N.`
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "ffn_norm": "post_attention_layernorm",
-}
-_QWEN3_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_BLOCK = re.compile(r"^(enc\.)?blk\.(\d+)\.(\w+)\.(weight|bias)$")
-
-
-def architecture(reader: Any) -> str:
-    """A `GGUFReader`'s `general.architecture`, lower case ("" when it has none)."""
-    field = reader.get_field("general.architecture")
-    return str(field.contents() if field is not None else "").lower()
-
-
-def hf_name(arch: str, name: str) -> str:
-    """transformers' name of a llama.cpp tensor name of a text encoder of architecture
-    `arch`; a name it does not know (a decoder's) is kept."""
-    t5 = arch in T5_ARCHITECTURES
-    block, top = (_T5_BLOCK, _T5_TOP) if t5 else (_QWEN3_BLOCK, _QWEN3_TOP)
-    found = _BLOCK.match(name)
-    if found is not None:
-        encoder, index, part, kind = found.groups()
-        if part in block and bool(encoder) == t5:
-            outer = "encoder.block" if t5 else "model.layers"
-            return f"{outer}.{index}.{block[part]}.{kind}"
-        return name
-    stem, dot, kind = name.rpartition(".")
-    return f"{top[stem]}.{kind}" if dot and stem in top else name
-
-
-def renamed(arch: str, tensors: dict[str, Any]) -> dict[str, Any]:
-    """`tensors` in transformers' names when `arch` is a text encoder's, else as they are."""
-    if arch not in TEXT_ARCHITECTURES:
-        return tensors
-    return {hf_name(arch, name): value for name, value in tensors.items()}
-
-
-def file_architecture(path) -> str:
-    from gguf import GGUFReader
-
-    return architecture(GGUFReader(str(path)))
 
 
 # --- models -----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .flux_gguf import gguf_shapes, is_gguf
 from .flux_keys import module_kind
+from .gguf_names import gguf_shapes
 from .identify import Shapes
 from .sniff import HeaderError, read_header
 from .zimage_keys import module_kind as zimage_module_kind
@@ -107,7 +107,7 @@ def module_kinds(paths: Iterable[Path]) -> dict[str, Path]:
 def module_shapes(path: Path) -> Shapes:
     """A module file's tensor names and shapes (no weights): a safetensors header, or a
     GGUF file's (a text encoder's in transformers' names). HeaderError when unreadable."""
-    if not is_gguf(path):
+    if path.suffix.lower() != ".gguf":
         return read_header(path).shapes
     try:
         return gguf_shapes(path)

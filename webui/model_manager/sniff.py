@@ -5,9 +5,10 @@ names, shapes and the `__metadata__` strings: kohya's `ss_*` training tags) with
 reading any weight. `sniff` turns that into a `Sniffed`: the kind (checkpoint, LoRA,
 embedding, VAE, ControlNet, upscaler, text encoder, CLIP vision) and the family (SD 1.x,
 SD 2.x, SDXL, SD 3, FLUX, Z-Image) when the names and shapes tell it. `gguf_family` reads a
-GGUF file's architecture (city96's FLUX files: "FLUX"; text encoders: "t5encoder", "qwen3"). Pickled files (`.ckpt`, `.pt`,
-`.pth`) are never opened here (unpickling can run code): their kind comes from the folder
-they are in or the site that offered them.
+GGUF file's architecture (city96's FLUX files: "FLUX"; the text encoders "t5encoder" and
+"qwen3", `gguf_text`). Pickled files (`.ckpt`, `.pt`, `.pth`) are never opened here
+(unpickling can run code): their kind comes from the folder they are in or the site that
+offered them.
 
 This module must never load weights, touch the network or import a UI library.
 """
