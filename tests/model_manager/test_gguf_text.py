@@ -168,3 +168,22 @@ def test_a_t5_lora_on_the_gguf_t5(files, tmp_path):
         assert torch.equal(pipe.text_encoder_2(ids)[0], before)
     assert expected.abs().max() > 1e-3
     assert (change - expected).abs().max() < 0.2 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_sd35_takes_the_gguf_t5_as_its_t5_module(sd3_files, tmp_path):
+    from webui.core.families import default_families
+    from webui.model_manager.loader import load_checkpoint
+
+    gguf = write_t5(sd3_files["pipe"].text_encoder_3, tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    clips = [sd3_files["clip_g"], sd3_files["clip_l"]]
+    families = default_families()
+    model = load_checkpoint(sd3_files["no-encoders"], "cpu", torch.float32, families,
+                            [*clips, gguf])  # fmt: skip
+    assert [p.name for p in model.modules][-1] == gguf.name
+    assert storage(model.pipe.text_encoder_3) == "GGUF Q8_0"
+    full = load_checkpoint(sd3_files["no-encoders"], "cpu", torch.float32, families,
+                           [*clips, sd3_files["t5xxl"]])  # fmt: skip
+    ids = torch.tensor([[3, 9, 1131, 123, 346, 1]])
+    ours, theirs = model.pipe.text_encoder_3(ids)[0], full.pipe.text_encoder_3(ids)[0]
+    assert _cosine(ours, theirs) > 0.99
