@@ -13,12 +13,19 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear
 
 from tests.tiny_gguf_text import write_qwen3, write_t5
-from webui.model_manager import flux_files, flux_keys, gguf_names, zimage_files, zimage_keys
+from webui.model_manager import (
+    flux_files,
+    flux_keys,
+    gguf_names,
+    gguf_text,
+    zimage_files,
+    zimage_keys,
+)
 from webui.model_manager.flux_gguf import quant_types
 from webui.model_manager.loader import read_shapes
 from webui.model_manager.modules import ModuleFiles, module_kinds
 from webui.model_manager.sniff import gguf_family
-from webui.model_manager.weight_storage import storage
+from webui.model_manager.weight_storage import set_compute_dtype, storage
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +106,11 @@ def test_headers_tell_the_kind_and_the_module_list_shows_them(files, tmp_path):
 def test_t5_stays_quantized_and_encodes_like_the_full_encoder(files):
     pipe = files["t5_pipe"]
     model = _t5(files["t5"])
-    assert quant_types(model) == {"Q8_0": 14}  # q, k, v, o, wi_0, wi_1, wo of two blocks
+    assert quant_types(model) == {"Q8_0": 15}  # the embedding; q, k, v, o, wi_0, wi_1, wo x 2
     assert isinstance(model.encoder.block[0].layer[1].DenseReluDense.wo, GGUFLinear)
     assert storage(model) == "GGUF Q8_0"
-    assert model.encoder.embed_tokens.weight is model.shared.weight
+    assert isinstance(model.shared, gguf_text.GGUFEmbedding)
+    assert model.encoder.embed_tokens is model.shared
     ids = pipe.tokenizer_2("a red cube on a table", return_tensors="pt").input_ids
     plain = flux_files.build_t5(flux_keys.t5_config(read_shapes(files["t5"]), ""),
                                 _dequantized_state(files["t5"]), torch.float32)  # fmt: skip
@@ -111,13 +119,16 @@ def test_t5_stays_quantized_and_encodes_like_the_full_encoder(files):
     assert _cosine(out, pipe.text_encoder_2(ids)[0]) > 0.99
     half = _t5(files["t5"], torch.bfloat16)(ids)[0]  # computed in bf16, wo too
     assert half.dtype == torch.bfloat16 and _cosine(half.float(), out) > 0.99
+    set_compute_dtype(model, torch.bfloat16)  # the CPU's bf16 decision, on the loaded model
+    assert torch.equal(model(ids)[0], half) and quant_types(model) == {"Q8_0": 15}
 
 
 @torch.no_grad()
 def test_qwen3_stays_quantized_and_encodes_like_the_full_encoder(files):
     pipe = files["qwen3_pipe"]
     model = _qwen3(files["qwen3"])
-    assert quant_types(model) == {"Q8_0": 14}  # q, k, v, o, gate, up, down of two layers
+    assert quant_types(model) == {"Q8_0": 15}  # the embedding; q, k, v, o, gate, up, down x 2
+    assert isinstance(model.embed_tokens, gguf_text.GGUFEmbedding)
     ids = pipe.tokenizer("a red cube on a table", return_tensors="pt").input_ids
     shapes = read_shapes(files["qwen3"])
     plain = zimage_files.build_qwen3(zimage_keys.qwen3_config(shapes),

@@ -113,7 +113,8 @@ def _set_tensor(model, key: str, value, dtype) -> None:
 
     owner, _, name = key.rpartition(".")
     module = model.get_submodule(owner)
-    if hasattr(value, "quant_type") and (type(module).__name__ != "GGUFLinear" or name != "weight"):
+    takes_quantized = type(module).__name__ in ("GGUFLinear", "GGUFEmbedding")  # gguf_text
+    if hasattr(value, "quant_type") and (not takes_quantized or name != "weight"):
         value = dequantized(value)
     if not hasattr(value, "quant_type"):
         current = getattr(module, name)

@@ -11,8 +11,9 @@ query and key rows are stored in the Hugging Face order (llama.cpp permutes only
 Tokenizers are the ones the program ships (T5 v1.1, Qwen3), not the file's metadata.
 
 The weights stay quantized (`build_t5` / `build_qwen3`: `flux_gguf.quantized_model`, each
-linear layer dequantized when it runs); the token embeddings and T5's relative position
-bias are dequantized to the compute dtype, as ComfyUI-GGUF does. transformers' own
+linear layer dequantized when it runs), the token embeddings too (`GGUFEmbedding`: only the
+rows a prompt looks up are dequantized; ComfyUI-GGUF dequantizes the whole table); T5's
+relative position bias (small) is dequantized to the compute dtype. transformers' own
 `gguf_file=` loading is not used: it dequantizes every weight to full precision.
 
 This module must never import `webui.core` or a UI library.
@@ -20,10 +21,27 @@ This module must never import `webui.core` or a UI library.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
-if TYPE_CHECKING:
-    import torch
+
+class GGUFEmbedding(torch.nn.Embedding):
+    """A token embedding kept quantized: the rows a call looks up are dequantized (GGUF
+    quantizes along a row, so a row is whole blocks) in `compute_dtype`."""
+
+    def __init__(self, weight, compute_dtype: torch.dtype):
+        rows = weight.shape[0]
+        width = weight.quant_shape[1]
+        with torch.device("meta"):
+            super().__init__(rows, width)
+        self.weight = weight
+        self.compute_dtype = compute_dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+        rows = self.weight.as_tensor()[ids.reshape(-1)]
+        values = dequantize_gguf_tensor(GGUFParameter(rows, quant_type=self.weight.quant_type))
+        return values.reshape(*ids.shape, -1).to(self.compute_dtype)
 
 
 # --- models -----------------------------------------------------------------------------
@@ -32,12 +50,14 @@ def build_t5(model, state: dict[str, torch.Tensor], dtype: torch.dtype):
     transformers' names: the linear layers stay quantized, `encoder.embed_tokens` is
     `shared`, and the feed-forward blocks no longer cast their input to `wo`'s weight dtype
     (transformers keeps `wo` in fp32 that way; a quantized weight's dtype is uint8)."""
-    from .flux_gguf import dequantized, quantized_model
+    from .flux_gguf import quantized_model
 
-    shared = dequantized(state["shared.weight"])
-    state = {**state, "shared.weight": shared, "encoder.embed_tokens.weight": shared}
+    shared = state["shared.weight"]
+    if hasattr(shared, "quant_type"):
+        model.shared = model.encoder.embed_tokens = GGUFEmbedding(shared, dtype)
+    state = {**state, "encoder.embed_tokens.weight": shared}
     model = quantized_model(model, state, dtype, "T5 text encoder")
-    model.encoder.embed_tokens.weight = model.shared.weight  # one tensor, as trained
+    model.encoder.embed_tokens = model.shared  # one tensor, as trained
     for block in model.encoder.block:
         feed_forward = block.layer[-1].DenseReluDense
         feed_forward.__class__ = _feed_forward_class(type(feed_forward))
@@ -49,6 +69,9 @@ def build_qwen3(model, state: dict[str, torch.Tensor], dtype: torch.dtype):
     names (the `model.` prefix removed): the linear layers stay quantized."""
     from .flux_gguf import quantized_model
 
+    embedding = state.get("embed_tokens.weight")
+    if hasattr(embedding, "quant_type"):
+        model.embed_tokens = GGUFEmbedding(embedding, dtype)
     wanted = set(model.state_dict())
     state = {k: v for k, v in state.items() if k in wanted}  # no lm_head (`output.weight`)
     return quantized_model(model, state, dtype, "Qwen3 text encoder")
