@@ -198,3 +198,13 @@ def test_sd35_takes_the_gguf_t5_as_its_t5_module(sd3_files, tmp_path):
     ids = torch.tensor([[3, 9, 1131, 123, 346, 1]])
     ours, theirs = model.pipe.text_encoder_3(ids)[0], full.pipe.text_encoder_3(ids)[0]
     assert _cosine(ours, theirs) > 0.99
+
+
+def test_a_gguf_text_encoder_chosen_as_a_checkpoint_says_where_it_goes(files):
+    from webui.core.families import default_families
+    from webui.model_manager.loader import CheckpointLoadError, identify_file
+
+    with pytest.raises(CheckpointLoadError, match="T5-XXL .*text encoder, not a checkpoint"):
+        identify_file(files["t5"], default_families())
+    with pytest.raises(CheckpointLoadError, match="models/text_encoder"):
+        identify_file(files["qwen3"], default_families())
