@@ -45,7 +45,7 @@ SUFFIXES = {
     "vae": (".safetensors", ".pt", ".ckpt"),
     "controlnet": (".safetensors", ".pth", ".ckpt"),
     "upscaler": (".pth", ".pt", ".ckpt", ".safetensors"),
-    "text_encoder": (".safetensors", ".bin"),
+    "text_encoder": (".safetensors", ".bin", ".gguf"),
     "clip_vision": (".safetensors", ".bin"),
 }
 SIDECAR_SUFFIXES = tuple(

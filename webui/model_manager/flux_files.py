@@ -202,9 +202,13 @@ def build_t5(config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """T5's encoder; `encoder.embed_tokens` is `shared` (files keep only `shared.weight`)."""
     from transformers import T5Config, T5EncoderModel
 
+    from . import gguf_text
+    from .flux_gguf import is_quantized
     from .fp8_scaled import take_scales
 
     model = _empty(T5EncoderModel, T5Config(**config))
+    if is_quantized(state):  # a GGUF file: the weights stay quantized
+        return gguf_text.build_t5(model, state, dtype)
     state, scales = take_scales(state)  # t5xxl_fp8_e4m3fn_scaled (`fp8_scaled`)
     state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
     if "shared" in scales:

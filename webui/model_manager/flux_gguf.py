@@ -35,19 +35,21 @@ def is_gguf(path: Path) -> bool:
 
 
 def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and their logical (torch-order) shapes, without reading the weights."""
-    from gguf import GGUFReader
+    """Tensor names and their logical (torch-order) shapes, without reading the weights;
+    a text encoder's in transformers' names (`gguf_names`)."""
+    from .gguf_names import gguf_shapes as shapes
 
-    reader = GGUFReader(str(path))
-    return {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+    return shapes(path)
 
 
 def read_gguf_state(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors of `path` under `prefix` (prefix removed); quantized ones as
-    `GGUFParameter`s."""
+    `GGUFParameter`s; a text encoder's in transformers' names (`gguf_text`)."""
     from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
-    state = load_gguf_checkpoint(str(path))
+    from .gguf_names import file_architecture, renamed
+
+    state = renamed(file_architecture(path), load_gguf_checkpoint(str(path)))
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -96,14 +98,24 @@ def quantized_model(model, converted: dict[str, torch.Tensor], dtype: torch.dtyp
     return model.eval().requires_grad_(False)
 
 
-def _set_tensor(model, key: str, value, dtype) -> None:
+def dequantized(value):
+    """A GGUF tensor's values as a plain tensor (a plain tensor as it is)."""
     import torch
     from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
+    if not hasattr(value, "quant_type"):
+        return value
+    return dequantize_gguf_tensor(value).as_subclass(torch.Tensor)
+
+
+def _set_tensor(model, key: str, value, dtype) -> None:
+    import torch
+
     owner, _, name = key.rpartition(".")
     module = model.get_submodule(owner)
-    if hasattr(value, "quant_type") and (type(module).__name__ != "GGUFLinear" or name != "weight"):
-        value = dequantize_gguf_tensor(value).as_subclass(torch.Tensor)
+    takes_quantized = type(module).__name__ in ("GGUFLinear", "GGUFEmbedding")  # gguf_text
+    if hasattr(value, "quant_type") and (not takes_quantized or name != "weight"):
+        value = dequantized(value)
     if not hasattr(value, "quant_type"):
         current = getattr(module, name)
         if (

@@ -33,7 +33,8 @@ MODULE_HELP = {
     "clip_l": ("the CLIP-L text encoder", "clip_l.safetensors", "text_encoder"),
     "t5xxl": (
         "the T5-XXL text encoder",
-        "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors",
+        "t5xxl_fp16.safetensors, t5xxl_fp8_e4m3fn.safetensors or a GGUF such as "
+        "t5-v1_1-xxl-encoder-Q8_0.gguf",
         "text_encoder",
     ),
 }

@@ -220,8 +220,19 @@ def identify_file(path: Path, families: Sequence[ModelFamily]) -> ModelSpec:
     try:
         spec = identify(read_shapes(path), families)
     except UnsupportedModelError as exc:
-        raise CheckpointLoadError(f"{path.name}: {exc}") from exc
+        raise CheckpointLoadError(f"{path.name}: {_text_encoder_hint(path) or exc}") from exc
     return _named_variant(spec, path, families)
+
+
+def _text_encoder_hint(path: Path) -> str | None:
+    """What to do with a GGUF text encoder (T5-XXL, Qwen3) chosen as a checkpoint."""
+    from .sniff import gguf_family
+
+    family = gguf_family(path) if flux_gguf.is_gguf(path) else ""
+    if not family.startswith(("T5", "Qwen3")):
+        return None
+    return (f"a {family} text encoder, not a checkpoint: put it in models/text_encoder and "
+            'choose it in "VAE / Text Encoder" (API: forge_additional_modules)')  # fmt: skip
 
 
 def _named_variant(spec: ModelSpec, path: Path, families: Sequence[ModelFamily]) -> ModelSpec:

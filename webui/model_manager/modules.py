@@ -5,7 +5,9 @@ transformer alone) is completed with, found in `models/VAE` and `models/text_enc
 A module is named by its file name (`ae.safetensors`), its path relative to its folder,
 or its full path as Forge's `forge_additional_modules` option stores it; only files found
 in the module folders are ever used (`ModuleFiles.resolve`). What each file is ("vae",
-"clip_l", "t5xxl", Z-Image's "qwen3") is read from its safetensors header (`module_kinds`).
+"clip_l", "t5xxl", Z-Image's "qwen3") is read from its safetensors header, or a GGUF text
+encoder's header in transformers' names (`module_shapes`, `gguf_text`: city96's
+`t5-v1_1-xxl-encoder-Q8_0.gguf`, `Qwen3-4B-Q8_0.gguf`).
 
 This module must never import torch or a UI library, and never load weights.
 """
@@ -18,10 +20,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from .flux_keys import module_kind
+from .gguf_names import gguf_shapes
+from .identify import Shapes
 from .sniff import HeaderError, read_header
 from .zimage_keys import module_kind as zimage_module_kind
 
-SUFFIXES = (".safetensors", ".sft")
+SUFFIXES = (".safetensors", ".sft", ".gguf")
 
 
 class UnknownModuleError(LookupError, UserError):
@@ -91,10 +95,21 @@ def module_kinds(paths: Iterable[Path]) -> dict[str, Path]:
     kinds: dict[str, Path] = {}
     for path in paths:
         try:
-            shapes = read_header(path).shapes
+            shapes = module_shapes(path)
             kind = module_kind(shapes) or zimage_module_kind(shapes)
         except (OSError, HeaderError):
             continue
         if kind is not None:
             kinds.setdefault(kind, path)
     return kinds
+
+
+def module_shapes(path: Path) -> Shapes:
+    """A module file's tensor names and shapes (no weights): a safetensors header, or a
+    GGUF file's (a text encoder's in transformers' names). HeaderError when unreadable."""
+    if path.suffix.lower() != ".gguf":
+        return read_header(path).shapes
+    try:
+        return gguf_shapes(path)
+    except Exception as exc:  # a damaged or foreign file: the gguf package raises many kinds
+        raise HeaderError(f"{path.name}: cannot read the GGUF header ({exc})") from exc

@@ -5,9 +5,10 @@ names, shapes and the `__metadata__` strings: kohya's `ss_*` training tags) with
 reading any weight. `sniff` turns that into a `Sniffed`: the kind (checkpoint, LoRA,
 embedding, VAE, ControlNet, upscaler, text encoder, CLIP vision) and the family (SD 1.x,
 SD 2.x, SDXL, SD 3, FLUX, Z-Image) when the names and shapes tell it. `gguf_family` reads a
-GGUF file's architecture (city96's FLUX files: "FLUX"). Pickled files (`.ckpt`, `.pt`,
-`.pth`) are never opened here (unpickling can run code): their kind comes from the folder
-they are in or the site that offered them.
+GGUF file's architecture (city96's FLUX files: "FLUX"; the text encoders "t5encoder" and
+"qwen3", `gguf_text`). Pickled files (`.ckpt`, `.pt`, `.pth`) are never opened here
+(unpickling can run code): their kind comes from the folder they are in or the site that
+offered them.
 
 This module must never load weights, touch the network or import a UI library.
 """
@@ -113,7 +114,11 @@ def gguf_family(path: Path) -> str:
     except Exception as exc:  # a damaged or foreign file: gguf raises many kinds
         log.warning("%s: cannot read the GGUF header (%s)", path.name, exc)
         return ""
-    return {"flux": "FLUX", "sd3": "SD 3"}.get(str(architecture).lower(), "")
+    return _GGUF_FAMILIES.get(architecture, "")
+
+
+_GGUF_FAMILIES = {"flux": "FLUX", "sd3": "SD 3", "qwen3": "Qwen3 (Z-Image)",
+                  "t5encoder": "T5-XXL (FLUX, SD 3)"}  # fmt: skip  # text encoders: gguf_text
 
 
 def _any(keys: dict, *parts: str) -> bool:

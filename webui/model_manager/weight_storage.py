@@ -166,7 +166,8 @@ def set_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
         hook = registry.get_hook("layerwise_casting") if registry is not None else None
         if hook is not None:
             hook.compute_dtype = dtype
-        if hasattr(module, "compute_dtype") and type(module).__name__ == "GGUFLinear":
+        if hasattr(module, "compute_dtype") and type(module).__name__ in ("GGUFLinear",
+                                                                          "GGUFEmbedding"):  # fmt: skip
             module.compute_dtype = dtype
         for name, param in list(module.named_parameters(recurse=False)):
             narrow = param.dtype in FP8_DTYPES or hasattr(param, "quant_type")

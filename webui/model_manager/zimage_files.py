@@ -56,10 +56,14 @@ def build_qwen3(config: dict, state: dict[str, torch.Tensor], prefix: str, dtype
     """Qwen3's decoder stack without the language-model head (`lm_head.weight` is unused)."""
     from transformers import Qwen3Config, Qwen3Model
 
+    from . import gguf_text
+    from .flux_gguf import is_quantized
     from .fp8_scaled import take_scales
 
     model = _empty(Qwen3Model, Qwen3Config(**config))
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if is_quantized(state):  # a GGUF file: the weights stay quantized
+        return gguf_text.build_qwen3(model, state, dtype)
     state, scales = take_scales(state)  # a scaled-fp8 Qwen3 (`fp8_scaled`)
     _assign(model, state, "Qwen3 text encoder")
     return _in_dtype(model, dtype, scales=scales)

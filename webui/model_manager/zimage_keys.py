@@ -89,6 +89,8 @@ def missing_message(file_name: str, missing: list[str] | tuple[str, ...]) -> str
         f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
         for name in missing
     )
+    if "qwen3" in missing:
+        needs += " (or a GGUF Qwen3 such as Qwen3-4B-Q8_0.gguf)"
     return (
         f"{file_name} holds only part of a Z-Image model: it needs {needs}. Put the file in "
         'that folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '

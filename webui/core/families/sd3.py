@@ -47,7 +47,8 @@ from ...model_manager import sd3_files as sf
 from ...model_manager import sd3_keys as sk
 from ...model_manager.identify import ModelSpec, Shapes
 from ...model_manager.loader import MissingModuleError, read_shapes
-from ...model_manager.sniff import HeaderError, read_header
+from ...model_manager.modules import module_shapes
+from ...model_manager.sniff import HeaderError
 from ...model_manager.tokenizers import OPEN_CLIP_PAD_TOKEN, clip_tokenizer, t5_tokenizer
 from .. import skip_layer_guidance as slg
 from ..conditioning import Conditioning, TextEncoderSlot, check_clip_skip
@@ -143,7 +144,7 @@ class SD3Family(Family):
         kinds: dict[str, Path] = {}
         for path in modules:
             try:
-                shapes = read_header(Path(path)).shapes
+                shapes = module_shapes(Path(path))  # safetensors, or a GGUF T5
             except (OSError, HeaderError):
                 continue
             kind = sk.module_kind(shapes, spec.unet["pooled_projection_dim"])
