@@ -83,3 +83,36 @@ def generate(server, units: list | None, route: str = "txt2img", expect: int = 2
     response = post(server, units, route, **extra)
     assert response.status_code == expect, response.text
     return response.json()
+
+
+@contextmanager
+def annotator_server(folder: Path, tiny_files: dict, fill: Callable[[Path], None]) -> Iterator:
+    """`controlnet_server` for the annotator tests: `fill(annotators)` writes the networks
+    into models/ControlNet/annotators, which is the server's `folder`; nothing goes to the
+    network (the downloader records the file in `downloads` and fails)."""
+    with controlnet_server(folder, tiny_files,
+                           lambda data: fill(data / "models" / "ControlNet" / "annotators")) as srv:  # fmt: skip
+        srv.folder = srv.folder / "annotators"
+        srv.downloads = []
+
+        def no_network(name, target, report):
+            srv.downloads.append(name)
+            raise OSError("no network in tests")
+
+        srv.ctx.annotators.download = no_network
+        yield srv
+
+
+def detect(server, module: str, res: int = 64, image: Image.Image | None = None):
+    """/controlnet/detect of one image (the 96x64 `shapes` unless given)."""
+    image = image if image is not None else shapes((96, 64))
+    with httpx.Client(timeout=300, base_url=server.url) as client:
+        return client.post("/controlnet/detect", json={
+            "controlnet_module": module, "controlnet_input_images": [b64(image)],
+            "controlnet_processor_res": res})  # fmt: skip
+
+
+def annotator_txt2img(server, unit: dict) -> httpx.Response:
+    """A 2-step txt2img job with one enabled unit of no model on the 96x64 `shapes`."""
+    unit = {"enabled": True, "image": b64(shapes((96, 64))), "model": "None", **unit}
+    return post(server, [unit], steps=2)

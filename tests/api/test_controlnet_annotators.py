@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.controlnet_api import b64, controlnet_server, picture, post
-from tests.controlnet_api import shapes as _shapes
+from tests.controlnet_api import annotator_server, annotator_txt2img, b64, detect, picture
 
 pytest.importorskip("controlnet_aux")
 
@@ -21,30 +20,11 @@ pytest.importorskip("controlnet_aux")
 def server(tmp_path_factory, tiny_files):
     from webui.model_manager.tiny_annotators import save_random_annotator
 
-    def annotators(data) -> None:
-        save_random_annotator(data / "models" / "ControlNet" / "annotators", "hed", seed=1)
+    def annotators(folder) -> None:
+        save_random_annotator(folder, "hed", seed=1)
 
-    with controlnet_server(tmp_path_factory.mktemp("annotators"), tiny_files, annotators) as srv:
-        srv.folder = srv.folder / "annotators"
-        srv.downloads = []
-
-        def no_network(name, target, report):
-            srv.downloads.append(name)
-            raise OSError("no network in tests")
-
-        srv.ctx.annotators.download = no_network
+    with annotator_server(tmp_path_factory.mktemp("annotators"), tiny_files, annotators) as srv:
         yield srv
-
-
-def shapes():
-    return _shapes((96, 64))
-
-
-def detect(server, module: str, res: int = 64):
-    with httpx.Client(timeout=120, base_url=server.url) as client:
-        return client.post("/controlnet/detect", json={
-            "controlnet_module": module, "controlnet_input_images": [b64(shapes())],
-            "controlnet_processor_res": res})  # fmt: skip
 
 
 def test_the_lists_have_the_annotators(server):
@@ -111,13 +91,8 @@ def test_detect_runs_dwpose_from_its_onnx_files(server):
     assert all(tuple(drawn[int(at(k)[1]), int(at(k)[0])]) == (0, 0, 255) for k in (91, 112))
 
 
-def txt2img(server, unit: dict) -> httpx.Response:
-    unit = {"enabled": True, "image": b64(shapes()), "model": "None", **unit}
-    return post(server, [unit], steps=2)
-
-
 def test_a_job_runs_the_annotator_and_returns_its_map(server):
-    response = txt2img(server, {"module": "hed", "processor_res": 64})
+    response = annotator_txt2img(server, {"module": "hed", "processor_res": 64})
     assert response.status_code == 200, response.text
     images = response.json()["images"]
     assert len(images) == 2  # the image, then the detected map
@@ -127,12 +102,12 @@ def test_a_job_runs_the_annotator_and_returns_its_map(server):
 
 def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    response = txt2img(server, {"module": "openpose_full"})
+    response = annotator_txt2img(server, {"module": "openpose_full"})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert any(d["loc"][-1] == "module" and "body_pose_model.pth" in d["msg"]
                and str(server.folder) in d["msg"] for d in detail), detail  # fmt: skip
-    response = txt2img(server, {"module": "dw_openpose_full"})
+    response = annotator_txt2img(server, {"module": "dw_openpose_full"})
     assert response.status_code == 422, response.text
     said = str(response.json()["detail"])
     assert "yolox_l.onnx" in said and str(server.folder) in said and "yzd-v/DWPose" in said

@@ -6,63 +6,22 @@ server's downloader is replaced by one that records and fails."""
 
 from __future__ import annotations
 
-import base64
-import io
-
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-from tests.conftest import ServerThread, with_tiny_sd1
-from webui.app import create_app
-from webui.settings import parse_flags
+from tests.controlnet_api import annotator_server, annotator_txt2img, detect, picture
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
     from webui.model_manager.tiny_depth_anything import save_tiny_depth_anything
 
-    data = with_tiny_sd1(tmp_path_factory.mktemp("depth_anything"), tiny_files)
-    folder = data / "models" / "ControlNet" / "annotators"
-    save_tiny_depth_anything(folder, "depth_anything_v2", seed=1)
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder, srv.ctx = folder, app.state.ctx
-        srv.downloads = []
+    def annotators(folder) -> None:
+        save_tiny_depth_anything(folder, "depth_anything_v2", seed=1)
 
-        def no_network(name, target, report):
-            srv.downloads.append(name)
-            raise OSError("no network in tests")
-
-        srv.ctx.annotators.download = no_network
+    with annotator_server(tmp_path_factory.mktemp("depth_anything"), tiny_files, annotators) as srv:
         yield srv
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def shapes() -> Image.Image:
-    image = Image.new("RGB", (96, 64), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 10, 40, 50), fill="black")
-    draw.ellipse((50, 5, 90, 45), fill=(200, 30, 30))
-    return image
-
-
-def picture(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data)))
-
-
-def detect(server, module: str, res: int = 64):
-    with httpx.Client(timeout=300, base_url=server.url) as client:
-        return client.post("/controlnet/detect", json={
-            "controlnet_module": module, "controlnet_input_images": [b64(shapes())],
-            "controlnet_processor_res": res})  # fmt: skip
 
 
 def test_listed_under_depth(server):
@@ -93,25 +52,8 @@ def test_missing_weights_are_a_422_naming_file_and_folder(server, monkeypatch):
     assert server.downloads[-1] == "depth_anything_vitl14.pth"
 
 
-BODY = {"prompt": "a house", "steps": 2, "seed": 7, "width": 64, "height": 64,
-        "sampler_name": "Euler", "cfg_scale": 5}  # fmt: skip
-
-
-def txt2img(server, unit: dict) -> httpx.Response:
-    body = {
-        **BODY,
-        "alwayson_scripts": {
-            "controlnet": {
-                "args": [{"enabled": True, "image": b64(shapes()), "model": "None", **unit}]
-            }
-        },
-    }
-    with httpx.Client(timeout=600) as client:
-        return client.post(f"{server.url}/sdapi/v1/txt2img", json=body)
-
-
 def test_a_job_runs_depth_anything_and_returns_its_map(server):
-    response = txt2img(server, {"module": "depth_anything_v2", "processor_res": 64})
+    response = annotator_txt2img(server, {"module": "depth_anything_v2", "processor_res": 64})
     assert response.status_code == 200, response.text
     images = response.json()["images"]
     assert len(images) == 2  # the image, then the detected map
@@ -121,7 +63,7 @@ def test_a_job_runs_depth_anything_and_returns_its_map(server):
 
 def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    response = txt2img(server, {"module": "depth_anything"})
+    response = annotator_txt2img(server, {"module": "depth_anything"})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert any(d["loc"][-1] == "module" and "depth_anything_vitl14.pth" in d["msg"]

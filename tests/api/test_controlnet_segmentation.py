@@ -5,46 +5,28 @@ downloads are off, and UniFormer refused with the preprocessor to use instead.""
 
 from __future__ import annotations
 
-import base64
-import io
-
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-from tests.conftest import ServerThread, with_tiny_sd1
-from webui.app import create_app
+from tests.controlnet_api import annotator_server, b64, detect, picture
+from tests.controlnet_api import shapes as _shapes
 from webui.model_manager.seg_palettes import ADE20K
-from webui.settings import parse_flags
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_files):
     from webui.model_manager.tiny_oneformer import save_tiny_oneformer
 
-    data = with_tiny_sd1(tmp_path_factory.mktemp("segmentation"), tiny_files)
-    folder = data / "models" / "ControlNet" / "annotators"
-    save_tiny_oneformer(folder / "oneformer_ade20k_swin_large", seed=0)
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
-    app = create_app(flags)
-    with ServerThread(app) as srv:
-        srv.folder = folder
+    def annotators(folder) -> None:
+        save_tiny_oneformer(folder / "oneformer_ade20k_swin_large", seed=0)
+
+    with annotator_server(tmp_path_factory.mktemp("segmentation"), tiny_files, annotators) as srv:
         yield srv
 
 
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def shapes() -> Image.Image:
-    image = Image.new("RGB", (96, 64), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((10, 10, 40, 50), fill="black")
-    draw.ellipse((50, 5, 90, 45), fill=(200, 30, 30))
-    return image
+def shapes():
+    return _shapes((96, 64))
 
 
 def test_the_segmentation_type_lists_the_oneformer_preprocessors(server):
@@ -62,17 +44,10 @@ def test_the_segmentation_type_lists_the_oneformer_preprocessors(server):
     assert segmentation["module_list"] == ["none", "oneformer_ade20k", "oneformer_coco"]
 
 
-def detect(server, module: str) -> httpx.Response:
-    with httpx.Client(timeout=120, base_url=server.url) as client:
-        return client.post("/controlnet/detect", json={
-            "controlnet_module": module, "controlnet_input_images": [b64(shapes())],
-            "controlnet_processor_res": 64})  # fmt: skip
-
-
 def test_detect_draws_the_ade20k_colours(server):
     response = detect(server, "seg_ofade20k")  # the label, as clients send it
     assert response.status_code == 200, response.text
-    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    image = picture(response.json()["images"][0])
     pixels = np.asarray(image.convert("RGB"))
     assert image.size == (768, 512)  # its resolution slider is hidden: 512, as the extension
     assert {tuple(int(v) for v in c) for c in pixels.reshape(-1, 3)} <= set(ADE20K)
@@ -120,6 +95,6 @@ def test_a_job_uses_the_map_detect_shows(server):
     assert response.status_code == 200, response.text
     images = response.json()["images"]
     assert len(images) == 2  # the image, then the detected map
-    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(detected.json()["images"][0]))))
-    used = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[1]))).convert("RGB"))
+    shown = np.asarray(picture(detected.json()["images"][0]))
+    used = np.asarray(picture(images[1]).convert("RGB"))
     assert (used == fit_map(shown[:, :, :3], "Crop and Resize", 64, 64)).all()
