@@ -165,19 +165,35 @@ def follow_schedule(
     if conditioning.static:
         yield lambda on_step: on_step
         return
-    state = {"step": first_step, "call": 0}
     schedules = (conditioning.conds[0], conditioning.uncond)  # the pipeline's call order
 
-    def pre_hook(module, args, kwargs):
-        schedule = schedules[min(state["call"], 1)]
-        state["call"] += 1
-        item = schedule.at(state["step"])
+    def swap(state: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        item = schedules[min(state["call"], 1)].at(state["step"])
         rows = kwargs["hidden_states"].shape[0]
         kwargs["encoder_hidden_states"] = item.embeds.to(kwargs["encoder_hidden_states"]).expand(
             rows, -1, -1
         )
         kwargs["pooled_projections"] = item.pooled.to(kwargs["pooled_projections"]).expand(rows, -1)
         return args, kwargs
+
+    with per_step_inputs(pipe, first_step, swap) as wrap:
+        yield wrap
+
+
+@contextmanager
+def per_step_inputs(
+    pipe: Any, first_step: int, swap: Callable[[dict, tuple, dict], tuple[tuple, dict]]
+) -> Iterator[Callable]:
+    """`swap(state, args, kwargs)` changes the transformer's inputs before each call:
+    `state["step"]` is the pipeline's step (counted from `first_step`), `state["call"]` the
+    transformer call within it. Yields the wrapper for the step callback that moves on to
+    the next step (the transformer families' prompt schedules)."""
+    state = {"step": first_step, "call": 0}
+
+    def pre_hook(module, args, kwargs):
+        out = swap(state, args, kwargs)
+        state["call"] += 1
+        return out
 
     def wrap(on_step: Callable) -> Callable:
         def callback(p, i, t, tensors):

@@ -32,7 +32,7 @@ import torch
 from ..errors import UserError
 from .conditioning import Conditioning, Encoded, PromptEncoder, Scheduled, TextEncoding, _pad_all
 from .flow_and import and_parts
-from .flux_text import FluxPromptEncoder
+from .flux_text import FluxPromptEncoder, per_step_inputs
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention, prompt_schedule
 
@@ -117,9 +117,8 @@ def follow_schedule(
     if conditioning.static:
         yield lambda on_step: on_step
         return
-    state = {"step": first_step}
 
-    def pre_hook(module, args, kwargs):
+    def swap(state: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         rows = kwargs["hidden_states"].shape[0]
         step = state["step"]
         parts = [conditioning.conds[0].at(step)]
@@ -135,15 +134,5 @@ def follow_schedule(
         )
         return args, kwargs
 
-    def wrap(on_step: Callable) -> Callable:
-        def callback(p, i, t, tensors):
-            state["step"] = first_step + i + 1
-            return on_step(p, i, t, tensors)
-
-        return callback
-
-    handle = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
+    with per_step_inputs(pipe, first_step, swap) as wrap:
         yield wrap
-    finally:
-        handle.remove()

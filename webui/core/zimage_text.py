@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .conditioning import Conditioning, Encoded, _emphasis
-from .flux_text import scheduled_conditioning
+from .flux_text import per_step_inputs, scheduled_conditioning
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention
 from .transformer_text import clip_skip_warnings, embedding_warnings, named_embeddings
@@ -121,23 +121,12 @@ def follow_schedule(
     if conditioning.static:
         yield lambda on_step: on_step
         return
-    state = {"step": first_step}
 
-    def pre_hook(module, args, kwargs):
+    def swap(state: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         x, t, captions = args[:3]
         cond, uncond = caption_lists(conditioning, state["step"], captions[0].dtype)
         rows = [*cond * batch_size, *uncond * batch_size][: len(captions)]  # CFG: both halves
         return (x, t, rows, *args[3:]), kwargs
 
-    def wrap(on_step: Callable) -> Callable:
-        def callback(p, i, t, tensors):
-            state["step"] = first_step + i + 1
-            return on_step(p, i, t, tensors)
-
-        return callback
-
-    handle = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
+    with per_step_inputs(pipe, first_step, swap) as wrap:
         yield wrap
-    finally:
-        handle.remove()

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .identify import Shapes, UnsupportedModelError, count, hf_clip_config
+from .identify import (
+    Shapes,
+    UnsupportedModelError,
+    count,
+    hf_clip_config,
+    parts_message,
+    rope_axes_of,
+)
 
 DIFFUSION_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
@@ -86,25 +93,13 @@ def module_kind(shapes: Shapes) -> str | None:
 
 def missing_message(file_name: str, missing: list[str] | tuple[str, ...]) -> str:
     """What a transformer-only file lacks, the files that give it and where they go."""
-    needs = "; ".join(
-        f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
-        for name in missing
-    )
-    return (
-        f"{file_name} holds only part of a FLUX model: it needs {needs}. Put the file in that "
-        'folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '
-        "option, e.g. in override_settings)."
-    )
+    return parts_message(file_name, "a FLUX", missing, MODULE_HELP)
 
 
 # --- configs from tensors ---------------------------------------------------------------
 def rope_axes(head_dim: int) -> list[int]:
     """FLUX.1's rotary axes (time, height, width): (16, 56, 56) of a 128-wide head."""
-    first = head_dim // 8
-    side = (head_dim - first) // 2
-    if first % 2 or side % 2 or first + 2 * side != head_dim:
-        raise UnsupportedModelError(f"FLUX head width {head_dim} cannot be split in rotary axes")
-    return [first, side, side]
+    return rope_axes_of(head_dim, head_dim // 8, "FLUX")
 
 
 def transformer_config(shapes: Shapes, prefix: str) -> dict:

@@ -255,3 +255,25 @@ def open_clip_config(shapes: Shapes, prefix: str, with_projection: bool) -> dict
 def v_prediction_key(shapes: Shapes) -> str | None:
     """The prediction type "v_prediction" when the file has a `v_pred` key, else None."""
     return "v_prediction" if "v_pred" in shapes else None
+
+
+def parts_message(file_name: str, model: str, missing: Sequence[str],
+                  helps: dict[str, tuple[str, str, str]], extra: str = "") -> str:  # fmt: skip
+    """What a partial file of `model` ("a FLUX", "an SD 3.5") lacks: for each missing part
+    its description, file and folder (`helps`: part -> (what, file, folder)), `extra` after
+    them, and where to choose them."""
+    needs = "; ".join(f"{helps[n][0]} ({helps[n][1]} in models/{helps[n][2]})" for n in missing)
+    return (
+        f"{file_name} holds only part of {model} model: it needs {needs}{extra}. Put the file "
+        'in that folder and choose it in "VAE / Text Encoder" (API: the '
+        "forge_additional_modules option, e.g. in override_settings)."
+    )
+
+
+def rope_axes_of(head_dim: int, first: int, model: str) -> list[int]:
+    """A DiT's rotary axes (time, height, width) of a `head_dim`-wide head whose time axis
+    takes `first` channels and the two others the rest in halves."""
+    side = (head_dim - first) // 2
+    if first % 2 or side % 2 or first + 2 * side != head_dim:
+        raise UnsupportedModelError(f"{model} head width {head_dim} cannot be split in rotary axes")
+    return [first, side, side]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .flux_keys import clip_l_config, t5_config
 from .flux_keys import vae_config as ldm_vae_config
-from .identify import Shapes, UnsupportedModelError, count
+from .identify import Shapes, UnsupportedModelError, count, parts_message
 
 DIFFUSION_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -133,15 +133,7 @@ def module_kind(shapes: Shapes, pooled_width: int) -> str | None:
 
 def missing_message(file_name: str, missing: list[str] | tuple[str, ...]) -> str:
     """What a partial SD 3.5 file lacks, the files that give it and where they go."""
-    needs = "; ".join(
-        f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
-        for name in missing
-    )
-    return (
-        f"{file_name} holds only part of an SD 3.5 model: it needs {needs}. Put the file in "
-        'that folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '
-        "option, e.g. in override_settings)."
-    )
+    return parts_message(file_name, "an SD 3.5", missing, MODULE_HELP)
 
 
 # --- configs from tensors ---------------------------------------------------------------

@@ -22,7 +22,7 @@ This module reads shapes only: it must never import torch or a UI library.
 
 from __future__ import annotations
 
-from .identify import Shapes, UnsupportedModelError, count
+from .identify import Shapes, UnsupportedModelError, count, parts_message, rope_axes_of
 
 DIFFUSION_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
@@ -85,27 +85,14 @@ def module_kind(shapes: Shapes) -> str | None:
 
 def missing_message(file_name: str, missing: list[str] | tuple[str, ...]) -> str:
     """What a Z-Image transformer file lacks, the files that give it and where they go."""
-    needs = "; ".join(
-        f"{MODULE_HELP[name][0]} ({MODULE_HELP[name][1]} in models/{MODULE_HELP[name][2]})"
-        for name in missing
-    )
-    if "qwen3" in missing:
-        needs += " (or a GGUF Qwen3 such as Qwen3-4B-Q8_0.gguf)"
-    return (
-        f"{file_name} holds only part of a Z-Image model: it needs {needs}. Put the file in "
-        'that folder and choose it in "VAE / Text Encoder" (API: the forge_additional_modules '
-        "option, e.g. in override_settings)."
-    )
+    extra = " (or a GGUF Qwen3 such as Qwen3-4B-Q8_0.gguf)" if "qwen3" in missing else ""
+    return parts_message(file_name, "a Z-Image", missing, MODULE_HELP, extra)
 
 
 # --- configs from tensors ---------------------------------------------------------------
 def rope_axes(head_dim: int) -> list[int]:
     """Z-Image's rotary axes (time, height, width): (32, 48, 48) of a 128-wide head."""
-    first = head_dim // 4
-    side = (head_dim - first) // 2
-    if first % 2 or side % 2 or first + 2 * side != head_dim:
-        raise UnsupportedModelError(f"Z-Image head width {head_dim} cannot be split in rotary axes")
-    return [first, side, side]
+    return rope_axes_of(head_dim, head_dim // 4, "Z-Image")
 
 
 def transformer_config(shapes: Shapes, prefix: str) -> dict:
