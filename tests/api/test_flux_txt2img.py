@@ -59,6 +59,7 @@ def test_txt2img_gives_an_image_with_forges_infotext_and_png_info_reads_it(api):
     read = client.post(f"{url}/png-info", json={"image": answer["images"][0]}).json()
     assert read["parameters"]["Distilled CFG Scale"] in (4.5, "4.5")
     assert read["parameters"]["Module 1"] == "ae"
+    assert read["parameters"]["VAE/TE"] == MODULES  # Forge's: the server's files, by stem
 
 
 def _pixels(response: httpx.Response) -> bytes:
