@@ -47,6 +47,7 @@ def test_txt2img_gives_an_image_with_forges_infotext_and_png_info_reads_it(api):
     read = png_info(api, response)
     assert read["Distilled CFG Scale"] in (4.5, "4.5")
     assert read["Module 1"] == "ae"
+    assert read["VAE/TE"] == MODULES  # Forge's: the server's files, by stem
 
 
 def test_same_seed_same_picture_and_the_guidance_matters(api):

@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ from PIL import Image
 
 from .. import __version__
 from ..core import skip_layer_guidance as slg
+from ..core.infotext_modules import INFOTEXT_KEY as MODULES_KEY
+from ..core.infotext_modules import pasted_modules
 from ..core.jobs import Job
 from ..core.params import Txt2ImgParams
 from ..core.sampler_params import INFOTEXT_FIELDS as SAMPLER_INFOTEXT_FIELDS
@@ -419,8 +421,10 @@ def decode_image(data: str, field: str = "image") -> Image.Image:
         raise FieldError((field,), exc.message) from None
 
 
-def png_info(data: str) -> dict[str, Any]:
-    """A1111's /png-info body: the infotext, other image info items, parsed parameters."""
+def png_info(data: str, module_names: Sequence[str] = ()) -> dict[str, Any]:
+    """A1111's /png-info body: the infotext, other image info items, parsed parameters;
+    with Forge's `Module N` fields also Forge's "VAE/TE": those of `module_names` (the
+    server's module files) they name by stem, and the stems of those it lacks."""
     image = decode_image(data)
     text = read_infotext_from_image(image) or ""
     items = {
@@ -428,4 +432,8 @@ def png_info(data: str) -> dict[str, Any]:
         for k, v in (image.info or {}).items()
         if k != "parameters" and isinstance(v, str | int | float | bool)
     }
-    return {"info": text, "items": json_safe(items), "parameters": json_safe(parse_infotext(text))}
+    parameters = parse_infotext(text)
+    modules = pasted_modules(parameters, module_names)
+    if modules is not None:
+        parameters[MODULES_KEY] = modules.shown()
+    return {"info": text, "items": json_safe(items), "parameters": json_safe(parameters)}

@@ -159,8 +159,8 @@ def _generation_routes(router: APIRouter) -> None:
         return None
 
     @router.post("/png-info", response_model=PNGInfoResponse)
-    def png_info(req: PNGInfoRequest) -> Any:
-        return mapping.png_info(req.image)  # FieldError: 422
+    def png_info(req: PNGInfoRequest, ctx: Ctx) -> Any:
+        return mapping.png_info(req.image, ctx.models.module_files.names())  # FieldError: 422
 
 
 # --- models -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .browser_tab import build_browser_tab, connect_browser_upscale
 from .ext_ui import build_extension_tabs
 from .extensions_tab import build_extensions_tab
 from .extras_tab import build_extras_tab
+from .family_preset import connect_start_preset
 from .habits import HABITS_CSS, connect_habits, habits_head
 from .i18n import head_html
 from .icons import ICONS_CSS, LABELS_JS
@@ -127,8 +128,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         connect_parameter_copy(demo, ctx)  # ↙️ and PNG Info's send-to fill every control
         build_queue_panel(ctx, demo)
         gr.HTML(footer_text(ctx), elem_id="footer")
-        demo.load(quick.refresh_checkpoints, outputs=[checkpoint, quick.notice],
-                  show_progress="hidden")  # fmt: skip
+        loaded = demo.load(quick.refresh_checkpoints, outputs=[checkpoint, quick.notice],
+                           show_progress="hidden")  # fmt: skip
+        # the start-up checkpoint's family preset (unless ui-config.json sets the control)
+        connect_start_preset(ctx, loaded, checkpoint,
+                             {k: tab.named for k, tab in generation.items()}, defaults.saved)  # fmt: skip
     return demo
 
 

@@ -35,10 +35,12 @@ from .common import InputError, owner_of
 from .controlnet_ui import add_controlnet_controls, controlnet_request
 from .ext_ui import extension_inputs
 from .extra_networks import build_prompt_tools, job_warnings
+from .family_preset import wire_family_preset
 from .habits import started_js
 from .icons import icon_button
 from .image_common import Named, OutputPanel, finished_outputs, output_panel, whole
 from .job_stream import TabJobs, finished_status, follow_job, in_thread, submit_job
+from .module_controls import add_module_control, module_overrides
 from .sampler_controls import add_sampler_parameters, add_tiling, sampling_fields
 from .sd3_controls import SHIFT_INFO, shift_value, wire_shift_controls
 from .seed_controls import build_seed_controls, seed_fields, wire_seed_buttons
@@ -106,9 +108,10 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         args = ext.request_args(v)
         args["alwayson"] = {**(args.get("alwayson") or {}), **detailer_request(v)}  # ADetailer
         args["alwayson"].update(controlnet_request(v))  # ControlNet units
-        speed = speed_overrides(v)  # the Speed accordion's values, as override settings
-        if speed:
-            args["override_settings"] = {**(args.get("override_settings") or {}), **speed}
+        # the Speed accordion's and the "VAE / Text Encoder" values, as override settings
+        overrides = {**speed_overrides(v), **module_overrides(v)}
+        if overrides:
+            args["override_settings"] = {**(args.get("override_settings") or {}), **overrides}
         return submit_job(ctx, request, spec.kind, params, **args)
 
     async def run(request: gr.Request, *values):
@@ -140,7 +143,7 @@ def build_generation_tab(ctx: AppContext, checkpoint: gr.Dropdown, spec: TabSpec
         runs.append(event)
     interrupt.click(interrupt_mine, concurrency_limit=None, show_progress="hidden")
     wire_seed_buttons(named, last_seed, last_subseed)
-    wire_guidance_controls(ctx, checkpoint, named)
+    wire_family_preset(ctx, checkpoint, named)  # FLUX.1 dev, SD 3.5, Z-Image Turbo
     wire_shift_controls(ctx, checkpoint, named)  # SD 3.5, FLUX.1, Z-Image
     wire_slg_controls(ctx, checkpoint, named)  # SD 3.5
     return GenerationTab(named, output, extra=buttons, runs=runs)
@@ -211,34 +214,9 @@ def _settings(named: Named, spec: TabSpec) -> None:
             elem_id=f"{prefix}_denoising"))  # fmt: skip
     build_seed_controls(named, prefix)
     named.add("clip_skip", _slider("Clip skip", 1, 12, 1, 1))
+    add_module_control(named, prefix)  # Forge's "VAE / Text Encoder" (the option's value)
     add_sampler_parameters(named, prefix)  # eta, sigma churn..., NGMS (empty: Settings)
     add_speed_controls(named, prefix)  # token merging, DeepCache (empty: Settings > Speed)
-
-
-def wire_guidance_controls(ctx: AppContext, checkpoint, named: Named) -> None:
-    """A checkpoint with distilled guidance (FLUX.1 dev): Forge's "Distilled CFG Scale"
-    slider is shown, and CFG Scale 1 (true CFG off) with Euler / Simple are chosen, as
-    Forge's FLUX preset does; the slider is hidden for the others. A family with a preset
-    (Z-Image Turbo, SD 3.5) sets its steps, CFG scale, sampler and schedule."""
-
-    def show(title: str | None):
-        distilled, family = False, {}
-        if title:
-            try:
-                info = ctx.models.resolve(title)
-                distilled = ctx.models.distilled_guidance(info)
-                family = ctx.models.family_preset(info)  # Z-Image Turbo: 9 steps, CFG 1
-            except LookupError:
-                distilled = False
-        preset = (1, "Euler", "Simple") if distilled else (gr.skip(),) * 3
-        if family:
-            preset = tuple(family[k] for k in ("cfg_scale", "sampler", "schedule"))
-        steps = family.get("steps", gr.skip())
-        return gr.update(visible=distilled), *preset, steps
-
-    outputs = [named["distilled_cfg"], named["cfg"], named["sampler"], named["schedule"],
-               named["steps"]]  # fmt: skip
-    checkpoint.change(show, inputs=checkpoint, outputs=outputs, show_progress="hidden")
 
 
 def _slider(label: str, low: float, high: float, step: float, value: float) -> gr.Slider:

@@ -32,6 +32,8 @@ from .adetailer_ui import ENABLE as ADETAILER_ENABLE
 from .adetailer_ui import MODEL_KEYS as ADETAILER_MODELS
 from .adetailer_ui import PASTE_FIELDS as ADETAILER_FIELDS
 from .common import InputError, owner_of
+from .module_controls import LABEL as MODULES_LABEL
+from .module_controls import module_fill
 from .refiner_controls import ENABLE as REFINER_ENABLE
 from .refiner_controls import refiner_fill, with_checkpoint_titles
 from .sampler_controls import PASTE_FIELDS, RESTORE_FACES, TILING
@@ -296,7 +298,7 @@ def parameter_outputs(controls: dict[str, Any], checkpoint=None) -> list[Any]:
     """The components of a tab that an infotext can fill (and the checkpoint picker)."""
     labels = {label for _, label, _ in FIELDS} | {HIRES_ENABLE, SEED_EXTRA, TILING,
                                                   ADETAILER_ENABLE, RESTORE_FACES,
-                                                  REFINER_ENABLE}  # fmt: skip
+                                                  REFINER_ENABLE, MODULES_LABEL}  # fmt: skip
     found = [c for label, c in controls.items()
              if label in labels or label.startswith("ControlNet ")]  # fmt: skip
     return [*found, checkpoint] if checkpoint is not None else found
@@ -307,6 +309,7 @@ def parameter_updates(ctx, tab_id, controls, outputs, text: str) -> list[Any]:
     fields = with_checkpoint_titles(ctx, parse_infotext(text))  # Refiner, Hires checkpoint
     notes: list[str] = []
     values = fill(fields, controls, tab_id, notes)
+    values.update(module_fill(ctx, fields, controls))  # Forge's "Module N" fields
     picker = any(getattr(c, "elem_id", None) == "sd_checkpoint" for c in outputs)
     named = picker and ("Model" in fields or "Model hash" in fields)
     title = checkpoint_title(ctx, fields) if named else None

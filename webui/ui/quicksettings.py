@@ -8,11 +8,11 @@ checkpoint" notice); the others are the Settings tab's widgets (`option_control`
 A change made by the user applies that option at once, with the Settings tab's checks,
 saving and messages (`settings_tab.apply_option`); the Settings tab then shows the new
 value, and an Apply in the Settings tab redraws the bar. Controls of the generation tabs
-that stand for an option (each tab's SD VAE and Clip skip) take the option's value when
-the page loads and when it is changed here; a job runs with what its tab shows. A value
-set by a script (PNG Info's "send to" sets the checkpoint) changes this page only.
-With --freeze-settings the checkpoint picker still chooses this page's checkpoint (and
-loads it); the other controls cannot be changed.
+that stand for an option (each tab's SD VAE, Clip skip and VAE / Text Encoder) take the
+option's value when the page loads and when it is changed here; a job runs with what its
+tab shows. A value set by a script (PNG Info's "send to" sets the checkpoint and the
+modules) changes this page only. With --freeze-settings the checkpoint picker still
+chooses this page's checkpoint (and loads it); the other controls cannot be changed.
 
 This module must never import torch or diffusers.
 """
@@ -42,8 +42,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIST_KEY = "quicksettings_list"
-# option -> name of the generation tabs' control that follows it (`Named` names)
-TAB_MIRRORS = {"sd_vae": "vae", "CLIP_stop_at_last_layers": "clip_skip"}
+# option -> name of the generation tabs' control that follows it (`Named` names); the
+# modules: Forge's "VAE / Text Encoder" (`module_controls`)
+TAB_MIRRORS = {
+    "sd_vae": "vae",
+    "CLIP_stop_at_last_layers": "clip_skip",
+    "forge_additional_modules": "modules",
+}
 
 
 @dataclass

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE_NAME = "ui-config.json"
-SKIPPED = frozenset({"checkpoint", "vae", "clip_skip"})  # options: the quick-settings bar
+# options: the quick-settings bar sets them
+SKIPPED = frozenset({"checkpoint", "vae", "clip_skip", "modules"})
 KINDS = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.Checkbox, gr.CheckboxGroup, gr.Textbox)
 
 
@@ -49,6 +50,7 @@ class UiDefaults:
     path: Path
     controls: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    saved: frozenset[str] = frozenset()  # the keys ui-config.json gave a value at start
 
 
 def tab_controls(tabs: Mapping[str, Named]) -> dict[str, Any]:
@@ -141,10 +143,11 @@ def apply_ui_defaults(ctx: AppContext, tabs: Mapping[str, Named]) -> UiDefaults:
     """Read ui-config.json and give the tabs' controls its valid values (at start)."""
     path = Path(ctx.flags.data_dir) / FILE_NAME
     controls = tab_controls(tabs)
-    for key, value in valid_defaults(read_ui_config(path), controls).items():
+    saved = valid_defaults(read_ui_config(path), controls)
+    for key, value in saved.items():
         controls[key].value = value
     defaults = {key: shown_value(control, control.value) for key, control in controls.items()}
-    return UiDefaults(path, controls, defaults)
+    return UiDefaults(path, controls, defaults, frozenset(saved))
 
 
 def shown_value(control: Any, value: Any) -> Any:
