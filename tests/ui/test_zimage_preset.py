@@ -34,6 +34,10 @@ def test_choosing_a_z_image_checkpoint_sets_turbos_defaults(data_dir, zimage_fil
                  and any(getattr(o, "label", "") == "CFG Scale" for o in f.outputs)]  # fmt: skip
         assert len(picks) == 3  # one per generation tab, on the user's pick only
         assert all({event for _, event in f.targets} == {"select"} for f in picks)
+        shifts = [f for f in demo.fns.values() if any(getattr(o, "label", "") == "Shift"
+                                                      for o in f.outputs)]  # fmt: skip
+        events = {event for f in shifts for _, event in f.targets}
+        assert "input" not in events and "select" in events  # a lost focus keeps a pasted Shift
         zimage = ctx.models.resolve("z-image-tiny").title
         distilled, cfg, sampler, schedule, steps = preset_updates(ctx, zimage)
         assert distilled["visible"] is False  # no guidance embedding

@@ -7,7 +7,7 @@ scale, sampler and schedule; other checkpoints hide the slider and change nothin
 
 When the preset comes (the three ways the checkpoint picker gets a value):
 - the user picks a checkpoint (its `select` event): the preset, and its Shift default
-  (`sd3_controls`, on `input`);
+  (`sd3_controls`, on `select` too);
 - the page loads (the start-up checkpoint is set by the load event): the preset and the
   Shift default too, except for a control whose default the user saved in ui-config.json
   (Settings > Defaults): that saved value stays, as Forge's "all" preset keeps the

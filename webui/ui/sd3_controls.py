@@ -49,9 +49,14 @@ def shift_shown(ctx: AppContext, title: str | None) -> Any:
 
 
 def wire_shift_controls(ctx: AppContext, checkpoint, named: Named) -> None:
-    """A checkpoint the user picks sets its default shift; any change of checkpoint
-    (pasted parameters too) shows or hides the slider."""
-    checkpoint.input(partial(shift_controls, ctx), inputs=checkpoint, outputs=named["shift"],
-                     show_progress="hidden")  # fmt: skip
+    """A checkpoint the user picks (the dropdown's "select", as the family preset: Gradio
+    also sends "input" when the picker merely loses the focus) sets its default shift; any
+    change of checkpoint (pasted parameters too) shows or hides the slider."""
+
+    def picked(evt: gr.SelectData) -> Any:
+        return shift_controls(ctx, evt.value)
+
+    checkpoint.select(picked, outputs=named["shift"], show_progress="hidden",
+                      trigger_mode="multiple")  # fmt: skip
     checkpoint.change(partial(shift_shown, ctx), inputs=checkpoint, outputs=named["shift"],
                       show_progress="hidden")  # fmt: skip
