@@ -5,6 +5,7 @@ infotext, and PNG Info reading it back."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +49,20 @@ def test_txt2img_gives_an_image_with_forges_infotext_and_png_info_reads_it(api):
     assert read["Distilled CFG Scale"] in (4.5, "4.5")
     assert read["Module 1"] == "ae"
     assert read["VAE/TE"] == MODULES  # Forge's: the server's files, by stem
+
+
+def test_the_infotext_field_brings_its_modules_as_forge_does(api):
+    """A1111 1.10's `infotext` request field: fields not sent come from it; Forge's
+    `Module N` fields choose the job's "VAE / Text Encoder" (matched by stem)."""
+    made = post(api, "txt2img", "flux1-tiny", MODULES)
+    infotext = json.loads(made.json()["info"])["infotexts"][0]
+    again = post(api, "txt2img", "flux1-tiny", None, infotext=infotext)  # no modules sent
+    assert again.status_code == 200, again.text
+    assert pixels(again) == pixels(made)
+    assert "Module 3: t5xxl_fp16" in again.json()["info"]
+    missing = infotext.replace("Module 3: t5xxl_fp16", "Module 3: t5xxl_nowhere")
+    message = refusal(post(api, "txt2img", "flux1-tiny", None, infotext=missing), "infotext")
+    assert "t5xxl_nowhere" in message
 
 
 def test_same_seed_same_picture_and_the_guidance_matters(api):

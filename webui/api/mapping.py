@@ -29,7 +29,7 @@ from PIL import Image
 from .. import __version__
 from ..core import skip_layer_guidance as slg
 from ..core.infotext_modules import INFOTEXT_KEY as MODULES_KEY
-from ..core.infotext_modules import pasted_modules
+from ..core.infotext_modules import infotext_modules, pasted_modules
 from ..core.jobs import Job
 from ..core.params import Txt2ImgParams
 from ..core.sampler_params import INFOTEXT_FIELDS as SAMPLER_INFOTEXT_FIELDS
@@ -82,6 +82,7 @@ _INFOTEXT_FIELDS: dict[str, str] = {
     "Shift": "shift",  # the flow-matching shift (SD 3.5, FLUX.1, Z-Image)
     **slg.INFOTEXT_FIELDS,  # SD 3.5's Skip Layer Guidance
 }
+MODULES_OPTION = "forge_additional_modules"  # set by the infotext's `Module N` (Forge's)
 # infotext field -> the option it sets for the job (A1111's infotext_to_setting_name_mapping)
 _INFOTEXT_OPTIONS: dict[str, str] = {
     "Clip skip": CLIP_SKIP,
@@ -221,6 +222,9 @@ def a1111_loc(loc: tuple[str, ...], req: Any) -> tuple[str, ...]:
         return loc
     if loc[0] == "sampler_name":
         return (_sampler_of(_with_infotext(req))[0], *loc[1:])
+    sent = getattr(req, "override_settings", None) or {}
+    if loc == ("override_settings", MODULES_OPTION) and MODULES_OPTION not in sent:
+        return ("infotext",)  # the modules came from its `Module N` fields
     return (*_PARAM_TO_REQUEST.get(loc[0], loc[:1]), *loc[1:])
 
 
@@ -256,6 +260,9 @@ def _with_infotext(req: Txt2ImgRequest) -> Txt2ImgRequest:
         if key in parsed and option not in overrides:
             overrides[option] = parsed[key]
             updates["override_settings"] = overrides
+    stems = infotext_modules(parsed)  # Forge's `Module N`: the job's "VAE / Text Encoder"
+    if stems and MODULES_OPTION not in overrides:
+        updates["override_settings"] = {**overrides, MODULES_OPTION: stems}
     if "Face restoration" in parsed and "restore_faces" not in req.model_fields_set:
         updates["restore_faces"] = True
     merged = {**req.model_dump(), **updates}

@@ -3,7 +3,8 @@ transformer alone) is completed with, found in `models/VAE` and `models/text_enc
 (and the extra folders the flags add: ComfyUI's `vae`, `text_encoders`, `clip`).
 
 A module is named by its file name (`ae.safetensors`), its path relative to its folder,
-or its full path as Forge's `forge_additional_modules` option stores it; only files found
+its full path as Forge's `forge_additional_modules` option stores it, or its stem as an
+infotext's `Module N` field writes it (`ae`); only files found
 in the module folders are ever used (`ModuleFiles.resolve`). What each file is ("vae",
 "clip_l", "t5xxl", Z-Image's "qwen3") is read from its safetensors header, or a GGUF text
 encoder's header in transformers' names (`module_shapes`, `gguf_text`: city96's
@@ -79,7 +80,8 @@ class ModuleFiles:
                 return module.path
             if any(_relative(module.path, folder) == value for folder in self.folders):
                 return module.path
-        return None
+        # the stem an infotext's `Module N` field names ("ae"), as Forge's paste matches it
+        return next((m.path for m in modules if m.path.stem == value), None)
 
 
 def _relative(path: Path, folder: Path) -> str | None:
