@@ -81,10 +81,10 @@ def test_what_flux_cannot_run_is_refused_before_the_job_is_queued(api):
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "refiner_checkpoint"]
     assert "The Refiner does not run with FLUX.1 models" in detail["msg"]
-    response = _txt2img(api, sampler_name="DPM++ 2M")
+    response = _txt2img(api, sampler_name="DPM++ 2M SDE")
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "sampler_name"]
-    assert "does not run FLUX models here; choose 'Euler'" in detail["msg"]
+    assert "does not run FLUX models here; choose one of: Euler, Heun" in detail["msg"]
     response = _txt2img(api, scheduler="Karras-nonsense")
     assert response.status_code == 422, response.text

@@ -85,11 +85,11 @@ def test_same_seed_same_picture_and_cfg_negative_and_shift_matter(api):
 
 
 def test_what_sd3_cannot_run_is_refused_before_the_job_is_queued(api):
-    response = _txt2img(api, sampler_name="DPM++ 2M")
+    response = _txt2img(api, sampler_name="DPM++ 2M SDE")
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "sampler_name"]
-    assert "does not run SD 3.5 models here; choose 'Euler'" in detail["msg"]
+    assert "does not run SD 3.5 models here; choose one of: Euler, Heun" in detail["msg"]
     response = _txt2img(api, shift=0)
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "shift"]

@@ -32,6 +32,7 @@ import torch
 from ..errors import UserError
 from .conditioning import Conditioning, Encoded, PromptEncoder, Scheduled, TextEncoding, _pad_all
 from .flow_and import and_parts
+from .flow_euler import steps_done
 from .flux_text import FluxPromptEncoder
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention, prompt_schedule
@@ -137,7 +138,7 @@ def follow_schedule(
 
     def wrap(on_step: Callable) -> Callable:
         def callback(p, i, t, tensors):
-            state["step"] = first_step + i + 1
+            state["step"] = first_step + steps_done(p, i)
             return on_step(p, i, t, tensors)
 
         return callback

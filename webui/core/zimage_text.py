@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .conditioning import Conditioning, Encoded, _emphasis
+from .flow_euler import steps_done
 from .flux_text import scheduled_conditioning
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention
@@ -131,7 +132,7 @@ def follow_schedule(
 
     def wrap(on_step: Callable) -> Callable:
         def callback(p, i, t, tensors):
-            state["step"] = first_step + i + 1
+            state["step"] = first_step + steps_done(p, i)
             return on_step(p, i, t, tensors)
 
         return callback
