@@ -73,7 +73,7 @@ def test_same_seed_same_picture_and_the_guidance_matters(api):
 
 
 def test_what_flux_cannot_run_is_refused_before_the_job_is_queued(api):
-    message = refusal(_txt2img(api, sampler_name="DPM++ 2M"), "sampler_name")
-    assert "does not run FLUX models here; choose 'Euler'" in message
+    message = refusal(_txt2img(api, sampler_name="DPM++ 2M SDE"), "sampler_name")
+    assert "does not run FLUX models here; choose one of: Euler, Heun" in message
     response = _txt2img(api, scheduler="Karras-nonsense")
     assert response.status_code == 422, response.text

@@ -63,8 +63,8 @@ def test_same_seed_same_picture_and_cfg_negative_and_shift_matter(api):
 
 
 def test_what_sd3_cannot_run_is_refused_before_the_job_is_queued(api):
-    message = refusal(_txt2img(api, sampler_name="DPM++ 2M"), "sampler_name")
-    assert "does not run SD 3.5 models here; choose 'Euler'" in message
+    message = refusal(_txt2img(api, sampler_name="DPM++ 2M SDE"), "sampler_name")
+    assert "does not run SD 3.5 models here; choose one of: Euler, Heun" in message
     refusal(_txt2img(api, shift=0), "shift")
 
 

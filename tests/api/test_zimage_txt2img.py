@@ -58,9 +58,9 @@ def test_same_seed_same_picture_cfg_and_prompt_editing_matter(api):
 
 
 def test_what_z_image_cannot_run_is_refused_with_a_message(api):
-    response = _txt2img(api, sampler_name="DPM++ 2M")
+    response = _txt2img(api, sampler_name="DPM++ 2M SDE")
     assert response.status_code == 422, response.text
-    assert "does not run Z-Image models here; choose 'Euler'" in response.text
+    assert "does not run Z-Image models here; choose one of: Euler, Heun" in response.text
     response = _txt2img(api, scheduler="Align Your Steps")
     assert response.status_code == 422, response.text
     assert "does not apply to Z-Image; choose one of: Simple, Normal" in response.text

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from .conditioning import Conditioning, Encoded
+from .flow_euler import steps_done
 from .prompts import split_and
 
 # FLUX's and SD 3's transformer keyword arguments that are not per row
@@ -90,7 +91,7 @@ class _Steps:
 
     def wrap(self, on_step: Callable) -> Callable:
         def callback(pipe, i, t, tensors):
-            self.step, self.calls = self.first + i + 1, 0
+            self.step, self.calls = self.first + steps_done(pipe, i), 0
             return on_step(pipe, i, t, tensors)
 
         return callback

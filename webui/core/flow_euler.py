@@ -1,12 +1,16 @@
-"""Euler on a flow-matching schedule: the one sampler of the transformer families
-(FLUX.1, SD 3.5, Z-Image), with the same schedule types for all three.
+"""The samplers of the transformer families (FLUX.1, SD 3.5, Z-Image) on their
+flow-matching schedule, with the same schedule types for all three.
 
 `flow_euler_choice` turns a job's sampler and schedule type into the `SchedulerChoice`
 (other samplers and schedule types are refused with a message naming the family);
-`flow_scheduler` builds diffusers' `FlowMatchEulerDiscreteScheduler` for it on the
-model's schedule config (with the job's shift, `core.flow_shift`, already in it).
+`flow_scheduler` builds the scheduler for it on the model's schedule config (with the
+job's shift, `core.flow_shift`, already in it): diffusers' `FlowMatchEulerDiscreteScheduler`
+for Euler, `core.flow_samplers` for Heun, DPM++ 2M and UniPC, which step on Euler's sigmas.
 Simple, Normal and SGM Uniform are the scheduler's own evenly spaced sigmas (shifted);
 Beta, Karras and Exponential its beta / Karras / exponential spacing.
+Refused: every other A1111 sampler. diffusers has no flow-matching scheduler for them; its
+stochastic flow Euler and flow LCM re-noise each step's predicted image afresh, which is
+neither Euler a nor close to Euler's result at many steps.
 
 This module must never import a UI library.
 """
@@ -21,6 +25,11 @@ from ..errors import UserError
 from .samplers import SchedulerChoice
 
 FLOW_SAMPLER = "Euler"
+# A1111 label -> the scheduler class (diffusers', or `core.flow_samplers`')
+FLOW_SAMPLERS: Mapping[str, str] = MappingProxyType({
+    "Euler": "FlowMatchEulerDiscreteScheduler", "Heun": "FlowHeunScheduler",
+    "DPM++ 2M": "FlowDPMSolverMultistepScheduler", "UniPC": "FlowUniPCMultistepScheduler",
+})  # fmt: skip
 FLOW_SCHEDULES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "Automatic": {}, "Simple": {}, "Normal": {}, "SGM Uniform": {},
     "Beta": {"use_beta_sigmas": True}, "Karras": {"use_karras_sigmas": True},
@@ -31,10 +40,12 @@ FLOW_SCHEDULES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 def flow_euler_choice(who: str, name: str | None, schedule: str | None) -> SchedulerChoice:
     """Euler with one of `FLOW_SCHEDULES` ("Automatic" shows as "Simple"); `who` names the
     family in the messages ("FLUX", "SD 3.5", "Z-Image")."""
-    sampler = name or FLOW_SAMPLER
-    if sampler.lower() not in ("euler", "flow euler"):
-        raise UserError(f"Sampler {sampler!r} does not run {who} models here; "
-                        f"choose {FLOW_SAMPLER!r}")  # fmt: skip
+    asked = name or FLOW_SAMPLER
+    wanted = "euler" if asked.lower() == "flow euler" else asked.lower()
+    sampler = next((k for k in FLOW_SAMPLERS if k.lower() == wanted), None)
+    if sampler is None:
+        raise UserError(f"Sampler {asked!r} does not run {who} models here; choose one of: "
+                        + ", ".join(FLOW_SAMPLERS))  # fmt: skip
     label = schedule or "Automatic"
     wanted = label.lower().replace("_", " ")
     found = next((k for k in FLOW_SCHEDULES if k.lower() == wanted), None)
@@ -42,12 +53,24 @@ def flow_euler_choice(who: str, name: str | None, schedule: str | None) -> Sched
         raise UserError(f"Schedule type {label!r} does not apply to {who}; choose one of: "
                         + ", ".join(k for k in FLOW_SCHEDULES if k != "Automatic"))  # fmt: skip
     shown = "Simple" if found == "Automatic" else found
-    return SchedulerChoice(FLOW_SAMPLER, shown, "FlowMatchEulerDiscreteScheduler",
+    return SchedulerChoice(sampler, shown, FLOW_SAMPLERS[sampler],
                            dict(FLOW_SCHEDULES[found]))  # fmt: skip
 
 
 def flow_scheduler(choice: SchedulerChoice, base_config: Mapping[str, Any]) -> Any:
-    """diffusers' flow-matching Euler scheduler for the choice on the model's config."""
+    """The choice's flow-matching scheduler on the model's config."""
+    if choice.class_name != FLOW_SAMPLERS[FLOW_SAMPLER]:
+        from .flow_samplers import flow_solver
+
+        return flow_solver(choice.class_name, {**base_config, **choice.kwargs})
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
+
+
+def steps_done(pipe: Any, i: int) -> int:
+    """The step the next model call samples, after the pipeline's step callback `i`: a
+    second-order scheduler (Heun, `order` 2) calls the model twice per step but the first,
+    so each text of a prompt schedule keeps its share of the steps (as in A1111)."""
+    order = int(getattr(pipe.scheduler, "order", 1) or 1)
+    return (i + order) // order

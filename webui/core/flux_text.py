@@ -28,6 +28,7 @@ import torch
 
 from .conditioning import Conditioning, Encoded, Scheduled, _emphasis, _token_embedding_fixes
 from .flow_and import and_parts
+from .flow_euler import steps_done
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention, prompt_schedule
 from .transformer_text import (
@@ -197,7 +198,7 @@ def per_step_inputs(
 
     def wrap(on_step: Callable) -> Callable:
         def callback(p, i, t, tensors):
-            state["step"], state["call"] = first_step + i + 1, 0
+            state["step"], state["call"] = first_step + steps_done(p, i), 0
             return on_step(p, i, t, tensors)
 
         return callback

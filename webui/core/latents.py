@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .decode import decode_latents
+from .flow_samplers import heun_strength
 from .noise import NoiseSpec, NoisyScheduler, initial_noise, pure_noise_latents
 from .refiner import aesthetic_kwargs
 from .run import MemoryRun, RunContext
@@ -245,7 +246,7 @@ def denoise(run: RunContext, req: DenoiseRequest, on_step: Callable) -> list:
             mask_image=mask, masked_image_latents=masked_latents, height=height, width=width
         )
     req.generators[:] = kwargs["generator"]
-    with run.family.with_reference(pipe, req.reference):
+    with run.family.with_reference(pipe, req.reference), heun_strength(pipe):
         latents = run.family.finished_latents(pipe, pipe(**kwargs).images, height, width)
     return latents if req.output_type == "latent" else decode_latents(pipe, latents, run.memory)
 

@@ -152,10 +152,13 @@ class UnroundedBlend(SoftBlend):
 
 def _flow_matching(scheduler) -> bool:
     """Whether the scheduler samples a flow-matching schedule, its model output a velocity
-    (diffusers' FlowMatchEulerDiscreteScheduler: FLUX.1's, SD 3.5's and Z-Image's)."""
+    (diffusers' FlowMatchEulerDiscreteScheduler and `core.flow_samplers`' Heun, DPM++ 2M and
+    UniPC: FLUX.1's, SD 3.5's and Z-Image's)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+    from .flow_samplers import FlowSigmas
+
+    return isinstance(scheduler, (FlowMatchEulerDiscreteScheduler, FlowSigmas))
 
 
 def _sigma_space(scheduler) -> bool:
