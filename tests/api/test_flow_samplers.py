@@ -7,23 +7,14 @@ latents, as 8-bit pixels round the difference away.)"""
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.api.flow_soft_inpainting import (
-    _b64,
-    _distance,
-    _images,
-    _init_image,
-    check_soft_inpainting,
-)
-from tests.conftest import ServerThread
-from webui.app import create_app
-from webui.settings import parse_flags
+from tests.api.flow_soft_inpainting import check_soft_inpainting
+from tests.flow_api import b64, distance, flow_server, images, init_image
 
 SAMPLERS = ("Heun", "DPM++ 2M", "UniPC")
 FAMILIES = {
@@ -40,22 +31,16 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, flux_files, sd3_files, zimage_files) -> Iterator[tuple]:
-    data = tmp_path_factory.mktemp("flow-samplers")
-    models = data / "models"
-    checkpoints, vae, encoders = (models / f for f in ("Stable-diffusion", "VAE", "text_encoder"))
-    for folder in (checkpoints, vae, encoders):
-        folder.mkdir(parents=True)
-    shutil.copy(flux_files["transformer"], checkpoints / "flux1-tiny.safetensors")
-    shutil.copy(flux_files["vae"], vae / "ae.safetensors")
-    shutil.copy(flux_files["clip_l"], encoders / "clip_l.safetensors")
-    shutil.copy(flux_files["t5xxl"], encoders / "t5xxl_fp16.safetensors")
-    shutil.copy(sd3_files["all-in-one"], checkpoints / "sd3.5-tiny-aio.safetensors")
-    shutil.copy(zimage_files["transformer"], checkpoints / "z-image-tiny.safetensors")
-    shutil.copy(zimage_files["vae"], vae / "z_ae.safetensors")
-    shutil.copy(zimage_files["qwen3"], encoders / "qwen_3_4b.safetensors")
-    argv = ["--api", "--nowebui", "--data-dir", str(data)]
-    with ServerThread(create_app(parse_flags(argv))) as server, httpx.Client(timeout=900) as c:
-        yield server.url + "/sdapi/v1", c
+    files = {"Stable-diffusion/flux1-tiny.safetensors": flux_files["transformer"],
+             "VAE/ae.safetensors": flux_files["vae"],
+             "text_encoder/clip_l.safetensors": flux_files["clip_l"],
+             "text_encoder/t5xxl_fp16.safetensors": flux_files["t5xxl"],
+             "Stable-diffusion/sd3.5-tiny-aio.safetensors": sd3_files["all-in-one"],
+             "Stable-diffusion/z-image-tiny.safetensors": zimage_files["transformer"],
+             "VAE/z_ae.safetensors": zimage_files["vae"],
+             "text_encoder/qwen_3_4b.safetensors": zimage_files["qwen3"]}  # fmt: skip
+    with flow_server(tmp_path_factory.mktemp("flow-samplers"), files) as api:
+        yield api
 
 
 def _post(api, family: str, kind: str = "txt2img", **fields) -> httpx.Response:
@@ -63,13 +48,13 @@ def _post(api, family: str, kind: str = "txt2img", **fields) -> httpx.Response:
     body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 7,
             "sampler_name": "Euler", **FAMILIES[family], **fields}  # fmt: skip
     if kind == "img2img":
-        body.setdefault("init_images", [_b64(_init_image())])
+        body.setdefault("init_images", [b64(init_image())])
         body.setdefault("denoising_strength", 0.9)
     return client.post(f"{url}/{kind}", json=body)
 
 
 def _image(response: httpx.Response) -> np.ndarray:
-    (image,) = _images(response)
+    (image,) = images(response)
     return image
 
 
@@ -77,18 +62,18 @@ def _image(response: httpx.Response) -> np.ndarray:
 def test_each_sampler_runs_txt2img_and_img2img_and_is_not_euler(api, family):
     euler = _image(_post(api, family))
     euler_img2img = _image(_post(api, family, "img2img"))
-    init = np.asarray(_init_image(), dtype=np.int16)
+    init = np.asarray(init_image(), dtype=np.int16)
     for sampler in SAMPLERS:
         response = _post(api, family, sampler_name=sampler)
         image = _image(response)
-        assert _distance(image, euler) > 0.2, sampler
+        assert distance(image, euler) > 0.2, sampler
         info = response.json()["info"]
         assert f"Sampler: {sampler}, Schedule type: Simple" in info, info
         img2img = _image(_post(api, family, "img2img", sampler_name=sampler))
-        assert _distance(img2img, euler_img2img) > 0.2, sampler
+        assert distance(img2img, euler_img2img) > 0.2, sampler
         # starting lower in the schedule keeps more of the init image
         low = _image(_post(api, family, "img2img", sampler_name=sampler, denoising_strength=0.2))
-        assert 0 < _distance(low, init) < _distance(img2img, init), sampler
+        assert 0 < distance(low, init) < distance(img2img, init), sampler
         kept = _image(_post(api, family, "img2img", sampler_name=sampler, denoising_strength=0))
         assert np.array_equal(kept, init)
 
@@ -107,7 +92,7 @@ def test_schedule_types_hires_fix_and_png_info_with_the_new_samplers(api):
     simple = _image(_post(api, "sd3", sampler_name="DPM++ 2M"))
     karras = _post(api, "sd3", sampler_name="DPM++ 2M", scheduler="Karras")
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in karras.json()["info"]
-    assert _distance(_image(karras), simple) > 0.5
+    assert distance(_image(karras), simple) > 0.5
     url, client = api
     read = client.post(f"{url}/png-info", json={"image": karras.json()["images"][0]}).json()
     assert read["parameters"]["Sampler"] == "DPM++ 2M"
@@ -117,7 +102,7 @@ def test_schedule_types_hires_fix_and_png_info_with_the_new_samplers(api):
     assert _image(response).shape == (96, 96, 3)
     assert "Hires sampler: UniPC" in response.json()["info"]
     same = _image(_post(api, "flux", sampler_name="Heun", hr_sampler_name="Heun", **hires))
-    assert _distance(_image(response), same) > 0.2
+    assert distance(_image(response), same) > 0.2
 
 
 def test_soft_inpainting_with_a_multistep_sampler(api):
