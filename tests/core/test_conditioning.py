@@ -160,6 +160,25 @@ def test_sampling_uses_the_scheduled_prompt_of_each_step(sd1):
         assert torch.equal(ehs[0:1], ugly if step < 3 else empty)
 
 
+def test_a_second_order_sampler_switches_after_its_share_of_steps(sd1):
+    """Heun calls the UNet twice a step (7 calls for 4 steps): `[cat:dog:2]` keeps "cat"
+    for the first 2 steps, whose calls end at Euler's 2nd step timestep, not 2 calls."""
+    from diffusers import HeunDiscreteScheduler
+
+    euler = sd1.scheduler
+    sd1.scheduler = HeunDiscreteScheduler.from_config(euler.config)
+    try:
+        calls, _ = _record_unet_calls(sd1, "[cat:dog:2]")
+    finally:
+        sd1.scheduler = euler
+    encoder = PromptEncoder(sd1, SD1, 1)
+    cat, dog = encoder.encode("cat").embeds, encoder.encode("dog").embeds
+    assert len(calls) == 7
+    texts = ["cat" if torch.equal(c[1:2], cat) else "dog" if torch.equal(c[1:2], dog) else "?"
+             for c in calls]  # fmt: skip
+    assert texts == ["cat", "cat", "cat", "dog", "dog", "dog", "dog"]
+
+
 def test_alternation_changes_every_step(sd1):
     calls, _ = _record_unet_calls(sd1, "[cat|dog]", steps=3)
     encoder = PromptEncoder(sd1, SD1, 1)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from webui.core.flow_euler import flow_euler_choice, flow_scheduler, steps_done
+from webui.core.flow_euler import flow_euler_choice, flow_scheduler
+from webui.core.samplers import steps_done
 from webui.errors import UserError
 from webui.model_manager.flux_keys import FLUX_SCHEDULER
 

@@ -37,6 +37,7 @@ import torch
 
 from .conditioning import Conditioning
 from .sampler_params import NGMS_OFF, Ngms
+from .samplers import steps_done
 
 SigmaOf = Callable[[float], float]  # timestep -> sigma on the model's noise schedule
 
@@ -147,8 +148,8 @@ class _StepConditioner:
             return (result, *output[1:])
         return type(output)(sample=result)
 
-    def on_step_end(self, i: int) -> None:
-        self.step = self.first_step + i + 1
+    def on_step_end(self, done: int) -> None:
+        self.step = self.first_step + done
 
 
 @contextmanager
@@ -180,7 +181,7 @@ def hooked(
 
     def wrap(callback):
         def on_step_end(pipe, i, t, tensors):
-            state.on_step_end(i)
+            state.on_step_end(steps_done(pipe, i))  # Heun, DPM2: two UNet calls a step
             return callback(pipe, i, t, tensors) if callback else {}
 
         return on_step_end

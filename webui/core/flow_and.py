@@ -46,8 +46,8 @@ from typing import Any
 import torch
 
 from .conditioning import Conditioning, Encoded
-from .flow_euler import steps_done
 from .prompts import split_and
+from .samplers import steps_done
 
 # FLUX's and SD 3's transformer keyword arguments that are not per row
 _NOT_ROWS = frozenset({"img_ids", "txt_ids", "joint_attention_kwargs", "return_dict",

@@ -66,11 +66,3 @@ def flow_scheduler(choice: SchedulerChoice, base_config: Mapping[str, Any]) -> A
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **choice.kwargs)
-
-
-def steps_done(pipe: Any, i: int) -> int:
-    """The step the next model call samples, after the pipeline's step callback `i`: a
-    second-order scheduler (Heun, `order` 2) calls the model twice per step but the first,
-    so each text of a prompt schedule keeps its share of the steps (as in A1111)."""
-    order = int(getattr(pipe.scheduler, "order", 1) or 1)
-    return (i + order) // order

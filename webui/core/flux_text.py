@@ -28,9 +28,9 @@ import torch
 
 from .conditioning import Conditioning, Encoded, Scheduled, _emphasis, _token_embedding_fixes
 from .flow_and import and_parts
-from .flow_euler import steps_done
 from .prompt_limits import check_prompts
 from .prompts import extract_extra_networks, parse_attention, prompt_schedule
+from .samplers import steps_done
 from .transformer_text import (
     CLIP_L_KEY,
     clip_l_ids,

@@ -441,3 +441,13 @@ def _unknown_sampler_message(given: str, key: str | None = None) -> str:
             f"{UNSUPPORTED_SAMPLERS[name]}"
         )
     return f"Unknown sampler {given!r}; choose one of: {', '.join(SAMPLERS)}"
+
+
+def steps_done(pipe: Any, i: int) -> int:
+    """The step whose text the next model call takes, after the pipeline's step callback
+    `i` (one per model call): a second-order scheduler (Heun, DPM2; `order` 2) calls the
+    model twice per step, its corrector at the next step's sigma, which takes that step's
+    text; so each text of a prompt schedule keeps its share of the sampling steps, as in
+    A1111, instead of switching after its share of model calls."""
+    order = int(getattr(pipe.scheduler, "order", 1) or 1)
+    return (i + order) // order
