@@ -46,7 +46,7 @@ def test_generate_in_the_browser(browser, server, tmp_path, data_dir):
     # the checkpoint list is filled when the page loads
     page.wait_for_function(
         "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
-        timeout=30_000,
+        timeout=90_000,
     )
     page.get_by_role("button", name="Generate", exact=True).click()
     gallery_image = page.locator("#txt2img_gallery img").first
@@ -68,7 +68,7 @@ def test_no_checkpoint_notice(browser, tmp_path, tiny_files):
         page = browser.new_page()
         page.goto(srv.url, wait_until="load")
         notice = page.locator("#no_checkpoint")
-        notice.wait_for(state="visible", timeout=30_000)
+        notice.wait_for(state="visible", timeout=90_000)
         assert "No checkpoint found" in notice.inner_text()
         # dropping a file in and pressing refresh fills the list
         folder = tmp_path / "models" / "Stable-diffusion"
@@ -76,7 +76,7 @@ def test_no_checkpoint_notice(browser, tmp_path, tiny_files):
         page.locator("#refresh_checkpoints").click()
         page.wait_for_function(
             "() => document.querySelector('#sd_checkpoint input')?.value.includes('fresh')",
-            timeout=30_000,
+            timeout=90_000,
         )
         page.close()
 

@@ -52,7 +52,7 @@ def upload_to_editor(page, path: Path) -> None:
             page.reload(wait_until="load")
         wait_for_checkpoint(page)
         open_tab(page, "Inpaint")
-        page.wait_for_function(zoom, arg=0, timeout=30_000)
+        page.wait_for_function(zoom, arg=0, timeout=90_000)
         page.locator("#inpaint_editor input[type=file]").set_input_files(str(path))
         try:
             page.wait_for_function(zoom, arg=100, timeout=15_000)
@@ -115,7 +115,7 @@ def test_inpaint_with_a_drawn_mask(browser, server, tmp_path):  # noqa: F811
 
     # the result goes over to img2img with its prompt
     page.locator("#inpaint_send_to_img2img").click()
-    page.locator("#img2img_image img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#img2img_image img").first.wait_for(state="visible", timeout=90_000)
     assert page.locator("#img2img_prompt textarea").input_value() == "a red door"
     page.close()
 
@@ -127,10 +127,10 @@ def test_upscale_tab_and_a_bad_upload(browser, server, tmp_path):  # noqa: F811
     page.goto(srv.url, wait_until="load")
     open_tab(page, "Upscale")
     page.locator("#extras_image input[type=file]").set_input_files(str(tmp_path / "small.png"))
-    page.locator("#extras_image img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#extras_image img").first.wait_for(state="visible", timeout=90_000)
     upscaler = page.locator("#extras_upscaler_1 input")
     upscaler.fill("4x-tiny")
-    page.get_by_role("option", name="4x-tiny").click(timeout=30_000)  # picked, not typed
+    page.get_by_role("option", name="4x-tiny").click(timeout=90_000)  # picked, not typed
     for _ in range(120):  # the choice reaches the input (slow on a busy machine)
         if upscaler.input_value() == "4x-tiny":
             break
@@ -139,7 +139,7 @@ def test_upscale_tab_and_a_bad_upload(browser, server, tmp_path):  # noqa: F811
     set_number(page.locator("#tab_extras"), "Resize", 2)
     page.locator("#extras_generate").click()
     page.locator("#extras_gallery img").first.wait_for(state="visible", timeout=120_000)
-    page.wait_for_selector("#extras_infotext pre", timeout=30_000)
+    page.wait_for_selector("#extras_infotext pre", timeout=90_000)
     infotext = page.locator("#extras_infotext pre").inner_text()
     assert "Postprocess upscale by: 2" in infotext and "Postprocess upscaler: 4x-tiny" in infotext
     (saved,) = (data / "outputs" / "extras-images").glob("*/*.png")
@@ -153,7 +153,7 @@ def test_upscale_tab_and_a_bad_upload(browser, server, tmp_path):  # noqa: F811
     page.wait_for_timeout(1000)
     page.locator("#extras_generate").click()
     error = page.get_by_text("not an image", exact=False).first
-    error.wait_for(state="visible", timeout=30_000)
+    error.wait_for(state="visible", timeout=90_000)
     assert "notes.txt" in error.inner_text()
     assert len(list((data / "outputs" / "extras-images").glob("*/*.png"))) == 1
     page.close()

@@ -21,7 +21,7 @@ def test_interrogate_buttons_fill_the_prompt(browser, image_tabs_server, tmp_pat
     page.goto(srv.url, wait_until="load")
     page.get_by_role("tab", name="img2img", exact=True).first.click()
     page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "in.png"))
-    page.locator("#img2img_image img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#img2img_image img").first.wait_for(state="visible", timeout=90_000)
     prompt = page.locator("#img2img_prompt textarea")
 
     page.locator("#img2img_deepbooru").click()

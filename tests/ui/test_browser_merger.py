@@ -44,5 +44,5 @@ def test_merge_two_checkpoints_in_the_tab(browser, server, data_dir):
     page.locator("#modelmerger_result").get_by_text("Checkpoint saved to").wait_for(timeout=120_000)
     assert (data_dir / "models" / "Stable-diffusion" / "mix.safetensors").is_file()
     page.locator("#sd_checkpoint input").click()
-    page.get_by_role("option").filter(has_text="mix.safetensors").first.wait_for(timeout=30_000)
+    page.get_by_role("option").filter(has_text="mix.safetensors").first.wait_for(timeout=90_000)
     page.close()  # before the server stops: an open page's stream would hold it for 30 s

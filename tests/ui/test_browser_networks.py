@@ -40,12 +40,12 @@ def test_click_a_lora_card_then_generate(browser, server, data_dir, tmp_path):  
     page.goto(server.url, wait_until="load")
     page.wait_for_function(
         "() => document.querySelector('#sd_checkpoint input')?.value.includes('tiny-sd1')",
-        timeout=30_000,
+        timeout=90_000,
     )
     page.get_by_label("Prompt", exact=True).fill("a lighthouse")
     page.locator("#txt2img_extra_networks").get_by_text("Extra networks").click()
     cards = page.locator("#txt2img_extra_cards .extra-network-card")
-    cards.first.wait_for(state="visible", timeout=30_000)
+    cards.first.wait_for(state="visible", timeout=90_000)
     assert cards.count() == 48  # one page of 61 LoRAs
     assert "Showing 48 of 61" in page.locator("#txt2img_extra_cards").inner_text()
     page.locator("#txt2img_extra_more").click()
@@ -63,7 +63,7 @@ def test_click_a_lora_card_then_generate(browser, server, data_dir, tmp_path):  
     prompt = page.get_by_label("Prompt", exact=True)
     page.wait_for_function(
         "() => document.querySelector('#txt2img_prompt textarea').value.includes('<lora:kohya:1>')",
-        timeout=30_000,
+        timeout=90_000,
     )
     assert prompt.input_value() == "a lighthouse <lora:kohya:1>"
     search.fill("")
@@ -109,7 +109,7 @@ def test_save_a_style_from_the_prompt(browser, server, data_dir):  # noqa: F811
     name.fill("cats")
     name.press("Enter")
     page.get_by_role("button", name="Save style").click()
-    page.locator("#txt2img_style_status").get_by_text("Saved style").wait_for(timeout=30_000)
+    page.locator("#txt2img_style_status").get_by_text("Saved style").wait_for(timeout=90_000)
     text = (data_dir / "styles.csv").read_text()
     assert 'cats,"a cat, {prompt}",ugly' in text and "film," in text
     page.close()

@@ -57,7 +57,7 @@ def test_send_to_txt2img_fills_every_control(browser, data_dir, tmp_path):
         page.locator("#pnginfo_image_source input[type=file]").set_input_files(str(source))
         page.wait_for_function(
             "() => document.querySelector('#pnginfo_html pre')?.innerText.includes('Seed: 4242')",
-            timeout=30_000,
+            timeout=90_000,
         )
         page.locator("#pnginfo_send_params_txt2img").click()
         wait_value(page, "Sampling steps", "9")
@@ -93,7 +93,7 @@ def test_send_to_txt2img_fills_every_control(browser, data_dir, tmp_path):
         # send to img2img: the image goes along, and the img2img tab opens filled
         page.get_by_role("tab", name="PNG Info").click()
         page.locator("#pnginfo_send_params_img2img").click()
-        page.locator("#img2img_image img").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#img2img_image img").first.wait_for(state="visible", timeout=90_000)
         wait_value(page, "Sampling steps", "9")
         assert visible(page, "Seed", exact=True).input_value() == "4242"
         page.close()
@@ -102,7 +102,7 @@ def test_send_to_txt2img_fills_every_control(browser, data_dir, tmp_path):
 def tab_titles(page) -> list[str]:
     page.wait_for_function(
         "() => document.documentElement.lang === 'zh-CN' && document.querySelectorAll('#tabs button[role=tab]').length > 3",
-        timeout=30_000,
+        timeout=90_000,
     )
     page.wait_for_timeout(300)
     return [t.inner_text().strip() for t in page.locator("#tabs button[role=tab]").all()]
@@ -122,7 +122,7 @@ def test_the_ui_in_chinese(browser, data_dir):
         context.close()
         english = browser.new_page(locale="en-US")
         english.goto(srv.url, wait_until="load")
-        english.get_by_role("tab", name="txt2img").wait_for(timeout=30_000)
+        english.get_by_role("tab", name="txt2img").wait_for(timeout=90_000)
         assert english.get_by_role("button", name="Generate", exact=True).count() == 1
         english.close()
     with serve(data_dir, "--localization", "zh_CN") as srv:  # the flag wins over the browser
