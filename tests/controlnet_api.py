@@ -116,3 +116,23 @@ def annotator_txt2img(server, unit: dict) -> httpx.Response:
     """A 2-step txt2img job with one enabled unit of no model on the 96x64 `shapes`."""
     unit = {"enabled": True, "image": b64(shapes((96, 64))), "model": "None", **unit}
     return post(server, [unit], steps=2)
+
+
+def check_job_map(server, unit: dict) -> None:
+    """A txt2img job with the unit answers the image, then the unit's 64x64 detected map."""
+    response = annotator_txt2img(server, unit)
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert len(images) == 2  # the image, then the detected map
+    detected = np.asarray(picture(images[1]).convert("RGB"))
+    assert detected.shape == (64, 64, 3) and detected.std() > 0
+
+
+def check_offline_422(server, module: str, file: str) -> None:
+    """Offline, a job whose annotator file is missing is a 422 at the unit's `module`
+    naming the file and the annotator folder."""
+    response = annotator_txt2img(server, {"module": module})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(d["loc"][-1] == "module" and file in d["msg"] and str(server.folder) in d["msg"]
+               for d in detail), detail  # fmt: skip

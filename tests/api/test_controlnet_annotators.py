@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.controlnet_api import annotator_server, annotator_txt2img, b64, detect, picture
+from tests.controlnet_api import (
+    annotator_server,
+    annotator_txt2img,
+    b64,
+    check_job_map,
+    check_offline_422,
+    detect,
+    picture,
+)
 
 pytest.importorskip("controlnet_aux")
 
@@ -92,21 +100,12 @@ def test_detect_runs_dwpose_from_its_onnx_files(server):
 
 
 def test_a_job_runs_the_annotator_and_returns_its_map(server):
-    response = annotator_txt2img(server, {"module": "hed", "processor_res": 64})
-    assert response.status_code == 200, response.text
-    images = response.json()["images"]
-    assert len(images) == 2  # the image, then the detected map
-    detected = np.asarray(picture(images[1]).convert("RGB"))
-    assert detected.shape == (64, 64, 3) and detected.std() > 0
+    check_job_map(server, {"module": "hed", "processor_res": 64})
 
 
 def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    response = annotator_txt2img(server, {"module": "openpose_full"})
-    assert response.status_code == 422, response.text
-    detail = response.json()["detail"]
-    assert any(d["loc"][-1] == "module" and "body_pose_model.pth" in d["msg"]
-               and str(server.folder) in d["msg"] for d in detail), detail  # fmt: skip
+    check_offline_422(server, "openpose_full", "body_pose_model.pth")
     response = annotator_txt2img(server, {"module": "dw_openpose_full"})
     assert response.status_code == 422, response.text
     said = str(response.json()["detail"])

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.controlnet_api import annotator_server, annotator_txt2img, detect, picture
+from tests.controlnet_api import annotator_server, check_job_map, check_offline_422, detect, picture
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +53,9 @@ def test_missing_weights_are_a_422_naming_file_and_folder(server, monkeypatch):
 
 
 def test_a_job_runs_depth_anything_and_returns_its_map(server):
-    response = annotator_txt2img(server, {"module": "depth_anything_v2", "processor_res": 64})
-    assert response.status_code == 200, response.text
-    images = response.json()["images"]
-    assert len(images) == 2  # the image, then the detected map
-    detected = np.asarray(picture(images[1]).convert("RGB"))
-    assert detected.shape == (64, 64, 3) and detected.std() > 0
+    check_job_map(server, {"module": "depth_anything_v2", "processor_res": 64})
 
 
 def test_offline_a_job_with_missing_weights_is_a_422(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    response = annotator_txt2img(server, {"module": "depth_anything"})
-    assert response.status_code == 422, response.text
-    detail = response.json()["detail"]
-    assert any(d["loc"][-1] == "module" and "depth_anything_vitl14.pth" in d["msg"]
-               and str(server.folder) in d["msg"] for d in detail), detail  # fmt: skip
+    check_offline_422(server, "depth_anything", "depth_anything_vitl14.pth")
