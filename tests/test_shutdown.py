@@ -231,6 +231,39 @@ def test_two_tasks_waiting_for_the_disconnect_both_see_it() -> None:
     assert [m["type"] for m in asyncio.run(run())] == ["http.disconnect"] * 2
 
 
+def test_a_stream_waiting_for_its_client_leaves_the_cpu_idle() -> None:
+    """A started stream (an open page's event stream) waits for its client's disconnect
+    without spinning: the wait once looped at full speed for as long as a page was open,
+    and every open page slowed the jobs (a 2-step tiny job took 20 s instead of 1 s)."""
+    from webui.api.shutdown import _Request
+
+    async def run() -> float:
+        gone = asyncio.Event()
+        messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+        async def receive() -> dict:
+            for message in messages:
+                return message
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        request = _Request(receive, send, asyncio.Event())
+        await request.receive()  # the body
+        await request.send({"type": "http.response.start", "status": 200, "headers": []})
+        waiting = asyncio.ensure_future(request.receive())
+        start = time.process_time()
+        await asyncio.sleep(1.0)
+        used = time.process_time() - start
+        gone.set()
+        assert (await asyncio.wait_for(waiting, 10))["type"] == "http.disconnect"
+        return used
+
+    assert asyncio.run(run()) < 0.3  # seconds of CPU in one second of waiting
+
+
 def _read_stream(url: str, lines: list[str]) -> None:
     try:
         with httpx.stream("GET", url, timeout=30) as response:

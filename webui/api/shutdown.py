@@ -66,14 +66,20 @@ class _Request:
             if self._stopping.is_set() and self.streaming:
                 self.told = True
                 return DISCONNECT
-            waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, self._started)]
+            if self._started.is_set() and not self.streaming:
+                await asyncio.wait({pending})  # a whole response: its own disconnect
+                break
+            # once started, only the shutdown is waited for besides the message (a set
+            # event's wait ends at once: waiting for it again would spin the event loop)
+            events = (
+                (self._stopping,) if self._started.is_set() else (self._stopping, self._started)
+            )
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
             try:
                 await asyncio.wait({pending, *waits}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
-            if self._started.is_set() and not self.streaming:
-                await asyncio.wait({pending})  # a whole response: its own disconnect
         if self._pending is pending:
             self._pending = None
         return pending.result()
