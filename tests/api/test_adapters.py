@@ -114,6 +114,21 @@ def test_an_sdxl_ip_adapter_unit(server):
     assert response.status_code >= 400 and "is made for SD 1.x" in response.text
 
 
+def test_ip_adapter_auto_runs_the_preprocessor_of_the_model(server, ip_guided):
+    """ip-adapter-auto (the extension's default for IP-Adapter) is the ip-adapter_clip_*
+    preprocessor of the model's encoder: the same pixels, and the infotext names it."""
+    auto = generate(server, [ip_unit(server, module="ip-adapter-auto")])
+    assert np.array_equal(pixels(auto["images"][0]), pixels(ip_guided["images"][0]))
+    assert '"Module: ip-adapter_clip_sd15, ' in json.loads(auto["info"])["infotexts"][0]
+    sdxl = {"override_settings": {"sd_model_checkpoint": "tiny-sdxl"}}
+    units = [ip_unit(server, IP_XL, module=m)
+             for m in ("ip-adapter-auto", "ip-adapter_clip_sdxl_plus_vith")]  # fmt: skip
+    auto, named = (pixels(generate(server, [u], **sdxl)["images"][0]) for u in units)
+    assert np.array_equal(auto, named)  # "vit-h" in its name: ViT-H, not SDXL's bigG
+    wrong = generate(server, [t2i_unit(server, module="ip-adapter-auto")], expect=422)
+    assert wrong["detail"][0]["loc"][-1] == "model" and "IP-Adapter" in wrong["detail"][0]["msg"]
+
+
 def test_ip_adapter_checks(server):
     missing = generate(server, [ip_unit(server, module="ip-adapter_clip_sdxl")], expect=422)
     detail = missing["detail"][0]
@@ -193,8 +208,9 @@ def test_the_lists_show_adapters_by_control_type_and_family(server):
     assert {ip, plus, t2i, t2i_d, t2i_xl} <= set(models)
     ip_type = types["IP-Adapter"]
     assert ip_type["model_list"] == ["None", plus, ip]  # the SD 1.x checkpoint's, by name
-    assert ip_type["default_option"] == "ip-adapter_clip_sd15" and ip_type["default_model"] == plus
-    assert {"ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith"} <= (
+    assert ip_type["default_option"] == "ip-adapter-auto" and ip_type["default_model"] == plus
+    assert {"ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith",
+            "ip-adapter-auto"} <= (
         set(ip_type["module_list"])
     )  # fmt: skip
     assert types["T2I-Adapter"]["model_list"] == ["None", t2i_d, t2i]  # not SDXL's

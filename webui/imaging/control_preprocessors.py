@@ -195,6 +195,7 @@ def _inpaint_only(img, res, a, b, seed):
     return np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)
 
 
+IP_ADAPTER_AUTO = "ip-adapter-auto"
 _LOW = Slider("Low Threshold", 100, 1, 255)
 _HIGH = Slider("High Threshold", 200, 1, 255)
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
@@ -228,6 +229,8 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     # XLabs' FLUX.1 IP-Adapter reads CLIP ViT-L/14 (no name in the extension; its pattern)
     Preprocessor("ip-adapter_clip_flux", _none, "ip-adapter_clip_l", resolution=None,
                  tags=("IP-Adapter",), clip="clip_l"),
+    # the extension's: the one of the four above that the unit's model was trained with
+    Preprocessor(IP_ADAPTER_AUTO, _none, resolution=None, tags=("IP-Adapter",), clip="auto"),
 )}  # fmt: skip
 
 
@@ -256,7 +259,7 @@ CONTROL_TYPES = (("All", "none", ""), ("Canny", "canny", "canny"),
                  ("Inpaint", "inpaint_only", "inpaint"), ("Shuffle", "shuffle", "shuffle"),
                  ("InstructP2P", "none", "ip2p"),
                  ("T2I-Adapter", "t2ia_color_grid", "t2iadapter"),
-                 ("IP-Adapter", "ip-adapter_clip_sd15", "ip-adapter"),
+                 ("IP-Adapter", IP_ADAPTER_AUTO, "ip-adapter"),  # the extension's default
                  *ANNOTATOR_CONTROL_TYPES)  # fmt: skip
 # the extension's other model-name words of a control type (Preprocessor.tag_to_filters)
 _MODEL_WORDS = {"T2I-Adapter": ("t2i-adapter", "t2i_adapter", "t2iadapter", "t2ia"),
@@ -269,6 +272,16 @@ def model_matches(control_type: str, name: str) -> bool:
     word = next((w for n, _, w in CONTROL_TYPES if n == control_type), "")
     words = _MODEL_WORDS.get(control_type, (word,) if word else ())
     return not words or any(w in name.lower() for w in words)
+
+
+def ip_adapter_module(clip: str, family: str) -> str:
+    """What ip-adapter-auto stands for: the ip-adapter_clip_* preprocessor that feeds an
+    IP-Adapter's encoder ("clip_h", "clip_g", "clip_l") on its family."""
+    if clip == "clip_l":
+        return "ip-adapter_clip_flux"
+    if clip == "clip_g":
+        return "ip-adapter_clip_sdxl"
+    return "ip-adapter_clip_sdxl_plus_vith" if family == "SDXL" else "ip-adapter_clip_sd15"
 
 
 def refused_reason(name: str) -> str | None:

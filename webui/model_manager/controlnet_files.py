@@ -262,6 +262,35 @@ CLIP_TITLES = {"clip_h": "CLIP ViT-H", "clip_g": "CLIP ViT-bigG", "clip_l": "CLI
 _CLIP_WIDTHS = {"clip_h": 1280, "clip_g": 1664, "clip_l": 1024, "clip_vitl": 1024}
 
 
+# an IP-Adapter's image projection reads CLIP's projected embedding (the base adapters,
+# XLabs' FLUX one) or its penultimate hidden states (plus, full-face): their widths
+_IP_INPUTS = (("image_proj.proj_in.weight", {1280: "clip_h", 1664: "clip_g"}),
+              ("image_proj.proj.0.weight", {1280: "clip_h", 1664: "clip_g"}),
+              ("image_proj.proj.weight", {1024: "clip_h", 1280: "clip_g"}),
+              ("ip_adapter_proj_model.proj.weight", {768: "clip_l"}))  # fmt: skip
+
+
+def ip_adapter_clip(found: ControlNetFile) -> str:
+    """The CLIP vision encoder ("clip_h", "clip_g", "clip_l") an IP-Adapter file was
+    trained with, read off its image projection's input width; for a file whose width is
+    no CLIP's (a pickle, a test's tiny model): its name's ("vit-h", "vit-g") or its
+    family's, as the extension's IP-Adapter presets pick them."""
+    try:
+        shapes = read_header(found.path).shapes if found.path.suffix == ".safetensors" else {}
+    except (HeaderError, OSError):
+        shapes = {}
+    for key, widths in _IP_INPUTS:
+        shape = shapes.get(key)
+        if shape and len(shape) == 2 and shape[1] in widths:
+            return widths[shape[1]]
+    lower = found.name.lower().replace("_", "-")
+    if "vit-h" in lower:
+        return "clip_h"
+    if "vit-g" in lower or "vit-bigg" in lower:
+        return "clip_g"
+    return {"FLUX": "clip_l", "SDXL": "clip_g"}.get(found.family, "clip_h")
+
+
 def find_clip_vision(folder: Path, config: str, preprocessor: str) -> Path:
     """The CLIP vision file of `config` ("clip_h", "clip_g", ...) in `folder`; a UserError
     naming the file and the folder when there is none."""

@@ -29,13 +29,19 @@ from ..core.controlnet_union import mode_index, serves, unit_mode
 from ..core.controlnet_units import NO_MODEL, ControlUnit, UnitError, unit_from_dict
 from ..errors import UserError
 from ..imaging.codec import ImageInputError, decode_base64_image
-from ..imaging.control_preprocessors import model_matches, preprocessor_named
+from ..imaging.control_preprocessors import (
+    IP_ADAPTER_AUTO,
+    ip_adapter_module,
+    model_matches,
+    preprocessor_named,
+)
 from ..model_manager.annotator_files import annotator_folder, missing_files, offline, where_from
 from ..model_manager.controlnet_files import (
     ControlNetFile,
     find_clip_vision,
     find_controlnet,
     fits,
+    ip_adapter_clip,
     list_controlnets,
 )
 from ..model_manager.sniff import HeaderError, gguf_family, sniff_file
@@ -106,6 +112,9 @@ def resolve_model(unit: ControlUnit, folder: Path, loc: tuple,
         except ValueError as exc:
             raise RequestError((*loc, "union_control_type"), str(exc)) from None
     module = preprocessor_named(unit.module)
+    if module.name == IP_ADAPTER_AUTO and found.kind == "ip-adapter":
+        unit = replace(unit, module=ip_adapter_module(ip_adapter_clip(found), found.family))
+        module = preprocessor_named(unit.module)
     clip = module.clip
     if found.kind in _CLIP_MODELS and module.clip_model != found.kind:
         raise RequestError((*loc, "module"), f"{found.label} {_CLIP_MODELS[found.kind][0]}")
