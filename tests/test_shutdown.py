@@ -30,12 +30,13 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 STOP_SECONDS = 30  # a step takes about 1 s here, the exit 1-5 s (a busy CPU: more)
 START_SECONDS = 240
-# 3 batches of 4 images, 150 steps each: minutes on 2 cores, about a second per step
+# 3 batches of 4 images, 150 steps each: the first batch (its images are saved when it
+# ends) must still run when the signal comes, several seconds after the job started
 LONG_JOB = {
     "prompt": "a lighthouse in a storm",
     "steps": 150,
-    "width": 64,
-    "height": 64,
+    "width": 128,
+    "height": 128,
     "batch_size": 4,
     "n_iter": 3,
     "sampler_name": "Euler",

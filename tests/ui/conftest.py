@@ -23,6 +23,7 @@ from tests.conftest import ServerThread, with_tiny_sd1
 from tests.ui.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
 ACTION_TIMEOUT_MS = 90_000  # Playwright's default is 30 s
+STEP_SECONDS = 0.5  # what `slow_steps` adds to each sampling step
 
 
 class PatientBrowser:
@@ -46,6 +47,24 @@ class PatientBrowser:
 
     def __getattr__(self, name: str):
         return getattr(self._browser, name)
+
+
+@pytest.fixture
+def slow_steps(monkeypatch) -> None:
+    """Each sampling step of the servers in this process takes STEP_SECONDS longer, for the
+    tests that act on a job while it runs (and then interrupt it): a tiny model's step
+    takes milliseconds, and a 150-step job could end before the page had acted."""
+    import time
+
+    from webui.core.progress import Progress
+
+    advance = Progress.advance
+
+    def slow(self, step: int, steps: int) -> None:
+        time.sleep(STEP_SECONDS)
+        advance(self, step, steps)
+
+    monkeypatch.setattr(Progress, "advance", slow)
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,7 @@ def test_ctrl_up_down_change_weights(browser, server):  # noqa: F811
         page.close()
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_escape_interrupts_the_running_job(browser, server):  # noqa: F811
     srv, _ = server
     page = open_page(browser, srv.url)

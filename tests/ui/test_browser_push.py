@@ -101,6 +101,7 @@ def test_an_idle_page_makes_at_most_3_requests_in_15_seconds(browser, server) ->
         context.close()
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_the_queue_table_follows_the_queue_within_about_a_second(browser, server) -> None:
     """The viewer has a job running; a job queued by someone else (the API) and the
     viewer's own steps show in the table without the page asking."""
@@ -159,6 +160,7 @@ def test_the_queue_table_follows_the_queue_within_about_a_second(browser, server
     _idle(ctx)
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_a_closed_page_ends_its_streams(browser, server) -> None:
     """The queue panel's stream, the live progress stream and a Generate click's follower
     end with their page (the pages of the tests above were closed too: nothing of theirs

@@ -18,7 +18,7 @@ from webui.app import create_app
 from webui.settings import parse_flags
 
 pytestmark = pytest.mark.browser
-LONG_STEPS = 150  # user A's job: long enough to act while it runs, then interrupted
+LONG_STEPS = 150  # A's job (slow_steps: over a minute): acted on while it runs, then stopped
 WAIT = 120_000
 
 
@@ -61,6 +61,7 @@ def button(page, text: str, action: str):
     return row(page, text).get_by_role("button", name=re.compile(f"^{action}"))
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_two_users_see_their_own_jobs_and_previews(browser, server) -> None:
     srv, _ = server
     url = f"{srv.url}/sd/"
@@ -136,6 +137,7 @@ def test_two_users_see_their_own_jobs_and_previews(browser, server) -> None:
         ctx_b.close()
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_queue_limit_message_in_the_ui(browser, server) -> None:
     srv, ctx = server
     ctx.options.set("queue_limit_per_user", 1)
