@@ -24,13 +24,15 @@ BODY = {"prompt": "a house", "negative_prompt": "fog", "steps": 3, "seed": 7, "w
 
 
 @contextmanager
-def controlnet_server(folder: Path, tiny_files: dict, fill: Callable[[Path], None]) -> Iterator:
+def controlnet_server(folder: Path, tiny_files: dict, fill: Callable[[Path], None],
+                      flags: tuple[str, ...] = ()) -> Iterator:  # fmt: skip
     """A server (API only) whose data folder is `folder` with the tiny SD 1.x checkpoint;
-    `fill(data)` puts the test's models in it first. The server has `folder` (its
-    models/ControlNet), `data` and `ctx`."""
+    `fill(data)` puts the test's models in it first; `flags`: more command-line flags.
+    The server has `folder` (its models/ControlNet), `data` and `ctx`."""
     data = with_tiny_sd1(folder, tiny_files)
     fill(data)
-    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model"])
+    flags = parse_flags(["--api", "--nowebui", "--data-dir", str(data), "--no-download-sd-model",
+                         *flags])  # fmt: skip
     app = create_app(flags)
     with ServerThread(app) as srv:
         srv.folder, srv.data, srv.ctx = data / "models" / "ControlNet", data, app.state.ctx

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..model_manager.cpu_precision import compute_dtype
 from .control_region import region_tensor
 from .controlnet_units import ControlUnit
 
@@ -106,6 +107,7 @@ def installed_processors(model: Any, units: list[IpUnit], processor_class: type,
         return
     processors = dict(saved)
     made = []
+    dtype = compute_dtype(model)  # CPU bf16: the attention runs in bf16, the adapter is fp32
     for name in units[0].model.names:
         layers = [u.model.processors[u.model.names.index(name)] for u in units]
         with torch.device("meta"):  # the layers below replace its own
@@ -114,6 +116,7 @@ def installed_processors(model: Any, units: list[IpUnit], processor_class: type,
                                    scale=[0.0] * len(units))  # fmt: skip
         proc.to_k_ip = torch.nn.ModuleList([layer.to_k_ip[0] for layer in layers])
         proc.to_v_ip = torch.nn.ModuleList([layer.to_v_ip[0] for layer in layers])
+        proc.to(dtype)  # the adapter's own layers (cast again at each use: idempotent)
         processors[name] = proc
         made.append(proc)
     model.set_attn_processor(processors)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .weight_storage import is_narrow, set_compute_dtype
+from .weight_storage import FP8_DTYPES, is_narrow, set_compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,16 @@ def decide_cpu_precision(
 def denoiser(pipe) -> torch.nn.Module | None:
     """The pipeline's UNet (or a transformer family's transformer)."""
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a denoiser computes in: `run_denoiser_in`'s (CPU bf16; narrow models), else
+    that of its first floating weight (fp8 weights are cast when they run)."""
+    dtype = getattr(model, "_webui_compute_dtype", None)
+    if dtype is not None:
+        return dtype
+    floating = (p.dtype for p in model.parameters() if p.is_floating_point())
+    return next((d for d in floating if d not in FP8_DTYPES), torch.float32)
 
 
 CAST_KWARGS = ("encoder_hidden_states", "pooled_projections", "down_block_additional_residuals",
