@@ -214,14 +214,7 @@ def test_two_tasks_waiting_for_the_disconnect_both_see_it() -> None:
 
     async def run() -> list[dict]:
         gone = asyncio.Event()
-        messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
-
-        async def receive() -> dict:
-            for message in messages:
-                return message
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
+        receive = _client(gone)
         request = _Request(receive, None, asyncio.Event())
         await request.receive()  # the body
         waiting = [asyncio.ensure_future(request.receive()) for _ in range(2)]
@@ -240,13 +233,7 @@ def test_a_stream_waiting_for_its_client_leaves_the_cpu_idle() -> None:
 
     async def run() -> float:
         gone = asyncio.Event()
-        messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
-
-        async def receive() -> dict:
-            for message in messages:
-                return message
-            await gone.wait()
-            return {"type": "http.disconnect"}
+        receive = _client(gone)
 
         async def send(message: dict) -> None:
             pass
@@ -263,6 +250,19 @@ def test_a_stream_waiting_for_its_client_leaves_the_cpu_idle() -> None:
         return used
 
     assert asyncio.run(run()) < 0.3  # seconds of CPU in one second of waiting
+
+
+def _client(gone: asyncio.Event):
+    """A request's ASGI `receive`: its body, then the disconnect once `gone` is set."""
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive() -> dict:
+        for message in messages:
+            return message
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _read_stream(url: str, lines: list[str]) -> None:
