@@ -225,10 +225,13 @@ def test_two_tasks_waiting_for_the_disconnect_both_see_it() -> None:
     assert [m["type"] for m in asyncio.run(run())] == ["http.disconnect"] * 2
 
 
-def test_a_stream_waiting_for_its_client_leaves_the_cpu_idle() -> None:
-    """A started stream (an open page's event stream) waits for its client's disconnect
-    without spinning: the wait once looped at full speed for as long as a page was open,
-    and every open page slowed the jobs (a 2-step tiny job took 20 s instead of 1 s)."""
+@pytest.mark.parametrize("started, stopping", [(True, False), (False, True)],
+                         ids=["an-open-stream", "an-unanswered-request-in-the-shutdown"])  # fmt: skip
+def test_a_request_waiting_for_its_client_leaves_the_cpu_idle(started, stopping) -> None:
+    """A request waits for its client's disconnect without spinning: an open page's started
+    event stream, and a request not answered yet while the server stops. The first once
+    looped at full speed for as long as a page was open, and every open page slowed the
+    jobs (a 2-step tiny job took 20 s instead of 1 s)."""
     from webui.api.shutdown import _Request
 
     async def run() -> float:
@@ -240,7 +243,10 @@ def test_a_stream_waiting_for_its_client_leaves_the_cpu_idle() -> None:
 
         request = _Request(receive, send, asyncio.Event())
         await request.receive()  # the body
-        await request.send({"type": "http.response.start", "status": 200, "headers": []})
+        if started:
+            await request.send({"type": "http.response.start", "status": 200, "headers": []})
+        if stopping:
+            request._stopping.set()
         waiting = asyncio.ensure_future(request.receive())
         start = time.process_time()
         await asyncio.sleep(1.0)

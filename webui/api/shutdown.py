@@ -69,11 +69,9 @@ class _Request:
             if self._started.is_set() and not self.streaming:
                 await asyncio.wait({pending})  # a whole response: its own disconnect
                 break
-            # once started, only the shutdown is waited for besides the message (a set
-            # event's wait ends at once: waiting for it again would spin the event loop)
-            events = (
-                (self._stopping,) if self._started.is_set() else (self._stopping, self._started)
-            )
+            # only the events still to come (a set event's wait ends at once: waiting for
+            # it again would spin the event loop)
+            events = [e for e in (self._stopping, self._started) if not e.is_set()]
             waits = [asyncio.ensure_future(e.wait()) for e in events]
             try:
                 await asyncio.wait({pending, *waits}, return_when=asyncio.FIRST_COMPLETED)
