@@ -12,8 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tests import controlnet_api
-from tests.controlnet_api import b64, controlnet_server, label, pixels, shapes
+from tests.controlnet_api import b64, controlnet_server, generate, label, pixels, shapes
 from tests.tiny_clip_vision import PROJECTION, save_tiny_clip_vision
 from tests.tiny_style_adapter import save_tiny_style_adapter
 from webui.model_manager.tiny_adapters import save_tiny_ip_adapter, save_tiny_t2i_adapter
@@ -43,10 +42,6 @@ def server(tmp_path_factory, tiny_files):
     folder = tmp_path_factory.mktemp("control-bf16")
     with controlnet_server(folder, tiny_files, models, ("--precision", "bf16")) as srv:
         yield srv
-
-
-def generate(server, units: list | None) -> dict:
-    return controlnet_api.generate(server, units)
 
 
 def reference():
